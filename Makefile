@@ -1,0 +1,31 @@
+# lrjob: two commands do all the set-up on a fresh machine.
+#   make run    builds the environment if missing, then trains MNIST on 2 local workers
+#   make test   builds the environment if missing, then runs the tests
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+LRJOB  := $(VENV)/bin/lrjob
+WORKERS ?= 2
+JOB    ?= jobs/mnist_softmax.yaml
+
+.PHONY: install run test test-fast bench clean doctor
+
+install:
+	@VENV=$(VENV) bash .ci/install
+
+run: install
+	$(LRJOB) run $(JOB) --workers $(WORKERS)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q tests -m "not distributed and not slow"
+
+bench: install
+	$(PY) -m benchmarks.run --out bench-results/bench.json
+
+doctor: install
+	$(LRJOB) doctor
+
+clean:
+	rm -rf runs bench-results .pytest_cache

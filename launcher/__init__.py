@@ -1,0 +1,1 @@
+"""lrjob's launcher: job specs, the CLI, the in-process and Ray + Horovod runners."""

@@ -1,0 +1,292 @@
+"""lrjob: run logistic and softmax training jobs on 0..N Horovod workers through Ray.
+
+    lrjob run jobs/mnist_softmax.yaml --workers 2
+    lrjob parity jobs/binary_synthetic.yaml --workers 3
+    lrjob predict runs/binary-2d-<stamp> --input points.csv
+
+Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluster failure.
+"""
+from __future__ import annotations
+
+import os
+
+# One OpenMP thread is the fastest setting for these small models on few cores
+# (measured: see benchmarks/); must be set before MXNet loads. The user's value wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from lr_core.errors import LrjobError, LrjobInputError, SpecError  # noqa: E402
+
+__all__ = ["main", "build_parser"]
+
+EXAMPLES = {
+    "run": "lrjob run jobs/binary_synthetic.yaml --workers 2 --set train.epochs=3",
+    "parity": "lrjob parity jobs/digits_softmax.yaml --workers 3",
+    "validate": "lrjob validate jobs/mnist_softmax.yaml --set train.batch_size=128",
+    "doctor": "lrjob doctor",
+    "predict": "lrjob predict runs/binary_2d-20260101T000000Z --input points.csv --output preds.csv",
+    "evaluate": "lrjob evaluate runs/mnist_softmax-20260101T000000Z",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse errors are bad input: one line, exit 2
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"lrjob: error: {message}\n")
+        sys.exit(2)
+
+
+def _sub(subs, name, help_, description=None):
+    p = subs.add_parser(name, help=help_, description=description or help_,
+                        epilog=f"example:\n  {EXAMPLES[name]}", formatter_class=argparse.RawDescriptionHelpFormatter)
+    return p
+
+
+def _add_spec_args(p, workers_default_help="from the spec (resources.workers)"):
+    p.add_argument("job", nargs="?", help="job spec YAML (e.g. jobs/binary_synthetic.yaml)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--workers", type=int, default=None,
+                   help=f"number of Horovod workers; 0 = in-process reference run (default: {workers_default_help})")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default: from the spec)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lrjob", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    subs = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subs.required = True
+
+    r = _sub(subs, "run", "train a job and write its run directory")
+    _add_spec_args(r)
+    r.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    r.add_argument("--output", default=None, help="run directory (default: runs/<name>-<UTC timestamp>)")
+    r.add_argument("--runs-dir", default="runs", help="parent of new run directories (default: runs)")
+    r.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its newest checkpoint")
+    g = r.add_mutually_exclusive_group()
+    g.add_argument("--quiet", action="store_true", help="print only the run directory")
+    g.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
+
+    q = _sub(subs, "parity", "run --workers 0 and --workers N and compare parameters and metrics")
+    _add_spec_args(q, "2")
+    q.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray)")
+    q.add_argument("--keep", default=None, metavar="DIR", help="keep both run directories under DIR")
+
+    v = _sub(subs, "validate", "check a job spec and print it resolved")
+    _add_spec_args(v)
+    v.add_argument("--data", action="store_true", help="also load and check the data")
+
+    _sub(subs, "doctor", "check MXNet, the Horovod build, Ray and the data cache").add_argument(
+        "--gpu", action="store_true", help="also check the GPU stack (CUDA MXNet, NCCL)")
+
+    pr = _sub(subs, "predict", "predict with a trained run's exported model")
+    pr.add_argument("run", help="run directory (holds model/)")
+    pr.add_argument("--input", required=True, help="CSV (header allowed; features in training order) or NPY/NPZ (x)")
+    pr.add_argument("--output", default=None, help="CSV to write (default: stdout)")
+
+    ev = _sub(subs, "evaluate", "report a trained model's metrics on a dataset")
+    ev.add_argument("run", help="run directory")
+    ev.add_argument("--data", default=None, help="CSV/NPZ with labels (default: the run's validation data)")
+    ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    return p
+
+
+def _load(args):
+    from .spec import load_spec
+
+    if not args.job:
+        raise SpecError("JOB: give a job spec file, e.g. lrjob run jobs/binary_synthetic.yaml")
+    overrides = list(args.overrides)
+    if getattr(args, "workers", None) is not None:
+        overrides.append(f"resources.workers={args.workers}")
+    if getattr(args, "gpus_per_worker", None) is not None:
+        overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
+    return load_spec(args.job, overrides)
+
+
+def cmd_run(args) -> int:
+    from .progress import Reporter
+    from .runner import run_job
+
+    if args.resume and not args.job:
+        args.job = str(Path(args.resume) / "job.yaml")
+    spec = _load(args)
+    mode = "json" if args.json else "quiet" if args.quiet else "human"
+    reporter = Reporter(mode)
+    try:
+        run_job(spec, output=args.output, address=args.address, resume=args.resume,
+                reporter=reporter, runs_dir=args.runs_dir)
+    except KeyboardInterrupt:
+        sys.stderr.write("lrjob: interrupted; the last checkpoint is kept\n")
+        return 130
+    return 0
+
+
+def cmd_parity(args) -> int:
+    from .parity import compare
+    from .runner import run_job
+    from .spec import apply_overrides, spec_from_dict
+
+    spec = _load(args)
+    workers = args.workers if args.workers is not None else 2
+    if workers < 1:
+        raise SpecError(f"--workers must be >= 1 for parity (it compares against --workers 0), got {workers}")
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
+    ref_spec = spec_from_dict(apply_overrides(spec.to_dict(), ["resources.workers=0"]))
+    dist_spec = spec_from_dict(apply_overrides(spec.to_dict(), [f"resources.workers={workers}"]))
+    print(f"parity: {spec.name}, reference run (--workers 0) ...", file=sys.stderr)
+    ref = run_job(ref_spec, output=base / "workers-0")
+    print(f"parity: {spec.name}, distributed run (--workers {workers}) ...", file=sys.stderr)
+    dist = run_job(dist_spec, output=base / f"workers-{workers}", address=args.address)
+    report = compare(ref.params, ref.history, dist.params, dist.history, spec["model.hidden"], workers)
+    print(report.render())
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(base, ignore_errors=True)
+    else:
+        print(f"runs kept in {base}", file=sys.stderr)
+    return 0 if report.ok else 1
+
+
+def cmd_validate(args) -> int:
+    spec = _load(args)
+    sys.stdout.write(spec.to_yaml())
+    if args.data:
+        from .runner import load_job_data
+
+        d = load_job_data(spec)
+        print(f"# data ok: {len(d.x_train)} train / {len(d.x_val)} {d.val_name} rows, {d.num_features} features",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from .doctor import run_doctor
+
+    return run_doctor(gpu=args.gpu)
+
+
+def _model_dir(run: str) -> Path:
+    run_path = Path(run)
+    model = run_path / "model" if (run_path / "model").is_dir() else run_path
+    if not (model / "meta.json").is_file():
+        raise LrjobInputError(f"{run}: no exported model (expected {run_path / 'model' / 'meta.json'}); "
+                              f"pass a finished run directory")
+    return model
+
+
+def _read_input(path: str, meta: dict, require_labels: bool):
+    import numpy as np
+
+    from lr_core.data import apply_label_map, check_features, check_labels, read_features_file
+
+    label_column = meta.get("label_column") or "label"
+    x, y, columns = read_features_file(path, label_column, require_labels=require_labels)
+    x = check_features(np.asarray(x), str(path), int(meta["num_features"]), columns)
+    if y is not None:
+        if meta.get("label_map"):
+            y = apply_label_map(np.asarray(y, dtype=object), meta["label_map"], str(path))
+        y = check_labels(np.asarray(y), meta["kind"], int(meta["num_classes"]), str(path))
+    return x, y
+
+
+def cmd_predict(args) -> int:
+    from lr_core.export import ExportedModel
+
+    from .rundir import atomic_write_text
+
+    model = ExportedModel(_model_dir(args.run))
+    x, _ = _read_input(args.input, model.meta, require_labels=False)
+    pred, prob = model.predict(x)
+    text = "prediction,probability\n" + "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
+    if args.output:
+        out = Path(args.output)
+        if not out.parent.exists():
+            raise LrjobInputError(f"--output {out}: folder {out.parent} does not exist")
+        atomic_write_text(out, text)
+        print(f"wrote {len(pred)} predictions to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import numpy as np
+
+    from lr_core.export import ExportedModel
+    from lr_core.metrics import EvalCounts, summarize
+
+    model = ExportedModel(_model_dir(args.run))
+    meta = model.meta
+    if args.data:
+        x, y = _read_input(args.data, meta, require_labels=True)
+        where = args.data
+    else:
+        from .runner import load_job_data
+        from .spec import load_spec
+
+        spec = load_spec(Path(args.run) / "job.yaml")
+        d = load_job_data(spec)
+        x, y, where = d.x_val, d.y_val, f"{spec.name} {d.val_name} set"
+    pred, prob = model.predict(x)
+    z = model.logits(x)
+    k = 2 if meta["kind"] == "binary" else int(meta["num_classes"])
+    if meta["kind"] == "binary":
+        zz = z[:, 0]
+        losses = np.maximum(zz, 0) - zz * y + np.log1p(np.exp(-np.abs(zz)))
+        scores = 1.0 / (1.0 + np.exp(-zz))
+    else:
+        m = z.max(axis=1, keepdims=True)
+        logp = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+        losses, scores = -logp[np.arange(len(y)), y], None
+    counts = EvalCounts(k)
+    counts.update(y, pred, losses)
+    res = summarize(meta["kind"], counts, y, scores)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"evaluate {args.run} on {where} ({len(y)} rows)")
+        for key, val in res.items():
+            if key in ("confusion", "per_class_recall"):
+                continue
+            print(f"  {key:<10} {val:.4f}" if isinstance(val, float) else f"  {key:<10} {val}")
+        if "confusion" in res:
+            print("  confusion (rows: true, columns: predicted)")
+            for row in res["confusion"]:
+                print("   " + " ".join(f"{v:5d}" for v in row))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doctor": cmd_doctor,
+            "predict": cmd_predict, "evaluate": cmd_evaluate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .quiet import silence_known_noise
+
+    silence_known_noise()
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LrjobError as e:
+        sys.stderr.write(f"lrjob: error: {e}\n")
+        return e.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("lrjob: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception:  # a bug, not bad input: keep the traceback
+        traceback.print_exc()
+        sys.stderr.write("lrjob: internal error (above); please report it with the command you ran\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

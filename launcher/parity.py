@@ -1,0 +1,81 @@
+"""``lrjob parity``: the distributed run against the single-process run of the same job.
+
+DESIGN.md's parity rule: parameters within 1e-5 (linear models) or 1e-4 (hidden
+layers); every reported metric within 1e-6.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["ParityReport", "compare", "param_tolerance", "METRIC_TOLERANCE", "TIMING_KEYS"]
+
+METRIC_TOLERANCE = 1e-6
+TIMING_KEYS = {"epoch_seconds", "train_seconds", "samples_per_s", "wall_seconds", "steps"}
+
+
+def param_tolerance(hidden) -> float:
+    return 1e-4 if len(hidden) else 1e-5
+
+
+@dataclass
+class ParityReport:
+    workers: int
+    param_rows: list[tuple[str, tuple, float, float]]    # name, shape, max |diff|, tolerance
+    metric_rows: list[tuple[str, float, float]]           # name, max |diff| over epochs, tolerance
+
+    @property
+    def ok(self) -> bool:
+        return all(d <= t for _, _, d, t in self.param_rows) and all(d <= t for _, d, t in self.metric_rows)
+
+    @property
+    def max_param_diff(self) -> float:
+        return max((d for _, _, d, _ in self.param_rows), default=0.0)
+
+    @property
+    def max_metric_diff(self) -> float:
+        return max((d for _, d, _ in self.metric_rows), default=0.0)
+
+    def render(self) -> str:
+        lines = [f"parity: --workers 0 vs --workers {self.workers}", "",
+                 f"  {'parameter':<24}{'shape':>12}{'max |diff|':>14}{'tolerance':>12}  ok"]
+        for name, shape, d, t in self.param_rows:
+            lines.append(f"  {name:<24}{str(tuple(shape)):>12}{d:>14.3e}{t:>12.0e}  {'yes' if d <= t else 'NO'}")
+        lines += ["", f"  {'metric (all epochs)':<36}{'max |diff|':>14}{'tolerance':>12}  ok"]
+        for name, d, t in self.metric_rows:
+            lines.append(f"  {name:<36}{d:>14.3e}{t:>12.0e}  {'yes' if d <= t else 'NO'}")
+        lines += ["", f"parity {'holds' if self.ok else 'FAILS'}: largest parameter difference "
+                      f"{self.max_param_diff:.3e}, largest metric difference {self.max_metric_diff:.3e}"]
+        return "\n".join(lines)
+
+
+def _flat(v):
+    if v is None:
+        return None
+    return np.asarray(v, dtype=np.float64).ravel()
+
+
+def compare(ref_params: dict, ref_history: list[dict], params: dict, history: list[dict],
+            hidden, workers: int) -> ParityReport:
+    tol = param_tolerance(hidden)
+    prow = []
+    for name in sorted(ref_params):
+        a, b = np.asarray(ref_params[name], np.float64), np.asarray(params[name], np.float64)
+        prow.append((name, a.shape, float(np.max(np.abs(a - b))) if a.size else 0.0, tol))
+    mrow: dict[str, float] = {}
+    if len(ref_history) != len(history):
+        mrow["epochs_done"] = float(abs(len(ref_history) - len(history)))
+    for ra, rb in zip(ref_history, history):
+        for key in ra:
+            if key in TIMING_KEYS or key == "epoch":
+                continue
+            a, b = _flat(ra.get(key)), _flat(rb.get(key))
+            if a is None and b is None:
+                d = 0.0
+            elif a is None or b is None or a.shape != b.shape:
+                d = float("inf")
+            else:
+                d = float(np.max(np.abs(a - b))) if a.size else 0.0
+            mrow[key] = max(mrow.get(key, 0.0), d)
+    return ParityReport(workers, prow, [(k, v, METRIC_TOLERANCE) for k, v in mrow.items()])

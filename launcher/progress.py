@@ -1,0 +1,107 @@
+"""What the driver shows: a header, one aligned line per epoch, a final summary box.
+
+Results go to stdout, progress and hints to stderr. ``--json`` prints one JSON object
+per event instead; ``--quiet`` prints only the run directory at the end.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+__all__ = ["Reporter"]
+
+
+def _fmt(v, width=8, digits=4):
+    if v is None:
+        return "-".rjust(width)
+    if isinstance(v, float):
+        return f"{v:.{digits}f}".rjust(width)
+    return str(v).rjust(width)
+
+
+class Reporter:
+    def __init__(self, mode: str = "human", stream=None, err=None):
+        self.mode = mode          # human | json | quiet
+        self.out = stream or sys.stdout
+        self.err = err or sys.stderr
+        self.kind = "binary"
+        self._bar = None
+
+    def _json(self, event: str, **payload) -> None:
+        self.out.write(json.dumps({"event": event, **payload}, default=float) + "\n")
+        self.out.flush()
+
+    def header(self, spec, data, backend, run_dir) -> None:
+        self.kind = spec["model.kind"]
+        info = {"job": spec.name, "run_dir": str(run_dir), "model": spec["model"],
+                "train_rows": int(len(data.x_train)), "val_rows": int(len(data.x_val)),
+                "features": data.num_features, "workers": backend.workers, "where": backend.where,
+                "placement": backend.placement, "startup_seconds": round(backend.startup_seconds, 3)}
+        if self.mode == "json":
+            self._json("start", **info)
+            return
+        if self.mode == "quiet":
+            return
+        m, t = spec["model"], spec["train"]
+        hidden = "-".join(str(h) for h in m["hidden"]) or "none"
+        lines = [
+            f"lrjob  {spec.name}",
+            f"  model    {m['kind']} ({'1 logit' if m['kind'] == 'binary' else str(m['num_classes']) + ' classes'}), "
+            f"hidden layers: {hidden}",
+            f"  data     {data.source}: {len(data.x_train)} train / {len(data.x_val)} {data.val_name} rows, "
+            f"{data.num_features} features",
+            f"  train    {t['epochs']} epochs, global batch {t['batch_size']}, {t['optimizer']} lr {t['learning_rate']:g}, "
+            f"seed {t['seed']}",
+            f"  workers  {backend.where}" + (f" (start-up {backend.startup_seconds:.1f} s)" if backend.workers else ""),
+        ]
+        for p in backend.placement[:8]:
+            lines.append(f"           rank {p['rank']}: {p['host']} pid {p['pid']} {p['device']}")
+        lines.append(f"  run dir  {run_dir}")
+        self.err.write("\n".join(lines) + "\n")
+        cols = ["epoch", "train_loss", "val_loss", "accuracy"]
+        cols += ["f1", "auc"] if self.kind == "binary" else ["macro_f1"]
+        cols += ["samples/s", "sec"]
+        self.out.write("  ".join(c.rjust(10) for c in cols) + "\n")
+        self.out.flush()
+
+    def epoch(self, m: dict, epochs: int) -> None:
+        if self.mode == "json":
+            self._json("epoch", **m)
+            return
+        if self.mode == "quiet":
+            return
+        vals = [f"{m['epoch']}/{epochs}", m["train_loss"], m["val_loss"], m["val_accuracy"]]
+        vals += [m.get("val_f1"), m.get("val_auc")] if self.kind == "binary" else [m.get("val_macro_f1")]
+        vals += [f"{m['samples_per_s']:,.0f}", f"{m['epoch_seconds']:.2f}"]
+        self.out.write("  ".join(_fmt(v, 10) for v in vals) + "\n")
+        self.out.flush()
+
+    def message(self, text: str) -> None:
+        if self.mode == "json":
+            self._json("message", text=text)
+        elif self.mode != "quiet":
+            self.err.write(text + "\n")
+            self.err.flush()
+
+    def summary(self, summary: dict, run_dir) -> None:
+        if self.mode == "json":
+            self._json("summary", **summary)
+            return
+        if self.mode == "quiet":
+            self.out.write(f"{run_dir}\n")
+            return
+        final = summary.get("final", {})
+        rows = [("status", summary["status"]), ("epochs", summary["epochs_done"]),
+                ("val accuracy", final.get("val_accuracy")), ("val loss", final.get("val_loss")),
+                ("wall time", f"{summary['wall_seconds']:.1f} s"),
+                ("samples/s", f"{summary.get('samples_per_s', 0):,.0f}")]
+        body = [f"{k:<13}{v:.4f}" if isinstance(v, float) else f"{k:<13}{v}" for k, v in rows]
+        body.append(f"run dir      {run_dir}")
+        width = max(len(b) for b in body) + 2
+        self.out.write("+" + "-" * width + "+\n")
+        for b in body:
+            self.out.write(f"| {b.ljust(width - 1)}|\n")
+        self.out.write("+" + "-" * width + "+\n")
+        self.out.write(f"{run_dir}\n")
+        self.out.flush()

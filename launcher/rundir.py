@@ -1,0 +1,185 @@
+"""The run directory (DESIGN.md): only the driver writes it.
+
+    runs/<name>-<UTC timestamp>/
+      job.yaml  env.json  metrics.jsonl  summary.json
+      checkpoints/epoch-NNNN/   (params.npz, optimizer.npz, state.json; atomic)
+      model/                    (exported symbol + params + meta.json)
+
+Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
+at any moment leaves the old or the new checkpoint, never a torn one.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from lr_core.errors import LrjobInputError, SpecError
+
+__all__ = ["RunDir", "new_run_path", "check_writable", "atomic_write_text", "list_checkpoints",
+           "load_checkpoint", "latest_checkpoint"]
+
+
+def utc_stamp() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+
+def new_run_path(name: str, base: str | os.PathLike = "runs") -> Path:
+    base = Path(base)
+    path = base / f"{name}-{utc_stamp()}"
+    i = 1
+    while path.exists():
+        i += 1
+        path = base / f"{name}-{utc_stamp()}-{i}"
+    return path
+
+
+def check_writable(path: Path) -> None:
+    """Fail early (exit 2) when the run directory cannot be created."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise LrjobInputError(f"--output {path}: {probe} is a file, not a directory; choose another path")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise LrjobInputError(f"--output {path}: {probe} is not writable; choose a writable directory")
+    if path.exists() and any(path.iterdir()):
+        raise LrjobInputError(f"--output {path}: exists and is not empty; choose a new path "
+                              f"(or --resume {path} to continue that run)")
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o)}")
+
+
+def dumps(obj) -> str:
+    return json.dumps(obj, default=_json_default)
+
+
+def list_checkpoints(run: Path) -> list[Path]:
+    d = Path(run) / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith("epoch-")
+                  and (p / "state.json").is_file())
+
+
+def load_checkpoint(path: Path) -> dict:
+    """Read one checkpoint (no pickles: npz with allow_pickle=False and JSON)."""
+    state = json.loads((path / "state.json").read_text())
+    with np.load(path / "params.npz", allow_pickle=False) as z:
+        params = {k: z[k] for k in z.files}
+    with np.load(path / "optimizer.npz", allow_pickle=False) as z:
+        opt = {k: z[k] for k in z.files}
+    return {"params": params, "optimizer_arrays": opt, "optimizer_meta": state["optimizer_meta"],
+            "epochs_done": int(state["epochs_done"]), "spec_digest": state.get("spec_digest"),
+            "history": state.get("history", []), "path": str(path)}
+
+
+def latest_checkpoint(run: Path) -> dict | None:
+    """The newest checkpoint that reads back whole (a damaged one is skipped)."""
+    for path in reversed(list_checkpoints(run)):
+        try:
+            return load_checkpoint(path)
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+class RunDir:
+    """Writes the files of one run."""
+
+    def __init__(self, path: Path, create: bool = True):
+        self.path = Path(path)
+        if create:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / "checkpoints").mkdir(exist_ok=True)
+
+    def write_json(self, name: str, obj) -> None:
+        atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
+    def append_metrics(self, metrics: dict) -> None:
+        with open(self.path / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def rewrite_metrics(self, history: list[dict]) -> None:
+        atomic_write_text(self.path / "metrics.jsonl",
+                          "".join(json.dumps(m, default=_json_default) + "\n" for m in history))
+
+    def write_checkpoint(self, state: dict, spec_digest: str, history: list[dict], keep: int) -> Path:
+        epochs_done = int(state["epochs_done"])
+        root = self.path / "checkpoints"
+        root.mkdir(exist_ok=True)
+        final = root / f"epoch-{epochs_done:04d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-epoch-{epochs_done:04d}-", dir=root))
+        try:
+            with open(tmp / "params.npz", "wb") as f:
+                np.savez(f, **state["params"])
+                f.flush()
+                os.fsync(f.fileno())
+            with open(tmp / "optimizer.npz", "wb") as f:
+                np.savez(f, **state["optimizer_arrays"])
+                f.flush()
+                os.fsync(f.fileno())
+            meta = {"epochs_done": epochs_done, "spec_digest": spec_digest,
+                    "optimizer_meta": state["optimizer_meta"], "history": history,
+                    "data_cursor": {"next_epoch": epochs_done, "note": "epoch order = permutation(seed, epoch)"}}
+            with open(tmp / "state.json", "w") as f:
+                f.write(json.dumps(meta, default=_json_default))
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_dir(tmp)
+            if final.exists():
+                old = root / f".old-{final.name}-{os.getpid()}"
+                os.replace(final, old)
+                os.replace(tmp, final)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, final)
+            _fsync_dir(root)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        for old in list_checkpoints(self.path)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final

@@ -1,0 +1,213 @@
+"""``run_job(spec)``: the driver of one run. It owns the epoch loop and the run
+directory; the backend owns the workers.
+
+    from launcher.spec import load_spec
+    from launcher.runner import run_job
+    result = run_job(load_spec("jobs/binary_synthetic.yaml"), workers=0)
+"""
+from __future__ import annotations
+
+import getpass
+import os
+import platform
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lr_core.data import Dataset, load_dataset
+from lr_core.errors import LrjobError, SpecError
+
+from .progress import Reporter
+from .rundir import RunDir, check_writable, latest_checkpoint, new_run_path
+from .spec import SAFE_RESUME_CHANGES, JobSpec, spec_from_dict
+
+__all__ = ["run_job", "RunResult", "load_job_data"]
+
+
+@dataclass
+class RunResult:
+    path: Path
+    history: list[dict]
+    params: dict[str, np.ndarray]
+    summary: dict
+    placement: list[dict] = field(default_factory=list)
+    rank_params: list[dict] | None = None
+    shard_logs: list[dict] | None = None
+
+
+def load_job_data(spec: JobSpec) -> Dataset:
+    return load_dataset(spec["data.source"], **spec.data_kwargs())
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("mxnet", "horovod", "ray"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - absent is fine in the reference run
+            out[mod] = None
+    return out
+
+
+def _make_backend(spec: JobSpec, data: Dataset, workers: int, record_shards: bool):
+    cfg = spec.loop_config()
+    if workers == 0:
+        from .backends import InProcessBackend
+
+        return InProcessBackend(cfg, data, record_shards=record_shards)
+    from .backends import RayHorovodBackend
+
+    r = spec["resources"]
+    return RayHorovodBackend(cfg, data, workers, r["cpus_per_worker"], r["gpus_per_worker"],
+                             record_shards=record_shards)
+
+
+def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: str | None = None,
+            resume: str | os.PathLike | None = None, reporter: Reporter | None = None,
+            runs_dir: str | os.PathLike = "runs", record_shards: bool = False,
+            collect_rank_params: bool = False) -> RunResult:
+    """Run one job end to end and write its run directory."""
+    reporter = reporter or Reporter("quiet")
+    t_start = time.time()
+    workers = spec.workers
+    checkpoint = None
+    if resume:
+        path = Path(resume)
+        checkpoint = _resume_checkpoint(path, spec)
+    else:
+        path = Path(output) if output else new_run_path(spec.name, runs_dir)
+        check_writable(path)
+    data = load_job_data(spec)  # bad data fails here, before anything is written
+
+    from .cluster import RaySession
+
+    session = RaySession(address, workers, spec["resources.cpus_per_worker"]) if workers > 0 else None
+    if session:
+        session.__enter__()
+    backend = None
+    run = None
+    history: list[dict] = list(checkpoint["history"]) if checkpoint else []
+    summary = {"status": "starting"}
+    try:
+        backend = _make_backend(spec, data, workers, record_shards)
+        start_epoch = 0
+        if checkpoint:
+            backend.set_state(checkpoint)
+            start_epoch = checkpoint["epochs_done"]
+        run = RunDir(path)
+        run.write_text("job.yaml", spec.to_yaml())
+        run.write_json("env.json", {
+            "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
+            "argv": sys.argv, "workers": workers, "where": backend.where,
+            "placement": backend.placement, "seeds": {"train.seed": spec["train.seed"]},
+            "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
+                                                       "HOROVOD_CYCLE_TIME")},
+            "startup_seconds": backend.startup_seconds, "resumed_from": checkpoint["path"] if checkpoint else None,
+        })
+        if checkpoint:
+            run.rewrite_metrics(history)
+        reporter.header(spec, data, backend, path)
+        epochs = spec["train.epochs"]
+        every, keep = spec["checkpoint.every_epochs"], spec["checkpoint.keep"]
+        digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
+        state = None
+        summary = {"status": "running"}
+        _write_summary(run, spec, summary, history, t_start, workers, backend)
+        for epoch in range(start_epoch, epochs):
+            per_rank = backend.run_epoch(epoch)
+            m = dict(per_rank[0])
+            m["wall_seconds"] = time.time() - t_start
+            history.append(m)
+            run.append_metrics(m)
+            reporter.epoch(m, epochs)
+            if (epoch + 1) % every == 0 or epoch + 1 == epochs:
+                state = backend.get_state()
+                run.write_checkpoint(state, digest, history, keep)
+        if state is None:  # resumed at the end already
+            state = backend.get_state()
+        rank_params = backend.all_params() if collect_rank_params else None
+        shard_logs = backend.shard_logs() if record_shards else None
+        _export(run, spec, data, state["params"])
+        summary = {"status": "completed"}
+        return RunResult(path, history, state["params"], summary, backend.placement, rank_params, shard_logs)
+    except KeyboardInterrupt:
+        summary = {"status": "interrupted"}
+        raise
+    except LrjobError as e:
+        summary = {"status": "failed", "error": str(e)}
+        raise
+    except Exception as e:
+        summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+        raise
+    finally:
+        if backend is not None:
+            backend.shutdown()
+        if session:
+            session.__exit__(None, None, None)
+        if run is not None:
+            full = _write_summary(run, spec, summary, history, t_start, workers, backend)
+            summary.update(full)
+            if summary.get("status") == "completed":
+                reporter.summary(full, path)
+                _plots(run, spec, data, history)
+
+
+def _write_summary(run: RunDir, spec, status: dict, history, t_start, workers, backend) -> dict:
+    final = history[-1] if history else {}
+    train_s = sum(h.get("train_seconds", 0.0) for h in history)
+    summary = {
+        "name": spec.name, **status, "epochs_done": len(history), "epochs": spec["train.epochs"],
+        "workers": workers, "wall_seconds": time.time() - t_start,
+        "samples_per_s": (float(np.median([h["samples_per_s"] for h in history])) if history else 0.0),
+        "train_seconds": train_s, "startup_seconds": getattr(backend, "startup_seconds", None),
+        "final": {k: v for k, v in final.items() if k not in ("confusion",)},
+        "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
+        "run_dir": str(run.path),
+    }
+    run.write_json("summary.json", summary)
+    return summary
+
+
+def _export(run: RunDir, spec: JobSpec, data: Dataset, params: dict) -> None:
+    from lr_core.export import export_model
+
+    meta = {"job": spec.name, "source": data.source, "image_shape": list(data.image_shape or []),
+            "columns": data.extra.get("columns", []), "label_column": spec["data.label_column"],
+            "label_map": spec["data.label_map"]}
+    export_model(run.path / "model", spec.loop_config(), params, data.num_features, meta)
+
+
+def _plots(run: RunDir, spec, data, history) -> None:
+    try:
+        from .plots import write_plots
+    except ImportError:
+        return
+    try:
+        write_plots(run.path, spec, data, history)
+    except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
+        print(f"lrjob: warning: plots not written ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _resume_checkpoint(path: Path, spec: JobSpec) -> dict:
+    if not path.is_dir():
+        raise SpecError(f"--resume {path}: no such run directory")
+    ckpt = latest_checkpoint(path)
+    if ckpt is None:
+        raise SpecError(f"--resume {path}: no valid checkpoint in {path / 'checkpoints'}; start a new run")
+    job_file = path / "job.yaml"
+    if job_file.is_file():
+        import yaml
+
+        old = spec_from_dict(yaml.safe_load(job_file.read_text()), where=str(job_file))
+        changed = [f for f in old.diff(spec) if f not in SAFE_RESUME_CHANGES]
+        if changed:
+            raise SpecError(f"--resume {path}: the spec differs from the run's job.yaml in {', '.join(changed)}; "
+                            f"only {', '.join(sorted(SAFE_RESUME_CHANGES))} may change on resume")
+    if ckpt.get("spec_digest") and ckpt["spec_digest"] != spec.digest(ignore=SAFE_RESUME_CHANGES):
+        raise SpecError(f"--resume {path}: checkpoint {ckpt['path']} was written by a different spec; "
+                        f"start a new run")
+    return ckpt

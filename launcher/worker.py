@@ -1,0 +1,81 @@
+"""The stateful Horovod worker that ``horovod.ray.RayExecutor`` creates in each actor.
+
+The driver calls ``setup`` once, then ``run_epoch(e)`` per epoch (every rank), and
+``get_state`` on rank 0 for checkpoints. Workers return values; they write no files.
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ["HorovodWorker"]
+
+
+class HorovodWorker:
+    def __init__(self, cfg: dict, data_box: list, gpus_per_worker: float = 0, record_shards: bool = False):
+        # data_box holds the Ray ObjectRef of the Dataset (in a list so Ray does not
+        # resolve it on the way in); resolved in setup, read-only from the object store.
+        self._cfg, self._data_box = cfg, data_box
+        self._gpus = gpus_per_worker
+        self._record = record_shards
+        self.loop = None
+
+    def device_info(self) -> dict:
+        """Where this worker runs and which device it would use (no device is touched)."""
+        import ray
+
+        import horovod.mxnet as hvd
+        if not hvd.is_initialized():
+            hvd.init()
+        ctx = self._device_name(hvd.local_rank())
+        return {"rank": hvd.rank(), "local_rank": hvd.local_rank(), "size": hvd.size(),
+                "node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(),
+                "pid": os.getpid(), "device": ctx, "ray_gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+    def _device_name(self, local_rank: int) -> str:
+        # The executor exposes all of a node's job GPUs to each worker: pick by local rank.
+        return f"gpu({local_rank})" if self._gpus else "cpu(0)"
+
+    def setup(self) -> dict:
+        import mxnet as mx
+        import ray
+
+        from launcher.hvd_comm import HorovodCommunicator
+        from launcher.quiet import silence_known_noise
+        from lr_core.config import LoopConfig
+        from lr_core.errors import ClusterError
+        from lr_core.loop import TrainingLoop
+
+        silence_known_noise()
+        comm = HorovodCommunicator()
+        info = self.device_info()
+        if self._gpus:
+            n = mx.context.num_gpus() if hasattr(mx.context, "num_gpus") else 0
+            if n == 0:
+                raise ClusterError(
+                    f"rank {comm.rank} on {info['host']}: resources.gpus_per_worker={self._gpus:g} but this "
+                    f"MXNet ({mx.__version__}) sees no GPU (CPU build or no CUDA device); install "
+                    f"mxnet-cu112 and Horovod built with HOROVOD_GPU_OPERATIONS=NCCL, or set --gpus-per-worker 0")
+            ctx = mx.gpu(comm.local_rank)
+        else:
+            ctx = mx.cpu()
+        data = ray.get(self._data_box[0])
+        cfg = LoopConfig(**{**self._cfg, "hidden": tuple(self._cfg["hidden"])})
+        self.loop = TrainingLoop(cfg, data, comm, ctx, record_shards=self._record)
+        return info
+
+    def run_epoch(self, epoch: int) -> dict:
+        return self.loop.run_epoch(epoch)
+
+    def get_state(self) -> dict:
+        return self.loop.get_state()
+
+    def set_state(self, state: dict) -> None:
+        self.loop.set_state(state)
+
+    def get_params(self) -> dict:
+        return self.loop.get_params()
+
+    def shard_log(self) -> dict:
+        return self.loop.shard_log

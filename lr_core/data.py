@@ -1,0 +1,460 @@
+"""Data sources and their checks.
+
+Every source returns a :class:`Dataset` of float32 features and integer labels, already
+split into training and validation rows. Bad files raise :class:`DataError` with one
+line naming the file, row or column and the fix. Nothing here reads pickles.
+
+Sources (DESIGN.md): synthetic-binary, synthetic-blobs, mnist, fashion-mnist, digits,
+csv, npz. MNIST-style sources read the four standard IDX files (raw or ``.gz``) from
+``data.path`` or from the cache directory that ``.ci/install`` fills.
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import math
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = [
+    "Dataset", "load_dataset", "SOURCES", "read_idx", "write_idx", "check_features",
+    "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
+    "verify_idx_dir", "read_features_file", "holdout_split",
+]
+
+SOURCES = ("synthetic-binary", "synthetic-blobs", "mnist", "fashion-mnist", "digits", "csv", "npz")
+
+# MD5 of the four standard, uncompressed MNIST files.
+MNIST_MD5 = {
+    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+}
+IDX_NAMES = tuple(MNIST_MD5)
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Training and validation rows. ``x_*`` float32 (n, d); ``y_*`` int64 (n,)."""
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    source: str
+    image_shape: tuple[int, ...] | None = None
+    description: str = ""
+    val_name: str = "validation"
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def num_features(self) -> int:
+        return int(self.x_train.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.x_train.nbytes + self.y_train.nbytes + self.x_val.nbytes + self.y_val.nbytes)
+
+
+def data_home() -> Path:
+    """The cache directory: ``$LRJOB_DATA_HOME``, else ``$XDG_CACHE_HOME/lrjob``, else ``~/.cache/lrjob``."""
+    if os.environ.get("LRJOB_DATA_HOME"):
+        return Path(os.environ["LRJOB_DATA_HOME"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lrjob"
+
+
+# --------------------------------------------------------------------------- IDX files
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+
+
+def _open_maybe_gz(path: Path) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from e
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as e:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from e
+    return raw
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read one IDX file (raw or gzip). Checks the magic number and the size."""
+    path = Path(path)
+    raw = _open_maybe_gz(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'}, "
+                        f"expected 0000 08 01..03); point data.path at the standard MNIST files")
+    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes); download the file again")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    expected = header + math.prod(dims) * dtype.itemsize
+    if len(raw) != expected:
+        raise DataError(f"{path}: truncated or padded IDX file: dimensions {dims} need {expected} bytes, "
+                        f"found {len(raw)}; download the file again")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
+    """Write an uint8 array as a raw IDX file (used by the cache builder and tests)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    with open(path, "wb") as f:
+        f.write(header + array.tobytes())
+
+
+def mnist_files(directory: str | os.PathLike, source: str = "mnist") -> dict[str, Path]:
+    """Find the four standard IDX files (raw or .gz) in ``directory``."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(f"{source}: data directory {directory} does not exist; set data.path to a "
+                        f"directory with the four IDX files" + (" or run `make install`" if source == "mnist" else ""))
+    found = {}
+    for name in IDX_NAMES:
+        for candidate in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
+            if (directory / candidate).is_file():
+                found[name] = directory / candidate
+                break
+        else:
+            raise DataError(f"{source}: {directory} has no {name} (or {name}.gz); it needs the four standard "
+                            f"IDX files: {', '.join(IDX_NAMES)}")
+    return found
+
+
+def verify_idx_dir(directory: str | os.PathLike) -> list[str]:
+    """Problems with the MNIST cache in ``directory`` (empty list when every MD5 matches)."""
+    problems = []
+    for name, md5 in MNIST_MD5.items():
+        path = Path(directory) / name
+        if not path.is_file():
+            problems.append(f"{path}: missing")
+            continue
+        digest = hashlib.md5(path.read_bytes()).hexdigest()
+        if digest != md5:
+            problems.append(f"{path}: MD5 {digest}, expected {md5} (corrupt file)")
+    return problems
+
+
+def _load_idx_source(source: str, path: str | None) -> Dataset:
+    directory = Path(path).expanduser() if path else data_home() / source
+    files = mnist_files(directory, source)
+    if not path and source == "mnist":
+        problems = verify_idx_dir(directory)
+        if problems:
+            raise DataError(f"mnist cache: {problems[0]}; run `make install` (or "
+                            f"`python -m launcher.datacache ensure`) to rebuild it")
+    arrays = {name: read_idx(p) for name, p in files.items()}
+    x_tr, y_tr = arrays["train-images-idx3-ubyte"], arrays["train-labels-idx1-ubyte"]
+    x_te, y_te = arrays["t10k-images-idx3-ubyte"], arrays["t10k-labels-idx1-ubyte"]
+    for xs, ys, split in ((x_tr, y_tr, "train"), (x_te, y_te, "t10k")):
+        if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
+            raise DataError(f"{source}: {split} images {xs.shape} and labels {ys.shape} do not match; "
+                            f"expected (n, rows, cols) images and n labels")
+    shape = tuple(int(s) for s in x_tr.shape[1:])
+    scale = np.float32(1.0 / 255.0)
+    return Dataset(
+        x_train=x_tr.reshape(len(x_tr), -1).astype(np.float32) * scale, y_train=y_tr.astype(np.int64),
+        x_val=x_te.reshape(len(x_te), -1).astype(np.float32) * scale, y_val=y_te.astype(np.int64),
+        source=source, image_shape=shape, val_name="test",
+        description=f"{source} from {directory}")
+
+
+# --------------------------------------------------------------------------- checks
+def check_features(x: np.ndarray, where: str, num_features: int | None = None,
+                   columns: list[str] | None = None) -> np.ndarray:
+    """Features must be a non-empty 2-D finite float array (with ``num_features`` columns)."""
+    if x.ndim != 2:
+        raise DataError(f"{where}: features must be a 2-D table (rows x features), got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise DataError(f"{where}: no rows; the dataset is empty")
+    if num_features is not None and x.shape[1] != num_features:
+        raise DataError(f"{where}: {x.shape[1]} feature columns, the model expects {num_features} "
+                        f"(same columns, in training order)")
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise DataError(f"{where}: features must be numbers, got dtype {x.dtype}")
+    x = x.astype(np.float32, copy=False)
+    bad = ~np.isfinite(x)
+    if bad.any():
+        r, c = map(int, np.argwhere(bad)[0])
+        col = columns[c] if columns and c < len(columns) else f"column {c}"
+        raise DataError(f"{where}: row {r + 1}, {col}: value {x[r, c]} is not finite (NaN or inf); "
+                        f"clean or impute it first ({int(bad.sum())} such values)")
+    return x
+
+
+def apply_label_map(y: np.ndarray, label_map: Mapping[Any, Any] | None, where: str) -> np.ndarray:
+    if not label_map:
+        return y
+    lookup = {str(k): v for k, v in label_map.items()}
+    out = np.empty(len(y), dtype=np.float64)
+    for i, v in enumerate(y):
+        key = _label_key(v)
+        if key not in lookup:
+            raise DataError(f"{where}: row {i + 1}: label {v!r} is not in data.label_map "
+                            f"{dict(label_map)}; add it to the map")
+        out[i] = lookup[key]
+    return out
+
+
+def _label_key(v: Any) -> str:
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, (np.integer,)):
+        return str(int(v))
+    return str(v)
+
+
+def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str) -> np.ndarray:
+    """Binary labels must be exactly {0, 1}; softmax labels integers in [0, num_classes)."""
+    if y.ndim != 1:
+        raise DataError(f"{where}: labels must be one value per row, got shape {y.shape}")
+    if len(y) == 0:
+        raise DataError(f"{where}: no rows; the dataset is empty")
+    if y.dtype.kind in "US O":
+        try:
+            y = y.astype(np.float64)
+        except (ValueError, TypeError):
+            sample = sorted({str(v) for v in y})[:4]
+            raise DataError(f"{where}: labels must be numbers, found {sample}; map them with "
+                            f"data.label_map, e.g. {{{sample[0]!r}: 0, ...}}") from None
+    yf = y.astype(np.float64)
+    if not np.isfinite(yf).all():
+        r = int(np.argwhere(~np.isfinite(yf))[0][0])
+        raise DataError(f"{where}: row {r + 1}: label {y[r]} is not finite; every row needs a label")
+    if not np.all(yf == np.round(yf)):
+        r = int(np.argwhere(yf != np.round(yf))[0][0])
+        raise DataError(f"{where}: row {r + 1}: label {y[r]} is not an integer class")
+    values = sorted(int(v) for v in np.unique(yf))
+    if kind == "binary":
+        if not set(values) <= {0, 1}:
+            shown = values if len(values) <= 6 else values[:6] + ["..."]
+            hint = ""
+            if len(values) == 2:
+                hint = f"; re-encode with data.label_map: {{{values[0]}: 0, {values[1]}: 1}}"
+            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {shown}{hint}")
+    else:
+        bad = [v for v in values if v < 0 or v >= num_classes]
+        if bad:
+            raise DataError(f"{where}: softmax labels must be integers in [0, {num_classes}), found "
+                            f"{bad[:5]}; raise model.num_classes or re-encode with data.label_map")
+    return yf.astype(np.int64)
+
+
+def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, where: str):
+    """Seeded, deterministic hold-out of ``fraction`` of the rows."""
+    n = len(x)
+    n_val = int(round(n * fraction))
+    if fraction > 0:
+        n_val = max(n_val, 1)
+    if n - n_val < 1:
+        raise DataError(f"{where}: {n} rows leave nothing to train on after data.val_fraction={fraction}; "
+                        f"lower val_fraction or give data.val_path")
+    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
+    return x[tr], y[tr], x[va], y[va]
+
+
+# --------------------------------------------------------------------------- user files
+def read_features_file(path: str | os.PathLike, label_column: str | None = "label",
+                       require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Read CSV, NPY or NPZ: returns (x, y or None, feature column names)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"{path}: file not found; check data.path / --input")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a .csv, .npz or .npy file")
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        return _read_npz(path, require_labels)
+    if suffix == ".npy":
+        try:
+            x = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DataError(f"{path}: not a readable .npy array ({e})") from e
+        if require_labels:
+            raise DataError(f"{path}: .npy holds features only; training needs an .npz with arrays x and y")
+        return x, None, []
+    return _read_csv(path, label_column, require_labels)
+
+
+def _read_npz(path: Path, require_labels: bool):
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            names = list(z.files)
+            if "x" not in names:
+                raise DataError(f"{path}: no array 'x' (found {names}); save with np.savez(path, x=..., y=...)")
+            x = z["x"]
+            y = z["y"] if "y" in names else None
+    except DataError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]}); "
+                        f"save with np.savez(path, x=..., y=...)") from e
+    if require_labels and y is None:
+        raise DataError(f"{path}: no array 'y' (found {names}); save with np.savez(path, x=..., y=...)")
+    return x, y, []
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _read_csv(path: Path, label_column: str | None, require_labels: bool):
+    try:
+        with open(path, newline="") as f:
+            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from e
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from e
+    except csv.Error as e:
+        raise DataError(f"{path}: malformed CSV ({e})") from e
+    if not rows:
+        raise DataError(f"{path}: empty file; the dataset needs a header and at least one row")
+    header = None
+    if not all(_is_number(c) for c in rows[0]):
+        header = [c.strip() for c in rows[0]]
+        rows = rows[1:]
+    if not rows:
+        raise DataError(f"{path}: no data rows after the header; the dataset is empty")
+    width = len(header) if header else len(rows[0])
+    for i, r in enumerate(rows):
+        if len(r) != width:
+            line = i + (2 if header else 1)
+            raise DataError(f"{path}: line {line} has {len(r)} columns, expected {width}; fix the row")
+    label_idx = None
+    if label_column is not None and header is not None and label_column in header:
+        label_idx = header.index(label_column)
+    elif require_labels:
+        if header is None:
+            raise DataError(f"{path}: no header row, so label column {label_column!r} cannot be found; "
+                            f"add a header naming the columns")
+        raise DataError(f"{path}: no column {label_column!r} (columns: {', '.join(header[:8])}"
+                        f"{', ...' if len(header) > 8 else ''}); set data.label_column")
+    feat_idx = [j for j in range(width) if j != label_idx]
+    columns = [header[j] for j in feat_idx] if header else [f"column {j + 1}" for j in feat_idx]
+    x = np.empty((len(rows), len(feat_idx)), dtype=np.float64)
+    for i, r in enumerate(rows):
+        for k, j in enumerate(feat_idx):
+            cell = r[j].strip()
+            try:
+                x[i, k] = float(cell)
+            except ValueError:
+                line = i + (2 if header else 1)
+                raise DataError(f"{path}: line {line}, column {columns[k]!r}: {cell!r} is not a number; "
+                                f"features must be numeric") from None
+    y = None
+    if label_idx is not None:
+        raw = [r[label_idx].strip() for r in rows]
+        y = np.array([float(v) if _is_number(v) else v for v in raw], dtype=object)
+        if all(isinstance(v, float) for v in y):
+            y = y.astype(np.float64)
+    return x, y, columns
+
+
+def _load_file(path: str, kind: str, num_classes: int, label_column: str,
+               label_map: Mapping | None, num_features: int | None = None):
+    x, y, columns = read_features_file(path, label_column)
+    where = str(Path(path).expanduser())
+    if label_map:
+        y = apply_label_map(np.asarray(y, dtype=object), label_map, where)
+    y = check_labels(np.asarray(y), kind, num_classes, where)
+    if len(y) != len(x):
+        raise DataError(f"{where}: {len(x)} feature rows but {len(y)} labels; they must match")
+    x = check_features(np.asarray(x), where, num_features, columns)
+    return x, y, columns
+
+
+# --------------------------------------------------------------------------- synthetic
+def _synthetic_binary(opts: Mapping, seed: int):
+    n_train, n_val = int(opts.get("n_train", 1000)), int(opts.get("n_val", 100))
+    d, boundary = int(opts.get("n_features", 10)), float(opts.get("boundary", 3.0))
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n_train + n_val, d)).astype(np.float32)
+    y = (x.sum(axis=1) > boundary).astype(np.int64)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], f"x ~ N(0,1)^{d}, y = sum(x) > {boundary:g}"
+
+
+def _synthetic_blobs(opts: Mapping, seed: int):
+    n_train, n_val = int(opts.get("n_train", 400)), int(opts.get("n_val", 100))
+    d, sep = int(opts.get("n_features", 2)), float(opts.get("separation", 4.0))
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val
+    y = rng.integers(0, 2, size=n).astype(np.int64)
+    direction = np.ones(d) / np.sqrt(d)
+    centres = np.stack([-direction * sep / 2, direction * sep / 2])
+    x = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
+    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], f"two N(c, I) blobs in {d}-D, centres {sep:g} apart"
+
+
+_OPTIONS = {
+    "synthetic-binary": {"n_train", "n_val", "n_features", "boundary"},
+    "synthetic-blobs": {"n_train", "n_val", "n_features", "separation"},
+}
+
+
+def source_options(source: str) -> set[str]:
+    """The keys ``data.options`` accepts for ``source``."""
+    return set(_OPTIONS.get(source, set()))
+
+
+# --------------------------------------------------------------------------- entry point
+def load_dataset(source: str, *, kind: str, num_classes: int, seed: int, path: str | None = None,
+                 val_path: str | None = None, val_fraction: float = 0.1, label_column: str = "label",
+                 label_map: Mapping | None = None, options: Mapping | None = None) -> Dataset:
+    """Load and check one dataset as the job spec's ``data`` section describes it."""
+    options = dict(options or {})
+    if source in ("synthetic-binary", "synthetic-blobs"):
+        gen = _synthetic_binary if source == "synthetic-binary" else _synthetic_blobs
+        x_tr, y_tr, x_va, y_va, desc = gen(options, seed)
+        where = f"data.source {source}"
+        check_labels(y_tr, kind, num_classes, where)
+        return Dataset(x_tr, y_tr, x_va, y_va, source=source, description=desc)
+    if source in ("mnist", "fashion-mnist"):
+        ds = _load_idx_source(source, path)
+        where = f"{source} ({path or data_home() / source})"
+        check_labels(ds.y_train, kind, num_classes, where)
+        check_labels(ds.y_val, kind, num_classes, where)
+        return ds
+    if source == "digits":
+        from sklearn.datasets import load_digits  # bundled with scikit-learn: offline
+
+        bunch = load_digits()
+        x = (bunch.data / 16.0).astype(np.float32)
+        y = bunch.target.astype(np.int64)
+        y = check_labels(y, kind, num_classes, "digits")
+        x_tr, y_tr, x_va, y_va = holdout_split(x, y, val_fraction, seed, "digits")
+        return Dataset(x_tr, y_tr, x_va, y_va, source=source, image_shape=(8, 8),
+                       description="scikit-learn 8x8 digits (1797 images)")
+    if source in ("csv", "npz"):
+        if not path:
+            raise DataError(f"data.path: source {source} needs a file; set data.path")
+        x, y, columns = _load_file(path, kind, num_classes, label_column, label_map)
+        if val_path:
+            x_va, y_va, _ = _load_file(val_path, kind, num_classes, label_column, label_map, x.shape[1])
+            x_tr, y_tr = x, y
+        else:
+            x_tr, y_tr, x_va, y_va = holdout_split(x, y, val_fraction, seed, str(path))
+        return Dataset(x_tr, y_tr, x_va, y_va, source=source, description=f"{path}",
+                       extra={"columns": columns})
+    raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")

@@ -1,0 +1,72 @@
+"""Errors meant for people: one line naming the field, file or row, what was expected,
+what was found, and the fix. Every class pickles, so it survives crossing a Ray actor.
+
+Exit codes (DESIGN.md): ``LrjobInputError`` and subclasses -> 2, ``LrjobRuntimeError`` -> 1.
+"""
+from __future__ import annotations
+
+__all__ = [
+    "LrjobError", "LrjobInputError", "SpecError", "DataError",
+    "LrjobRuntimeError", "TrainingError", "DivergenceError", "ClusterError",
+    "WorkerFailure",
+]
+
+
+class LrjobError(Exception):
+    """Base class. ``str(err)`` is the one-line message shown to the user."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __reduce__(self):
+        return (self.__class__, (self.message,))
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class LrjobInputError(LrjobError):
+    """Bad input: spec, data, arguments. Exit code 2."""
+
+    exit_code = 2
+
+
+class SpecError(LrjobInputError):
+    """The job spec or a command-line override is wrong."""
+
+
+class DataError(LrjobInputError):
+    """A data file or data source is wrong."""
+
+
+class LrjobRuntimeError(LrjobError):
+    """Training or cluster failure. Exit code 1."""
+
+    exit_code = 1
+
+
+class TrainingError(LrjobRuntimeError):
+    """Training could not go on."""
+
+
+class DivergenceError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+class ClusterError(LrjobRuntimeError):
+    """Ray, Horovod or the devices could not do what the job asked."""
+
+
+class WorkerFailure(LrjobRuntimeError):
+    """A worker died or hung; names the rank, node and last finished epoch."""
+
+    def __init__(self, message: str, rank: int | None = None, node: str | None = None,
+                 last_epoch: int | None = None):
+        super().__init__(message)
+        self.rank, self.node, self.last_epoch = rank, node, last_epoch
+
+    def __reduce__(self):
+        return (self.__class__, (self.message, self.rank, self.node, self.last_epoch))

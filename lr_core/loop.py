@@ -1,0 +1,201 @@
+"""The training loop, written once for every world size.
+
+``TrainingLoop`` holds the model, the Gluon trainer and the data of one worker; the
+caller (the in-process reference run, or the launcher's Horovod worker) calls
+``run_epoch(e)`` for each epoch. Batching follows the parity rule (``sharding.py``):
+every rank walks the same global batches, takes its slice, backpropagates the sum of
+its per-sample losses, and the communicator's ``step`` divides the gradient summed over
+ranks by the real size of the global batch: the single-process update.
+
+Hot path: the data sits in NDArrays on the device; each epoch gathers this rank's rows
+in epoch order once, the steps take views of them; the per-step loss sums stay on the
+device and are read once per epoch (no host synchronisation per step).
+
+    from lr_core import LoopConfig, fit, load_dataset
+    loop, history = fit(LoopConfig(kind="softmax", num_classes=10), load_dataset("digits", ...))
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import mxnet as mx
+from mxnet import autograd
+
+from .comm import Communicator, SingleProcessCommunicator
+from .config import LoopConfig
+from .data import Dataset
+from .errors import DivergenceError
+from .losses import LossGraph
+from .metrics import EvalCounts, summarize
+from .models import build_model
+from .sharding import epoch_permutation, local_plan, shard_bounds
+from .state import get_optimizer_state, set_optimizer_state
+
+__all__ = ["TrainingLoop", "fit", "optimizer_params", "predict_logits"]
+
+
+def optimizer_params(cfg: LoopConfig) -> dict:
+    params = {"learning_rate": cfg.learning_rate, "wd": cfg.weight_decay}
+    if cfg.optimizer in ("sgd", "nag"):
+        params["momentum"] = cfg.momentum
+    return params
+
+
+def predict_logits(net, x: mx.nd.NDArray, batch: int = 4096) -> np.ndarray:
+    """Logits for every row of ``x`` in large batches, as float32 NumPy."""
+    outs = [net(x[a:a + batch]) for a in range(0, x.shape[0], batch)]
+    if not outs:
+        return np.zeros((0, 1), dtype=np.float32)
+    return mx.nd.concat(*outs, dim=0).asnumpy()
+
+
+class TrainingLoop:
+    """One worker's training state. World size comes only from ``comm``."""
+
+    def __init__(self, cfg: LoopConfig, data: Dataset, comm: Communicator | None = None,
+                 ctx: mx.Context | None = None, record_shards: bool = False):
+        self.cfg, self.data = cfg, data
+        self.comm = comm or SingleProcessCommunicator()
+        self.ctx = ctx or mx.cpu()
+        self.record_shards = record_shards
+        self.shard_log: dict[int, np.ndarray] = {}
+        self.epochs_done = 0
+
+        self.net = build_model(cfg, data.num_features, self.ctx)
+        self.comm.broadcast_parameters(self.net.collect_params())
+        self.graph = LossGraph(self.net, cfg.kind)
+        self.graph.hybridize(static_alloc=True)
+        self.net.hybridize(static_alloc=True)
+        self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
+
+        self.x = mx.nd.array(data.x_train, ctx=self.ctx, dtype="float32")
+        y = data.y_train.astype(np.float32)
+        self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
+        # Validation: this rank's contiguous slice; counts are summed across ranks.
+        a, b = shard_bounds(len(data.x_val), self.comm.rank, self.comm.size)
+        self.val_slice = (a, b)
+        self.x_val = mx.nd.array(data.x_val[a:b], ctx=self.ctx, dtype="float32") if b > a else None
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int) -> dict:
+        cfg, comm = self.cfg, self.comm
+        n = len(self.data.x_train)
+        perm = epoch_permutation(cfg.seed, epoch, n)
+        idx, offsets, global_sizes = local_plan(perm, cfg.batch_size, comm.rank, comm.size)
+        if self.record_shards:
+            self.shard_log[epoch] = idx.copy()
+        steps = len(global_sizes)
+        t0 = time.perf_counter()
+        if len(idx):
+            idx_nd = mx.nd.array(idx, ctx=self.ctx, dtype="int64")
+            xe, ye = mx.nd.take(self.x, idx_nd), mx.nd.take(self.y, idx_nd)
+        losses = mx.nd.zeros((steps,), ctx=self.ctx, dtype="float32")
+        for s in range(steps):
+            a, b = int(offsets[s]), int(offsets[s + 1])
+            if b > a:
+                with autograd.record():
+                    total = self.graph(xe[a:b], ye[a:b]).sum()
+                total.backward()
+                losses[s] = total
+            else:
+                # This rank has no rows in this global batch: it still joins the
+                # allreduce, with an exact zero gradient (a zero-weighted real row).
+                with autograd.record():
+                    total = (self.graph(self.x[0:1], self.y[0:1]) * 0).sum()
+                total.backward()
+            comm.step(self.trainer, int(global_sizes[s]))
+        local = losses.asnumpy().astype(np.float64)  # the one host sync of the epoch
+        train_seconds = time.perf_counter() - t0
+        per_step = comm.allreduce_sum(local, name=f"train_loss.{epoch}")
+        if not np.all(np.isfinite(per_step)):
+            step = int(np.flatnonzero(~np.isfinite(per_step))[0])
+            raise DivergenceError(
+                f"loss became {per_step[step]} at epoch {epoch + 1}, step {step + 1} of {steps}; "
+                f"lower train.learning_rate (now {cfg.learning_rate:g}) or check the data scale")
+        self.epochs_done = epoch + 1
+        return {"train_loss": float(per_step.sum() / n), "train_seconds": train_seconds,
+                "steps": steps, "local_rows": int(len(idx))}
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self, epoch: int | None = None) -> dict:
+        """Validation metrics over the whole validation set (shards merged)."""
+        cfg, comm = self.cfg, self.comm
+        n_val = len(self.data.x_val)
+        a, b = self.val_slice
+        counts = EvalCounts(2 if cfg.kind == "binary" else cfg.num_classes)
+        scores_global = np.zeros(n_val, dtype=np.float64) if cfg.kind == "binary" else None
+        if self.x_val is not None:
+            logits = predict_logits(self.net, self.x_val, cfg.eval_batch_size).astype(np.float64)
+            y = self.data.y_val[a:b]
+            if cfg.kind == "binary":
+                z = logits[:, 0]
+                # stable sigmoid BCE on logits, as the training loss
+                losses = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+                prob = 1.0 / (1.0 + np.exp(-z))
+                pred = (prob >= cfg.threshold).astype(np.int64)
+                scores_global[a:b] = prob
+            else:
+                m = logits.max(axis=1, keepdims=True)
+                logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
+                losses = -logp[np.arange(len(y)), y]
+                pred = logits.argmax(axis=1)
+            counts.update(y, pred, losses)
+        tag = "" if epoch is None else f".{epoch}"
+        total = EvalCounts.from_vector(comm.allreduce_sum(counts.to_vector(), name=f"val_counts{tag}"),
+                                       counts.num_classes)
+        if scores_global is not None:
+            # Each rank filled only its own positions; the sum is the whole set's scores.
+            scores_global = comm.allreduce_sum(scores_global, name=f"val_scores{tag}")
+        return summarize(cfg.kind, total, self.data.y_val, scores_global)
+
+    def run_epoch(self, epoch: int) -> dict:
+        """Train one epoch and evaluate; returns the epoch's metrics."""
+        t0 = time.perf_counter()
+        tr = self.train_epoch(epoch)
+        ev = self.evaluate(epoch)
+        seconds = time.perf_counter() - t0
+        out = {"epoch": epoch + 1, "train_loss": tr["train_loss"], "val_loss": ev.pop("loss")}
+        out.update({f"val_{k}" if k in ("accuracy", "precision", "recall", "f1", "auc", "macro_f1") else k: v
+                    for k, v in ev.items() if k != "n"})
+        out.update({"epoch_seconds": seconds, "train_seconds": tr["train_seconds"],
+                    "samples_per_s": len(self.data.x_train) / tr["train_seconds"] if tr["train_seconds"] else 0.0,
+                    "steps": tr["steps"]})
+        return out
+
+    # ------------------------------------------------------------------ state
+    def get_params(self) -> dict[str, np.ndarray]:
+        return {name: p.data().asnumpy() for name, p in self.net.collect_params().items()}
+
+    def set_params(self, values: dict[str, np.ndarray]) -> None:
+        for name, p in self.net.collect_params().items():
+            p.set_data(mx.nd.array(values[name], ctx=self.ctx, dtype="float32"))
+
+    def get_state(self) -> dict:
+        """Parameters, optimizer state and the data cursor: all a resume needs."""
+        arrays, meta = get_optimizer_state(self.trainer)
+        return {"params": self.get_params(), "optimizer_arrays": arrays, "optimizer_meta": meta,
+                "epochs_done": self.epochs_done}
+
+    def set_state(self, state: dict) -> None:
+        self.set_params(state["params"])
+        set_optimizer_state(self.trainer, state["optimizer_arrays"], state["optimizer_meta"], self.ctx)
+        self.epochs_done = int(state["epochs_done"])
+
+
+def fit(cfg: LoopConfig, data: Dataset, comm: Communicator | None = None,
+        on_epoch: Callable[[dict], None] | None = None, start_epoch: int = 0,
+        state: dict | None = None) -> tuple[TrainingLoop, list[dict]]:
+    """Train ``cfg.epochs`` epochs (from ``start_epoch``); returns the loop and the history."""
+    loop = TrainingLoop(cfg, data, comm)
+    if state is not None:
+        loop.set_state(state)
+    history = []
+    for epoch in range(start_epoch, cfg.epochs):
+        metrics = loop.run_epoch(epoch)
+        history.append(metrics)
+        if on_epoch:
+            on_epoch(metrics)
+    return loop, history

@@ -1,0 +1,32 @@
+"""Losses on logits: sigmoid binary cross-entropy and softmax cross-entropy, both per
+sample (the loop sums them; the trainer divides by the global batch size)."""
+from __future__ import annotations
+
+from mxnet import gluon
+
+__all__ = ["make_loss", "LossGraph"]
+
+
+def make_loss(kind: str) -> gluon.loss.Loss:
+    if kind == "binary":
+        # from_sigmoid=False: the numerically stable form on logits.
+        return gluon.loss.SigmoidBinaryCrossEntropyLoss(from_sigmoid=False)
+    if kind == "softmax":
+        return gluon.loss.SoftmaxCrossEntropyLoss(sparse_label=True)
+    raise ValueError(f"kind must be binary or softmax, got {kind!r}")
+
+
+class LossGraph(gluon.HybridBlock):
+    """Model and loss in one hybridized graph: (x, y) -> per-sample loss.
+
+    ``y`` is (n, 1) float32 for binary (matching the single logit) and (n,) for softmax.
+    """
+
+    def __init__(self, net: gluon.HybridBlock, kind: str):
+        super().__init__(prefix="graph_")
+        with self.name_scope():
+            self.net = net
+            self.loss = make_loss(kind)
+
+    def hybrid_forward(self, F, x, y):
+        return self.loss(self.net(x), y)

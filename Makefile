@@ -6,6 +6,7 @@ PY     := $(VENV)/bin/python
 LRJOB  := $(VENV)/bin/lrjob
 WORKERS ?= 2
 JOB    ?= jobs/mnist_softmax.yaml
+RUN_ARGS ?=
 
 .PHONY: install run test test-fast bench clean doctor
 
@@ -13,7 +14,7 @@ install:
 	@VENV=$(VENV) bash .ci/install
 
 run: install
-	$(LRJOB) run $(JOB) --workers $(WORKERS)
+	$(LRJOB) run $(JOB) --workers $(WORKERS) $(RUN_ARGS)
 
 test: install
 	$(PY) -m pytest -q tests

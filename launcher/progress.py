@@ -22,7 +22,7 @@ def _fmt(v, width=8, digits=4):
 
 class Reporter:
     def __init__(self, mode: str = "human", stream=None, err=None):
-        self.mode = mode          # human | json | quiet
+        self.mode = mode          # human | json | quiet | silent
         self.out = stream or sys.stdout
         self.err = err or sys.stderr
         self.kind = "binary"
@@ -41,7 +41,7 @@ class Reporter:
         if self.mode == "json":
             self._json("start", **info)
             return
-        if self.mode == "quiet":
+        if self.mode in ("quiet", "silent"):
             return
         m, t = spec["model"], spec["train"]
         hidden = "-".join(str(h) for h in m["hidden"]) or "none"
@@ -69,7 +69,7 @@ class Reporter:
         if self.mode == "json":
             self._json("epoch", **m)
             return
-        if self.mode == "quiet":
+        if self.mode in ("quiet", "silent"):
             return
         vals = [f"{m['epoch']}/{epochs}", m["train_loss"], m["val_loss"], m["val_accuracy"]]
         vals += [m.get("val_f1"), m.get("val_auc")] if self.kind == "binary" else [m.get("val_macro_f1")]
@@ -80,13 +80,15 @@ class Reporter:
     def message(self, text: str) -> None:
         if self.mode == "json":
             self._json("message", text=text)
-        elif self.mode != "quiet":
+        elif self.mode not in ("quiet", "silent"):
             self.err.write(text + "\n")
             self.err.flush()
 
     def summary(self, summary: dict, run_dir) -> None:
         if self.mode == "json":
             self._json("summary", **summary)
+            return
+        if self.mode == "silent":
             return
         if self.mode == "quiet":
             self.out.write(f"{run_dir}\n")

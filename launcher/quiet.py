@@ -17,8 +17,13 @@ __all__ = ["silence_known_noise"]
 def silence_known_noise() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"horovod\.ray(\..*)?$")
     warnings.filterwarnings("ignore", message=r".*Use get_node_id\(\) instead", category=DeprecationWarning)
+    # horovod.ray's PGStrategy passes placement_group=/placement_group_bundle_index=.
+    warnings.filterwarnings("ignore", message=r"placement_group(_bundle_index)? parameter is deprecated",
+                            category=DeprecationWarning)
     # MXNet's Gluon warns when a hybridized block is re-traced for a new batch shape.
     warnings.filterwarnings("ignore", message=r".*Gradient of Parameter .* has not been updated", category=UserWarning)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # Ray 2.60 announces token authentication at every local start: not actionable here.
+    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
     for name in ("horovod.ray.runner", "horovod.ray.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)

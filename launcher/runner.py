@@ -71,7 +71,7 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
             runs_dir: str | os.PathLike = "runs", record_shards: bool = False,
             collect_rank_params: bool = False) -> RunResult:
     """Run one job end to end and write its run directory."""
-    reporter = reporter or Reporter("quiet")
+    reporter = reporter or Reporter("silent")
     t_start = time.time()
     workers = spec.workers
     checkpoint = None

@@ -10,7 +10,7 @@ from lr_core.config import LoopConfig
 from lr_core.data import Dataset
 from lr_core.errors import ClusterError, LrjobError, WorkerFailure
 
-__all__ = ["InProcessBackend", "RayHorovodBackend"]
+__all__ = ["InProcessBackend", "RayHorovodBackend", "probe_devices"]
 
 
 class InProcessBackend:
@@ -144,3 +144,31 @@ class RayHorovodBackend:
         except Exception:  # noqa: BLE001
             pass
         self.executor = None
+
+
+def probe_devices(workers: int, cpus_per_worker: float = 1, gpus_per_worker: float = 0) -> list[dict]:
+    """Start N Horovod workers, report where each runs and which device it would use
+    (``gpu(local_rank)`` or ``cpu(0)``), and stop them. Touches no device: works with
+    Ray's logical GPUs on a machine without any."""
+    import ray
+    from horovod.ray import RayExecutor
+
+    from .cluster import check_resources, worker_env
+    from .worker import HorovodWorker
+
+    check_resources(workers, cpus_per_worker, gpus_per_worker)
+    settings = RayExecutor.create_settings(timeout_s=60, placement_group_timeout_s=60)
+    executor = RayExecutor(settings, num_workers=workers, cpus_per_worker=cpus_per_worker,
+                           use_gpu=bool(gpus_per_worker), gpus_per_worker=gpus_per_worker or None)
+    try:
+        executor.start(executable_cls=HorovodWorker,
+                       executable_kwargs={"cfg": {}, "data_box": [None], "gpus_per_worker": gpus_per_worker},
+                       extra_env_vars=worker_env(cpus_per_worker))
+        return executor.execute(lambda w: w.device_info())
+    finally:
+        for actor in list(getattr(getattr(executor, "adapter", None), "workers", []) or []):
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception:  # noqa: BLE001
+                pass
+        executor.shutdown()

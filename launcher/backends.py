@@ -130,20 +130,30 @@ class RayHorovodBackend:
         return self._call(lambda w: w.shard_log(), "shard read-back")
 
     def shutdown(self) -> None:
-        import ray
-
-        if self.executor is None:
-            return
-        for actor in self._actors():
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001 - already dead is fine
-                pass
-        try:
-            self.executor.shutdown()
-        except Exception:  # noqa: BLE001
-            pass
+        if self.executor is not None:
+            _stop_executor(self.executor)
         self.executor = None
+
+
+def _stop_executor(executor) -> None:
+    """Leave Horovod on every rank, kill the actors, remove the placement group."""
+    import ray
+
+    actors = list(getattr(getattr(executor, "adapter", None), "workers", []) or [])
+    try:
+        ray.wait([a.execute.remote(lambda w: w.close() if w is not None else None) for a in actors],
+                 num_returns=len(actors), timeout=10)
+    except Exception:  # noqa: BLE001 - dead actors cannot close
+        pass
+    for actor in actors:
+        try:
+            ray.kill(actor, no_restart=True)
+        except Exception:  # noqa: BLE001 - already dead is fine
+            pass
+    try:
+        executor.shutdown()
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def probe_devices(workers: int, cpus_per_worker: float = 1, gpus_per_worker: float = 0) -> list[dict]:
@@ -166,9 +176,4 @@ def probe_devices(workers: int, cpus_per_worker: float = 1, gpus_per_worker: flo
                        extra_env_vars=worker_env(cpus_per_worker))
         return executor.execute(lambda w: w.device_info())
     finally:
-        for actor in list(getattr(getattr(executor, "adapter", None), "workers", []) or []):
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception:  # noqa: BLE001
-                pass
-        executor.shutdown()
+        _stop_executor(executor)

@@ -79,3 +79,11 @@ class HorovodWorker:
 
     def shard_log(self) -> dict:
         return self.loop.shard_log
+
+    def close(self) -> None:
+        """Leave the Horovod ring cleanly so peers do not log connection resets."""
+        import horovod.mxnet as hvd
+
+        self.loop = None
+        if hvd.is_initialized():
+            hvd.shutdown()

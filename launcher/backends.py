@@ -1,16 +1,26 @@
 """Where the epochs run: in this process (``--workers 0``) or on N Horovod workers
-through Ray. Both expose the same small interface to the driver (``runner.py``)."""
+through Ray. Both expose the same small interface to the driver (``runner.py``):
+``run_epoch``, ``get_state``, ``set_state``, ``all_params``, ``shard_logs``, ``shutdown``.
+
+Failures: a worker that dies (actor gone), an error in Horovod, or a group that does
+not finish an epoch within the timeout becomes a ``WorkerFailure`` naming the root-cause
+rank and node; the driver decides whether to restart. Errors of the job itself
+(``LrjobError``, e.g. a diverging loss) pass through unchanged: restarting cannot help.
+"""
 from __future__ import annotations
 
 import os
 import socket
 import time
+from typing import Callable
 
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
 from lr_core.errors import ClusterError, LrjobError, WorkerFailure
 
 __all__ = ["InProcessBackend", "RayHorovodBackend", "probe_devices"]
+
+Progress = Callable[[int, int], None]
 
 
 class InProcessBackend:
@@ -29,8 +39,8 @@ class InProcessBackend:
         self.startup_seconds = 0.0
         self.where = "in-process"
 
-    def run_epoch(self, epoch: int) -> list[dict]:
-        return [self.loop.run_epoch(epoch)]
+    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
+        return [self.loop.run_epoch(epoch, progress)]
 
     def get_state(self) -> dict:
         return self.loop.get_state()
@@ -48,6 +58,19 @@ class InProcessBackend:
         self.loop = None
 
 
+class _ProgressBoard:
+    """A tiny actor: rank 0 posts (epoch, step, steps); the driver reads it."""
+
+    def __init__(self):
+        self.value = (-1, 0, 1)
+
+    def post(self, epoch: int, step: int, steps: int) -> None:
+        self.value = (epoch, step, steps)
+
+    def read(self):
+        return self.value
+
+
 class RayHorovodBackend:
     """N stateful Horovod workers (``horovod.ray.RayExecutor``) in the current Ray session."""
 
@@ -62,23 +85,25 @@ class RayHorovodBackend:
 
         silence_known_noise()
         self.workers = workers
+        self.placement: list[dict] = []
         t0 = time.perf_counter()
         self.resources = check_resources(workers, cpus_per_worker, gpus_per_worker)
         self.executor = None
         self._data_ref = ray.put(data)
+        self._board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
         settings = RayExecutor.create_settings(timeout_s=start_timeout_s, placement_group_timeout_s=start_timeout_s)
         executor = RayExecutor(settings, num_workers=workers, cpus_per_worker=cpus_per_worker,
                                use_gpu=bool(gpus_per_worker), gpus_per_worker=gpus_per_worker or None)
+        self.executor = executor
         try:
             executor.start(executable_cls=HorovodWorker,
                            executable_kwargs={"cfg": cfg.to_dict(), "data_box": [self._data_ref],
-                                              "gpus_per_worker": gpus_per_worker, "record_shards": record_shards},
+                                              "gpus_per_worker": gpus_per_worker, "record_shards": record_shards,
+                                              "board_box": [self._board]},
                            extra_env_vars=worker_env(cpus_per_worker))
-            self.executor = executor
-            self.placement = self._call(lambda w: w.setup(), "start-up")
+            self.placement = self._call(lambda w: w.setup(), "start-up", timeout_s=max(120, start_timeout_s))
         except BaseException:
             # A half-started worker group is torn down before re-raising.
-            self.executor = executor
             self.shutdown()
             raise
         self.startup_seconds = time.perf_counter() - t0
@@ -88,51 +113,115 @@ class RayHorovodBackend:
         adapter = getattr(self.executor, "adapter", None)
         return list(getattr(adapter, "workers", []) or [])
 
-    def _call(self, fn, what: str) -> list:
-        """Run ``fn`` on every worker; turn a dead actor into a ``WorkerFailure`` naming its rank."""
+    def pids(self) -> list[int]:
+        return [p["pid"] for p in self.placement]
+
+    def _where(self, rank: int) -> str:
+        if rank < len(self.placement):
+            p = self.placement[rank]
+            return f"{p['host']} (node {str(p['node_id'])[:8]}, pid {p['pid']})"
+        return "an unknown node"
+
+    def _call(self, fn, what: str, timeout_s: float | None = None, progress: Progress | None = None) -> list:
+        """Run ``fn`` on every worker and gather the results in rank order.
+
+        The first failure is attributed: a dead actor is the root cause over ranks that
+        merely lost their Horovod peer, so after the first error the others get a short
+        grace period to report."""
         import ray
 
         refs = [actor.execute.remote(fn) for actor in self._actors()]
-        pending = list(refs)
-        results = {}
+        rank_of = {ref: r for r, ref in enumerate(refs)}
+        pending, results, errors = list(refs), {}, {}
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        grace_until = None
         while pending:
-            done, pending = ray.wait(pending, num_returns=1)
-            ref = done[0]
-            rank = refs.index(ref)
-            try:
-                results[rank] = ray.get(ref)
-            except ray.exceptions.RayTaskError as e:
-                cause = e.cause if hasattr(e, "cause") else None
-                if isinstance(cause, LrjobError):
-                    raise cause from None
-                raise ClusterError(f"rank {rank} failed during {what}: {str(e).strip().splitlines()[-1]}") from None
-            except (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError) as e:
-                node = (self.placement[rank]["host"] if getattr(self, "placement", None) else "?")
-                raise WorkerFailure(f"rank {rank} on {node} died during {what} ({type(e).__name__})",
-                                    rank=rank, node=node) from None
+            now = time.monotonic()
+            if grace_until is not None and now >= grace_until:
+                break
+            if deadline is not None and now >= deadline and not errors:
+                ranks = sorted(rank_of[r] for r in pending)
+                raise WorkerFailure(
+                    f"rank {ranks[0]} on {self._where(ranks[0])} did not finish {what} within {timeout_s:.0f} s "
+                    f"(hung; ranks still busy: {ranks})", rank=ranks[0], node=self._where(ranks[0]))
+            wait = 0.25 if progress else 1.0
+            done, pending = ray.wait(pending, num_returns=1, timeout=wait)
+            if progress is not None:
+                try:
+                    epoch_, step, steps = ray.get(self._board.read.remote(), timeout=5)
+                    if step:
+                        progress(step, steps)
+                except Exception:  # noqa: BLE001 - progress is best effort
+                    pass
+            for ref in done:
+                rank = rank_of[ref]
+                try:
+                    results[rank] = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - classified below
+                    errors[rank] = e
+                    if grace_until is None:
+                        grace_until = time.monotonic() + 5.0
+        if errors:
+            raise self._classify(errors, what)
         return [results[r] for r in range(len(refs))]
 
-    def run_epoch(self, epoch: int) -> list[dict]:
-        return self._call(lambda w: w.run_epoch(epoch), f"epoch {epoch + 1}")
-
-    def get_state(self) -> dict:
+    def _classify(self, errors: dict, what: str) -> Exception:
         import ray
 
-        return ray.get(self._actors()[0].execute.remote(lambda w: w.get_state()))
+        for rank, e in sorted(errors.items()):
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, LrjobError):
+                return cause
+        dead = [r for r, e in sorted(errors.items())
+                if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError))]
+        rank = dead[0] if dead else min(errors)
+        e = errors[rank]
+        if dead:
+            why = "the worker process died"
+        else:
+            lines = [x for x in str(e).strip().splitlines() if x.strip()]
+            why = lines[-1][:300] if lines else type(e).__name__
+        return WorkerFailure(f"rank {rank} on {self._where(rank)} failed during {what}: {why}",
+                             rank=rank, node=self._where(rank))
+
+    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
+        return self._call(lambda w: w.run_epoch(epoch), f"epoch {epoch + 1}", timeout_s, progress)
+
+    def get_state(self) -> dict:
+        return self._call_one(lambda w: w.get_state(), "checkpoint read-back")
+
+    def _call_one(self, fn, what: str):
+        import ray
+
+        try:
+            return ray.get(self._actors()[0].execute.remote(fn))
+        except Exception as e:  # noqa: BLE001
+            raise self._classify({0: e}, what) from None
 
     def set_state(self, state: dict) -> None:
-        self._call(lambda w: w.set_state(state), "restore")
+        import ray
+
+        ref = ray.put(state)
+        self._call(lambda w: w.set_state(ray.get(ref)), "restore", timeout_s=300)
 
     def all_params(self) -> list[dict]:
-        return self._call(lambda w: w.get_params(), "parameter read-back")
+        return self._call(lambda w: w.get_params(), "parameter read-back", timeout_s=300)
 
     def shard_logs(self) -> list[dict]:
-        return self._call(lambda w: w.shard_log(), "shard read-back")
+        return self._call(lambda w: w.shard_log(), "shard read-back", timeout_s=300)
 
     def shutdown(self) -> None:
         if self.executor is not None:
             _stop_executor(self.executor)
         self.executor = None
+        board, self._board = getattr(self, "_board", None), None
+        if board is not None:
+            import ray
+
+            try:
+                ray.kill(board)
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def _stop_executor(executor) -> None:
@@ -160,7 +249,6 @@ def probe_devices(workers: int, cpus_per_worker: float = 1, gpus_per_worker: flo
     """Start N Horovod workers, report where each runs and which device it would use
     (``gpu(local_rank)`` or ``cpu(0)``), and stop them. Touches no device: works with
     Ray's logical GPUs on a machine without any."""
-    import ray
     from horovod.ray import RayExecutor
 
     from .cluster import check_resources, worker_env

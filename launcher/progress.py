@@ -77,6 +77,16 @@ class Reporter:
         self.out.write("  ".join(_fmt(v, 10) for v in vals) + "\n")
         self.out.flush()
 
+    def epoch_bar(self, epoch: int, epochs: int, rows: int):
+        """A tqdm bar for one epoch on stderr, or None (not a terminal, --quiet, --json)."""
+        if self.mode != "human" or not getattr(self.err, "isatty", lambda: False)():
+            return None
+        from tqdm import tqdm
+
+        bar = tqdm(total=rows, desc=f"epoch {epoch + 1}/{epochs}", unit="samples", unit_scale=True,
+                   leave=False, file=self.err, dynamic_ncols=True)
+        return _Bar(bar, rows)
+
     def message(self, text: str) -> None:
         if self.mode == "json":
             self._json("message", text=text)
@@ -107,3 +117,18 @@ class Reporter:
         self.out.write("+" + "-" * width + "+\n")
         self.out.write(f"{run_dir}\n")
         self.out.flush()
+
+
+class _Bar:
+    """Adapts progress(step, steps) calls to a tqdm bar counted in samples."""
+
+    def __init__(self, bar, rows: int):
+        self.bar, self.rows = bar, rows
+
+    def update(self, step: int, steps: int) -> None:
+        done = min(self.rows, int(self.rows * step / max(steps, 1)))
+        if done > self.bar.n:
+            self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()

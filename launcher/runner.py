@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import getpass
 import os
+import signal
+import threading
 import platform
 import socket
 import sys
@@ -19,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from lr_core.data import Dataset, load_dataset
-from lr_core.errors import LrjobError, SpecError
+from lr_core.errors import LrjobError, SpecError, WorkerFailure
 
 from .progress import Reporter
 from .rundir import RunDir, check_writable, latest_checkpoint, new_run_path
@@ -70,7 +72,13 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
             resume: str | os.PathLike | None = None, reporter: Reporter | None = None,
             runs_dir: str | os.PathLike = "runs", record_shards: bool = False,
             collect_rank_params: bool = False) -> RunResult:
-    """Run one job end to end and write its run directory."""
+    """Run one job end to end and write its run directory.
+
+    Bad input (spec, data, output path, resources) fails before anything is written.
+    A worker failure restarts the worker group from the newest checkpoint up to
+    ``failure.max_failures`` times; past that the run ends ``failed`` with the command
+    that resumes it.
+    """
     reporter = reporter or Reporter("silent")
     t_start = time.time()
     workers = spec.workers
@@ -86,74 +94,146 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
     from .cluster import RaySession
 
     session = RaySession(address, workers, spec["resources.cpus_per_worker"]) if workers > 0 else None
-    if session:
-        session.__enter__()
-    backend = None
-    run = None
+    backend = run = None
     history: list[dict] = list(checkpoint["history"]) if checkpoint else []
-    summary = {"status": "starting"}
+    summary: dict = {"status": "starting"}
+    restore_signals = _sigterm_as_interrupt()
     try:
+        if session:
+            session.__enter__()
         backend = _make_backend(spec, data, workers, record_shards)
-        start_epoch = 0
         if checkpoint:
             backend.set_state(checkpoint)
-            start_epoch = checkpoint["epochs_done"]
         run = RunDir(path)
         run.write_text("job.yaml", spec.to_yaml())
-        run.write_json("env.json", {
-            "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
-            "argv": sys.argv, "workers": workers, "where": backend.where,
-            "placement": backend.placement, "seeds": {"train.seed": spec["train.seed"]},
-            "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
-                                                       "HOROVOD_CYCLE_TIME")},
-            "startup_seconds": backend.startup_seconds, "resumed_from": checkpoint["path"] if checkpoint else None,
-        })
+        _write_env(run, spec, backend, workers, checkpoint)
         if checkpoint:
             run.rewrite_metrics(history)
         reporter.header(spec, data, backend, path)
-        epochs = spec["train.epochs"]
-        every, keep = spec["checkpoint.every_epochs"], spec["checkpoint.keep"]
-        digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
-        state = None
         summary = {"status": "running"}
         _write_summary(run, spec, summary, history, t_start, workers, backend)
-        for epoch in range(start_epoch, epochs):
-            per_rank = backend.run_epoch(epoch)
-            m = dict(per_rank[0])
-            m["wall_seconds"] = time.time() - t_start
-            history.append(m)
-            run.append_metrics(m)
-            reporter.epoch(m, epochs)
-            if (epoch + 1) % every == 0 or epoch + 1 == epochs:
-                state = backend.get_state()
-                run.write_checkpoint(state, digest, history, keep)
-        if state is None:  # resumed at the end already
-            state = backend.get_state()
+        backend, history, state = _epochs(spec, data, backend, run, reporter, history, record_shards, t_start)
         rank_params = backend.all_params() if collect_rank_params else None
         shard_logs = backend.shard_logs() if record_shards else None
         _export(run, spec, data, state["params"])
         summary = {"status": "completed"}
         return RunResult(path, history, state["params"], summary, backend.placement, rank_params, shard_logs)
     except KeyboardInterrupt:
-        summary = {"status": "interrupted"}
+        _second_interrupt_exits()
+        summary = {"status": "interrupted", "resume": _resume_command(path, run)}
         raise
     except LrjobError as e:
+        if run is not None and isinstance(e, WorkerFailure):
+            e = WorkerFailure(f"{e}; resume with: {_resume_command(path, run)}", e.rank, e.node, len(history))
         summary = {"status": "failed", "error": str(e)}
-        raise
+        raise e from None
     except Exception as e:
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         raise
     finally:
-        if backend is not None:
+        try:
+            if backend is not None:
+                backend.shutdown()
+            if session:
+                session.__exit__(None, None, None)
+        finally:
+            restore_signals()
+            if run is not None:
+                full = _write_summary(run, spec, summary, history, t_start, workers, backend)
+                if summary.get("status") == "completed":
+                    _plots(run, spec, data, history)
+                    reporter.summary(full, path)
+
+
+def _epochs(spec, data, backend, run: RunDir, reporter: Reporter, history: list[dict], record_shards: bool,
+            t_start: float):
+    """The epoch loop with checkpoints and restarts; returns (backend, history, final state)."""
+    epochs = spec["train.epochs"]
+    every, keep = spec["checkpoint.every_epochs"], spec["checkpoint.keep"]
+    max_failures = spec["failure.max_failures"]
+    digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
+    failures, state = 0, None
+    epoch = len(history)
+    while epoch < epochs:
+        timeout = spec["failure.epoch_timeout_s"] or max(300.0, 10 * max(
+            (h.get("epoch_seconds", 0.0) for h in history), default=0.0))
+        bar = reporter.epoch_bar(epoch, epochs, len(data.x_train))
+        try:
+            per_rank = backend.run_epoch(epoch, progress=bar.update if bar else None, timeout_s=timeout)
+        except WorkerFailure as e:
+            if bar:
+                bar.close()
+            last = latest_checkpoint(run.path)
+            done = last["epochs_done"] if last else 0
+            if failures >= max_failures:
+                raise WorkerFailure(f"{e}; last completed epoch {len(history)}, newest checkpoint: "
+                                    f"{Path(last['path']).name if last else 'none'}", e.rank, e.node,
+                                    len(history)) from None
+            failures += 1
+            reporter.message(f"lrjob: {e}")
+            reporter.message(f"lrjob: restart {failures}/{max_failures}: new workers resume from "
+                             f"{'epoch ' + str(done) if last else 'the start'}")
             backend.shutdown()
-        if session:
-            session.__exit__(None, None, None)
-        if run is not None:
-            full = _write_summary(run, spec, summary, history, t_start, workers, backend)
-            summary.update(full)
-            if summary.get("status") == "completed":
-                reporter.summary(full, path)
-                _plots(run, spec, data, history)
+            backend = _make_backend(spec, data, spec.workers, record_shards)
+            if last:
+                backend.set_state(last)
+            history = list(last["history"]) if last else []
+            run.rewrite_metrics(history)
+            epoch = len(history)
+            continue
+        if bar:
+            bar.close()
+        m = dict(per_rank[0])
+        m["wall_seconds"] = time.time() - t_start
+        history.append(m)
+        run.append_metrics(m)
+        reporter.epoch(m, epochs)
+        epoch += 1
+        if epoch % every == 0 or epoch == epochs:
+            state = backend.get_state()
+            run.write_checkpoint(state, digest, history, keep)
+    if state is None:  # resumed at the end already
+        state = backend.get_state()
+    return backend, history, state
+
+
+def _write_env(run: RunDir, spec, backend, workers, checkpoint) -> None:
+    run.write_json("env.json", {
+        "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
+        "argv": sys.argv, "workers": workers, "where": backend.where,
+        "placement": backend.placement, "seeds": {"train.seed": spec["train.seed"]},
+        "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
+                                                   "HOROVOD_CYCLE_TIME")},
+        "startup_seconds": backend.startup_seconds, "resumed_from": checkpoint["path"] if checkpoint else None,
+    })
+
+
+def _resume_command(path: Path, run) -> str:
+    return f"lrjob run --resume {path}"
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (e.g. from Kubernetes or `kill`) stops the run like Ctrl-C does.
+    Returns the function that puts the previous SIGTERM and SIGINT handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, handler)
+    old_int = signal.getsignal(signal.SIGINT)
+
+    def restore():
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+    return restore
+
+
+def _second_interrupt_exits() -> None:
+    """While cleaning up after Ctrl-C, a second Ctrl-C exits at once."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *a: os._exit(130))
 
 
 def _write_summary(run: RunDir, spec, status: dict, history, t_start, workers, backend) -> dict:

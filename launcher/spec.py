@@ -82,13 +82,15 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     },
     "failure": {
         "max_failures": _Field("int", 0, _ge(0), ">= 0"),
+        # 0 = automatic: 10x the slowest finished epoch, at least 300 s.
+        "epoch_timeout_s": _Field("float", 0, _ge(0), ">= 0 (0: automatic)"),
     },
 }
 TOP_LEVEL = ("name", *SCHEMA)
 # Fields that may differ between a checkpoint's spec and the spec of a resume.
 SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_worker",
                        "resources.gpus_per_worker", "checkpoint.every_epochs", "checkpoint.keep",
-                       "failure.max_failures", "name"}
+                       "failure.max_failures", "failure.epoch_timeout_s", "name"}
 
 
 def _suggest(word: str, options) -> str:
@@ -109,6 +111,12 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
             else:
                 raise SpecError(f"{where} must be an integer, got {value!r}")
     elif k == "float":
+        if isinstance(value, str):
+            # PyYAML reads 1e-3 (no dot) as a string: accept what is plainly a number.
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{where} must be a number, got {value!r}")
         value = float(value)

@@ -12,12 +12,14 @@ __all__ = ["HorovodWorker"]
 
 
 class HorovodWorker:
-    def __init__(self, cfg: dict, data_box: list, gpus_per_worker: float = 0, record_shards: bool = False):
+    def __init__(self, cfg: dict, data_box: list, gpus_per_worker: float = 0, record_shards: bool = False,
+                 board_box: list | None = None):
         # data_box holds the Ray ObjectRef of the Dataset (in a list so Ray does not
         # resolve it on the way in); resolved in setup, read-only from the object store.
         self._cfg, self._data_box = cfg, data_box
         self._gpus = gpus_per_worker
         self._record = record_shards
+        self._board = (board_box or [None])[0]  # rank 0 posts progress here
         self.loop = None
 
     def device_info(self) -> dict:
@@ -66,7 +68,13 @@ class HorovodWorker:
         return info
 
     def run_epoch(self, epoch: int) -> dict:
-        return self.loop.run_epoch(epoch)
+        progress = None
+        if self._board is not None and self.loop.comm.rank == 0:
+            board = self._board
+
+            def progress(step, steps):  # fire and forget: never waits for the driver
+                board.post.remote(epoch, step, steps)
+        return self.loop.run_epoch(epoch, progress)
 
     def get_state(self) -> dict:
         return self.loop.get_state()

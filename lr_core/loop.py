@@ -80,7 +80,9 @@ class TrainingLoop:
         self.x_val = mx.nd.array(data.x_val[a:b], ctx=self.ctx, dtype="float32") if b > a else None
 
     # ------------------------------------------------------------------ training
-    def train_epoch(self, epoch: int) -> dict:
+    def train_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None) -> dict:
+        """One pass over the training rows. ``progress(step, steps)`` is called about 50
+        times per epoch (host-side only: it never waits for the device)."""
         cfg, comm = self.cfg, self.comm
         n = len(self.data.x_train)
         perm = epoch_permutation(cfg.seed, epoch, n)
@@ -93,7 +95,10 @@ class TrainingLoop:
             idx_nd = mx.nd.array(idx, ctx=self.ctx, dtype="int64")
             xe, ye = mx.nd.take(self.x, idx_nd), mx.nd.take(self.y, idx_nd)
         losses = mx.nd.zeros((steps,), ctx=self.ctx, dtype="float32")
+        report_every = max(1, steps // 50)
         for s in range(steps):
+            if progress is not None and s % report_every == 0:
+                progress(s, steps)
             a, b = int(offsets[s]), int(offsets[s + 1])
             if b > a:
                 with autograd.record():
@@ -151,10 +156,10 @@ class TrainingLoop:
             scores_global = comm.allreduce_sum(scores_global, name=f"val_scores{tag}")
         return summarize(cfg.kind, total, self.data.y_val, scores_global)
 
-    def run_epoch(self, epoch: int) -> dict:
+    def run_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None) -> dict:
         """Train one epoch and evaluate; returns the epoch's metrics."""
         t0 = time.perf_counter()
-        tr = self.train_epoch(epoch)
+        tr = self.train_epoch(epoch, progress)
         ev = self.evaluate(epoch)
         seconds = time.perf_counter() - t0
         out = {"epoch": epoch + 1, "train_loss": tr["train_loss"], "val_loss": ev.pop("loss")}

@@ -1,0 +1,524 @@
+"""Pictures and an HTML report for a finished run, written into its run directory.
+
+The driver calls :func:`write_plots` after a completed run (``launcher.runner``); the
+same pictures can be redrawn later from the run directory alone:
+
+    python -m launcher.plots runs/binary_2d-<stamp>
+
+Files (each only where it means something):
+
+- ``curves.png``     loss (train, validation) and validation metrics per epoch
+- ``confusion.png``  softmax: the final epoch's confusion matrix
+- ``samples.png``    image data: validation images with predicted and true class
+- ``boundary.png``   binary data with 2 features: the points, P(class 1) and the boundary
+- ``report.html``    one self-contained page: summary, per-epoch metrics, the pictures
+                     (embedded), the resolved spec
+
+Figures are drawn with ``matplotlib.figure.Figure`` and never through ``pyplot``, so no
+GUI backend is chosen, no global state changes in the driver, and nothing leaks open
+figures when a run directory is redrawn many times.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["write_plots", "boundary_line", "linear_parameters", "pick_samples", "main"]
+
+log = logging.getLogger(__name__)
+
+DPI = 120
+SAMPLE_ROWS, SAMPLE_COLS = 4, 8
+CLASS0, CLASS1 = "#2166ac", "#b2182b"  # the ends of RdBu, so points match the shading
+MISTAKE = "#d62728"
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                   "Sneaker", "Bag", "Ankle boot")
+CAPTIONS = {
+    "curves.png": "Loss and validation metrics per epoch.",
+    "confusion.png": "Final epoch's confusion matrix: rows are the true class, columns the "
+                     "predicted class; numbers are counts, colour is the fraction of the row.",
+    "samples.png": "Validation images with the exported model's prediction; mistakes in red.",
+    "boundary.png": "Training (small) and validation (large) points, P(class 1) from the exported "
+                    "model as shading, and the decision boundary.",
+}
+
+
+# --------------------------------------------------------------------------- entry point
+def write_plots(run_dir: Path, spec, data, history: list[dict]) -> list[Path]:
+    """Draw every picture that fits this run, then ``report.html``; return the paths written.
+
+    Each picture is drawn on its own: one that fails is logged and left out, so a problem
+    in, say, the boundary does not cost the curves or the report.
+    """
+    run_dir = Path(run_dir)
+    model = _LazyModel(run_dir / "model")
+    jobs: list[tuple[str, Callable[[], object]]] = [
+        ("curves.png", lambda: _draw_curves(spec, history)),
+    ]
+    if spec["model.kind"] == "softmax" and history and "confusion" in history[-1]:
+        jobs.append(("confusion.png", lambda: _draw_confusion(spec, data, history[-1])))
+    if data.image_shape:
+        jobs.append(("samples.png", lambda: _draw_samples(spec, data, model.get())))
+    if spec["model.kind"] == "binary" and data.num_features == 2:
+        jobs.append(("boundary.png", lambda: _draw_boundary(spec, data, run_dir / "model", model.get(),
+                                                            history)))
+    written, failed = [], {}
+    for name, draw in jobs:
+        try:
+            written.append(_save(draw(), run_dir / name))
+        except Exception as e:  # noqa: BLE001 - one picture must not cost the others
+            failed[name] = f"{type(e).__name__}: {e}"
+            (run_dir / name).unlink(missing_ok=True)  # an older picture would now mislead
+            log.warning("lrjob: %s not drawn (%s)", name, failed[name])
+    written.append(_write_report(run_dir, spec, data, history, written, failed))
+    return written
+
+
+class _LazyModel:
+    """Load the exported model once, and only for the pictures that need it (it imports MXNet)."""
+
+    def __init__(self, directory: Path):
+        self.directory, self._model = directory, None
+
+    def get(self):
+        if self._model is None:
+            from lr_core.export import ExportedModel
+
+            self._model = ExportedModel(self.directory)
+        return self._model
+
+
+def _save(fig, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    # constrained layout keeps titles, tick labels and colour bars from overlapping.
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _class_names(spec, data) -> list[str]:
+    k = 2 if spec["model.kind"] == "binary" else int(spec["model.num_classes"])
+    # Names only where the classes are the source's own; a label_map re-encodes them.
+    if data.source == "fashion-mnist" and k == 10 and not spec["data.label_map"]:
+        return list(FASHION_CLASSES)
+    return [str(i) for i in range(k)]
+
+
+# --------------------------------------------------------------------------- curves
+def _draw_curves(spec, history: list[dict]):
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [h["epoch"] for h in history]
+    fig = _figure(10, 4)
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    losses = _line(ax_loss, epochs, history, "train_loss", "train loss", "tab:blue")
+    losses += _line(ax_loss, epochs, history, "val_loss", "validation loss", "tab:orange")
+    ax_loss.set(title="Loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
+    ax_loss.set_ylim(0, 1.08 * max([v for v in losses if np.isfinite(v)], default=1.0))
+    scores = _line(ax_acc, epochs, history, "val_accuracy", "accuracy", "tab:green")
+    # F1 and AUC say what accuracy hides on unbalanced classes.
+    scores += _line(ax_acc, epochs, history, "val_f1", "F1", "tab:purple", "--")
+    scores += _line(ax_acc, epochs, history, "val_auc", "ROC AUC", "tab:gray", ":")
+    scores += _line(ax_acc, epochs, history, "val_macro_f1", "macro F1", "tab:purple", "--")
+    ax_acc.set(title="Validation metrics", xlabel="epoch", ylabel="score")
+    ax_acc.set_ylim(*_score_limits(scores))
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(loc="best", fontsize=9)
+        if len(epochs) == 1:  # a single point needs room either side, and one tick
+            ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
+            ax.set_xticks(epochs)
+    hidden = spec["model.hidden"]
+    model = f"{spec['model.kind']}, hidden {hidden}" if hidden else f"{spec['model.kind']}, linear"
+    noun = "epoch" if len(epochs) == 1 else "epochs"
+    fig.suptitle(f"{spec.name}: training curves ({len(epochs)} {noun}, {model})", fontsize=13)
+    return fig
+
+
+def _score_limits(scores: list[float]) -> tuple[float, float]:
+    """Scores live in [0, 1]: zoom on the values drawn, but never past 1 or below 0."""
+    finite = [v for v in scores if np.isfinite(v)]
+    lo = min(finite, default=0.0)
+    pad = max(0.02, 0.08 * (1.0 - lo))
+    return max(0.0, lo - pad), 1.01
+
+
+def _line(ax, epochs, history, key, label, colour, style="-"):
+    if not any(key in h for h in history):
+        return []
+    ys = [float(h.get(key, np.nan)) for h in history]
+    # Markers only while they do not crowd: they show single epochs on short runs.
+    marker = "o" if len(epochs) <= 30 else None
+    ax.plot(epochs, ys, style, color=colour, marker=marker, markersize=4, label=label)
+    return ys
+
+
+# --------------------------------------------------------------------------- confusion
+def _draw_confusion(spec, data, last: dict):
+    cm = np.asarray(last["confusion"], dtype=np.int64)
+    k = cm.shape[0]
+    names = _class_names(spec, data)[:k]
+    row = cm.sum(axis=1, keepdims=True)
+    # Colour by the fraction of each true class, so small classes are as visible as big ones.
+    frac = np.divide(cm, row, out=np.zeros(cm.shape, dtype=float), where=row > 0)
+    side = min(max(5.5, 0.55 * k + 2.5), 14)
+    fig = _figure(side + 1.2, side)
+    ax = fig.subplots()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
+    if k <= 30:  # beyond that the numbers cannot be read; the colours still can
+        _annotate_counts(ax, cm, frac, fontsize=9 if k <= 12 else 7)
+    ticks = np.arange(k)
+    step = 1 if k <= 30 else math.ceil(k / 30)
+    shown = [names[i] for i in ticks[::step]]
+    slanted = max(len(n) for n in names) > 2  # long names (Fashion-MNIST) would collide level
+    ax.set_xticks(ticks[::step], shown, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(ticks[::step], shown)
+    ax.set(xlabel="predicted class", ylabel="true class")
+    n = int(cm.sum())
+    acc = np.trace(cm) / n if n else float("nan")
+    ax.set_title(f"{spec.name}: confusion matrix, epoch {last.get('epoch', '?')}\n"
+                 f"{data.val_name}: {n} rows, accuracy {acc:.4f}", fontsize=12)
+    return fig
+
+
+def _annotate_counts(ax, cm, frac, fontsize):
+    for i in range(cm.shape[0]):
+        for j in range(cm.shape[1]):
+            if cm[i, j] == 0:
+                colour = "#b0b0b0"  # zeros recede so the mistakes stand out
+            else:
+                colour = "white" if frac[i, j] > 0.5 else "black"
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color=colour, fontsize=fontsize)
+
+
+# --------------------------------------------------------------------------- samples
+def pick_samples(y_true: np.ndarray, y_pred: np.ndarray, n: int = SAMPLE_ROWS * SAMPLE_COLS,
+                 mistake_share: float = 0.25) -> np.ndarray:
+    """Indices of ``n`` rows to show, in row order; about ``mistake_share`` of them mistakes
+    (at least one when any exist; more only when too few rows are right to fill the grid).
+
+    Deterministic: rows spread evenly over the mistakes and over the correct rows, so the
+    same run always shows the same grid.
+    """
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    if len(y_true) <= n:
+        return np.arange(len(y_true))
+    wrong = np.flatnonzero(y_true != y_pred)
+    right = np.flatnonzero(y_true == y_pred)
+    n_wrong = min(len(wrong), max(1, int(n * mistake_share))) if len(wrong) else 0
+    n_right = min(len(right), n - n_wrong)
+    n_wrong = min(len(wrong), n - n_right)  # fill up with mistakes when few rows are right
+    chosen = np.concatenate([_spread(wrong, n_wrong), _spread(right, n_right)])
+    return np.sort(chosen)
+
+
+def _spread(idx: np.ndarray, k: int) -> np.ndarray:
+    if k <= 0:
+        return idx[:0]
+    return idx[np.linspace(0, len(idx) - 1, k).round().astype(int)]
+
+
+def _draw_samples(spec, data, model):
+    x, y = data.x_val, data.y_val
+    pred, _ = model.predict(x)
+    names = _class_names(spec, data)
+    pick = pick_samples(y, pred)
+    rows = max(1, math.ceil(len(pick) / SAMPLE_COLS))
+    fig = _figure(10, 1.45 * rows + 0.6)
+    axes = np.atleast_1d(fig.subplots(rows, SAMPLE_COLS)).ravel()
+    # One grey scale for all images, so brightness compares across the grid.
+    lo, hi = float(np.min(x[pick])), float(np.max(x[pick]))
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for ax, i in zip(axes, pick):
+        _sample_cell(ax, x[i].reshape(data.image_shape), names[int(pred[i])], names[int(y[i])],
+                     pred[i] != y[i], lo, hi)
+    n_wrong = int(np.sum(pred != y))
+    shown_wrong = int(np.sum(pred[pick] != y[pick]))
+    fig.suptitle(f"{spec.name}: {len(pick)} of {len(y)} {data.val_name} images, "
+                 f"{shown_wrong} of {n_wrong} mistakes shown (red)", fontsize=12)
+    return fig
+
+
+def _sample_cell(ax, image, pred_name, true_name, wrong, lo, hi):
+    ax.imshow(image, cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest")
+    ax.set_title(f"pred {pred_name}\ntrue {true_name}", fontsize=8.5,
+                 color=MISTAKE if wrong else "black", fontweight="bold" if wrong else "normal")
+    if wrong:
+        ax.set_frame_on(True)
+        for spine in ax.spines.values():
+            spine.set_edgecolor(MISTAKE)
+            spine.set_linewidth(2.5)
+
+
+# --------------------------------------------------------------------------- boundary
+def linear_parameters(model_dir: Path) -> tuple[np.ndarray, float]:
+    """(weight of shape (2,), bias) of a linear binary model, read from its export."""
+    import mxnet as mx
+
+    params = mx.nd.load(str(Path(model_dir) / "model-0000.params"))
+    # Gluon's export names arguments 'arg:<parameter name>'; the model's layers are
+    # 'lrjob_layer<i>_' (lr_core.models), so a linear model is layer 0 alone.
+    try:
+        w = params["arg:lrjob_layer0_weight"].asnumpy().astype(np.float64)
+        b = params["arg:lrjob_layer0_bias"].asnumpy().astype(np.float64)
+    except KeyError as e:
+        raise KeyError(f"{model_dir}: no {e} in model-0000.params (keys: {', '.join(sorted(params))})") from e
+    if w.shape[0] != 1:
+        raise ValueError(f"{model_dir}: expected one logit, got weight of shape {w.shape}")
+    return w[0], float(b[0])
+
+
+def boundary_line(weight: Sequence[float], bias: float, xlim: Sequence[float],
+                  ylim: Sequence[float] | None = None, level: float = 0.0) -> np.ndarray | None:
+    """The segment of the line ``weight . x + bias = level`` inside the box ``xlim`` x ``ylim``.
+
+    Returns a (2, 2) array of end points (rows are points, sorted by x), or None when the
+    line misses the box or ``weight`` is zero. Without ``ylim`` the box is unbounded in y,
+    so the end points lie at ``xlim`` (a vertical line then needs ``ylim``).
+    """
+    w = np.asarray(weight, dtype=np.float64).reshape(2)
+    norm2 = float(w @ w)
+    if norm2 == 0.0:
+        return None
+    p0 = (level - bias) * w / norm2       # the point of the line nearest the origin
+    d = np.array([-w[1], w[0]])           # along the line
+    t_lo, t_hi = -np.inf, np.inf
+    for axis, lim in ((0, xlim), (1, ylim)):
+        if lim is None:
+            continue
+        lo, hi = sorted(float(v) for v in lim)
+        if d[axis] == 0.0:
+            if not lo <= p0[axis] <= hi:
+                return None
+            continue
+        a, b = sorted(((lo - p0[axis]) / d[axis], (hi - p0[axis]) / d[axis]))
+        t_lo, t_hi = max(t_lo, a), min(t_hi, b)
+    if not np.isfinite(t_lo) or not np.isfinite(t_hi):
+        raise ValueError("a vertical boundary needs ylim to bound it")
+    if t_lo > t_hi:
+        return None
+    pts = np.stack([p0 + t_lo * d, p0 + t_hi * d])
+    return pts[np.argsort(pts[:, 0], kind="stable")]
+
+
+def _draw_boundary(spec, data, model_dir: Path, model, history):
+    x_all = np.concatenate([data.x_train, data.x_val]).astype(np.float64)
+    xlim, ylim = _padded(x_all[:, 0]), _padded(x_all[:, 1])
+    fig = _figure(8, 7)
+    ax = fig.subplots()
+    gx, gy, pz = _probability_grid(model, xlim, ylim)
+    shade = ax.contourf(gx, gy, pz, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.3)
+    fig.colorbar(shade, ax=ax, shrink=0.85, label="P(class 1) from the exported model")
+    _scatter_points(ax, data, model)
+    threshold = float(spec["train.threshold"])
+    # predict() says class 1 when P >= threshold, i.e. when the logit >= logit(threshold).
+    level = math.log(threshold / (1.0 - threshold))
+    if not spec["model.hidden"]:
+        w, b = linear_parameters(model_dir)
+        seg = boundary_line(w, b, xlim, ylim, level)
+        if seg is not None:
+            rhs = "0" if level == 0 else f"{level:.3g}"
+            ax.plot(seg[:, 0], seg[:, 1], "k-", lw=2,
+                    label=f"boundary w·x + b = {rhs}\nw = ({w[0]:.3g}, {w[1]:.3g}), b = {b:.3g}")
+    else:
+        # No closed form for a hidden-layer model: trace the threshold on the grid instead.
+        ax.contour(gx, gy, pz, levels=[threshold], colors="k", linewidths=2)
+        ax.plot([], [], "k-", lw=2, label=f"boundary P(class 1) = {threshold:g}")
+    ax.set(xlim=xlim, ylim=ylim, xlabel=_feature_name(data, 0), ylabel=_feature_name(data, 1))
+    # Below the axes: inside, any corner may hide points.
+    fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)
+    last = history[-1] if history else {}
+    acc = last.get("val_accuracy")
+    acc_text = f", {data.val_name} accuracy {acc:.4f}" if acc is not None else ""
+    ax.set_title(f"{spec.name}: decision boundary, epoch {last.get('epoch', '?')}{acc_text}", fontsize=12)
+    return fig
+
+
+def _padded(v: np.ndarray, pad: float = 0.08) -> tuple[float, float]:
+    lo, hi = float(np.min(v)), float(np.max(v))
+    span = hi - lo or 1.0
+    return lo - pad * span, hi + pad * span
+
+
+def _probability_grid(model, xlim, ylim, n: int = 200):
+    """P(class 1) on an n x n grid: 40,000 rows, one batched forward pass of the export."""
+    gx, gy = np.meshgrid(np.linspace(*xlim, n), np.linspace(*ylim, n))
+    _, p1 = model.predict(np.column_stack([gx.ravel(), gy.ravel()]).astype(np.float32))
+    return gx, gy, p1.reshape(gx.shape)
+
+
+def _scatter_points(ax, data, model):
+    for cls, colour in ((0, CLASS0), (1, CLASS1)):
+        tr = data.y_train == cls
+        ax.scatter(data.x_train[tr, 0], data.x_train[tr, 1], s=10, color=colour, alpha=0.35,
+                   linewidths=0, label=f"train, class {cls}")
+    for cls, colour, marker in ((0, CLASS0, "o"), (1, CLASS1, "^")):
+        va = data.y_val == cls
+        ax.scatter(data.x_val[va, 0], data.x_val[va, 1], s=36, color=colour, marker=marker,
+                   edgecolors="black", linewidths=0.7, zorder=3, label=f"{data.val_name}, class {cls}")
+    pred, _ = model.predict(data.x_val)
+    wrong = pred != data.y_val
+    if wrong.any():
+        ax.scatter(data.x_val[wrong, 0], data.x_val[wrong, 1], s=140, facecolors="none", edgecolors=MISTAKE,
+                   linewidths=1.8, zorder=4, label=f"{data.val_name} mistakes ({int(wrong.sum())})")
+
+
+def _feature_name(data, i: int) -> str:
+    columns = data.extra.get("columns") or []
+    return str(columns[i]) if i < len(columns) else f"feature x[{i}]"
+
+
+# --------------------------------------------------------------------------- report
+def _write_report(run_dir: Path, spec, data, history, pictures: list[Path], failed: dict) -> Path:
+    """``report.html``: one file with everything, images embedded as base64.
+
+    Embedding keeps the page whole when it is mailed, attached to a ticket or copied out
+    of the run directory; the pictures are small (tens of KB), and the PNG files stay
+    next to it for anyone who wants them separately.
+    """
+    summary = _read_json(run_dir / "summary.json")
+    spec_text = (run_dir / "job.yaml").read_text() if (run_dir / "job.yaml").is_file() else spec.to_yaml()
+    title = f"lrjob report: {spec.name}"
+    parts = [
+        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_e(title)}</title>", f"<style>{_CSS}</style></head><body>",
+        f"<h1>{_e(title)}</h1>",
+        f"<p class='sub'>{_e(_describe(spec, data))}</p>",
+        "<h2>Summary</h2>", _summary_table(summary) if summary else "<p>no summary.json</p>",
+        "<h2>Pictures</h2>", *(_figure_html(p) for p in pictures),
+        *(f"<p class='fail'>{_e(name)} not drawn: {_e(err)}</p>" for name, err in failed.items()),
+        "<h2>Metrics per epoch</h2>", _epoch_table(history),
+        "<h2>Job spec (resolved)</h2>", f"<pre>{_e(spec_text)}</pre>",
+        "</body></html>",
+    ]
+    path = run_dir / "report.html"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto;
+       max-width: 1250px; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+.sub { color: #555; margin-top: 0; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; } th { background: #f3f3f3; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.scroll { overflow-x: auto; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; }
+pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
+.fail { color: #b00; }
+"""
+
+
+def _e(text) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _describe(spec, data) -> str:
+    hidden = spec["model.hidden"]
+    model = f"{spec['model.kind']} model, " + (f"hidden layers {hidden}" if hidden else "linear")
+    desc = f" ({data.description})" if data.description else ""
+    return (f"{model}; data {data.source}{desc}: {len(data.x_train)} training rows, "
+            f"{len(data.x_val)} {data.val_name} rows, {data.num_features} features")
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool) or isinstance(v, (int, np.integer)):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4f}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) for x in v)
+    return str(v)
+
+
+def _cell(v) -> str:
+    num = isinstance(v, (int, float)) and not isinstance(v, bool)
+    return f"<td class='num'>{_e(_fmt(v))}</td>" if num else f"<td>{_e(_fmt(v))}</td>"
+
+
+def _summary_table(summary: dict) -> str:
+    rows = []
+    for key, value in summary.items():
+        if isinstance(value, dict):  # 'final': the last epoch's metrics, one row each
+            rows += [(f"{key} {k}", v) for k, v in value.items()]
+        else:
+            rows.append((key, value))
+    body = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in rows)
+    return f"<table>{body}</table>"
+
+
+_EPOCH_ORDER = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall",
+                "val_f1", "val_auc", "val_macro_f1", "tp", "fp", "fn", "tn")
+
+
+def _epoch_table(history: list[dict]) -> str:
+    if not history:
+        return "<p>no epochs</p>"
+    keys = [k for k in _EPOCH_ORDER if any(k in h for h in history)]
+    # Lists (confusion, per-class recall) have their picture; the table keeps to numbers.
+    keys += [k for k in history[-1] if k not in keys and not isinstance(history[-1][k], (list, dict))]
+    head = "".join(f"<th>{_e(k)}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(_cell(h.get(k)) for k in keys) + "</tr>" for h in history)
+    return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
+
+
+def _figure_html(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    caption = CAPTIONS.get(path.name, "")
+    return (f"<figure><img src='data:image/png;base64,{data}' alt='{_e(path.name)}'>"
+            f"<figcaption><b>{_e(path.name)}</b>: {_e(caption)}</figcaption></figure>")
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv: list[str] | None = None) -> int:
+    """Redraw the pictures and the report of an existing run directory."""
+    parser = argparse.ArgumentParser(prog="python -m launcher.plots", description=main.__doc__)
+    parser.add_argument("run_dir", type=Path, help="a run directory with job.yaml, metrics.jsonl, model/")
+    args = parser.parse_args(argv)
+    import yaml
+
+    from .runner import load_job_data
+    from .spec import spec_from_dict
+
+    run_dir = args.run_dir
+    for need in ("job.yaml", "metrics.jsonl", "model"):
+        if not (run_dir / need).exists():
+            parser.error(f"{run_dir}: no {need}; pass a run directory written by `lrjob run`")
+    spec = spec_from_dict(yaml.safe_load((run_dir / "job.yaml").read_text()), where=str(run_dir / "job.yaml"))
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    for path in write_plots(run_dir, spec, load_job_data(spec), history):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

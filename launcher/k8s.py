@@ -1,0 +1,702 @@
+"""Kubernetes manifests for a job: a KubeRay ``RayJob`` (one run, then the cluster goes),
+a ``RayCluster`` to ``lrjob submit`` to, or a Kubeflow ``MPIJob`` (horovodrun over SSH).
+Every field carries a comment, like the KubeRay samples; the output is deterministic.
+
+    lrjob k8s jobs/mnist_softmax.yaml --image registry.example.com/lrjob:0.1.0 > mnist.yaml
+    lrjob k8s jobs/mnist_softmax.yaml --kind mpijob --workers 4
+    lrjob k8s jobs/mnist_softmax.yaml --gpus-per-worker 1      # the -gpu image, nvidia.com/gpu
+    python -m launcher.k8s --write k8s/                         # rewrite the manifests in k8s/
+
+The job spec travels in a ConfigMap (mounted at /etc/lrjob/job.yaml); the run directory
+goes to a PersistentVolumeClaim mounted at /runs, as /runs/<name>.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+import sys
+import textwrap
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lr_core.errors import SpecError
+
+__all__ = ["render", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
+           "KINDS", "RAY_VERSION", "DEFAULT_IMAGE", "SPEC_PATH", "RUNS_DIR"]
+
+KINDS = ("rayjob", "raycluster", "mpijob")
+RAY_VERSION = "2.60.0"  # the cluster's Ray; requirements.txt pins the same, so the image matches
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _project_version() -> str:
+    try:
+        return metadata.version("lrjob")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "latest"
+
+
+# The CPU image (Dockerfile); GPU manifests use the same tag plus "-gpu" (Dockerfile.gpu).
+DEFAULT_IMAGE = f"lrjob:{_project_version()}"
+SPEC_DIR = "/etc/lrjob"
+SPEC_PATH = f"{SPEC_DIR}/job.yaml"
+RUNS_DIR = "/runs"
+# Pod sizes lrjob's spec does not carry. The head runs the driver, which loads the whole
+# dataset once and ray.put()s it (MNIST: ~220 MB as float32), plus the GCS and dashboard.
+HEAD_CPU, HEAD_MEMORY = "1", "4Gi"
+WORKER_MEMORY = "2Gi"  # one Horovod worker: MXNet, its object-store copy of the data, its shard
+LAUNCHER_CPU, LAUNCHER_MEMORY = "1", "1Gi"  # MPIJob launcher: only horovodrun and its SSH sessions
+RUNS_STORAGE = "1Gi"  # run directories are small: params, a few checkpoints, plots
+TTL_SECONDS = 600  # keep the finished cluster 10 minutes (time to `kubectl cp` from the head)
+DEADLINE_SECONDS = 7200  # image pulls, cluster start and training together
+# KubeRay's limit (a RayJob's RayCluster gets a 6-character suffix, then the 53-character cap).
+_MAX_NAME = 47
+_WIDTH = 100  # comment lines wrap here
+
+
+# --------------------------------------------------------------------------- YAML with comments
+@dataclass(frozen=True)
+class _C:
+    """A value with the comment printed above its key (or above its list item)."""
+
+    comment: str
+    value: Any
+
+
+def _unwrap(node):
+    return node.value if isinstance(node, _C) else node
+
+
+_PLAIN = re.compile(r"[A-Za-z/_.~$][A-Za-z0-9_./:=+@~$-]*( [A-Za-z0-9_./:=+@~$-]+)*")
+
+
+def _scalar(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, str):
+        # Plain only when it reads back as the same string; else JSON, which is valid YAML.
+        if _PLAIN.fullmatch(v) and not v.endswith(":") and yaml.safe_load(v) == v:
+            return v
+        return json.dumps(v)
+    raise TypeError(f"no YAML form for {type(v).__name__} {v!r}")
+
+
+def _comment(text: str, indent: int) -> list[str]:
+    pad, out = " " * indent, []
+    for para in text.split("\n"):
+        if not para:
+            out.append(pad + "#")
+            continue
+        out += [f"{pad}# {line}" for line in textwrap.wrap(para, width=max(40, _WIDTH - indent - 2),
+                                                             break_long_words=False, break_on_hyphens=False)]
+    return out
+
+
+def _literal(text: str) -> str | None:
+    """The ``|`` block indicator for ``text``, or None when a literal block cannot hold it."""
+    if "\t" in text or text.startswith((" ", "\n")) or any(line != line.rstrip() for line in text.split("\n")):
+        return None
+    if text.endswith("\n\n"):
+        return None
+    return "|" if text.endswith("\n") else "|-"
+
+
+def _entry(key: str | None, node: Any, indent: int) -> list[str]:
+    """``key: value`` (or a bare list item when key is None) with its comment above."""
+    lines = _comment(node.comment, indent) if isinstance(node, _C) else []
+    value = _unwrap(node)
+    head = " " * indent + (f"{key}:" if key is not None else "")
+    if isinstance(value, dict) and value:
+        return lines + [head] + _mapping(value, indent + 2)
+    if isinstance(value, list) and value:
+        return lines + [head] + _sequence(value, indent)
+    if isinstance(value, (dict, list)):
+        return lines + [f"{head} {'{}' if isinstance(value, dict) else '[]'}"]
+    if isinstance(value, str) and "\n" in value and _literal(value):
+        body = [(" " * (indent + 2) + line) if line else "" for line in value.rstrip("\n").split("\n")]
+        return lines + [f"{head} {_literal(value)}"] + body
+    return lines + [f"{head} {_scalar(value)}"]
+
+
+def _mapping(d: dict, indent: int) -> list[str]:
+    out = []
+    for key, node in d.items():
+        out += _entry(str(key), node, indent)
+    return out
+
+
+def _sequence(items: list, indent: int) -> list[str]:
+    """Items at the parent key's indentation (the KubeRay samples' style)."""
+    out = []
+    for item in items:
+        lines = _comment(item.comment, indent) if isinstance(item, _C) else []
+        value = _unwrap(item)
+        if isinstance(value, dict) and value:
+            body = _mapping(value, indent + 2)
+            # Comments of the first key go above the "- " line, at the list's indentation.
+            while body[0].lstrip().startswith("#"):
+                lines.append(body.pop(0)[2:])
+            body[0] = " " * indent + "- " + body[0][indent + 2:]
+            out += lines + body
+        elif isinstance(value, (dict, list)) and not value:
+            out += lines + [" " * indent + ("- {}" if isinstance(value, dict) else "- []")]
+        elif isinstance(value, (dict, list)):
+            raise TypeError("nested lists are not used in these manifests")
+        else:
+            out += lines + [" " * indent + "- " + _scalar(value)]
+    return out
+
+
+def _dump(header: str, docs: list[tuple[str, dict]]) -> str:
+    out = _comment(header, 0)
+    for comment, doc in docs:
+        out += ["---"] + _comment(comment, 0) + _mapping(doc, 0)
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- the plan
+@dataclass(frozen=True)
+class _Plan:
+    spec: Any  # launcher.spec.JobSpec with --workers / --gpus-per-worker applied
+    kind: str
+    image: str
+    workers: int
+    cpu: str  # Kubernetes quantity of resources.cpus_per_worker
+    gpus: int
+    base: str  # name of the main object; the others add -job, -runs, -dashboard
+
+    @property
+    def run_dir(self) -> str:
+        return f"{RUNS_DIR}/{self.spec.name}"
+
+    @property
+    def labels(self) -> dict:
+        # Not app.kubernetes.io/name: KubeRay's Services select Ray pods by it.
+        return {"app.kubernetes.io/part-of": "lrjob", "app.kubernetes.io/instance": self.base}
+
+    @property
+    def gpu_note(self) -> str:
+        return f", {self.gpus} GPU each" if self.gpus else ", no GPU"
+
+
+def gpu_image(image: str) -> str:
+    """The GPU build (Dockerfile.gpu) of ``image``: its tag plus ``-gpu``; digests stay as given."""
+    if "@" in image:
+        return image
+    repo, sep, tag = image.rpartition(":")
+    if not sep or "/" in tag:  # no tag (a ":" in "host:port/name" is not one)
+        return f"{image}:latest-gpu"
+    return image if tag.endswith("-gpu") else f"{repo}:{tag}-gpu"
+
+
+def _cpu_quantity(cpus: float) -> str:
+    milli = round(cpus * 1000)
+    if milli < 1:
+        raise SpecError(f"resources.cpus_per_worker must be at least 0.001 on Kubernetes (CPU is counted in "
+                        f"millicores), got {cpus:g}")
+    return str(milli // 1000) if milli % 1000 == 0 else f"{milli}m"
+
+
+def _k8s_name(spec_name: str, suffix: str) -> str:
+    name = "lrjob-" + re.sub(r"[^a-z0-9]+", "-", spec_name.lower()).strip("-") + suffix
+    if len(name) > _MAX_NAME:
+        raise SpecError(f"name: {spec_name!r} gives the Kubernetes name {name!r} ({len(name)} characters), "
+                        f"KubeRay allows {_MAX_NAME}; shorten it, e.g. --set name={spec_name[:20]}")
+    return name
+
+
+def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str) -> _Plan:
+    from .spec import apply_overrides, spec_from_dict
+
+    if kind not in KINDS:
+        near = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise SpecError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}{hint}")
+    if not isinstance(image, str) or not image.strip() or any(ch.isspace() for ch in image):
+        raise SpecError(f"--image must be an image reference such as registry.example.com/lrjob:0.1.0, "
+                        f"got {image!r}")
+    overrides = []
+    if workers is not None:
+        overrides.append(f"resources.workers={workers}")
+    if gpus_per_worker is not None:
+        overrides.append(f"resources.gpus_per_worker={gpus_per_worker}")
+    if overrides:  # the same checks as the spec file, and the ConfigMap then holds the effective spec
+        spec = spec_from_dict(apply_overrides(spec.to_dict(), overrides), source_file=spec.source_file)
+    n, gpus = spec.workers, spec["resources.gpus_per_worker"]
+    if n < 1:
+        raise SpecError(f"resources.workers must be >= 1 on Kubernetes (each worker is a pod), got {n}; "
+                        f"pass --workers N (--workers 0 is the local in-process run)")
+    if not float(gpus).is_integer():
+        raise SpecError(f"resources.gpus_per_worker must be a whole number on Kubernetes (nvidia.com/gpu "
+                        f"counts whole devices), got {gpus:g}; use --gpus-per-worker 1")
+    gpus = int(gpus)
+    suffix = {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind] + ("-gpu" if gpus else "")
+    return _Plan(spec=spec, kind=kind, image=gpu_image(image) if gpus else image, workers=n,
+                 cpu=_cpu_quantity(spec["resources.cpus_per_worker"]), gpus=gpus,
+                 base=_k8s_name(spec.name, suffix))
+
+
+# --------------------------------------------------------------------------- shared pieces
+def _metadata(p: _Plan, name: str, what: str) -> _C:
+    return _C(f"Name and labels of {what}. Labels tie everything of this job together:\n"
+              f"kubectl get all,cm,pvc -l app.kubernetes.io/instance={p.base}",
+              {"name": name, "labels": dict(p.labels)})
+
+
+def _configmap(p: _Plan, pods: str) -> tuple[str, dict]:
+    note = ""
+    if p.spec["data.path"] or p.spec["data.val_path"]:
+        note = ("\ndata.path / data.val_path name files on the machine that rendered this: they must exist "
+                "at the same path inside the containers (bake them into the image or mount a volume).")
+    doc = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(p, f"{p.base}-job", "the job spec ConfigMap"),
+        "data": _C("One key, one file: mounted as a directory at " + SPEC_DIR + ", this is " + SPEC_PATH + ".",
+                   {"job.yaml": _C("The resolved job spec (`lrjob validate` prints the same): every default "
+                                   "filled in, --workers / --gpus-per-worker applied. The run directory's "
+                                   "job.yaml will be this file." + note, p.spec.to_yaml())}),
+    }
+    return (f"The job spec, read by `lrjob` in the {pods} from {SPEC_PATH}.", doc)
+
+
+def _pvc(p: _Plan, shared: bool) -> tuple[str, dict]:
+    if shared:
+        mode = _C("ReadWriteMany: every worker pod mounts it (rank 0 writes the run directory, and which pod "
+                  "holds rank 0 is up to horovodrun); needs a storage class that offers it (NFS, CephFS, "
+                  "EFS, Filestore...). On a single node ReadWriteOnce also works.", ["ReadWriteMany"])
+        who = "the MPIJob's worker pods"
+    else:
+        mode = _C("ReadWriteOnce: only the Ray head mounts it (the driver is the only writer).",
+                  ["ReadWriteOnce"])
+        who = "the Ray head, where the driver runs"
+    doc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(p, f"{p.base}-runs", "the run-directory volume"),
+        "spec": {
+            "accessModes": mode,
+            "resources": _C(f"Run directories are small (parameters, the newest checkpoints, plots); "
+                            f"{RUNS_STORAGE} holds many runs.", {"requests": {"storage": RUNS_STORAGE}}),
+            # storageClassName is left out on purpose: the cluster's default StorageClass provisions it.
+        },
+    }
+    return (f"The volume mounted at {RUNS_DIR} in {who}. It outlives the job; k8s/README.md shows how to "
+            f"copy a run directory out of it. No storageClassName: the cluster's default StorageClass "
+            f"provisions it.", doc)
+
+
+def _resources(p: _Plan, cpu: str, memory: str, gpus: int = 0) -> _C:
+    amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
+    if gpus:
+        amounts["nvidia.com/gpu"] = str(gpus)
+    text = ("Requests equal limits (KubeRay's advice: a Guaranteed pod). KubeRay turns the limits into "
+            "`ray start --num-cpus/--num-gpus/--memory`.")
+    if gpus:
+        text += " nvidia.com/gpu needs the NVIDIA device plugin on the GPU nodes."
+    return _C(text, {"requests": dict(amounts), "limits": dict(amounts)})
+
+
+def _gpu_tolerations(p: _Plan) -> _C:
+    return _C("GPU nodes are usually tainted nvidia.com/gpu:NoSchedule; tolerate the taint so the "
+              "workers can land there.",
+              [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}])
+
+
+def _image(p: _Plan) -> _C:
+    if p.gpus:
+        text = ("The GPU image (Dockerfile.gpu: mxnet-cu112, Horovod with NCCL), on every pod of the "
+                "cluster: Ray needs one Python and Ray build throughout.")
+    else:
+        text = "The CPU image (Dockerfile): Ray " + RAY_VERSION + ", MXNet, Horovod (Gloo), lrjob, the MNIST cache."
+    return _C(text, p.image)
+
+
+def _spec_volume(p: _Plan) -> dict:
+    return {"name": "job-spec", "configMap": {"name": f"{p.base}-job"}}
+
+
+def _runs_volume(p: _Plan) -> dict:
+    return {"name": "runs", "persistentVolumeClaim": {"claimName": f"{p.base}-runs"}}
+
+
+# --------------------------------------------------------------------------- KubeRay
+def _head_group(p: _Plan, interactive: bool) -> dict:
+    ports = [
+        _C("GCS: Ray workers join the cluster here.", {"containerPort": 6379, "name": "gcs-server"}),
+        _C("Ray dashboard and job submission API (`ray job submit`, `lrjob submit`).",
+           {"containerPort": 8265, "name": "dashboard"}),
+        _C("Ray client (ray://).", {"containerPort": 10001, "name": "client"}),
+    ]
+    return {
+        "rayStartParams": _C(
+            "Flags of `ray start --head`; KubeRay adds the defaults (dashboard-host 0.0.0.0, ...).\n"
+            "num-cpus 0: no Horovod worker is scheduled on the head, so each of the "
+            f"{p.workers} workers gets its own worker pod; the head keeps the driver, GCS and dashboard.",
+            {"num-cpus": "0"}),
+        "template": _C("Pod template of the head.", {
+            "metadata": _C("Added to the pod's labels (KubeRay adds ray.io/cluster, ray.io/node-type, ...).",
+                           {"labels": dict(p.labels)}),
+            "spec": {
+                "containers": [{
+                    "name": _C("The Ray container comes first; KubeRay runs `ray start` in it.", "ray-head"),
+                    "image": _image(p),
+                    "imagePullPolicy": _C("Pull only when the node lacks the image (a tag is assumed to "
+                                          "be immutable; use a new tag per build).", "IfNotPresent"),
+                    "ports": _C("Ports of the head; KubeRay's head Service exposes them in the cluster.", ports),
+                    "resources": _resources(p, HEAD_CPU, HEAD_MEMORY),
+                    "volumeMounts": _C(
+                        "The job spec (read-only) and the run-directory volume" +
+                        (" (use `--output /runs/NAME` for runs that should outlive the cluster)."
+                         if interactive else f" (the driver writes {p.run_dir})."),
+                        [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
+                         {"name": "runs", "mountPath": RUNS_DIR}]),
+                }],
+                "volumes": _C("Pod-level volumes: the ConfigMap and the PersistentVolumeClaim above.",
+                              [_spec_volume(p), _runs_volume(p)]),
+            },
+        }),
+    }
+
+
+def _worker_group(p: _Plan) -> dict:
+    spec: dict[str, Any] = {
+        "containers": [{
+            "name": _C("The Ray container; KubeRay runs `ray start --address=<head>` in it.", "ray-worker"),
+            "image": _image(p),
+            "imagePullPolicy": _C("Same image, same policy as the head.", "IfNotPresent"),
+            "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
+        }],
+    }
+    if p.gpus:
+        spec["tolerations"] = _gpu_tolerations(p)
+    return {
+        "groupName": _C("Logical name of this group of worker pods.", "workers"),
+        "replicas": _C(f"One pod per Horovod worker: resources.workers = {p.workers}, each pod sized to "
+                       f"resources.cpus_per_worker ({p.cpu} CPU) and gpus_per_worker ({p.gpus} GPU), so "
+                       f"Ray places exactly one worker actor on each.", p.workers),
+        "minReplicas": _C("No autoscaling: min = max = replicas (Horovod in static mode needs all workers "
+                          "from the start).", p.workers),
+        "maxReplicas": _C("See minReplicas.", p.workers),
+        "rayStartParams": _C("Flags of `ray start` on the workers; the defaults do (resources come from the "
+                             "container limits).", {}),
+        "template": _C("Pod template of the workers.", {
+            "metadata": _C("Added to the pods' labels.", {"labels": dict(p.labels)}),
+            "spec": spec,
+        }),
+    }
+
+
+def _cluster_spec(p: _Plan, interactive: bool) -> dict:
+    return {
+        "rayVersion": _C("Must match the Ray version in the image (requirements.txt pins ray[default]=="
+                         + RAY_VERSION + ").", RAY_VERSION),
+        "enableInTreeAutoscaling": _C("The worker count is fixed: Horovod (static mode) cannot grow or shrink "
+                                      "a running job.", False),
+        "headGroupSpec": _C("The Ray head pod.", _head_group(p, interactive)),
+        "workerGroupSpecs": _C("The Horovod worker pods: one group.", [_worker_group(p)]),
+    }
+
+
+def _entrypoint(p: _Plan) -> str:
+    return f"lrjob run {SPEC_PATH} --workers {p.workers} --output {p.run_dir}"
+
+
+def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
+    doc = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
+        "metadata": _metadata(p, p.base, "the RayJob"),
+        "spec": {
+            "entrypoint": _C(
+                f"Runs in the Ray head (the driver): it joins the cluster through $RAY_ADDRESS, starts "
+                f"{p.workers} Horovod workers and writes the run directory {p.run_dir} on the volume. "
+                f"`lrjob run` refuses a non-empty --output: delete or move an old {p.run_dir} before "
+                f"running the job again.", _entrypoint(p)),
+            "submissionMode": _C("K8sJobMode: KubeRay submits the entrypoint from a Kubernetes Job named like "
+                                 "this RayJob, whose log follows the run (kubectl logs -f job/" + p.base + ").",
+                                 "K8sJobMode"),
+            "shutdownAfterJobFinishes": _C("Delete the RayCluster once the job has finished (succeeded or "
+                                           "failed); the run directory stays on the volume.", True),
+            "ttlSecondsAfterFinished": _C(f"...after {TTL_SECONDS} s, time to look at the head pod or copy "
+                                          f"from it.", TTL_SECONDS),
+            "activeDeadlineSeconds": _C(f"Give up after {DEADLINE_SECONDS} s in total (pulling images, "
+                                        f"starting the cluster, training); KubeRay then stops the job.",
+                                        DEADLINE_SECONDS),
+            "backoffLimit": _C("No retries: a retry starts a new cluster, and `lrjob run --output` refuses the "
+                               "run directory the first attempt left. Continue a failed run from its newest "
+                               f"checkpoint with `lrjob run --resume {p.run_dir}` instead.", 0),
+            "rayClusterSpec": _C("The RayCluster created for this job (named after the RayJob plus a "
+                                 "random suffix).", _cluster_spec(p, interactive=False)),
+        },
+    }
+    return [_configmap(p, "Ray head"), _pvc(p, shared=False),
+            (f"The run: a Ray cluster with 1 head and {p.workers} worker pods ({p.cpu} CPU{p.gpu_note}), "
+             f"`lrjob run` as its entrypoint, then shutdown.", doc)]
+
+
+def _raycluster(p: _Plan) -> list[tuple[str, dict]]:
+    doc = {
+        "apiVersion": "ray.io/v1",
+        "kind": "RayCluster",
+        "metadata": _metadata(p, p.base, "the RayCluster"),
+        "spec": _cluster_spec(p, interactive=True),
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(p, f"{p.base}-dashboard", "the dashboard Service"),
+        "spec": {
+            "type": _C("Inside the cluster only; from a laptop: kubectl port-forward svc/"
+                       f"{p.base}-dashboard 8265:8265.", "ClusterIP"),
+            "selector": _C("The head pod of this RayCluster (labels KubeRay sets on it).",
+                           {"ray.io/cluster": p.base, "ray.io/node-type": "head"}),
+            "ports": _C("The dashboard and job submission API.",
+                        [{"name": "dashboard", "port": 8265, "targetPort": 8265, "protocol": "TCP"}]),
+        },
+    }
+    return [_configmap(p, "Ray head"), _pvc(p, shared=False),
+            (f"A long-lived Ray cluster for `lrjob submit`: 1 head and {p.workers} worker pods "
+             f"({p.cpu} CPU{p.gpu_note}); delete it when done (kubectl delete -f FILE).", doc),
+            (f"The head's dashboard (8265), a stable name for `lrjob submit --address "
+             f"http://{p.base}-dashboard:8265` from inside the cluster.", service)]
+
+
+# --------------------------------------------------------------------------- Kubeflow MPIJob
+def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
+    args = ["--gloo", "-np", str(p.workers), "-hostfile", "/etc/mpi/hostfile",
+            "lrjob", "worker", SPEC_PATH, "--output", p.run_dir]
+    worker_spec: dict[str, Any] = {
+        "containers": [{
+            "name": _C("One container per worker pod.", "mpi-worker"),
+            "image": _image(p),
+            "imagePullPolicy": _C("Same image, same policy as the launcher.", "IfNotPresent"),
+            "command": _C("The workers only run sshd; horovodrun starts `lrjob worker` in them over SSH "
+                          "(keys: the Secret the operator mounts at /root/.ssh).", ["/usr/sbin/sshd"]),
+            "args": _C("Foreground (-D), log to stderr (-e).", ["-De"]),
+            "ports": _C("SSH, for horovodrun.", [{"containerPort": 22, "name": "ssh"}]),
+            "readinessProbe": _C("Ready once sshd listens: the launcher waits for that "
+                                 "(launcherCreationPolicy).",
+                                 {"tcpSocket": {"port": 22}, "periodSeconds": 2}),
+            "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
+            "volumeMounts": _C("The job spec and the run-directory volume.",
+                               [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
+                                {"name": "runs", "mountPath": RUNS_DIR}]),
+        }],
+        "volumes": _C("The ConfigMap and the PersistentVolumeClaim above.", [_spec_volume(p), _runs_volume(p)]),
+    }
+    if p.gpus:
+        worker_spec["tolerations"] = _gpu_tolerations(p)
+    doc = {
+        "apiVersion": "kubeflow.org/v2beta1",
+        "kind": "MPIJob",
+        "metadata": _metadata(p, p.base, "the MPIJob"),
+        "spec": {
+            "slotsPerWorker": _C("One Horovod process per worker pod (the hostfile says slots=1).", 1),
+            "launcherCreationPolicy": _C("Start the launcher only when every worker's sshd is ready.",
+                                         "WaitForWorkersReady"),
+            "sshAuthMountPath": _C("Where the operator mounts the SSH keys: the image runs as root.",
+                                   "/root/.ssh"),
+            "mpiImplementation": _C("OpenMPI writes the hostfile as `host slots=1`, the format horovodrun "
+                                    "reads (no MPI is used: Horovod runs on Gloo).", "OpenMPI"),
+            "runPolicy": _C("Lifetime of the job and its pods.", {
+                "cleanPodPolicy": _C("Delete the still-running worker pods when the launcher finishes.",
+                                     "Running"),
+                "ttlSecondsAfterFinished": _C(f"Delete the MPIJob {TTL_SECONDS} s after it finished; the "
+                                              f"run directory stays on the volume.", TTL_SECONDS),
+                "activeDeadlineSeconds": _C(f"Give up after {DEADLINE_SECONDS} s.", DEADLINE_SECONDS),
+                "backoffLimit": _C("No retries: `lrjob worker --output` refuses the run directory a failed "
+                                   "attempt left; resume from its checkpoint instead.", 0),
+            }),
+            "mpiReplicaSpecs": _C("The launcher runs horovodrun; the workers run the training.", {
+                "Launcher": {
+                    "replicas": _C("Always 1.", 1),
+                    "restartPolicy": _C("A failed launcher is not restarted (see backoffLimit).", "Never"),
+                    "template": _C("Pod template of the launcher.", {
+                        "metadata": _C("Added to the pod's labels.", {"labels": dict(p.labels)}),
+                        "spec": {
+                            "containers": [{
+                                "name": _C("The launcher container.", "mpi-launcher"),
+                                "image": _image(p),
+                                "imagePullPolicy": _C("Pull only when the node lacks the image.",
+                                                      "IfNotPresent"),
+                                "command": _C("horovodrun with Gloo: starts one `lrjob worker` per host of "
+                                              "the hostfile the operator mounts at /etc/mpi/hostfile; each "
+                                              "process calls hvd.init().", ["horovodrun"]),
+                                "args": _C(f"-np = worker replicas ({p.workers}); everything after the "
+                                           f"hostfile is the command run on every worker.", args),
+                                "resources": _C("horovodrun and its SSH sessions only; no GPU.",
+                                                {"requests": {"cpu": LAUNCHER_CPU, "memory": LAUNCHER_MEMORY},
+                                                 "limits": {"cpu": LAUNCHER_CPU, "memory": LAUNCHER_MEMORY}}),
+                                "volumeMounts": _C("The job spec (for reference; the workers read their own "
+                                                   "copy).",
+                                                   [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True}]),
+                            }],
+                            "volumes": _C("The job spec ConfigMap.", [_spec_volume(p)]),
+                        },
+                    }),
+                },
+                "Worker": {
+                    "replicas": _C(f"resources.workers = {p.workers}: one Horovod process per pod, "
+                                   f"{p.cpu} CPU{p.gpu_note}.", p.workers),
+                    "restartPolicy": _C("A failed worker fails the job (Horovod cannot replace a rank).",
+                                        "Never"),
+                    "template": _C("Pod template of the workers.", {
+                        "metadata": _C("Added to the pods' labels.", {"labels": dict(p.labels)}),
+                        "spec": worker_spec,
+                    }),
+                },
+            }),
+        },
+    }
+    return [_configmap(p, "worker pods"), _pvc(p, shared=True),
+            (f"The run as a Kubeflow MPIJob (mpi-operator v0.5 or newer): {p.workers} worker pods "
+             f"({p.cpu} CPU{p.gpu_note}) and a launcher running horovodrun over SSH.", doc)]
+
+
+# --------------------------------------------------------------------------- public API
+_TITLES = {"rayjob": "a KubeRay RayJob", "raycluster": "a KubeRay RayCluster", "mpijob": "a Kubeflow MPIJob"}
+
+
+def _header(p: _Plan) -> str:
+    what = (f"lrjob job {p.spec.name!r} as {_TITLES[p.kind]}: {p.workers} workers x {p.cpu} CPU{p.gpu_note}; "
+            f"image {p.image}.")
+    if p.kind == "rayjob":
+        steps = (f"Needs the KubeRay operator v1.2 or newer (ray.io/v1).\n"
+                 f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, RayJob\n"
+                 f"  kubectl get rayjob {p.base} -w\n"
+                 f"  kubectl logs -f job/{p.base}\n"
+                 f"The run directory lands in {p.run_dir} on the PersistentVolumeClaim {p.base}-runs "
+                 f"(copying it out: k8s/README.md).")
+    elif p.kind == "raycluster":
+        steps = (f"Needs the KubeRay operator v1.2 or newer (ray.io/v1).\n"
+                 f"  kubectl apply -f FILE\n"
+                 f"  kubectl port-forward svc/{p.base}-dashboard 8265:8265\n"
+                 f"  lrjob submit JOB --address http://127.0.0.1:8265 --wait\n"
+                 f"Runs given --output /runs/NAME land on the PersistentVolumeClaim {p.base}-runs.")
+    else:
+        steps = (f"Needs the Kubeflow mpi-operator v0.5 or newer (kubeflow.org/v2beta1).\n"
+                 f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, MPIJob\n"
+                 f"  kubectl get mpijob {p.base} -w\n"
+                 f"  kubectl logs -f {p.base}-launcher-<suffix>   # kubectl get pods -l "
+                 f"app.kubernetes.io/instance={p.base}\n"
+                 f"The run directory lands in {p.run_dir} on the PersistentVolumeClaim {p.base}-runs.")
+    return what + "\n" + steps + "\nRefresh the files in k8s/ with: python -m launcher.k8s --write k8s/"
+
+
+def render(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str) -> str:
+    """Manifests for ``spec`` as one multi-document YAML string (deterministic).
+
+    ``kind``: ``rayjob`` (ConfigMap, PersistentVolumeClaim, RayJob), ``raycluster`` (ConfigMap,
+    PersistentVolumeClaim, RayCluster, dashboard Service) or ``mpijob`` (ConfigMap,
+    PersistentVolumeClaim, MPIJob). ``workers`` / ``gpus_per_worker`` override the spec (None: keep);
+    with GPUs every pod uses ``gpu_image(image)``. Bad arguments raise ``SpecError``.
+    """
+    p = _plan(spec, image=image, workers=workers, gpus_per_worker=gpus_per_worker, kind=kind)
+    docs = {"rayjob": _rayjob, "raycluster": _raycluster, "mpijob": _mpijob}[kind](p)
+    return _dump(_header(p), docs)
+
+
+def shipped_manifests(jobs_dir: str | Path | None = None, image: str = DEFAULT_IMAGE) -> dict[str, str]:
+    """File name -> text of everything in k8s/: a RayJob per job in jobs/, and for mnist_softmax
+    its GPU RayJob, its MPIJob and the interactive RayCluster."""
+    from .spec import load_spec
+
+    jobs_dir = Path(jobs_dir) if jobs_dir else REPO_ROOT / "jobs"
+    out = {}
+    for path in sorted(jobs_dir.glob("*.yaml")):
+        out[f"{path.stem}.rayjob.yaml"] = render(load_spec(path), image=image, workers=None,
+                                                 gpus_per_worker=None, kind="rayjob")
+    main_job = load_spec(jobs_dir / "mnist_softmax.yaml")
+    out["mnist_softmax.gpu.rayjob.yaml"] = render(main_job, image=image, workers=None, gpus_per_worker=1,
+                                                  kind="rayjob")
+    out["mnist_softmax.mpijob.yaml"] = render(main_job, image=image, workers=None, gpus_per_worker=None,
+                                              kind="mpijob")
+    out["raycluster.yaml"] = render(main_job, image=image, workers=None, gpus_per_worker=None,
+                                    kind="raycluster")
+    return dict(sorted(out.items()))
+
+
+_OURS = ("*.rayjob.yaml", "*.mpijob.yaml", "raycluster.yaml")
+
+
+def write_manifests(target: str | Path, jobs_dir: str | Path | None = None) -> list[Path]:
+    """Rewrite ``shipped_manifests()`` into ``target``; remove manifests of jobs that are gone."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    files = shipped_manifests(jobs_dir)
+    for pattern in _OURS:
+        for stale in target.glob(pattern):
+            if stale.name not in files:
+                stale.unlink()
+    written = []
+    for name, text in files.items():
+        path = target / name
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+        written.append(path)
+    return written
+
+
+# --------------------------------------------------------------------------- CLI
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Add ``k8s`` to ``lrjob``'s subcommands (``build_parser``); returns the new parser."""
+    example = ("examples:\n"
+               "  lrjob k8s jobs/mnist_softmax.yaml --image registry.example.com/lrjob:0.1.0 > mnist.yaml\n"
+               "  lrjob k8s jobs/mnist_softmax.yaml --kind mpijob --workers 4\n"
+               "  lrjob k8s jobs/mnist_softmax.yaml --gpus-per-worker 1   # uses the IMAGE-gpu tag")
+    p = subparsers.add_parser(
+        "k8s", help="print Kubernetes manifests for a job (KubeRay RayJob, RayCluster, or Kubeflow MPIJob)",
+        description=("print Kubernetes manifests for a job: its spec as a ConfigMap, a PersistentVolumeClaim "
+                     "for /runs, and a KubeRay RayJob (default), a RayCluster for `lrjob submit`, or a "
+                     "Kubeflow MPIJob"),
+        epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("job", help="job spec YAML (e.g. jobs/mnist_softmax.yaml)")
+    p.add_argument("--image", default=DEFAULT_IMAGE,
+                   help=f"container image built from Dockerfile (default: {DEFAULT_IMAGE}); with GPUs its "
+                        f"-gpu tag (Dockerfile.gpu)")
+    p.add_argument("--workers", type=int, default=None, help="worker pods (default: from the spec)")
+    p.add_argument("--gpus-per-worker", type=float, default=None,
+                   help="whole GPUs per worker pod (default: from the spec)")
+    p.add_argument("--kind", default="rayjob", help=f"one of {', '.join(KINDS)} (default: rayjob)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+    return p
+
+
+def cmd_k8s(args) -> int:
+    """``lrjob k8s``: print the manifests to stdout."""
+    from .spec import load_spec
+
+    spec = load_spec(args.job, list(args.overrides))
+    sys.stdout.write(render(spec, image=args.image, workers=args.workers,
+                            gpus_per_worker=args.gpus_per_worker, kind=args.kind))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m launcher.k8s", description="rewrite the manifests in k8s/")
+    p.add_argument("--write", required=True, metavar="DIR", help="target folder, e.g. k8s/")
+    p.add_argument("--jobs", default=None, metavar="DIR", help="job specs folder (default: the repo's jobs/)")
+    args = p.parse_args(argv)
+    try:
+        for path in write_manifests(args.write, args.jobs):
+            print(path)
+    except SpecError as e:
+        sys.stderr.write(f"lrjob: error: {e}\n")
+        return e.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

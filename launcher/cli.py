@@ -32,6 +32,11 @@ EXAMPLES = {
     "doctor": "lrjob doctor",
     "predict": "lrjob predict runs/binary_2d-20260101T000000Z --input points.csv --output preds.csv",
     "evaluate": "lrjob evaluate runs/mnist_softmax-20260101T000000Z",
+    "submit": "lrjob submit jobs/binary_synthetic.yaml --address http://127.0.0.1:8265 --workers 2 --wait",
+    "status": "lrjob status lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265",
+    "logs": "lrjob logs lrjob-binary_synthetic-20260101T000000Z --follow --address http://127.0.0.1:8265",
+    "stop": "lrjob stop lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265",
+    "list": "lrjob list --address http://127.0.0.1:8265",
 }
 
 
@@ -93,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory")
     ev.add_argument("--data", default=None, help="CSV/NPZ with labels (default: the run's validation data)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    from .submit import add_parsers as add_submit_parsers
+
+    add_submit_parsers(subs, _sub)
     return p
 
 
@@ -263,8 +272,24 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_submit(args) -> int:
+    from .submit import submit
+
+    return submit(_load(args), address=args.address, output=args.output, wait=args.wait,
+                  submission_id=args.submission_id)
+
+
+def _submit_cmd(name):
+    def run(args):
+        from . import submit as s
+
+        return getattr(s, f"cmd_{name}")(args)
+    return run
+
+
 COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doctor": cmd_doctor,
-            "predict": cmd_predict, "evaluate": cmd_evaluate}
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit,
+            **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,6 +97,9 @@ def _comment(text: str, indent: int) -> list[str]:
         if not para:
             out.append(pad + "#")
             continue
+        if para.startswith("  "):  # a command line: kept as written
+            out.append(f"{pad}# {para}")
+            continue
         out += [f"{pad}# {line}" for line in textwrap.wrap(para, width=max(40, _WIDTH - indent - 2),
                                                              break_long_words=False, break_on_hyphens=False)]
     return out
@@ -111,11 +114,11 @@ def _literal(text: str) -> str | None:
     return "|" if text.endswith("\n") else "|-"
 
 
-def _entry(key: str | None, node: Any, indent: int) -> list[str]:
-    """``key: value`` (or a bare list item when key is None) with its comment above."""
+def _entry(key: str, node: Any, indent: int) -> list[str]:
+    """``key: value`` with its comment above."""
     lines = _comment(node.comment, indent) if isinstance(node, _C) else []
     value = _unwrap(node)
-    head = " " * indent + (f"{key}:" if key is not None else "")
+    head = " " * indent + f"{_scalar(key)}:"
     if isinstance(value, dict) and value:
         return lines + [head] + _mapping(value, indent + 2)
     if isinstance(value, list) and value:
@@ -284,12 +287,11 @@ def _pvc(p: _Plan, shared: bool) -> tuple[str, dict]:
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
         "metadata": _metadata(p, f"{p.base}-runs", "the run-directory volume"),
-        "spec": {
+        "spec": _C("What the volume must offer.", {
             "accessModes": mode,
             "resources": _C(f"Run directories are small (parameters, the newest checkpoints, plots); "
                             f"{RUNS_STORAGE} holds many runs.", {"requests": {"storage": RUNS_STORAGE}}),
-            # storageClassName is left out on purpose: the cluster's default StorageClass provisions it.
-        },
+        }),
     }
     return (f"The volume mounted at {RUNS_DIR} in {who}. It outlives the job; k8s/README.md shows how to "
             f"copy a run directory out of it. No storageClassName: the cluster's default StorageClass "
@@ -300,8 +302,11 @@ def _resources(p: _Plan, cpu: str, memory: str, gpus: int = 0) -> _C:
     amounts: dict[str, Any] = {"cpu": cpu, "memory": memory}
     if gpus:
         amounts["nvidia.com/gpu"] = str(gpus)
-    text = ("Requests equal limits (KubeRay's advice: a Guaranteed pod). KubeRay turns the limits into "
-            "`ray start --num-cpus/--num-gpus/--memory`.")
+    if p.kind == "mpijob":
+        text = "Requests equal limits: a Guaranteed pod, sized to one worker of the spec."
+    else:
+        text = ("Requests equal limits (KubeRay's advice: a Guaranteed pod). KubeRay turns the limits into "
+                "`ray start --num-cpus/--num-gpus/--memory`.")
     if gpus:
         text += " nvidia.com/gpu needs the NVIDIA device plugin on the GPU nodes."
     return _C(text, {"requests": dict(amounts), "limits": dict(amounts)})
@@ -322,12 +327,14 @@ def _image(p: _Plan) -> _C:
     return _C(text, p.image)
 
 
-def _spec_volume(p: _Plan) -> dict:
-    return {"name": "job-spec", "configMap": {"name": f"{p.base}-job"}}
+def _spec_volume(p: _Plan) -> _C:
+    return _C("The job spec: the ConfigMap above, one file (job.yaml).",
+              {"name": "job-spec", "configMap": {"name": f"{p.base}-job"}})
 
 
-def _runs_volume(p: _Plan) -> dict:
-    return {"name": "runs", "persistentVolumeClaim": {"claimName": f"{p.base}-runs"}}
+def _runs_volume(p: _Plan) -> _C:
+    return _C("The run directories: the PersistentVolumeClaim above.",
+              {"name": "runs", "persistentVolumeClaim": {"claimName": f"{p.base}-runs"}})
 
 
 # --------------------------------------------------------------------------- KubeRay
@@ -347,9 +354,9 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
         "template": _C("Pod template of the head.", {
             "metadata": _C("Added to the pod's labels (KubeRay adds ray.io/cluster, ray.io/node-type, ...).",
                            {"labels": dict(p.labels)}),
-            "spec": {
-                "containers": [{
-                    "name": _C("The Ray container comes first; KubeRay runs `ray start` in it.", "ray-head"),
+            "spec": _C("The head pod: one container.", {
+                "containers": _C("KubeRay runs `ray start --head` in the first container.", [{
+                    "name": _C("The Ray head container.", "ray-head"),
                     "image": _image(p),
                     "imagePullPolicy": _C("Pull only when the node lacks the image (a tag is assumed to "
                                           "be immutable; use a new tag per build).", "IfNotPresent"),
@@ -361,30 +368,30 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
                          if interactive else f" (the driver writes {p.run_dir})."),
                         [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
                          {"name": "runs", "mountPath": RUNS_DIR}]),
-                }],
-                "volumes": _C("Pod-level volumes: the ConfigMap and the PersistentVolumeClaim above.",
+                }]),
+                "volumes": _C("Pod-level volumes, mounted by the container above.",
                               [_spec_volume(p), _runs_volume(p)]),
-            },
+            }),
         }),
     }
 
 
 def _worker_group(p: _Plan) -> dict:
     spec: dict[str, Any] = {
-        "containers": [{
-            "name": _C("The Ray container; KubeRay runs `ray start --address=<head>` in it.", "ray-worker"),
+        "containers": _C("KubeRay runs `ray start --address=<head>` in the first container.", [{
+            "name": _C("The Ray worker container.", "ray-worker"),
             "image": _image(p),
             "imagePullPolicy": _C("Same image, same policy as the head.", "IfNotPresent"),
             "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
-        }],
+        }]),
     }
     if p.gpus:
         spec["tolerations"] = _gpu_tolerations(p)
     return {
         "groupName": _C("Logical name of this group of worker pods.", "workers"),
-        "replicas": _C(f"One pod per Horovod worker: resources.workers = {p.workers}, each pod sized to "
-                       f"resources.cpus_per_worker ({p.cpu} CPU) and gpus_per_worker ({p.gpus} GPU), so "
-                       f"Ray places exactly one worker actor on each.", p.workers),
+        "replicas": _C(f"One pod per Horovod worker: resources.workers = {p.workers}, each pod sized to one "
+                       f"worker (resources.cpus_per_worker = {p.cpu} CPU, gpus_per_worker = {p.gpus} GPU).",
+                       p.workers),
         "minReplicas": _C("No autoscaling: min = max = replicas (Horovod in static mode needs all workers "
                           "from the start).", p.workers),
         "maxReplicas": _C("See minReplicas.", p.workers),
@@ -392,7 +399,7 @@ def _worker_group(p: _Plan) -> dict:
                              "container limits).", {}),
         "template": _C("Pod template of the workers.", {
             "metadata": _C("Added to the pods' labels.", {"labels": dict(p.labels)}),
-            "spec": spec,
+            "spec": _C("A worker pod: one container" + (", allowed on GPU nodes." if p.gpus else "."), spec),
         }),
     }
 
@@ -417,7 +424,7 @@ def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
         "apiVersion": "ray.io/v1",
         "kind": "RayJob",
         "metadata": _metadata(p, p.base, "the RayJob"),
-        "spec": {
+        "spec": _C("What to run, on which cluster, for how long.", {
             "entrypoint": _C(
                 f"Runs in the Ray head (the driver): it joins the cluster through $RAY_ADDRESS, starts "
                 f"{p.workers} Horovod workers and writes the run directory {p.run_dir} on the volume. "
@@ -438,7 +445,7 @@ def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
                                f"checkpoint with `lrjob run --resume {p.run_dir}` instead.", 0),
             "rayClusterSpec": _C("The RayCluster created for this job (named after the RayJob plus a "
                                  "random suffix).", _cluster_spec(p, interactive=False)),
-        },
+        }),
     }
     return [_configmap(p, "Ray head"), _pvc(p, shared=False),
             (f"The run: a Ray cluster with 1 head and {p.workers} worker pods ({p.cpu} CPU{p.gpu_note}), "
@@ -450,20 +457,20 @@ def _raycluster(p: _Plan) -> list[tuple[str, dict]]:
         "apiVersion": "ray.io/v1",
         "kind": "RayCluster",
         "metadata": _metadata(p, p.base, "the RayCluster"),
-        "spec": _cluster_spec(p, interactive=True),
+        "spec": _C("A head and one worker group, sized like the job.", _cluster_spec(p, interactive=True)),
     }
     service = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": _metadata(p, f"{p.base}-dashboard", "the dashboard Service"),
-        "spec": {
+        "spec": _C("Which pod and port the Service name leads to.", {
             "type": _C("Inside the cluster only; from a laptop: kubectl port-forward svc/"
                        f"{p.base}-dashboard 8265:8265.", "ClusterIP"),
             "selector": _C("The head pod of this RayCluster (labels KubeRay sets on it).",
                            {"ray.io/cluster": p.base, "ray.io/node-type": "head"}),
             "ports": _C("The dashboard and job submission API.",
                         [{"name": "dashboard", "port": 8265, "targetPort": 8265, "protocol": "TCP"}]),
-        },
+        }),
     }
     return [_configmap(p, "Ray head"), _pvc(p, shared=False),
             (f"A long-lived Ray cluster for `lrjob submit`: 1 head and {p.workers} worker pods "
@@ -477,8 +484,8 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
     args = ["--gloo", "-np", str(p.workers), "-hostfile", "/etc/mpi/hostfile",
             "lrjob", "worker", SPEC_PATH, "--output", p.run_dir]
     worker_spec: dict[str, Any] = {
-        "containers": [{
-            "name": _C("One container per worker pod.", "mpi-worker"),
+        "containers": _C("One container: sshd, into which horovodrun starts the worker process.", [{
+            "name": _C("The worker container.", "mpi-worker"),
             "image": _image(p),
             "imagePullPolicy": _C("Same image, same policy as the launcher.", "IfNotPresent"),
             "command": _C("The workers only run sshd; horovodrun starts `lrjob worker` in them over SSH "
@@ -492,8 +499,8 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
             "volumeMounts": _C("The job spec and the run-directory volume.",
                                [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
                                 {"name": "runs", "mountPath": RUNS_DIR}]),
-        }],
-        "volumes": _C("The ConfigMap and the PersistentVolumeClaim above.", [_spec_volume(p), _runs_volume(p)]),
+        }]),
+        "volumes": _C("Pod-level volumes, mounted by the container above.", [_spec_volume(p), _runs_volume(p)]),
     }
     if p.gpus:
         worker_spec["tolerations"] = _gpu_tolerations(p)
@@ -501,7 +508,7 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
         "apiVersion": "kubeflow.org/v2beta1",
         "kind": "MPIJob",
         "metadata": _metadata(p, p.base, "the MPIJob"),
-        "spec": {
+        "spec": _C("Hosts, lifetime and the two pod templates.", {
             "slotsPerWorker": _C("One Horovod process per worker pod (the hostfile says slots=1).", 1),
             "launcherCreationPolicy": _C("Start the launcher only when every worker's sshd is ready.",
                                          "WaitForWorkersReady"),
@@ -510,7 +517,8 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
             "mpiImplementation": _C("OpenMPI writes the hostfile as `host slots=1`, the format horovodrun "
                                     "reads (no MPI is used: Horovod runs on Gloo).", "OpenMPI"),
             "runPolicy": _C("Lifetime of the job and its pods.", {
-                "cleanPodPolicy": _C("Delete the still-running worker pods when the launcher finishes.",
+                "cleanPodPolicy": _C("Delete the still-running worker pods when the launcher (a Kubernetes "
+                                     "Job named " + p.base + "-launcher) finishes.",
                                      "Running"),
                 "ttlSecondsAfterFinished": _C(f"Delete the MPIJob {TTL_SECONDS} s after it finished; the "
                                               f"run directory stays on the volume.", TTL_SECONDS),
@@ -519,13 +527,14 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                                    "attempt left; resume from its checkpoint instead.", 0),
             }),
             "mpiReplicaSpecs": _C("The launcher runs horovodrun; the workers run the training.", {
-                "Launcher": {
+                "Launcher": _C("One pod that starts the processes and waits for them.", {
                     "replicas": _C("Always 1.", 1),
                     "restartPolicy": _C("A failed launcher is not restarted (see backoffLimit).", "Never"),
                     "template": _C("Pod template of the launcher.", {
                         "metadata": _C("Added to the pod's labels.", {"labels": dict(p.labels)}),
-                        "spec": {
-                            "containers": [{
+                        "spec": _C("The launcher pod: one container.", {
+                            "containers": _C("The operator adds the hostfile and SSH keys to the first "
+                                             "container.", [{
                                 "name": _C("The launcher container.", "mpi-launcher"),
                                 "image": _image(p),
                                 "imagePullPolicy": _C("Pull only when the node lacks the image.",
@@ -541,23 +550,25 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                                 "volumeMounts": _C("The job spec (for reference; the workers read their own "
                                                    "copy).",
                                                    [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True}]),
-                            }],
-                            "volumes": _C("The job spec ConfigMap.", [_spec_volume(p)]),
-                        },
+                            }]),
+                            "volumes": _C("Pod-level volumes, mounted by the container above.",
+                                          [_spec_volume(p)]),
+                        }),
                     }),
-                },
-                "Worker": {
+                }),
+                "Worker": _C("The pods that train, one Horovod rank each.", {
                     "replicas": _C(f"resources.workers = {p.workers}: one Horovod process per pod, "
                                    f"{p.cpu} CPU{p.gpu_note}.", p.workers),
                     "restartPolicy": _C("A failed worker fails the job (Horovod cannot replace a rank).",
                                         "Never"),
                     "template": _C("Pod template of the workers.", {
                         "metadata": _C("Added to the pods' labels.", {"labels": dict(p.labels)}),
-                        "spec": worker_spec,
+                        "spec": _C("A worker pod" + (", allowed on GPU nodes." if p.gpus else "."),
+                                   worker_spec),
                     }),
-                },
+                }),
             }),
-        },
+        }),
     }
     return [_configmap(p, "worker pods"), _pvc(p, shared=True),
             (f"The run as a Kubeflow MPIJob (mpi-operator v0.5 or newer): {p.workers} worker pods "
@@ -582,14 +593,14 @@ def _header(p: _Plan) -> str:
         steps = (f"Needs the KubeRay operator v1.2 or newer (ray.io/v1).\n"
                  f"  kubectl apply -f FILE\n"
                  f"  kubectl port-forward svc/{p.base}-dashboard 8265:8265\n"
-                 f"  lrjob submit JOB --address http://127.0.0.1:8265 --wait\n"
-                 f"Runs given --output /runs/NAME land on the PersistentVolumeClaim {p.base}-runs.")
+                 f"  lrjob submit JOB --address http://127.0.0.1:8265 --output {RUNS_DIR}/NAME --wait\n"
+                 f"Runs given --output {RUNS_DIR}/NAME land on the PersistentVolumeClaim {p.base}-runs "
+                 f"(without it, in ~/lrjob-runs of the head pod, gone with the pod).")
     else:
         steps = (f"Needs the Kubeflow mpi-operator v0.5 or newer (kubeflow.org/v2beta1).\n"
                  f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, MPIJob\n"
                  f"  kubectl get mpijob {p.base} -w\n"
-                 f"  kubectl logs -f {p.base}-launcher-<suffix>   # kubectl get pods -l "
-                 f"app.kubernetes.io/instance={p.base}\n"
+                 f"  kubectl logs -f job/{p.base}-launcher\n"
                  f"The run directory lands in {p.run_dir} on the PersistentVolumeClaim {p.base}-runs.")
     return what + "\n" + steps + "\nRefresh the files in k8s/ with: python -m launcher.k8s --write k8s/"
 

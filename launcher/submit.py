@@ -1,0 +1,197 @@
+"""Ray Jobs submission: ``lrjob submit | status | logs | stop | list``.
+
+The resolved job spec travels with the submission (Ray's ``working_dir``); the
+entrypoint on the cluster is ``lrjob run job.yaml ...``. The run directory is written on
+the node that runs the job's driver (the head node by default): ``--output`` puts it on
+storage the cluster shares (e.g. the PVC of k8s/), otherwise it lands in
+``~/lrjob-runs/<name>-<stamp>`` on that node, and the path is printed in the logs.
+
+    lrjob submit jobs/binary_synthetic.yaml --address http://127.0.0.1:8265 --workers 2 --wait
+    lrjob status lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+from lr_core.errors import ClusterError, LrjobInputError
+
+from .rundir import utc_stamp
+
+__all__ = ["submit", "client_for", "TERMINAL"]
+
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+
+
+def _address(address: str | None) -> str:
+    address = address or os.environ.get("LRJOB_ADDRESS") or os.environ.get("RAY_API_SERVER_ADDRESS")
+    if not address:
+        raise LrjobInputError("--address: give the Ray dashboard address, e.g. --address http://HEAD:8265 "
+                              "(or set LRJOB_ADDRESS)")
+    if "://" not in address:
+        address = f"http://{address}"
+    return address
+
+
+def client_for(address: str | None, timeout: float = 5.0):
+    """A ``JobSubmissionClient`` after a bounded check that the dashboard answers."""
+    address = _address(address)
+    parsed = urlparse(address)
+    host, port = parsed.hostname, parsed.port or 8265
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise LrjobInputError(f"--address {address}: no Ray dashboard answers at {host}:{port} within "
+                              f"{timeout:g} s ({e.strerror or e}); start one with `ray start --head "
+                              f"--dashboard-host 0.0.0.0` or check the address") from None
+    from ray.job_submission import JobSubmissionClient
+
+    _use_ray_token_if_present()
+    try:
+        return JobSubmissionClient(address)
+    except Exception as e:  # noqa: BLE001 - the client raises plain exceptions
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if "authentication" in str(e).lower() or "unauthorized" in str(e).lower():
+            raise LrjobInputError(f"--address {address}: the cluster wants its token ({first[:150]}); copy the "
+                                  f"head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN") from None
+        raise ClusterError(f"--address {address}: the Ray Jobs API did not answer ({first[:200]})") from e
+
+
+def _use_ray_token_if_present() -> None:
+    """Ray 2.60 clusters started with `ray start` require a token; the Jobs client sends
+    it only once token mode is switched on in this process. Use ~/.ray/auth_token (or
+    RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) when there is one, as Ray's own CLI does."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # another Ray version: its client handles tokens itself
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def _job_info(client, job_id: str):
+    try:
+        return client.get_job_info(job_id)
+    except Exception as e:  # noqa: BLE001
+        raise LrjobInputError(f"{job_id}: no such job on this cluster ({str(e).splitlines()[0][:200]}); "
+                              f"see `lrjob list`") from None
+
+
+def submit(spec, *, address: str | None, output: str | None = None, wait: bool = False,
+           submission_id: str | None = None, out=sys.stdout) -> int:
+    client = client_for(address)
+    job_id = submission_id or f"lrjob-{spec.name}-{utc_stamp()}"
+    run_dir = output or f"$HOME/lrjob-runs/{spec.name}-{utc_stamp()}"
+    with tempfile.TemporaryDirectory(prefix="lrjob-submit-") as tmp:
+        Path(tmp, "job.yaml").write_text(spec.to_yaml())
+        out_arg = run_dir if output is None else shlex.quote(output)
+        entrypoint = f"lrjob run job.yaml --workers {spec.workers} --output {out_arg}"
+        try:
+            client.submit_job(entrypoint=entrypoint, submission_id=job_id,
+                              runtime_env={"working_dir": tmp}, metadata={"lrjob_job": spec.name})
+        except Exception as e:  # noqa: BLE001
+            raise ClusterError(f"submit to {client.get_address()} failed: {str(e).splitlines()[0][:300]}") from e
+    out.write(f"submitted {job_id}\n  entrypoint: {entrypoint}\n"
+              f"  follow:  lrjob logs {job_id} --follow --address {client.get_address()}\n"
+              f"  status:  lrjob status {job_id} --address {client.get_address()}\n")
+    out.flush()
+    if not wait:
+        return 0
+    status = follow_logs(client, job_id, out)
+    out.write(f"{job_id}: {status}\n")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def follow_logs(client, job_id: str, out=sys.stdout, poll: float = 1.0) -> str:
+    """Print the job's log as it grows; return its final status."""
+    seen = 0
+    while True:
+        status = str(_job_info(client, job_id).status)
+        try:
+            logs = client.get_job_logs(job_id)
+        except Exception:  # noqa: BLE001 - not started yet
+            logs = ""
+        if len(logs) > seen:
+            out.write(logs[seen:])
+            out.flush()
+            seen = len(logs)
+        if status in TERMINAL:
+            return status
+        time.sleep(poll)
+
+
+def cmd_status(args) -> int:
+    client = client_for(args.address)
+    info = _job_info(client, args.id)
+    status = str(info.status)
+    print(f"{args.id}: {status}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def cmd_logs(args) -> int:
+    client = client_for(args.address)
+    _job_info(client, args.id)
+    if args.follow:
+        follow_logs(client, args.id)
+    else:
+        sys.stdout.write(client.get_job_logs(args.id))
+    return 0
+
+
+def cmd_stop(args) -> int:
+    client = client_for(args.address)
+    _job_info(client, args.id)
+    client.stop_job(args.id)
+    deadline = time.time() + args.timeout
+    status = str(_job_info(client, args.id).status)
+    while status not in TERMINAL and time.time() < deadline:
+        time.sleep(0.5)
+        status = str(_job_info(client, args.id).status)
+    print(f"{args.id}: {status}")
+    return 0 if status in TERMINAL else 1
+
+
+def cmd_list(args) -> int:
+    client = client_for(args.address)
+    jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
+    rows = [("ID", "STATUS", "STARTED", "ENTRYPOINT")]
+    for j in jobs:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime((j.start_time or 0) / 1000)) if j.start_time else "-"
+        rows.append((j.submission_id or j.job_id or "-", str(j.status), started, (j.entrypoint or "")[:60]))
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r[:3], widths)) + "  " + r[3])
+    return 0
+
+
+def add_parsers(subs, make) -> None:
+    """Register submit/status/logs/stop/list with the CLI (``make`` builds a subparser)."""
+    s = make(subs, "submit", "submit a job to a Ray cluster (Ray Jobs API)")
+    s.add_argument("job", nargs="?", help="job spec YAML")
+    s.add_argument("--address", default=None, help="Ray dashboard, e.g. http://HEAD:8265 (or $LRJOB_ADDRESS)")
+    s.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field (repeatable)")
+    s.add_argument("--workers", type=int, default=None, help="Horovod workers on the cluster (default: from the spec)")
+    s.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default: from the spec)")
+    s.add_argument("--output", default=None,
+                   help="run directory on the cluster (default: ~/lrjob-runs/<name>-<stamp> on the driver node)")
+    s.add_argument("--id", dest="submission_id", default=None, help="submission id (default: lrjob-<name>-<stamp>)")
+    s.add_argument("--wait", action="store_true", help="stream the logs until the job ends; exit 1 unless it succeeded")
+    for name, help_ in (("status", "show a submitted job's status"), ("logs", "print a submitted job's logs"),
+                        ("stop", "stop a submitted job")):
+        p = make(subs, name, help_)
+        p.add_argument("id", help="submission id (printed by lrjob submit; see lrjob list)")
+        p.add_argument("--address", default=None, help="Ray dashboard, e.g. http://HEAD:8265")
+        if name == "logs":
+            p.add_argument("--follow", action="store_true", help="keep printing until the job ends")
+        if name == "stop":
+            p.add_argument("--timeout", type=float, default=60, help="seconds to wait for STOPPED (default 60)")
+    p = make(subs, "list", "list the jobs submitted to a Ray cluster")
+    p.add_argument("--address", default=None, help="Ray dashboard, e.g. http://HEAD:8265")

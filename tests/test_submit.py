@@ -1,0 +1,110 @@
+"""Ray Jobs submission against a real head started by the test (`ray start --head` on
+loopback, with the dashboard); the head's whole process group is stopped in every case."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.rundir import latest_checkpoint
+from launcher.runner import run_job
+from launcher.spec import load_spec
+
+pytestmark = pytest.mark.distributed
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LRJOB = str(BIN / "lrjob")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head():
+    env = dict(os.environ)
+    env.pop("RAY_ADDRESS", None)
+    env["PATH"] = f"{BIN}:{env['PATH']}"  # the job's entrypoint finds this lrjob
+    temp = tempfile.mkdtemp(prefix="lrjob-head-")
+    port, dash = _free_port(), _free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out
+        address = f"http://127.0.0.1:{dash}"
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the Jobs API answers a little after `ray start` returns
+            r = subprocess.run([LRJOB, "list", "--address", address], capture_output=True, text=True, env=env)
+            if r.returncode == 0:
+                break
+            time.sleep(1)
+        yield {"address": address, "env": env}
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+
+
+def lrjob(head, *args, timeout=300):
+    return subprocess.run([LRJOB, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=head["env"])
+
+
+def test_submit_wait_status_logs_and_results(head, tmp_path):
+    out = tmp_path / "submitted"
+    r = lrjob(head, "submit", "jobs/binary_synthetic.yaml", "--address", head["address"], "--workers", 2,
+              "--set", "train.epochs=3", "--output", out, "--id", "lrjob-test-ok", "--wait")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "SUCCEEDED" in r.stdout
+    status = lrjob(head, "status", "lrjob-test-ok", "--address", head["address"])
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    logs = lrjob(head, "logs", "lrjob-test-ok", "--address", head["address"])
+    assert "3/3" in logs.stdout and "2 Horovod workers" in logs.stdout, logs.stdout[-2000:]
+    listed = lrjob(head, "list", "--address", head["address"])
+    assert "lrjob-test-ok" in listed.stdout
+    # the cluster's run equals a local run of the same job
+    local = run_job(load_spec("jobs/binary_synthetic.yaml", ["resources.workers=0", "train.epochs=3"]),
+                    output=tmp_path / "local")
+    remote = latest_checkpoint(out)
+    for name, value in local.params.items():
+        assert np.max(np.abs(remote["params"][name] - value)) <= 1e-4, name
+    got = [json.loads(x)["val_accuracy"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.allclose(got, [m["val_accuracy"] for m in local.history], atol=1e-6, rtol=0)
+
+
+def test_stop_ends_a_long_job_as_stopped(head, tmp_path):
+    r = lrjob(head, "submit", "jobs/binary_synthetic.yaml", "--address", head["address"], "--workers", 2,
+              "--set", "train.epochs=1000", "--set", "train.batch_size=2", "--output", tmp_path / "long",
+              "--id", "lrjob-test-long")
+    assert r.returncode == 0, r.stderr
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        logs = lrjob(head, "logs", "lrjob-test-long", "--address", head["address"]).stdout
+        if "1/1000" in logs:
+            break
+        time.sleep(1)
+    else:
+        pytest.fail("the long job never reported an epoch")
+    r = lrjob(head, "stop", "lrjob-test-long", "--address", head["address"])
+    assert r.returncode == 0 and "STOPPED" in r.stdout, r.stdout + r.stderr
+
+
+def test_unknown_job_id_is_a_clear_error(head):
+    r = lrjob(head, "status", "no-such-job", "--address", head["address"])
+    assert r.returncode == 2 and "no such job" in r.stderr and "Traceback" not in r.stderr

@@ -37,6 +37,7 @@ EXAMPLES = {
     "logs": "lrjob logs lrjob-binary_synthetic-20260101T000000Z --follow --address http://127.0.0.1:8265",
     "stop": "lrjob stop lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265",
     "list": "lrjob list --address http://127.0.0.1:8265",
+    "worker": "horovodrun --gloo -np 2 -H localhost:2 lrjob worker jobs/binary_synthetic.yaml --output runs/x",
 }
 
 
@@ -98,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory")
     ev.add_argument("--data", default=None, help="CSV/NPZ with labels (default: the run's validation data)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    w = _sub(subs, "worker", "run as one rank under horovodrun/mpirun (rank 0 writes the run directory)")
+    w.add_argument("job", nargs="?", help="job spec YAML")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field (repeatable)")
+    w.add_argument("--output", default=None, help="run directory (shared storage when ranks are on several hosts)")
+    w.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its newest checkpoint")
 
     from .submit import add_parsers as add_submit_parsers
 
@@ -272,6 +280,16 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    from .hvdrun import run_worker
+    from .progress import Reporter
+
+    if args.resume and not args.job:
+        args.job = str(Path(args.resume) / "job.yaml")
+    spec = _load(args)
+    return run_worker(spec, output=args.output, resume=args.resume, reporter=Reporter("human"))
+
+
 def cmd_submit(args) -> int:
     from .submit import submit
 
@@ -288,7 +306,7 @@ def _submit_cmd(name):
 
 
 COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doctor": cmd_doctor,
-            "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit, "worker": cmd_worker,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 
 

@@ -71,8 +71,11 @@ def _make_backend(spec: JobSpec, data: Dataset, workers: int, record_shards: boo
 def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: str | None = None,
             resume: str | os.PathLike | None = None, reporter: Reporter | None = None,
             runs_dir: str | os.PathLike = "runs", record_shards: bool = False,
-            collect_rank_params: bool = False) -> RunResult:
+            collect_rank_params: bool = False, backend_factory=None) -> RunResult:
     """Run one job end to end and write its run directory.
+
+    ``backend_factory`` replaces the default backends (used by ``lrjob worker``, where
+    this process is rank 0 of a ``horovodrun`` job).
 
     Bad input (spec, data, output path, resources) fails before anything is written.
     A worker failure restarts the worker group from the newest checkpoint up to
@@ -93,7 +96,12 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
 
     from .cluster import RaySession
 
-    session = RaySession(address, workers, spec["resources.cpus_per_worker"]) if workers > 0 else None
+    if backend_factory is None:
+        def backend_factory():
+            return _make_backend(spec, data, workers, record_shards)
+        session = RaySession(address, workers, spec["resources.cpus_per_worker"]) if workers > 0 else None
+    else:
+        session = None
     backend = run = None
     history: list[dict] = list(checkpoint["history"]) if checkpoint else []
     summary: dict = {"status": "starting"}
@@ -101,7 +109,7 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
     try:
         if session:
             session.__enter__()
-        backend = _make_backend(spec, data, workers, record_shards)
+        backend = backend_factory()
         if checkpoint:
             backend.set_state(checkpoint)
         run = RunDir(path)
@@ -112,7 +120,7 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
         reporter.header(spec, data, backend, path)
         summary = {"status": "running"}
         _write_summary(run, spec, summary, history, t_start, workers, backend)
-        backend, history, state = _epochs(spec, data, backend, run, reporter, history, record_shards, t_start)
+        backend, history, state = _epochs(spec, data, backend, run, reporter, history, backend_factory, t_start)
         rank_params = backend.all_params() if collect_rank_params else None
         shard_logs = backend.shard_logs() if record_shards else None
         _export(run, spec, data, state["params"])
@@ -145,7 +153,7 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
                     reporter.summary(full, path)
 
 
-def _epochs(spec, data, backend, run: RunDir, reporter: Reporter, history: list[dict], record_shards: bool,
+def _epochs(spec, data, backend, run: RunDir, reporter: Reporter, history: list[dict], backend_factory,
             t_start: float):
     """The epoch loop with checkpoints and restarts; returns (backend, history, final state)."""
     epochs = spec["train.epochs"]
@@ -174,7 +182,7 @@ def _epochs(spec, data, backend, run: RunDir, reporter: Reporter, history: list[
             reporter.message(f"lrjob: restart {failures}/{max_failures}: new workers resume from "
                              f"{'epoch ' + str(done) if last else 'the start'}")
             backend.shutdown()
-            backend = _make_backend(spec, data, spec.workers, record_shards)
+            backend = backend_factory()
             if last:
                 backend.set_state(last)
             history = list(last["history"]) if last else []

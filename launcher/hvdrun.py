@@ -1,0 +1,82 @@
+"""``lrjob worker``: one rank of a job started by ``horovodrun`` (or ``mpirun``), for
+clusters without Ray, such as the Kubeflow MPIJob of ``k8s/``.
+
+Every rank loads the data and runs the same loop with the Horovod communicator; rank 0
+also plays the driver and writes the run directory. A restart is the launcher's job
+(the MPIJob's ``backoffLimit``): resume with ``--resume`` on storage every rank reads.
+
+    horovodrun --gloo -np 2 -H localhost:2 lrjob worker jobs/binary_synthetic.yaml --output runs/x
+"""
+from __future__ import annotations
+
+import os
+import socket
+
+__all__ = ["run_worker"]
+
+
+class ThisRankBackend:
+    """The backend interface for the rank that runs in this process."""
+
+    def __init__(self, cfg, data, comm, gpus_per_worker: float = 0):
+        import mxnet as mx
+
+        from lr_core.loop import TrainingLoop
+
+        ctx = mx.gpu(comm.local_rank) if gpus_per_worker else mx.cpu()
+        self.comm = comm
+        self.workers = comm.size
+        self.loop = TrainingLoop(cfg, data, comm, ctx)
+        self.placement = [{"rank": comm.rank, "local_rank": comm.local_rank, "size": comm.size,
+                           "host": socket.gethostname(), "pid": os.getpid(), "device": str(ctx), "node_id": None}]
+        self.startup_seconds = 0.0
+        self.where = f"{comm.size} Horovod processes (horovodrun)"
+
+    def run_epoch(self, epoch, progress=None, timeout_s=None):
+        return [self.loop.run_epoch(epoch, progress)]
+
+    def get_state(self):
+        return self.loop.get_state()
+
+    def set_state(self, state):
+        self.loop.set_state(state)
+
+    def all_params(self):
+        return [self.loop.get_params()]
+
+    def shard_logs(self):
+        return [self.loop.shard_log]
+
+    def shutdown(self):
+        self.loop = None
+
+
+def run_worker(spec, output: str | None = None, resume: str | None = None, reporter=None) -> int:
+    from lr_core.errors import SpecError
+
+    from .hvd_comm import HorovodCommunicator
+    from .rundir import latest_checkpoint
+    from .runner import load_job_data, run_job
+
+    if spec["failure.max_failures"]:
+        raise SpecError("failure.max_failures: under horovodrun the launcher restarts the job "
+                        "(e.g. the MPIJob's backoffLimit); set it to 0 and resume with --resume")
+    comm = HorovodCommunicator()
+    data = load_job_data(spec)
+    cfg = spec.loop_config()
+    gpus = spec["resources.gpus_per_worker"]
+    if comm.rank == 0:
+        run_job(spec, output=output, resume=resume, reporter=reporter,
+                backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus))
+        return 0
+    # Other ranks: the same collectives in the same order as rank 0, no files.
+    backend = ThisRankBackend(cfg, data, comm, gpus)
+    start = 0
+    if resume:
+        ckpt = latest_checkpoint(resume)
+        if ckpt:
+            backend.set_state(ckpt)
+            start = ckpt["epochs_done"]
+    for epoch in range(start, spec["train.epochs"]):
+        backend.run_epoch(epoch)
+    return 0

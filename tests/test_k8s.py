@@ -1,0 +1,364 @@
+"""Kubernetes manifests (launcher/k8s.py and the files in k8s/): the core objects validate
+against the Kubernetes schema, the RayJob / RayCluster / MPIJob objects agree with their job
+spec, and k8s/ equals what render() prints today. Fast: no Ray, no training.
+
+    .venv/bin/python -m pytest -q tests/test_k8s.py
+"""
+import argparse
+import difflib
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev pin "
+                                          "(requirements-dev.txt); run .ci/install")
+
+from launcher import k8s  # noqa: E402
+from launcher.cli import build_parser  # noqa: E402
+from launcher.spec import load_spec, spec_from_dict  # noqa: E402
+from lr_core.errors import SpecError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+REFRESH = "python -m launcher.k8s --write k8s/"
+# The newest Kubernetes schema the installed kubernetes-validate ships.
+K8S_VERSION = kubernetes_validate.latest_version()
+FILES = sorted(p.name for p in K8S.glob("*.yaml"))
+CUSTOM = {"ray.io/v1": ("RayJob", "RayCluster"), "kubeflow.org/v2beta1": ("MPIJob",)}
+
+
+def _docs(name: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all((K8S / name).read_text()) if d]
+
+
+def _one(docs: list[dict], kind: str) -> dict:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def _job_of(name: str) -> tuple[Path, int | None]:
+    """The job spec file a manifest was rendered from, and its --gpus-per-worker (None: the spec's)."""
+    if name == "raycluster.yaml":
+        return ROOT / "jobs" / "mnist_softmax.yaml", None
+    return ROOT / "jobs" / f"{name.split('.')[0]}.yaml", 1 if ".gpu." in name else None
+
+
+def _cpus(quantity: str) -> float:
+    return int(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def _pod_templates(doc: dict) -> list[tuple[str, dict]]:
+    if doc["kind"] == "RayJob":
+        doc = {"kind": "RayCluster", "spec": doc["spec"]["rayClusterSpec"]}
+    if doc["kind"] == "RayCluster":
+        s = doc["spec"]
+        return [("head", s["headGroupSpec"]["template"])] + [
+            (g["groupName"], g["template"]) for g in s["workerGroupSpecs"]]
+    return [(role, r["template"]) for role, r in doc["spec"]["mpiReplicaSpecs"].items()]
+
+
+def _k8s_parser() -> argparse.ArgumentParser:
+    """Test-only: `lrjob k8s` as launcher.cli will wire it (build_parser + k8s.add_parser)."""
+    p = argparse.ArgumentParser(prog="lrjob")
+    k8s.add_parser(p.add_subparsers(dest="command"))
+    return p
+
+
+# --------------------------------------------------------------------------- the folder
+def test_k8s_folder_holds_exactly_the_shipped_manifests():
+    expected = set(k8s.shipped_manifests())
+    assert set(FILES) == expected, (f"k8s/ has {sorted(set(FILES) - expected)} extra and misses "
+                                    f"{sorted(expected - set(FILES))}; refresh with: {REFRESH}")
+    assert {"mnist_softmax.rayjob.yaml", "mnist_softmax.gpu.rayjob.yaml", "mnist_softmax.mpijob.yaml",
+            "raycluster.yaml"} <= expected
+    assert {f"{p.stem}.rayjob.yaml" for p in (ROOT / "jobs").glob("*.yaml")} <= expected
+    assert (K8S / "README.md").is_file()
+
+
+def test_committed_manifests_equal_render():
+    stale = []
+    for name, text in k8s.shipped_manifests().items():
+        path = K8S / name
+        if not path.is_file() or path.read_text() != text:
+            stale.append(name)
+    if stale:
+        first = stale[0]
+        old = (K8S / first).read_text().splitlines() if (K8S / first).is_file() else []
+        diff = "\n".join(list(difflib.unified_diff(old, k8s.shipped_manifests()[first].splitlines(),
+                                                   f"k8s/{first}", "render()", lineterm=""))[:40])
+        pytest.fail(f"k8s/ is out of date ({', '.join(stale)}); refresh with: {REFRESH}\n{diff}")
+
+
+# --------------------------------------------------------------------------- schema
+@pytest.mark.parametrize("name", FILES)
+def test_core_objects_validate_against_the_kubernetes_schema(name):
+    docs = _docs(name)
+    core = [d for d in docs if d["apiVersion"] not in CUSTOM]
+    assert {"ConfigMap", "PersistentVolumeClaim"} <= {d["kind"] for d in core}
+    for doc in core:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    # The pod templates inside the custom resources are core objects too.
+    for doc in docs:
+        if doc["apiVersion"] in CUSTOM:
+            assert doc["kind"] in CUSTOM[doc["apiVersion"]]
+            for role, template in _pod_templates(doc):
+                kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                              "metadata": {"name": f"{doc['metadata']['name']}-{role}".lower()},
+                                              "template": template}, K8S_VERSION, strict=True)
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_names_labels_and_references_hang_together(name):
+    docs = _docs(name)
+    main = next(d for d in docs if d["apiVersion"] in CUSTOM)
+    base = main["metadata"]["name"]
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", base) and len(base) <= 47
+    for doc in docs:
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == base
+        assert doc["metadata"]["name"].startswith(base)
+    cm, pvc = _one(docs, "ConfigMap")["metadata"]["name"], _one(docs, "PersistentVolumeClaim")["metadata"]["name"]
+    for role, template in _pod_templates(main):
+        volumes = {v["name"]: v for v in template["spec"]["volumes"]}
+        assert volumes["job-spec"]["configMap"]["name"] == cm, role
+        if "runs" in volumes:
+            assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == pvc, role
+        for c in template["spec"]["containers"]:
+            assert {m["name"] for m in c.get("volumeMounts", [])} <= set(volumes), role
+
+
+def test_every_manifest_line_of_the_custom_resources_is_commented():
+    """Like the KubeRay samples: a comment above every key of the RayJob / MPIJob mappings."""
+    for name in ("mnist_softmax.rayjob.yaml", "mnist_softmax.mpijob.yaml", "raycluster.yaml"):
+        lines = (K8S / name).read_text().splitlines()
+        start = max(i for i, line in enumerate(lines) if line.startswith("apiVersion: ") and
+                    any(line.endswith(v) for v in CUSTOM))
+        body = lines[start:]
+        end = next((i for i, line in enumerate(body) if line == "---"), len(body))
+        uncommented = []
+        for prev, line in zip(body[2:end], body[3:end]):  # after apiVersion and kind
+            key = re.match(r"\s*(- )?([\w./-]+):( |$)", line)
+            # nested keys of small literal mappings (labels, requests/limits, probes) ride on their parent's comment
+            if key and not prev.lstrip().startswith("#") and len(line) - len(line.lstrip()) <= 2:
+                uncommented.append(line)
+        assert not uncommented, f"{name}: top-level keys without a comment: {uncommented}"
+
+
+# --------------------------------------------------------------------------- agreement with the spec
+def _check_spec_configmap(docs, name):
+    text = _one(docs, "ConfigMap")["data"]["job.yaml"]
+    spec = spec_from_dict(yaml.safe_load(text))
+    job, gpus = _job_of(name)
+    expected = load_spec(job, [f"resources.gpus_per_worker={gpus}"] if gpus is not None else [])
+    assert spec.raw == expected.raw, spec.diff(expected)
+    return spec
+
+
+def _check_worker_pods(template, replicas, spec, image):
+    want_gpus = spec["resources.workers"] * spec["resources.gpus_per_worker"]
+    (c,) = template["spec"]["containers"]
+    r = c["resources"]
+    assert r["requests"] == r["limits"]
+    assert _cpus(r["limits"]["cpu"]) == spec["resources.cpus_per_worker"]
+    assert r["limits"]["memory"]
+    assert replicas == spec["resources.workers"]
+    assert replicas * int(r["limits"].get("nvidia.com/gpu", "0")) == want_gpus
+    tolerations = template["spec"].get("tolerations", [])
+    assert bool(want_gpus) == any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in tolerations)
+    assert c["image"] == image
+    return c
+
+
+def _image_for(spec) -> str:
+    return k8s.gpu_image(k8s.DEFAULT_IMAGE) if spec["resources.gpus_per_worker"] else k8s.DEFAULT_IMAGE
+
+
+def _check_ray_cluster(cluster, spec, interactive):
+    assert cluster["rayVersion"] == k8s.RAY_VERSION == "2.60.0"
+    pins = (ROOT / "requirements.txt").read_text()
+    assert f"ray[default]=={cluster['rayVersion']}" in pins, "rayVersion must match the ray pin"
+    assert cluster["enableInTreeAutoscaling"] is False
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # the workers go to worker pods
+    (hc,) = head["template"]["spec"]["containers"]
+    assert hc["image"] == _image_for(spec) and "nvidia.com/gpu" not in hc["resources"]["limits"]
+    assert {p["containerPort"] for p in hc["ports"]} >= {6379, 8265, 10001}
+    assert {(m["mountPath"], m.get("readOnly", False)) for m in hc["volumeMounts"]} == \
+        {(k8s.SPEC_DIR, True), (k8s.RUNS_DIR, False)}
+    (group,) = cluster["workerGroupSpecs"]
+    assert group["replicas"] == group["minReplicas"] == group["maxReplicas"]
+    _check_worker_pods(group["template"], group["replicas"], spec, _image_for(spec))
+
+
+RAYJOBS = [n for n in FILES if n.endswith(".rayjob.yaml")]
+
+
+@pytest.mark.parametrize("name", RAYJOBS)
+def test_rayjob_agrees_with_its_job_spec(name):
+    docs = _docs(name)
+    spec = _check_spec_configmap(docs, name)
+    rj = _one(docs, "RayJob")
+    assert rj["apiVersion"] == "ray.io/v1"
+    s = rj["spec"]
+    argv = shlex.split(s["entrypoint"])
+    assert argv[:2] == ["lrjob", "run"]
+    args = build_parser().parse_args(argv[1:])
+    assert args.command == "run" and args.job == k8s.SPEC_PATH
+    assert args.workers == spec.workers and args.output == f"{k8s.RUNS_DIR}/{spec.name}"
+    assert not args.overrides and args.resume is None and args.address is None
+    assert s["shutdownAfterJobFinishes"] is True
+    for key in ("ttlSecondsAfterFinished", "activeDeadlineSeconds"):
+        assert isinstance(s[key], int) and s[key] > 0, key
+    assert s["backoffLimit"] == 0 and s["submissionMode"] == "K8sJobMode"
+    _check_ray_cluster(s["rayClusterSpec"], spec, interactive=False)
+    pvc = _one(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
+
+
+def test_gpu_rayjob_asks_for_whole_gpus_on_the_gpu_image():
+    docs = _docs("mnist_softmax.gpu.rayjob.yaml")
+    group = _one(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    (c,) = group["template"]["spec"]["containers"]
+    assert c["image"].endswith("-gpu") and c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert group["replicas"] * 1 == load_spec(ROOT / "jobs/mnist_softmax.yaml").workers
+
+
+def test_raycluster_agrees_with_mnist_softmax_and_exposes_the_dashboard():
+    docs = _docs("raycluster.yaml")
+    spec = _check_spec_configmap(docs, "raycluster.yaml")
+    rc = _one(docs, "RayCluster")
+    _check_ray_cluster(rc["spec"], spec, interactive=True)
+    svc = _one(docs, "Service")
+    assert svc["spec"]["selector"] == {"ray.io/cluster": rc["metadata"]["name"], "ray.io/node-type": "head"}
+    (port,) = svc["spec"]["ports"]
+    assert port["port"] == port["targetPort"] == 8265
+
+
+def test_mpijob_runs_horovodrun_with_gloo_over_the_workers():
+    launch = pytest.importorskip("horovod.runner.launch", reason="horovod is built by .ci/install")
+    docs = _docs("mnist_softmax.mpijob.yaml")
+    spec = _check_spec_configmap(docs, "mnist_softmax.mpijob.yaml")
+    mj = _one(docs, "MPIJob")
+    assert mj["apiVersion"] == "kubeflow.org/v2beta1"
+    s = mj["spec"]
+    assert s["slotsPerWorker"] == 1 and s["mpiImplementation"] == "OpenMPI"
+    assert s["runPolicy"]["backoffLimit"] == 0 and s["runPolicy"]["activeDeadlineSeconds"] > 0
+    launcher, worker = s["mpiReplicaSpecs"]["Launcher"], s["mpiReplicaSpecs"]["Worker"]
+    assert launcher["replicas"] == 1
+    (lc,) = launcher["template"]["spec"]["containers"]
+    assert lc["command"] == ["horovodrun"]
+    # horovodrun's own parser reads the arguments
+    saved = sys.argv
+    try:
+        sys.argv = ["horovodrun", *lc["args"]]
+        hargs = launch.parse_args()
+    finally:
+        sys.argv = saved
+    assert hargs.use_gloo and hargs.hostfile == "/etc/mpi/hostfile"
+    assert hargs.num_proc == worker["replicas"] == spec.workers
+    assert hargs.command == ["lrjob", "worker", k8s.SPEC_PATH, "--output", f"{k8s.RUNS_DIR}/{spec.name}"]
+    wc = _check_worker_pods(worker["template"], worker["replicas"], spec, _image_for(spec))
+    assert wc["command"] == ["/usr/sbin/sshd"] and wc["args"] == ["-De"]
+    assert {m["mountPath"] for m in wc["volumeMounts"]} == {k8s.SPEC_DIR, k8s.RUNS_DIR}
+    assert _one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+# --------------------------------------------------------------------------- render() and the CLI
+def test_render_is_deterministic_and_applies_workers_and_gpus():
+    spec = load_spec(ROOT / "jobs/binary_synthetic.yaml")
+    a = k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=2, kind="rayjob")
+    assert a == k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=2, kind="rayjob")
+    docs = [d for d in yaml.safe_load_all(a) if d]
+    resolved = spec_from_dict(yaml.safe_load(_one(docs, "ConfigMap")["data"]["job.yaml"]))
+    assert resolved.workers == 3 and resolved["resources.gpus_per_worker"] == 2
+    group = _one(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
+    assert group["replicas"] == 3
+    assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert group["template"]["spec"]["containers"][0]["image"] == "r.example/lrjob:1-gpu"
+    assert "--workers 3" in _one(docs, "RayJob")["spec"]["entrypoint"]
+
+
+@pytest.mark.parametrize("image,gpu", [
+    ("lrjob:0.1.0", "lrjob:0.1.0-gpu"),
+    ("registry.example.com:5000/team/lrjob:2", "registry.example.com:5000/team/lrjob:2-gpu"),
+    ("registry.example.com:5000/lrjob", "registry.example.com:5000/lrjob:latest-gpu"),
+    ("lrjob:0.1.0-gpu", "lrjob:0.1.0-gpu"),
+    ("lrjob@sha256:" + "0" * 64, "lrjob@sha256:" + "0" * 64),
+])
+def test_gpu_image_tag(image, gpu):
+    assert k8s.gpu_image(image) == gpu
+
+
+def test_cmd_k8s_prints_render_with_overrides(capsys):
+    args = _k8s_parser().parse_args(["k8s", "jobs/digits_softmax.yaml", "--kind", "mpijob", "--workers", "3",
+                                     "--set", "train.epochs=2", "--image", "r.example/lrjob:1"])
+    assert k8s.cmd_k8s(args) == 0
+    out = capsys.readouterr().out
+    spec = load_spec(ROOT / "jobs/digits_softmax.yaml", ["train.epochs=2"])
+    assert out == k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=None, kind="mpijob")
+    assert "epochs: 2" in out
+
+
+BAD = [
+    (["--kind", "foo"], "--kind must be one of rayjob, raycluster, mpijob, got 'foo'"),
+    (["--kind", "rayjobs"], "did you mean 'rayjob'?"),
+    (["--workers", "0"], "resources.workers must be >= 1 on Kubernetes"),
+    (["--workers", "-1"], "resources.workers must be >= 0"),
+    (["--gpus-per-worker", "0.5"], "resources.gpus_per_worker must be a whole number on Kubernetes"),
+    (["--image", ""], "--image must be an image reference"),
+    (["--image", "a b"], "--image must be an image reference"),
+    (["--set", "name=" + "x" * 60], "KubeRay allows 47"),
+    (["--set", "resources.cpus_per_worker=0.0001"], "resources.cpus_per_worker must be at least 0.001"),
+    (["--set", "train.epoch=3"], "did you mean 'epochs'"),
+]
+
+
+@pytest.mark.parametrize("extra,message", BAD)
+def test_bad_arguments_are_one_line_spec_errors(extra, message):
+    args = _k8s_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", *extra])
+    with pytest.raises(SpecError) as info:
+        k8s.cmd_k8s(args)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_write_rewrites_the_folder_and_drops_stale_manifests(tmp_path):
+    (tmp_path / "gone.rayjob.yaml").write_text("old")
+    (tmp_path / "notes.yaml").write_text("mine")
+    assert k8s.main(["--write", str(tmp_path)]) == 0
+    for name, text in k8s.shipped_manifests().items():
+        assert (tmp_path / name).read_text() == text
+    assert not (tmp_path / "gone.rayjob.yaml").exists() and (tmp_path / "notes.yaml").read_text() == "mine"
+
+
+def test_comments_and_quoting_round_trip():
+    tricky = {"plain": "lrjob run /etc/lrjob/job.yaml --workers 2", "yes": "yes", "num": "1", "ver": "2.60.0",
+              "colon": "a: b", "hash": "a #b", "dash": "-De", "empty": "", "space": " x ", "block": "a: 1\nb: [2]\n",
+              "noeol": "a\nb", "tabs": "a\tb\n", "quote": "it's \"q\"", "null": None, "bool": False, "int": 7,
+              "list": [k8s._C("item", {"k": k8s._C("first key", "v"), "n": 1}), "s"], "empty_map": {}}
+    text = k8s._dump("header\n  a command line", [("doc", {"root": k8s._C("a comment", tricky)})])
+    assert yaml.safe_load(text) == {"root": {**tricky, "list": [{"k": "v", "n": 1}, "s"]}}
+
+
+# --------------------------------------------------------------------------- README and the lrjob CLI
+def test_readme_reader_pod_validates():
+    text = (K8S / "README.md").read_text()
+    (block,) = re.findall(r"kubectl apply -f - <<'EOF'\n(.*?)\nEOF\n", text, re.S)
+    pod = yaml.safe_load(block)
+    kubernetes_validate.validate(pod, K8S_VERSION, strict=True)
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]}
+    assert claims == {_one(_docs("mnist_softmax.rayjob.yaml"), "PersistentVolumeClaim")["metadata"]["name"]}
+
+
+def test_lrjob_k8s_command_when_wired():
+    subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    if "k8s" not in subs.choices:
+        pytest.skip("`lrjob k8s` is not wired into launcher/cli.py yet (add_parser + COMMANDS['k8s'])")
+    args = build_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--gpus-per-worker", "1"])
+    from launcher import cli
+
+    assert cli.COMMANDS["k8s"] is k8s.cmd_k8s or callable(cli.COMMANDS["k8s"])
+    assert args.gpus_per_worker == 1 and args.kind == "rayjob" and args.image == k8s.DEFAULT_IMAGE

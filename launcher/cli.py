@@ -37,6 +37,9 @@ EXAMPLES = {
     "logs": "lrjob logs lrjob-binary_synthetic-20260101T000000Z --follow --address http://127.0.0.1:8265",
     "stop": "lrjob stop lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265",
     "list": "lrjob list --address http://127.0.0.1:8265",
+    "runs": "lrjob runs --dir runs",
+    "compare": "lrjob compare runs/digits_softmax-20260101T000000Z runs/digits_softmax-20260102T000000Z",
+    "k8s": "lrjob k8s jobs/mnist_softmax.yaml --kind rayjob --workers 4 --image lrjob:0.1.0",
     "worker": "horovodrun --gloo -np 2 -H localhost:2 lrjob worker jobs/binary_synthetic.yaml --output runs/x",
 }
 
@@ -99,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("run", help="run directory")
     ev.add_argument("--data", default=None, help="CSV/NPZ with labels (default: the run's validation data)")
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
+
+    rs = _sub(subs, "runs", "a table of past runs")
+    rs.add_argument("--dir", default="runs", help="folder of run directories (default: runs)")
+    cp = _sub(subs, "compare", "two runs side by side: spec differences and results")
+    cp.add_argument("run_a")
+    cp.add_argument("run_b")
 
     w = _sub(subs, "worker", "run as one rank under horovodrun/mpirun (rank 0 writes the run directory)")
     w.add_argument("job", nargs="?", help="job spec YAML")
@@ -290,6 +299,20 @@ def cmd_worker(args) -> int:
     return run_worker(spec, output=args.output, resume=args.resume, reporter=Reporter("human"))
 
 
+def cmd_runs(args) -> int:
+    from .history import list_runs, render_runs
+
+    print(render_runs(list_runs(args.dir)))
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .history import render_compare
+
+    print(render_compare(args.run_a, args.run_b))
+    return 0
+
+
 def cmd_submit(args) -> int:
     from .submit import submit
 
@@ -307,6 +330,7 @@ def _submit_cmd(name):
 
 COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doctor": cmd_doctor,
             "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit, "worker": cmd_worker,
+            "runs": cmd_runs, "compare": cmd_compare,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 
 

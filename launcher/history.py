@@ -1,0 +1,95 @@
+"""``lrjob runs`` (a table of past runs) and ``lrjob compare RUN RUN`` (side by side)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+__all__ = ["list_runs", "render_runs", "render_compare"]
+
+
+def _read(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def list_runs(base: str | Path = "runs") -> list[dict]:
+    """Every run directory under ``base`` with a summary.json, oldest first."""
+    base = Path(base)
+    rows = []
+    if not base.is_dir():
+        return rows
+    for d in sorted(p for p in base.iterdir() if p.is_dir()):
+        s = _read(d / "summary.json")
+        if s is None:
+            continue
+        rows.append({"run": d.name, "path": str(d), "status": s.get("status", "?"), "workers": s.get("workers"),
+                     "epochs": f"{s.get('epochs_done', 0)}/{s.get('epochs', '?')}",
+                     "accuracy": (s.get("final") or {}).get("val_accuracy"),
+                     "wall_seconds": s.get("wall_seconds"), "mtime": (d / "summary.json").stat().st_mtime})
+    rows.sort(key=lambda r: r["mtime"])
+    return rows
+
+
+def render_runs(rows: list[dict]) -> str:
+    if not rows:
+        return "no runs yet (lrjob run JOB writes runs/<name>-<stamp>/)"
+    import time
+
+    table = [("RUN", "DATE", "WORKERS", "EPOCHS", "ACCURACY", "WALL", "STATUS")]
+    for r in rows:
+        table.append((r["run"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime"])), str(r["workers"]),
+                      r["epochs"], "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                      "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.1f}s", r["status"]))
+    widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def _flatten(prefix: str, obj, out: dict) -> None:
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _flatten(f"{prefix}.{k}" if prefix else str(k), v, out)
+    else:
+        out[prefix] = obj
+
+
+def render_compare(a: str | Path, b: str | Path) -> str:
+    """Spec fields that differ, then final metrics, side by side."""
+    import yaml
+
+    from lr_core.errors import LrjobInputError
+
+    runs = []
+    for r in (Path(a), Path(b)):
+        s = _read(r / "summary.json")
+        if s is None:
+            raise LrjobInputError(f"{r}: not a run directory (no readable summary.json)")
+        spec = yaml.safe_load((r / "job.yaml").read_text()) if (r / "job.yaml").is_file() else {}
+        flat: dict = {}
+        _flatten("", spec, flat)
+        runs.append((r, s, flat))
+    (ra, sa, fa), (rb, sb, fb) = runs
+    w = max(28, len(ra.name), len(rb.name))
+    lines = [f"{'':<30}{ra.name:>{w}}  {rb.name:>{w}}"]
+    diff = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    lines.append("spec (fields that differ)" if diff else "spec: identical")
+    for k in diff:
+        lines.append(f"  {k:<28}{str(fa.get(k)):>{w}}  {str(fb.get(k)):>{w}}")
+    lines.append("results")
+    keys = ["status", "epochs_done", "workers", "wall_seconds", "samples_per_s"]
+    fin = ["val_accuracy", "val_loss", "train_loss", "val_f1", "val_auc", "val_macro_f1"]
+    for k in keys:
+        lines.append(f"  {k:<28}{_fmt(sa.get(k)):>{w}}  {_fmt(sb.get(k)):>{w}}")
+    for k in fin:
+        va, vb = (sa.get("final") or {}).get(k), (sb.get("final") or {}).get(k)
+        if va is None and vb is None:
+            continue
+        lines.append(f"  {k:<28}{_fmt(va):>{w}}  {_fmt(vb):>{w}}")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return "-" if v is None else str(v)

@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .submit import add_parsers as add_submit_parsers
 
     add_submit_parsers(subs, _sub)
+
+    from .k8s import add_parser as add_k8s_parser
+
+    add_k8s_parser(subs, _sub)
     return p
 
 
@@ -313,6 +317,12 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_k8s(args) -> int:
+    from .k8s import cmd_k8s as run
+
+    return run(args)
+
+
 def cmd_submit(args) -> int:
     from .submit import submit
 
@@ -330,7 +340,7 @@ def _submit_cmd(name):
 
 COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doctor": cmd_doctor,
             "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit, "worker": cmd_worker,
-            "runs": cmd_runs, "compare": cmd_compare,
+            "runs": cmd_runs, "compare": cmd_compare, "k8s": cmd_k8s,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 
 

@@ -28,7 +28,7 @@ import yaml
 from lr_core.errors import SpecError
 
 __all__ = ["render", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
-           "KINDS", "RAY_VERSION", "DEFAULT_IMAGE", "SPEC_PATH", "RUNS_DIR"]
+           "KINDS", "RAY_VERSION", "DEFAULT_IMAGE", "SPEC_DIR", "SPEC_PATH", "RUNS_DIR", "CUDA_STUB_DIR"]
 
 KINDS = ("rayjob", "raycluster", "mpijob")
 RAY_VERSION = "2.60.0"  # the cluster's Ray; requirements.txt pins the same, so the image matches
@@ -47,6 +47,9 @@ DEFAULT_IMAGE = f"lrjob:{_project_version()}"
 SPEC_DIR = "/etc/lrjob"
 SPEC_PATH = f"{SPEC_DIR}/job.yaml"
 RUNS_DIR = "/runs"
+# In the GPU image: a directory holding only the CUDA driver stub (libcuda.so.1), for pods
+# without a GPU that still import mxnet-cu112 (Dockerfile.gpu explains).
+CUDA_STUB_DIR = "/opt/lrjob-cuda-stub"
 # Pod sizes lrjob's spec does not carry. The head runs the driver, which loads the whole
 # dataset once and ray.put()s it (MNIST: ~220 MB as float32), plus the GCS and dashboard.
 HEAD_CPU, HEAD_MEMORY = "1", "4Gi"
@@ -339,36 +342,46 @@ def _runs_volume(p: _Plan) -> _C:
 
 # --------------------------------------------------------------------------- KubeRay
 def _head_group(p: _Plan, interactive: bool) -> dict:
+    container: dict[str, Any] = {}  # filled below, in the order the fields are printed
     ports = [
         _C("GCS: Ray workers join the cluster here.", {"containerPort": 6379, "name": "gcs-server"}),
         _C("Ray dashboard and job submission API (`ray job submit`, `lrjob submit`).",
            {"containerPort": 8265, "name": "dashboard"}),
         _C("Ray client (ray://).", {"containerPort": 10001, "name": "client"}),
     ]
+    container.update({
+        "name": _C("The Ray head container.", "ray-head"),
+        "image": _image(p),
+        "imagePullPolicy": _C("Pull only when the node lacks the image (a tag is assumed to be immutable; use "
+                              "a new tag per build).", "IfNotPresent"),
+    })
+    if p.gpus:
+        container["env"] = _C(
+            "The head has no GPU, yet its driver imports mxnet-cu112, which needs the CUDA driver library "
+            "libcuda.so.1: this directory of the GPU image holds the CUDA stub in its place. Only for pods "
+            "without a GPU (on the workers it would hide the real driver).",
+            [{"name": "LD_LIBRARY_PATH", "value": CUDA_STUB_DIR}])
+    container.update({
+        "ports": _C("Ports of the head; KubeRay's head Service exposes them in the cluster.", ports),
+        "resources": _resources(p, HEAD_CPU, HEAD_MEMORY),
+        "volumeMounts": _C(
+            "The job spec (read-only) and the run-directory volume" +
+            (" (use `--output /runs/NAME` for runs that should outlive the cluster)."
+             if interactive else f" (the driver writes {p.run_dir})."),
+            [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
+             {"name": "runs", "mountPath": RUNS_DIR}]),
+    })
     return {
         "rayStartParams": _C(
             "Flags of `ray start --head`; KubeRay adds the defaults (dashboard-host 0.0.0.0, ...).\n"
-            "num-cpus 0: no Horovod worker is scheduled on the head, so each of the "
+            "num-cpus 0, num-gpus 0: no Horovod worker is scheduled on the head, so each of the "
             f"{p.workers} workers gets its own worker pod; the head keeps the driver, GCS and dashboard.",
-            {"num-cpus": "0"}),
+            {"num-cpus": "0", "num-gpus": "0"}),
         "template": _C("Pod template of the head.", {
             "metadata": _C("Added to the pod's labels (KubeRay adds ray.io/cluster, ray.io/node-type, ...).",
                            {"labels": dict(p.labels)}),
             "spec": _C("The head pod: one container.", {
-                "containers": _C("KubeRay runs `ray start --head` in the first container.", [{
-                    "name": _C("The Ray head container.", "ray-head"),
-                    "image": _image(p),
-                    "imagePullPolicy": _C("Pull only when the node lacks the image (a tag is assumed to "
-                                          "be immutable; use a new tag per build).", "IfNotPresent"),
-                    "ports": _C("Ports of the head; KubeRay's head Service exposes them in the cluster.", ports),
-                    "resources": _resources(p, HEAD_CPU, HEAD_MEMORY),
-                    "volumeMounts": _C(
-                        "The job spec (read-only) and the run-directory volume" +
-                        (" (use `--output /runs/NAME` for runs that should outlive the cluster)."
-                         if interactive else f" (the driver writes {p.run_dir})."),
-                        [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
-                         {"name": "runs", "mountPath": RUNS_DIR}]),
-                }]),
+                "containers": _C("KubeRay runs `ray start --head` in the first container.", [container]),
                 "volumes": _C("Pod-level volumes, mounted by the container above.",
                               [_spec_volume(p), _runs_volume(p)]),
             }),
@@ -660,18 +673,26 @@ def write_manifests(target: str | Path, jobs_dir: str | Path | None = None) -> l
 
 
 # --------------------------------------------------------------------------- CLI
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Add ``k8s`` to ``lrjob``'s subcommands (``build_parser``); returns the new parser."""
-    example = ("examples:\n"
-               "  lrjob k8s jobs/mnist_softmax.yaml --image registry.example.com/lrjob:0.1.0 > mnist.yaml\n"
-               "  lrjob k8s jobs/mnist_softmax.yaml --kind mpijob --workers 4\n"
-               "  lrjob k8s jobs/mnist_softmax.yaml --gpus-per-worker 1   # uses the IMAGE-gpu tag")
-    p = subparsers.add_parser(
-        "k8s", help="print Kubernetes manifests for a job (KubeRay RayJob, RayCluster, or Kubeflow MPIJob)",
-        description=("print Kubernetes manifests for a job: its spec as a ConfigMap, a PersistentVolumeClaim "
-                     "for /runs, and a KubeRay RayJob (default), a RayCluster for `lrjob submit`, or a "
-                     "Kubeflow MPIJob"),
-        epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_parser(subparsers, make=None) -> argparse.ArgumentParser:
+    """Add ``k8s`` to ``lrjob``'s subcommands (``build_parser``); returns the new parser.
+
+    ``make(subparsers, name, help)``, when given, builds the subparser (cli's ``_sub``, with
+    its ``EXAMPLES`` epilog); without it the parser carries its own examples.
+    """
+    help_ = "print Kubernetes manifests for a job (KubeRay RayJob or RayCluster, Kubeflow MPIJob)"
+    if make is not None:
+        p = make(subparsers, "k8s", help_)
+    else:
+        example = ("examples:\n"
+                   "  lrjob k8s jobs/mnist_softmax.yaml --image registry.example.com/lrjob:0.1.0 > mnist.yaml\n"
+                   "  lrjob k8s jobs/mnist_softmax.yaml --kind mpijob --workers 4\n"
+                   "  lrjob k8s jobs/mnist_softmax.yaml --gpus-per-worker 1   # uses the IMAGE-gpu tag")
+        p = subparsers.add_parser(
+            "k8s", help=help_,
+            description=("print Kubernetes manifests for a job: its spec as a ConfigMap, a PersistentVolumeClaim "
+                         "for /runs, and a KubeRay RayJob (default), a RayCluster for `lrjob submit`, or a "
+                         "Kubeflow MPIJob"),
+            epilog=example, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("job", help="job spec YAML (e.g. jobs/mnist_softmax.yaml)")
     p.add_argument("--image", default=DEFAULT_IMAGE,
                    help=f"container image built from Dockerfile (default: {DEFAULT_IMAGE}); with GPUs its "

@@ -17,7 +17,8 @@ def make_loss(kind: str) -> gluon.loss.Loss:
 
 
 class LossGraph(gluon.HybridBlock):
-    """Model and loss in one hybridized graph: (x, y) -> per-sample loss.
+    """Model and loss in one hybridized graph: (x, y) -> the SUM of per-sample losses,
+    shape (1,). Summing inside the graph saves an operator call per step.
 
     ``y`` is (n, 1) float32 for binary (matching the single logit) and (n,) for softmax.
     """
@@ -29,4 +30,4 @@ class LossGraph(gluon.HybridBlock):
             self.loss = make_loss(kind)
 
     def hybrid_forward(self, F, x, y):
-        return self.loss(self.net(x), y)
+        return F.sum(self.loss(self.net(x), y)).reshape((1,))

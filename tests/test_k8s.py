@@ -8,6 +8,7 @@ import argparse
 import difflib
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -191,15 +192,19 @@ def _check_ray_cluster(cluster, spec, interactive):
     assert f"ray[default]=={cluster['rayVersion']}" in pins, "rayVersion must match the ray pin"
     assert cluster["enableInTreeAutoscaling"] is False
     head = cluster["headGroupSpec"]
-    assert head["rayStartParams"]["num-cpus"] == "0"  # the workers go to worker pods
+    assert head["rayStartParams"] == {"num-cpus": "0", "num-gpus": "0"}  # the workers go to worker pods
     (hc,) = head["template"]["spec"]["containers"]
     assert hc["image"] == _image_for(spec) and "nvidia.com/gpu" not in hc["resources"]["limits"]
+    # A GPU image's head (no GPU) imports mxnet-cu112 with the CUDA stub in place of the driver.
+    env = {e["name"]: e["value"] for e in hc.get("env", [])}
+    assert env == ({"LD_LIBRARY_PATH": k8s.CUDA_STUB_DIR} if spec["resources.gpus_per_worker"] else {})
     assert {p["containerPort"] for p in hc["ports"]} >= {6379, 8265, 10001}
     assert {(m["mountPath"], m.get("readOnly", False)) for m in hc["volumeMounts"]} == \
         {(k8s.SPEC_DIR, True), (k8s.RUNS_DIR, False)}
     (group,) = cluster["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"]
-    _check_worker_pods(group["template"], group["replicas"], spec, _image_for(spec))
+    wc = _check_worker_pods(group["template"], group["replicas"], spec, _image_for(spec))
+    assert "env" not in wc  # never the stub on a GPU pod
 
 
 RAYJOBS = [n for n in FILES if n.endswith(".rayjob.yaml")]
@@ -269,6 +274,8 @@ def test_mpijob_runs_horovodrun_with_gloo_over_the_workers():
     assert hargs.use_gloo and hargs.hostfile == "/etc/mpi/hostfile"
     assert hargs.num_proc == worker["replicas"] == spec.workers
     assert hargs.command == ["lrjob", "worker", k8s.SPEC_PATH, "--output", f"{k8s.RUNS_DIR}/{spec.name}"]
+    wargs = build_parser().parse_args(hargs.command[1:])  # `lrjob worker` as the workers run it
+    assert wargs.command == "worker" and wargs.job == k8s.SPEC_PATH and wargs.output == f"{k8s.RUNS_DIR}/{spec.name}"
     wc = _check_worker_pods(worker["template"], worker["replicas"], spec, _image_for(spec))
     assert wc["command"] == ["/usr/sbin/sshd"] and wc["args"] == ["-De"]
     assert {m["mountPath"] for m in wc["volumeMounts"]} == {k8s.SPEC_DIR, k8s.RUNS_DIR}
@@ -361,12 +368,35 @@ def test_readme_reader_pod_validates():
     assert claims == {_one(_docs("mnist_softmax.rayjob.yaml"), "PersistentVolumeClaim")["metadata"]["name"]}
 
 
+def test_dockerfiles_build_what_the_manifests_expect():
+    cpu, gpu = (ROOT / "Dockerfile").read_text(), (ROOT / "Dockerfile.gpu").read_text()
+    for text in (cpu, gpu):
+        assert "VENV=/opt/lrjob" in text and "PATH=/opt/lrjob/bin:$PATH" in text
+        assert "LRJOB_DATA_HOME=/opt/lrjob-data" in text and "bash .ci/install" in text
+        assert f"ray.__version__ == '{k8s.RAY_VERSION}'" in text
+        assert "openssh-server" in text and "sshd_config" in text  # the MPIJob workers run sshd
+    assert cpu.startswith("# syntax=") and "FROM python:3.11-slim-bookworm" in cpu
+    assert "MXNET_PACKAGE=mxnet-cu112==1.9.1" in gpu and "HOROVOD_GPU_OPERATIONS=NCCL" in gpu
+    assert k8s.CUDA_STUB_DIR in gpu
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert ".venv" in ignored and ".git" in ignored
+
+
 def test_lrjob_k8s_command_when_wired():
     subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     if "k8s" not in subs.choices:
         pytest.skip("`lrjob k8s` is not wired into launcher/cli.py yet (add_parser + COMMANDS['k8s'])")
-    args = build_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--gpus-per-worker", "1"])
     from launcher import cli
 
-    assert cli.COMMANDS["k8s"] is k8s.cmd_k8s or callable(cli.COMMANDS["k8s"])
+    assert "k8s" in cli.COMMANDS
+    args = build_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--gpus-per-worker", "1"])
     assert args.gpus_per_worker == 1 and args.kind == "rayjob" and args.image == k8s.DEFAULT_IMAGE
+    exe = Path(sys.executable).parent / "lrjob"
+    r = subprocess.run([str(exe), "k8s", "jobs/mnist_softmax.yaml", "--gpus-per-worker", "1"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == (K8S / "mnist_softmax.gpu.rayjob.yaml").read_text()
+    r = subprocess.run([str(exe), "k8s", "jobs/mnist_softmax.yaml", "--kind", "foo"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "lrjob: error: --kind must be one of rayjob, raycluster, mpijob, got 'foo'"]

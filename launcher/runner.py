@@ -105,10 +105,12 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
     backend = run = None
     history: list[dict] = list(checkpoint["history"]) if checkpoint else []
     summary: dict = {"status": "starting"}
-    restore_signals = _sigterm_as_interrupt()
+    restore_signals = lambda: None  # noqa: E731
     try:
         if session:
             session.__enter__()
+        # after ray.init, which installs its own SIGTERM handler in the driver
+        restore_signals = _sigterm_as_interrupt()
         backend = backend_factory()
         if checkpoint:
             backend.set_state(checkpoint)

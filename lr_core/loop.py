@@ -7,9 +7,10 @@ every rank walks the same global batches, takes its slice, backpropagates the su
 its per-sample losses, and the communicator's ``step`` divides the gradient summed over
 ranks by the real size of the global batch: the single-process update.
 
-Hot path: the data sits in NDArrays on the device; each epoch gathers this rank's rows
-in epoch order once, the steps take views of them; the per-step loss sums stay on the
-device and are read once per epoch (no host synchronisation per step).
+Hot path: the features are a zero-copy NDArray view of the (shared, read-only) NumPy
+data, so N workers on a node hold the dataset once; each step gathers its rows; model
+and loss run as one hybridized graph; the per-step loss sums stay on the device and are
+read once per epoch (no host synchronisation per step).
 
     from lr_core import LoopConfig, fit, load_dataset
     loop, history = fit(LoopConfig(kind="softmax", num_classes=10), load_dataset("digits", ...))
@@ -71,7 +72,7 @@ class TrainingLoop:
         self.net.hybridize(static_alloc=True)
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
 
-        self.x = mx.nd.array(data.x_train, ctx=self.ctx, dtype="float32")
+        self.x = _device_array(data.x_train, self.ctx)
         y = data.y_train.astype(np.float32)
         self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
         # Validation: this rank's contiguous slice; counts are summed across ranks.
@@ -93,7 +94,6 @@ class TrainingLoop:
         t0 = time.perf_counter()
         if len(idx):
             idx_nd = mx.nd.array(idx, ctx=self.ctx, dtype="int64")
-            xe, ye = mx.nd.take(self.x, idx_nd), mx.nd.take(self.y, idx_nd)
         # Per-step loss sums stay on the device in a list (a slice assignment per step
         # costs a third of the epoch); one concat and one host read at the end.
         losses = []
@@ -104,8 +104,12 @@ class TrainingLoop:
                 progress(s, steps)
             a, b = int(offsets[s]), int(offsets[s + 1])
             if b > a:
+                # Gather this step's rows from the shared, read-only data (no per-worker
+                # copy of the dataset: workers on a node share Ray's object store).
+                rows = idx_nd[a:b]
+                xb, yb = mx.nd.take(self.x, rows), mx.nd.take(self.y, rows)
                 with autograd.record():
-                    total = self.graph(xe[a:b], ye[a:b])
+                    total = self.graph(xb, yb)
                 total.backward()
                 losses.append(total)
             else:
@@ -193,6 +197,15 @@ class TrainingLoop:
         self.set_params(state["params"])
         set_optimizer_state(self.trainer, state["optimizer_arrays"], state["optimizer_meta"], self.ctx)
         self.epochs_done = int(state["epochs_done"])
+
+
+def _device_array(x: np.ndarray, ctx: mx.Context) -> mx.nd.NDArray:
+    """Features as an NDArray. On the CPU this is a zero-copy view of the (possibly
+    read-only, object-store backed) NumPy array; on a GPU one copy on the device."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if ctx.device_type == "cpu" and x.size:
+        return mx.nd.from_numpy(x, zero_copy=True)
+    return mx.nd.array(x, ctx=ctx, dtype="float32")
 
 
 def fit(cfg: LoopConfig, data: Dataset, comm: Communicator | None = None,

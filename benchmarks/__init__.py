@@ -1,0 +1,1 @@
+"""lrjob's benchmark suite: ``make bench`` (python -m benchmarks.run)."""

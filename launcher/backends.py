@@ -16,7 +16,7 @@ from typing import Callable
 
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
-from lr_core.errors import ClusterError, LrjobError, WorkerFailure
+from lr_core.errors import LrjobError, WorkerFailure
 
 __all__ = ["InProcessBackend", "RayHorovodBackend", "probe_devices"]
 

@@ -9,7 +9,8 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
-__all__ = ["RaySession", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env"]
+__all__ = ["RaySession", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
+           "require_listening"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -42,21 +43,27 @@ def worker_env(cpus_per_worker: float) -> dict[str, str]:
     return env
 
 
-def _probe_address(address: str, timeout: float = 5.0) -> None:
-    if address in ("auto", "local"):
-        return
-    target = address if "://" in address else f"ray://{address}"
-    parsed = urlparse(target)
-    host, port = parsed.hostname, parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+def require_listening(address: str, host: str | None, port: int, what: str, fix: str,
+                      timeout: float = 5.0) -> None:
+    """Bounded wait: a TCP connect to host:port, else a one-line input error (exit 2)."""
     if not host:
         raise LrjobInputError(f"--address {address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379)")
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
-        raise LrjobInputError(f"--address {address}: no Ray cluster answers at {host}:{port} within "
-                              f"{timeout:g} s ({e.strerror or e}); start one with `ray start --head` or "
-                              f"check the address") from None
+        raise LrjobInputError(f"--address {address}: no {what} answers at {host}:{port} within "
+                              f"{timeout:g} s ({e.strerror or e}); {fix}") from None
+
+
+def _probe_address(address: str, timeout: float = 5.0) -> None:
+    if address in ("auto", "local"):
+        return
+    target = address if "://" in address else f"ray://{address}"
+    parsed = urlparse(target)
+    port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
+    require_listening(address, parsed.hostname, port, "Ray cluster",
+                      "start one with `ray start --head` or check the address", timeout)
 
 
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> dict:

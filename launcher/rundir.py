@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lr_core.errors import LrjobInputError, SpecError
+from lr_core.errors import LrjobInputError
 
 __all__ = ["RunDir", "new_run_path", "check_writable", "atomic_write_text", "list_checkpoints",
            "load_checkpoint", "latest_checkpoint"]

@@ -197,11 +197,12 @@ def _epochs(spec, data, backend, run: RunDir, reporter: Reporter, history: list[
         m["wall_seconds"] = time.time() - t_start
         history.append(m)
         run.append_metrics(m)
-        reporter.epoch(m, epochs)
         epoch += 1
         if epoch % every == 0 or epoch == epochs:
+            # persisted before it is reported: a printed epoch is a saved epoch
             state = backend.get_state()
             run.write_checkpoint(state, digest, history, keep)
+        reporter.epoch(m, epochs)
     if state is None:  # resumed at the end already
         state = backend.get_state()
     return backend, history, state

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import sys
 import tempfile
 import time
@@ -22,6 +21,7 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
+from .cluster import require_listening
 from .rundir import utc_stamp
 
 __all__ = ["submit", "client_for", "TERMINAL"]
@@ -43,14 +43,8 @@ def client_for(address: str | None, timeout: float = 5.0):
     """A ``JobSubmissionClient`` after a bounded check that the dashboard answers."""
     address = _address(address)
     parsed = urlparse(address)
-    host, port = parsed.hostname, parsed.port or 8265
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            pass
-    except OSError as e:
-        raise LrjobInputError(f"--address {address}: no Ray dashboard answers at {host}:{port} within "
-                              f"{timeout:g} s ({e.strerror or e}); start one with `ray start --head "
-                              f"--dashboard-host 0.0.0.0` or check the address") from None
+    require_listening(address, parsed.hostname, parsed.port or 8265, "Ray dashboard",
+                      "start one with `ray start --head --dashboard-host 0.0.0.0` or check the address", timeout)
     from ray.job_submission import JobSubmissionClient
 
     _use_ray_token_if_present()
@@ -93,11 +87,19 @@ def submit(spec, *, address: str | None, output: str | None = None, wait: bool =
         Path(tmp, "job.yaml").write_text(spec.to_yaml())
         out_arg = run_dir if output is None else shlex.quote(output)
         entrypoint = f"lrjob run job.yaml --workers {spec.workers} --output {out_arg}"
-        try:
-            client.submit_job(entrypoint=entrypoint, submission_id=job_id,
-                              runtime_env={"working_dir": tmp}, metadata={"lrjob_job": spec.name})
-        except Exception as e:  # noqa: BLE001
-            raise ClusterError(f"submit to {client.get_address()} failed: {str(e).splitlines()[0][:300]}") from e
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                client.submit_job(entrypoint=entrypoint, submission_id=job_id,
+                                  runtime_env={"working_dir": tmp}, metadata={"lrjob_job": spec.name})
+                break
+            except Exception as e:  # noqa: BLE001
+                # A head that just started answers "No available agent" until its job agent is up.
+                if "No available agent" in str(e) and time.monotonic() < deadline:
+                    time.sleep(2)
+                    continue
+                raise ClusterError(f"submit to {client.get_address()} failed: "
+                                   f"{str(e).splitlines()[0][:300]}") from e
     out.write(f"submitted {job_id}\n  entrypoint: {entrypoint}\n"
               f"  follow:  lrjob logs {job_id} --follow --address {client.get_address()}\n"
               f"  status:  lrjob status {job_id} --address {client.get_address()}\n")

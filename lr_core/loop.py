@@ -18,7 +18,6 @@ read once per epoch (no host synchronisation per step).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np

@@ -52,7 +52,7 @@ COPY . .
 # The install: venv, pinned requirements (mxnet==1.9.1, the default MXNET_PACKAGE), Horovod built
 # from source with MXNet + Gloo and checked, `pip install -e .`, the MNIST cache. The pip cache
 # mount keeps the compiled Horovod wheel between builds, so a source change rebuilds in seconds.
-RUN --mount=type=cache,target=/root/.cache/pip \
+RUN --mount=type=cache,id=lrjob-pip-cpu,target=/root/.cache/pip \
     bash .ci/install
 
 # Fail the build unless the image is what the manifests expect: Ray 2.60.0 (the cluster's Ray,

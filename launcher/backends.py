@@ -89,13 +89,15 @@ class RayHorovodBackend:
         t0 = time.perf_counter()
         self.resources = check_resources(workers, cpus_per_worker, gpus_per_worker)
         self.executor = None
+        self._board = None
         self._data_ref = ray.put(data)
-        self._board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
-        settings = RayExecutor.create_settings(timeout_s=start_timeout_s, placement_group_timeout_s=start_timeout_s)
-        executor = RayExecutor(settings, num_workers=workers, cpus_per_worker=cpus_per_worker,
-                               use_gpu=bool(gpus_per_worker), gpus_per_worker=gpus_per_worker or None)
-        self.executor = executor
         try:
+            self._board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
+            settings = RayExecutor.create_settings(timeout_s=start_timeout_s,
+                                                   placement_group_timeout_s=start_timeout_s)
+            executor = RayExecutor(settings, num_workers=workers, cpus_per_worker=cpus_per_worker,
+                                   use_gpu=bool(gpus_per_worker), gpus_per_worker=gpus_per_worker or None)
+            self.executor = executor
             executor.start(executable_cls=HorovodWorker,
                            executable_kwargs={"cfg": cfg.to_dict(), "data_box": [self._data_ref],
                                               "gpus_per_worker": gpus_per_worker, "record_shards": record_shards,
@@ -162,10 +164,10 @@ class RayHorovodBackend:
                     if grace_until is None:
                         grace_until = time.monotonic() + 5.0
         if errors:
-            raise self._classify(errors, what)
+            raise self._classify(errors, what, still_running=sorted(rank_of[r] for r in pending))
         return [results[r] for r in range(len(refs))]
 
-    def _classify(self, errors: dict, what: str) -> Exception:
+    def _classify(self, errors: dict, what: str, still_running: list[int] | None = None) -> Exception:
         import ray
 
         for rank, e in sorted(errors.items()):
@@ -174,6 +176,13 @@ class RayHorovodBackend:
                 return cause
         dead = [r for r, e in sorted(errors.items())
                 if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError))]
+        if not dead and still_running:
+            # Peers lost their Horovod partner while these ranks never answered: the
+            # silent ranks (hung, stopped) are the likely root cause, not the ones that raised.
+            rank = still_running[0]
+            return WorkerFailure(f"rank {rank} on {self._where(rank)} stopped responding during {what} "
+                                 f"(hung?; ranks {sorted(errors)} lost their Horovod peer)",
+                                 rank=rank, node=self._where(rank))
         rank = dead[0] if dead else min(errors)
         e = errors[rank]
         if dead:
@@ -239,6 +248,12 @@ def _stop_executor(executor) -> None:
             ray.kill(actor, no_restart=True)
         except Exception:  # noqa: BLE001 - already dead is fine
             pass
+    try:
+        # StaticAdapter.shutdown leaves the rendezvous HTTP server of horovod.ray's
+        # Coordinator running in the driver: stop it (one thread and port per start).
+        executor.adapter.coordinator.rendezvous.stop()
+    except Exception:  # noqa: BLE001 - not started, or another horovod version
+        pass
     try:
         executor.shutdown()
     except Exception:  # noqa: BLE001

@@ -2,7 +2,7 @@
 
     lrjob run jobs/mnist_softmax.yaml --workers 2
     lrjob parity jobs/binary_synthetic.yaml --workers 3
-    lrjob predict runs/binary-2d-<stamp> --input points.csv
+    lrjob predict runs/binary_2d-<stamp> --input points.csv
 
 Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluster failure.
 """
@@ -83,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = _sub(subs, "parity", "run --workers 0 and --workers N and compare parameters and metrics")
     _add_spec_args(q, "2")
+    for action in q._actions:
+        if action.dest == "workers":
+            action.help = "workers of the distributed run, >= 1 (default: 2); compared with --workers 0"
     q.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray)")
     q.add_argument("--keep", default=None, metavar="DIR", help="keep both run directories under DIR")
 
@@ -144,7 +147,12 @@ def cmd_run(args) -> int:
     from .runner import run_job
 
     if args.resume and not args.job:
+        if not (Path(args.resume) / "job.yaml").is_file():
+            raise SpecError(f"--resume {args.resume}: not a run directory (no job.yaml); pass a folder "
+                            f"that lrjob run wrote")
         args.job = str(Path(args.resume) / "job.yaml")
+    if args.resume and (args.output or args.runs_dir != "runs"):
+        raise SpecError("--resume continues in the run's own directory; drop --output/--runs-dir")
     spec = _load(args)
     mode = "json" if args.json else "quiet" if args.quiet else "human"
     reporter = Reporter(mode)
@@ -169,18 +177,20 @@ def cmd_parity(args) -> int:
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     ref_spec = spec_from_dict(apply_overrides(spec.to_dict(), ["resources.workers=0"]))
     dist_spec = spec_from_dict(apply_overrides(spec.to_dict(), [f"resources.workers={workers}"]))
-    print(f"parity: {spec.name}, reference run (--workers 0) ...", file=sys.stderr)
-    ref = run_job(ref_spec, output=base / "workers-0")
-    print(f"parity: {spec.name}, distributed run (--workers {workers}) ...", file=sys.stderr)
-    dist = run_job(dist_spec, output=base / f"workers-{workers}", address=args.address)
-    report = compare(ref.params, ref.history, dist.params, dist.history, spec["model.hidden"], workers)
-    print(report.render())
-    if not args.keep:
-        import shutil
+    try:
+        print(f"parity: {spec.name}, reference run (--workers 0) ...", file=sys.stderr)
+        ref = run_job(ref_spec, output=base / "workers-0")
+        print(f"parity: {spec.name}, distributed run (--workers {workers}) ...", file=sys.stderr)
+        dist = run_job(dist_spec, output=base / f"workers-{workers}", address=args.address)
+        report = compare(ref.params, ref.history, dist.params, dist.history, spec["model.hidden"], workers)
+        print(report.render())
+    finally:
+        if not args.keep:
+            import shutil
 
-        shutil.rmtree(base, ignore_errors=True)
-    else:
-        print(f"runs kept in {base}", file=sys.stderr)
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            print(f"runs kept in {base}", file=sys.stderr)
     return 0 if report.ok else 1
 
 
@@ -219,6 +229,8 @@ def _read_input(path: str, meta: dict, require_labels: bool):
     label_column = meta.get("label_column") or "label"
     x, y, columns = read_features_file(path, label_column, require_labels=require_labels)
     x = check_features(np.asarray(x), str(path), int(meta["num_features"]), columns)
+    if not require_labels:
+        return x, None  # a label column, if the file has one, is not needed to predict
     if y is not None:
         if meta.get("label_map"):
             y = apply_label_map(np.asarray(y, dtype=object), meta["label_map"], str(path))

@@ -33,7 +33,17 @@ class ThisRankBackend:
         self.where = f"{comm.size} Horovod processes (horovodrun)"
 
     def run_epoch(self, epoch, progress=None, timeout_s=None):
-        return [self.loop.run_epoch(epoch, progress)]
+        from lr_core.errors import LrjobError, WorkerFailure
+
+        try:
+            return [self.loop.run_epoch(epoch, progress)]
+        except LrjobError:
+            raise
+        except Exception as e:  # noqa: BLE001 - Horovod/Gloo errors when a peer is lost
+            first = (str(e).strip().splitlines() or [type(e).__name__])[-1][:300]
+            raise WorkerFailure(f"rank {self.comm.rank} on {socket.gethostname()} lost its Horovod peers during "
+                                f"epoch {epoch + 1}: {first}", rank=self.comm.rank,
+                                node=socket.gethostname()) from None
 
     def get_state(self):
         return self.loop.get_state()

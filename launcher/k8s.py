@@ -246,6 +246,9 @@ def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | Non
         raise SpecError(f"resources.gpus_per_worker must be a whole number on Kubernetes (nvidia.com/gpu "
                         f"counts whole devices), got {gpus:g}; use --gpus-per-worker 1")
     gpus = int(gpus)
+    if kind == "mpijob" and spec["failure.max_failures"]:
+        raise SpecError(f"failure.max_failures: an MPIJob's workers cannot restart inside the job (the "
+                        f"operator's backoffLimit does); set it to 0, got {spec['failure.max_failures']}")
     suffix = {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind] + ("-gpu" if gpus else "")
     return _Plan(spec=spec, kind=kind, image=gpu_image(image) if gpus else image, workers=n,
                  cpu=_cpu_quantity(spec["resources.cpus_per_worker"]), gpus=gpus,

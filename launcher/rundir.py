@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -116,7 +117,7 @@ def latest_checkpoint(run: Path) -> dict | None:
     for path in reversed(list_checkpoints(run)):
         try:
             return load_checkpoint(path)
-        except (OSError, ValueError, KeyError):
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             continue
     return None
 

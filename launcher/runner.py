@@ -102,8 +102,8 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
         session = RaySession(address, workers, spec["resources.cpus_per_worker"]) if workers > 0 else None
     else:
         session = None
-    backend = run = None
-    history: list[dict] = list(checkpoint["history"]) if checkpoint else []
+    run = None
+    live = _Live(None, list(checkpoint["history"]) if checkpoint else [])
     summary: dict = {"status": "starting"}
     restore_signals = lambda: None  # noqa: E731
     try:
@@ -111,30 +111,35 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
             session.__enter__()
         # after ray.init, which installs its own SIGTERM handler in the driver
         restore_signals = _sigterm_as_interrupt()
-        backend = backend_factory()
+        live.backend = backend_factory()
         if checkpoint:
-            backend.set_state(checkpoint)
+            live.backend.set_state(checkpoint)
         run = RunDir(path)
         run.write_text("job.yaml", spec.to_yaml())
-        _write_env(run, spec, backend, workers, checkpoint)
+        _write_env(run, spec, live.backend, workers, checkpoint)
         if checkpoint:
-            run.rewrite_metrics(history)
-        reporter.header(spec, data, backend, path)
+            run.rewrite_metrics(live.history)
+        reporter.header(spec, data, live.backend, path)
         summary = {"status": "running"}
-        _write_summary(run, spec, summary, history, t_start, workers, backend)
-        backend, history, state = _epochs(spec, data, backend, run, reporter, history, backend_factory, t_start)
+        _write_summary(run, spec, summary, live.history, t_start, workers, live.backend)
+        state = _epochs(spec, data, live, run, reporter, backend_factory, t_start)
+        backend = live.backend
         rank_params = backend.all_params() if collect_rank_params else None
         shard_logs = backend.shard_logs() if record_shards else None
         _export(run, spec, data, state["params"])
         summary = {"status": "completed"}
-        return RunResult(path, history, state["params"], summary, backend.placement, rank_params, shard_logs)
+        return RunResult(path, live.history, state["params"], summary, backend.placement, rank_params, shard_logs)
     except KeyboardInterrupt:
         _second_interrupt_exits()
-        summary = {"status": "interrupted", "resume": _resume_command(path, run)}
+        summary = {"status": "interrupted"}
+        if run is not None and latest_checkpoint(path):
+            summary["resume"] = _resume_command(path)
         raise
     except LrjobError as e:
         if run is not None and isinstance(e, WorkerFailure):
-            e = WorkerFailure(f"{e}; resume with: {_resume_command(path, run)}", e.rank, e.node, len(history))
+            hint = (f"resume with: {_resume_command(path)}" if latest_checkpoint(path)
+                    else "no checkpoint was written yet: run the job again")
+            e = WorkerFailure(f"{e}; {hint}", e.rank, e.node, len(live.history))
         summary = {"status": "failed", "error": str(e)}
         raise e from None
     except Exception as e:
@@ -142,70 +147,90 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
         raise
     finally:
         try:
-            if backend is not None:
-                backend.shutdown()
+            if live.backend is not None:
+                live.backend.shutdown()
             if session:
                 session.__exit__(None, None, None)
         finally:
             restore_signals()
             if run is not None:
-                full = _write_summary(run, spec, summary, history, t_start, workers, backend)
+                full = _write_summary(run, spec, summary, live.history, t_start, workers, live.backend)
                 if summary.get("status") == "completed":
-                    _plots(run, spec, data, history)
+                    _plots(run, spec, data, live.history)
                     reporter.summary(full, path)
 
 
-def _epochs(spec, data, backend, run: RunDir, reporter: Reporter, history: list[dict], backend_factory,
-            t_start: float):
-    """The epoch loop with checkpoints and restarts; returns (backend, history, final state)."""
+@dataclass
+class _Live:
+    """The driver's current worker group and history; restarts replace them in place,
+    so cleanup and the summary always see the live ones."""
+
+    backend: object
+    history: list[dict]
+
+
+def _epochs(spec, data, live: _Live, run: RunDir, reporter: Reporter, backend_factory, t_start: float) -> dict:
+    """The epoch loop with checkpoints and restarts; returns the final state."""
     epochs = spec["train.epochs"]
     every, keep = spec["checkpoint.every_epochs"], spec["checkpoint.keep"]
     max_failures = spec["failure.max_failures"]
     digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
     failures, state = 0, None
-    epoch = len(history)
-    while epoch < epochs:
+    while len(live.history) < epochs:
+        epoch = len(live.history)
         timeout = spec["failure.epoch_timeout_s"] or max(300.0, 10 * max(
-            (h.get("epoch_seconds", 0.0) for h in history), default=0.0))
+            (h.get("epoch_seconds", 0.0) for h in live.history), default=0.0))
         bar = reporter.epoch_bar(epoch, epochs, len(data.x_train))
         try:
-            per_rank = backend.run_epoch(epoch, progress=bar.update if bar else None, timeout_s=timeout)
+            try:
+                per_rank = live.backend.run_epoch(epoch, progress=bar.update if bar else None, timeout_s=timeout)
+                due = (epoch + 1) % every == 0 or epoch + 1 == epochs
+                state = live.backend.get_state() if due else None
+            finally:
+                if bar:
+                    bar.close()
         except WorkerFailure as e:
-            if bar:
-                bar.close()
-            last = latest_checkpoint(run.path)
-            done = last["epochs_done"] if last else 0
-            if failures >= max_failures:
-                raise WorkerFailure(f"{e}; last completed epoch {len(history)}, newest checkpoint: "
-                                    f"{Path(last['path']).name if last else 'none'}", e.rank, e.node,
-                                    len(history)) from None
             failures += 1
-            reporter.message(f"lrjob: {e}")
-            reporter.message(f"lrjob: restart {failures}/{max_failures}: new workers resume from "
-                             f"{'epoch ' + str(done) if last else 'the start'}")
-            backend.shutdown()
-            backend = backend_factory()
-            if last:
-                backend.set_state(last)
-            history = list(last["history"]) if last else []
-            run.rewrite_metrics(history)
-            epoch = len(history)
+            _restart_or_raise(e, failures, max_failures, spec, live, run, reporter, backend_factory)
             continue
-        if bar:
-            bar.close()
         m = dict(per_rank[0])
         m["wall_seconds"] = time.time() - t_start
-        history.append(m)
+        live.history.append(m)
         run.append_metrics(m)
-        epoch += 1
-        if epoch % every == 0 or epoch == epochs:
+        if state is not None:
             # persisted before it is reported: a printed epoch is a saved epoch
-            state = backend.get_state()
-            run.write_checkpoint(state, digest, history, keep)
+            run.write_checkpoint(state, digest, live.history, keep)
         reporter.epoch(m, epochs)
-    if state is None:  # resumed at the end already
-        state = backend.get_state()
-    return backend, history, state
+    if state is None:  # resumed at the end already, or the last epoch was not due
+        state = live.backend.get_state()
+    return state
+
+
+def _restart_or_raise(error: WorkerFailure, failures: int, max_failures: int, spec, live: _Live, run: RunDir,
+                      reporter: Reporter, backend_factory) -> None:
+    """Replace the worker group and restore the newest checkpoint, or give up."""
+    while True:
+        last = latest_checkpoint(run.path)
+        if failures > max_failures:
+            raise WorkerFailure(f"{error}; last completed epoch {len(live.history)}, newest checkpoint: "
+                                f"{Path(last['path']).name if last else 'none'}", error.rank, error.node,
+                                len(live.history)) from None
+        reporter.message(f"lrjob: {error}")
+        reporter.message(f"lrjob: restart {failures}/{max_failures}: new workers resume from "
+                         f"{'epoch ' + str(last['epochs_done']) if last else 'the start'}")
+        if live.backend is not None:
+            live.backend.shutdown()
+        live.backend = None
+        try:
+            live.backend = backend_factory()
+            if last:
+                live.backend.set_state(last)
+        except WorkerFailure as again:
+            error, failures = again, failures + 1
+            continue
+        live.history[:] = list(last["history"]) if last else []
+        run.rewrite_metrics(live.history)
+        return
 
 
 def _write_env(run: RunDir, spec, backend, workers, checkpoint) -> None:
@@ -219,7 +244,7 @@ def _write_env(run: RunDir, spec, backend, workers, checkpoint) -> None:
     })
 
 
-def _resume_command(path: Path, run) -> str:
+def _resume_command(path: Path) -> str:
     return f"lrjob run --resume {path}"
 
 

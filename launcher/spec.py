@@ -74,7 +74,8 @@ SCHEMA: dict[str, dict[str, _Field]] = {
     "resources": {
         "workers": _Field("int", 2, _ge(0), ">= 0 (0: in-process reference run)"),
         "cpus_per_worker": _Field("float", 1, _gt(0), "> 0"),
-        "gpus_per_worker": _Field("float", 0, _ge(0), ">= 0"),
+        # Whole GPUs: each worker drives gpu(local_rank), one device of its own.
+        "gpus_per_worker": _Field("float", 0, lambda v: v >= 0 and float(v).is_integer(), "a whole number >= 0"),
     },
     "checkpoint": {
         "every_epochs": _Field("int", 1, _ge(1), ">= 1"),
@@ -251,9 +252,13 @@ def _cross_checks(raw: dict) -> None:
         if key not in allowed:
             hint = _suggest(str(key), sorted(allowed)) if allowed else f"; source {d['source']} takes no options"
             raise SpecError(f"data.options: unknown option {key!r} for source {d['source']}{hint}")
-        if not isinstance(d["options"][key], (int, float)) or isinstance(d["options"][key], bool) \
-                or d["options"][key] <= 0 and key != "boundary":
-            raise SpecError(f"data.options.{key} must be a positive number, got {d['options'][key]!r}")
+        v = d["options"][key]
+        if key in ("n_train", "n_val", "n_features"):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise SpecError(f"data.options.{key} must be an integer >= 1, got {v!r}")
+        elif isinstance(v, bool) or not isinstance(v, (int, float)) or (key != "boundary" and v <= 0):
+            raise SpecError(f"data.options.{key} must be a {'number' if key == 'boundary' else 'positive number'}, "
+                            f"got {v!r}")
     if d["source"] in ("csv", "npz") and not d["path"]:
         raise SpecError(f"data.path: source {d['source']} needs a file; set data.path")
     if d["source"] == "synthetic-binary" and m["kind"] != "binary" or \
@@ -266,6 +271,9 @@ def _cross_checks(raw: dict) -> None:
                         f"with data.label_map")
     if d["label_map"]:
         for k, v in d["label_map"].items():
+            if isinstance(k, bool):
+                raise SpecError(f"data.label_map: YAML reads the key {str(k).lower()!r}/yes/no as a boolean; "
+                                f"quote it, e.g. {{'yes': 1, 'no': 0}}")
             if isinstance(v, bool) or not isinstance(v, int):
                 raise SpecError(f"data.label_map: {k!r} maps to {v!r}; targets must be integer classes")
 
@@ -324,7 +332,10 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
         doc[parts[0]] = section
         if len(parts) == 2:
             section[parts[1]] = value
-        else:  # data.options.n_train=...
+        else:  # data.options.n_train=... (options and label_map are the mapping fields)
+            if SCHEMA[parts[0]][parts[1]].kind != "map":
+                raise SpecError(f"--set {key}: {parts[0]}.{parts[1]} is not a mapping; "
+                                f"use --set {parts[0]}.{parts[1]}=VALUE")
             target = section.setdefault(parts[1], {}) or {}
             section[parts[1]] = target
             for p in parts[2:-1]:

@@ -82,6 +82,11 @@ def submit(spec, *, address: str | None, output: str | None = None, wait: bool =
            submission_id: str | None = None, out=sys.stdout) -> int:
     client = client_for(address)
     job_id = submission_id or f"lrjob-{spec.name}-{utc_stamp()}"
+    for key in ("data.path", "data.val_path"):
+        if spec[key]:
+            # the spec travels, the data does not: the path must exist where the driver runs
+            sys.stderr.write(f"lrjob: note: {key} {spec[key]} must exist at that path on the cluster's driver "
+                             f"node (shared storage or the image)\n")
     run_dir = output or f"$HOME/lrjob-runs/{spec.name}-{utc_stamp()}"
     with tempfile.TemporaryDirectory(prefix="lrjob-submit-") as tmp:
         Path(tmp, "job.yaml").write_text(spec.to_yaml())

@@ -11,6 +11,7 @@ csv, npz. MNIST-style sources read the four standard IDX files (raw or ``.gz``) 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import math
@@ -308,6 +309,10 @@ def _read_npz(path: Path, require_labels: bool):
                         f"save with np.savez(path, x=..., y=...)") from e
     if require_labels and y is None:
         raise DataError(f"{path}: no array 'y' (found {names}); save with np.savez(path, x=..., y=...)")
+    if x.ndim != 2:
+        raise DataError(f"{path}: array 'x' must be 2-D (rows x features), got shape {x.shape}")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise DataError(f"{path}: array 'y' must hold one label per row of x ({len(x)}), got shape {y.shape}")
     return x, y, []
 
 
@@ -321,7 +326,7 @@ def _is_number(s: str) -> bool:
 
 def _read_csv(path: Path, label_column: str | None, require_labels: bool):
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a cell
             rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from e
@@ -332,7 +337,8 @@ def _read_csv(path: Path, label_column: str | None, require_labels: bool):
     if not rows:
         raise DataError(f"{path}: empty file; the dataset needs a header and at least one row")
     header = None
-    if not all(_is_number(c) for c in rows[0]):
+    # A header row has no number in it; a data row with a bad cell is reported as such.
+    if not any(_is_number(c) for c in rows[0]):
         header = [c.strip() for c in rows[0]]
         rows = rows[1:]
     if not rows:
@@ -428,20 +434,26 @@ def load_dataset(source: str, *, kind: str, num_classes: int, seed: int, path: s
         gen = _synthetic_binary if source == "synthetic-binary" else _synthetic_blobs
         x_tr, y_tr, x_va, y_va, desc = gen(options, seed)
         where = f"data.source {source}"
-        check_labels(y_tr, kind, num_classes, where)
+        if label_map:
+            y_tr, y_va = (apply_label_map(y.astype(object), label_map, where) for y in (y_tr, y_va))
+        y_tr, y_va = (check_labels(y, kind, num_classes, where) for y in (y_tr, y_va))
         return Dataset(x_tr, y_tr, x_va, y_va, source=source, description=desc)
     if source in ("mnist", "fashion-mnist"):
         ds = _load_idx_source(source, path)
         where = f"{source} ({path or data_home() / source})"
-        check_labels(ds.y_train, kind, num_classes, where)
-        check_labels(ds.y_val, kind, num_classes, where)
-        return ds
+        y_tr, y_va = ds.y_train, ds.y_val
+        if label_map:
+            y_tr, y_va = (apply_label_map(y.astype(object), label_map, where) for y in (y_tr, y_va))
+        y_tr, y_va = (check_labels(y, kind, num_classes, where) for y in (y_tr, y_va))
+        return dataclasses.replace(ds, y_train=y_tr, y_val=y_va)
     if source == "digits":
         from sklearn.datasets import load_digits  # bundled with scikit-learn: offline
 
         bunch = load_digits()
         x = (bunch.data / 16.0).astype(np.float32)
         y = bunch.target.astype(np.int64)
+        if label_map:
+            y = apply_label_map(y.astype(object), label_map, "digits")
         y = check_labels(y, kind, num_classes, "digits")
         x_tr, y_tr, x_va, y_va = holdout_split(x, y, val_fraction, seed, "digits")
         return Dataset(x_tr, y_tr, x_va, y_va, source=source, image_shape=(8, 8),

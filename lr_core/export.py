@@ -39,11 +39,20 @@ class ExportedModel:
     """A model read back from an export folder."""
 
     def __init__(self, directory: str | os.PathLike):
+        from .errors import LrjobInputError
+
         directory = Path(directory)
-        self.meta = json.loads((directory / "meta.json").read_text())
-        with _quiet_warnings():
-            self.net = gluon.SymbolBlock.imports(str(directory / "model-symbol.json"), ["data"],
-                                                 str(directory / "model-0000.params"))
+        try:
+            self.meta = json.loads((directory / "meta.json").read_text())
+            for key in ("kind", "num_classes", "num_features", "threshold"):
+                self.meta[key]
+            with _quiet_warnings():
+                self.net = gluon.SymbolBlock.imports(str(directory / "model-symbol.json"), ["data"],
+                                                     str(directory / "model-0000.params"))
+        except (OSError, ValueError, KeyError, TypeError, mx.base.MXNetError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise LrjobInputError(f"{directory}: damaged or incomplete model export ({first}); "
+                                  f"re-export it by resuming or re-running the job") from None
 
     @property
     def num_features(self) -> int:

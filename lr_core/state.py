@@ -28,8 +28,14 @@ def get_optimizer_state(trainer) -> tuple[dict[str, np.ndarray], dict]:
             layout[str(index)] = "array"
             arrays[str(index)] = st.asnumpy()
     opt = trainer._optimizer
+    # MXNet keeps one update-count dict per device id and switches to the weight's
+    # device before each update: merge them (one device per worker here).
+    counts: dict[int, int] = {}
+    for per_device in opt._all_index_update_counts.values():
+        for k, v in per_device.items():
+            counts[int(k)] = max(counts.get(int(k), 0), int(v))
     meta = {"num_update": int(opt.num_update),
-            "index_update_count": {str(k): int(v) for k, v in opt._index_update_count.items()},
+            "index_update_count": {str(k): v for k, v in counts.items()},
             "layout": layout}
     return arrays, meta
 
@@ -49,5 +55,8 @@ def set_optimizer_state(trainer, arrays: dict[str, np.ndarray], meta: dict, ctx)
         updater.states_synced[index] = True
     opt = trainer._optimizer
     opt.num_update = int(meta.get("num_update", 0))
-    opt._index_update_count.clear()
-    opt._index_update_count.update({int(k): int(v) for k, v in meta.get("index_update_count", {}).items()})
+    counts = {int(k): int(v) for k, v in meta.get("index_update_count", {}).items()}
+    # Into the dict of the device the weights live on (Adam's bias correction reads it).
+    for device_id in set(opt._all_index_update_counts) | {ctx.device_id}:
+        opt._all_index_update_counts[device_id] = dict(counts)
+    opt._index_update_count = opt._all_index_update_counts[ctx.device_id]

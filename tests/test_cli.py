@@ -92,6 +92,8 @@ def test_bad_input_table(tmp_path):
         error_lines = [x for x in r.stderr.splitlines() if x.startswith("lrjob: error")]
         assert len(error_lines) == 1, r.stderr
         assert not (tmp_path / "runs").exists(), args
+        if "--output" in args:
+            assert not Path(args[args.index("--output") + 1]).exists(), args
 
 
 def test_not_writable_output_is_refused(tmp_path):

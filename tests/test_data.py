@@ -170,3 +170,28 @@ def test_digits_holdout_is_seeded():
 
 def test_check_labels_binary_ok():
     assert check_labels(np.array([0.0, 1.0, 1.0]), "binary", 2, "x").tolist() == [0, 1, 1]
+
+
+def test_label_map_applies_to_bundled_sources():
+    m = {i: int(i >= 5) for i in range(10)}
+    ds = load_dataset("digits", kind="binary", num_classes=2, seed=0, label_map=m)
+    assert set(np.unique(ds.y_train)) == {0, 1}
+
+
+def test_csv_with_bom_and_headerless_bad_first_row(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes("a,b,label\n1,2,1\n3,4,0\n".encode("utf-8-sig"))
+    ds = load_dataset("csv", kind="binary", num_classes=2, seed=0, path=str(p), val_fraction=0.5)
+    assert ds.extra["columns"] == ["a", "b"]
+    from lr_core.data import read_features_file
+    q = tmp_path / "nohead.csv"
+    q.write_text("1,abc\n2,3\n")
+    with pytest.raises(DataError, match="line 1, column 'column 2': 'abc' is not a number"):
+        read_features_file(q, None, require_labels=False)
+
+
+def test_npz_with_scalar_x(tmp_path):
+    p = tmp_path / "s.npz"
+    np.savez(p, x=np.float64(3.0), y=np.array([1]))
+    with pytest.raises(DataError, match="must be 2-D"):
+        load_dataset("npz", kind="binary", num_classes=2, seed=0, path=str(p))

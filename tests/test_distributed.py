@@ -91,3 +91,13 @@ def test_run_directory_of_a_distributed_run(ray_session, tmp_path):
     assert summary["status"] == "completed" and summary["workers"] == 2
     assert (tmp_path / "r" / "model" / "model-symbol.json").is_file()
     assert len(res.history) == 3
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "nag"])
+def test_parity_other_optimizers_and_weight_decay(ray_session, tmp_path, optimizer):
+    extra = [f"train.optimizer={optimizer}", "train.learning_rate=0.05", "train.weight_decay=0.001",
+             "train.momentum=0.5" if optimizer == "nag" else "train.momentum=0.0"]
+    ref = run_job(_spec("digits_softmax", 0, extra), output=tmp_path / "ref")
+    dist = run_job(_spec("digits_softmax", 3, extra), output=tmp_path / "dist")
+    report = compare(ref.params, ref.history, dist.params, dist.history, (), 3)
+    assert report.ok, report.render()

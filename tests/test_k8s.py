@@ -323,7 +323,7 @@ BAD = [
     (["--kind", "rayjobs"], "did you mean 'rayjob'?"),
     (["--workers", "0"], "resources.workers must be >= 1 on Kubernetes"),
     (["--workers", "-1"], "resources.workers must be >= 0"),
-    (["--gpus-per-worker", "0.5"], "resources.gpus_per_worker must be a whole number on Kubernetes"),
+    (["--gpus-per-worker", "0.5"], "resources.gpus_per_worker must be a whole number"),
     (["--image", ""], "--image must be an image reference"),
     (["--image", "a b"], "--image must be an image reference"),
     (["--set", "name=" + "x" * 60], "KubeRay allows 47"),

@@ -37,6 +37,9 @@ BAD = [
     ({"model": {"kind": "softmax", "num_classes": 10}}, "source synthetic-binary has binary labels"),
     ({"resources": {"workers": -1}}, "resources.workers must be >= 0"),
     ([1, 2], "expected a mapping"),
+    ({"data": {"options": {"n_train": 0.5}}}, "data.options.n_train must be an integer >= 1"),
+    ({"data": {"source": "digits", "label_map": {True: 1}}}, "quote it"),
+    ({"resources": {"gpus_per_worker": 0.5}}, "resources.gpus_per_worker must be a whole number"),
 ]
 
 
@@ -57,6 +60,9 @@ def test_overrides_and_paths(tmp_path):
         load_spec(tmp_path / "job.yaml", ["train.epoch=3"])
     with pytest.raises(SpecError, match="expected section.field=value"):
         load_spec(tmp_path / "job.yaml", ["train.epochs"])
+    with pytest.raises(SpecError, match="train.epochs is not a mapping"):
+        load_spec(tmp_path / "job.yaml", ["train.epochs.x=3"])
+    assert load_spec(tmp_path / "job.yaml", ["train.learning_rate=1e-3"])["train.learning_rate"] == 0.001
 
 
 def test_malformed_yaml(tmp_path):

@@ -103,8 +103,11 @@ def submit(spec, *, address: str | None, output: str | None = None, wait: bool =
                 if "No available agent" in str(e) and time.monotonic() < deadline:
                     time.sleep(2)
                     continue
+                hint = ("; the head's job agent is not up: check the head's dashboard_agent.log (another Ray on "
+                        "that machine may hold its port 52365: ray start --dashboard-agent-listen-port)"
+                        if "No available agent" in str(e) else "")
                 raise ClusterError(f"submit to {client.get_address()} failed: "
-                                   f"{str(e).splitlines()[0][:300]}") from e
+                                   f"{str(e).splitlines()[0][:300]}{hint}") from e
     out.write(f"submitted {job_id}\n  entrypoint: {entrypoint}\n"
               f"  follow:  lrjob logs {job_id} --follow --address {client.get_address()}\n"
               f"  status:  lrjob status {job_id} --address {client.get_address()}\n")

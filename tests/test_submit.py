@@ -35,10 +35,13 @@ def head():
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{BIN}:{env['PATH']}"  # the job's entrypoint finds this lrjob
     temp = tempfile.mkdtemp(prefix="lrjob-head-")
-    port, dash = _free_port(), _free_port()
+    port, dash, agent = _free_port(), _free_port(), _free_port()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         # the dashboard agent's HTTP port is fixed (52365) by default: another Ray on this
+         # machine (the test session's) holds it, and the Jobs API then finds no agent
+         f"--dashboard-agent-listen-port={agent}",
          "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

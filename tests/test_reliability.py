@@ -243,3 +243,30 @@ def test_killing_the_driver_never_leaves_a_torn_checkpoint(tmp_path):
         final = latest_checkpoint(out)
         for name, value in reference.params.items():
             assert np.array_equal(final["params"][name], value), name
+
+
+@pytest.mark.distributed
+def test_hung_worker_is_detected_within_the_timeout_and_restarted(tmp_path, kill_reference):
+    """SIGSTOP freezes rank 1 (alive to Ray, silent to Horovod): the epoch timeout fires,
+    the group is replaced, and the run still finishes with the reference's parameters."""
+    out = tmp_path / "run"
+    run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out), "--set", "failure.max_failures=1",
+               "--set", "failure.epoch_timeout_s=15")
+    start = run.wait_for(lambda e: e["event"] == "start")
+    victim = start["placement"][1]["pid"]
+    run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] == 2)
+    t0 = time.time()
+    os.kill(victim, signal.SIGSTOP)
+    try:
+        run.wait_for(lambda e: e["event"] == "message" and "restart 1/1" in e["text"], timeout=120)
+        detected = time.time() - t0
+        assert run.finish() == 0, run.stderr
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    said = " ".join(e["text"] for e in run.events if e["event"] == "message")
+    assert "did not finish epoch 3 within 15 s" in said, said
+    assert detected < 60
+    _assert_params_match(out, kill_reference)

@@ -11,7 +11,7 @@ def _check(name, fn):
         ok, detail, fix = fn()
     except Exception as e:  # noqa: BLE001 - every failure is a finding
         ok, detail, fix = False, f"{type(e).__name__}: {e}", "reinstall with `make install`"
-    print(f"[{'ok' if ok else 'FAIL':>4}] {name}: {detail}" + ("" if ok else f"\n       fix: {fix}"))
+    print(f"[{'ok' if ok else 'FAIL':>4}] {name}: {detail}" + ("" if ok else f"\n       fix: {fix}"), flush=True)
     return ok
 
 
@@ -28,8 +28,8 @@ def run_doctor(gpu: bool = False) -> int:
 
     def horovod_check():
         import horovod
-        import horovod.mxnet as hvd
-        mx_ok, gloo = hvd.mxnet_built(), hvd.gloo_built()
+        from horovod.common.util import extension_available, gloo_built
+        mx_ok, gloo = extension_available("mxnet"), gloo_built()
         return (mx_ok and gloo, f"horovod {horovod.__version__}: MXNet {'yes' if mx_ok else 'no'}, "
                 f"Gloo {'yes' if gloo else 'no'}",
                 "rebuild: HOROVOD_WITH_MXNET=1 HOROVOD_WITH_GLOO=1 pip install --no-build-isolation "
@@ -57,8 +57,8 @@ def run_doctor(gpu: bool = False) -> int:
             return n > 0, f"MXNet sees {n} GPU(s)", "pip install mxnet-cu112 (CUDA 11.2) instead of mxnet"
 
         def nccl_check():
-            import horovod.mxnet as hvd
-            return bool(hvd.nccl_built()), f"Horovod NCCL: {'yes' if hvd.nccl_built() else 'no'}", \
+            from horovod.common.util import nccl_built
+            return bool(nccl_built()), f"Horovod NCCL: {'yes' if nccl_built() else 'no'}", \
                 "rebuild Horovod with HOROVOD_GPU_OPERATIONS=NCCL"
         checks += [("gpu", gpu_check), ("nccl", nccl_check)]
     results = [_check(n, f) for n, f in checks]

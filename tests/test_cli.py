@@ -121,3 +121,16 @@ def test_determinism_two_runs_identical(tmp_path):
     for k in a.params:
         assert np.array_equal(a.params[k], b.params[k])
     assert [m["val_loss"] for m in a.history] == [m["val_loss"] for m in b.history]
+
+
+def test_doctor_checks_the_stack_and_names_the_fix(tmp_path):
+    import os
+
+    r = lrjob("doctor")
+    assert "[  ok] horovod: horovod 0.28.1: MXNet yes, Gloo yes" in r.stdout, r.stdout
+    assert "[  ok] mxnet" in r.stdout and "[  ok] ray" in r.stdout
+    env = dict(os.environ, LRJOB_DATA_HOME=str(tmp_path))  # an empty cache
+    broken = subprocess.run([str(Path(sys.executable).parent / "lrjob"), "doctor"], capture_output=True,
+                            text=True, env=env, timeout=120)
+    assert broken.returncode == 1
+    assert "[FAIL] data" in broken.stdout and "fix: python -m launcher.datacache ensure" in broken.stdout

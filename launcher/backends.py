@@ -24,18 +24,21 @@ Progress = Callable[[int, int], None]
 
 
 class InProcessBackend:
-    """The single-process reference run: the same loop with world size 1."""
+    """The loop in this process: the single-process reference run (world size 1), or,
+    given a communicator, this process's rank of a horovodrun job (``hvdrun.py``)."""
 
     workers = 0
 
-    def __init__(self, cfg: LoopConfig, data: Dataset, record_shards: bool = False):
+    def __init__(self, cfg: LoopConfig, data: Dataset, record_shards: bool = False, comm=None, ctx=None):
         import mxnet as mx
 
         from lr_core.loop import TrainingLoop
 
-        self.loop = TrainingLoop(cfg, data, ctx=mx.cpu(), record_shards=record_shards)
-        self.placement = [{"rank": 0, "local_rank": 0, "size": 1, "host": socket.gethostname(),
-                           "pid": os.getpid(), "device": "cpu(0)", "node_id": None}]
+        ctx = ctx or mx.cpu()
+        self.loop = TrainingLoop(cfg, data, comm, ctx=ctx, record_shards=record_shards)
+        c = self.loop.comm
+        self.placement = [{"rank": c.rank, "local_rank": c.local_rank, "size": c.size, "host": socket.gethostname(),
+                           "pid": os.getpid(), "device": str(ctx), "node_id": None}]
         self.startup_seconds = 0.0
         self.where = "in-process"
 

@@ -259,10 +259,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-
     from lr_core.export import ExportedModel
-    from lr_core.metrics import EvalCounts, summarize
+    from lr_core.metrics import EvalCounts, from_logits, summarize
 
     model = ExportedModel(_model_dir(args.run))
     meta = model.meta
@@ -276,20 +274,12 @@ def cmd_evaluate(args) -> int:
         spec = load_spec(Path(args.run) / "job.yaml")
         d = load_job_data(spec)
         x, y, where = d.x_val, d.y_val, f"{spec.name} {d.val_name} set"
-    pred, prob = model.predict(x)
-    z = model.logits(x)
-    k = 2 if meta["kind"] == "binary" else int(meta["num_classes"])
-    if meta["kind"] == "binary":
-        zz = z[:, 0]
-        losses = np.maximum(zz, 0) - zz * y + np.log1p(np.exp(-np.abs(zz)))
-        scores = 1.0 / (1.0 + np.exp(-zz))
-    else:
-        m = z.max(axis=1, keepdims=True)
-        logp = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
-        losses, scores = -logp[np.arange(len(y)), y], None
+    kind = meta["kind"]
+    pred, prob, losses = from_logits(kind, model.logits(x), float(meta["threshold"]), y)
+    k = 2 if kind == "binary" else int(meta["num_classes"])
     counts = EvalCounts(k)
     counts.update(y, pred, losses)
-    res = summarize(meta["kind"], counts, y, scores)
+    res = summarize(kind, counts, y, prob if kind == "binary" else None)
     if args.json:
         print(json.dumps(res))
     else:

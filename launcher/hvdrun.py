@@ -9,34 +9,29 @@ also plays the driver and writes the run directory. A restart is the launcher's 
 """
 from __future__ import annotations
 
-import os
 import socket
+
+from .backends import InProcessBackend
 
 __all__ = ["run_worker"]
 
 
-class ThisRankBackend:
+class ThisRankBackend(InProcessBackend):
     """The backend interface for the rank that runs in this process."""
 
     def __init__(self, cfg, data, comm, gpus_per_worker: float = 0):
         import mxnet as mx
 
-        from lr_core.loop import TrainingLoop
-
-        ctx = mx.gpu(comm.local_rank) if gpus_per_worker else mx.cpu()
+        super().__init__(cfg, data, comm=comm, ctx=mx.gpu(comm.local_rank) if gpus_per_worker else mx.cpu())
         self.comm = comm
         self.workers = comm.size
-        self.loop = TrainingLoop(cfg, data, comm, ctx)
-        self.placement = [{"rank": comm.rank, "local_rank": comm.local_rank, "size": comm.size,
-                           "host": socket.gethostname(), "pid": os.getpid(), "device": str(ctx), "node_id": None}]
-        self.startup_seconds = 0.0
         self.where = f"{comm.size} Horovod processes (horovodrun)"
 
     def run_epoch(self, epoch, progress=None, timeout_s=None):
         from lr_core.errors import LrjobError, WorkerFailure
 
         try:
-            return [self.loop.run_epoch(epoch, progress)]
+            return super().run_epoch(epoch, progress)
         except LrjobError:
             raise
         except Exception as e:  # noqa: BLE001 - Horovod/Gloo errors when a peer is lost
@@ -44,21 +39,6 @@ class ThisRankBackend:
             raise WorkerFailure(f"rank {self.comm.rank} on {socket.gethostname()} lost its Horovod peers during "
                                 f"epoch {epoch + 1}: {first}", rank=self.comm.rank,
                                 node=socket.gethostname()) from None
-
-    def get_state(self):
-        return self.loop.get_state()
-
-    def set_state(self, state):
-        self.loop.set_state(state)
-
-    def all_params(self):
-        return [self.loop.get_params()]
-
-    def shard_logs(self):
-        return [self.loop.shard_log]
-
-    def shutdown(self):
-        self.loop = None
 
 
 def run_worker(spec, output: str | None = None, resume: str | None = None, reporter=None) -> int:

@@ -12,6 +12,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from .config import LoopConfig
+from .metrics import from_logits
 from .models import build_model
 
 __all__ = ["export_model", "ExportedModel"]
@@ -65,15 +66,8 @@ class ExportedModel:
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(predicted class, probability): binary P(class 1); softmax the top class's probability."""
-        z = self.logits(x)
-        if self.meta["kind"] == "binary":
-            p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))
-            return (p1 >= float(self.meta["threshold"])).astype(np.int64), p1
-        z = z - z.max(axis=1, keepdims=True)
-        p = np.exp(z)
-        p /= p.sum(axis=1, keepdims=True)
-        pred = p.argmax(axis=1)
-        return pred, p[np.arange(len(p)), pred]
+        pred, prob, _ = from_logits(self.meta["kind"], self.logits(x), float(self.meta["threshold"]))
+        return pred, prob
 
 
 class _quiet_warnings:

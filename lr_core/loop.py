@@ -29,7 +29,7 @@ from .config import LoopConfig
 from .data import Dataset
 from .errors import DivergenceError
 from .losses import LossGraph
-from .metrics import EvalCounts, summarize
+from .metrics import EvalCounts, from_logits, summarize
 from .models import build_model
 from .sharding import epoch_permutation, local_plan, shard_bounds
 from .state import get_optimizer_state, set_optimizer_state
@@ -141,20 +141,11 @@ class TrainingLoop:
         counts = EvalCounts(2 if cfg.kind == "binary" else cfg.num_classes)
         scores_global = np.zeros(n_val, dtype=np.float64) if cfg.kind == "binary" else None
         if self.x_val is not None:
-            logits = predict_logits(self.net, self.x_val, cfg.eval_batch_size).astype(np.float64)
+            logits = predict_logits(self.net, self.x_val, cfg.eval_batch_size)
             y = self.data.y_val[a:b]
-            if cfg.kind == "binary":
-                z = logits[:, 0]
-                # stable sigmoid BCE on logits, as the training loss
-                losses = np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
-                prob = 1.0 / (1.0 + np.exp(-z))
-                pred = (prob >= cfg.threshold).astype(np.int64)
+            pred, prob, losses = from_logits(cfg.kind, logits, cfg.threshold, y)
+            if scores_global is not None:
                 scores_global[a:b] = prob
-            else:
-                m = logits.max(axis=1, keepdims=True)
-                logp = logits - m - np.log(np.exp(logits - m).sum(axis=1, keepdims=True))
-                losses = -logp[np.arange(len(y)), y]
-                pred = logits.argmax(axis=1)
             counts.update(y, pred, losses)
         tag = "" if epoch is None else f".{epoch}"
         total = EvalCounts.from_vector(comm.allreduce_sum(counts.to_vector(), name=f"val_counts{tag}"),

@@ -13,7 +13,30 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["EvalCounts", "binary_summary", "softmax_summary", "roc_auc", "summarize"]
+__all__ = ["EvalCounts", "binary_summary", "softmax_summary", "roc_auc", "summarize", "from_logits"]
+
+
+def from_logits(kind: str, logits: np.ndarray, threshold: float = 0.5, y: np.ndarray | None = None):
+    """Predicted class, probability and (with labels) per-sample loss from logits.
+
+    Binary: the probability is P(class 1) and the class is P >= threshold; softmax: the
+    top class and its probability. The loss is the training loss in float64 (stable
+    sigmoid BCE on logits; log-softmax cross-entropy), or None without labels.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    if kind == "binary":
+        z = z[:, 0]
+        prob = 1.0 / (1.0 + np.exp(-z))
+        pred = (prob >= threshold).astype(np.int64)
+        losses = None if y is None else np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        return pred, prob, losses
+    m = z.max(axis=1, keepdims=True)
+    logp = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))
+    pred = logp.argmax(axis=1)
+    rows = np.arange(len(z))
+    prob = np.exp(logp[rows, pred])
+    losses = None if y is None else -logp[rows, np.asarray(y, dtype=np.int64)]
+    return pred, prob, losses
 
 
 @dataclass

@@ -40,6 +40,9 @@ def worker_env(cpus_per_worker: float) -> dict[str, str]:
     for key in list(env):
         if key in os.environ:
             env[key] = os.environ[key]
+    for key in ("LRJOB_FAULT", "LRJOB_FAULT_REPORT"):  # tests only (lr_core/faults.py)
+        if key in os.environ:
+            env[key] = os.environ[key]
     return env
 
 

@@ -56,13 +56,30 @@ def _flat(v):
     return np.asarray(v, dtype=np.float64).ravel()
 
 
+def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    """max |a - b|; inf when the shapes differ or a difference is NaN (NaN would
+    otherwise compare as neither above nor below a tolerance)."""
+    if a.shape != b.shape:
+        return float("inf")
+    if not a.size:
+        return 0.0
+    with np.errstate(invalid="ignore"):  # inf - inf
+        d = float(np.max(np.abs(a - b)))
+    return float("inf") if np.isnan(d) else d
+
+
 def compare(ref_params: dict, ref_history: list[dict], params: dict, history: list[dict],
             hidden, workers: int) -> ParityReport:
     tol = param_tolerance(hidden)
     prow = []
-    for name in sorted(ref_params):
+    # A parameter missing from either run is a failed row, not a crash.
+    for name in sorted(set(ref_params) | set(params)):
+        if name not in ref_params or name not in params:
+            shape = np.shape(ref_params[name] if name in ref_params else params[name])
+            prow.append((name, shape, float("inf"), tol))
+            continue
         a, b = np.asarray(ref_params[name], np.float64), np.asarray(params[name], np.float64)
-        prow.append((name, a.shape, float(np.max(np.abs(a - b))) if a.size else 0.0, tol))
+        prow.append((name, a.shape, _max_abs_diff(a, b), tol))
     mrow: dict[str, float] = {}
     if len(ref_history) != len(history):
         mrow["epochs_done"] = float(abs(len(ref_history) - len(history)))
@@ -73,9 +90,9 @@ def compare(ref_params: dict, ref_history: list[dict], params: dict, history: li
             a, b = _flat(ra.get(key)), _flat(rb.get(key))
             if a is None and b is None:
                 d = 0.0
-            elif a is None or b is None or a.shape != b.shape:
+            elif a is None or b is None:
                 d = float("inf")
             else:
-                d = float(np.max(np.abs(a - b))) if a.size else 0.0
+                d = _max_abs_diff(a, b)
             mrow[key] = max(mrow.get(key, 0.0), d)
     return ParityReport(workers, prow, [(k, v, METRIC_TOLERANCE) for k, v in mrow.items()])

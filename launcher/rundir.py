@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lr_core import faults
 from lr_core.errors import LrjobInputError
 
 __all__ = ["RunDir", "new_run_path", "check_writable", "atomic_write_text", "list_checkpoints",
@@ -158,6 +159,7 @@ class RunDir:
                 np.savez(f, **state["params"])
                 f.flush()
                 os.fsync(f.fileno())
+            faults.hit("checkpoint", epoch=epochs_done, stage="params")
             with open(tmp / "optimizer.npz", "wb") as f:
                 np.savez(f, **state["optimizer_arrays"])
                 f.flush()
@@ -170,6 +172,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
+            faults.hit("checkpoint", epoch=epochs_done, stage="written")
             if final.exists():
                 old = root / f".old-{final.name}-{os.getpid()}"
                 os.replace(final, old)
@@ -178,6 +181,7 @@ class RunDir:
             else:
                 os.replace(tmp, final)
             _fsync_dir(root)
+            faults.hit("checkpoint", epoch=epochs_done, stage="renamed")
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)

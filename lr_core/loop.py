@@ -24,6 +24,7 @@ import numpy as np
 import mxnet as mx
 from mxnet import autograd
 
+from . import faults
 from .comm import Communicator, SingleProcessCommunicator
 from .config import LoopConfig
 from .data import Dataset
@@ -101,6 +102,8 @@ class TrainingLoop:
         for s in range(steps):
             if progress is not None and s % report_every == 0:
                 progress(s, steps)
+            if faults.ARMED:  # tests only: a crash or hang at an exact step (faults.py)
+                faults.hit("step", epoch=epoch + 1, step=s + 1, rank=comm.rank)
             a, b = int(offsets[s]), int(offsets[s + 1])
             if b > a:
                 # Gather this step's rows from the shared, read-only data (no per-worker

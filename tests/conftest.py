@@ -1,5 +1,10 @@
 """Shared fixtures. One real local Ray per test session (with 2 logical GPUs declared,
-so GPU scheduling can be tested without hardware); stopped at the end."""
+so GPU scheduling can be tested without hardware); stopped at the end.
+
+The tests run the checkout they live in: this folder's ``lr_core`` and ``launcher`` come
+first on ``sys.path`` and on ``PYTHONPATH``, which every subprocess inherits (``lrjob``,
+``horovodrun`` ranks, Ray's workers), whatever checkout the environment's editable
+install points at."""
 import os
 import sys
 from pathlib import Path
@@ -7,8 +12,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path[:0] = [str(ROOT), str(Path(__file__).resolve().parent)]
+os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# A fault armed in the caller's shell must not leak into every run of the suite.
+os.environ.pop("LRJOB_FAULT", None)
+
+
+def pytest_sessionstart(session):
+    import launcher
+    import lr_core
+
+    for mod in (launcher, lr_core):
+        where = Path(mod.__file__).resolve()
+        if ROOT not in where.parents:
+            raise pytest.UsageError(f"{mod.__name__} was imported from {where}, not from the checkout under "
+                                    f"test {ROOT}; run the tests from this checkout's environment")
 
 
 @pytest.fixture(scope="session")

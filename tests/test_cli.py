@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,9 +60,7 @@ def _bad(tmp_path):
     csv_nan.write_text("a,b,label\n1,2,1\n3,nan,0\n")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: {kind: binary\n")
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    os.chmod(ro, 0o500)
+    ro = _read_only_dir(tmp_path / "ro")
     return [
         (["run", bad_yaml, "--workers", "0"], "malformed YAML"),
         (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epohcs=3"], "did you mean 'epochs'"),
@@ -80,11 +79,28 @@ def _bad(tmp_path):
     ]
 
 
-def test_bad_input_table(tmp_path):
+def _read_only_dir(path: Path) -> Path:
+    """A directory nobody may write to, root included (root ignores mode bits, so as
+    root the folder is made immutable; the fixture below lifts that again)."""
+    path.mkdir()
+    os.chmod(path, 0o500)
+    if os.geteuid() == 0:
+        r = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+        assert r.returncode == 0, f"chattr +i {path} failed (needed to test a read-only --output as root): {r.stderr}"
+    return path
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    yield _bad(tmp_path)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "-i", str(tmp_path / "ro")], capture_output=True)
+
+
+def test_bad_input_table(tmp_path, bad_inputs):
     """Every case: exit 2, one line naming the problem, no traceback, no run directory."""
-    for args, message in _bad(tmp_path):
-        if "not writable" in message and os.geteuid() == 0:
-            continue  # root writes anywhere; the file-as-parent case below covers the check
+    assert not os.access(tmp_path / "ro", os.W_OK)
+    for args, message in bad_inputs:
         r = lrjob(*args, "--runs-dir", tmp_path / "runs")
         assert r.returncode == 2, (args, r.stderr)
         assert message in r.stderr, (args, r.stderr)

@@ -87,8 +87,8 @@ def test_two_simulated_nodes_match_the_single_process_run(tmp_path):
 def test_make_run_trains_mnist_on_two_workers_and_ends_with_the_run_dir(tmp_path):
     from lr_core.data import data_home, verify_idx_dir
 
-    if verify_idx_dir(data_home() / "mnist"):
-        pytest.skip("no verified MNIST cache: run `make install`")
+    # The install step builds the cache: its absence is a failure, never a skip.
+    assert not verify_idx_dir(data_home() / "mnist"), "no verified MNIST cache: run `make install`"
     out = tmp_path / "mnist"
     r = subprocess.run(["make", "-s", "run", f"RUN_ARGS=--set train.epochs=1 --output {out}"], cwd=ROOT,
                        capture_output=True, text=True, timeout=600, env=_clean_env())

@@ -69,8 +69,8 @@ def test_installed_mnist_cache_verifies_and_a_flipped_byte_is_caught(tmp_path):
     from lr_core.data import data_home
 
     cache = data_home() / "mnist"
-    if verify_idx_dir(cache):
-        pytest.skip(f"no MNIST cache in {cache}: run `make install` to build it")
+    # The install step builds the cache: its absence is a failure, never a skip.
+    assert not verify_idx_dir(cache), f"no MNIST cache in {cache}: run `make install` to build it"
     for name in MNIST_MD5:
         (tmp_path / name).write_bytes((cache / name).read_bytes())
     assert verify_idx_dir(tmp_path) == []

@@ -15,8 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate is a dev pin "
-                                          "(requirements-dev.txt); run .ci/install")
+import kubernetes_validate  # a dev pin (requirements-dev.txt): missing means run .ci/install
 
 from launcher import k8s  # noqa: E402
 from launcher.cli import build_parser  # noqa: E402
@@ -252,7 +251,7 @@ def test_raycluster_agrees_with_mnist_softmax_and_exposes_the_dashboard():
 
 
 def test_mpijob_runs_horovodrun_with_gloo_over_the_workers():
-    launch = pytest.importorskip("horovod.runner.launch", reason="horovod is built by .ci/install")
+    from horovod.runner import launch  # built by .ci/install
     docs = _docs("mnist_softmax.mpijob.yaml")
     spec = _check_spec_configmap(docs, "mnist_softmax.mpijob.yaml")
     mj = _one(docs, "MPIJob")
@@ -382,10 +381,9 @@ def test_dockerfiles_build_what_the_manifests_expect():
     assert ".venv" in ignored and ".git" in ignored
 
 
-def test_lrjob_k8s_command_when_wired():
+def test_lrjob_k8s_command():
     subs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    if "k8s" not in subs.choices:
-        pytest.skip("`lrjob k8s` is not wired into launcher/cli.py yet (add_parser + COMMANDS['k8s'])")
+    assert "k8s" in subs.choices
     from launcher import cli
 
     assert "k8s" in cli.COMMANDS

@@ -1,5 +1,7 @@
 """Faults injected into real processes: killed workers, killed drivers, Ctrl-C,
-divergence, resume. No special code path in the trainer: the tests send signals."""
+divergence, resume. Faults land at exact moments through ``LRJOB_FAULT``
+(``lr_core/faults.py``: "kill rank 1 before step 5 of epoch 3", "kill the driver
+between the checkpoint's temporary write and its rename"), never by sleeping."""
 import json
 import os
 import signal
@@ -10,43 +12,52 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 
-from launcher.rundir import latest_checkpoint, list_checkpoints
+from launcher.rundir import latest_checkpoint, list_checkpoints, load_checkpoint
 from launcher.runner import run_job
 from launcher.spec import load_spec
 from lr_core.errors import DivergenceError, SpecError
 
 ROOT = Path(__file__).resolve().parent.parent
-LRJOB = str(Path(sys.executable).parent / "lrjob")
-# ~250 steps per epoch: long enough to kill a worker in the middle of one.
+LRJOB = [sys.executable, "-m", "launcher.cli"]
+# ~250 steps per epoch: a worker killed at a step is killed in the middle of an epoch.
 KILL_JOB = ["jobs/binary_synthetic.yaml", "--set", "train.batch_size=4", "--set", "train.epochs=5"]
 
 
-def _env():
+def _env(**fault):
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    if fault:
+        env["LRJOB_FAULT"] = json.dumps(fault)
     return env
 
 
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    try:  # a zombie is dead
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split()[2] != "Z"
-    except OSError:
-        return False
+
+
+def _fault_report(marker: Path, timeout: float = 120) -> dict:
+    """Where an armed fault fired (``<once>.where``: pid and place), once it has."""
+    where = Path(f"{marker}.where")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if where.is_file() and where.read_text().endswith("}"):
+            return json.loads(where.read_text())
+        time.sleep(0.05)
+    raise AssertionError(f"the fault {marker} never fired")
 
 
 class _Run:
     """`lrjob run --json` in a subprocess, its events read as they come."""
 
-    def __init__(self, *args):
-        self.proc = subprocess.Popen([LRJOB, "run", *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=_env())
+    def __init__(self, *args, env=None):
+        self.proc = subprocess.Popen([*LRJOB, "run", *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env or _env())
         self.events, self.stderr = [], ""
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
@@ -80,6 +91,9 @@ class _Run:
         self._e.join(5)
         return rc
 
+    def epochs(self) -> list[int]:
+        return [e["epoch"] for e in self.events if e["event"] == "epoch"]
+
 
 @pytest.fixture(scope="module")
 def kill_reference(tmp_path_factory):
@@ -96,16 +110,18 @@ def _assert_params_match(run_dir: Path, reference, tol=1e-4):
 
 @pytest.mark.distributed
 def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, kill_reference):
-    out = tmp_path / "run"
-    run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out), "--set", "failure.max_failures=1")
+    out, marker = tmp_path / "run", tmp_path / "fault"
+    # rank 1 dies before step 5 of epoch 3; the restarted group does not die again (once)
+    run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out), "--set", "failure.max_failures=1",
+               env=_env(at="step", epoch=3, step=5, rank=1, action="kill", once=str(marker)))
     start = run.wait_for(lambda e: e["event"] == "start")
-    victim = start["placement"][1]["pid"]
-    run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] == 2)
-    time.sleep(0.3)  # into epoch 3
-    os.kill(victim, signal.SIGKILL)
     assert run.finish() == 0, run.stderr
+    victim = _fault_report(marker)["pid"]
+    assert victim == start["placement"][1]["pid"]
     said = " ".join(e["text"] for e in run.events if e["event"] == "message")
-    assert "rank 1" in said and "restart 1/1" in said, said
+    assert "rank 1" in said and "restart 1/1" in said and "resume from epoch 2" in said, said
+    # epochs 1-2 reported once; epoch 3 was lost with the worker and run again
+    assert run.epochs() == [1, 2, 3, 4, 5]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 5
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
@@ -116,51 +132,57 @@ def test_killed_worker_is_restarted_from_the_last_checkpoint(tmp_path, kill_refe
 
 @pytest.mark.distributed
 def test_killed_worker_without_restarts_fails_then_resume_finishes(tmp_path, kill_reference):
-    out = tmp_path / "run"
-    run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out))
+    out, marker = tmp_path / "run", tmp_path / "fault"
+    run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out),
+               env=_env(at="step", epoch=3, step=5, rank=0, action="kill", once=str(marker)))
     start = run.wait_for(lambda e: e["event"] == "start")
     pids = [p["pid"] for p in start["placement"]]
-    run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] == 2)
-    time.sleep(0.3)
-    os.kill(pids[0], signal.SIGKILL)
     assert run.finish() == 1
+    assert _fault_report(marker)["pid"] == pids[0]
     err = run.stderr
-    assert "rank 0" in err and "last completed epoch" in err, err
+    assert "rank 0" in err and "last completed epoch 2" in err, err
     assert f"lrjob run --resume {out}" in err, err
     assert "Traceback" not in err
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["epochs_done"] >= 2
+    assert summary["status"] == "failed" and summary["epochs_done"] == 2
     assert not any(_alive(p) for p in pids)
-    r = subprocess.run([LRJOB, "run", "--resume", str(out), "--quiet"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=300, env=_env())
-    assert r.returncode == 0, r.stderr
+    resumed = _Run("--resume", str(out))
+    assert resumed.finish() == 0, resumed.stderr
+    assert resumed.epochs() == [3, 4, 5], "the resumed run trains only the epochs that remain"
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
     _assert_params_match(out, kill_reference)
 
 
+def _run_tree(proc: subprocess.Popen) -> set[int]:
+    """The pids of a process and all of its descendants (Ray's head processes included)."""
+    try:
+        root = psutil.Process(proc.pid)
+        return {root.pid, *(c.pid for c in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+
+
 @pytest.mark.distributed
 def test_sigint_stops_workers_and_ray(tmp_path):
-    def ray_processes():
-        out = subprocess.run(["pgrep", "-f", "gcs_server|raylet"], capture_output=True, text=True).stdout
-        return set(out.split())
-
-    before = ray_processes()
     out = tmp_path / "run"
     run = _Run("jobs/binary_synthetic.yaml", "--set", "train.batch_size=2", "--set", "train.epochs=50",
                "--workers", "2", "--output", str(out))
     start = run.wait_for(lambda e: e["event"] == "start")
-    pids = [p["pid"] for p in start["placement"]]
+    pids = {p["pid"] for p in start["placement"]}
     run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] == 1)
+    started = _run_tree(run.proc)  # this run's own Ray: gcs_server, raylet, workers
+    names = {psutil.Process(p).name() for p in started if _alive(p)}
+    assert pids <= started and any("raylet" in n for n in names), names
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(timeout=60) == 130, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted"
     assert list_checkpoints(out), "the last checkpoint is kept"
-    deadline = time.time() + 20
-    while time.time() < deadline and (any(_alive(p) for p in pids) or ray_processes() - before):
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(p) for p in started):
         time.sleep(0.5)
-    assert not any(_alive(p) for p in pids)
-    assert not (ray_processes() - before), "the run's Ray processes outlived it"
+    left = {p: psutil.Process(p).name() for p in started if _alive(p)}
+    assert not left, f"the run's processes outlived it: {left}"
 
 
 def test_sigterm_on_in_process_run_marks_interrupted(tmp_path):
@@ -213,52 +235,74 @@ def test_divergence_names_epoch_and_step(tmp_path):
     assert summary["status"] == "failed" and "learning_rate" in summary["error"]
 
 
-def test_killing_the_driver_never_leaves_a_torn_checkpoint(tmp_path):
-    """SIGKILL the in-process driver at several moments while it writes a checkpoint
-    every epoch; the newest checkpoint always reads back and resume gives the
-    uninterrupted result exactly."""
-    args = ["jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epochs=60",
+TORN_JOB = ["jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epochs=5",
             "--set", "checkpoint.keep=2"]
-    reference = run_job(load_spec("jobs/binary_synthetic.yaml", ["resources.workers=0", "train.epochs=60"]),
-                        output=tmp_path / "ref")
-    for i, delay in enumerate([0.15, 0.4, 0.8]):
-        out = tmp_path / f"run{i}"
-        run = _Run(*args, "--output", str(out))
-        run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] >= 1)
-        time.sleep(delay)
-        run.proc.send_signal(signal.SIGKILL)
-        run.finish()
-        ckpt = latest_checkpoint(out)
-        assert ckpt is not None and 1 <= ckpt["epochs_done"] < 60, "the kill must land mid-run"
-        for stale in (out / "checkpoints").iterdir():  # leftovers are hidden temp dirs only
-            assert stale.name.startswith(("epoch-", ".tmp-", ".old-")), stale
-        r = subprocess.run([LRJOB, "run", "--resume", str(out), "--quiet"], cwd=ROOT, capture_output=True,
-                           text=True, timeout=300, env=_env())
-        assert r.returncode == 0, r.stderr
-        final = latest_checkpoint(out)
-        for name, value in reference.params.items():
-            assert np.array_equal(final["params"][name], value), name
+
+
+@pytest.fixture(scope="module")
+def torn_reference(tmp_path_factory):
+    spec = load_spec(TORN_JOB[0], ["resources.workers=0", "train.epochs=5", "checkpoint.keep=2"])
+    return run_job(spec, output=tmp_path_factory.mktemp("torn-ref") / "ref")
+
+
+@pytest.mark.parametrize("fault,newest,printed", [
+    ({"at": "checkpoint", "epoch": 3, "stage": "params"}, 2, 2),    # inside the temporary write
+    ({"at": "checkpoint", "epoch": 3, "stage": "written"}, 2, 2),   # written, not yet renamed
+    ({"at": "checkpoint", "epoch": 3, "stage": "renamed"}, 3, 2),   # in place, not yet pruned or printed
+    ({"at": "step", "epoch": 4, "step": 50, "rank": 0}, 3, 3),      # in the middle of an epoch
+], ids=["in-temp-write", "before-rename", "before-prune", "mid-epoch"])
+def test_killing_the_driver_never_leaves_a_torn_checkpoint(tmp_path, torn_reference, fault, newest, printed):
+    """SIGKILL the in-process driver at an exact moment of the checkpoint protocol: every
+    visible checkpoint is whole, the newest is the one predicted, and resume runs only
+    the remaining epochs to the uninterrupted result, exactly."""
+    out = tmp_path / "run"
+    run = _Run(*TORN_JOB, "--output", str(out), env=_env(**fault, action="kill"))
+    assert run.finish() == -signal.SIGKILL, run.stderr
+    assert run.epochs() == list(range(1, printed + 1)), "a printed epoch is a saved epoch"
+    visible = sorted(p for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
+    for ckpt in visible:  # the old or the new checkpoint, never a torn one
+        assert ckpt.is_dir() and sorted(f.name for f in ckpt.iterdir()) == [
+            "optimizer.npz", "params.npz", "state.json"], ckpt
+        load_checkpoint(ckpt)
+    assert [p.name for p in visible][-1] == f"epoch-{newest:04d}"
+    assert latest_checkpoint(out)["epochs_done"] == newest
+
+    resumed = _Run("--resume", str(out))
+    assert resumed.finish() == 0, resumed.stderr
+    assert resumed.epochs() == list(range(newest + 1, 6))
+    assert sorted(p.name for p in list_checkpoints(out)) == ["epoch-0004", "epoch-0005"]
+    final = latest_checkpoint(out)
+    assert final["epochs_done"] == 5
+    for name, value in torn_reference.params.items():
+        assert np.array_equal(final["params"][name], value), name
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
+    assert [m["val_loss"] for m in metrics] == [m["val_loss"] for m in torn_reference.history]
 
 
 @pytest.mark.distributed
 def test_hung_worker_is_detected_within_the_timeout_and_restarted(tmp_path, kill_reference):
-    """SIGSTOP freezes rank 1 (alive to Ray, silent to Horovod): the epoch timeout fires,
-    the group is replaced, and the run still finishes with the reference's parameters."""
-    out = tmp_path / "run"
+    """Rank 1 stops itself (SIGSTOP: alive to Ray, silent to Horovod) before step 5 of
+    epoch 3: the epoch timeout fires, the group is replaced, and the run still finishes
+    with the reference's parameters."""
+    out, marker = tmp_path / "run", tmp_path / "fault"
     run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out), "--set", "failure.max_failures=1",
-               "--set", "failure.epoch_timeout_s=15")
-    start = run.wait_for(lambda e: e["event"] == "start")
-    victim = start["placement"][1]["pid"]
-    run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] == 2)
-    os.kill(victim, signal.SIGSTOP)
+               "--set", "failure.epoch_timeout_s=15",
+               env=_env(at="step", epoch=3, step=5, rank=1, action="stop", once=str(marker)))
+    victim = None
     try:
+        victim = _fault_report(marker)["pid"]
         run.wait_for(lambda e: e["event"] == "message" and "restart 1/1" in e["text"], timeout=120)
         assert run.finish() == 0, run.stderr
     finally:
-        try:
-            os.kill(victim, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        if victim:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if run.proc.poll() is None:
+            run.proc.kill()
     said = " ".join(e["text"] for e in run.events if e["event"] == "message")
     assert "did not finish epoch 3 within 15 s" in said, said
+    assert run.epochs() == [1, 2, 3, 4, 5]
     _assert_params_match(out, kill_reference)

@@ -1,0 +1,118 @@
+"""Resume proves that it resumed, and checkpoints are kept as the spec says.
+
+Training is deterministic, so "resumed" and "retrained from scratch" end with the same
+parameters: these tests count the epochs a resumed run executes, check that the
+finished epochs' records survive unchanged, and alter a checkpoint on purpose to see
+the result move exactly as predicted.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from launcher.backends import InProcessBackend
+from launcher.rundir import latest_checkpoint, list_checkpoints
+from launcher.runner import load_job_data, run_job
+from launcher.spec import load_spec
+from lr_core.loop import TrainingLoop
+
+JOB = "jobs/digits_softmax.yaml"
+# momentum: the optimizer state matters too, so a resume that loses it is visible.
+BASE = ["resources.workers=0", "train.momentum=0.9", "train.learning_rate=0.05"]
+
+
+def _spec(*extra):
+    return load_spec(JOB, [*BASE, *extra])
+
+
+class _CountingBackend(InProcessBackend):
+    """The in-process backend, recording which epochs it was asked to run."""
+
+    def __init__(self, spec, ran: list):
+        super().__init__(spec.loop_config(), load_job_data(spec))
+        self.ran = ran
+
+    def run_epoch(self, epoch, progress=None, timeout_s=None):
+        self.ran.append(epoch)
+        return super().run_epoch(epoch, progress, timeout_s)
+
+
+def _counting_run(spec, ran, **kw):
+    return run_job(spec, backend_factory=lambda: _CountingBackend(spec, ran), **kw)
+
+
+def test_resume_runs_only_the_remaining_epochs_and_keeps_the_earlier_records(tmp_path):
+    part_ran, ran = [], []
+    _counting_run(_spec("train.epochs=3"), part_ran, output=tmp_path / "run")
+    first_lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    resumed = _counting_run(_spec("train.epochs=6"), ran, resume=tmp_path / "run")
+
+    assert part_ran == [0, 1, 2]
+    assert ran == [3, 4, 5], "a resumed run executes only the epochs that remain"
+    # The finished epochs' records, timings included, are the first run's, not new ones.
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert lines[:3] == first_lines and len(lines) == 6
+    assert [m["epoch"] for m in resumed.history] == [1, 2, 3, 4, 5, 6]
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["resumed_from"].endswith("epoch-0003")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 6
+
+
+def test_resume_at_the_end_runs_nothing(tmp_path):
+    ran = []
+    done = run_job(_spec("train.epochs=2"), output=tmp_path / "run")
+    again = _counting_run(_spec("train.epochs=2"), ran, resume=tmp_path / "run")
+    assert ran == []
+    for name in done.params:
+        assert np.array_equal(done.params[name], again.params[name]), name
+
+
+def test_an_altered_checkpoint_changes_the_result_as_predicted(tmp_path):
+    full = run_job(_spec("train.epochs=5"), output=tmp_path / "full")
+    run_job(_spec("train.epochs=3"), output=tmp_path / "part")
+    ckpt = latest_checkpoint(tmp_path / "part")
+    assert ckpt["epochs_done"] == 3
+    altered = {k: (v * 0.5 + 0.01).astype(v.dtype) for k, v in ckpt["params"].items()}
+    np.savez(tmp_path / "part" / "checkpoints" / "epoch-0003" / "params.npz", **altered)
+
+    resumed = run_job(_spec("train.epochs=5"), resume=tmp_path / "part")
+
+    # Prediction: the same loop, started from the altered parameters and the saved
+    # optimizer state, run for epochs 4 and 5.
+    spec = _spec("train.epochs=5")
+    loop = TrainingLoop(spec.loop_config(), load_job_data(spec))
+    loop.set_state({**ckpt, "params": altered})
+    predicted = [loop.run_epoch(e) for e in (3, 4)]
+    want = loop.get_params()
+    for name, value in want.items():
+        assert np.array_equal(resumed.params[name], value), name
+        assert not np.allclose(full.params[name], value, atol=1e-4), f"{name}: the alteration must matter"
+    assert [h["val_loss"] for h in resumed.history[3:]] == [h["val_loss"] for h in predicted]
+
+
+def test_resume_restores_the_optimizer_state(tmp_path):
+    """Zeroed momentum buffers in the checkpoint must change the continuation."""
+    full = run_job(_spec("train.epochs=4"), output=tmp_path / "full")
+    run_job(_spec("train.epochs=2"), output=tmp_path / "part")
+    path = tmp_path / "part" / "checkpoints" / "epoch-0002" / "optimizer.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    assert arrays and any(np.abs(a).max() > 0 for a in arrays.values()), "momentum buffers are saved"
+    np.savez(path, **{k: np.zeros_like(a) for k, a in arrays.items()})
+    resumed = run_job(_spec("train.epochs=4"), resume=tmp_path / "part")
+    assert any(not np.array_equal(full.params[k], resumed.params[k]) for k in full.params)
+
+
+@pytest.mark.parametrize("epochs,every,keep,want", [
+    (5, 1, 2, [4, 5]),
+    (5, 1, 1, [5]),
+    (5, 2, 10, [2, 4, 5]),      # every 2 epochs, and always the last
+    (6, 3, 3, [3, 6]),
+])
+def test_checkpoints_follow_every_epochs_and_keep(tmp_path, epochs, every, keep, want):
+    run_job(_spec(f"train.epochs={epochs}", f"checkpoint.every_epochs={every}", f"checkpoint.keep={keep}"),
+            output=tmp_path / "run")
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == [f"epoch-{e:04d}" for e in want], "no temporary or pruned folder is left behind"
+    assert [int(p.name[6:]) for p in list_checkpoints(tmp_path / "run")] == want

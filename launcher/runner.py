@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lr_core import faults
 from lr_core.data import Dataset, load_dataset
 from lr_core.errors import LrjobError, SpecError, WorkerFailure
 
@@ -146,6 +147,8 @@ def run_job(spec: JobSpec, *, output: str | os.PathLike | None = None, address: 
         summary = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
         raise
     finally:
+        if faults.ARMED:  # tests only: a second Ctrl-C arriving during clean-up (faults.py)
+            faults.hit("cleanup", status=summary.get("status"))
         try:
             if live.backend is not None:
                 live.backend.shutdown()

@@ -17,6 +17,8 @@ value the code reports there (1-based epochs and steps, as printed). The points:
   ``stage`` ``params`` (params.npz written into the temporary folder), ``written``
   (every file written and synced, not yet renamed into place) or ``renamed`` (in
   place, older checkpoints not yet pruned) (``launcher.rundir``).
+- ``cleanup``: the driver starts its clean-up, the run ending with ``status``
+  (``interrupted``, ``failed``, ``completed``) (``launcher.runner``).
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
 (SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``). With ``once``, the

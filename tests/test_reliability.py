@@ -163,7 +163,8 @@ def _run_tree(proc: subprocess.Popen) -> set[int]:
 
 
 @pytest.mark.distributed
-def test_sigint_stops_workers_and_ray(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig):
     out = tmp_path / "run"
     run = _Run("jobs/binary_synthetic.yaml", "--set", "train.batch_size=2", "--set", "train.epochs=50",
                "--workers", "2", "--output", str(out))
@@ -173,7 +174,7 @@ def test_sigint_stops_workers_and_ray(tmp_path):
     started = _run_tree(run.proc)  # this run's own Ray: gcs_server, raylet, workers
     names = {psutil.Process(p).name() for p in started if _alive(p)}
     assert pids <= started and any("raylet" in n for n in names), names
-    run.proc.send_signal(signal.SIGINT)
+    run.proc.send_signal(sig)
     assert run.finish(timeout=60) == 130, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted"
@@ -191,6 +192,44 @@ def test_sigterm_on_in_process_run_marks_interrupted(tmp_path):
     run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] >= 2)
     run.proc.send_signal(signal.SIGTERM)
     assert run.finish(timeout=60) == 130
+    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_second_ctrl_c_during_cleanup_exits_at_once(tmp_path):
+    """The driver stops itself where its clean-up begins after a first Ctrl-C; a second
+    Ctrl-C, delivered when it continues, ends the process there: no more clean-up, no
+    summary rewritten, no message."""
+    out, marker = tmp_path / "run", tmp_path / "fault"
+    run = _Run("jobs/binary_synthetic.yaml", "--set", "train.epochs=2000", "--workers", "0", "--output", str(out),
+               env=_env(at="cleanup", status="interrupted", action="stop", once=str(marker)))
+    try:
+        run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] >= 2)
+        run.proc.send_signal(signal.SIGINT)
+        assert _fault_report(marker)["pid"] == run.proc.pid
+        proc = psutil.Process(run.proc.pid)
+        deadline = time.monotonic() + 60
+        while proc.status() != psutil.STATUS_STOPPED and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.status() == psutil.STATUS_STOPPED
+        run.proc.send_signal(signal.SIGINT)  # pending until the process continues
+        run.proc.send_signal(signal.SIGCONT)
+        assert run.finish(timeout=60) == 130
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+    assert "interrupted" not in run.stderr, run.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "running"
+
+
+def test_sigint_on_in_process_run_finishes_the_cleanup(tmp_path):
+    """The same run with a single Ctrl-C: the clean-up runs to the end (the test above
+    differs only by its second Ctrl-C)."""
+    out = tmp_path / "run"
+    run = _Run("jobs/binary_synthetic.yaml", "--set", "train.epochs=2000", "--workers", "0", "--output", str(out))
+    run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] >= 2)
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish(timeout=60) == 130
+    assert "lrjob: interrupted; the last checkpoint is kept" in run.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
 
 

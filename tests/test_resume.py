@@ -116,3 +116,24 @@ def test_checkpoints_follow_every_epochs_and_keep(tmp_path, epochs, every, keep,
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == [f"epoch-{e:04d}" for e in want], "no temporary or pruned folder is left behind"
     assert [int(p.name[6:]) for p in list_checkpoints(tmp_path / "run")] == want
+
+
+def test_a_diverging_run_leaves_the_earlier_checkpoints_as_they_were(tmp_path):
+    from lr_core.errors import DivergenceError
+
+    run_job(_spec("train.epochs=3"), output=tmp_path / "run")
+    ckpts = tmp_path / "run" / "checkpoints"
+    last = ckpts / "epoch-0003" / "params.npz"
+    with np.load(last) as z:
+        blown = {k: np.full_like(z[k], 1e38) for k in z.files}  # logits overflow to inf
+    np.savez(last, **blown)
+    before = {p.relative_to(ckpts): p.read_bytes() for p in ckpts.rglob("*") if p.is_file()}
+
+    with pytest.raises(DivergenceError, match=r"at epoch 4, step 1 of \d+; lower train.learning_rate"):
+        run_job(_spec("train.epochs=6"), resume=tmp_path / "run")
+
+    after = {p.relative_to(ckpts): p.read_bytes() for p in ckpts.rglob("*") if p.is_file()}
+    assert after == before, "no checkpoint written, pruned or changed by the diverging epoch"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["epochs_done"] == 3
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3

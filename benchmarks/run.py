@@ -83,9 +83,11 @@ def bench_distributed(data, small, reps: int, workers: int = 2) -> dict:
     import ray
     from horovod.ray import RayExecutor
 
+    from benchmarks import probes
     from launcher.backends import RayHorovodBackend
-    from launcher.cluster import ray_init_kwargs
+    from launcher.backends.cluster import ray_init_kwargs
     from launcher.quiet import silence_known_noise
+    from launcher.spec import ResourcesSpec
     from lr_core.config import LoopConfig
 
     silence_known_noise()
@@ -103,7 +105,7 @@ def bench_distributed(data, small, reps: int, workers: int = 2) -> dict:
         t0 = time.perf_counter()
         ray.init(num_cpus=4, include_dashboard=False, **ray_init_kwargs())
         cfg = LoopConfig(kind="softmax", num_classes=10, batch_size=128, learning_rate=0.1)
-        be = RayHorovodBackend(cfg, data, workers)
+        be = RayHorovodBackend(cfg, data, ResourcesSpec(workers=workers))
         be.run_epoch  # noqa: B018
         ours.append(time.perf_counter() - t0)
         if rep == 1:
@@ -122,17 +124,18 @@ def bench_distributed(data, small, reps: int, workers: int = 2) -> dict:
             log(f"{workers} workers, batch 128: epoch {rep + 1}/{reps} {epochs[-1]:.3f}s")
         out["epoch_b128"] = stats(epochs[1:])
         out["steps_per_epoch_b128"] = per_rank[0]["steps"]
-        ar = be._call(lambda w: w.bench_allreduce(7850, 300), "allreduce benchmark")
+        ar = be.execute(lambda w: probes.allreduce_seconds(w, 7850, 300), "allreduce benchmark")
         out["bare_allreduce_ms_7850_floats"] = stats([1e3 * t for t in ar[0][20:]])
-        mem = be._call(lambda w: w.memory(), "memory")
+        mem = be.execute(probes.memory, "memory")
         out["worker_memory"] = mem
         out["driver_pss"] = pss()
     finally:
         be.shutdown()
     # per-worker baseline: the same workers holding a tiny dataset
     try:
-        be = RayHorovodBackend(LoopConfig(kind="softmax", num_classes=10, batch_size=128), small, workers)
-        out["worker_baseline_memory"] = be._call(lambda w: w.memory(), "memory")
+        be = RayHorovodBackend(LoopConfig(kind="softmax", num_classes=10, batch_size=128), small,
+                               ResourcesSpec(workers=workers))
+        out["worker_baseline_memory"] = be.execute(probes.memory, "memory")
         be.shutdown()
     finally:
         ray.shutdown()
@@ -221,17 +224,16 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=5, help="repetitions per configuration (first is warm-up)")
     args = p.parse_args(argv)
 
-    from launcher.runner import load_job_data
     from launcher.spec import load_spec
 
     t_all = time.perf_counter()
-    data = load_job_data(load_spec(ROOT / "jobs/mnist_softmax.yaml"))
-    small = load_job_data(load_spec(ROOT / "jobs/digits_softmax.yaml"))
+    data = load_spec(ROOT / "jobs/mnist_softmax.yaml").load_data()
+    small = load_spec(ROOT / "jobs/digits_softmax.yaml").load_data()
     import mxnet
     r = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "mxnet": mxnet.__version__,
                      "load_average_start": os.getloadavg()},
          "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")},
-         "worker_env": __import__("launcher.cluster", fromlist=["worker_env"]).worker_env(1),
+         "worker_env": __import__("launcher.backends.cluster", fromlist=["worker_env"]).worker_env(1),
          "train_rows": len(data.x_train), "dataset_bytes": data.nbytes, "reps": args.reps}
     log("in-process loops (tutorial baseline, lrjob batch 64 and 128)")
     r["in_process"] = bench_in_process(data, args.reps)

@@ -119,11 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--output", default=None, help="run directory (shared storage when ranks are on several hosts)")
     w.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its newest checkpoint")
 
-    from .submit import add_parsers as add_submit_parsers
+    from .deploy.submit import add_parsers as add_submit_parsers
 
     add_submit_parsers(subs, _sub)
 
-    from .k8s import add_parser as add_k8s_parser
+    from .deploy.k8s import add_parser as add_k8s_parser
 
     add_k8s_parser(subs, _sub)
     return p
@@ -143,8 +143,8 @@ def _load(args):
 
 
 def cmd_run(args) -> int:
-    from .progress import Reporter
-    from .runner import run_job
+    from .driver import DriverOptions, run_job
+    from .report.progress import Reporter
 
     if args.resume and not args.job:
         if not (Path(args.resume) / "job.yaml").is_file():
@@ -157,8 +157,8 @@ def cmd_run(args) -> int:
     mode = "json" if args.json else "quiet" if args.quiet else "human"
     reporter = Reporter(mode)
     try:
-        run_job(spec, output=args.output, address=args.address, resume=args.resume,
-                reporter=reporter, runs_dir=args.runs_dir)
+        run_job(spec, args.output, resume=args.resume, reporter=reporter,
+                options=DriverOptions(address=args.address, runs_dir=args.runs_dir))
     except KeyboardInterrupt:
         sys.stderr.write("lrjob: interrupted; the last checkpoint is kept\n")
         return 130
@@ -166,23 +166,22 @@ def cmd_run(args) -> int:
 
 
 def cmd_parity(args) -> int:
-    from .parity import compare
-    from .runner import run_job
-    from .spec import apply_overrides, spec_from_dict
+    from .driver import DriverOptions, run_job
+    from .report.parity import compare
 
     spec = _load(args)
     workers = args.workers if args.workers is not None else 2
     if workers < 1:
         raise SpecError(f"--workers must be >= 1 for parity (it compares against --workers 0), got {workers}")
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
-    ref_spec = spec_from_dict(apply_overrides(spec.to_dict(), ["resources.workers=0"]))
-    dist_spec = spec_from_dict(apply_overrides(spec.to_dict(), [f"resources.workers={workers}"]))
+    ref_spec = spec.with_overrides(["resources.workers=0"])
+    dist_spec = spec.with_overrides([f"resources.workers={workers}"])
     try:
         print(f"parity: {spec.name}, reference run (--workers 0) ...", file=sys.stderr)
         ref = run_job(ref_spec, output=base / "workers-0")
         print(f"parity: {spec.name}, distributed run (--workers {workers}) ...", file=sys.stderr)
-        dist = run_job(dist_spec, output=base / f"workers-{workers}", address=args.address)
-        report = compare(ref.params, ref.history, dist.params, dist.history, spec["model.hidden"], workers)
+        dist = run_job(dist_spec, base / f"workers-{workers}", options=DriverOptions(address=args.address))
+        report = compare(ref, dist, spec.model.hidden, workers)
         print(report.render())
     finally:
         if not args.keep:
@@ -198,9 +197,7 @@ def cmd_validate(args) -> int:
     spec = _load(args)
     sys.stdout.write(spec.to_yaml())
     if args.data:
-        from .runner import load_job_data
-
-        d = load_job_data(spec)
+        d = spec.load_data()
         print(f"# data ok: {len(d.x_train)} train / {len(d.x_val)} {d.val_name} rows, {d.num_features} features",
               file=sys.stderr)
     return 0
@@ -212,13 +209,18 @@ def cmd_doctor(args) -> int:
     return run_doctor(gpu=args.gpu)
 
 
-def _model_dir(run: str) -> Path:
-    run_path = Path(run)
-    model = run_path / "model" if (run_path / "model").is_dir() else run_path
+def _model(run: str):
+    """The exported model of a run directory (or of a model folder given directly)."""
+    from lr_core.export import ExportedModel
+
+    from .rundir import RunDir
+
+    run_dir = RunDir.open(run)
+    model = run_dir.model_dir if run_dir.model_dir.is_dir() else run_dir.path
     if not (model / "meta.json").is_file():
-        raise LrjobInputError(f"{run}: no exported model (expected {run_path / 'model' / 'meta.json'}); "
+        raise LrjobInputError(f"{run}: no exported model (expected {run_dir.model_dir / 'meta.json'}); "
                               f"pass a finished run directory")
-    return model
+    return ExportedModel(model)
 
 
 def _read_input(path: str, meta: dict, require_labels: bool):
@@ -239,11 +241,9 @@ def _read_input(path: str, meta: dict, require_labels: bool):
 
 
 def cmd_predict(args) -> int:
-    from lr_core.export import ExportedModel
-
     from .rundir import atomic_write_text
 
-    model = ExportedModel(_model_dir(args.run))
+    model = _model(args.run)
     x, _ = _read_input(args.input, model.meta, require_labels=False)
     pred, prob = model.predict(x)
     text = "prediction,probability\n" + "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
@@ -259,20 +259,20 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from lr_core.export import ExportedModel
     from lr_core.metrics import EvalCounts, from_logits, summarize
 
-    model = ExportedModel(_model_dir(args.run))
+    from .rundir import RunDir
+
+    model = _model(args.run)
     meta = model.meta
     if args.data:
         x, y = _read_input(args.data, meta, require_labels=True)
         where = args.data
     else:
-        from .runner import load_job_data
-        from .spec import load_spec
-
-        spec = load_spec(Path(args.run) / "job.yaml")
-        d = load_job_data(spec)
+        spec = RunDir.open(args.run).spec()
+        if spec is None:
+            raise LrjobInputError(f"{args.run}: no job.yaml to find the validation data; pass --data FILE")
+        d = spec.load_data()
         x, y, where = d.x_val, d.y_val, f"{spec.name} {d.val_name} set"
     kind = meta["kind"]
     pred, prob, losses = from_logits(kind, model.logits(x), float(meta["threshold"]), y)
@@ -296,37 +296,37 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_worker(args) -> int:
-    from .hvdrun import run_worker
-    from .progress import Reporter
+    from .driver import run_rank
+    from .report.progress import Reporter
 
     if args.resume and not args.job:
         args.job = str(Path(args.resume) / "job.yaml")
     spec = _load(args)
-    return run_worker(spec, output=args.output, resume=args.resume, reporter=Reporter("human"))
+    return run_rank(spec, args.output, resume=args.resume, reporter=Reporter("human"))
 
 
 def cmd_runs(args) -> int:
-    from .history import list_runs, render_runs
+    from .report.history import list_runs, render_runs
 
     print(render_runs(list_runs(args.dir)))
     return 0
 
 
 def cmd_compare(args) -> int:
-    from .history import render_compare
+    from .report.history import render_compare
 
     print(render_compare(args.run_a, args.run_b))
     return 0
 
 
 def cmd_k8s(args) -> int:
-    from .k8s import cmd_k8s as run
+    from .deploy.k8s import cmd_k8s as run
 
     return run(args)
 
 
 def cmd_submit(args) -> int:
-    from .submit import submit
+    from .deploy.submit import submit
 
     return submit(_load(args), address=args.address, output=args.output, wait=args.wait,
                   submission_id=args.submission_id)
@@ -334,7 +334,7 @@ def cmd_submit(args) -> int:
 
 def _submit_cmd(name):
     def run(args):
-        from . import submit as s
+        from .deploy import submit as s
 
         return getattr(s, f"cmd_{name}")(args)
     return run

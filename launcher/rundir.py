@@ -1,4 +1,5 @@
-"""The run directory (DESIGN.md): only the driver writes it.
+"""The run directory (docs/design.md#run-directory): ``RunDir`` is its one writer and its
+one reader. Only the driver writes it; every command that reads a run opens it here.
 
     runs/<name>-<UTC timestamp>/
       job.yaml  env.json  metrics.jsonl  summary.json
@@ -7,6 +8,9 @@
 
 Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
 at any moment leaves the old or the new checkpoint, never a torn one.
+
+    run = RunDir.open("runs/binary_synthetic-20261125T120000Z")
+    run.spec(), run.history(), run.summary(), run.latest_checkpoint(), run.model()
 """
 from __future__ import annotations
 
@@ -101,6 +105,13 @@ def list_checkpoints(run: Path) -> list[Path]:
                   and (p / "state.json").is_file())
 
 
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read one checkpoint (no pickles: npz with allow_pickle=False and JSON)."""
     state = json.loads((path / "state.json").read_text())
@@ -124,13 +135,93 @@ def latest_checkpoint(run: Path) -> dict | None:
 
 
 class RunDir:
-    """Writes the files of one run."""
+    """Reads and writes the files of one run. ``create`` makes the folder (the driver);
+    ``open`` reads an existing one (every other command)."""
 
-    def __init__(self, path: Path, create: bool = True):
+    def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
-        if create:
-            self.path.mkdir(parents=True, exist_ok=True)
-            (self.path / "checkpoints").mkdir(exist_ok=True)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike) -> "RunDir":
+        """The run directory at ``path``, created with its ``checkpoints/`` folder."""
+        run = cls(path)
+        run.path.mkdir(parents=True, exist_ok=True)
+        (run.path / "checkpoints").mkdir(exist_ok=True)
+        return run
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "RunDir":
+        """An existing run directory; a one-line input error when ``path`` is not a folder."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise LrjobInputError(f"{path}: no such run directory")
+        return run
+
+    # ------------------------------------------------------------------ reading
+    def spec(self):
+        """The run's resolved job spec (``JobSpec``) from ``job.yaml``, or None without one."""
+        from .spec import spec_from_dict
+
+        f = self.path / "job.yaml"
+        if not f.is_file():
+            return None
+        import yaml
+
+        return spec_from_dict(yaml.safe_load(f.read_text()), where=str(f))
+
+    def spec_dict(self) -> dict:
+        """``job.yaml`` as a plain mapping ({} when absent or not a mapping), unvalidated."""
+        import yaml
+
+        f = self.path / "job.yaml"
+        doc = yaml.safe_load(f.read_text()) if f.is_file() else None
+        return doc if isinstance(doc, dict) else {}
+
+    def history(self) -> list[dict]:
+        """One dict per finished epoch, from ``metrics.jsonl`` ([] before the first)."""
+        f = self.path / "metrics.jsonl"
+        if not f.is_file():
+            return []
+        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+
+    def summary(self) -> dict | None:
+        """``summary.json``, or None when it is missing or unreadable."""
+        return _read_json(self.path / "summary.json")
+
+    def env(self) -> dict | None:
+        """``env.json``, or None when it is missing or unreadable."""
+        return _read_json(self.path / "env.json")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / "model"
+
+    def model(self):
+        """The exported model (``lr_core.export.ExportedModel``)."""
+        from lr_core.export import ExportedModel
+
+        return ExportedModel(self.model_dir)
+
+    def checkpoints(self) -> list[Path]:
+        """The complete checkpoint folders, oldest first."""
+        return list_checkpoints(self.path)
+
+    def latest_checkpoint(self) -> dict | None:
+        """The newest checkpoint that reads back whole (a damaged one is skipped)."""
+        return latest_checkpoint(self.path)
+
+    # ------------------------------------------------------------------ writing
+    def write_spec(self, spec) -> None:
+        self.write_text("job.yaml", spec.to_yaml())
+
+    def export_model(self, spec, data, params: dict) -> None:
+        """Export the trained model into ``model/`` with what serving needs to know."""
+        from lr_core.export import export_model
+
+        meta = {"job": spec.name, "source": data.source, "image_shape": list(data.image_shape or []),
+                "columns": data.extra.get("columns", []), "label_column": spec.data.label_column,
+                "label_map": spec.data.label_map}
+        export_model(self.model_dir, spec.loop_config(), params, data.num_features, meta)
 
     def write_json(self, name: str, obj) -> None:
         atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default) + "\n")

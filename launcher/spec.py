@@ -14,17 +14,18 @@ import difflib
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
 
 from lr_core.config import INITS, MODEL_KINDS, OPTIMIZERS, LoopConfig
-from lr_core.data import SOURCES, source_options
+from lr_core.data import SOURCES, check_source_spec
 from lr_core.errors import SpecError
 
-__all__ = ["JobSpec", "load_spec", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
+__all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
+           "load_spec", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
 
 @dataclass(frozen=True)
 class _Field:
@@ -36,62 +37,110 @@ class _Field:
     choices: tuple | None = None
 
 
-def _ge(lo):
-    return lambda v: v >= lo
+def _ge(lo, expect: str | None = None):
+    return (lambda v: v >= lo), expect or f">= {lo}"
 
 
 def _gt(lo):
-    return lambda v: v > lo
+    return (lambda v: v > lo), f"> {lo}"
 
 
+def _between(lo, hi, expect: str):
+    return (lambda v: lo < v < hi), expect
+
+
+def _f(kind: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, *,
+       nullable: bool = False, choices: tuple | None = None):
+    """A spec field: its type, its one default and its rule ``(check, expected)``, on the
+    section that owns it."""
+    check, expect = rule or (None, "")
+    rule = _Field(kind, default, check, expect, nullable, choices)
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"rule": rule})
+    return field(default=tuple(default) if isinstance(default, list) else default, metadata={"rule": rule})
+
+
+# Loop fields take their defaults from lr_core's LoopConfig: each default lives in one place.
+_LOOP = LoopConfig()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str = _f("str", _LOOP.kind, choices=MODEL_KINDS)
+    num_classes: int = _f("int", _LOOP.num_classes, _ge(2))
+    hidden: tuple[int, ...] = _f("ints", list(_LOOP.hidden))
+
+    @property
+    def outputs_classes(self) -> int:
+        """The number of classes the model tells apart (2 for binary)."""
+        return 2 if self.kind == "binary" else self.num_classes
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: str = _f("str", "synthetic-binary", choices=SOURCES)
+    path: str | None = _f("path", None, nullable=True)
+    val_path: str | None = _f("path", None, nullable=True)
+    val_fraction: float = _f("float", 0.1, _between(0, 1, "between 0 and 1 (exclusive)"))
+    label_column: str = _f("str", "label")
+    label_map: dict | None = _f("map", None, nullable=True)
+    options: dict = _f("map", {})
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    epochs: int = _f("int", _LOOP.epochs, _ge(1))
+    batch_size: int = _f("int", _LOOP.batch_size, _ge(1))
+    learning_rate: float = _f("float", _LOOP.learning_rate, _gt(0))
+    optimizer: str = _f("str", _LOOP.optimizer, choices=OPTIMIZERS)
+    weight_decay: float = _f("float", _LOOP.weight_decay, _ge(0))
+    momentum: float = _f("float", _LOOP.momentum, ((lambda v: 0 <= v < 1), "in [0, 1)"))
+    init: str = _f("str", _LOOP.init, choices=INITS)
+    init_sigma: float = _f("float", _LOOP.init_sigma, _gt(0))
+    seed: int = _f("int", _LOOP.seed, _ge(0))
+    threshold: float = _f("float", _LOOP.threshold, _between(0, 1, "between 0 and 1 (exclusive)"))
+
+
+@dataclass(frozen=True)
+class ResourcesSpec:
+    workers: int = _f("int", 2, _ge(0, ">= 0 (0: in-process reference run)"))
+    cpus_per_worker: float = _f("float", 1, _gt(0))
+    # Whole GPUs: each worker drives gpu(local_rank), one device of its own.
+    gpus_per_worker: float = _f("float", 0, ((lambda v: v >= 0 and float(v).is_integer()), "a whole number >= 0"))
+
+
+@dataclass(frozen=True)
+class CheckpointSpec:
+    every_epochs: int = _f("int", 1, _ge(1))
+    keep: int = _f("int", 3, _ge(1))
+
+
+@dataclass(frozen=True)
+class FailureSpec:
+    max_failures: int = _f("int", 0, _ge(0))
+    # 0 = automatic: 10x the slowest finished epoch, at least 300 s (Driver.epoch_timeout).
+    epoch_timeout_s: float = _f("float", 0, _ge(0, ">= 0 (0: automatic)"))
+
+
+SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": TrainSpec,
+                             "resources": ResourcesSpec, "checkpoint": CheckpointSpec, "failure": FailureSpec}
+# Every section's fields and rules, read off the section classes above.
 SCHEMA: dict[str, dict[str, _Field]] = {
-    "model": {
-        "kind": _Field("str", "binary", choices=MODEL_KINDS),
-        "num_classes": _Field("int", 2, _ge(2), ">= 2"),
-        "hidden": _Field("ints", []),
-    },
-    "data": {
-        "source": _Field("str", "synthetic-binary", choices=SOURCES),
-        "path": _Field("path", None, nullable=True),
-        "val_path": _Field("path", None, nullable=True),
-        "val_fraction": _Field("float", 0.1, lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
-        "label_column": _Field("str", "label"),
-        "label_map": _Field("map", None, nullable=True),
-        "options": _Field("map", {}),
-    },
-    "train": {
-        "epochs": _Field("int", 10, _ge(1), ">= 1"),
-        "batch_size": _Field("int", 64, _ge(1), ">= 1"),
-        "learning_rate": _Field("float", 0.1, _gt(0), "> 0"),
-        "optimizer": _Field("str", "sgd", choices=OPTIMIZERS),
-        "weight_decay": _Field("float", 0.0, _ge(0), ">= 0"),
-        "momentum": _Field("float", 0.0, lambda v: 0 <= v < 1, "in [0, 1)"),
-        "init": _Field("str", "xavier", choices=INITS),
-        "init_sigma": _Field("float", 0.01, _gt(0), "> 0"),
-        "seed": _Field("int", 12345, _ge(0), ">= 0"),
-        "threshold": _Field("float", 0.5, lambda v: 0 < v < 1, "between 0 and 1 (exclusive)"),
-    },
-    "resources": {
-        "workers": _Field("int", 2, _ge(0), ">= 0 (0: in-process reference run)"),
-        "cpus_per_worker": _Field("float", 1, _gt(0), "> 0"),
-        # Whole GPUs: each worker drives gpu(local_rank), one device of its own.
-        "gpus_per_worker": _Field("float", 0, lambda v: v >= 0 and float(v).is_integer(), "a whole number >= 0"),
-    },
-    "checkpoint": {
-        "every_epochs": _Field("int", 1, _ge(1), ">= 1"),
-        "keep": _Field("int", 3, _ge(1), ">= 1"),
-    },
-    "failure": {
-        "max_failures": _Field("int", 0, _ge(0), ">= 0"),
-        # 0 = automatic: 10x the slowest finished epoch, at least 300 s.
-        "epoch_timeout_s": _Field("float", 0, _ge(0), ">= 0 (0: automatic)"),
-    },
-}
+    name: {f.name: f.metadata["rule"] for f in fields(cls)} for name, cls in SECTIONS.items()}
 TOP_LEVEL = ("name", *SCHEMA)
 # Fields that may differ between a checkpoint's spec and the spec of a resume.
 SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_worker",
                        "resources.gpus_per_worker", "checkpoint.every_epochs", "checkpoint.keep",
                        "failure.max_failures", "failure.epoch_timeout_s", "name"}
+
+
+def _section(cls: type, values: dict):
+    """A frozen section from validated values (lists become tuples, mappings copies)."""
+    def frozen(v):
+        if isinstance(v, list):
+            return tuple(v)
+        return copy.deepcopy(v) if isinstance(v, dict) else v
+    return cls(**{k: frozen(v) for k, v in values.items()})
 
 
 def _suggest(word: str, options) -> str:
@@ -148,14 +197,21 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
 
 @dataclass(frozen=True)
 class JobSpec:
-    """A validated job. ``raw`` is the resolved mapping that ``job.yaml`` stores."""
+    """A validated job: typed, frozen sections (``spec.train.epochs``), built once from
+    ``raw``, the resolved mapping that ``job.yaml`` stores."""
 
     raw: dict
     source_file: str | None = None
+    model: ModelSpec = field(init=False, repr=False, compare=False)
+    data: DataSpec = field(init=False, repr=False, compare=False)
+    train: TrainSpec = field(init=False, repr=False, compare=False)
+    resources: ResourcesSpec = field(init=False, repr=False, compare=False)
+    checkpoint: CheckpointSpec = field(init=False, repr=False, compare=False)
+    failure: FailureSpec = field(init=False, repr=False, compare=False)
 
-    def __getitem__(self, dotted: str) -> Any:
-        section, _, key = dotted.partition(".")
-        return self.raw[section][key] if key else self.raw[section]
+    def __post_init__(self):
+        for name, cls in SECTIONS.items():
+            object.__setattr__(self, name, _section(cls, self.raw[name]))
 
     @property
     def name(self) -> str:
@@ -163,7 +219,7 @@ class JobSpec:
 
     @property
     def workers(self) -> int:
-        return int(self.raw["resources"]["workers"])
+        return int(self.resources.workers)
 
     def to_dict(self) -> dict:
         return copy.deepcopy(self.raw)
@@ -171,7 +227,12 @@ class JobSpec:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.raw, sort_keys=False, default_flow_style=None)
 
+    def with_overrides(self, overrides: list[str]) -> "JobSpec":
+        """This spec with ``--set``-style overrides applied and validated again."""
+        return spec_from_dict(apply_overrides(self.to_dict(), overrides), source_file=self.source_file)
+
     def digest(self, ignore: set[str] = frozenset()) -> str:
+        """A short hash of the spec without the ``ignore``d dotted fields."""
         d = self.to_dict()
         for dotted in ignore:
             section, _, key = dotted.partition(".")
@@ -182,19 +243,25 @@ class JobSpec:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def loop_config(self) -> LoopConfig:
-        m, t = self.raw["model"], self.raw["train"]
-        return LoopConfig(kind=m["kind"], num_classes=2 if m["kind"] == "binary" else m["num_classes"],
-                          hidden=tuple(m["hidden"]), epochs=t["epochs"], batch_size=t["batch_size"],
-                          learning_rate=t["learning_rate"], optimizer=t["optimizer"],
-                          weight_decay=t["weight_decay"], momentum=t["momentum"], init=t["init"],
-                          init_sigma=t["init_sigma"], seed=t["seed"], threshold=t["threshold"])
+        """The training loop's configuration (lr_core) for this job."""
+        m, t = self.model, self.train
+        return LoopConfig(kind=m.kind, num_classes=m.outputs_classes, hidden=m.hidden, epochs=t.epochs,
+                          batch_size=t.batch_size, learning_rate=t.learning_rate, optimizer=t.optimizer,
+                          weight_decay=t.weight_decay, momentum=t.momentum, init=t.init,
+                          init_sigma=t.init_sigma, seed=t.seed, threshold=t.threshold)
 
     def data_kwargs(self) -> dict:
-        d, m = self.raw["data"], self.raw["model"]
-        return dict(kind=m["kind"], num_classes=2 if m["kind"] == "binary" else m["num_classes"],
-                    seed=self.raw["train"]["seed"], path=d["path"], val_path=d["val_path"],
-                    val_fraction=d["val_fraction"], label_column=d["label_column"],
-                    label_map=d["label_map"], options=d["options"])
+        """Keyword arguments of ``lr_core.data.load_dataset`` for this job."""
+        d = self.data
+        return dict(kind=self.model.kind, num_classes=self.model.outputs_classes, seed=self.train.seed,
+                    path=d.path, val_path=d.val_path, val_fraction=d.val_fraction,
+                    label_column=d.label_column, label_map=d.label_map, options=d.options)
+
+    def load_data(self):
+        """The job's dataset (``lr_core.data.Dataset``), checked; bad data raises here."""
+        from lr_core.data import load_dataset
+
+        return load_dataset(self.data.source, **self.data_kwargs())
 
     def diff(self, other: "JobSpec") -> list[str]:
         """Dotted names of the fields that differ."""
@@ -228,7 +295,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
             raise SpecError(f"{section}: expected a mapping of fields, got {given!r}")
         for key in given:
             if key not in fields:
-                raise SpecError(f"{where}: unknown key '{section}.{key}'{_suggest(str(key), fields)}")
+                raise SpecError(f"{where}: unknown key {f'{section}.{key}'!r}{_suggest(str(key), fields)}")
         out = {}
         for key, f in fields.items():
             value = given[key] if key in given else copy.deepcopy(f.default)
@@ -247,28 +314,9 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
 
 def _cross_checks(raw: dict) -> None:
     d, m = raw["data"], raw["model"]
-    allowed = source_options(d["source"])
-    for key in d["options"]:
-        if key not in allowed:
-            hint = _suggest(str(key), sorted(allowed)) if allowed else f"; source {d['source']} takes no options"
-            raise SpecError(f"data.options: unknown option {key!r} for source {d['source']}{hint}")
-        v = d["options"][key]
-        if key in ("n_train", "n_val", "n_features"):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise SpecError(f"data.options.{key} must be an integer >= 1, got {v!r}")
-        elif isinstance(v, bool) or not isinstance(v, (int, float)) or (key != "boundary" and v <= 0):
-            raise SpecError(f"data.options.{key} must be a {'number' if key == 'boundary' else 'positive number'}, "
-                            f"got {v!r}")
-    if d["source"] in ("csv", "npz") and not d["path"]:
-        raise SpecError(f"data.path: source {d['source']} needs a file; set data.path")
-    if d["source"] == "synthetic-binary" and m["kind"] != "binary" or \
-            d["source"] == "synthetic-blobs" and m["kind"] != "binary":
-        raise SpecError(f"model.kind: source {d['source']} has binary labels; use model.kind: binary")
-    if d["source"] in ("mnist", "fashion-mnist", "digits") and m["kind"] == "softmax" and m["num_classes"] < 10:
-        raise SpecError(f"model.num_classes: {d['source']} has 10 classes, got {m['num_classes']}; set 10")
-    if d["source"] in ("mnist", "fashion-mnist", "digits") and m["kind"] == "binary" and not d["label_map"]:
-        raise SpecError(f"model.kind: {d['source']} has 10 classes; use kind: softmax, or map them to 0/1 "
-                        f"with data.label_map")
+    # Options, data.path, model.kind and class count: the rules each source declares.
+    check_source_spec(d["source"], kind=m["kind"], num_classes=m["num_classes"], path=d["path"],
+                      label_map=d["label_map"], options=d["options"])
     if d["label_map"]:
         for k, v in d["label_map"].items():
             if isinstance(k, bool):

@@ -4,14 +4,20 @@ Every source returns a :class:`Dataset` of float32 features and integer labels, 
 split into training and validation rows. Bad files raise :class:`DataError` with one
 line naming the file, row or column and the fix. Nothing here reads pickles.
 
-Sources (DESIGN.md): synthetic-binary, synthetic-blobs, mnist, fashion-mnist, digits,
+Sources (docs/design.md#data): synthetic-binary, synthetic-blobs, mnist, fashion-mnist, digits,
 csv, npz. MNIST-style sources read the four standard IDX files (raw or ``.gz``) from
 ``data.path`` or from the cache directory that ``.ci/install`` fills.
+
+Each source is a :class:`Source` in ``REGISTRY``: the ``data.options`` it takes, the
+rules it puts on a job (checked by :func:`check_source_spec`) and its loader, which
+:func:`load_dataset` calls by name. Every loader finishes its labels with
+:func:`finish_labels`.
 """
 from __future__ import annotations
 
 import csv
 import dataclasses
+import difflib
 import gzip
 import hashlib
 import math
@@ -19,19 +25,19 @@ import os
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .errors import DataError
+from .config import MODEL_KINDS
+from .errors import DataError, SpecError
 
 __all__ = [
-    "Dataset", "load_dataset", "SOURCES", "read_idx", "write_idx", "check_features",
-    "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
+    "Dataset", "load_dataset", "SOURCES", "REGISTRY", "Source", "Option", "LoadRequest",
+    "check_source_spec", "source_options", "finish_labels", "read_idx", "write_idx",
+    "check_features", "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
     "verify_idx_dir", "read_features_file", "holdout_split",
 ]
-
-SOURCES = ("synthetic-binary", "synthetic-blobs", "mnist", "fashion-mnist", "digits", "csv", "npz")
 
 # MD5 of the four standard, uncompressed MNIST files.
 MNIST_MD5 = {
@@ -248,12 +254,16 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str) -> np.n
             hint = ""
             if len(values) == 2:
                 hint = f"; re-encode with data.label_map: {{{values[0]}: 0, {values[1]}: 1}}"
-            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {shown}{hint}")
+            r = int(np.flatnonzero((yf != 0) & (yf != 1))[0])
+            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {shown} (first at row {r + 1})"
+                            f"{hint}")
     else:
         bad = [v for v in values if v < 0 or v >= num_classes]
         if bad:
+            r = int(np.flatnonzero((yf < 0) | (yf >= num_classes))[0])
             raise DataError(f"{where}: softmax labels must be integers in [0, {num_classes}), found "
-                            f"{bad[:5]}; raise model.num_classes or re-encode with data.label_map")
+                            f"{bad[:5]} (first at row {r + 1}); raise model.num_classes or re-encode with "
+                            f"data.label_map")
     return yf.astype(np.int64)
 
 
@@ -378,50 +388,215 @@ def _read_csv(path: Path, label_column: str | None, require_labels: bool):
     return x, y, columns
 
 
-def _load_file(path: str, kind: str, num_classes: int, label_column: str,
-               label_map: Mapping | None, num_features: int | None = None):
-    x, y, columns = read_features_file(path, label_column)
+# --------------------------------------------------------------------------- what a loader gets
+@dataclass(frozen=True)
+class LoadRequest:
+    """The job's ``data`` section and model kind, as one source's loader receives them.
+
+    ``options`` holds every option the source declares, defaults filled in and converted
+    to the declared type.
+    """
+
+    source: str
+    kind: str
+    num_classes: int
+    seed: int
+    path: str | None = None
+    val_path: str | None = None
+    val_fraction: float = 0.1
+    label_column: str = "label"
+    label_map: Mapping | None = None
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def finish_labels(request: LoadRequest, where: str, *labels: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Finish label arrays the one way every source does: ``data.label_map`` on every
+    array, then :func:`check_labels` on every array. ``where`` names the data in errors.
+
+    A source with its own validation rows passes both arrays in one call, so a label the
+    map lacks is reported before a bad class. A source without them finishes its labels,
+    then holds out rows with :func:`holdout_split` and the request's ``val_fraction``
+    and ``seed``.
+    """
+    if request.label_map:
+        labels = tuple(apply_label_map(np.asarray(y, dtype=object), request.label_map, where) for y in labels)
+    return tuple(check_labels(np.asarray(y), request.kind, request.num_classes, where) for y in labels)
+
+
+# --------------------------------------------------------------------------- loaders
+def _read_labelled(request: LoadRequest, path: str, num_features: int | None = None):
+    """One CSV/NPZ file: labels finished first, then the features checked."""
+    x, y, columns = read_features_file(path, request.label_column)
     where = str(Path(path).expanduser())
-    if label_map:
-        y = apply_label_map(np.asarray(y, dtype=object), label_map, where)
-    y = check_labels(np.asarray(y), kind, num_classes, where)
+    (y,) = finish_labels(request, where, y)
     if len(y) != len(x):
         raise DataError(f"{where}: {len(x)} feature rows but {len(y)} labels; they must match")
     x = check_features(np.asarray(x), where, num_features, columns)
     return x, y, columns
 
 
-# --------------------------------------------------------------------------- synthetic
-def _synthetic_binary(opts: Mapping, seed: int):
-    n_train, n_val = int(opts.get("n_train", 1000)), int(opts.get("n_val", 100))
-    d, boundary = int(opts.get("n_features", 10)), float(opts.get("boundary", 3.0))
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n_train + n_val, d)).astype(np.float32)
+def _load_table(request: LoadRequest) -> Dataset:
+    path = request.path
+    x, y, columns = _read_labelled(request, path)
+    if request.val_path:
+        x_va, y_va, _ = _read_labelled(request, request.val_path, x.shape[1])
+        x_tr, y_tr = x, y
+    else:
+        x_tr, y_tr, x_va, y_va = holdout_split(x, y, request.val_fraction, request.seed, str(path))
+    return Dataset(x_tr, y_tr, x_va, y_va, source=request.source, description=f"{path}",
+                   extra={"columns": columns})
+
+
+def _load_idx(request: LoadRequest) -> Dataset:
+    ds = _load_idx_source(request.source, request.path)
+    where = f"{request.source} ({request.path or data_home() / request.source})"
+    y_tr, y_va = finish_labels(request, where, ds.y_train, ds.y_val)
+    return dataclasses.replace(ds, y_train=y_tr, y_val=y_va)
+
+
+def _load_digits(request: LoadRequest) -> Dataset:
+    from sklearn.datasets import load_digits  # bundled with scikit-learn: offline
+
+    bunch = load_digits()
+    x = (bunch.data / 16.0).astype(np.float32)
+    (y,) = finish_labels(request, "digits", bunch.target.astype(np.int64))
+    x_tr, y_tr, x_va, y_va = holdout_split(x, y, request.val_fraction, request.seed, "digits")
+    return Dataset(x_tr, y_tr, x_va, y_va, source=request.source, image_shape=(8, 8),
+                   description="scikit-learn 8x8 digits (1797 images)")
+
+
+def _synthetic(request: LoadRequest, x: np.ndarray, y: np.ndarray, description: str) -> Dataset:
+    """The first ``n_train`` generated rows train, the next ``n_val`` validate."""
+    n_train = request.options["n_train"]
+    y_tr, y_va = finish_labels(request, f"data.source {request.source}", y[:n_train], y[n_train:])
+    return Dataset(x[:n_train], y_tr, x[n_train:], y_va, source=request.source, description=description)
+
+
+def _load_synthetic_binary(request: LoadRequest) -> Dataset:
+    o = request.options
+    d, boundary = o["n_features"], o["boundary"]
+    rng = np.random.default_rng(request.seed)
+    x = rng.standard_normal((o["n_train"] + o["n_val"], d)).astype(np.float32)
     y = (x.sum(axis=1) > boundary).astype(np.int64)
-    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], f"x ~ N(0,1)^{d}, y = sum(x) > {boundary:g}"
+    return _synthetic(request, x, y, f"x ~ N(0,1)^{d}, y = sum(x) > {boundary:g}")
 
 
-def _synthetic_blobs(opts: Mapping, seed: int):
-    n_train, n_val = int(opts.get("n_train", 400)), int(opts.get("n_val", 100))
-    d, sep = int(opts.get("n_features", 2)), float(opts.get("separation", 4.0))
-    rng = np.random.default_rng(seed)
-    n = n_train + n_val
+def _load_synthetic_blobs(request: LoadRequest) -> Dataset:
+    o = request.options
+    d, sep = o["n_features"], o["separation"]
+    rng = np.random.default_rng(request.seed)
+    n = o["n_train"] + o["n_val"]
     y = rng.integers(0, 2, size=n).astype(np.int64)
     direction = np.ones(d) / np.sqrt(d)
     centres = np.stack([-direction * sep / 2, direction * sep / 2])
     x = (centres[y] + rng.standard_normal((n, d))).astype(np.float32)
-    return x[:n_train], y[:n_train], x[n_train:], y[n_train:], f"two N(c, I) blobs in {d}-D, centres {sep:g} apart"
+    return _synthetic(request, x, y, f"two N(c, I) blobs in {d}-D, centres {sep:g} apart")
 
 
-_OPTIONS = {
-    "synthetic-binary": {"n_train", "n_val", "n_features", "boundary"},
-    "synthetic-blobs": {"n_train", "n_val", "n_features", "separation"},
-}
+# --------------------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class Option:
+    """One key of ``data.options``: its type, default and sign.
+
+    ``type`` int takes whole numbers, float takes ints and floats; booleans are refused
+    (YAML reads ``yes`` as True). ``positive`` refuses values <= 0.
+    """
+
+    type: type
+    default: int | float
+    positive: bool = False
+
+    @property
+    def expect(self) -> str:
+        """The phrase after "data.options.KEY must be" in an error."""
+        if self.type is int:
+            return "an integer >= 1" if self.positive else "an integer"
+        return "a positive number" if self.positive else "a number"
+
+    def accepts(self, value: Any) -> bool:
+        """Whether ``value``, as the spec gives it, is a valid setting."""
+        kinds = int if self.type is int else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            return False
+        return not (self.positive and value <= 0)
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data source: its loader and every rule it puts on a job's spec.
+
+    :func:`check_source_spec` enforces the rules, :func:`load_dataset` calls ``load``.
+    """
+
+    name: str
+    load: Callable[[LoadRequest], Dataset]
+    options: Mapping[str, Option] = field(default_factory=dict)  # the data.options it takes
+    needs_path: bool = False                  # data.path must name a file
+    kinds: tuple[str, ...] = MODEL_KINDS      # the model.kind values its labels suit
+    classes: int | None = None                # how many classes its labels have, when fixed
+
+
+# Every source by name: load_dataset and check_source_spec look them up here. The order
+# is the order data.source lists its choices in.
+REGISTRY: dict[str, Source] = {s.name: s for s in (
+    Source("synthetic-binary", _load_synthetic_binary, kinds=("binary",), options={
+        "n_train": Option(int, 1000, positive=True), "n_val": Option(int, 100, positive=True),
+        "n_features": Option(int, 10, positive=True), "boundary": Option(float, 3.0)}),
+    Source("synthetic-blobs", _load_synthetic_blobs, kinds=("binary",), options={
+        "n_train": Option(int, 400, positive=True), "n_val": Option(int, 100, positive=True),
+        "n_features": Option(int, 2, positive=True), "separation": Option(float, 4.0, positive=True)}),
+    Source("mnist", _load_idx, classes=10),
+    Source("fashion-mnist", _load_idx, classes=10),
+    Source("digits", _load_digits, classes=10),
+    Source("csv", _load_table, needs_path=True),
+    Source("npz", _load_table, needs_path=True),
+)}
+# The names data.source accepts.
+SOURCES = tuple(REGISTRY)
 
 
 def source_options(source: str) -> set[str]:
     """The keys ``data.options`` accepts for ``source``."""
-    return set(_OPTIONS.get(source, set()))
+    return set(REGISTRY[source].options) if source in REGISTRY else set()
+
+
+def _needs_path(source: str) -> str:
+    return f"data.path: source {source} needs a file; set data.path"
+
+
+def _suggest(word: str, options: list[str]) -> str:
+    near = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(options)}"
+
+
+def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | None,
+                      label_map: Mapping | None, options: Mapping) -> None:
+    """Check a job's ``data`` and ``model`` sections against the rules ``source`` declares.
+
+    Raises :class:`SpecError` naming the field, what the source needs and the fix.
+    """
+    src = REGISTRY.get(source)
+    if src is None:
+        raise SpecError(f"data.source: unknown source {source!r}; choose one of {', '.join(REGISTRY)}")
+    for key, value in options.items():
+        option = src.options.get(key)
+        if option is None:
+            hint = _suggest(str(key), sorted(src.options)) if src.options else f"; source {source} takes no options"
+            raise SpecError(f"data.options: unknown option {key!r} for source {source}{hint}")
+        if not option.accepts(value):
+            raise SpecError(f"data.options.{key} must be {option.expect}, got {value!r}")
+    if src.needs_path and not path:
+        raise SpecError(_needs_path(source))
+    if kind not in src.kinds:
+        raise SpecError(f"model.kind: source {source} has {'/'.join(src.kinds)} labels; "
+                        f"use model.kind: {' or '.join(src.kinds)}")
+    if src.classes is not None:
+        if kind == "softmax" and num_classes < src.classes:
+            raise SpecError(f"model.num_classes: {source} has {src.classes} classes, got {num_classes}; "
+                            f"set {src.classes}")
+        if kind == "binary" and src.classes > 2 and not label_map:
+            raise SpecError(f"model.kind: {source} has {src.classes} classes; use kind: softmax, or map them "
+                            f"to 0/1 with data.label_map")
 
 
 # --------------------------------------------------------------------------- entry point
@@ -430,43 +605,12 @@ def load_dataset(source: str, *, kind: str, num_classes: int, seed: int, path: s
                  label_map: Mapping | None = None, options: Mapping | None = None) -> Dataset:
     """Load and check one dataset as the job spec's ``data`` section describes it."""
     options = dict(options or {})
-    if source in ("synthetic-binary", "synthetic-blobs"):
-        gen = _synthetic_binary if source == "synthetic-binary" else _synthetic_blobs
-        x_tr, y_tr, x_va, y_va, desc = gen(options, seed)
-        where = f"data.source {source}"
-        if label_map:
-            y_tr, y_va = (apply_label_map(y.astype(object), label_map, where) for y in (y_tr, y_va))
-        y_tr, y_va = (check_labels(y, kind, num_classes, where) for y in (y_tr, y_va))
-        return Dataset(x_tr, y_tr, x_va, y_va, source=source, description=desc)
-    if source in ("mnist", "fashion-mnist"):
-        ds = _load_idx_source(source, path)
-        where = f"{source} ({path or data_home() / source})"
-        y_tr, y_va = ds.y_train, ds.y_val
-        if label_map:
-            y_tr, y_va = (apply_label_map(y.astype(object), label_map, where) for y in (y_tr, y_va))
-        y_tr, y_va = (check_labels(y, kind, num_classes, where) for y in (y_tr, y_va))
-        return dataclasses.replace(ds, y_train=y_tr, y_val=y_va)
-    if source == "digits":
-        from sklearn.datasets import load_digits  # bundled with scikit-learn: offline
-
-        bunch = load_digits()
-        x = (bunch.data / 16.0).astype(np.float32)
-        y = bunch.target.astype(np.int64)
-        if label_map:
-            y = apply_label_map(y.astype(object), label_map, "digits")
-        y = check_labels(y, kind, num_classes, "digits")
-        x_tr, y_tr, x_va, y_va = holdout_split(x, y, val_fraction, seed, "digits")
-        return Dataset(x_tr, y_tr, x_va, y_va, source=source, image_shape=(8, 8),
-                       description="scikit-learn 8x8 digits (1797 images)")
-    if source in ("csv", "npz"):
-        if not path:
-            raise DataError(f"data.path: source {source} needs a file; set data.path")
-        x, y, columns = _load_file(path, kind, num_classes, label_column, label_map)
-        if val_path:
-            x_va, y_va, _ = _load_file(val_path, kind, num_classes, label_column, label_map, x.shape[1])
-            x_tr, y_tr = x, y
-        else:
-            x_tr, y_tr, x_va, y_va = holdout_split(x, y, val_fraction, seed, str(path))
-        return Dataset(x_tr, y_tr, x_va, y_va, source=source, description=f"{path}",
-                       extra={"columns": columns})
-    raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(SOURCES)}")
+    src = REGISTRY.get(source)
+    if src is None:
+        raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(REGISTRY)}")
+    if src.needs_path and not path:
+        raise DataError(_needs_path(source))
+    filled = {key: o.type(options.get(key, o.default)) for key, o in src.options.items()}
+    return src.load(LoadRequest(source, kind, num_classes, seed, path=path, val_path=val_path,
+                                val_fraction=val_fraction, label_column=label_column,
+                                label_map=label_map, options=filled))

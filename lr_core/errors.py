@@ -1,7 +1,7 @@
 """Errors meant for people: one line naming the field, file or row, what was expected,
 what was found, and the fix. Every class pickles, so it survives crossing a Ray actor.
 
-Exit codes (DESIGN.md): ``LrjobInputError`` and subclasses -> 2, ``LrjobRuntimeError`` -> 1.
+Exit codes (docs/design.md#exit-codes): ``LrjobInputError`` and subclasses -> 2, ``LrjobRuntimeError`` -> 1.
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def pytest_sessionstart(session):
 def ray_session():
     import ray
 
-    from launcher.cluster import ray_init_kwargs
+    from launcher.backends.cluster import ray_init_kwargs
     from launcher.quiet import silence_known_noise
 
     silence_known_noise()

@@ -128,7 +128,7 @@ def test_validate_prints_resolved_spec():
 
 
 def test_determinism_two_runs_identical(tmp_path):
-    from launcher.runner import run_job
+    from launcher.driver import run_job
     from launcher.spec import load_spec
 
     spec = load_spec("jobs/binary_synthetic.yaml", ["resources.workers=0", "train.epochs=3"])

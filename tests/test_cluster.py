@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.cluster import ResourceError
-from launcher.runner import run_job
+from launcher.backends.cluster import ResourceError
+from launcher.driver import run_job
 from launcher.spec import load_spec
 from lr_core.errors import ClusterError
 
@@ -24,7 +24,7 @@ def _clean_env():
 
 
 def test_logical_gpus_each_worker_sees_its_own_device(ray_session):
-    from launcher.backends import probe_devices
+    from launcher.backends.ray_horovod import probe_devices
 
     info = probe_devices(2, cpus_per_worker=1, gpus_per_worker=1)
     assert sorted(i["rank"] for i in info) == [0, 1]

@@ -1,14 +1,14 @@
 """Real Ray + real Horovod workers against the in-process reference run (no mocks).
 
-Parity rule (DESIGN.md): parameters within 1e-5 (linear) / 1e-4 (hidden layers), every
+Parity rule (docs/design.md#parity-rule): parameters within 1e-5 (linear) / 1e-4 (hidden layers), every
 metric within 1e-6, for any worker count, with remainders: the train sizes here divide
 by neither N nor the batch size, and the batch (7) is smaller than 2N for N = 4.
 """
 import numpy as np
 import pytest
 
-from launcher.parity import compare
-from launcher.runner import run_job
+from launcher.report.parity import compare
+from launcher.driver import DriverOptions, RunHooks, run_job
 from launcher.spec import load_spec
 
 pytestmark = pytest.mark.distributed
@@ -32,7 +32,7 @@ def _spec(case, workers, extra=()):
 def reference(case, tmp_path_factory):
     if case not in _reference:
         _reference[case] = run_job(_spec(case, 0), output=tmp_path_factory.mktemp("ref") / case,
-                                   record_shards=True)
+                                   options=DriverOptions(hooks=RunHooks(record_shards=True)))
     return _reference[case]
 
 
@@ -41,9 +41,10 @@ def reference(case, tmp_path_factory):
 def test_parity_with_single_process(ray_session, tmp_path, tmp_path_factory, case, workers):
     ref = reference(case, tmp_path_factory)
     spec = _spec(case, workers)
-    dist = run_job(spec, output=tmp_path / "dist", collect_rank_params=True, record_shards=True)
+    dist = run_job(spec, output=tmp_path / "dist",
+                   options=DriverOptions(hooks=RunHooks(record_shards=True, collect_rank_params=True)))
     assert len({p["pid"] for p in dist.placement}) == workers
-    report = compare(ref.params, ref.history, dist.params, dist.history, spec["model.hidden"], workers)
+    report = compare(ref, dist, spec.model.hidden, workers)
     print(report.render())
     assert report.ok, report.render()
     # every rank holds bit-identical parameters
@@ -56,8 +57,8 @@ def test_parity_with_single_process(ray_session, tmp_path, tmp_path_factory, cas
             assert np.array_equal(ref.params[name], dist.params[name]), name
     # the shards cover every training row exactly once per epoch, in global-batch order
     n = len(ref.shard_logs[0][0])
-    B = spec["train.batch_size"]
-    for epoch in range(spec["train.epochs"]):
+    B = spec.train.batch_size
+    for epoch in range(spec.train.epochs):
         ref_order = ref.shard_logs[0][epoch]
         seen = np.concatenate([log[epoch] for log in dist.shard_logs])
         assert sorted(seen.tolist()) == list(range(n))
@@ -75,7 +76,7 @@ def test_parity_binary_2d_linear(ray_session, tmp_path):
     spec3 = load_spec("jobs/binary_2d.yaml", ["resources.workers=3", "train.epochs=3"])
     ref = run_job(spec0, output=tmp_path / "ref")
     dist = run_job(spec3, output=tmp_path / "dist")
-    report = compare(ref.params, ref.history, dist.params, dist.history, (), 3)
+    report = compare(ref, dist, (), 3)
     assert report.ok, report.render()
     assert report.max_param_diff <= 1e-5
 
@@ -99,5 +100,5 @@ def test_parity_other_optimizers_and_weight_decay(ray_session, tmp_path, optimiz
              "train.momentum=0.5" if optimizer == "nag" else "train.momentum=0.0"]
     ref = run_job(_spec("digits_softmax", 0, extra), output=tmp_path / "ref")
     dist = run_job(_spec("digits_softmax", 3, extra), output=tmp_path / "dist")
-    report = compare(ref.params, ref.history, dist.params, dist.history, (), 3)
+    report = compare(ref, dist, (), 3)
     assert report.ok, report.render()

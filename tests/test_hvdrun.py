@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from launcher.rundir import latest_checkpoint
-from launcher.runner import run_job
+from launcher.driver import run_job
 from launcher.spec import load_spec
 
 pytestmark = pytest.mark.distributed

@@ -17,14 +17,14 @@ import yaml
 
 import kubernetes_validate  # a dev pin (requirements-dev.txt): missing means run .ci/install
 
-from launcher import k8s  # noqa: E402
+from launcher.deploy import k8s  # noqa: E402
 from launcher.cli import build_parser  # noqa: E402
 from launcher.spec import load_spec, spec_from_dict  # noqa: E402
 from lr_core.errors import SpecError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
-REFRESH = "python -m launcher.k8s --write k8s/"
+REFRESH = "python -m launcher.deploy.k8s --write k8s/"
 # The newest Kubernetes schema the installed kubernetes-validate ships.
 K8S_VERSION = kubernetes_validate.latest_version()
 FILES = sorted(p.name for p in K8S.glob("*.yaml"))
@@ -167,13 +167,13 @@ def _check_spec_configmap(docs, name):
 
 
 def _check_worker_pods(template, replicas, spec, image):
-    want_gpus = spec["resources.workers"] * spec["resources.gpus_per_worker"]
+    want_gpus = spec.resources.workers * spec.resources.gpus_per_worker
     (c,) = template["spec"]["containers"]
     r = c["resources"]
     assert r["requests"] == r["limits"]
-    assert _cpus(r["limits"]["cpu"]) == spec["resources.cpus_per_worker"]
+    assert _cpus(r["limits"]["cpu"]) == spec.resources.cpus_per_worker
     assert r["limits"]["memory"]
-    assert replicas == spec["resources.workers"]
+    assert replicas == spec.resources.workers
     assert replicas * int(r["limits"].get("nvidia.com/gpu", "0")) == want_gpus
     tolerations = template["spec"].get("tolerations", [])
     assert bool(want_gpus) == any(t["key"] == "nvidia.com/gpu" and t["effect"] == "NoSchedule" for t in tolerations)
@@ -182,7 +182,7 @@ def _check_worker_pods(template, replicas, spec, image):
 
 
 def _image_for(spec) -> str:
-    return k8s.gpu_image(k8s.DEFAULT_IMAGE) if spec["resources.gpus_per_worker"] else k8s.DEFAULT_IMAGE
+    return k8s.gpu_image(k8s.DEFAULT_IMAGE) if spec.resources.gpus_per_worker else k8s.DEFAULT_IMAGE
 
 
 def _check_ray_cluster(cluster, spec, interactive):
@@ -196,7 +196,7 @@ def _check_ray_cluster(cluster, spec, interactive):
     assert hc["image"] == _image_for(spec) and "nvidia.com/gpu" not in hc["resources"]["limits"]
     # A GPU image's head (no GPU) imports mxnet-cu112 with the CUDA stub in place of the driver.
     env = {e["name"]: e["value"] for e in hc.get("env", [])}
-    assert env == ({"LD_LIBRARY_PATH": k8s.CUDA_STUB_DIR} if spec["resources.gpus_per_worker"] else {})
+    assert env == ({"LD_LIBRARY_PATH": k8s.CUDA_STUB_DIR} if spec.resources.gpus_per_worker else {})
     assert {p["containerPort"] for p in hc["ports"]} >= {6379, 8265, 10001}
     assert {(m["mountPath"], m.get("readOnly", False)) for m in hc["volumeMounts"]} == \
         {(k8s.SPEC_DIR, True), (k8s.RUNS_DIR, False)}
@@ -288,7 +288,7 @@ def test_render_is_deterministic_and_applies_workers_and_gpus():
     assert a == k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=2, kind="rayjob")
     docs = [d for d in yaml.safe_load_all(a) if d]
     resolved = spec_from_dict(yaml.safe_load(_one(docs, "ConfigMap")["data"]["job.yaml"]))
-    assert resolved.workers == 3 and resolved["resources.gpus_per_worker"] == 2
+    assert resolved.workers == 3 and resolved.resources.gpus_per_worker == 2
     group = _one(docs, "RayJob")["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
     assert group["replicas"] == 3
     assert group["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"

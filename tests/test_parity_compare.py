@@ -1,4 +1,4 @@
-"""The parity verdict (``launcher.parity``) on crafted runs: parameters within 1e-5
+"""The parity verdict (``launcher.report.parity``) on crafted runs: parameters within 1e-5
 (linear) or 1e-4 (hidden layers), every reported metric within 1e-6 over all epochs,
 timings ignored; anything that cannot be compared (NaN, a missing parameter or metric,
 a shape or epoch-count mismatch) fails the verdict instead of passing or crashing."""
@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 
-from launcher.parity import METRIC_TOLERANCE, TIMING_KEYS, ParityReport, compare, param_tolerance
+from launcher.report.parity import METRIC_TOLERANCE, TIMING_KEYS, Outcome, ParityReport, compare, param_tolerance
 
 W, B = "lrjob_layer0_weight", "lrjob_layer0_bias"
 
@@ -25,8 +25,8 @@ def _history(epochs=3):
 
 
 def _compare(params, history, hidden=(), ref_params=None, ref_history=None, workers=3) -> ParityReport:
-    return compare(_params() if ref_params is None else ref_params, _history() if ref_history is None else ref_history,
-                   params, history, hidden, workers)
+    ref = Outcome(_params() if ref_params is None else ref_params, _history() if ref_history is None else ref_history)
+    return compare(ref, Outcome(params, history), hidden, workers)
 
 
 def _param_row(report, name):

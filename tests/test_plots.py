@@ -11,9 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from launcher import plots
-from launcher.plots import boundary_line, linear_parameters, pick_samples, write_plots
-from launcher.runner import run_job
+from launcher.report import plots
+from launcher.report.plots import boundary_line, linear_parameters, pick_samples, write_plots
+from launcher.driver import run_job
 from launcher.spec import load_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -103,10 +103,9 @@ def test_drawn_boundary_is_where_the_model_is_undecided(runs, monkeypatch, caplo
         return seg
 
     monkeypatch.setattr(plots, "boundary_line", spy)
-    from launcher.runner import load_job_data
 
-    with caplog.at_level(logging.WARNING, logger="launcher.plots"):
-        written = write_plots(run_dir, spec, load_job_data(spec), res.history)
+    with caplog.at_level(logging.WARNING, logger="launcher.report.plots"):
+        written = write_plots(run_dir, spec, spec.load_data(), res.history)
     assert not caplog.records, caplog.text  # every picture drawn, none skipped
     assert [p.name for p in written] == ["curves.png", "boundary.png", "report.html"]
     assert len(calls) == 1

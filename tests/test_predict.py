@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from launcher.runner import run_job
+from launcher.driver import run_job
 from launcher.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent

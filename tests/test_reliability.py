@@ -16,7 +16,7 @@ import psutil
 import pytest
 
 from launcher.rundir import latest_checkpoint, list_checkpoints, load_checkpoint
-from launcher.runner import run_job
+from launcher.driver import run_job
 from launcher.spec import load_spec
 from lr_core.errors import DivergenceError, SpecError
 

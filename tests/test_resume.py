@@ -12,7 +12,7 @@ import pytest
 
 from launcher.backends import InProcessBackend
 from launcher.rundir import latest_checkpoint, list_checkpoints
-from launcher.runner import load_job_data, run_job
+from launcher.driver import DriverOptions, run_job
 from launcher.spec import load_spec
 from lr_core.loop import TrainingLoop
 
@@ -29,7 +29,7 @@ class _CountingBackend(InProcessBackend):
     """The in-process backend, recording which epochs it was asked to run."""
 
     def __init__(self, spec, ran: list):
-        super().__init__(spec.loop_config(), load_job_data(spec))
+        super().__init__(spec.loop_config(), spec.load_data())
         self.ran = ran
 
     def run_epoch(self, epoch, progress=None, timeout_s=None):
@@ -38,7 +38,7 @@ class _CountingBackend(InProcessBackend):
 
 
 def _counting_run(spec, ran, **kw):
-    return run_job(spec, backend_factory=lambda: _CountingBackend(spec, ran), **kw)
+    return run_job(spec, options=DriverOptions(backend_factory=lambda: _CountingBackend(spec, ran)), **kw)
 
 
 def test_resume_runs_only_the_remaining_epochs_and_keeps_the_earlier_records(tmp_path):
@@ -81,7 +81,7 @@ def test_an_altered_checkpoint_changes_the_result_as_predicted(tmp_path):
     # Prediction: the same loop, started from the altered parameters and the saved
     # optimizer state, run for epochs 4 and 5.
     spec = _spec("train.epochs=5")
-    loop = TrainingLoop(spec.loop_config(), load_job_data(spec))
+    loop = TrainingLoop(spec.loop_config(), spec.load_data())
     loop.set_state({**ckpt, "params": altered})
     predicted = [loop.run_epoch(e) for e in (3, 4)]
     want = loop.get_params()

@@ -10,7 +10,7 @@ JOBS = ["jobs/binary_synthetic.yaml", "jobs/mnist_softmax.yaml", "jobs/digits_so
 @pytest.mark.parametrize("job", JOBS)
 def test_shipped_jobs_validate(job):
     spec = load_spec(job)
-    assert spec.name and spec["train.epochs"] >= 1
+    assert spec.name and spec.train.epochs >= 1
     # the resolved spec reads back to the same spec
     again = spec_from_dict(__import__("yaml").safe_load(spec.to_yaml()))
     assert again.raw == spec.raw
@@ -18,7 +18,7 @@ def test_shipped_jobs_validate(job):
 
 def test_defaults_fill_in():
     spec = spec_from_dict({"model": {"kind": "binary"}})
-    assert spec["train.batch_size"] == 64 and spec["checkpoint.keep"] == 3 and spec["resources.workers"] == 2
+    assert spec.train.batch_size == 64 and spec.checkpoint.keep == 3 and spec.resources.workers == 2
 
 
 BAD = [
@@ -54,15 +54,15 @@ def test_bad_specs(doc, message):
 def test_overrides_and_paths(tmp_path):
     (tmp_path / "job.yaml").write_text("name: t\nmodel: {kind: binary}\ndata: {source: csv, path: d.csv}\n")
     spec = load_spec(tmp_path / "job.yaml", ["train.epochs=3", "data.options={}", "resources.workers=0"])
-    assert spec["train.epochs"] == 3 and spec["resources.workers"] == 0
-    assert spec["data.path"] == str(tmp_path / "d.csv")  # relative to the spec file
+    assert spec.train.epochs == 3 and spec.resources.workers == 0
+    assert spec.data.path == str(tmp_path / "d.csv")  # relative to the spec file
     with pytest.raises(SpecError, match="unknown field 'epoch'"):
         load_spec(tmp_path / "job.yaml", ["train.epoch=3"])
     with pytest.raises(SpecError, match="expected section.field=value"):
         load_spec(tmp_path / "job.yaml", ["train.epochs"])
     with pytest.raises(SpecError, match="train.epochs is not a mapping"):
         load_spec(tmp_path / "job.yaml", ["train.epochs.x=3"])
-    assert load_spec(tmp_path / "job.yaml", ["train.learning_rate=1e-3"])["train.learning_rate"] == 0.001
+    assert load_spec(tmp_path / "job.yaml", ["train.learning_rate=1e-3"]).train.learning_rate == 0.001
 
 
 def test_malformed_yaml(tmp_path):

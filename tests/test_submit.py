@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 from launcher.rundir import latest_checkpoint
-from launcher.runner import run_job
+from launcher.driver import run_job
 from launcher.spec import load_spec
 
 pytestmark = pytest.mark.distributed
@@ -111,3 +112,36 @@ def test_stop_ends_a_long_job_as_stopped(head, tmp_path):
 def test_unknown_job_id_is_a_clear_error(head):
     r = lrjob(head, "status", "no-such-job", "--address", head["address"])
     assert r.returncode == 2 and "no such job" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_logs_follow_streams_until_the_job_ends(head, tmp_path):
+    out = tmp_path / "followed"
+    epochs = 12
+    r = lrjob(head, "submit", "jobs/binary_synthetic.yaml", "--address", head["address"], "--workers", 2,
+              "--set", f"train.epochs={epochs}", "--output", out, "--id", "lrjob-test-follow")
+    assert r.returncode == 0, r.stdout + r.stderr
+    follow = subprocess.Popen([LRJOB, "logs", "lrjob-test-follow", "--follow", "--address", head["address"]],
+                              cwd=ROOT, env=head["env"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    watchdog = threading.Timer(240, follow.kill)  # a job that never ends must not hang the test
+    watchdog.start()
+    try:
+        lines, streamed = [], None
+        for line in follow.stdout:  # read as the job runs
+            lines.append(line)
+            if streamed is None and line.strip().startswith(f"1/{epochs} "):
+                # the first epoch is printed while the run is far from done
+                streamed = not (out / "checkpoints" / f"epoch-{epochs:04d}").exists()
+        code = follow.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    text = "".join(lines)
+    assert code == 0, text[-2000:] + follow.stderr.read()[-2000:]
+    assert streamed is True, text[-3000:]
+    assert f"{epochs}/{epochs}" in text and "completed" in text and str(out) in text, text[-2000:]
+    # --follow returns once the job has ended
+    status = lrjob(head, "status", "lrjob-test-follow", "--address", head["address"])
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"

@@ -1,7 +1,7 @@
 """The tutorials' tables, reproduced with their settings (in-process runs)."""
 import pytest
 
-from launcher.runner import run_job
+from launcher.driver import run_job
 from launcher.spec import load_spec
 from lr_core.data import data_home, verify_idx_dir
 

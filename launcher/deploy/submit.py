@@ -21,8 +21,8 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
-from .cluster import require_listening
-from .rundir import utc_stamp
+from ..backends.cluster import require_listening, use_ray_token_if_present
+from ..rundir import utc_stamp
 
 __all__ = ["submit", "client_for", "TERMINAL"]
 
@@ -43,11 +43,11 @@ def client_for(address: str | None, timeout: float = 5.0):
     """A ``JobSubmissionClient`` after a bounded check that the dashboard answers."""
     address = _address(address)
     parsed = urlparse(address)
-    require_listening(address, parsed.hostname, parsed.port or 8265, "Ray dashboard",
+    require_listening(address, (parsed.hostname, parsed.port or 8265), "Ray dashboard",
                       "start one with `ray start --head --dashboard-host 0.0.0.0` or check the address", timeout)
     from ray.job_submission import JobSubmissionClient
 
-    _use_ray_token_if_present()
+    use_ray_token_if_present()
     try:
         return JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - the client raises plain exceptions
@@ -56,18 +56,6 @@ def client_for(address: str | None, timeout: float = 5.0):
             raise LrjobInputError(f"--address {address}: the cluster wants its token ({first[:150]}); copy the "
                                   f"head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN") from None
         raise ClusterError(f"--address {address}: the Ray Jobs API did not answer ({first[:200]})") from e
-
-
-def _use_ray_token_if_present() -> None:
-    """Ray 2.60 clusters started with `ray start` require a token; the Jobs client sends
-    it only once token mode is switched on in this process. Use ~/.ray/auth_token (or
-    RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) when there is one, as Ray's own CLI does."""
-    try:
-        from ray._private.authentication.authentication_token_setup import (
-            maybe_enable_token_auth_if_token_available)
-    except ImportError:  # another Ray version: its client handles tokens itself
-        return
-    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
 
 
 def _job_info(client, job_id: str):
@@ -79,13 +67,16 @@ def _job_info(client, job_id: str):
 
 
 def submit(spec, *, address: str | None, output: str | None = None, wait: bool = False,
-           submission_id: str | None = None, out=sys.stdout) -> int:
+           submission_id: str | None = None) -> int:
+    """Submit ``spec`` as a Ray job (entrypoint ``lrjob run``); with ``wait``, follow its
+    logs to the end and return its exit code."""
+    out = sys.stdout
     client = client_for(address)
     job_id = submission_id or f"lrjob-{spec.name}-{utc_stamp()}"
-    for key in ("data.path", "data.val_path"):
-        if spec[key]:
+    for key, value in (("data.path", spec.data.path), ("data.val_path", spec.data.val_path)):
+        if value:
             # the spec travels, the data does not: the path must exist where the driver runs
-            sys.stderr.write(f"lrjob: note: {key} {spec[key]} must exist at that path on the cluster's driver "
+            sys.stderr.write(f"lrjob: note: {key} {value} must exist at that path on the cluster's driver "
                              f"node (shared storage or the image)\n")
     run_dir = output or f"$HOME/lrjob-runs/{spec.name}-{utc_stamp()}"
     with tempfile.TemporaryDirectory(prefix="lrjob-submit-") as tmp:

@@ -46,9 +46,22 @@ def worker_env(cpus_per_worker: float) -> dict[str, str]:
     return env
 
 
-def require_listening(address: str, host: str | None, port: int, what: str, fix: str,
+def use_ray_token_if_present() -> None:
+    """Ray 2.60 clusters started with `ray start` require a token; the Jobs client sends
+    it only once token mode is switched on in this process. Use ~/.ray/auth_token (or
+    RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) when there is one, as Ray's own CLI does."""
+    try:
+        from ray._private.authentication.authentication_token_setup import (
+            maybe_enable_token_auth_if_token_available)
+    except ImportError:  # another Ray version: its client handles tokens itself
+        return
+    maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def require_listening(address: str, endpoint: tuple[str | None, int], what: str, fix: str,
                       timeout: float = 5.0) -> None:
     """Bounded wait: a TCP connect to host:port, else a one-line input error (exit 2)."""
+    host, port = endpoint
     if not host:
         raise LrjobInputError(f"--address {address!r}: expected HOST:PORT (e.g. 127.0.0.1:6379)")
     try:
@@ -65,7 +78,7 @@ def _probe_address(address: str, timeout: float = 5.0) -> None:
     target = address if "://" in address else f"ray://{address}"
     parsed = urlparse(target)
     port = parsed.port or (10001 if parsed.scheme == "ray" else 6379)
-    require_listening(address, parsed.hostname, port, "Ray cluster",
+    require_listening(address, (parsed.hostname, port), "Ray cluster",
                       "start one with `ray start --head` or check the address", timeout)
 
 
@@ -108,6 +121,7 @@ class RaySession:
         try:
             if self.address:
                 _probe_address(self.address)
+                use_ray_token_if_present()
                 ray.init(address=self.address, **kwargs)
                 self.kind = f"cluster {self.address}"
             else:

@@ -1,15 +1,16 @@
 """``lrjob parity``: the distributed run against the single-process run of the same job.
 
-DESIGN.md's parity rule: parameters within 1e-5 (linear models) or 1e-4 (hidden
+docs/design.md#parity-rule: parameters within 1e-5 (linear models) or 1e-4 (hidden
 layers); every reported metric within 1e-6.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-__all__ = ["ParityReport", "compare", "param_tolerance", "METRIC_TOLERANCE", "TIMING_KEYS"]
+__all__ = ["ParityReport", "Outcome", "compare", "param_tolerance", "METRIC_TOLERANCE", "TIMING_KEYS"]
 
 METRIC_TOLERANCE = 1e-6
 TIMING_KEYS = {"epoch_seconds", "train_seconds", "samples_per_s", "wall_seconds", "steps"}
@@ -68,8 +69,17 @@ def _max_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if np.isnan(d) else d
 
 
-def compare(ref_params: dict, ref_history: list[dict], params: dict, history: list[dict],
-            hidden, workers: int) -> ParityReport:
+class Outcome(NamedTuple):
+    """What a run leaves for the comparison (a ``RunResult`` fits too)."""
+
+    params: dict
+    history: list[dict]
+
+
+def compare(reference, run, hidden, workers: int) -> ParityReport:
+    """``run`` (N workers) against ``reference`` (``--workers 0``): each has ``params``
+    and ``history``. The verdict applies docs/design.md#parity-rule."""
+    ref_params, ref_history, params, history = reference.params, reference.history, run.params, run.history
     tol = param_tolerance(hidden)
     prow = []
     # A parameter missing from either run is a failed row, not a crash.

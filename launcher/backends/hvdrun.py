@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import socket
 
-from .backends import InProcessBackend
+from .inprocess import InProcessBackend
 
-__all__ = ["run_worker"]
+__all__ = ["ThisRankBackend"]
 
 
 class ThisRankBackend(InProcessBackend):
@@ -39,34 +39,3 @@ class ThisRankBackend(InProcessBackend):
             raise WorkerFailure(f"rank {self.comm.rank} on {socket.gethostname()} lost its Horovod peers during "
                                 f"epoch {epoch + 1}: {first}", rank=self.comm.rank,
                                 node=socket.gethostname()) from None
-
-
-def run_worker(spec, output: str | None = None, resume: str | None = None, reporter=None) -> int:
-    from lr_core.errors import SpecError
-
-    from .hvd_comm import HorovodCommunicator
-    from .rundir import latest_checkpoint
-    from .runner import load_job_data, run_job
-
-    if spec["failure.max_failures"]:
-        raise SpecError("failure.max_failures: under horovodrun the launcher restarts the job "
-                        "(e.g. the MPIJob's backoffLimit); set it to 0 and resume with --resume")
-    comm = HorovodCommunicator()
-    data = load_job_data(spec)
-    cfg = spec.loop_config()
-    gpus = spec["resources.gpus_per_worker"]
-    if comm.rank == 0:
-        run_job(spec, output=output, resume=resume, reporter=reporter,
-                backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus))
-        return 0
-    # Other ranks: the same collectives in the same order as rank 0, no files.
-    backend = ThisRankBackend(cfg, data, comm, gpus)
-    start = 0
-    if resume:
-        ckpt = latest_checkpoint(resume)
-        if ckpt:
-            backend.set_state(ckpt)
-            start = ckpt["epochs_done"]
-    for epoch in range(start, spec["train.epochs"]):
-        backend.run_epoch(epoch)
-    return 0

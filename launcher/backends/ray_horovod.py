@@ -1,6 +1,5 @@
-"""Where the epochs run: in this process (``--workers 0``) or on N Horovod workers
-through Ray. Both expose the same small interface to the driver (``runner.py``):
-``run_epoch``, ``get_state``, ``set_state``, ``all_params``, ``shard_logs``, ``shutdown``.
+"""N stateful Horovod workers in the current Ray session (``horovod.ray.RayExecutor``):
+the backend of ``--workers N`` (docs/design.md#flow).
 
 Failures: a worker that dies (actor gone), an error in Horovod, or a group that does
 not finish an epoch within the timeout becomes a ``WorkerFailure`` naming the root-cause
@@ -12,53 +11,14 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable
-
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
 from lr_core.errors import LrjobError, WorkerFailure
 
-__all__ = ["InProcessBackend", "RayHorovodBackend", "probe_devices"]
+from . import Progress
 
-Progress = Callable[[int, int], None]
+__all__ = ["RayHorovodBackend", "probe_devices"]
 
-
-class InProcessBackend:
-    """The loop in this process: the single-process reference run (world size 1), or,
-    given a communicator, this process's rank of a horovodrun job (``hvdrun.py``)."""
-
-    workers = 0
-
-    def __init__(self, cfg: LoopConfig, data: Dataset, record_shards: bool = False, comm=None, ctx=None):
-        import mxnet as mx
-
-        from lr_core.loop import TrainingLoop
-
-        ctx = ctx or mx.cpu()
-        self.loop = TrainingLoop(cfg, data, comm, ctx=ctx, record_shards=record_shards)
-        c = self.loop.comm
-        self.placement = [{"rank": c.rank, "local_rank": c.local_rank, "size": c.size, "host": socket.gethostname(),
-                           "pid": os.getpid(), "device": str(ctx), "node_id": None}]
-        self.startup_seconds = 0.0
-        self.where = "in-process"
-
-    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
-        return [self.loop.run_epoch(epoch, progress)]
-
-    def get_state(self) -> dict:
-        return self.loop.get_state()
-
-    def set_state(self, state: dict) -> None:
-        self.loop.set_state(state)
-
-    def all_params(self) -> list[dict]:
-        return [self.loop.get_params()]
-
-    def shard_logs(self) -> list[dict]:
-        return [self.loop.shard_log]
-
-    def shutdown(self) -> None:
-        self.loop = None
 
 
 class _ProgressBoard:
@@ -77,16 +37,19 @@ class _ProgressBoard:
 class RayHorovodBackend:
     """N stateful Horovod workers (``horovod.ray.RayExecutor``) in the current Ray session."""
 
-    def __init__(self, cfg: LoopConfig, data: Dataset, workers: int, cpus_per_worker: float = 1,
-                 gpus_per_worker: float = 0, record_shards: bool = False, start_timeout_s: int = 60):
+    def __init__(self, cfg: LoopConfig, data: Dataset, resources, record_shards: bool = False,
+                 start_timeout_s: int = 60):
+        """``resources``: ``workers``, ``cpus_per_worker``, ``gpus_per_worker`` (a ``ResourcesSpec``)."""
         import ray
         from horovod.ray import RayExecutor
 
+        from ..quiet import silence_known_noise
         from .cluster import check_resources, worker_env
-        from .quiet import silence_known_noise
         from .worker import HorovodWorker
 
         silence_known_noise()
+        workers, cpus_per_worker, gpus_per_worker = (resources.workers, resources.cpus_per_worker,
+                                                     resources.gpus_per_worker)
         self.workers = workers
         self.placement: list[dict] = []
         t0 = time.perf_counter()
@@ -106,7 +69,7 @@ class RayHorovodBackend:
                                               "gpus_per_worker": gpus_per_worker, "record_shards": record_shards,
                                               "board_box": [self._board]},
                            extra_env_vars=worker_env(cpus_per_worker))
-            self.placement = self._call(lambda w: w.setup(), "start-up", timeout_s=max(120, start_timeout_s))
+            self.placement = self.execute(lambda w: w.setup(), "start-up", timeout_s=max(120, start_timeout_s))
         except BaseException:
             # A half-started worker group is torn down before re-raising.
             self.shutdown()
@@ -127,7 +90,7 @@ class RayHorovodBackend:
             return f"{p['host']} (node {str(p['node_id'])[:8]}, pid {p['pid']})"
         return "an unknown node"
 
-    def _call(self, fn, what: str, timeout_s: float | None = None, progress: Progress | None = None) -> list:
+    def execute(self, fn, what: str, timeout_s: float | None = None, progress: Progress | None = None) -> list:
         """Run ``fn`` on every worker and gather the results in rank order.
 
         The first failure is attributed: a dead actor is the root cause over ranks that
@@ -197,7 +160,7 @@ class RayHorovodBackend:
                              rank=rank, node=self._where(rank))
 
     def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
-        return self._call(lambda w: w.run_epoch(epoch), f"epoch {epoch + 1}", timeout_s, progress)
+        return self.execute(lambda w: w.run_epoch(epoch), f"epoch {epoch + 1}", timeout_s, progress)
 
     def get_state(self) -> dict:
         return self._call_one(lambda w: w.get_state(), "checkpoint read-back")
@@ -214,13 +177,13 @@ class RayHorovodBackend:
         import ray
 
         ref = ray.put(state)
-        self._call(lambda w: w.set_state(ray.get(ref)), "restore", timeout_s=300)
+        self.execute(lambda w: w.set_state(ray.get(ref)), "restore", timeout_s=300)
 
     def all_params(self) -> list[dict]:
-        return self._call(lambda w: w.get_params(), "parameter read-back", timeout_s=300)
+        return self.execute(lambda w: w.get_params(), "parameter read-back", timeout_s=300)
 
     def shard_logs(self) -> list[dict]:
-        return self._call(lambda w: w.shard_log(), "shard read-back", timeout_s=300)
+        return self.execute(lambda w: w.shard_log(), "shard read-back", timeout_s=300)
 
     def shutdown(self) -> None:
         if self.executor is not None:

@@ -5,7 +5,7 @@ Every field carries a comment, like the KubeRay samples; the output is determini
     lrjob k8s jobs/mnist_softmax.yaml --image registry.example.com/lrjob:0.1.0 > mnist.yaml
     lrjob k8s jobs/mnist_softmax.yaml --kind mpijob --workers 4
     lrjob k8s jobs/mnist_softmax.yaml --gpus-per-worker 1      # the -gpu image, nvidia.com/gpu
-    python -m launcher.k8s --write k8s/                         # rewrite the manifests in k8s/
+    python -m launcher.deploy.k8s --write k8s/                         # rewrite the manifests in k8s/
 
 The job spec travels in a ConfigMap (mounted at /etc/lrjob/job.yaml); the run directory
 goes to a PersistentVolumeClaim mounted at /runs, as /runs/<name>.
@@ -32,7 +32,7 @@ __all__ = ["render", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", 
 
 KINDS = ("rayjob", "raycluster", "mpijob")
 RAY_VERSION = "2.60.0"  # the cluster's Ray; requirements.txt pins the same, so the image matches
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _project_version() -> str:
@@ -222,8 +222,6 @@ def _k8s_name(spec_name: str, suffix: str) -> str:
 
 
 def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str) -> _Plan:
-    from .spec import apply_overrides, spec_from_dict
-
     if kind not in KINDS:
         near = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -237,8 +235,8 @@ def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | Non
     if gpus_per_worker is not None:
         overrides.append(f"resources.gpus_per_worker={gpus_per_worker}")
     if overrides:  # the same checks as the spec file, and the ConfigMap then holds the effective spec
-        spec = spec_from_dict(apply_overrides(spec.to_dict(), overrides), source_file=spec.source_file)
-    n, gpus = spec.workers, spec["resources.gpus_per_worker"]
+        spec = spec.with_overrides(overrides)
+    n, gpus = spec.workers, spec.resources.gpus_per_worker
     if n < 1:
         raise SpecError(f"resources.workers must be >= 1 on Kubernetes (each worker is a pod), got {n}; "
                         f"pass --workers N (--workers 0 is the local in-process run)")
@@ -246,12 +244,12 @@ def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | Non
         raise SpecError(f"resources.gpus_per_worker must be a whole number on Kubernetes (nvidia.com/gpu "
                         f"counts whole devices), got {gpus:g}; use --gpus-per-worker 1")
     gpus = int(gpus)
-    if kind == "mpijob" and spec["failure.max_failures"]:
+    if kind == "mpijob" and spec.failure.max_failures:
         raise SpecError(f"failure.max_failures: an MPIJob's workers cannot restart inside the job (the "
-                        f"operator's backoffLimit does); set it to 0, got {spec['failure.max_failures']}")
+                        f"operator's backoffLimit does); set it to 0, got {spec.failure.max_failures}")
     suffix = {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind] + ("-gpu" if gpus else "")
     return _Plan(spec=spec, kind=kind, image=gpu_image(image) if gpus else image, workers=n,
-                 cpu=_cpu_quantity(spec["resources.cpus_per_worker"]), gpus=gpus,
+                 cpu=_cpu_quantity(spec.resources.cpus_per_worker), gpus=gpus,
                  base=_k8s_name(spec.name, suffix))
 
 
@@ -264,7 +262,7 @@ def _metadata(p: _Plan, name: str, what: str) -> _C:
 
 def _configmap(p: _Plan, pods: str) -> tuple[str, dict]:
     note = ""
-    if p.spec["data.path"] or p.spec["data.val_path"]:
+    if p.spec.data.path or p.spec.data.val_path:
         note = ("\ndata.path / data.val_path name files on the machine that rendered this: they must exist "
                 "at the same path inside the containers (bake them into the image or mount a volume).")
     doc = {
@@ -618,7 +616,7 @@ def _header(p: _Plan) -> str:
                  f"  kubectl get mpijob {p.base} -w\n"
                  f"  kubectl logs -f job/{p.base}-launcher\n"
                  f"The run directory lands in {p.run_dir} on the PersistentVolumeClaim {p.base}-runs.")
-    return what + "\n" + steps + "\nRefresh the files in k8s/ with: python -m launcher.k8s --write k8s/"
+    return what + "\n" + steps + "\nRefresh the files in k8s/ with: python -m launcher.deploy.k8s --write k8s/"
 
 
 def render(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str) -> str:
@@ -637,7 +635,7 @@ def render(spec, *, image: str, workers: int | None, gpus_per_worker: float | No
 def shipped_manifests(jobs_dir: str | Path | None = None, image: str = DEFAULT_IMAGE) -> dict[str, str]:
     """File name -> text of everything in k8s/: a RayJob per job in jobs/, and for mnist_softmax
     its GPU RayJob, its MPIJob and the interactive RayCluster."""
-    from .spec import load_spec
+    from ..spec import load_spec
 
     jobs_dir = Path(jobs_dir) if jobs_dir else REPO_ROOT / "jobs"
     out = {}
@@ -711,7 +709,7 @@ def add_parser(subparsers, make=None) -> argparse.ArgumentParser:
 
 def cmd_k8s(args) -> int:
     """``lrjob k8s``: print the manifests to stdout."""
-    from .spec import load_spec
+    from ..spec import load_spec
 
     spec = load_spec(args.job, list(args.overrides))
     sys.stdout.write(render(spec, image=args.image, workers=args.workers,
@@ -720,7 +718,7 @@ def cmd_k8s(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m launcher.k8s", description="rewrite the manifests in k8s/")
+    p = argparse.ArgumentParser(prog="python -m launcher.deploy.k8s", description="rewrite the manifests in k8s/")
     p.add_argument("--write", required=True, metavar="DIR", help="target folder, e.g. k8s/")
     p.add_argument("--jobs", default=None, metavar="DIR", help="job specs folder (default: the repo's jobs/)")
     args = p.parse_args(argv)

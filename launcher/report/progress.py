@@ -32,8 +32,10 @@ class Reporter:
         self.out.flush()
 
     def header(self, spec, data, backend, run_dir) -> None:
-        self.kind = spec["model.kind"]
-        info = {"job": spec.name, "run_dir": str(run_dir), "model": spec["model"],
+        m, t = spec.model, spec.train
+        self.kind = m.kind
+        info = {"job": spec.name, "run_dir": str(run_dir),
+                "model": {"kind": m.kind, "num_classes": m.num_classes, "hidden": list(m.hidden)},
                 "train_rows": int(len(data.x_train)), "val_rows": int(len(data.x_val)),
                 "features": data.num_features, "workers": backend.workers, "where": backend.where,
                 "placement": backend.placement, "startup_seconds": round(backend.startup_seconds, 3)}
@@ -42,16 +44,15 @@ class Reporter:
             return
         if self.mode in ("quiet", "silent"):
             return
-        m, t = spec["model"], spec["train"]
-        hidden = "-".join(str(h) for h in m["hidden"]) or "none"
+        hidden = "-".join(str(h) for h in m.hidden) or "none"
         lines = [
             f"lrjob  {spec.name}",
-            f"  model    {m['kind']} ({'1 logit' if m['kind'] == 'binary' else str(m['num_classes']) + ' classes'}), "
+            f"  model    {m.kind} ({'1 logit' if m.kind == 'binary' else str(m.num_classes) + ' classes'}), "
             f"hidden layers: {hidden}",
             f"  data     {data.source}: {len(data.x_train)} train / {len(data.x_val)} {data.val_name} rows, "
             f"{data.num_features} features",
-            f"  train    {t['epochs']} epochs, global batch {t['batch_size']}, {t['optimizer']} lr {t['learning_rate']:g}, "
-            f"seed {t['seed']}",
+            f"  train    {t.epochs} epochs, global batch {t.batch_size}, {t.optimizer} lr {t.learning_rate:g}, "
+            f"seed {t.seed}",
             f"  workers  {backend.where}" + (f" (start-up {backend.startup_seconds:.1f} s)" if backend.workers else ""),
         ]
         for p in backend.placement[:8]:

@@ -1,9 +1,9 @@
 """Pictures and an HTML report for a finished run, written into its run directory.
 
-The driver calls :func:`write_plots` after a completed run (``launcher.runner``); the
+The driver calls :func:`write_plots` after a completed run (``launcher/driver.py``); the
 same pictures can be redrawn later from the run directory alone:
 
-    python -m launcher.plots runs/binary_2d-<stamp>
+    python -m launcher.report.plots runs/binary_2d-<stamp>
 
 Files (each only where it means something):
 
@@ -63,11 +63,11 @@ def write_plots(run_dir: Path, spec, data, history: list[dict]) -> list[Path]:
     jobs: list[tuple[str, Callable[[], object]]] = [
         ("curves.png", lambda: _draw_curves(spec, history)),
     ]
-    if spec["model.kind"] == "softmax" and history and "confusion" in history[-1]:
+    if spec.model.kind == "softmax" and history and "confusion" in history[-1]:
         jobs.append(("confusion.png", lambda: _draw_confusion(spec, data, history[-1])))
     if data.image_shape:
         jobs.append(("samples.png", lambda: _draw_samples(spec, data, model.get())))
-    if spec["model.kind"] == "binary" and data.num_features == 2:
+    if spec.model.kind == "binary" and data.num_features == 2:
         jobs.append(("boundary.png", lambda: _draw_boundary(spec, data, run_dir / "model", model.get(),
                                                             history)))
     written, failed = [], {}
@@ -78,7 +78,7 @@ def write_plots(run_dir: Path, spec, data, history: list[dict]) -> list[Path]:
             failed[name] = f"{type(e).__name__}: {e}"
             (run_dir / name).unlink(missing_ok=True)  # an older picture would now mislead
             log.warning("lrjob: %s not drawn (%s)", name, failed[name])
-    written.append(_write_report(run_dir, spec, data, history, written, failed))
+    written.append(_write_report(run_dir, spec, data, history, (written, failed)))
     return written
 
 
@@ -109,9 +109,9 @@ def _figure(width: float, height: float):
 
 
 def _class_names(spec, data) -> list[str]:
-    k = 2 if spec["model.kind"] == "binary" else int(spec["model.num_classes"])
+    k = 2 if spec.model.kind == "binary" else int(spec.model.num_classes)
     # Names only where the classes are the source's own; a label_map re-encodes them.
-    if data.source == "fashion-mnist" and k == 10 and not spec["data.label_map"]:
+    if data.source == "fashion-mnist" and k == 10 and not spec.data.label_map:
         return list(FASHION_CLASSES)
     return [str(i) for i in range(k)]
 
@@ -123,15 +123,15 @@ def _draw_curves(spec, history: list[dict]):
     epochs = [h["epoch"] for h in history]
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    losses = _line(ax_loss, epochs, history, "train_loss", "train loss", "tab:blue")
-    losses += _line(ax_loss, epochs, history, "val_loss", "validation loss", "tab:orange")
+    losses = _line(ax_loss, epochs, history, "train_loss", ("train loss", "tab:blue"))
+    losses += _line(ax_loss, epochs, history, "val_loss", ("validation loss", "tab:orange"))
     ax_loss.set(title="Loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
     ax_loss.set_ylim(0, 1.08 * max([v for v in losses if np.isfinite(v)], default=1.0))
-    scores = _line(ax_acc, epochs, history, "val_accuracy", "accuracy", "tab:green")
+    scores = _line(ax_acc, epochs, history, "val_accuracy", ("accuracy", "tab:green"))
     # F1 and AUC say what accuracy hides on unbalanced classes.
-    scores += _line(ax_acc, epochs, history, "val_f1", "F1", "tab:purple", "--")
-    scores += _line(ax_acc, epochs, history, "val_auc", "ROC AUC", "tab:gray", ":")
-    scores += _line(ax_acc, epochs, history, "val_macro_f1", "macro F1", "tab:purple", "--")
+    scores += _line(ax_acc, epochs, history, "val_f1", ("F1", "tab:purple", "--"))
+    scores += _line(ax_acc, epochs, history, "val_auc", ("ROC AUC", "tab:gray", ":"))
+    scores += _line(ax_acc, epochs, history, "val_macro_f1", ("macro F1", "tab:purple", "--"))
     ax_acc.set(title="Validation metrics", xlabel="epoch", ylabel="score")
     ax_acc.set_ylim(*_score_limits(scores))
     for ax in (ax_loss, ax_acc):
@@ -141,8 +141,8 @@ def _draw_curves(spec, history: list[dict]):
         if len(epochs) == 1:  # a single point needs room either side, and one tick
             ax.set_xlim(epochs[0] - 0.5, epochs[0] + 0.5)
             ax.set_xticks(epochs)
-    hidden = spec["model.hidden"]
-    model = f"{spec['model.kind']}, hidden {hidden}" if hidden else f"{spec['model.kind']}, linear"
+    hidden = spec.model.hidden
+    model = f"{spec.model.kind}, hidden {list(hidden)}" if hidden else f"{spec.model.kind}, linear"
     noun = "epoch" if len(epochs) == 1 else "epochs"
     fig.suptitle(f"{spec.name}: training curves ({len(epochs)} {noun}, {model})", fontsize=13)
     return fig
@@ -156,7 +156,9 @@ def _score_limits(scores: list[float]) -> tuple[float, float]:
     return max(0.0, lo - pad), 1.01
 
 
-def _line(ax, epochs, history, key, label, colour, style="-"):
+def _line(ax, epochs, history, key, look):
+    """Plot ``key`` per epoch; ``look`` is (label, colour[, line style])."""
+    label, colour, style = (*look, "-")[:3]
     if not any(key in h for h in history):
         return []
     ys = [float(h.get(key, np.nan)) for h in history]
@@ -247,8 +249,7 @@ def _draw_samples(spec, data, model):
         ax.set_yticks([])
         ax.set_frame_on(False)
     for ax, i in zip(axes, pick):
-        _sample_cell(ax, x[i].reshape(data.image_shape), names[int(pred[i])], names[int(y[i])],
-                     pred[i] != y[i], lo, hi)
+        _sample_cell(ax, x[i].reshape(data.image_shape), (names[int(pred[i])], names[int(y[i])]), (lo, hi))
     n_wrong = int(np.sum(pred != y))
     shown_wrong = int(np.sum(pred[pick] != y[pick]))
     fig.suptitle(f"{spec.name}: {len(pick)} of {len(y)} {data.val_name} images, "
@@ -256,7 +257,10 @@ def _draw_samples(spec, data, model):
     return fig
 
 
-def _sample_cell(ax, image, pred_name, true_name, wrong, lo, hi):
+def _sample_cell(ax, image, names: tuple[str, str], limits: tuple[float, float]):
+    """One image titled with its (predicted, true) class names, framed red when they differ."""
+    (pred_name, true_name), (lo, hi) = names, limits
+    wrong = pred_name != true_name
     ax.imshow(image, cmap="gray_r", vmin=lo, vmax=hi, interpolation="nearest")
     ax.set_title(f"pred {pred_name}\ntrue {true_name}", fontsize=8.5,
                  color=MISTAKE if wrong else "black", fontweight="bold" if wrong else "normal")
@@ -327,10 +331,10 @@ def _draw_boundary(spec, data, model_dir: Path, model, history):
     shade = ax.contourf(gx, gy, pz, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.3)
     fig.colorbar(shade, ax=ax, shrink=0.85, label="P(class 1) from the exported model")
     _scatter_points(ax, data, model)
-    threshold = float(spec["train.threshold"])
+    threshold = float(spec.train.threshold)
     # predict() says class 1 when P >= threshold, i.e. when the logit >= logit(threshold).
     level = math.log(threshold / (1.0 - threshold))
-    if not spec["model.hidden"]:
+    if not spec.model.hidden:
         w, b = linear_parameters(model_dir)
         seg = boundary_line(w, b, xlim, ylim, level)
         if seg is not None:
@@ -386,15 +390,18 @@ def _feature_name(data, i: int) -> str:
 
 
 # --------------------------------------------------------------------------- report
-def _write_report(run_dir: Path, spec, data, history, pictures: list[Path], failed: dict) -> Path:
+def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], dict]) -> Path:
     """``report.html``: one file with everything, images embedded as base64.
 
     Embedding keeps the page whole when it is mailed, attached to a ticket or copied out
     of the run directory; the pictures are small (tens of KB), and the PNG files stay
     next to it for anyone who wants them separately.
     """
-    summary = _read_json(run_dir / "summary.json")
-    spec_text = (run_dir / "job.yaml").read_text() if (run_dir / "job.yaml").is_file() else spec.to_yaml()
+    pictures, failed = drawn
+    from ..rundir import RunDir
+
+    summary = RunDir(run_dir).summary()
+    spec_text = spec.to_yaml()  # what job.yaml holds
     title = f"lrjob report: {spec.name}"
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -433,16 +440,9 @@ def _e(text) -> str:
     return html.escape(str(text), quote=True)
 
 
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _describe(spec, data) -> str:
-    hidden = spec["model.hidden"]
-    model = f"{spec['model.kind']} model, " + (f"hidden layers {hidden}" if hidden else "linear")
+    hidden = spec.model.hidden
+    model = f"{spec.model.kind} model, " + (f"hidden layers {list(hidden)}" if hidden else "linear")
     desc = f" ({data.description})" if data.description else ""
     return (f"{model}; data {data.source}{desc}: {len(data.x_train)} training rows, "
             f"{len(data.x_val)} {data.val_name} rows, {data.num_features} features")
@@ -501,21 +501,18 @@ def _figure_html(path: Path) -> str:
 # --------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None) -> int:
     """Redraw the pictures and the report of an existing run directory."""
-    parser = argparse.ArgumentParser(prog="python -m launcher.plots", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m launcher.report.plots", description=main.__doc__)
     parser.add_argument("run_dir", type=Path, help="a run directory with job.yaml, metrics.jsonl, model/")
     args = parser.parse_args(argv)
-    import yaml
-
-    from .runner import load_job_data
-    from .spec import spec_from_dict
+    from ..rundir import RunDir
 
     run_dir = args.run_dir
     for need in ("job.yaml", "metrics.jsonl", "model"):
         if not (run_dir / need).exists():
             parser.error(f"{run_dir}: no {need}; pass a run directory written by `lrjob run`")
-    spec = spec_from_dict(yaml.safe_load((run_dir / "job.yaml").read_text()), where=str(run_dir / "job.yaml"))
-    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    for path in write_plots(run_dir, spec, load_job_data(spec), history):
+    run = RunDir.open(run_dir)
+    spec = run.spec()
+    for path in write_plots(run_dir, spec, spec.load_data(), run.history()):
         print(path)
     return 0
 

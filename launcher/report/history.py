@@ -1,17 +1,11 @@
 """``lrjob runs`` (a table of past runs) and ``lrjob compare RUN RUN`` (side by side)."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from ..rundir import RunDir
+
 __all__ = ["list_runs", "render_runs", "render_compare"]
-
-
-def _read(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def list_runs(base: str | Path = "runs") -> list[dict]:
@@ -21,7 +15,7 @@ def list_runs(base: str | Path = "runs") -> list[dict]:
     if not base.is_dir():
         return rows
     for d in sorted(p for p in base.iterdir() if p.is_dir()):
-        s = _read(d / "summary.json")
+        s = RunDir(d).summary()
         if s is None:
             continue
         rows.append({"run": d.name, "path": str(d), "status": s.get("status", "?"), "workers": s.get("workers"),
@@ -56,16 +50,15 @@ def _flatten(prefix: str, obj, out: dict) -> None:
 
 def render_compare(a: str | Path, b: str | Path) -> str:
     """Spec fields that differ, then final metrics, side by side."""
-    import yaml
-
     from lr_core.errors import LrjobInputError
 
     runs = []
     for r in (Path(a), Path(b)):
-        s = _read(r / "summary.json")
+        run = RunDir(r)
+        s = run.summary()
         if s is None:
             raise LrjobInputError(f"{r}: not a run directory (no readable summary.json)")
-        spec = yaml.safe_load((r / "job.yaml").read_text()) if (r / "job.yaml").is_file() else {}
+        spec = run.spec_dict()
         flat: dict = {}
         _flatten("", spec, flat)
         runs.append((r, s, flat))

@@ -43,7 +43,7 @@ class HorovodWorker:
         import mxnet as mx
         import ray
 
-        from launcher.hvd_comm import HorovodCommunicator
+        from launcher.backends.hvd_comm import HorovodCommunicator
         from launcher.quiet import silence_known_noise
         from lr_core.config import LoopConfig
         from lr_core.errors import ClusterError
@@ -87,34 +87,6 @@ class HorovodWorker:
 
     def shard_log(self) -> dict:
         return self.loop.shard_log
-
-    def bench_allreduce(self, size: int, iters: int) -> list[float]:
-        """Seconds per allreduce of ``size`` float32 values (benchmarks only)."""
-        import time
-
-        import mxnet as mx
-
-        import horovod.mxnet as hvd
-        t = mx.nd.ones((size,), dtype="float32")
-        out = []
-        for i in range(iters):
-            t0 = time.perf_counter()
-            # a fixed name, as DistributedTrainer uses: Horovod's response cache applies
-            hvd.allreduce(t, average=False, name=f"bench.{size}").wait_to_read()
-            out.append(time.perf_counter() - t0)
-        return out
-
-    def memory(self) -> dict:
-        """Peak RSS and current PSS of this process in bytes (benchmarks, doctor)."""
-        import resource
-
-        info = {"peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "pid": os.getpid()}
-        try:
-            import psutil
-            info["pss"] = psutil.Process().memory_full_info().pss
-        except Exception:  # noqa: BLE001 - PSS needs /proc/PID/smaps_rollup
-            info["pss"] = None
-        return info
 
     def close(self) -> None:
         """Leave the Horovod ring cleanly so peers do not log connection resets."""

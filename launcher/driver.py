@@ -1,0 +1,395 @@
+"""The driver of one run (docs/design.md#flow): it owns the epoch loop, checkpoints,
+restarts and the run directory; a backend owns the workers.
+
+    from launcher.spec import load_spec
+    from launcher.driver import run_job
+    result = run_job(load_spec("jobs/binary_synthetic.yaml", ["resources.workers=0"]), "runs/demo")
+
+``Driver`` holds the spec, the run directory, the backend factory and the reporter;
+``run()`` is the epoch loop, with an ``ExitStack`` that owns the Ray session, the signal
+handlers, the backend's shutdown and the final summary. What happens after a worker
+failure is ``FailurePolicy.decide``'s call (the shape of Ray Train's ``FailurePolicy``).
+"""
+from __future__ import annotations
+
+import enum
+import getpass
+import os
+import platform
+import signal
+import socket
+import sys
+import threading
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from lr_core import faults
+from lr_core.errors import LrjobError, SpecError, WorkerFailure
+
+from .backends import Backend
+from .report.progress import Reporter
+from .rundir import RunDir, check_writable, new_run_path
+from .spec import SAFE_RESUME_CHANGES, JobSpec
+
+__all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
+
+
+@dataclass(frozen=True)
+class RunHooks:
+    """What tests may ask of a run beyond its results (off in production)."""
+
+    record_shards: bool = False        # every rank logs the rows it trained on
+    collect_rank_params: bool = False  # every rank's final parameters, not only rank 0's
+
+
+@dataclass(frozen=True)
+class DriverOptions:
+    """How a run is started, besides its spec."""
+
+    address: str | None = None                          # a Ray cluster; None: RAY_ADDRESS or a local Ray
+    runs_dir: str | os.PathLike = "runs"                # where a new run directory goes without an output
+    backend_factory: Callable[[], Backend] | None = None  # e.g. this rank under horovodrun (backends/hvdrun.py)
+    hooks: RunHooks = RunHooks()
+
+
+@dataclass
+class RunResult:
+    path: Path
+    history: list[dict]
+    params: dict[str, np.ndarray]
+    summary: dict
+    placement: list[dict] = field(default_factory=list)
+    rank_params: list[dict] | None = None
+    shard_logs: list[dict] | None = None
+
+
+class Decision(enum.Enum):
+    RESTART = "restart"
+    RAISE = "raise"
+
+
+@dataclass
+class FailurePolicy:
+    """Restart the worker group after a worker failure, at most ``max_failures`` times
+    in a run (docs/design.md#failures-and-restarts)."""
+
+    max_failures: int
+    failures: int = 0
+
+    def decide(self, error: WorkerFailure) -> Decision:
+        self.failures += 1
+        return Decision.RESTART if self.failures <= self.max_failures else Decision.RAISE
+
+
+def run_job(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: str | os.PathLike | None = None,
+            reporter: Reporter | None = None, options: DriverOptions | None = None) -> RunResult:
+    """Run one job end to end and write its run directory (``output``, or a new folder
+    under ``options.runs_dir``; with ``resume``, that run's directory). Returns the
+    parameters, the history and the summary."""
+    return Driver(spec, output, resume=resume, reporter=reporter, options=options).run()
+
+
+class Driver:
+    """One run: bad input (spec, data, output path, resume) fails in the constructor,
+    before anything is written; ``run()`` trains and writes the run directory."""
+
+    def __init__(self, spec: JobSpec, output: str | os.PathLike | None = None, *,
+                 resume: str | os.PathLike | None = None, reporter: Reporter | None = None,
+                 options: DriverOptions | None = None):
+        self.spec = spec
+        self.options = options or DriverOptions()
+        self.reporter = reporter or Reporter("silent")
+        self.checkpoint: dict | None = None
+        if resume:
+            self.path = Path(resume)
+            self.checkpoint = _resume_checkpoint(self.path, spec)
+        else:
+            self.path = Path(output) if output else new_run_path(spec.name, self.options.runs_dir)
+            check_writable(self.path)
+        self.data = spec.load_data()  # bad data fails here, before anything is written
+        self.backend_factory = self.options.backend_factory or self._default_backend
+        self.policy = FailurePolicy(spec.failure.max_failures)
+        self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
+        self.backend: Backend | None = None
+        self._backend_down = False
+        self.run_dir: RunDir | None = None
+        self.status: dict = {"status": "starting"}
+        self._t_start = time.time()
+        self._restore_signals: Callable[[], None] = lambda: None
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> RunResult:
+        with ExitStack() as stack:
+            stack.callback(self._finish)                      # last: summary, plots
+            stack.callback(lambda: self._restore_signals())
+            if self.spec.workers > 0 and self.options.backend_factory is None:
+                from .backends.cluster import RaySession
+
+                stack.enter_context(RaySession(self.options.address, self.spec.workers,
+                                               self.spec.resources.cpus_per_worker))
+            # after ray.init, which installs its own SIGTERM handler in the driver
+            self._restore_signals = _sigterm_as_interrupt()
+            stack.callback(self._shutdown_backend)
+            stack.callback(_cleanup_fault_point, self)         # first (tests only)
+            try:
+                return self._train()
+            except KeyboardInterrupt:
+                _second_interrupt_exits()
+                self.status = {"status": "interrupted"}
+                if self.run_dir is not None and self.run_dir.latest_checkpoint():
+                    self.status["resume"] = _resume_command(self.path)
+                raise
+            except LrjobError as e:
+                if self.run_dir is not None and isinstance(e, WorkerFailure):
+                    hint = (f"resume with: {_resume_command(self.path)}" if self.run_dir.latest_checkpoint()
+                            else "no checkpoint was written yet: run the job again")
+                    e = WorkerFailure(f"{e}; {hint}", e.rank, e.node, len(self.history))
+                self.status = {"status": "failed", "error": str(e)}
+                raise e from None
+            except Exception as e:
+                self.status = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
+                raise
+
+    def _train(self) -> RunResult:
+        self.backend = self.backend_factory()
+        if self.checkpoint:
+            self.backend.set_state(self.checkpoint)
+        self.run_dir = run = RunDir.create(self.path)
+        run.write_spec(self.spec)
+        run.write_json("env.json", self._env())
+        if self.checkpoint:
+            run.rewrite_metrics(self.history)
+        self.reporter.header(self.spec, self.data, self.backend, self.path)
+        self.status = {"status": "running"}
+        self._write_summary()
+        state = self._epochs()
+        hooks = self.options.hooks
+        rank_params = self.backend.all_params() if hooks.collect_rank_params else None
+        shard_logs = self.backend.shard_logs() if hooks.record_shards else None
+        run.export_model(self.spec, self.data, state["params"])
+        self.status = {"status": "completed"}
+        return RunResult(self.path, self.history, state["params"], self.status, self.backend.placement,
+                         rank_params, shard_logs)
+
+    def _epochs(self) -> dict:
+        """The epoch loop with checkpoints and restarts; returns the final state."""
+        spec, run = self.spec, self.run_dir
+        epochs, every = spec.train.epochs, spec.checkpoint.every_epochs
+        digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
+        state = None
+        while len(self.history) < epochs:
+            epoch = len(self.history)
+            bar = self.reporter.epoch_bar(epoch, epochs, len(self.data.x_train))
+            try:
+                try:
+                    per_rank = self.backend.run_epoch(epoch, progress=bar.update if bar else None,
+                                                      timeout_s=self.epoch_timeout())
+                    due = (epoch + 1) % every == 0 or epoch + 1 == epochs
+                    state = self.backend.get_state() if due else None
+                finally:
+                    if bar:
+                        bar.close()
+            except WorkerFailure as e:
+                self._restart(e)
+                continue
+            m = dict(per_rank[0])
+            m["wall_seconds"] = time.time() - self._t_start
+            self.history.append(m)
+            run.append_metrics(m)
+            if state is not None:
+                # persisted before it is reported: a printed epoch is a saved epoch
+                run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep)
+            self.reporter.epoch(m, epochs)
+        if state is None:  # resumed at the end already, or the last epoch was not due
+            state = self.backend.get_state()
+        return state
+
+    def epoch_timeout(self) -> float:
+        """``failure.epoch_timeout_s``, or automatically 10x the slowest finished epoch,
+        at least 300 s."""
+        return self.spec.failure.epoch_timeout_s or max(300.0, 10 * max(
+            (h.get("epoch_seconds", 0.0) for h in self.history), default=0.0))
+
+    def _restart(self, error: WorkerFailure) -> None:
+        """Replace the worker group and restore the newest checkpoint, or give up."""
+        while True:
+            last = self.run_dir.latest_checkpoint()
+            if self.policy.decide(error) is Decision.RAISE:
+                raise WorkerFailure(f"{error}; last completed epoch {len(self.history)}, newest checkpoint: "
+                                    f"{Path(last['path']).name if last else 'none'}", error.rank, error.node,
+                                    len(self.history)) from None
+            self.reporter.message(f"lrjob: {error}")
+            self.reporter.message(f"lrjob: restart {self.policy.failures}/{self.policy.max_failures}: new workers "
+                                  f"resume from {'epoch ' + str(last['epochs_done']) if last else 'the start'}")
+            self._shutdown_backend()
+            self.backend = None
+            try:
+                self.backend = self.backend_factory()
+                self._backend_down = False
+                if last:
+                    self.backend.set_state(last)
+            except WorkerFailure as again:
+                error = again
+                continue
+            self.history[:] = list(last["history"]) if last else []
+            self.run_dir.rewrite_metrics(self.history)
+            return
+
+    # ------------------------------------------------------------------ clean-up
+    def _shutdown_backend(self) -> None:
+        if self.backend is not None and not self._backend_down:
+            self._backend_down = True
+            self.backend.shutdown()
+
+    def _finish(self) -> None:
+        if self.run_dir is None:
+            return
+        full = self._write_summary()
+        if self.status.get("status") == "completed":
+            _plots(self.run_dir, self.spec, self.data, self.history)
+            self.reporter.summary(full, self.path)
+
+    def _write_summary(self) -> dict:
+        history = self.history
+        final = history[-1] if history else {}
+        backend = self.backend
+        summary = {
+            "name": self.spec.name, **self.status, "epochs_done": len(history), "epochs": self.spec.train.epochs,
+            "workers": self.spec.workers, "wall_seconds": time.time() - self._t_start,
+            "samples_per_s": (float(np.median([h["samples_per_s"] for h in history])) if history else 0.0),
+            "train_seconds": sum(h.get("train_seconds", 0.0) for h in history),
+            "startup_seconds": getattr(backend, "startup_seconds", None),
+            "final": {k: v for k, v in final.items() if k not in ("confusion",)},
+            "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
+            "run_dir": str(self.run_dir.path),
+        }
+        self.run_dir.write_json("summary.json", summary)
+        return summary
+
+    def _env(self) -> dict:
+        backend = self.backend
+        return {
+            "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
+            "argv": sys.argv, "workers": self.spec.workers, "where": backend.where,
+            "placement": backend.placement, "seeds": {"train.seed": self.spec.train.seed},
+            "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
+                                                       "HOROVOD_CYCLE_TIME")},
+            "startup_seconds": backend.startup_seconds,
+            "resumed_from": self.checkpoint["path"] if self.checkpoint else None,
+        }
+
+    def _default_backend(self) -> Backend:
+        from .backends import make_backend
+
+        return make_backend(self.spec, self.data, record_shards=self.options.hooks.record_shards)
+
+
+def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: str | os.PathLike | None = None,
+             reporter: Reporter | None = None) -> int:
+    """``lrjob worker``: this process is one rank of a ``horovodrun`` job
+    (backends/hvdrun.py). Rank 0 also plays the driver and writes the run directory;
+    the other ranks run the same collectives in the same order and write nothing."""
+    from .backends.hvd_comm import HorovodCommunicator
+    from .backends.hvdrun import ThisRankBackend
+
+    if spec.failure.max_failures:
+        raise SpecError("failure.max_failures: under horovodrun the launcher restarts the job "
+                        "(e.g. the MPIJob's backoffLimit); set it to 0 and resume with --resume")
+    comm = HorovodCommunicator()
+    data = spec.load_data()
+    cfg = spec.loop_config()
+    gpus = spec.resources.gpus_per_worker
+    if comm.rank == 0:
+        run_job(spec, output, resume=resume, reporter=reporter,
+                options=DriverOptions(backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus)))
+        return 0
+    # Other ranks: the same collectives in the same order as rank 0, no files.
+    backend = ThisRankBackend(cfg, data, comm, gpus)
+    start = 0
+    if resume:
+        ckpt = RunDir.open(resume).latest_checkpoint()
+        if ckpt:
+            backend.set_state(ckpt)
+            start = ckpt["epochs_done"]
+    for epoch in range(start, spec.train.epochs):
+        backend.run_epoch(epoch)
+    return 0
+
+
+def _cleanup_fault_point(driver: Driver) -> None:
+    if faults.ARMED:  # tests only: a second Ctrl-C arriving during clean-up (faults.py)
+        faults.hit("cleanup", status=driver.status.get("status"))
+
+
+def _versions() -> dict:
+    out = {"python": platform.python_version(), "numpy": np.__version__}
+    for mod in ("mxnet", "horovod", "ray"):
+        try:
+            out[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - absent is fine in the reference run
+            out[mod] = None
+    return out
+
+
+def _resume_command(path: Path) -> str:
+    return f"lrjob run --resume {path}"
+
+
+def _sigterm_as_interrupt() -> Callable[[], None]:
+    """SIGTERM (e.g. from Kubernetes or `kill`) stops the run like Ctrl-C does.
+    Returns the function that puts the previous SIGTERM and SIGINT handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old_term = signal.signal(signal.SIGTERM, handler)
+    old_int = signal.getsignal(signal.SIGINT)
+
+    def restore():
+        signal.signal(signal.SIGTERM, old_term)
+        signal.signal(signal.SIGINT, old_int)
+    return restore
+
+
+def _second_interrupt_exits() -> None:
+    """While cleaning up after Ctrl-C, a second Ctrl-C exits at once."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, lambda *a: os._exit(130))
+
+
+def _plots(run: RunDir, spec: JobSpec, data, history: list[dict]) -> None:
+    try:
+        from .report.plots import write_plots
+    except ImportError:
+        return
+    try:
+        write_plots(run.path, spec, data, history)
+    except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
+        print(f"lrjob: warning: plots not written ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _resume_checkpoint(path: Path, spec: JobSpec) -> dict:
+    """The newest valid checkpoint of the run at ``path``, if ``spec`` may resume it."""
+    if not path.is_dir():
+        raise SpecError(f"--resume {path}: no such run directory")
+    run = RunDir.open(path)
+    ckpt = run.latest_checkpoint()
+    if ckpt is None:
+        raise SpecError(f"--resume {path}: no valid checkpoint in {path / 'checkpoints'}; start a new run")
+    old = run.spec()
+    if old is not None:
+        changed = [f for f in old.diff(spec) if f not in SAFE_RESUME_CHANGES]
+        if changed:
+            raise SpecError(f"--resume {path}: the spec differs from the run's job.yaml in {', '.join(changed)}; "
+                            f"only {', '.join(sorted(SAFE_RESUME_CHANGES))} may change on resume")
+    if ckpt.get("spec_digest") and ckpt["spec_digest"] != spec.digest(ignore=SAFE_RESUME_CHANGES):
+        raise SpecError(f"--resume {path}: checkpoint {ckpt['path']} was written by a different spec; "
+                        f"start a new run")
+    return ckpt

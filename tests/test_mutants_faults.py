@@ -1,0 +1,89 @@
+"""Fault injection (``lr_core.faults``) in-process: how ``LRJOB_FAULT`` is read, when an
+armed point fires, ``once`` markers and the report of where it fired. Only the ``raise``
+action runs here (``kill`` and ``stop`` are exercised by the reliability tests)."""
+import json
+import os
+
+import pytest
+
+from lr_core import faults
+from lr_core.faults import FaultSpecError
+
+
+@pytest.mark.parametrize("text", [None, ""])
+def test_unset_is_unarmed(text):
+    assert faults._parse(text) is None
+
+
+@pytest.mark.parametrize("action", ["kill", "stop", "raise"])
+def test_a_spec_is_a_json_object_with_at_and_action(action):
+    text = json.dumps({"at": "step", "epoch": 3, "action": action})
+    assert faults._parse(text) == {"at": "step", "epoch": 3, "action": action}
+
+
+def test_not_json():
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse("{at: step")
+    assert str(e.value).startswith("LRJOB_FAULT is not JSON (")
+    assert str(e.value).endswith("); see lr_core/faults.py")
+    assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+@pytest.mark.parametrize("spec", [["at", "step"], {"action": "raise"}, {"at": "step"},
+                                  {"at": "step", "action": "explode"}, "raise"])
+def test_a_spec_without_at_or_a_known_action(spec):
+    text = json.dumps(spec)
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(text)
+    assert str(e.value) == f"LRJOB_FAULT needs 'at' and an 'action' of kill, stop or raise; got {text!r}"
+
+
+def _arm(monkeypatch, **spec):
+    monkeypatch.setattr(faults, "_SPEC", {"action": "raise", **spec})
+    monkeypatch.delenv("LRJOB_FAULT_REPORT", raising=False)
+
+
+def test_unarmed_points_do_nothing(monkeypatch):
+    monkeypatch.setattr(faults, "_SPEC", None)
+    faults.hit("step", epoch=1, step=1, rank=0)
+
+
+def test_fires_only_where_every_condition_matches(monkeypatch):
+    _arm(monkeypatch, at="step", epoch=2, step=3)
+    faults.hit("checkpoint", epoch=2, step=3)           # another point
+    faults.hit("step", epoch=2, step=4, rank=0)         # another step
+    faults.hit("step", epoch=2, rank=0)                 # the point does not report a step
+    with pytest.raises(RuntimeError) as e:
+        faults.hit("step", epoch=2, step=3, rank=1)     # rank is not a condition: any rank
+    assert str(e.value) == "injected fault at step {'epoch': 2, 'step': 3, 'rank': 1}"
+
+
+def test_once_fires_a_single_time_and_reports_where(monkeypatch, tmp_path):
+    marker = tmp_path / "fired"
+    _arm(monkeypatch, at="checkpoint", stage="written", once=str(marker))
+    with pytest.raises(RuntimeError):
+        faults.hit("checkpoint", epoch=4, stage="written")
+    assert marker.exists()
+    report = json.loads((tmp_path / "fired.where").read_text())
+    assert report == {"pid": os.getpid(), "at": "checkpoint", "epoch": 4, "stage": "written"}
+    faults.hit("checkpoint", epoch=5, stage="written")  # the marker exists: no second time
+
+
+def test_the_report_goes_where_the_environment_says(monkeypatch, tmp_path):
+    _arm(monkeypatch, at="step", step=1)
+    monkeypatch.setenv("LRJOB_FAULT_REPORT", str(tmp_path / "where.json"))
+    with pytest.raises(RuntimeError):
+        faults.hit("step", step=1, epoch=1)
+    assert json.loads((tmp_path / "where.json").read_text()) == {"pid": os.getpid(), "at": "step", "step": 1,
+                                                                 "epoch": 1}
+    assert not list(tmp_path.glob("*.where"))
+
+
+def test_without_once_or_report_nothing_is_written(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    _arm(monkeypatch, at="step")
+    with pytest.raises(RuntimeError):
+        faults.hit("step", step=1)
+    with pytest.raises(RuntimeError):
+        faults.hit("step", step=2)                     # fires every time
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,417 @@
+"""README.md's commands as a user types them, each claim asserted: `lrjob validate --data`,
+`predict` on CSV/NPY/NPZ input, `doctor --gpu`, Fashion-MNIST through `data.path` or the
+cache folder, `RAY_ADDRESS`, the Ray auth token, and `lrjob parity`.
+
+Tests that start Ray or Horovod are marked `distributed`; each Ray head started here runs
+in its own process group and its own HOME (so no token file is left in the real HOME)
+and is stopped in every case."""
+import gzip
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from launcher.driver import run_job
+from launcher.spec import load_spec
+from lr_core.data import write_idx
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LRJOB = str(BIN / "lrjob")
+AUTH_VARS = ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "LRJOB_ADDRESS",
+             "RAY_API_SERVER_ADDRESS")
+
+
+def lrjob(*args, env=None, timeout=300):
+    return subprocess.run([LRJOB, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cli(capsys, *args):
+    """The CLI's ``main`` in this process (what the ``lrjob`` script calls): exit code, stdout,
+    stderr. Used where a fresh interpreter per call would only add start-up time."""
+    from launcher.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _error_lines(stderr):
+    return [x for x in stderr.splitlines() if x.startswith("lrjob: error")]
+
+
+def _own_home_env(home: Path, **extra) -> dict:
+    """This environment without any Ray address or token settings, HOME moved to ``home``."""
+    env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
+    env.setdefault("MPLCONFIGDIR", str(Path.home() / ".config" / "matplotlib"))
+    env["HOME"] = str(home)
+    env["PATH"] = f"{BIN}:{env['PATH']}"
+    env.update(extra)
+    return env
+
+
+# --------------------------------------------------------------------------- validate
+def test_validate_data_prints_the_resolved_spec_with_absolute_paths_and_checks_the_data(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 3))
+    rows = "".join(f"{a:.5f},{b:.5f},{c:.5f},{int(a + b > 0)}\n" for a, b, c in x)
+    (tmp_path / "train.csv").write_text("f0,f1,f2,label\n" + rows)
+    job = tmp_path / "job.yaml"
+    job.write_text("name: csvjob\nmodel: {kind: binary}\n"
+                   "data: {source: csv, path: train.csv, val_fraction: 0.2}\n")
+    code, out, err = cli(capsys, "validate", job, "--data")  # the path is relative to the job file
+    assert code == 0, err
+    doc = yaml.safe_load(out)
+    assert doc["data"]["path"] == str(tmp_path / "train.csv")
+    assert doc["train"]["optimizer"] == "sgd" and doc["train"]["batch_size"] == 64  # defaults filled
+    assert doc["checkpoint"] == {"every_epochs": 1, "keep": 3}
+    assert "data ok: 24 train / 6 validation rows, 3 features" in err
+
+
+@pytest.mark.parametrize("content,message", [
+    ("f0,f1,label\n1,2,1\n3,4,-1\n", "re-encode with data.label_map: {-1: 0, 1: 1}"),
+    ("f0,f1,label\n1,2,1\n3,oops,0\n", "line 3, column 'f1': 'oops' is not a number"),
+    ("f0,f1,label\n1,2,1\n3,inf,0\n", "row 2, f1: value inf is not finite"),
+])
+def test_validate_data_on_a_bad_csv_is_one_line_exit_2(tmp_path, capsys, content, message):
+    (tmp_path / "bad.csv").write_text(content)
+    job = tmp_path / "job.yaml"
+    job.write_text("name: badcsv\nmodel: {kind: binary}\ndata: {source: csv, path: bad.csv}\n")
+    code, _, err = cli(capsys, "validate", job)  # without --data the data is not read
+    assert code == 0, err
+    code, _, err = cli(capsys, "validate", job, "--data")
+    assert code == 2, err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert str(tmp_path / "bad.csv") in errors[0] and message in errors[0], errors[0]
+
+
+def test_validate_data_names_the_row_of_a_bad_binary_label(tmp_path, capsys):
+    (tmp_path / "bad.csv").write_text("f0,f1,label\n1,2,1\n3,4,-1\n")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: badcsv\nmodel: {kind: binary}\ndata: {source: csv, path: bad.csv}\n")
+    code, _, err = cli(capsys, "validate", job, "--data")
+    assert code == 2 and "row 2" in err and "label" in err, err
+
+
+# --------------------------------------------------------------------------- predict
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    base = tmp_path_factory.mktemp("trained")
+    return {
+        "binary": run_job(load_spec(ROOT / "jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=1"]),
+                          output=base / "binary"),
+        "softmax": run_job(load_spec(ROOT / "jobs/digits_softmax.yaml", ["resources.workers=0", "train.epochs=1"]),
+                           output=base / "softmax"),
+    }
+
+
+def _read_predictions(text):
+    lines = text.strip().splitlines()
+    assert lines[0] == "prediction,probability"
+    table = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
+    return table[:, 0].astype(int), table[:, 1]
+
+
+@pytest.mark.parametrize("kind", ["binary", "softmax"])
+def test_predict_csv_npy_and_npz_give_the_same_predictions_of_the_trained_parameters(trained, kind, tmp_path,
+                                                                                     capsys):
+    run = trained[kind]
+    features = 2 if kind == "binary" else 64
+    x = np.random.default_rng(7).uniform(-2 if kind == "binary" else 0, 2 if kind == "binary" else 1,
+                                         (25, features)).astype(np.float32)
+    header = ",".join(f"f{j}" for j in range(features))
+    (tmp_path / "x.csv").write_text(header + "\n" + "".join(",".join(repr(float(v)) for v in row) + "\n"
+                                                            for row in x))
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", x=x)
+    outputs = {}
+    r = lrjob("predict", run.path, "--input", tmp_path / "x.csv")  # the command itself, once
+    assert r.returncode == 0, r.stderr
+    outputs["x.csv"] = r.stdout
+    for name in ("x.npy", "x.npz"):
+        code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / name)
+        assert code == 0, (name, err)
+        outputs[name] = out
+    assert outputs["x.npy"] == outputs["x.csv"] and outputs["x.npz"] == outputs["x.csv"]
+    pred, prob = _read_predictions(outputs["x.csv"])
+    assert len(pred) == len(x)
+    # the README's meaning of the columns, from the trained parameters (a linear model)
+    w, b = run.params["lrjob_layer0_weight"].astype(np.float64), run.params["lrjob_layer0_bias"].astype(np.float64)
+    z = x.astype(np.float64) @ w.T + b
+    if kind == "binary":
+        p1 = 1.0 / (1.0 + np.exp(-z[:, 0]))  # P(class 1)
+        assert np.allclose(prob, p1, atol=2e-6, rtol=0)
+        clear = np.abs(p1 - 0.5) > 1e-4
+        assert np.array_equal(pred[clear], (p1 > 0.5).astype(int)[clear])
+        assert 0 < pred.sum() < len(pred)
+    else:
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        p = e / e.sum(axis=1, keepdims=True)
+        assert np.array_equal(pred, p.argmax(axis=1))
+        assert np.allclose(prob, p.max(axis=1), atol=2e-6, rtol=0)  # the top class's probability
+    # --output writes the same rows to a file
+    out = tmp_path / "pred.csv"
+    code, _, err = cli(capsys, "predict", run.path, "--input", tmp_path / "x.npz", "--output", out)
+    assert code == 0 and out.read_text() == outputs["x.csv"], err
+
+
+def test_predict_applies_the_training_data_checks_to_npy_and_npz(trained, tmp_path, capsys):
+    run = trained["binary"]
+    cases = {}
+    bad = np.array([[0.0, 1.0], [np.nan, 2.0]])
+    np.save(tmp_path / "nan.npy", bad)
+    cases["nan.npy"] = "not finite"
+    np.save(tmp_path / "wide.npy", np.zeros((3, 5)))
+    cases["wide.npy"] = "the model expects 2"
+    np.savez(tmp_path / "nox.npz", features=np.zeros((3, 2)))
+    cases["nox.npz"] = "no array 'x'"
+    np.savez(tmp_path / "inf.npz", x=np.array([[np.inf, 0.0]]))
+    cases["inf.npz"] = "not finite"
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    cases["obj.npy"] = "not a readable .npy"
+    for name, message in cases.items():
+        code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / name)
+        assert code == 2, (name, out, err)
+        errors = _error_lines(err)
+        assert len(errors) == 1 and message in errors[0] and "Traceback" not in err, (name, err)
+        assert out == "", name
+
+
+# --------------------------------------------------------------------------- doctor --gpu
+def test_doctor_gpu_on_a_machine_without_gpus_names_the_fix_and_exits_1():
+    import mxnet as mx
+
+    if mx.context.num_gpus() > 0:
+        pytest.skip("this machine has a GPU: the GPU checks would pass")
+    r = lrjob("doctor", "--gpu", timeout=120)
+    assert r.returncode == 1, r.stdout + r.stderr
+    out = r.stdout
+    for name in ("numpy", "mxnet", "horovod", "ray", "data"):
+        assert f"] {name}:" in out, name  # the base checks still run
+    assert "[  ok] horovod: horovod 0.28.1: MXNet yes, Gloo yes" in out
+    assert "[FAIL] gpu: MXNet sees 0 GPU(s)\n       fix: pip install mxnet-cu112 (CUDA 11.2) instead of mxnet" in out
+    assert "[FAIL] nccl: Horovod NCCL: no\n       fix: rebuild Horovod with HOROVOD_GPU_OPERATIONS=NCCL" in out
+    failed = out.count("[FAIL]")
+    assert f"{failed} check(s) failed" in r.stderr and failed >= 2
+    if "[  ok] data" in out:
+        assert failed == 2
+
+
+# --------------------------------------------------------------------------- fashion-mnist
+def _write_fashion_folder(folder: Path, n_train=120, n_test=40, gz=("train-images-idx3-ubyte",)):
+    """Four standard IDX files (some gzipped), 28x28 images whose class sets the brightness of
+    one row band: learnable, like Fashion-MNIST's ten classes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(3)
+    for split, n in (("train", n_train), ("t10k", n_test)):
+        y = np.arange(n) % 10
+        img = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+        for i, c in enumerate(y):
+            img[i, 2 * c + 4:2 * c + 6, :] = 250
+        for array, name in ((img, f"{split}-images-idx3-ubyte"), (y.astype(np.uint8), f"{split}-labels-idx1-ubyte")):
+            write_idx(folder / name, array)
+            if name in gz:
+                (folder / (name + ".gz")).write_bytes(gzip.compress((folder / name).read_bytes()))
+                (folder / name).unlink()
+
+
+def test_fashion_mnist_without_data_is_a_one_line_error_naming_the_folder(tmp_path, capsys, monkeypatch):
+    # The real Fashion-MNIST files do not ship with lrjob and are not in the offline cache:
+    # without them the run stops before writing anything.
+    monkeypatch.setenv("LRJOB_DATA_HOME", str(tmp_path / "cache"))
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "run", "jobs/mnist_softmax.yaml", "--workers", 0, "--set", "data.source=fashion-mnist",
+                       "--output", out)
+    assert code == 2, err
+    errors = _error_lines(err)
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert str(tmp_path / "cache" / "fashion-mnist") in errors[0] and "set data.path" in errors[0], errors[0]
+    assert not out.exists()
+
+
+def test_fashion_mnist_runs_from_data_path_or_the_cache_folder(tmp_path, capsys, monkeypatch):
+    folder = tmp_path / "fm"
+    _write_fashion_folder(folder)
+    out = tmp_path / "run"
+    code, stdout, err = cli(capsys, "run", "jobs/mnist_softmax.yaml", "--workers", 0, "--set",
+                            "data.source=fashion-mnist", "--set", f"data.path={folder}", "--set", "train.epochs=3",
+                            "--set", "train.batch_size=16", "--set", "train.learning_rate=0.5", "--output", out,
+                            "--quiet")
+    assert code == 0, err
+    assert stdout.strip() == str(out)
+    metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 3 and metrics[-1]["val_accuracy"] >= 0.9  # 40 test images, learnable classes
+    assert len(metrics[-1]["confusion"]) == 10 and sum(map(sum, metrics[-1]["confusion"])) == 40
+    for name in ("samples.png", "confusion.png", "curves.png", "report.html", "model/meta.json"):
+        assert (out / name).is_file(), name
+    # the same files in $LRJOB_DATA_HOME/fashion-mnist are found without data.path
+    _write_fashion_folder(tmp_path / "home" / "fashion-mnist", gz=())
+    monkeypatch.setenv("LRJOB_DATA_HOME", str(tmp_path / "home"))
+    code, out, err = cli(capsys, "validate", "jobs/mnist_softmax.yaml", "--set", "data.source=fashion-mnist", "--data")
+    assert code == 0, err
+    assert yaml.safe_load(out)["data"]["path"] is None
+    assert "data ok: 120 train / 40 test rows, 784 features" in err
+
+
+# --------------------------------------------------------------------------- addresses (no Ray started)
+def test_ray_address_env_is_the_run_address(tmp_path, capsys):
+    dead = _free_port()
+    # a fresh process: this one may already hold the test session's Ray, which a run joins first
+    env = _own_home_env(tmp_path, RAY_ADDRESS=f"127.0.0.1:{dead}")
+    r = lrjob("run", "jobs/binary_2d.yaml", "--workers", 1, "--output", tmp_path / "a", env=env, timeout=60)
+    assert r.returncode == 2, r.stderr
+    errors = _error_lines(r.stderr)
+    assert len(errors) == 1 and f"no Ray cluster answers at 127.0.0.1:{dead}" in errors[0], r.stderr
+    assert not (tmp_path / "a").exists()
+    # the Ray Jobs commands: a dashboard that does not answer is bad input too
+    code, _, err = cli(capsys, "list", "--address", f"http://127.0.0.1:{dead}")
+    assert code == 2 and "no Ray dashboard answers" in err and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------- a real head with a token
+def _start_head(home: Path, num_cpus: int, dashboard: bool):
+    env = _own_home_env(home)
+    temp = tempfile.mkdtemp(prefix="lrjob-head-")
+    port, dash, agent = _free_port(), _free_port(), _free_port()
+    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+           f"--num-cpus={num_cpus}", f"--temp-dir={temp}", "--disable-usage-stats"]
+    if dashboard:
+        cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                f"--dashboard-agent-listen-port={agent}"]
+    else:
+        cmd += ["--include-dashboard=false"]
+    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    return proc, temp, {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+
+
+def _stop_head(proc, temp):
+    """SIGTERM to the head's process group, SIGKILL to whatever is left after 10 s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    if proc.poll() is None:
+        proc.wait(timeout=10)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def token_head(tmp_path_factory):
+    """`ray start --head` (2 CPUs, dashboard) by a user whose ~/.ray/auth_token exists:
+    Ray 2.60 then starts the cluster in token mode."""
+    home = tmp_path_factory.mktemp("head-home")
+    (home / ".ray").mkdir()
+    token = secrets.token_hex(32)
+    (home / ".ray" / "auth_token").write_text(token)
+    proc, temp, head = _start_head(home, num_cpus=2, dashboard=True)
+    try:
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out
+        assert "Token authentication is enabled" in out, out
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the Jobs API answers a little after `ray start` returns
+            if lrjob("list", "--address", head["dashboard"], env=head["env"], timeout=60).returncode == 0:
+                break
+            time.sleep(1)
+        session = Path(temp) / "session_latest"
+        head.update(home=home, token=token,
+                    node_id=next(session.glob("gcs_server_port_*")).name.rsplit("_", 1)[1])
+        yield head
+    finally:
+        _stop_head(proc, temp)
+
+
+@pytest.mark.distributed
+def test_jobs_commands_use_the_token_file_or_ray_auth_token(token_head, tmp_path):
+    address = token_head["dashboard"]
+    with_file = lrjob("list", "--address", address, env=token_head["env"], timeout=60)
+    assert with_file.returncode == 0 and with_file.stdout.startswith("ID"), with_file.stderr
+    empty_home = tmp_path / "home"
+    empty_home.mkdir()
+    with_env = lrjob("list", "--address", address, timeout=60,
+                     env=_own_home_env(empty_home, RAY_AUTH_TOKEN=token_head["token"]))
+    assert with_env.returncode == 0 and with_env.stdout.startswith("ID"), with_env.stderr
+    for extra in ({}, {"RAY_AUTH_TOKEN": secrets.token_hex(32)}):  # no token, a wrong token
+        r = lrjob("list", "--address", address, env=_own_home_env(empty_home, **extra), timeout=60)
+        assert r.returncode == 2, (extra, r.stdout, r.stderr)
+        errors = _error_lines(r.stderr)
+        assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "wants its token" in errors[0] and "~/.ray/auth_token" in errors[0] and "RAY_AUTH_TOKEN" in errors[0]
+
+
+@pytest.mark.distributed
+def test_run_joins_the_cluster_named_by_ray_address(token_head, tmp_path):
+    # RAY_AUTH_MODE=token is Ray's own switch; see the next test for the token file alone.
+    env = dict(token_head["env"], RAY_ADDRESS=token_head["gcs"], RAY_AUTH_MODE="token")
+    # 3 workers fit a local Ray on this machine (it is sized to the request) but not the 2-CPU head
+    r = lrjob("run", "jobs/binary_2d.yaml", "--workers", 3, "--output", tmp_path / "big", env=env, timeout=120)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "3 CPUs asked, the Ray cluster has 2" in r.stderr and not (tmp_path / "big").exists(), r.stderr
+    out = tmp_path / "run"
+    r = lrjob("run", "jobs/binary_2d.yaml", "--workers", 2, "--set", "train.epochs=2", "--output", out,
+              "--quiet", env=env, timeout=180)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    placement = json.loads((out / "env.json").read_text())["placement"]
+    assert [p["rank"] for p in placement] == [0, 1]
+    assert {p["node_id"] for p in placement} == {token_head["node_id"]}  # the head's node, not a new Ray
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+@pytest.mark.distributed
+def test_run_on_a_token_cluster_uses_the_token_file(token_head, tmp_path):
+    env = dict(token_head["env"], RAY_ADDRESS=token_head["gcs"])
+    r = lrjob("run", "jobs/binary_2d.yaml", "--workers", 3, "--output", tmp_path / "big", env=env, timeout=120)
+    assert r.returncode == 2 and "the Ray cluster has 2" in r.stderr, r.stderr[-1500:]
+
+
+# --------------------------------------------------------------------------- parity
+@pytest.mark.distributed
+def test_parity_command_prints_every_row_and_parity_holds(tmp_path):
+    keep = tmp_path / "kept"
+    r = lrjob("parity", "jobs/digits_softmax.yaml", "--workers", 2, "--set", "train.epochs=2",
+              "--set", "train.batch_size=20", "--keep", keep, env=_own_home_env(tmp_path), timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    assert lines[-1].startswith("parity holds: largest parameter difference "), r.stdout
+    rows = {x.split()[0]: x.split() for x in lines if x.startswith("  ") and x.split()[-1] in ("yes", "NO")}
+    assert {"lrjob_layer0_weight", "lrjob_layer0_bias"} <= set(rows), r.stdout
+    assert {"train_loss", "val_loss", "val_accuracy", "val_macro_f1", "confusion"} <= set(rows), r.stdout
+    for name, cols in rows.items():
+        diff, tol = float(cols[-3]), float(cols[-2])
+        assert cols[-1] == "yes" and diff <= tol, cols
+        assert tol == (1e-5 if name.startswith("lrjob_") else 1e-6), cols
+    assert (keep / "workers-0" / "summary.json").is_file() and (keep / "workers-2" / "summary.json").is_file()
+    env = json.loads((keep / "workers-2" / "env.json").read_text())
+    assert env["workers"] == 2 and len({p["pid"] for p in env["placement"]}) == 2

@@ -1,0 +1,446 @@
+"""The run directory on its own (``launcher.rundir``), in-process and fast: atomic writes,
+checkpoints that are whole or absent, pruning to ``checkpoint.keep``, the newest
+checkpoint that reads back whole, and the readers every command uses."""
+import dataclasses
+import datetime as dt
+import errno
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+
+import numpy as np
+import pytest
+
+from launcher import rundir
+from launcher.rundir import (RunDir, atomic_write_text, check_writable, latest_checkpoint, list_checkpoints,
+                             load_checkpoint, new_run_path)
+from lr_core import faults
+from lr_core.errors import LrjobInputError
+
+
+def _state(epochs_done, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"epochs_done": epochs_done,
+            "params": {"w": rng.normal(size=(2, 3)).astype(np.float32), "b": np.arange(2, dtype=np.float32)},
+            "optimizer_arrays": {"0.0": rng.normal(size=(2, 3)), "1": np.ones(2)},
+            "optimizer_meta": {"num_update": 7 * epochs_done, "index_update_count": {"0": 7},
+                               "layout": {"0": "tuple1", "1": "array"}}}
+
+
+def _history(n):
+    # float32 as the loop reports them: state.json must convert NumPy scalars
+    return [{"epoch": e + 1, "val_loss": np.float32(1.0 / (e + 1))} for e in range(n)]
+
+
+def _write(run, epochs_done, keep=10, seed=0, digest="d1"):
+    return run.write_checkpoint(_state(epochs_done, seed), digest, _history(epochs_done), keep)
+
+
+def _names(run):
+    return sorted(p.name for p in (run.path / "checkpoints").iterdir())
+
+
+def _arm(monkeypatch, **spec):
+    """Arm a fault point in this process (what LRJOB_FAULT does for a subprocess)."""
+    monkeypatch.setattr(faults, "_SPEC", {"action": "raise", **spec})
+
+
+# ---------------------------------------------------------------------------- paths
+def test_utc_stamp_is_now_in_utc():
+    stamp = rundir.utc_stamp()
+    assert re.fullmatch(r"\d{8}T\d{6}Z", stamp), stamp
+    when = dt.datetime.strptime(stamp, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 5
+
+
+def test_utc_stamp_is_utc_whatever_the_local_zone(monkeypatch):
+    monkeypatch.setenv("TZ", "Asia/Kolkata")  # UTC+05:30, no daylight saving
+    time.tzset()
+    try:
+        when = dt.datetime.strptime(rundir.utc_stamp(), "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 5
+
+
+def test_new_run_path_numbers_taken_names(tmp_path, monkeypatch):
+    monkeypatch.setattr(rundir, "utc_stamp", lambda: "20260101T000000Z")
+    assert new_run_path("job", tmp_path) == tmp_path / "job-20260101T000000Z"
+    (tmp_path / "job-20260101T000000Z").mkdir()
+    assert new_run_path("job", tmp_path) == tmp_path / "job-20260101T000000Z-2"
+    (tmp_path / "job-20260101T000000Z-2").mkdir()
+    assert new_run_path("job", str(tmp_path)) == tmp_path / "job-20260101T000000Z-3"
+    monkeypatch.chdir(tmp_path)
+    assert new_run_path("other") == rundir.Path("runs") / "other-20260101T000000Z"
+
+
+def test_check_writable_accepts_new_and_empty_paths(tmp_path):
+    check_writable(tmp_path / "a" / "b" / "c")
+    (tmp_path / "empty").mkdir()
+    check_writable(tmp_path / "empty")
+
+
+def test_check_writable_refuses_a_path_under_a_file(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LrjobInputError) as e:
+        check_writable(tmp_path / "f" / "run")
+    assert str(e.value) == (f"--output {tmp_path / 'f' / 'run'}: {tmp_path / 'f'} is a file, not a directory; "
+                            f"choose another path")
+    assert e.value.exit_code == 2
+
+
+def test_check_writable_refuses_a_folder_without_write_and_search_rights(tmp_path, monkeypatch):
+    # root may write anywhere: os.access answers for the probe instead of chmod
+    asked = []
+    real = os.access
+
+    def access(path, mode):
+        asked.append((rundir.Path(path), mode))
+        return False if rundir.Path(path) == tmp_path else real(path, mode)
+
+    monkeypatch.setattr(rundir.os, "access", access)
+    with pytest.raises(LrjobInputError, match="is not writable; choose a writable directory"):
+        check_writable(tmp_path / "new" / "run")
+    assert asked == [(tmp_path, os.W_OK | os.X_OK)]
+
+
+def test_check_writable_refuses_a_non_empty_folder_and_names_resume(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "job.yaml").write_text("x")
+    with pytest.raises(LrjobInputError) as e:
+        check_writable(tmp_path / "run")
+    assert f"(or --resume {tmp_path / 'run'} to continue that run)" in str(e.value)
+
+
+# ---------------------------------------------------------------------------- atomic writes
+def test_atomic_write_text_writes_and_replaces_leaving_no_temporary(tmp_path):
+    atomic_write_text(tmp_path / "a.json", "one")
+    atomic_write_text(tmp_path / "a.json", "two")
+    assert (tmp_path / "a.json").read_text() == "two"
+    assert os.listdir(tmp_path) == ["a.json"]
+    atomic_write_text(str(tmp_path / "b.txt"), "")
+    assert (tmp_path / "b.txt").read_text() == ""
+
+
+def test_atomic_write_text_temporary_is_hidden_while_it_is_written(tmp_path, monkeypatch):
+    seen = []
+    real = os.fsync
+
+    def fsync(fd):
+        seen.append(sorted(os.listdir(tmp_path)))
+        real(fd)
+
+    monkeypatch.setattr(rundir.os, "fsync", fsync)
+    atomic_write_text(tmp_path / "summary.json", "{}")
+    (listing,) = seen
+    (tmp,) = listing
+    assert tmp.startswith(".summary.json."), listing
+    assert os.listdir(tmp_path) == ["summary.json"]
+
+
+def test_atomic_write_text_makes_its_temporary_beside_the_target(tmp_path, monkeypatch):
+    # a rename is atomic only within one file system: the temporary must not go to /tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "no-such-dir"))
+    atomic_write_text(tmp_path / "a.txt", "x")
+    assert (tmp_path / "a.txt").read_text() == "x"
+
+
+def test_atomic_write_text_failure_keeps_the_old_file_and_no_temporary(tmp_path):
+    atomic_write_text(tmp_path / "a.txt", "old")
+    with pytest.raises(TypeError):
+        atomic_write_text(tmp_path / "a.txt", b"not text")
+    assert (tmp_path / "a.txt").read_text() == "old"
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_json_of_numpy_values(tmp_path):
+    obj = {"f": np.float32(0.5), "i": np.int64(3), "b": np.bool_(True), "a": np.arange(3), "m": np.eye(2)}
+    assert json.loads(rundir.dumps(obj)) == {"f": 0.5, "i": 3, "b": True, "a": [0, 1, 2], "m": [[1, 0], [0, 1]]}
+    with pytest.raises(TypeError, match="not JSON serialisable: <class 'object'>"):
+        rundir.dumps({"x": object()})
+    run = RunDir.create(tmp_path / "r")
+    run.write_json("x.json", {"a": np.int32(1), "l": [1]})
+    assert (run.path / "x.json").read_text() == '{\n  "a": 1,\n  "l": [\n    1\n  ]\n}\n'
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def test_write_checkpoint_round_trip(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    path = _write(run, 3)
+    assert path == run.path / "checkpoints" / "epoch-0003"
+    assert sorted(os.listdir(path)) == ["optimizer.npz", "params.npz", "state.json"]
+    state = json.loads((path / "state.json").read_text())
+    assert state["data_cursor"] == {"next_epoch": 3, "note": "epoch order = permutation(seed, epoch)"}
+    ck = load_checkpoint(path)
+    want = _state(3)
+    assert ck["epochs_done"] == 3 and isinstance(ck["epochs_done"], int)
+    assert ck["spec_digest"] == "d1"
+    assert ck["history"] == _history(3)
+    assert ck["optimizer_meta"] == want["optimizer_meta"]
+    assert ck["path"] == str(path)
+    for got, exp in ((ck["params"], want["params"]), (ck["optimizer_arrays"], want["optimizer_arrays"])):
+        assert sorted(got) == sorted(exp)
+        for k in exp:
+            assert got[k].dtype == exp[k].dtype and np.array_equal(got[k], exp[k]), k
+    assert _names(run) == ["epoch-0003"]
+
+
+def test_write_checkpoint_recreates_a_missing_checkpoints_folder(tmp_path):
+    run = RunDir(tmp_path)
+    assert _write(run, 1).is_dir()
+
+
+def test_load_checkpoint_defaults_for_older_state_files(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    path = _write(run, 2)
+    state = json.loads((path / "state.json").read_text())
+    del state["spec_digest"], state["history"]
+    (path / "state.json").write_text(json.dumps(state))
+    ck = load_checkpoint(path)
+    assert ck["spec_digest"] is None and ck["history"] == []
+
+
+@pytest.mark.parametrize("name", ["params.npz", "optimizer.npz"])
+def test_load_checkpoint_refuses_pickles(tmp_path, name):
+    run = RunDir.create(tmp_path / "r")
+    path = _write(run, 1)
+    np.savez(path / name, w=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="allow_pickle=False"):
+        load_checkpoint(path)
+    assert latest_checkpoint(run.path) is None
+
+
+@pytest.mark.parametrize("keep,want", [(1, [5]), (2, [4, 5]), (3, [3, 4, 5]), (10, [1, 2, 3, 4, 5])])
+def test_pruning_keeps_the_newest(tmp_path, keep, want):
+    run = RunDir.create(tmp_path / "r")
+    for e in range(1, 6):
+        _write(run, e, keep=keep)
+    assert [int(p.name[6:]) for p in list_checkpoints(run.path)] == want
+    assert _names(run) == [f"epoch-{e:04d}" for e in want]
+
+
+def test_rewriting_an_epoch_replaces_it_whole(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 2, seed=0)
+    _write(run, 2, seed=1, digest="d2")
+    ck = load_checkpoint(run.path / "checkpoints" / "epoch-0002")
+    assert ck["spec_digest"] == "d2"
+    assert np.array_equal(ck["params"]["w"], _state(2, seed=1)["params"]["w"])
+    assert _names(run) == ["epoch-0002"]
+
+
+@pytest.mark.parametrize("stage", ["params", "written"])
+def test_a_crash_before_the_rename_leaves_the_old_checkpoints_only(tmp_path, monkeypatch, stage):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 1)
+    _write(run, 2)
+    _arm(monkeypatch, at="checkpoint", epoch=3, stage=stage)
+    with pytest.raises(RuntimeError, match=f"injected fault at checkpoint .*'stage': '{stage}'"):
+        _write(run, 3, keep=1)
+    assert _names(run) == ["epoch-0001", "epoch-0002"]  # no temporary left, nothing pruned
+    assert latest_checkpoint(run.path)["epochs_done"] == 2
+
+
+def test_a_crash_while_rewriting_an_epoch_keeps_the_old_one(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 2, digest="old")
+    _arm(monkeypatch, at="checkpoint", epoch=2, stage="written")
+    with pytest.raises(RuntimeError):
+        _write(run, 2, digest="new")
+    assert _names(run) == ["epoch-0002"]
+    assert latest_checkpoint(run.path)["spec_digest"] == "old"
+
+
+def test_a_crash_after_the_rename_keeps_the_new_checkpoint_unpruned(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 1)
+    _arm(monkeypatch, at="checkpoint", epoch=2, stage="renamed")
+    with pytest.raises(RuntimeError):
+        _write(run, 2, keep=1)
+    assert _names(run) == ["epoch-0001", "epoch-0002"]
+    assert latest_checkpoint(run.path)["epochs_done"] == 2
+
+
+def test_the_temporary_folder_is_hidden_and_inside_checkpoints(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    seen = {}
+    monkeypatch.setattr(faults, "hit", lambda at, **where: seen.setdefault(where["stage"], _names(run)))
+    _write(run, 3)
+    (tmp,) = seen["written"]
+    assert tmp.startswith(".tmp-epoch-0003-"), seen
+    assert seen["renamed"] == ["epoch-0003"]
+
+
+class _Unremovable:
+    """shutil.rmtree where removal fails (a busy NFS file, say), as the real one reports it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def __call__(self, path, ignore_errors=False, **kw):
+        self.calls.append(os.path.basename(path))
+        if not ignore_errors:
+            raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+
+
+def test_a_folder_that_cannot_be_removed_never_fails_a_checkpoint(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 1)
+    _write(run, 2)
+    rmtree = _Unremovable()
+    monkeypatch.setattr(rundir.shutil, "rmtree", rmtree)
+    assert _write(run, 3, keep=1).name == "epoch-0003"          # pruning fails quietly
+    assert _write(run, 3, keep=10).name == "epoch-0003"         # the replaced copy stays behind
+    assert [c for c in rmtree.calls if c.startswith("epoch-")] == ["epoch-0001", "epoch-0002"]
+    assert any(c.startswith(".old-epoch-0003-") for c in rmtree.calls)
+    _arm(monkeypatch, at="checkpoint", epoch=4, stage="written")
+    with pytest.raises(RuntimeError, match="injected fault"):  # the crash, not the clean-up, is reported
+        _write(run, 4)
+    assert rmtree.calls[-1].startswith(".tmp-epoch-0004-")
+    monkeypatch.setattr(rundir.shutil, "rmtree", shutil.rmtree)
+
+
+def test_fault_points_name_the_epoch_and_stage(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    seen = []
+    monkeypatch.setattr(faults, "hit", lambda at, **where: seen.append((at, where)))
+    _write(run, 4)
+    assert seen == [("checkpoint", {"epoch": 4, "stage": s}) for s in ("params", "written", "renamed")]
+
+
+def test_list_checkpoints_sees_only_complete_epoch_folders(tmp_path):
+    assert list_checkpoints(tmp_path) == []
+    run = RunDir.create(tmp_path / "r")
+    assert list_checkpoints(run.path) == []
+    for e in (10, 2, 1):
+        _write(run, e)
+    ck = run.path / "checkpoints"
+    (ck / ".tmp-epoch-0011-abc").mkdir()
+    (ck / ".tmp-epoch-0011-abc" / "state.json").write_text("{}")
+    (ck / "epoch-0012").mkdir()                      # no state.json: torn
+    (ck / "epoch-0013").write_text("a file")
+    (ck / "other").mkdir()
+    (ck / "other" / "state.json").write_text("{}")
+    assert [p.name for p in list_checkpoints(run.path)] == ["epoch-0001", "epoch-0002", "epoch-0010"]
+    assert run.checkpoints() == list_checkpoints(run.path)
+
+
+def _damage(path, how):
+    if how == "truncated params":
+        data = (path / "params.npz").read_bytes()
+        (path / "params.npz").write_bytes(data[: len(data) // 2])
+    elif how == "no optimizer":
+        (path / "optimizer.npz").unlink()
+    elif how == "bad json":
+        (path / "state.json").write_text("{")
+    elif how == "no key":
+        (path / "state.json").write_text(json.dumps({"epochs_done": 3}))
+    elif how == "bad epochs":
+        state = json.loads((path / "state.json").read_text())
+        state["epochs_done"] = None
+        (path / "state.json").write_text(json.dumps(state))
+    elif how == "empty params":
+        (path / "params.npz").write_bytes(b"")
+
+
+@pytest.mark.parametrize("how", ["truncated params", "no optimizer", "bad json", "no key", "bad epochs",
+                                 "empty params"])
+def test_latest_checkpoint_skips_a_damaged_newest(tmp_path, how):
+    run = RunDir.create(tmp_path / "r")
+    for e in (1, 2, 3):
+        _write(run, e)
+    _damage(run.path / "checkpoints" / "epoch-0003", how)
+    ck = latest_checkpoint(run.path)
+    assert ck["epochs_done"] == 2 and ck["path"] == str(run.path / "checkpoints" / "epoch-0002")
+    assert run.latest_checkpoint()["epochs_done"] == 2
+    _damage(run.path / "checkpoints" / "epoch-0002", how)
+    _damage(run.path / "checkpoints" / "epoch-0001", how)
+    assert latest_checkpoint(run.path) is None
+
+
+def test_latest_checkpoint_is_the_newest_whole_one(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    assert latest_checkpoint(run.path) is None and run.latest_checkpoint() is None
+    for e in (1, 9, 10):
+        _write(run, e)
+    assert latest_checkpoint(run.path)["epochs_done"] == 10
+
+
+# ---------------------------------------------------------------------------- RunDir
+def test_create_and_open(tmp_path):
+    run = RunDir.create(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b" / "checkpoints").is_dir()
+    assert RunDir.create(tmp_path / "a" / "b").path == tmp_path / "a" / "b"   # again: no error
+    assert RunDir.open(str(run.path)).path == run.path
+    with pytest.raises(LrjobInputError) as e:
+        RunDir.open(tmp_path / "missing")
+    assert str(e.value) == f"{tmp_path / 'missing'}: no such run directory"
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LrjobInputError):
+        RunDir.open(tmp_path / "f")
+
+
+def test_readers_of_a_fresh_folder(tmp_path):
+    run = RunDir.open(tmp_path)
+    assert run.spec() is None and run.spec_dict() == {}
+    assert run.history() == [] and run.summary() is None and run.env() is None
+    assert run.model_dir == tmp_path / "model"
+    (tmp_path / "summary.json").write_text("{not json")
+    (tmp_path / "env.json").write_text('{"a": 1}')
+    (tmp_path / "job.yaml").write_text("- a list\n")
+    assert run.summary() is None and run.env() == {"a": 1} and run.spec_dict() == {}
+    (tmp_path / "job.yaml").write_text("name: x\ntrain: {epochs: 2}\n")
+    assert run.spec_dict() == {"name": "x", "train": {"epochs": 2}}
+    (tmp_path / "summary.json").write_text('{"status": "completed"}')
+    assert run.summary() == {"status": "completed"}
+
+
+def test_a_bad_job_yaml_names_its_file(tmp_path):
+    from lr_core.errors import SpecError
+
+    (tmp_path / "job.yaml").write_text("name: x\ntrian: {epochs: 3}\n")
+    with pytest.raises(SpecError, match=re.escape(str(tmp_path / "job.yaml"))):
+        RunDir.open(tmp_path).spec()
+
+
+def test_metrics_append_and_rewrite(tmp_path):
+    run = RunDir.create(tmp_path)
+    run.append_metrics({"epoch": 1, "x": np.float32(0.5)})
+    run.append_metrics({"epoch": 2, "x": np.arange(2)})
+    assert run.history() == [{"epoch": 1, "x": 0.5}, {"epoch": 2, "x": [0, 1]}]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1, "x": 0.5}\n{"epoch": 2, "x": [0, 1]}\n'
+    run.rewrite_metrics([{"epoch": 1, "x": np.int64(4)}, {"epoch": 2}])
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1, "x": 4}\n{"epoch": 2}\n'
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n\n  \n{"epoch": 2}\n')
+    assert run.history() == [{"epoch": 1}, {"epoch": 2}]
+    run.rewrite_metrics([])
+    assert run.history() == []
+
+
+def test_spec_and_model_of_a_written_run(tmp_path):
+    from launcher.spec import load_spec
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=1"])
+    run = RunDir.create(tmp_path / "r")
+    run.write_spec(spec)
+    assert run.spec().to_yaml() == spec.to_yaml()
+    assert run.spec_dict()["name"] == spec.name
+    run.write_text("note.txt", "hello")
+    assert (run.path / "note.txt").read_text() == "hello"
+    data = dataclasses.replace(spec.load_data(), extra={"columns": ["a", "b"]}, image_shape=(1, 2))
+    rng = np.random.default_rng(0)
+    params = {"lrjob_layer0_weight": rng.normal(size=(1, data.num_features)).astype(np.float32),
+              "lrjob_layer0_bias": np.array([0.25], dtype=np.float32)}
+    run.export_model(spec, data, params)
+    meta = json.loads((run.model_dir / "meta.json").read_text())
+    assert meta["job"] == spec.name and meta["source"] == data.source
+    assert meta["image_shape"] == [1, 2] and meta["columns"] == ["a", "b"]
+    assert meta["label_column"] == spec.data.label_column and meta["label_map"] == spec.data.label_map
+    model = run.model()
+    x = data.x_val[:5]
+    want = x.astype(np.float64) @ params["lrjob_layer0_weight"][0].astype(np.float64) + 0.25
+    assert np.allclose(model.logits(x)[:, 0], want, atol=1e-5)

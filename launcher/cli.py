@@ -46,6 +46,7 @@ EXAMPLES = {
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # argparse errors are bad input: one line, exit 2
+        """Print the usage and ``lrjob: error: <message>`` to stderr, then exit 2."""
         self.print_usage(sys.stderr)
         sys.stderr.write(f"lrjob: error: {message}\n")
         sys.exit(2)
@@ -67,6 +68,8 @@ def _add_spec_args(p, workers_default_help="from the spec (resources.workers)"):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``lrjob`` argument parser with every subcommand (submit, status, logs, stop, list and
+    k8s are added by ``launcher.deploy``)."""
     p = _Parser(prog="lrjob", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     subs = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subs.required = True
@@ -107,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     rs = _sub(subs, "runs", "a table of past runs")
-    rs.add_argument("--dir", default="runs", help="folder of run directories (default: runs)")
+    rs.add_argument("--dir", default=None, help="folder of run directories (default: runs)")
     cp = _sub(subs, "compare", "two runs side by side: spec differences and results")
     cp.add_argument("run_a")
     cp.add_argument("run_b")
@@ -142,15 +145,24 @@ def _load(args):
     return load_spec(args.job, overrides)
 
 
+def _spec_file_of(run: str) -> Path:
+    """The ``job.yaml`` of the run directory to resume."""
+    from .rundir import RunDir
+
+    spec_file = RunDir(run).spec_file
+    if not spec_file.is_file():
+        raise SpecError(f"--resume {run}: not a run directory (no job.yaml); pass a folder that lrjob run wrote")
+    return spec_file
+
+
 def cmd_run(args) -> int:
+    """``lrjob run``: train the job (or continue ``--resume RUN``) and write its run directory;
+    returns 0, or 130 after Ctrl-C."""
     from .driver import DriverOptions, run_job
     from .report.progress import Reporter
 
     if args.resume and not args.job:
-        if not (Path(args.resume) / "job.yaml").is_file():
-            raise SpecError(f"--resume {args.resume}: not a run directory (no job.yaml); pass a folder "
-                            f"that lrjob run wrote")
-        args.job = str(Path(args.resume) / "job.yaml")
+        args.job = str(_spec_file_of(args.resume))
     if args.resume and (args.output or args.runs_dir != "runs"):
         raise SpecError("--resume continues in the run's own directory; drop --output/--runs-dir")
     spec = _load(args)
@@ -166,6 +178,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_parity(args) -> int:
+    """``lrjob parity``: run the job with ``--workers 0`` and with N workers and print the parity
+    report; returns 0 when parity holds, else 1. The runs are deleted unless ``--keep``."""
     from .driver import DriverOptions, run_job
     from .report.parity import compare
 
@@ -194,6 +208,8 @@ def cmd_parity(args) -> int:
 
 
 def cmd_validate(args) -> int:
+    """``lrjob validate``: print the resolved spec as YAML (with ``--data``, also load and check
+    the data); returns 0."""
     spec = _load(args)
     sys.stdout.write(spec.to_yaml())
     if args.data:
@@ -204,6 +220,7 @@ def cmd_validate(args) -> int:
 
 
 def cmd_doctor(args) -> int:
+    """``lrjob doctor``: returns ``run_doctor``'s exit code (0 when every check passes)."""
     from .doctor import run_doctor
 
     return run_doctor(gpu=args.gpu)
@@ -241,6 +258,8 @@ def _read_input(path: str, meta: dict, require_labels: bool):
 
 
 def cmd_predict(args) -> int:
+    """``lrjob predict``: write ``prediction,probability`` CSV rows for ``--input`` to ``--output``
+    or stdout; returns 0."""
     from .rundir import atomic_write_text
 
     model = _model(args.run)
@@ -251,7 +270,11 @@ def cmd_predict(args) -> int:
         out = Path(args.output)
         if not out.parent.exists():
             raise LrjobInputError(f"--output {out}: folder {out.parent} does not exist")
-        atomic_write_text(out, text)
+        try:
+            atomic_write_text(out, text)
+        except OSError as e:
+            raise LrjobInputError(f"--output {out}: cannot write ({e.strerror or e}); choose a writable path") \
+                from None
         print(f"wrote {len(pred)} predictions to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -259,6 +282,8 @@ def cmd_predict(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
+    """``lrjob evaluate``: print the exported model's metrics on ``--data`` (default: the run's
+    validation data), as text or with ``--json``; returns 0."""
     from lr_core.metrics import EvalCounts, from_logits, summarize
 
     from .rundir import RunDir
@@ -296,23 +321,29 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_worker(args) -> int:
+    """``lrjob worker``: run this process as one rank of a ``horovodrun`` job (``run_rank``);
+    returns 0."""
     from .driver import run_rank
     from .report.progress import Reporter
 
     if args.resume and not args.job:
-        args.job = str(Path(args.resume) / "job.yaml")
+        args.job = str(_spec_file_of(args.resume))
     spec = _load(args)
     return run_rank(spec, args.output, resume=args.resume, reporter=Reporter("human"))
 
 
 def cmd_runs(args) -> int:
+    """``lrjob runs``: print the table of past runs under ``--dir``; returns 0."""
     from .report.history import list_runs, render_runs
 
-    print(render_runs(list_runs(args.dir)))
+    if args.dir is not None and not Path(args.dir).is_dir():  # a named folder must exist
+        raise LrjobInputError(f"--dir {args.dir}: no such folder; pass the folder lrjob run wrote runs into")
+    print(render_runs(list_runs(args.dir or "runs")))
     return 0
 
 
 def cmd_compare(args) -> int:
+    """``lrjob compare``: print two runs side by side; returns 0."""
     from .report.history import render_compare
 
     print(render_compare(args.run_a, args.run_b))
@@ -320,12 +351,15 @@ def cmd_compare(args) -> int:
 
 
 def cmd_k8s(args) -> int:
+    """``lrjob k8s``: print the Kubernetes manifests (``launcher.deploy.k8s.cmd_k8s``); returns 0."""
     from .deploy.k8s import cmd_k8s as run
 
     return run(args)
 
 
 def cmd_submit(args) -> int:
+    """``lrjob submit``: submit the job to a Ray cluster's Jobs API; returns 0, or with ``--wait``
+    0 when the job succeeded, else 1."""
     from .deploy.submit import submit
 
     return submit(_load(args), address=args.address, output=args.output, wait=args.wait,
@@ -347,6 +381,8 @@ COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doc
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``lrjob`` entry point: parse ``argv`` and run the command; returns the exit code (0 ok,
+    2 bad input, 1 training, cluster or internal failure, 130 interrupted)."""
     from .quiet import silence_known_noise
 
     silence_known_noise()

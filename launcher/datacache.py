@@ -35,6 +35,7 @@ ARRAYS = {"train_images": "train-images-idx3-ubyte", "train_labels": "train-labe
 
 
 def mnist_dir() -> Path:
+    """The MNIST cache folder: ``mnist`` under ``lr_core.data.data_home()``."""
     return data_home() / "mnist"
 
 
@@ -88,6 +89,8 @@ def ensure_mnist(target: Path | None = None, quiet: bool = False) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m launcher.datacache ensure|verify``; returns 0, or 1 when ``verify`` finds the
+    cache broken."""
     p = argparse.ArgumentParser(prog="python -m launcher.datacache", description=__doc__.splitlines()[0])
     p.add_argument("command", choices=["ensure", "verify"])
     p.add_argument("--dir", type=Path, default=None, help=f"cache folder (default {mnist_dir()})")

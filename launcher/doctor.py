@@ -16,6 +16,8 @@ def _check(name, fn):
 
 
 def run_doctor(gpu: bool = False) -> int:
+    """Check numpy, MXNet, Horovod, Ray and the MNIST cache (with ``gpu``, also the GPU and NCCL)
+    and print each result with its fix; returns 0 when every check passes, else 1."""
     def numpy_check():
         import numpy as np
         ok = np.__version__.startswith("1.23.")

@@ -29,6 +29,7 @@ from typing import Callable
 import numpy as np
 
 from lr_core import faults
+from lr_core.data import Dataset
 from lr_core.errors import LrjobError, SpecError, WorkerFailure
 
 from .backends import Backend
@@ -54,11 +55,16 @@ class DriverOptions:
     address: str | None = None                          # a Ray cluster; None: RAY_ADDRESS or a local Ray
     runs_dir: str | os.PathLike = "runs"                # where a new run directory goes without an output
     backend_factory: Callable[[], Backend] | None = None  # e.g. this rank under horovodrun (backends/hvdrun.py)
+    data: Dataset | None = None                         # the job's data when already loaded (run_rank)
     hooks: RunHooks = RunHooks()
 
 
 @dataclass
 class RunResult:
+    """What ``run_job`` returns: the run directory, one metrics dict per epoch, rank 0's final
+    parameters, the run's summary (what summary.json holds) and the placement;
+    ``rank_params`` and ``shard_logs`` only with ``RunHooks``."""
+
     path: Path
     history: list[dict]
     params: dict[str, np.ndarray]
@@ -69,6 +75,8 @@ class RunResult:
 
 
 class Decision(enum.Enum):
+    """``FailurePolicy.decide``'s answer to a worker failure: restart the worker group, or raise."""
+
     RESTART = "restart"
     RAISE = "raise"
 
@@ -82,6 +90,8 @@ class FailurePolicy:
     failures: int = 0
 
     def decide(self, error: WorkerFailure) -> Decision:
+        """Count ``error`` as one more failure; returns RESTART while the count is at most
+        ``max_failures``, else RAISE."""
         self.failures += 1
         return Decision.RESTART if self.failures <= self.max_failures else Decision.RAISE
 
@@ -101,6 +111,8 @@ class Driver:
     def __init__(self, spec: JobSpec, output: str | os.PathLike | None = None, *,
                  resume: str | os.PathLike | None = None, reporter: Reporter | None = None,
                  options: DriverOptions | None = None):
+        self._t_start = time.time()  # wall_seconds count from here, data loading included
+        faults.check()
         self.spec = spec
         self.options = options or DriverOptions()
         self.reporter = reporter or Reporter("silent")
@@ -111,7 +123,8 @@ class Driver:
         else:
             self.path = Path(output) if output else new_run_path(spec.name, self.options.runs_dir)
             check_writable(self.path)
-        self.data = spec.load_data()  # bad data fails here, before anything is written
+        # bad data fails here, before anything is written
+        self.data = self.options.data if self.options.data is not None else spec.load_data()
         self.backend_factory = self.options.backend_factory or self._default_backend
         self.policy = FailurePolicy(spec.failure.max_failures)
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
@@ -119,24 +132,26 @@ class Driver:
         self._backend_down = False
         self.run_dir: RunDir | None = None
         self.status: dict = {"status": "starting"}
-        self._t_start = time.time()
         self._restore_signals: Callable[[], None] = lambda: None
+        self._result: RunResult | None = None
 
     # ------------------------------------------------------------------ the run
     def run(self) -> RunResult:
+        """Start or join Ray (N workers), train every epoch and write the run directory; returns the
+        ``RunResult``. ``summary.json`` records how the run ended, also when it fails or is interrupted."""
         with ExitStack() as stack:
             stack.callback(self._finish)                      # last: summary, plots
             stack.callback(lambda: self._restore_signals())
-            if self.spec.workers > 0 and self.options.backend_factory is None:
-                from .backends.cluster import RaySession
-
-                stack.enter_context(RaySession(self.options.address, self.spec.workers,
-                                               self.spec.resources.cpus_per_worker))
-            # after ray.init, which installs its own SIGTERM handler in the driver
-            self._restore_signals = _sigterm_as_interrupt()
-            stack.callback(self._shutdown_backend)
-            stack.callback(_cleanup_fault_point, self)         # first (tests only)
             try:
+                if self.spec.workers > 0 and self.options.backend_factory is None:
+                    from .backends.cluster import RaySession
+
+                    stack.enter_context(RaySession(self.options.address, self.spec.workers,
+                                                   self.spec.resources.cpus_per_worker))
+                # after ray.init, which installs its own SIGTERM handler in the driver
+                self._restore_signals = _sigterm_as_interrupt()
+                stack.callback(self._shutdown_backend)
+                stack.callback(_cleanup_fault_point, self)     # first (tests only)
                 return self._train()
             except KeyboardInterrupt:
                 _second_interrupt_exits()
@@ -173,8 +188,10 @@ class Driver:
         shard_logs = self.backend.shard_logs() if hooks.record_shards else None
         run.export_model(self.spec, self.data, state["params"])
         self.status = {"status": "completed"}
-        return RunResult(self.path, self.history, state["params"], self.status, self.backend.placement,
-                         rank_params, shard_logs)
+        # summary: filled with summary.json's content when the run is finished (_finish)
+        self._result = RunResult(self.path, self.history, state["params"], dict(self.status),
+                                 self.backend.placement, rank_params, shard_logs)
+        return self._result
 
     def _epochs(self) -> dict:
         """The epoch loop with checkpoints and restarts; returns the final state."""
@@ -250,6 +267,8 @@ class Driver:
         if self.run_dir is None:
             return
         full = self._write_summary()
+        if self._result is not None:
+            self._result.summary = full
         if self.status.get("status") == "completed":
             _plots(self.run_dir, self.spec, self.data, self.history)
             self.reporter.summary(full, self.path)
@@ -306,7 +325,7 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     gpus = spec.resources.gpus_per_worker
     if comm.rank == 0:
         run_job(spec, output, resume=resume, reporter=reporter,
-                options=DriverOptions(backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus)))
+                options=DriverOptions(backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus), data=data))
         return 0
     # Other ranks: the same collectives in the same order as rank 0, no files.
     backend = ThisRankBackend(cfg, data, comm, gpus)

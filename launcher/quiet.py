@@ -15,6 +15,8 @@ __all__ = ["silence_known_noise"]
 
 
 def silence_known_noise() -> None:
+    """Filter the known harmless warnings and quiet Ray's and horovod.ray's chatty loggers (see the
+    module docstring)."""
     warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"horovod\.ray(\..*)?$")
     warnings.filterwarnings("ignore", message=r".*Use get_node_id\(\) instead", category=DeprecationWarning)
     # horovod.ray's PGStrategy passes placement_group=/placement_group_bundle_index=.

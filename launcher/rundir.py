@@ -32,10 +32,13 @@ __all__ = ["RunDir", "new_run_path", "check_writable", "atomic_write_text", "lis
 
 
 def utc_stamp() -> str:
+    """The current UTC time as ``YYYYMMDDTHHMMSSZ``."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
 
 
 def new_run_path(name: str, base: str | os.PathLike = "runs") -> Path:
+    """A path for a new run: ``<base>/<name>-<UTC stamp>``, with ``-2``, ``-3``, ... appended while
+    that path exists."""
     base = Path(base)
     path = base / f"{name}-{utc_stamp()}"
     i = 1
@@ -54,9 +57,20 @@ def check_writable(path: Path) -> None:
         raise LrjobInputError(f"--output {path}: {probe} is a file, not a directory; choose another path")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise LrjobInputError(f"--output {path}: {probe} is not writable; choose a writable directory")
+    try:  # os.access says yes to root and on some mounts: try for real, leave nothing
+        os.rmdir(tempfile.mkdtemp(prefix=".lrjob-probe-", dir=probe))
+    except OSError as e:
+        raise LrjobInputError(f"--output {path}: {probe} is not writable ({e.strerror or e}); "
+                              f"choose a writable directory") from None
     if path.exists() and any(path.iterdir()):
         raise LrjobInputError(f"--output {path}: exists and is not empty; choose a new path "
                               f"(or --resume {path} to continue that run)")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(path: Path) -> None:
@@ -71,9 +85,12 @@ def _fsync_dir(path: Path) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced, then
+    renamed: readers see the old content or the new, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; others may read a run
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -94,10 +111,13 @@ def _json_default(o):
 
 
 def dumps(obj) -> str:
+    """``obj`` as JSON; NumPy scalars and arrays become numbers and lists."""
     return json.dumps(obj, default=_json_default)
 
 
 def list_checkpoints(run: Path) -> list[Path]:
+    """The complete checkpoint folders (``epoch-NNNN`` with a ``state.json``) of the run at ``run``,
+    oldest first."""
     d = Path(run) / "checkpoints"
     if not d.is_dir():
         return []
@@ -158,23 +178,23 @@ class RunDir:
         return run
 
     # ------------------------------------------------------------------ reading
+    @property
+    def spec_file(self) -> Path:
+        """The path of the run's ``job.yaml`` (it may not exist)."""
+        return self.path / "job.yaml"
+
     def spec(self):
-        """The run's resolved job spec (``JobSpec``) from ``job.yaml``, or None without one."""
-        from .spec import spec_from_dict
+        """The run's resolved job spec (``JobSpec``) from ``job.yaml``, or None without one;
+        a damaged file is a one-line ``SpecError``."""
+        from .spec import load_spec
 
-        f = self.path / "job.yaml"
-        if not f.is_file():
-            return None
-        import yaml
-
-        return spec_from_dict(yaml.safe_load(f.read_text()), where=str(f))
+        return load_spec(self.spec_file) if self.spec_file.is_file() else None
 
     def spec_dict(self) -> dict:
         """``job.yaml`` as a plain mapping ({} when absent or not a mapping), unvalidated."""
-        import yaml
+        from .spec import read_spec_yaml
 
-        f = self.path / "job.yaml"
-        doc = yaml.safe_load(f.read_text()) if f.is_file() else None
+        doc = read_spec_yaml(self.spec_file) if self.spec_file.is_file() else None
         return doc if isinstance(doc, dict) else {}
 
     def history(self) -> list[dict]:
@@ -194,6 +214,7 @@ class RunDir:
 
     @property
     def model_dir(self) -> Path:
+        """The path of the exported model, ``model/``."""
         return self.path / "model"
 
     def model(self):
@@ -212,6 +233,7 @@ class RunDir:
 
     # ------------------------------------------------------------------ writing
     def write_spec(self, spec) -> None:
+        """Write the resolved spec to ``job.yaml``, atomically."""
         self.write_text("job.yaml", spec.to_yaml())
 
     def export_model(self, spec, data, params: dict) -> None:
@@ -224,22 +246,29 @@ class RunDir:
         export_model(self.model_dir, spec.loop_config(), params, data.num_features, meta)
 
     def write_json(self, name: str, obj) -> None:
+        """Write ``obj`` as indented JSON to the file ``name``, atomically."""
         atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
+        """Write ``text`` to the file ``name``, atomically."""
         atomic_write_text(self.path / name, text)
 
     def append_metrics(self, metrics: dict) -> None:
+        """Append one epoch's metrics as a line of ``metrics.jsonl``, fsynced."""
         with open(self.path / "metrics.jsonl", "a") as f:
             f.write(json.dumps(metrics, default=_json_default) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def rewrite_metrics(self, history: list[dict]) -> None:
+        """Replace ``metrics.jsonl`` with ``history``, one line per epoch, atomically (resume, restart)."""
         atomic_write_text(self.path / "metrics.jsonl",
                           "".join(json.dumps(m, default=_json_default) + "\n" for m in history))
 
     def write_checkpoint(self, state: dict, spec_digest: str, history: list[dict], keep: int) -> Path:
+        """Save ``state`` with ``spec_digest`` and ``history`` as ``checkpoints/epoch-NNNN``: written into a
+        hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes to
+        the newest ``keep``. Returns the final path."""
         epochs_done = int(state["epochs_done"])
         root = self.path / "checkpoints"
         root.mkdir(exist_ok=True)
@@ -267,6 +296,7 @@ class RunDir:
             if final.exists():
                 old = root / f".old-{final.name}-{os.getpid()}"
                 os.replace(final, old)
+                faults.hit("checkpoint", epoch=epochs_done, stage="swapping")
                 os.replace(tmp, final)
                 shutil.rmtree(old, ignore_errors=True)
             else:

@@ -21,11 +21,11 @@ from typing import Any, Callable
 import yaml
 
 from lr_core.config import INITS, MODEL_KINDS, OPTIMIZERS, LoopConfig
-from lr_core.data import SOURCES, check_source_spec
-from lr_core.errors import SpecError
+from lr_core.data import LABEL_COLUMN, SOURCES, VAL_FRACTION, check_source_spec
+from lr_core.errors import SpecError, suggest
 
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
-           "load_spec", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
+           "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
 
 @dataclass(frozen=True)
 class _Field:
@@ -66,6 +66,8 @@ _LOOP = LoopConfig()
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """``model``: the model kind, the number of classes and the hidden layer widths."""
+
     kind: str = _f("str", _LOOP.kind, choices=MODEL_KINDS)
     num_classes: int = _f("int", _LOOP.num_classes, _ge(2))
     hidden: tuple[int, ...] = _f("ints", list(_LOOP.hidden))
@@ -78,17 +80,21 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class DataSpec:
+    """``data``: the source, its files and options, the validation split and the label column and map."""
+
     source: str = _f("str", "synthetic-binary", choices=SOURCES)
     path: str | None = _f("path", None, nullable=True)
     val_path: str | None = _f("path", None, nullable=True)
-    val_fraction: float = _f("float", 0.1, _between(0, 1, "between 0 and 1 (exclusive)"))
-    label_column: str = _f("str", "label")
+    val_fraction: float = _f("float", VAL_FRACTION, _between(0, 1, "between 0 and 1 (exclusive)"))
+    label_column: str = _f("str", LABEL_COLUMN)
     label_map: dict | None = _f("map", None, nullable=True)
     options: dict = _f("map", {})
 
 
 @dataclass(frozen=True)
 class TrainSpec:
+    """``train``: epochs, global batch size, optimizer, initialisation, seed and decision threshold."""
+
     epochs: int = _f("int", _LOOP.epochs, _ge(1))
     batch_size: int = _f("int", _LOOP.batch_size, _ge(1))
     learning_rate: float = _f("float", _LOOP.learning_rate, _gt(0))
@@ -103,6 +109,8 @@ class TrainSpec:
 
 @dataclass(frozen=True)
 class ResourcesSpec:
+    """``resources``: the number of Horovod workers (0: in-process) and the CPUs and GPUs of each."""
+
     workers: int = _f("int", 2, _ge(0, ">= 0 (0: in-process reference run)"))
     cpus_per_worker: float = _f("float", 1, _gt(0))
     # Whole GPUs: each worker drives gpu(local_rank), one device of its own.
@@ -111,12 +119,16 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class CheckpointSpec:
+    """``checkpoint``: save every ``every_epochs`` epochs and after the last; keep the newest ``keep``."""
+
     every_epochs: int = _f("int", 1, _ge(1))
     keep: int = _f("int", 3, _ge(1))
 
 
 @dataclass(frozen=True)
 class FailureSpec:
+    """``failure``: how many worker failures a run survives by restarting, and the epoch timeout."""
+
     max_failures: int = _f("int", 0, _ge(0))
     # 0 = automatic: 10x the slowest finished epoch, at least 300 s (Driver.epoch_timeout).
     epoch_timeout_s: float = _f("float", 0, _ge(0, ">= 0 (0: automatic)"))
@@ -141,11 +153,6 @@ def _section(cls: type, values: dict):
             return tuple(v)
         return copy.deepcopy(v) if isinstance(v, dict) else v
     return cls(**{k: frozen(v) for k, v in values.items()})
-
-
-def _suggest(word: str, options) -> str:
-    near = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(options)}"
 
 
 def _coerce(where: str, f: _Field, value: Any) -> Any:
@@ -215,16 +222,20 @@ class JobSpec:
 
     @property
     def name(self) -> str:
+        """The job's name: the spec's ``name``, by default the spec file's stem."""
         return self.raw["name"]
 
     @property
     def workers(self) -> int:
+        """``resources.workers``: 0 for the in-process run, else the number of Horovod workers."""
         return int(self.resources.workers)
 
     def to_dict(self) -> dict:
+        """A deep copy of the resolved mapping (``raw``)."""
         return copy.deepcopy(self.raw)
 
     def to_yaml(self) -> str:
+        """The resolved spec as YAML, sections in order: what ``job.yaml`` holds."""
         return yaml.safe_dump(self.raw, sort_keys=False, default_flow_style=None)
 
     def with_overrides(self, overrides: list[str]) -> "JobSpec":
@@ -283,7 +294,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
                         f"got {type(doc).__name__}")
     for key in doc:
         if key not in TOP_LEVEL:
-            raise SpecError(f"{where}: unknown key {key!r}{_suggest(str(key), TOP_LEVEL)}")
+            raise SpecError(f"{where}: unknown key {key!r}{suggest(str(key), TOP_LEVEL)}")
     raw: dict[str, Any] = {}
     name = doc.get("name") or (Path(source_file).stem if source_file else "job")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
@@ -295,7 +306,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
             raise SpecError(f"{section}: expected a mapping of fields, got {given!r}")
         for key in given:
             if key not in fields:
-                raise SpecError(f"{where}: unknown key {f'{section}.{key}'!r}{_suggest(str(key), fields)}")
+                raise SpecError(f"{where}: unknown key {f'{section}.{key}'!r}{suggest(str(key), fields)}")
         out = {}
         for key, f in fields.items():
             value = given[key] if key in given else copy.deepcopy(f.default)
@@ -333,22 +344,27 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
         raise SpecError(f"{path}: job spec not found; pass a YAML file such as jobs/binary_synthetic.yaml")
     if path.is_dir():
         raise SpecError(f"{path}: is a directory; pass a job spec YAML file")
-    try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read the job spec ({e})") from e
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{path}: malformed YAML{at}: {problem}; fix the syntax") from e
+    doc = read_spec_yaml(path)
     if doc is None:
         raise SpecError(f"{path}: empty job spec; see jobs/ for examples")
     if isinstance(doc, dict):
         doc = apply_overrides(doc, overrides or [])
     return spec_from_dict(doc, base_dir=path.parent.resolve(), where=str(path), source_file=str(path))
+
+
+def read_spec_yaml(path: Path) -> Any:
+    """The parsed YAML of a spec file; unreadable or malformed is a one-line ``SpecError``."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read the job spec ({e})") from e
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: malformed YAML{at}: {problem}; fix the syntax") from e
 
 
 def apply_overrides(doc: dict, overrides: list[str]) -> dict:
@@ -368,12 +384,12 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
             doc["name"] = str(value)
             continue
         if parts[0] not in SCHEMA:
-            raise SpecError(f"--set {key}: unknown section {parts[0]!r}{_suggest(parts[0], SCHEMA)}")
+            raise SpecError(f"--set {key}: unknown section {parts[0]!r}{suggest(parts[0], SCHEMA)}")
         if len(parts) < 2:
             raise SpecError(f"--set {key}: name a field, e.g. --set {parts[0]}."
                             f"{next(iter(SCHEMA[parts[0]]))}=...")
         if parts[1] not in SCHEMA[parts[0]]:
-            raise SpecError(f"--set {key}: unknown field {parts[1]!r}{_suggest(parts[1], SCHEMA[parts[0]])}")
+            raise SpecError(f"--set {key}: unknown field {parts[1]!r}{suggest(parts[1], SCHEMA[parts[0]])}")
         if parts[0] == "data" and parts[1] in ("path", "val_path") and isinstance(value, str):
             value = os.path.abspath(os.path.expanduser(value))
         section = doc.setdefault(parts[0], {}) or {}

@@ -2,7 +2,7 @@
 
 The training loop talks to a communicator for its rank and world size, to sum arrays
 across workers, to broadcast the initial parameters, and to build and step the Gluon
-trainer. ``lr_core`` ships the single-process communicator; ``launcher.hvd_comm`` the
+trainer. ``lr_core`` ships the single-process communicator; ``launcher.backends.hvd_comm`` the
 Horovod one.
 """
 from __future__ import annotations

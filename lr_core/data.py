@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import difflib
 import gzip
 import hashlib
 import math
@@ -30,7 +29,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .config import MODEL_KINDS
-from .errors import DataError, SpecError
+from .errors import DataError, SpecError, suggest
 
 __all__ = [
     "Dataset", "load_dataset", "SOURCES", "REGISTRY", "Source", "Option", "LoadRequest",
@@ -47,6 +46,9 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 IDX_NAMES = tuple(MNIST_MD5)
+# The data section's defaults (launcher/spec.py's DataSpec takes them from here).
+LABEL_COLUMN = "label"
+VAL_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -282,7 +284,7 @@ def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, wher
 
 
 # --------------------------------------------------------------------------- user files
-def read_features_file(path: str | os.PathLike, label_column: str | None = "label",
+def read_features_file(path: str | os.PathLike, label_column: str | None = LABEL_COLUMN,
                        require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
     """Read CSV, NPY or NPZ: returns (x, y or None, feature column names)."""
     path = Path(path).expanduser()
@@ -403,8 +405,8 @@ class LoadRequest:
     seed: int
     path: str | None = None
     val_path: str | None = None
-    val_fraction: float = 0.1
-    label_column: str = "label"
+    val_fraction: float = VAL_FRACTION
+    label_column: str = LABEL_COLUMN
     label_map: Mapping | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
 
@@ -564,11 +566,6 @@ def _needs_path(source: str) -> str:
     return f"data.path: source {source} needs a file; set data.path"
 
 
-def _suggest(word: str, options: list[str]) -> str:
-    near = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    return f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(options)}"
-
-
 def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | None,
                       label_map: Mapping | None, options: Mapping) -> None:
     """Check a job's ``data`` and ``model`` sections against the rules ``source`` declares.
@@ -581,7 +578,7 @@ def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | N
     for key, value in options.items():
         option = src.options.get(key)
         if option is None:
-            hint = _suggest(str(key), sorted(src.options)) if src.options else f"; source {source} takes no options"
+            hint = suggest(str(key), sorted(src.options)) if src.options else f"; source {source} takes no options"
             raise SpecError(f"data.options: unknown option {key!r} for source {source}{hint}")
         if not option.accepts(value):
             raise SpecError(f"data.options.{key} must be {option.expect}, got {value!r}")
@@ -601,7 +598,7 @@ def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | N
 
 # --------------------------------------------------------------------------- entry point
 def load_dataset(source: str, *, kind: str, num_classes: int, seed: int, path: str | None = None,
-                 val_path: str | None = None, val_fraction: float = 0.1, label_column: str = "label",
+                 val_path: str | None = None, val_fraction: float = VAL_FRACTION, label_column: str = LABEL_COLUMN,
                  label_map: Mapping | None = None, options: Mapping | None = None) -> Dataset:
     """Load and check one dataset as the job spec's ``data`` section describes it."""
     options = dict(options or {})

@@ -5,11 +5,21 @@ Exit codes (docs/design.md#exit-codes): ``LrjobInputError`` and subclasses -> 2,
 """
 from __future__ import annotations
 
+import difflib
+
 __all__ = [
-    "LrjobError", "LrjobInputError", "SpecError", "DataError",
+    "suggest", "LrjobError", "LrjobInputError", "SpecError", "DataError",
     "LrjobRuntimeError", "TrainingError", "DivergenceError", "ClusterError",
     "WorkerFailure",
 ]
+
+
+def suggest(word: str, options) -> str:
+    """The tail of an error about an unknown name: "; did you mean 'x'?" for a near
+    match, else "; allowed: a, b, c"."""
+    options = list(options)
+    near = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    return f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(options)}"
 
 
 class LrjobError(Exception):

@@ -16,9 +16,11 @@ value the code reports there (1-based epochs and steps, as printed). The points:
 - ``checkpoint``: while the driver writes the checkpoint after epoch ``epoch``, at
   ``stage`` ``params`` (params.npz written into the temporary folder), ``written``
   (every file written and synced, not yet renamed into place) or ``renamed`` (in
-  place, older checkpoints not yet pruned) (``launcher.rundir``).
+  place, older checkpoints not yet pruned) or ``swapping`` (rewriting a damaged
+  checkpoint of the same epoch: the old one moved aside, the new one not yet in
+  place) (``launcher.rundir``).
 - ``cleanup``: the driver starts its clean-up, the run ending with ``status``
-  (``interrupted``, ``failed``, ``completed``) (``launcher.runner``).
+  (``interrupted``, ``failed``, ``completed``) (``launcher.driver``).
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
 (SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``). With ``once``, the
@@ -35,35 +37,56 @@ import json
 import os
 import signal
 
-__all__ = ["ARMED", "hit", "FaultSpecError"]
+from .errors import LrjobInputError
+
+__all__ = ["ARMED", "check", "hit", "FaultSpecError", "POINTS"]
 
 _ENV = "LRJOB_FAULT"
+# Each point and the keys the code reports there.
+POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"}}
+ACTIONS = ("kill", "stop", "raise")
 
 
-class FaultSpecError(ValueError):
-    """``LRJOB_FAULT`` is not a JSON object with ``at`` and ``action``."""
+class FaultSpecError(LrjobInputError):
+    """``LRJOB_FAULT`` is malformed: a one-line input error (exit 2), not a crash."""
 
 
-def _parse(text: str | None) -> dict | None:
-    if not text:
-        return None
+def _parse(text: str) -> dict:
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as e:
-        raise FaultSpecError(f"{_ENV} is not JSON ({e}); see lr_core/faults.py") from None
-    if not isinstance(spec, dict) or "at" not in spec or spec.get("action") not in ("kill", "stop", "raise"):
-        raise FaultSpecError(f"{_ENV} needs 'at' and an 'action' of kill, stop or raise; got {text!r}")
+        raise FaultSpecError(f"{_ENV} is not JSON ({e}); unset it, or see lr_core/faults.py") from None
+    if not isinstance(spec, dict) or spec.get("at") not in POINTS or spec.get("action") not in ACTIONS:
+        raise FaultSpecError(f"{_ENV} needs 'at' in {', '.join(POINTS)} and 'action' in {', '.join(ACTIONS)}; "
+                             f"got {text[:200]!r}")
+    unknown = set(spec) - POINTS[spec["at"]] - {"at", "action", "once"}
+    if unknown:
+        raise FaultSpecError(f"{_ENV}: point {spec['at']!r} reports {', '.join(sorted(POINTS[spec['at']]))}, "
+                             f"not {', '.join(sorted(unknown))}")
     return spec
 
 
-_SPEC = _parse(os.environ.get(_ENV))
-ARMED: bool = _SPEC is not None
+# Read once; parsed (and a malformed value reported) only when the code reaches a
+# fault point, so no command that never trains is affected by it.
+ARMED: bool = bool(os.environ.get(_ENV))
+_SPEC: dict | None = None
+
+
+def check() -> None:
+    """Raise ``FaultSpecError`` now if an armed ``LRJOB_FAULT`` is malformed (the driver
+    calls this before it writes anything)."""
+    global _SPEC
+    if ARMED and _SPEC is None:
+        _SPEC = _parse(os.environ[_ENV])
 
 
 def hit(at: str, **where) -> None:
     """Fire the armed fault if ``at`` and every condition in it match ``where``."""
+    if not ARMED:
+        return
+    check()
     spec = _SPEC
-    if spec is None or spec["at"] != at:
+    if spec["at"] != at:
         return
     for key, want in spec.items():
         if key in ("at", "action", "once"):

@@ -6,7 +6,9 @@ first on ``sys.path`` and on ``PYTHONPATH``, which every subprocess inherits (``
 ``horovodrun`` ranks, Ray's workers), whatever checkout the environment's editable
 install points at."""
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,20 @@ os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [os.environ
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # A fault armed in the caller's shell must not leak into every run of the suite.
 os.environ.pop("LRJOB_FAULT", None)
+
+# A HOME of the session's own: every local Ray writes ~/.ray/auth_token (Ray 2.60 turns
+# token auth on by default), and nothing a test starts may leave files in the user's
+# HOME. The installed MNIST cache is still the one the tests read.
+from lr_core.data import data_home  # noqa: E402
+
+os.environ.setdefault("LRJOB_DATA_HOME", str(data_home()))
+_SESSION_HOME = tempfile.mkdtemp(prefix="lrjob-tests-home-")
+os.environ["HOME"] = _SESSION_HOME
+os.environ["MPLCONFIGDIR"] = os.path.join(_SESSION_HOME, "matplotlib")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 def pytest_sessionstart(session):

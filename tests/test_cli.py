@@ -1,4 +1,5 @@
-"""The lrjob command as a user runs it: real subprocesses, real files."""
+"""The lrjob command as a user runs it: real subprocesses (the bad-input table in-process,
+through the same ``main``), real files."""
 import json
 import os
 import subprocess
@@ -53,14 +54,13 @@ def test_json_lines_match_metrics_file(tmp_path):
     assert events[-1]["event"] == "summary"
 
 
-def _bad(tmp_path):
+def _bad(tmp_path, ro: Path):
     csv_pm = tmp_path / "pm.csv"
     csv_pm.write_text("a,b,label\n" + "".join(f"{i},{i},{1 if i % 2 else -1}\n" for i in range(10)))
     csv_nan = tmp_path / "nan.csv"
     csv_nan.write_text("a,b,label\n1,2,1\n3,nan,0\n")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("model: {kind: binary\n")
-    ro = _read_only_dir(tmp_path / "ro")
     return [
         (["run", bad_yaml, "--workers", "0"], "malformed YAML"),
         (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epohcs=3"], "did you mean 'epochs'"),
@@ -91,22 +91,40 @@ def _read_only_dir(path: Path) -> Path:
 
 
 @pytest.fixture
-def bad_inputs(tmp_path):
-    yield _bad(tmp_path)
-    if os.geteuid() == 0:
-        subprocess.run(["chattr", "-i", str(tmp_path / "ro")], capture_output=True)
+def read_only(tmp_path):
+    path = _read_only_dir(tmp_path / "ro")
+    try:
+        yield path
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], capture_output=True)
 
 
-def test_bad_input_table(tmp_path, bad_inputs):
+def _main(capsys, *args):
+    """``lrjob`` in this process (the script calls the same ``main``): exit code, stderr.
+    The table runs in-process: an interpreter start per case would only add seconds;
+    the tests above and below run the real script."""
+    from launcher.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def test_bad_input_table(tmp_path, read_only, capsys, monkeypatch):
     """Every case: exit 2, one line naming the problem, no traceback, no run directory."""
-    assert not os.access(tmp_path / "ro", os.W_OK)
-    for args, message in bad_inputs:
-        r = lrjob(*args, "--runs-dir", tmp_path / "runs")
-        assert r.returncode == 2, (args, r.stderr)
-        assert message in r.stderr, (args, r.stderr)
-        assert "Traceback" not in r.stderr, r.stderr
-        error_lines = [x for x in r.stderr.splitlines() if x.startswith("lrjob: error")]
-        assert len(error_lines) == 1, r.stderr
+    assert not os.access(read_only, os.W_OK)
+    monkeypatch.chdir(ROOT)
+    for args, message in _bad(tmp_path, read_only):
+        code, stderr = _main(capsys, *args, "--runs-dir", tmp_path / "runs")
+        assert code == 2, (args, stderr)
+        assert message in stderr, (args, stderr)
+        assert "Traceback" not in stderr, stderr
+        error_lines = [x for x in stderr.splitlines() if x.startswith("lrjob: error")]
+        assert len(error_lines) == 1, stderr
         assert not (tmp_path / "runs").exists(), args
         if "--output" in args:
             assert not Path(args[args.index("--output") + 1]).exists(), args

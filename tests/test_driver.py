@@ -184,3 +184,9 @@ def test_epoch_timeout_is_the_spec_value_or_ten_times_the_slowest_epoch(tmp_path
     assert d.epoch_timeout() == 300.0
     d.history = [{"epoch_seconds": 12.0}, {"epoch_seconds": 45.0}]
     assert d.epoch_timeout() == 450.0
+
+
+def test_the_result_carries_the_summary_that_summary_json_holds(tmp_path):
+    result = run_job(_spec("train.epochs=2"), tmp_path / "run")
+    assert result.summary == RunDir.open(tmp_path / "run").summary()
+    assert result.summary["status"] == "completed" and result.summary["epochs_done"] == 2

@@ -1,4 +1,4 @@
-"""Kubernetes manifests (launcher/k8s.py and the files in k8s/): the core objects validate
+"""Kubernetes manifests (launcher/deploy/k8s.py and the files in k8s/): the core objects validate
 against the Kubernetes schema, the RayJob / RayCluster / MPIJob objects agree with their job
 spec, and k8s/ equals what render() prints today. Fast: no Ray, no training.
 

@@ -87,6 +87,9 @@ def test_no_spec_field_is_read_by_a_string_key_outside_the_spec_module():
                     and isinstance(node.slice.value, str) and SPEC_KEY.match(node.slice.value) \
                     and "." in node.slice.value:
                 bad.append(f"{name}:{node.lineno} [{node.slice.value!r}]")
+            # the resolved mapping behind the typed sections: spec.raw["train"]["epochs"]
+            if isinstance(node, ast.Attribute) and node.attr == "raw":
+                bad.append(f"{name}:{node.lineno} .raw")
     assert not bad, bad
 
 

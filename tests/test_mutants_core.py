@@ -107,6 +107,21 @@ def test_fit_trains_the_remaining_epochs_from_a_state():
     assert rest_history[-1]["val_loss"] == history[-1]["val_loss"]
 
 
+def test_fit_steps_through_the_communicator_it_is_given():
+    from lr_core.comm import SingleProcessCommunicator
+
+    class Counting(SingleProcessCommunicator):
+        steps = 0
+
+        def step(self, trainer, global_batch_size):
+            Counting.steps += 1
+            super().step(trainer, global_batch_size)
+
+    cfg = LoopConfig(kind="binary", epochs=2, batch_size=8)
+    loop, _ = fit(cfg, _data(), comm=Counting())
+    assert Counting.steps == 2 * 3 and isinstance(loop.comm, Counting)
+
+
 def test_set_state_restores_the_epoch_count():
     cfg = LoopConfig(kind="softmax", num_classes=2, epochs=2, batch_size=8, optimizer="adam", learning_rate=0.05)
     a = TrainingLoop(cfg, _data())

@@ -44,6 +44,10 @@ class _Flaky(InProcessBackend):
         self.log.append(("epoch", epoch))
         return super().run_epoch(epoch, progress, timeout_s)
 
+    def shutdown(self):
+        self.log.append(("shutdown",))
+        super().shutdown()
+
 
 def _run(spec, log, fail_at=(), factory_fails=0, reporter=None, **kw):
     pending = set(fail_at)
@@ -68,8 +72,8 @@ def test_a_failed_worker_group_restarts_from_the_newest_checkpoint(tmp_path):
     log, out = [], io.StringIO()
     result = _run(_spec("train.epochs=4", "failure.max_failures=1", "checkpoint.every_epochs=2"), log,
                   fail_at={2}, reporter=Reporter("json", stream=out), output=tmp_path / "run")
-    assert log == [("new",), ("epoch", 0), ("epoch", 1), ("fail", 2),
-                   ("new",), ("restore", 2), ("epoch", 2), ("epoch", 3)]
+    assert log == [("new",), ("epoch", 0), ("epoch", 1), ("fail", 2), ("shutdown",),
+                   ("new",), ("restore", 2), ("epoch", 2), ("epoch", 3), ("shutdown",)]
     for name, value in reference.params.items():
         assert np.array_equal(result.params[name], value), name
     assert [m["epoch"] for m in result.history] == [1, 2, 3, 4]
@@ -84,7 +88,8 @@ def test_a_failure_before_the_first_checkpoint_restarts_from_the_start(tmp_path)
     log, out = [], io.StringIO()
     result = _run(_spec("train.epochs=3", "failure.max_failures=2", "checkpoint.every_epochs=2"), log,
                   fail_at={1}, reporter=Reporter("json", stream=out), output=tmp_path / "run")
-    assert log == [("new",), ("epoch", 0), ("fail", 1), ("new",), ("epoch", 0), ("epoch", 1), ("epoch", 2)]
+    assert log == [("new",), ("epoch", 0), ("fail", 1), ("shutdown",), ("new",), ("epoch", 0), ("epoch", 1),
+                   ("epoch", 2), ("shutdown",)]
     assert [m["epoch"] for m in result.history] == [1, 2, 3]
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
     assert "lrjob: restart 1/2: new workers resume from the start" in \
@@ -95,8 +100,8 @@ def test_a_replacement_that_fails_to_start_counts_as_a_failure(tmp_path):
     log = []
     result = _run(_spec("train.epochs=3", "failure.max_failures=2"), log, fail_at={1}, factory_fails=1,
                   output=tmp_path / "run")
-    assert log == [("new",), ("epoch", 0), ("fail", 1), ("factory failed",),
-                   ("new",), ("restore", 1), ("epoch", 1), ("epoch", 2)]
+    assert log == [("new",), ("epoch", 0), ("fail", 1), ("shutdown",), ("factory failed",),
+                   ("new",), ("restore", 1), ("epoch", 1), ("epoch", 2), ("shutdown",)]
     assert [m["epoch"] for m in result.history] == [1, 2, 3]
 
 
@@ -105,6 +110,7 @@ def test_past_the_restart_budget_the_run_fails_with_a_resume_command(tmp_path):
     with pytest.raises(WorkerFailure) as e:
         _run(_spec("train.epochs=4", "failure.max_failures=1"), log, fail_at={2}, factory_fails=1,
              output=tmp_path / "run")
+    assert log.count(("shutdown",)) == 1                    # the failed group, once
     assert str(e.value) == (f"no node for rank 0; last completed epoch 2, newest checkpoint: epoch-0002; "
                             f"resume with: lrjob run --resume {tmp_path / 'run'}")
     assert (e.value.rank, e.value.node, e.value.last_epoch) == (None, None, 2)
@@ -161,7 +167,7 @@ def test_resume_continues_where_the_checkpoint_is(tmp_path):
     log = []
     run_job(_spec("train.epochs=2"), tmp_path / "run")
     resumed = _run(_spec("train.epochs=4"), log, resume=tmp_path / "run")
-    assert log == [("new",), ("restore", 2), ("epoch", 2), ("epoch", 3)]
+    assert log == [("new",), ("restore", 2), ("epoch", 2), ("epoch", 3), ("shutdown",)]
     for name, value in full.params.items():
         assert np.array_equal(resumed.params[name], value), name
     assert resumed.path == tmp_path / "run"

@@ -10,9 +10,17 @@ from lr_core import faults
 from lr_core.faults import FaultSpecError
 
 
-@pytest.mark.parametrize("text", [None, ""])
-def test_unset_is_unarmed(text):
-    assert faults._parse(text) is None
+@pytest.mark.parametrize("value", [None, ""])
+def test_unset_is_unarmed(value):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "LRJOB_FAULT"}
+    if value is not None:
+        env["LRJOB_FAULT"] = value
+    code = "from lr_core import faults; print(faults.ARMED); faults.check(); faults.hit('step', step=1)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "False", r.stderr
 
 
 @pytest.mark.parametrize("action", ["kill", "stop", "raise"])
@@ -25,7 +33,8 @@ def test_not_json():
     with pytest.raises(FaultSpecError) as e:
         faults._parse("{at: step")
     assert str(e.value).startswith("LRJOB_FAULT is not JSON (")
-    assert str(e.value).endswith("); see lr_core/faults.py")
+    assert str(e.value).endswith("); unset it, or see lr_core/faults.py")
+    assert e.value.exit_code == 2
     assert e.value.__cause__ is None and e.value.__suppress_context__
 
 
@@ -35,16 +44,25 @@ def test_a_spec_without_at_or_a_known_action(spec):
     text = json.dumps(spec)
     with pytest.raises(FaultSpecError) as e:
         faults._parse(text)
-    assert str(e.value) == f"LRJOB_FAULT needs 'at' and an 'action' of kill, stop or raise; got {text!r}"
+    assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup and 'action' in kill, stop, "
+                            f"raise; got {text!r}")
+
+
+def test_a_key_the_point_does_not_report():
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(json.dumps({"at": "checkpoint", "stage": "written", "step": 3, "action": "raise"}))
+    assert str(e.value) == "LRJOB_FAULT: point 'checkpoint' reports epoch, stage, not step"
 
 
 def _arm(monkeypatch, **spec):
+    monkeypatch.setattr(faults, "ARMED", True)
     monkeypatch.setattr(faults, "_SPEC", {"action": "raise", **spec})
     monkeypatch.delenv("LRJOB_FAULT_REPORT", raising=False)
 
 
 def test_unarmed_points_do_nothing(monkeypatch):
-    monkeypatch.setattr(faults, "_SPEC", None)
+    monkeypatch.setattr(faults, "ARMED", False)
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "action": "raise"})
     faults.hit("step", epoch=1, step=1, rank=0)
 
 
@@ -52,7 +70,7 @@ def test_fires_only_where_every_condition_matches(monkeypatch):
     _arm(monkeypatch, at="step", epoch=2, step=3)
     faults.hit("checkpoint", epoch=2, step=3)           # another point
     faults.hit("step", epoch=2, step=4, rank=0)         # another step
-    faults.hit("step", epoch=2, rank=0)                 # the point does not report a step
+    faults.hit("step", epoch=2, rank=0)                 # no step reported: no match
     with pytest.raises(RuntimeError) as e:
         faults.hit("step", epoch=2, step=3, rank=1)     # rank is not a condition: any rank
     assert str(e.value) == "injected fault at step {'epoch': 2, 'step': 3, 'rank': 1}"

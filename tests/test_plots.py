@@ -1,4 +1,4 @@
-"""Pictures and report of a run (launcher/plots.py): in-process runs only, no Ray.
+"""Pictures and report of a run (launcher/report/plots.py): in-process runs only, no Ray.
 
     .venv/bin/python -m pytest -q tests/test_plots.py
 

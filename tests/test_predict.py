@@ -1,5 +1,6 @@
 """predict / evaluate on exported models; runs and compare on run directories."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,38 @@ def test_runs_table_and_compare(runs):
     assert "train.learning_rate" in c.stdout and "train.epochs" in c.stdout and "val_accuracy" in c.stdout
     bad = lrjob("compare", runs["digits"].path, runs["base"] / "nope")
     assert bad.returncode == 2 and "not a run directory" in bad.stderr
+
+
+def test_predict_to_an_unwritable_place_is_one_line(runs, tmp_path):
+    inp = tmp_path / "p.csv"
+    inp.write_text("x0,x1\n0,0\n")
+    target = tmp_path / "locked"
+    target.mkdir()
+    if os.geteuid() == 0:  # root ignores mode bits: make the folder immutable instead
+        subprocess.run(["chattr", "+i", str(target)], check=True)
+    else:
+        os.chmod(target, 0o500)
+    try:
+        r = lrjob("predict", runs["blobs"].path, "--input", inp, "--output", target / "out.csv")
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(target)])
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert f"--output {target / 'out.csv'}: cannot write" in r.stderr
+
+
+def test_run_files_are_readable_by_others_as_the_umask_allows(runs):
+    for name in ("job.yaml", "env.json", "summary.json", "metrics.jsonl"):
+        mode = (runs["blobs"].path / name).stat().st_mode & 0o777
+        assert mode == 0o666 & ~_umask(), (name, oct(mode))
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_runs_names_a_missing_folder(tmp_path):
+    r = lrjob("runs", "--dir", tmp_path / "nope")
+    assert r.returncode == 2 and "no such folder" in r.stderr

@@ -65,7 +65,7 @@ def _error_lines(stderr):
 def _own_home_env(home: Path, **extra) -> dict:
     """This environment without any Ray address or token settings, HOME moved to ``home``."""
     env = {k: v for k, v in os.environ.items() if k not in AUTH_VARS}
-    env.setdefault("MPLCONFIGDIR", str(Path.home() / ".config" / "matplotlib"))
+    env["MPLCONFIGDIR"] = str(home / ".matplotlib")
     env["HOME"] = str(home)
     env["PATH"] = f"{BIN}:{env['PATH']}"
     env.update(extra)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import procs
 import psutil
 import pytest
 
@@ -52,12 +53,24 @@ def _fault_report(marker: Path, timeout: float = 120) -> dict:
     raise AssertionError(f"the fault {marker} never fired")
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_what_the_test_started():
+    yield
+    while _STARTED:
+        procs.kill_tree(_STARTED.pop())
+
+
 class _Run:
     """`lrjob run --json` in a subprocess, its events read as they come."""
 
     def __init__(self, *args, env=None):
+        # a session of its own: the autouse fixture below stops what a failed test left running
         self.proc = subprocess.Popen([*LRJOB, "run", *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env or _env())
+                                     stderr=subprocess.PIPE, text=True, env=env or _env(), start_new_session=True)
+        _STARTED.append(self.proc)
         self.events, self.stderr = [], ""
         self._t = threading.Thread(target=self._read, daemon=True)
         self._t.start()
@@ -317,6 +330,42 @@ def test_killing_the_driver_never_leaves_a_torn_checkpoint(tmp_path, torn_refere
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2, 3, 4, 5]
     assert [m["val_loss"] for m in metrics] == [m["val_loss"] for m in torn_reference.history]
+
+
+def test_killed_while_replacing_a_damaged_checkpoint_resume_still_reaches_the_result(tmp_path, torn_reference):
+    """A damaged epoch-0003 is skipped on resume and written again; a crash between
+    moving the damaged one aside and renaming the new one in leaves epoch-0002 as the
+    newest whole checkpoint, and the next resume still ends exactly at the reference."""
+    out = tmp_path / "run"
+    first = _Run(*TORN_JOB[:-2], "--set", "train.epochs=3", "--set", "checkpoint.keep=2", "--output", str(out))
+    assert first.finish() == 0, first.stderr
+    (out / "checkpoints" / "epoch-0003" / "params.npz").write_bytes(b"PK\x03\x04 torn")
+    assert latest_checkpoint(out)["epochs_done"] == 2
+
+    crashed = _Run("--resume", str(out), "--set", "train.epochs=5",
+                   env=_env(at="checkpoint", epoch=3, stage="swapping", action="kill"))
+    assert crashed.finish() == -signal.SIGKILL, crashed.stderr
+    visible = sorted(p.name for p in (out / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert visible == ["epoch-0002"] and latest_checkpoint(out)["epochs_done"] == 2
+
+    resumed = _Run("--resume", str(out), "--set", "train.epochs=5")
+    assert resumed.finish() == 0, resumed.stderr
+    assert resumed.epochs() == [3, 4, 5]
+    final = latest_checkpoint(out)
+    for name, value in torn_reference.params.items():
+        assert np.array_equal(final["params"][name], value), name
+
+
+def test_a_malformed_fault_is_one_line_before_anything_is_written(tmp_path):
+    """(Each malformed form and its message: tests/test_mutants_faults.py.)"""
+    value, message = '{"at": "step", "stp": 3, "action": "kill"}', "point 'step' reports epoch, rank, step, not stp"
+    env = dict(_env(), LRJOB_FAULT=value)
+    r = subprocess.run([*LRJOB, "run", "jobs/binary_synthetic.yaml", "--workers", "0", "--output",
+                        str(tmp_path / "run")], cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+    helped = subprocess.run([*LRJOB, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert helped.returncode == 0, "a command that never trains does not read LRJOB_FAULT"
 
 
 @pytest.mark.distributed

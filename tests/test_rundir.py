@@ -45,6 +45,7 @@ def _names(run):
 
 def _arm(monkeypatch, **spec):
     """Arm a fault point in this process (what LRJOB_FAULT does for a subprocess)."""
+    monkeypatch.setattr(faults, "ARMED", True)
     monkeypatch.setattr(faults, "_SPEC", {"action": "raise", **spec})
 
 
@@ -440,6 +441,9 @@ def test_spec_and_model_of_a_written_run(tmp_path):
     assert meta["job"] == spec.name and meta["source"] == data.source
     assert meta["image_shape"] == [1, 2] and meta["columns"] == ["a", "b"]
     assert meta["label_column"] == spec.data.label_column and meta["label_map"] == spec.data.label_map
+    run.export_model(spec, dataclasses.replace(data, extra={}, image_shape=None), params)
+    meta = json.loads((run.model_dir / "meta.json").read_text())
+    assert meta["columns"] == [] and meta["image_shape"] == []
     model = run.model()
     x = data.x_val[:5]
     want = x.astype(np.float64) @ params["lrjob_layer0_weight"][0].astype(np.float64) + 0.25

@@ -2,6 +2,7 @@
 loopback, with the dashboard); the head's whole process group is stopped in every case."""
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,6 +37,14 @@ def head():
     env.pop("RAY_ADDRESS", None)
     env["PATH"] = f"{BIN}:{env['PATH']}"  # the job's entrypoint finds this lrjob
     temp = tempfile.mkdtemp(prefix="lrjob-head-")
+    # `ray start` writes its token to ~/.ray/auth_token: a HOME of its own leaves the
+    # user's HOME as it was (the client reads the token from the same HOME)
+    from lr_core.data import data_home
+
+    env.setdefault("LRJOB_DATA_HOME", str(data_home()))
+    env["HOME"] = os.path.join(temp, "home")
+    env["MPLCONFIGDIR"] = os.path.join(temp, "matplotlib")
+    os.makedirs(env["HOME"])
     port, dash, agent = _free_port(), _free_port(), _free_port()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -63,6 +72,7 @@ def head():
             except ProcessLookupError:
                 break
             time.sleep(3)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def lrjob(head, *args, timeout=300):

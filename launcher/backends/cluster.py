@@ -83,6 +83,8 @@ def _probe_address(address: str, timeout: float = 5.0) -> None:
 
 
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> dict:
+    """The cluster's total CPUs and GPUs and its live node count; a ``ResourceError`` (exit 2) when
+    ``workers`` times the CPUs or GPUs per worker exceeds what the Ray cluster has."""
     import ray
 
     total = ray.cluster_resources()

@@ -8,7 +8,8 @@ __all__ = ["HorovodCommunicator"]
 
 
 class HorovodCommunicator:
-    """Wraps ``horovod.mxnet`` after ``hvd.init()``."""
+    """Wraps ``horovod.mxnet`` after ``hvd.init()``.
+    Implements the ``Communicator`` protocol (lr_core/comm.py)."""
 
     def __init__(self):
         import horovod.mxnet as hvd
@@ -39,4 +40,5 @@ class HorovodCommunicator:
         trainer.step(global_batch_size / self.size)
 
     def barrier(self) -> None:
+        """Wait until every rank gets here (an allreduce of one zero)."""
         self.allreduce_sum(np.zeros(1), name="barrier")

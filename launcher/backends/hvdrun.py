@@ -17,7 +17,8 @@ __all__ = ["ThisRankBackend"]
 
 
 class ThisRankBackend(InProcessBackend):
-    """The backend interface for the rank that runs in this process."""
+    """The backend interface for the rank that runs in this process.
+    Implements the ``Backend`` protocol (launcher/backends/__init__.py)."""
 
     def __init__(self, cfg, data, comm, gpus_per_worker: float = 0):
         import mxnet as mx

@@ -14,7 +14,8 @@ __all__ = ["InProcessBackend"]
 
 
 class InProcessBackend:
-    """World size 1 without a communicator; given one, this process's rank."""
+    """World size 1 without a communicator; given one, this process's rank.
+    Implements the ``Backend`` protocol (launcher/backends/__init__.py)."""
 
     workers = 0
 

@@ -28,14 +28,17 @@ class _ProgressBoard:
         self.value = (-1, 0, 1)
 
     def post(self, epoch: int, step: int, steps: int) -> None:
+        """Record that rank 0 finished step ``step`` of ``steps`` in epoch ``epoch``."""
         self.value = (epoch, step, steps)
 
     def read(self):
+        """The last posted (epoch, step, steps); (-1, 0, 1) before the first post."""
         return self.value
 
 
 class RayHorovodBackend:
-    """N stateful Horovod workers (``horovod.ray.RayExecutor``) in the current Ray session."""
+    """N stateful Horovod workers (``horovod.ray.RayExecutor``) in the current Ray session.
+    Implements the ``Backend`` protocol (launcher/backends/__init__.py)."""
 
     def __init__(self, cfg: LoopConfig, data: Dataset, resources, record_shards: bool = False,
                  start_timeout_s: int = 60):
@@ -82,6 +85,7 @@ class RayHorovodBackend:
         return list(getattr(adapter, "workers", []) or [])
 
     def pids(self) -> list[int]:
+        """The process id of every worker, in rank order."""
         return [p["pid"] for p in self.placement]
 
     def _where(self, rank: int) -> str:

@@ -12,6 +12,9 @@ __all__ = ["HorovodWorker"]
 
 
 class HorovodWorker:
+    """One rank in a Ray actor: holds this rank's ``TrainingLoop`` and returns its results to the
+    driver."""
+
     def __init__(self, cfg: dict, data_box: list, gpus_per_worker: float = 0, record_shards: bool = False,
                  board_box: list | None = None):
         # data_box holds the Ray ObjectRef of the Dataset (in a list so Ray does not
@@ -40,6 +43,8 @@ class HorovodWorker:
         return f"gpu({local_rank})" if self._gpus else "cpu(0)"
 
     def setup(self) -> dict:
+        """Join Horovod, pick the device (``gpu(local_rank)`` or the CPU) and build this rank's loop;
+        returns ``device_info()``. A GPU request that MXNet cannot see is a ``ClusterError``."""
         import mxnet as mx
         import ray
 
@@ -68,6 +73,8 @@ class HorovodWorker:
         return info
 
     def run_epoch(self, epoch: int) -> dict:
+        """Train and evaluate epoch ``epoch`` (0-based) on this rank; returns its metrics. Rank 0
+        posts its progress to the board."""
         progress = None
         if self._board is not None and self.loop.comm.rank == 0:
             board = self._board
@@ -77,15 +84,19 @@ class HorovodWorker:
         return self.loop.run_epoch(epoch, progress)
 
     def get_state(self) -> dict:
+        """This rank's parameters, optimizer state and epochs done: all a checkpoint holds."""
         return self.loop.get_state()
 
     def set_state(self, state: dict) -> None:
+        """Restore this rank from a checkpoint's state."""
         self.loop.set_state(state)
 
     def get_params(self) -> dict:
+        """This rank's parameters as {name: array}."""
         return self.loop.get_params()
 
     def shard_log(self) -> dict:
+        """This rank's {epoch: training row indices} (filled only with ``record_shards``)."""
         return self.loop.shard_log
 
     def close(self) -> None:

@@ -183,15 +183,18 @@ class _Plan:
 
     @property
     def run_dir(self) -> str:
+        """The run directory in the pods: ``/runs/<name>`` on the PersistentVolumeClaim."""
         return f"{RUNS_DIR}/{self.spec.name}"
 
     @property
     def labels(self) -> dict:
+        """The labels every object of the plan carries: part-of lrjob, instance ``base``."""
         # Not app.kubernetes.io/name: KubeRay's Services select Ray pods by it.
         return {"app.kubernetes.io/part-of": "lrjob", "app.kubernetes.io/instance": self.base}
 
     @property
     def gpu_note(self) -> str:
+        """The GPU part of a worker's description: ", N GPU each" or ", no GPU"."""
         return f", {self.gpus} GPU each" if self.gpus else ", no GPU"
 
 
@@ -718,6 +721,8 @@ def cmd_k8s(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m launcher.deploy.k8s --write DIR``: rewrite the shipped manifests in DIR and
+    print their paths; returns 0, or 2 on a bad job spec."""
     p = argparse.ArgumentParser(prog="python -m launcher.deploy.k8s", description="rewrite the manifests in k8s/")
     p.add_argument("--write", required=True, metavar="DIR", help="target folder, e.g. k8s/")
     p.add_argument("--jobs", default=None, metavar="DIR", help="job specs folder (default: the repo's jobs/)")

@@ -129,6 +129,7 @@ def follow_logs(client, job_id: str, out=sys.stdout, poll: float = 1.0) -> str:
 
 
 def cmd_status(args) -> int:
+    """``lrjob status ID``: print the job's status (and its message); returns 0."""
     client = client_for(args.address)
     info = _job_info(client, args.id)
     status = str(info.status)
@@ -137,6 +138,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_logs(args) -> int:
+    """``lrjob logs ID``: print the job's logs (with ``--follow``, until it ends); returns 0."""
     client = client_for(args.address)
     _job_info(client, args.id)
     if args.follow:
@@ -147,6 +149,8 @@ def cmd_logs(args) -> int:
 
 
 def cmd_stop(args) -> int:
+    """``lrjob stop ID``: stop the job and wait up to ``--timeout`` s for a final status; returns 0
+    once it has one, else 1."""
     client = client_for(args.address)
     _job_info(client, args.id)
     client.stop_job(args.id)
@@ -160,6 +164,8 @@ def cmd_stop(args) -> int:
 
 
 def cmd_list(args) -> int:
+    """``lrjob list``: print the cluster's jobs, oldest first (id, status, start time, entrypoint);
+    returns 0."""
     client = client_for(args.address)
     jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
     rows = [("ID", "STATUS", "STARTED", "ENTRYPOINT")]

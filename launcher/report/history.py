@@ -27,6 +27,7 @@ def list_runs(base: str | Path = "runs") -> list[dict]:
 
 
 def render_runs(rows: list[dict]) -> str:
+    """The ``lrjob runs`` table of ``list_runs`` rows, or a hint when there are none."""
     if not rows:
         return "no runs yet (lrjob run JOB writes runs/<name>-<stamp>/)"
     import time

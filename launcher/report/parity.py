@@ -17,28 +17,36 @@ TIMING_KEYS = {"epoch_seconds", "train_seconds", "samples_per_s", "wall_seconds"
 
 
 def param_tolerance(hidden) -> float:
+    """The parameter tolerance of docs/design.md#parity-rule: 1e-5 without hidden layers, else 1e-4."""
     return 1e-4 if len(hidden) else 1e-5
 
 
 @dataclass
 class ParityReport:
+    """The verdict of ``compare``: per parameter and per metric, the largest difference and its
+    tolerance."""
+
     workers: int
     param_rows: list[tuple[str, tuple, float, float]]    # name, shape, max |diff|, tolerance
     metric_rows: list[tuple[str, float, float]]           # name, max |diff| over epochs, tolerance
 
     @property
     def ok(self) -> bool:
+        """True when every parameter and metric difference is within its tolerance."""
         return all(d <= t for _, _, d, t in self.param_rows) and all(d <= t for _, d, t in self.metric_rows)
 
     @property
     def max_param_diff(self) -> float:
+        """The largest parameter difference (0.0 without parameters)."""
         return max((d for _, _, d, _ in self.param_rows), default=0.0)
 
     @property
     def max_metric_diff(self) -> float:
+        """The largest metric difference over all epochs (0.0 without metrics)."""
         return max((d for _, d, _ in self.metric_rows), default=0.0)
 
     def render(self) -> str:
+        """The report as text: the parameter table, the metric table and the verdict line."""
         lines = [f"parity: --workers 0 vs --workers {self.workers}", "",
                  f"  {'parameter':<24}{'shape':>12}{'max |diff|':>14}{'tolerance':>12}  ok"]
         for name, shape, d, t in self.param_rows:

@@ -27,7 +27,7 @@ import json
 import logging
 import math
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -89,6 +89,7 @@ class _LazyModel:
         self.directory, self._model = directory, None
 
     def get(self):
+        """The exported model (``lr_core.export.ExportedModel``), loaded on the first call."""
         if self._model is None:
             from lr_core.export import ExportedModel
 
@@ -123,15 +124,15 @@ def _draw_curves(spec, history: list[dict]):
     epochs = [h["epoch"] for h in history]
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    losses = _line(ax_loss, epochs, history, "train_loss", ("train loss", "tab:blue"))
-    losses += _line(ax_loss, epochs, history, "val_loss", ("validation loss", "tab:orange"))
+    losses = _line(ax_loss, epochs, history, "train_loss", _Look("train loss", "tab:blue"))
+    losses += _line(ax_loss, epochs, history, "val_loss", _Look("validation loss", "tab:orange"))
     ax_loss.set(title="Loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
     ax_loss.set_ylim(0, 1.08 * max([v for v in losses if np.isfinite(v)], default=1.0))
-    scores = _line(ax_acc, epochs, history, "val_accuracy", ("accuracy", "tab:green"))
+    scores = _line(ax_acc, epochs, history, "val_accuracy", _Look("accuracy", "tab:green"))
     # F1 and AUC say what accuracy hides on unbalanced classes.
-    scores += _line(ax_acc, epochs, history, "val_f1", ("F1", "tab:purple", "--"))
-    scores += _line(ax_acc, epochs, history, "val_auc", ("ROC AUC", "tab:gray", ":"))
-    scores += _line(ax_acc, epochs, history, "val_macro_f1", ("macro F1", "tab:purple", "--"))
+    scores += _line(ax_acc, epochs, history, "val_f1", _Look("F1", "tab:purple", "--"))
+    scores += _line(ax_acc, epochs, history, "val_auc", _Look("ROC AUC", "tab:gray", ":"))
+    scores += _line(ax_acc, epochs, history, "val_macro_f1", _Look("macro F1", "tab:purple", "--"))
     ax_acc.set(title="Validation metrics", xlabel="epoch", ylabel="score")
     ax_acc.set_ylim(*_score_limits(scores))
     for ax in (ax_loss, ax_acc):
@@ -156,9 +157,17 @@ def _score_limits(scores: list[float]) -> tuple[float, float]:
     return max(0.0, lo - pad), 1.01
 
 
-def _line(ax, epochs, history, key, look):
-    """Plot ``key`` per epoch; ``look`` is (label, colour[, line style])."""
-    label, colour, style = (*look, "-")[:3]
+class _Look(NamedTuple):
+    """How one metric's line looks in the legend and on the axes."""
+
+    label: str
+    colour: str
+    style: str = "-"
+
+
+def _line(ax, epochs, history, key, look: _Look):
+    """Plot ``key`` per epoch; returns its values (nothing when no epoch has it)."""
+    label, colour, style = look
     if not any(key in h for h in history):
         return []
     ys = [float(h.get(key, np.nan)) for h in history]
@@ -507,10 +516,10 @@ def main(argv: list[str] | None = None) -> int:
     from ..rundir import RunDir
 
     run_dir = args.run_dir
-    for need in ("job.yaml", "metrics.jsonl", "model"):
-        if not (run_dir / need).exists():
-            parser.error(f"{run_dir}: no {need}; pass a run directory written by `lrjob run`")
-    run = RunDir.open(run_dir)
+    run = RunDir(run_dir)
+    for need in (run.spec_file, run.path / "metrics.jsonl", run.model_dir):
+        if not need.exists():
+            parser.error(f"{run_dir}: no {need.name}; pass a run directory written by `lrjob run`")
     spec = run.spec()
     for path in write_plots(run_dir, spec, spec.load_data(), run.history()):
         print(path)

@@ -20,6 +20,9 @@ def _fmt(v, width=8, digits=4):
 
 
 class Reporter:
+    """Shows a run in one mode: ``human`` (a header, the epoch table, a summary box), ``json`` (one
+    object per event), ``quiet`` (only the run directory at the end) or ``silent`` (nothing)."""
+
     def __init__(self, mode: str = "human", stream=None, err=None):
         self.mode = mode          # human | json | quiet | silent
         self.out = stream or sys.stdout
@@ -32,6 +35,8 @@ class Reporter:
         self.out.flush()
 
     def header(self, spec, data, backend, run_dir) -> None:
+        """The job, data, training settings and worker placement on stderr, then the epoch table's
+        column names on stdout (``json``: a ``start`` event)."""
         m, t = spec.model, spec.train
         self.kind = m.kind
         info = {"job": spec.name, "run_dir": str(run_dir),
@@ -66,6 +71,7 @@ class Reporter:
         self.out.flush()
 
     def epoch(self, m: dict, epochs: int) -> None:
+        """One row of the epoch table for the metrics ``m`` (``json``: an ``epoch`` event)."""
         if self.mode == "json":
             self._json("epoch", **m)
             return
@@ -88,6 +94,7 @@ class Reporter:
         return _Bar(bar, rows)
 
     def message(self, text: str) -> None:
+        """One line for people on stderr (``json``: a ``message`` event); nothing when quiet or silent."""
         if self.mode == "json":
             self._json("message", text=text)
         elif self.mode not in ("quiet", "silent"):
@@ -95,6 +102,8 @@ class Reporter:
             self.err.flush()
 
     def summary(self, summary: dict, run_dir) -> None:
+        """The final box and the run directory on stdout (``quiet``: only the run directory; ``json``: a
+        ``summary`` event)."""
         if self.mode == "json":
             self._json("summary", **summary)
             return
@@ -126,9 +135,11 @@ class _Bar:
         self.bar, self.rows = bar, rows
 
     def update(self, step: int, steps: int) -> None:
+        """Advance the bar to ``step`` of ``steps``, counted in samples; it never moves back."""
         done = min(self.rows, int(self.rows * step / max(steps, 1)))
         if done > self.bar.n:
             self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
+        """Close the tqdm bar."""
         self.bar.close()

@@ -28,8 +28,8 @@ KILL_JOB = ["jobs/binary_synthetic.yaml", "--set", "train.batch_size=4", "--set"
 
 
 def _env(**fault):
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     if fault:
         env["LRJOB_FAULT"] = json.dumps(fault)
     return env
@@ -56,6 +56,10 @@ def _fault_report(marker: Path, timeout: float = 120) -> dict:
 _STARTED: list[subprocess.Popen] = []
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.fixture(autouse=True)
 def _stop_what_the_test_started():
     yield
@@ -68,8 +72,11 @@ class _Run:
 
     def __init__(self, *args, env=None):
         # a session of its own: the autouse fixture below stops what a failed test left running
+        # SIGINT as at a terminal: a shell without job control starts background commands
+        # with SIGINT ignored, and Python then never raises KeyboardInterrupt
         self.proc = subprocess.Popen([*LRJOB, "run", *args, "--json"], cwd=ROOT, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, env=env or _env(), start_new_session=True)
+                                     stderr=subprocess.PIPE, text=True, env=env or _env(), start_new_session=True,
+                                     preexec_fn=_default_sigint)
         _STARTED.append(self.proc)
         self.events, self.stderr = [], ""
         self._t = threading.Thread(target=self._read, daemon=True)

@@ -33,8 +33,10 @@ def _free_port():
 
 @pytest.fixture(scope="module")
 def head():
-    env = dict(os.environ)
-    env.pop("RAY_ADDRESS", None)
+    # No address or token settings of the session's own Ray (ray.init switches token mode
+    # on in this process's environment): the head decides its own.
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["PATH"] = f"{BIN}:{env['PATH']}"  # the job's entrypoint finds this lrjob
     temp = tempfile.mkdtemp(prefix="lrjob-head-")
     # `ray start` writes its token to ~/.ray/auth_token: a HOME of its own leaves the

@@ -7,8 +7,9 @@ LRJOB  := $(VENV)/bin/lrjob
 WORKERS ?= 2
 JOB    ?= jobs/mnist_softmax.yaml
 RUN_ARGS ?=
+MUTANTS_JOBS ?= 1
 
-.PHONY: install run test test-fast bench clean doctor
+.PHONY: install run test test-fast bench clean doctor mutants
 
 install:
 	@VENV=$(VENV) bash .ci/install
@@ -28,5 +29,10 @@ bench: install
 doctor: install
 	$(LRJOB) doctor
 
+# Mutation testing of lr_core, the run directory, parity and resume (mutmut); rewrites
+# the generated part of docs/mutants.md. MUTANTS_JOBS=2 tests two mutants at once.
+mutants: install
+	$(PY) .ci/mutants.py --jobs $(MUTANTS_JOBS)
+
 clean:
-	rm -rf runs bench-results .pytest_cache
+	rm -rf runs bench-results .pytest_cache mutants

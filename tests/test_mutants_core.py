@@ -132,3 +132,49 @@ def test_set_state_restores_the_epoch_count():
     b.set_state({**state, "epochs_done": np.int64(2)})
     assert b.epochs_done == 2 and type(b.epochs_done) is int
     assert all(np.array_equal(b.get_params()[k], v) for k, v in a.get_params().items())
+
+
+# ---------------------------------------------------------------------------- models, losses, comm
+@pytest.mark.parametrize("init", ["xavier", "normal", "zeros"])
+def test_initial_parameters_follow_the_init(init):
+    from lr_core.models import initial_parameters
+
+    cfg = LoopConfig(kind="softmax", num_classes=3, hidden=(400,), init=init, init_sigma=0.05, seed=9)
+    p = initial_parameters(cfg, 300)
+    assert sorted(p) == ["lrjob_layer0_bias", "lrjob_layer0_weight", "lrjob_layer1_bias", "lrjob_layer1_weight"]
+    assert p["lrjob_layer0_weight"].shape == (400, 300) and p["lrjob_layer1_weight"].shape == (3, 400)
+    for v in p.values():
+        assert v.dtype == np.float32
+    assert not p["lrjob_layer0_bias"].any() and p["lrjob_layer1_bias"].shape == (3,)
+    w = p["lrjob_layer0_weight"].astype(np.float64)
+    if init == "zeros":
+        assert not w.any()
+    elif init == "normal":
+        assert abs(w.mean()) < 0.002 and abs(w.std() - 0.05) < 0.002
+    else:
+        scale = np.sqrt(3.0 / 350.0)   # uniform(-s, s), s = sqrt(3 / mean(fan_in, fan_out))
+        assert w.max() <= scale and w.min() >= -scale and abs(w.std() - scale / np.sqrt(3)) < 0.002
+    again = initial_parameters(cfg, 300)
+    assert all(np.array_equal(again[k], v) for k, v in p.items())
+
+
+def test_unknown_init_and_loss_kind_are_named():
+    from lr_core.losses import make_loss
+    from lr_core.models import initial_parameters
+
+    with pytest.raises(ValueError) as e:
+        initial_parameters(LoopConfig(init="he"), 3)
+    assert str(e.value) == "init must be xavier, normal or zeros, got 'he'"
+    with pytest.raises(ValueError) as e:
+        make_loss("poisson")
+    assert str(e.value) == "kind must be binary or softmax, got 'poisson'"
+
+
+def test_single_process_allreduce_returns_a_new_array():
+    from lr_core.comm import SingleProcessCommunicator
+
+    a = np.arange(3.0)
+    out = SingleProcessCommunicator().allreduce_sum(a, "x")
+    assert out is not a and np.array_equal(out, a)
+    out[0] = 7.0
+    assert a[0] == 0.0

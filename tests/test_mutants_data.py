@@ -62,3 +62,107 @@ def test_digits_are_scaled_to_unit_range_and_held_out_by_seed():
     assert ds.image_shape == (8, 8) and ds.source == "digits"
     assert ds.description == "scikit-learn 8x8 digits (1797 images)"
     assert sorted(set(ds.y_val.tolist())) == list(range(10))
+
+
+# ---------------------------------------------------------------------------- check_labels
+@pytest.mark.parametrize("y,kind,message", [
+    (np.zeros((2, 2)), "binary", "w: labels must be one value per row, got shape (2, 2)"),
+    (np.array([]), "binary", "w: no rows; the dataset is empty"),
+    (np.array(["cat", "dog", "ant", "bee", "cow"]), "softmax",
+     "w: labels must be numbers, found ['ant', 'bee', 'cat', 'cow']; map them with data.label_map, "
+     "e.g. {'ant': 0, ...}"),
+    (np.array([0, 1, np.nan, np.nan]), "binary", "w: row 3: label nan is not finite; every row needs a label"),
+    (np.array([0, 1, 0.5, 2.5]), "softmax", "w: row 3: label 0.5 is not an integer class"),
+    (np.array([1, 2, 2]), "binary",
+     "w: binary labels must be exactly 0 or 1, found [1, 2] (first at row 2); "
+     "re-encode with data.label_map: {1: 0, 2: 1}"),
+    (np.array([3, 3]), "binary", "w: binary labels must be exactly 0 or 1, found [3] (first at row 1)"),
+    (np.array([0, 1, 2, 3, 4, 5]), "binary",
+     "w: binary labels must be exactly 0 or 1, found [0, 1, 2, 3, 4, 5] (first at row 3)"),
+    (np.array([0, 1, 2, 3, 4, 5, 6, 7]), "binary",
+     "w: binary labels must be exactly 0 or 1, found [0, 1, 2, 3, 4, 5, '...'] (first at row 3)"),
+    (np.array([0, 3, -1, 5, 1]), "softmax",
+     "w: softmax labels must be integers in [0, 3), found [-1, 3, 5] (first at row 2); raise model.num_classes "
+     "or re-encode with data.label_map"),
+    (np.array([0, -6, -5, -4, -3, -2, -1]), "softmax",
+     "w: softmax labels must be integers in [0, 3), found [-6, -5, -4, -3, -2] (first at row 2); raise "
+     "model.num_classes or re-encode with data.label_map"),
+])
+def test_bad_labels_are_named_exactly(y, kind, message):
+    from lr_core.data import check_labels
+    from lr_core.errors import DataError
+
+    with pytest.raises(DataError) as e:
+        check_labels(y, kind, 3, "w")
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("y,kind,want", [
+    (np.array(["0", "1", "1"]), "binary", [0, 1, 1]),
+    (np.array([0.0, 1.0, 2.0]), "softmax", [0, 1, 2]),
+    (np.array([2, 0, 1], dtype=object), "softmax", [2, 0, 1]),
+])
+def test_good_labels_become_int64(y, kind, want):
+    from lr_core.data import check_labels
+
+    got = check_labels(y, kind, 3, "w")
+    assert got.dtype == np.int64 and got.tolist() == want
+
+
+# ---------------------------------------------------------------------------- IDX sources
+def _idx_dir(tmp_path, names=None, n=(5, 3), rows=4, cols=3, gz=False):
+    import gzip
+
+    from lr_core.data import IDX_NAMES, write_idx
+
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, size=(n[0], rows, cols)),
+              "train-labels-idx1-ubyte": rng.integers(0, 10, size=n[0]),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, size=(n[1], rows, cols)),
+              "t10k-labels-idx1-ubyte": rng.integers(0, 10, size=n[1])}
+    d = tmp_path / "idx"
+    d.mkdir()
+    for name in IDX_NAMES:
+        target = d / (names or {}).get(name, name)
+        write_idx(target, arrays[name])
+        if gz:
+            target.with_name(target.name + ".gz").write_bytes(gzip.compress(target.read_bytes()))
+            target.unlink()
+    return d, arrays
+
+
+@pytest.mark.parametrize("style", ["plain", "dotted", "gz", "dotted-gz"])
+def test_an_idx_folder_loads_scaled_with_its_image_shape(tmp_path, style):
+    names = {n: n.replace("-idx", ".idx") for n in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                                                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+    d, arrays = _idx_dir(tmp_path, names if "dotted" in style else None, gz="gz" in style)
+    ds = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert ds.x_train.dtype == np.float32 and ds.y_train.dtype == np.int64 and ds.y_val.dtype == np.int64
+    assert ds.x_train.shape == (5, 12) and ds.x_val.shape == (3, 12)
+    assert np.allclose(ds.x_train, arrays["train-images-idx3-ubyte"].reshape(5, 12) / 255.0, atol=1e-7)
+    assert np.allclose(ds.x_val, arrays["t10k-images-idx3-ubyte"].reshape(3, 12) / 255.0, atol=1e-7)
+    assert ds.y_val.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert ds.image_shape == (4, 3) and ds.val_name == "test" and ds.source == "fashion-mnist"
+    assert ds.description == f"fashion-mnist from {d}"
+
+
+def test_idx_folder_errors_name_the_fix(tmp_path):
+    from lr_core.data import mnist_files
+    from lr_core.errors import DataError
+
+    with pytest.raises(DataError) as e:
+        mnist_files(tmp_path / "none")
+    assert str(e.value) == (f"mnist: data directory {tmp_path / 'none'} does not exist; set data.path to a "
+                            f"directory with the four IDX files or run `make install`")
+    with pytest.raises(DataError) as e:
+        mnist_files(tmp_path / "none", "fashion-mnist")
+    assert str(e.value) == (f"fashion-mnist: data directory {tmp_path / 'none'} does not exist; set data.path "
+                            f"to a directory with the four IDX files")
+    d, arrays = _idx_dir(tmp_path, n=(5, 3))
+    from lr_core.data import write_idx
+
+    write_idx(d / "t10k-labels-idx1-ubyte", arrays["t10k-labels-idx1-ubyte"][:2])
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(e.value) == ("fashion-mnist: t10k images (3, 4, 3) and labels (2,) do not match; expected "
+                            "(n, rows, cols) images and n labels")

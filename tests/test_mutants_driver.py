@@ -209,3 +209,70 @@ def test_resume_refuses_what_it_cannot_continue(tmp_path):
                             f"start a new run")
     done = run_job(_spec("train.epochs=2", "checkpoint.keep=5"), resume=tmp_path / "run")  # safe changes only
     assert [m["epoch"] for m in done.history] == [1, 2]
+
+
+def test_resuming_a_finished_run_trains_nothing_and_keeps_its_result(tmp_path):
+    done = run_job(_spec("train.epochs=2"), tmp_path / "run")
+    log = []
+    again = _run(_spec("train.epochs=2"), log, resume=tmp_path / "run")
+    assert log == [("new",), ("restore", 2), ("shutdown",)]
+    for name, value in done.params.items():
+        assert np.array_equal(again.params[name], value), name
+    assert again.summary["status"] == "completed"
+
+
+def test_epochs_are_reported_as_they_finish(tmp_path):
+    import time
+
+    out = io.StringIO()
+    t0 = time.time()
+    result = run_job(_spec("train.epochs=3"), tmp_path / "run", reporter=Reporter("human", stream=out,
+                                                                                 err=io.StringIO()))
+    elapsed = time.time() - t0
+    rows = [line.split()[0] for line in out.getvalue().splitlines()[1:] if line.split()]
+    assert [r for r in rows if r.endswith("/3")] == ["1/3", "2/3", "3/3"]
+    walls = [m["wall_seconds"] for m in result.history]
+    assert 0 < walls[0] < walls[1] < walls[2] <= elapsed
+    assert [json.loads(line)["wall_seconds"] for line in
+            (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == walls
+
+
+def test_an_unsafe_change_is_named_with_what_may_change(tmp_path):
+    run_job(_spec("train.epochs=1"), tmp_path / "run")
+    with pytest.raises(SpecError) as e:
+        run_job(_spec("train.epochs=2", "train.learning_rate=0.5", "train.seed=3"), resume=tmp_path / "run")
+    changed = str(e.value).split(" job.yaml in ", 1)[1].split(";")[0]
+    assert set(changed.split(", ")) == {"train.learning_rate", "train.seed"}
+    assert str(e.value).endswith(f"; only {', '.join(sorted(SAFE_RESUME_CHANGES))} may change on resume")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class _RecordingReporter(Reporter):
+    """A human reporter on a terminal that also records its progress bars' updates."""
+
+    def __init__(self):
+        super().__init__("human", stream=io.StringIO(), err=_Terminal())
+        self.updates = []
+
+    def epoch_bar(self, epoch, epochs, rows):
+        bar = super().epoch_bar(epoch, epochs, rows)
+        update = bar.update
+
+        def recorded(step, steps):
+            self.updates.append((epoch, step, steps))
+            update(step, steps)
+
+        bar.update = recorded
+        return bar
+
+
+def test_each_epoch_has_a_progress_bar_on_a_terminal(tmp_path):
+    reporter = _RecordingReporter()
+    run_job(_spec("train.epochs=2"), tmp_path / "run", reporter=reporter)
+    shown = reporter.err.getvalue()
+    assert "epoch 1/2:" in shown and "epoch 2/2:" in shown and "/64.0" in shown
+    assert reporter.updates == [(e, s, 4) for e in (0, 1) for s in range(4)]

@@ -1,6 +1,6 @@
 """Fault injection (``lr_core.faults``) in-process: how ``LRJOB_FAULT`` is read, when an
-armed point fires, ``once`` markers and the report of where it fired. Only the ``raise``
-action runs here (``kill`` and ``stop`` are exercised by the reliability tests)."""
+armed point fires, ``once`` markers and the report of where it fired. ``kill`` and
+``stop`` act on a forked copy of the test process."""
 import json
 import os
 
@@ -105,3 +105,64 @@ def test_without_once_or_report_nothing_is_written(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError):
         faults.hit("step", step=2)                     # fires every time
     assert os.listdir(tmp_path) == []
+
+
+def _fire_in_child(action):
+    """Arm ``action`` in a forked copy of this process and hit the point there; the
+    parent sees how the child ended (the test process itself is never signalled)."""
+    import signal
+
+    pid = os.fork()
+    if pid == 0:  # the child: only faults.hit runs here, then it leaves without clean-up
+        code = 3
+        try:
+            faults.ARMED, faults._SPEC = True, {"at": "step", "action": action}
+            faults.hit("step", step=1)
+        except RuntimeError:
+            code = 4
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, os.WUNTRACED)
+    if os.WIFSTOPPED(status):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    return status
+
+
+def test_kill_stop_and_raise_act_as_named(monkeypatch):
+    import signal
+
+    monkeypatch.setattr(faults, "ARMED", True)
+    for action in ("kill", "stop"):                      # armed elsewhere: nothing happens here
+        monkeypatch.setattr(faults, "_SPEC", {"at": "checkpoint", "action": action})
+        faults.hit("step", step=1)
+    status = _fire_in_child("kill")
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    status = _fire_in_child("stop")
+    assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP
+    status = _fire_in_child("raise")
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 4
+
+
+def test_check_reads_the_environment_once(monkeypatch):
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", None)
+    monkeypatch.setenv("LRJOB_FAULT", '{"at": "step", "step": 2, "action": "raise", "once": "/tmp/x"}')
+    faults.check()
+    assert faults._SPEC == {"at": "step", "step": 2, "action": "raise", "once": "/tmp/x"}
+    monkeypatch.setenv("LRJOB_FAULT", "not json")         # parsed already: not read again
+    faults.check()
+    assert faults._SPEC["step"] == 2
+    monkeypatch.setattr(faults, "_SPEC", None)
+    with pytest.raises(FaultSpecError):
+        faults.check()
+
+
+def test_long_and_multi_key_errors():
+    text = json.dumps({"at": "nowhere", "action": "raise", "pad": "x" * 300})
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(text)
+    assert str(e.value).endswith(f"got {text[:200]!r}")
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(json.dumps({"at": "step", "action": "raise", "stage": "x", "bogus": 1}))
+    assert str(e.value) == "LRJOB_FAULT: point 'step' reports epoch, rank, step, not bogus, stage"

@@ -69,3 +69,85 @@ def test_softmax_summary_of_a_half_right_class():
 def test_softmax_confusion_is_reported_as_integers():
     got = softmax_summary(np.array([[2.0, 1.0], [0.0, 3.0]]))
     assert got["confusion"] == [[2, 1], [0, 3]] and all(type(v) is int for row in got["confusion"] for v in row)
+
+
+# ---------------------------------------------------------------------------- from_logits
+def test_binary_from_logits_is_the_sigmoid_and_its_loss():
+    from scipy.special import expit
+
+    from lr_core.metrics import from_logits
+
+    z32 = np.array([[-3.0], [-0.25], [0.0], [0.4], [2.5], [40.0], [-40.0]], dtype=np.float32)
+    y = np.array([0, 1, 1, 0, 1, 0, 1])
+    z = z32[:, 0].astype(np.float64)
+    pred, prob, losses = from_logits("binary", z32, 0.5, y)
+    assert prob.dtype == np.float64 and np.allclose(prob, expit(z), rtol=1e-13, atol=0)
+    assert pred.dtype == np.int64 and pred.tolist() == [0, 0, 1, 1, 1, 1, 0]   # P = 0.5 is class 1
+    p = expit(z)
+    with np.errstate(divide="ignore"):
+        direct = -(y * np.log(p) + (1 - y) * np.log1p(-p))
+    stable = np.abs(z) < 30
+    assert np.allclose(losses[stable], direct[stable], rtol=1e-10)
+    assert np.allclose(losses[~stable], [40.0, 40.0], rtol=1e-12)      # no inf far out on the wrong side
+    assert from_logits("binary", z32, 0.5)[2] is None
+    assert np.array_equal(from_logits("binary", z32)[0], pred)        # the default threshold is 0.5
+    assert from_logits("binary", z32, 0.9)[0].tolist() == [0, 0, 0, 0, 1, 1, 0]
+
+
+def test_softmax_from_logits_is_the_log_softmax_and_its_loss():
+    from scipy.special import log_softmax
+
+    from lr_core.metrics import from_logits
+
+    rng = np.random.default_rng(0)
+    z32 = (rng.normal(size=(8, 4)) * 3).astype(np.float32)
+    z32[0] = [500.0, 1.0, -2.0, 0.0]                                   # no overflow
+    y = np.array([0, 1, 2, 3, 0, 1, 2, 3], dtype=np.float64)           # labels read from a CSV are floats
+    logp = log_softmax(z32.astype(np.float64), axis=1)
+    pred, prob, losses = from_logits("softmax", z32, 0.5, y)
+    assert pred.tolist() == logp.argmax(axis=1).tolist()
+    assert prob.dtype == np.float64 and np.allclose(prob, np.exp(logp.max(axis=1)), rtol=1e-13, atol=0)
+    assert np.allclose(losses, -logp[np.arange(8), y.astype(int)], rtol=1e-13, atol=0)
+    assert from_logits("softmax", z32)[2] is None
+
+
+# ---------------------------------------------------------------------------- EvalCounts, summarize
+def test_counts_accumulate_updates_from_any_integer_like_labels():
+    from lr_core.metrics import EvalCounts
+
+    c = EvalCounts(3)
+    assert c.confusion.dtype == np.int64 and c.confusion.shape == (3, 3)
+    c.update(np.array([0.0, 1.0, 2.0]), np.array([0.0, 2.0, 2.0]), np.array([0.5, 1.0, 0.25], dtype=np.float32))
+    c.update([1, 1], [1, 0])
+    c.update([2], [2], [0.125])
+    assert c.n == 6 and c.loss_sum == 1.875
+    assert c.confusion.tolist() == [[1, 0, 0], [1, 1, 1], [0, 0, 2]]
+    back = EvalCounts.from_vector(c.to_vector(), 3)
+    assert back.confusion.dtype == np.int64 and back.confusion.tolist() == c.confusion.tolist()
+    assert (back.n, back.loss_sum) == (6, 1.875) and type(back.n) is int
+    assert c.to_vector().dtype == np.float64
+
+
+def test_summarize_binary_and_softmax():
+    from lr_core.metrics import EvalCounts, summarize
+
+    c = EvalCounts(2)
+    c.update([0, 1, 1, 0], [0, 1, 0, 0], [0.2, 0.4, 1.0, 0.4])
+    y, scores = np.array([0, 1, 1, 0]), np.array([0.1, 0.8, 0.3, 0.2])
+    out = summarize("binary", c, y, scores)
+    assert out["loss"] == pytest.approx(0.5) and out["n"] == 4
+    assert out["auc"] == pytest.approx(roc_auc_score(y, scores)) and out["accuracy"] == 0.75
+    assert summarize("binary", c, y, None)["auc"] is None and summarize("binary", c, None, scores)["auc"] is None
+    soft = summarize("softmax", c)
+    assert "auc" not in soft and soft["macro_f1"] == pytest.approx(softmax_summary(c.confusion)["macro_f1"])
+    assert summarize("binary", EvalCounts(2))["loss"] == 0.0
+
+
+def test_loss_sums_are_float64_whatever_the_losses_dtype():
+    from lr_core.metrics import EvalCounts
+
+    c = EvalCounts(2)
+    losses = np.full(1000, 0.1, dtype=np.float32)       # float32 losses, as the network gives them
+    c.update(np.zeros(1000, dtype=np.int64), np.zeros(1000, dtype=np.int64), losses)
+    assert c.loss_sum == float(np.sum(losses.astype(np.float64)))
+    assert c.loss_sum != float(np.sum(losses))          # (a float32 sum would be off in the 7th digit)

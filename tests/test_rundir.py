@@ -311,6 +311,32 @@ def test_fault_points_name_the_epoch_and_stage(tmp_path, monkeypatch):
     monkeypatch.setattr(faults, "hit", lambda at, **where: seen.append((at, where)))
     _write(run, 4)
     assert seen == [("checkpoint", {"epoch": 4, "stage": s}) for s in ("params", "written", "renamed")]
+    seen.clear()
+    _write(run, 4)                                   # the same epoch again: the old one is swapped out
+    assert seen == [("checkpoint", {"epoch": 4, "stage": s})
+                    for s in ("params", "written", "swapping", "renamed")]
+
+
+def test_a_crash_while_swapping_leaves_the_previous_epoch_newest(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 1)
+    _write(run, 2)
+    _arm(monkeypatch, at="checkpoint", epoch=2, stage="swapping")
+    with pytest.raises(RuntimeError):
+        _write(run, 2, digest="new")
+    assert [p.name for p in list_checkpoints(run.path)] == ["epoch-0001"]
+    assert latest_checkpoint(run.path)["epochs_done"] == 1
+
+
+@pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_run_files_are_readable_as_the_umask_allows(tmp_path, umask, mode):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "summary.json", "{}")
+        assert os.umask(umask) == umask                   # left as it was
+    finally:
+        os.umask(old)
+    assert os.stat(tmp_path / "summary.json").st_mode & 0o777 == mode
 
 
 def test_list_checkpoints_sees_only_complete_epoch_folders(tmp_path):

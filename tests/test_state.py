@@ -97,10 +97,12 @@ def test_restoring_without_the_update_counters_is_not_the_same_adam():
     assert max(np.max(np.abs(a - b)) for a, b in zip(_params(net), _params(net2))) > 1e-4
 
 
-def test_state_dtypes_survive_the_round_trip():
-    net, trainer = _trainer("adam")
-    arrays = {k: np.full(2 if k[0] == "1" else (2, 3), 0.5, dtype=np.float64) for k in ("0.0", "0.1", "1.0", "1.1")}
-    meta = {"num_update": 4, "index_update_count": {"0": 4, "1": 4}, "layout": {"0": "tuple2", "1": "tuple2"}}
+@pytest.mark.parametrize("name,keys,kind", [("adam", ("0.0", "0.1", "1.0", "1.1"), "tuple2"),
+                                            ("sgd-momentum", ("0", "1"), "array")])
+def test_state_dtypes_survive_the_round_trip(name, keys, kind):
+    net, trainer = _trainer(name)
+    arrays = {k: np.full(2 if k[0] == "1" else (2, 3), 0.5, dtype=np.float64) for k in keys}
+    meta = {"num_update": 4, "index_update_count": {"0": 4, "1": 4}, "layout": {"0": kind, "1": kind}}
     set_optimizer_state(trainer, arrays, meta, mx.cpu())
     got, got_meta = get_optimizer_state(trainer)
     assert got_meta == meta
@@ -125,6 +127,8 @@ def test_update_counters_of_several_devices_merge_to_the_largest():
     opt = trainer._optimizer
     opt._all_index_update_counts = {0: {0: 3, 1: 1}, 1: {0: 5}, 2: {1: 4}}
     assert get_optimizer_state(trainer)[1]["index_update_count"] == {"0": 5, "1": 4}
+    opt._all_index_update_counts = {0: {0: 5, 1: 0}, 1: {0: 3}}   # a later device with fewer updates
+    assert get_optimizer_state(trainer)[1]["index_update_count"] == {"0": 5, "1": 0}
 
 
 def test_restored_counters_go_to_every_device_and_the_current_one():

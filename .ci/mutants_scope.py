@@ -1,0 +1,121 @@
+"""pytest plugin for `make mutants` (mutmut loads it with ``-p mutants_scope``).
+
+mutmut runs, for each mutant, the tests that called the mutated function while it
+collected its stats. This plugin narrows that further, so that a run fits on 2 cores:
+
+- only the fast, in-process tests named in ``SCOPE`` take part at all (tests that drive
+  a ``lrjob`` subprocess with signals, or need Ray and Horovod, are left out);
+- a mutant of function ``f`` in module ``m`` runs only the tests ``SCOPE`` gives for
+  ``m.f``, else for ``m``: a mutant of ``lr_core.sharding`` is not judged by a 5-second
+  resume test that happens to call it;
+- the tests run fastest first (durations from mutmut's stats), so a killed mutant is
+  usually killed by a quick test.
+
+With no mutant under test (stats, clean and forced-fail runs) only the first rule holds.
+An entry is a test file name, or ``file::pattern`` for some of its tests; a file named
+here that does not exist (yet) is simply absent.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+# The training loop in-process on tiny data: hundredths of a second each.
+_CORE = ("test_losses_oracle.py", "test_optimizers_oracle.py", "test_sharding.py",
+         "test_sharding_more.py", "test_state.py", "test_mutants_core.py", "test_mutants_loop.py")
+
+SCOPE: dict[str, tuple[str, ...]] = {
+    "lr_core.comm": _CORE,
+    "lr_core.config": _CORE,
+    # test_properties.py is left out: hypothesis draws new cases each run (a verdict must
+    # not depend on luck) and takes seconds per mutant.
+    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py", "test_mutants_data.py"),
+    "lr_core.errors": ("test_data.py", "test_spec.py", "test_mutants_core.py"),
+    "lr_core.export": ("test_mutants_export.py", "test_rundir.py"),
+    "lr_core.faults": ("test_mutants_faults.py", "test_rundir.py"),
+    "lr_core.loop": _CORE,
+    "lr_core.losses": _CORE,
+    "lr_core.metrics": ("test_metrics.py", "test_mutants_metrics.py") + _CORE,
+    "lr_core.models": _CORE,
+    "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),
+    "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
+    "launcher.report.parity": ("test_parity_compare.py", "test_mutants_parity.py"),
+    "launcher.rundir": ("test_rundir.py",),
+    # whole in-process runs (run_job, workers=0) on small jobs: about a second each
+    "launcher.driver": ("test_mutants_driver.py",),
+}
+
+ALL = frozenset(e for entries in SCOPE.values() for e in entries)
+
+
+def _mutant_under_test() -> str | None:
+    """``lr_core.sharding.x_local_plan`` for mutant ``lr_core.sharding.x_local_plan__mutmut_3``;
+    None outside a mutant's run."""
+    name = os.environ.get("MUTANT_UNDER_TEST", "")
+    return name.partition("__mutmut_")[0] if "__mutmut_" in name else None
+
+
+def scope_of(function: str | None) -> frozenset[str]:
+    if function is None:
+        return ALL
+    module = function.rpartition(".")[0]
+    return frozenset(SCOPE.get(function, SCOPE.get(module, ())))
+
+
+def in_scope(nodeid: str, entries: frozenset[str]) -> bool:
+    path, _, name = nodeid.partition("::")
+    file = Path(path).name
+    for entry in entries:
+        efile, _, pattern = entry.partition("::")
+        if efile == file and (not pattern or fnmatch.fnmatchcase(name, pattern)):
+            return True
+    return False
+
+
+def _durations() -> dict[str, float]:
+    try:
+        return json.loads(Path("mutmut-stats.json").read_text()).get("duration_by_test", {})
+    except (OSError, ValueError):
+        return {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    """tests/conftest.py calls project code when it is imported (``data_home()``), and
+    pytest imports it again for every run. That import is set-up, not a test: it runs
+    the original code, so a mutant (or mutmut's forced-failure check) is judged by the
+    tests alone instead of breaking the collection."""
+    active = os.environ.get("MUTANT_UNDER_TEST")
+    if active is not None:
+        os.environ["MUTANT_UNDER_TEST"] = ""
+    try:
+        yield
+    finally:
+        if active is not None:
+            os.environ["MUTANT_UNDER_TEST"] = active
+
+
+def pytest_ignore_collect(collection_path, config):
+    """Test files outside the scope are not even imported (one being edited elsewhere
+    cannot break a run that does not use it)."""
+    name = collection_path.name
+    if collection_path.suffix == ".py" and name.startswith("test_"):
+        return None if any(e.partition("::")[0] == name for e in ALL) else True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    function = _mutant_under_test()
+    entries = scope_of(function)
+    kept = [item for item in items if in_scope(item.nodeid, entries)]
+    dropped = [item for item in items if not in_scope(item.nodeid, entries)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+    if function is not None:
+        durations = _durations()
+        kept.sort(key=lambda item: durations.get(item.nodeid, 0.0))
+    items[:] = kept

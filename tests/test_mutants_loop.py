@@ -1,0 +1,160 @@
+"""One worker's training loop (``lr_core.loop.TrainingLoop``) on tiny data, in-process:
+the record an epoch reports (each validation metric recomputed from the trained
+network), progress callbacks, the step fault point, the divergence message naming the
+first bad step, and a rank that has no rows in any global batch."""
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lr_core import faults
+from lr_core.comm import SingleProcessCommunicator
+from lr_core.config import LoopConfig
+from lr_core.data import Dataset
+from lr_core.errors import DivergenceError
+from lr_core.loop import TrainingLoop, predict_logits
+from lr_core.metrics import from_logits
+from lr_core.sharding import epoch_permutation
+
+
+def _data(kind="binary", n=40, n_val=23, d=3, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + n_val, d)).astype(np.float32)
+    if kind == "binary":
+        y = (x.sum(axis=1) + rng.normal(size=n + n_val) > 0).astype(np.int64)
+    else:
+        y = (x @ rng.normal(size=(d, classes)) + rng.normal(size=(n + n_val, classes))).argmax(axis=1)
+    return Dataset(x[:n], y[:n], x[n:], y[n:], source="test")
+
+
+def _val_truth(loop, kind):
+    import mxnet as mx
+
+    logits = predict_logits(loop.net, mx.nd.array(loop.data.x_val))
+    pred, prob, losses = from_logits(kind, logits, loop.cfg.threshold, loop.data.y_val)
+    return pred, prob, losses
+
+
+def test_a_binary_epoch_record():
+    cfg = LoopConfig(kind="binary", batch_size=8, learning_rate=0.5, threshold=0.45)
+    data = _data("binary")
+    loop = TrainingLoop(cfg, data)
+    m = loop.run_epoch(0)
+    assert set(m) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall", "val_f1",
+                      "val_auc", "tp", "fp", "fn", "tn", "epoch_seconds", "train_seconds", "samples_per_s", "steps"}
+    pred, prob, losses = _val_truth(loop, "binary")
+    y = data.y_val
+    assert m["epoch"] == 1 and m["steps"] == 5
+    assert m["val_loss"] == pytest.approx(losses.mean(), rel=1e-6)
+    assert m["val_accuracy"] == pytest.approx(np.mean(pred == y))
+    assert (m["tp"], m["fp"], m["fn"], m["tn"]) == (int(((pred == 1) & (y == 1)).sum()),
+                                                    int(((pred == 1) & (y == 0)).sum()),
+                                                    int(((pred == 0) & (y == 1)).sum()),
+                                                    int(((pred == 0) & (y == 0)).sum()))
+    assert m["val_auc"] == pytest.approx(roc_auc_score(y, prob), rel=1e-9)
+    assert 0 < m["train_seconds"] <= m["epoch_seconds"] < 60
+    assert m["samples_per_s"] == pytest.approx(40 / m["train_seconds"])
+    assert loop.epochs_done == 1
+
+
+def test_a_softmax_epoch_record():
+    cfg = LoopConfig(kind="softmax", num_classes=3, batch_size=8, learning_rate=0.5)
+    data = _data("softmax")
+    loop = TrainingLoop(cfg, data)
+    m = loop.run_epoch(0)
+    assert set(m) == {"epoch", "train_loss", "val_loss", "val_accuracy", "val_macro_f1", "per_class_recall",
+                      "confusion", "epoch_seconds", "train_seconds", "samples_per_s", "steps"}
+    pred, _, losses = _val_truth(loop, "softmax")
+    assert m["val_loss"] == pytest.approx(losses.mean(), rel=1e-6)
+    want = np.zeros((3, 3), dtype=int)
+    np.add.at(want, (data.y_val, pred), 1)
+    assert m["confusion"] == want.tolist()
+
+
+def test_train_loss_is_the_mean_loss_before_each_step():
+    cfg = LoopConfig(kind="binary", batch_size=40, learning_rate=0.5)   # one step: the loss before it
+    data = _data("binary")
+    loop = TrainingLoop(cfg, data)
+    import mxnet as mx
+
+    logits = predict_logits(loop.net, mx.nd.array(data.x_train))
+    _, _, before = from_logits("binary", logits, 0.5, data.y_train)
+    tr = loop.train_epoch(0)
+    assert tr["train_loss"] == pytest.approx(before.mean(), rel=1e-6)
+    assert tr["steps"] == 1 and tr["local_rows"] == 40
+
+
+@pytest.mark.parametrize("n,batch,want", [(30, 1, list(range(30))), (120, 1, list(range(0, 120, 2))),
+                                          (100, 1, list(range(0, 100, 2))), (7, 2, [0, 1, 2, 3])])
+def test_progress_is_called_about_50_times(n, batch, want):
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=batch), _data("binary", n=n))
+    calls = []
+    loop.run_epoch(0, progress=lambda s, steps: calls.append((s, steps)))
+    steps = -(-n // batch)
+    assert calls == [(s, steps) for s in want]
+
+
+def test_the_step_fault_point_names_epoch_step_and_rank(monkeypatch):
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "epoch": 2, "step": 3, "action": "raise"})
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=8), _data("binary"))
+    loop.run_epoch(0)
+    calls = []
+    with pytest.raises(RuntimeError) as e:
+        loop.run_epoch(1, progress=lambda s, steps: calls.append(s))
+    assert str(e.value) == "injected fault at step {'epoch': 2, 'step': 3, 'rank': 0}"
+    assert calls == [0, 1, 2]                        # before the update of step 3 (1-based)
+
+
+def test_divergence_names_the_first_bad_step():
+    data = _data("binary", n=12)
+    x = data.x_train.copy()
+    bad = 5
+    x[bad] = np.inf                               # its loss is not finite
+    data = Dataset(x, data.y_train, data.x_val, data.y_val, source="test")
+    cfg = LoopConfig(kind="binary", batch_size=1, learning_rate=0.1, seed=3)
+    at = int(np.flatnonzero(epoch_permutation(3, 1, 12) == bad)[0])
+    with pytest.raises(DivergenceError) as e:
+        TrainingLoop(cfg, data).train_epoch(1)
+    msg = str(e.value)
+    assert msg.startswith("loss became ")
+    assert msg.endswith(f" at epoch 2, step {at + 1} of 12; lower train.learning_rate (now 0.1) or check the "
+                        f"data scale")
+
+
+class _ThirdRank(SingleProcessCommunicator):
+    """Rank 2 of 3 (the other ranks' sums are zero here): with global batches of 2 rows
+    it never has a row of its own."""
+
+    rank, size, local_rank = 2, 3, 0
+
+
+def test_a_rank_without_rows_steps_with_a_zero_gradient():
+    cfg = LoopConfig(kind="binary", batch_size=2, learning_rate=0.5)
+    loop = TrainingLoop(cfg, _data("binary", n=10), comm=_ThirdRank())
+    before = loop.get_params()
+    tr = loop.train_epoch(0)
+    assert tr["local_rows"] == 0 and tr["steps"] == 5 and tr["train_loss"] == 0.0
+    for name, value in loop.get_params().items():
+        assert np.array_equal(value, before[name]), name
+    assert loop.trainer._optimizer.num_update == 5        # it joined every step
+
+
+def test_a_binary_model_ignores_num_classes():
+    loop = TrainingLoop(LoopConfig(kind="binary", num_classes=5, batch_size=8), _data("binary"))
+    m = loop.run_epoch(0)
+    assert m["tp"] + m["fp"] + m["fn"] + m["tn"] == 23 and "val_auc" in m
+
+
+def test_recorded_shards_are_the_plan():
+    from lr_core.sharding import local_plan
+
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=8, seed=4), _data("binary"), record_shards=True)
+    loop.run_epoch(0)
+    loop.run_epoch(1)
+    for e in (0, 1):
+        want = local_plan(epoch_permutation(4, e, 40), 8, 0, 1)[0]
+        assert loop.shard_log[e].tolist() == want.tolist()
+    plain = TrainingLoop(LoopConfig(kind="binary"), _data("binary"))
+    assert plain.epochs_done == 0 and plain.get_state()["epochs_done"] == 0
+    plain.run_epoch(0)
+    assert plain.shard_log == {} and plain.record_shards is False    # only when asked

@@ -5,6 +5,7 @@ The tests run the checkout they live in: this folder's ``lr_core`` and ``launche
 first on ``sys.path`` and on ``PYTHONPATH``, which every subprocess inherits (``lrjob``,
 ``horovodrun`` ranks, Ray's workers), whatever checkout the environment's editable
 install points at."""
+import atexit
 import os
 import shutil
 import sys
@@ -29,10 +30,10 @@ os.environ.setdefault("LRJOB_DATA_HOME", str(data_home()))
 _SESSION_HOME = tempfile.mkdtemp(prefix="lrjob-tests-home-")
 os.environ["HOME"] = _SESSION_HOME
 os.environ["MPLCONFIGDIR"] = os.path.join(_SESSION_HOME, "matplotlib")
-
-
-def pytest_sessionfinish(session, exitstatus):
-    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
+# Removed when this process exits (not per pytest session: a runner may start several
+# sessions in one process; forked children leave it to their parent).
+_OWNER = os.getpid()
+atexit.register(lambda: os.getpid() == _OWNER and shutil.rmtree(_SESSION_HOME, ignore_errors=True))
 
 
 def pytest_sessionstart(session):

@@ -51,7 +51,7 @@ def test_a_binary_epoch_record():
                                                     int(((pred == 0) & (y == 1)).sum()),
                                                     int(((pred == 0) & (y == 0)).sum()))
     assert m["val_auc"] == pytest.approx(roc_auc_score(y, prob), rel=1e-9)
-    assert 0 < m["train_seconds"] <= m["epoch_seconds"] < 60
+    assert 0 < m["train_seconds"] <= m["epoch_seconds"]  # an order, not a time limit
     assert m["samples_per_s"] == pytest.approx(40 / m["train_seconds"])
     assert loop.epochs_done == 1
 

@@ -18,6 +18,7 @@ import argparse  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
+import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -29,6 +30,7 @@ EXAMPLES = {
     "run": "lrjob run jobs/binary_synthetic.yaml --workers 2 --set train.epochs=3",
     "parity": "lrjob parity jobs/digits_softmax.yaml --workers 3",
     "validate": "lrjob validate jobs/mnist_softmax.yaml --set train.batch_size=128",
+    "prepare": "lrjob prepare jobs/mnist_softmax.yaml --set data.cache=/shared/lrjob-prepared",
     "doctor": "lrjob doctor",
     "predict": "lrjob predict runs/binary_2d-20260101T000000Z --input points.csv --output preds.csv",
     "evaluate": "lrjob evaluate runs/mnist_softmax-20260101T000000Z",
@@ -95,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     v = _sub(subs, "validate", "check a job spec and print it resolved")
     _add_spec_args(v)
     v.add_argument("--data", action="store_true", help="also load and check the data")
+
+    pp = _sub(subs, "prepare", "convert a job's data once into its prepared, memory-mapped form")
+    _add_spec_args(pp)
+    pp.add_argument("--json", action="store_true", help="print the manifest's summary as JSON")
 
     _sub(subs, "doctor", "check MXNet, the Horovod build, Ray and the data cache").add_argument(
         "--gpu", action="store_true", help="also check the GPU stack (CUDA MXNet, NCCL)")
@@ -210,12 +216,38 @@ def cmd_parity(args) -> int:
 def cmd_validate(args) -> int:
     """``lrjob validate``: print the resolved spec as YAML (with ``--data``, also load and check
     the data); returns 0."""
+    from .report.progress import prepare_feedback
+
     spec = _load(args)
     sys.stdout.write(spec.to_yaml())
     if args.data:
-        d = spec.load_data()
+        d = spec.prepared_data(*prepare_feedback())
         print(f"# data ok: {len(d.x_train)} train / {len(d.x_val)} {d.val_name} rows, {d.num_features} features",
               file=sys.stderr)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    """``lrjob prepare``: prepare the job's data (or find it prepared and intact); prints the
+    directory and its size on stdout; returns 0."""
+    from lr_core.prepared import open_prepared
+
+    from .report.progress import prepare_feedback
+
+    spec = _load(args)
+    t0 = time.perf_counter()
+    home = spec.prepare_data(*prepare_feedback())
+    d = open_prepared(home)
+    size = sum(f.stat().st_size for f in home.iterdir())
+    info = {"prepared": str(home), "train_rows": int(len(d.x_train)), "val_rows": int(len(d.x_val)),
+            "features": d.num_features, "dtype": str(d.x_train.dtype), "bytes": size,
+            "seconds": round(time.perf_counter() - t0, 3)}
+    if args.json:
+        print(json.dumps(info))
+    else:
+        print(home)
+        print(f"# {info['train_rows']} train / {info['val_rows']} {d.val_name} rows, {d.num_features} features "
+              f"({info['dtype']}), {size / 1e6:.1f} MB, {info['seconds']:.1f} s", file=sys.stderr)
     return 0
 
 
@@ -284,23 +316,26 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     """``lrjob evaluate``: print the exported model's metrics on ``--data`` (default: the run's
     validation data), as text or with ``--json``; returns 0."""
+    import numpy as np
+
     from lr_core.metrics import EvalCounts, from_logits, summarize
 
+    from .report.progress import prepare_feedback
     from .rundir import RunDir
 
     model = _model(args.run)
     meta = model.meta
     if args.data:
         x, y = _read_input(args.data, meta, require_labels=True)
-        where = args.data
+        where, scale = args.data, None
     else:
         spec = RunDir.open(args.run).spec()
         if spec is None:
             raise LrjobInputError(f"{args.run}: no job.yaml to find the validation data; pass --data FILE")
-        d = spec.load_data()
-        x, y, where = d.x_val, d.y_val, f"{spec.name} {d.val_name} set"
+        d = spec.prepared_data(*prepare_feedback())
+        x, y, where, scale = d.x_val, np.asarray(d.y_val), f"{spec.name} {d.val_name} set", d.scale
     kind = meta["kind"]
-    pred, prob, losses = from_logits(kind, model.logits(x), float(meta["threshold"]), y)
+    pred, prob, losses = from_logits(kind, model.logits(x, scale=scale), float(meta["threshold"]), y)
     k = 2 if kind == "binary" else int(meta["num_classes"])
     counts = EvalCounts(k)
     counts.update(y, pred, losses)
@@ -374,7 +409,8 @@ def _submit_cmd(name):
     return run
 
 
-COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "doctor": cmd_doctor,
+COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "prepare": cmd_prepare,
+            "doctor": cmd_doctor,
             "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit, "worker": cmd_worker,
             "runs": cmd_runs, "compare": cmd_compare, "k8s": cmd_k8s,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}

@@ -33,7 +33,7 @@ from lr_core.data import Dataset
 from lr_core.errors import LrjobError, SpecError, WorkerFailure
 
 from .backends import Backend
-from .report.progress import Reporter
+from .report.progress import Reporter, prepare_feedback
 from .rundir import RunDir, check_writable, new_run_path
 from .spec import SAFE_RESUME_CHANGES, JobSpec
 
@@ -124,7 +124,8 @@ class Driver:
             self.path = Path(output) if output else new_run_path(spec.name, self.options.runs_dir)
             check_writable(self.path)
         # bad data fails here, before anything is written
-        self.data = self.options.data if self.options.data is not None else spec.load_data()
+        self.data = self.options.data if self.options.data is not None else spec.prepared_data(
+            *prepare_feedback(self.reporter))
         self.backend_factory = self.options.backend_factory or self._default_backend
         self.policy = FailurePolicy(spec.failure.max_failures)
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
@@ -320,7 +321,11 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
         raise SpecError("failure.max_failures: under horovodrun the launcher restarts the job "
                         "(e.g. the MPIJob's backoffLimit); set it to 0 and resume with --resume")
     comm = HorovodCommunicator()
-    data = spec.load_data()
+    # Rank 0 prepares (or checks) the data first; the others then map the same files.
+    data = spec.prepared_data(*prepare_feedback(reporter)) if comm.rank == 0 else None
+    comm.barrier()
+    if data is None:
+        data = spec.prepared_data()
     cfg = spec.loop_config()
     gpus = spec.resources.gpus_per_worker
     if comm.rank == 0:

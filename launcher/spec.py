@@ -29,7 +29,7 @@ __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "Ch
 
 @dataclass(frozen=True)
 class _Field:
-    kind: str                      # int | float | str | bool | ints | map | path
+    kind: str                      # int | float | str | bool | ints | strs | map | path
     default: Any
     check: Callable[[Any], bool] | None = None
     expect: str = ""
@@ -60,6 +60,9 @@ def _f(kind: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None =
     return field(default=tuple(default) if isinstance(default, list) else default, metadata={"rule": rule})
 
 
+# data fields holding a local path (resolved against the spec's folder) or a URI.
+PATH_FIELDS = ("path", "val_path", "cache")
+
 # Loop fields take their defaults from lr_core's LoopConfig: each default lives in one place.
 _LOOP = LoopConfig()
 
@@ -89,6 +92,10 @@ class DataSpec:
     label_column: str = _f("str", LABEL_COLUMN)
     label_map: dict | None = _f("map", None, nullable=True)
     options: dict = _f("map", {})
+    # Table sources: the feature columns (a list, or one list column); default all but the label.
+    features: tuple[str, ...] | None = _f("strs", None, nullable=True)
+    # Where prepared datasets live (docs/design.md#prepared-data); default <data home>/prepared.
+    cache: str | None = _f("path", None, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,13 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
     elif k in ("str", "path"):
         if not isinstance(value, str) or not value.strip():
             raise SpecError(f"{where} must be a non-empty string, got {value!r}")
+    elif k == "strs":
+        if isinstance(value, str):
+            value = [value]
+        if (not isinstance(value, (list, tuple)) or not value
+                or any(not isinstance(v, str) or not v.strip() for v in value)):
+            raise SpecError(f"{where} must be a column name or a list of column names, got {value!r}")
+        value = [str(v) for v in value]
     elif k == "ints":
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
@@ -266,13 +280,29 @@ class JobSpec:
         d = self.data
         return dict(kind=self.model.kind, num_classes=self.model.outputs_classes, seed=self.train.seed,
                     path=d.path, val_path=d.val_path, val_fraction=d.val_fraction,
-                    label_column=d.label_column, label_map=d.label_map, options=d.options)
+                    label_column=d.label_column, label_map=d.label_map, options=d.options,
+                    features=list(d.features) if d.features else None)
 
     def load_data(self):
-        """The job's dataset (``lr_core.data.Dataset``), checked; bad data raises here."""
+        """The job's dataset in memory (``lr_core.data.Dataset``), checked; bad data raises
+        here. Training reads :meth:`prepared_data` instead."""
         from lr_core.data import load_dataset
 
         return load_dataset(self.data.source, **self.data_kwargs())
+
+    def prepare_data(self, progress=None, log=None):
+        """The job's prepared dataset directory (docs/design.md#prepared-data): reused when
+        intact, else converted from the source, checked block by block."""
+        from lr_core.data import make_request
+        from lr_core.prepared import prepare
+
+        return prepare(make_request(self.data.source, **self.data_kwargs()), self.data.cache, progress, log)
+
+    def prepared_data(self, progress=None, log=None):
+        """The job's dataset as memory maps of its prepared files (nothing loaded)."""
+        from lr_core.prepared import open_prepared
+
+        return open_prepared(self.prepare_data(progress, log))
 
     def diff(self, other: "JobSpec") -> list[str]:
         """Dotted names of the fields that differ."""
@@ -312,9 +342,9 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
             value = given[key] if key in given else copy.deepcopy(f.default)
             out[key] = _coerce(f"{section}.{key}", f, value)
         raw[section] = out
-    for key in ("path", "val_path"):
+    for key in PATH_FIELDS:
         p = raw["data"][key]
-        if p is not None:
+        if p is not None and "://" not in p:  # a URI stays as given
             p = os.path.expanduser(p)
             if base_dir is not None and not os.path.isabs(p):
                 p = os.path.normpath(os.path.join(base_dir, p))
@@ -390,7 +420,7 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
                             f"{next(iter(SCHEMA[parts[0]]))}=...")
         if parts[1] not in SCHEMA[parts[0]]:
             raise SpecError(f"--set {key}: unknown field {parts[1]!r}{suggest(parts[1], SCHEMA[parts[0]])}")
-        if parts[0] == "data" and parts[1] in ("path", "val_path") and isinstance(value, str):
+        if parts[0] == "data" and parts[1] in PATH_FIELDS and isinstance(value, str) and "://" not in value:
             value = os.path.abspath(os.path.expanduser(value))
         section = doc.setdefault(parts[0], {}) or {}
         doc[parts[0]] = section

@@ -15,13 +15,11 @@ rules it puts on a job (checked by :func:`check_source_spec`) and its loader, wh
 """
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gzip
 import hashlib
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -30,12 +28,13 @@ import numpy as np
 
 from .config import MODEL_KINDS
 from .errors import DataError, SpecError, suggest
+from .tables import open_table, read_all
 
 __all__ = [
     "Dataset", "load_dataset", "SOURCES", "REGISTRY", "Source", "Option", "LoadRequest",
     "check_source_spec", "source_options", "finish_labels", "read_idx", "write_idx",
     "check_features", "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
-    "verify_idx_dir", "read_features_file", "holdout_split",
+    "verify_idx_dir", "read_features_file", "holdout_split", "make_request",
 ]
 
 # MD5 of the four standard, uncompressed MNIST files.
@@ -53,7 +52,14 @@ VAL_FRACTION = 0.1
 
 @dataclass(frozen=True)
 class Dataset:
-    """Training and validation rows. ``x_*`` float32 (n, d); ``y_*`` int64 (n,)."""
+    """Training and validation rows. ``x_*`` (n, d) float32, or uint8 with ``scale`` (the
+    features are then ``x * scale`` in float32: images keep a quarter of the bytes);
+    ``y_*`` int64 (n,).
+
+    A prepared dataset (``lr_core.prepared``) holds read-only memory maps of its files
+    and ``home``, its directory: pickled (``ray.put``), it travels as that path and the
+    receiver maps the same files, so no rows go through the object store.
+    """
 
     x_train: np.ndarray
     y_train: np.ndarray
@@ -64,6 +70,22 @@ class Dataset:
     description: str = ""
     val_name: str = "validation"
     extra: dict = field(default_factory=dict)
+    scale: float | None = None
+    home: str | None = None
+
+    def __reduce_ex__(self, protocol):
+        if self.home is not None:
+            from .prepared import open_prepared
+
+            return open_prepared, (self.home, False)
+        return super().__reduce_ex__(protocol)
+
+    def features(self, x: np.ndarray) -> np.ndarray:
+        """Rows of ``x_train``/``x_val`` as the model sees them: float32, scaled."""
+        x = np.asarray(x)
+        if self.scale is None:
+            return x.astype(np.float32, copy=False)
+        return x.astype(np.float32) * np.float32(self.scale)
 
     @property
     def num_features(self) -> int:
@@ -160,7 +182,7 @@ def verify_idx_dir(directory: str | os.PathLike) -> list[str]:
     return problems
 
 
-def _load_idx_source(source: str, path: str | None) -> Dataset:
+def _load_idx_source(source: str, path: str | None, raw: bool = False) -> Dataset:
     directory = Path(path).expanduser() if path else data_home() / source
     files = mnist_files(directory, source)
     if not path and source == "mnist":
@@ -177,6 +199,11 @@ def _load_idx_source(source: str, path: str | None) -> Dataset:
                             f"expected (n, rows, cols) images and n labels")
     shape = tuple(int(s) for s in x_tr.shape[1:])
     scale = np.float32(1.0 / 255.0)
+    if raw:  # the stored bytes; the scale is applied where the features are used
+        return Dataset(x_train=x_tr.reshape(len(x_tr), -1), y_train=y_tr.astype(np.int64),
+                       x_val=x_te.reshape(len(x_te), -1), y_val=y_te.astype(np.int64), source=source,
+                       image_shape=shape, val_name="test", description=f"{source} from {directory}",
+                       scale=float(scale))
     return Dataset(
         x_train=x_tr.reshape(len(x_tr), -1).astype(np.float32) * scale, y_train=y_tr.astype(np.int64),
         x_val=x_te.reshape(len(x_te), -1).astype(np.float32) * scale, y_val=y_te.astype(np.int64),
@@ -186,8 +213,9 @@ def _load_idx_source(source: str, path: str | None) -> Dataset:
 
 # --------------------------------------------------------------------------- checks
 def check_features(x: np.ndarray, where: str, num_features: int | None = None,
-                   columns: list[str] | None = None) -> np.ndarray:
-    """Features must be a non-empty 2-D finite float array (with ``num_features`` columns)."""
+                   columns: list[str] | None = None, offset: int = 0) -> np.ndarray:
+    """Features must be a non-empty 2-D finite float array (with ``num_features`` columns).
+    ``offset``: the number of rows before ``x`` in its file (a block's errors name file rows)."""
     if x.ndim != 2:
         raise DataError(f"{where}: features must be a 2-D table (rows x features), got shape {x.shape}")
     if x.shape[0] == 0:
@@ -202,12 +230,12 @@ def check_features(x: np.ndarray, where: str, num_features: int | None = None,
     if bad.any():
         r, c = map(int, np.argwhere(bad)[0])
         col = columns[c] if columns and c < len(columns) else f"column {c}"
-        raise DataError(f"{where}: row {r + 1}, {col}: value {x[r, c]} is not finite (NaN or inf); "
+        raise DataError(f"{where}: row {offset + r + 1}, {col}: value {x[r, c]} is not finite (NaN or inf); "
                         f"clean or impute it first ({int(bad.sum())} such values)")
     return x
 
 
-def apply_label_map(y: np.ndarray, label_map: Mapping[Any, Any] | None, where: str) -> np.ndarray:
+def apply_label_map(y: np.ndarray, label_map: Mapping[Any, Any] | None, where: str, offset: int = 0) -> np.ndarray:
     if not label_map:
         return y
     lookup = {str(k): v for k, v in label_map.items()}
@@ -215,7 +243,7 @@ def apply_label_map(y: np.ndarray, label_map: Mapping[Any, Any] | None, where: s
     for i, v in enumerate(y):
         key = _label_key(v)
         if key not in lookup:
-            raise DataError(f"{where}: row {i + 1}: label {v!r} is not in data.label_map "
+            raise DataError(f"{where}: row {offset + i + 1}: label {v!r} is not in data.label_map "
                             f"{dict(label_map)}; add it to the map")
         out[i] = lookup[key]
     return out
@@ -229,7 +257,7 @@ def _label_key(v: Any) -> str:
     return str(v)
 
 
-def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str) -> np.ndarray:
+def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset: int = 0) -> np.ndarray:
     """Binary labels must be exactly {0, 1}; softmax labels integers in [0, num_classes)."""
     if y.ndim != 1:
         raise DataError(f"{where}: labels must be one value per row, got shape {y.shape}")
@@ -245,10 +273,10 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str) -> np.n
     yf = y.astype(np.float64)
     if not np.isfinite(yf).all():
         r = int(np.argwhere(~np.isfinite(yf))[0][0])
-        raise DataError(f"{where}: row {r + 1}: label {y[r]} is not finite; every row needs a label")
+        raise DataError(f"{where}: row {offset + r + 1}: label {y[r]} is not finite; every row needs a label")
     if not np.all(yf == np.round(yf)):
         r = int(np.argwhere(yf != np.round(yf))[0][0])
-        raise DataError(f"{where}: row {r + 1}: label {y[r]} is not an integer class")
+        raise DataError(f"{where}: row {offset + r + 1}: label {y[r]} is not an integer class")
     values = sorted(int(v) for v in np.unique(yf))
     if kind == "binary":
         if not set(values) <= {0, 1}:
@@ -257,14 +285,14 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str) -> np.n
             if len(values) == 2:
                 hint = f"; re-encode with data.label_map: {{{values[0]}: 0, {values[1]}: 1}}"
             r = int(np.flatnonzero((yf != 0) & (yf != 1))[0])
-            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {shown} (first at row {r + 1})"
+            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {shown} (first at row {offset + r + 1})"
                             f"{hint}")
     else:
         bad = [v for v in values if v < 0 or v >= num_classes]
         if bad:
             r = int(np.flatnonzero((yf < 0) | (yf >= num_classes))[0])
             raise DataError(f"{where}: softmax labels must be integers in [0, {num_classes}), found "
-                            f"{bad[:5]} (first at row {r + 1}); raise model.num_classes or re-encode with "
+                            f"{bad[:5]} (first at row {offset + r + 1}); raise model.num_classes or re-encode with "
                             f"data.label_map")
     return yf.astype(np.int64)
 
@@ -285,109 +313,13 @@ def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, wher
 
 # --------------------------------------------------------------------------- user files
 def read_features_file(path: str | os.PathLike, label_column: str | None = LABEL_COLUMN,
-                       require_labels: bool = True) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """Read CSV, NPY or NPZ: returns (x, y or None, feature column names)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise DataError(f"{path}: file not found; check data.path / --input")
-    if path.is_dir():
-        raise DataError(f"{path}: is a directory, expected a .csv, .npz or .npy file")
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
-        return _read_npz(path, require_labels)
-    if suffix == ".npy":
-        try:
-            x = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as e:
-            raise DataError(f"{path}: not a readable .npy array ({e})") from e
-        if require_labels:
-            raise DataError(f"{path}: .npy holds features only; training needs an .npz with arrays x and y")
-        return x, None, []
-    return _read_csv(path, label_column, require_labels)
-
-
-def _read_npz(path: Path, require_labels: bool):
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names = list(z.files)
-            if "x" not in names:
-                raise DataError(f"{path}: no array 'x' (found {names}); save with np.savez(path, x=..., y=...)")
-            x = z["x"]
-            y = z["y"] if "y" in names else None
-    except DataError:
-        raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{path}: not a readable .npz file ({str(e).splitlines()[0]}); "
-                        f"save with np.savez(path, x=..., y=...)") from e
-    if require_labels and y is None:
-        raise DataError(f"{path}: no array 'y' (found {names}); save with np.savez(path, x=..., y=...)")
-    if x.ndim != 2:
-        raise DataError(f"{path}: array 'x' must be 2-D (rows x features), got shape {x.shape}")
-    if y is not None and (y.ndim != 1 or len(y) != len(x)):
-        raise DataError(f"{path}: array 'y' must hold one label per row of x ({len(x)}), got shape {y.shape}")
-    return x, y, []
-
-
-def _is_number(s: str) -> bool:
-    try:
-        float(s)
-        return True
-    except ValueError:
-        return False
-
-
-def _read_csv(path: Path, label_column: str | None, require_labels: bool):
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: a BOM is not a cell
-            rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from e
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from e
-    except csv.Error as e:
-        raise DataError(f"{path}: malformed CSV ({e})") from e
-    if not rows:
-        raise DataError(f"{path}: empty file; the dataset needs a header and at least one row")
-    header = None
-    # A header row has no number in it; a data row with a bad cell is reported as such.
-    if not any(_is_number(c) for c in rows[0]):
-        header = [c.strip() for c in rows[0]]
-        rows = rows[1:]
-    if not rows:
-        raise DataError(f"{path}: no data rows after the header; the dataset is empty")
-    width = len(header) if header else len(rows[0])
-    for i, r in enumerate(rows):
-        if len(r) != width:
-            line = i + (2 if header else 1)
-            raise DataError(f"{path}: line {line} has {len(r)} columns, expected {width}; fix the row")
-    label_idx = None
-    if label_column is not None and header is not None and label_column in header:
-        label_idx = header.index(label_column)
-    elif require_labels:
-        if header is None:
-            raise DataError(f"{path}: no header row, so label column {label_column!r} cannot be found; "
-                            f"add a header naming the columns")
-        raise DataError(f"{path}: no column {label_column!r} (columns: {', '.join(header[:8])}"
-                        f"{', ...' if len(header) > 8 else ''}); set data.label_column")
-    feat_idx = [j for j in range(width) if j != label_idx]
-    columns = [header[j] for j in feat_idx] if header else [f"column {j + 1}" for j in feat_idx]
-    x = np.empty((len(rows), len(feat_idx)), dtype=np.float64)
-    for i, r in enumerate(rows):
-        for k, j in enumerate(feat_idx):
-            cell = r[j].strip()
-            try:
-                x[i, k] = float(cell)
-            except ValueError:
-                line = i + (2 if header else 1)
-                raise DataError(f"{path}: line {line}, column {columns[k]!r}: {cell!r} is not a number; "
-                                f"features must be numeric") from None
-    y = None
-    if label_idx is not None:
-        raw = [r[label_idx].strip() for r in rows]
-        y = np.array([float(v) if _is_number(v) else v for v in raw], dtype=object)
-        if all(isinstance(v, float) for v in y):
-            y = y.astype(np.float64)
-    return x, y, columns
+                       require_labels: bool = True, features: list[str] | str | None = None
+                       ) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """Read a CSV, Parquet, NPY or NPZ table (local or a URI) whole: returns (x, y or None,
+    feature column names). Large tables stream through :func:`lr_core.tables.open_table`."""
+    table = open_table(path, label_column, require_labels, features)
+    x, y = read_all(table)
+    return x, y, table.columns
 
 
 # --------------------------------------------------------------------------- what a loader gets
@@ -409,9 +341,10 @@ class LoadRequest:
     label_column: str = LABEL_COLUMN
     label_map: Mapping | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
+    features: tuple[str, ...] | None = None
 
 
-def finish_labels(request: LoadRequest, where: str, *labels: np.ndarray) -> tuple[np.ndarray, ...]:
+def finish_labels(request: LoadRequest, where: str, *labels: np.ndarray, offset: int = 0) -> tuple[np.ndarray, ...]:
     """Finish label arrays the one way every source does: ``data.label_map`` on every
     array, then :func:`check_labels` on every array. ``where`` names the data in errors.
 
@@ -421,20 +354,26 @@ def finish_labels(request: LoadRequest, where: str, *labels: np.ndarray) -> tupl
     and ``seed``.
     """
     if request.label_map:
-        labels = tuple(apply_label_map(np.asarray(y, dtype=object), request.label_map, where) for y in labels)
-    return tuple(check_labels(np.asarray(y), request.kind, request.num_classes, where) for y in labels)
+        labels = tuple(apply_label_map(np.asarray(y, dtype=object), request.label_map, where, offset)
+                       for y in labels)
+    return tuple(check_labels(np.asarray(y), request.kind, request.num_classes, where, offset) for y in labels)
 
 
 # --------------------------------------------------------------------------- loaders
 def _read_labelled(request: LoadRequest, path: str, num_features: int | None = None):
     """One CSV/NPZ file: labels finished first, then the features checked."""
-    x, y, columns = read_features_file(path, request.label_column)
+    x, y, columns = read_features_file(path, request.label_column, features=_features(request))
     where = str(Path(path).expanduser())
     (y,) = finish_labels(request, where, y)
     if len(y) != len(x):
         raise DataError(f"{where}: {len(x)} feature rows but {len(y)} labels; they must match")
     x = check_features(np.asarray(x), where, num_features, columns)
     return x, y, columns
+
+
+def _features(request: LoadRequest):
+    f = request.features
+    return None if not f else (f[0] if len(f) == 1 else list(f))
 
 
 def _load_table(request: LoadRequest) -> Dataset:
@@ -449,8 +388,8 @@ def _load_table(request: LoadRequest) -> Dataset:
                    extra={"columns": columns})
 
 
-def _load_idx(request: LoadRequest) -> Dataset:
-    ds = _load_idx_source(request.source, request.path)
+def _load_idx(request: LoadRequest, raw: bool = False) -> Dataset:
+    ds = _load_idx_source(request.source, request.path, raw)
     where = f"{request.source} ({request.path or data_home() / request.source})"
     y_tr, y_va = finish_labels(request, where, ds.y_train, ds.y_val)
     return dataclasses.replace(ds, y_train=y_tr, y_val=y_va)
@@ -552,6 +491,8 @@ REGISTRY: dict[str, Source] = {s.name: s for s in (
     Source("digits", _load_digits, classes=10),
     Source("csv", _load_table, needs_path=True),
     Source("npz", _load_table, needs_path=True),
+    Source("parquet", _load_table, needs_path=True),
+    Source("npy", _load_table, needs_path=True),
 )}
 # The names data.source accepts.
 SOURCES = tuple(REGISTRY)
@@ -597,10 +538,12 @@ def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | N
 
 
 # --------------------------------------------------------------------------- entry point
-def load_dataset(source: str, *, kind: str, num_classes: int, seed: int, path: str | None = None,
+def make_request(source: str, *, kind: str, num_classes: int, seed: int, path: str | None = None,
                  val_path: str | None = None, val_fraction: float = VAL_FRACTION, label_column: str = LABEL_COLUMN,
-                 label_map: Mapping | None = None, options: Mapping | None = None) -> Dataset:
-    """Load and check one dataset as the job spec's ``data`` section describes it."""
+                 label_map: Mapping | None = None, options: Mapping | None = None,
+                 features: list[str] | None = None) -> LoadRequest:
+    """The :class:`LoadRequest` of a job's ``data`` section: the source checked, its
+    options filled in with their defaults."""
     options = dict(options or {})
     src = REGISTRY.get(source)
     if src is None:
@@ -608,6 +551,13 @@ def load_dataset(source: str, *, kind: str, num_classes: int, seed: int, path: s
     if src.needs_path and not path:
         raise DataError(_needs_path(source))
     filled = {key: o.type(options.get(key, o.default)) for key, o in src.options.items()}
-    return src.load(LoadRequest(source, kind, num_classes, seed, path=path, val_path=val_path,
-                                val_fraction=val_fraction, label_column=label_column,
-                                label_map=label_map, options=filled))
+    return LoadRequest(source, kind, num_classes, seed, path=path, val_path=val_path, val_fraction=val_fraction,
+                       label_column=label_column, label_map=label_map, options=filled,
+                       features=tuple(features) if features else None)
+
+
+def load_dataset(source: str, **kwargs) -> Dataset:
+    """Load and check one dataset, in memory, as the job spec's ``data`` section describes
+    it (keyword arguments: :func:`make_request`'s)."""
+    request = make_request(source, **kwargs)
+    return REGISTRY[source].load(request)

@@ -59,14 +59,19 @@ class ExportedModel:
     def num_features(self) -> int:
         return int(self.meta["num_features"])
 
-    def logits(self, x: np.ndarray, batch: int = 8192) -> np.ndarray:
-        outs = [self.net(mx.nd.array(x[a:a + batch], dtype="float32")).asnumpy()
-                for a in range(0, len(x), batch)]
+    def logits(self, x: np.ndarray, batch: int = 8192, scale: float | None = None) -> np.ndarray:
+        """Logits of the rows of ``x``, ``batch`` rows at a time (``x`` may be a memory map).
+        ``scale``: the features are ``x * scale`` (a prepared dataset's stored uint8)."""
+        def rows(a):
+            chunk = np.asarray(x[a:a + batch], dtype=np.float32)
+            return chunk * np.float32(scale) if scale is not None else chunk
+
+        outs = [self.net(mx.nd.array(rows(a), dtype="float32")).asnumpy() for a in range(0, len(x), batch)]
         return np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, 1))
 
-    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def predict(self, x: np.ndarray, scale: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(predicted class, probability): binary P(class 1); softmax the top class's probability."""
-        pred, prob, _ = from_logits(self.meta["kind"], self.logits(x), float(self.meta["threshold"]))
+        pred, prob, _ = from_logits(self.meta["kind"], self.logits(x, scale=scale), float(self.meta["threshold"]))
         return pred, prob
 
 

@@ -67,18 +67,18 @@ class TrainingLoop:
 
         self.net = build_model(cfg, data.num_features, self.ctx)
         self.comm.broadcast_parameters(self.net.collect_params())
-        self.graph = LossGraph(self.net, cfg.kind)
+        self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale)
         self.graph.hybridize(static_alloc=True)
         self.net.hybridize(static_alloc=True)
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
 
-        self.x = _device_array(data.x_train, self.ctx)
+        self.x = _device_array(data.x_train, self.ctx)  # the stored dtype; the graph casts and scales
         y = data.y_train.astype(np.float32)
         self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
         # Validation: this rank's contiguous slice; counts are summed across ranks.
         a, b = shard_bounds(len(data.x_val), self.comm.rank, self.comm.size)
         self.val_slice = (a, b)
-        self.x_val = mx.nd.array(data.x_val[a:b], ctx=self.ctx, dtype="float32") if b > a else None
+        self.has_val = b > a
 
     # ------------------------------------------------------------------ training
     def train_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None) -> dict:
@@ -143,8 +143,8 @@ class TrainingLoop:
         a, b = self.val_slice
         counts = EvalCounts(2 if cfg.kind == "binary" else cfg.num_classes)
         scores_global = np.zeros(n_val, dtype=np.float64) if cfg.kind == "binary" else None
-        if self.x_val is not None:
-            logits = predict_logits(self.net, self.x_val, cfg.eval_batch_size)
+        if self.has_val:
+            logits = self._val_logits(a, b)
             y = self.data.y_val[a:b]
             pred, prob, losses = from_logits(cfg.kind, logits, cfg.threshold, y)
             if scores_global is not None:
@@ -157,6 +157,14 @@ class TrainingLoop:
             # Each rank filled only its own positions; the sum is the whole set's scores.
             scores_global = comm.allreduce_sum(scores_global, name=f"val_scores{tag}")
         return summarize(cfg.kind, total, self.data.y_val, scores_global)
+
+    def _val_logits(self, a: int, b: int) -> np.ndarray:
+        """Logits of validation rows [a, b), read in blocks (a memory-mapped set is never
+        copied whole)."""
+        step = max(self.cfg.eval_batch_size, 1)
+        outs = [self.net(mx.nd.array(self.data.features(self.data.x_val[i:min(b, i + step)]), ctx=self.ctx,
+                                     dtype="float32")).asnumpy() for i in range(a, b, step)]
+        return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
 
     def run_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None) -> dict:
         """Train one epoch and evaluate; returns the epoch's metrics."""
@@ -193,12 +201,14 @@ class TrainingLoop:
 
 
 def _device_array(x: np.ndarray, ctx: mx.Context) -> mx.nd.NDArray:
-    """Features as an NDArray. On the CPU this is a zero-copy view of the (possibly
-    read-only, object-store backed) NumPy array; on a GPU one copy on the device."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    """Features as an NDArray in their stored dtype (float32, or uint8 that the graph
+    scales). On the CPU this is a zero-copy view of the (read-only, memory-mapped or
+    object-store backed) NumPy array; on a GPU one copy on the device."""
+    dtype = np.uint8 if x.dtype == np.uint8 else np.float32
+    x = np.ascontiguousarray(x, dtype=dtype) if not (x.flags.c_contiguous and x.dtype == dtype) else x
     if ctx.device_type == "cpu" and x.size:
         return mx.nd.from_numpy(x, zero_copy=True)
-    return mx.nd.array(x, ctx=ctx, dtype="float32")
+    return mx.nd.array(x, ctx=ctx, dtype=x.dtype)
 
 
 def fit(cfg: LoopConfig, data: Dataset, comm: Communicator | None = None,

@@ -23,11 +23,17 @@ class LossGraph(gluon.HybridBlock):
     ``y`` is (n, 1) float32 for binary (matching the single logit) and (n,) for softmax.
     """
 
-    def __init__(self, net: gluon.HybridBlock, kind: str):
+    def __init__(self, net: gluon.HybridBlock, kind: str, cast: bool = False, scale: float | None = None):
         super().__init__(prefix="graph_")
+        # Stored features (uint8) are cast to float32 and scaled first, inside the graph.
+        self.cast, self.scale = cast, scale
         with self.name_scope():
             self.net = net
             self.loss = make_loss(kind)
 
     def hybrid_forward(self, F, x, y):
+        if self.cast:
+            x = F.cast(x, dtype="float32")
+        if self.scale is not None:
+            x = x * self.scale
         return F.sum(self.loss(self.net(x), y)).reshape((1,))

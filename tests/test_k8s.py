@@ -157,12 +157,31 @@ def test_custom_resources_are_commented_like_the_kuberay_samples():
 
 
 # --------------------------------------------------------------------------- agreement with the spec
+def _mounts(docs) -> list[dict]:
+    """Every volumeMount of every container in the rendered documents."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            found.extend(node.get("volumeMounts") or [])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+    walk(docs)
+    return found
+
+
 def _check_spec_configmap(docs, name):
     text = _one(docs, "ConfigMap")["data"]["job.yaml"]
     spec = spec_from_dict(yaml.safe_load(text))
     job, gpus = _job_of(name)
-    expected = load_spec(job, [f"resources.gpus_per_worker={gpus}"] if gpus is not None else [])
+    # The rendered spec keeps prepared data on the run volume every pod mounts.
+    sets = ["data.cache=/runs/prepared"] + ([f"resources.gpus_per_worker={gpus}"] if gpus is not None else [])
+    expected = load_spec(job, sets)
     assert spec.raw == expected.raw, spec.diff(expected)
+    assert any(m["mountPath"] == "/runs" for m in _mounts(docs)), "the prepared-data volume is not mounted"
     return spec
 
 

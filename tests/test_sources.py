@@ -244,7 +244,7 @@ def test_the_spec_checks_each_source_through_the_registry(name):
 
 def test_sources_lists_the_registry_in_the_documented_order():
     assert SOURCES == tuple(REGISTRY) == ("synthetic-binary", "synthetic-blobs", "mnist", "fashion-mnist",
-                                          "digits", "csv", "npz")
+                                          "digits", "csv", "npz", "parquet", "npy")
     assert all(name == src.name for name, src in REGISTRY.items())
 
 
@@ -321,7 +321,7 @@ def test_a_source_registered_in_a_test_loads_with_shared_label_finishing(toys):
 
 def test_an_unknown_source_names_the_registered_ones(toys):
     with pytest.raises(DataError, match="^data.source: unknown source 'nope'; choose one of synthetic-binary, "
-                                        ".*, npz, toy-three, toy-file$"):
+                                        ".*, npz, parquet, npy, toy-three, toy-file$"):
         load_dataset("nope", kind="binary", num_classes=2, seed=0)
     with pytest.raises(SpecError, match="^data.source: unknown source 'nope'"):
         _check("nope")

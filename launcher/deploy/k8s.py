@@ -237,6 +237,9 @@ def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | Non
         overrides.append(f"resources.workers={workers}")
     if gpus_per_worker is not None:
         overrides.append(f"resources.gpus_per_worker={gpus_per_worker}")
+    if spec.data.cache is None:
+        # Prepared data on the run volume every pod mounts: prepared once, mapped by every worker.
+        overrides.append(f"data.cache={RUNS_DIR}/prepared")
     if overrides:  # the same checks as the spec file, and the ConfigMap then holds the effective spec
         spec = spec.with_overrides(overrides)
     n, gpus = spec.workers, spec.resources.gpus_per_worker

@@ -245,7 +245,7 @@ def _spread(idx: np.ndarray, k: int) -> np.ndarray:
 
 def _draw_samples(spec, data, model):
     x, y = data.x_val, data.y_val
-    pred, _ = model.predict(x)
+    pred, _ = model.predict(x, scale=data.scale)
     names = _class_names(spec, data)
     pick = pick_samples(y, pred)
     rows = max(1, math.ceil(len(pick) / SAMPLE_COLS))
@@ -386,7 +386,7 @@ def _scatter_points(ax, data, model):
         va = data.y_val == cls
         ax.scatter(data.x_val[va, 0], data.x_val[va, 1], s=36, color=colour, marker=marker,
                    edgecolors="black", linewidths=0.7, zorder=3, label=f"{data.val_name}, class {cls}")
-    pred, _ = model.predict(data.x_val)
+    pred, _ = model.predict(data.x_val, scale=data.scale)
     wrong = pred != data.y_val
     if wrong.any():
         ax.scatter(data.x_val[wrong, 0], data.x_val[wrong, 1], s=140, facecolors="none", edgecolors=MISTAKE,
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
         if not need.exists():
             parser.error(f"{run_dir}: no {need.name}; pass a run directory written by `lrjob run`")
     spec = run.spec()
-    for path in write_plots(run_dir, spec, spec.load_data(), run.history()):
+    for path in write_plots(run_dir, spec, spec.prepared_data(), run.history()):
         print(path)
     return 0
 

@@ -143,3 +143,34 @@ class _Bar:
     def close(self) -> None:
         """Close the tqdm bar."""
         self.bar.close()
+
+
+def prepare_feedback(reporter: "Reporter | None" = None, err=None):
+    """``(progress, log)`` for ``JobSpec.prepared_data``: a tqdm bar per stage of a
+    preparation on a terminal (rows read, rows split), and one line per notice."""
+    err = err or sys.stderr
+    quiet = reporter is not None and reporter.mode != "human"
+    bars: dict = {}
+
+    def progress(what: str, done: int, total: int | None) -> None:
+        if quiet or not getattr(err, "isatty", lambda: False)():
+            return
+        from tqdm import tqdm
+
+        bar = bars.get(what)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[what] = tqdm(total=total, desc=what, unit="rows", unit_scale=True, leave=False,
+                                    file=err, dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if total is not None and done >= total:
+            bar.close()
+
+    def log(text: str) -> None:
+        if reporter is not None:
+            reporter.message(text)
+        else:
+            print(text, file=err)
+
+    return progress, log

@@ -1,0 +1,381 @@
+"""Prepared datasets: a job's data converted once into files every worker memory-maps.
+
+``prepare(request)`` reads the source in bounded blocks (tables stream; built-in sources
+are small), checks every block the way the in-memory loaders do, and writes a
+content-addressed directory (docs/design.md#prepared-data)::
+
+    <cache>/<source>-<key>/
+        manifest.json     rows, features, stored dtype, scale, label map, the source's
+                          fingerprint, and a SHA-256 per shard of every array file
+        train-x.bin       features, row-major, in the stored dtype (MNIST stays uint8)
+        train-y.bin       int64 labels, finished (label_map applied, classes checked)
+        val-x.bin, val-y.bin
+
+``key`` hashes everything that decides the content: the data section, the model's kind
+and classes, the seed (the hold-out split) and the fingerprint of the source files (name,
+size, modification time), so a changed file prepares anew. A shard is a run of rows of
+one array file (about ``SHARD_BYTES``); the files stay whole so that a step gathers its
+rows with one ``take`` from one map. The manifest is written last and the directory
+renamed into place: a half-written preparation is never found, and a damaged or
+truncated shard fails its checksum, so the directory is rebuilt, never trained on.
+
+``open_prepared(path)`` returns a :class:`~lr_core.data.Dataset` of read-only memory
+maps; pickled, it is its path (workers map the same files; nothing large is copied).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
+                   finish_labels)
+from .errors import DataError
+from .tables import BLOCK_ROWS, fingerprint, is_uri, open_table
+
+__all__ = ["prepare", "open_prepared", "verify", "dataset_key", "FORMAT", "SHARD_BYTES", "default_cache"]
+
+FORMAT = 1
+SHARD_BYTES = 64 << 20
+ARRAYS = ("train-x", "train-y", "val-x", "val-y")
+_TABLE_SOURCES = ("csv", "npz", "parquet", "npy")
+Progress = Callable[[str, int, int | None], None]  # (what, rows done, rows in all or None)
+
+
+def default_cache() -> Path:
+    """``<data home>/prepared`` (``$LRJOB_DATA_HOME/prepared`` when that is set)."""
+    return data_home() / "prepared"
+
+
+def _source_files(request: LoadRequest) -> list:
+    files = []
+    for p in (request.path, request.val_path):
+        if p:
+            files.append(fingerprint(p))
+    if request.source in ("mnist", "fashion-mnist") and not request.path:
+        d = data_home() / request.source
+        files.append([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(d.glob("*")) if f.is_file()]
+                     if d.is_dir() else [])
+    return files
+
+
+def dataset_key(request: LoadRequest, files: list) -> str:
+    """The content address: a hash of what decides the prepared content."""
+    doc = {"format": FORMAT, "source": request.source, "kind": request.kind, "classes": request.num_classes,
+           "seed": request.seed, "path": request.path, "val_path": request.val_path,
+           "val_fraction": request.val_fraction if not request.val_path else None,
+           "label_column": request.label_column, "features": list(request.features or []),
+           "label_map": {str(k): v for k, v in (request.label_map or {}).items()},
+           "options": dict(request.options), "files": files}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+# --------------------------------------------------------------------------- writing
+class _ArrayWriter:
+    """Appends row blocks to one raw array file, hashing each shard as it goes."""
+
+    def __init__(self, path: Path, dtype, width: int | None):
+        self.path, self.dtype, self.width = path, np.dtype(dtype), width
+        self.f = open(path, "wb")
+        self.rows, self.shards = 0, []
+        self._h, self._shard_start, self._shard_bytes = hashlib.sha256(), 0, 0
+
+    def write(self, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=self.dtype)
+        if self.width is None and data.ndim == 2:
+            self.width = data.shape[1]
+        row_bytes = self.dtype.itemsize * (self.width if data.ndim == 2 else 1)
+        per_shard = max(1, SHARD_BYTES // max(row_bytes, 1))
+        buf = memoryview(data.reshape(-1).view(np.uint8))
+        rows, at = len(data), 0
+        while at < rows:
+            take = min(rows - at, per_shard - (self.rows - self._shard_start))
+            piece = buf[at * row_bytes:(at + take) * row_bytes]
+            self.f.write(piece)
+            self._h.update(piece)
+            self.rows += take
+            at += take
+            if self.rows - self._shard_start == per_shard:
+                self._close_shard()
+
+    def _close_shard(self) -> None:
+        if self.rows > self._shard_start:
+            self.shards.append({"rows": [self._shard_start, self.rows], "sha256": self._h.hexdigest()})
+        self._h, self._shard_start = hashlib.sha256(), self.rows
+
+    def close(self) -> dict:
+        self._close_shard()
+        self.f.flush()
+        os.fsync(self.f.fileno())
+        self.f.close()
+        shape = [self.rows] + ([self.width] if self.width is not None else [])
+        return {"file": self.path.name, "dtype": self.dtype.str, "shape": shape, "shards": self.shards}
+
+
+def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_features: int | None,
+                  progress: Progress | None):
+    """Stream one table into ``<name>-x.bin``/``<name>-y.bin``; returns (x entry, y entry, columns)."""
+    table = open_table(path, request.label_column, True, _features(request))
+    where = table.where
+    xw = yw = None
+    done = 0
+    try:
+        for x, y in table.batches(BLOCK_ROWS):
+            (y,) = finish_labels(request, where, y, offset=done)
+            if len(y) != len(x):
+                raise DataError(f"{where}: {len(x)} feature rows but {len(y)} labels; they must match")
+            stored = np.uint8 if np.asarray(x).dtype == np.uint8 else np.float32
+            xf = check_features(np.asarray(x), where, num_features, table.columns, offset=done)
+            if xw is None:
+                xw = _ArrayWriter(out / f"{name}-x.bin", stored, xf.shape[1])
+                yw = _ArrayWriter(out / f"{name}-y.bin", np.int64, None)
+            elif xf.shape[1] != xw.width:
+                raise DataError(f"{where}: row {done + 1}: {xf.shape[1]} feature columns, earlier rows have "
+                                f"{xw.width}; every row needs the same features")
+            xw.write(x if stored == np.uint8 else xf)
+            yw.write(y)
+            done += len(x)
+            if progress:
+                progress(f"reading {where}", done, table.rows)
+        if xw is None:
+            raise DataError(f"{where}: no rows; the dataset is empty")
+        return xw.close(), yw.close(), table.columns
+    finally:
+        for w in (xw, yw):
+            if w is not None and not w.f.closed:
+                w.f.close()
+
+
+def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, progress: Progress | None):
+    """Hold out ``val_fraction`` of the rows of the ``all-*`` files, exactly as
+    ``holdout_split`` does in memory; returns the four array entries."""
+    n, d = xe["shape"][0], xe["shape"][1]
+    fraction = request.val_fraction
+    n_val = int(round(n * fraction))
+    if fraction > 0:
+        n_val = max(n_val, 1)
+    if n - n_val < 1:
+        raise DataError(f"{where}: {n} rows leave nothing to train on after data.val_fraction={fraction}; "
+                        f"lower val_fraction or give data.val_path")
+    perm = np.random.default_rng([request.seed, 0x5EED]).permutation(n)
+    keep = np.zeros(n, dtype=bool)
+    keep[perm[n_val:]] = True
+    del perm
+    x_all = np.memmap(out / xe["file"], dtype=np.dtype(xe["dtype"]), mode="r", shape=(n, d))
+    y_all = np.memmap(out / ye["file"], dtype=np.int64, mode="r", shape=(n,))
+    writers = {s: (_ArrayWriter(out / f"{s}-x.bin", x_all.dtype, d), _ArrayWriter(out / f"{s}-y.bin", np.int64, None))
+               for s in ("train", "val")}
+    step = max(1, (32 << 20) // max(x_all.dtype.itemsize * d, 1))
+    for lo in range(0, n, step):
+        hi = min(n, lo + step)
+        k = keep[lo:hi]
+        for split, mask in (("train", k), ("val", ~k)):
+            xw, yw = writers[split]
+            xw.write(x_all[lo:hi][mask])
+            yw.write(y_all[lo:hi][mask])
+        if progress:
+            progress("splitting", hi, n)
+    entries = {}
+    for split, (xw, yw) in writers.items():
+        entries[f"{split}-x"], entries[f"{split}-y"] = xw.close(), yw.close()
+    del x_all, y_all
+    os.remove(out / xe["file"])
+    os.remove(out / ye["file"])
+    return entries
+
+
+def _write_dataset(ds: Dataset, out: Path) -> dict:
+    entries = {}
+    for split in ("train", "val"):
+        x, y = getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}")
+        xw = _ArrayWriter(out / f"{split}-x.bin", x.dtype if x.dtype == np.uint8 else np.float32, x.shape[1])
+        yw = _ArrayWriter(out / f"{split}-y.bin", np.int64, None)
+        for lo in range(0, len(x), BLOCK_ROWS):
+            xw.write(x[lo:lo + BLOCK_ROWS])
+            yw.write(y[lo:lo + BLOCK_ROWS])
+        entries[f"{split}-x"], entries[f"{split}-y"] = xw.close(), yw.close()
+    return entries
+
+
+def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
+    """Write the arrays of ``request`` into ``out``; returns the manifest's content part."""
+    meta = {"image_shape": None, "val_name": "validation", "scale": None, "columns": []}
+    if request.source in _TABLE_SOURCES:
+        xe, ye, columns = _stream_table(request, request.path, out, "all" if not request.val_path else "train",
+                                        None, progress)
+        where = str(request.path)
+        if request.val_path:
+            vx, vy, _ = _stream_table(request, request.val_path, out, "val", xe["shape"][1], progress)
+            entries = {"train-x": xe, "train-y": ye, "val-x": vx, "val-y": vy}
+        else:
+            entries = _split(request, out, xe, ye, where, progress)
+        meta.update(columns=columns, description=where)
+    else:
+        if request.source in ("mnist", "fashion-mnist"):
+            ds = _load_idx(request, raw=True)
+        else:
+            ds = REGISTRY[request.source].load(request)
+        entries = _write_dataset(ds, out)
+        meta.update(image_shape=list(ds.image_shape) if ds.image_shape else None, val_name=ds.val_name,
+                    scale=ds.scale, columns=list(ds.extra.get("columns") or []), description=ds.description)
+    return {"arrays": entries, **meta}
+
+
+def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progress: Progress | None = None,
+            log: Callable[[str], None] | None = None) -> Path:
+    """The prepared directory of ``request`` under ``cache``: reused when present and
+    intact, else built (and a damaged one replaced). Raises :class:`DataError` for bad data;
+    nothing half-written is left behind."""
+    if cache is not None and is_uri(str(cache)):
+        raise DataError(f"data.cache: {cache}: must be a directory every node can see (a local or shared "
+                        f"file system); the source itself may be a URI")
+    root = Path(cache).expanduser() if cache else default_cache()
+    files = _source_files(request)
+    key = dataset_key(request, files)
+    final = root / f"{request.source}-{key}"
+    if final.is_dir():
+        problems = verify(final)
+        if not problems:
+            return final
+        if log:
+            log(f"prepared data {final}: {problems[0]}; preparing it again")
+        _remove(final)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{request.source}-{key}-", dir=root))
+    except OSError as e:
+        raise DataError(f"data.cache: cannot write {root} ({e.strerror or e}); set data.cache (or "
+                        f"LRJOB_DATA_HOME) to a writable directory") from None
+    try:
+        t0 = time.perf_counter()
+        content = _build(request, tmp, progress)
+        manifest = {"format": FORMAT, "key": key, "source": request.source, "kind": request.kind,
+                    "num_classes": request.num_classes, "label_map": request.label_map,
+                    "fingerprint": files, "prepared_seconds": round(time.perf_counter() - t0, 3), **content}
+        _write_json(tmp / "manifest.json", manifest)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not (final.is_dir() and not verify(final)):  # another process won the race: use its copy
+                raise
+            _remove(tmp)
+    except BaseException:
+        _remove(tmp)
+        raise
+    return final
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1, default=_json_default)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _json_default(v):
+    if isinstance(v, np.generic):
+        return v.item()
+    return str(v)
+
+
+def _remove(path: Path) -> None:
+    """Remove a directory: renamed aside first, so a reader never sees it half-deleted."""
+    if not path.exists():
+        return
+    aside = path.with_name(f".del-{path.name}-{os.getpid()}")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        aside = path
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- reading
+def _manifest(path: Path) -> dict:
+    try:
+        with open(path / "manifest.json") as f:
+            m = json.load(f)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not a prepared dataset (no manifest.json); run `lrjob prepare JOB`") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}/manifest.json: unreadable ({e}); remove the directory and run "
+                        f"`lrjob prepare JOB`") from None
+    if m.get("format") != FORMAT:
+        raise DataError(f"{path}: prepared with format {m.get('format')}, this lrjob reads {FORMAT}; "
+                        f"run `lrjob prepare JOB` again")
+    return m
+
+
+def _iter_shards(path: Path, entry: dict) -> Iterator[tuple[int, int, str, bytes]]:
+    dtype = np.dtype(entry["dtype"])
+    row_bytes = dtype.itemsize * (entry["shape"][1] if len(entry["shape"]) == 2 else 1)
+    with open(path / entry["file"], "rb") as f:
+        for shard in entry["shards"]:
+            a, b = shard["rows"]
+            f.seek(a * row_bytes)
+            yield a, b, shard["sha256"], f.read((b - a) * row_bytes)
+
+
+def verify(path: str | os.PathLike, checksums: bool = True) -> list[str]:
+    """What is wrong with a prepared directory (empty when intact): the manifest, every
+    file's size, and (``checksums``) the SHA-256 of every shard."""
+    path = Path(path)
+    try:
+        m = _manifest(path)
+    except DataError as e:
+        return [str(e)]
+    problems = []
+    for name in ARRAYS:
+        entry = m["arrays"].get(name)
+        if entry is None:
+            problems.append(f"{name}: missing from the manifest")
+            continue
+        dtype = np.dtype(entry["dtype"])
+        size = int(np.prod(entry["shape"])) * dtype.itemsize
+        file = path / entry["file"]
+        actual = file.stat().st_size if file.is_file() else None
+        if actual != size:
+            problems.append(f"{entry['file']}: {'missing' if actual is None else f'{actual} bytes'}, "
+                            f"expected {size} (truncated or half-written)")
+            continue
+        if checksums:
+            for a, b, digest, data in _iter_shards(path, entry):
+                if hashlib.sha256(data).hexdigest() != digest:
+                    problems.append(f"{entry['file']}: rows {a}..{b - 1} fail their checksum (damaged)")
+                    break
+    return problems
+
+
+def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
+    """The prepared dataset at ``path`` as read-only memory maps (``check``: sizes first)."""
+    path = Path(path)
+    m = _manifest(path)
+    if check:
+        bad = verify(path, checksums=False)
+        if bad:
+            raise DataError(f"{path}: {bad[0]}; run `lrjob prepare JOB` to rebuild it")
+
+    def array(name):
+        e = m["arrays"][name]
+        shape = tuple(e["shape"])
+        if shape[0] == 0:
+            return np.zeros(shape, dtype=np.dtype(e["dtype"]))
+        return np.memmap(path / e["file"], dtype=np.dtype(e["dtype"]), mode="r", shape=shape)
+
+    try:
+        arrays = {name: array(name) for name in ARRAYS}
+    except (OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot map the prepared files ({e}); is the directory visible on this node? "
+                        f"Put data.cache on storage every node sees") from None
+    return Dataset(arrays["train-x"], arrays["train-y"], arrays["val-x"], arrays["val-y"], source=m["source"],
+                   image_shape=tuple(m["image_shape"]) if m.get("image_shape") else None,
+                   description=m.get("description", ""), val_name=m.get("val_name", "validation"),
+                   extra={"columns": m.get("columns") or [], "prepared": str(path)}, scale=m.get("scale"),
+                   home=str(path))

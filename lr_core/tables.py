@@ -1,0 +1,523 @@
+"""User tables, read in bounded blocks: CSV, Parquet, NPY and NPZ, local or on object storage.
+
+A path is a local file or a URI that ``pyarrow.fs`` resolves (``s3://``, ``gs://``,
+``hdfs://``, ``file://``); an S3-compatible server other than AWS takes
+``?endpoint_override=host:port&scheme=http`` in the URI, or ``AWS_ENDPOINT_URL``.
+:func:`open_table` returns a :class:`Table`: the feature column names and
+:meth:`Table.batches`, which yields ``(x, y)`` blocks of at most ``block_rows`` rows (``x``
+float32 or the file's own integer dtype, ``y`` the raw label values or ``None``), so a
+file larger than memory streams through. Bad files raise :class:`DataError` with one line
+naming the file, line, row or column and the fix (docs/design.md#data).
+
+Formats, by the path's ending: ``.csv`` (also ``.csv.gz``: pyarrow's multi-threaded
+reader, typed float32 features), ``.parquet``/``.pq``, a directory of Parquet files or a
+glob (``data/*.parquet``), ``.npy`` (features only), a directory with ``x.npy`` and ``y.npy``
+(both read block by block) and ``.npz``
+(arrays ``x`` and ``y``; read whole: use NPY or Parquet for large data).
+"""
+from __future__ import annotations
+
+import csv
+import fnmatch
+import io
+import os
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+from typing import Callable, Iterator
+
+import numpy as np
+
+from .errors import DataError
+
+__all__ = ["Table", "open_table", "resolve", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint"]
+
+BLOCK_ROWS = 65536          # rows per block a table yields
+_CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads CSV in blocks of this many bytes
+
+
+def is_uri(path: str) -> bool:
+    """Whether ``path`` names a URI (``scheme://...``) rather than a local path."""
+    return "://" in str(path)
+
+
+def resolve(path: str | os.PathLike):
+    """``(filesystem, path inside it, name for messages)`` of a local path or a URI."""
+    import pyarrow.fs as pfs
+
+    text = str(path)
+    if not is_uri(text):
+        local = os.path.abspath(os.path.expanduser(text))
+        return pfs.LocalFileSystem(), local, local
+    try:
+        fs, inner = pfs.FileSystem.from_uri(text)
+    except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError / ValueError
+        raise DataError(f"{text}: cannot open this URI ({_first_line(e)}); use s3://, gs://, hdfs:// "
+                        f"or file://, with credentials in the environment") from None
+    return fs, inner, text.split("?", 1)[0]
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x for x in str(e).strip().splitlines() if x.strip()]
+    return lines[0][:300] if lines else type(e).__name__
+
+
+@dataclass
+class Table:
+    """One readable table: ``columns`` (feature names), ``rows`` when known, ``batches()``."""
+
+    where: str
+    columns: list[str]
+    rows: int | None
+    _batches: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray | None]]] = field(repr=False)
+    has_labels: bool = True
+
+    def batches(self, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """``(x, y)`` blocks in file order, at most ``block_rows`` rows each."""
+        return self._batches(block_rows)
+
+
+def _info(fs, inner: str, where: str):
+    import pyarrow.fs as pfs
+
+    try:
+        info = fs.get_file_info(inner)
+    except Exception as e:  # noqa: BLE001 - e.g. no credentials, unreachable endpoint
+        raise DataError(f"{where}: cannot reach ({_first_line(e)}); check the URI, the endpoint and "
+                        f"the credentials") from None
+    if info.type == pfs.FileType.NotFound:
+        raise DataError(f"{where}: file not found; check data.path / --input")
+    return info
+
+
+def fingerprint(path: str | os.PathLike) -> list:
+    """What identifies the current content of ``path`` cheaply: for every file behind it
+    (a directory or glob has several), its name, size and modification time."""
+    import pyarrow.fs as pfs
+
+    fs, inner, where = resolve(path)
+    try:
+        if _has_glob(inner):
+            infos = _glob(fs, inner, where)
+        else:
+            info = _info(fs, inner, where)
+            infos = [info]
+            if info.type == pfs.FileType.Directory:
+                infos = sorted((i for i in fs.get_file_info(pfs.FileSelector(inner, recursive=True))
+                                if i.type == pfs.FileType.File), key=lambda i: i.path)
+    except DataError:
+        return [[where, "unreadable"]]  # the reader reports the problem in its own words
+    return [[i.path, i.size, i.mtime_ns] for i in infos]
+
+
+def _has_glob(p: str) -> bool:
+    return any(c in p for c in "*?[")
+
+
+def _glob(fs, pattern: str, where: str) -> list:
+    import pyarrow.fs as pfs
+
+    base = str(PurePosixPath(pattern.split("*")[0].split("?")[0].split("[")[0]))
+    base = base if pattern.split("*")[0].endswith("/") else str(PurePosixPath(base).parent)
+    try:
+        infos = fs.get_file_info(pfs.FileSelector(base, recursive=True))
+    except FileNotFoundError:
+        infos = []
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{where}: cannot list ({_first_line(e)}); check the URI and the credentials") from None
+    found = sorted((i for i in infos if i.type == pfs.FileType.File and fnmatch.fnmatch(i.path, pattern)),
+                   key=lambda i: i.path)
+    if not found:
+        raise DataError(f"{where}: no file matches this pattern; check data.path")
+    return found
+
+
+def _dir_files(fs, inner: str, where: str) -> list:
+    import pyarrow.fs as pfs
+
+    infos = fs.get_file_info(pfs.FileSelector(inner, recursive=True))
+    files = sorted((i for i in infos if i.type == pfs.FileType.File and i.path.lower().endswith((".parquet", ".pq"))),
+                   key=lambda i: i.path)
+    if not files:
+        raise DataError(f"{where}: is a directory without .parquet files; point data.path at a .csv, "
+                        f".parquet, .npz or .npy file, or a directory of Parquet files")
+    return files
+
+
+def open_table(path: str | os.PathLike, label_column: str | None = "label", require_labels: bool = True,
+               features: list[str] | str | None = None) -> Table:
+    """Open a CSV, Parquet (file, directory or glob), NPY or NPZ table for block reading.
+
+    ``features``: the feature columns of a Parquet or CSV table (a list of names, or one
+    name of a list column); by default every column but ``label_column``.
+    """
+    import pyarrow.fs as pfs
+
+    fs, inner, where = resolve(path)
+    if _has_glob(inner):
+        return _parquet_table(fs, [i.path for i in _glob(fs, inner, where)], where, label_column,
+                              require_labels, features)
+    info = _info(fs, inner, where)
+    name = inner.lower()
+    if info.type == pfs.FileType.Directory:
+        if fs.get_file_info(inner + "/x.npy").type == pfs.FileType.File:
+            if require_labels and fs.get_file_info(inner + "/y.npy").type != pfs.FileType.File:
+                raise DataError(f"{where}: has x.npy but no y.npy; save the labels with np.save(y.npy, y)")
+            return (_npy_pair_table(fs, inner, where) if require_labels else _npy_table(fs, inner + "/x.npy", where))
+        return _parquet_table(fs, [i.path for i in _dir_files(fs, inner, where)], where, label_column,
+                              require_labels, features)
+    if name.endswith((".parquet", ".pq")):
+        return _parquet_table(fs, [inner], where, label_column, require_labels, features)
+    if name.endswith(".npz"):
+        return _npz_table(fs, inner, where, require_labels)
+    if name.endswith(".npy"):
+        if require_labels:
+            raise DataError(f"{where}: .npy holds features only; training needs a directory with x.npy and "
+                            f"y.npy, an .npz with arrays x and y, or a table with a label column")
+        return _npy_table(fs, inner, where)
+    return _csv_table(fs, inner, where, label_column, require_labels, features)
+
+
+def read_all(table: Table) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every block of ``table`` in one ``(x, y)`` pair (in memory)."""
+    xs, ys = [], []
+    for x, y in table.batches():
+        xs.append(x)
+        if y is not None:
+            ys.append(y)
+    if not xs:
+        return np.zeros((0, len(table.columns)), dtype=np.float32), (np.zeros(0) if table.has_labels else None)
+    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+    y = (np.concatenate(ys) if len(ys) > 1 else ys[0]) if ys else None
+    return x, y
+
+
+# --------------------------------------------------------------------------- CSV
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+        return True
+    except ValueError:
+        return False
+
+
+def _open_stream(fs, inner: str, where: str):
+    try:
+        return fs.open_input_stream(inner, compression="detect")
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{where}: cannot read ({_first_line(e)}); check the path and its permissions") from None
+
+
+def _csv_head(fs, inner: str, where: str) -> list[str] | None:
+    """The first non-empty row of the CSV, as cells (None for an empty file)."""
+    with _open_stream(fs, inner, where) as f:
+        head = f.read(1 << 20)
+    try:
+        text = head.decode("utf-8-sig")  # -sig: a BOM is not a cell
+    except UnicodeDecodeError as e:
+        if e.start < len(head) - 4:  # not merely a character cut by the 1 MiB window
+            raise DataError(f"{where}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from None
+        text = head[:e.start].decode("utf-8-sig")
+    try:
+        for row in csv.reader(io.StringIO(text)):
+            if row and any(c.strip() for c in row):
+                return row
+    except csv.Error as e:
+        raise DataError(f"{where}: malformed CSV ({e})") from None
+    return None
+
+
+def _csv_table(fs, inner: str, where: str, label_column: str | None, require_labels: bool,
+               features: list[str] | str | None) -> Table:
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    first = _csv_head(fs, inner, where)
+    if first is None:
+        raise DataError(f"{where}: empty file; the dataset needs a header and at least one row")
+    # A header row has no number in it; a data row with a bad cell is reported as such.
+    header = [c.strip() for c in first] if not any(_is_number(c) for c in first) else None
+    width = len(first)
+    label_idx = None
+    if label_column is not None and header is not None and label_column in header:
+        label_idx = header.index(label_column)
+    elif require_labels:
+        if header is None:
+            raise DataError(f"{where}: no header row, so label column {label_column!r} cannot be found; "
+                            f"add a header naming the columns")
+        raise DataError(f"{where}: no column {label_column!r} (columns: {', '.join(header[:8])}"
+                        f"{', ...' if len(header) > 8 else ''}); set data.label_column")
+    feat_idx = [j for j in range(width) if j != label_idx]
+    if features is not None:
+        wanted = [features] if isinstance(features, str) else list(features)
+        missing = [c for c in wanted if header is None or c not in header]
+        if missing:
+            raise DataError(f"{where}: no column {missing[0]!r} for data.features (columns: "
+                            f"{', '.join((header or [])[:8])}); fix data.features")
+        feat_idx = [header.index(c) for c in wanted]
+    columns = [header[j] for j in feat_idx] if header else [f"column {j + 1}" for j in feat_idx]
+    internal = [f"c{j}" for j in range(width)]
+    convert = pcsv.ConvertOptions(
+        column_types={internal[j]: pa.float32() for j in feat_idx}, null_values=[], strings_can_be_null=False,
+        include_columns=[internal[j] for j in feat_idx] + ([internal[label_idx]] if label_idx is not None else []))
+    read = pcsv.ReadOptions(column_names=internal, skip_rows=1 if header else 0, block_size=_CSV_BLOCK_BYTES)
+
+    def batches(block_rows: int):
+        rows = 0
+        try:
+            with _open_stream(fs, inner, where) as f:
+                reader = pcsv.open_csv(f, read_options=read, convert_options=convert)
+                for batch in reader:
+                    rows += batch.num_rows
+                    for lo in range(0, batch.num_rows, block_rows):
+                        part = batch.slice(lo, block_rows)
+                        x = np.column_stack([part.column(internal[j]).to_numpy(zero_copy_only=False)
+                                             for j in feat_idx]) if feat_idx else np.zeros((part.num_rows, 0))
+                        y = None
+                        if label_idx is not None:
+                            y = _labels(part.column(internal[label_idx]))
+                        yield x.astype(np.float32, copy=False), y
+        except (pa.ArrowInvalid, UnicodeDecodeError) as e:
+            # pyarrow names neither the line nor the column's header: find the first bad
+            # row again with the exact reader, and report it the one way every reader does.
+            _diagnose_csv(fs, inner, where, header, width, feat_idx, columns)
+            raise DataError(f"{where}: malformed CSV ({_first_line(e)})") from None
+        if not rows:
+            raise DataError(f"{where}: no data rows after the header; the dataset is empty")
+
+    return Table(where, columns, None, batches, has_labels=label_idx is not None)
+
+
+def _labels(col) -> np.ndarray:
+    """A label column as float64 when every value is a number, else an object array."""
+    import pyarrow as pa
+
+    if pa.types.is_integer(col.type) or pa.types.is_floating(col.type) or pa.types.is_boolean(col.type):
+        return col.to_numpy(zero_copy_only=False).astype(np.float64)
+    raw = [("" if v is None else str(v)).strip() for v in col.to_pylist()]
+    out = np.array([float(v) if _is_number(v) else v for v in raw], dtype=object)
+    if all(isinstance(v, float) for v in out):
+        out = out.astype(np.float64)
+    return out
+
+
+def _diagnose_csv(fs, inner: str, where: str, header, width: int, feat_idx: list[int], columns: list[str]) -> None:
+    """Raise the precise error for the first bad line of a CSV that pyarrow refused."""
+    try:
+        with _open_stream(fs, inner, where) as f:
+            text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+            rows = (r for r in csv.reader(text) if r and any(c.strip() for c in r))
+            if header is not None:
+                next(rows, None)
+            for i, r in enumerate(rows):
+                line = i + (2 if header else 1)
+                if len(r) != width:
+                    raise DataError(f"{where}: line {line} has {len(r)} columns, expected {width}; fix the row")
+                for k, j in enumerate(feat_idx):
+                    cell = r[j].strip()
+                    if not _is_number(cell):
+                        raise DataError(f"{where}: line {line}, column {columns[k]!r}: {cell!r} is not a number; "
+                                        f"features must be numeric")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{where}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from None
+    except csv.Error as e:
+        raise DataError(f"{where}: malformed CSV ({e})") from None
+
+
+# --------------------------------------------------------------------------- Parquet
+def _parquet_table(fs, files: list[str], where: str, label_column: str | None, require_labels: bool,
+                   features: list[str] | str | None) -> Table:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        schema = pq.read_schema(files[0], filesystem=fs)
+    except Exception as e:  # noqa: BLE001 - ArrowInvalid for a file that is not Parquet
+        raise DataError(f"{where}: not a readable Parquet file ({_first_line(e)}); write it with "
+                        f"pyarrow.parquet.write_table or pandas.DataFrame.to_parquet") from None
+    names = list(schema.names)
+    has_label = label_column is not None and label_column in names
+    if require_labels and not has_label:
+        raise DataError(f"{where}: no column {label_column!r} (columns: {', '.join(names[:8])}"
+                        f"{', ...' if len(names) > 8 else ''}); set data.label_column")
+    if features is None:
+        feats = [n for n in names if n != label_column]
+    else:
+        feats = [features] if isinstance(features, str) else list(features)
+        for c in feats:
+            if c not in names:
+                raise DataError(f"{where}: no column {c!r} for data.features (columns: {', '.join(names[:8])}"
+                                f"{', ...' if len(names) > 8 else ''}); fix data.features")
+    list_col = None
+    if len(feats) == 1 and _is_list(schema.field(feats[0]).type):
+        list_col = feats[0]
+    for c in feats:
+        t = schema.field(c).type
+        if c != list_col and not (pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)):
+            raise DataError(f"{where}: column {c!r} has type {t}, features must be numeric; convert it, or "
+                            f"leave it out with data.features")
+    columns = feats if list_col is None else []
+    read_cols = feats + ([label_column] if has_label else [])
+    rows = 0
+    for f in files:
+        try:
+            rows += pq.ParquetFile(f, filesystem=fs).metadata.num_rows
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{where}: {f}: not a readable Parquet file ({_first_line(e)})") from None
+
+    def batches(block_rows: int):
+        done = 0
+        for f in files:
+            try:
+                pf = pq.ParquetFile(f, filesystem=fs)
+                for batch in pf.iter_batches(batch_size=block_rows, columns=read_cols):
+                    if list_col is not None:
+                        x = _list_block(batch.column(list_col), where, list_col, done)
+                    else:
+                        x = np.column_stack([_numeric(batch.column(c), where, c, done) for c in feats])
+                    y = _labels(batch.column(label_column)) if has_label else None
+                    done += batch.num_rows
+                    yield x, y
+            except DataError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a damaged file, a schema that differs
+                raise DataError(f"{where}: {f}: cannot read ({_first_line(e)}); every file needs the same "
+                                f"columns") from None
+
+    if list_col is not None:
+        first = next(batches(1), (np.zeros((0, 0)), None))[0]
+        columns = [f"{list_col}[{i}]" for i in range(first.shape[1])]
+    return Table(where, columns, rows, batches, has_labels=has_label)
+
+
+def _is_list(t) -> bool:
+    import pyarrow as pa
+
+    return pa.types.is_list(t) or pa.types.is_large_list(t) or pa.types.is_fixed_size_list(t)
+
+
+def _numeric(col, where: str, name: str, offset: int) -> np.ndarray:
+    if col.null_count:
+        r = int(np.flatnonzero(~np.asarray(col.is_valid()))[0])
+        raise DataError(f"{where}: row {offset + r + 1}, column {name!r}: missing value; fill or drop it first")
+    return _feature_dtype(col.to_numpy(zero_copy_only=False))
+
+
+def _list_block(col, where: str, name: str, offset: int) -> np.ndarray:
+    import pyarrow as pa
+
+    n = len(col)
+    if col.null_count:
+        r = int(np.flatnonzero(~np.asarray(col.is_valid()))[0])
+        raise DataError(f"{where}: row {offset + r + 1}, column {name!r}: missing value; fill or drop it first")
+    if pa.types.is_fixed_size_list(col.type):
+        d = col.type.list_size
+    else:
+        lengths = np.diff(np.asarray(col.offsets))
+        if n and (lengths != lengths[0]).any():
+            r = int(np.flatnonzero(lengths != lengths[0])[0])
+            raise DataError(f"{where}: row {offset + r + 1}, column {name!r}: {lengths[r]} values, the first row "
+                            f"has {lengths[0]}; every row needs the same number of features")
+        d = int(lengths[0]) if n else 0
+    values = col.flatten().to_numpy(zero_copy_only=False)
+    if values.dtype.kind not in "uif":
+        raise DataError(f"{where}: column {name!r} holds {values.dtype} values; features must be numeric")
+    return _feature_dtype(values.reshape(n, d))
+
+
+# --------------------------------------------------------------------------- NumPy files
+def _npy_reader(fs, inner: str, where: str, ndim: int):
+    """``(shape, blocks(block_rows))`` of a .npy file, read block by block (never whole)."""
+    def header(f):
+        try:
+            version = np.lib.format.read_magic(f)
+            shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        except Exception as e:  # noqa: BLE001
+            raise DataError(f"{where}: not a readable .npy array ({_first_line(e)})") from None
+        if dtype.hasobject:
+            raise DataError(f"{where}: not a readable .npy array (it holds Python objects); save numbers with np.save")
+        if len(shape) != ndim or (fortran and ndim > 1):
+            what = "features must be a 2-D C-order array (rows x features)" if ndim == 2 else \
+                "labels must be a 1-D array, one per row"
+            raise DataError(f"{where}: {what}, got shape {shape}")
+        return shape, dtype
+
+    try:
+        with fs.open_input_file(inner) as f:
+            shape, dtype = header(f)
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"{where}: cannot read ({_first_line(e)}); check the path and its permissions") from None
+
+    def blocks(block_rows: int):
+        with fs.open_input_file(inner) as f:
+            header(f)
+            row_bytes = dtype.itemsize * (shape[1] if ndim == 2 else 1)
+            for lo in range(0, shape[0], block_rows):
+                n = min(block_rows, shape[0] - lo)
+                buf = f.read(n * row_bytes)
+                if len(buf) != n * row_bytes:
+                    raise DataError(f"{where}: truncated .npy file: {shape[0]} rows declared, the data ends "
+                                    f"in row {lo + len(buf) // max(row_bytes, 1) + 1}; write it again")
+                yield np.frombuffer(buf, dtype=dtype).reshape((n,) + tuple(shape[1:]))
+
+    return shape, blocks
+
+
+def _npy_table(fs, inner: str, where: str) -> Table:
+    shape, blocks = _npy_reader(fs, inner, where, 2)
+
+    def batches(block_rows: int):
+        for x in blocks(block_rows):
+            yield _feature_dtype(x), None
+
+    return Table(where, [f"column {j + 1}" for j in range(shape[1])], shape[0], batches, has_labels=False)
+
+
+def _npy_pair_table(fs, inner: str, where: str) -> Table:
+    """A directory with ``x.npy`` (features) and ``y.npy`` (labels)."""
+    xshape, xblocks = _npy_reader(fs, inner + "/x.npy", where + "/x.npy", 2)
+    yshape, yblocks = _npy_reader(fs, inner + "/y.npy", where + "/y.npy", 1)
+    if yshape[0] != xshape[0]:
+        raise DataError(f"{where}: x.npy has {xshape[0]} rows, y.npy {yshape[0]} labels; they must match")
+
+    def batches(block_rows: int):
+        for x, y in zip(xblocks(block_rows), yblocks(block_rows)):
+            yield _feature_dtype(x), y
+
+    return Table(where, [f"column {j + 1}" for j in range(xshape[1])], xshape[0], batches)
+
+
+def _feature_dtype(x: np.ndarray) -> np.ndarray:
+    """uint8 stays uint8 (images: a quarter of the bytes); other numbers become float32."""
+    if x.dtype == np.uint8 or not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        return x
+    return x.astype(np.float32)
+
+
+def _npz_table(fs, inner: str, where: str, require_labels: bool) -> Table:
+    try:
+        with fs.open_input_file(inner) as f, np.load(f, allow_pickle=False) as z:
+            names = list(z.files)
+            if "x" not in names:
+                raise DataError(f"{where}: no array 'x' (found {names}); save with np.savez(path, x=..., y=...)")
+            x = z["x"]
+            y = z["y"] if "y" in names else None
+    except DataError:
+        raise
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+        raise DataError(f"{where}: not a readable .npz file ({str(e).splitlines()[0]}); "
+                        f"save with np.savez(path, x=..., y=...)") from None
+    if require_labels and y is None:
+        raise DataError(f"{where}: no array 'y' (found {names}); save with np.savez(path, x=..., y=...)")
+    if x.ndim != 2:
+        raise DataError(f"{where}: array 'x' must be 2-D (rows x features), got shape {x.shape}")
+    if y is not None and (y.ndim != 1 or len(y) != len(x)):
+        raise DataError(f"{where}: array 'y' must hold one label per row of x ({len(x)}), got shape {y.shape}")
+
+    def batches(block_rows: int):
+        for lo in range(0, len(x), block_rows):
+            yield x[lo:lo + block_rows], (None if y is None else y[lo:lo + block_rows])
+
+    return Table(where, [], len(x), batches, has_labels=y is not None)

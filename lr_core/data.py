@@ -229,7 +229,7 @@ def check_features(x: np.ndarray, where: str, num_features: int | None = None,
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = map(int, np.argwhere(bad)[0])
-        col = columns[c] if columns and c < len(columns) else f"column {c}"
+        col = columns[c] if columns and c < len(columns) else f"column {c + 1}"  # 1-based, as rows are
         raise DataError(f"{where}: row {offset + r + 1}, {col}: value {x[r, c]} is not finite (NaN or inf); "
                         f"clean or impute it first ({int(bad.sum())} such values)")
     return x

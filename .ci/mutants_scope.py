@@ -26,27 +26,28 @@ import pytest
 
 # The training loop in-process on tiny data: hundredths of a second each.
 _CORE = ("test_losses_oracle.py", "test_optimizers_oracle.py", "test_sharding.py",
-         "test_sharding_more.py", "test_state.py", "test_mutants_core.py", "test_mutants_loop.py")
+         "test_sharding_more.py", "test_state.py", "test_config.py", "test_errors.py", "test_models.py",
+         "test_comm.py", "test_loop.py")
 
 SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.comm": _CORE,
     "lr_core.config": _CORE,
     # test_properties.py is left out: hypothesis draws new cases each run (a verdict must
     # not depend on luck) and takes seconds per mutant.
-    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py", "test_mutants_data.py"),
-    "lr_core.errors": ("test_data.py", "test_spec.py", "test_mutants_core.py"),
-    "lr_core.export": ("test_mutants_export.py", "test_rundir.py"),
-    "lr_core.faults": ("test_mutants_faults.py", "test_rundir.py"),
+    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py"),
+    "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py"),
+    "lr_core.export": ("test_export.py", "test_rundir.py"),
+    "lr_core.faults": ("test_faults.py", "test_rundir.py"),
     "lr_core.loop": _CORE,
     "lr_core.losses": _CORE,
-    "lr_core.metrics": ("test_metrics.py", "test_mutants_metrics.py") + _CORE,
+    "lr_core.metrics": ("test_metrics.py",) + _CORE,
     "lr_core.models": _CORE,
     "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),
     "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
-    "launcher.report.parity": ("test_parity_compare.py", "test_mutants_parity.py"),
+    "launcher.report.parity": ("test_parity_compare.py",),
     "launcher.rundir": ("test_rundir.py",),
     # whole in-process runs (run_job, workers=0) on small jobs: about a second each
-    "launcher.driver": ("test_mutants_driver.py",),
+    "launcher.driver": ("test_driver.py",),
 }
 
 ALL = frozenset(e for entries in SCOPE.values() for e in entries)

@@ -364,7 +364,7 @@ def test_killed_while_replacing_a_damaged_checkpoint_resume_still_reaches_the_re
 
 
 def test_a_malformed_fault_is_one_line_before_anything_is_written(tmp_path):
-    """(Each malformed form and its message: tests/test_mutants_faults.py.)"""
+    """(Each malformed form and its message: tests/test_faults.py.)"""
     value, message = '{"at": "step", "stp": 3, "action": "kill"}', "point 'step' reports epoch, rank, step, not stp"
     env = dict(_env(), LRJOB_FAULT=value)
     r = subprocess.run([*LRJOB, "run", "jobs/binary_synthetic.yaml", "--workers", "0", "--output",

@@ -334,3 +334,28 @@ def test_finish_labels_maps_every_array_before_checking_any():
     # The first array maps fine but checks badly; the second lacks a label in the map.
     with pytest.raises(DataError, match="row 2: label 1 is not in data.label_map"):
         finish_labels(request, "here", np.array([0, 0]), np.array([0, 1]))
+
+
+def test_an_unknown_source_in_the_spec_names_every_source():
+    with pytest.raises(SpecError) as err:
+        _check("nope")
+    assert str(err.value) == ("data.source: unknown source 'nope'; choose one of synthetic-binary, synthetic-blobs, "
+                              "mnist, fashion-mnist, digits, csv, npz")
+    assert source_options("nope") == set()
+
+
+def test_a_kind_the_source_lacks_is_named_with_every_kind_it_has():
+    with pytest.raises(SpecError) as err:
+        _check("csv", kind="poisson")
+    assert str(err.value) == "model.kind: source csv has binary/softmax labels; use model.kind: binary or softmax"
+
+
+def test_a_two_class_source_suits_a_binary_model_without_a_label_map(monkeypatch):
+    monkeypatch.setitem(REGISTRY, "toy-two", Source("toy-two", _load_toy, classes=2))
+    _check("toy-two", kind="binary", num_classes=2)
+
+
+@pytest.mark.parametrize("option,value", [(Option(int, 1, positive=True), 1),
+                                          (Option(float, 1.0, positive=True), 0.5)])
+def test_a_positive_option_takes_its_smallest_values(option, value):
+    assert option.accepts(value) and not option.accepts(0)

@@ -1,7 +1,8 @@
-"""One worker's training loop (``lr_core.loop.TrainingLoop``) on tiny data, in-process:
-the record an epoch reports (each validation metric recomputed from the trained
-network), progress callbacks, the step fault point, the divergence message naming the
-first bad step, and a rank that has no rows in any global batch."""
+"""One worker's training loop (``lr_core.loop``) on tiny data, in-process: the record an
+epoch reports (each validation metric recomputed from the trained network), progress
+callbacks, the step fault point, the divergence message naming the first bad step, a rank
+that has no rows in any global batch; and ``fit``, the optimizer's parameters, the state
+and batched prediction."""
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -11,7 +12,7 @@ from lr_core.comm import SingleProcessCommunicator
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
 from lr_core.errors import DivergenceError
-from lr_core.loop import TrainingLoop, predict_logits
+from lr_core.loop import TrainingLoop, fit, optimizer_params, predict_logits
 from lr_core.metrics import from_logits
 from lr_core.sharding import epoch_permutation
 
@@ -158,3 +159,79 @@ def test_recorded_shards_are_the_plan():
     assert plain.epochs_done == 0 and plain.get_state()["epochs_done"] == 0
     plain.run_epoch(0)
     assert plain.shard_log == {} and plain.record_shards is False    # only when asked
+
+
+# ---------------------------------------------------------------------------- fit, state and helpers
+def _small_data(n=24, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n + 8, d)).astype(np.float32)
+    y = (x.sum(axis=1) > 0).astype(np.int64)
+    return Dataset(x[:n], y[:n], x[n:], y[n:], source="test")
+
+
+@pytest.mark.parametrize("opt,momentum,want", [
+    ("sgd", 0.9, {"learning_rate": 0.2, "wd": 0.01, "momentum": 0.9}),
+    ("nag", 0.5, {"learning_rate": 0.2, "wd": 0.01, "momentum": 0.5}),
+    ("adam", 0.9, {"learning_rate": 0.2, "wd": 0.01}),
+])
+def test_only_sgd_and_nag_take_momentum(opt, momentum, want):
+    cfg = LoopConfig(optimizer=opt, momentum=momentum, learning_rate=0.2, weight_decay=0.01)
+    assert optimizer_params(cfg) == want
+
+
+def test_predict_logits_in_batches_and_on_no_rows():
+    import mxnet as mx
+
+    loop = TrainingLoop(LoopConfig(kind="softmax", num_classes=3, hidden=(4,), batch_size=8), _small_data())
+    x = mx.nd.array(np.random.default_rng(1).normal(size=(10, 3)), dtype="float32")
+    whole = predict_logits(loop.net, x)
+    assert whole.shape == (10, 3) and whole.dtype == np.float32
+    assert np.array_equal(predict_logits(loop.net, x, batch=3), whole)
+    assert np.array_equal(predict_logits(loop.net, x, batch=10), whole)
+    empty = predict_logits(loop.net, x[0:0])
+    assert empty.shape == (0, 1) and empty.dtype == np.float32
+
+
+def test_fit_trains_the_remaining_epochs_from_a_state():
+    cfg = LoopConfig(kind="binary", epochs=3, batch_size=8, learning_rate=0.3)
+    data = _small_data()
+    seen = []
+    loop, history = fit(cfg, data, on_epoch=seen.append)
+    assert [m["epoch"] for m in history] == [1, 2, 3] and seen == history
+    assert loop.epochs_done == 3
+
+    part = TrainingLoop(cfg, data)
+    part.run_epoch(0)
+    state = part.get_state()
+    assert state["epochs_done"] == 1
+    rest, rest_history = fit(cfg, data, start_epoch=1, state=state)
+    assert [m["epoch"] for m in rest_history] == [2, 3]
+    assert rest.epochs_done == 3
+    for name, value in loop.get_params().items():
+        assert np.array_equal(rest.get_params()[name], value), name
+    assert rest_history[-1]["val_loss"] == history[-1]["val_loss"]
+
+
+def test_fit_steps_through_the_communicator_it_is_given():
+    class Counting(SingleProcessCommunicator):
+        steps = 0
+
+        def step(self, trainer, global_batch_size):
+            Counting.steps += 1
+            super().step(trainer, global_batch_size)
+
+    cfg = LoopConfig(kind="binary", epochs=2, batch_size=8)
+    loop, _ = fit(cfg, _small_data(), comm=Counting())
+    assert Counting.steps == 2 * 3 and isinstance(loop.comm, Counting)
+
+
+def test_set_state_restores_the_epoch_count():
+    cfg = LoopConfig(kind="softmax", num_classes=2, epochs=2, batch_size=8, optimizer="adam", learning_rate=0.05)
+    a = TrainingLoop(cfg, _small_data())
+    a.run_epoch(0)
+    a.run_epoch(1)
+    state = a.get_state()
+    b = TrainingLoop(cfg, _small_data())
+    b.set_state({**state, "epochs_done": np.int64(2)})
+    assert b.epochs_done == 2 and type(b.epochs_done) is int
+    assert all(np.array_equal(b.get_params()[k], v) for k, v in a.get_params().items())

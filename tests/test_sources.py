@@ -340,7 +340,7 @@ def test_an_unknown_source_in_the_spec_names_every_source():
     with pytest.raises(SpecError) as err:
         _check("nope")
     assert str(err.value) == ("data.source: unknown source 'nope'; choose one of synthetic-binary, synthetic-blobs, "
-                              "mnist, fashion-mnist, digits, csv, npz")
+                              "mnist, fashion-mnist, digits, csv, npz, parquet, npy")
     assert source_options("nope") == set()
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from lr_core import faults
 from lr_core.data import Dataset
 from lr_core.errors import LrjobError, SpecError, WorkerFailure
+from lr_core.sharding import num_batches, segments
 
 from .backends import Backend
 from .report.progress import Reporter, prepare_feedback
@@ -128,6 +129,8 @@ class Driver:
             *prepare_feedback(self.reporter))
         self.backend_factory = self.options.backend_factory or self._default_backend
         self.policy = FailurePolicy(spec.failure.max_failures)
+        # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
+        self._step = int(self.checkpoint.get("step", 0)) if self.checkpoint else 0
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
         self.backend: Backend | None = None
         self._backend_down = False
@@ -199,14 +202,21 @@ class Driver:
         spec, run = self.spec, self.run_dir
         epochs, every = spec.train.epochs, spec.checkpoint.every_epochs
         digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
+        steps = num_batches(len(self.data.x_train), spec.train.batch_size)
         state = None
         while len(self.history) < epochs:
             epoch = len(self.history)
             bar = self.reporter.epoch_bar(epoch, epochs, len(self.data.x_train))
             try:
                 try:
-                    per_rank = self.backend.run_epoch(epoch, progress=bar.update if bar else None,
-                                                      timeout_s=self.epoch_timeout())
+                    for start, stop in segments(self._step, steps, spec.checkpoint.every_steps):
+                        per_rank = self.backend.run_epoch(epoch, progress=bar.update if bar else None,
+                                                          timeout_s=self.epoch_timeout(), start_step=start,
+                                                          stop_step=stop)
+                        if stop < steps:  # a mid-epoch checkpoint
+                            run.write_checkpoint(self.backend.get_state(), digest, self.history,
+                                                 spec.checkpoint.keep)
+                        self._step = stop % steps
                     due = (epoch + 1) % every == 0 or epoch + 1 == epochs
                     state = self.backend.get_state() if due else None
                 finally:
@@ -255,6 +265,7 @@ class Driver:
                 error = again
                 continue
             self.history[:] = list(last["history"]) if last else []
+            self._step = int(last.get("step", 0)) if last else 0
             self.run_dir.rewrite_metrics(self.history)
             return
 
@@ -334,14 +345,17 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
         return 0
     # Other ranks: the same collectives in the same order as rank 0, no files.
     backend = ThisRankBackend(cfg, data, comm, gpus)
-    start = 0
+    start = step = 0
     if resume:
         ckpt = RunDir.open(resume).latest_checkpoint()
         if ckpt:
             backend.set_state(ckpt)
-            start = ckpt["epochs_done"]
+            start, step = ckpt["epochs_done"], int(ckpt.get("step", 0))
+    steps = num_batches(len(data.x_train), spec.train.batch_size)
     for epoch in range(start, spec.train.epochs):
-        backend.run_epoch(epoch)
+        for a, b in segments(step, steps, spec.checkpoint.every_steps):  # rank 0's segments
+            backend.run_epoch(epoch, start_step=a, stop_step=b)
+        step = 0
     return 0
 
 

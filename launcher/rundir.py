@@ -141,6 +141,7 @@ def load_checkpoint(path: Path) -> dict:
         opt = {k: z[k] for k in z.files}
     return {"params": params, "optimizer_arrays": opt, "optimizer_meta": state["optimizer_meta"],
             "epochs_done": int(state["epochs_done"]), "spec_digest": state.get("spec_digest"),
+            "step": int(state.get("data_cursor", {}).get("step", 0)), "step_losses": state.get("step_losses", []),
             "history": state.get("history", []), "path": str(path)}
 
 
@@ -269,11 +270,13 @@ class RunDir:
         """Save ``state`` with ``spec_digest`` and ``history`` as ``checkpoints/epoch-NNNN``: written into a
         hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes to
         the newest ``keep``. Returns the final path."""
-        epochs_done = int(state["epochs_done"])
+        epochs_done, step = int(state["epochs_done"]), int(state.get("step", 0))
         root = self.path / "checkpoints"
         root.mkdir(exist_ok=True)
-        final = root / f"epoch-{epochs_done:04d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-epoch-{epochs_done:04d}-", dir=root))
+        # epoch-0002 (2 epochs done) < epoch-0002-step-00000500 (500 steps into the 3rd) < epoch-0003
+        name = f"epoch-{epochs_done:04d}" + (f"-step-{step:08d}" if step else "")
+        final = root / name
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
             with open(tmp / "params.npz", "wb") as f:
                 np.savez(f, **state["params"])
@@ -286,7 +289,10 @@ class RunDir:
                 os.fsync(f.fileno())
             meta = {"epochs_done": epochs_done, "spec_digest": spec_digest,
                     "optimizer_meta": state["optimizer_meta"], "history": history,
-                    "data_cursor": {"next_epoch": epochs_done, "note": "epoch order = permutation(seed, epoch)"}}
+                    "data_cursor": {"next_epoch": epochs_done, "step": step,
+                                    "note": "epoch order = permutation(seed, epoch)"},
+                    # the finished steps' loss sums of the epoch in progress (its train_loss needs them)
+                    "step_losses": list(state.get("step_losses", [])) if step else []}
             with open(tmp / "state.json", "w") as f:
                 f.write(json.dumps(meta, default=_json_default))
                 f.flush()

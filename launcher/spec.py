@@ -126,10 +126,13 @@ class ResourcesSpec:
 
 @dataclass(frozen=True)
 class CheckpointSpec:
-    """``checkpoint``: save every ``every_epochs`` epochs and after the last; keep the newest ``keep``."""
+    """``checkpoint``: save every ``every_epochs`` epochs and after the last (and every
+    ``every_steps`` steps inside an epoch); keep the newest ``keep``."""
 
     every_epochs: int = _f("int", 1, _ge(1))
     keep: int = _f("int", 3, _ge(1))
+    # Also every this many steps inside an epoch (0: only at epoch ends): for epochs of hours.
+    every_steps: int = _f("int", 0, _ge(0, ">= 0 (0: only at epoch ends)"))
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,7 @@ TOP_LEVEL = ("name", *SCHEMA)
 # Fields that may differ between a checkpoint's spec and the spec of a resume.
 SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_worker",
                        "resources.gpus_per_worker", "checkpoint.every_epochs", "checkpoint.keep",
+                       "checkpoint.every_steps", "data.cache",
                        "failure.max_failures", "failure.epoch_timeout_s", "name"}
 
 

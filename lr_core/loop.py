@@ -64,6 +64,11 @@ class TrainingLoop:
         self.record_shards = record_shards
         self.shard_log: dict[int, np.ndarray] = {}
         self.epochs_done = 0
+        # Inside an epoch (mid-epoch checkpoints): the next step, and the loss sum of each
+        # finished step of the epoch, summed over ranks (the epoch's train_loss needs them).
+        self.step = 0
+        self._done_losses: list[np.ndarray] = []
+        self._done_seconds = 0.0
 
         self.net = build_model(cfg, data.num_features, self.ctx)
         self.comm.broadcast_parameters(self.net.collect_params())
@@ -81,9 +86,12 @@ class TrainingLoop:
         self.has_val = b > a
 
     # ------------------------------------------------------------------ training
-    def train_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None) -> dict:
-        """One pass over the training rows. ``progress(step, steps)`` is called about 50
-        times per epoch (host-side only: it never waits for the device)."""
+    def train_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None,
+                    start_step: int = 0, stop_step: int | None = None) -> dict:
+        """One pass over the training rows, or its steps ``[start_step, stop_step)``: a
+        segment between mid-epoch checkpoints (``{"partial": True, ...}`` until the last
+        step). ``progress(step, steps)`` is called about 50 times per epoch (host-side
+        only: it never waits for the device)."""
         cfg, comm = self.cfg, self.comm
         n = len(self.data.x_train)
         perm = epoch_permutation(cfg.seed, epoch, n)
@@ -91,6 +99,11 @@ class TrainingLoop:
         if self.record_shards:
             self.shard_log[epoch] = idx.copy()
         steps = len(global_sizes)
+        stop = steps if stop_step is None else min(int(stop_step), steps)
+        if start_step == 0:
+            self._done_losses, self._done_seconds = [], 0.0
+        elif start_step != self.step:
+            raise ValueError(f"epoch {epoch + 1}: segment starts at step {start_step}, the loop is at {self.step}")
         t0 = time.perf_counter()
         if len(idx):
             idx_nd = mx.nd.array(idx, ctx=self.ctx, dtype="int64")
@@ -99,7 +112,7 @@ class TrainingLoop:
         losses = []
         zero = mx.nd.zeros((1,), ctx=self.ctx, dtype="float32")
         report_every = max(1, steps // 50)
-        for s in range(steps):
+        for s in range(start_step, stop):
             if progress is not None and s % report_every == 0:
                 progress(s, steps)
             if faults.ARMED:  # tests only: a crash or hang at an exact step (faults.py)
@@ -124,13 +137,20 @@ class TrainingLoop:
             comm.step(self.trainer, int(global_sizes[s]))
         # the one host sync of the epoch
         local = mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)
-        train_seconds = time.perf_counter() - t0
-        per_step = comm.allreduce_sum(local, name=f"train_loss.{epoch}")
+        self._done_seconds += time.perf_counter() - t0
+        per_step = comm.allreduce_sum(local, name=f"train_loss.{epoch}.{start_step}")
         if not np.all(np.isfinite(per_step)):
-            step = int(np.flatnonzero(~np.isfinite(per_step))[0])
+            step = start_step + int(np.flatnonzero(~np.isfinite(per_step))[0])
             raise DivergenceError(
-                f"loss became {per_step[step]} at epoch {epoch + 1}, step {step + 1} of {steps}; "
+                f"loss became {per_step[step - start_step]} at epoch {epoch + 1}, step {step + 1} of {steps}; "
                 f"lower train.learning_rate (now {cfg.learning_rate:g}) or check the data scale")
+        self._done_losses.append(per_step)
+        if stop < steps:
+            self.step = stop
+            return {"partial": True, "epoch": epoch + 1, "step": stop, "steps": steps}
+        per_step = np.concatenate(self._done_losses)
+        train_seconds = self._done_seconds
+        self.step, self._done_losses, self._done_seconds = 0, [], 0.0
         self.epochs_done = epoch + 1
         return {"train_loss": float(per_step.sum() / n), "train_seconds": train_seconds,
                 "steps": steps, "local_rows": int(len(idx))}
@@ -166,12 +186,16 @@ class TrainingLoop:
                                      dtype="float32")).asnumpy() for i in range(a, b, step)]
         return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
 
-    def run_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None) -> dict:
-        """Train one epoch and evaluate; returns the epoch's metrics."""
+    def run_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None,
+                  start_step: int = 0, stop_step: int | None = None) -> dict:
+        """Train one epoch (or the segment ``[start_step, stop_step)`` of it) and, at its
+        end, evaluate; returns the epoch's metrics (``{"partial": True, ...}`` before the end)."""
+        tr = self.train_epoch(epoch, progress, start_step, stop_step)
+        if tr.get("partial"):
+            return tr
         t0 = time.perf_counter()
-        tr = self.train_epoch(epoch, progress)
         ev = self.evaluate(epoch)
-        seconds = time.perf_counter() - t0
+        seconds = tr["train_seconds"] + time.perf_counter() - t0  # the segments' training, then evaluation
         out = {"epoch": epoch + 1, "train_loss": tr["train_loss"], "val_loss": ev.pop("loss")}
         out.update({f"val_{k}" if k in ("accuracy", "precision", "recall", "f1", "auc", "macro_f1") else k: v
                     for k, v in ev.items() if k != "n"})
@@ -192,12 +216,16 @@ class TrainingLoop:
         """Parameters, optimizer state and the data cursor: all a resume needs."""
         arrays, meta = get_optimizer_state(self.trainer)
         return {"params": self.get_params(), "optimizer_arrays": arrays, "optimizer_meta": meta,
-                "epochs_done": self.epochs_done}
+                "epochs_done": self.epochs_done, "step": self.step,
+                "step_losses": (np.concatenate(self._done_losses) if self._done_losses else np.zeros(0)).tolist()}
 
     def set_state(self, state: dict) -> None:
         self.set_params(state["params"])
         set_optimizer_state(self.trainer, state["optimizer_arrays"], state["optimizer_meta"], self.ctx)
         self.epochs_done = int(state["epochs_done"])
+        self.step = int(state.get("step", 0))
+        losses = np.asarray(state.get("step_losses", []), dtype=np.float64)
+        self._done_losses, self._done_seconds = ([losses] if self.step else []), 0.0
 
 
 def _device_array(x: np.ndarray, ctx: mx.Context) -> mx.nd.NDArray:

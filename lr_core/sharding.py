@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["epoch_permutation", "num_batches", "shard_bounds", "local_plan"]
+__all__ = ["epoch_permutation", "num_batches", "shard_bounds", "local_plan", "segments"]
 
 
 def epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
@@ -48,3 +48,14 @@ def local_plan(perm: np.ndarray, batch_size: int, rank: int, size: int):
         global_sizes.append(hi - lo)
     indices = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.int64)
     return indices.astype(np.int64), np.asarray(offsets, dtype=np.int64), np.asarray(global_sizes, dtype=np.int64)
+
+
+def segments(start: int, steps: int, every: int) -> list[tuple[int, int]]:
+    """The ``[a, b)`` step ranges an epoch of ``steps`` steps runs in, from step ``start``:
+    cut at every multiple of ``every`` (mid-epoch checkpoints), or one range when ``every``
+    is 0. The cuts do not depend on where a resumed run starts."""
+    if not every:
+        return [(start, steps)]
+    cuts = list(range((start // every + 1) * every, steps, every))
+    bounds = [start, *cuts, steps]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a] or [(start, steps)]

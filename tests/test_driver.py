@@ -41,14 +41,14 @@ class _FailingBackend(InProcessBackend):
         super().__init__(group.spec.loop_config(), group.data)
         self.group = group
 
-    def run_epoch(self, epoch, progress=None, timeout_s=None):
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
         g = self.group
         g.ran.append(epoch)
         if g.fail_at and g.fail_at[0] == epoch:
             g.fail_at.pop(0)
             raise WorkerFailure(f"rank 1 on node-b failed during epoch {epoch + 1}: the worker process died",
                                 rank=1, node="node-b")
-        return super().run_epoch(epoch, progress, timeout_s)
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
 
     def set_state(self, state):
         self.group.restored.append(state["epochs_done"])
@@ -144,10 +144,10 @@ def test_ctrl_c_marks_the_run_interrupted_and_stops_the_group(tmp_path):
     group = _Group(spec)
 
     class _Interrupting(_FailingBackend):
-        def run_epoch(self, epoch, progress=None, timeout_s=None):
+        def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
             if epoch == 2:
                 raise KeyboardInterrupt
-            return super().run_epoch(epoch, progress, timeout_s)
+            return super().run_epoch(epoch, progress, timeout_s, **segment)
 
     group.factory = lambda: _Interrupting(group)
     with pytest.raises(KeyboardInterrupt):
@@ -208,13 +208,13 @@ class _Flaky(InProcessBackend):
         self.log.append(("restore", state["epochs_done"]))
         super().set_state(state)
 
-    def run_epoch(self, epoch, progress=None, timeout_s=None):
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
         if epoch in self.fail_at:
             self.fail_at.remove(epoch)
             self.log.append(("fail", epoch))
             raise WorkerFailure(f"rank 1 died in epoch {epoch + 1}", rank=1, node="n1")
         self.log.append(("epoch", epoch))
-        return super().run_epoch(epoch, progress, timeout_s)
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
 
     def shutdown(self):
         self.log.append(("shutdown",))
@@ -306,10 +306,10 @@ def test_a_failure_before_any_checkpoint_says_to_run_again(tmp_path):
 
 
 class _Interrupted(InProcessBackend):
-    def run_epoch(self, epoch, progress=None, timeout_s=None):
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
         if epoch == 2:
             raise KeyboardInterrupt
-        return super().run_epoch(epoch, progress, timeout_s)
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
 
 
 @pytest.mark.parametrize("every,resumable", [(1, True), (5, False)])

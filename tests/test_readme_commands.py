@@ -86,7 +86,7 @@ def test_validate_data_prints_the_resolved_spec_with_absolute_paths_and_checks_t
     doc = yaml.safe_load(out)
     assert doc["data"]["path"] == str(tmp_path / "train.csv")
     assert doc["train"]["optimizer"] == "sgd" and doc["train"]["batch_size"] == 64  # defaults filled
-    assert doc["checkpoint"] == {"every_epochs": 1, "keep": 3}
+    assert doc["checkpoint"] == {"every_epochs": 1, "keep": 3, "every_steps": 0}
     assert "data ok: 24 train / 6 validation rows, 3 features" in err
 
 
@@ -114,6 +114,52 @@ def test_validate_data_names_the_row_of_a_bad_binary_label(tmp_path, capsys):
     job.write_text("name: badcsv\nmodel: {kind: binary}\ndata: {source: csv, path: bad.csv}\n")
     code, _, err = cli(capsys, "validate", job, "--data")
     assert code == 2 and "row 2" in err and "label" in err, err
+
+
+# --------------------------------------------------------------------------- prepare
+def test_prepare_converts_once_reuses_and_rebuilds_a_damaged_folder(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(2)
+    pq.write_table(pa.table({"a": rng.standard_normal(40), "b": rng.standard_normal(40),
+                             "label": rng.integers(0, 2, 40)}), tmp_path / "t.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: pq\nmodel: {kind: binary}\n"
+                   "data: {source: parquet, path: t.parquet, cache: prepared, val_fraction: 0.25}\n")
+    code, out, err = cli(capsys, "prepare", job)
+    assert code == 0, err
+    home = Path(out.strip())
+    assert home.parent == tmp_path / "prepared" and (home / "manifest.json").is_file()
+    assert "30 train / 10 validation rows, 2 features (float32)" in err
+    code, out, _ = cli(capsys, "prepare", job, "--json")
+    info = json.loads(out)
+    assert code == 0 and info["prepared"] == str(home) and info["train_rows"] == 30
+    with open(home / "train-x.bin", "r+b") as f:  # a bit flips on disk
+        f.seek(5)
+        byte = f.read(1)
+        f.seek(5)
+        f.write(bytes([byte[0] ^ 1]))
+    code, out, err = cli(capsys, "prepare", job)
+    assert code == 0 and Path(out.strip()) == home
+    assert "fail their checksum (damaged); preparing it again" in err
+
+
+def test_prepare_bad_input_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    for data, message in [
+        ("{source: parquet, path: missing.parquet, cache: c}", "missing.parquet: file not found"),
+        ("{source: csv, path: t.csv, cache: c, label_column: y}", "no column 'y' (columns: a, label)"),
+        ("{source: csv, path: t.csv, cache: c, features: [a, zz]}", "no column 'zz' for data.features"),
+        ("{source: csv, path: bad.csv, cache: c}", "line 3, column 'a': 'x1' is not a number"),
+    ]:
+        (tmp_path / "t.csv").write_text("a,label\n1,0\n2,1\n3,0\n")
+        (tmp_path / "bad.csv").write_text("a,label\n1,0\nx1,1\n")
+        job.write_text(f"name: bad\nmodel: {{kind: binary}}\ndata: {data}\n")
+        code, out, err = cli(capsys, "prepare", job)
+        errors = _error_lines(err)
+        assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, (data, err)
+        assert out == "" and not any((tmp_path / "c").glob("*")), "nothing half-written is left"
 
 
 # --------------------------------------------------------------------------- predict

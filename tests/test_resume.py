@@ -14,6 +14,7 @@ from launcher.backends import InProcessBackend
 from launcher.rundir import latest_checkpoint, list_checkpoints
 from launcher.driver import DriverOptions, run_job
 from launcher.spec import load_spec
+from lr_core.errors import WorkerFailure
 from lr_core.loop import TrainingLoop
 
 JOB = "jobs/digits_softmax.yaml"
@@ -32,9 +33,9 @@ class _CountingBackend(InProcessBackend):
         super().__init__(spec.loop_config(), spec.load_data())
         self.ran = ran
 
-    def run_epoch(self, epoch, progress=None, timeout_s=None):
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
         self.ran.append(epoch)
-        return super().run_epoch(epoch, progress, timeout_s)
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
 
 
 def _counting_run(spec, ran, **kw):
@@ -137,3 +138,64 @@ def test_a_diverging_run_leaves_the_earlier_checkpoints_as_they_were(tmp_path):
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["epochs_done"] == 3
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 3
+
+
+# --------------------------------------------------------------------------- mid-epoch checkpoints
+class _SegmentBackend(InProcessBackend):
+    """Records the (epoch, start, stop) segments it runs; fails once before each segment of
+    ``fail_at`` (a list shared with the replacement backends of a restart)."""
+
+    def __init__(self, spec, ran: list, fail_at: list):
+        super().__init__(spec.loop_config(), spec.load_data())
+        self.ran, self.fail_at = ran, fail_at
+
+    def run_epoch(self, epoch, progress=None, timeout_s=None, start_step=0, stop_step=None):
+        from lr_core.errors import WorkerFailure
+
+        if (epoch, start_step) in self.fail_at:
+            self.fail_at.remove((epoch, start_step))
+            raise WorkerFailure(f"rank 1 died in epoch {epoch + 1} at step {start_step + 1}", rank=1, node="n1")
+        self.ran.append((epoch, start_step, stop_step))
+        return super().run_epoch(epoch, progress, timeout_s, start_step=start_step, stop_step=stop_step)
+
+
+MID = ["train.batch_size=64", "train.epochs=3"]  # 1617 training rows: 26 steps per epoch
+
+
+def _segment_run(spec, ran, fail_at=(), **kw):
+    fail_at = list(fail_at)
+    return run_job(spec, options=DriverOptions(backend_factory=lambda: _SegmentBackend(spec, ran, fail_at)), **kw)
+
+
+def test_mid_epoch_checkpoints_resume_bit_identically(tmp_path):
+    full = run_job(_spec(*MID), output=tmp_path / "full")
+    ran = []
+    spec = _spec(*MID, "checkpoint.every_steps=10", "checkpoint.keep=20")
+    with pytest.raises(WorkerFailure):  # dies before step 21 of epoch 2: its last checkpoint is at step 20
+        _segment_run(spec, ran, fail_at=[(1, 20)], output=tmp_path / "part")
+    assert ran == [(0, 0, 10), (0, 10, 20), (0, 20, 26), (1, 0, 10), (1, 10, 20)]
+    names = [p.name for p in list_checkpoints(tmp_path / "part")]
+    assert names == ["epoch-0000-step-00000010", "epoch-0000-step-00000020", "epoch-0001",
+                     "epoch-0001-step-00000010", "epoch-0001-step-00000020"]
+    ckpt = latest_checkpoint(tmp_path / "part")
+    assert (ckpt["epochs_done"], ckpt["step"], len(ckpt["step_losses"])) == (1, 20, 20)
+
+    ran.clear()
+    resumed = _segment_run(spec, ran, resume=tmp_path / "part")
+    assert ran == [(1, 20, 26), (2, 0, 10), (2, 10, 20), (2, 20, 26)], "only the remaining steps run"
+    for name in full.params:
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+    for a, b in zip(full.history, resumed.history):
+        assert (a["train_loss"], a["val_loss"], a["val_accuracy"]) == (b["train_loss"], b["val_loss"],
+                                                                        b["val_accuracy"])
+
+
+def test_a_restart_continues_from_the_mid_epoch_checkpoint(tmp_path):
+    full = run_job(_spec(*MID), output=tmp_path / "full")
+    ran = []
+    spec = _spec(*MID, "checkpoint.every_steps=10", "failure.max_failures=1")
+    done = _segment_run(spec, ran, fail_at=[(2, 10)], output=tmp_path / "run")
+    assert ran[-3:] == [(2, 0, 10), (2, 10, 20), (2, 20, 26)] and ran.count((2, 0, 10)) == 1
+    for name in full.params:
+        assert np.array_equal(full.params[name], done.params[name]), name
+    assert [h["train_loss"] for h in done.history] == [h["train_loss"] for h in full.history]

@@ -175,7 +175,7 @@ def test_write_checkpoint_round_trip(tmp_path):
     assert path == run.path / "checkpoints" / "epoch-0003"
     assert sorted(os.listdir(path)) == ["optimizer.npz", "params.npz", "state.json"]
     state = json.loads((path / "state.json").read_text())
-    assert state["data_cursor"] == {"next_epoch": 3, "note": "epoch order = permutation(seed, epoch)"}
+    assert state["data_cursor"] == {"next_epoch": 3, "step": 0, "note": "epoch order = permutation(seed, epoch)"}
     ck = load_checkpoint(path)
     want = _state(3)
     assert ck["epochs_done"] == 3 and isinstance(ck["epochs_done"], int)

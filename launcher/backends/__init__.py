@@ -30,8 +30,11 @@ class Backend(Protocol):
     startup_seconds: float
     where: str                  # one line for people: "2 Horovod workers on 1 node(s)"
 
-    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
+    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None,
+                  start_step: int = 0, stop_step: int | None = None) -> list[dict]:
         """Train and evaluate epoch ``epoch`` (0-based) on every rank; the metrics per rank.
+        With ``start_step``/``stop_step``, only those steps (a segment between mid-epoch
+        checkpoints; ``{"partial": True, ...}`` per rank until the epoch's last step).
         Raises ``WorkerFailure`` naming the root-cause rank when a worker dies or hangs."""
 
     def get_state(self) -> dict:

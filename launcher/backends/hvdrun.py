@@ -28,11 +28,11 @@ class ThisRankBackend(InProcessBackend):
         self.workers = comm.size
         self.where = f"{comm.size} Horovod processes (horovodrun)"
 
-    def run_epoch(self, epoch, progress=None, timeout_s=None):
+    def run_epoch(self, epoch, progress=None, timeout_s=None, start_step=0, stop_step=None):
         from lr_core.errors import LrjobError, WorkerFailure
 
         try:
-            return super().run_epoch(epoch, progress)
+            return super().run_epoch(epoch, progress, start_step=start_step, stop_step=stop_step)
         except LrjobError:
             raise
         except Exception as e:  # noqa: BLE001 - Horovod/Gloo errors when a peer is lost

@@ -32,8 +32,9 @@ class InProcessBackend:
         self.startup_seconds = 0.0
         self.where = "in-process"
 
-    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
-        return [self.loop.run_epoch(epoch, progress)]
+    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None,
+                  start_step: int = 0, stop_step: int | None = None) -> list[dict]:
+        return [self.loop.run_epoch(epoch, progress, start_step, stop_step)]
 
     def get_state(self) -> dict:
         return self.loop.get_state()

@@ -163,8 +163,10 @@ class RayHorovodBackend:
         return WorkerFailure(f"rank {rank} on {self._where(rank)} failed during {what}: {why}",
                              rank=rank, node=self._where(rank))
 
-    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None) -> list[dict]:
-        return self.execute(lambda w: w.run_epoch(epoch), f"epoch {epoch + 1}", timeout_s, progress)
+    def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None,
+                  start_step: int = 0, stop_step: int | None = None) -> list[dict]:
+        return self.execute(lambda w: w.run_epoch(epoch, start_step, stop_step), f"epoch {epoch + 1}", timeout_s,
+                            progress)
 
     def get_state(self) -> dict:
         return self._call_one(lambda w: w.get_state(), "checkpoint read-back")

@@ -72,16 +72,16 @@ class HorovodWorker:
         self.loop = TrainingLoop(cfg, data, comm, ctx, record_shards=self._record)
         return info
 
-    def run_epoch(self, epoch: int) -> dict:
-        """Train and evaluate epoch ``epoch`` (0-based) on this rank; returns its metrics. Rank 0
-        posts its progress to the board."""
+    def run_epoch(self, epoch: int, start_step: int = 0, stop_step: int | None = None) -> dict:
+        """Train and evaluate epoch ``epoch`` (0-based), or its steps ``[start_step, stop_step)``,
+        on this rank; returns its metrics. Rank 0 posts its progress to the board."""
         progress = None
         if self._board is not None and self.loop.comm.rank == 0:
             board = self._board
 
             def progress(step, steps):  # fire and forget: never waits for the driver
                 board.post.remote(epoch, step, steps)
-        return self.loop.run_epoch(epoch, progress)
+        return self.loop.run_epoch(epoch, progress, start_step, stop_step)
 
     def get_state(self) -> dict:
         """This rank's parameters, optimizer state and epochs done: all a checkpoint holds."""

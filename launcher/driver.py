@@ -335,8 +335,8 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     # Rank 0 prepares (or checks) the data first; the others then map the same files.
     data = spec.prepared_data(*prepare_feedback(reporter)) if comm.rank == 0 else None
     comm.barrier()
-    if data is None:
-        data = spec.prepared_data()
+    if data is None:  # rank 0 has just checked every shard
+        data = spec.prepared_data(checksums=False)
     cfg = spec.loop_config()
     gpus = spec.resources.gpus_per_worker
     if comm.rank == 0:

@@ -302,11 +302,14 @@ class JobSpec:
 
         return prepare(make_request(self.data.source, **self.data_kwargs()), self.data.cache, progress, log)
 
-    def prepared_data(self, progress=None, log=None):
-        """The job's dataset as memory maps of its prepared files (nothing loaded)."""
-        from lr_core.prepared import open_prepared
+    def prepared_data(self, progress=None, log=None, checksums: bool = True):
+        """The job's dataset as memory maps of its prepared files (nothing loaded).
+        ``checksums=False`` checks an existing folder's sizes only (a rank after rank 0)."""
+        from lr_core.data import make_request
+        from lr_core.prepared import prepared_dataset
 
-        return open_prepared(self.prepare_data(progress, log))
+        return prepared_dataset(make_request(self.data.source, **self.data_kwargs()), self.data.cache, progress,
+                                log, checksums)
 
     def diff(self, other: "JobSpec") -> list[str]:
         """Dotted names of the fields that differ."""

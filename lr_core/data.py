@@ -75,9 +75,9 @@ class Dataset:
 
     def __reduce_ex__(self, protocol):
         if self.home is not None:
-            from .prepared import open_prepared
+            from .prepared import reopen
 
-            return open_prepared, (self.home, False)
+            return reopen, (self.home, self.extra.get("origin"))
         return super().__reduce_ex__(protocol)
 
     def features(self, x: np.ndarray) -> np.ndarray:

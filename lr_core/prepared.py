@@ -24,6 +24,7 @@ maps; pickled, it is its path (workers map the same files; nothing large is copi
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -40,7 +41,8 @@ from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_f
 from .errors import DataError
 from .tables import BLOCK_ROWS, fingerprint, is_uri, open_table
 
-__all__ = ["prepare", "open_prepared", "verify", "dataset_key", "FORMAT", "SHARD_BYTES", "default_cache"]
+__all__ = ["prepare", "open_prepared", "prepared_dataset", "reopen", "verify", "dataset_key", "FORMAT",
+           "SHARD_BYTES", "default_cache"]
 
 FORMAT = 1
 SHARD_BYTES = 64 << 20
@@ -229,10 +231,11 @@ def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
 
 
 def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progress: Progress | None = None,
-            log: Callable[[str], None] | None = None) -> Path:
+            log: Callable[[str], None] | None = None, checksums: bool = True) -> Path:
     """The prepared directory of ``request`` under ``cache``: reused when present and
-    intact, else built (and a damaged one replaced). Raises :class:`DataError` for bad data;
-    nothing half-written is left behind."""
+    intact (``checksums``: every shard's SHA-256 checked, else the sizes), else built (and
+    a damaged one replaced). Raises :class:`DataError` for bad data; nothing half-written
+    is left behind."""
     if cache is not None and is_uri(str(cache)):
         raise DataError(f"data.cache: {cache}: must be a directory every node can see (a local or shared "
                         f"file system); the source itself may be a URI")
@@ -241,7 +244,7 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
     key = dataset_key(request, files)
     final = root / f"{request.source}-{key}"
     if final.is_dir():
-        problems = verify(final)
+        problems = verify(final, checksums)
         if not problems:
             return final
         if log:
@@ -353,9 +356,48 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> list[str]:
     return problems
 
 
+def prepared_dataset(request: LoadRequest, cache: str | os.PathLike | None = None,
+                     progress: Progress | None = None, log: Callable[[str], None] | None = None,
+                     checksums: bool = True) -> Dataset:
+    """:func:`prepare`, then :func:`open_prepared`; the dataset also carries its origin,
+    so a node that does not see the folder prepares its own copy (:func:`reopen`)."""
+    home = prepare(request, cache, progress, log, checksums)
+    ds = open_prepared(home)
+    digests = _digests(_manifest(home))
+    return dataclasses.replace(ds, extra={**ds.extra, "origin": (request, None if cache is None else str(cache),
+                                                                  digests)})
+
+
+def _digests(manifest: dict) -> list[str]:
+    return [s["sha256"] for name in ARRAYS for s in manifest["arrays"][name]["shards"]]
+
+
+def reopen(home: str, origin=None) -> Dataset:
+    """A pickled prepared dataset arriving in another process: the same folder when this
+    node sees it; else, with its origin, this node's own preparation, accepted only when
+    every shard's checksum equals the original's (the same rows, the same order)."""
+    if (Path(home) / "manifest.json").is_file() or origin is None:
+        return open_prepared(home, check=False)
+    request, cache, digests = origin
+    import socket
+
+    local = prepare(request, cache)
+    if _digests(_manifest(local)) != digests:
+        raise DataError(f"{socket.gethostname()}: the data prepared here ({local}) differs from the driver's "
+                        f"({home}); every node must read the same source: put data.cache on storage every "
+                        f"node sees, or give every node the same files")
+    ds = open_prepared(local, check=False)
+    return dataclasses.replace(ds, extra={**ds.extra, "origin": origin})
+
+
 def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
     """The prepared dataset at ``path`` as read-only memory maps (``check``: sizes first)."""
     path = Path(path)
+    if not path.is_dir():
+        import socket
+
+        raise DataError(f"{path}: no prepared data on {socket.gethostname()}; data.cache must be storage "
+                        f"every node sees at the same path, or run `lrjob prepare JOB` on this node")
     m = _manifest(path)
     if check:
         bad = verify(path, checksums=False)

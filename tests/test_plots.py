@@ -173,3 +173,17 @@ def test_redraw_from_run_directory(runs, tmp_path, capsys):
     assert plots.main([str(copy)]) == 0
     printed = capsys.readouterr().out.split()
     assert sorted(printed) == sorted(str(copy / n) for n in JOBS["digits_softmax"][2] | {"report.html"})
+
+
+def test_a_scatter_shows_an_even_sample_of_a_large_set(monkeypatch):
+    from launcher.report import plots
+
+    monkeypatch.setattr(plots, "MAX_POINTS", 100)
+    x = np.arange(2000, dtype=np.float32).reshape(1000, 2)
+    y = np.arange(1000) % 2
+    xs, ys = plots._shown(x, y)
+    assert len(xs) == 100 and np.all(np.diff(xs[:, 0]) > 0)  # rows in file order, no repeats
+    assert np.array_equal(ys, (xs[:, 0] // 2).astype(int) % 2)  # each label stays with its row
+    assert xs[-1, 0] > 1000  # spread over the whole set, not its head
+    small = plots._shown(x[:50], y[:50])
+    assert np.array_equal(small[0], x[:50])

@@ -191,3 +191,28 @@ def test_two_preparers_of_one_dataset_agree(tmp_path, monkeypatch):
     monkeypatch.setattr(prepared.os, "rename", other_process_first)
     home = prepare(_req(path=str(path)), cache)
     assert [p.name for p in cache.iterdir()] == [home.name] and verify(home) == []
+
+
+def test_a_node_without_the_folder_prepares_its_own_copy_and_checks_it(tmp_path):
+    """A worker on another node unpickles the dataset: the folder is not there, so it
+    prepares its own from the source, accepted only if every shard matches the driver's."""
+    import shutil
+
+    from lr_core.prepared import prepared_dataset
+
+    path = _csv(tmp_path / "d.csv")
+    ds = prepared_dataset(_req(path=str(path)), tmp_path / "cache")
+    blob = pickle.dumps(ds, protocol=5)
+    want = np.array(ds.x_train)
+    shutil.rmtree(ds.home)  # as seen from a node without the driver's cache
+    back = pickle.loads(blob)
+    assert np.array_equal(back.x_train, want) and back.home == ds.home
+    shutil.rmtree(ds.home)
+    _csv(path, seed=9)  # this node's copy of the source differs
+    os.utime(path, ns=(0, 0))
+    with pytest.raises(DataError, match=r"differs from the driver's .* every node must read the same source"):
+        pickle.loads(blob)
+    ds2 = open_prepared(prepare(_req(path=str(path)), tmp_path / "cache"))
+    shutil.rmtree(ds2.home)
+    with pytest.raises(DataError, match="no prepared data on .*data.cache must be storage every node sees"):
+        pickle.loads(pickle.dumps(ds2))  # without an origin it cannot prepare

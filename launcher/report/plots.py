@@ -331,15 +331,28 @@ def boundary_line(weight: Sequence[float], bias: float, xlim: Sequence[float],
     return pts[np.argsort(pts[:, 0], kind="stable")]
 
 
+# A scatter plot shows at most this many points of each split (a seeded, even sample).
+MAX_POINTS = 20_000
+
+
+def _shown(x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """At most MAX_POINTS rows of (x, y), read from a memory map without loading the rest."""
+    if len(x) <= MAX_POINTS:
+        return np.asarray(x), np.asarray(y)
+    rows = np.sort(np.random.default_rng(seed).choice(len(x), MAX_POINTS, replace=False))
+    return np.asarray(x[rows]), np.asarray(y[rows])
+
+
 def _draw_boundary(spec, data, model_dir: Path, model, history):
-    x_all = np.concatenate([data.x_train, data.x_val]).astype(np.float64)
+    train, val = _shown(data.x_train, data.y_train), _shown(data.x_val, data.y_val)
+    x_all = np.concatenate([train[0], val[0]]).astype(np.float64)
     xlim, ylim = _padded(x_all[:, 0]), _padded(x_all[:, 1])
     fig = _figure(8, 7)
     ax = fig.subplots()
     gx, gy, pz = _probability_grid(model, xlim, ylim)
     shade = ax.contourf(gx, gy, pz, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.3)
     fig.colorbar(shade, ax=ax, shrink=0.85, label="P(class 1) from the exported model")
-    _scatter_points(ax, data, model)
+    _scatter_points(ax, data, model, train, val)
     threshold = float(spec.train.threshold)
     # predict() says class 1 when P >= threshold, i.e. when the logit >= logit(threshold).
     level = math.log(threshold / (1.0 - threshold))
@@ -360,7 +373,9 @@ def _draw_boundary(spec, data, model_dir: Path, model, history):
     last = history[-1] if history else {}
     acc = last.get("val_accuracy")
     acc_text = f", {data.val_name} accuracy {acc:.4f}" if acc is not None else ""
-    ax.set_title(f"{spec.name}: decision boundary, epoch {last.get('epoch', '?')}{acc_text}", fontsize=12)
+    shown = "" if len(train[0]) + len(val[0]) == len(data.x_train) + len(data.x_val) else \
+        f"\n{len(train[0]):,} of {len(data.x_train):,} training and {len(val[0]):,} of {len(data.x_val):,} points shown"
+    ax.set_title(f"{spec.name}: decision boundary, epoch {last.get('epoch', '?')}{acc_text}{shown}", fontsize=12)
     return fig
 
 
@@ -377,19 +392,20 @@ def _probability_grid(model, xlim, ylim, n: int = 200):
     return gx, gy, p1.reshape(gx.shape)
 
 
-def _scatter_points(ax, data, model):
+def _scatter_points(ax, data, model, train, val):
+    (x_tr, y_tr), (x_va, y_va) = train, val
     for cls, colour in ((0, CLASS0), (1, CLASS1)):
-        tr = data.y_train == cls
-        ax.scatter(data.x_train[tr, 0], data.x_train[tr, 1], s=10, color=colour, alpha=0.35,
+        tr = y_tr == cls
+        ax.scatter(x_tr[tr, 0], x_tr[tr, 1], s=10, color=colour, alpha=0.35,
                    linewidths=0, label=f"train, class {cls}")
     for cls, colour, marker in ((0, CLASS0, "o"), (1, CLASS1, "^")):
-        va = data.y_val == cls
-        ax.scatter(data.x_val[va, 0], data.x_val[va, 1], s=36, color=colour, marker=marker,
+        va = y_va == cls
+        ax.scatter(x_va[va, 0], x_va[va, 1], s=36, color=colour, marker=marker,
                    edgecolors="black", linewidths=0.7, zorder=3, label=f"{data.val_name}, class {cls}")
-    pred, _ = model.predict(data.x_val, scale=data.scale)
-    wrong = pred != data.y_val
+    pred, _ = model.predict(x_va, scale=data.scale)
+    wrong = pred != y_va
     if wrong.any():
-        ax.scatter(data.x_val[wrong, 0], data.x_val[wrong, 1], s=140, facecolors="none", edgecolors=MISTAKE,
+        ax.scatter(x_va[wrong, 0], x_va[wrong, 1], s=140, facecolors="none", edgecolors=MISTAKE,
                    linewidths=1.8, zorder=4, label=f"{data.val_name} mistakes ({int(wrong.sum())})")
 
 

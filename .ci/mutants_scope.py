@@ -29,12 +29,18 @@ _CORE = ("test_losses_oracle.py", "test_optimizers_oracle.py", "test_sharding.py
          "test_sharding_more.py", "test_state.py", "test_config.py", "test_errors.py", "test_models.py",
          "test_comm.py", "test_loop.py")
 
+# pyarrow readers on small local files (the S3 test starts a server: left out).
+_TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "test_npy*", "test_missing*",
+                                                  "test_a_directory*"))
+
 SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.comm": _CORE,
     "lr_core.config": _CORE,
     # test_properties.py is left out: hypothesis draws new cases each run (a verdict must
     # not depend on luck) and takes seconds per mutant.
-    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py"),
+    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py") + _TABLES,
+    "lr_core.tables": _TABLES + ("test_data.py",),
+    "lr_core.prepared": ("test_prepared.py",),
     "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py"),
     "lr_core.export": ("test_export.py", "test_rundir.py"),
     "lr_core.faults": ("test_faults.py", "test_rundir.py"),

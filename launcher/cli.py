@@ -272,21 +272,35 @@ def _model(run: str):
     return ExportedModel(model)
 
 
-def _read_input(path: str, meta: dict, require_labels: bool):
+def _input_blocks(path: str, meta: dict, require_labels: bool):
+    """The rows of ``path`` in blocks ``(x, y)``, each checked as training data is (the
+    errors name the file's row); ``y`` is None when labels are not required."""
     import numpy as np
 
-    from lr_core.data import apply_label_map, check_features, check_labels, read_features_file
+    from lr_core.data import apply_label_map, check_features, check_labels
+    from lr_core.tables import open_table
 
     label_column = meta.get("label_column") or "label"
-    x, y, columns = read_features_file(path, label_column, require_labels=require_labels)
-    x = check_features(np.asarray(x), str(path), int(meta["num_features"]), columns)
-    if not require_labels:
-        return x, None  # a label column, if the file has one, is not needed to predict
-    if y is not None:
-        if meta.get("label_map"):
-            y = apply_label_map(np.asarray(y, dtype=object), meta["label_map"], str(path))
-        y = check_labels(np.asarray(y), meta["kind"], int(meta["num_classes"]), str(path))
-    return x, y
+    table = open_table(path, label_column, require_labels=require_labels)
+    done = 0
+    for x, y in table.batches():
+        x = check_features(np.asarray(x), str(path), int(meta["num_features"]), table.columns, offset=done)
+        if require_labels:  # a label column, if the file has one, is not needed to predict
+            if meta.get("label_map"):
+                y = apply_label_map(np.asarray(y, dtype=object), meta["label_map"], str(path), offset=done)
+            y = check_labels(np.asarray(y), meta["kind"], int(meta["num_classes"]), str(path), offset=done)
+        else:
+            y = None
+        done += len(x)
+        yield x, y
+
+
+def _read_input(path: str, meta: dict, require_labels: bool):
+    """Every row of ``path`` (checked), in memory."""
+    import numpy as np
+
+    xs, ys = zip(*_input_blocks(path, meta, require_labels))
+    return np.concatenate(xs), (np.concatenate(ys) if require_labels else None)
 
 
 def cmd_predict(args) -> int:
@@ -295,21 +309,29 @@ def cmd_predict(args) -> int:
     from .rundir import atomic_write_text
 
     model = _model(args.run)
-    x, _ = _read_input(args.input, model.meta, require_labels=False)
-    pred, prob = model.predict(x)
-    text = "prediction,probability\n" + "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
+    count = 0
+    for x, _ in _input_blocks(args.input, model.meta, require_labels=False):
+        count += len(x)  # every row is checked before anything is written
+
+    def text():
+        yield "prediction,probability\n"
+        for x, _ in _input_blocks(args.input, model.meta, require_labels=False):
+            pred, prob = model.predict(x)
+            yield "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
+
     if args.output:
         out = Path(args.output)
         if not out.parent.exists():
             raise LrjobInputError(f"--output {out}: folder {out.parent} does not exist")
         try:
-            atomic_write_text(out, text)
+            atomic_write_text(out, text())
         except OSError as e:
             raise LrjobInputError(f"--output {out}: cannot write ({e.strerror or e}); choose a writable path") \
                 from None
-        print(f"wrote {len(pred)} predictions to {out}", file=sys.stderr)
+        print(f"wrote {count} predictions to {out}", file=sys.stderr)
     else:
-        sys.stdout.write(text)
+        for piece in text():
+            sys.stdout.write(piece)
     return 0
 
 

@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -84,15 +85,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, fsynced, then
-    renamed: readers see the old content or the new, never a part."""
+def atomic_write_text(path: Path, text: str | Iterable[str]) -> None:
+    """Write ``text`` (a string, or pieces written as they come) to ``path`` through a
+    temporary file in the same folder, fsynced, then renamed: readers see the old content
+    or the new, never a part."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; others may read a run
         with os.fdopen(fd, "w") as f:
-            f.write(text)
+            for piece in ([text] if isinstance(text, str) else text):
+                f.write(piece)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -141,6 +141,9 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
             elif xf.shape[1] != xw.width:
                 raise DataError(f"{where}: row {done + 1}: {xf.shape[1]} feature columns, earlier rows have "
                                 f"{xw.width}; every row needs the same features")
+            elif np.dtype(stored) != xw.dtype:
+                raise DataError(f"{where}: row {done + 1}: features of type {np.dtype(stored)}, earlier rows "
+                                f"{xw.dtype}; give every file the same column types")
             xw.write(x if stored == np.uint8 else xf)
             yw.write(y)
             done += len(x)

@@ -72,9 +72,9 @@ class Table:
     _batches: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray | None]]] = field(repr=False)
     has_labels: bool = True
 
-    def batches(self, block_rows: int = BLOCK_ROWS) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
-        """``(x, y)`` blocks in file order, at most ``block_rows`` rows each."""
-        return self._batches(block_rows)
+    def batches(self, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+        """``(x, y)`` blocks in file order, at most ``block_rows`` (default ``BLOCK_ROWS``) rows each."""
+        return self._batches(block_rows or BLOCK_ROWS)
 
 
 def _info(fs, inner: str, where: str):

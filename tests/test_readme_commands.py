@@ -461,3 +461,24 @@ def test_parity_command_prints_every_row_and_parity_holds(tmp_path):
     assert (keep / "workers-0" / "summary.json").is_file() and (keep / "workers-2" / "summary.json").is_file()
     env = json.loads((keep / "workers-2" / "env.json").read_text())
     assert env["workers"] == 2 and len({p["pid"] for p in env["placement"]}) == 2
+
+
+def test_predict_streams_blocks_and_writes_nothing_for_a_late_bad_row(trained, tmp_path, capsys, monkeypatch):
+    from lr_core import tables
+
+    monkeypatch.setattr(tables, "BLOCK_ROWS", 4)  # the file is read in blocks of 4 rows
+    run = trained["binary"]
+    good = "x0,x1\n" + "".join(f"{i / 10},{-i / 10}\n" for i in range(10))
+    (tmp_path / "good.csv").write_text(good)
+    code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "good.csv")
+    assert code == 0, err
+    whole = np.loadtxt(tmp_path / "good.csv", delimiter=",", skiprows=1, dtype=np.float32)
+    from lr_core.export import ExportedModel
+
+    pred, prob = ExportedModel(run.path / "model").predict(whole)
+    assert out == "prediction,probability\n" + "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
+    (tmp_path / "bad.csv").write_text(good + "1.0,nan\n")  # row 11: in the third block
+    for extra in ([], ["--output", tmp_path / "preds.csv"]):
+        code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "bad.csv", *extra)
+        assert code == 2 and "row 11, x1: value nan is not finite" in err, err
+        assert out == "" and not (tmp_path / "preds.csv").exists()

@@ -312,6 +312,9 @@ class Driver:
                                                        "HOROVOD_CYCLE_TIME")},
             "startup_seconds": backend.startup_seconds,
             "resumed_from": self.checkpoint["path"] if self.checkpoint else None,
+            # the prepared folder the workers mapped (docs/design.md#prepared-data)
+            "data": {"prepared": self.data.home, "train_rows": int(len(self.data.x_train)),
+                     "val_rows": int(len(self.data.x_val)), "dtype": str(self.data.x_train.dtype)},
         }
 
     def _default_backend(self) -> Backend:

@@ -216,3 +216,22 @@ def test_a_node_without_the_folder_prepares_its_own_copy_and_checks_it(tmp_path)
     shutil.rmtree(ds2.home)
     with pytest.raises(DataError, match="no prepared data on .*data.cache must be storage every node sees"):
         pickle.loads(pickle.dumps(ds2))  # without an origin it cannot prepare
+
+
+def test_a_run_maps_the_prepared_files_and_records_them(tmp_path):
+    """The driver never loads the training rows: it maps the prepared folder, and the run
+    says which one in env.json."""
+    from launcher.driver import Driver
+    from launcher.spec import load_spec
+
+    path = _csv(tmp_path / "d.csv")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: csvjob\nmodel: {kind: binary}\ndata: {source: csv, path: d.csv, cache: cache}\n"
+                   "train: {epochs: 1}\nresources: {workers: 0}\n")
+    spec = load_spec(job)
+    driver = Driver(spec, tmp_path / "run")
+    assert isinstance(driver.data.x_train, np.memmap) and driver.data.home is not None
+    driver.run()
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["data"] == {"prepared": driver.data.home, "train_rows": 180, "val_rows": 20, "dtype": "float32"}
+    assert env["data"]["prepared"].startswith(str(tmp_path / "cache"))

@@ -282,6 +282,11 @@ def _input_blocks(path: str, meta: dict, require_labels: bool):
 
     label_column = meta.get("label_column") or "label"
     table = open_table(path, label_column, require_labels=require_labels)
+    wanted = _trained_columns(meta)
+    if wanted is not None and _named(table.columns) and table.columns != wanted:
+        # The file names its columns and so did the training data: take the model's, in its order.
+        base = _list_column(wanted)
+        table = open_table(path, label_column, require_labels=require_labels, features=base or wanted)
     done = 0
     for x, y in table.batches():
         x = check_features(np.asarray(x), str(path), int(meta["num_features"]), table.columns, offset=done)
@@ -293,6 +298,26 @@ def _input_blocks(path: str, meta: dict, require_labels: bool):
             y = None
         done += len(x)
         yield x, y
+    if not done:
+        raise LrjobInputError(f"{path}: no rows; give at least one row of features")
+
+
+def _named(columns: list[str]) -> bool:
+    """Whether a table's column names are its own (not 'column N' of a file without them)."""
+    import re
+
+    return bool(columns) and not all(re.fullmatch(r"column \d+", c) for c in columns)
+
+
+def _trained_columns(meta: dict) -> list[str] | None:
+    columns = list(meta.get("columns") or [])
+    return columns if _named(columns) else None
+
+
+def _list_column(columns: list[str]) -> str | None:
+    """``pixels`` for the columns ``pixels[0]``, ``pixels[1]``, ... of one list column."""
+    base = columns[0].rsplit("[", 1)[0] if columns[0].endswith("[0]") else None
+    return base if base and columns == [f"{base}[{i}]" for i in range(len(columns))] else None
 
 
 def _read_input(path: str, meta: dict, require_labels: bool):

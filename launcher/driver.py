@@ -127,6 +127,11 @@ class Driver:
         # bad data fails here, before anything is written
         self.data = self.options.data if self.options.data is not None else spec.prepared_data(
             *prepare_feedback(self.reporter))
+        # The prepared folder's name is the content address of the data: a checkpoint
+        # records it, and a resume on other data is refused.
+        self._data_key = Path(self.data.home).name if self.data.home else None
+        if self.checkpoint:
+            _check_resume_data(self.path, self.checkpoint, self._data_key, spec)
         self.backend_factory = self.options.backend_factory or self._default_backend
         self.policy = FailurePolicy(spec.failure.max_failures)
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
@@ -215,7 +220,7 @@ class Driver:
                                                           stop_step=stop)
                         if stop < steps:  # a mid-epoch checkpoint
                             run.write_checkpoint(self.backend.get_state(), digest, self.history,
-                                                 spec.checkpoint.keep)
+                                                 spec.checkpoint.keep, self._data_key)
                         self._step = stop % steps
                     due = (epoch + 1) % every == 0 or epoch + 1 == epochs
                     state = self.backend.get_state() if due else None
@@ -231,7 +236,7 @@ class Driver:
             run.append_metrics(m)
             if state is not None:
                 # persisted before it is reported: a printed epoch is a saved epoch
-                run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep)
+                run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key)
             self.reporter.epoch(m, epochs)
         if state is None:  # resumed at the end already, or the last epoch was not due
             state = self.backend.get_state()
@@ -414,6 +419,16 @@ def _plots(run: RunDir, spec: JobSpec, data, history: list[dict]) -> None:
         write_plots(run.path, spec, data, history)
     except Exception as e:  # noqa: BLE001 - a plot must never fail a finished run
         print(f"lrjob: warning: plots not written ({type(e).__name__}: {e})", file=sys.stderr)
+
+
+def _check_resume_data(path: Path, ckpt: dict, data_key: str | None, spec: JobSpec) -> None:
+    """Refuse a resume whose data is not the checkpoint's, or that would end before it."""
+    if ckpt.get("data_key") and data_key and ckpt["data_key"] != data_key:
+        raise SpecError(f"--resume {path}: the data changed since {Path(ckpt['path']).name} (prepared as "
+                        f"{ckpt['data_key']}, now {data_key}); resuming would mix two datasets: start a new run")
+    if ckpt.get("step") and spec.train.epochs <= ckpt["epochs_done"]:
+        raise SpecError(f"--resume {path}: the newest checkpoint {Path(ckpt['path']).name} is inside epoch "
+                        f"{ckpt['epochs_done'] + 1}; train.epochs must be at least {ckpt['epochs_done'] + 1}")
 
 
 def _resume_checkpoint(path: Path, spec: JobSpec) -> dict:

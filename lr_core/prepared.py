@@ -130,19 +130,20 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
     done = 0
     try:
         for x, y in table.batches(BLOCK_ROWS):
-            (y,) = finish_labels(request, where, y, offset=done)
+            at, off = table.block_where, table.block_offset  # the file and row errors name
+            (y,) = finish_labels(request, at, y, offset=off)
             if len(y) != len(x):
-                raise DataError(f"{where}: {len(x)} feature rows but {len(y)} labels; they must match")
+                raise DataError(f"{at}: {len(x)} feature rows but {len(y)} labels; they must match")
             stored = np.uint8 if np.asarray(x).dtype == np.uint8 else np.float32
-            xf = check_features(np.asarray(x), where, num_features, table.columns, offset=done)
+            xf = check_features(np.asarray(x), at, num_features, table.columns, offset=off)
             if xw is None:
                 xw = _ArrayWriter(out / f"{name}-x.bin", stored, xf.shape[1])
                 yw = _ArrayWriter(out / f"{name}-y.bin", np.int64, None)
             elif xf.shape[1] != xw.width:
-                raise DataError(f"{where}: row {done + 1}: {xf.shape[1]} feature columns, earlier rows have "
+                raise DataError(f"{at}: row {off + 1}: {xf.shape[1]} feature columns, earlier rows have "
                                 f"{xw.width}; every row needs the same features")
             elif np.dtype(stored) != xw.dtype:
-                raise DataError(f"{where}: row {done + 1}: features of type {np.dtype(stored)}, earlier rows "
+                raise DataError(f"{at}: row {off + 1}: features of type {np.dtype(stored)}, earlier rows "
                                 f"{xw.dtype}; give every file the same column types")
             xw.write(x if stored == np.uint8 else xf)
             yw.write(y)

@@ -54,6 +54,8 @@ def segments(start: int, steps: int, every: int) -> list[tuple[int, int]]:
     """The ``[a, b)`` step ranges an epoch of ``steps`` steps runs in, from step ``start``:
     cut at every multiple of ``every`` (mid-epoch checkpoints), or one range when ``every``
     is 0. The cuts do not depend on where a resumed run starts."""
+    if not 0 <= start < max(steps, 1):
+        raise ValueError(f"step {start} is outside an epoch of {steps} steps")
     if not every:
         return [(start, steps)]
     cuts = list(range((start // every + 1) * every, steps, every))

@@ -69,12 +69,21 @@ class Table:
     where: str
     columns: list[str]
     rows: int | None
-    _batches: Callable[[int], Iterator[tuple[np.ndarray, np.ndarray | None]]] = field(repr=False)
+    _batches: Callable[[int], Iterator[tuple]] = field(repr=False)
     has_labels: bool = True
+    # Where the block last yielded comes from: the file (one of a directory's parts) and
+    # the number of that file's rows before it. Errors about a block name these.
+    block_where: str = ""
+    block_offset: int = 0
 
     def batches(self, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """``(x, y)`` blocks in file order, at most ``block_rows`` (default ``BLOCK_ROWS``) rows each."""
-        return self._batches(block_rows or BLOCK_ROWS)
+        done = 0
+        for block in self._batches(block_rows or BLOCK_ROWS):
+            x, y = block[0], block[1]
+            self.block_where, self.block_offset = (block[2], block[3]) if len(block) == 4 else (self.where, done)
+            done += len(x)
+            yield x, y
 
 
 def _info(fs, inner: str, where: str):
@@ -125,8 +134,9 @@ def _glob(fs, pattern: str, where: str) -> list:
         infos = []
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: cannot list ({_first_line(e)}); check the URI and the credentials") from None
-    found = sorted((i for i in infos if i.type == pfs.FileType.File and fnmatch.fnmatch(i.path, pattern)),
-                   key=lambda i: i.path)
+    depth = pattern.count("/")  # a * stays inside one folder, as in a shell
+    found = sorted((i for i in infos if i.type == pfs.FileType.File and i.path.count("/") == depth
+                    and fnmatch.fnmatch(i.path, pattern)), key=lambda i: i.path)
     if not found:
         raise DataError(f"{where}: no file matches this pattern; check data.path")
     return found
@@ -208,8 +218,19 @@ def _open_stream(fs, inner: str, where: str):
         raise DataError(f"{where}: cannot read ({_first_line(e)}); check the path and its permissions") from None
 
 
-def _csv_head(fs, inner: str, where: str) -> list[str] | None:
-    """The first non-empty row of the CSV, as cells (None for an empty file)."""
+def _records(text):
+    """``(first line number, cells)`` of every non-empty CSV record of a text stream."""
+    reader = csv.reader(text)
+    last = 0
+    for row in reader:
+        if row and any(c.strip() for c in row):
+            yield last + 1, row
+        last = reader.line_num
+
+
+def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
+    """The first non-empty record of the CSV as cells (None for an empty file), and the
+    number of physical lines up to its end."""
     with _open_stream(fs, inner, where) as f:
         head = f.read(1 << 20)
     try:
@@ -219,12 +240,13 @@ def _csv_head(fs, inner: str, where: str) -> list[str] | None:
             raise DataError(f"{where}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from None
         text = head[:e.start].decode("utf-8-sig")
     try:
-        for row in csv.reader(io.StringIO(text)):
+        reader = csv.reader(io.StringIO(text))
+        for row in reader:
             if row and any(c.strip() for c in row):
-                return row
+                return row, reader.line_num
     except csv.Error as e:
         raise DataError(f"{where}: malformed CSV ({e})") from None
-    return None
+    return None, 0
 
 
 def _csv_table(fs, inner: str, where: str, label_column: str | None, require_labels: bool,
@@ -232,7 +254,7 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    first = _csv_head(fs, inner, where)
+    first, first_end = _csv_head(fs, inner, where)
     if first is None:
         raise DataError(f"{where}: empty file; the dataset needs a header and at least one row")
     # A header row has no number in it; a data row with a bad cell is reported as such.
@@ -250,6 +272,7 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
     feat_idx = [j for j in range(width) if j != label_idx]
     if features is not None:
         wanted = [features] if isinstance(features, str) else list(features)
+        _not_the_label(wanted, label_column if label_idx is not None else None, where)
         missing = [c for c in wanted if header is None or c not in header]
         if missing:
             raise DataError(f"{where}: no column {missing[0]!r} for data.features (columns: "
@@ -257,10 +280,15 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
         feat_idx = [header.index(c) for c in wanted]
     columns = [header[j] for j in feat_idx] if header else [f"column {j + 1}" for j in feat_idx]
     internal = [f"c{j}" for j in range(width)]
+    types = {internal[j]: pa.float32() for j in feat_idx}
+    if label_idx is not None:  # labels as text: a block's guess of their type cannot refuse a later one
+        types[internal[label_idx]] = pa.string()
     convert = pcsv.ConvertOptions(
-        column_types={internal[j]: pa.float32() for j in feat_idx}, null_values=[], strings_can_be_null=False,
+        column_types=types, null_values=[], strings_can_be_null=False,
         include_columns=[internal[j] for j in feat_idx] + ([internal[label_idx]] if label_idx is not None else []))
-    read = pcsv.ReadOptions(column_names=internal, skip_rows=1 if header else 0, block_size=_CSV_BLOCK_BYTES)
+    # skip_rows counts physical lines, blank ones included: through the header, or up to the first row.
+    skip = first_end if header else first_end - 1
+    read = pcsv.ReadOptions(column_names=internal, skip_rows=skip, block_size=_CSV_BLOCK_BYTES)
 
     def batches(block_rows: int):
         rows = 0
@@ -288,6 +316,12 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
     return Table(where, columns, None, batches, has_labels=label_idx is not None)
 
 
+def _not_the_label(features: list[str], label_column: str | None, where: str) -> None:
+    if label_column is not None and label_column in features:
+        raise DataError(f"{where}: data.features names the label column {label_column!r}; a model must not "
+                        f"see its own label: remove it from data.features")
+
+
 def _labels(col) -> np.ndarray:
     """A label column as float64 when every value is a number, else an object array."""
     import pyarrow as pa
@@ -306,11 +340,10 @@ def _diagnose_csv(fs, inner: str, where: str, header, width: int, feat_idx: list
     try:
         with _open_stream(fs, inner, where) as f:
             text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
-            rows = (r for r in csv.reader(text) if r and any(c.strip() for c in r))
+            rows = _records(text)
             if header is not None:
                 next(rows, None)
-            for i, r in enumerate(rows):
-                line = i + (2 if header else 1)
+            for line, r in rows:
                 if len(r) != width:
                     raise DataError(f"{where}: line {line} has {len(r)} columns, expected {width}; fix the row")
                 for k, j in enumerate(feat_idx):
@@ -344,6 +377,7 @@ def _parquet_table(fs, files: list[str], where: str, label_column: str | None, r
         feats = [n for n in names if n != label_column]
     else:
         feats = [features] if isinstance(features, str) else list(features)
+        _not_the_label(feats, label_column if has_label else None, where)
         for c in feats:
             if c not in names:
                 raise DataError(f"{where}: no column {c!r} for data.features (columns: {', '.join(names[:8])}"
@@ -365,23 +399,26 @@ def _parquet_table(fs, files: list[str], where: str, label_column: str | None, r
         except Exception as e:  # noqa: BLE001
             raise DataError(f"{where}: {f}: not a readable Parquet file ({_first_line(e)})") from None
 
+    scheme = where.split("://", 1)[0] + "://" if is_uri(where) else ""
+
     def batches(block_rows: int):
-        done = 0
         for f in files:
+            name = where if len(files) == 1 else scheme + f  # errors name the part file
+            done = 0
             try:
                 pf = pq.ParquetFile(f, filesystem=fs)
                 for batch in pf.iter_batches(batch_size=block_rows, columns=read_cols):
                     if list_col is not None:
-                        x = _list_block(batch.column(list_col), where, list_col, done)
+                        x = _list_block(batch.column(list_col), name, list_col, done)
                     else:
-                        x = np.column_stack([_numeric(batch.column(c), where, c, done) for c in feats])
+                        x = np.column_stack([_numeric(batch.column(c), name, c, done) for c in feats])
                     y = _labels(batch.column(label_column)) if has_label else None
+                    yield x, y, name, done
                     done += batch.num_rows
-                    yield x, y
             except DataError:
                 raise
             except Exception as e:  # noqa: BLE001 - a damaged file, a schema that differs
-                raise DataError(f"{where}: {f}: cannot read ({_first_line(e)}); every file needs the same "
+                raise DataError(f"{name}: cannot read ({_first_line(e)}); every file needs the same "
                                 f"columns") from None
 
     if list_col is not None:

@@ -482,3 +482,37 @@ def test_predict_streams_blocks_and_writes_nothing_for_a_late_bad_row(trained, t
         code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "bad.csv", *extra)
         assert code == 2 and "row 11, x1: value nan is not finite" in err, err
         assert out == "" and not (tmp_path / "preds.csv").exists()
+
+
+def test_predict_and_evaluate_take_the_trained_columns_by_name(tmp_path, capsys):
+    """A model trained on data.features [b, a] reads those columns, in that order, from
+    any file that names its columns, whatever their order there."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(4)
+    a, b, noise = rng.standard_normal(200), rng.standard_normal(200), rng.standard_normal(200)
+    label = (2 * b - a > 0).astype(int)
+    pq.write_table(pa.table({"a": a, "noise": noise, "b": b, "label": label}), tmp_path / "t.parquet")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: ab\nmodel: {kind: binary}\ndata: {source: parquet, path: t.parquet, features: [b, a], "
+                   "cache: c, val_fraction: 0.5}\ntrain: {epochs: 20, learning_rate: 0.5}\nresources: {workers: 0}\n")
+    run = run_job(load_spec(job), output=tmp_path / "run")
+    code, own, err = cli(capsys, "evaluate", run.path, "--json")
+    assert code == 0, err
+    lines = ["label,noise,a,b"] + [f"{l},{n},{x},{y}" for l, n, x, y in zip(label, noise, a, b)]
+    (tmp_path / "shuffled.csv").write_text("\n".join(lines) + "\n")
+    code, out, err = cli(capsys, "evaluate", run.path, "--data", tmp_path / "shuffled.csv", "--json")
+    assert code == 0, err
+    assert json.loads(out)["accuracy"] > 0.9 and json.loads(own)["accuracy"] > 0.9
+    code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "shuffled.csv")
+    from lr_core.export import ExportedModel
+
+    pred, _ = ExportedModel(run.path / "model").predict(np.column_stack([b, a]).astype(np.float32))
+    assert code == 0 and _read_predictions(out)[0].tolist() == pred.tolist()
+    (tmp_path / "no_b.csv").write_text("a,label\n1,0\n")
+    code, _, err = cli(capsys, "evaluate", run.path, "--data", tmp_path / "no_b.csv")
+    assert code == 2 and "no column 'b'" in err
+    np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
+    code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "empty.npy")
+    assert code == 2 and out == "" and "empty.npy: no rows" in err, err

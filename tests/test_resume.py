@@ -199,3 +199,30 @@ def test_a_restart_continues_from_the_mid_epoch_checkpoint(tmp_path):
     for name in full.params:
         assert np.array_equal(full.params[name], done.params[name]), name
     assert [h["train_loss"] for h in done.history] == [h["train_loss"] for h in full.history]
+
+
+def test_a_resume_on_other_data_or_ending_inside_a_checkpointed_epoch_is_refused(tmp_path):
+    from lr_core.errors import SpecError
+
+    lines = [f"{i % 7 / 7},{i % 3 / 3},{i % 2}\n" for i in range(300)]
+    rows = "".join(lines)
+    (tmp_path / "d.csv").write_text("a,b,label\n" + rows)
+    job = tmp_path / "job.yaml"
+    job.write_text("name: r\nmodel: {kind: binary}\ndata: {source: csv, path: d.csv, cache: c}\n"
+                   "train: {epochs: 2, batch_size: 16}\nresources: {workers: 0}\n"
+                   "checkpoint: {every_steps: 5}\n")
+    spec = load_spec(job)
+    ran = []
+    with pytest.raises(WorkerFailure):
+        _segment_run(spec, ran, fail_at=[(1, 0)], output=tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run")["step"] == 0  # epoch-0001: the epoch end
+    with pytest.raises(WorkerFailure):
+        _segment_run(spec, ran, fail_at=[(1, 10)], resume=tmp_path / "run")
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert (ckpt["epochs_done"], ckpt["step"]) == (1, 10) and ckpt["data_key"].startswith("csv-")
+    with pytest.raises(SpecError, match=r"inside epoch 2; train.epochs must be at least 2"):
+        run_job(load_spec(job, ["train.epochs=1"]), resume=tmp_path / "run")
+    (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(lines[:150]))
+    with pytest.raises(SpecError, match=r"the data changed since epoch-0001-step-00000010 .* start a new run"):
+        run_job(load_spec(job), resume=tmp_path / "run")
+    assert latest_checkpoint(tmp_path / "run")["step"] == 10, "a refused resume writes nothing"

@@ -99,8 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--data", action="store_true", help="also load and check the data")
 
     pp = _sub(subs, "prepare", "convert a job's data once into its prepared, memory-mapped form")
-    _add_spec_args(pp)
-    pp.add_argument("--json", action="store_true", help="print the manifest's summary as JSON")
+    pp.description = (
+        "Reads the job's data source once, in blocks, checks every row as training does, and writes\n"
+        "its rows as raw arrays that every worker memory-maps, with a SHA-256 per 64 MB shard, into\n"
+        "<data.cache>/<source>-<key>/ (default data.cache: $LRJOB_DATA_HOME/prepared, else\n"
+        "~/.cache/lrjob/prepared). The key hashes the data section, seed, model kind and the source\n"
+        "files' names, sizes and times: an unchanged job reuses its folder (after checking it), a\n"
+        "changed one prepares anew. lrjob run prepares on first use too. Removing the cache folder\n"
+        "is safe; --clean does it for you.")
+    pp.add_argument("job", nargs="?", help="job spec YAML (optional with --list/--clean)")
+    pp.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a spec field, e.g. --set data.cache=/shared/prepared (repeatable)")
+    pp.add_argument("--json", action="store_true", help="print the result as JSON")
+    g = pp.add_mutually_exclusive_group()
+    g.add_argument("--list", action="store_true", help="list the prepared folders of the cache (JOB's data.cache, "
+                                                      "else the default) with their size and origin")
+    g.add_argument("--clean", action="store_true", help="remove the cache's prepared folders (all but JOB's "
+                                                       "current one, when JOB is given)")
 
     _sub(subs, "doctor", "check MXNet, the Horovod build, Ray and the data cache").add_argument(
         "--gpu", action="store_true", help="also check the GPU stack (CUDA MXNet, NCCL)")
@@ -177,8 +192,11 @@ def cmd_run(args) -> int:
     try:
         run_job(spec, args.output, resume=args.resume, reporter=reporter,
                 options=DriverOptions(address=args.address, runs_dir=args.runs_dir))
-    except KeyboardInterrupt:
-        sys.stderr.write("lrjob: interrupted; the last checkpoint is kept\n")
+    except KeyboardInterrupt as e:
+        if getattr(e, "resume", None):
+            sys.stderr.write(f"lrjob: interrupted; checkpoint {e.checkpoint} is kept; continue with: {e.resume}\n")
+        else:
+            sys.stderr.write("lrjob: interrupted before the first checkpoint; run the job again\n")
         return 130
     return 0
 
@@ -234,6 +252,8 @@ def cmd_prepare(args) -> int:
 
     from .report.progress import prepare_feedback
 
+    if args.list or args.clean:
+        return _prepare_cache_command(args)
     spec = _load(args)
     t0 = time.perf_counter()
     home = spec.prepare_data(*prepare_feedback())
@@ -248,6 +268,33 @@ def cmd_prepare(args) -> int:
         print(home)
         print(f"# {info['train_rows']} train / {info['val_rows']} {d.val_name} rows, {d.num_features} features "
               f"({info['dtype']}), {size / 1e6:.1f} MB, {info['seconds']:.1f} s", file=sys.stderr)
+    return 0
+
+
+def _prepare_cache_command(args) -> int:
+    """``lrjob prepare --list`` / ``--clean``."""
+    from lr_core.prepared import cache_entries, clean_cache, default_cache
+
+    from .report.progress import prepare_feedback
+
+    spec = _load(args) if args.job else None
+    cache = spec.data.cache if spec is not None else None
+    root = Path(cache).expanduser() if cache else default_cache()
+    if args.list:
+        entries = cache_entries(root)
+        if args.json:
+            print(json.dumps(entries))
+            return 0
+        print(f"# {root}: {len(entries)} prepared folder(s), {sum(e['bytes'] for e in entries) / 1e6:.1f} MB")
+        for e in entries:
+            rows = f"{e['rows'][0]}+{e['rows'][1]} rows" if e["rows"] else "damaged"
+            when = time.strftime("%Y-%m-%d %H:%M", time.localtime(e["modified"]))
+            print(f"{Path(e['path']).name}  {rows}  {e['bytes'] / 1e6:.1f} MB  {when}  {e['from'] or ''}")
+        return 0
+    keep = {str(spec.prepare_data(*prepare_feedback()))} if spec is not None else set()
+    removed = clean_cache(root, keep)
+    print(json.dumps({"removed": removed, "kept": sorted(keep)}) if args.json else
+          f"removed {len(removed)} prepared folder(s) from {root}" + (f"; kept {next(iter(keep))}" if keep else ""))
     return 0
 
 

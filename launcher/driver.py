@@ -30,7 +30,7 @@ import numpy as np
 
 from lr_core import faults
 from lr_core.data import Dataset
-from lr_core.errors import LrjobError, SpecError, WorkerFailure
+from lr_core.errors import DataError, LrjobError, SpecError, WorkerFailure
 from lr_core.sharding import num_batches, segments
 
 from .backends import Backend
@@ -162,11 +162,13 @@ class Driver:
                 stack.callback(self._shutdown_backend)
                 stack.callback(_cleanup_fault_point, self)     # first (tests only)
                 return self._train()
-            except KeyboardInterrupt:
+            except KeyboardInterrupt as e:
                 _second_interrupt_exits()
                 self.status = {"status": "interrupted"}
-                if self.run_dir is not None and self.run_dir.latest_checkpoint():
+                last = self.run_dir.latest_checkpoint() if self.run_dir is not None else None
+                if last:
                     self.status["resume"] = _resume_command(self.path)
+                    e.checkpoint, e.resume = Path(last["path"]).name, self.status["resume"]  # for the CLI's last line
                 raise
             except LrjobError as e:
                 if self.run_dir is not None and isinstance(e, WorkerFailure):
@@ -189,6 +191,11 @@ class Driver:
         if self.checkpoint:
             run.rewrite_metrics(self.history)
         self.reporter.header(self.spec, self.data, self.backend, self.path)
+        if self.checkpoint:
+            c = self.checkpoint
+            where = f"epoch {c['epochs_done'] + 1}, step {c['step'] + 1}" if c.get("step") else \
+                f"epoch {c['epochs_done'] + 1}"
+            self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
         self.status = {"status": "running"}
         self._write_summary()
         state = self._epochs()
@@ -345,6 +352,7 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     comm.barrier()
     if data is None:  # rank 0 has just checked every shard
         data = spec.prepared_data(checksums=False)
+    _same_data_on_every_rank(comm, data)
     cfg = spec.loop_config()
     gpus = spec.resources.gpus_per_worker
     if comm.rank == 0:
@@ -365,6 +373,22 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
             backend.run_epoch(epoch, start_step=a, stop_step=b)
         step = 0
     return 0
+
+
+def _same_data_on_every_rank(comm, data: Dataset) -> None:
+    """Every rank's prepared copy must hold rank 0's rows (a node without the shared
+    folder prepares its own): compare the shards' checksums through one allreduce."""
+    import hashlib
+
+    digests = (data.extra.get("origin") or (None, None, []))[2]
+    mine = np.frombuffer(hashlib.sha256("".join(digests).encode()).digest(), dtype=np.uint8).astype(np.float64)
+    table = np.zeros((comm.size, mine.size))
+    table[comm.rank] = mine
+    table = comm.allreduce_sum(table, name="prepared.digests")
+    differ = [r for r in range(comm.size) if not np.array_equal(table[r], table[0])]
+    if differ:
+        raise DataError(f"rank {differ[0]}: its prepared data differs from rank 0's ({data.home}); every node "
+                        f"must read the same source: put data.cache on storage every node sees")
 
 
 def _cleanup_fault_point(driver: Driver) -> None:

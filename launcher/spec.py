@@ -362,6 +362,9 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
 
 def _cross_checks(raw: dict) -> None:
     d, m = raw["data"], raw["model"]
+    if d["cache"] and "://" in d["cache"]:
+        raise SpecError(f"data.cache: {d['cache']}: must be a directory every node sees (a local or shared "
+                        f"file system), not a URI; the source (data.path) may be a URI")
     # Options, data.path, model.kind and class count: the rules each source declares.
     check_source_spec(d["source"], kind=m["kind"], num_classes=m["num_classes"], path=d["path"],
                       label_map=d["label_map"], options=d["options"])

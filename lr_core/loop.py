@@ -69,6 +69,7 @@ class TrainingLoop:
         self.step = 0
         self._done_losses: list[np.ndarray] = []
         self._done_seconds = 0.0
+        self._done_rows = 0  # rows of the epoch trained in this process (a resumed epoch: fewer)
 
         self.net = build_model(cfg, data.num_features, self.ctx)
         self.comm.broadcast_parameters(self.net.collect_params())
@@ -101,7 +102,7 @@ class TrainingLoop:
         steps = len(global_sizes)
         stop = steps if stop_step is None else min(int(stop_step), steps)
         if start_step == 0:
-            self._done_losses, self._done_seconds = [], 0.0
+            self._done_losses, self._done_seconds, self._done_rows = [], 0.0, 0
         elif start_step != self.step:
             raise ValueError(f"epoch {epoch + 1}: segment starts at step {start_step}, the loop is at {self.step}")
         t0 = time.perf_counter()
@@ -145,15 +146,16 @@ class TrainingLoop:
                 f"loss became {per_step[step - start_step]} at epoch {epoch + 1}, step {step + 1} of {steps}; "
                 f"lower train.learning_rate (now {cfg.learning_rate:g}) or check the data scale")
         self._done_losses.append(per_step)
+        self._done_rows += int(global_sizes[start_step:stop].sum())
         if stop < steps:
             self.step = stop
             return {"partial": True, "epoch": epoch + 1, "step": stop, "steps": steps}
         per_step = np.concatenate(self._done_losses)
-        train_seconds = self._done_seconds
-        self.step, self._done_losses, self._done_seconds = 0, [], 0.0
+        train_seconds, rows = self._done_seconds, self._done_rows
+        self.step, self._done_losses, self._done_seconds, self._done_rows = 0, [], 0.0, 0
         self.epochs_done = epoch + 1
         return {"train_loss": float(per_step.sum() / n), "train_seconds": train_seconds,
-                "steps": steps, "local_rows": int(len(idx))}
+                "steps": steps, "local_rows": int(len(idx)), "timed_rows": rows}
 
     # ------------------------------------------------------------------ evaluation
     def evaluate(self, epoch: int | None = None) -> dict:
@@ -200,7 +202,7 @@ class TrainingLoop:
         out.update({f"val_{k}" if k in ("accuracy", "precision", "recall", "f1", "auc", "macro_f1") else k: v
                     for k, v in ev.items() if k != "n"})
         out.update({"epoch_seconds": seconds, "train_seconds": tr["train_seconds"],
-                    "samples_per_s": len(self.data.x_train) / tr["train_seconds"] if tr["train_seconds"] else 0.0,
+                    "samples_per_s": tr["timed_rows"] / tr["train_seconds"] if tr["train_seconds"] else 0.0,
                     "steps": tr["steps"]})
         return out
 
@@ -225,7 +227,7 @@ class TrainingLoop:
         self.epochs_done = int(state["epochs_done"])
         self.step = int(state.get("step", 0))
         losses = np.asarray(state.get("step_losses", []), dtype=np.float64)
-        self._done_losses, self._done_seconds = ([losses] if self.step else []), 0.0
+        self._done_losses, self._done_seconds, self._done_rows = ([losses] if self.step else []), 0.0, 0
 
 
 def _device_array(x: np.ndarray, ctx: mx.Context) -> mx.nd.NDArray:

@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -39,10 +40,10 @@ import numpy as np
 from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
                    finish_labels)
 from .errors import DataError
-from .tables import BLOCK_ROWS, fingerprint, is_uri, open_table
+from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
 
 __all__ = ["prepare", "open_prepared", "prepared_dataset", "reopen", "verify", "dataset_key", "FORMAT",
-           "SHARD_BYTES", "default_cache"]
+           "SHARD_BYTES", "default_cache", "cache_entries", "clean_cache"]
 
 FORMAT = 1
 SHARD_BYTES = 64 << 20
@@ -56,11 +57,11 @@ def default_cache() -> Path:
     return data_home() / "prepared"
 
 
-def _source_files(request: LoadRequest) -> list:
+def _source_files(request: LoadRequest, root: Path | None = None) -> list:
     files = []
     for p in (request.path, request.val_path):
         if p:
-            files.append(fingerprint(p))
+            files.append(fingerprint(p, exclude=str(root) if root else None))
     if request.source in ("mnist", "fashion-mnist") and not request.path:
         d = data_home() / request.source
         files.append([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(d.glob("*")) if f.is_file()]
@@ -216,7 +217,7 @@ def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
     if request.source in _TABLE_SOURCES:
         xe, ye, columns = _stream_table(request, request.path, out, "all" if not request.val_path else "train",
                                         None, progress)
-        where = str(request.path)
+        where = display(request.path)
         if request.val_path:
             vx, vy, _ = _stream_table(request, request.val_path, out, "val", xe["shape"][1], progress)
             entries = {"train-x": xe, "train-y": ye, "val-x": vx, "val-y": vy}
@@ -244,7 +245,7 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
         raise DataError(f"data.cache: {cache}: must be a directory every node can see (a local or shared "
                         f"file system); the source itself may be a URI")
     root = Path(cache).expanduser() if cache else default_cache()
-    files = _source_files(request)
+    files = _source_files(request, root)
     key = dataset_key(request, files)
     final = root / f"{request.source}-{key}"
     if final.is_dir():
@@ -256,7 +257,9 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
         _remove(final)
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{request.source}-{key}-", dir=root))
+        _sweep(root)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{request.source}-{key}-{_HOST}-{os.getpid()}-", dir=root))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared cache is read by others
     except OSError as e:
         raise DataError(f"data.cache: cannot write {root} ({e.strerror or e}); set data.cache (or "
                         f"LRJOB_DATA_HOME) to a writable directory") from None
@@ -277,6 +280,40 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
         _remove(tmp)
         raise
     return final
+
+
+_HOST = socket.gethostname().replace("-", "_")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _sweep(root: Path) -> None:
+    """Remove the temporary folders of preparations that died on this host (killed, out
+    of memory): their process is gone. Another host's are left alone."""
+    for p in root.glob(".tmp-*"):
+        parts = p.name.split("-")
+        try:
+            host, pid = parts[-3], int(parts[-2])
+        except (IndexError, ValueError):
+            continue
+        if host == _HOST and not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+    for p in root.glob(".del-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -381,11 +418,16 @@ def reopen(home: str, origin=None) -> Dataset:
     node sees it; else, with its origin, this node's own preparation, accepted only when
     every shard's checksum equals the original's (the same rows, the same order)."""
     if (Path(home) / "manifest.json").is_file() or origin is None:
-        return open_prepared(home, check=False)
+        ds = open_prepared(home, check=False)
+        if origin is not None and _digests(_manifest(Path(home))) != origin[2]:
+            raise DataError(f"{socket.gethostname()}: {home} differs from the driver's copy (prepared again "
+                            f"since?); run the job again")
+        return ds
     request, cache, digests = origin
-    import socket
-
-    local = prepare(request, cache)
+    try:
+        local = prepare(request, cache)
+    except DataError as e:
+        raise DataError(f"{socket.gethostname()}: preparing this node's copy: {e}") from None
     if _digests(_manifest(local)) != digests:
         raise DataError(f"{socket.gethostname()}: the data prepared here ({local}) differs from the driver's "
                         f"({home}); every node must read the same source: put data.cache on storage every "
@@ -398,8 +440,6 @@ def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
     """The prepared dataset at ``path`` as read-only memory maps (``check``: sizes first)."""
     path = Path(path)
     if not path.is_dir():
-        import socket
-
         raise DataError(f"{path}: no prepared data on {socket.gethostname()}; data.cache must be storage "
                         f"every node sees at the same path, or run `lrjob prepare JOB` on this node")
     m = _manifest(path)
@@ -425,3 +465,39 @@ def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
                    description=m.get("description", ""), val_name=m.get("val_name", "validation"),
                    extra={"columns": m.get("columns") or [], "prepared": str(path)}, scale=m.get("scale"),
                    home=str(path))
+
+
+# --------------------------------------------------------------------------- the cache
+def cache_entries(cache: str | os.PathLike | None = None) -> list[dict]:
+    """Every prepared folder under ``cache``: name, source, rows, bytes, when it was made,
+    and what it was prepared from (oldest first)."""
+    root = Path(cache).expanduser() if cache else default_cache()
+    out = []
+    for p in sorted(root.glob("*"), key=lambda p: p.stat().st_mtime if p.exists() else 0):
+        if not p.is_dir() or p.name.startswith("."):
+            continue
+        try:
+            m = _manifest(p)
+            rows = [m["arrays"]["train-x"]["shape"][0], m["arrays"]["val-x"]["shape"][0]]
+        except (DataError, KeyError, TypeError):
+            m, rows = {}, None
+        out.append({"path": str(p), "source": m.get("source"), "rows": rows,
+                    "bytes": sum(f.stat().st_size for f in p.iterdir() if f.is_file()),
+                    "modified": p.stat().st_mtime, "from": m.get("description")})
+    return out
+
+
+def clean_cache(cache: str | os.PathLike | None = None, keep: set[str] = frozenset()) -> list[str]:
+    """Remove every prepared folder under ``cache`` but those in ``keep``, and temporary
+    folders of preparations that died on this host; returns the removed paths. A run that
+    is using a removed folder keeps its open maps; the next run prepares again."""
+    root = Path(cache).expanduser() if cache else default_cache()
+    if not root.is_dir():
+        return []
+    _sweep(root)
+    removed = []
+    for entry in cache_entries(root):
+        if entry["path"] not in keep:
+            _remove(Path(entry["path"]))
+            removed.append(entry["path"])
+    return removed

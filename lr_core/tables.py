@@ -30,7 +30,7 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["Table", "open_table", "resolve", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint"]
+__all__ = ["Table", "open_table", "resolve", "display", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint"]
 
 BLOCK_ROWS = 65536          # rows per block a table yields
 _CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads CSV in blocks of this many bytes
@@ -39,6 +39,18 @@ _CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads CSV in blocks of this many bytes
 def is_uri(path: str) -> bool:
     """Whether ``path`` names a URI (``scheme://...``) rather than a local path."""
     return "://" in str(path)
+
+
+def display(path: str | os.PathLike) -> str:
+    """``path`` as messages and files show it: a URI without its query (endpoint options)
+    and without any ``user:secret@`` part."""
+    text = str(path)
+    if not is_uri(text):
+        return os.path.abspath(os.path.expanduser(text))
+    scheme, rest = text.split("://", 1)
+    rest = rest.split("?", 1)[0]
+    host, sep, tail = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{sep}{tail}"
 
 
 def resolve(path: str | os.PathLike):
@@ -52,9 +64,11 @@ def resolve(path: str | os.PathLike):
     try:
         fs, inner = pfs.FileSystem.from_uri(text)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError / ValueError
-        raise DataError(f"{text}: cannot open this URI ({_first_line(e)}); use s3://, gs://, hdfs:// "
-                        f"or file://, with credentials in the environment") from None
-    return fs, inner, text.split("?", 1)[0]
+        raise DataError(f"{display(text)}: cannot open this URI ({_first_line(e).split('?')[0]}); check its "
+                        f"scheme (s3://, gs://, hdfs://, file://), its options (a server other than AWS: "
+                        f"?endpoint_override=host:port&scheme=http) and the credentials in the environment"
+                        ) from None
+    return fs, inner, display(text)
 
 
 def _first_line(e: BaseException) -> str:
@@ -92,16 +106,17 @@ def _info(fs, inner: str, where: str):
     try:
         info = fs.get_file_info(inner)
     except Exception as e:  # noqa: BLE001 - e.g. no credentials, unreachable endpoint
-        raise DataError(f"{where}: cannot reach ({_first_line(e)}); check the URI, the endpoint and "
-                        f"the credentials") from None
+        raise DataError(f"{where}: cannot reach ({_first_line(e)}); check the URI, its endpoint (a server other "
+                        f"than AWS: ?endpoint_override=host:port&scheme=http) and the credentials") from None
     if info.type == pfs.FileType.NotFound:
         raise DataError(f"{where}: file not found; check data.path / --input")
     return info
 
 
-def fingerprint(path: str | os.PathLike) -> list:
+def fingerprint(path: str | os.PathLike, exclude: str | None = None) -> list:
     """What identifies the current content of ``path`` cheaply: for every file behind it
-    (a directory or glob has several), its name, size and modification time."""
+    (a directory or glob has several), its name, size and modification time. Files under
+    the local folder ``exclude`` (a cache kept inside the data's folder) do not count."""
     import pyarrow.fs as pfs
 
     fs, inner, where = resolve(path)
@@ -116,7 +131,8 @@ def fingerprint(path: str | os.PathLike) -> list:
                                 if i.type == pfs.FileType.File), key=lambda i: i.path)
     except DataError:
         return [[where, "unreadable"]]  # the reader reports the problem in its own words
-    return [[i.path, i.size, i.mtime_ns] for i in infos]
+    skip = os.path.join(os.path.abspath(exclude), "") if exclude and not is_uri(str(path)) else None
+    return [[i.path, i.size, i.mtime_ns] for i in infos if not (skip and i.path.startswith(skip))]
 
 
 def _has_glob(p: str) -> bool:
@@ -149,8 +165,9 @@ def _dir_files(fs, inner: str, where: str) -> list:
     files = sorted((i for i in infos if i.type == pfs.FileType.File and i.path.lower().endswith((".parquet", ".pq"))),
                    key=lambda i: i.path)
     if not files:
-        raise DataError(f"{where}: is a directory without .parquet files; point data.path at a .csv, "
-                        f".parquet, .npz or .npy file, or a directory of Parquet files")
+        found = sorted(PurePosixPath(i.path).name for i in infos if i.type == pfs.FileType.File)[:5]
+        raise DataError(f"{where}: a directory needs .parquet files, or x.npy and y.npy (found: "
+                        f"{', '.join(found) or 'nothing'}); or point data.path at a .csv, .parquet or .npz file")
     return files
 
 

@@ -164,6 +164,17 @@ def test_label_errors_name_the_file_row_across_blocks(tmp_path, monkeypatch):
         prepare(_req(path=str(path)), tmp_path / "cache")
 
 
+def test_credentials_and_endpoint_options_never_reach_messages_or_files(tmp_path):
+    from lr_core.tables import display
+
+    uri = "s3://KEY:SECRET@bucket/dir/t.parquet?endpoint_override=127.0.0.1:1&scheme=http&access_key=SECRET"
+    assert display(uri) == "s3://bucket/dir/t.parquet"
+    with pytest.raises(DataError) as err:
+        prepare(_req("parquet", path=uri), tmp_path / "cache")
+    assert "SECRET" not in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).startswith("s3://bucket/dir/t.parquet: cannot")
+
+
 def test_the_cache_must_be_a_directory(tmp_path):
     path = _csv(tmp_path / "d.csv")
     with pytest.raises(DataError, match="data.cache: s3://b/c: must be a directory every node can see"):
@@ -235,3 +246,31 @@ def test_a_run_maps_the_prepared_files_and_records_them(tmp_path):
     env = json.loads((tmp_path / "run" / "env.json").read_text())
     assert env["data"] == {"prepared": driver.data.home, "train_rows": 180, "val_rows": 20, "dtype": "float32"}
     assert env["data"]["prepared"].startswith(str(tmp_path / "cache"))
+
+
+def test_horovodrun_ranks_compare_their_prepared_copies(tmp_path):
+    """Under horovodrun each rank maps its own node's folder: one allreduce of the shards'
+    checksums proves every rank holds rank 0's rows, else every rank stops."""
+    import hashlib
+
+    from launcher.driver import _same_data_on_every_rank
+    from lr_core.prepared import prepared_dataset
+
+    ds = prepared_dataset(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
+    other = prepared_dataset(_req(path=str(_csv(tmp_path / "e.csv", seed=5))), tmp_path / "cache")
+
+    class TwoRanks:  # rank 1 of 2; rank 0 holds ``first``
+        size, rank = 2, 1
+
+        def __init__(self, first):
+            digest = hashlib.sha256("".join(first.extra["origin"][2]).encode()).digest()
+            self.row0 = np.frombuffer(digest, dtype=np.uint8).astype(np.float64)
+
+        def allreduce_sum(self, table, name):
+            out = table.copy()
+            out[0] += self.row0
+            return out
+
+    _same_data_on_every_rank(TwoRanks(ds), ds)
+    with pytest.raises(DataError, match=r"rank 1: its prepared data differs from rank 0's"):
+        _same_data_on_every_rank(TwoRanks(other), ds)

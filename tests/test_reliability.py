@@ -249,8 +249,10 @@ def test_sigint_on_in_process_run_finishes_the_cleanup(tmp_path):
     run.wait_for(lambda e: e["event"] == "epoch" and e["epoch"] >= 2)
     run.proc.send_signal(signal.SIGINT)
     assert run.finish(timeout=60) == 130
-    assert "lrjob: interrupted; the last checkpoint is kept" in run.stderr
-    assert json.loads((out / "summary.json").read_text())["status"] == "interrupted"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    last = list_checkpoints(out)[-1].name
+    assert f"lrjob: interrupted; checkpoint {last} is kept; continue with: {summary['resume']}" in run.stderr
 
 
 def test_resume_is_bit_identical_in_process(tmp_path):

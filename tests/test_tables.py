@@ -116,7 +116,7 @@ def test_parquet_errors(tmp_path, make, kw, message):
 
 def test_a_directory_without_tables_is_refused(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(DataError, match="is a directory without .parquet files"):
+    with pytest.raises(DataError, match=r"a directory needs .parquet files, or x.npy and y.npy \(found: notes.txt\)"):
         _read(tmp_path)
 
 

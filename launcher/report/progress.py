@@ -55,7 +55,7 @@ class Reporter:
             f"  model    {m.kind} ({'1 logit' if m.kind == 'binary' else str(m.num_classes) + ' classes'}), "
             f"hidden layers: {hidden}",
             f"  data     {data.source}: {len(data.x_train)} train / {len(data.x_val)} {data.val_name} rows, "
-            f"{data.num_features} features",
+            f"{data.num_features} features" + (f", prepared in {data.home}" if data.home else ""),
             f"  train    {t.epochs} epochs, global batch {t.batch_size}, {t.optimizer} lr {t.learning_rate:g}, "
             f"seed {t.seed}",
             f"  workers  {backend.where}" + (f" (start-up {backend.startup_seconds:.1f} s)" if backend.workers else ""),

@@ -4,7 +4,8 @@
     lrjob parity jobs/binary_synthetic.yaml --workers 3
     lrjob predict runs/binary_2d-<stamp> --input points.csv
 
-Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluster failure.
+Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluster failure,
+130 interrupted (Ctrl-C; the last checkpoint is kept).
 """
 from __future__ import annotations
 

@@ -112,10 +112,15 @@ class TrainingLoop:
         # costs a third of the epoch); one concat and one host read at the end.
         losses = []
         zero = mx.nd.zeros((1,), ctx=self.ctx, dtype="float32")
-        report_every = max(1, steps // 50)
+        report_every, next_report = max(1, steps // 50), 0.0
         for s in range(start_step, stop):
-            if progress is not None and s % report_every == 0:
+            # about 50 reports per epoch, and one at least every second (they are also the
+            # heartbeat the epoch timeout watches)
+            if progress is not None and (s % report_every == 0 or time.perf_counter() >= next_report):
+                if losses:  # report what the device has done, not what is queued
+                    losses[-1].wait_to_read()
                 progress(s, steps)
+                next_report = time.perf_counter() + 1.0
             if faults.ARMED:  # tests only: a crash or hang at an exact step (faults.py)
                 faults.hit("step", epoch=epoch + 1, step=s + 1, rank=comm.rank)
             a, b = int(offsets[s]), int(offsets[s + 1])

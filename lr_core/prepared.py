@@ -47,6 +47,8 @@ __all__ = ["prepare", "open_prepared", "prepared_dataset", "reopen", "verify", "
 
 FORMAT = 1
 SHARD_BYTES = 64 << 20
+BLOCK_BYTES = 16 << 20   # a conversion block holds about this many bytes of float32 features
+_STAMP = ".verified"     # the sizes and times of the files when every checksum last held
 ARRAYS = ("train-x", "train-y", "val-x", "val-y")
 _TABLE_SOURCES = ("csv", "npz", "parquet", "npy")
 Progress = Callable[[str, int, int | None], None]  # (what, rows done, rows in all or None)
@@ -129,8 +131,10 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
     where = table.where
     xw = yw = None
     done = 0
+    # Blocks of about BLOCK_BYTES whatever the width (a 1000-feature row is 4 KB).
+    rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(1, len(table.columns)))))
     try:
-        for x, y in table.batches(BLOCK_ROWS):
+        for x, y in table.batches(rows):
             at, off = table.block_where, table.block_offset  # the file and row errors name
             (y,) = finish_labels(request, at, y, offset=off)
             if len(y) != len(x):
@@ -270,6 +274,7 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
                     "num_classes": request.num_classes, "label_map": request.label_map,
                     "fingerprint": files, "prepared_seconds": round(time.perf_counter() - t0, 3), **content}
         _write_json(tmp / "manifest.json", manifest)
+        _write_stamp(tmp)  # every shard was hashed as it was written
         try:
             os.rename(tmp, final)
         except OSError:
@@ -367,14 +372,32 @@ def _iter_shards(path: Path, entry: dict) -> Iterator[tuple[int, int, str, bytes
             yield a, b, shard["sha256"], f.read((b - a) * row_bytes)
 
 
+def _stats(path: Path) -> dict:
+    return {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(path.iterdir())
+            if f.is_file() and not f.name.startswith(".")}
+
+
+def _write_stamp(path: Path) -> None:
+    try:
+        _write_json(path / _STAMP, _stats(path))
+    except OSError:
+        pass  # a read-only cache: the next use hashes again
+
+
 def verify(path: str | os.PathLike, checksums: bool = True) -> list[str]:
     """What is wrong with a prepared directory (empty when intact): the manifest, every
-    file's size, and (``checksums``) the SHA-256 of every shard."""
+    file's size, and (``checksums``) the SHA-256 of every shard. The hashing is skipped
+    when no file's size or modification time changed since every checksum last held."""
     path = Path(path)
     try:
         m = _manifest(path)
     except DataError as e:
         return [str(e)]
+    if checksums:
+        try:
+            checksums = json.loads((path / _STAMP).read_text()) != _stats(path)
+        except (OSError, ValueError):
+            pass
     problems = []
     for name in ARRAYS:
         entry = m["arrays"].get(name)
@@ -394,6 +417,8 @@ def verify(path: str | os.PathLike, checksums: bool = True) -> list[str]:
                 if hashlib.sha256(data).hexdigest() != digest:
                     problems.append(f"{entry['file']}: rows {a}..{b - 1} fail their checksum (damaged)")
                     break
+    if checksums and not problems:
+        _write_stamp(path)
     return problems
 
 
@@ -436,6 +461,56 @@ def reopen(home: str, origin=None) -> Dataset:
     return dataclasses.replace(ds, extra={**ds.extra, "origin": origin})
 
 
+def _advise(x: np.ndarray) -> None:
+    """Tell the kernel how training reads the features: a set that fits in a quarter of
+    the free memory is read ahead whole (one sequential pass, then every step hits the
+    page cache); a larger one is read row by row (MADV_RANDOM: a step's random rows must
+    not each pull megabytes of read-ahead, which thrashes when memory is short)."""
+    import mmap
+
+    m = getattr(x, "_mmap", None)
+    if m is None or not hasattr(m, "madvise"):
+        return
+    try:
+        m.madvise(mmap.MADV_WILLNEED if x.nbytes < _free_memory() // 4 else mmap.MADV_RANDOM)
+    except (OSError, ValueError):
+        pass
+
+
+def _free_memory() -> int:
+    """Bytes this process may still fill: MemAvailable, or less under a cgroup limit."""
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    for limit, usage in _cgroup_memory_files():
+        try:
+            cap = int(open(limit).read().split()[0]) - int(open(usage).read().split()[0])
+            free = cap if free is None else min(free, cap)
+        except (OSError, ValueError, IndexError):
+            continue
+    return free if free is not None else 1 << 62
+
+
+def _cgroup_memory_files() -> list[tuple[str, str]]:
+    """(limit, usage) files of this process's memory cgroup, v1 or v2."""
+    out = []
+    try:
+        lines = open("/proc/self/cgroup").read().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, controllers, rel = line.split(":", 2)
+        if controllers == "":  # cgroup v2
+            out.append((f"/sys/fs/cgroup{rel}/memory.max", f"/sys/fs/cgroup{rel}/memory.current"))
+        elif "memory" in controllers.split(","):
+            out.append((f"/sys/fs/cgroup/memory{rel}/memory.limit_in_bytes",
+                        f"/sys/fs/cgroup/memory{rel}/memory.usage_in_bytes"))
+    return out
+
+
 def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
     """The prepared dataset at ``path`` as read-only memory maps (``check``: sizes first)."""
     path = Path(path)
@@ -457,6 +532,7 @@ def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
 
     try:
         arrays = {name: array(name) for name in ARRAYS}
+        _advise(arrays["train-x"])
     except (OSError, ValueError) as e:
         raise DataError(f"{path}: cannot map the prepared files ({e}); is the directory visible on this node? "
                         f"Put data.cache on storage every node sees") from None

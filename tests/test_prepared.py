@@ -274,3 +274,35 @@ def test_horovodrun_ranks_compare_their_prepared_copies(tmp_path):
     _same_data_on_every_rank(TwoRanks(ds), ds)
     with pytest.raises(DataError, match=r"rank 1: its prepared data differs from rank 0's"):
         _same_data_on_every_rank(TwoRanks(other), ds)
+
+
+def test_a_verified_folder_is_not_hashed_again_until_a_file_changes(tmp_path, monkeypatch):
+    home = prepare(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
+    hashed = []
+    real = prepared._iter_shards
+    monkeypatch.setattr(prepared, "_iter_shards", lambda p, e: hashed.append(e["file"]) or real(p, e))
+    assert verify(home) == [] and hashed == [], "sizes and times unchanged since the last full check"
+    os.utime(home / "val-y.bin", ns=(1, 1))  # any change of a file's time or size
+    assert verify(home) == [] and "val-y.bin" in hashed
+    hashed.clear()
+    assert verify(home) == [] and hashed == [], "the full check that passed is remembered"
+
+
+# the training features here: 180 rows x 4 float32 = 2,880 bytes
+@pytest.mark.parametrize("free,advice", [(4 * 2880 + 4, "MADV_WILLNEED"), (4 * 2880 - 4, "MADV_RANDOM")])
+def test_training_features_are_read_ahead_only_when_they_fit(tmp_path, monkeypatch, free, advice):
+    import mmap
+
+    home = prepare(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
+    given = []
+    monkeypatch.setattr(prepared, "_free_memory", lambda: free)
+    real = np.memmap
+
+    def recording_memmap(*a, **kw):
+        m = real(*a, **kw)
+        m._mmap = type("M", (), {"madvise": lambda self, flag: given.append(flag)})()
+        return m
+
+    monkeypatch.setattr(prepared.np, "memmap", recording_memmap)
+    open_prepared(home)
+    assert given == [getattr(mmap, advice)]

@@ -97,6 +97,11 @@ class RayHorovodBackend:
     def execute(self, fn, what: str, timeout_s: float | None = None, progress: Progress | None = None) -> list:
         """Run ``fn`` on every worker and gather the results in rank order.
 
+        ``timeout_s`` bounds the time without progress: each step rank 0 posts to the
+        progress board (about 50 per epoch) starts it again, so a slow but healthy epoch
+        (a large data set read from disk) is not taken for a hang; a stopped or hung rank
+        stops the posts (its peers wait in the allreduce).
+
         The first failure is attributed: a dead actor is the root cause over ranks that
         merely lost their Horovod peer, so after the first error the others get a short
         grace period to report."""
@@ -107,6 +112,7 @@ class RayHorovodBackend:
         pending, results, errors = list(refs), {}, {}
         deadline = time.monotonic() + timeout_s if timeout_s else None
         grace_until = None
+        posted = None  # the board's last value: a change is progress
         while pending:
             now = time.monotonic()
             if grace_until is not None and now >= grace_until:
@@ -114,17 +120,21 @@ class RayHorovodBackend:
             if deadline is not None and now >= deadline and not errors:
                 ranks = sorted(rank_of[r] for r in pending)
                 raise WorkerFailure(
-                    f"rank {ranks[0]} on {self._where(ranks[0])} did not finish {what} within {timeout_s:.0f} s "
+                    f"rank {ranks[0]} on {self._where(ranks[0])} made no progress in {what} for {timeout_s:.0f} s "
                     f"(hung; ranks still busy: {ranks})", rank=ranks[0], node=self._where(ranks[0]))
             wait = 0.25 if progress else 1.0
             done, pending = ray.wait(pending, num_returns=1, timeout=wait)
-            if progress is not None:
+            if (progress is not None or deadline is not None) and self._board is not None:
                 try:
-                    epoch_, step, steps = ray.get(self._board.read.remote(), timeout=5)
-                    if step:
-                        progress(step, steps)
+                    value = ray.get(self._board.read.remote(), timeout=5)
                 except Exception:  # noqa: BLE001 - progress is best effort
-                    pass
+                    value = posted
+                if value != posted:
+                    posted = value
+                    if deadline is not None:
+                        deadline = time.monotonic() + timeout_s
+                    if progress is not None and value[1]:
+                        progress(value[1], value[2])
             for ref in done:
                 rank = rank_of[ref]
                 try:

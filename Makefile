@@ -9,7 +9,7 @@ JOB    ?= jobs/mnist_softmax.yaml
 RUN_ARGS ?=
 MUTANTS_JOBS ?= 1
 
-.PHONY: install run test test-fast bench clean doctor mutants
+.PHONY: install run test test-fast bench bench-data clean doctor mutants
 
 install:
 	@VENV=$(VENV) bash .ci/install
@@ -25,6 +25,12 @@ test-fast: install
 
 bench: install
 	$(PY) -m benchmarks.run --out bench-results/bench.json
+	$(PY) -m benchmarks.data_scale --out bench-results/data_scale.json
+
+# Data at scale: ingest (old CSV reader vs prepared data), MNIST from the prepared memory map,
+# out-of-core training in memory cgroups (needs root for that part; ~30 min, ~7 GB of temp disk).
+bench-data: install
+	$(PY) -m benchmarks.data_scale --out bench-results/data_scale.json
 
 doctor: install
 	$(LRJOB) doctor

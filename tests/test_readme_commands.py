@@ -516,3 +516,23 @@ def test_predict_and_evaluate_take_the_trained_columns_by_name(tmp_path, capsys)
     np.save(tmp_path / "empty.npy", np.zeros((0, 2)))
     code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "empty.npy")
     assert code == 2 and out == "" and "empty.npy: no rows" in err, err
+
+
+def test_prepare_list_and_clean_the_cache(tmp_path, capsys):
+    import socket as _socket
+
+    (tmp_path / "d.csv").write_text("a,label\n" + "".join(f"{i},{i % 2}\n" for i in range(20)))
+    job = tmp_path / "job.yaml"
+    job.write_text("name: c\nmodel: {kind: binary}\ndata: {source: csv, path: d.csv, cache: cache}\n")
+    code, first, _ = cli(capsys, "prepare", job)
+    code2, second, _ = cli(capsys, "prepare", job, "--set", "train.seed=9")  # another hold-out: another folder
+    assert code == code2 == 0 and first != second
+    dead = tmp_path / "cache" / f".tmp-csv-0-{_socket.gethostname().replace('-', '_')}-999999999-abcd"
+    dead.mkdir()  # a preparation that was killed: its pid is gone
+    code, out, _ = cli(capsys, "prepare", "--list", job)
+    assert code == 0 and "2 prepared folder(s)" in out
+    assert Path(first.strip()).name in out and Path(second.strip()).name in out and str(tmp_path / "d.csv") in out
+    code, out, _ = cli(capsys, "prepare", "--clean", "--json", job)
+    result = json.loads(out)
+    assert code == 0 and result == {"removed": [second.strip()], "kept": [first.strip()]}
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [Path(first.strip()).name]

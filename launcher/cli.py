@@ -256,19 +256,21 @@ def cmd_prepare(args) -> int:
     if args.list or args.clean:
         return _prepare_cache_command(args)
     spec = _load(args)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     home = spec.prepare_data(*prepare_feedback())
     d = open_prepared(home)
     size = sum(f.stat().st_size for f in home.iterdir())
-    info = {"prepared": str(home), "train_rows": int(len(d.x_train)), "val_rows": int(len(d.x_val)),
-            "features": d.num_features, "dtype": str(d.x_train.dtype), "bytes": size,
-            "seconds": round(time.perf_counter() - t0, 3)}
+    reused = (home / "manifest.json").stat().st_mtime < started  # written before this command began
+    info = {"prepared": str(home), "reused": reused, "train_rows": int(len(d.x_train)),
+            "val_rows": int(len(d.x_val)), "features": d.num_features, "dtype": str(d.x_train.dtype),
+            "bytes": size, "seconds": round(time.perf_counter() - t0, 3)}
     if args.json:
         print(json.dumps(info))
     else:
         print(home)
-        print(f"# {info['train_rows']} train / {info['val_rows']} {d.val_name} rows, {d.num_features} features "
-              f"({info['dtype']}), {size / 1e6:.1f} MB, {info['seconds']:.1f} s", file=sys.stderr)
+        print(f"# {'reused' if reused else 'prepared'}: {info['train_rows']} train / {info['val_rows']} "
+              f"{d.val_name} rows, {d.num_features} features ({info['dtype']}), {size / 1e6:.1f} MB, "
+              f"{info['seconds']:.1f} s", file=sys.stderr)
     return 0
 
 

@@ -131,10 +131,10 @@ def test_prepare_converts_once_reuses_and_rebuilds_a_damaged_folder(tmp_path, ca
     assert code == 0, err
     home = Path(out.strip())
     assert home.parent == tmp_path / "prepared" and (home / "manifest.json").is_file()
-    assert "30 train / 10 validation rows, 2 features (float32)" in err
+    assert "# prepared: 30 train / 10 validation rows, 2 features (float32)" in err
     code, out, _ = cli(capsys, "prepare", job, "--json")
     info = json.loads(out)
-    assert code == 0 and info["prepared"] == str(home) and info["train_rows"] == 30
+    assert code == 0 and info["prepared"] == str(home) and info["train_rows"] == 30 and info["reused"]
     with open(home / "train-x.bin", "r+b") as f:  # a bit flips on disk
         f.seek(5)
         byte = f.read(1)

@@ -297,16 +297,22 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset:
     return yf.astype(np.int64)
 
 
-def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, where: str):
-    """Seeded, deterministic hold-out of ``fraction`` of the rows."""
-    n = len(x)
+def holdout_rows(n: int, fraction: float, seed: int, where: str) -> tuple[np.ndarray, int]:
+    """The hold-out of ``fraction`` of ``n`` rows: the seeded permutation, whose first
+    ``n_val`` rows validate, and ``n_val``. The in-memory split and the prepared one both
+    use it, so they hold out the same rows."""
     n_val = int(round(n * fraction))
     if fraction > 0:
         n_val = max(n_val, 1)
     if n - n_val < 1:
         raise DataError(f"{where}: {n} rows leave nothing to train on after data.val_fraction={fraction}; "
                         f"lower val_fraction or give data.val_path")
-    perm = np.random.default_rng([seed, 0x5EED]).permutation(n)
+    return np.random.default_rng([seed, 0x5EED]).permutation(n), n_val
+
+
+def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, where: str):
+    """Seeded, deterministic hold-out of ``fraction`` of the rows."""
+    perm, n_val = holdout_rows(len(x), fraction, seed, where)
     tr, va = np.sort(perm[n_val:]), np.sort(perm[:n_val])
     return x[tr], y[tr], x[va], y[va]
 

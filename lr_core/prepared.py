@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
-                   finish_labels)
+                   finish_labels, holdout_rows)
 from .errors import DataError
 from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
 
@@ -168,14 +168,7 @@ def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, prog
     """Hold out ``val_fraction`` of the rows of the ``all-*`` files, exactly as
     ``holdout_split`` does in memory; returns the four array entries."""
     n, d = xe["shape"][0], xe["shape"][1]
-    fraction = request.val_fraction
-    n_val = int(round(n * fraction))
-    if fraction > 0:
-        n_val = max(n_val, 1)
-    if n - n_val < 1:
-        raise DataError(f"{where}: {n} rows leave nothing to train on after data.val_fraction={fraction}; "
-                        f"lower val_fraction or give data.val_path")
-    perm = np.random.default_rng([request.seed, 0x5EED]).permutation(n)
+    perm, n_val = holdout_rows(n, request.val_fraction, request.seed, where)
     keep = np.zeros(n, dtype=bool)
     keep[perm[n_val:]] = True
     del perm

@@ -59,11 +59,12 @@ def default_cache() -> Path:
     return data_home() / "prepared"
 
 
-def _source_files(request: LoadRequest, root: Path | None = None) -> list:
+def _source_files(request: LoadRequest, root: Path) -> list:
+    """The fingerprints of the source files; files under the cache ``root`` do not count."""
     files = []
     for p in (request.path, request.val_path):
         if p:
-            files.append(fingerprint(p, exclude=str(root) if root else None))
+            files.append(fingerprint(p, exclude=str(root)))
     if request.source in ("mnist", "fashion-mnist") and not request.path:
         d = data_home() / request.source
         files.append([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(d.glob("*")) if f.is_file()]
@@ -90,7 +91,7 @@ class _ArrayWriter:
         self.path, self.dtype, self.width = path, np.dtype(dtype), width
         self.f = open(path, "wb")
         self.rows, self.shards = 0, []
-        self._h, self._shard_start, self._shard_bytes = hashlib.sha256(), 0, 0
+        self._h, self._shard_start = hashlib.sha256(), 0
 
     def write(self, block: np.ndarray) -> None:
         data = np.ascontiguousarray(block, dtype=self.dtype)

@@ -21,6 +21,7 @@ import csv
 import fnmatch
 import io
 import os
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -64,7 +65,8 @@ def resolve(path: str | os.PathLike):
     try:
         fs, inner = pfs.FileSystem.from_uri(text)
     except Exception as e:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError / ValueError
-        raise DataError(f"{display(text)}: cannot open this URI ({_first_line(e).split('?')[0]}); check its "
+        reason = re.sub(r"://[^/@\s]*@", "://", _first_line(e)).split("?")[0]  # no user:secret@, no query
+        raise DataError(f"{display(text)}: cannot open this URI ({reason}); check its "
                         f"scheme (s3://, gs://, hdfs://, file://), its options (a server other than AWS: "
                         f"?endpoint_override=host:port&scheme=http) and the credentials in the environment"
                         ) from None
@@ -142,8 +144,8 @@ def _has_glob(p: str) -> bool:
 def _glob(fs, pattern: str, where: str) -> list:
     import pyarrow.fs as pfs
 
-    base = str(PurePosixPath(pattern.split("*")[0].split("?")[0].split("[")[0]))
-    base = base if pattern.split("*")[0].endswith("/") else str(PurePosixPath(base).parent)
+    prefix = pattern.split("*")[0].split("?")[0].split("[")[0]  # up to the first wildcard
+    base = str(PurePosixPath(prefix)) if prefix.endswith("/") else str(PurePosixPath(prefix).parent)
     try:
         infos = fs.get_file_info(pfs.FileSelector(base, recursive=True))
     except FileNotFoundError:
@@ -426,6 +428,7 @@ def _parquet_table(fs, files: list[str], where: str, label_column: str | None, r
     scheme = where.split("://", 1)[0] + "://" if is_uri(where) else ""
 
     def batches(block_rows: int):
+        width = None  # a list column's length in the first row: every block must keep it
         for f in files:
             name = where if len(files) == 1 else scheme + f  # errors name the part file
             done = 0
@@ -434,6 +437,11 @@ def _parquet_table(fs, files: list[str], where: str, label_column: str | None, r
                 for batch in pf.iter_batches(batch_size=block_rows, columns=read_cols):
                     if list_col is not None:
                         x = _list_block(batch.column(list_col), name, list_col, done)
+                        width = x.shape[1] if width is None else width
+                        if x.shape[1] != width:
+                            raise DataError(f"{name}: row {done + 1}, column {list_col!r}: {x.shape[1]} values, "
+                                            f"the first row has {width}; every row needs the same number of "
+                                            f"features")
                     else:
                         x = np.column_stack([_numeric(batch.column(c), name, c, done) for c in feats])
                     y = _labels(batch.column(label_column)) if has_label else None

@@ -30,8 +30,9 @@ _CORE = ("test_losses_oracle.py", "test_optimizers_oracle.py", "test_sharding.py
          "test_comm.py", "test_loop.py")
 
 # pyarrow readers on small local files (the S3 test starts a server: left out).
-_TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "test_npy*", "test_missing*",
-                                                  "test_a_directory*"))
+_TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "test_npy*", "test_npz*", "test_missing*",
+                                                  "test_a_directory*", "test_uri*", "test_fingerprint*", "test_glob*",
+                                                  "test_open*", "test_block*", "test_read_all*"))
 
 SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.comm": _CORE,

@@ -160,8 +160,8 @@ def test_label_errors_name_the_file_row_across_blocks(tmp_path, monkeypatch):
     lines = path.read_text().splitlines()
     lines[101] = lines[101].rsplit(",", 1)[0] + ",7"  # data row 101
     path.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"\(first at row 101\)"):
-        prepare(_req(path=str(path)), tmp_path / "cache")
+    text = _err(prepare, _req(path=str(path)), tmp_path / "cache")
+    assert text.startswith(f"{path}: ") and "(first at row 101)" in text
 
 
 def test_credentials_and_endpoint_options_never_reach_messages_or_files(tmp_path):
@@ -306,3 +306,621 @@ def test_training_features_are_read_ahead_only_when_they_fit(tmp_path, monkeypat
     monkeypatch.setattr(prepared.np, "memmap", recording_memmap)
     open_prepared(home)
     assert given == [getattr(mmap, advice)]
+
+
+# --------------------------------------------------------------------------- exact fields, keys and edges
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+from pathlib import Path  # noqa: E402
+import sys  # noqa: E402
+
+from lr_core.data import holdout_split  # noqa: E402
+
+
+def _err(fn, *a, **kw) -> str:
+    with pytest.raises(DataError) as err:
+        fn(*a, **kw)
+    text = str(err.value)
+    assert "\n" not in text
+    return text
+
+
+def _manifest(home):
+    return json.loads((Path(home) / "manifest.json").read_text())
+
+
+def test_default_cache_and_the_fingerprinted_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("LRJOB_DATA_HOME", str(tmp_path / "home"))
+    assert prepared.default_cache() == tmp_path / "home" / "prepared"
+    path = _csv(tmp_path / "d.csv")
+    val = _csv(tmp_path / "v.csv", n=20)
+    fp = prepared.fingerprint
+    assert prepared._source_files(_req(path=str(path)), tmp_path / 'c') == [fp(path)]
+    assert prepared._source_files(_req(path=str(path), val_path=str(val)), tmp_path / 'c') == [fp(path), fp(val)]
+    data = tmp_path / "data"
+    data.mkdir()
+    _csv(data / "a.csv")
+    (data / "cache").mkdir()
+    (data / "cache" / "junk").write_text("x")
+    assert prepared._source_files(_req(path=str(data)), data / "cache") == [fp(data, exclude=str(data / "cache"))]
+    assert len(prepared._source_files(_req(path=str(data)), tmp_path / 'c')[0]) == 2
+    req = make_request("mnist", kind="softmax", num_classes=10, seed=0)
+    assert prepared._source_files(req, tmp_path / 'c') == [[]]
+    (tmp_path / "home" / "fashion-mnist").mkdir(parents=True)
+    (tmp_path / "home" / "mnist" / "sub").mkdir(parents=True)
+    f = tmp_path / "home" / "mnist" / "train-images-idx3-ubyte"
+    f.write_bytes(b"1234")
+    st = f.stat()
+    assert prepared._source_files(req, tmp_path / 'c') == [[[str(f), 4, st.st_mtime_ns]]]
+    assert prepared._source_files(make_request("fashion-mnist", kind="softmax", num_classes=10, seed=0), tmp_path) == [[]]
+    assert prepared._source_files(make_request("mnist", kind="softmax", num_classes=10, seed=0,
+                                               path=str(data / "a.csv")), tmp_path / "c") == [fp(data / "a.csv")]
+    assert prepared._source_files(make_request("digits", kind="softmax", num_classes=10, seed=0), tmp_path / "c") == []
+
+
+def test_the_key_changes_with_every_input_and_only_with_them():
+    base = dict(kind="binary", num_classes=2, seed=7, path="/d.csv", val_fraction=0.1, label_column="label")
+    key = lambda files=(), source="csv", **kw: prepared.dataset_key(  # noqa: E731
+        make_request(source, **{**base, **kw}), list(files))
+    k0 = key()
+    assert len(k0) == 24 and int(k0, 16) >= 0
+    # a stored preparation stays valid across lrjob versions as long as FORMAT does
+    assert k0 == "29a996db7c386654c2201c33"
+    changed = [key(source="parquet"), key(kind="softmax"), key(num_classes=3), key(seed=8), key(path="/e.csv"),
+               key(val_path="/v.csv"), key(val_fraction=0.2), key(label_column="y"), key(features=["a"]),
+               key(label_map={"a": 0}), key(files=[["/d.csv", 1, 2]]),
+               key(source="synthetic-binary", path=None, options={"n_train": 5}),
+               key(files=[["/d.csv", 1, 3]])]
+    assert len({k0, *changed}) == len(changed) + 1
+    assert key(source="synthetic-binary", path=None) != key(source="synthetic-binary", path=None,
+                                                            options={"n_train": 5})
+    assert key(val_path="/v.csv", val_fraction=0.3) == key(val_path="/v.csv")  # the fraction is unused then
+    assert key(features=None) == key(features=[]) == k0
+    assert key(features=["a", "b"]) != key(features=["b", "a"])
+    assert key(label_map={1: 0, "x": 1}) == key(label_map={"1": 0, "x": 1})  # keys as the spec's text
+    assert key(label_map={}) == k0
+    assert key(label_map={"a": 0}) != key(label_map={"b": 0})  # the map's keys count, not only its values
+    assert key() == k0
+
+
+def test_array_writer_shards_at_exact_row_boundaries(tmp_path, monkeypatch):
+    import hashlib
+
+    monkeypatch.setattr(prepared, "SHARD_BYTES", 24)  # 3 rows of 2 float32
+    w = prepared._ArrayWriter(tmp_path / "a.bin", np.float32, None)
+    data = np.arange(14, dtype=np.float64).reshape(7, 2)
+    for lo, hi in ((0, 2), (2, 4), (4, 7)):
+        w.write(data[lo:hi])
+    entry = w.close()
+    raw = (tmp_path / "a.bin").read_bytes()
+    assert raw == data.astype(np.float32).tobytes() and w.f.closed
+    assert entry == {"file": "a.bin", "dtype": "<f4", "shape": [7, 2], "shards": [
+        {"rows": [0, 3], "sha256": hashlib.sha256(raw[:24]).hexdigest()},
+        {"rows": [3, 6], "sha256": hashlib.sha256(raw[24:48]).hexdigest()},
+        {"rows": [6, 7], "sha256": hashlib.sha256(raw[48:]).hexdigest()}]}
+    w = prepared._ArrayWriter(tmp_path / "b.bin", np.int64, None)
+    w.write(np.arange(6))
+    entry = w.close()
+    assert entry["shape"] == [6] and entry["dtype"] == "<i8" and [s["rows"] for s in entry["shards"]] == [[0, 3], [3, 6]]
+    monkeypatch.setattr(prepared, "SHARD_BYTES", 5)  # less than a row: a row per shard
+    w = prepared._ArrayWriter(tmp_path / "c.bin", np.uint8, 8)
+    w.write(np.ones((2, 8)))
+    assert [s["rows"] for s in w.close()["shards"]] == [[0, 1], [1, 2]]
+    w = prepared._ArrayWriter(tmp_path / "d.bin", np.float32, 3)
+    assert w.close() == {"file": "d.bin", "dtype": "<f4", "shape": [0, 3], "shards": []}
+    monkeypatch.setattr(prepared, "SHARD_BYTES", 64 << 20)
+    w = prepared._ArrayWriter(tmp_path / "e.bin", np.float32, None)
+    w.write(np.ones((5, 4)))
+    w.write(np.ones((5, 4)))
+    assert [s["rows"] for s in w.close()["shards"]] == [[0, 10]]
+
+
+def test_the_manifest_of_a_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "SHARD_BYTES", 160)
+    path = _csv(tmp_path / "d.csv")
+    req = _req(path=str(path), label_map=None)
+    home = prepare(req, tmp_path / "cache")
+    m = _manifest(home)
+    files = prepared._source_files(req, tmp_path / "cache")
+    assert home.name == f"csv-{prepared.dataset_key(req, files)}"
+    assert {k: m[k] for k in ("format", "key", "source", "kind", "num_classes", "label_map", "fingerprint",
+                              "image_shape", "val_name", "scale", "columns", "description")} == {
+        "format": 1, "key": home.name[4:], "source": "csv", "kind": "binary", "num_classes": 2, "label_map": None,
+        "fingerprint": files, "image_shape": None, "val_name": "validation", "scale": None,
+        "columns": ["f0", "f1", "f2", "f3"], "description": str(path)}
+    assert isinstance(m["prepared_seconds"], float) and 0 <= m["prepared_seconds"] < 60
+    assert sorted(m) == ["arrays", "columns", "description", "fingerprint", "format", "image_shape", "key", "kind",
+                         "label_map", "num_classes", "prepared_seconds", "scale", "source", "val_name"]
+    assert sorted(m["arrays"]) == ["train-x", "train-y", "val-x", "val-y"]
+    assert sorted(p.name for p in home.iterdir()) == [".verified", "manifest.json", "train-x.bin", "train-y.bin",
+                                                      "val-x.bin", "val-y.bin"]
+    for name, shape, dtype in (("train-x", [180, 4], "<f4"), ("train-y", [180], "<i8"), ("val-x", [20, 4], "<f4"),
+                               ("val-y", [20], "<i8")):
+        e = m["arrays"][name]
+        assert (e["file"], e["shape"], e["dtype"]) == (f"{name}.bin", shape, dtype)
+    assert [s["rows"] for s in m["arrays"]["val-x"]["shards"]] == [[0, 10], [10, 20]]
+    assert [s["rows"] for s in m["arrays"]["train-y"]["shards"]] == [[0, 20 * i] for i in range(1, 10)][:0] + \
+        [[20 * i, 20 * i + 20] for i in range(9)]  # 20 int64 labels in 160 bytes
+    assert (home / "manifest.json").read_text().startswith('{\n "format": 1,\n "key": ')
+    ds = open_prepared(home)
+    assert (ds.source, ds.image_shape, ds.description, ds.val_name, ds.scale, ds.home) == (
+        "csv", None, str(path), "validation", None, str(home))
+    assert ds.extra == {"columns": ["f0", "f1", "f2", "f3"], "prepared": str(home)}
+    assert not ds.x_train.flags.writeable and not ds.y_val.flags.writeable  # read-only maps
+    assert prepare(req, tmp_path / "a" / "b" / "cache").parent == tmp_path / "a" / "b" / "cache"
+
+
+def test_the_manifest_of_a_built_in_source(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", 100)
+    req = make_request("digits", kind="softmax", num_classes=10, seed=1,
+                       label_map={str(i): i for i in range(10)})
+    home = prepare(req, tmp_path / "cache")
+    m = _manifest(home)
+    mem = load_dataset("digits", kind="softmax", num_classes=10, seed=1)
+    assert (m["image_shape"], m["val_name"], m["scale"], m["columns"], m["description"], m["label_map"]) == (
+        [8, 8], "validation", None, [], mem.description, {str(i): i for i in range(10)})
+    ds = open_prepared(home)
+    _same(ds, mem)
+    assert ds.image_shape == (8, 8) and ds.x_train.dtype == np.float32
+    rng = np.random.default_rng(0)
+    src = tmp_path / "idx"
+    src.mkdir()
+    for split, n in (("train", 250), ("t10k", 30)):
+        write_idx(src / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 2, 3)))
+        write_idx(src / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    home = prepare(make_request("mnist", kind="softmax", num_classes=10, seed=3, path=str(src)), tmp_path / "c2")
+    m = _manifest(home)
+    assert (m["image_shape"], m["val_name"], m["scale"], m["description"]) == (
+        [2, 3], "test", pytest.approx(1 / 255), f"mnist from {src}")
+    assert m["arrays"]["train-x"]["dtype"] == "|u1" and m["arrays"]["train-x"]["shape"] == [250, 6]
+    assert m["arrays"]["train-y"]["dtype"] == m["arrays"]["val-y"]["dtype"] == "<i8"
+    fashion = open_prepared(prepare(make_request("fashion-mnist", kind="softmax", num_classes=10, seed=3,
+                                                 path=str(src)), tmp_path / "c4"))
+    assert fashion.x_train.dtype == np.uint8 and fashion.val_name == "test" and fashion.source == "fashion-mnist"
+    ds = open_prepared(home)
+    raw = load_dataset("mnist", kind="softmax", num_classes=10, seed=3, path=str(src))
+    assert np.array_equal(ds.features(ds.x_train), raw.x_train) and ds.val_name == "test"
+    assert np.array_equal(ds.y_val, raw.y_val) and ds.image_shape == (2, 3)
+    synth = make_request("synthetic-binary", kind="binary", num_classes=2, seed=2, options={"n_train": 250})
+    _same(open_prepared(prepare(synth, tmp_path / "c3")),
+          load_dataset("synthetic-binary", kind="binary", num_classes=2, seed=2, options={"n_train": 250}))
+
+
+@pytest.mark.parametrize("n,fraction", [(2, 0.5), (10, 0.01), (10, 0.0), (37, 0.3), (3, 0.5), (200, 0.1)])
+def test_the_hold_out_is_holdout_split_exactly(tmp_path, n, fraction):
+    path = _csv(tmp_path / "d.csv", n=n, d=2)
+    seen = []
+    req = _req(path=str(path), val_fraction=fraction, seed=11)
+    ds = open_prepared(prepare(req, tmp_path / "cache", progress=lambda *a: seen.append(a)))
+    x, y = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, :2].astype(np.float32), \
+        np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 2].astype(np.int64)
+    want = holdout_split(x, y, fraction, 11, "w")
+    for got, w in zip((ds.x_train, ds.y_train, ds.x_val, ds.y_val), want):
+        assert got.shape == w.shape and np.array_equal(got, w)
+    assert seen == [(f"reading {path}", n, None), ("splitting", n, n)]
+
+
+def test_nothing_left_to_train_on(tmp_path):
+    path = _csv(tmp_path / "d.csv", n=2)
+    assert _err(prepare, _req(path=str(path), val_fraction=0.9), tmp_path / "cache") == (
+        f"{path}: 2 rows leave nothing to train on after data.val_fraction=0.9; lower val_fraction or give "
+        f"data.val_path")
+    path = _csv(tmp_path / "e.csv", n=1)
+    assert "1 rows leave nothing to train on after data.val_fraction=0.01;" in _err(
+        prepare, _req(path=str(path), val_fraction=0.01), tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+
+
+def test_blocks_progress_and_a_validation_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", 16)
+    d = tmp_path / "parts"
+    d.mkdir()
+    rng = np.random.default_rng(0)
+    for i, n in enumerate((20, 10)):
+        pq.write_table(pa.table({"a": rng.standard_normal(n), "b": rng.standard_normal(n),
+                                 "label": rng.integers(0, 2, n)}), d / f"p{i}.parquet")
+    pq.write_table(pa.table({"a": [1.0, 2.0], "b": [0.5, 0.25], "label": [1, 0]}), tmp_path / "v.parquet")
+    seen = []
+    home = prepare(_req("parquet", path=str(d), val_path=str(tmp_path / "v.parquet")), tmp_path / "cache",
+                   progress=lambda *a: seen.append(a))
+    assert seen == [(f"reading {d}", 16, 30), (f"reading {d}", 20, 30), (f"reading {d}", 30, 30),
+                    (f"reading {tmp_path / 'v.parquet'}", 2, 2)]
+    ds = open_prepared(home)
+    assert ds.x_train.shape == (30, 2) and ds.x_val.tolist() == [[1.0, 2.0][:1] + [0.5], [2.0, 0.25]]
+    assert ds.y_val.tolist() == [1, 0] and _manifest(home)["description"] == str(d)
+    assert sorted(p.name for p in home.iterdir()) == [".verified", "manifest.json", "train-x.bin", "train-y.bin",
+                                                      "val-x.bin", "val-y.bin"]
+    pq.write_table(pa.table({"a": [1.0], "label": [1]}), tmp_path / "v1.parquet")
+    assert _err(prepare, _req("parquet", path=str(d), val_path=str(tmp_path / "v1.parquet")), tmp_path / "cache") \
+        == f"{tmp_path}/v1.parquet: 1 feature columns, the model expects 2 (same columns, in training order)"
+
+
+def test_uint8_is_kept_and_mixed_column_types_are_refused(tmp_path):
+    d = tmp_path / "parts"
+    d.mkdir()
+    pq.write_table(pa.table({"a": np.array([1, 200], dtype=np.uint8), "label": [0, 1]}), d / "p0.parquet")
+    home = prepare(_req("parquet", path=str(d), val_fraction=0.0), tmp_path / "cache")
+    ds = open_prepared(home)
+    assert ds.x_train.dtype == np.uint8 and ds.x_train.tolist() == [[1], [200]] and len(ds.x_val) == 0
+    assert ds.x_val.dtype == np.uint8 and ds.x_val.shape == (0, 1) and not isinstance(ds.x_val, np.memmap)
+    pq.write_table(pa.table({"a": [3.5], "label": [0]}), d / "p1.parquet")
+    assert _err(prepare, _req("parquet", path=str(d)), tmp_path / "cache") == (
+        f"{d}/p1.parquet: row 1: features of type float32, earlier rows uint8; give every file the same column types")
+    empty = tmp_path / "e.parquet"
+    pq.write_table(pa.table({"a": pa.array([], pa.float64()), "label": pa.array([], pa.int64())}), empty)
+    assert _err(prepare, _req("parquet", path=str(empty)), tmp_path / "cache") == (
+        f"{empty}: no rows; the dataset is empty")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [home.name]
+
+
+def test_the_prepared_folder_name_permissions_and_failure(tmp_path, monkeypatch):
+    path = _csv(tmp_path / "d.csv")
+    seen = []
+    real = prepared._build
+
+    def build(request, out, progress):
+        seen.append((out.name, oct(out.stat().st_mode & 0o777), out.parent.name))
+        return real(request, out, progress)
+
+    monkeypatch.setattr(prepared, "_build", build)
+    key = prepared.dataset_key(_req(path=str(path)), prepared._source_files(_req(path=str(path)), tmp_path / "c"))
+    for mask, mode in ((0o022, 0o755), (0o077, 0o700), (0o002, 0o775)):
+        old = os.umask(mask)
+        try:
+            home = prepare(_req(path=str(path)), tmp_path / f"c{mask}")
+        finally:
+            os.umask(old)
+        assert oct(home.stat().st_mode & 0o777) == oct(mode)
+    assert seen[0][1] == oct(0o755) and [s[2] for s in seen] == ["c18", "c63", "c2"]  # made inside the cache
+    name = seen[0][0]
+    assert name.split("-")[-3] == prepared._HOST and name.split("-")[-2] == str(os.getpid())
+    assert name.startswith(f".tmp-csv-{key}-{prepared._HOST}-{os.getpid()}-")
+
+    def broken(request, out, progress):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepared, "_build", broken)
+    with pytest.raises(KeyboardInterrupt):
+        prepare(_req(path=str(path), seed=99), tmp_path / "c18")
+    assert [p.name for p in (tmp_path / "c18").iterdir()] == [home.name]
+
+
+def test_the_cache_path_is_expanded_and_defaults_to_the_data_home(tmp_path, monkeypatch):
+    path = _csv(tmp_path / "d.csv", n=20)
+    monkeypatch.setenv("HOME", str(tmp_path / "h"))
+    monkeypatch.setenv("LRJOB_DATA_HOME", str(tmp_path / "dh"))
+    assert prepare(_req(path=str(path)), "~/cache").parent == tmp_path / "h" / "cache"
+    assert prepare(_req(path=str(path))).parent == tmp_path / "dh" / "prepared"
+    assert prepared.cache_entries()[0]["path"].startswith(str(tmp_path / "dh" / "prepared"))
+    assert [e["path"] for e in prepared.cache_entries("~/cache")] == [str(prepare(_req(path=str(path)), "~/cache"))]
+    assert prepared.clean_cache() == [str(prepare(_req(path=str(path))))]
+    prepare(_req(path=str(path)), "~/cache")
+    assert len(prepared.clean_cache("~/cache")) == 1
+
+
+def test_a_failed_rename_without_another_copy_is_raised(tmp_path, monkeypatch):
+    path = _csv(tmp_path / "d.csv", n=20)
+
+    def refuse(src, dst):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(prepared.os, "rename", refuse)
+    with pytest.raises(OSError, match="Permission denied"):
+        prepare(_req(path=str(path)), tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_checksums_off_checks_sizes_only(tmp_path):
+    path = _csv(tmp_path / "d.csv")
+    home = prepare(_req(path=str(path)), tmp_path / "cache")
+    raw = bytearray((home / "val-y.bin").read_bytes())
+    raw[0] ^= 1
+    (home / "val-y.bin").write_bytes(bytes(raw))
+    notes = []
+    assert prepare(_req(path=str(path)), tmp_path / "cache", log=notes.append, checksums=False) == home
+    assert notes == [] and verify(home, checksums=False) == []
+    assert prepare(_req(path=str(path)), tmp_path / "cache", log=notes.append) == home
+    assert notes == [f"prepared data {home}: val-y.bin: rows 0..19 fail their checksum (damaged); preparing it again"]
+    assert verify(home) == []
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_sweep_removes_only_dead_preparations_of_this_host(tmp_path, monkeypatch):
+    host = prepared._HOST
+    dead = _dead_pid()
+    names = [f".tmp-synthetic-binary-k-{host}-{dead}-x0", f".tmp-csv-k-{host}-{dead}-x1", f".tmp-csv-k-{host}-{os.getpid()}-x2", f".tmp-csv-k-other-{dead}-x3",
+             ".tmp-x", f".tmp-csv-k-{host}-nopid-x4", ".del-csv-k-1", "csv-k", f"tmp-csv-k-{host}-{dead}-x5"]
+    for n in names:
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "f").write_text("x")
+    prepared._sweep(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(set(names) - {names[0], names[1], ".del-csv-k-1"})
+    assert prepared._alive(os.getpid()) and not prepared._alive(dead)
+
+    def no_permission(pid, sig):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(prepared.os, "kill", no_permission)
+    assert prepared._alive(1)
+    (tmp_path / f".tmp-csv-k-{host}-1-x6").mkdir()
+    prepared._sweep(tmp_path)
+    assert (tmp_path / f".tmp-csv-k-{host}-1-x6").is_dir()
+
+
+def test_a_prepare_sweeps_dead_folders_first(tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    stale = cache / f".tmp-csv-k-{prepared._HOST}-{_dead_pid()}-abc"
+    stale.mkdir()
+    prepare(_req(path=str(_csv(tmp_path / "d.csv", n=20))), cache)
+    assert not stale.exists()
+
+
+def test_json_default_and_remove(tmp_path, monkeypatch):
+    assert prepared._json_default(np.int64(3)) == 3 and type(prepared._json_default(np.int64(3))) is int
+    assert prepared._json_default(np.float32(1.5)) == 1.5 and type(prepared._json_default(np.float32(1.5))) is float
+    assert prepared._json_default(tmp_path) == str(tmp_path)
+    path = _csv(tmp_path / "d.csv", n=20)
+    home = prepare(_req(path=str(path), label_map={0: np.int64(0), 1: np.int64(1)}), tmp_path / "cache")
+    assert _manifest(home)["label_map"] == {"0": 0, "1": 1}
+    prepared._remove(tmp_path / "nothing")
+    d = tmp_path / "x"
+    d.mkdir()
+    (d / "f").write_text("1")
+    real = os.rename
+    renames = []
+
+    def record(src, dst):
+        renames.append((os.path.basename(src), os.path.basename(dst)))
+        return real(src, dst)
+
+    monkeypatch.setattr(prepared.os, "rename", record)
+    prepared._remove(d)
+    assert not d.exists() and renames == [("x", f".del-x-{os.getpid()}")] and sorted(os.listdir(tmp_path)) == [
+        "cache", "d.csv"]
+
+    def refuse(src, dst):
+        raise OSError(16, "busy")
+
+    monkeypatch.setattr(prepared.os, "rename", refuse)
+    d.mkdir()
+    prepared._remove(d)
+    assert not d.exists()
+
+
+def test_manifest_and_verify_texts(tmp_path):
+    path = _csv(tmp_path / "d.csv")
+    home = prepare(_req(path=str(path)), tmp_path / "cache")
+    text = (home / "manifest.json").read_text()
+    (home / "manifest.json").write_text("{broken")
+    assert _err(open_prepared, home).startswith(f"{home}/manifest.json: unreadable (")
+    assert _err(open_prepared, home).endswith("); remove the directory and run `lrjob prepare JOB`")
+    (home / "manifest.json").write_text(text.replace('"format": 1', '"format": 2'))
+    assert _err(open_prepared, home) == f"{home}: prepared with format 2, this lrjob reads 1; run `lrjob prepare " \
+                                        f"JOB` again"
+    (home / "manifest.json").unlink()
+    assert _err(open_prepared, home) == f"{home}: not a prepared dataset (no manifest.json); run `lrjob prepare JOB`"
+    assert verify(home) == [f"{home}: not a prepared dataset (no manifest.json); run `lrjob prepare JOB`"]
+    m = json.loads(text)
+    m["arrays"]["val-y"] = m["arrays"].pop("val-y")  # keep the order; the last one goes missing below
+    del m["arrays"]["val-y"]
+    (home / "manifest.json").write_text(json.dumps(m))
+    (home / "train-x.bin").write_bytes((home / "train-x.bin").read_bytes()[:-8])
+    (home / "train-y.bin").unlink()
+    raw = bytearray((home / "val-x.bin").read_bytes())
+    raw[0] ^= 1
+    raw[-1] ^= 1
+    (home / "val-x.bin").write_bytes(bytes(raw))
+    assert verify(home) == ["train-x.bin: 2872 bytes, expected 2880 (truncated or half-written)",
+                            "train-y.bin: missing, expected 1440 (truncated or half-written)",
+                            "val-x.bin: rows 0..19 fail their checksum (damaged)", "val-y: missing from the manifest"]
+    assert verify(home, checksums=False) == verify(home)[:2] + verify(home)[3:]
+    assert _err(open_prepared, home) == (f"{home}: train-x.bin: 2872 bytes, expected 2880 (truncated or "
+                                         f"half-written); run `lrjob prepare JOB` to rebuild it")
+    m = json.loads(text)
+    (home / "manifest.json").write_text(text)
+    (home / "train-y.bin").write_bytes(b"\0" * 1440)
+    (home / "val-x.bin").write_bytes(b"")
+    assert _err(open_prepared, home, check=False).startswith(f"{home}: cannot map the prepared files (")
+    assert _err(open_prepared, home, check=False).endswith(
+        "); is the directory visible on this node? Put data.cache on storage every node sees")
+    assert _err(open_prepared, tmp_path / "nope") == (
+        f"{tmp_path / 'nope'}: no prepared data on {socket.gethostname()}; data.cache must be storage every node "
+        f"sees at the same path, or run `lrjob prepare JOB` on this node")
+
+
+def test_shards_are_checked_one_by_one(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "SHARD_BYTES", 160)
+    path = _csv(tmp_path / "d.csv")
+    home = prepare(_req(path=str(path)), tmp_path / "cache")
+    raw = bytearray((home / "train-x.bin").read_bytes())
+    raw[160 * 3 + 5] ^= 1
+    raw[160 * 5] ^= 1
+    (home / "train-x.bin").write_bytes(bytes(raw))
+    assert verify(home) == ["train-x.bin: rows 30..39 fail their checksum (damaged)"]
+    m = _manifest(home)
+    assert list(prepared._iter_shards(home, m["arrays"]["val-y"])) == [
+        (a, b, s["sha256"], (home / "val-y.bin").read_bytes()[a * 8:b * 8])
+        for s in m["arrays"]["val-y"]["shards"] for a, b in [s["rows"]]]
+
+
+def test_the_origin_a_dataset_carries_and_reopen(tmp_path, monkeypatch):
+    from lr_core.prepared import prepared_dataset, reopen
+
+    path = _csv(tmp_path / "d.csv")
+    req = _req(path=str(path))
+    ds = prepared_dataset(req, tmp_path / "cache")
+    m = _manifest(ds.home)
+    digests = [s["sha256"] for name in prepared.ARRAYS for s in m["arrays"][name]["shards"]]
+    assert ds.extra == {"columns": ["f0", "f1", "f2", "f3"], "prepared": ds.home,
+                        "origin": (req, str(tmp_path / "cache"), digests)}
+    assert len(digests) == 4
+    back = reopen(ds.home, ds.extra["origin"])
+    assert back.home == ds.home and "origin" not in back.extra and np.array_equal(back.x_train, ds.x_train)
+    assert reopen(ds.home).home == ds.home
+    with pytest.raises(DataError) as err:
+        reopen(ds.home, (req, None, digests[::-1]))
+    assert str(err.value) == (f"{socket.gethostname()}: {ds.home} differs from the driver's copy (prepared again "
+                              f"since?); run the job again")
+    import shutil
+
+    shutil.rmtree(ds.home)
+    again = reopen(ds.home, ds.extra["origin"])
+    assert again.extra["origin"] == ds.extra["origin"] and again.home == ds.home
+    os.remove(path)
+    shutil.rmtree(ds.home)
+    text = _err(reopen, ds.home, ds.extra["origin"])
+    assert text.startswith(f"{socket.gethostname()}: preparing this node's copy: {path}: ")
+    _csv(path, seed=4)
+    os.utime(path, ns=(1, 1))
+    other = prepare(req, tmp_path / "cache")
+    assert _err(reopen, ds.home, ds.extra["origin"]) == (
+        f"{socket.gethostname()}: the data prepared here ({other}) differs from the driver's ({ds.home}); every "
+        f"node must read the same source: put data.cache on storage every node sees, or give every node the same "
+        f"files")
+    monkeypatch.setenv("LRJOB_DATA_HOME", str(tmp_path / "home"))
+    assert prepared_dataset(req).extra["origin"][1] is None
+
+
+def test_cache_entries_and_clean_cache(tmp_path):
+    cache = tmp_path / "cache"
+    assert prepared.cache_entries(cache) == [] and prepared.clean_cache(cache) == []
+    a = prepare(_req(path=str(_csv(tmp_path / "a.csv", n=50))), cache)
+    b = prepare(_req(path=str(_csv(tmp_path / "b.csv", n=30)), val_fraction=0.2), cache)
+    broken = cache / "csv-broken"
+    broken.mkdir()
+    (broken / "junk.bin").write_bytes(b"12345")
+    # oldest first: the reverse of the names' order
+    by_name = sorted([a, b, broken], key=lambda p: p.name)
+    for p, t in zip(by_name, (3000, 2000, 1000)):
+        os.utime(p, (t, t))
+    (cache / ".tmp-csv-k-otherhost-1-x").mkdir()
+    (cache / ".del-old").mkdir()
+    (cache / "stray.txt").write_text("x")
+    os.utime(cache / "stray.txt", (1, 1))  # first in the order: skipped, not the end of the list
+    os.utime(cache / ".del-old", (2, 2))
+    size = lambda p: sum(f.stat().st_size for f in p.iterdir())  # noqa: E731
+    want = {a: {"path": str(a), "source": "csv", "rows": [45, 5], "bytes": size(a), "from": str(tmp_path / "a.csv")},
+            b: {"path": str(b), "source": "csv", "rows": [24, 6], "bytes": size(b), "from": str(tmp_path / "b.csv")},
+            broken: {"path": str(broken), "source": None, "rows": None, "bytes": 5, "from": None}}
+    assert prepared.cache_entries(cache) == [{**want[p], "modified": float(t)}
+                                             for p, t in zip(by_name[::-1], (1000, 2000, 3000))]
+    m = _manifest(a)
+    del m["arrays"]["val-x"]
+    (a / "manifest.json").write_text(json.dumps(m))
+    assert {e["path"]: e["rows"] for e in prepared.cache_entries(cache)} == {
+        str(a): None, str(b): [24, 6], str(broken): None}
+    assert sorted(prepared.clean_cache(cache, keep={str(b)})) == sorted([str(a), str(broken)])
+    assert sorted(p.name for p in cache.iterdir()) == sorted([b.name, ".tmp-csv-k-otherhost-1-x", "stray.txt"])
+    assert prepared.clean_cache(cache) == [str(b)]
+
+
+def test_table_errors_through_prepare(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", 16)
+    path = _csv(tmp_path / "d.csv")
+    lines = path.read_text().splitlines()
+    lines[40] = lines[40].split(",", 2)[0] + ",nan," + lines[40].split(",", 2)[2]  # data row 40, column f1
+    path.write_text("\n".join(lines) + "\n")
+    assert _err(prepare, _req(path=str(path)), tmp_path / "cache").startswith(
+        f"{path}: row 40, f1: value nan is not finite (NaN or inf)")
+    nolabel = tmp_path / "n.csv"
+    nolabel.write_text("a,b\n1,2\n3,4\n")
+    assert _err(prepare, _req(path=str(nolabel)), tmp_path / "cache") == (
+        f"{nolabel}: no column 'label' (columns: a, b); set data.label_column")
+    ds = open_prepared(prepare(_req(path=str(_csv(tmp_path / "e.csv")), features=["f2"]), tmp_path / "cache"))
+    assert ds.x_train.shape == (180, 1) and ds.extra["columns"] == ["f2"]
+    ds = open_prepared(prepare(_req(path=str(tmp_path / "e.csv"), features=["f2", "f0"]), tmp_path / "cache"))
+    assert ds.x_train.shape == (180, 2) and ds.extra["columns"] == ["f2", "f0"]
+
+
+def test_alive_sends_no_signal(monkeypatch):
+    sent = []
+    monkeypatch.setattr(prepared.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    assert prepared._alive(12345) and sent == [(12345, 0)]
+
+
+def test_shards_of_one_byte_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "SHARD_BYTES", 5)
+    w = prepared._ArrayWriter(tmp_path / "u.bin", np.uint8, 1)
+    w.write(np.arange(7, dtype=np.uint8).reshape(7, 1))
+    assert [s["rows"] for s in w.close()["shards"]] == [[0, 5], [5, 7]]
+
+
+def test_verify_goes_on_after_a_missing_entry(tmp_path):
+    home = prepare(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
+    m = _manifest(home)
+    del m["arrays"]["train-x"]
+    (home / "manifest.json").write_text(json.dumps(m))
+    (home / "val-y.bin").write_bytes(b"")
+    assert verify(home) == ["train-x: missing from the manifest",
+                            "val-y.bin: 0 bytes, expected 160 (truncated or half-written)"]
+
+
+def test_open_checks_sizes_only(tmp_path):
+    home = prepare(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
+    raw = bytearray((home / "train-x.bin").read_bytes())
+    raw[0] ^= 1
+    (home / "train-x.bin").write_bytes(bytes(raw))
+    assert len(open_prepared(home).x_train) == 180  # checksums are prepare's job (once, not per worker)
+
+
+def test_a_cache_inside_the_data_folder_does_not_change_the_key(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    _csv(data / "a.csv")
+    first = prepare(_req("csv", path=str(data / "a.csv")), data / "cache")
+    pq.write_table(pa.table({"f": [1.0, 2.0, 3.0, 4.0], "label": [0, 1, 0, 1]}), data / "p.parquet")
+    home = prepare(_req("parquet", path=str(data)), data / "cache")
+    assert prepare(_req("parquet", path=str(data)), data / "cache") == home and first.is_dir()
+
+
+def test_the_cache_error_is_one_line(tmp_path):
+    path = _csv(tmp_path / "d.csv", n=20)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert _err(prepare, _req(path=str(path)), blocker / "sub") == (
+        f"data.cache: cannot write {blocker / 'sub'} (Not a directory); set data.cache (or LRJOB_DATA_HOME) to a "
+        f"writable directory")
+
+
+def test_a_damaged_copy_from_another_process_is_not_used(tmp_path, monkeypatch):
+    import shutil
+
+    path = _csv(tmp_path / "d.csv", n=20)
+    real_rename = os.rename
+
+    def other_process_first(src, dst):
+        if ".tmp-" in str(src) and ".del-" not in str(dst):
+            shutil.copytree(src, dst)
+            with open(os.path.join(dst, "train-x.bin"), "r+b") as f:
+                f.truncate(8)
+            raise OSError(39, "Directory not empty")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(prepared.os, "rename", other_process_first)
+    with pytest.raises(OSError, match="Directory not empty"):
+        prepare(_req(path=str(path)), tmp_path / "cache")
+
+
+def test_prepared_dataset_passes_progress_log_and_checksums_on(tmp_path):
+    from lr_core.prepared import prepared_dataset
+
+    path = _csv(tmp_path / "d.csv", n=20)
+    seen, notes = [], []
+    ds = prepared_dataset(_req(path=str(path)), tmp_path / "cache", progress=lambda *a: seen.append(a[0]),
+                          log=notes.append)
+    assert seen == [f"reading {path}", "splitting"] and notes == []
+    raw = bytearray((Path(ds.home) / "val-y.bin").read_bytes())
+    raw[0] ^= 1
+    (Path(ds.home) / "val-y.bin").write_bytes(bytes(raw))
+    prepared_dataset(_req(path=str(path)), tmp_path / "cache", log=notes.append)
+    assert len(notes) == 1 and "fail their checksum" in notes[0]
+    raw[0] ^= 1
+    (Path(ds.home) / "val-y.bin").write_bytes(bytes(raw[:-1]) + bytes([raw[-1] ^ 1]))
+    prepared_dataset(_req(path=str(path)), tmp_path / "cache", log=notes.append, checksums=False)
+    assert len(notes) == 1  # sizes only

@@ -10,7 +10,7 @@ import pickle
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow", reason="pyarrow is in requirements.txt; .ci/install installs it")
+import pyarrow as pa  # noqa: E402  (requirements.txt; .ci/install installs it: missing is a failure)
 import pyarrow.parquet as pq  # noqa: E402
 
 from lr_core import prepared  # noqa: E402
@@ -40,6 +40,17 @@ def _req(source="csv", **kw):
     return make_request(source, **kw)
 
 
+def _idx_folder(tmp_path, n_train, shape):
+    """The four MNIST-style IDX files: ``n_train`` training and 30 test images of ``shape``."""
+    rng = np.random.default_rng(0)
+    src = tmp_path / "idx"
+    src.mkdir()
+    for split, n in (("train", n_train), ("t10k", 30)):
+        write_idx(src / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, *shape)))
+        write_idx(src / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    return src
+
+
 def _same(a, b):
     for name in ("x_train", "y_train", "x_val", "y_val"):
         assert np.array_equal(getattr(a, name), getattr(b, name)), name
@@ -57,12 +68,7 @@ def test_prepared_csv_equals_the_in_memory_split(tmp_path, monkeypatch):
 
 
 def test_prepared_mnist_keeps_uint8_and_trains_exactly_like_memory(tmp_path):
-    rng = np.random.default_rng(0)
-    src = tmp_path / "idx"
-    src.mkdir()
-    for split, n in (("train", 120), ("t10k", 30)):
-        write_idx(src / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 4, 4)))
-        write_idx(src / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    src = _idx_folder(tmp_path, 120, (4, 4))
     kw = dict(kind="softmax", num_classes=10, seed=3, path=str(src))
     home = prepare(make_request("mnist", **kw), tmp_path / "cache")
     ds, mem = open_prepared(home), load_dataset("mnist", **kw)
@@ -462,12 +468,7 @@ def test_the_manifest_of_a_built_in_source(tmp_path, monkeypatch):
     ds = open_prepared(home)
     _same(ds, mem)
     assert ds.image_shape == (8, 8) and ds.x_train.dtype == np.float32
-    rng = np.random.default_rng(0)
-    src = tmp_path / "idx"
-    src.mkdir()
-    for split, n in (("train", 250), ("t10k", 30)):
-        write_idx(src / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 2, 3)))
-        write_idx(src / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    src = _idx_folder(tmp_path, 250, (2, 3))
     home = prepare(make_request("mnist", kind="softmax", num_classes=10, seed=3, path=str(src)), tmp_path / "c2")
     m = _manifest(home)
     assert (m["image_shape"], m["val_name"], m["scale"], m["description"]) == (

@@ -8,7 +8,7 @@ import socket
 import numpy as np
 import pytest
 
-pa = pytest.importorskip("pyarrow", reason="pyarrow is in requirements.txt; .ci/install installs it")
+import pyarrow as pa  # noqa: E402  (requirements.txt; .ci/install installs it: missing is a failure)
 import pyarrow.parquet as pq  # noqa: E402
 
 from lr_core.data import load_dataset, read_features_file  # noqa: E402

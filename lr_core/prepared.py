@@ -85,10 +85,11 @@ def dataset_key(request: LoadRequest, files: list) -> str:
 
 # --------------------------------------------------------------------------- writing
 class _ArrayWriter:
-    """Appends row blocks to one raw array file, hashing each shard as it goes."""
+    """Appends row blocks to one raw array file, hashing each shard as it goes (``final``;
+    a scratch file that is read back once and removed is neither hashed nor synced)."""
 
-    def __init__(self, path: Path, dtype, width: int | None):
-        self.path, self.dtype, self.width = path, np.dtype(dtype), width
+    def __init__(self, path: Path, dtype, width: int | None, final: bool = True):
+        self.path, self.dtype, self.width, self.final = path, np.dtype(dtype), width, final
         self.f = open(path, "wb")
         self.rows, self.shards = 0, []
         self._h, self._shard_start = hashlib.sha256(), 0
@@ -105,21 +106,23 @@ class _ArrayWriter:
             take = min(rows - at, per_shard - (self.rows - self._shard_start))
             piece = buf[at * row_bytes:(at + take) * row_bytes]
             self.f.write(piece)
-            self._h.update(piece)
+            if self.final:
+                self._h.update(piece)
             self.rows += take
             at += take
             if self.rows - self._shard_start == per_shard:
                 self._close_shard()
 
     def _close_shard(self) -> None:
-        if self.rows > self._shard_start:
+        if self.rows > self._shard_start and self.final:
             self.shards.append({"rows": [self._shard_start, self.rows], "sha256": self._h.hexdigest()})
         self._h, self._shard_start = hashlib.sha256(), self.rows
 
     def close(self) -> dict:
         self._close_shard()
         self.f.flush()
-        os.fsync(self.f.fileno())
+        if self.final:
+            os.fsync(self.f.fileno())
         self.f.close()
         shape = [self.rows] + ([self.width] if self.width is not None else [])
         return {"file": self.path.name, "dtype": self.dtype.str, "shape": shape, "shards": self.shards}
@@ -143,8 +146,9 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
             stored = np.uint8 if np.asarray(x).dtype == np.uint8 else np.float32
             xf = check_features(np.asarray(x), at, num_features, table.columns, offset=off)
             if xw is None:
-                xw = _ArrayWriter(out / f"{name}-x.bin", stored, xf.shape[1])
-                yw = _ArrayWriter(out / f"{name}-y.bin", np.int64, None)
+                scratch = name == "all"  # split into train and val next, then removed
+                xw = _ArrayWriter(out / f"{name}-x.bin", stored, xf.shape[1], final=not scratch)
+                yw = _ArrayWriter(out / f"{name}-y.bin", np.int64, None, final=not scratch)
             elif xf.shape[1] != xw.width:
                 raise DataError(f"{at}: row {off + 1}: {xf.shape[1]} feature columns, earlier rows have "
                                 f"{xw.width}; every row needs the same features")
@@ -173,24 +177,27 @@ def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, prog
     keep = np.zeros(n, dtype=bool)
     keep[perm[n_val:]] = True
     del perm
-    x_all = np.memmap(out / xe["file"], dtype=np.dtype(xe["dtype"]), mode="r", shape=(n, d))
-    y_all = np.memmap(out / ye["file"], dtype=np.int64, mode="r", shape=(n,))
-    writers = {s: (_ArrayWriter(out / f"{s}-x.bin", x_all.dtype, d), _ArrayWriter(out / f"{s}-y.bin", np.int64, None))
+    x_dtype = np.dtype(xe["dtype"])
+    writers = {s: (_ArrayWriter(out / f"{s}-x.bin", x_dtype, d), _ArrayWriter(out / f"{s}-y.bin", np.int64, None))
                for s in ("train", "val")}
-    step = max(1, (32 << 20) // max(x_all.dtype.itemsize * d, 1))
-    for lo in range(0, n, step):
-        hi = min(n, lo + step)
-        k = keep[lo:hi]
-        for split, mask in (("train", k), ("val", ~k)):
-            xw, yw = writers[split]
-            xw.write(x_all[lo:hi][mask])
-            yw.write(y_all[lo:hi][mask])
-        if progress:
-            progress("splitting", hi, n)
+    step = max(1, (8 << 20) // max(x_dtype.itemsize * d, 1))
+    # Plain reads, not a memory map: mapped pages of the whole file would count in this
+    # process's resident memory until it ends.
+    with open(out / xe["file"], "rb") as fx, open(out / ye["file"], "rb") as fy:
+        for lo in range(0, n, step):
+            hi = min(n, lo + step)
+            x = np.fromfile(fx, dtype=x_dtype, count=(hi - lo) * d).reshape(hi - lo, d)
+            y = np.fromfile(fy, dtype=np.int64, count=hi - lo)
+            k = keep[lo:hi]
+            for split, mask in (("train", k), ("val", ~k)):
+                xw, yw = writers[split]
+                xw.write(x[mask])
+                yw.write(y[mask])
+            if progress:
+                progress("splitting", hi, n)
     entries = {}
     for split, (xw, yw) in writers.items():
         entries[f"{split}-x"], entries[f"{split}-y"] = xw.close(), yw.close()
-    del x_all, y_all
     os.remove(out / xe["file"])
     os.remove(out / ye["file"])
     return entries

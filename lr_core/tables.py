@@ -9,8 +9,8 @@ float32 or the file's own integer dtype, ``y`` the raw label values or ``None``)
 file larger than memory streams through. Bad files raise :class:`DataError` with one line
 naming the file, line, row or column and the fix (docs/design.md#data).
 
-Formats, by the path's ending: ``.csv`` (also ``.csv.gz``: pyarrow's multi-threaded
-reader, typed float32 features), ``.parquet``/``.pq``, a directory of Parquet files or a
+Formats, by the path's ending: ``.csv`` (also ``.csv.gz``: parsed by pyarrow in whole-line chunks, one per core,
+typed float32 features), ``.parquet``/``.pq``, a directory of Parquet files or a
 glob (``data/*.parquet``), ``.npy`` (features only), a directory with ``x.npy`` and ``y.npy``
 (both read block by block) and ``.npz``
 (arrays ``x`` and ``y``; read whole: use NPY or Parquet for large data).
@@ -34,7 +34,8 @@ from .errors import DataError
 __all__ = ["Table", "open_table", "resolve", "display", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint"]
 
 BLOCK_ROWS = 65536          # rows per block a table yields
-_CSV_BLOCK_BYTES = 8 << 20  # pyarrow reads CSV in blocks of this many bytes
+_CSV_CHUNK_BYTES = 2 << 20  # CSV is parsed in whole-line chunks of about this many bytes
+_CSV_THREADS = 4            # at most this many chunks at once (and no more than the cores)
 
 
 def is_uri(path: str) -> bool:
@@ -305,25 +306,27 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
     convert = pcsv.ConvertOptions(
         column_types=types, null_values=[], strings_can_be_null=False,
         include_columns=[internal[j] for j in feat_idx] + ([internal[label_idx]] if label_idx is not None else []))
-    # skip_rows counts physical lines, blank ones included: through the header, or up to the first row.
-    skip = first_end if header else first_end - 1
-    read = pcsv.ReadOptions(column_names=internal, skip_rows=skip, block_size=_CSV_BLOCK_BYTES)
+    # The rows start after the header (or at the first data row): a byte offset, found in
+    # the head that _csv_head read, counting physical lines as csv.reader does.
+    start = _line_offset(fs, inner, where, first_end if header else first_end - 1)
+    read = pcsv.ReadOptions(column_names=internal, use_threads=False)
+    names = [internal[j] for j in feat_idx]
+
+    def parse(chunk: bytes):
+        # In a worker thread: pyarrow parses without the GIL, so chunks parse in parallel.
+        part = pcsv.read_csv(pa.py_buffer(chunk), read_options=read, convert_options=convert)
+        x = (np.column_stack([part.column(c).to_numpy(zero_copy_only=False) for c in names])
+             if names else np.zeros((part.num_rows, 0)))
+        y = _labels(part.column(internal[label_idx])) if label_idx is not None else None
+        return x.astype(np.float32, copy=False), y
 
     def batches(block_rows: int):
         rows = 0
         try:
-            with _open_stream(fs, inner, where) as f:
-                reader = pcsv.open_csv(f, read_options=read, convert_options=convert)
-                for batch in reader:
-                    rows += batch.num_rows
-                    for lo in range(0, batch.num_rows, block_rows):
-                        part = batch.slice(lo, block_rows)
-                        x = np.column_stack([part.column(internal[j]).to_numpy(zero_copy_only=False)
-                                             for j in feat_idx]) if feat_idx else np.zeros((part.num_rows, 0))
-                        y = None
-                        if label_idx is not None:
-                            y = _labels(part.column(internal[label_idx]))
-                        yield x.astype(np.float32, copy=False), y
+            for x, y in _parallel_chunks(fs, inner, where, start, parse):
+                rows += len(x)
+                for lo in range(0, len(x), block_rows):
+                    yield x[lo:lo + block_rows], (None if y is None else y[lo:lo + block_rows])
         except (pa.ArrowInvalid, UnicodeDecodeError) as e:
             # pyarrow names neither the line nor the column's header: find the first bad
             # row again with the exact reader, and report it the one way every reader does.
@@ -333,6 +336,60 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
             raise DataError(f"{where}: no data rows after the header; the dataset is empty")
 
     return Table(where, columns, None, batches, has_labels=label_idx is not None)
+
+
+_LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _line_offset(fs, inner: str, where: str, lines: int) -> int:
+    """The byte offset just past the first ``lines`` physical lines of the file."""
+    if lines <= 0:
+        return 0
+    with _open_stream(fs, inner, where) as f:
+        head = f.read(1 << 20)  # _csv_head found the header inside this window
+    for k, m in enumerate(_LINE_END.finditer(head), 1):
+        if k == lines:
+            return m.end()
+    return len(head)
+
+
+def _parallel_chunks(fs, inner: str, where: str, start: int, parse: Callable[[bytes], tuple]):
+    """``parse`` of each whole-line chunk of about ``_CSV_CHUNK_BYTES`` from byte ``start``,
+    in file order, with up to one chunk per core being parsed while the next is read.
+
+    pyarrow's own streaming reader parses one block at a time and reads several blocks
+    ahead (about 200 MB at 8 MB blocks); this keeps ``threads + 1`` small chunks in memory
+    and uses every core. A record is never split: a chunk ends at a line end, as pyarrow
+    itself assumes (no line breaks inside quoted values)."""
+    import pyarrow as pa
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads = max(1, min(_CSV_THREADS, pa.cpu_count()))
+    with _open_stream(fs, inner, where) as f, ThreadPoolExecutor(threads) as pool:
+        pending: list = []
+        f.read(start)  # the header lines
+        rest = b""
+        try:
+            while True:
+                block = f.read(_CSV_CHUNK_BYTES)
+                data = rest + block
+                if not block:
+                    if data.strip():
+                        pending.append(pool.submit(parse, data))
+                    break
+                cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+                if not cut:  # one line longer than a chunk: read on
+                    rest = data
+                    continue
+                rest = data[cut:]
+                pending.append(pool.submit(parse, data[:cut]))
+                while len(pending) > threads:
+                    yield pending.pop(0).result()
+            while pending:
+                yield pending.pop(0).result()
+        finally:
+            for p in pending:
+                p.cancel()
 
 
 def _not_the_label(features: list[str], label_column: str | None, where: str) -> None:

@@ -710,8 +710,8 @@ def test_csv_more_edges(tmp_path, monkeypatch):
     p.write_bytes(b"\xef\xbb\xbf1,2\n3,x\n")  # a BOM before a row without header
     assert _err(_read, p, label_column=None, require_labels=False) == (
         f"{p}: line 2, column 'column 2': 'x' is not a number; features must be numeric")
-    # pyarrow reads _CSV_BLOCK_BYTES at a time: a block never spans two of its reads
-    monkeypatch.setattr(tables, "_CSV_BLOCK_BYTES", 64)
+    # the CSV is parsed _CSV_CHUNK_BYTES at a time: a block never spans two chunks
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 64)
     p.write_text("a,b,label\n" + "1,1,0\n" * 40 + "2,x,1\n")
     table = open_table(p, features=["a"])
     sizes = [len(x) for x, _ in table.batches(1000)]
@@ -759,3 +759,29 @@ def test_glob_and_folder_tables_take_every_option(tmp_path):
                                                   f"set data.label_column")
     (nolabel / "q.parquet").write_bytes(b"PAR1 broken")
     assert _err(_read, nolabel / "q*").startswith(f"{nolabel}/q*: not a readable Parquet file (")
+
+
+@pytest.mark.parametrize("text", [
+    "a,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n",                   # plain
+    "\n\na,b,label\r\n1,2,0\r\n\r\n3,4,1\r\n5,6,0\r\n7,8,1",   # blank lines before the header, CRLF, no last line end
+    "\ufeffa,b,label\n1,2,0\n3,4,1\n5,6,0\n7,8,1\n",            # a BOM before the header
+    "\ufeff1,2,0\n3,4,1\n5,6,0\n7,8,1\n",                        # a BOM before the first row, no header
+    "a,b,label\n1.25,2,0\n3,4," + "1" * 300 + "\n5,6,0\n7,8,1\n",  # a line longer than a chunk
+])
+@pytest.mark.parametrize("chunk", [1, 5, 64, 1 << 20])
+def test_csv_chunks_give_every_row_once_in_order(tmp_path, monkeypatch, text, chunk):
+    """Rows parsed in parallel chunks of any size are the file's rows, in order, whatever
+    the line ends, blank lines, BOM or a line longer than a chunk."""
+    p = tmp_path / "d.csv"
+    p.write_bytes(text.encode())
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", chunk)
+    header = not text.lstrip("\ufeff").startswith("1")
+    t = open_table(p, "label" if header else None, header)
+    blocks = list(t.batches(3))
+    x = np.concatenate([b[0] for b in blocks])
+    rows = [[1.25 if "1.25" in text else 1, 2], [3, 4], [5, 6], [7, 8]]
+    assert x.tolist() == (rows if header else [r + [k % 2] for k, r in enumerate(rows)])
+    if header:
+        y = np.concatenate([b[1] for b in blocks])
+        assert y.tolist() == [0, float("1" * 300) if "1" * 300 in text else 1, 0, 1]
+    assert t.columns == (["a", "b"] if header else ["column 1", "column 2", "column 3"])

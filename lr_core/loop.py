@@ -28,6 +28,7 @@ from . import faults
 from .comm import Communicator, SingleProcessCommunicator
 from .config import LoopConfig
 from .data import Dataset
+from .prepared import MappedPages
 from .errors import DivergenceError
 from .losses import LossGraph
 from .metrics import EvalCounts, from_logits, summarize
@@ -79,6 +80,9 @@ class TrainingLoop:
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
 
         self.x = _device_array(data.x_train, self.ctx)  # the stored dtype; the graph casts and scales
+        # A set larger than memory is read through a memory map: unmap what was read as
+        # the epoch goes, so this process's memory stays flat (docs/design.md#prepared-data).
+        self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
         y = data.y_train.astype(np.float32)
         self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
         # Validation: this rank's contiguous slice; counts are summed across ranks.
@@ -129,6 +133,7 @@ class TrainingLoop:
                 # copy of the dataset: workers on a node share Ray's object store).
                 rows = idx_nd[a:b]
                 xb, yb = mx.nd.take(self.x, rows), mx.nd.take(self.y, rows)
+                self.train_pages.read(b - a)
                 with autograd.record():
                     total = self.graph(xb, yb)
                 total.backward()
@@ -143,6 +148,7 @@ class TrainingLoop:
             comm.step(self.trainer, int(global_sizes[s]))
         # the one host sync of the epoch
         local = mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)
+        self.train_pages.release()  # every step has run: nothing of the epoch stays mapped
         self._done_seconds += time.perf_counter() - t0
         per_step = comm.allreduce_sum(local, name=f"train_loss.{epoch}.{start_step}")
         if not np.all(np.isfinite(per_step)):
@@ -189,8 +195,12 @@ class TrainingLoop:
         """Logits of validation rows [a, b), read in blocks (a memory-mapped set is never
         copied whole)."""
         step = max(self.cfg.eval_batch_size, 1)
-        outs = [self.net(mx.nd.array(self.data.features(self.data.x_val[i:min(b, i + step)]), ctx=self.ctx,
-                                     dtype="float32")).asnumpy() for i in range(a, b, step)]
+        outs = []
+        for i in range(a, b, step):
+            rows = self.data.x_val[i:min(b, i + step)]
+            outs.append(self.net(mx.nd.array(self.data.features(rows), ctx=self.ctx, dtype="float32")).asnumpy())
+            self.val_pages.read(len(rows))
+        self.val_pages.release()
         return np.concatenate(outs) if outs else np.zeros((0, 1), dtype=np.float32)
 
     def run_epoch(self, epoch: int, progress: Callable[[int, int], None] | None = None,

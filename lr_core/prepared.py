@@ -462,6 +462,11 @@ def reopen(home: str, origin=None) -> Dataset:
     return dataclasses.replace(ds, extra={**ds.extra, "origin": origin})
 
 
+def _reads_whole(x: np.ndarray) -> bool:
+    """Whether training reads ``x`` ahead whole: it fits in a quarter of the free memory."""
+    return x.nbytes < _free_memory() // 4
+
+
 def _advise(x: np.ndarray) -> None:
     """Tell the kernel how training reads the features: a set that fits in a quarter of
     the free memory is read ahead whole (one sequential pass, then every step hits the
@@ -473,9 +478,62 @@ def _advise(x: np.ndarray) -> None:
     if m is None or not hasattr(m, "madvise"):
         return
     try:
-        m.madvise(mmap.MADV_WILLNEED if x.nbytes < _free_memory() // 4 else mmap.MADV_RANDOM)
+        m.madvise(mmap.MADV_WILLNEED if _reads_whole(x) else mmap.MADV_RANDOM)
     except (OSError, ValueError):
         pass
+
+
+RESIDENT_BYTES = 64 << 20  # pages of a large mapped set a process keeps mapped between releases
+_FOLIO = 2 << 20           # a page fault may map the whole (large) folio around the row: up to a PMD
+
+
+class MappedPages:
+    """Keeps this process's share of a large memory-mapped array near ``RESIDENT_BYTES``.
+
+    Pages a process has read from a shared file mapping stay in its page tables, so its
+    resident and private memory (RSS, USS) grow to the whole set over an epoch, although
+    the kernel could drop them at any time. On Linux 6 a fault maps the whole large folio
+    around the row (measured here: 64 random 4 KiB rows mapped 108 MiB), so a row counts
+    as ``_FOLIO`` bytes; after ``RESIDENT_BYTES`` of them, ``MADV_DONTNEED`` unmaps what
+    was read: the data stays in the page cache, a later read maps it again. Arrays that
+    are read whole (:func:`_reads_whole`) or not mapped are left alone.
+    """
+
+    def __init__(self, x: np.ndarray):
+        import mmap
+
+        m = getattr(x, "_mmap", None)
+        self._m = m if m is not None and hasattr(m, "madvise") and x.size and not _reads_whole(x) else None
+        row = x.strides[0] if x.ndim else x.itemsize
+        # a row maps its own bytes and one page more, or the folio around it
+        self.budget_rows = max(1, RESIDENT_BYTES // max(row + mmap.PAGESIZE, _FOLIO))
+        self._rows = 0
+        self.releases = 0
+
+    @property
+    def active(self) -> bool:
+        return self._m is not None
+
+    def read(self, rows: int) -> None:
+        """Count ``rows`` more rows read; release the mapped pages when over budget."""
+        if self._m is None:
+            return
+        self._rows += rows
+        if self._rows >= self.budget_rows:
+            self.release()
+
+    def release(self) -> None:
+        import mmap
+
+        if self._m is None:
+            return
+        try:
+            self._m.madvise(mmap.MADV_DONTNEED)
+        except (OSError, ValueError):
+            self._m = None  # not possible here: keep the pages, as before
+            return
+        self._rows = 0
+        self.releases += 1
 
 
 def _free_memory() -> int:

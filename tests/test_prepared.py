@@ -925,3 +925,64 @@ def test_prepared_dataset_passes_progress_log_and_checksums_on(tmp_path):
     (Path(ds.home) / "val-y.bin").write_bytes(bytes(raw[:-1]) + bytes([raw[-1] ^ 1]))
     prepared_dataset(_req(path=str(path)), tmp_path / "cache", log=notes.append, checksums=False)
     assert len(notes) == 1  # sizes only
+
+
+# --------------------------------------------------------------------------- flat memory
+def _mapped_bytes(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                inside = line.rstrip().endswith(" " + str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1]) * 1024
+    return total
+
+
+def test_mapped_pages_of_a_large_set_stay_near_the_budget(tmp_path, monkeypatch):
+    path = tmp_path / "x.bin"
+    np.arange(8192 * 1024, dtype=np.float32).tofile(path)  # 32 MiB, rows of 4 KiB
+    monkeypatch.setattr(prepared, "RESIDENT_BYTES", 8 << 20)
+    for budgeted in (False, True):
+        x = np.memmap(path, dtype=np.float32, mode="r", shape=(8192, 1024))
+        monkeypatch.setattr(prepared, "_free_memory", lambda: 1 << 40 if not budgeted else 1 << 20)
+        pages = prepared.MappedPages(x)
+        assert pages.active == budgeted and pages.budget_rows == 4  # a row counts as a 2 MiB folio
+        most = 0
+        for lo in range(0, 8192, 64):
+            assert x[lo:lo + 64].sum() >= 0
+            pages.read(64)
+            most = max(most, _mapped_bytes(path))
+        if budgeted:
+            assert pages.releases == 128 and most <= 12 << 20, most
+        else:  # a set read whole keeps its pages: the measure sees them
+            assert pages.releases == 0 and most >= 32 << 20, most
+        del x, pages
+
+
+def test_training_unmaps_what_it_read_when_the_set_is_large(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    src = tmp_path / "arrays"
+    src.mkdir()
+    np.save(src / "x.npy", rng.standard_normal((6000, 1024)).astype(np.float32))  # 22 MiB of training rows
+    np.save(src / "y.npy", rng.integers(0, 2, 6000))
+    home = prepare(_req("npy", path=str(src)), tmp_path / "cache")
+    cfg = LoopConfig(kind="binary", num_classes=2, epochs=1, batch_size=100, learning_rate=0.1, seed=1)
+    monkeypatch.setattr(prepared, "RESIDENT_BYTES", 8 << 20)
+    runs = {}
+    for large in (False, True):
+        monkeypatch.setattr(prepared, "_free_memory", lambda: 1 << 40 if not large else 1 << 20)
+        ds = open_prepared(home)
+        loop, hist = fit(cfg, ds)
+        runs[large] = loop.get_params(), hist[0]["val_loss"]
+        train, val = _mapped_bytes(home / "train-x.bin"), _mapped_bytes(home / "val-x.bin")
+        if large:  # a step's 100 rows are over the budget (4 rows): a release per step, one at the end
+            assert loop.train_pages.releases == 5400 // 100 + 1 and train == 0 and val == 0, (train, val)
+        else:
+            assert loop.train_pages.releases == 0 and train >= 20 << 20, train
+        del loop, ds
+    for name, p in runs[False][0].items():  # the same data, the same result
+        assert np.array_equal(p, runs[True][0][name]), name
+    assert runs[False][1] == runs[True][1]

@@ -5,6 +5,7 @@ spec, and k8s/ equals what render() prints today. Fast: no Ray, no training.
     .venv/bin/python -m pytest -q tests/test_k8s.py
 """
 import argparse
+import json
 import difflib
 import re
 import shlex
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 
@@ -54,7 +56,8 @@ def _cpus(quantity: str) -> float:
 
 def _pod_templates(doc: dict) -> list[tuple[str, dict]]:
     if doc["kind"] == "RayJob":
-        doc = {"kind": "RayCluster", "spec": doc["spec"]["rayClusterSpec"]}
+        return [("submitter", doc["spec"]["submitterPodTemplate"])] + _pod_templates(
+            {"kind": "RayCluster", "spec": doc["spec"]["rayClusterSpec"]})
     if doc["kind"] == "RayCluster":
         s = doc["spec"]
         return [("head", s["headGroupSpec"]["template"])] + [
@@ -244,7 +247,7 @@ def test_rayjob_agrees_with_its_job_spec(name):
     assert s["shutdownAfterJobFinishes"] is True
     for key in ("ttlSecondsAfterFinished", "activeDeadlineSeconds"):
         assert isinstance(s[key], int) and s[key] > 0, key
-    assert s["backoffLimit"] == 0 and s["submissionMode"] == "K8sJobMode"
+    assert s["backoffLimit"] >= 2 and s["submissionMode"] == "K8sJobMode"
     _check_ray_cluster(s["rayClusterSpec"], spec, interactive=False)
     pvc = _one(docs, "PersistentVolumeClaim")
     assert pvc["spec"]["accessModes"] == ["ReadWriteOnce"]
@@ -277,9 +280,11 @@ def test_mpijob_runs_horovodrun_with_gloo_over_the_workers():
     assert mj["apiVersion"] == "kubeflow.org/v2beta1"
     s = mj["spec"]
     assert s["slotsPerWorker"] == 1 and s["mpiImplementation"] == "OpenMPI"
-    assert s["runPolicy"]["backoffLimit"] == 0 and s["runPolicy"]["activeDeadlineSeconds"] > 0
+    assert s["runPolicy"]["backoffLimit"] >= 2 and s["runPolicy"]["activeDeadlineSeconds"] > 0
     launcher, worker = s["mpiReplicaSpecs"]["Launcher"], s["mpiReplicaSpecs"]["Worker"]
-    assert launcher["replicas"] == 1
+    assert launcher["replicas"] == 1 and launcher["restartPolicy"] == "OnFailure"
+    # non-root: the keys go to the image user's ~/.ssh, sshd listens above 1023
+    assert s["sshAuthMountPath"] == "/home/lrjob/.ssh"
     (lc,) = launcher["template"]["spec"]["containers"]
     assert lc["command"] == ["horovodrun"]
     # horovodrun's own parser reads the arguments
@@ -289,13 +294,15 @@ def test_mpijob_runs_horovodrun_with_gloo_over_the_workers():
         hargs = launch.parse_args()
     finally:
         sys.argv = saved
-    assert hargs.use_gloo and hargs.hostfile == "/etc/mpi/hostfile"
+    assert hargs.use_gloo and hargs.hostfile == "/etc/mpi/hostfile" and hargs.ssh_port == k8s.SSH_PORT
     assert hargs.num_proc == worker["replicas"] == spec.workers
     assert hargs.command == ["lrjob", "worker", k8s.SPEC_PATH, "--output", f"{k8s.RUNS_DIR}/{spec.name}"]
     wargs = build_parser().parse_args(hargs.command[1:])  # `lrjob worker` as the workers run it
     assert wargs.command == "worker" and wargs.job == k8s.SPEC_PATH and wargs.output == f"{k8s.RUNS_DIR}/{spec.name}"
     wc = _check_worker_pods(worker["template"], worker["replicas"], spec, _image_for(spec))
-    assert wc["command"] == ["/usr/sbin/sshd"] and wc["args"] == ["-De"]
+    assert wc["command"] == ["lrjob-sshd"] and "args" not in wc
+    assert wc["ports"] == [{"containerPort": k8s.SSH_PORT, "name": "ssh"}]
+    assert wc["readinessProbe"]["tcpSocket"]["port"] == k8s.SSH_PORT
     assert {m["mountPath"] for m in wc["volumeMounts"]} == {k8s.SPEC_DIR, k8s.RUNS_DIR}
     assert _one(docs, "PersistentVolumeClaim")["spec"]["accessModes"] == ["ReadWriteMany"]
 
@@ -417,3 +424,132 @@ def test_lrjob_k8s_command():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "lrjob: error: --kind must be one of rayjob, raycluster, mpijob, got 'foo'"]
+
+
+# --------------------------------------------------------------------------- hardening
+# The custom resources against their real CRDs (tests/data/crd_schemas.json says where each comes
+# from): an unknown or misspelt field (authOptions in a KubeRay too old for it, say) is refused
+# here as `kubectl apply`'s strict field validation would refuse it.
+CRDS = json.loads((ROOT / "tests" / "data" / "crd_schemas.json").read_text())
+
+
+def _strict(schema):
+    """``schema`` with unknown properties refused wherever the CRD lists the properties."""
+    if isinstance(schema, dict):
+        schema = {k: _strict(v) for k, v in schema.items()}
+        if "properties" in schema and "additionalProperties" not in schema and \
+                not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [_strict(v) for v in schema]
+    return schema
+
+
+def _crd_errors(doc: dict) -> list[str]:
+    schema = _strict(CRDS[f"{doc['apiVersion']}/{doc['kind']}"])
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+@pytest.mark.parametrize("name", FILES)
+def test_custom_resources_validate_against_their_crds(name):
+    main = next(d for d in _docs(name) if d["apiVersion"] in CUSTOM)
+    assert _crd_errors(main) == []
+
+
+def test_the_crd_check_refuses_unknown_fields():
+    rc = _one(_docs("raycluster.yaml"), "RayCluster")
+    rc["spec"]["authOptions"]["secretNmae"] = "x"
+    rc["spec"]["authOptions"]["mode"] = "tokens"
+    errors = _crd_errors(rc)
+    assert len(errors) == 2 and any("secretNmae" in e for e in errors) and any("tokens" in e for e in errors)
+
+
+def _rendered(kind: str, gpus=None, **kw) -> list[dict]:
+    spec = load_spec(ROOT / "jobs/binary_synthetic.yaml")
+    return [d for d in yaml.safe_load_all(k8s.render(spec, image="r.example/lrjob:1", workers=3,
+                                                     gpus_per_worker=gpus, kind=kind, **kw)) if d]
+
+
+# Every manifest in k8s/ and a few more renderings (GPU pods, another Secret).
+HARDENED = [(n, None) for n in FILES] + [
+    ("render:rayjob:gpu", ("rayjob", 1, {})), ("render:raycluster:secret", ("raycluster", None, {"auth_secret": "team-a.ray"})),
+    ("render:mpijob:gpu", ("mpijob", 1, {}))]
+
+
+def _hardened_docs(name, how):
+    if how is None:
+        return _docs(name)
+    kind, gpus, kw = how
+    return _rendered(kind, gpus, **kw)
+
+
+@pytest.mark.parametrize("name,how", HARDENED, ids=[h[0] for h in HARDENED])
+def test_every_pod_runs_hardened_and_every_ray_cluster_wants_its_token(name, how):
+    docs = _hardened_docs(name, how)
+    main = next(d for d in docs if d["apiVersion"] in CUSTOM)
+    assert "Secret" not in {d["kind"] for d in docs}  # the token is never in a file
+    if main["apiVersion"] == "ray.io/v1":
+        cluster = main["spec"]["rayClusterSpec"] if main["kind"] == "RayJob" else main["spec"]
+        secret = (how[2].get("auth_secret") if how else None) or k8s.AUTH_SECRET
+        assert cluster["authOptions"] == {"mode": "token", "secretName": secret}
+    templates = _pod_templates(main)
+    assert len(templates) >= 2
+    for role, template in templates:
+        pod = template["spec"]["securityContext"]
+        assert pod["runAsNonRoot"] is True and pod["runAsUser"] == k8s.RUN_AS != 0, role
+        assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, role
+        assert not template["spec"].get("hostNetwork") and not template["spec"].get("hostPID"), role
+        for c in template["spec"]["containers"] + template["spec"].get("initContainers", []):
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"], role
+            assert not sc.get("privileged") and "add" not in sc["capabilities"], role
+            assert sc.get("runAsUser", k8s.RUN_AS) != 0 and sc.get("runAsNonRoot", True) is True, role
+            # the token comes from the Secret through KubeRay, never from the manifest, and
+            # nothing turns the authentication off
+            names = {e["name"] for e in c.get("env", [])}
+            assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, role
+
+
+@pytest.mark.parametrize("name,how", HARDENED, ids=[h[0] for h in HARDENED])
+def test_network_policy_admits_only_the_jobs_pods_and_named_clients(name, how):
+    docs = _hardened_docs(name, how)
+    main = next(d for d in docs if d["apiVersion"] in CUSTOM)
+    base = main["metadata"]["name"]
+    policy = _one(docs, "NetworkPolicy")
+    spec = policy["spec"]
+    assert spec["policyTypes"] == ["Ingress"]
+    # it guards every pod of the job
+    for role, template in _pod_templates(main):
+        labels = template["metadata"]["labels"]
+        assert spec["podSelector"]["matchLabels"].items() <= labels.items(), role
+    own = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": base}}}
+    client = {"podSelector": {"matchLabels": {k8s.CLIENT_LABEL: base}}}
+    operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": {
+        "app.kubernetes.io/component": "kuberay-operator"}}}
+    rules = spec["ingress"]
+    for rule in rules:  # no rule without a source: that would admit everyone
+        assert rule.get("from"), rule
+    open_ports = {(tuple(map(json.dumps, r["from"])), tuple(p["port"] for p in r.get("ports", [])))
+                  for r in rules}
+    expected = {((json.dumps(own),), ())}
+    if main["apiVersion"] == "ray.io/v1":
+        expected |= {((json.dumps(client),), (8265, 6379, 10001)), ((json.dumps(operator),), (8265,))}
+    assert open_ports == expected
+
+
+def test_auth_secret_must_be_a_secret_name():
+    args = _k8s_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--auth-secret", "Bad_Name"])
+    with pytest.raises(SpecError) as info:
+        k8s.cmd_k8s(args)
+    assert "--auth-secret must be a Kubernetes Secret name" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_lrjob_k8s_says_how_to_create_the_token_secret(capsys):
+    args = _k8s_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--auth-secret", "team-a"])
+    assert k8s.cmd_k8s(args) == 0
+    out, err = capsys.readouterr()
+    assert [d["kind"] for d in yaml.safe_load_all(out) if d][-1] == "NetworkPolicy"  # stdout: YAML only
+    assert err.count("\n") == 1 and "secretName: team-a" in out
+    assert "kubectl create secret generic team-a --from-literal=auth_token=" in err
+    assert "kubectl create secret generic team-a --from-literal=auth_token=" in out  # the file says it too

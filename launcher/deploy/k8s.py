@@ -9,6 +9,11 @@ Every field carries a comment, like the KubeRay samples; the output is determini
 
 The job spec travels in a ConfigMap (mounted at /etc/lrjob/job.yaml); the run directory
 goes to a PersistentVolumeClaim mounted at /runs, as /runs/<name>.
+
+Hardening (docs/design.md "Cluster security"): every Ray cluster uses Ray token authentication
+with the token from a Kubernetes Secret (KubeRay's ``authOptions``); every pod runs as the
+image's non-root user with no privilege escalation, no capabilities and the runtime's default
+seccomp profile; a NetworkPolicy admits only the job's own pods and named clients.
 """
 from __future__ import annotations
 
@@ -28,7 +33,9 @@ import yaml
 from lr_core.errors import SpecError
 
 __all__ = ["render", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
-           "KINDS", "RAY_VERSION", "DEFAULT_IMAGE", "SPEC_DIR", "SPEC_PATH", "RUNS_DIR", "CUDA_STUB_DIR"]
+           "secret_command", "KINDS", "RAY_VERSION", "KUBERAY_VERSION", "DEFAULT_IMAGE", "SPEC_DIR", "SPEC_PATH",
+           "RUNS_DIR", "CUDA_STUB_DIR", "AUTH_SECRET", "AUTH_SECRET_KEY", "RUN_AS", "SSH_PORT", "CLIENT_LABEL",
+           "RESTARTS"]
 
 KINDS = ("rayjob", "raycluster", "mpijob")
 RAY_VERSION = "2.60.0"  # the cluster's Ray; requirements.txt pins the same, so the image matches
@@ -61,6 +68,24 @@ DEADLINE_SECONDS = 7200  # image pulls, cluster start and training together
 # KubeRay's limit (a RayJob's RayCluster gets a 6-character suffix, then the 53-character cap).
 _MAX_NAME = 47
 _WIDTH = 100  # comment lines wrap here
+# The oldest KubeRay whose RayCluster and RayJob CRDs were checked for spec.authOptions
+# (mode, secretName): ray-operator/config/crd/bases/ray.io_rayclusters.yaml and ray.io_rayjobs.yaml
+# at v1.7.0; KubeRay refuses token mode below Ray 2.52.
+KUBERAY_VERSION = "1.7.0"
+# The Secret every Ray pod reads its token from, and the key KubeRay reads in it (KubeRay's
+# RAY_AUTH_TOKEN_SECRET_KEY). One Secret per namespace by default; `--auth-secret` names another.
+AUTH_SECRET = "lrjob-ray-token"
+AUTH_SECRET_KEY = "auth_token"
+RUN_AS = 1000  # uid and gid of the images' `lrjob` user (Dockerfile, Dockerfile.gpu)
+SSH_PORT = 2222  # the MPIJob workers' sshd, run by that user: a port above 1023 needs no capability
+# A pod in the job's namespace with this label, its value the job's base name, may reach the Ray
+# head's dashboard, GCS and client ports (the NetworkPolicy's "named clients").
+CLIENT_LABEL = "lrjob-ray-client"
+# RayJob backoffLimit and MPIJob runPolicy.backoffLimit: a new attempt runs the same command on the
+# same run directory, which resumes from the newest checkpoint this job left there.
+RESTARTS = 2
+_SSH_HOME = "/home/lrjob/.ssh"  # the images' user's ~/.ssh, where the mpi-operator mounts the job's keys
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 # --------------------------------------------------------------------------- YAML with comments
@@ -179,7 +204,8 @@ class _Plan:
     workers: int
     cpu: str  # Kubernetes quantity of resources.cpus_per_worker
     gpus: int
-    base: str  # name of the main object; the others add -job, -runs, -dashboard
+    base: str  # name of the main object; the others add -job, -runs, -dashboard, -ingress
+    auth_secret: str = AUTH_SECRET  # the Secret holding the Ray token (Ray kinds only)
 
     @property
     def run_dir(self) -> str:
@@ -224,7 +250,14 @@ def _k8s_name(spec_name: str, suffix: str) -> str:
     return name
 
 
-def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str) -> _Plan:
+def secret_command(secret: str = AUTH_SECRET) -> str:
+    """The command that creates the token Secret ``secret`` (the value never lands in a file)."""
+    return (f"kubectl create secret generic {secret} "
+            f"--from-literal={AUTH_SECRET_KEY}=\"$(openssl rand -hex 32)\"")
+
+
+def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str,
+          auth_secret: str = AUTH_SECRET) -> _Plan:
     if kind not in KINDS:
         near = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -232,6 +265,9 @@ def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | Non
     if not isinstance(image, str) or not image.strip() or any(ch.isspace() for ch in image):
         raise SpecError(f"--image must be an image reference such as registry.example.com/lrjob:0.1.0, "
                         f"got {image!r}")
+    if not isinstance(auth_secret, str) or len(auth_secret) > 253 or not _DNS_SUBDOMAIN.fullmatch(auth_secret):
+        raise SpecError(f"--auth-secret must be a Kubernetes Secret name (lower-case letters, digits, '-' and "
+                        f"'.'), got {auth_secret!r}; e.g. --auth-secret {AUTH_SECRET}")
     overrides = []
     if workers is not None:
         overrides.append(f"resources.workers={workers}")
@@ -256,7 +292,7 @@ def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | Non
     suffix = {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind] + ("-gpu" if gpus else "")
     return _Plan(spec=spec, kind=kind, image=gpu_image(image) if gpus else image, workers=n,
                  cpu=_cpu_quantity(spec.resources.cpus_per_worker), gpus=gpus,
-                 base=_k8s_name(spec.name, suffix))
+                 base=_k8s_name(spec.name, suffix), auth_secret=auth_secret)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -347,6 +383,74 @@ def _runs_volume(p: _Plan) -> _C:
               {"name": "runs", "persistentVolumeClaim": {"claimName": f"{p.base}-runs"}})
 
 
+def _pod_security(p: _Plan) -> _C:
+    return _C(f"Every container of the pod runs as the image's user `lrjob` (uid/gid {RUN_AS}), never as "
+              f"root; fsGroup makes the mounted volumes writable for that group; RuntimeDefault: the "
+              f"container runtime's default seccomp profile filters system calls.", {
+                  "runAsNonRoot": True,
+                  "runAsUser": RUN_AS,
+                  "runAsGroup": RUN_AS,
+                  "fsGroup": RUN_AS,
+                  "fsGroupChangePolicy": "OnRootMismatch",
+                  "seccompProfile": {"type": "RuntimeDefault"},
+              })
+
+
+def _container_security() -> _C:
+    return _C("No setuid escalation, no Linux capabilities (nothing here binds a port below 1024 or "
+              "changes users), not privileged.", {
+                  "allowPrivilegeEscalation": False,
+                  "privileged": False,
+                  "capabilities": {"drop": ["ALL"]},
+              })
+
+
+def _tcp(*ports: int) -> list:
+    return [{"protocol": "TCP", "port": port} for port in ports]
+
+
+def _network_policy(p: _Plan) -> tuple[str, dict]:
+    own = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": p.base}}}
+    if p.kind == "mpijob":
+        rules = [_C("The job's own pods (launcher and workers), on every port (sshd, Horovod's Gloo "
+                    "rendezvous and ring).", {"from": [own]})]
+    else:
+        rules = [
+            _C("The job's own pods (head, workers" + (", submitter" if p.kind == "rayjob" else "") +
+               "), on every port: Ray's nodes talk over many ports (GCS, raylets, object managers, "
+               "workers).", {"from": [own]}),
+            _C(f"Named clients: pods of this namespace labelled {CLIENT_LABEL}={p.base} may reach the "
+               f"dashboard / job API (8265), the GCS (6379) and the Ray client port (10001). They still need "
+               f"the token.", {"from": [{"podSelector": {"matchLabels": {CLIENT_LABEL: p.base}}}],
+                                "ports": _tcp(8265, 6379, 10001)}),
+            _C("The KubeRay operator (any namespace; its Helm chart and kustomize manifests label the pod "
+               "app.kubernetes.io/component=kuberay-operator) polls the job API.",
+               {"from": [{"namespaceSelector": {},
+                          "podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}}}],
+                "ports": _tcp(8265)}),
+        ]
+    doc = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(p, f"{p.base}-ingress", "the NetworkPolicy"),
+        "spec": _C("Which pods it guards and who may connect to them.", {
+            "podSelector": _C("Every pod of this job (they all carry the instance label).",
+                              {"matchLabels": {"app.kubernetes.io/instance": p.base}}),
+            "policyTypes": _C("Ingress only: the pods may still pull data and reach DNS.", ["Ingress"]),
+            "ingress": _C("Everything else is refused. The kubelet's probes from the node are always "
+                          "allowed; `kubectl port-forward` enters inside the pod, not through this policy.",
+                          rules),
+        }),
+    }
+    if p.kind == "mpijob":
+        who = f"the workers' sshd ({SSH_PORT}) is reachable only from the job's own pods"
+    else:
+        who = (f"the Ray head's dashboard (8265), GCS (6379) and client port (10001) are reachable only from "
+               f"the job's own pods, pods labelled {CLIENT_LABEL}={p.base} and the KubeRay operator")
+    return (f"Network isolation: {who}. Takes effect where the cluster's network plugin enforces "
+            f"NetworkPolicies (Calico, Cilium, ...).", doc)
+
+
 # --------------------------------------------------------------------------- KubeRay
 def _head_group(p: _Plan, interactive: bool) -> dict:
     container: dict[str, Any] = {}  # filled below, in the order the fields are printed
@@ -377,6 +481,7 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
              if interactive else f" (the driver writes {p.run_dir})."),
             [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
              {"name": "runs", "mountPath": RUNS_DIR}]),
+        "securityContext": _container_security(),
     })
     return {
         "rayStartParams": _C(
@@ -388,7 +493,10 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
             "metadata": _C("Added to the pod's labels (KubeRay adds ray.io/cluster, ray.io/node-type, ...).",
                            {"labels": dict(p.labels)}),
             "spec": _C("The head pod: one container.", {
-                "containers": _C("KubeRay runs `ray start --head` in the first container.", [container]),
+                "securityContext": _pod_security(p),
+                "containers": _C("KubeRay runs `ray start --head` in the first container; KubeRay adds "
+                                 f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (from the Secret {p.auth_secret}) to "
+                                 "its environment.", [container]),
                 "volumes": _C("Pod-level volumes, mounted by the container above.",
                               [_spec_volume(p), _runs_volume(p)]),
             }),
@@ -398,12 +506,15 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
 
 def _worker_group(p: _Plan) -> dict:
     spec: dict[str, Any] = {
-        "containers": _C("KubeRay runs `ray start --address=<head>` in the first container.", [{
-            "name": _C("The Ray worker container.", "ray-worker"),
-            "image": _image(p),
-            "imagePullPolicy": _C("Same image, same policy as the head.", "IfNotPresent"),
-            "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
-        }]),
+        "securityContext": _pod_security(p),
+        "containers": _C("KubeRay runs `ray start --address=<head>` in the first container, with the token "
+                         "environment as on the head.", [{
+                             "name": _C("The Ray worker container.", "ray-worker"),
+                             "image": _image(p),
+                             "imagePullPolicy": _C("Same image, same policy as the head.", "IfNotPresent"),
+                             "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
+                             "securityContext": _container_security(),
+                         }]),
     }
     if p.gpus:
         spec["tolerations"] = _gpu_tolerations(p)
@@ -430,6 +541,14 @@ def _cluster_spec(p: _Plan, interactive: bool) -> dict:
                          + RAY_VERSION + ").", RAY_VERSION),
         "enableInTreeAutoscaling": _C("The worker count is fixed: Horovod (static mode) cannot grow or shrink "
                                       "a running job.", False),
+        "authOptions": _C(f"Ray token authentication (KubeRay v{KUBERAY_VERSION} or newer, Ray 2.52 or newer): "
+                          f"every Ray pod gets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the key "
+                          f"{AUTH_SECRET_KEY} of the Secret {p.auth_secret}, and the dashboard, job API, GCS and "
+                          f"Ray client refuse callers without it. Create the Secret once per namespace:\n"
+                          f"  {secret_command(p.auth_secret)}", {
+                              "mode": "token",
+                              "secretName": p.auth_secret,
+                          }),
         "headGroupSpec": _C("The Ray head pod.", _head_group(p, interactive)),
         "workerGroupSpecs": _C("The Horovod worker pods: one group.", [_worker_group(p)]),
     }
@@ -437,6 +556,25 @@ def _cluster_spec(p: _Plan, interactive: bool) -> dict:
 
 def _entrypoint(p: _Plan) -> str:
     return f"lrjob run {SPEC_PATH} --workers {p.workers} --output {p.run_dir}"
+
+
+def _submitter(p: _Plan) -> dict:
+    amounts = {"cpu": "500m", "memory": "512Mi"}
+    return {
+        "metadata": _C("Added to the pod's labels.", {"labels": dict(p.labels)}),
+        "spec": _C("The submitter pod: one container.", {
+            "securityContext": _pod_security(p),
+            "restartPolicy": _C("KubeRay's default; the submitting Job itself retries.", "Never"),
+            "containers": _C("KubeRay sets the command of the first container.", [{
+                "name": _C("KubeRay's name for the submitter container.", "ray-job-submitter"),
+                "image": _C("The head's image: the same Ray CLI.", p.image),
+                "imagePullPolicy": _C("Same policy as the Ray pods.", "IfNotPresent"),
+                "resources": _C("The Ray CLI only (KubeRay's default is 500m / 200Mi to 1 CPU / 1Gi); requests "
+                                "equal limits.", {"requests": dict(amounts), "limits": dict(amounts)}),
+                "securityContext": _container_security(),
+            }]),
+        }),
+    }
 
 
 def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
@@ -448,8 +586,9 @@ def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
             "entrypoint": _C(
                 f"Runs in the Ray head (the driver): it joins the cluster through $RAY_ADDRESS, starts "
                 f"{p.workers} Horovod workers and writes the run directory {p.run_dir} on the volume. "
-                f"`lrjob run` refuses a non-empty --output: delete or move an old {p.run_dir} before "
-                f"running the job again.", _entrypoint(p)),
+                f"On a run directory that holds this job's checkpoints `lrjob run --output` resumes from the "
+                f"newest one (how a retry continues, see backoffLimit); move an old {p.run_dir} aside to "
+                f"start afresh.", _entrypoint(p)),
             "submissionMode": _C("K8sJobMode: KubeRay submits the entrypoint from a Kubernetes Job named like "
                                  "this RayJob, whose log follows the run (kubectl logs -f job/" + p.base + ").",
                                  "K8sJobMode"),
@@ -460,16 +599,20 @@ def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
             "activeDeadlineSeconds": _C(f"Give up after {DEADLINE_SECONDS} s in total (pulling images, "
                                         f"starting the cluster, training); KubeRay then stops the job.",
                                         DEADLINE_SECONDS),
-            "backoffLimit": _C("No retries: a retry starts a new cluster, and `lrjob run --output` refuses the "
-                               "run directory the first attempt left. Continue a failed run from its newest "
-                               f"checkpoint with `lrjob run --resume {p.run_dir}` instead.", 0),
+            "backoffLimit": _C(f"Up to {RESTARTS} retries after a failed attempt (a lost head pod, a crashed "
+                               f"driver): each retry starts a new cluster and runs the same entrypoint, which "
+                               f"resumes {p.run_dir} from its newest checkpoint on the volume.", RESTARTS),
+            "submitterPodTemplate": _C(
+                "The pod of the Kubernetes Job that submits the entrypoint (`ray job submit`, filled in by "
+                "KubeRay, which also adds the token environment): hardened like the Ray pods, labelled so "
+                "that the NetworkPolicy lets it reach the job API.", _submitter(p)),
             "rayClusterSpec": _C("The RayCluster created for this job (named after the RayJob plus a "
                                  "random suffix).", _cluster_spec(p, interactive=False)),
         }),
     }
     return [_configmap(p, "Ray head"), _pvc(p, shared=False),
             (f"The run: a Ray cluster with 1 head and {p.workers} worker pods ({p.cpu} CPU{p.gpu_note}), "
-             f"`lrjob run` as its entrypoint, then shutdown.", doc)]
+             f"`lrjob run` as its entrypoint, then shutdown.", doc), _network_policy(p)]
 
 
 def _raycluster(p: _Plan) -> list[tuple[str, dict]]:
@@ -496,29 +639,33 @@ def _raycluster(p: _Plan) -> list[tuple[str, dict]]:
             (f"A long-lived Ray cluster for `lrjob submit`: 1 head and {p.workers} worker pods "
              f"({p.cpu} CPU{p.gpu_note}); delete it when done (kubectl delete -f FILE).", doc),
             (f"The head's dashboard (8265), a stable name for `lrjob submit --address "
-             f"http://{p.base}-dashboard:8265` from inside the cluster.", service)]
+             f"http://{p.base}-dashboard:8265` from inside the cluster (a pod labelled {CLIENT_LABEL}={p.base}, "
+             f"with the token; see the NetworkPolicy).", service), _network_policy(p)]
 
 
 # --------------------------------------------------------------------------- Kubeflow MPIJob
 def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
-    args = ["--gloo", "-np", str(p.workers), "-hostfile", "/etc/mpi/hostfile",
+    args = ["--gloo", "-np", str(p.workers), "-hostfile", "/etc/mpi/hostfile", "-p", str(SSH_PORT),
             "lrjob", "worker", SPEC_PATH, "--output", p.run_dir]
     worker_spec: dict[str, Any] = {
+        "securityContext": _pod_security(p),
         "containers": _C("One container: sshd, into which horovodrun starts the worker process.", [{
             "name": _C("The worker container.", "mpi-worker"),
             "image": _image(p),
             "imagePullPolicy": _C("Same image, same policy as the launcher.", "IfNotPresent"),
-            "command": _C("The workers only run sshd; horovodrun starts `lrjob worker` in them over SSH "
-                          "(keys: the Secret the operator mounts at /root/.ssh).", ["/usr/sbin/sshd"]),
-            "args": _C("Foreground (-D), log to stderr (-e).", ["-De"]),
-            "ports": _C("SSH, for horovodrun.", [{"containerPort": 22, "name": "ssh"}]),
+            "command": _C(f"The workers only run sshd; horovodrun starts `lrjob worker` in them over SSH (keys: "
+                          f"the Secret the operator mounts at {_SSH_HOME}). lrjob-sshd (in the image) makes this "
+                          f"container's own host key, then runs sshd as the `lrjob` user on port {SSH_PORT}.",
+                          ["lrjob-sshd"]),
+            "ports": _C(f"SSH, for horovodrun (-p {SSH_PORT}).", [{"containerPort": SSH_PORT, "name": "ssh"}]),
             "readinessProbe": _C("Ready once sshd listens: the launcher waits for that "
                                  "(launcherCreationPolicy).",
-                                 {"tcpSocket": {"port": 22}, "periodSeconds": 2}),
+                                 {"tcpSocket": {"port": SSH_PORT}, "periodSeconds": 2}),
             "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
             "volumeMounts": _C("The job spec and the run-directory volume.",
                                [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True},
                                 {"name": "runs", "mountPath": RUNS_DIR}]),
+            "securityContext": _container_security(),
         }]),
         "volumes": _C("Pod-level volumes, mounted by the container above.", [_spec_volume(p), _runs_volume(p)]),
     }
@@ -532,8 +679,8 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
             "slotsPerWorker": _C("One Horovod process per worker pod (the hostfile says slots=1).", 1),
             "launcherCreationPolicy": _C("Start the launcher only when every worker's sshd is ready.",
                                          "WaitForWorkersReady"),
-            "sshAuthMountPath": _C("Where the operator mounts the SSH keys: the image runs as root.",
-                                   "/root/.ssh"),
+            "sshAuthMountPath": _C("Where the operator mounts the job's SSH keys: the ~/.ssh of the image's "
+                                   "non-root user `lrjob`.", _SSH_HOME),
             "mpiImplementation": _C("OpenMPI writes the hostfile as `host slots=1`, the format horovodrun "
                                     "reads (no MPI is used: Horovod runs on Gloo).", "OpenMPI"),
             "runPolicy": _C("Lifetime of the job and its pods.", {
@@ -543,16 +690,19 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                 "ttlSecondsAfterFinished": _C(f"Delete the MPIJob {TTL_SECONDS} s after it finished; the "
                                               f"run directory stays on the volume.", TTL_SECONDS),
                 "activeDeadlineSeconds": _C(f"Give up after {DEADLINE_SECONDS} s.", DEADLINE_SECONDS),
-                "backoffLimit": _C("No retries: `lrjob worker --output` refuses the run directory a failed "
-                                   "attempt left; resume from its checkpoint instead.", 0),
+                "backoffLimit": _C(f"Up to {RESTARTS} restarts of the launcher (see its restartPolicy): each runs "
+                                   f"the same horovodrun on the same run directory, which resumes from the newest "
+                                   f"checkpoint this job left there.", RESTARTS),
             }),
             "mpiReplicaSpecs": _C("The launcher runs horovodrun; the workers run the training.", {
                 "Launcher": _C("One pod that starts the processes and waits for them.", {
                     "replicas": _C("Always 1.", 1),
-                    "restartPolicy": _C("A failed launcher is not restarted (see backoffLimit).", "Never"),
+                    "restartPolicy": _C("A failed launcher (a lost worker fails horovodrun) is started again, up "
+                                        "to runPolicy.backoffLimit times.", "OnFailure"),
                     "template": _C("Pod template of the launcher.", {
                         "metadata": _C("Added to the pod's labels.", {"labels": dict(p.labels)}),
                         "spec": _C("The launcher pod: one container.", {
+                            "securityContext": _pod_security(p),
                             "containers": _C("The operator adds the hostfile and SSH keys to the first "
                                              "container.", [{
                                 "name": _C("The launcher container.", "mpi-launcher"),
@@ -562,14 +712,15 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                                 "command": _C("horovodrun with Gloo: starts one `lrjob worker` per host of "
                                               "the hostfile the operator mounts at /etc/mpi/hostfile; each "
                                               "process calls hvd.init().", ["horovodrun"]),
-                                "args": _C(f"-np = worker replicas ({p.workers}); everything after the "
-                                           f"hostfile is the command run on every worker.", args),
+                                "args": _C(f"-np = worker replicas ({p.workers}); -p: the workers' sshd port; "
+                                           f"everything after that is the command run on every worker.", args),
                                 "resources": _C("horovodrun and its SSH sessions only; no GPU.",
                                                 {"requests": {"cpu": LAUNCHER_CPU, "memory": LAUNCHER_MEMORY},
                                                  "limits": {"cpu": LAUNCHER_CPU, "memory": LAUNCHER_MEMORY}}),
                                 "volumeMounts": _C("The job spec (for reference; the workers read their own "
                                                    "copy).",
                                                    [{"name": "job-spec", "mountPath": SPEC_DIR, "readOnly": True}]),
+                                "securityContext": _container_security(),
                             }]),
                             "volumes": _C("Pod-level volumes, mounted by the container above.",
                                           [_spec_volume(p)]),
@@ -579,8 +730,9 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                 "Worker": _C("The pods that train, one Horovod rank each.", {
                     "replicas": _C(f"resources.workers = {p.workers}: one Horovod process per pod, "
                                    f"{p.cpu} CPU{p.gpu_note}.", p.workers),
-                    "restartPolicy": _C("A failed worker fails the job (Horovod cannot replace a rank).",
-                                        "Never"),
+                    "restartPolicy": _C("A worker pod whose sshd dies is restarted in place; the run it was part of "
+                                        "fails (Horovod cannot replace a rank) and the launcher's restart resumes it.",
+                                        "OnFailure"),
                     "template": _C("Pod template of the workers.", {
                         "metadata": _C("Added to the pods' labels.", {"labels": dict(p.labels)}),
                         "spec": _C("A worker pod" + (", allowed on GPU nodes." if p.gpus else "."),
@@ -592,7 +744,7 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
     }
     return [_configmap(p, "worker pods"), _pvc(p, shared=True),
             (f"The run as a Kubeflow MPIJob (mpi-operator v0.5 or newer): {p.workers} worker pods "
-             f"({p.cpu} CPU{p.gpu_note}) and a launcher running horovodrun over SSH.", doc)]
+             f"({p.cpu} CPU{p.gpu_note}) and a launcher running horovodrun over SSH.", doc), _network_policy(p)]
 
 
 # --------------------------------------------------------------------------- public API
@@ -603,37 +755,46 @@ def _header(p: _Plan) -> str:
     what = (f"lrjob job {p.spec.name!r} as {_TITLES[p.kind]}: {p.workers} workers x {p.cpu} CPU{p.gpu_note}; "
             f"image {p.image}.")
     if p.kind == "rayjob":
-        steps = (f"Needs the KubeRay operator v1.2 or newer (ray.io/v1).\n"
-                 f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, RayJob\n"
+        steps = (f"Needs the KubeRay operator v{KUBERAY_VERSION} or newer (ray.io/v1 with authOptions) and the "
+                 f"token Secret {p.auth_secret}, created once per namespace:\n"
+                 f"  {secret_command(p.auth_secret)}\n"
+                 f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, RayJob, NetworkPolicy\n"
                  f"  kubectl get rayjob {p.base} -w\n"
                  f"  kubectl logs -f job/{p.base}\n"
                  f"The run directory lands in {p.run_dir} on the PersistentVolumeClaim {p.base}-runs "
                  f"(copying it out: k8s/README.md).")
     elif p.kind == "raycluster":
-        steps = (f"Needs the KubeRay operator v1.2 or newer (ray.io/v1).\n"
+        steps = (f"Needs the KubeRay operator v{KUBERAY_VERSION} or newer (ray.io/v1 with authOptions) and the "
+                 f"token Secret {p.auth_secret}, created once per namespace:\n"
+                 f"  {secret_command(p.auth_secret)}\n"
                  f"  kubectl apply -f FILE\n"
                  f"  kubectl port-forward svc/{p.base}-dashboard 8265:8265\n"
+                 f"  export RAY_AUTH_TOKEN=\"$(kubectl get secret {p.auth_secret} -o "
+                 f"jsonpath='{{.data.{AUTH_SECRET_KEY}}}' | base64 -d)\"\n"
                  f"  lrjob submit JOB --address http://127.0.0.1:8265 --output {RUNS_DIR}/NAME --wait\n"
                  f"Runs given --output {RUNS_DIR}/NAME land on the PersistentVolumeClaim {p.base}-runs "
                  f"(without it, in ~/lrjob-runs of the head pod, gone with the pod).")
     else:
         steps = (f"Needs the Kubeflow mpi-operator v0.5 or newer (kubeflow.org/v2beta1).\n"
-                 f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, MPIJob\n"
+                 f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, MPIJob, NetworkPolicy\n"
                  f"  kubectl get mpijob {p.base} -w\n"
                  f"  kubectl logs -f job/{p.base}-launcher\n"
                  f"The run directory lands in {p.run_dir} on the PersistentVolumeClaim {p.base}-runs.")
     return what + "\n" + steps + "\nRefresh the files in k8s/ with: python -m launcher.deploy.k8s --write k8s/"
 
 
-def render(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str) -> str:
+def render(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str,
+           auth_secret: str = AUTH_SECRET) -> str:
     """Manifests for ``spec`` as one multi-document YAML string (deterministic).
 
     ``kind``: ``rayjob`` (ConfigMap, PersistentVolumeClaim, RayJob), ``raycluster`` (ConfigMap,
     PersistentVolumeClaim, RayCluster, dashboard Service) or ``mpijob`` (ConfigMap,
-    PersistentVolumeClaim, MPIJob). ``workers`` / ``gpus_per_worker`` override the spec (None: keep);
-    with GPUs every pod uses ``gpu_image(image)``. Bad arguments raise ``SpecError``.
+    PersistentVolumeClaim, MPIJob); each also gets a NetworkPolicy. ``workers`` / ``gpus_per_worker``
+    override the spec (None: keep); with GPUs every pod uses ``gpu_image(image)``. The Ray kinds read
+    their token from the Secret ``auth_secret``. Bad arguments raise ``SpecError``.
     """
-    p = _plan(spec, image=image, workers=workers, gpus_per_worker=gpus_per_worker, kind=kind)
+    p = _plan(spec, image=image, workers=workers, gpus_per_worker=gpus_per_worker, kind=kind,
+              auth_secret=auth_secret)
     docs = {"rayjob": _rayjob, "raycluster": _raycluster, "mpijob": _mpijob}[kind](p)
     return _dump(_header(p), docs)
 
@@ -710,6 +871,9 @@ def add_parser(subparsers, make=None) -> argparse.ArgumentParser:
     p.add_argument("--kind", default="rayjob", help=f"one of {', '.join(KINDS)} (default: rayjob)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--auth-secret", default=AUTH_SECRET, metavar="NAME",
+                   help=f"the Secret (key {AUTH_SECRET_KEY}) the Ray pods read their token from "
+                        f"(default: {AUTH_SECRET})")
     return p
 
 
@@ -718,8 +882,13 @@ def cmd_k8s(args) -> int:
     from ..spec import load_spec
 
     spec = load_spec(args.job, list(args.overrides))
+    secret = getattr(args, "auth_secret", AUTH_SECRET)
     sys.stdout.write(render(spec, image=args.image, workers=args.workers,
-                            gpus_per_worker=args.gpus_per_worker, kind=args.kind))
+                            gpus_per_worker=args.gpus_per_worker, kind=args.kind, auth_secret=secret))
+    sys.stdout.flush()
+    if args.kind != "mpijob":  # stderr: stdout stays the manifests alone
+        sys.stderr.write(f"lrjob: note: the Ray pods read their token from the Secret {secret} (key "
+                         f"{AUTH_SECRET_KEY}); create it once per namespace: {secret_command(secret)}\n")
     return 0
 
 

@@ -8,8 +8,15 @@
 #   lrjob k8s jobs/mnist_softmax.yaml --image REGISTRY/lrjob:0.1.0    # Kubernetes: k8s/README.md
 #
 # The GPU image is Dockerfile.gpu. Both images serve as Ray head and worker pods (KubeRay) and as
-# MPIJob launcher and worker pods (Kubeflow mpi-operator).
-FROM python:3.11-slim-bookworm
+# MPIJob launcher and worker pods (Kubeflow mpi-operator), and both run as the non-root user
+# `lrjob` (uid/gid 1000), the user the manifests' securityContext names.
+#
+# The base image by digest: PYTHON_DIGEST is the sha256 digest PYTHON_IMAGE's tag pointed to when
+# it was last checked. Empty, the tag alone is used (not pinned). k8s/README.md ("Base images")
+# says how to look the digest up and update it.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG PYTHON_DIGEST=
+FROM ${PYTHON_IMAGE}${PYTHON_DIGEST:+@${PYTHON_DIGEST}}
 
 # Fail a RUN on the first error, including inside pipes.
 SHELL ["/bin/bash", "-euo", "pipefail", "-c"]
@@ -23,14 +30,20 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends g++ make openssh-client openssh-server wget ca-certificates \
  && rm -rf /var/lib/apt/lists/*
 
-# sshd for the MPIJob workers (the mpi-operator's base image does the same): host keys, the
-# privilege-separation directory, peers accepted without a prompt or a known_hosts file (the
-# operator mounts ~/.ssh read-only from a Secret), and no file-mode checks on that Secret.
-RUN ssh-keygen -A \
- && mkdir -p /run/sshd \
- && sed -i 's/[ #]\(.*StrictHostKeyChecking \).*/ \1no/g' /etc/ssh/ssh_config \
- && echo "    UserKnownHostsFile /dev/null" >> /etc/ssh/ssh_config \
- && sed -i 's/#\(StrictModes \).*/\1no/g' /etc/ssh/sshd_config
+# The user every container runs as (never root): uid/gid 1000, the manifests' runAsUser.
+RUN groupadd --gid 1000 lrjob \
+ && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash lrjob
+
+# sshd for the MPIJob workers, run by `lrjob` on port 2222 (docker/lrjob-sshd, the way the
+# mpi-operator's own non-root images do it). The image holds no SSH host key: lrjob-sshd makes
+# one per container at start. Debian's package made host keys at install: they go. The ssh
+# client keeps host-key checking on (docker/ssh_config).
+COPY docker/lrjob_sshd_config /etc/ssh/lrjob_sshd_config
+COPY docker/ssh_config /etc/ssh/ssh_config.d/lrjob.conf
+COPY docker/lrjob-sshd /usr/local/bin/lrjob-sshd
+RUN rm -f /etc/ssh/ssh_host_* \
+ && chmod 0644 /etc/ssh/lrjob_sshd_config /etc/ssh/ssh_config.d/lrjob.conf \
+ && chmod 0755 /usr/local/bin/lrjob-sshd
 
 # Where .ci/install puts things: the virtualenv ($VENV, first on PATH, so `lrjob`, `ray`,
 # `horovodrun` and `python` are the venv's) and the MNIST cache ($LRJOB_DATA_HOME), baked in so
@@ -56,14 +69,23 @@ RUN --mount=type=cache,id=lrjob-pip-cpu,target=/root/.cache/pip \
     bash .ci/install
 
 # Fail the build unless the image is what the manifests expect: Ray 2.60.0 (the cluster's Ray,
-# KubeRay's rayVersion), Horovod's MXNet binding, and the MNIST cache readable offline.
+# KubeRay's rayVersion), Horovod's MXNet binding, and the MNIST cache readable offline; and no
+# SSH host key anywhere in it.
 RUN python -c "import ray, horovod.mxnet; assert ray.__version__ == '2.60.0', ray.__version__" \
- && lrjob validate jobs/mnist_softmax.yaml --data > /dev/null
+ && lrjob validate jobs/mnist_softmax.yaml --data > /dev/null \
+ && { ! ls /etc/ssh/ssh_host_* 2>/dev/null || { echo "an SSH host key is baked into the image" >&2; exit 1; }; }
+
+# What the user writes to: the data cache (prepared folders next to MNIST) and runs/ of the
+# source tree (`lrjob run jobs/...` without --output). The code and the venv stay root's.
+RUN mkdir -p /opt/lrjob-src/runs \
+ && chown -R 1000:1000 /opt/lrjob-data /opt/lrjob-src/runs
 
 # Documentation only: Ray GCS, dashboard / job API, Ray client; SSH for the MPIJob workers.
-EXPOSE 6379 8265 10001 22
+EXPOSE 6379 8265 10001 2222
 
-# The image runs as root: the mpi-operator mounts the SSH keys at /root/.ssh by default, sshd
-# needs root for port 22, and the run-directory volume is writable without an fsGroup.
-# Kubernetes always sets the command (KubeRay: `ray start`; MPIJob: horovodrun or sshd).
+# Not root: numeric, so that Kubernetes' runAsNonRoot can check it. The manifests set fsGroup
+# 1000, which makes the run-directory volume writable for this user; the mpi-operator mounts the
+# job's SSH keys at /home/lrjob/.ssh (sshAuthMountPath).
+# Kubernetes always sets the command (KubeRay: `ray start`; MPIJob: horovodrun or lrjob-sshd).
+USER 1000:1000
 CMD ["lrjob", "--help"]

@@ -400,9 +400,27 @@ def test_dockerfiles_build_what_the_manifests_expect():
         assert "LRJOB_DATA_HOME=/opt/lrjob-data" in text and "bash .ci/install" in text
         assert f"ray.__version__ == '{k8s.RAY_VERSION}'" in text
         assert "openssh-server" in text and "sshd_config" in text  # the MPIJob workers run sshd
-    assert cpu.startswith("# syntax=") and "FROM python:3.11-slim-bookworm" in cpu
+    assert cpu.startswith("# syntax=") and "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in cpu
     assert "MXNET_PACKAGE=mxnet-cu112==1.9.1" in gpu and "HOROVOD_GPU_OPERATIONS=NCCL" in gpu
     assert k8s.CUDA_STUB_DIR in gpu
+    # hardened: every base image through its digest ARG, a non-root user, no SSH host key made at
+    # build time, host-key checking left on, the GPU image runs on a supported Debian
+    for text in (cpu, gpu):
+        froms = re.findall(r"^FROM (\S+)", text, re.M)
+        assert froms and all(re.fullmatch(r"\$\{(\w+)_IMAGE\}\$\{(\w+)_DIGEST:\+@\$\{\2_DIGEST\}\}", f) for f in froms), froms
+        for arg in re.findall(r"\$\{(\w+_DIGEST):", " ".join(froms)):
+            assert re.search(rf"^ARG {arg}=(sha256:[0-9a-f]{{64}})?$", text, re.M), arg
+        assert re.findall(r"^USER (.*)$", text, re.M)[-1] == f"{k8s.RUN_AS}:{k8s.RUN_AS}"
+        assert "ssh-keygen" not in text and "StrictHostKeyChecking no" not in text
+        assert "rm -f /etc/ssh/ssh_host_*" in text and "COPY docker/lrjob-sshd /usr/local/bin/lrjob-sshd" in text
+    # the CUDA 11.2 Ubuntu 20.04 image only builds; the image that runs is the Debian 12 stage
+    assert "ARG RUNTIME_IMAGE=debian:bookworm-slim" in gpu
+    assert re.findall(r"^FROM (\S+)", gpu, re.M)[-1].startswith("${RUNTIME_IMAGE}")
+    sshd = (ROOT / "docker" / "lrjob-sshd").read_text()
+    assert "ssh-keygen" in sshd and sshd.rstrip().splitlines()[-1].startswith("exec /usr/sbin/sshd -D")
+    config = (ROOT / "docker" / "lrjob_sshd_config").read_text()
+    assert f"Port {k8s.SSH_PORT}\n" in config and "PasswordAuthentication no" in config
+    assert "PermitRootLogin no" in config and "HostKey /home/lrjob/.sshd/" in config
     ignored = (ROOT / ".dockerignore").read_text().split()
     assert ".venv" in ignored and ".git" in ignored
 

@@ -495,7 +495,7 @@ def cmd_submit(args) -> int:
     from .deploy.submit import submit
 
     return submit(_load(args), address=args.address, output=args.output, wait=args.wait,
-                  submission_id=args.submission_id)
+                  submission_id=args.submission_id, insecure=args.insecure)
 
 
 def _submit_cmd(name):

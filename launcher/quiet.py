@@ -4,6 +4,9 @@ horovod.ray 0.28.1 reads ``ray.get_runtime_context().node_id``, which Ray 2.60 m
 deprecated and warns about in every worker. The filter is narrow: that category, from
 horovod.ray's modules only. It runs in the driver and, through Ray's
 ``worker_process_setup_hook``, in each worker process before horovod.ray's code.
+
+Never silenced: Ray's warning that a cluster runs without token authentication. Only its
+announcement that token authentication is on (printed at every local start) is dropped.
 """
 from __future__ import annotations
 
@@ -11,7 +14,17 @@ import logging
 import os
 import warnings
 
-__all__ = ["silence_known_noise"]
+__all__ = ["silence_known_noise", "AUTH_LOGGER"]
+
+AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+class _DropAuthEnabledNotice(logging.Filter):
+    """Drops Ray's "Token authentication is enabled ..." notice; every other record passes,
+    "Token authentication is disabled ..." above all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled")
 
 
 def silence_known_noise() -> None:
@@ -25,7 +38,10 @@ def silence_known_noise() -> None:
     # MXNet's Gluon warns when a hybridized block is re-traced for a new batch shape.
     warnings.filterwarnings("ignore", message=r".*Gradient of Parameter .* has not been updated", category=UserWarning)
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # Ray 2.60 announces token authentication at every local start: not actionable here.
-    logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+    # Ray 2.60 announces token authentication at every local start: not actionable here. The
+    # filter drops that notice only: the warning that authentication is off always shows.
+    auth = logging.getLogger(AUTH_LOGGER)
+    if not any(isinstance(f, _DropAuthEnabledNotice) for f in auth.filters):
+        auth.addFilter(_DropAuthEnabledNotice())
     for name in ("horovod.ray.runner", "horovod.ray.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)

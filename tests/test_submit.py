@@ -1,7 +1,10 @@
 """Ray Jobs submission against a real head started by the test (`ray start --head` on
-loopback, with the dashboard); the head's whole process group is stopped in every case."""
+loopback, with the dashboard); the head's whole process group is stopped in every case.
+The main head runs with Ray token authentication (a token in its HOME, which the client shares);
+`open_head` runs without it, and `lrjob submit` must refuse it unless --insecure."""
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -31,22 +34,29 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def head():
+def _head(token: bool):
+    """Start `ray start --head` in a HOME of its own: with ``token``, a token file there (Ray 2.60
+    then starts the cluster in token mode, and the client, sharing the HOME, sends it); without,
+    RAY_AUTH_MODE=disabled. Yields address, env and the GCS address; stops the head after."""
     # No address or token settings of the session's own Ray (ray.init switches token mode
     # on in this process's environment): the head decides its own.
     env = {k: v for k, v in os.environ.items()
            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
     env["PATH"] = f"{BIN}:{env['PATH']}"  # the job's entrypoint finds this lrjob
     temp = tempfile.mkdtemp(prefix="lrjob-head-")
-    # `ray start` writes its token to ~/.ray/auth_token: a HOME of its own leaves the
-    # user's HOME as it was (the client reads the token from the same HOME)
+    # `ray start` reads and writes ~/.ray/auth_token: a HOME of its own leaves the user's HOME
+    # as it was (the client reads the token from the same HOME)
     from lr_core.data import data_home
 
     env.setdefault("LRJOB_DATA_HOME", str(data_home()))
     env["HOME"] = os.path.join(temp, "home")
     env["MPLCONFIGDIR"] = os.path.join(temp, "matplotlib")
-    os.makedirs(env["HOME"])
+    os.makedirs(os.path.join(env["HOME"], ".ray"))
+    head_env = dict(env)
+    if token:
+        Path(env["HOME"], ".ray", "auth_token").write_text(secrets.token_hex(32))
+    else:
+        head_env["RAY_AUTH_MODE"] = "disabled"
     port, dash, agent = _free_port(), _free_port(), _free_port()
     proc = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -55,10 +65,11 @@ def head():
          # machine (the test session's) holds it, and the Jobs API then finds no agent
          f"--dashboard-agent-listen-port={agent}",
          "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env=head_env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out
+        assert ("Token authentication is enabled" in out) == token, out
         address = f"http://127.0.0.1:{dash}"
         deadline = time.time() + 60
         while time.time() < deadline:  # the Jobs API answers a little after `ray start` returns
@@ -66,7 +77,7 @@ def head():
             if r.returncode == 0:
                 break
             time.sleep(1)
-        yield {"address": address, "env": env}
+        yield {"address": address, "env": env, "gcs": f"127.0.0.1:{port}"}
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
@@ -75,6 +86,16 @@ def head():
                 break
             time.sleep(3)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def head():
+    yield from _head(token=True)
+
+
+@pytest.fixture(scope="module")
+def open_head():
+    yield from _head(token=False)
 
 
 def lrjob(head, *args, timeout=300):
@@ -157,3 +178,39 @@ def test_logs_follow_streams_until_the_job_ends(head, tmp_path):
     status = lrjob(head, "status", "lrjob-test-follow", "--address", head["address"])
     assert status.returncode == 0 and "SUCCEEDED" in status.stdout, status.stdout + status.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+def test_the_head_reports_token_auth_and_submit_accepts_it(head):
+    from launcher.deploy.submit import auth_mode
+
+    assert auth_mode(head["address"]) == "token"
+    listed = lrjob(head, "list", "--address", head["address"])
+    assert listed.returncode == 0 and "warning" not in listed.stderr, listed.stderr
+
+
+def test_submit_refuses_a_head_without_auth_unless_insecure(open_head, tmp_path):
+    from launcher.deploy.submit import auth_mode
+
+    address = open_head["address"]
+    assert auth_mode(address) == "disabled"
+    out = tmp_path / "refused"
+    r = lrjob(open_head, "submit", "jobs/binary_synthetic.yaml", "--address", address, "--workers", 1,
+              "--set", "train.epochs=1", "--output", out, "--id", "lrjob-test-refused")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith(f"lrjob: error: --address {address}: the Ray head runs without authentication")
+    assert "--insecure" in line and "RAY_AUTH_MODE=token" in line
+    assert r.stdout == "" and not out.exists()
+    listed = lrjob(open_head, "list", "--address", address)
+    assert listed.returncode == 0 and "lrjob-test-refused" not in listed.stdout  # nothing was submitted
+    # the commands that only read jobs warn
+    assert "lrjob: warning:" in listed.stderr and "runs without authentication" in listed.stderr, listed.stderr
+    # --insecure: submitted, with a warning
+    r = lrjob(open_head, "submit", "jobs/binary_synthetic.yaml", "--address", address, "--workers", 1,
+              "--set", "train.epochs=1", "--output", out, "--id", "lrjob-test-insecure", "--insecure", "--wait")
+    assert r.returncode == 0 and "SUCCEEDED" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
+    warnings = [x for x in r.stderr.splitlines() if x.startswith("lrjob: warning:")]
+    assert len(warnings) == 1 and "runs without authentication" in warnings[0] and "--insecure" in warnings[0]
+    # the driver on the open head joined it without a token: Ray's own warning is in its log
+    assert "Token authentication is disabled for this Ray cluster" in r.stdout, r.stdout[-3000:]
+    assert (out / "summary.json").is_file()

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from lr_core.errors import ClusterError, LrjobInputError
 
 __all__ = ["RaySession", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
-           "require_listening"]
+           "require_listening", "use_ray_token_if_present", "warn_if_cluster_open"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -49,13 +49,30 @@ def worker_env(cpus_per_worker: float) -> dict[str, str]:
 def use_ray_token_if_present() -> None:
     """Ray 2.60 clusters started with `ray start` require a token; the Jobs client sends
     it only once token mode is switched on in this process. Use ~/.ray/auth_token (or
-    RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) when there is one, as Ray's own CLI does."""
+    RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH) when there is one, as Ray's own CLI does.
+
+    No warning here when this machine has no token: that says nothing about the cluster, which
+    may well want one (the request then fails with a clear error). What the cluster does is
+    checked where it is known: ``warn_if_cluster_open`` after joining, the dashboard's
+    authentication mode in ``launcher.deploy.submit``."""
     try:
         from ray._private.authentication.authentication_token_setup import (
             maybe_enable_token_auth_if_token_available)
     except ImportError:  # another Ray version: its client handles tokens itself
         return
     maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+
+
+def warn_if_cluster_open() -> None:
+    """After joining a named cluster: a process without token mode got in, so the cluster runs
+    without authentication. Print Ray's own warning about that (never muted: launcher/quiet.py)."""
+    try:
+        from ray._private.authentication.authentication_token_setup import _warn_token_auth_disabled
+        from ray._private.authentication.authentication_utils import is_token_auth_enabled
+    except ImportError:  # another Ray version
+        return
+    if not is_token_auth_enabled():
+        _warn_token_auth_disabled()
 
 
 def require_listening(address: str, endpoint: tuple[str | None, int], what: str, fix: str,
@@ -126,6 +143,7 @@ class RaySession:
                 use_ray_token_if_present()
                 ray.init(address=self.address, **kwargs)
                 self.kind = f"cluster {self.address}"
+                warn_if_cluster_open()
             else:
                 num_cpus = max(os.cpu_count() or 1, int(-(-self.need_cpus // 1)))
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)

@@ -8,14 +8,22 @@ storage the cluster shares (e.g. the PVC of k8s/), otherwise it lands in
 
     lrjob submit jobs/binary_synthetic.yaml --address http://127.0.0.1:8265 --workers 2 --wait
     lrjob status lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265
+
+A Ray head without token authentication runs code for anyone who reaches its dashboard.
+``lrjob submit`` asks the dashboard first (``GET /api/authentication_mode``, public in Ray
+2.52 and later) and refuses such a head unless ``--insecure`` is given; the other commands
+print a warning (docs/design.md "Cluster security").
 """
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,7 +32,7 @@ from lr_core.errors import ClusterError, LrjobInputError
 from ..backends.cluster import require_listening, use_ray_token_if_present
 from ..rundir import utc_stamp
 
-__all__ = ["submit", "client_for", "TERMINAL"]
+__all__ = ["submit", "client_for", "auth_mode", "TERMINAL"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -39,8 +47,40 @@ def _address(address: str | None) -> str:
     return address
 
 
-def client_for(address: str | None, timeout: float = 5.0):
-    """A ``JobSubmissionClient`` after a bounded check that the dashboard answers."""
+def auth_mode(address: str, timeout: float = 5.0) -> str:
+    """The Ray head's authentication mode as its dashboard reports it: ``"token"``,
+    ``"disabled"``, or ``"unknown"`` when it does not say (a Ray older than 2.52, which has no
+    token authentication, answers 404)."""
+    url = address.rstrip("/") + "/api/authentication_mode"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
+            body = json.loads(response.read().decode("utf-8"))
+    except (OSError, ValueError):  # HTTPError and URLError are OSErrors
+        return "unknown"
+    mode = body.get("authentication_mode") if isinstance(body, dict) else None
+    return mode if mode in ("token", "disabled") else "unknown"
+
+
+def _require_auth(address: str, insecure: bool | None, timeout: float) -> None:
+    """Refuse (``insecure`` False) or warn about (True; None: a command that runs nothing) a
+    head whose dashboard does not report token authentication."""
+    mode = auth_mode(address, timeout)
+    if mode == "token":
+        return
+    what = ("runs without authentication (authentication_mode: disabled)" if mode == "disabled" else
+            "does not report token authentication (Ray older than 2.52 has none)")
+    if insecure is False:
+        raise LrjobInputError(f"--address {address}: the Ray head {what}, so anyone who reaches it can run code "
+                              f"there; start it with RAY_AUTH_MODE=token (SECURITY.md), or pass --insecure to "
+                              f"submit anyway")
+    sys.stderr.write(f"lrjob: warning: --address {address}: the Ray head {what}; anyone who reaches it can "
+                     f"run code there" + (" (submitting anyway: --insecure)" if insecure else "") + "\n")
+
+
+def client_for(address: str | None, timeout: float = 5.0, *, insecure: bool | None = None):
+    """A ``JobSubmissionClient`` after a bounded check that the dashboard answers and one that it
+    wants a token: without one, ``insecure=False`` refuses (``lrjob submit``), ``True`` or
+    ``None`` (the commands that only read or stop jobs) print a warning."""
     address = _address(address)
     parsed = urlparse(address)
     require_listening(address, (parsed.hostname, parsed.port or 8265), "Ray dashboard",
@@ -49,13 +89,15 @@ def client_for(address: str | None, timeout: float = 5.0):
 
     use_ray_token_if_present()
     try:
-        return JobSubmissionClient(address)
+        client = JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - the client raises plain exceptions
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
         if "authentication" in str(e).lower() or "unauthorized" in str(e).lower():
             raise LrjobInputError(f"--address {address}: the cluster wants its token ({first[:150]}); copy the "
                                   f"head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN") from None
         raise ClusterError(f"--address {address}: the Ray Jobs API did not answer ({first[:200]})") from e
+    _require_auth(address, insecure, timeout)
+    return client
 
 
 def _job_info(client, job_id: str):
@@ -67,11 +109,12 @@ def _job_info(client, job_id: str):
 
 
 def submit(spec, *, address: str | None, output: str | None = None, wait: bool = False,
-           submission_id: str | None = None) -> int:
+           submission_id: str | None = None, insecure: bool = False) -> int:
     """Submit ``spec`` as a Ray job (entrypoint ``lrjob run``); with ``wait``, follow its
-    logs to the end and return its exit code."""
+    logs to the end and return its exit code. A head without token authentication is refused
+    (``LrjobInputError``) unless ``insecure``."""
     out = sys.stdout
-    client = client_for(address)
+    client = client_for(address, insecure=bool(insecure))
     job_id = submission_id or f"lrjob-{spec.name}-{utc_stamp()}"
     for key, value in (("data.path", spec.data.path), ("data.val_path", spec.data.val_path)):
         if value:
@@ -191,6 +234,8 @@ def add_parsers(subs, make) -> None:
                    help="run directory on the cluster (default: ~/lrjob-runs/<name>-<stamp> on the driver node)")
     s.add_argument("--id", dest="submission_id", default=None, help="submission id (default: lrjob-<name>-<stamp>)")
     s.add_argument("--wait", action="store_true", help="stream the logs until the job ends; exit 1 unless it succeeded")
+    s.add_argument("--insecure", action="store_true",
+                   help="submit even to a Ray head that runs without token authentication (refused by default)")
     for name, help_ in (("status", "show a submitted job's status"), ("logs", "print a submitted job's logs"),
                         ("stop", "stop a submitted job")):
         p = make(subs, name, help_)

@@ -492,10 +492,10 @@ def cmd_k8s(args) -> int:
 def cmd_submit(args) -> int:
     """``lrjob submit``: submit the job to a Ray cluster's Jobs API; returns 0, or with ``--wait``
     0 when the job succeeded, else 1."""
-    from .deploy.submit import submit
+    from .deploy.submit import Submission, submit
 
-    return submit(_load(args), address=args.address, output=args.output, wait=args.wait,
-                  submission_id=args.submission_id, insecure=args.insecure)
+    return submit(_load(args), Submission(address=args.address, output=args.output, wait=args.wait,
+                                          submission_id=args.submission_id, insecure=args.insecure))
 
 
 def _submit_cmd(name):

@@ -310,8 +310,9 @@ def test_mpijob_runs_horovodrun_with_gloo_over_the_workers():
 # --------------------------------------------------------------------------- render() and the CLI
 def test_render_is_deterministic_and_applies_workers_and_gpus():
     spec = load_spec(ROOT / "jobs/binary_synthetic.yaml")
-    a = k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=2, kind="rayjob")
-    assert a == k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=2, kind="rayjob")
+    deploy = k8s.Deploy(image="r.example/lrjob:1", workers=3, gpus_per_worker=2, kind="rayjob")
+    a = k8s.render(spec, deploy)
+    assert a == k8s.render(spec, deploy)
     docs = [d for d in yaml.safe_load_all(a) if d]
     resolved = spec_from_dict(yaml.safe_load(_one(docs, "ConfigMap")["data"]["job.yaml"]))
     assert resolved.workers == 3 and resolved.resources.gpus_per_worker == 2
@@ -339,7 +340,7 @@ def test_cmd_k8s_prints_render_with_overrides(capsys):
     assert k8s.cmd_k8s(args) == 0
     out = capsys.readouterr().out
     spec = load_spec(ROOT / "jobs/digits_softmax.yaml", ["train.epochs=2"])
-    assert out == k8s.render(spec, image="r.example/lrjob:1", workers=3, gpus_per_worker=None, kind="mpijob")
+    assert out == k8s.render(spec, k8s.Deploy(image="r.example/lrjob:1", workers=3, kind="mpijob"))
     assert "epochs: 2" in out
 
 
@@ -485,8 +486,8 @@ def test_the_crd_check_refuses_unknown_fields():
 
 def _rendered(kind: str, gpus=None, **kw) -> list[dict]:
     spec = load_spec(ROOT / "jobs/binary_synthetic.yaml")
-    return [d for d in yaml.safe_load_all(k8s.render(spec, image="r.example/lrjob:1", workers=3,
-                                                     gpus_per_worker=gpus, kind=kind, **kw)) if d]
+    deploy = k8s.Deploy(image="r.example/lrjob:1", workers=3, gpus_per_worker=gpus, kind=kind, **kw)
+    return [d for d in yaml.safe_load_all(k8s.render(spec, deploy)) if d]
 
 
 # Every manifest in k8s/ and a few more renderings (GPU pods, another Secret).

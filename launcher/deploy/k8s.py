@@ -32,7 +32,7 @@ import yaml
 
 from lr_core.errors import SpecError
 
-__all__ = ["render", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
+__all__ = ["render", "Deploy", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
            "secret_command", "KINDS", "RAY_VERSION", "KUBERAY_VERSION", "DEFAULT_IMAGE", "SPEC_DIR", "SPEC_PATH",
            "RUNS_DIR", "CUDA_STUB_DIR", "AUTH_SECRET", "AUTH_SECRET_KEY", "RUN_AS", "SSH_PORT", "CLIENT_LABEL",
            "RESTARTS"]
@@ -250,14 +250,27 @@ def _k8s_name(spec_name: str, suffix: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class Deploy:
+    """What to render for a job: the ``kind`` (rayjob, raycluster, mpijob), the CPU ``image``
+    (GPU pods use ``gpu_image(image)``), ``workers`` / ``gpus_per_worker`` overriding the spec
+    (None: the spec's), and the Secret the Ray pods read their token from."""
+
+    image: str = DEFAULT_IMAGE
+    workers: int | None = None
+    gpus_per_worker: float | None = None
+    kind: str = "rayjob"
+    auth_secret: str = AUTH_SECRET
+
+
 def secret_command(secret: str = AUTH_SECRET) -> str:
     """The command that creates the token Secret ``secret`` (the value never lands in a file)."""
     return (f"kubectl create secret generic {secret} "
             f"--from-literal={AUTH_SECRET_KEY}=\"$(openssl rand -hex 32)\"")
 
 
-def _plan(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str,
-          auth_secret: str = AUTH_SECRET) -> _Plan:
+def _plan(spec, d: Deploy) -> _Plan:
+    image, workers, gpus_per_worker, kind, auth_secret = d.image, d.workers, d.gpus_per_worker, d.kind, d.auth_secret
     if kind not in KINDS:
         near = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -783,19 +796,17 @@ def _header(p: _Plan) -> str:
     return what + "\n" + steps + "\nRefresh the files in k8s/ with: python -m launcher.deploy.k8s --write k8s/"
 
 
-def render(spec, *, image: str, workers: int | None, gpus_per_worker: float | None, kind: str,
-           auth_secret: str = AUTH_SECRET) -> str:
+def render(spec, deploy: Deploy = Deploy()) -> str:
     """Manifests for ``spec`` as one multi-document YAML string (deterministic).
 
-    ``kind``: ``rayjob`` (ConfigMap, PersistentVolumeClaim, RayJob), ``raycluster`` (ConfigMap,
+    ``deploy.kind``: ``rayjob`` (ConfigMap, PersistentVolumeClaim, RayJob), ``raycluster`` (ConfigMap,
     PersistentVolumeClaim, RayCluster, dashboard Service) or ``mpijob`` (ConfigMap,
     PersistentVolumeClaim, MPIJob); each also gets a NetworkPolicy. ``workers`` / ``gpus_per_worker``
     override the spec (None: keep); with GPUs every pod uses ``gpu_image(image)``. The Ray kinds read
     their token from the Secret ``auth_secret``. Bad arguments raise ``SpecError``.
     """
-    p = _plan(spec, image=image, workers=workers, gpus_per_worker=gpus_per_worker, kind=kind,
-              auth_secret=auth_secret)
-    docs = {"rayjob": _rayjob, "raycluster": _raycluster, "mpijob": _mpijob}[kind](p)
+    p = _plan(spec, deploy)
+    docs = {"rayjob": _rayjob, "raycluster": _raycluster, "mpijob": _mpijob}[p.kind](p)
     return _dump(_header(p), docs)
 
 
@@ -807,15 +818,11 @@ def shipped_manifests(jobs_dir: str | Path | None = None, image: str = DEFAULT_I
     jobs_dir = Path(jobs_dir) if jobs_dir else REPO_ROOT / "jobs"
     out = {}
     for path in sorted(jobs_dir.glob("*.yaml")):
-        out[f"{path.stem}.rayjob.yaml"] = render(load_spec(path), image=image, workers=None,
-                                                 gpus_per_worker=None, kind="rayjob")
+        out[f"{path.stem}.rayjob.yaml"] = render(load_spec(path), Deploy(image=image, kind="rayjob"))
     main_job = load_spec(jobs_dir / "mnist_softmax.yaml")
-    out["mnist_softmax.gpu.rayjob.yaml"] = render(main_job, image=image, workers=None, gpus_per_worker=1,
-                                                  kind="rayjob")
-    out["mnist_softmax.mpijob.yaml"] = render(main_job, image=image, workers=None, gpus_per_worker=None,
-                                              kind="mpijob")
-    out["raycluster.yaml"] = render(main_job, image=image, workers=None, gpus_per_worker=None,
-                                    kind="raycluster")
+    out["mnist_softmax.gpu.rayjob.yaml"] = render(main_job, Deploy(image=image, gpus_per_worker=1, kind="rayjob"))
+    out["mnist_softmax.mpijob.yaml"] = render(main_job, Deploy(image=image, kind="mpijob"))
+    out["raycluster.yaml"] = render(main_job, Deploy(image=image, kind="raycluster"))
     return dict(sorted(out.items()))
 
 
@@ -883,8 +890,8 @@ def cmd_k8s(args) -> int:
 
     spec = load_spec(args.job, list(args.overrides))
     secret = getattr(args, "auth_secret", AUTH_SECRET)
-    sys.stdout.write(render(spec, image=args.image, workers=args.workers,
-                            gpus_per_worker=args.gpus_per_worker, kind=args.kind, auth_secret=secret))
+    sys.stdout.write(render(spec, Deploy(image=args.image, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
+                                         kind=args.kind, auth_secret=secret)))
     sys.stdout.flush()
     if args.kind != "mpijob":  # stderr: stdout stays the manifests alone
         sys.stderr.write(f"lrjob: note: the Ray pods read their token from the Secret {secret} (key "

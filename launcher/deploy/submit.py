@@ -24,6 +24,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -32,7 +33,7 @@ from lr_core.errors import ClusterError, LrjobInputError
 from ..backends.cluster import require_listening, use_ray_token_if_present
 from ..rundir import utc_stamp
 
-__all__ = ["submit", "client_for", "auth_mode", "TERMINAL"]
+__all__ = ["submit", "Submission", "client_for", "auth_mode", "TERMINAL"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -108,13 +109,26 @@ def _job_info(client, job_id: str):
                               f"see `lrjob list`") from None
 
 
-def submit(spec, *, address: str | None, output: str | None = None, wait: bool = False,
-           submission_id: str | None = None, insecure: bool = False) -> int:
-    """Submit ``spec`` as a Ray job (entrypoint ``lrjob run``); with ``wait``, follow its
+@dataclass(frozen=True)
+class Submission:
+    """Where and how ``submit`` sends a job: the dashboard ``address`` (None: $LRJOB_ADDRESS or
+    $RAY_API_SERVER_ADDRESS), the run directory on the cluster, whether to follow the logs to the
+    end, the submission id, and whether a head without token authentication is accepted."""
+
+    address: str | None = None
+    output: str | None = None
+    wait: bool = False
+    submission_id: str | None = None
+    insecure: bool = False
+
+
+def submit(spec, how: Submission) -> int:
+    """Submit ``spec`` as a Ray job (entrypoint ``lrjob run``); with ``how.wait``, follow its
     logs to the end and return its exit code. A head without token authentication is refused
-    (``LrjobInputError``) unless ``insecure``."""
+    (``LrjobInputError``) unless ``how.insecure``."""
     out = sys.stdout
-    client = client_for(address, insecure=bool(insecure))
+    address, output, wait, submission_id = how.address, how.output, how.wait, how.submission_id
+    client = client_for(address, insecure=how.insecure)
     job_id = submission_id or f"lrjob-{spec.name}-{utc_stamp()}"
     for key, value in (("data.path", spec.data.path), ("data.val_path", spec.data.val_path)):
         if value:

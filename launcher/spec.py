@@ -22,7 +22,7 @@ import yaml
 
 from lr_core.config import INITS, MODEL_KINDS, OPTIMIZERS, LoopConfig
 from lr_core.data import LABEL_COLUMN, SOURCES, VAL_FRACTION, check_source_spec
-from lr_core.errors import SpecError, suggest
+from lr_core.errors import SpecError, clip, shown, suggest
 
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
            "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
@@ -35,6 +35,20 @@ class _Field:
     expect: str = ""
     nullable: bool = False
     choices: tuple | None = None
+    most: int | float | None = None   # the upper bound (of each element, for ints)
+
+
+# Upper bounds (docs/design.md#job-spec): far above any real job, low enough that a typo
+# (an extra zero or six) is an error naming the field, not hours of work or a failed
+# allocation later.
+MAX_CLASSES = 100_000
+MAX_WIDTH = 65_536           # a hidden layer's width
+MAX_LAYERS = 32
+MAX_EPOCHS = 1_000_000
+MAX_BATCH = 1 << 24          # the global batch, in rows
+MAX_WORKERS = 4096
+MAX_CPUS = 1024              # per worker
+MAX_GPUS = 64                # per worker
 
 
 def _ge(lo, expect: str | None = None):
@@ -50,11 +64,11 @@ def _between(lo, hi, expect: str):
 
 
 def _f(kind: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, *,
-       nullable: bool = False, choices: tuple | None = None):
+       nullable: bool = False, choices: tuple | None = None, most: int | float | None = None):
     """A spec field: its type, its one default and its rule ``(check, expected)``, on the
     section that owns it."""
     check, expect = rule or (None, "")
-    rule = _Field(kind, default, check, expect, nullable, choices)
+    rule = _Field(kind, default, check, expect, nullable, choices, most)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata={"rule": rule})
     return field(default=tuple(default) if isinstance(default, list) else default, metadata={"rule": rule})
@@ -72,8 +86,8 @@ class ModelSpec:
     """``model``: the model kind, the number of classes and the hidden layer widths."""
 
     kind: str = _f("str", _LOOP.kind, choices=MODEL_KINDS)
-    num_classes: int = _f("int", _LOOP.num_classes, _ge(2))
-    hidden: tuple[int, ...] = _f("ints", list(_LOOP.hidden))
+    num_classes: int = _f("int", _LOOP.num_classes, _ge(2), most=MAX_CLASSES)
+    hidden: tuple[int, ...] = _f("ints", list(_LOOP.hidden), most=MAX_WIDTH)
 
     @property
     def outputs_classes(self) -> int:
@@ -102,8 +116,8 @@ class DataSpec:
 class TrainSpec:
     """``train``: epochs, global batch size, optimizer, initialisation, seed and decision threshold."""
 
-    epochs: int = _f("int", _LOOP.epochs, _ge(1))
-    batch_size: int = _f("int", _LOOP.batch_size, _ge(1))
+    epochs: int = _f("int", _LOOP.epochs, _ge(1), most=MAX_EPOCHS)
+    batch_size: int = _f("int", _LOOP.batch_size, _ge(1), most=MAX_BATCH)
     learning_rate: float = _f("float", _LOOP.learning_rate, _gt(0))
     optimizer: str = _f("str", _LOOP.optimizer, choices=OPTIMIZERS)
     weight_decay: float = _f("float", _LOOP.weight_decay, _ge(0))
@@ -118,10 +132,11 @@ class TrainSpec:
 class ResourcesSpec:
     """``resources``: the number of Horovod workers (0: in-process) and the CPUs and GPUs of each."""
 
-    workers: int = _f("int", 2, _ge(0, ">= 0 (0: in-process reference run)"))
-    cpus_per_worker: float = _f("float", 1, _gt(0))
+    workers: int = _f("int", 2, _ge(0, ">= 0 (0: in-process reference run)"), most=MAX_WORKERS)
+    cpus_per_worker: float = _f("float", 1, _gt(0), most=MAX_CPUS)
     # Whole GPUs: each worker drives gpu(local_rank), one device of its own.
-    gpus_per_worker: float = _f("float", 0, ((lambda v: v >= 0 and float(v).is_integer()), "a whole number >= 0"))
+    gpus_per_worker: float = _f("float", 0, ((lambda v: v >= 0 and float(v).is_integer()), "a whole number >= 0"),
+                                most=MAX_GPUS)
 
 
 @dataclass(frozen=True)
@@ -177,7 +192,7 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)
             else:
-                raise SpecError(f"{where} must be an integer, got {value!r}")
+                raise SpecError(f"{where} must be an integer, got {shown(value)}")
     elif k == "float":
         if isinstance(value, str):
             # PyYAML reads 1e-3 (no dot) as a string: accept what is plainly a number.
@@ -186,37 +201,44 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
             except ValueError:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise SpecError(f"{where} must be a number, got {value!r}")
+            raise SpecError(f"{where} must be a number, got {shown(value)}")
         value = float(value)
         if value != value or value in (float("inf"), float("-inf")):
-            raise SpecError(f"{where} must be a finite number, got {value!r}")
+            raise SpecError(f"{where} must be a finite number, got {shown(value)}")
     elif k in ("str", "path"):
         if not isinstance(value, str) or not value.strip():
-            raise SpecError(f"{where} must be a non-empty string, got {value!r}")
+            raise SpecError(f"{where} must be a non-empty string, got {shown(value)}")
     elif k == "strs":
         if isinstance(value, str):
             value = [value]
         if (not isinstance(value, (list, tuple)) or not value
                 or any(not isinstance(v, str) or not v.strip() for v in value)):
-            raise SpecError(f"{where} must be a column name or a list of column names, got {value!r}")
+            raise SpecError(f"{where} must be a column name or a list of column names, got {shown(value)}")
         value = [str(v) for v in value]
     elif k == "ints":
         if isinstance(value, int) and not isinstance(value, bool):
             value = [value]
         if not isinstance(value, (list, tuple)) or any(isinstance(v, bool) or not isinstance(v, int) or v < 1
                                                        for v in value):
-            raise SpecError(f"{where} must be a list of layer widths >= 1 (e.g. [10, 10]), got {value!r}")
+            raise SpecError(f"{where} must be a list of layer widths >= 1 (e.g. [10, 10]), got {shown(value)}")
         value = [int(v) for v in value]
     elif k == "map":
         if not isinstance(value, dict):
-            raise SpecError(f"{where} must be a mapping (key: value), got {value!r}")
+            raise SpecError(f"{where} must be a mapping (key: value), got {shown(value)}")
         value = dict(value)
     if f.choices and value not in f.choices:
         near = difflib.get_close_matches(str(value), list(f.choices), n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise SpecError(f"{where} must be one of {', '.join(f.choices)}, got {value!r}{hint}")
+        raise SpecError(f"{where} must be one of {', '.join(f.choices)}, got {shown(value)}{hint}")
     if f.check and not f.check(value):
-        raise SpecError(f"{where} must be {f.expect}, got {value!r}")
+        raise SpecError(f"{where} must be {f.expect}, got {shown(value)}")
+    if f.most is not None:
+        if k == "ints" and len(value) > MAX_LAYERS:
+            raise SpecError(f"{where}: at most {MAX_LAYERS} hidden layers, got {len(value)}; give fewer widths")
+        for v in (value if k == "ints" else [value]):
+            if v > f.most:
+                raise SpecError(f"{where} must be at most {f.most:,} (the upper bound), got {shown(v)}; "
+                                f"check for a typo")
     return value
 
 
@@ -331,19 +353,19 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
                         f"got {type(doc).__name__}")
     for key in doc:
         if key not in TOP_LEVEL:
-            raise SpecError(f"{where}: unknown key {key!r}{suggest(str(key), TOP_LEVEL)}")
+            raise SpecError(f"{where}: unknown key {shown(key)}{suggest(str(key), TOP_LEVEL)}")
     raw: dict[str, Any] = {}
     name = doc.get("name") or (Path(source_file).stem if source_file else "job")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
-        raise SpecError(f"name must be letters, digits, '-', '_' or '.', got {name!r}")
+        raise SpecError(f"name must be letters, digits, '-', '_' or '.', got {shown(name)}")
     raw["name"] = name
     for section, fields in SCHEMA.items():
         given = doc.get(section) or {}
         if not isinstance(given, dict):
-            raise SpecError(f"{section}: expected a mapping of fields, got {given!r}")
+            raise SpecError(f"{section}: expected a mapping of fields, got {shown(given)}")
         for key in given:
             if key not in fields:
-                raise SpecError(f"{where}: unknown key {f'{section}.{key}'!r}{suggest(str(key), fields)}")
+                raise SpecError(f"{where}: unknown key {shown(f'{section}.{key}')}{suggest(str(key), fields)}")
         out = {}
         for key, f in fields.items():
             value = given[key] if key in given else copy.deepcopy(f.default)
@@ -374,7 +396,7 @@ def _cross_checks(raw: dict) -> None:
                 raise SpecError(f"data.label_map: YAML reads the key {str(k).lower()!r}/yes/no as a boolean; "
                                 f"quote it, e.g. {{'yes': 1, 'no': 0}}")
             if isinstance(v, bool) or not isinstance(v, int):
-                raise SpecError(f"data.label_map: {k!r} maps to {v!r}; targets must be integer classes")
+                raise SpecError(f"data.label_map: {shown(k)} maps to {shown(v)}; targets must be integer classes")
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
@@ -392,19 +414,113 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
     return spec_from_dict(doc, base_dir=path.parent.resolve(), where=str(path), source_file=str(path))
 
 
-def read_spec_yaml(path: Path) -> Any:
-    """The parsed YAML of a spec file; unreadable or malformed is a one-line ``SpecError``."""
+# Bounds of a spec file (docs/design.md#job-spec): a job spec is a few hundred bytes; these
+# stop a hostile file (a YAML alias bomb, a huge or deeply nested file) before it costs
+# memory or time, including inside an error message that would quote it.
+MAX_SPEC_BYTES = 1 << 20     # the file
+MAX_YAML_NODES = 100_000     # values, counted with every alias expanded
+MAX_YAML_DEPTH = 50          # nesting of mappings and lists
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """YAML that parses but that a spec refuses: a duplicate key, too many values, too deep."""
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (YAML's last-one-wins silently drops
+    a block) and documents larger than ``MAX_YAML_NODES`` once aliases are expanded."""
+
+    def construct_document(self, node):
+        _count_nodes(node)
+        return super().construct_document(node)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: SafeConstructor reports it
+                if first is not key_node:
+                    raise _Refused(
+                        None, None, f"duplicate key {shown(key)} (first at line {first.start_mark.line + 1}); "
+                                    f"keep one: YAML would silently drop the first", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _count_nodes(root) -> None:
+    """Refuse a document whose alias-expanded size or depth passes the bounds above. Each
+    node's expanded size is computed once (an alias is a second reference to the same
+    node), so this costs the size of the file, not of the expansion."""
+    sizes: dict[int, int] = {}
+
+    def size(node, depth: int) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise _Refused(problem=f"nested deeper than {MAX_YAML_DEPTH} levels")
+        key = id(node)
+        if key in sizes:
+            if sizes[key] < 0:
+                raise _Refused(problem="an alias refers to a node that contains it (a recursive structure)")
+            return sizes[key]
+        sizes[key] = -1
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        else:
+            children = []
+        total = 1
+        for child in children:
+            total += size(child, depth + 1)
+            if total > MAX_YAML_NODES:
+                raise _Refused(problem=f"more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
+                                       f"expanded; a job spec needs a few dozen")
+        sizes[key] = total
+        return total
+
+    size(root, 0)
+
+
+def _parse_yaml(text: str, where: str) -> Any:
+    """``text`` parsed by :class:`_SpecLoader`; any failure is a one-line ``SpecError``
+    naming ``where`` (and the line, when the parser knows it)."""
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as e:
-        raise SpecError(f"{path}: cannot read the job spec ({e})") from e
-    try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{path}: malformed YAML{at}: {problem}; fix the syntax") from e
+        problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+        raise SpecError(f"{where}: malformed YAML{at}: {problem[:200]}; fix the file") from None
+    except (ValueError, RecursionError, MemoryError) as e:  # an integer of 5,000 digits; nesting
+        reason = "nested too deeply" if isinstance(e, RecursionError) else (str(e).splitlines() or ["too large"])[0]
+        raise SpecError(f"{where}: malformed YAML: {reason[:200]}; fix the file") from None
+
+
+def read_spec_yaml(path: Path) -> Any:
+    """The parsed YAML of a spec file; unreadable, malformed, larger than ``MAX_SPEC_BYTES``
+    or than ``MAX_YAML_NODES`` values (aliases expanded), or with a duplicate key is a
+    one-line ``SpecError``."""
+    try:
+        size = Path(path).stat().st_size
+        if size > MAX_SPEC_BYTES:
+            raise SpecError(f"{path}: {size:,} bytes, more than a job spec may hold ({MAX_SPEC_BYTES:,}); "
+                            f"pass the job's YAML file, not a data file")
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SpecError(f"{path}: cannot read the job spec ({e}); pass a readable UTF-8 YAML file") from e
+    return _parse_yaml(text, str(path))
+
+
+def _example(f: _Field) -> str:
+    """A value of ``f``'s kind for an error message's example."""
+    if f.choices:
+        return str(f.choices[0])
+    return {"int": "3", "float": "0.5", "ints": "[16]", "map": "{}", "strs": "[x0, x1]",
+            "path": "data/train.csv"}.get(f.kind, "x")
 
 
 def apply_overrides(doc: dict, overrides: list[str]) -> dict:
@@ -412,24 +528,38 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
     doc = copy.deepcopy(doc)
     for item in overrides:
         if "=" not in item:
-            raise SpecError(f"--set {item!r}: expected section.field=value, e.g. --set train.epochs=3")
+            raise SpecError(f"--set {shown(item)}: expected section.field=value, e.g. --set train.epochs=3")
         key, _, text = item.partition("=")
         key = key.strip()
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError:
-            value = text
         parts = key.split(".")
         if parts[0] == "name" and len(parts) == 1:
-            doc["name"] = str(value)
+            if not text.strip():
+                raise SpecError("--set name=: empty value; give the job a name of letters, digits, '-', '_' "
+                                "or '.', e.g. --set name=my-job")
+            doc["name"] = text.strip()  # a name is text as written (--set name=null is the name 'null')
             continue
         if parts[0] not in SCHEMA:
-            raise SpecError(f"--set {key}: unknown section {parts[0]!r}{suggest(parts[0], SCHEMA)}")
+            raise SpecError(f"--set {clip(key)}: unknown section {shown(parts[0])}{suggest(parts[0], SCHEMA)}")
         if len(parts) < 2:
-            raise SpecError(f"--set {key}: name a field, e.g. --set {parts[0]}."
+            raise SpecError(f"--set {clip(key)}: name a field, e.g. --set {parts[0]}."
                             f"{next(iter(SCHEMA[parts[0]]))}=...")
         if parts[1] not in SCHEMA[parts[0]]:
-            raise SpecError(f"--set {key}: unknown field {parts[1]!r}{suggest(parts[1], SCHEMA[parts[0]])}")
+            raise SpecError(f"--set {clip(key)}: unknown field {shown(parts[1])}{suggest(parts[1], SCHEMA[parts[0]])}")
+        if not text.strip():
+            # No field takes an empty string; a nullable one is cleared with null, not with nothing.
+            f = SCHEMA[parts[0]][parts[1]]
+            clear = f"; --set {parts[0]}.{parts[1]}=null restores the default (null)" if f.nullable else ""
+            raise SpecError(f"--set {clip(key)}=: empty value; give one, e.g. --set {clip(key)}="
+                            f"{_example(f)}{clear}")
+        try:
+            value = yaml.load(text, Loader=_SpecLoader)  # noqa: S506 - a SafeLoader subclass
+        except _Refused as e:
+            raise SpecError(f"--set {clip(key)}: {e.problem}") from None
+        except yaml.YAMLError:
+            value = text  # not YAML (a path such as C:\\x): the text as written
+        except (ValueError, RecursionError):
+            raise SpecError(f"--set {clip(key)}: the value is not a usable number or is nested too deeply") \
+                from None
         if parts[0] == "data" and parts[1] in PATH_FIELDS and isinstance(value, str) and "://" not in value:
             value = os.path.abspath(os.path.expanduser(value))
         section = doc.setdefault(parts[0], {}) or {}
@@ -438,7 +568,7 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
             section[parts[1]] = value
         else:  # data.options.n_train=... (options and label_map are the mapping fields)
             if SCHEMA[parts[0]][parts[1]].kind != "map":
-                raise SpecError(f"--set {key}: {parts[0]}.{parts[1]} is not a mapping; "
+                raise SpecError(f"--set {clip(key)}: {parts[0]}.{parts[1]} is not a mapping; "
                                 f"use --set {parts[0]}.{parts[1]}=VALUE")
             target = section.setdefault(parts[1], {}) or {}
             section[parts[1]] = target

@@ -20,6 +20,7 @@ import gzip
 import hashlib
 import math
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -27,14 +28,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .config import MODEL_KINDS
-from .errors import DataError, SpecError, suggest
+from .errors import DataError, SpecError, clip, shown, suggest
 from .tables import open_table, read_all
 
 __all__ = [
     "Dataset", "load_dataset", "SOURCES", "REGISTRY", "Source", "Option", "LoadRequest",
     "check_source_spec", "source_options", "finish_labels", "read_idx", "write_idx",
     "check_features", "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
-    "verify_idx_dir", "read_features_file", "holdout_split", "make_request",
+    "verify_idx_dir", "MAX_IDX_BYTES", "read_features_file", "holdout_split", "make_request",
 ]
 
 # MD5 of the four standard, uncompressed MNIST files.
@@ -109,37 +110,59 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dt
                0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 
 
-def _open_maybe_gz(path: Path) -> bytes:
-    try:
-        with open(path, "rb") as f:
-            raw = f.read()
-    except OSError as e:
-        raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from e
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as e:
-            raise DataError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from e
-    return raw
+# The most bytes one IDX file may hold once decompressed (the MNIST training images are
+# 47 MB): its header's dimensions are checked against this before anything is read, so a
+# gzip bomb or a lying header costs nothing (docs/design.md#data).
+MAX_IDX_BYTES = 2 << 30
 
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
-    """Read one IDX file (raw or gzip). Checks the magic number and the size."""
+    """Read one IDX file (raw or gzip). Checks the magic number and the dimensions, then
+    reads exactly the bytes they declare (at most ``MAX_IDX_BYTES``): a gzip stream is
+    decompressed only that far, and a file longer or shorter than declared is refused."""
     path = Path(path)
-    raw = _open_maybe_gz(path)
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES or raw[3] == 0:
-        raise DataError(f"{path}: not an IDX file (magic bytes {raw[:4].hex() or 'missing'}, "
+    try:
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if gz else open(path, "rb")) as f:
+            return _read_idx_stream(f, path, None if gz else os.fstat(f.fileno()).st_size)
+    except OSError as e:
+        if isinstance(e, gzip.BadGzipFile) or not e.strerror:
+            raise DataError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from None
+        raise DataError(f"{path}: cannot read ({e.strerror}); check the path and its permissions") from None
+    except (EOFError, zlib.error) as e:
+        raise DataError(f"{path}: corrupt or truncated gzip file ({e}); download it again") from None
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to read this IDX file; free memory or use a smaller "
+                        f"file") from None
+
+
+def _read_idx_stream(f, path: Path, file_size: int | None) -> np.ndarray:
+    head = f.read(4)
+    if len(head) < 4 or head[0] != 0 or head[1] != 0 or head[2] not in _IDX_DTYPES or head[3] == 0:
+        raise DataError(f"{path}: not an IDX file (magic bytes {head[:4].hex() or 'missing'}, "
                         f"expected 0000 08 01..03); point data.path at the standard MNIST files")
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
+    dtype, ndim = np.dtype(_IDX_DTYPES[head[2]]), head[3]
     header = 4 + 4 * ndim
-    if len(raw) < header:
-        raise DataError(f"{path}: truncated IDX header ({len(raw)} bytes); download the file again")
-    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
-    expected = header + math.prod(dims) * dtype.itemsize
-    if len(raw) != expected:
+    dims_raw = f.read(4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({4 + len(dims_raw)} bytes); download the file again")
+    dims = tuple(int(d) for d in np.frombuffer(dims_raw, dtype=">u4"))
+    body = math.prod(dims) * dtype.itemsize
+    expected = header + body
+    if body > MAX_IDX_BYTES:
+        raise DataError(f"{path}: IDX dimensions {dims} declare {expected:,} bytes, more than the "
+                        f"{MAX_IDX_BYTES:,} an IDX file may hold; this is not a dataset of the MNIST kind "
+                        f"(or its header is damaged)")
+    if file_size is not None and file_size != expected:  # a plain file: its size must be the declared one
         raise DataError(f"{path}: truncated or padded IDX file: dimensions {dims} need {expected} bytes, "
-                        f"found {len(raw)}; download the file again")
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+                        f"found {file_size}; download the file again")
+    data = f.read(body + 1)  # one byte more than declared: a longer stream is padded
+    if len(data) != body:
+        found = header + len(data) if len(data) < body else f"more than {expected}"
+        raise DataError(f"{path}: truncated or padded IDX file: dimensions {dims} need {expected} bytes, "
+                        f"found {found}; download the file again")
+    return np.frombuffer(data, dtype=dtype, count=math.prod(dims)).reshape(dims)
 
 
 def write_idx(path: str | os.PathLike, array: np.ndarray) -> None:
@@ -197,6 +220,12 @@ def _load_idx_source(source: str, path: str | None, raw: bool = False) -> Datase
         if xs.ndim != 3 or ys.ndim != 1 or len(xs) != len(ys):
             raise DataError(f"{source}: {split} images {xs.shape} and labels {ys.shape} do not match; "
                             f"expected (n, rows, cols) images and n labels")
+        images = files[f"{split}-images-idx3-ubyte"]
+        if len(xs) == 0 or xs[0].size == 0:
+            raise DataError(f"{images}: no images (dimensions {xs.shape}); the {split} split needs at least one "
+                            f"image of at least one pixel")
+        if xs.dtype.kind == "f":  # float IDX images: every pixel must be a number
+            check_features(xs.reshape(len(xs), -1), str(images))
     shape = tuple(int(s) for s in x_tr.shape[1:])
     scale = np.float32(1.0 / 255.0)
     if raw:  # the stored bytes; the scale is applied where the features are used
@@ -243,8 +272,8 @@ def apply_label_map(y: np.ndarray, label_map: Mapping[Any, Any] | None, where: s
     for i, v in enumerate(y):
         key = _label_key(v)
         if key not in lookup:
-            raise DataError(f"{where}: row {offset + i + 1}: label {v!r} is not in data.label_map "
-                            f"{dict(label_map)}; add it to the map")
+            raise DataError(f"{where}: row {offset + i + 1}: label {shown(v)} is not in data.label_map "
+                            f"{shown(dict(label_map))}; add it to the map")
         out[i] = lookup[key]
     return out
 
@@ -267,7 +296,7 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset:
         try:
             y = y.astype(np.float64)
         except (ValueError, TypeError):
-            sample = sorted({str(v) for v in y})[:4]
+            sample = [clip(v, 40) for v in sorted({str(v) for v in y})[:4]]
             raise DataError(f"{where}: labels must be numbers, found {sample}; map them with "
                             f"data.label_map, e.g. {{{sample[0]!r}: 0, ...}}") from None
     yf = y.astype(np.float64)
@@ -452,6 +481,7 @@ class Option:
     type: type
     default: int | float
     positive: bool = False
+    most: int | None = None   # the upper bound, when there is one
 
     @property
     def expect(self) -> str:
@@ -466,6 +496,13 @@ class Option:
         if isinstance(value, bool) or not isinstance(value, kinds):
             return False
         return not (self.positive and value <= 0)
+
+
+# Synthetic sources generate their rows in memory: bounds on the options and on the
+# values generated (float32; docs/design.md#data).
+MAX_SYNTHETIC_ROWS = 100_000_000
+MAX_FEATURES = 1_000_000
+MAX_SYNTHETIC_VALUES = 1 << 28   # 1 GiB of float32
 
 
 @dataclass(frozen=True)
@@ -487,11 +524,11 @@ class Source:
 # is the order data.source lists its choices in.
 REGISTRY: dict[str, Source] = {s.name: s for s in (
     Source("synthetic-binary", _load_synthetic_binary, kinds=("binary",), options={
-        "n_train": Option(int, 1000, positive=True), "n_val": Option(int, 100, positive=True),
-        "n_features": Option(int, 10, positive=True), "boundary": Option(float, 3.0)}),
+        "n_train": Option(int, 1000, True, MAX_SYNTHETIC_ROWS), "n_val": Option(int, 100, True, MAX_SYNTHETIC_ROWS),
+        "n_features": Option(int, 10, True, MAX_FEATURES), "boundary": Option(float, 3.0)}),
     Source("synthetic-blobs", _load_synthetic_blobs, kinds=("binary",), options={
-        "n_train": Option(int, 400, positive=True), "n_val": Option(int, 100, positive=True),
-        "n_features": Option(int, 2, positive=True), "separation": Option(float, 4.0, positive=True)}),
+        "n_train": Option(int, 400, True, MAX_SYNTHETIC_ROWS), "n_val": Option(int, 100, True, MAX_SYNTHETIC_ROWS),
+        "n_features": Option(int, 2, True, MAX_FEATURES), "separation": Option(float, 4.0, positive=True)}),
     Source("mnist", _load_idx, classes=10),
     Source("fashion-mnist", _load_idx, classes=10),
     Source("digits", _load_digits, classes=10),
@@ -521,14 +558,23 @@ def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | N
     """
     src = REGISTRY.get(source)
     if src is None:
-        raise SpecError(f"data.source: unknown source {source!r}; choose one of {', '.join(REGISTRY)}")
+        raise SpecError(f"data.source: unknown source {shown(source)}; choose one of {', '.join(REGISTRY)}")
     for key, value in options.items():
         option = src.options.get(key)
         if option is None:
             hint = suggest(str(key), sorted(src.options)) if src.options else f"; source {source} takes no options"
-            raise SpecError(f"data.options: unknown option {key!r} for source {source}{hint}")
+            raise SpecError(f"data.options: unknown option {shown(key)} for source {source}{hint}")
         if not option.accepts(value):
-            raise SpecError(f"data.options.{key} must be {option.expect}, got {value!r}")
+            raise SpecError(f"data.options.{clip(key)} must be {option.expect}, got {shown(value)}")
+        if option.most is not None and value > option.most:
+            raise SpecError(f"data.options.{key} must be at most {option.most:,} (the upper bound), got "
+                            f"{shown(value)}; check for a typo")
+    if src.options.keys() >= {"n_train", "n_val", "n_features"}:
+        o = {k: options.get(k, src.options[k].default) for k in ("n_train", "n_val", "n_features")}
+        values = (o["n_train"] + o["n_val"]) * o["n_features"]
+        if values > MAX_SYNTHETIC_VALUES:
+            raise SpecError(f"data.options: (n_train + n_val) x n_features = {values:,} values, more than the "
+                            f"{MAX_SYNTHETIC_VALUES:,} (1 GiB) a synthetic source generates in memory; lower them")
     if src.needs_path and not path:
         raise SpecError(_needs_path(source))
     if kind not in src.kinds:
@@ -553,7 +599,7 @@ def make_request(source: str, *, kind: str, num_classes: int, seed: int, path: s
     options = dict(options or {})
     src = REGISTRY.get(source)
     if src is None:
-        raise DataError(f"data.source: unknown source {source!r}; choose one of {', '.join(REGISTRY)}")
+        raise DataError(f"data.source: unknown source {shown(source)}; choose one of {', '.join(REGISTRY)}")
     if src.needs_path and not path:
         raise DataError(_needs_path(source))
     filled = {key: o.type(options.get(key, o.default)) for key, o in src.options.items()}

@@ -20,9 +20,11 @@ from __future__ import annotations
 import csv
 import fnmatch
 import io
+import math
 import os
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Callable, Iterator
@@ -31,11 +33,16 @@ import numpy as np
 
 from .errors import DataError
 
-__all__ = ["Table", "open_table", "resolve", "display", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint"]
+__all__ = ["Table", "open_table", "resolve", "display", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint",
+           "MAX_FEATURES", "MAX_NPZ_BYTES"]
 
 BLOCK_ROWS = 65536          # rows per block a table yields
 _CSV_CHUNK_BYTES = 2 << 20  # CSV is parsed in whole-line chunks of about this many bytes
 _CSV_THREADS = 4            # at most this many chunks at once (and no more than the cores)
+_BLOCK_BYTES = 64 << 20     # an .npy block holds at most this many bytes (fewer rows when rows are wide)
+# Bounds on what a file may declare, checked before anything is allocated (docs/design.md#data).
+MAX_FEATURES = 1_000_000    # columns of a table
+MAX_NPZ_BYTES = 512 << 20   # one array of an .npz, decompressed (an .npz is read whole)
 
 
 def is_uri(path: str) -> bool:
@@ -211,14 +218,19 @@ def open_table(path: str | os.PathLike, label_column: str | None = "label", requ
 def read_all(table: Table) -> tuple[np.ndarray, np.ndarray | None]:
     """Every block of ``table`` in one ``(x, y)`` pair (in memory)."""
     xs, ys = [], []
-    for x, y in table.batches():
-        xs.append(x)
-        if y is not None:
-            ys.append(y)
-    if not xs:
-        return np.zeros((0, len(table.columns)), dtype=np.float32), (np.zeros(0) if table.has_labels else None)
-    x = np.concatenate(xs) if len(xs) > 1 else xs[0]
-    y = (np.concatenate(ys) if len(ys) > 1 else ys[0]) if ys else None
+    try:
+        for x, y in table.batches():
+            xs.append(x)
+            if y is not None:
+                ys.append(y)
+        if not xs:
+            return np.zeros((0, len(table.columns)), dtype=np.float32), (np.zeros(0) if table.has_labels else None)
+        x = np.concatenate(xs) if len(xs) > 1 else xs[0]
+        y = (np.concatenate(ys) if len(ys) > 1 else ys[0]) if ys else None
+    except MemoryError:
+        xs = ys = None  # noqa: F841 - let the blocks go before the message is built
+        raise DataError(f"{table.where}: not enough memory to hold the whole table; free memory, or give "
+                        f"the data as Parquet or x.npy/y.npy, which training reads in blocks") from None
     return x, y
 
 
@@ -571,15 +583,18 @@ def _npy_reader(fs, inner: str, where: str, ndim: int):
     try:
         with fs.open_input_file(inner) as f:
             shape, dtype = header(f)
+            data_start, size = f.tell(), f.size()
     except DataError:
         raise
     except Exception as e:  # noqa: BLE001
         raise DataError(f"{where}: cannot read ({_first_line(e)}); check the path and its permissions") from None
+    _check_shape(where, shape, dtype, size - data_start)
 
     def blocks(block_rows: int):
         with fs.open_input_file(inner) as f:
             header(f)
             row_bytes = dtype.itemsize * (shape[1] if ndim == 2 else 1)
+            block_rows = max(1, min(block_rows, _BLOCK_BYTES // max(row_bytes, 1)))  # wide rows: fewer per block
             for lo in range(0, shape[0], block_rows):
                 n = min(block_rows, shape[0] - lo)
                 buf = f.read(n * row_bytes)
@@ -622,21 +637,74 @@ def _feature_dtype(x: np.ndarray) -> np.ndarray:
     return x.astype(np.float32)
 
 
+def _check_shape(where: str, shape: tuple, dtype: np.dtype, data_bytes: int | None) -> None:
+    """An array header's ``shape`` against the bytes behind it (``data_bytes``), before
+    anything is allocated: a header that declares more (or less) than the file holds is
+    damaged or hostile; a table wider than ``MAX_FEATURES`` columns is refused."""
+    if len(shape) == 2 and shape[1] > MAX_FEATURES:
+        raise DataError(f"{where}: {shape[1]:,} feature columns (shape {shape}), more than the {MAX_FEATURES:,} "
+                        f"a table may have; check the array's orientation (rows x features)")
+    declared = math.prod(shape) * dtype.itemsize
+    if data_bytes is not None and declared > data_bytes and len(shape) in (1, 2) and shape[0]:
+        row_bytes = declared // shape[0]
+        raise DataError(f"{where}: truncated .npy file: {shape[0]} rows declared, the data ends in row "
+                        f"{data_bytes // max(row_bytes, 1) + 1}; write it again")
+    if data_bytes is not None and declared != data_bytes:
+        raise DataError(f"{where}: the header declares shape {shape} of {dtype} ({declared:,} bytes) but the file "
+                        f"holds {data_bytes:,} bytes of data; the file is damaged or truncated: write it again "
+                        f"with np.save")
+
+
+def _npz_member(z: zipfile.ZipFile, name: str, where: str) -> np.ndarray:
+    """Array ``name`` of an open .npz, its sizes checked before it is decompressed: the zip
+    header's size against ``MAX_NPZ_BYTES``, the array header's shape against that size."""
+    info = z.getinfo(name + ".npy")
+    if info.file_size > MAX_NPZ_BYTES:
+        raise DataError(f"{where}: array {name!r} takes {info.file_size:,} bytes decompressed, more than the "
+                        f"{MAX_NPZ_BYTES:,} an .npz may hold (it is read whole); save large data as x.npy "
+                        f"and y.npy in a folder, read in blocks")
+    with z.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format._read_array_header(f, version)
+        if dtype.hasobject:
+            raise ValueError("it holds Python objects")
+        nbytes = info.file_size - f.tell()
+        _check_shape(f"{where}: array {name!r}", shape, dtype, nbytes)
+        out = np.empty(math.prod(shape), dtype=dtype)  # its size is now known to be the member's
+        raw = out.view(np.uint8)
+        for lo in range(0, nbytes, 16 << 20):
+            chunk = f.read(min(16 << 20, nbytes - lo))
+            if len(chunk) != min(16 << 20, nbytes - lo):
+                raise EOFError(f"array {name!r} ends early")
+            raw[lo:lo + len(chunk)] = np.frombuffer(chunk, dtype=np.uint8)
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
+def _zip(f) -> zipfile.ZipFile:
+    try:
+        return zipfile.ZipFile(f)
+    except Exception:  # noqa: BLE001 - BadZipFile, or pyarrow's ArrowInvalid seeking before the start
+        raise ValueError("not a zip archive") from None
+
+
 def _npz_table(fs, inner: str, where: str, require_labels: bool) -> Table:
     try:
-        with fs.open_input_file(inner) as f, np.load(f, allow_pickle=False) as z:
-            names = list(z.files)
+        with fs.open_input_file(inner) as f, _zip(f) as z:
+            names = [n[:-4] for n in z.namelist() if n.endswith(".npy")]
             if "x" not in names:
-                raise DataError(f"{where}: no array 'x' (found {names}); save with np.savez(path, x=..., y=...)")
-            x = z["x"]
-            y = z["y"] if "y" in names else None
+                raise DataError(f"{where}: no array 'x' (found {names[:8]}); save with np.savez(path, x=..., y=...)")
+            x = _npz_member(z, "x", where)
+            y = _npz_member(z, "y", where) if "y" in names else None
     except DataError:
         raise
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
-        raise DataError(f"{where}: not a readable .npz file ({str(e).splitlines()[0]}); "
+    except MemoryError:
+        raise DataError(f"{where}: not enough memory to read this .npz (it is read whole); save large data "
+                        f"as x.npy and y.npy in a folder, read in blocks") from None
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as e:
+        raise DataError(f"{where}: not a readable .npz file ({_first_line(e)}); "
                         f"save with np.savez(path, x=..., y=...)") from None
     if require_labels and y is None:
-        raise DataError(f"{where}: no array 'y' (found {names}); save with np.savez(path, x=..., y=...)")
+        raise DataError(f"{where}: no array 'y' (found {names[:8]}); save with np.savez(path, x=..., y=...)")
     if x.ndim != 2:
         raise DataError(f"{where}: array 'x' must be 2-D (rows x features), got shape {x.shape}")
     if y is not None and (y.ndim != 1 or len(y) != len(x)):

@@ -593,10 +593,9 @@ def test_npy_exact_errors_and_types(tmp_path):
     np.save(tmp_path / "x.npy", x)
     raw = (tmp_path / "x.npy").read_bytes()
     (tmp_path / "x.npy").write_bytes(raw[:-20])
-    assert _err(read_all, open_table(tmp_path)) == (f"{tmp_path}/x.npy: truncated .npy file: 10 rows declared, "
-                                                    f"the data ends in row 9; write it again")
-    assert _err(lambda: list(open_table(tmp_path).batches(4))) == (
-        f"{tmp_path}/x.npy: truncated .npy file: 10 rows declared, the data ends in row 9; write it again")
+    # The header's shape is checked against the file's size when the table opens.
+    assert _err(open_table, tmp_path) == (f"{tmp_path}/x.npy: truncated .npy file: 10 rows declared, "
+                                          f"the data ends in row 9; write it again")
     np.save(tmp_path / "x.npy", np.arange(20, dtype=np.uint8).reshape(10, 2))
     np.save(tmp_path / "y.npy", np.arange(10)[::-1].copy())
     table = open_table(tmp_path)
@@ -632,9 +631,7 @@ def test_npz_exact_errors_and_blocks(tmp_path):
     assert _err(open_table, p) == f"{p}: array 'y' must hold one label per row of x (3), got shape (3, 1)"
     p.write_bytes(b"PK not a zip")
     text = _err(open_table, p)
-    assert text.startswith(f"{p}: not a readable .npz file (Cannot load file containing pickled data "
-                           "when allow_pickle=False); ") and text.endswith(
-        "); save with np.savez(path, x=..., y=...)")
+    assert text == f"{p}: not a readable .npz file (not a zip archive); save with np.savez(path, x=..., y=...)"
     np.savez(p, x=np.arange(10.0).reshape(5, 2), y=np.arange(5))
     t = open_table(p)
     assert t.has_labels and [(x.tolist(), y.tolist()) for x, y in t.batches(2)][2] == ([[8.0, 9.0]], [4])
@@ -685,7 +682,7 @@ def test_npz_and_npy_details(tmp_path):
     np.save(tmp_path / "u.npy", np.arange(10, dtype=np.uint8).reshape(10, 1))
     raw = (tmp_path / "u.npy").read_bytes()
     (tmp_path / "u.npy").write_bytes(raw[:-3])
-    assert _err(read_all, open_table(tmp_path / "u.npy", require_labels=False)) == (
+    assert _err(open_table, tmp_path / "u.npy", require_labels=False) == (
         f"{tmp_path}/u.npy: truncated .npy file: 10 rows declared, the data ends in row 8; write it again")
     # a 1-D array's header may say Fortran order: it is the same array
     with open(tmp_path / "y.npy", "wb") as f:

@@ -374,8 +374,14 @@ def _read_input(path: str, meta: dict, require_labels: bool):
     """Every row of ``path`` (checked), in memory."""
     import numpy as np
 
-    xs, ys = zip(*_input_blocks(path, meta, require_labels))
-    return np.concatenate(xs), (np.concatenate(ys) if require_labels else None)
+    from lr_core.errors import DataError
+
+    try:
+        xs, ys = zip(*_input_blocks(path, meta, require_labels))
+        return np.concatenate(xs), (np.concatenate(ys) if require_labels else None)
+    except MemoryError:
+        raise DataError(f"{path}: not enough memory to hold every row at once; evaluate a smaller file, "
+                        f"or split it") from None
 
 
 def cmd_predict(args) -> int:
@@ -383,6 +389,13 @@ def cmd_predict(args) -> int:
     or stdout; returns 0."""
     from .rundir import atomic_write_text
 
+    if args.output:  # before any work: a folder or a missing parent is the user's to fix
+        out = Path(args.output)
+        if out.is_dir():
+            raise LrjobInputError(f"--output {out}: is a folder; give a file to write, e.g. "
+                                  f"--output {out / 'predictions.csv'}")
+        if not out.parent.exists():
+            raise LrjobInputError(f"--output {out}: folder {out.parent} does not exist")
     model = _model(args.run)
     count = 0
     for x, _ in _input_blocks(args.input, model.meta, require_labels=False):
@@ -395,9 +408,6 @@ def cmd_predict(args) -> int:
             yield "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
 
     if args.output:
-        out = Path(args.output)
-        if not out.parent.exists():
-            raise LrjobInputError(f"--output {out}: folder {out.parent} does not exist")
         try:
             atomic_write_text(out, text())
         except OSError as e:
@@ -466,11 +476,16 @@ def cmd_worker(args) -> int:
 
 def cmd_runs(args) -> int:
     """``lrjob runs``: print the table of past runs under ``--dir``; returns 0."""
-    from .report.history import list_runs, render_runs
+    from .report.history import DAMAGED, list_runs, render_runs
 
     if args.dir is not None and not Path(args.dir).is_dir():  # a named folder must exist
         raise LrjobInputError(f"--dir {args.dir}: no such folder; pass the folder lrjob run wrote runs into")
-    print(render_runs(list_runs(args.dir or "runs")))
+    rows = list_runs(args.dir or "runs")
+    for r in rows:  # one damaged run is marked in the table; the others are listed as usual
+        if r["status"] == DAMAGED:
+            sys.stderr.write(f"lrjob: warning: {r['path']}/summary.json cannot be read or has fields of the wrong "
+                             f"type; its row shows what could be read\n")
+    print(render_runs(rows))
     return 0
 
 

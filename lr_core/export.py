@@ -17,6 +17,20 @@ from .models import build_model
 
 __all__ = ["export_model", "ExportedModel"]
 
+_MAX_META_BYTES = 1 << 20   # a model's meta.json holds a few hundred bytes
+
+
+def _check_meta(meta: dict) -> None:
+    """The fields serving reads from meta.json hold usable values (ValueError otherwise)."""
+    if meta["kind"] not in ("binary", "softmax"):
+        raise ValueError(f"meta.json kind must be binary or softmax, got {str(meta['kind'])[:40]!r}")
+    for key in ("num_classes", "num_features"):
+        v = meta[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 24:
+            raise ValueError(f"meta.json {key} must be a positive integer, got {str(v)[:40]!r}")
+    if not 0 < float(meta["threshold"]) < 1:
+        raise ValueError(f"meta.json threshold must be between 0 and 1, got {str(meta['threshold'])[:40]!r}")
+
 
 def export_model(directory: str | os.PathLike, cfg: LoopConfig, params: dict[str, np.ndarray],
                  num_features: int, meta: dict | None = None) -> Path:
@@ -44,14 +58,28 @@ class ExportedModel:
 
         directory = Path(directory)
         try:
-            self.meta = json.loads((directory / "meta.json").read_text())
+            meta_file = directory / "meta.json"
+            if meta_file.stat().st_size > _MAX_META_BYTES:
+                raise ValueError(f"meta.json holds {meta_file.stat().st_size:,} bytes, a model's takes a few hundred")
+            self.meta = json.loads(meta_file.read_text())
             for key in ("kind", "num_classes", "num_features", "threshold"):
                 self.meta[key]
+            _check_meta(self.meta)
             with _quiet_warnings():
                 self.net = gluon.SymbolBlock.imports(str(directory / "model-symbol.json"), ["data"],
                                                      str(directory / "model-0000.params"))
+            # The weights must be those meta.json describes: one row of zeros goes through,
+            # and gives one logit (binary) or num_classes of them.
+            out = self.net(mx.nd.zeros((1, self.num_features))).shape
+            want = (1, 1 if self.meta["kind"] == "binary" else int(self.meta["num_classes"]))
+            if tuple(out) != want:
+                raise ValueError(f"meta.json describes a {self.meta['kind']} model with {want[1]} output(s), "
+                                 f"the weights give {out[-1]}")
         except (OSError, ValueError, KeyError, TypeError, mx.base.MXNetError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            if isinstance(e, mx.base.MXNetError) and "Shape inconsistent" in str(e):
+                first = (f"meta.json says {self.meta.get('num_features')} features, the weights expect "
+                         f"another number")
             raise LrjobInputError(f"{directory}: damaged or incomplete model export ({first}); "
                                   f"re-export it by resuming or re-running the job") from None
 

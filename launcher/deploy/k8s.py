@@ -243,7 +243,19 @@ def _cpu_quantity(cpus: float) -> str:
 
 
 def _k8s_name(spec_name: str, suffix: str) -> str:
-    name = "lrjob-" + re.sub(r"[^a-z0-9]+", "-", spec_name.lower()).strip("-") + suffix
+    """``lrjob-<name><suffix>`` as a Kubernetes (DNS-1123) name: lower-case ASCII letters,
+    digits and '-'. Accents are dropped (é -> e); a name with characters that have no
+    ASCII form (or that lost its accents) also gets 8 hex digits of its hash, so two
+    such names never share objects."""
+    import hashlib
+    import unicodedata
+
+    ascii_name = unicodedata.normalize("NFKD", spec_name).encode("ascii", "ignore").decode()
+    stem = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
+    if not spec_name.isascii():
+        digest = hashlib.sha256(spec_name.encode()).hexdigest()[:8]
+        stem = f"{stem}-{digest}" if stem else digest
+    name = "lrjob-" + stem + suffix
     if len(name) > _MAX_NAME:
         raise SpecError(f"name: {spec_name!r} gives the Kubernetes name {name!r} ({len(name)} characters), "
                         f"KubeRay allows {_MAX_NAME}; shorten it, e.g. --set name={spec_name[:20]}")

@@ -366,6 +366,24 @@ def test_bad_arguments_are_one_line_spec_errors(extra, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("kind", ["rayjob", "raycluster", "mpijob"])
+def test_non_ascii_job_names_render_valid_distinct_kubernetes_names(kind):
+    dns1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+    names = ["日本語", "café", "cafe", "Ünïcode-job", "ß", "данные.v2"]
+    seen = {}
+    for spec_name in names:
+        spec = load_spec(ROOT / "jobs/binary_2d.yaml", [f"name={spec_name}"])
+        docs = list(yaml.safe_load_all(k8s.render(spec, image="lrjob:1", workers=2, gpus_per_worker=None,
+                                                  kind=kind)))
+        rendered = [d["metadata"]["name"] for d in docs]
+        for name in rendered:
+            assert dns1123.fullmatch(name) and len(name) <= 63, (spec_name, name)
+        seen[spec_name] = min(rendered, key=len)  # the main object; the others add -job, -runs, ...
+    assert len(set(seen.values())) == len(names), seen
+    assert seen["cafe"] == "lrjob-cafe" + {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind]
+    assert seen["café"].startswith("lrjob-cafe-")
+
+
 def test_write_rewrites_the_folder_and_drops_stale_manifests(tmp_path):
     (tmp_path / "gone.rayjob.yaml").write_text("old")
     (tmp_path / "notes.yaml").write_text("mine")

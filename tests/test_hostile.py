@@ -1,0 +1,355 @@
+"""Hostile and broken inputs: every reader is bounded, and each case ends in one line on
+stderr with the exit code of docs/design.md#exit-codes, never a traceback.
+
+The hostile files are generated here and are small on disk: a YAML alias bomb, a spec
+with a duplicate key, .npy/.npz headers that declare more than the file holds, a gzip
+stream that decompresses past what its IDX header declares, damaged run directories.
+Every command runs in this process through ``launcher.cli.main`` (the script calls the
+same function)."""
+import gzip
+import io
+import json
+import re
+import tracemalloc
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.cli import main
+from launcher.spec import MAX_YAML_NODES, load_spec
+from lr_core import tables
+from lr_core.config import LoopConfig
+from lr_core.data import load_dataset, read_idx
+from lr_core.errors import DataError, SpecError
+from lr_core.export import export_model
+from lr_core.models import initial_parameters
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _lrjob(capsys, *args):
+    """``lrjob ARGS`` in this process: (exit code, stdout, stderr)."""
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _one_line_error(code, err, want_code=2, limit=400):
+    """Exit ``want_code``, exactly one ``lrjob: error:`` line, short, no traceback; the line."""
+    assert code == want_code, err[:2000]
+    assert "Traceback" not in err and "internal error" not in err, err[:2000]
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("lrjob: error: "), err[:2000]
+    assert len(lines[0]) < limit, lines[0][:2000]
+    return lines[0]
+
+
+def _bomb(levels: int) -> str:
+    """A 'billion laughs' in flow style: level i is a list of level i - 1 (anchored) and
+    eight aliases of it, so the value expands to 9**levels strings."""
+    text = "&a0 [" + ", ".join(['"lol"'] * 9) + "]"
+    for i in range(1, levels):
+        text = f"&a{i} [{text}, " + ", ".join([f"*a{i - 1}"] * 8) + "]"
+    return text
+
+
+# --------------------------------------------------------------------------- job specs
+def test_a_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path, capsys):
+    # 9**7 = 4.8 million values once expanded, from a file of a few hundred bytes.
+    spec = tmp_path / "bomb.yaml"
+    spec.write_text(f"name: bomb\ntrain: {{epochs: {_bomb(7)}}}\n")
+    assert spec.stat().st_size < 500 and 9 ** 7 > MAX_YAML_NODES
+    line = _one_line_error(*_lrjob(capsys, "validate", spec)[::2])
+    assert f"{spec}: malformed YAML" in line and "once its aliases (*name) are expanded" in line
+
+
+def test_compare_of_a_run_whose_job_yaml_is_a_bomb_prints_one_line(tmp_path, capsys):
+    runs = []
+    for name in ("a", "b"):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"status": "completed"}))
+        runs.append(d)
+    (runs[0] / "job.yaml").write_text("name: a\ntrain: {epochs: 3}\n")
+    (runs[1] / "job.yaml").write_text(f"name: b\ntrain: {{epochs: {_bomb(7)}}}\n")
+    code, out, err = _lrjob(capsys, "compare", *runs)
+    line = _one_line_error(code, err)
+    assert f"{runs[1] / 'job.yaml'}: malformed YAML" in line and out == ""
+
+
+def test_compare_cuts_long_spec_values_to_the_column(tmp_path, capsys):
+    runs = []
+    for name, width in (("a", 3), ("b", 40_000)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"status": "completed"}))
+        (d / "job.yaml").write_text(f"name: {name}\nmodel: {{hidden: {[1] * width}}}\n")
+        runs.append(d)
+    code, out, err = _lrjob(capsys, "compare", *runs)
+    assert code == 0, err
+    assert "model.hidden" in out and max(len(x) for x in out.splitlines()) < 120, out[:500]
+
+
+@pytest.mark.parametrize("text,problem", [
+    pytest.param("train: {epochs: 3}\nmodel: {kind: binary}\ntrain: {batch_size: 8}\n",
+                 "at line 3, column 1: duplicate key 'train' (first at line 1)", id="duplicate-section"),
+    pytest.param("train:\n  epochs: 3\n  epochs: 4\n",
+                 "at line 3, column 3: duplicate key 'epochs' (first at line 2)", id="duplicate-field"),
+    pytest.param("train: &t {epochs: [*t]}\n", "an alias refers to a node that contains it", id="recursive"),
+    pytest.param("train: {epochs: " + "[" * 5000 + "]" * 5000 + "}\n", "malformed YAML", id="nested-5000"),
+    pytest.param("train: {epochs: 1" + "0" * 5000 + "}\n", "malformed YAML", id="int-5001-digits"),
+])
+def test_a_spec_with_duplicate_keys_recursion_or_absurd_nesting_is_one_line(tmp_path, capsys, text, problem):
+    spec = tmp_path / "job.yaml"
+    spec.write_text(text)
+    line = _one_line_error(*_lrjob(capsys, "validate", spec)[::2])
+    assert problem in line and line.startswith(f"lrjob: error: {spec}: ")
+
+
+def test_a_spec_file_larger_than_a_spec_is_refused_unread(tmp_path):
+    spec = tmp_path / "job.yaml"
+    spec.write_text("# " + "x" * (2 << 20) + "\n")
+    with pytest.raises(SpecError, match=r"job.yaml: 2,097,155 bytes, more than a job spec may hold \(1,048,576\)"):
+        load_spec(spec)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("name=", "--set name=: empty value; give the job a name"),
+    ("name= ", "--set name=: empty value"),
+    ("train.epochs=", "--set train.epochs=: empty value; give one, e.g. --set train.epochs=3"),
+    ("data.path=", "--set data.path=: empty value; give one, e.g. --set data.path=data/train.csv; "
+                   "--set data.path=null restores the default (null)"),
+    ("train.optimizer=", "--set train.optimizer=: empty value; give one, e.g. --set train.optimizer=sgd"),
+])
+def test_an_empty_override_is_refused_naming_the_field(override, message):
+    with pytest.raises(SpecError) as info:
+        load_spec(ROOT / "jobs/binary_2d.yaml", [override])
+    assert str(info.value).startswith(message), str(info.value)
+
+
+def test_an_override_name_is_its_text():
+    assert load_spec(ROOT / "jobs/binary_2d.yaml", ["name=null"]).name == "null"
+    assert load_spec(ROOT / "jobs/binary_2d.yaml", ["name=7"]).name == "7"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=1000001", "train.epochs must be at most 1,000,000 (the upper bound), got 1000001"),
+    ("train.batch_size=16777217", "train.batch_size must be at most 16,777,216 (the upper bound)"),
+    ("model.hidden=[8, 65537]", "model.hidden must be at most 65,536 (the upper bound), got 65537"),
+    ("model.hidden=[" + ", ".join(["4"] * 33) + "]", "model.hidden: at most 32 hidden layers, got 33"),
+    ("model.num_classes=100001", "model.num_classes must be at most 100,000 (the upper bound)"),
+    ("resources.workers=4097", "resources.workers must be at most 4,096 (the upper bound)"),
+    ("resources.cpus_per_worker=1025", "resources.cpus_per_worker must be at most 1,024 (the upper bound)"),
+    ("resources.gpus_per_worker=65", "resources.gpus_per_worker must be at most 64 (the upper bound)"),
+    ("data.options.n_train=100000001", "data.options.n_train must be at most 100,000,000 (the upper bound)"),
+    ("data.options.n_val=100000001", "data.options.n_val must be at most 100,000,000 (the upper bound)"),
+    ("data.options.n_features=1000001", "data.options.n_features must be at most 1,000,000 (the upper bound)"),
+    ("data.options.n_train=300000", "data.options: (n_train + n_val) x n_features = 300,100,000 values, more "
+                                    "than the 268,435,456 (1 GiB)"),
+    pytest.param("train.epochs=1" + "0" * 400, "train.epochs must be at most 1,000,000 (the upper bound), got an "
+                                               "integer of about 400 digits", id="epochs-401-digits"),
+])
+def test_absurd_sizes_are_refused_naming_the_field_and_the_bound(override, message):
+    extra = ["data.options.n_features=1000"] if "n_train=300000" in override else []
+    with pytest.raises(SpecError) as info:
+        load_spec(ROOT / "jobs/binary_2d.yaml", [*extra, override])
+    assert str(info.value).startswith(message), str(info.value)
+    assert len(str(info.value)) < 250
+
+
+def test_the_largest_allowed_values_pass():
+    spec = load_spec(ROOT / "jobs/binary_2d.yaml", ["train.epochs=1000000", "train.batch_size=16777216",
+                                                     "resources.workers=4096", "model.hidden=[65536]"])
+    assert (spec.train.epochs, spec.train.batch_size, spec.workers, spec.model.hidden) == \
+        (1_000_000, 1 << 24, 4096, (65536,))
+
+
+@pytest.mark.parametrize("override", [
+    pytest.param("train.optimizer=" + "x" * 100_000, id="long-value"),
+    pytest.param("train.epoch" + "s" * 100_000 + "=3", id="long-field"),
+    pytest.param("model.hidden=[" + ", ".join(["-1"] * 20_000) + "]", id="long-list"),
+    pytest.param("data.options.n" + "x" * 100_000 + "=1", id="long-option"),
+])
+def test_messages_quote_at_most_a_short_piece_of_a_long_value(override):
+    with pytest.raises(SpecError) as info:
+        load_spec(ROOT / "jobs/binary_2d.yaml", [override])
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value), str(info.value)[:1000]
+
+
+# --------------------------------------------------------------------------- data files
+def _npy_header(shape, descr="<f8") -> bytes:
+    b = io.BytesIO()
+    np.lib.format.write_array_header_1_0(b, {"descr": descr, "fortran_order": False, "shape": shape})
+    return b.getvalue()
+
+
+def _model(tmp_path, kind="binary", num_classes=2, features=2) -> Path:
+    cfg = LoopConfig(kind=kind, num_classes=num_classes)
+    return export_model(tmp_path / "model", cfg, initial_parameters(cfg, features), features)
+
+
+def test_a_lying_npy_header_is_one_line_before_anything_is_allocated(tmp_path, capsys):
+    model = _model(tmp_path)
+    wide = tmp_path / "wide.npy"  # 144 bytes declaring 2 rows of 2**40 float64 columns (16 TiB)
+    wide.write_bytes(_npy_header((2, 2 ** 40)) + bytes(16))
+    assert wide.stat().st_size == 144
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", wide)[::2])
+    assert "1,099,511,627,776 feature columns (shape (2, 1099511627776)), more than the 1,000,000" in line
+    long = tmp_path / "long.npy"  # 2**30 rows of 1000 features declared, 16 bytes of data
+    long.write_bytes(_npy_header((2 ** 30, 1000)) + bytes(16))
+    with pytest.raises(DataError, match=r"long.npy: truncated .npy file: 1073741824 rows declared, the data ends "
+                                        r"in row 1; write it again"):
+        tables.open_table(long, require_labels=False)
+    padded = tmp_path / "padded.npy"
+    padded.write_bytes(_npy_header((2, 2)) + bytes(40))
+    with pytest.raises(DataError, match=r"padded.npy: the header declares shape \(2, 2\) of float64 \(32 bytes\) "
+                                        r"but the file holds 40 bytes of data"):
+        tables.open_table(padded, require_labels=False)
+
+
+def test_an_npz_member_with_a_lying_header_is_refused_before_allocating(tmp_path, capsys):
+    model = _model(tmp_path)
+    p = tmp_path / "lie.npz"
+    with zipfile.ZipFile(p, "w", zipfile.ZIP_DEFLATED) as z:  # x declares 2**40 x 2 float64: 16 TiB
+        z.writestr("x.npy", _npy_header((2 ** 40, 2)) + bytes(16))
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", p)[::2])
+    assert f"{p}: array 'x': truncated .npy file: 1099511627776 rows declared" in line
+
+
+def test_an_npz_larger_than_the_cap_once_decompressed_is_refused_from_its_zip_header(tmp_path, capsys,
+                                                                                    monkeypatch):
+    model = _model(tmp_path)
+    p = tmp_path / "zeros.npz"
+    np.savez_compressed(p, x=np.zeros((1 << 18, 2)))  # 4 MiB of zeros, a few KB on disk
+    assert p.stat().st_size < 50_000
+    monkeypatch.setattr(tables, "MAX_NPZ_BYTES", 1 << 20)
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", p)[::2])
+    assert (f"{p}: array 'x' takes 4,194,432 bytes decompressed, more than the 1,048,576 an .npz may hold "
+            f"(it is read whole); save large data as x.npy and y.npy in a folder") in line
+
+
+def test_read_all_out_of_memory_is_a_data_error():
+    def blocks(_rows):
+        yield np.zeros((1, 1), np.float32), None
+        raise MemoryError
+
+    table = tables.Table("big.csv", ["a"], None, blocks, has_labels=False)
+    with pytest.raises(DataError, match=r"^big.csv: not enough memory to hold the whole table; free memory, or "
+                                        r"give the data as Parquet or x.npy/y.npy"):
+        tables.read_all(table)
+
+
+def _idx(arr: np.ndarray, code: int = 0x08, dims=None) -> bytes:
+    dims = arr.shape if dims is None else dims
+    return bytes([0, 0, code, len(dims)]) + np.asarray(dims, dtype=">u4").tobytes() + arr.tobytes()
+
+
+def test_a_gzip_idx_bomb_is_refused_from_its_header_and_read_no_further(tmp_path):
+    bomb = tmp_path / "train-images-idx3-ubyte.gz"
+    # The header declares 65536 images of 1024 x 1024 (64 GiB); the stream holds a little.
+    bomb.write_bytes(gzip.compress(_idx(np.zeros(1 << 16, np.uint8), dims=(1 << 16, 1024, 1024))))
+    with pytest.raises(DataError, match=r"dimensions \(65536, 1024, 1024\) declare 68,719,476,752 bytes, more "
+                                        r"than the 2,147,483,648 an IDX file may hold"):
+        read_idx(bomb)
+    # A header that declares 4 bytes, then 64 MiB of zeros: decompressed only up to byte 5.
+    padded = tmp_path / "t10k-images-idx3-ubyte.gz"
+    padded.write_bytes(gzip.compress(_idx(np.zeros(64 << 20, np.uint8), dims=(1, 2, 2)), compresslevel=1))
+    assert padded.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"truncated or padded IDX file: dimensions \(1, 2, 2\) need 20 bytes, "
+                                            r"found more than 20"):
+            read_idx(padded)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+def _idx_dir(tmp_path, train_images: np.ndarray, code: int) -> Path:
+    d = tmp_path / "idx"
+    d.mkdir()
+    n = len(train_images)
+    (d / "train-images-idx3-ubyte").write_bytes(_idx(train_images, code))
+    (d / "train-labels-idx1-ubyte").write_bytes(_idx(np.arange(n, dtype=np.uint8) % 10))
+    (d / "t10k-images-idx3-ubyte").write_bytes(_idx(np.ones((3, 2, 2), train_images.dtype), code))
+    (d / "t10k-labels-idx1-ubyte").write_bytes(_idx(np.arange(3, dtype=np.uint8)))
+    return d
+
+
+def test_an_empty_idx_split_is_a_data_error(tmp_path):
+    d = _idx_dir(tmp_path, np.zeros((0, 2, 2), np.uint8), 0x08)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(info.value) == (f"{d / 'train-images-idx3-ubyte'}: no images (dimensions (0, 2, 2)); the train "
+                               f"split needs at least one image of at least one pixel")
+
+
+def test_nan_in_float_idx_images_is_a_data_error_naming_the_row(tmp_path):
+    x = np.ones((5, 2, 2), ">f4")
+    x[3, 1, 0] = np.nan
+    d = _idx_dir(tmp_path, x, 0x0D)
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(info.value).startswith(f"{d / 'train-images-idx3-ubyte'}: row 4, column 3: value nan is not finite")
+
+
+# --------------------------------------------------------------------------- predict, runs
+def test_predict_output_naming_a_folder_is_refused_before_any_work(tmp_path, capsys):
+    model = _model(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    inp = tmp_path / "in.csv"
+    inp.write_text("a,b\n1,2\n")
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", inp, "--output", out)[::2])
+    assert line == (f"lrjob: error: --output {out}: is a folder; give a file to write, e.g. "
+                    f"--output {out / 'predictions.csv'}")
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "model", "out"]
+
+
+@pytest.mark.parametrize("change,says", [
+    ({"num_features": 5}, "meta.json says 5 features, the weights expect another number"),
+    ({"kind": "softmax", "num_classes": 3}, "meta.json describes a softmax model with 3 output(s), the weights "
+                                            "give 1"),
+    ({"num_features": "2"}, "meta.json num_features must be a positive integer, got '2'"),
+    ({"kind": "tree"}, "meta.json kind must be binary or softmax, got 'tree'"),
+])
+def test_a_model_whose_meta_json_disagrees_with_its_weights_is_one_line(tmp_path, capsys, change, says):
+    model = _model(tmp_path)
+    meta = json.loads((model / "meta.json").read_text())
+    (model / "meta.json").write_text(json.dumps({**meta, **change}))
+    inp = tmp_path / "in.csv"
+    inp.write_text("a,b,c,d,e\n1,2,3,4,5\n" if change.get("num_features") == 5 else "a,b\n1,2\n")
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", inp)[::2])
+    assert line == (f"lrjob: error: {model}: damaged or incomplete model export ({says}); re-export it by "
+                    f"resuming or re-running the job")
+
+
+def test_runs_lists_every_run_and_marks_a_damaged_summary(tmp_path, capsys):
+    good = {"status": "completed", "workers": 2, "epochs_done": 3, "epochs": 3,
+            "final": {"val_accuracy": 0.9}, "wall_seconds": 1.5}
+    summaries = {"a-good": json.dumps(good), "b-list": "[1, 2]", "c-text": "{not json",
+                 "d-types": json.dumps({**good, "final": {"val_accuracy": "high"}, "workers": "two"}),
+                 "e-good": json.dumps({**good, "workers": 0})}
+    for name, text in summaries.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+    (tmp_path / "f-no-summary").mkdir()
+    code, out, err = _lrjob(capsys, "runs", "--dir", tmp_path)
+    assert code == 0 and "Traceback" not in err, err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert sorted(rows) == ["a-good", "b-list", "c-text", "d-types", "e-good"]
+    for name in ("a-good", "e-good"):
+        assert re.search(r"\s3/3\s+0\.9000\s+1\.5s\s+completed$", rows[name]), rows[name]
+    for name in ("b-list", "c-text", "d-types"):
+        assert rows[name].endswith("damaged summary.json"), rows[name]
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 3 and all(w.startswith("lrjob: warning: ") for w in warnings), err
+    assert {w.split()[2] for w in warnings} == {f"{tmp_path / n}/summary.json" for n in ("b-list", "c-text",
+                                                                                         "d-types")}

@@ -258,7 +258,7 @@ def check_features(x: np.ndarray, where: str, num_features: int | None = None,
     bad = ~np.isfinite(x)
     if bad.any():
         r, c = map(int, np.argwhere(bad)[0])
-        col = columns[c] if columns and c < len(columns) else f"column {c + 1}"  # 1-based, as rows are
+        col = clip(columns[c], 40) if columns and c < len(columns) else f"column {c + 1}"  # 1-based, as rows are
         raise DataError(f"{where}: row {offset + r + 1}, {col}: value {x[r, c]} is not finite (NaN or inf); "
                         f"clean or impute it first ({int(bad.sum())} such values)")
     return x
@@ -309,12 +309,12 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset:
     values = sorted(int(v) for v in np.unique(yf))
     if kind == "binary":
         if not set(values) <= {0, 1}:
-            shown = values if len(values) <= 6 else values[:6] + ["..."]
+            listed = values if len(values) <= 6 else values[:6] + ["..."]
             hint = ""
             if len(values) == 2:
                 hint = f"; re-encode with data.label_map: {{{values[0]}: 0, {values[1]}: 1}}"
             r = int(np.flatnonzero((yf != 0) & (yf != 1))[0])
-            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {shown} (first at row {offset + r + 1})"
+            raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {listed} (first at row {offset + r + 1})"
                             f"{hint}")
     else:
         bad = [v for v in values if v < 0 or v >= num_classes]

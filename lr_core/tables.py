@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, clip, shown
 
 __all__ = ["Table", "open_table", "resolve", "display", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint",
            "MAX_FEATURES", "MAX_NPZ_BYTES"]
@@ -299,7 +299,7 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
         if header is None:
             raise DataError(f"{where}: no header row, so label column {label_column!r} cannot be found; "
                             f"add a header naming the columns")
-        raise DataError(f"{where}: no column {label_column!r} (columns: {', '.join(header[:8])}"
+        raise DataError(f"{where}: no column {label_column!r} (columns: {', '.join(clip(h, 40) for h in header[:8])}"
                         f"{', ...' if len(header) > 8 else ''}); set data.label_column")
     feat_idx = [j for j in range(width) if j != label_idx]
     if features is not None:
@@ -307,8 +307,8 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
         _not_the_label(wanted, label_column if label_idx is not None else None, where)
         missing = [c for c in wanted if header is None or c not in header]
         if missing:
-            raise DataError(f"{where}: no column {missing[0]!r} for data.features (columns: "
-                            f"{', '.join((header or [])[:8])}); fix data.features")
+            raise DataError(f"{where}: no column {shown(missing[0])} for data.features (columns: "
+                            f"{', '.join(clip(h, 40) for h in (header or [])[:8])}); fix data.features")
         feat_idx = [header.index(c) for c in wanted]
     columns = [header[j] for j in feat_idx] if header else [f"column {j + 1}" for j in feat_idx]
     internal = [f"c{j}" for j in range(width)]
@@ -444,8 +444,8 @@ def _diagnose_csv(fs, inner: str, where: str, header, width: int, feat_idx: list
                 for k, j in enumerate(feat_idx):
                     cell = r[j].strip()
                     if not _is_number(cell):
-                        raise DataError(f"{where}: line {line}, column {columns[k]!r}: {cell!r} is not a number; "
-                                        f"features must be numeric")
+                        raise DataError(f"{where}: line {line}, column {shown(columns[k])}: {shown(cell)} is not a "
+                                        f"number; features must be numeric")
     except UnicodeDecodeError as e:
         raise DataError(f"{where}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from None
     except csv.Error as e:
@@ -466,7 +466,7 @@ def _parquet_table(fs, files: list[str], where: str, label_column: str | None, r
     names = list(schema.names)
     has_label = label_column is not None and label_column in names
     if require_labels and not has_label:
-        raise DataError(f"{where}: no column {label_column!r} (columns: {', '.join(names[:8])}"
+        raise DataError(f"{where}: no column {label_column!r} (columns: {', '.join(clip(n, 40) for n in names[:8])}"
                         f"{', ...' if len(names) > 8 else ''}); set data.label_column")
     if features is None:
         feats = [n for n in names if n != label_column]
@@ -475,7 +475,8 @@ def _parquet_table(fs, files: list[str], where: str, label_column: str | None, r
         _not_the_label(feats, label_column if has_label else None, where)
         for c in feats:
             if c not in names:
-                raise DataError(f"{where}: no column {c!r} for data.features (columns: {', '.join(names[:8])}"
+                raise DataError(f"{where}: no column {shown(c)} for data.features (columns: "
+                                f"{', '.join(clip(n, 40) for n in names[:8])}"
                                 f"{', ...' if len(names) > 8 else ''}); fix data.features")
     list_col = None
     if len(feats) == 1 and _is_list(schema.field(feats[0]).type):

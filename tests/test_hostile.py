@@ -234,6 +234,19 @@ def test_an_npz_larger_than_the_cap_once_decompressed_is_refused_from_its_zip_he
             f"(it is read whole); save large data as x.npy and y.npy in a folder") in line
 
 
+def test_messages_about_a_csv_quote_at_most_a_short_piece_of_its_cells(tmp_path):
+    p = tmp_path / "long.csv"
+    p.write_text("a,b\n1," + "x" * 100_000 + "\n")
+    with pytest.raises(DataError) as info:
+        tables.read_all(tables.open_table(p, require_labels=False))
+    assert str(info.value).startswith(f"{p}: line 2, column 'b': 'xxxx") and len(str(info.value)) < 300
+    p.write_text("y" * 100_000 + ",b\n1,2\n")
+    with pytest.raises(DataError) as info:
+        tables.open_table(p, features=["c"], require_labels=False)
+    assert str(info.value).startswith(f"{p}: no column 'c' for data.features (columns: yyy") and \
+        len(str(info.value)) < 300
+
+
 def test_read_all_out_of_memory_is_a_data_error():
     def blocks(_rows):
         yield np.zeros((1, 1), np.float32), None

@@ -63,12 +63,11 @@ def _between(lo, hi, expect: str):
     return (lambda v: lo < v < hi), expect
 
 
-def _f(kind: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, *,
-       nullable: bool = False, choices: tuple | None = None, most: int | float | None = None):
+def _f(kind: str, default: Any, rule: tuple[Callable[[Any], bool], str] | None = None, **flags):
     """A spec field: its type, its one default and its rule ``(check, expected)``, on the
-    section that owns it."""
+    section that owns it; ``flags``: ``nullable``, ``choices``, ``most`` (see ``_Field``)."""
     check, expect = rule or (None, "")
-    rule = _Field(kind, default, check, expect, nullable, choices, most)
+    rule = _Field(kind, default, check, expect, **flags)
     if isinstance(default, dict):
         return field(default_factory=lambda: dict(default), metadata={"rule": rule})
     return field(default=tuple(default) if isinstance(default, list) else default, metadata={"rule": rule})

@@ -41,6 +41,7 @@ class _Field:
 # Upper bounds (docs/design.md#job-spec): far above any real job, low enough that a typo
 # (an extra zero or six) is an error naming the field, not hours of work or a failed
 # allocation later.
+MAX_NAME = 128               # characters of the job's name
 MAX_CLASSES = 100_000
 MAX_WIDTH = 65_536           # a hidden layer's width
 MAX_LAYERS = 32
@@ -357,6 +358,9 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
     name = doc.get("name") or (Path(source_file).stem if source_file else "job")
     if not isinstance(name, str) or not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise SpecError(f"name must be letters, digits, '-', '_' or '.', got {shown(name)}")
+    if len(name) > MAX_NAME:  # it names the run directory (a file name holds 255 bytes) and k8s objects
+        raise SpecError(f"name must be at most {MAX_NAME} characters (the upper bound), got {len(name):,}; "
+                        f"shorten it, e.g. --set name={name[:20]}")
     raw["name"] = name
     for section, fields in SCHEMA.items():
         given = doc.get(section) or {}

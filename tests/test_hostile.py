@@ -152,6 +152,8 @@ def test_an_override_name_is_its_text():
     ("data.options.n_features=1000001", "data.options.n_features must be at most 1,000,000 (the upper bound)"),
     ("data.options.n_train=300000", "data.options: (n_train + n_val) x n_features = 300,100,000 values, more "
                                     "than the 268,435,456 (1 GiB)"),
+    ("name=" + "a" * 129, "name must be at most 128 characters (the upper bound), got 129; shorten it, e.g. "
+                          "--set name=aaaaaaaaaaaaaaaaaaaa"),
     pytest.param("train.epochs=1" + "0" * 400, "train.epochs must be at most 1,000,000 (the upper bound), got an "
                                                "integer of about 400 digits", id="epochs-401-digits"),
 ])
@@ -165,9 +167,10 @@ def test_absurd_sizes_are_refused_naming_the_field_and_the_bound(override, messa
 
 def test_the_largest_allowed_values_pass():
     spec = load_spec(ROOT / "jobs/binary_2d.yaml", ["train.epochs=1000000", "train.batch_size=16777216",
-                                                     "resources.workers=4096", "model.hidden=[65536]"])
-    assert (spec.train.epochs, spec.train.batch_size, spec.workers, spec.model.hidden) == \
-        (1_000_000, 1 << 24, 4096, (65536,))
+                                                     "resources.workers=4096", "model.hidden=[65536]",
+                                                     "name=" + "n" * 128])
+    assert (spec.train.epochs, spec.train.batch_size, spec.workers, spec.model.hidden, len(spec.name)) == \
+        (1_000_000, 1 << 24, 4096, (65536,), 128)
 
 
 @pytest.mark.parametrize("override", [

@@ -421,7 +421,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
 # stop a hostile file (a YAML alias bomb, a huge or deeply nested file) before it costs
 # memory or time, including inside an error message that would quote it.
 MAX_SPEC_BYTES = 1 << 20     # the file
-MAX_YAML_NODES = 100_000     # values, counted with every alias expanded
+MAX_YAML_NODES = 1_000_000   # values, counted with every alias expanded (a label_map of 100,000 classes fits)
 MAX_YAML_DEPTH = 50          # nesting of mappings and lists
 
 

@@ -373,8 +373,7 @@ def test_non_ascii_job_names_render_valid_distinct_kubernetes_names(kind):
     seen = {}
     for spec_name in names:
         spec = load_spec(ROOT / "jobs/binary_2d.yaml", [f"name={spec_name}"])
-        docs = list(yaml.safe_load_all(k8s.render(spec, image="lrjob:1", workers=2, gpus_per_worker=None,
-                                                  kind=kind)))
+        docs = list(yaml.safe_load_all(k8s.render(spec, k8s.Deploy(image="lrjob:1", workers=2, kind=kind))))
         rendered = [d["metadata"]["name"] for d in docs]
         for name in rendered:
             assert dns1123.fullmatch(name) and len(name) <= 63, (spec_name, name)

@@ -543,7 +543,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lrjob: interrupted\n")
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader went away (| head): not a failure
+        from .report.progress import silence_closed_pipe
+
+        silence_closed_pipe(sys.stdout)
         return 0
     except Exception:  # a bug, not bad input: keep the traceback
         traceback.print_exc()

@@ -34,6 +34,8 @@ from lr_core.errors import DataError, LrjobError, SpecError, WorkerFailure
 from lr_core.sharding import num_batches, segments
 
 from .backends import Backend
+from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warnings, fit_warnings,
+                            history_warnings)
 from .report.progress import Reporter, prepare_feedback
 from .rundir import RunDir, check_writable, new_run_path
 from .spec import SAFE_RESUME_CHANGES, JobSpec
@@ -132,6 +134,12 @@ class Driver:
         self._data_key = Path(self.data.home).name if self.data.home else None
         if self.checkpoint:
             _check_resume_data(self.path, self.checkpoint, self._data_key, spec)
+        # What a statistician would say about the data (docs/design.md#warnings); the fit's
+        # warnings join them when training ends.
+        self._counts = class_counts(self.data.y_train, spec.model.outputs_classes)
+        self.warnings: list[dict] = data_warnings(self._counts, list(self.data.extra.get("columns") or []),
+                                                  self.data.stats)
+        self._fit: dict = {}
         self.backend_factory = self.options.backend_factory or self._default_backend
         self.policy = FailurePolicy(spec.failure.max_failures)
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
@@ -196,6 +204,8 @@ class Driver:
             where = f"epoch {c['epochs_done'] + 1}, step {c['step'] + 1}" if c.get("step") else \
                 f"epoch {c['epochs_done'] + 1}"
             self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
+        for w in self.warnings:
+            self.reporter.message(f"lrjob: warning: {w['message']}")
         self.status = {"status": "running"}
         self._write_summary()
         state = self._epochs()
@@ -203,6 +213,7 @@ class Driver:
         rank_params = self.backend.all_params() if hooks.collect_rank_params else None
         shard_logs = self.backend.shard_logs() if hooks.record_shards else None
         run.export_model(self.spec, self.data, state["params"])
+        self._review_fit(state["params"])
         self.status = {"status": "completed"}
         # summary: filled with summary.json's content when the run is finished (_finish)
         self._result = RunResult(self.path, self.history, state["params"], dict(self.status),
@@ -248,6 +259,23 @@ class Driver:
         if state is None:  # resumed at the end already, or the last epoch was not due
             state = self.backend.get_state()
         return state
+
+    def _review_fit(self, params: dict) -> None:
+        """After training: the loss and overfitting warnings (printed, and kept for
+        summary.json), the training accuracy they use, and a linear model's weights in the
+        features' own units."""
+        spec, data = self.spec, self.data
+        train_acc = _train_accuracy(self.run_dir.model_dir, data)
+        final = self.history[-1] if self.history else {}
+        baseline = None if spec.train.class_weight is not None else baseline_loss(self._counts)
+        found = history_warnings(self.history, baseline, spec.train.learning_rate)
+        found += fit_warnings(train_acc, final.get("val_accuracy"), data.val_name)
+        for w in found:
+            self.reporter.message(f"lrjob: warning: {w['message']}")
+        self.warnings = self.warnings + found
+        self._fit = {"train_accuracy": train_acc}
+        if not spec.model.hidden:
+            self._fit["coefficients"] = _coefficients(params, data)
 
     def epoch_timeout(self) -> float:
         """``failure.epoch_timeout_s``, or automatically 10x the slowest finished epoch,
@@ -310,6 +338,7 @@ class Driver:
             "final": {k: v for k, v in final.items() if k not in ("confusion",)},
             "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
             "run_dir": str(self.run_dir.path),
+            "warnings": list(self.warnings), **self._fit,
         }
         self.run_dir.write_json("summary.json", summary)
         return summary
@@ -432,6 +461,34 @@ def _second_interrupt_exits() -> None:
     """While cleaning up after Ctrl-C, a second Ctrl-C exits at once."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda *a: os._exit(130))
+
+
+def _train_accuracy(model_dir: Path, data: Dataset) -> float | None:
+    """The exported model's accuracy on up to ``TRAIN_SAMPLE`` evenly spaced training rows."""
+    from lr_core.export import ExportedModel
+
+    n = len(data.x_train)
+    if not n:
+        return None
+    rows = np.unique(np.linspace(0, n - 1, min(n, TRAIN_SAMPLE)).astype(np.int64))
+    pred, _ = ExportedModel(model_dir).predict(np.asarray(data.x_train[rows]), scale=data.scale)
+    return float(np.mean(pred == np.asarray(data.y_train[rows])))
+
+
+MAX_COEFFICIENTS = 10_000  # larger weight matrices (images) stay in the export only
+
+
+def _coefficients(params: dict, data: Dataset) -> dict | None:
+    """A linear model's weights and biases on the features as given (a standardized
+    model's mapped back: ``lr_core.export.original_units``), with the column names."""
+    from lr_core.export import original_units
+
+    w, b = params["lrjob_layer0_weight"], params["lrjob_layer0_bias"]
+    if w.size > MAX_COEFFICIENTS:
+        return None
+    w, b = original_units(w, b, data.stats)
+    columns = list(data.extra.get("columns") or []) or [f"x[{i}]" for i in range(w.shape[1])]
+    return {"units": "original", "columns": columns, "weight": w.tolist(), "bias": b.tolist()}
 
 
 def _plots(run: RunDir, spec: JobSpec, data, history: list[dict]) -> None:

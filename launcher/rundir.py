@@ -247,7 +247,7 @@ class RunDir:
 
         meta = {"job": spec.name, "source": data.source, "image_shape": list(data.image_shape or []),
                 "columns": data.extra.get("columns", []), "label_column": spec.data.label_column,
-                "label_map": spec.data.label_map}
+                "label_map": spec.data.label_map, "standardize": data.stats}
         export_model(self.model_dir, spec.loop_config(), params, data.num_features, meta)
 
     def write_json(self, name: str, obj) -> None:

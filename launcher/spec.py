@@ -86,7 +86,9 @@ class ModelSpec:
     """``model``: the model kind, the number of classes and the hidden layer widths."""
 
     kind: str = _f("str", _LOOP.kind, choices=MODEL_KINDS)
-    num_classes: int = _f("int", _LOOP.num_classes, _ge(2), most=MAX_CLASSES)
+    # null: 2 for binary, the source's count for mnist/fashion-mnist/digits; softmax on any
+    # other source must name it (_cross_checks): a guess from the labels could miss a class.
+    num_classes: int | None = _f("int", None, _ge(2), nullable=True, most=MAX_CLASSES)
     hidden: tuple[int, ...] = _f("ints", list(_LOOP.hidden), most=MAX_WIDTH)
 
     @property
@@ -110,6 +112,16 @@ class DataSpec:
     features: tuple[str, ...] | None = _f("strs", None, nullable=True)
     # Where prepared datasets live (docs/design.md#prepared-data); default <data home>/prepared.
     cache: str | None = _f("path", None, nullable=True)
+    # Standardize the features with the training rows' mean and std (docs/design.md#standardization);
+    # null: the source decides (on for csv, npz, parquet, npy; off for images and synthetic data).
+    standardize: bool | None = _f("bool", None, nullable=True)
+
+    @property
+    def standardizes(self) -> bool:
+        """Whether this job's features are standardized: ``standardize``, else the source's default."""
+        from lr_core.data import REGISTRY
+
+        return bool(REGISTRY[self.source].standardize if self.standardize is None else self.standardize)
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,9 @@ class TrainSpec:
     init_sigma: float = _f("float", _LOOP.init_sigma, _gt(0))
     seed: int = _f("int", _LOOP.seed, _ge(0))
     threshold: float = _f("float", _LOOP.threshold, _between(0, 1, "between 0 and 1 (exclusive)"))
+    # Per-class weights on the training loss: `balanced` (n / (classes * count)) or {label: weight}
+    # (docs/design.md#class-weights); null: every row weighs 1.
+    class_weight: str | dict | None = _f("weights", None, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -170,6 +185,10 @@ SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_
                        "resources.gpus_per_worker", "checkpoint.every_epochs", "checkpoint.keep",
                        "checkpoint.every_steps", "data.cache",
                        "failure.max_failures", "failure.epoch_timeout_s", "name"}
+
+
+# Fields added after runs were checkpointed: when null they leave the spec digest unchanged.
+_ADDED_FIELDS = ("data.standardize", "train.class_weight")
 
 
 def _section(cls: type, values: dict):
@@ -222,6 +241,17 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
                                                        for v in value):
             raise SpecError(f"{where} must be a list of layer widths >= 1 (e.g. [10, 10]), got {shown(value)}")
         value = [int(v) for v in value]
+    elif k == "bool":
+        if not isinstance(value, bool):
+            raise SpecError(f"{where} must be true or false, got {shown(value)}")
+    elif k == "weights":
+        if value != "balanced" and not isinstance(value, dict):
+            raise SpecError(f"{where} must be balanced or a mapping {{label: weight}}, got {shown(value)}")
+        if isinstance(value, dict):
+            for label, w in value.items():
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 < w < float("inf")):
+                    raise SpecError(f"{where}: the weight of {shown(label)} must be a positive number, got {shown(w)}")
+            value = {k2: float(w) for k2, w in value.items()}
     elif k == "map":
         if not isinstance(value, dict):
             raise SpecError(f"{where} must be a mapping (key: value), got {shown(value)}")
@@ -285,6 +315,10 @@ class JobSpec:
     def digest(self, ignore: set[str] = frozenset()) -> str:
         """A short hash of the spec without the ``ignore``d dotted fields."""
         d = self.to_dict()
+        for dotted in _ADDED_FIELDS:  # unset, they hash as the specs written before them did
+            section, _, key = dotted.partition(".")
+            if d.get(section, {}).get(key, 0) is None:
+                d[section].pop(key)
         for dotted in ignore:
             section, _, key = dotted.partition(".")
             if key:
@@ -297,9 +331,14 @@ class JobSpec:
         """The training loop's configuration (lr_core) for this job."""
         m, t = self.model, self.train
         return LoopConfig(kind=m.kind, num_classes=m.outputs_classes, hidden=m.hidden, epochs=t.epochs,
+                          class_weight=self.class_weights(),
                           batch_size=t.batch_size, learning_rate=t.learning_rate, optimizer=t.optimizer,
                           weight_decay=t.weight_decay, momentum=t.momentum, init=t.init,
                           init_sigma=t.init_sigma, seed=t.seed, threshold=t.threshold)
+
+    def class_weights(self) -> str | tuple[float, ...] | None:
+        """``train.class_weight`` by class index: ``balanced``, one weight per class, or None."""
+        return _class_weights(self.train.class_weight, self.model.outputs_classes, self.data.label_map)
 
     def data_kwargs(self) -> dict:
         """Keyword arguments of ``lr_core.data.load_dataset`` for this job."""
@@ -307,7 +346,7 @@ class JobSpec:
         return dict(kind=self.model.kind, num_classes=self.model.outputs_classes, seed=self.train.seed,
                     path=d.path, val_path=d.val_path, val_fraction=d.val_fraction,
                     label_column=d.label_column, label_map=d.label_map, options=d.options,
-                    features=list(d.features) if d.features else None)
+                    features=list(d.features) if d.features else None, standardize=d.standardizes)
 
     def load_data(self):
         """The job's dataset in memory (``lr_core.data.Dataset``), checked; bad data raises
@@ -387,6 +426,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
 
 def _cross_checks(raw: dict) -> None:
     d, m = raw["data"], raw["model"]
+    _resolve_classes(m, d["source"])
     if d["cache"] and "://" in d["cache"]:
         raise SpecError(f"data.cache: {d['cache']}: must be a directory every node sees (a local or shared "
                         f"file system), not a URI; the source (data.path) may be a URI")
@@ -400,6 +440,47 @@ def _cross_checks(raw: dict) -> None:
                                 f"quote it, e.g. {{'yes': 1, 'no': 0}}")
             if isinstance(v, bool) or not isinstance(v, int):
                 raise SpecError(f"data.label_map: {shown(k)} maps to {shown(v)}; targets must be integer classes")
+    _class_weights(raw["train"]["class_weight"], 2 if m["kind"] == "binary" else m["num_classes"], d["label_map"])
+
+
+def _class_weights(cw, k: int, label_map: dict | None) -> str | tuple[float, ...] | None:
+    """``train.class_weight`` by class index (1 for a class not named). A key names a class
+    as the labels give it: through ``data.label_map`` when the map has it (compared as
+    text), else the class number."""
+    if cw is None or cw == "balanced":
+        return cw
+    lmap = {str(a): b for a, b in (label_map or {}).items()}
+    out = [1.0] * k
+    for label, w in cw.items():
+        if isinstance(label, bool):
+            raise SpecError(f"train.class_weight: YAML reads the key {str(label).lower()!r}/yes/no as a boolean; "
+                            f"quote it, e.g. {{'yes': 5}}")
+        c = lmap.get(str(label))
+        if c is None and str(label).lstrip("-").isdigit():
+            c = int(str(label))
+        if c is None or not 0 <= c < k:
+            known = sorted(lmap) if lmap else [str(i) for i in range(k)]
+            raise SpecError(f"train.class_weight: {shown(label)} is not a class (classes: {clip(', '.join(known))}); "
+                            f"name a label of the data")
+        out[c] = float(w)
+    return tuple(out)
+
+
+def _resolve_classes(m: dict, source: str) -> None:
+    """``model.num_classes`` when left out: 2 for binary, the source's own count for softmax
+    on mnist/fashion-mnist/digits; softmax on other data must name it."""
+    from lr_core.data import REGISTRY
+
+    if m["num_classes"] is not None:
+        return
+    if m["kind"] == "binary":
+        m["num_classes"] = 2
+    elif source in REGISTRY and REGISTRY[source].classes is not None:
+        m["num_classes"] = REGISTRY[source].classes
+    else:
+        raise SpecError("model.num_classes: required with model.kind: softmax on this source (the labels are "
+                        "read block by block, and a class missing from the training rows would go unnoticed); "
+                        "set it to the number of classes, e.g. model: {kind: softmax, num_classes: 3}")
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:

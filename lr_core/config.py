@@ -30,17 +30,34 @@ class LoopConfig:
     seed: int = 12345
     threshold: float = 0.5               # binary: P(class 1) >= threshold -> 1
     eval_batch_size: int = 4096
+    # per-class weights on the training loss: "balanced", one weight per class, or None
+    # (docs/design.md#class-weights); the loop turns them into per-row weights
+    class_weight: str | tuple[float, ...] | None = None
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"kind must be one of {MODEL_KINDS}, got {self.kind!r}")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        cw = self.class_weight
+        if cw is not None and cw != "balanced":
+            cw = tuple(float(w) for w in cw)
+            if len(cw) != self.num_outputs_classes or any(not w > 0 for w in cw):
+                raise ValueError(f"class_weight must be 'balanced' or {self.num_outputs_classes} positive weights, "
+                                 f"got {self.class_weight!r}")
+            object.__setattr__(self, "class_weight", cw)
 
     @property
     def num_outputs(self) -> int:
         return 1 if self.kind == "binary" else int(self.num_classes)
 
+    @property
+    def num_outputs_classes(self) -> int:
+        """The classes the labels take: 2 for binary."""
+        return 2 if self.kind == "binary" else int(self.num_classes)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        if isinstance(self.class_weight, tuple):
+            d["class_weight"] = list(self.class_weight)
         return d

@@ -35,7 +35,8 @@ __all__ = [
     "Dataset", "load_dataset", "SOURCES", "REGISTRY", "Source", "Option", "LoadRequest",
     "check_source_spec", "source_options", "finish_labels", "read_idx", "write_idx",
     "check_features", "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
-    "verify_idx_dir", "MAX_IDX_BYTES", "read_features_file", "holdout_split", "make_request",
+    "verify_idx_dir", "MAX_IDX_BYTES", "read_features_file", "holdout_split", "make_request", "feature_stats",
+    "array_blocks", "standardizer", "STATS_ROWS",
 ]
 
 # MD5 of the four standard, uncompressed MNIST files.
@@ -73,6 +74,9 @@ class Dataset:
     extra: dict = field(default_factory=dict)
     scale: float | None = None
     home: str | None = None
+    # Standardization (docs/design.md#standardization): {"mean", "std", "constant"} of the
+    # training rows (feature_stats), or None; the model sees (features - mean) / std.
+    stats: dict | None = None
 
     def __reduce_ex__(self, protocol):
         if self.home is not None:
@@ -82,11 +86,13 @@ class Dataset:
         return super().__reduce_ex__(protocol)
 
     def features(self, x: np.ndarray) -> np.ndarray:
-        """Rows of ``x_train``/``x_val`` as the model sees them: float32, scaled."""
+        """Rows of ``x_train``/``x_val`` as the model sees them: float32, scaled, standardized."""
         x = np.asarray(x)
-        if self.scale is None:
-            return x.astype(np.float32, copy=False)
-        return x.astype(np.float32) * np.float32(self.scale)
+        x = x.astype(np.float32, copy=False) if self.scale is None else x.astype(np.float32) * np.float32(self.scale)
+        if self.stats is not None:
+            mean, inv_std = standardizer(self.stats)
+            x = (x - mean) * inv_std
+        return x
 
     @property
     def num_features(self) -> int:
@@ -346,6 +352,52 @@ def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, wher
     return x[tr], y[tr], x[va], y[va]
 
 
+# --------------------------------------------------------------------------- standardization
+STATS_ROWS = 65536  # rows per block of the float64 sums: fixed, so every caller adds in the same order
+
+
+def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict:
+    """The mean and standard deviation (population, like scikit-learn's StandardScaler) of
+    every feature over the training rows, in float64, in two passes over ``blocks()``
+    (an iterable of consecutive row blocks of ``STATS_ROWS`` rows, float32 or uint8 times
+    ``scale``). Computed once where the data is loaded or prepared, never per rank, so every
+    world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
+    without variance keeps std 1 and is listed in ``constant``."""
+    def rows():
+        for b in blocks():
+            b = np.asarray(b, dtype=np.float64)
+            yield b * float(np.float32(scale)) if scale is not None else b
+
+    n, total = 0, None
+    for b in rows():
+        total = b.sum(axis=0) if total is None else total + b.sum(axis=0)
+        n += len(b)
+    if not n:
+        raise DataError("no training rows to standardize")
+    mean = total / n
+    sq = None
+    for b in rows():
+        d = ((b - mean) ** 2).sum(axis=0)
+        sq = d if sq is None else sq + d
+    std = np.sqrt(sq / n)
+    # A constant float32 column leaves only float64 rounding in its deviations.
+    constant = np.flatnonzero(~(std > 1e-12 * np.maximum(np.abs(mean), 1e-300)))
+    std[constant] = 1.0
+    return {"mean": mean.tolist(), "std": std.tolist(), "constant": constant.tolist()}
+
+
+def array_blocks(x: np.ndarray) -> Callable[[], Any]:
+    """``feature_stats``'s blocks of an array in memory."""
+    return lambda: (x[a:a + STATS_ROWS] for a in range(0, len(x), STATS_ROWS))
+
+
+def standardizer(stats: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, 1 / std) as float32: standardized features are ``(x - mean) * inv_std`` in
+    float32, the same in the training graph, in validation and in an exported model."""
+    return (np.asarray(stats["mean"], dtype=np.float64).astype(np.float32),
+            (1.0 / np.asarray(stats["std"], dtype=np.float64)).astype(np.float32))
+
+
 # --------------------------------------------------------------------------- user files
 def read_features_file(path: str | os.PathLike, label_column: str | None = LABEL_COLUMN,
                        require_labels: bool = True, features: list[str] | str | None = None
@@ -377,6 +429,7 @@ class LoadRequest:
     label_map: Mapping | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     features: tuple[str, ...] | None = None
+    standardize: bool = False  # data.standardize, resolved (docs/design.md#standardization)
 
 
 def finish_labels(request: LoadRequest, where: str, *labels: np.ndarray, offset: int = 0) -> tuple[np.ndarray, ...]:
@@ -518,6 +571,7 @@ class Source:
     needs_path: bool = False                  # data.path must name a file
     kinds: tuple[str, ...] = MODEL_KINDS      # the model.kind values its labels suit
     classes: int | None = None                # how many classes its labels have, when fixed
+    standardize: bool = False                 # data.standardize's default: images and synthetic data have their scale
 
 
 # Every source by name: load_dataset and check_source_spec look them up here. The order
@@ -532,10 +586,10 @@ REGISTRY: dict[str, Source] = {s.name: s for s in (
     Source("mnist", _load_idx, classes=10),
     Source("fashion-mnist", _load_idx, classes=10),
     Source("digits", _load_digits, classes=10),
-    Source("csv", _load_table, needs_path=True),
-    Source("npz", _load_table, needs_path=True),
-    Source("parquet", _load_table, needs_path=True),
-    Source("npy", _load_table, needs_path=True),
+    Source("csv", _load_table, needs_path=True, standardize=True),
+    Source("npz", _load_table, needs_path=True, standardize=True),
+    Source("parquet", _load_table, needs_path=True, standardize=True),
+    Source("npy", _load_table, needs_path=True, standardize=True),
 )}
 # The names data.source accepts.
 SOURCES = tuple(REGISTRY)
@@ -593,7 +647,7 @@ def check_source_spec(source: str, *, kind: str, num_classes: int, path: str | N
 def make_request(source: str, *, kind: str, num_classes: int, seed: int, path: str | None = None,
                  val_path: str | None = None, val_fraction: float = VAL_FRACTION, label_column: str = LABEL_COLUMN,
                  label_map: Mapping | None = None, options: Mapping | None = None,
-                 features: list[str] | None = None) -> LoadRequest:
+                 features: list[str] | None = None, standardize: bool | None = None) -> LoadRequest:
     """The :class:`LoadRequest` of a job's ``data`` section: the source checked, its
     options filled in with their defaults."""
     options = dict(options or {})
@@ -605,11 +659,15 @@ def make_request(source: str, *, kind: str, num_classes: int, seed: int, path: s
     filled = {key: o.type(options.get(key, o.default)) for key, o in src.options.items()}
     return LoadRequest(source, kind, num_classes, seed, path=path, val_path=val_path, val_fraction=val_fraction,
                        label_column=label_column, label_map=label_map, options=filled,
-                       features=tuple(features) if features else None)
+                       features=tuple(features) if features else None,
+                       standardize=src.standardize if standardize is None else bool(standardize))
 
 
 def load_dataset(source: str, **kwargs) -> Dataset:
     """Load and check one dataset, in memory, as the job spec's ``data`` section describes
     it (keyword arguments: :func:`make_request`'s)."""
     request = make_request(source, **kwargs)
-    return REGISTRY[source].load(request)
+    ds = REGISTRY[source].load(request)
+    if request.standardize:
+        ds = dataclasses.replace(ds, stats=feature_stats(array_blocks(ds.x_train), ds.scale))
+    return ds

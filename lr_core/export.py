@@ -1,5 +1,6 @@
 """Exported models: the hybridized symbol + parameters that ``predict`` serves, and the
-metadata it needs (kind, features, threshold). Loading needs MXNet only, no training code.
+metadata it needs (kind, features, threshold, the standardization). Loading needs MXNet
+only, no training code.
 """
 from __future__ import annotations
 
@@ -12,10 +13,21 @@ import mxnet as mx
 from mxnet import gluon
 
 from .config import LoopConfig
+from .data import standardizer
 from .metrics import from_logits
 from .models import build_model
 
-__all__ = ["export_model", "ExportedModel"]
+__all__ = ["export_model", "ExportedModel", "original_units"]
+
+
+def original_units(weight: np.ndarray, bias: np.ndarray, stats: dict | None) -> tuple[np.ndarray, np.ndarray]:
+    """The first layer's (weight, bias) on the features as given, in float64: the model
+    computes ``W (x - mean) / std + b``, which is ``(W / std) x + (b - W (mean / std))``."""
+    w, b = np.asarray(weight, dtype=np.float64), np.asarray(bias, dtype=np.float64)
+    if not stats:
+        return w, b
+    mean, std = np.asarray(stats["mean"], dtype=np.float64), np.asarray(stats["std"], dtype=np.float64)
+    return w / std, b - w @ (mean / std)
 
 _MAX_META_BYTES = 1 << 20   # a model's meta.json holds a few hundred bytes
 
@@ -34,7 +46,9 @@ def _check_meta(meta: dict) -> None:
 
 def export_model(directory: str | os.PathLike, cfg: LoopConfig, params: dict[str, np.ndarray],
                  num_features: int, meta: dict | None = None) -> Path:
-    """Write ``model-symbol.json``, ``model-0000.params`` and ``meta.json`` into ``directory``."""
+    """Write ``model-symbol.json``, ``model-0000.params`` and ``meta.json`` into ``directory``.
+    ``meta["standardize"]`` (the training rows' mean and std, or null) is applied to every
+    input by :class:`ExportedModel`."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     net = build_model(cfg, num_features)
@@ -89,10 +103,15 @@ class ExportedModel:
 
     def logits(self, x: np.ndarray, batch: int = 8192, scale: float | None = None) -> np.ndarray:
         """Logits of the rows of ``x``, ``batch`` rows at a time (``x`` may be a memory map).
-        ``scale``: the features are ``x * scale`` (a prepared dataset's stored uint8)."""
+        ``scale``: the features are ``x * scale`` (a prepared dataset's stored uint8). The
+        export's standardization applies after, as in training (docs/design.md#standardization)."""
+        stats = self.meta.get("standardize")
+        mean, inv_std = standardizer(stats) if stats else (None, None)
+
         def rows(a):
             chunk = np.asarray(x[a:a + batch], dtype=np.float32)
-            return chunk * np.float32(scale) if scale is not None else chunk
+            chunk = chunk * np.float32(scale) if scale is not None else chunk
+            return (chunk - mean) * inv_std if stats else chunk
 
         outs = [self.net(mx.nd.array(rows(a), dtype="float32")).asnumpy() for a in range(0, len(x), batch)]
         return np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, 1))

@@ -30,7 +30,8 @@ from .config import LoopConfig
 from .data import Dataset
 from .prepared import MappedPages
 from .errors import DivergenceError
-from .losses import LossGraph
+from .data import standardizer
+from .losses import LossGraph, class_weights, row_weights
 from .metrics import EvalCounts, from_logits, summarize
 from .models import build_model
 from .sharding import epoch_permutation, local_plan, shard_bounds
@@ -74,7 +75,11 @@ class TrainingLoop:
 
         self.net = build_model(cfg, data.num_features, self.ctx)
         self.comm.broadcast_parameters(self.net.collect_params())
-        self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale)
+        # Class weights (docs/design.md#class-weights): per-class, from the whole training
+        # set's labels, then one float32 weight per row, gathered with the row.
+        self.class_weights = class_weights(cfg.class_weight, data.y_train, cfg.num_outputs_classes)
+        self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale,
+                               weighted=self.class_weights is not None, standardized=data.stats is not None)
         self.graph.hybridize(static_alloc=True)
         self.net.hybridize(static_alloc=True)
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
@@ -85,6 +90,12 @@ class TrainingLoop:
         self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
         y = data.y_train.astype(np.float32)
         self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
+        # The graph's inputs after (x, y): the rows' weights, then the standardization
+        # (the training rows' float32 mean and 1/std: the same numbers on every rank).
+        self.w = (mx.nd.array(row_weights(self.class_weights, data.y_train).reshape(-1, 1), ctx=self.ctx,
+                              dtype="float32") if self.class_weights is not None else None)
+        self.consts = [mx.nd.array(a, ctx=self.ctx, dtype="float32") for a in standardizer(data.stats)] \
+            if data.stats is not None else []
         # Validation: this rank's contiguous slice; counts are summed across ranks.
         a, b = shard_bounds(len(data.x_val), self.comm.rank, self.comm.size)
         self.val_slice = (a, b)
@@ -133,16 +144,18 @@ class TrainingLoop:
                 # copy of the dataset: workers on a node share Ray's object store).
                 rows = idx_nd[a:b]
                 xb, yb = mx.nd.take(self.x, rows), mx.nd.take(self.y, rows)
+                wb = [mx.nd.take(self.w, rows)] if self.w is not None else []
                 self.train_pages.read(b - a)
                 with autograd.record():
-                    total = self.graph(xb, yb)
+                    total = self.graph(xb, yb, *wb, *self.consts)
                 total.backward()
                 losses.append(total)
             else:
                 # This rank has no rows in this global batch: it still joins the
                 # allreduce, with an exact zero gradient (a zero-weighted real row).
+                wb = [self.w[0:1]] if self.w is not None else []
                 with autograd.record():
-                    total = self.graph(self.x[0:1], self.y[0:1]) * 0
+                    total = self.graph(self.x[0:1], self.y[0:1], *wb, *self.consts) * 0
                 total.backward()
                 losses.append(zero)
             comm.step(self.trainer, int(global_sizes[s]))

@@ -6,7 +6,8 @@ content-addressed directory (docs/design.md#prepared-data)::
 
     <cache>/<source>-<key>/
         manifest.json     rows, features, stored dtype, scale, label map, the source's
-                          fingerprint, and a SHA-256 per shard of every array file
+                          fingerprint, a SHA-256 per shard of every array file, and
+                          (data.standardize) the training rows' mean and std per feature
         train-x.bin       features, row-major, in the stored dtype (MNIST stays uint8)
         train-y.bin       int64 labels, finished (label_map applied, classes checked)
         val-x.bin, val-y.bin
@@ -37,8 +38,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
-                   finish_labels, holdout_rows)
+from .data import (REGISTRY, STATS_ROWS, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
+                   feature_stats, finish_labels, holdout_rows)
 from .errors import DataError
 from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
 
@@ -80,6 +81,8 @@ def dataset_key(request: LoadRequest, files: list) -> str:
            "label_column": request.label_column, "features": list(request.features or []),
            "label_map": {str(k): v for k, v in (request.label_map or {}).items()},
            "options": dict(request.options), "files": files}
+    if request.standardize:  # only when on: data prepared before standardization keeps its key
+        doc["standardize"] = True
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -237,7 +240,23 @@ def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
         entries = _write_dataset(ds, out)
         meta.update(image_shape=list(ds.image_shape) if ds.image_shape else None, val_name=ds.val_name,
                     scale=ds.scale, columns=list(ds.extra.get("columns") or []), description=ds.description)
+    if request.standardize:
+        meta["stats"] = _train_stats(out, entries["train-x"], meta["scale"])
     return {"arrays": entries, **meta}
+
+
+def _train_stats(out: Path, entry: dict, scale: float | None) -> dict:
+    """``feature_stats`` of the written training features, read back in plain reads of
+    ``STATS_ROWS`` rows (the blocks ``load_dataset`` sums in memory: the same numbers)."""
+    dtype, (n, d) = np.dtype(entry["dtype"]), entry["shape"]
+
+    def blocks():
+        with open(out / entry["file"], "rb") as f:
+            for lo in range(0, n, STATS_ROWS):
+                rows = min(STATS_ROWS, n - lo)
+                yield np.fromfile(f, dtype=dtype, count=rows * d).reshape(rows, d)
+
+    return feature_stats(blocks, scale)
 
 
 def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progress: Progress | None = None,
@@ -599,7 +618,7 @@ def open_prepared(path: str | os.PathLike, check: bool = True) -> Dataset:
                    image_shape=tuple(m["image_shape"]) if m.get("image_shape") else None,
                    description=m.get("description", ""), val_name=m.get("val_name", "validation"),
                    extra={"columns": m.get("columns") or [], "prepared": str(path)}, scale=m.get("scale"),
-                   home=str(path))
+                   home=str(path), stats=m.get("stats"))
 
 
 # --------------------------------------------------------------------------- the cache

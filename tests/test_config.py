@@ -13,7 +13,8 @@ def test_config_to_dict_is_plain():
     assert d["hidden"] == [4, 2] and type(d["hidden"]) is list
     assert d == {"kind": "softmax", "num_classes": 3, "hidden": [4, 2], "epochs": 2, "batch_size": 64,
                  "learning_rate": 0.1, "optimizer": "sgd", "weight_decay": 0.0, "momentum": 0.0, "init": "xavier",
-                 "init_sigma": 0.01, "seed": 12345, "threshold": 0.5, "eval_batch_size": 4096}
+                 "init_sigma": 0.01, "seed": 12345, "threshold": 0.5, "eval_batch_size": 4096,
+                 "class_weight": None}
     assert LoopConfig(**{**d, "hidden": tuple(d["hidden"])}) == cfg
 
 

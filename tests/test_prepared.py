@@ -370,9 +370,11 @@ def test_the_key_changes_with_every_input_and_only_with_them():
         make_request(source, **{**base, **kw}), list(files))
     k0 = key()
     assert len(k0) == 24 and int(k0, 16) >= 0
-    # a stored preparation stays valid across lrjob versions as long as FORMAT does
-    assert k0 == "29a996db7c386654c2201c33"
-    changed = [key(source="parquet"), key(kind="softmax"), key(num_classes=3), key(seed=8), key(path="/e.csv"),
+    # a stored preparation stays valid across lrjob versions as long as FORMAT does; one
+    # prepared without standardization keeps its key (the statistics are then not needed)
+    assert key(standardize=False) == "29a996db7c386654c2201c33"
+    assert k0 == "e296f425904521daf80b6e42"
+    changed = [key(standardize=False), key(source="parquet"), key(kind="softmax"), key(num_classes=3), key(seed=8), key(path="/e.csv"),
                key(val_path="/v.csv"), key(val_fraction=0.2), key(label_column="y"), key(features=["a"]),
                key(label_map={"a": 0}), key(files=[["/d.csv", 1, 2]]),
                key(source="synthetic-binary", path=None, options={"n_train": 5}),
@@ -436,7 +438,7 @@ def test_the_manifest_of_a_table(tmp_path, monkeypatch):
         "columns": ["f0", "f1", "f2", "f3"], "description": str(path)}
     assert isinstance(m["prepared_seconds"], float) and 0 <= m["prepared_seconds"] < 60
     assert sorted(m) == ["arrays", "columns", "description", "fingerprint", "format", "image_shape", "key", "kind",
-                         "label_map", "num_classes", "prepared_seconds", "scale", "source", "val_name"]
+                         "label_map", "num_classes", "prepared_seconds", "scale", "source", "stats", "val_name"]
     assert sorted(m["arrays"]) == ["train-x", "train-y", "val-x", "val-y"]
     assert sorted(p.name for p in home.iterdir()) == [".verified", "manifest.json", "train-x.bin", "train-y.bin",
                                                       "val-x.bin", "val-y.bin"]

@@ -124,15 +124,16 @@ def _draw_curves(spec, history: list[dict]):
     epochs = [h["epoch"] for h in history]
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    losses = _line(ax_loss, epochs, history, "train_loss", _Look("train loss", "tab:blue"))
-    losses += _line(ax_loss, epochs, history, "val_loss", _Look("validation loss", "tab:orange"))
+    notes: list[str] = []
+    losses = _line(ax_loss, epochs, history, "train_loss", _Look("train loss", "tab:blue"), notes)
+    losses += _line(ax_loss, epochs, history, "val_loss", _Look("validation loss", "tab:orange"), notes)
     ax_loss.set(title="Loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
     ax_loss.set_ylim(0, 1.08 * max([v for v in losses if np.isfinite(v)], default=1.0))
-    scores = _line(ax_acc, epochs, history, "val_accuracy", _Look("accuracy", "tab:green"))
+    scores = _line(ax_acc, epochs, history, "val_accuracy", _Look("accuracy", "tab:green"), notes)
     # F1 and AUC say what accuracy hides on unbalanced classes.
-    scores += _line(ax_acc, epochs, history, "val_f1", _Look("F1", "tab:purple", "--"))
-    scores += _line(ax_acc, epochs, history, "val_auc", _Look("ROC AUC", "tab:gray", ":"))
-    scores += _line(ax_acc, epochs, history, "val_macro_f1", _Look("macro F1", "tab:purple", "--"))
+    scores += _line(ax_acc, epochs, history, "val_f1", _Look("F1", "tab:purple", "--"), notes)
+    scores += _line(ax_acc, epochs, history, "val_auc", _Look("ROC AUC", "tab:gray", ":"), notes)
+    scores += _line(ax_acc, epochs, history, "val_macro_f1", _Look("macro F1", "tab:purple", "--"), notes)
     ax_acc.set(title="Validation metrics", xlabel="epoch", ylabel="score")
     ax_acc.set_ylim(*_score_limits(scores))
     for ax in (ax_loss, ax_acc):
@@ -146,6 +147,8 @@ def _draw_curves(spec, history: list[dict]):
     model = f"{spec.model.kind}, hidden {list(hidden)}" if hidden else f"{spec.model.kind}, linear"
     noun = "epoch" if len(epochs) == 1 else "epochs"
     fig.suptitle(f"{spec.name}: training curves ({len(epochs)} {noun}, {model})", fontsize=13)
+    if notes:
+        fig.text(0.5, 0.005, "; ".join(notes), ha="center", va="bottom", fontsize=8, color="dimgray")
     return fig
 
 
@@ -165,12 +168,19 @@ class _Look(NamedTuple):
     style: str = "-"
 
 
-def _line(ax, epochs, history, key, look: _Look):
-    """Plot ``key`` per epoch; returns its values (nothing when no epoch has it)."""
+def _line(ax, epochs, history, key, look: _Look, notes: list[str] | None = None):
+    """Plot ``key`` per epoch; returns its values (nothing when no epoch has it). A metric
+    that is null in every epoch (AUC of a one-class validation set) is not drawn, with a
+    line in ``notes``; a null epoch leaves a gap."""
     label, colour, style = look
     if not any(key in h for h in history):
         return []
-    ys = [float(h.get(key, np.nan)) for h in history]
+    ys = [np.nan if h.get(key) is None else float(h[key]) for h in history]
+    if not np.isfinite(ys).any():
+        if notes is not None:
+            notes.append(f"{label} not drawn: undefined in every epoch"
+                         + (" (the validation set holds one class)" if key == "val_auc" else ""))
+        return []
     # Markers only while they do not crowd: they show single epochs on short runs.
     marker = "o" if len(epochs) <= 30 else None
     ax.plot(epochs, ys, style, color=colour, marker=marker, markersize=4, label=label)
@@ -282,7 +292,12 @@ def _sample_cell(ax, image, names: tuple[str, str], limits: tuple[float, float])
 
 # --------------------------------------------------------------------------- boundary
 def linear_parameters(model_dir: Path) -> tuple[np.ndarray, float]:
-    """(weight of shape (2,), bias) of a linear binary model, read from its export."""
+    """(weight of shape (2,), bias) of a linear binary model, read from its export, on the
+    features as given (a standardized model's weights are mapped back, ``original_units``)."""
+    import json
+
+    from lr_core.export import original_units
+
     import mxnet as mx
 
     params = mx.nd.load(str(Path(model_dir) / "model-0000.params"))
@@ -295,6 +310,8 @@ def linear_parameters(model_dir: Path) -> tuple[np.ndarray, float]:
         raise KeyError(f"{model_dir}: no {e} in model-0000.params (keys: {', '.join(sorted(params))})") from e
     if w.shape[0] != 1:
         raise ValueError(f"{model_dir}: expected one logit, got weight of shape {w.shape}")
+    stats = json.loads((Path(model_dir) / "meta.json").read_text()).get("standardize")
+    w, b = original_units(w, b, stats)
     return w[0], float(b[0])
 
 

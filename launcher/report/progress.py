@@ -1,14 +1,27 @@
 """What the driver shows: a header, one aligned line per epoch, a final summary box.
 
 Results go to stdout, progress and hints to stderr. ``--json`` prints one JSON object
-per event instead; ``--quiet`` prints only the run directory at the end.
+per event instead; ``--quiet`` prints only the run directory at the end. A reader that
+goes away (``lrjob run JOB | head -1``) silences the output, never the run.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 
-__all__ = ["Reporter"]
+__all__ = ["Reporter", "silence_closed_pipe"]
+
+
+def silence_closed_pipe(stream) -> None:
+    """Point ``stream``'s file descriptor at /dev/null after its reader closed the pipe, so
+    later writes, and Python's flush at exit, go nowhere instead of raising."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real file (a test's StringIO): the Reporter stops writing to it anyway
 
 
 def _fmt(v, width=8, digits=4):
@@ -30,9 +43,23 @@ class Reporter:
         self.kind = "binary"
         self._bar = None
 
+    def _emit(self, stream, text: str) -> None:
+        """Write and flush ``text``; a closed pipe silences that stream for the rest of the run
+        (docs/design.md#exit-codes: output cut short is not a failure)."""
+        if stream is None:
+            return
+        try:
+            stream.write(text)
+            stream.flush()
+        except BrokenPipeError:
+            silence_closed_pipe(stream)
+            if stream is self.out:
+                self.out = None
+            if stream is self.err:
+                self.err = None
+
     def _json(self, event: str, **payload) -> None:
-        self.out.write(json.dumps({"event": event, **payload}, default=float) + "\n")
-        self.out.flush()
+        self._emit(self.out, json.dumps({"event": event, **payload}, default=float) + "\n")
 
     def header(self, spec, data, backend, run_dir) -> None:
         """The job, data, training settings and worker placement on stderr, then the epoch table's
@@ -63,12 +90,11 @@ class Reporter:
         for p in backend.placement[:8]:
             lines.append(f"           rank {p['rank']}: {p['host']} pid {p['pid']} {p['device']}")
         lines.append(f"  run dir  {run_dir}")
-        self.err.write("\n".join(lines) + "\n")
+        self._emit(self.err, "\n".join(lines) + "\n")
         cols = ["epoch", "train_loss", "val_loss", "accuracy"]
         cols += ["f1", "auc"] if self.kind == "binary" else ["macro_f1"]
         cols += ["samples/s", "sec"]
-        self.out.write("  ".join(c.rjust(10) for c in cols) + "\n")
-        self.out.flush()
+        self._emit(self.out, "  ".join(c.rjust(10) for c in cols) + "\n")
 
     def epoch(self, m: dict, epochs: int) -> None:
         """One row of the epoch table for the metrics ``m`` (``json``: an ``epoch`` event)."""
@@ -80,12 +106,11 @@ class Reporter:
         vals = [f"{m['epoch']}/{epochs}", m["train_loss"], m["val_loss"], m["val_accuracy"]]
         vals += [m.get("val_f1"), m.get("val_auc")] if self.kind == "binary" else [m.get("val_macro_f1")]
         vals += [f"{m['samples_per_s']:,.0f}", f"{m['epoch_seconds']:.2f}"]
-        self.out.write("  ".join(_fmt(v, 10) for v in vals) + "\n")
-        self.out.flush()
+        self._emit(self.out, "  ".join(_fmt(v, 10) for v in vals) + "\n")
 
     def epoch_bar(self, epoch: int, epochs: int, rows: int):
         """A tqdm bar for one epoch on stderr, or None (not a terminal, --quiet, --json)."""
-        if self.mode != "human" or not getattr(self.err, "isatty", lambda: False)():
+        if self.mode != "human" or self.err is None or not getattr(self.err, "isatty", lambda: False)():
             return None
         from tqdm import tqdm
 
@@ -98,8 +123,7 @@ class Reporter:
         if self.mode == "json":
             self._json("message", text=text)
         elif self.mode not in ("quiet", "silent"):
-            self.err.write(text + "\n")
-            self.err.flush()
+            self._emit(self.err, text + "\n")
 
     def summary(self, summary: dict, run_dir) -> None:
         """The final box and the run directory on stdout (``quiet``: only the run directory; ``json``: a
@@ -110,22 +134,20 @@ class Reporter:
         if self.mode == "silent":
             return
         if self.mode == "quiet":
-            self.out.write(f"{run_dir}\n")
+            self._emit(self.out, f"{run_dir}\n")
             return
         final = summary.get("final", {})
         rows = [("status", summary["status"]), ("epochs", summary["epochs_done"]),
                 ("val accuracy", final.get("val_accuracy")), ("val loss", final.get("val_loss")),
                 ("wall time", f"{summary['wall_seconds']:.1f} s"),
                 ("samples/s", f"{summary.get('samples_per_s', 0):,.0f}")]
+        if summary.get("warnings"):
+            rows.append(("warnings", f"{len(summary['warnings'])} (above, and in summary.json)"))
         body = [f"{k:<13}{v:.4f}" if isinstance(v, float) else f"{k:<13}{v}" for k, v in rows]
         body.append(f"run dir      {run_dir}")
         width = max(len(b) for b in body) + 2
-        self.out.write("+" + "-" * width + "+\n")
-        for b in body:
-            self.out.write(f"| {b.ljust(width - 1)}|\n")
-        self.out.write("+" + "-" * width + "+\n")
-        self.out.write(f"{run_dir}\n")
-        self.out.flush()
+        box = ["+" + "-" * width + "+"] + [f"| {b.ljust(width - 1)}|" for b in body] + ["+" + "-" * width + "+"]
+        self._emit(self.out, "\n".join(box) + f"\n{run_dir}\n")
 
 
 class _Bar:

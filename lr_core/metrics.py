@@ -26,7 +26,9 @@ def from_logits(kind: str, logits: np.ndarray, threshold: float = 0.5, y: np.nda
     z = np.asarray(logits, dtype=np.float64)
     if kind == "binary":
         z = z[:, 0]
-        prob = 1.0 / (1.0 + np.exp(-z))
+        # exp of -|z| only: a huge logit (unscaled features) must not overflow into a warning
+        e = np.exp(-np.abs(z))
+        prob = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         pred = (prob >= threshold).astype(np.int64)
         losses = None if y is None else np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
         return pred, prob, losses

@@ -80,16 +80,18 @@ def sgd_epoch(params, x, y, kind, perm, batch, lr):
 # losses and the optimizer multiplies that gradient by rescale_grad = 1 / len(batch).
 
 
-def per_sample_loss(params, x, y, kind):
+def per_sample_loss(params, x, y, kind, w=None):
+    """Each row's loss, times its weight ``w`` (class weights) when given."""
     z, _ = mlp_forward(params, x)
-    return bce_from_logits(z[:, 0], y) if kind == "binary" else softmax_ce(z, y)
+    loss = bce_from_logits(z[:, 0], y) if kind == "binary" else softmax_ce(z, y)
+    return loss if w is None else loss * w
 
 
-def sum_loss_grads(params, x, y, kind):
-    """Gradient of the SUM over the rows of ``x`` of the per-sample losses."""
+def sum_loss_grads(params, x, y, kind, w=None):
+    """Gradient of the SUM over the rows of ``x`` of the (weighted) per-sample losses."""
     z, _ = mlp_forward(params, x)
     d = bce_grad_logits(z[:, 0], y)[:, None] if kind == "binary" else softmax_ce_grad_logits(z, y)
-    return mlp_grads(params, x, d)
+    return mlp_grads(params, x, d if w is None else d * w[:, None])
 
 
 class SGD:
@@ -188,7 +190,7 @@ def make_optimizer(name, learning_rate, momentum=0.0, weight_decay=0.0):
     raise ValueError(name)
 
 
-def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor=None):
+def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor=None, weights=None):
     """One epoch per permutation in ``perms``, batches ``perm[s:s + batch]`` (the last one
     possibly short). Returns the final parameters and one dict per epoch:
 
@@ -201,7 +203,9 @@ def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor
       i.e. probability >= 0.5; softmax: the largest logit), when validation rows are given.
 
     ``divisor`` replaces the real batch size in rescale_grad (to show what dividing the
-    short last batch by the nominal size would do).
+    short last batch by the nominal size would do). ``weights``: one weight per training
+    row, multiplying its loss (the divisor stays the batch's row count); validation losses
+    are unweighted.
     """
     params = [(w.copy(), b.copy()) for w, b in params]
     history = []
@@ -211,10 +215,11 @@ def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor
         for s in range(0, n, batch):
             idx = perm[s:s + batch]
             xb, yb = x[idx], y[idx]
-            losses = per_sample_loss(params, xb, yb, kind)
+            wb = None if weights is None else weights[idx]
+            losses = per_sample_loss(params, xb, yb, kind, wb)
             loss_sum += losses.sum()
             batch_means.append(losses.mean())
-            grads = sum_loss_grads(params, xb, yb, kind)
+            grads = sum_loss_grads(params, xb, yb, kind, wb)
             flat = [a for wb in params for a in wb]
             flat_g = [g for gg in grads for g in gg]
             new = opt.step(flat, flat_g, 1.0 / (divisor or len(idx)))

@@ -168,3 +168,21 @@ def test_doctor_checks_the_stack_and_names_the_fix(tmp_path):
                             text=True, env=env, timeout=120)
     assert broken.returncode == 1
     assert "[FAIL] data" in broken.stdout and "fix: python -m launcher.datacache ensure" in broken.stdout
+
+
+def test_a_closed_pipe_ends_the_run_quietly_as_completed(tmp_path):
+    """`lrjob run JOB | head -1`: the reader leaves after the first line; every later line
+    meets a closed pipe. The run still trains every epoch, exits 0 and says completed."""
+    out = tmp_path / "run"
+    exe = Path(sys.executable).parent / "lrjob"
+    p = subprocess.Popen([str(exe), "run", "jobs/binary_2d.yaml", "--workers", "0", "--output", str(out),
+                          "--set", "train.epochs=3"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    first = p.stdout.readline()
+    p.stdout.close()  # what head does after one line
+    err = p.stderr.read()
+    assert p.wait(timeout=300) == 0, err
+    assert first.split()[0] == "epoch"
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 3

@@ -142,3 +142,29 @@ def test_an_epoch_longer_than_the_timeout_is_not_a_hang_while_it_progresses(ray_
     res = run_job(spec, output=tmp_path / "run")
     assert res.summary["status"] == "completed"
     assert res.history[0]["steps"] == 20000, res.history[0]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_parity_with_standardization_and_class_weights(ray_session, tmp_path, workers):
+    """An unscaled CSV (age ~ 40, income ~ 50,000), standardized with the statistics of the
+    prepared set, balanced class weights: every worker count trains the in-process model
+    (exactly at 1 worker), and every rank holds the same standardization."""
+    from test_standardize import write_people
+
+    csv = write_people(tmp_path / "people.csv", n=211)
+    common = ["data.source=csv", f"data.path={csv}", "data.options={}", "data.label_map={'yes': 1, 'no': 0}",
+              f"data.cache={tmp_path / 'cache'}", "train.class_weight=balanced", "train.batch_size=7",
+              "train.epochs=2"]
+    ref = run_job(load_spec("jobs/binary_2d.yaml", [*common, "resources.workers=0"]), output=tmp_path / "ref")
+    dist = run_job(load_spec("jobs/binary_2d.yaml", [*common, f"resources.workers={workers}"]),
+                   output=tmp_path / "dist", options=DriverOptions(hooks=RunHooks(collect_rank_params=True)))
+    report = compare(ref, dist, (), workers)
+    assert report.ok, report.render()
+    for rank_params in dist.rank_params[1:]:
+        for name, value in rank_params.items():
+            assert np.array_equal(value, dist.rank_params[0][name]), name
+    if workers == 1:
+        for name in ref.params:
+            assert np.array_equal(ref.params[name], dist.params[name]), name
+    meta = [__import__("json").loads((tmp_path / r / "model" / "meta.json").read_text()) for r in ("ref", "dist")]
+    assert meta[0]["standardize"] == meta[1]["standardize"] is not None

@@ -84,3 +84,26 @@ def test_digest_ignores_safe_changes():
     from launcher.spec import SAFE_RESUME_CHANGES
     assert a.digest(SAFE_RESUME_CHANGES) == b.digest(SAFE_RESUME_CHANGES) != c.digest(SAFE_RESUME_CHANGES)
     assert a.diff(c) == ["train.learning_rate"]
+
+
+def test_num_classes_is_required_for_softmax_on_data_without_a_fixed_count():
+    """Left out, num_classes is 2 for binary and the source's own count for the image
+    sources; softmax on a table must name it, rather than quietly become 2 classes."""
+    assert spec_from_dict({"model": {"kind": "binary"}}).model.num_classes == 2
+    assert spec_from_dict({"model": {"kind": "softmax"}, "data": {"source": "digits"}}).model.num_classes == 10
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"model": {"kind": "softmax"}, "data": {"source": "csv", "path": "/d.csv"}})
+    assert str(e.value).startswith("model.num_classes: required with model.kind: softmax")
+    assert "num_classes: 3" in str(e.value)
+    spec = spec_from_dict({"model": {"kind": "softmax", "num_classes": 3}, "data": {"source": "csv", "path": "/d.csv"}})
+    assert spec.raw["model"]["num_classes"] == 3
+
+
+def test_fields_added_later_leave_older_digests_alone():
+    """A checkpoint written before data.standardize and train.class_weight existed still
+    resumes: unset, they do not enter the spec digest."""
+    spec = spec_from_dict({"model": {"kind": "binary"}})
+    old = dict(spec.raw, data={k: v for k, v in spec.raw["data"].items() if k != "standardize"},
+               train={k: v for k, v in spec.raw["train"].items() if k != "class_weight"})
+    assert type(spec)(raw=old).digest() == spec.digest()
+    assert spec.with_overrides(["data.standardize=false"]).digest() != spec.digest()

@@ -1,0 +1,108 @@
+"""The warnings a statistician would give (docs/design.md#warnings): each fires on data
+made for it, through a real run where that is cheap, and the shipped jobs stay silent.
+Plots never fail a run: a one-class training set once crashed curves.png."""
+import json
+
+import numpy as np
+import pytest
+
+from launcher.driver import run_job
+from launcher.report.advice import (PATIENCE, baseline_loss, data_warnings, fit_warnings, history_warnings)
+from launcher.spec import load_spec
+
+
+def _codes(warnings):
+    return [w["code"] for w in warnings]
+
+
+def test_class_balance_warnings():
+    assert _codes(data_warnings(np.array([0, 450]), [], None)) == ["one-class"]
+    assert "class 1, all 450 rows" in data_warnings(np.array([0, 450]), [], None)[0]["message"]
+    rare = data_warnings(np.array([995, 5]), [], None)
+    assert _codes(rare) == ["rare-class"] and "class 1: 5 of 1000 rows (0.5%)" in rare[0]["message"]
+    assert "train.class_weight: balanced" in rare[0]["message"]
+    assert _codes(data_warnings(np.array([300, 0, 200]), [], None)) == ["rare-class"]  # a softmax class without rows
+    assert data_warnings(np.array([990, 10]), [], None) == []  # exactly 1% is not under 1%
+    assert data_warnings(np.array([500, 500]), ["a"], {"constant": []}) == []
+
+
+def test_constant_feature_warning_names_the_columns():
+    (w,) = data_warnings(np.array([5, 5]), ["age", "site", "zip"], {"constant": [1, 2]})
+    assert w["code"] == "constant-feature" and "(site, zip)" in w["message"]
+
+
+def _hist(losses):
+    return [{"train_loss": v} for v in losses]
+
+
+def test_loss_warnings_fire_on_a_rising_or_useless_loss_only():
+    base = baseline_loss(np.array([50, 50]))  # ln 2
+    assert base == pytest.approx(np.log(2))
+    rising = history_warnings(_hist([0.5, 0.4, 0.45, 0.5, 0.6]), base, 0.1)
+    assert _codes(rising) == ["loss-rising"] and "lower train.learning_rate (now 0.1)" in rising[0]["message"]
+    flat = history_warnings(_hist([3e7, 2.9e7, 3.4e7, 3.0e7]), base, 0.1)
+    assert "loss-flat" in _codes(flat) and "data.standardize: true" in flat[-1]["message"]
+    assert history_warnings(_hist([0.7, 0.6, 0.5, 0.45, 0.44]), base, 0.1) == []  # learning
+    assert history_warnings(_hist([0.3, 0.3, 0.3, 0.3, 0.3]), base, 0.1) == []  # converged, below the baseline
+    assert history_warnings(_hist([0.5, 0.6, 0.7]), base, 0.1) == []  # too few epochs to tell
+    assert len(_hist(range(PATIENCE + 1))) == 4
+    assert history_warnings(_hist([0.9, 0.9, 0.9, 0.9]), None, 0.1) == []  # weighted loss: no baseline
+
+
+def test_overfit_warning():
+    (w,) = fit_warnings(1.0, 0.7)
+    assert w["code"] == "overfit" and "validation accuracy 0.7000 is far below training accuracy 1.0000" in w["message"]
+    assert fit_warnings(0.95, 0.9) == [] and fit_warnings(None, 0.5) == []
+
+
+def _csv(path, x, labels):
+    cols = [f"f{i}" for i in range(x.shape[1])]
+    with open(path, "w") as f:
+        f.write(",".join(cols) + ",label\n")
+        for row, label in zip(x, labels):
+            f.write(",".join(f"{v:.5f}" for v in row) + f",{label}\n")
+    return path
+
+
+def _spec(tmp_path, csv, *overrides):
+    return load_spec("jobs/binary_2d.yaml", ["data.source=csv", f"data.path={csv}", "data.options={}",
+                                             f"data.cache={tmp_path / 'cache'}", "resources.workers=0",
+                                             *overrides])
+
+
+def test_one_class_training_data_warns_and_every_picture_is_drawn(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.normal(0, 1, (60, 2))
+    res = run_job(_spec(tmp_path, _csv(tmp_path / "d.csv", x, [1] * 60), "train.epochs=2"), tmp_path / "run")
+    assert res.summary["status"] == "completed"
+    assert "one-class" in _codes(res.summary["warnings"])
+    assert res.history[-1]["val_auc"] is None
+    for name in ("curves.png", "boundary.png", "report.html"):
+        assert (tmp_path / "run" / name).is_file(), name
+    assert "not drawn" not in (tmp_path / "run" / "report.html").read_text()
+
+
+def test_validation_far_below_training_warns(tmp_path):
+    """40 features of noise, random labels, 40 training rows: the model learns the rows."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(0, 1, (80, 40))
+    csv = _csv(tmp_path / "d.csv", x, rng.integers(0, 2, 80))
+    res = run_job(_spec(tmp_path, csv, "data.val_fraction=0.5", "train.epochs=40", "train.learning_rate=0.5"),
+                  tmp_path / "run")
+    assert "overfit" in _codes(res.summary["warnings"]), res.summary
+    assert res.summary["train_accuracy"] - res.summary["final"]["val_accuracy"] > 0.1
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"] == res.summary["warnings"]
+
+
+# MNIST's four epochs take about 10 s: the slow tier.
+JOBS = ["binary_2d", "binary_synthetic", "digits_softmax", pytest.param("mnist_softmax", marks=pytest.mark.slow)]
+
+
+@pytest.mark.parametrize("name", JOBS)
+def test_the_shipped_jobs_stay_silent(tmp_path, name):
+    """Each shipped job, in-process, as shipped but with PATIENCE + 1 epochs: enough for
+    every check to have its say."""
+    spec = load_spec(f"jobs/{name}.yaml", ["resources.workers=0", f"train.epochs={PATIENCE + 1}"])
+    res = run_job(spec, tmp_path / "run")
+    assert res.summary["status"] == "completed"
+    assert res.summary["warnings"] == [], res.summary["warnings"]

@@ -124,16 +124,15 @@ def _draw_curves(spec, history: list[dict]):
     epochs = [h["epoch"] for h in history]
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    notes: list[str] = []
-    losses = _line(ax_loss, epochs, history, "train_loss", _Look("train loss", "tab:blue"), notes)
-    losses += _line(ax_loss, epochs, history, "val_loss", _Look("validation loss", "tab:orange"), notes)
+    losses = _line(ax_loss, epochs, history, "train_loss", _Look("train loss", "tab:blue"))
+    losses += _line(ax_loss, epochs, history, "val_loss", _Look("validation loss", "tab:orange"))
     ax_loss.set(title="Loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
     ax_loss.set_ylim(0, 1.08 * max([v for v in losses if np.isfinite(v)], default=1.0))
-    scores = _line(ax_acc, epochs, history, "val_accuracy", _Look("accuracy", "tab:green"), notes)
+    scores = _line(ax_acc, epochs, history, "val_accuracy", _Look("accuracy", "tab:green"))
     # F1 and AUC say what accuracy hides on unbalanced classes.
-    scores += _line(ax_acc, epochs, history, "val_f1", _Look("F1", "tab:purple", "--"), notes)
-    scores += _line(ax_acc, epochs, history, "val_auc", _Look("ROC AUC", "tab:gray", ":"), notes)
-    scores += _line(ax_acc, epochs, history, "val_macro_f1", _Look("macro F1", "tab:purple", "--"), notes)
+    scores += _line(ax_acc, epochs, history, "val_f1", _Look("F1", "tab:purple", "--"))
+    scores += _line(ax_acc, epochs, history, "val_auc", _Look("ROC AUC", "tab:gray", ":"))
+    scores += _line(ax_acc, epochs, history, "val_macro_f1", _Look("macro F1", "tab:purple", "--"))
     ax_acc.set(title="Validation metrics", xlabel="epoch", ylabel="score")
     ax_acc.set_ylim(*_score_limits(scores))
     for ax in (ax_loss, ax_acc):
@@ -147,6 +146,10 @@ def _draw_curves(spec, history: list[dict]):
     model = f"{spec.model.kind}, hidden {list(hidden)}" if hidden else f"{spec.model.kind}, linear"
     noun = "epoch" if len(epochs) == 1 else "epochs"
     fig.suptitle(f"{spec.name}: training curves ({len(epochs)} {noun}, {model})", fontsize=13)
+    notes = [f"{label} not drawn: undefined in every epoch" + (" (one class in the validation set)"
+                                                              if key == "val_auc" else "")
+             for key, label in (("val_loss", "validation loss"), ("val_f1", "F1"), ("val_auc", "ROC AUC"),
+                                ("val_macro_f1", "macro F1")) if _undefined(history, key)]
     if notes:
         fig.text(0.5, 0.005, "; ".join(notes), ha="center", va="bottom", fontsize=8, color="dimgray")
     return fig
@@ -168,19 +171,19 @@ class _Look(NamedTuple):
     style: str = "-"
 
 
-def _line(ax, epochs, history, key, look: _Look, notes: list[str] | None = None):
-    """Plot ``key`` per epoch; returns its values (nothing when no epoch has it). A metric
-    that is null in every epoch (AUC of a one-class validation set) is not drawn, with a
-    line in ``notes``; a null epoch leaves a gap."""
+def _undefined(history, key) -> bool:
+    """Whether ``key`` is in the history but null in every epoch (the AUC of a one-class
+    validation set): such a line is not drawn."""
+    return any(key in h for h in history) and all(h.get(key) is None for h in history)
+
+
+def _line(ax, epochs, history, key, look: _Look):
+    """Plot ``key`` per epoch; returns its values (nothing when no epoch has it, or every
+    epoch has null); a null epoch leaves a gap."""
     label, colour, style = look
-    if not any(key in h for h in history):
+    if not any(key in h for h in history) or _undefined(history, key):
         return []
     ys = [np.nan if h.get(key) is None else float(h[key]) for h in history]
-    if not np.isfinite(ys).any():
-        if notes is not None:
-            notes.append(f"{label} not drawn: undefined in every epoch"
-                         + (" (the validation set holds one class)" if key == "val_auc" else ""))
-        return []
     # Markers only while they do not crowd: they show single epochs on short runs.
     marker = "o" if len(epochs) <= 30 else None
     ax.plot(epochs, ys, style, color=colour, marker=marker, markersize=4, label=label)

@@ -190,3 +190,19 @@ def test_a_constant_feature_is_left_unscaled_and_named(tmp_path):
     warning = next(w for w in res.summary["warnings"] if w["code"] == "constant-feature")
     assert "(site)" in warning["message"] and "left unscaled" in warning["message"]
     assert all(np.isfinite(h["train_loss"]) for h in res.history)
+
+
+def test_the_boundary_line_is_drawn_in_the_features_own_units(tmp_path):
+    """boundary.png's line w·x + b = 0 of a standardized 2-feature model: the exported
+    model gives P = 0.5 on it, in age and income as the file has them."""
+    from launcher.report.plots import linear_parameters
+    from lr_core.export import ExportedModel
+
+    res = run_job(job(tmp_path, "data.features=[age, income]", "train.epochs=3"), tmp_path / "run")
+    assert (tmp_path / "run" / "boundary.png").is_file()
+    w, b = linear_parameters(tmp_path / "run" / "model")
+    ages = np.array([20.0, 40.0, 60.0])
+    incomes = -(b + w[0] * ages) / w[1]
+    _, p = ExportedModel(tmp_path / "run" / "model").predict(np.column_stack([ages, incomes]).astype(np.float32))
+    np.testing.assert_allclose(p, 0.5, atol=1e-3)
+    assert res.summary["coefficients"]["weight"][0] == pytest.approx(list(w), rel=1e-6)

@@ -70,6 +70,13 @@ def _add_spec_args(p, workers_default_help="from the spec (resources.workers)"):
     p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs per worker (default: from the spec)")
 
 
+def _add_oversubscribe(p):
+    p.add_argument("--oversubscribe", action="store_true",
+                   help="with a local Ray (no --address): allow more workers x cpus_per_worker than this "
+                        "machine has CPUs; the workers then share the cores (slower; without it such a "
+                        "request is refused)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lrjob`` argument parser with every subcommand (submit, status, logs, stop, list and
     k8s are added by ``launcher.deploy``)."""
@@ -83,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--output", default=None, help="run directory (default: runs/<name>-<UTC timestamp>)")
     r.add_argument("--runs-dir", default="runs", help="parent of new run directories (default: runs)")
     r.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its newest checkpoint")
+    _add_oversubscribe(r)
     g = r.add_mutually_exclusive_group()
     g.add_argument("--quiet", action="store_true", help="print only the run directory")
     g.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
@@ -94,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
             action.help = "workers of the distributed run, >= 1 (default: 2); compared with --workers 0"
     q.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray)")
     q.add_argument("--keep", default=None, metavar="DIR", help="keep both run directories under DIR")
+    _add_oversubscribe(q)
 
     v = _sub(subs, "validate", "check a job spec and print it resolved")
     _add_spec_args(v)
@@ -192,7 +201,8 @@ def cmd_run(args) -> int:
     reporter = Reporter(mode)
     try:
         run_job(spec, args.output, resume=args.resume, reporter=reporter,
-                options=DriverOptions(address=args.address, runs_dir=args.runs_dir))
+                options=DriverOptions(address=args.address, runs_dir=args.runs_dir,
+                                      oversubscribe=args.oversubscribe))
     except KeyboardInterrupt as e:
         if getattr(e, "resume", None):
             sys.stderr.write(f"lrjob: interrupted; checkpoint {e.checkpoint} is kept; continue with: {e.resume}\n")
@@ -219,7 +229,8 @@ def cmd_parity(args) -> int:
         print(f"parity: {spec.name}, reference run (--workers 0) ...", file=sys.stderr)
         ref = run_job(ref_spec, output=base / "workers-0")
         print(f"parity: {spec.name}, distributed run (--workers {workers}) ...", file=sys.stderr)
-        dist = run_job(dist_spec, base / f"workers-{workers}", options=DriverOptions(address=args.address))
+        dist = run_job(dist_spec, base / f"workers-{workers}",
+                       options=DriverOptions(address=args.address, oversubscribe=args.oversubscribe))
         report = compare(ref, dist, spec.model.hidden, workers)
         print(report.render())
     finally:

@@ -37,7 +37,8 @@ from .backends import Backend
 from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warnings, fit_warnings,
                             history_warnings)
 from .report.progress import Reporter, prepare_feedback
-from .rundir import RunDir, check_writable, new_run_path
+from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
+                     latest_checkpoint, make_run_dir)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
 
 __all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
@@ -60,6 +61,7 @@ class DriverOptions:
     backend_factory: Callable[[], Backend] | None = None  # e.g. this rank under horovodrun (backends/hvdrun.py)
     data: Dataset | None = None                         # the job's data when already loaded (run_rank)
     hooks: RunHooks = RunHooks()
+    oversubscribe: bool = False                         # an embedded Ray may start more workers than CPUs
 
 
 @dataclass
@@ -102,8 +104,10 @@ class FailurePolicy:
 def run_job(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: str | os.PathLike | None = None,
             reporter: Reporter | None = None, options: DriverOptions | None = None) -> RunResult:
     """Run one job end to end and write its run directory (``output``, or a new folder
-    under ``options.runs_dir``; with ``resume``, that run's directory). Returns the
-    parameters, the history and the summary."""
+    under ``options.runs_dir``; with ``resume``, that run's directory). An ``output`` that
+    holds a run of this job continues it from its newest good checkpoint (a rerun of a
+    killed command finishes it); one of another job is refused. Returns the parameters,
+    the history and the summary."""
     return Driver(spec, output, resume=resume, reporter=reporter, options=options).run()
 
 
@@ -120,18 +124,48 @@ class Driver:
         self.options = options or DriverOptions()
         self.reporter = reporter or Reporter("silent")
         self.checkpoint: dict | None = None
+        self._lock: RunLock | None = None
+        self._created = False
+        self.run_dir: RunDir | None = None
         if resume:
             self.path = Path(resume)
-            self.checkpoint = _resume_checkpoint(self.path, spec)
+            if not self.path.is_dir():
+                raise SpecError(f"--resume {self.path}: no such run directory")
         else:
-            self.path = Path(output) if output else new_run_path(spec.name, self.options.runs_dir)
-            check_writable(self.path)
+            output = Path(output) if output else None
+            if output is not None:
+                check_writable(output)
+            self.path, self._created = make_run_dir(output, spec.name, self.options.runs_dir)
+        try:
+            self._open_run_dir(spec, resume)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open_run_dir(self, spec: JobSpec, resume) -> None:
+        """Lock the run directory, then judge what it holds (docs/design.md#run-directory): a new run,
+        a run of this job to continue, or something to refuse. Bad input fails here, before anything
+        is written."""
+        self._lock = RunLock.acquire(self.path)
+        check_no_links(self.path)
+        clean_leftovers(self.path)  # under the lock: no live process owns them
+        flag = f"--resume {self.path}" if resume else f"--output {self.path}"
+        self._continuing = bool(resume) or _holds_a_run(self.path)
+        if self._continuing:
+            _check_same_job(self.path, spec, flag)
         # bad data fails here, before anything is written
         self.data = self.options.data if self.options.data is not None else spec.prepared_data(
             *prepare_feedback(self.reporter))
         # The prepared folder's name is the content address of the data: a checkpoint
         # records it, and a resume on other data is refused.
         self._data_key = Path(self.data.home).name if self.data.home else None
+        self._digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
+        self._skipped: list[tuple[Path, str]] = []  # damaged checkpoints, moved aside when the run starts
+        if self._continuing:
+            self.checkpoint = self._good_checkpoint(flag, self._skipped)
+            if self.checkpoint is None and resume:
+                raise SpecError(f"--resume {self.path}: no valid checkpoint in {self.path / 'checkpoints'}; "
+                                f"start a new run")
         if self.checkpoint:
             _check_resume_data(self.path, self.checkpoint, self._data_key, spec)
         # What a statistician would say about the data (docs/design.md#warnings); the fit's
@@ -147,7 +181,6 @@ class Driver:
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
         self.backend: Backend | None = None
         self._backend_down = False
-        self.run_dir: RunDir | None = None
         self.status: dict = {"status": "starting"}
         self._restore_signals: Callable[[], None] = lambda: None
         self._result: RunResult | None = None
@@ -157,14 +190,16 @@ class Driver:
         """Start or join Ray (N workers), train every epoch and write the run directory; returns the
         ``RunResult``. ``summary.json`` records how the run ended, also when it fails or is interrupted."""
         with ExitStack() as stack:
-            stack.callback(self._finish)                      # last: summary, plots
+            stack.callback(self._release)                     # the very last: the lock
+            stack.callback(self._finish)                      # then: summary, plots
             stack.callback(lambda: self._restore_signals())
             try:
                 if self.spec.workers > 0 and self.options.backend_factory is None:
                     from .backends.cluster import RaySession
 
                     stack.enter_context(RaySession(self.options.address, self.spec.workers,
-                                                   self.spec.resources.cpus_per_worker))
+                                                   self.spec.resources.cpus_per_worker,
+                                                   oversubscribe=self.options.oversubscribe))
                 # after ray.init, which installs its own SIGTERM handler in the driver
                 self._restore_signals = _sigterm_as_interrupt()
                 stack.callback(self._shutdown_backend)
@@ -194,9 +229,10 @@ class Driver:
         if self.checkpoint:
             self.backend.set_state(self.checkpoint)
         self.run_dir = run = RunDir.create(self.path)
+        self._set_aside_skipped()
         run.write_spec(self.spec)
         run.write_json("env.json", self._env())
-        if self.checkpoint:
+        if self._continuing:  # the history of the checkpoint, or none when starting over
             run.rewrite_metrics(self.history)
         self.reporter.header(self.spec, self.data, self.backend, self.path)
         if self.checkpoint:
@@ -286,7 +322,7 @@ class Driver:
     def _restart(self, error: WorkerFailure) -> None:
         """Replace the worker group and restore the newest checkpoint, or give up."""
         while True:
-            last = self.run_dir.latest_checkpoint()
+            last = self._good_checkpoint()
             if self.policy.decide(error) is Decision.RAISE:
                 raise WorkerFailure(f"{error}; last completed epoch {len(self.history)}, newest checkpoint: "
                                     f"{Path(last['path']).name if last else 'none'}", error.rank, error.node,
@@ -309,7 +345,36 @@ class Driver:
             self.run_dir.rewrite_metrics(self.history)
             return
 
+    def _good_checkpoint(self, flag: str = "", skipped: list | None = None) -> dict | None:
+        """The newest checkpoint of the run that reads back whole, records this spec's digest and
+        fits the model (``checkpoint_problem``); one of another spec is refused. With ``skipped``:
+        each one passed over is named on stderr and listed there as (path, reason)."""
+        ckpt = latest_checkpoint(self.path, _checkpoint_judge(self.spec, self.data, self._digest), skipped)
+        if ckpt is not None and ckpt["spec_digest"] != self._digest:
+            raise SpecError(f"{flag}: checkpoint {ckpt['path']} was written by a different spec; start a new run")
+        for path, reason in skipped or []:
+            print(f"lrjob: warning: checkpoint {path} skipped: {reason}", file=sys.stderr)
+        return ckpt
+
+    def _set_aside_skipped(self) -> None:
+        """Rename the skipped checkpoints to hidden ``.damaged-*`` folders (kept for a look): left in
+        place, a damaged checkpoint newer than the one resumed would outrank the new ones in pruning."""
+        for path, _ in self._skipped:
+            os.replace(path, path.parent / f".damaged-{path.name}-{os.getpid()}")
+        self._skipped = []
+
     # ------------------------------------------------------------------ clean-up
+    def _release(self) -> None:
+        """Drop the run directory's lock; a directory this driver created and never wrote is removed."""
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._created and self.run_dir is None:
+            try:
+                os.rmdir(self.path)
+            except OSError:
+                pass
+
     def _shutdown_backend(self) -> None:
         if self.backend is not None and not self._backend_down:
             self._backend_down = True
@@ -391,8 +456,10 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     # Other ranks: the same collectives in the same order as rank 0, no files.
     backend = ThisRankBackend(cfg, data, comm, gpus)
     start = step = 0
-    if resume:
-        ckpt = RunDir.open(resume).latest_checkpoint()
+    source = resume or output  # rank 0 continues a run of this job found in --output, too
+    if source and Path(source).is_dir():
+        digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
+        ckpt = latest_checkpoint(Path(source), _checkpoint_judge(spec, data, digest))  # rank 0's choice
         if ckpt:
             backend.set_state(ckpt)
             start, step = ckpt["epochs_done"], int(ckpt.get("step", 0))
@@ -512,21 +579,35 @@ def _check_resume_data(path: Path, ckpt: dict, data_key: str | None, spec: JobSp
                         f"{ckpt['epochs_done'] + 1}; train.epochs must be at least {ckpt['epochs_done'] + 1}")
 
 
-def _resume_checkpoint(path: Path, spec: JobSpec) -> dict:
-    """The newest valid checkpoint of the run at ``path``, if ``spec`` may resume it."""
-    if not path.is_dir():
-        raise SpecError(f"--resume {path}: no such run directory")
+def _holds_a_run(path: Path) -> bool:
+    """Whether ``path`` holds anything besides the lock (a run to continue, or files to refuse)."""
+    from .rundir import LOCK_NAME
+
+    return any(p.name != LOCK_NAME for p in path.iterdir())
+
+
+def _check_same_job(path: Path, spec: JobSpec, flag: str) -> None:
+    """Refuse to continue the run at ``path`` with ``spec`` when it is another job's (its
+    ``job.yaml`` differs beyond the safe changes), or no run at all."""
     run = RunDir.open(path)
-    ckpt = run.latest_checkpoint()
-    if ckpt is None:
-        raise SpecError(f"--resume {path}: no valid checkpoint in {path / 'checkpoints'}; start a new run")
     old = run.spec()
-    if old is not None:
-        changed = [f for f in old.diff(spec) if f not in SAFE_RESUME_CHANGES]
-        if changed:
-            raise SpecError(f"--resume {path}: the spec differs from the run's job.yaml in {', '.join(changed)}; "
-                            f"only {', '.join(sorted(SAFE_RESUME_CHANGES))} may change on resume")
-    if ckpt.get("spec_digest") and ckpt["spec_digest"] != spec.digest(ignore=SAFE_RESUME_CHANGES):
-        raise SpecError(f"--resume {path}: checkpoint {ckpt['path']} was written by a different spec; "
-                        f"start a new run")
-    return ckpt
+    if old is None:
+        if not run.checkpoints() and not flag.startswith("--resume"):
+            raise SpecError(f"{flag}: exists, is not empty and holds no lrjob run (no job.yaml, no checkpoints); "
+                            f"choose a new path")
+        return  # without job.yaml the checkpoints' digest decides
+    changed = [f for f in old.diff(spec) if f not in SAFE_RESUME_CHANGES]
+    if changed and flag.startswith("--resume"):
+        raise SpecError(f"{flag}: the spec differs from the run's job.yaml in {', '.join(changed)}; "
+                        f"only {', '.join(sorted(SAFE_RESUME_CHANGES))} may change on resume")
+    if changed:
+        raise SpecError(f"{flag}: holds a run of another job (its job.yaml differs in {', '.join(changed)}); "
+                        f"choose a new path")
+
+
+def _checkpoint_judge(spec: JobSpec, data: Dataset, digest: str) -> Callable[[dict], str | None]:
+    """``checkpoint_problem`` for this job's model: the parameters it must find, by name and shape."""
+    from lr_core.models import initial_parameters
+
+    params = initial_parameters(spec.loop_config(), data.num_features)
+    return lambda ckpt: checkpoint_problem(ckpt, digest, params)

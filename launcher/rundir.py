@@ -7,7 +7,10 @@ one reader. Only the driver writes it; every command that reads a run opens it h
       model/                    (exported symbol + params + meta.json)
 
 Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
-at any moment leaves the old or the new checkpoint, never a torn one.
+at any moment leaves the old or the new checkpoint, never a torn one. Every file and
+folder is written under a temporary name and renamed, ``model/`` included; no symbolic
+link inside a run directory is followed (``check_no_links``). A driver holds
+``RunLock`` on the directory for the whole run (docs/design.md#run-directory).
 
     run = RunDir.open("runs/binary_synthetic-20261125T120000Z")
     run.spec(), run.history(), run.summary(), run.latest_checkpoint(), run.model()
@@ -15,8 +18,11 @@ at any moment leaves the old or the new checkpoint, never a torn one.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
+import fcntl
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
@@ -28,8 +34,16 @@ import numpy as np
 from lr_core import faults
 from lr_core.errors import LrjobInputError
 
-__all__ = ["RunDir", "new_run_path", "check_writable", "atomic_write_text", "list_checkpoints",
-           "load_checkpoint", "latest_checkpoint"]
+__all__ = ["RunDir", "RunLock", "new_run_path", "make_run_dir", "check_writable", "check_no_links",
+           "atomic_write_text", "atomic_write_bytes", "list_checkpoints", "load_checkpoint", "latest_checkpoint",
+           "checkpoint_problem", "clean_leftovers", "LOCK_NAME"]
+
+LOCK_NAME = ".lock"
+# epoch-0012, epoch-0012-step-00000500: ordered by (epochs, step) as numbers, not as text
+_CHECKPOINT_NAME = re.compile(r"epoch-(\d+)(?:-step-(\d+))?")
+# What a killed writer leaves behind: temporary folders and files, and checkpoints moved aside.
+_LEFTOVER = re.compile(r"\.(tmp-|old-).*|\.(job\.yaml|env\.json|summary\.json|metrics\.jsonl|report\.html|"
+                       r"[a-z]+\.png)\.[A-Za-z0-9_]{8}")
 
 
 def utc_stamp() -> str:
@@ -49,6 +63,120 @@ def new_run_path(name: str, base: str | os.PathLike = "runs") -> Path:
     return path
 
 
+def make_run_dir(path: Path | None, name: str, base: str | os.PathLike = "runs") -> tuple[Path, bool]:
+    """Create the run directory: ``path``, or (``path`` None) ``<base>/<name>-<UTC stamp>`` with
+    ``-2``, ``-3``, ... appended when that name is taken. ``os.mkdir`` is the arbiter, so two
+    processes started in the same second get two folders. Returns the path and whether this
+    call created it (an existing ``path`` is left to the caller to judge)."""
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if path.is_symlink() or not path.is_dir():
+                raise LrjobInputError(f"--output {path}: exists and is not a directory; choose another path") \
+                    from None
+            return path, False
+        return path, True
+    base = Path(base)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp, i = utc_stamp(), 1
+    while True:
+        candidate = base / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
+        try:
+            os.mkdir(candidate)
+            return candidate, True
+        except FileExistsError:
+            i += 1
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``<run>/.lock``, held by the one process that writes the run
+    (a new run, a continued one, a resume). The kernel drops it when the process dies, so a
+    SIGKILLed driver never leaves a stale lock; ``release`` removes the file while still
+    holding it, and ``acquire`` checks it locked the file that is in place."""
+
+    def __init__(self, path: Path, fd: int):
+        self.path, self._fd = path, fd
+
+    @classmethod
+    def acquire(cls, run: str | os.PathLike) -> "RunLock":
+        """Lock the run directory ``run``; a one-line ``LrjobInputError`` naming it when another
+        process holds it."""
+        lock = Path(run) / LOCK_NAME
+        while True:
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise LrjobInputError(f"{lock}: is a symbolic link inside the run directory; lrjob "
+                                          f"follows no link there: remove it") from None
+                raise LrjobInputError(f"{run}: cannot lock the run directory ({e.strerror or e}); "
+                                      f"choose a writable directory") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                try:
+                    pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+                finally:
+                    os.close(fd)
+                raise LrjobInputError(f"{run}: another lrjob process (pid {pid}) is writing this run directory; "
+                                      f"wait for it to end, or choose another --output") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed it as we opened it: lock the one in place now
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return cls(lock, fd)
+
+    def release(self) -> None:
+        """Remove the lock file and drop the lock; safe to call twice."""
+        if self._fd is None:
+            return
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self._fd)
+        self._fd = None
+
+
+def check_no_links(run: str | os.PathLike) -> None:
+    """Refuse (one line, exit 2) a run directory holding a symbolic link anywhere inside it:
+    a planted link would make the driver write or delete outside the run."""
+    for top, dirs, files in os.walk(run, followlinks=False):
+        for name in sorted(dirs + files):
+            p = Path(top) / name
+            if p.is_symlink():
+                raise LrjobInputError(f"{p}: is a symbolic link inside the run directory; lrjob follows no "
+                                      f"link there: remove it, or start a new run")
+
+
+def clean_leftovers(run: str | os.PathLike) -> list[Path]:
+    """Remove what a killed writer left in ``run`` and its ``checkpoints/``: hidden temporary
+    folders and files (``.tmp-*``, ``.<file>.XXXXXXXX``) and checkpoints moved aside
+    (``.old-*``). Call it only while holding the run's ``RunLock``: then no live process
+    writes them. Returns what was removed."""
+    removed = []
+    for folder in (Path(run), Path(run) / "checkpoints"):
+        if folder.is_symlink() or not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            if not _LEFTOVER.fullmatch(p.name):
+                continue
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
 def check_writable(path: Path) -> None:
     """Fail early (exit 2) when the run directory cannot be created."""
     probe = path
@@ -63,9 +191,6 @@ def check_writable(path: Path) -> None:
     except OSError as e:
         raise LrjobInputError(f"--output {path}: {probe} is not writable ({e.strerror or e}); "
                               f"choose a writable directory") from None
-    if path.exists() and any(path.iterdir()):
-        raise LrjobInputError(f"--output {path}: exists and is not empty; choose a new path "
-                              f"(or --resume {path} to continue that run)")
 
 
 def _umask() -> int:
@@ -88,13 +213,22 @@ def _fsync_dir(path: Path) -> None:
 def atomic_write_text(path: Path, text: str | Iterable[str]) -> None:
     """Write ``text`` (a string, or pieces written as they come) to ``path`` through a
     temporary file in the same folder, fsynced, then renamed: readers see the old content
-    or the new, never a part."""
+    or the new, never a part. The rename replaces a link at ``path``, never follows it."""
+    _atomic_write(path, [text] if isinstance(text, str) else text, "w")
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """``atomic_write_text`` for bytes (pictures)."""
+    _atomic_write(path, [data], "wb")
+
+
+def _atomic_write(path: Path, pieces: Iterable, mode: str) -> None:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; others may read a run
-        with os.fdopen(fd, "w") as f:
-            for piece in ([text] if isinstance(text, str) else text):
+        with os.fdopen(fd, mode) as f:
+            for piece in pieces:
                 f.write(piece)
             f.flush()
             os.fsync(f.fileno())
@@ -103,6 +237,30 @@ def atomic_write_text(path: Path, text: str | Iterable[str]) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _mkdtemp(prefix: str, parent: Path) -> Path:
+    """A new hidden folder in ``parent`` with the mode a plain ``mkdir`` gives (``mkdtemp`` makes 0700)."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
+def _replace_dir(tmp: Path, final: Path, after_aside=None) -> None:
+    """Rename the finished folder ``tmp`` to ``final``; an existing ``final`` is moved aside first
+    and removed after."""
+    if final.exists() or final.is_symlink():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        if after_aside:
+            after_aside()
+        os.replace(tmp, final)
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    else:
+        os.replace(tmp, final)
 
 
 def _json_default(o):
@@ -118,14 +276,21 @@ def dumps(obj) -> str:
     return json.dumps(obj, default=_json_default)
 
 
+def _checkpoint_order(path: Path) -> tuple[int, int]:
+    m = _CHECKPOINT_NAME.fullmatch(path.name)
+    return int(m.group(1)), int(m.group(2) or 0)
+
+
 def list_checkpoints(run: Path) -> list[Path]:
-    """The complete checkpoint folders (``epoch-NNNN`` with a ``state.json``) of the run at ``run``,
-    oldest first."""
+    """The complete checkpoint folders (``epoch-NNNN`` or ``epoch-NNNN-step-SSSSSSSS`` with a
+    ``state.json``) of the run at ``run``, oldest first in numeric order (epoch 10000 after 9999).
+    Symbolic links are not checkpoints."""
     d = Path(run) / "checkpoints"
-    if not d.is_dir():
+    if d.is_symlink() or not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith("epoch-")
-                  and (p / "state.json").is_file())
+    return sorted((p for p in d.iterdir() if _CHECKPOINT_NAME.fullmatch(p.name) and not p.is_symlink()
+                   and p.is_dir() and (p / "state.json").is_file() and not (p / "state.json").is_symlink()),
+                  key=_checkpoint_order)
 
 
 def _read_json(path: Path) -> dict | None:
@@ -149,13 +314,60 @@ def load_checkpoint(path: Path) -> dict:
             "history": state.get("history", []), "path": str(path)}
 
 
-def latest_checkpoint(run: Path) -> dict | None:
-    """The newest checkpoint that reads back whole (a damaged one is skipped)."""
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile)
+
+
+def latest_checkpoint(run: Path, problem=None, skipped: list | None = None) -> dict | None:
+    """The newest checkpoint that reads back whole (a damaged one is skipped). With
+    ``problem`` (a checkpoint -> reason or None, e.g. ``checkpoint_problem``), also skip the
+    ones it finds fault with; each skipped one is appended to ``skipped`` as (path, reason)."""
     for path in reversed(list_checkpoints(run)):
         try:
-            return load_checkpoint(path)
-        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            ckpt = load_checkpoint(path)
+            reason = problem(ckpt) if problem else None
+        except _UNREADABLE as e:
+            reason = f"unreadable: {type(e).__name__}: {(str(e).splitlines() or [''])[0][:160]}"
+        if reason is None:
+            return ckpt
+        if skipped is not None:
+            skipped.append((path, reason))
+    return None
+
+
+def checkpoint_problem(ckpt: dict, digest: str, params: dict[str, np.ndarray]) -> str | None:
+    """Why ``ckpt`` cannot continue a run of spec digest ``digest`` whose model has the
+    parameters ``params`` (name -> an array of the right shape and dtype), or None when it can.
+    A checkpoint of another spec is *not* a problem here (the caller refuses it)."""
+    if not ckpt.get("spec_digest"):
+        return "it records no spec_digest, so the spec it belongs to cannot be checked"
+    if ckpt["spec_digest"] != digest:
+        return None
+    got = ckpt["params"]
+    if sorted(got) != sorted(params):
+        return f"its parameters are {', '.join(sorted(got)) or 'none'}, the model has {', '.join(sorted(params))}"
+    for name, want in params.items():
+        a = got[name]
+        if a.shape != want.shape or a.dtype != want.dtype:
+            return f"{name} is {a.dtype} {a.shape}, the model needs {want.dtype} {want.shape}"
+        if not np.all(np.isfinite(a)):
+            return f"{name} holds NaN or infinite values"
+    # gluon.Trainer numbers the parameters in the sorted order of their names
+    shapes = [params[name].shape for name in sorted(params)]
+    meta, arrays = ckpt["optimizer_meta"], ckpt["optimizer_arrays"]
+    if not isinstance(meta, dict) or not isinstance(meta.get("layout", {}), dict):
+        return "its optimizer_meta is not a mapping"
+    for key, kind in meta.get("layout", {}).items():
+        if not str(key).isdigit() or int(key) >= len(shapes):
+            return f"its optimizer state names parameter {key!r}, the model has {len(shapes)}"
+        if kind == "none":
             continue
+        names = [str(key)] if kind == "array" else (
+            [f"{key}.{j}" for j in range(int(kind[5:]))] if re.fullmatch(r"tuple\d+", str(kind)) else None)
+        if names is None:
+            return f"its optimizer state has an unknown layout {kind!r}"
+        for n in names:
+            if n not in arrays or arrays[n].shape != shapes[int(key)]:
+                return f"optimizer state {n} is missing or not of shape {shapes[int(key)]}"
     return None
 
 
@@ -171,8 +383,19 @@ class RunDir:
         """The run directory at ``path``, created with its ``checkpoints/`` folder."""
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
-        (run.path / "checkpoints").mkdir(exist_ok=True)
+        run._inside("checkpoints").mkdir(exist_ok=True)
         return run
+
+    def _inside(self, name: str) -> Path:
+        """``path/name`` for writing, after checking that neither it nor a folder between it and the
+        run directory is a symbolic link (a link planted after the start is refused here too)."""
+        target = self.path
+        for part in Path(name).parts:
+            target = target / part
+            if target.is_symlink():
+                raise LrjobInputError(f"{target}: is a symbolic link inside the run directory; lrjob follows "
+                                      f"no link there: remove it, or start a new run")
+        return target
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "RunDir":
@@ -248,26 +471,49 @@ class RunDir:
         meta = {"job": spec.name, "source": data.source, "image_shape": list(data.image_shape or []),
                 "columns": data.extra.get("columns", []), "label_column": spec.data.label_column,
                 "label_map": spec.data.label_map, "standardize": data.stats}
-        export_model(self.model_dir, spec.loop_config(), params, data.num_features, meta)
+        final = self._inside("model")
+        # exported into a hidden folder, then renamed: a crash leaves the old model or the new one
+        tmp = _mkdtemp(".tmp-model-", self.path)
+        try:
+            export_model(tmp, spec.loop_config(), params, data.num_features, meta)
+            for f in tmp.iterdir():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(tmp)
+            _replace_dir(tmp, final)
+            _fsync_dir(self.path)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
     def write_json(self, name: str, obj) -> None:
         """Write ``obj`` as indented JSON to the file ``name``, atomically."""
-        atomic_write_text(self.path / name, json.dumps(obj, indent=2, default=_json_default) + "\n")
+        atomic_write_text(self._inside(name), json.dumps(obj, indent=2, default=_json_default) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
         """Write ``text`` to the file ``name``, atomically."""
-        atomic_write_text(self.path / name, text)
+        atomic_write_text(self._inside(name), text)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Write ``data`` to the file ``name``, atomically."""
+        atomic_write_bytes(self._inside(name), data)
 
     def append_metrics(self, metrics: dict) -> None:
-        """Append one epoch's metrics as a line of ``metrics.jsonl``, fsynced."""
-        with open(self.path / "metrics.jsonl", "a") as f:
+        """Append one epoch's metrics as a line of ``metrics.jsonl``, fsynced (never through a link)."""
+        try:
+            fd = os.open(self._inside("metrics.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                self._inside("metrics.jsonl")  # raises the one-line error naming it
+            raise
+        with os.fdopen(fd, "a") as f:
             f.write(json.dumps(metrics, default=_json_default) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def rewrite_metrics(self, history: list[dict]) -> None:
         """Replace ``metrics.jsonl`` with ``history``, one line per epoch, atomically (resume, restart)."""
-        atomic_write_text(self.path / "metrics.jsonl",
+        atomic_write_text(self._inside("metrics.jsonl"),
                           "".join(json.dumps(m, default=_json_default) + "\n" for m in history))
 
     def write_checkpoint(self, state: dict, spec_digest: str, history: list[dict], keep: int,
@@ -276,12 +522,12 @@ class RunDir:
         hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes to
         the newest ``keep``. Returns the final path."""
         epochs_done, step = int(state["epochs_done"]), int(state.get("step", 0))
-        root = self.path / "checkpoints"
+        root = self._inside("checkpoints")
         root.mkdir(exist_ok=True)
         # epoch-0002 (2 epochs done) < epoch-0002-step-00000500 (500 steps into the 3rd) < epoch-0003
         name = f"epoch-{epochs_done:04d}" + (f"-step-{step:08d}" if step else "")
-        final = root / name
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
+        final = self._inside(f"checkpoints/{name}")
+        tmp = _mkdtemp(f".tmp-{name}-", root)
         try:
             with open(tmp / "params.npz", "wb") as f:
                 np.savez(f, **state["params"])
@@ -304,14 +550,7 @@ class RunDir:
                 os.fsync(f.fileno())
             _fsync_dir(tmp)
             faults.hit("checkpoint", epoch=epochs_done, stage="written")
-            if final.exists():
-                old = root / f".old-{final.name}-{os.getpid()}"
-                os.replace(final, old)
-                faults.hit("checkpoint", epoch=epochs_done, stage="swapping")
-                os.replace(tmp, final)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, final)
+            _replace_dir(tmp, final, lambda: faults.hit("checkpoint", epoch=epochs_done, stage="swapping"))
             _fsync_dir(root)
             faults.hit("checkpoint", epoch=epochs_done, stage="renamed")
         finally:

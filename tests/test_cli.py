@@ -186,3 +186,39 @@ def test_a_closed_pipe_ends_the_run_quietly_as_completed(tmp_path):
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 3
+
+
+# --------------------------------------------------------------------------- the embedded Ray's CPUs
+def test_an_embedded_ray_declares_the_machines_cpus_unless_told_to_oversubscribe(monkeypatch):
+    from launcher.backends import cluster
+
+    monkeypatch.setattr(cluster, "machine_cpus", lambda: 2)
+    assert cluster.embedded_cpus(1, 1) == 2 and cluster.embedded_cpus(2, 1) == 2
+    with pytest.raises(cluster.ResourceError) as e:
+        cluster.embedded_cpus(64, 1)
+    assert str(e.value) == ("resources.workers: 64 workers x 1 CPU = 64 CPUs asked, this machine has 2; lower "
+                            "--workers or resources.cpus_per_worker, join a cluster with --address, or pass "
+                            "--oversubscribe to share the CPUs anyway (slower, for tests)")
+    with pytest.raises(cluster.ResourceError, match="2 workers x 1.5 CPU = 3 CPUs asked"):
+        cluster.embedded_cpus(2, 1.5)
+    assert cluster.embedded_cpus(64, 1, oversubscribe=True) == 64
+    assert cluster.embedded_cpus(2, 1.5, oversubscribe=True) == 3
+    assert cluster.machine_cpus.__module__ and cluster.RaySession(None, 64, 1).oversubscribe is False
+
+
+def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path):
+    from launcher.backends.cluster import machine_cpus
+
+    n = machine_cpus() + 1
+    r = lrjob("run", "jobs/binary_synthetic.yaml", "--workers", n, "--output", tmp_path / "run", timeout=120)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith(f"lrjob: error: resources.workers: {n} workers x 1 CPU = {n} CPUs asked, this "
+                               f"machine has {n - 1}; ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "run").exists(), "nothing is left behind"
+
+
+def test_oversubscribe_is_explained_in_help():
+    for command in ("run", "parity"):
+        r = lrjob(command, "--help")
+        text = " ".join(r.stdout.split())
+        assert "--oversubscribe" in text and "more workers x cpus_per_worker than this machine has CPUs" in text

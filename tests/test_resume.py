@@ -6,6 +6,7 @@ finished epochs' records survive unchanged, and alter a checkpoint on purpose to
 the result move exactly as predicted.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -226,3 +227,253 @@ def test_a_resume_on_other_data_or_ending_inside_a_checkpointed_epoch_is_refused
     with pytest.raises(SpecError, match=r"the data changed since epoch-0001-step-00000010 .* start a new run"):
         run_job(load_spec(job), resume=tmp_path / "run")
     assert latest_checkpoint(tmp_path / "run")["step"] == 10, "a refused resume writes nothing"
+
+
+# --------------------------------------------------------------------------- damaged checkpoints
+def _lying_params(ckpt):
+    with np.load(ckpt / "params.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(ckpt / "params.npz", **{f"x{i}": a for i, a in enumerate(arrays.values())})  # names of no parameter
+    return "its parameters are x0, x1, the model has lrjob_layer0_bias, lrjob_layer0_weight"
+
+
+def _wrong_shape(ckpt):
+    with np.load(ckpt / "params.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["lrjob_layer0_weight"] = np.ascontiguousarray(arrays["lrjob_layer0_weight"].T)
+    np.savez(ckpt / "params.npz", **arrays)
+    return "lrjob_layer0_weight is float32 (64, 10), the model needs float32 (10, 64)"
+
+
+def _no_digest(ckpt):
+    # loads and fits, but nothing says which spec wrote it: its (altered) parameters must not be used
+    with np.load(ckpt / "params.npz") as z:
+        np.savez(ckpt / "params.npz", **{k: (z[k] * 0.5).astype(z[k].dtype) for k in z.files})
+    state = json.loads((ckpt / "state.json").read_text())
+    del state["spec_digest"]
+    (ckpt / "state.json").write_text(json.dumps(state))
+    return "it records no spec_digest, so the spec it belongs to cannot be checked"
+
+
+def _wrong_optimizer(ckpt):
+    with np.load(ckpt / "optimizer.npz") as z:
+        np.savez(ckpt / "optimizer.npz", **{k: z[k][:3] for k in z.files})
+    return "optimizer state 0 is missing or not of shape (10,)"
+
+
+@pytest.mark.parametrize("damage", [_lying_params, _wrong_shape, _no_digest, _wrong_optimizer])
+def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys, damage):
+    full = run_job(_spec("train.epochs=4"), output=tmp_path / "full")
+    run_job(_spec("train.epochs=3"), output=tmp_path / "part")
+    newest = tmp_path / "part" / "checkpoints" / "epoch-0003"
+    reason = damage(newest)
+    capsys.readouterr()
+    ran = []
+    resumed = _counting_run(_spec("train.epochs=4"), ran, resume=tmp_path / "part")
+
+    assert ran == [2, 3], "it falls back to epoch-0002 and runs epochs 3 and 4"
+    assert capsys.readouterr().err == f"lrjob: warning: checkpoint {newest} skipped: {reason}\n"
+    for name in full.params:
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+    names = sorted(os.listdir(tmp_path / "part" / "checkpoints"))
+    assert names[0].startswith(".damaged-epoch-0003-") and names[1:] == ["epoch-0002", "epoch-0003", "epoch-0004"]
+    assert latest_checkpoint(tmp_path / "part")["epochs_done"] == 4
+
+
+# --------------------------------------------------------------------------- idempotent --output
+def _fail_at(spec, ran, epoch):
+    class Dies(_CountingBackend):
+        def run_epoch(self, e, *a, **k):
+            if e == epoch:
+                raise WorkerFailure(f"rank 0 died in epoch {e + 1}", rank=0)
+            return super().run_epoch(e, *a, **k)
+
+    return DriverOptions(backend_factory=lambda: Dies(spec, ran))
+
+
+def test_the_same_job_into_its_own_output_continues_it(tmp_path):
+    full = run_job(_spec("train.epochs=4"), output=tmp_path / "full")
+    spec, ran = _spec("train.epochs=4"), []
+    with pytest.raises(WorkerFailure):
+        run_job(spec, tmp_path / "run", options=_fail_at(spec, ran, 2))
+    assert ran == [0, 1]
+    ran.clear()
+    again = _counting_run(spec, ran, output=tmp_path / "run")
+    assert ran == [2, 3], "the second run continues from epoch-0002"
+    for name in full.params:
+        assert np.array_equal(full.params[name], again.params[name]), name
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3, 4]
+    assert json.loads((tmp_path / "run" / "env.json").read_text())["resumed_from"].endswith("epoch-0002")
+    ran.clear()
+    _counting_run(spec, ran, output=tmp_path / "run")   # finished: once more trains nothing
+    assert ran == []
+
+
+def test_a_run_killed_before_its_first_checkpoint_starts_over_in_place(tmp_path):
+    spec, ran = _spec("train.epochs=2", "checkpoint.every_epochs=5"), []
+    with pytest.raises(WorkerFailure):
+        run_job(spec, tmp_path / "run", options=_fail_at(spec, ran, 1))
+    assert list_checkpoints(tmp_path / "run") == [] and (tmp_path / "run" / "metrics.jsonl").is_file()
+    ran.clear()
+    done = _counting_run(spec, ran, output=tmp_path / "run")
+    assert ran == [0, 1]
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert done.summary["status"] == "completed"
+
+
+def _snapshot(folder):
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+def test_another_jobs_output_is_refused_and_left_as_it_was(tmp_path):
+    from lr_core.errors import SpecError
+
+    run_job(_spec("train.epochs=2"), output=tmp_path / "run")
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(SpecError) as e:
+        run_job(_spec("train.epochs=2", "train.learning_rate=0.5"), output=tmp_path / "run")
+    assert str(e.value) == (f"--output {tmp_path / 'run'}: holds a run of another job (its job.yaml differs in "
+                            f"train.learning_rate); choose a new path")
+    (tmp_path / "run" / "job.yaml").unlink()          # without job.yaml the checkpoints' digest decides
+    del before["job.yaml"]
+    with pytest.raises(SpecError, match=r"checkpoint .*epoch-0002 was written by a different spec; start a new run"):
+        run_job(_spec("train.epochs=2", "train.learning_rate=0.5"), output=tmp_path / "run")
+    assert _snapshot(tmp_path / "run") == before
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(SpecError) as e:
+        run_job(_spec("train.epochs=2"), output=tmp_path / "mine")
+    assert str(e.value) == (f"--output {tmp_path / 'mine'}: exists, is not empty and holds no lrjob run "
+                            f"(no job.yaml, no checkpoints); choose a new path")
+    assert os.listdir(tmp_path / "mine") == ["notes.txt"]
+
+
+# --------------------------------------------------------------------------- one writer per run directory
+def test_the_run_directory_is_locked_for_the_whole_run(tmp_path):
+    from lr_core.errors import LrjobInputError
+
+    spec, seen = _spec("train.epochs=2"), []
+
+    class Meddler(_CountingBackend):
+        def run_epoch(self, e, *a, **k):
+            for kw in ({"output": tmp_path / "run"}, {"resume": tmp_path / "run"}):
+                try:
+                    run_job(spec, **kw)
+                except LrjobInputError as err:
+                    seen.append(str(err))
+            return super().run_epoch(e, *a, **k)
+
+    done = run_job(spec, tmp_path / "run", options=DriverOptions(backend_factory=lambda: Meddler(spec, [])))
+    msg = (f"{tmp_path / 'run'}: another lrjob process (pid {os.getpid()}) is writing this run directory; "
+           f"wait for it to end, or choose another --output")
+    assert seen == [msg] * 4, "refused in both epochs, as a new run and as a resume"
+    assert done.summary["status"] == "completed" and len(done.history) == 2
+    assert not (tmp_path / "run" / ".lock").exists(), "released at the end"
+    run_job(spec, resume=tmp_path / "run")             # and free again
+
+
+def test_a_failed_start_leaves_no_directory_and_no_lock(tmp_path):
+    from lr_core.errors import DataError
+
+    bad = tmp_path / "d.csv"
+    bad.write_text("a,label\n1,0\nx,1\n")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: r\nmodel: {kind: binary}\ndata: {source: csv, path: d.csv, cache: c}\n"
+                   "resources: {workers: 0}\n")
+    with pytest.raises(DataError):
+        run_job(load_spec(job), options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert os.listdir(tmp_path / "runs") == []
+    with pytest.raises(DataError):
+        run_job(load_spec(job), output=tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- links planted in a run
+def test_a_linked_report_is_refused_on_resume_and_the_target_kept(tmp_path):
+    from lr_core.errors import LrjobInputError
+
+    run_job(_spec("train.epochs=1"), output=tmp_path / "run")
+    outside = tmp_path / "precious.txt"
+    outside.write_text("keep")
+    (tmp_path / "run" / "report.html").unlink()
+    (tmp_path / "run" / "report.html").symlink_to(outside)
+    with pytest.raises(LrjobInputError) as e:
+        run_job(_spec("train.epochs=2"), resume=tmp_path / "run")
+    assert str(e.value) == (f"{tmp_path / 'run' / 'report.html'}: is a symbolic link inside the run directory; "
+                            f"lrjob follows no link there: remove it, or start a new run")
+    assert outside.read_text() == "keep"
+    assert [json.loads(x)["epoch"] for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [1]
+
+
+def test_a_linked_checkpoints_folder_is_refused_on_resume_and_the_other_run_kept(tmp_path):
+    from lr_core.errors import LrjobInputError
+
+    run_job(_spec("train.epochs=3", "checkpoint.keep=3"), output=tmp_path / "other")
+    run_job(_spec("train.epochs=1", "checkpoint.keep=1"), output=tmp_path / "run")
+    import shutil
+
+    shutil.rmtree(tmp_path / "run" / "checkpoints")
+    (tmp_path / "run" / "checkpoints").symlink_to(tmp_path / "other" / "checkpoints")
+    with pytest.raises(LrjobInputError, match=r"checkpoints: is a symbolic link inside the run directory"):
+        run_job(_spec("train.epochs=5", "checkpoint.keep=1"), resume=tmp_path / "run")
+    assert [p.name for p in list_checkpoints(tmp_path / "other")] == ["epoch-0001", "epoch-0002", "epoch-0003"]
+
+
+# --------------------------------------------------------------------------- the identical command, again
+def _lrjob(*args, env=None):
+    import subprocess
+    import sys
+
+    import procs
+
+    return procs.run([sys.executable, "-m", "launcher.cli", *map(str, args)], timeout=300, env=env)
+
+
+@pytest.mark.parametrize("fault", [
+    {"at": "step", "epoch": 3, "step": 5, "rank": 0},          # inside epoch 3: epoch-0002 is the newest
+    {"at": "checkpoint", "epoch": 2, "stage": "written"},      # epoch-0002 written, not renamed: epoch-0001
+])
+def test_a_killed_run_finishes_bit_identically_when_the_command_is_run_again(tmp_path, fault):
+    out = tmp_path / "run"
+    cmd = ["run", JOB, "--output", out, "--quiet", *(x for s in [*BASE, "train.epochs=4"] for x in ("--set", s))]
+    env = dict(os.environ, LRJOB_FAULT=json.dumps({**fault, "action": "kill", "once": str(tmp_path / "fired")}))
+    killed = _lrjob(*cmd, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert json.loads((tmp_path / "fired.where").read_text())["at"] == fault["at"]
+    leftovers = [p.name for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert leftovers == ([] if fault["at"] == "step" else [leftovers[0]]) and (
+        not leftovers or leftovers[0].startswith(".tmp-epoch-0002-")), leftovers
+    assert (out / ".lock").exists(), "SIGKILL leaves the lock file, not the lock"
+
+    again = _lrjob(*cmd, env=env)                       # the marker exists: the fault does not fire again
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.strip() == str(out)
+    full = run_job(_spec("train.epochs=4"), output=tmp_path / "full")
+    ckpt = latest_checkpoint(out)
+    assert ckpt["epochs_done"] == 4
+    for name in full.params:
+        assert np.array_equal(full.params[name], ckpt["params"][name]), name
+    lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in lines] == [1, 2, 3, 4]
+    assert [m["val_loss"] for m in lines] == [m["val_loss"] for m in full.history]
+    hidden = [p for d in (out, out / "checkpoints") for p in d.iterdir() if p.name.startswith(".")]
+    assert hidden == [], "the killed run's temporary folder and the lock file are gone"
+    assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
+def test_a_second_process_on_a_locked_run_gets_one_line_and_exit_2(tmp_path):
+    from launcher.rundir import RunLock
+
+    (tmp_path / "run").mkdir()
+    lock = RunLock.acquire(tmp_path / "run")
+    try:
+        for args in (["run", JOB, "--output", tmp_path / "run"], ["run", "--resume", tmp_path / "run", JOB]):
+            r = _lrjob(*args, "--set", "train.epochs=1", "--workers", "0")
+            assert r.returncode == 2, r.stderr
+            assert r.stderr == (f"lrjob: error: {tmp_path / 'run'}: another lrjob process (pid {os.getpid()}) is "
+                                f"writing this run directory; wait for it to end, or choose another --output\n")
+    finally:
+        lock.release()
+    assert os.listdir(tmp_path / "run") == []

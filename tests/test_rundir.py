@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from launcher import rundir
-from launcher.rundir import (RunDir, atomic_write_text, check_writable, latest_checkpoint, list_checkpoints,
-                             load_checkpoint, new_run_path)
+from launcher.rundir import (RunDir, RunLock, atomic_write_text, check_no_links, check_writable, clean_leftovers,
+                             latest_checkpoint, list_checkpoints, load_checkpoint, make_run_dir)
 from lr_core import faults
 from lr_core.errors import LrjobInputError
 
@@ -68,15 +68,83 @@ def test_utc_stamp_is_utc_whatever_the_local_zone(monkeypatch):
     assert abs((dt.datetime.now(dt.timezone.utc) - when).total_seconds()) < 5
 
 
-def test_new_run_path_numbers_taken_names(tmp_path, monkeypatch):
+def test_make_run_dir_numbers_taken_names(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "utc_stamp", lambda: "20260101T000000Z")
-    assert new_run_path("job", tmp_path) == tmp_path / "job-20260101T000000Z"
-    (tmp_path / "job-20260101T000000Z").mkdir()
-    assert new_run_path("job", tmp_path) == tmp_path / "job-20260101T000000Z-2"
-    (tmp_path / "job-20260101T000000Z-2").mkdir()
-    assert new_run_path("job", str(tmp_path)) == tmp_path / "job-20260101T000000Z-3"
+    assert make_run_dir(None, "job", tmp_path) == (tmp_path / "job-20260101T000000Z", True)
+    assert make_run_dir(None, "job", tmp_path) == (tmp_path / "job-20260101T000000Z-2", True)
+    assert make_run_dir(None, "job", str(tmp_path)) == (tmp_path / "job-20260101T000000Z-3", True)
+    assert sorted(os.listdir(tmp_path)) == ["job-20260101T000000Z", "job-20260101T000000Z-2",
+                                            "job-20260101T000000Z-3"]
     monkeypatch.chdir(tmp_path)
-    assert new_run_path("other") == rundir.Path("runs") / "other-20260101T000000Z"
+    assert make_run_dir(None, "other") == (rundir.Path("runs") / "other-20260101T000000Z", True)
+    assert make_run_dir(tmp_path / "a" / "b", "x") == (tmp_path / "a" / "b", True)
+    assert make_run_dir(tmp_path / "a" / "b", "x") == (tmp_path / "a" / "b", False)   # exists: the caller judges
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LrjobInputError, match=re.escape(f"--output {tmp_path / 'f'}: exists and is not a directory")):
+        make_run_dir(tmp_path / "f", "x")
+
+
+def test_runs_started_in_the_same_second_get_folders_of_their_own(tmp_path, monkeypatch):
+    # Eight processes ask for a folder of the same job in the same second (the stamp is fixed):
+    # the check-then-create of a path lets two of them share one; os.mkdir gives each its own.
+    import multiprocessing
+
+    monkeypatch.setattr(rundir, "utc_stamp", lambda: "20260101T000000Z")
+    ctx = multiprocessing.get_context("fork")
+    start, results = ctx.Barrier(8), ctx.Queue()
+
+    def claim():
+        start.wait()
+        results.put(str(make_run_dir(None, "job", tmp_path)[0]))
+
+    procs = [ctx.Process(target=claim) for _ in range(8)]
+    for p in procs:
+        p.start()
+    got = [results.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert len(set(got)) == 8, got
+    assert len(os.listdir(tmp_path)) == 8
+
+
+def test_a_run_lock_is_exclusive_and_names_the_directory(tmp_path):
+    lock = RunLock.acquire(tmp_path)
+    assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+    with pytest.raises(LrjobInputError) as e:   # another open file description: flock refuses it too
+        RunLock.acquire(tmp_path)
+    assert str(e.value) == (f"{tmp_path}: another lrjob process (pid {os.getpid()}) is writing this run "
+                            f"directory; wait for it to end, or choose another --output")
+    lock.release()
+    lock.release()                               # twice is harmless
+    assert not (tmp_path / ".lock").exists()
+    RunLock.acquire(tmp_path).release()          # free again
+
+
+def test_a_lock_of_a_dead_process_is_free(tmp_path):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys; from launcher.rundir import RunLock; "
+                               f"RunLock.acquire({str(tmp_path)!r}); print('held', flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(LrjobInputError, match=f"pid {holder.pid}"):
+            RunLock.acquire(tmp_path)
+    finally:
+        holder.kill()   # SIGKILL: no clean-up runs, the lock file stays
+        holder.wait()
+    assert (tmp_path / ".lock").exists()
+    RunLock.acquire(tmp_path).release()
+
+
+def test_a_linked_lock_file_is_refused(tmp_path):
+    (tmp_path / "elsewhere").write_text("keep")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(LrjobInputError, match=re.escape(f"{tmp_path / 'run' / '.lock'}: is a symbolic link")):
+        RunLock.acquire(tmp_path / "run")
+    assert (tmp_path / "elsewhere").read_text() == "keep"
 
 
 def test_check_writable_accepts_new_and_empty_paths(tmp_path):
@@ -109,15 +177,6 @@ def test_check_writable_refuses_a_folder_without_write_and_search_rights(tmp_pat
     assert asked == [(tmp_path, os.W_OK | os.X_OK)]
 
 
-def test_check_writable_refuses_a_non_empty_folder_and_names_resume(tmp_path):
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "job.yaml").write_text("x")
-    with pytest.raises(LrjobInputError) as e:
-        check_writable(tmp_path / "run")
-    assert f"(or --resume {tmp_path / 'run'} to continue that run)" in str(e.value)
-
-
-# ---------------------------------------------------------------------------- atomic writes
 def test_atomic_write_text_writes_and_replaces_leaving_no_temporary(tmp_path):
     atomic_write_text(tmp_path / "a.json", "one")
     atomic_write_text(tmp_path / "a.json", "two")
@@ -337,6 +396,149 @@ def test_run_files_are_readable_as_the_umask_allows(tmp_path, umask, mode):
     finally:
         os.umask(old)
     assert os.stat(tmp_path / "summary.json").st_mode & 0o777 == mode
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
+def test_checkpoint_and_model_folders_have_the_modes_the_umask_gives(tmp_path, umask):
+    from launcher.spec import load_spec
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=1"])
+    data = spec.load_data()
+    params = {"lrjob_layer0_weight": np.zeros((1, data.num_features), np.float32),
+              "lrjob_layer0_bias": np.zeros(1, np.float32)}
+    old = os.umask(umask)
+    try:
+        run = RunDir.create(tmp_path / "r")
+        _write(run, 1)
+        _write(run, 2, keep=1)
+        run.write_json("summary.json", {})
+        run.append_metrics({"epoch": 1})
+        run.write_bytes("curves.png", b"png")
+        run.export_model(spec, data, params)
+        run.export_model(spec, data, params)   # replaced: the new folder has the same modes
+    finally:
+        os.umask(old)
+    seen = set()
+    for top, dirs, files in os.walk(run.path):
+        for d in dirs:
+            assert os.stat(os.path.join(top, d)).st_mode & 0o777 == 0o777 & ~umask, os.path.join(top, d)
+            seen.add(d)
+        for f in files:
+            assert os.stat(os.path.join(top, f)).st_mode & 0o777 == 0o666 & ~umask, os.path.join(top, f)
+    assert {"checkpoints", "epoch-0002", "model"} <= seen
+
+
+def test_checkpoints_are_ordered_as_numbers(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    for e in (9999, 10000):
+        _write(run, e, keep=10)
+    assert [p.name for p in list_checkpoints(run.path)] == ["epoch-9999", "epoch-10000"]
+    assert latest_checkpoint(run.path)["epochs_done"] == 10000
+    _write(run, 10001, keep=2)     # pruning drops the oldest by number: epoch-9999
+    assert _names(run) == ["epoch-10000", "epoch-10001"]
+    (run.path / "checkpoints" / "epoch-10000-step-00000005").mkdir()
+    (run.path / "checkpoints" / "epoch-10000-step-00000005" / "state.json").write_text("{}")
+    (run.path / "checkpoints" / "epoch-99").mkdir()
+    (run.path / "checkpoints" / "epoch-99" / "state.json").write_text("{}")
+    assert [p.name for p in list_checkpoints(run.path)] == ["epoch-99", "epoch-10000", "epoch-10000-step-00000005",
+                                                            "epoch-10001"]
+
+
+def test_a_linked_checkpoints_folder_is_neither_pruned_nor_written(tmp_path):
+    other = RunDir.create(tmp_path / "other")
+    for e in (1, 2, 3):
+        _write(other, e)
+    run = RunDir.create(tmp_path / "r")
+    shutil.rmtree(run.path / "checkpoints")
+    (run.path / "checkpoints").symlink_to(other.path / "checkpoints")
+    assert list_checkpoints(run.path) == []
+    with pytest.raises(LrjobInputError) as e:
+        _write(run, 4, keep=1)
+    assert str(e.value) == (f"{run.path / 'checkpoints'}: is a symbolic link inside the run directory; lrjob "
+                            f"follows no link there: remove it, or start a new run")
+    assert _names(other) == ["epoch-0001", "epoch-0002", "epoch-0003"]
+    with pytest.raises(LrjobInputError, match="is a symbolic link"):
+        check_no_links(run.path)
+
+
+def test_a_linked_checkpoint_is_not_one(tmp_path):
+    other = RunDir.create(tmp_path / "other")
+    _write(other, 7)
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 1)
+    (run.path / "checkpoints" / "epoch-0007").symlink_to(other.path / "checkpoints" / "epoch-0007")
+    assert [p.name for p in list_checkpoints(run.path)] == ["epoch-0001"]
+    _write(run, 2, keep=1)
+    assert (other.path / "checkpoints" / "epoch-0007" / "state.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "summary.json", "report.html", "model"])
+def test_no_file_is_written_through_a_link(tmp_path, name):
+    from launcher.spec import load_spec
+
+    outside = tmp_path / "outside"
+    outside.write_text("keep")
+    run = RunDir.create(tmp_path / "r")
+    (run.path / name).symlink_to(outside)
+    with pytest.raises(LrjobInputError) as e:
+        if name == "metrics.jsonl":
+            run.append_metrics({"epoch": 1})
+        elif name == "summary.json":
+            run.write_json(name, {})
+        elif name == "report.html":
+            run.write_bytes(name, b"<html>")
+        else:
+            spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0"])
+            run.export_model(spec, spec.load_data(), {})
+    assert str(e.value).startswith(f"{run.path / name}: is a symbolic link inside the run directory")
+    assert outside.read_text() == "keep"
+    assert sorted(os.listdir(run.path)) == ["checkpoints", name]   # no temporary left
+
+
+def test_the_model_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    from launcher.spec import load_spec
+    from lr_core import export
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0"])
+    data = spec.load_data()
+    params = {"lrjob_layer0_weight": np.ones((1, data.num_features), np.float32),
+              "lrjob_layer0_bias": np.zeros(1, np.float32)}
+    run = RunDir.create(tmp_path / "r")
+    run.export_model(spec, data, params)
+    before = {f: (run.model_dir / f).read_bytes() for f in os.listdir(run.model_dir)}
+    real = export.export_model
+
+    def dies_half_way(directory, *a, **k):
+        real(directory, *a, **k)
+        (rundir.Path(directory) / "model-0000.params").write_bytes(b"half")
+        raise RuntimeError("killed while exporting")
+
+    monkeypatch.setattr(export, "export_model", dies_half_way)
+    with pytest.raises(RuntimeError):
+        run.export_model(spec, data, {k: v * 2 for k, v in params.items()})
+    assert {f: (run.model_dir / f).read_bytes() for f in os.listdir(run.model_dir)} == before
+    assert sorted(os.listdir(run.path)) == ["checkpoints", "model"]
+    monkeypatch.setattr(export, "export_model", real)
+    run.export_model(spec, data, {k: v * 2 for k, v in params.items()})
+    assert np.allclose(run.model().logits(np.ones((1, 2), np.float32))[:, 0], 4.0)
+    assert sorted(os.listdir(run.path)) == ["checkpoints", "model"]
+
+
+def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 1)
+    leftovers = [run.path / "checkpoints" / ".tmp-epoch-0002-abc123", run.path / "checkpoints" / ".old-epoch-0001-77",
+                 run.path / ".tmp-model-x1y2z3", run.path / ".old-model-77"]
+    for d in leftovers:
+        d.mkdir()
+        (d / "params.npz").write_bytes(b"x")
+    (run.path / ".summary.json.ab12cd34").write_text("{")
+    (run.path / "notes.txt").write_text("mine")          # not lrjob's: kept
+    (run.path / ".damaged-x").mkdir()
+    removed = clean_leftovers(run.path)
+    assert sorted(removed) == sorted([*leftovers, run.path / ".summary.json.ab12cd34"])
+    assert sorted(os.listdir(run.path)) == [".damaged-x", "checkpoints", "notes.txt"]
+    assert _names(run) == ["epoch-0001"]
 
 
 def test_list_checkpoints_sees_only_complete_epoch_folders(tmp_path):

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 from lr_core.errors import ClusterError, LrjobInputError
 
 __all__ = ["RaySession", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
-           "require_listening", "use_ray_token_if_present", "warn_if_cluster_open"]
+           "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "embedded_cpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -119,15 +119,39 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
     return {"CPU": cpus, "GPU": gpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
 
 
+def machine_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask, else the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = False) -> int:
+    """The CPUs an embedded local Ray declares: the machine's, so the resource check compares the
+    request with what exists. A request beyond them is a ``ResourceError`` (exit 2), unless
+    ``oversubscribe``: then Ray declares as many as asked and the workers share the cores."""
+    have, need = machine_cpus(), workers * cpus_per_worker
+    if need <= have:
+        return have
+    if oversubscribe:
+        return int(-(-need // 1))
+    raise ResourceError(
+        f"resources.workers: {workers} workers x {cpus_per_worker:g} CPU = {need:g} CPUs asked, this machine has "
+        f"{have}; lower --workers or resources.cpus_per_worker, join a cluster with --address, or pass "
+        f"--oversubscribe to share the CPUs anyway (slower, for tests)")
+
+
 class RaySession:
     """Context manager: joins the running Ray, a named cluster, or starts a local one.
 
-    Only a Ray that this session started is shut down on exit.
+    Only a Ray that this session started is shut down on exit. A local Ray gets the
+    machine's CPUs (``embedded_cpus``), more only with ``oversubscribe``.
     """
 
-    def __init__(self, address: str | None, workers: int, cpus_per_worker: float):
+    def __init__(self, address: str | None, workers: int, cpus_per_worker: float, oversubscribe: bool = False):
         self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self.need_cpus = workers * cpus_per_worker
+        self.workers, self.cpus_per_worker, self.oversubscribe = workers, cpus_per_worker, oversubscribe
         self.owned = False
         self.kind = "existing"
 
@@ -145,7 +169,7 @@ class RaySession:
                 self.kind = f"cluster {self.address}"
                 warn_if_cluster_open()
             else:
-                num_cpus = max(os.cpu_count() or 1, int(-(-self.need_cpus // 1)))
+                num_cpus = embedded_cpus(self.workers, self.cpus_per_worker, self.oversubscribe)
                 ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
                 self.kind = f"local Ray ({num_cpus} CPUs)"
         except LrjobInputError:

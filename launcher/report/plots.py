@@ -98,7 +98,13 @@ class _LazyModel:
 
 
 def _save(fig, path: Path) -> Path:
-    fig.savefig(path, dpi=DPI, format="png")
+    import io
+
+    from ..rundir import RunDir
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    RunDir(path.parent).write_bytes(path.name, buf.getvalue())  # atomic, never through a link
     return path
 
 
@@ -461,7 +467,7 @@ def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], d
         "</body></html>",
     ]
     path = run_dir / "report.html"
-    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    RunDir(run_dir).write_bytes(path.name, ("\n".join(parts) + "\n").encode("utf-8"))  # atomic, no link followed
     return path
 
 

@@ -38,7 +38,7 @@ from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warn
                             history_warnings)
 from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
-                     latest_checkpoint, make_run_dir)
+                     latest_checkpoint, make_run_dir, remove_if_empty)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
 
 __all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
@@ -125,7 +125,7 @@ class Driver:
         self.reporter = reporter or Reporter("silent")
         self.checkpoint: dict | None = None
         self._lock: RunLock | None = None
-        self._created = False
+        self._created: list[Path] = []  # the folders this driver made, removed again if it never writes
         self.run_dir: RunDir | None = None
         if resume:
             self.path = Path(resume)
@@ -369,11 +369,8 @@ class Driver:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-        if self._created and self.run_dir is None:
-            try:
-                os.rmdir(self.path)
-            except OSError:
-                pass
+        if self.run_dir is None:
+            remove_if_empty(self._created)
 
     def _shutdown_backend(self) -> None:
         if self.backend is not None and not self._backend_down:

@@ -36,7 +36,7 @@ from lr_core.errors import LrjobInputError
 
 __all__ = ["RunDir", "RunLock", "new_run_path", "make_run_dir", "check_writable", "check_no_links",
            "atomic_write_text", "atomic_write_bytes", "list_checkpoints", "load_checkpoint", "latest_checkpoint",
-           "checkpoint_problem", "clean_leftovers", "LOCK_NAME"]
+           "checkpoint_problem", "clean_leftovers", "remove_if_empty", "LOCK_NAME"]
 
 LOCK_NAME = ".lock"
 # epoch-0012, epoch-0012-step-00000500: ordered by (epochs, step) as numbers, not as text
@@ -63,32 +63,40 @@ def new_run_path(name: str, base: str | os.PathLike = "runs") -> Path:
     return path
 
 
-def make_run_dir(path: Path | None, name: str, base: str | os.PathLike = "runs") -> tuple[Path, bool]:
+def make_run_dir(path: Path | None, name: str, base: str | os.PathLike = "runs") -> tuple[Path, list[Path]]:
     """Create the run directory: ``path``, or (``path`` None) ``<base>/<name>-<UTC stamp>`` with
     ``-2``, ``-3``, ... appended when that name is taken. ``os.mkdir`` is the arbiter, so two
-    processes started in the same second get two folders. Returns the path and whether this
-    call created it (an existing ``path`` is left to the caller to judge)."""
-    if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+    processes started in the same second get two folders. Returns the path and the folders this
+    call created, outermost first ([] when ``path`` existed: the caller judges what it holds)."""
+    target = Path(path) if path is not None else Path(base)
+    created = [p for p in [*reversed(target.parents), target] if not p.exists()]
+    if path is None:
+        target.mkdir(parents=True, exist_ok=True)
+        stamp, i = utc_stamp(), 1
+        while True:
+            candidate = target / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
+            try:
+                os.mkdir(candidate)
+                return candidate, [*created, candidate]
+            except FileExistsError:
+                i += 1
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(target)
+    except FileExistsError:
+        if target.is_symlink() or not target.is_dir():
+            raise LrjobInputError(f"--output {target}: exists and is not a directory; choose another path") from None
+        return target, []
+    return target, created
+
+
+def remove_if_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (outermost first, as ``make_run_dir`` lists them) that are empty, innermost first."""
+    for folder in reversed(folders):
         try:
-            os.mkdir(path)
-        except FileExistsError:
-            if path.is_symlink() or not path.is_dir():
-                raise LrjobInputError(f"--output {path}: exists and is not a directory; choose another path") \
-                    from None
-            return path, False
-        return path, True
-    base = Path(base)
-    base.mkdir(parents=True, exist_ok=True)
-    stamp, i = utc_stamp(), 1
-    while True:
-        candidate = base / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
-        try:
-            os.mkdir(candidate)
-            return candidate, True
-        except FileExistsError:
-            i += 1
+            os.rmdir(folder)
+        except OSError:
+            return
 
 
 class RunLock:

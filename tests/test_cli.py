@@ -209,8 +209,11 @@ def test_an_embedded_ray_declares_the_machines_cpus_unless_told_to_oversubscribe
 def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path):
     from launcher.backends.cluster import machine_cpus
 
+    import procs  # kills the whole tree on a time-out (were the check gone, Ray and n workers would start)
+
     n = machine_cpus() + 1
-    r = lrjob("run", "jobs/binary_synthetic.yaml", "--workers", n, "--output", tmp_path / "run", timeout=120)
+    r = procs.run([str(Path(sys.executable).parent / "lrjob"), "run", "jobs/binary_synthetic.yaml", "--workers",
+                   str(n), "--output", str(tmp_path / "run")], timeout=120, cwd=ROOT)
     assert r.returncode == 2, r.stderr[-2000:]
     assert r.stderr.startswith(f"lrjob: error: resources.workers: {n} workers x 1 CPU = {n} CPUs asked, this "
                                f"machine has {n - 1}; ") and r.stderr.count("\n") == 1, r.stderr

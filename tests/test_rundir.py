@@ -70,15 +70,19 @@ def test_utc_stamp_is_utc_whatever_the_local_zone(monkeypatch):
 
 def test_make_run_dir_numbers_taken_names(tmp_path, monkeypatch):
     monkeypatch.setattr(rundir, "utc_stamp", lambda: "20260101T000000Z")
-    assert make_run_dir(None, "job", tmp_path) == (tmp_path / "job-20260101T000000Z", True)
-    assert make_run_dir(None, "job", tmp_path) == (tmp_path / "job-20260101T000000Z-2", True)
-    assert make_run_dir(None, "job", str(tmp_path)) == (tmp_path / "job-20260101T000000Z-3", True)
+    assert make_run_dir(None, "job", tmp_path) == (tmp_path / "job-20260101T000000Z",
+                                                   [tmp_path / "job-20260101T000000Z"])
+    assert make_run_dir(None, "job", tmp_path)[0] == tmp_path / "job-20260101T000000Z-2"
+    assert make_run_dir(None, "job", str(tmp_path))[0] == tmp_path / "job-20260101T000000Z-3"
     assert sorted(os.listdir(tmp_path)) == ["job-20260101T000000Z", "job-20260101T000000Z-2",
                                             "job-20260101T000000Z-3"]
     monkeypatch.chdir(tmp_path)
-    assert make_run_dir(None, "other") == (rundir.Path("runs") / "other-20260101T000000Z", True)
-    assert make_run_dir(tmp_path / "a" / "b", "x") == (tmp_path / "a" / "b", True)
-    assert make_run_dir(tmp_path / "a" / "b", "x") == (tmp_path / "a" / "b", False)   # exists: the caller judges
+    runs = rundir.Path("runs")
+    assert make_run_dir(None, "other") == (runs / "other-20260101T000000Z", [runs, runs / "other-20260101T000000Z"])
+    assert make_run_dir(tmp_path / "a" / "b", "x") == (tmp_path / "a" / "b", [tmp_path / "a", tmp_path / "a" / "b"])
+    assert make_run_dir(tmp_path / "a" / "b", "x") == (tmp_path / "a" / "b", [])   # exists: the caller judges
+    rundir.remove_if_empty([tmp_path / "a", tmp_path / "a" / "b"])
+    assert not (tmp_path / "a").exists()
     (tmp_path / "f").write_text("x")
     with pytest.raises(LrjobInputError, match=re.escape(f"--output {tmp_path / 'f'}: exists and is not a directory")):
         make_run_dir(tmp_path / "f", "x")

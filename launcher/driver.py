@@ -160,9 +160,8 @@ class Driver:
         # records it, and a resume on other data is refused.
         self._data_key = Path(self.data.home).name if self.data.home else None
         self._digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
-        self._skipped: list[tuple[Path, str]] = []  # damaged checkpoints, moved aside when the run starts
         if self._continuing:
-            self.checkpoint = self._good_checkpoint(flag, self._skipped)
+            self.checkpoint = self._good_checkpoint(flag, [])
             if self.checkpoint is None and resume:
                 raise SpecError(f"--resume {self.path}: no valid checkpoint in {self.path / 'checkpoints'}; "
                                 f"start a new run")
@@ -229,7 +228,6 @@ class Driver:
         if self.checkpoint:
             self.backend.set_state(self.checkpoint)
         self.run_dir = run = RunDir.create(self.path)
-        self._set_aside_skipped()
         run.write_spec(self.spec)
         run.write_json("env.json", self._env())
         if self._continuing:  # the history of the checkpoint, or none when starting over
@@ -355,13 +353,6 @@ class Driver:
         for path, reason in skipped or []:
             print(f"lrjob: warning: checkpoint {path} skipped: {reason}", file=sys.stderr)
         return ckpt
-
-    def _set_aside_skipped(self) -> None:
-        """Rename the skipped checkpoints to hidden ``.damaged-*`` folders (kept for a look): left in
-        place, a damaged checkpoint newer than the one resumed would outrank the new ones in pruning."""
-        for path, _ in self._skipped:
-            os.replace(path, path.parent / f".damaged-{path.name}-{os.getpid()}")
-        self._skipped = []
 
     # ------------------------------------------------------------------ clean-up
     def _release(self) -> None:

@@ -527,8 +527,8 @@ class RunDir:
     def write_checkpoint(self, state: dict, spec_digest: str, history: list[dict], keep: int,
                          data_key: str | None = None) -> Path:
         """Save ``state`` with ``spec_digest`` and ``history`` as ``checkpoints/epoch-NNNN``: written into a
-        hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes to
-        the newest ``keep``. Returns the final path."""
+        hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes the
+        ones up to it to the newest ``keep``. Returns the final path."""
         epochs_done, step = int(state["epochs_done"]), int(state.get("step", 0))
         root = self._inside("checkpoints")
         root.mkdir(exist_ok=True)
@@ -564,6 +564,9 @@ class RunDir:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
-        for old in list_checkpoints(self.path)[:-keep]:
+        # Only checkpoints up to this one count: a newer one left by an earlier attempt (damaged,
+        # skipped on resume) must not push the one just written out.
+        upto = [p for p in list_checkpoints(self.path) if _checkpoint_order(p) <= _checkpoint_order(final)]
+        for old in upto[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

@@ -432,6 +432,14 @@ def test_checkpoint_and_model_folders_have_the_modes_the_umask_gives(tmp_path, u
     assert {"checkpoints", "epoch-0002", "model"} <= seen
 
 
+def test_pruning_never_drops_the_checkpoint_just_written_for_a_newer_leftover(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    _write(run, 9)                      # from an earlier attempt, say damaged and skipped on resume
+    _write(run, 2, keep=1)
+    _write(run, 3, keep=1)
+    assert _names(run) == ["epoch-0003", "epoch-0009"]
+
+
 def test_checkpoints_are_ordered_as_numbers(tmp_path):
     run = RunDir.create(tmp_path / "r")
     for e in (9999, 10000):

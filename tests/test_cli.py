@@ -207,11 +207,9 @@ def test_an_embedded_ray_declares_the_machines_cpus_unless_told_to_oversubscribe
 
 
 def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path):
-    from launcher.backends.cluster import machine_cpus
-
     import procs  # kills the whole tree on a time-out (were the check gone, Ray and n workers would start)
 
-    n = machine_cpus() + 1
+    n = len(os.sched_getaffinity(0)) + 1
     r = procs.run([str(Path(sys.executable).parent / "lrjob"), "run", "jobs/binary_synthetic.yaml", "--workers",
                    str(n), "--output", str(tmp_path / "run")], timeout=120, cwd=ROOT)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -225,3 +223,17 @@ def test_oversubscribe_is_explained_in_help():
         r = lrjob(command, "--help")
         text = " ".join(r.stdout.split())
         assert "--oversubscribe" in text and "more workers x cpus_per_worker than this machine has CPUs" in text
+
+
+@pytest.mark.distributed
+def test_oversubscribe_starts_more_workers_than_cpus(tmp_path):
+    import procs
+
+    n = len(os.sched_getaffinity(0)) + 1
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}   # the embedded Ray, not a cluster
+    r = procs.run([str(Path(sys.executable).parent / "lrjob"), "run", "jobs/binary_2d.yaml", "--workers", str(n),
+                   "--oversubscribe", "--set", "train.epochs=1", "--output", str(tmp_path / "run"), "--quiet"],
+                  timeout=300, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    env_json = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert [p["rank"] for p in env_json["placement"]] == list(range(n))

@@ -461,6 +461,8 @@ def test_a_killed_run_finishes_bit_identically_when_the_command_is_run_again(tmp
     hidden = [p for d in (out, out / "checkpoints") for p in d.iterdir() if p.name.startswith(".")]
     assert hidden == [], "the killed run's temporary folder and the lock file are gone"
     assert json.loads((out / "summary.json").read_text())["status"] == "completed"
+    resumed_from = json.loads((out / "env.json").read_text())["resumed_from"]
+    assert resumed_from.endswith("epoch-0002" if fault["at"] == "step" else "epoch-0001"), "continued, not redone"
 
 
 def test_a_second_process_on_a_locked_run_gets_one_line_and_exit_2(tmp_path):
@@ -477,3 +479,41 @@ def test_a_second_process_on_a_locked_run_gets_one_line_and_exit_2(tmp_path):
     finally:
         lock.release()
     assert os.listdir(tmp_path / "run") == []
+
+
+@pytest.mark.distributed
+def test_a_killed_distributed_driver_finishes_when_the_command_is_run_again(tmp_path):
+    """The same with 2 Ray + Horovod workers: the driver is SIGKILLed while it writes
+    epoch-0002 (its workers and its Ray are stopped with it, as a lost node would); the
+    identical command continues from epoch-0001 and ends within the parity tolerance of
+    the in-process run (docs/design.md#parity-rule)."""
+    import subprocess
+    import sys
+
+    import procs
+
+    job = ["jobs/binary_2d.yaml", "--set", "train.epochs=3"]
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launcher.cli", "run", *job, "--workers", "2", "--output", str(out), "--quiet"]
+    env = dict(os.environ, LRJOB_FAULT=json.dumps({"at": "checkpoint", "epoch": 2, "stage": "written",
+                                                   "action": "kill", "once": str(tmp_path / "fired")}))
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    finally:
+        procs.kill_tree(proc)    # the orphaned Ray and workers of the killed driver
+    assert proc.returncode == -9, err[-2000:]
+    assert [p.name for p in list_checkpoints(out)] == ["epoch-0001"]
+
+    again = procs.run(cmd, timeout=300, env=env)
+    assert again.returncode == 0, again.stderr[-2000:]
+    reference = run_job(load_spec(job[0], ["resources.workers=0", "train.epochs=3"]), output=tmp_path / "ref")
+    ckpt = latest_checkpoint(out)
+    assert ckpt["epochs_done"] == 3
+    for name, value in reference.params.items():
+        assert np.allclose(ckpt["params"][name], value, rtol=0, atol=1e-5), name
+    assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert json.loads((out / "env.json").read_text())["resumed_from"].endswith("epoch-0001")

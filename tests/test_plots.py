@@ -6,6 +6,7 @@ Each job trains 3 epochs once per module; the tests read its run directory.
 """
 import base64
 import logging
+import re
 import shutil
 
 import numpy as np
@@ -187,3 +188,21 @@ def test_a_scatter_shows_an_even_sample_of_a_large_set(monkeypatch):
     assert xs[-1, 0] > 1000  # spread over the whole set, not its head
     small = plots._shown(x[:50], y[:50])
     assert np.array_equal(small[0], x[:50])
+
+
+def test_pictures_and_the_report_are_never_written_through_a_link(runs, tmp_path):
+    from lr_core.errors import LrjobInputError
+
+    spec, res = runs("binary_2d")
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep")
+    copy = tmp_path / "copy"
+    shutil.copytree(res.path, copy)
+    for name in ("curves.png", "report.html"):
+        (copy / name).unlink()
+        (copy / name).symlink_to(outside)
+    with pytest.raises(LrjobInputError, match=re.escape(f"{copy / 'report.html'}: is a symbolic link")):
+        write_plots(copy, spec, spec.load_data(), res.history)
+    assert outside.read_bytes() == b"keep"
+    assert not (copy / "curves.png").exists(), "the picture is not drawn, and the link is gone"
+    assert (copy / "boundary.png").read_bytes().startswith(PNG_MAGIC)

@@ -8,9 +8,10 @@ one reader. Only the driver writes it; every command that reads a run opens it h
 
 Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
 at any moment leaves the old or the new checkpoint, never a torn one. Every file and
-folder is written under a temporary name and renamed, ``model/`` included; no symbolic
-link inside a run directory is followed (``check_no_links``). A driver holds
-``RunLock`` on the directory for the whole run (docs/design.md#run-directory).
+folder but ``metrics.jsonl`` (appended a line at a time) is written under a temporary
+name and renamed, ``model/`` included; no symbolic link inside a run directory is
+followed (``check_no_links``). A driver holds ``RunLock`` on the directory for the whole
+run (docs/design.md#run-directory).
 
     run = RunDir.open("runs/binary_synthetic-20261125T120000Z")
     run.spec(), run.history(), run.summary(), run.latest_checkpoint(), run.model()
@@ -34,7 +35,7 @@ import numpy as np
 from lr_core import faults
 from lr_core.errors import LrjobInputError
 
-__all__ = ["RunDir", "RunLock", "new_run_path", "make_run_dir", "check_writable", "check_no_links",
+__all__ = ["RunDir", "RunLock", "make_run_dir", "check_writable", "check_no_links",
            "atomic_write_text", "atomic_write_bytes", "list_checkpoints", "load_checkpoint", "latest_checkpoint",
            "checkpoint_problem", "clean_leftovers", "remove_if_empty", "LOCK_NAME"]
 
@@ -49,18 +50,6 @@ _LEFTOVER = re.compile(r"\.(tmp-|old-).*|\.(job\.yaml|env\.json|summary\.json|me
 def utc_stamp() -> str:
     """The current UTC time as ``YYYYMMDDTHHMMSSZ``."""
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-
-
-def new_run_path(name: str, base: str | os.PathLike = "runs") -> Path:
-    """A path for a new run: ``<base>/<name>-<UTC stamp>``, with ``-2``, ``-3``, ... appended while
-    that path exists."""
-    base = Path(base)
-    path = base / f"{name}-{utc_stamp()}"
-    i = 1
-    while path.exists():
-        i += 1
-        path = base / f"{name}-{utc_stamp()}-{i}"
-    return path
 
 
 def make_run_dir(path: Path | None, name: str, base: str | os.PathLike = "runs") -> tuple[Path, list[Path]]:

@@ -8,9 +8,8 @@ one reader. Only the driver writes it; every command that reads a run opens it h
 
 Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
 at any moment leaves the old or the new checkpoint, never a torn one. Every file and
-folder but ``metrics.jsonl`` (appended a line at a time) is written under a temporary
-name and renamed, ``model/`` included; no symbolic link inside a run directory is
-followed (``check_no_links``). A driver holds ``RunLock`` on the directory for the whole
+folder is written under a temporary name and renamed, ``metrics.jsonl`` and ``model/``
+included; no symbolic link inside a run directory is followed (``check_no_links``). A driver holds ``RunLock`` on the directory for the whole
 run (docs/design.md#run-directory).
 
     run = RunDir.open("runs/binary_synthetic-20261125T120000Z")
@@ -496,17 +495,16 @@ class RunDir:
         atomic_write_bytes(self._inside(name), data)
 
     def append_metrics(self, metrics: dict) -> None:
-        """Append one epoch's metrics as a line of ``metrics.jsonl``, fsynced (never through a link)."""
+        """Add one epoch's metrics as a line of ``metrics.jsonl``: the file is written anew under a
+        temporary name and renamed, like every other file of the run (never through a link)."""
+        path = self._inside("metrics.jsonl")
         try:
-            fd = os.open(self._inside("metrics.jsonl"), os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
-        except OSError as e:
-            if e.errno == errno.ELOOP:
-                self._inside("metrics.jsonl")  # raises the one-line error naming it
-            raise
-        with os.fdopen(fd, "a") as f:
-            f.write(json.dumps(metrics, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            with os.fdopen(fd) as f:
+                old = f.read()
+        except FileNotFoundError:
+            old = ""
+        atomic_write_text(path, [old, json.dumps(metrics, default=_json_default) + "\n"])
 
     def rewrite_metrics(self, history: list[dict]) -> None:
         """Replace ``metrics.jsonl`` with ``history``, one line per epoch, atomically (resume, restart)."""

@@ -662,6 +662,16 @@ def test_metrics_append_and_rewrite(tmp_path):
     assert run.history() == []
 
 
+def test_a_metrics_line_is_added_by_writing_the_file_anew_and_renaming(tmp_path):
+    run = RunDir.create(tmp_path)
+    run.append_metrics({"epoch": 1})
+    with open(tmp_path / "metrics.jsonl") as reader:      # opened before: it keeps the old file whole
+        run.append_metrics({"epoch": 2})
+        assert reader.read() == '{"epoch": 1}\n'
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    assert sorted(os.listdir(tmp_path)) == ["checkpoints", "metrics.jsonl"]
+
+
 def test_spec_and_model_of_a_written_run(tmp_path):
     from launcher.spec import load_spec
 

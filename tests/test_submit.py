@@ -214,3 +214,109 @@ def test_submit_refuses_a_head_without_auth_unless_insecure(open_head, tmp_path)
     # the driver on the open head joined it without a token: Ray's own warning is in its log
     assert "Token authentication is disabled for this Ray cluster" in r.stdout, r.stdout[-3000:]
     assert (out / "summary.json").is_file()
+
+
+# --------------------------------------------------------------------------- the auth check's answers
+def test_the_token_head_refuses_a_request_without_its_token(head):
+    from launcher.deploy.submit import check_auth
+
+    check = check_auth(head["address"])
+    assert check.mode == "token" and check.detail.endswith("HTTP 401"), check
+
+
+def _fake_dashboard(routes):
+    """A tiny HTTP server on loopback in a thread: ``routes`` maps a path to (status, headers,
+    body); any other path gives 404. Returns the server (stop it with ``shutdown``) and its URL."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's name
+            status, headers, body = routes.get(self.path, (404, {}, b"404: Not Found"))
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+TOKEN = (200, {"Content-Type": "application/json"}, b'{"authentication_mode": "token"}')
+FAKES = {
+    "lying": ({"/api/authentication_mode": TOKEN, "/api/jobs/": (200, {}, b"[]")}, "open", "HTTP 200"),
+    "404": ({}, "missing", "HTTP 404"),
+    "redirect": ({"/api/authentication_mode": (302, {"Location": "https://sso.example/login"}, b"")}, "gated",
+                 "HTTP 302 to https://sso.example/login"),
+    "401": ({"/api/authentication_mode": (401, {}, b"no")}, "gated", "HTTP 401"),
+    "not-json": ({"/api/authentication_mode": (200, {}, b"<html>")}, "unknown", "not JSON"),
+    "honest": ({"/api/authentication_mode": TOKEN, "/api/jobs/": (401, {}, b"")}, "token", "HTTP 401"),
+}
+
+
+@pytest.mark.parametrize("case", list(FAKES))
+def test_the_auth_check_tells_its_answers_apart(case):
+    from launcher.deploy.submit import check_auth, client_for
+    from lr_core.errors import LrjobInputError
+
+    routes, mode, detail = FAKES[case]
+    server, url = _fake_dashboard(routes)
+    try:
+        check = check_auth(url)
+        assert check.mode == mode and detail in check.detail, check
+        if mode != "token":
+            with pytest.raises(LrjobInputError) as info:
+                client_for(url, insecure=False)
+            message = str(info.value)
+            assert "\n" not in message and detail in message and "--insecure" in message, message
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_auth_check_names_unreachable_and_tls_errors():
+    from launcher.deploy.submit import check_auth
+
+    server, url = _fake_dashboard({})
+    try:  # https to a plain HTTP server: the TLS handshake fails
+        check = check_auth(url.replace("http://", "https://"))
+        assert check.mode == "tls" and "SSLError" in check.detail, check
+    finally:
+        server.shutdown()
+        server.server_close()
+    check = check_auth(f"http://127.0.0.1:{_free_port()}")
+    assert check.mode == "unreachable" and "ConnectionError" in check.detail, check
+
+
+def test_submit_to_a_lying_head_is_one_line_with_the_real_answer(tmp_path):
+    server, url = _fake_dashboard(FAKES["lying"][0])
+    try:
+        r = subprocess.run([LRJOB, "submit", "jobs/binary_synthetic.yaml", "--address", url, "--output",
+                            tmp_path / "out"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 2 and r.stdout == "" and not (tmp_path / "out").exists(), r.stderr
+    (line,) = r.stderr.strip().splitlines()
+    assert "serves its job API without a token (GET /api/jobs/ without a token: HTTP 200)" in line, line
+
+
+def test_joining_an_open_cluster_with_a_local_token_still_warns(open_head, tmp_path):
+    # this machine has a token (so this process runs in token mode), the cluster wants none:
+    # the cluster is asked, through its dashboard
+    env = dict(open_head["env"])
+    env["HOME"] = str(tmp_path)
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text(secrets.token_hex(32))
+    code = ("from launcher.backends.cluster import RaySession\n"
+            "from ray._private.authentication.authentication_utils import is_token_auth_enabled\n"
+            f"with RaySession({open_head['gcs']!r}, 1, 1):\n"
+            "    assert is_token_auth_enabled()\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Token authentication is disabled for this Ray cluster" in r.stderr, r.stderr[-3000:]

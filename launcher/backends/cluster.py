@@ -64,15 +64,56 @@ def use_ray_token_if_present() -> None:
 
 
 def warn_if_cluster_open() -> None:
-    """After joining a named cluster: a process without token mode got in, so the cluster runs
-    without authentication. Print Ray's own warning about that (never muted: launcher/quiet.py)."""
+    """After joining a named cluster: print Ray's own warning (never muted: launcher/quiet.py) when
+    the cluster runs without token authentication, and an lrjob warning when that cannot be
+    confirmed.
+
+    The cluster is asked, not this process: its dashboard's authentication mode, through the same
+    check as ``lrjob submit`` (``launcher.deploy.submit.check_auth``), when Ray knows a dashboard
+    address this machine can reach. Without one (a cluster started without a dashboard, or one that
+    listens on the head's loopback only) what is checked is this process: a process without token
+    mode that got in proves the cluster open; one with token mode proves nothing."""
     try:
+        from ray._private import worker
         from ray._private.authentication.authentication_token_setup import _warn_token_auth_disabled
         from ray._private.authentication.authentication_utils import is_token_auth_enabled
     except ImportError:  # another Ray version
         return
-    if not is_token_auth_enabled():
+    import sys
+
+    def local(host: str) -> bool:
+        """Whether ``host`` is this machine (an address of it can be bound)."""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            return True
+        try:
+            with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+                s.bind((host, 0))
+            return True
+        except OSError:
+            return False
+
+    node = worker._global_node
+    url = os.environ.get("RAY_OVERRIDE_DASHBOARD_URL") or (node.webui_url if node is not None else None)
+    if url and "://" not in url:
+        url = f"http://{url}"
+    if url and node is not None:
+        # A dashboard on the head's loopback is reachable from here only when the head is this machine.
+        dash_host = urlparse(url).hostname or ""
+        gcs_host = (node.gcs_address or "").rpartition(":")[0].strip("[]")
+        if (dash_host in ("localhost", "::1") or dash_host.startswith("127.")) and not local(gcs_host):
+            url = None
+    mode = None
+    if url:
+        from ..deploy.submit import check_auth
+
+        check = check_auth(url)
+        mode = check.mode
+        if mode == "token":
+            return
+    if mode == "disabled" or not is_token_auth_enabled():
         _warn_token_auth_disabled()
+    elif mode is not None:
+        sys.stderr.write(f"lrjob: warning: the Ray cluster's dashboard {url}: the Ray head {check.describe()}\n")
 
 
 def require_listening(address: str, endpoint: tuple[str | None, int], what: str, fix: str,

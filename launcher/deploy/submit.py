@@ -11,8 +11,10 @@ storage the cluster shares (e.g. the PVC of k8s/), otherwise it lands in
 
 A Ray head without token authentication runs code for anyone who reaches its dashboard.
 ``lrjob submit`` asks the dashboard first (``GET /api/authentication_mode``, public in Ray
-2.52 and later) and refuses such a head unless ``--insecure`` is given; the other commands
-print a warning (docs/design.md "Cluster security").
+2.52 and later; when it says ``token``, ``GET /api/jobs/`` without the token must be refused)
+and refuses any other head unless ``--insecure`` is given, naming what it found (open, 404,
+a proxy's 401/403/redirect, unreachable, TLS error); the other commands print a warning
+(docs/design.md "Cluster security").
 """
 from __future__ import annotations
 
@@ -22,8 +24,6 @@ import shlex
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -33,7 +33,7 @@ from lr_core.errors import ClusterError, LrjobInputError
 from ..backends.cluster import require_listening, use_ray_token_if_present
 from ..rundir import utc_stamp
 
-__all__ = ["submit", "Submission", "client_for", "auth_mode", "TERMINAL"]
+__all__ = ["submit", "Submission", "client_for", "auth_mode", "check_auth", "AuthCheck", "TERMINAL"]
 
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 
@@ -48,34 +48,118 @@ def _address(address: str | None) -> str:
     return address
 
 
-def auth_mode(address: str, timeout: float = 5.0) -> str:
-    """The Ray head's authentication mode as its dashboard reports it: ``"token"``,
-    ``"disabled"``, or ``"unknown"`` when it does not say (a Ray older than 2.52, which has no
-    token authentication, answers 404)."""
-    url = address.rstrip("/") + "/api/authentication_mode"
+@dataclass(frozen=True)
+class AuthCheck:
+    """What a Ray head's dashboard says about authentication. ``mode``: ``token`` (it says token and
+    refuses ``GET /api/jobs/`` without one), ``disabled``, ``open`` (it says token, yet answers that
+    request), ``unreachable``, ``tls`` (the TLS handshake or certificate failed), ``missing`` (404: a
+    Ray older than 2.52, which has no token authentication), ``gated`` (401, 403 or a redirect:
+    something in front of the dashboard, such as an authenticating proxy) or ``unknown`` (any other
+    answer). ``detail`` is the real error or answer, for the message."""
+
+    mode: str
+    detail: str = ""
+
+    def describe(self) -> str:
+        """The head's state as a phrase that follows "the Ray head"."""
+        return {
+            "disabled": "runs without authentication (authentication_mode: disabled)",
+            "open": f"reports token authentication but serves its job API without a token ({self.detail})",
+            "unreachable": f"could not be asked for its authentication mode ({self.detail})",
+            "tls": f"could not be asked for its authentication mode: TLS error ({self.detail})",
+            "missing": f"does not report an authentication mode ({self.detail}; Ray older than 2.52 has no "
+                       f"token authentication)",
+            "gated": f"sits behind something that wants other credentials ({self.detail}; an authenticating "
+                     f"proxy?), so lrjob cannot tell whether Ray itself wants a token",
+        }.get(self.mode, f"gave an unexpected answer about its authentication mode ({self.detail})")
+
+
+def _first(e: BaseException, limit: int = 200) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {text[:limit]}"
+
+
+def _http_settings(address: str) -> tuple[str, dict, dict | None, bool | str]:
+    """Base URL, headers (with the token when this process has one), cookies and TLS ``verify``
+    exactly as Ray's ``JobSubmissionClient`` builds them: its base class ``SubmissionClient``
+    computes them without touching the network, so the check below goes through the same HTTP
+    stack (requests) with the same settings as the submission that follows."""
+    from ray.dashboard.modules.dashboard_sdk import SubmissionClient
+
+    sc = SubmissionClient(address)
+    return sc._address, dict(sc._headers or {}), sc._cookies, sc._verify
+
+
+def check_auth(address: str, timeout: float = 5.0) -> AuthCheck:
+    """Ask the Ray head at ``address`` (its dashboard) whether it wants a token:
+    ``GET /api/authentication_mode`` (public in Ray 2.52 and later), and when that says ``token``,
+    ``GET /api/jobs/`` without the token, which such a head must refuse (401/403). Redirects are
+    not followed: a redirect means something else answers for the dashboard."""
+    import requests
+
+    base, headers, cookies, verify = _http_settings(address)
+
+    def get(path: str, hdrs: dict):
+        return requests.get(base + path, headers=hdrs, cookies=cookies, verify=verify, timeout=timeout,
+                            allow_redirects=False)
+
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            body = json.loads(response.read().decode("utf-8"))
-    except (OSError, ValueError):  # HTTPError and URLError are OSErrors
-        return "unknown"
+        r = get("/api/authentication_mode", headers)
+    except requests.exceptions.SSLError as e:
+        return AuthCheck("tls", _first(e))
+    except requests.exceptions.RequestException as e:
+        return AuthCheck("unreachable", f"GET /api/authentication_mode: {_first(e)}")
+    said = f"GET /api/authentication_mode: HTTP {r.status_code}"
+    if r.status_code == 404:
+        return AuthCheck("missing", said)
+    if r.status_code in (401, 403) or r.is_redirect or 300 <= r.status_code < 400:
+        where = r.headers.get("Location")
+        return AuthCheck("gated", said + (f" to {where[:100]}" if where else ""))
+    if r.status_code != 200:
+        return AuthCheck("unknown", said)
+    try:
+        body = r.json()
+    except ValueError:
+        return AuthCheck("unknown", f"{said} with a body that is not JSON: {r.text[:60]!r}")
     mode = body.get("authentication_mode") if isinstance(body, dict) else None
-    return mode if mode in ("token", "disabled") else "unknown"
+    if mode == "disabled":
+        return AuthCheck("disabled", "authentication_mode: disabled")
+    if mode != "token":
+        return AuthCheck("unknown", f"{said}, authentication_mode: {str(mode)[:40]!r}")
+    # It says token: it must also refuse a request that carries none.
+    bare = {k: v for k, v in headers.items() if k.lower() != "authorization"}
+    try:
+        r = get("/api/jobs/", bare)
+    except requests.exceptions.RequestException as e:
+        return AuthCheck("unknown", f"GET /api/jobs/ without a token: {_first(e)}")
+    if r.status_code in (401, 403):
+        return AuthCheck("token", f"GET /api/jobs/ without a token: HTTP {r.status_code}")
+    return AuthCheck("open", f"GET /api/jobs/ without a token: HTTP {r.status_code}")
+
+
+def auth_mode(address: str, timeout: float = 5.0) -> str:
+    """``check_auth(address).mode``."""
+    return check_auth(address, timeout).mode
 
 
 def _require_auth(address: str, insecure: bool | None, timeout: float) -> None:
     """Refuse (``insecure`` False) or warn about (True; None: a command that runs nothing) a
-    head whose dashboard does not report token authentication."""
-    mode = auth_mode(address, timeout)
-    if mode == "token":
+    head that does not show token authentication (``check_auth``); the message carries the real
+    error or answer."""
+    check = check_auth(address, timeout)
+    if check.mode == "token":
         return
-    what = ("runs without authentication (authentication_mode: disabled)" if mode == "disabled" else
-            "does not report token authentication (Ray older than 2.52 has none)")
+    what = check.describe()
     if insecure is False:
-        raise LrjobInputError(f"--address {address}: the Ray head {what}, so anyone who reaches it can run code "
-                              f"there; start it with RAY_AUTH_MODE=token (SECURITY.md), or pass --insecure to "
-                              f"submit anyway")
-    sys.stderr.write(f"lrjob: warning: --address {address}: the Ray head {what}; anyone who reaches it can "
-                     f"run code there" + (" (submitting anyway: --insecure)" if insecure else "") + "\n")
+        fix = {"unreachable": "check the address and that the dashboard is up",
+               "tls": "check the dashboard's certificate and the CA this machine trusts (REQUESTS_CA_BUNDLE)",
+               "gated": "reach the Ray dashboard directly (e.g. kubectl port-forward)"}.get(
+            check.mode, "start it with RAY_AUTH_MODE=token (SECURITY.md)")
+        error = ClusterError if check.mode == "unreachable" else LrjobInputError
+        raise error(f"--address {address}: the Ray head {what}; {fix}, or pass --insecure to submit anyway "
+                    f"(anyone who reaches an open head can run code there)")
+    sys.stderr.write(f"lrjob: warning: --address {address}: the Ray head {what}; anyone who reaches an open "
+                     f"head can run code there" + (" (submitting anyway: --insecure)" if insecure else "") + "\n")
 
 
 def client_for(address: str | None, timeout: float = 5.0, *, insecure: bool | None = None):
@@ -89,6 +173,9 @@ def client_for(address: str | None, timeout: float = 5.0, *, insecure: bool | No
     from ray.job_submission import JobSubmissionClient
 
     use_ray_token_if_present()
+    # Before the client: its constructor already calls the Jobs API, and an answer such as a
+    # proxy's redirect or 401 then surfaces as a bare authentication error.
+    _require_auth(address, insecure, timeout)
     try:
         client = JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - the client raises plain exceptions
@@ -97,7 +184,6 @@ def client_for(address: str | None, timeout: float = 5.0, *, insecure: bool | No
             raise LrjobInputError(f"--address {address}: the cluster wants its token ({first[:150]}); copy the "
                                   f"head's ~/.ray/auth_token here or set RAY_AUTH_TOKEN") from None
         raise ClusterError(f"--address {address}: the Ray Jobs API did not answer ({first[:200]})") from e
-    _require_auth(address, insecure, timeout)
     return client
 
 

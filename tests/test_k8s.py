@@ -218,14 +218,15 @@ def _check_ray_cluster(cluster, spec, interactive):
     assert hc["image"] == _image_for(spec) and "nvidia.com/gpu" not in hc["resources"]["limits"]
     # A GPU image's head (no GPU) imports mxnet-cu112 with the CUDA stub in place of the driver.
     env = {e["name"]: e["value"] for e in hc.get("env", [])}
-    assert env == ({"LD_LIBRARY_PATH": k8s.CUDA_STUB_DIR} if spec.resources.gpus_per_worker else {})
+    stub = {"LD_LIBRARY_PATH": k8s.CUDA_STUB_DIR} if spec.resources.gpus_per_worker else {}
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "void", **stub}
     assert {p["containerPort"] for p in hc["ports"]} >= {6379, 8265, 10001}
     assert {(m["mountPath"], m.get("readOnly", False)) for m in hc["volumeMounts"]} == \
         {(k8s.SPEC_DIR, True), (k8s.RUNS_DIR, False)}
     (group,) = cluster["workerGroupSpecs"]
     assert group["replicas"] == group["minReplicas"] == group["maxReplicas"]
     wc = _check_worker_pods(group["template"], group["replicas"], spec, _image_for(spec))
-    assert "env" not in wc  # never the stub on a GPU pod
+    assert "LD_LIBRARY_PATH" not in {e["name"] for e in wc.get("env", [])}  # never the stub on a GPU pod
 
 
 RAYJOBS = [n for n in FILES if n.endswith(".rayjob.yaml")]
@@ -509,7 +510,7 @@ def _rendered(kind: str, gpus=None, **kw) -> list[dict]:
 
 # Every manifest in k8s/ and a few more renderings (GPU pods, another Secret).
 HARDENED = [(n, None) for n in FILES] + [
-    ("render:rayjob:gpu", ("rayjob", 1, {})), ("render:raycluster:secret", ("raycluster", None, {"auth_secret": "team-a.ray"})),
+    ("render:rayjob:gpu", ("rayjob", 1, {})), ("render:raycluster:secret", ("raycluster", None, {"auth_secret": "team-a.ray", "operator_namespace": "kuberay"})),
     ("render:mpijob:gpu", ("mpijob", 1, {}))]
 
 
@@ -527,11 +528,14 @@ def test_every_pod_runs_hardened_and_every_ray_cluster_wants_its_token(name, how
     assert "Secret" not in {d["kind"] for d in docs}  # the token is never in a file
     if main["apiVersion"] == "ray.io/v1":
         cluster = main["spec"]["rayClusterSpec"] if main["kind"] == "RayJob" else main["spec"]
-        secret = (how[2].get("auth_secret") if how else None) or k8s.AUTH_SECRET
+        # the job's own Secret unless one is named: no token shared by the namespace's jobs
+        secret = (how[2].get("auth_secret") if how else None) or f"{main['metadata']['name']}-ray-token"
         assert cluster["authOptions"] == {"mode": "token", "secretName": secret}
     templates = _pod_templates(main)
     assert len(templates) >= 2
     for role, template in templates:
+        # no Kubernetes API token in any pod: nothing in them calls the API
+        assert template["spec"]["automountServiceAccountToken"] is False, role
         pod = template["spec"]["securityContext"]
         assert pod["runAsNonRoot"] is True and pod["runAsUser"] == k8s.RUN_AS != 0, role
         assert pod["seccompProfile"] == {"type": "RuntimeDefault"}, role
@@ -545,6 +549,10 @@ def test_every_pod_runs_hardened_and_every_ray_cluster_wants_its_token(name, how
             # nothing turns the authentication off
             names = {e["name"] for e in c.get("env", [])}
             assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}, role
+            # a container without a GPU sees none, whatever the image sets (the GPU image: all)
+            gpu = c.get("resources", {}).get("limits", {}).get("nvidia.com/gpu")
+            visible = [e.get("value") for e in c.get("env", []) if e["name"] == "NVIDIA_VISIBLE_DEVICES"]
+            assert visible == ([] if gpu else ["void"]), (role, c["name"])
 
 
 @pytest.mark.parametrize("name,how", HARDENED, ids=[h[0] for h in HARDENED])
@@ -561,8 +569,10 @@ def test_network_policy_admits_only_the_jobs_pods_and_named_clients(name, how):
         assert spec["podSelector"]["matchLabels"].items() <= labels.items(), role
     own = {"podSelector": {"matchLabels": {"app.kubernetes.io/instance": base}}}
     client = {"podSelector": {"matchLabels": {k8s.CLIENT_LABEL: base}}}
-    operator = {"namespaceSelector": {}, "podSelector": {"matchLabels": {
-        "app.kubernetes.io/component": "kuberay-operator"}}}
+    operator_ns = (how[2].get("operator_namespace") if how else None) or k8s.OPERATOR_NAMESPACE
+    # the operator's pod in the operator's namespace only: the label alone is anyone's to set
+    operator = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": operator_ns}},
+                "podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}}}
     rules = spec["ingress"]
     for rule in rules:  # no rule without a source: that would admit everyone
         assert rule.get("from"), rule
@@ -570,7 +580,7 @@ def test_network_policy_admits_only_the_jobs_pods_and_named_clients(name, how):
                   for r in rules}
     expected = {((json.dumps(own),), ())}
     if main["apiVersion"] == "ray.io/v1":
-        expected |= {((json.dumps(client),), (8265, 6379, 10001)), ((json.dumps(operator),), (8265,))}
+        expected |= {((json.dumps(client),), (8265, 10001)), ((json.dumps(operator),), (8265,))}
     assert open_ports == expected
 
 
@@ -587,5 +597,39 @@ def test_lrjob_k8s_says_how_to_create_the_token_secret(capsys):
     out, err = capsys.readouterr()
     assert [d["kind"] for d in yaml.safe_load_all(out) if d][-1] == "NetworkPolicy"  # stdout: YAML only
     assert err.count("\n") == 1 and "secretName: team-a" in out
-    assert "kubectl create secret generic team-a --from-literal=auth_token=" in err
-    assert "kubectl create secret generic team-a --from-literal=auth_token=" in out  # the file says it too
+    # the token goes through a pipe: never on a command line (/proc/PID/cmdline) nor in a file
+    command = "openssl rand -hex 32 | tr -d '\\n' | kubectl create secret generic team-a --from-file=auth_token=/dev/stdin"
+    assert command in err and command in out  # the file says it too
+    assert "--from-literal" not in out + err
+
+
+def test_each_job_reads_its_own_token_secret(capsys):
+    args = _k8s_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--kind", "raycluster"])
+    assert k8s.cmd_k8s(args) == 0
+    out, err = capsys.readouterr()
+    cluster = _one([d for d in yaml.safe_load_all(out) if d], "RayCluster")
+    secret = cluster["spec"]["authOptions"]["secretName"]
+    assert secret == "lrjob-mnist-softmax-cluster-ray-token" and f"generic {secret} " in err
+    names = {_one(_rendered(kind), "RayJob" if kind == "rayjob" else "RayCluster")["metadata"]["name"]
+             for kind in ("rayjob", "raycluster")}
+    secrets = set()
+    for job in ("binary_synthetic", "digits_softmax"):
+        docs = [d for d in yaml.safe_load_all(k8s.render(load_spec(ROOT / f"jobs/{job}.yaml"))) if d]
+        secrets.add(_one(docs, "RayJob")["spec"]["rayClusterSpec"]["authOptions"]["secretName"])
+    assert len(secrets) == 2 and len(names) == 2  # two jobs, two tokens
+
+
+@pytest.mark.parametrize("flag,value", [("--auth-secret", "team-a"), ("--operator-namespace", "kuberay")])
+def test_mpijob_refuses_the_ray_only_options(flag, value):
+    args = _k8s_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--kind", "mpijob", flag, value])
+    with pytest.raises(SpecError) as info:
+        k8s.cmd_k8s(args)
+    message = str(info.value)
+    assert message.startswith(f"{flag} is for the Ray kinds") and "\n" not in message, message
+
+
+def test_operator_namespace_must_be_a_namespace_name():
+    args = _k8s_parser().parse_args(["k8s", "jobs/mnist_softmax.yaml", "--operator-namespace", "Ray_System"])
+    with pytest.raises(SpecError) as info:
+        k8s.cmd_k8s(args)
+    assert "--operator-namespace must be a Kubernetes namespace name" in str(info.value)

@@ -34,8 +34,8 @@ from lr_core.errors import SpecError
 
 __all__ = ["render", "Deploy", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
            "secret_command", "KINDS", "RAY_VERSION", "KUBERAY_VERSION", "DEFAULT_IMAGE", "SPEC_DIR", "SPEC_PATH",
-           "RUNS_DIR", "CUDA_STUB_DIR", "AUTH_SECRET", "AUTH_SECRET_KEY", "RUN_AS", "SSH_PORT", "CLIENT_LABEL",
-           "RESTARTS"]
+           "RUNS_DIR", "CUDA_STUB_DIR", "auth_secret_name", "AUTH_SECRET_KEY", "RUN_AS", "SSH_PORT", "CLIENT_LABEL",
+           "RESTARTS", "OPERATOR_NAMESPACE"]
 
 KINDS = ("rayjob", "raycluster", "mpijob")
 RAY_VERSION = "2.60.0"  # the cluster's Ray; requirements.txt pins the same, so the image matches
@@ -72,10 +72,14 @@ _WIDTH = 100  # comment lines wrap here
 # (mode, secretName): ray-operator/config/crd/bases/ray.io_rayclusters.yaml and ray.io_rayjobs.yaml
 # at v1.7.0; KubeRay refuses token mode below Ray 2.52.
 KUBERAY_VERSION = "1.7.0"
-# The Secret every Ray pod reads its token from, and the key KubeRay reads in it (KubeRay's
-# RAY_AUTH_TOKEN_SECRET_KEY). One Secret per namespace by default; `--auth-secret` names another.
-AUTH_SECRET = "lrjob-ray-token"
+# The key KubeRay reads in the token Secret (KubeRay's RAY_AUTH_TOKEN_SECRET_KEY). The Secret is
+# the job's own by default (auth_secret_name): a token shared by every job of the namespace would
+# give any job's code the key to all the others. `--auth-secret` names another.
 AUTH_SECRET_KEY = "auth_token"
+# The namespace of the KubeRay operator, the only one whose operator pod may reach the job API.
+# KubeRay's Helm chart installs into the release's namespace (`helm install -n NS`); the KubeRay
+# v1.7 installation guide uses ray-system. `--operator-namespace` names another.
+OPERATOR_NAMESPACE = "ray-system"
 RUN_AS = 1000  # uid and gid of the images' `lrjob` user (Dockerfile, Dockerfile.gpu)
 SSH_PORT = 2222  # the MPIJob workers' sshd, run by that user: a port above 1023 needs no capability
 # A pod in the job's namespace with this label, its value the job's base name, may reach the Ray
@@ -85,6 +89,7 @@ CLIENT_LABEL = "lrjob-ray-client"
 # same run directory, which resumes from the newest checkpoint this job left there.
 RESTARTS = 2
 _SSH_HOME = "/home/lrjob/.ssh"  # the images' user's ~/.ssh, where the mpi-operator mounts the job's keys
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
@@ -205,7 +210,8 @@ class _Plan:
     cpu: str  # Kubernetes quantity of resources.cpus_per_worker
     gpus: int
     base: str  # name of the main object; the others add -job, -runs, -dashboard, -ingress
-    auth_secret: str = AUTH_SECRET  # the Secret holding the Ray token (Ray kinds only)
+    auth_secret: str = ""  # the Secret holding the Ray token (Ray kinds only)
+    operator_namespace: str = OPERATOR_NAMESPACE  # where the KubeRay operator runs (Ray kinds only)
 
     @property
     def run_dir(self) -> str:
@@ -266,23 +272,33 @@ def _k8s_name(spec_name: str, suffix: str) -> str:
 class Deploy:
     """What to render for a job: the ``kind`` (rayjob, raycluster, mpijob), the CPU ``image``
     (GPU pods use ``gpu_image(image)``), ``workers`` / ``gpus_per_worker`` overriding the spec
-    (None: the spec's), and the Secret the Ray pods read their token from."""
+    (None: the spec's), the Secret the Ray pods read their token from (None: the job's own,
+    ``auth_secret_name(base)``) and the KubeRay operator's namespace (None: ``OPERATOR_NAMESPACE``);
+    the last two are for the Ray kinds only."""
 
     image: str = DEFAULT_IMAGE
     workers: int | None = None
     gpus_per_worker: float | None = None
     kind: str = "rayjob"
-    auth_secret: str = AUTH_SECRET
+    auth_secret: str | None = None
+    operator_namespace: str | None = None
 
 
-def secret_command(secret: str = AUTH_SECRET) -> str:
-    """The command that creates the token Secret ``secret`` (the value never lands in a file)."""
-    return (f"kubectl create secret generic {secret} "
-            f"--from-literal={AUTH_SECRET_KEY}=\"$(openssl rand -hex 32)\"")
+def auth_secret_name(base: str) -> str:
+    """The job's own token Secret: ``<base>-ray-token``, ``base`` the name of the job's main object."""
+    return f"{base}-ray-token"
+
+
+def secret_command(secret: str) -> str:
+    """The command that creates the token Secret ``secret``: the token goes through a pipe, never
+    into a file or onto a command line (where /proc/PID/cmdline would show it to the node's users)."""
+    return (f"openssl rand -hex 32 | tr -d '\\n' | kubectl create secret generic {secret} "
+            f"--from-file={AUTH_SECRET_KEY}=/dev/stdin")
 
 
 def _plan(spec, d: Deploy) -> _Plan:
     image, workers, gpus_per_worker, kind, auth_secret = d.image, d.workers, d.gpus_per_worker, d.kind, d.auth_secret
+    operator_namespace = d.operator_namespace
     if kind not in KINDS:
         near = difflib.get_close_matches(str(kind), KINDS, n=1, cutoff=0.6)
         hint = f"; did you mean {near[0]!r}?" if near else ""
@@ -290,9 +306,19 @@ def _plan(spec, d: Deploy) -> _Plan:
     if not isinstance(image, str) or not image.strip() or any(ch.isspace() for ch in image):
         raise SpecError(f"--image must be an image reference such as registry.example.com/lrjob:0.1.0, "
                         f"got {image!r}")
-    if not isinstance(auth_secret, str) or len(auth_secret) > 253 or not _DNS_SUBDOMAIN.fullmatch(auth_secret):
+    if kind == "mpijob":
+        for flag, value in (("--auth-secret", auth_secret), ("--operator-namespace", operator_namespace)):
+            if value is not None:
+                raise SpecError(f"{flag} is for the Ray kinds (rayjob, raycluster): an MPIJob runs no Ray cluster; "
+                                f"drop {flag}, got {value!r}")
+    if auth_secret is not None and (not isinstance(auth_secret, str) or len(auth_secret) > 253
+                                    or not _DNS_SUBDOMAIN.fullmatch(auth_secret)):
         raise SpecError(f"--auth-secret must be a Kubernetes Secret name (lower-case letters, digits, '-' and "
-                        f"'.'), got {auth_secret!r}; e.g. --auth-secret {AUTH_SECRET}")
+                        f"'.'), got {auth_secret!r}; e.g. --auth-secret team-a-ray-token")
+    if operator_namespace is not None and (not isinstance(operator_namespace, str) or len(operator_namespace) > 63
+                                           or not _DNS_LABEL.fullmatch(operator_namespace)):
+        raise SpecError(f"--operator-namespace must be a Kubernetes namespace name (lower-case letters, digits "
+                        f"and '-'), got {operator_namespace!r}; e.g. --operator-namespace {OPERATOR_NAMESPACE}")
     overrides = []
     if workers is not None:
         overrides.append(f"resources.workers={workers}")
@@ -315,9 +341,11 @@ def _plan(spec, d: Deploy) -> _Plan:
         raise SpecError(f"failure.max_failures: an MPIJob's workers cannot restart inside the job (the "
                         f"operator's backoffLimit does); set it to 0, got {spec.failure.max_failures}")
     suffix = {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind] + ("-gpu" if gpus else "")
+    base = _k8s_name(spec.name, suffix)
     return _Plan(spec=spec, kind=kind, image=gpu_image(image) if gpus else image, workers=n,
-                 cpu=_cpu_quantity(spec.resources.cpus_per_worker), gpus=gpus,
-                 base=_k8s_name(spec.name, suffix), auth_secret=auth_secret)
+                 cpu=_cpu_quantity(spec.resources.cpus_per_worker), gpus=gpus, base=base,
+                 auth_secret="" if kind == "mpijob" else auth_secret or auth_secret_name(base),
+                 operator_namespace=operator_namespace or OPERATOR_NAMESPACE)
 
 
 # --------------------------------------------------------------------------- shared pieces
@@ -421,6 +449,21 @@ def _pod_security(p: _Plan) -> _C:
               })
 
 
+def _no_api_token() -> _C:
+    return _C("No Kubernetes API token in the pod: nothing in it calls the API, and a token there would "
+              "hand the job's code the rights of the namespace's service account.", False)
+
+
+_NO_GPU = {"name": "NVIDIA_VISIBLE_DEVICES", "value": "void"}
+_NO_GPU_TEXT = ("NVIDIA_VISIBLE_DEVICES=void: this pod asks for no GPU; the GPU image sets the variable to `all`, "
+                "which on a node whose NVIDIA runtime reads it (the environment-variable device strategy) would "
+                "show the pod every GPU of the node.")
+
+
+def _no_gpu_env() -> _C:
+    return _C(_NO_GPU_TEXT, [dict(_NO_GPU)])
+
+
 def _container_security() -> _C:
     return _C("No setuid escalation, no Linux capabilities (nothing here binds a port below 1024 or "
               "changes users), not privileged.", {
@@ -445,12 +488,16 @@ def _network_policy(p: _Plan) -> tuple[str, dict]:
                "), on every port: Ray's nodes talk over many ports (GCS, raylets, object managers, "
                "workers).", {"from": [own]}),
             _C(f"Named clients: pods of this namespace labelled {CLIENT_LABEL}={p.base} may reach the "
-               f"dashboard / job API (8265), the GCS (6379) and the Ray client port (10001). They still need "
-               f"the token.", {"from": [{"podSelector": {"matchLabels": {CLIENT_LABEL: p.base}}}],
-                                "ports": _tcp(8265, 6379, 10001)}),
-            _C("The KubeRay operator (any namespace; its Helm chart and kustomize manifests label the pod "
-               "app.kubernetes.io/component=kuberay-operator) polls the job API.",
-               {"from": [{"namespaceSelector": {},
+               f"dashboard / job API (8265) and the Ray client port (10001); not the GCS (6379), which only "
+               f"Ray nodes need. Anyone who may create pods here can set that label: the label is no "
+               f"credential, the token is (SECURITY.md).",
+               {"from": [{"podSelector": {"matchLabels": {CLIENT_LABEL: p.base}}}], "ports": _tcp(8265, 10001)}),
+            _C(f"The KubeRay operator polls the job API: its pod (label app.kubernetes.io/component="
+               f"kuberay-operator, set by its Helm chart and kustomize manifests) in its namespace "
+               f"{p.operator_namespace} only (`lrjob k8s --operator-namespace`): a pod with that label "
+               f"elsewhere is refused.",
+               {"from": [{"namespaceSelector": {"matchLabels": {
+                              "kubernetes.io/metadata.name": p.operator_namespace}},
                           "podSelector": {"matchLabels": {"app.kubernetes.io/component": "kuberay-operator"}}}],
                 "ports": _tcp(8265)}),
         ]
@@ -462,16 +509,18 @@ def _network_policy(p: _Plan) -> tuple[str, dict]:
             "podSelector": _C("Every pod of this job (they all carry the instance label).",
                               {"matchLabels": {"app.kubernetes.io/instance": p.base}}),
             "policyTypes": _C("Ingress only: the pods may still pull data and reach DNS.", ["Ingress"]),
-            "ingress": _C("Everything else is refused. The kubelet's probes from the node are always "
-                          "allowed; `kubectl port-forward` enters inside the pod, not through this policy.",
+            "ingress": _C("Everything else is refused, metrics scraping included (Ray's metrics port "
+                          "8080: a Prometheus needs a rule of its own). The kubelet's probes from the node are "
+                          "always allowed; `kubectl port-forward` enters inside the pod, not through this policy.",
                           rules),
         }),
     }
     if p.kind == "mpijob":
         who = f"the workers' sshd ({SSH_PORT}) is reachable only from the job's own pods"
     else:
-        who = (f"the Ray head's dashboard (8265), GCS (6379) and client port (10001) are reachable only from "
-               f"the job's own pods, pods labelled {CLIENT_LABEL}={p.base} and the KubeRay operator")
+        who = (f"the Ray head's dashboard (8265) and client port (10001) are reachable only from the job's own "
+               f"pods, pods labelled {CLIENT_LABEL}={p.base} and the KubeRay operator in {p.operator_namespace}; "
+               f"the GCS and every other port only from the job's own pods")
     return (f"Network isolation: {who}. Takes effect where the cluster's network plugin enforces "
             f"NetworkPolicies (Calico, Cilium, ...).", doc)
 
@@ -493,10 +542,12 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
     })
     if p.gpus:
         container["env"] = _C(
-            "The head has no GPU, yet its driver imports mxnet-cu112, which needs the CUDA driver library "
-            "libcuda.so.1: this directory of the GPU image holds the CUDA stub in its place. Only for pods "
-            "without a GPU (on the workers it would hide the real driver).",
-            [{"name": "LD_LIBRARY_PATH", "value": CUDA_STUB_DIR}])
+            _NO_GPU_TEXT + "\nLD_LIBRARY_PATH: the head has no GPU, yet its driver imports mxnet-cu112, which "
+            "needs the CUDA driver library libcuda.so.1: this directory of the GPU image holds the CUDA stub in its "
+            "place. Only for pods without a GPU (on the workers it would hide the real driver).",
+            [dict(_NO_GPU), {"name": "LD_LIBRARY_PATH", "value": CUDA_STUB_DIR}])
+    else:
+        container["env"] = _no_gpu_env()
     container.update({
         "ports": _C("Ports of the head; KubeRay's head Service exposes them in the cluster.", ports),
         "resources": _resources(p, HEAD_CPU, HEAD_MEMORY),
@@ -519,6 +570,7 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
                            {"labels": dict(p.labels)}),
             "spec": _C("The head pod: one container.", {
                 "securityContext": _pod_security(p),
+                "automountServiceAccountToken": _no_api_token(),
                 "containers": _C("KubeRay runs `ray start --head` in the first container; KubeRay adds "
                                  f"RAY_AUTH_MODE=token and RAY_AUTH_TOKEN (from the Secret {p.auth_secret}) to "
                                  "its environment.", [container]),
@@ -532,11 +584,13 @@ def _head_group(p: _Plan, interactive: bool) -> dict:
 def _worker_group(p: _Plan) -> dict:
     spec: dict[str, Any] = {
         "securityContext": _pod_security(p),
+        "automountServiceAccountToken": _no_api_token(),
         "containers": _C("KubeRay runs `ray start --address=<head>` in the first container, with the token "
                          "environment as on the head.", [{
                              "name": _C("The Ray worker container.", "ray-worker"),
                              "image": _image(p),
                              "imagePullPolicy": _C("Same image, same policy as the head.", "IfNotPresent"),
+                             **({} if p.gpus else {"env": _no_gpu_env()}),
                              "resources": _resources(p, p.cpu, WORKER_MEMORY, p.gpus),
                              "securityContext": _container_security(),
                          }]),
@@ -569,7 +623,8 @@ def _cluster_spec(p: _Plan, interactive: bool) -> dict:
         "authOptions": _C(f"Ray token authentication (KubeRay v{KUBERAY_VERSION} or newer, Ray 2.52 or newer): "
                           f"every Ray pod gets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the key "
                           f"{AUTH_SECRET_KEY} of the Secret {p.auth_secret}, and the dashboard, job API, GCS and "
-                          f"Ray client refuse callers without it. Create the Secret once per namespace:\n"
+                          f"Ray client refuse callers without it. The Secret is this job's own (another job's code never "
+                          f"holds this token); create it once, before applying this file:\n"
                           f"  {secret_command(p.auth_secret)}", {
                               "mode": "token",
                               "secretName": p.auth_secret,
@@ -589,11 +644,13 @@ def _submitter(p: _Plan) -> dict:
         "metadata": _C("Added to the pod's labels.", {"labels": dict(p.labels)}),
         "spec": _C("The submitter pod: one container.", {
             "securityContext": _pod_security(p),
+            "automountServiceAccountToken": _no_api_token(),
             "restartPolicy": _C("KubeRay's default; the submitting Job itself retries.", "Never"),
             "containers": _C("KubeRay sets the command of the first container.", [{
                 "name": _C("KubeRay's name for the submitter container.", "ray-job-submitter"),
                 "image": _C("The head's image: the same Ray CLI.", p.image),
                 "imagePullPolicy": _C("Same policy as the Ray pods.", "IfNotPresent"),
+                "env": _no_gpu_env(),
                 "resources": _C("The Ray CLI only (KubeRay's default is 500m / 200Mi to 1 CPU / 1Gi); requests "
                                 "equal limits.", {"requests": dict(amounts), "limits": dict(amounts)}),
                 "securityContext": _container_security(),
@@ -674,10 +731,12 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
             "lrjob", "worker", SPEC_PATH, "--output", p.run_dir]
     worker_spec: dict[str, Any] = {
         "securityContext": _pod_security(p),
+        "automountServiceAccountToken": _no_api_token(),
         "containers": _C("One container: sshd, into which horovodrun starts the worker process.", [{
             "name": _C("The worker container.", "mpi-worker"),
             "image": _image(p),
             "imagePullPolicy": _C("Same image, same policy as the launcher.", "IfNotPresent"),
+            **({} if p.gpus else {"env": _no_gpu_env()}),
             "command": _C(f"The workers only run sshd; horovodrun starts `lrjob worker` in them over SSH (keys: "
                           f"the Secret the operator mounts at {_SSH_HOME}). lrjob-sshd (in the image) makes this "
                           f"container's own host key, then runs sshd as the `lrjob` user on port {SSH_PORT}.",
@@ -728,12 +787,14 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                         "metadata": _C("Added to the pod's labels.", {"labels": dict(p.labels)}),
                         "spec": _C("The launcher pod: one container.", {
                             "securityContext": _pod_security(p),
+                            "automountServiceAccountToken": _no_api_token(),
                             "containers": _C("The operator adds the hostfile and SSH keys to the first "
                                              "container.", [{
                                 "name": _C("The launcher container.", "mpi-launcher"),
                                 "image": _image(p),
                                 "imagePullPolicy": _C("Pull only when the node lacks the image.",
                                                       "IfNotPresent"),
+                                "env": _no_gpu_env(),
                                 "command": _C("horovodrun with Gloo: starts one `lrjob worker` per host of "
                                               "the hostfile the operator mounts at /etc/mpi/hostfile; each "
                                               "process calls hvd.init().", ["horovodrun"]),
@@ -781,7 +842,7 @@ def _header(p: _Plan) -> str:
             f"image {p.image}.")
     if p.kind == "rayjob":
         steps = (f"Needs the KubeRay operator v{KUBERAY_VERSION} or newer (ray.io/v1 with authOptions) and the "
-                 f"token Secret {p.auth_secret}, created once per namespace:\n"
+                 f"token Secret {p.auth_secret}, this job's own, created once before the first apply:\n"
                  f"  {secret_command(p.auth_secret)}\n"
                  f"  kubectl apply -f FILE                    # ConfigMap, PersistentVolumeClaim, RayJob, NetworkPolicy\n"
                  f"  kubectl get rayjob {p.base} -w\n"
@@ -790,7 +851,7 @@ def _header(p: _Plan) -> str:
                  f"(copying it out: k8s/README.md).")
     elif p.kind == "raycluster":
         steps = (f"Needs the KubeRay operator v{KUBERAY_VERSION} or newer (ray.io/v1 with authOptions) and the "
-                 f"token Secret {p.auth_secret}, created once per namespace:\n"
+                 f"token Secret {p.auth_secret}, this job's own, created once before the first apply:\n"
                  f"  {secret_command(p.auth_secret)}\n"
                  f"  kubectl apply -f FILE\n"
                  f"  kubectl port-forward svc/{p.base}-dashboard 8265:8265\n"
@@ -890,24 +951,31 @@ def add_parser(subparsers, make=None) -> argparse.ArgumentParser:
     p.add_argument("--kind", default="rayjob", help=f"one of {', '.join(KINDS)} (default: rayjob)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--auth-secret", default=AUTH_SECRET, metavar="NAME",
-                   help=f"the Secret (key {AUTH_SECRET_KEY}) the Ray pods read their token from "
-                        f"(default: {AUTH_SECRET})")
+    p.add_argument("--auth-secret", default=None, metavar="NAME",
+                   help=f"the Secret (key {AUTH_SECRET_KEY}) the Ray pods read their token from (default: the "
+                        f"job's own, <object name>{auth_secret_name('')}); not for --kind mpijob")
+    p.add_argument("--operator-namespace", default=None, metavar="NS",
+                   help=f"namespace of the KubeRay operator, the only one whose operator pod may reach the job "
+                        f"API (default: {OPERATOR_NAMESPACE}); not for --kind mpijob")
     return p
 
 
 def cmd_k8s(args) -> int:
-    """``lrjob k8s``: print the manifests to stdout."""
+    """``lrjob k8s``: print the manifests to stdout; for the Ray kinds, say on stderr how to create
+    the token Secret they name."""
     from ..spec import load_spec
 
     spec = load_spec(args.job, list(args.overrides))
-    secret = getattr(args, "auth_secret", AUTH_SECRET)
-    sys.stdout.write(render(spec, Deploy(image=args.image, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                                         kind=args.kind, auth_secret=secret)))
+    deploy = Deploy(image=args.image, workers=args.workers, gpus_per_worker=args.gpus_per_worker, kind=args.kind,
+                    auth_secret=getattr(args, "auth_secret", None),
+                    operator_namespace=getattr(args, "operator_namespace", None))
+    p = _plan(spec, deploy)
+    sys.stdout.write(render(spec, deploy))
     sys.stdout.flush()
-    if args.kind != "mpijob":  # stderr: stdout stays the manifests alone
-        sys.stderr.write(f"lrjob: note: the Ray pods read their token from the Secret {secret} (key "
-                         f"{AUTH_SECRET_KEY}); create it once per namespace: {secret_command(secret)}\n")
+    if p.kind != "mpijob":  # stderr: stdout stays the manifests alone
+        sys.stderr.write(f"lrjob: note: the Ray pods read their token from the Secret {p.auth_secret} (key "
+                         f"{AUTH_SECRET_KEY}), this job's own; create it once before applying: "
+                         f"{secret_command(p.auth_secret)}\n")
     return 0
 
 

@@ -3,7 +3,8 @@
 # Horovod 0.28.1 compiled against MXNet with Gloo, lrjob itself and the offline MNIST cache.
 # Everything is installed by .ci/install, the same script `make install` and CI run.
 #
-#   docker build -t lrjob:0.1.0 .
+#   docker build --build-arg PYTHON_DIGEST=sha256:... -t lrjob:0.1.0 .
+#   docker build --build-arg ALLOW_UNPINNED=1 -t lrjob:0.1.0 .    # the base image by tag only
 #   docker run --rm lrjob:0.1.0 lrjob run jobs/digits_softmax.yaml --workers 0
 #   lrjob k8s jobs/mnist_softmax.yaml --image REGISTRY/lrjob:0.1.0    # Kubernetes: k8s/README.md
 #
@@ -11,12 +12,24 @@
 # MPIJob launcher and worker pods (Kubeflow mpi-operator), and both run as the non-root user
 # `lrjob` (uid/gid 1000), the user the manifests' securityContext names.
 #
-# The base image by digest: PYTHON_DIGEST is the sha256 digest PYTHON_IMAGE's tag pointed to when
-# it was last checked. Empty, the tag alone is used (not pinned). k8s/README.md ("Base images")
-# says how to look the digest up and update it.
+# The base image by digest: PYTHON_DIGEST is meant to hold the sha256 digest PYTHON_IMAGE's tag
+# points to. It is empty in the repository (nothing is pinned yet), and an empty digest fails the
+# build (below) unless ALLOW_UNPINNED=1 is passed. k8s/README.md ("Base images") says how to look
+# the digest up and set it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 ARG PYTHON_DIGEST=
 FROM ${PYTHON_IMAGE}${PYTHON_DIGEST:+@${PYTHON_DIGEST}}
+
+# No unpinned base image by accident: an empty PYTHON_DIGEST fails the build, unless the build is
+# told so with --build-arg ALLOW_UNPINNED=1 (k8s/README.md, "Base images", says how to get the
+# digest: docker buildx imagetools inspect IMAGE:TAG).
+ARG PYTHON_IMAGE
+ARG PYTHON_DIGEST
+ARG ALLOW_UNPINNED=
+RUN if [ -z "${PYTHON_DIGEST}" ] && [ "${ALLOW_UNPINNED}" != 1 ]; then \
+      echo "error: PYTHON_DIGEST is empty, so ${PYTHON_IMAGE} would be used unpinned: set PYTHON_DIGEST to its sha256 digest (docker buildx imagetools inspect ${PYTHON_IMAGE}) or pass --build-arg ALLOW_UNPINNED=1" >&2; \
+      exit 1; \
+    fi
 
 # Fail a RUN on the first error, including inside pipes.
 SHELL ["/bin/bash", "-euo", "pipefail", "-c"]

@@ -412,6 +412,26 @@ def test_readme_reader_pod_validates():
     assert claims == {_one(_docs("mnist_softmax.rayjob.yaml"), "PersistentVolumeClaim")["metadata"]["name"]}
 
 
+def _check_digest_guard(stage: str, arg: str) -> None:
+    """The stage declares ``arg`` and ALLOW_UNPINNED and runs, first of all, a guard that fails on an
+    empty ``arg`` unless ALLOW_UNPINNED=1: the guard's shell command is run here as Docker would
+    (each ARG an environment variable)."""
+    first_run = re.search(r"^RUN (.*?[^\\])$", stage, re.M | re.S).group(1)
+    assert "ALLOW_UNPINNED" in first_run and arg in first_run, first_run[:200]
+    assert re.search(rf"^ARG {arg}$", stage, re.M) and re.search(r"^ARG ALLOW_UNPINNED=$", stage, re.M)
+    command = first_run.replace("\\\n", "\n")
+
+    def build(**env):
+        return subprocess.run(["sh", "-c", command], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                              text=True, timeout=10)
+
+    refused = build(**{arg: "", "ALLOW_UNPINNED": ""})
+    assert refused.returncode != 0 and f"{arg} is empty" in refused.stderr and "ALLOW_UNPINNED=1" in refused.stderr
+    assert "docker buildx imagetools inspect" in refused.stderr
+    assert build(**{arg: "", "ALLOW_UNPINNED": "1"}).returncode == 0
+    assert build(**{arg: "sha256:" + "0" * 64, "ALLOW_UNPINNED": ""}).returncode == 0
+
+
 def test_dockerfiles_build_what_the_manifests_expect():
     cpu, gpu = (ROOT / "Dockerfile").read_text(), (ROOT / "Dockerfile.gpu").read_text()
     for text in (cpu, gpu):
@@ -422,13 +442,18 @@ def test_dockerfiles_build_what_the_manifests_expect():
     assert cpu.startswith("# syntax=") and "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in cpu
     assert "MXNET_PACKAGE=mxnet-cu112==1.9.1" in gpu and "HOROVOD_GPU_OPERATIONS=NCCL" in gpu
     assert k8s.CUDA_STUB_DIR in gpu
-    # hardened: every base image through its digest ARG, a non-root user, no SSH host key made at
-    # build time, host-key checking left on, the GPU image runs on a supported Debian
+    # hardened: every base image through its digest ARG (refused empty unless ALLOW_UNPINNED=1), a
+    # non-root user, no SSH host key made at build time, no StrictHostKeyChecking setting of our own
+    # (horovodrun passes StrictHostKeyChecking=no itself), the GPU image runs on a supported Debian
     for text in (cpu, gpu):
         froms = re.findall(r"^FROM (\S+)", text, re.M)
         assert froms and all(re.fullmatch(r"\$\{(\w+)_IMAGE\}\$\{(\w+)_DIGEST:\+@\$\{\2_DIGEST\}\}", f) for f in froms), froms
         for arg in re.findall(r"\$\{(\w+_DIGEST):", " ".join(froms)):
             assert re.search(rf"^ARG {arg}=(sha256:[0-9a-f]{{64}})?$", text, re.M), arg
+        # an empty digest fails the build of every stage unless ALLOW_UNPINNED=1 is passed
+        for stage in re.split(r"^FROM ", text, flags=re.M)[1:]:
+            arg = re.match(r"\$\{\w+\}\$\{(\w+_DIGEST):", stage).group(1)
+            _check_digest_guard(stage, arg)
         assert re.findall(r"^USER (.*)$", text, re.M)[-1] == f"{k8s.RUN_AS}:{k8s.RUN_AS}"
         assert "ssh-keygen" not in text and "StrictHostKeyChecking no" not in text
         assert "rm -f /etc/ssh/ssh_host_*" in text and "COPY docker/lrjob-sshd /usr/local/bin/lrjob-sshd" in text

@@ -83,11 +83,15 @@ OPERATOR_NAMESPACE = "ray-system"
 RUN_AS = 1000  # uid and gid of the images' `lrjob` user (Dockerfile, Dockerfile.gpu)
 SSH_PORT = 2222  # the MPIJob workers' sshd, run by that user: a port above 1023 needs no capability
 # A pod in the job's namespace with this label, its value the job's base name, may reach the Ray
-# head's dashboard, GCS and client ports (the NetworkPolicy's "named clients").
+# head's dashboard and client ports (the NetworkPolicy's "named clients").
 CLIENT_LABEL = "lrjob-ray-client"
 # RayJob backoffLimit and MPIJob runPolicy.backoffLimit: a new attempt runs the same command on the
-# same run directory, which resumes from the newest checkpoint this job left there.
+# same run directory. `--output DIR` refuses a directory that is not empty, so today a retry only
+# helps an attempt that failed before writing there (_RETRY_NOTE).
 RESTARTS = 2
+_RETRY_NOTE = ("`lrjob run --output` refuses a run directory that is not empty, so a retry gets past an attempt "
+               "that failed before writing there; after one that wrote it, the retry fails at once: continue "
+               "from the newest checkpoint with `lrjob run --resume` (k8s/README.md).")
 _SSH_HOME = "/home/lrjob/.ssh"  # the images' user's ~/.ssh, where the mpi-operator mounts the job's keys
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
@@ -394,7 +398,9 @@ def _pvc(p: _Plan, shared: bool) -> tuple[str, dict]:
     }
     return (f"The volume mounted at {RUNS_DIR} in {who}. It outlives the job; k8s/README.md shows how to "
             f"copy a run directory out of it. No storageClassName: the cluster's default StorageClass "
-            f"provisions it.", doc)
+            f"provisions it. The pods write as uid/gid {RUN_AS} (not root): the volume must honour fsGroup "
+            f"(many NFS and EFS provisioners do not) or be writable by gid {RUN_AS} (k8s/README.md, "
+            f"\"Storage\").", doc)
 
 
 def _resources(p: _Plan, cpu: str, memory: str, gpus: int = 0) -> _C:
@@ -668,9 +674,8 @@ def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
             "entrypoint": _C(
                 f"Runs in the Ray head (the driver): it joins the cluster through $RAY_ADDRESS, starts "
                 f"{p.workers} Horovod workers and writes the run directory {p.run_dir} on the volume. "
-                f"On a run directory that holds this job's checkpoints `lrjob run --output` resumes from the "
-                f"newest one (how a retry continues, see backoffLimit); move an old {p.run_dir} aside to "
-                f"start afresh.", _entrypoint(p)),
+                f"`--output` wants {p.run_dir} absent or empty: move an old one aside before applying "
+                f"again.", _entrypoint(p)),
             "submissionMode": _C("K8sJobMode: KubeRay submits the entrypoint from a Kubernetes Job named like "
                                  "this RayJob, whose log follows the run (kubectl logs -f job/" + p.base + ").",
                                  "K8sJobMode"),
@@ -682,8 +687,8 @@ def _rayjob(p: _Plan) -> list[tuple[str, dict]]:
                                         f"starting the cluster, training); KubeRay then stops the job.",
                                         DEADLINE_SECONDS),
             "backoffLimit": _C(f"Up to {RESTARTS} retries after a failed attempt (a lost head pod, a crashed "
-                               f"driver): each retry starts a new cluster and runs the same entrypoint, which "
-                               f"resumes {p.run_dir} from its newest checkpoint on the volume.", RESTARTS),
+                               f"driver): each retry starts a new cluster and runs the same entrypoint on "
+                               f"{p.run_dir}. " + _RETRY_NOTE, RESTARTS),
             "submitterPodTemplate": _C(
                 "The pod of the Kubernetes Job that submits the entrypoint (`ray job submit`, filled in by "
                 "KubeRay, which also adds the token environment): hardened like the Ray pods, labelled so "
@@ -775,8 +780,7 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                                               f"run directory stays on the volume.", TTL_SECONDS),
                 "activeDeadlineSeconds": _C(f"Give up after {DEADLINE_SECONDS} s.", DEADLINE_SECONDS),
                 "backoffLimit": _C(f"Up to {RESTARTS} restarts of the launcher (see its restartPolicy): each runs "
-                                   f"the same horovodrun on the same run directory, which resumes from the newest "
-                                   f"checkpoint this job left there.", RESTARTS),
+                                   f"the same horovodrun on the same run directory. " + _RETRY_NOTE, RESTARTS),
             }),
             "mpiReplicaSpecs": _C("The launcher runs horovodrun; the workers run the training.", {
                 "Launcher": _C("One pod that starts the processes and waits for them.", {
@@ -817,7 +821,8 @@ def _mpijob(p: _Plan) -> list[tuple[str, dict]]:
                     "replicas": _C(f"resources.workers = {p.workers}: one Horovod process per pod, "
                                    f"{p.cpu} CPU{p.gpu_note}.", p.workers),
                     "restartPolicy": _C("A worker pod whose sshd dies is restarted in place; the run it was part of "
-                                        "fails (Horovod cannot replace a rank) and the launcher's restart resumes it.",
+                                        "fails (Horovod cannot replace a rank); see runPolicy.backoffLimit for what "
+                                        "the launcher's restart does.",
                                         "OnFailure"),
                     "template": _C("Pod template of the workers.", {
                         "metadata": _C("Added to the pods' labels.", {"labels": dict(p.labels)}),

@@ -49,8 +49,9 @@ RUN groupadd --gid 1000 lrjob \
 
 # sshd for the MPIJob workers, run by `lrjob` on port 2222 (docker/lrjob-sshd, the way the
 # mpi-operator's own non-root images do it). The image holds no SSH host key: lrjob-sshd makes
-# one per container at start. Debian's package made host keys at install: they go. The ssh
-# client keeps host-key checking on (docker/ssh_config).
+# one per container at start, so no key is shared by every container of the image. Debian's
+# package made host keys at install: they go. Nobody checks the workers' host keys: horovodrun
+# passes StrictHostKeyChecking=no and docker/ssh_config keeps no known_hosts (/dev/null).
 COPY docker/lrjob_sshd_config /etc/ssh/lrjob_sshd_config
 COPY docker/ssh_config /etc/ssh/ssh_config.d/lrjob.conf
 COPY docker/lrjob-sshd /usr/local/bin/lrjob-sshd

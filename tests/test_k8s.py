@@ -535,7 +535,8 @@ def _rendered(kind: str, gpus=None, **kw) -> list[dict]:
 
 # Every manifest in k8s/ and a few more renderings (GPU pods, another Secret).
 HARDENED = [(n, None) for n in FILES] + [
-    ("render:rayjob:gpu", ("rayjob", 1, {})), ("render:raycluster:secret", ("raycluster", None, {"auth_secret": "team-a.ray", "operator_namespace": "kuberay"})),
+    ("render:rayjob:gpu", ("rayjob", 1, {})),
+    ("render:raycluster:secret", ("raycluster", None, {"auth_secret": "team-a.ray", "operator_namespace": "kuberay"})),
     ("render:mpijob:gpu", ("mpijob", 1, {}))]
 
 
@@ -623,7 +624,8 @@ def test_lrjob_k8s_says_how_to_create_the_token_secret(capsys):
     assert [d["kind"] for d in yaml.safe_load_all(out) if d][-1] == "NetworkPolicy"  # stdout: YAML only
     assert err.count("\n") == 1 and "secretName: team-a" in out
     # the token goes through a pipe: never on a command line (/proc/PID/cmdline) nor in a file
-    command = "openssl rand -hex 32 | tr -d '\\n' | kubectl create secret generic team-a --from-file=auth_token=/dev/stdin"
+    command = ("openssl rand -hex 32 | tr -d '\\n' | kubectl create secret generic team-a "
+               "--from-file=auth_token=/dev/stdin")
     assert command in err and command in out  # the file says it too
     assert "--from-literal" not in out + err
 

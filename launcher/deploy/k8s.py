@@ -629,8 +629,8 @@ def _cluster_spec(p: _Plan, interactive: bool) -> dict:
         "authOptions": _C(f"Ray token authentication (KubeRay v{KUBERAY_VERSION} or newer, Ray 2.52 or newer): "
                           f"every Ray pod gets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN from the key "
                           f"{AUTH_SECRET_KEY} of the Secret {p.auth_secret}, and the dashboard, job API, GCS and "
-                          f"Ray client refuse callers without it. The Secret is this job's own (another job's code never "
-                          f"holds this token); create it once, before applying this file:\n"
+                          f"Ray client refuse callers without it. The Secret is this job's own (another job's "
+                          f"code never holds this token); create it once, before applying this file:\n"
                           f"  {secret_command(p.auth_secret)}", {
                               "mode": "token",
                               "secretName": p.auth_secret,

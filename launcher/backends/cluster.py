@@ -69,7 +69,7 @@ def warn_if_cluster_open() -> None:
     confirmed.
 
     The cluster is asked, not this process: its dashboard's authentication mode, through the same
-    check as ``lrjob submit`` (``launcher.deploy.submit.check_auth``), when Ray knows a dashboard
+    check as ``lrjob submit`` (``launcher.backends.auth_check``), when Ray knows a dashboard
     address this machine can reach. Without one (a cluster started without a dashboard, or one that
     listens on the head's loopback only) what is checked is this process: a process without token
     mode that got in proves the cluster open; one with token mode proves nothing."""
@@ -104,7 +104,7 @@ def warn_if_cluster_open() -> None:
             url = None
     mode = None
     if url:
-        from ..deploy.submit import check_auth
+        from .auth_check import check_auth
 
         check = check_auth(url)
         mode = check.mode

@@ -86,12 +86,11 @@ SSH_PORT = 2222  # the MPIJob workers' sshd, run by that user: a port above 1023
 # head's dashboard and client ports (the NetworkPolicy's "named clients").
 CLIENT_LABEL = "lrjob-ray-client"
 # RayJob backoffLimit and MPIJob runPolicy.backoffLimit: a new attempt runs the same command on the
-# same run directory. `--output DIR` refuses a directory that is not empty, so today a retry only
-# helps an attempt that failed before writing there (_RETRY_NOTE).
+# same run directory, and `--output DIR` holding a run of the same job continues it (_RETRY_NOTE).
 RESTARTS = 2
-_RETRY_NOTE = ("`lrjob run --output` refuses a run directory that is not empty, so a retry gets past an attempt "
-               "that failed before writing there; after one that wrote it, the retry fails at once: continue "
-               "from the newest checkpoint with `lrjob run --resume` (k8s/README.md).")
+_RETRY_NOTE = ("`--output` on a run directory of the same job continues it from its newest good checkpoint "
+               "(or starts it over in place when it has none), so a retry resumes; bad input fails every "
+               "attempt the same way (k8s/README.md).")
 _SSH_HOME = "/home/lrjob/.ssh"  # the images' user's ~/.ssh, where the mpi-operator mounts the job's keys
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")

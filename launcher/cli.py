@@ -40,7 +40,7 @@ EXAMPLES = {
     "logs": "lrjob logs lrjob-binary_synthetic-20260101T000000Z --follow --address http://127.0.0.1:8265",
     "stop": "lrjob stop lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265",
     "list": "lrjob list --address http://127.0.0.1:8265",
-    "runs": "lrjob runs --dir runs",
+    "runs": "lrjob runs --where train.optimizer=adam --sort -val_accuracy",
     "compare": "lrjob compare runs/digits_softmax-20260101T000000Z runs/digits_softmax-20260102T000000Z",
     "k8s": "lrjob k8s jobs/mnist_softmax.yaml --kind rayjob --workers 4 --image lrjob:0.1.0",
     "worker": "horovodrun --gloo -np 2 -H localhost:2 lrjob worker jobs/binary_synthetic.yaml --output runs/x",
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--runs-dir", default="runs", help="parent of new run directories (default: runs)")
     r.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its newest checkpoint")
     _add_oversubscribe(r)
+    r.add_argument("--track", default=None, metavar="URI",
+                   help="also log the run to MLflow at URI, e.g. http://127.0.0.1:5000 or file:./mlruns "
+                        "(sets tracking.mlflow.uri)")
     g = r.add_mutually_exclusive_group()
     g.add_argument("--quiet", action="store_true", help="print only the run directory")
     g.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
@@ -142,6 +145,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     rs = _sub(subs, "runs", "a table of past runs")
     rs.add_argument("--dir", default=None, help="folder of run directories (default: runs)")
+    rs.add_argument("--where", action="append", default=[], metavar="FIELD=VALUE",
+                    help="only runs whose spec field or result has this value, e.g. --where train.learning_rate=0.1 "
+                         "or --where status=completed (repeatable: all must hold)")
+    rs.add_argument("--sort", default=None, metavar="[-]KEY",
+                    help="order by a result (val_accuracy, val_loss, best_val_accuracy, wall_seconds) or a spec "
+                         "field (train.learning_rate); a leading - sorts descending: --sort -val_accuracy "
+                         "(default: oldest first)")
     cp = _sub(subs, "compare", "two runs side by side: spec differences and results")
     cp.add_argument("run_a")
     cp.add_argument("run_b")
@@ -173,6 +183,8 @@ def _load(args):
         overrides.append(f"resources.workers={args.workers}")
     if getattr(args, "gpus_per_worker", None) is not None:
         overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
+    if getattr(args, "track", None) is not None:
+        overrides.append(f"tracking.mlflow.uri={args.track}")
     return load_spec(args.job, overrides)
 
 
@@ -487,7 +499,7 @@ def cmd_worker(args) -> int:
 
 def cmd_runs(args) -> int:
     """``lrjob runs``: print the table of past runs under ``--dir``; returns 0."""
-    from .report.history import DAMAGED, list_runs, render_runs
+    from .report.history import DAMAGED, describe_runs, filter_runs, list_runs, render_runs, sort_runs
 
     if args.dir is not None and not Path(args.dir).is_dir():  # a named folder must exist
         raise LrjobInputError(f"--dir {args.dir}: no such folder; pass the folder lrjob run wrote runs into")
@@ -496,6 +508,12 @@ def cmd_runs(args) -> int:
         if r["status"] == DAMAGED:
             sys.stderr.write(f"lrjob: warning: {r['path']}/summary.json cannot be read or has fields of the wrong "
                              f"type; its row shows what could be read\n")
+    rows = filter_runs(describe_runs(rows), args.where)
+    if args.sort:
+        rows = sort_runs(rows, args.sort)
+    if not rows and args.where:
+        print(f"no run matches {' and '.join(args.where)}")
+        return 0
     print(render_runs(rows))
     return 0
 
@@ -539,13 +557,26 @@ COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "pre
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 
 
+def _sort_value_attached(argv: list[str]) -> list[str]:
+    """``--sort -val_loss`` as ``--sort=-val_loss``: argparse would take the value for an option."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--sort" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][:2] != "--":
+            out.append(f"--sort={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``lrjob`` entry point: parse ``argv`` and run the command; returns the exit code (0 ok,
     2 bad input, 1 training, cluster or internal failure, 130 interrupted)."""
     from .quiet import silence_known_noise
 
     silence_known_noise()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_sort_value_attached(sys.argv[1:] if argv is None else argv))
     try:
         return COMMANDS[args.command](args)
     except LrjobError as e:

@@ -40,6 +40,7 @@ from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
                      latest_checkpoint, make_run_dir, remove_if_empty)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
+from .tracking import make_tracker
 
 __all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
 
@@ -183,6 +184,8 @@ class Driver:
         self.status: dict = {"status": "starting"}
         self._restore_signals: Callable[[], None] = lambda: None
         self._result: RunResult | None = None
+        # MLflow when the spec's tracking section asks for it (docs/design.md#tracking)
+        self.tracker = make_tracker(spec)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> RunResult:
@@ -240,6 +243,7 @@ class Driver:
             self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
         for w in self.warnings:
             self.reporter.message(f"lrjob: warning: {w['message']}")
+        self.tracker.start(self.spec, self.path, self.history)
         self.status = {"status": "running"}
         self._write_summary()
         state = self._epochs()
@@ -290,6 +294,7 @@ class Driver:
                 # persisted before it is reported: a printed epoch is a saved epoch
                 run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key)
             self.reporter.epoch(m, epochs)
+            self.tracker.epoch(m)
         if state is None:  # resumed at the end already, or the last epoch was not due
             state = self.backend.get_state()
         return state
@@ -377,6 +382,7 @@ class Driver:
         if self.status.get("status") == "completed":
             _plots(self.run_dir, self.spec, self.data, self.history)
             self.reporter.summary(full, self.path)
+        self.tracker.finish(full, self.path)  # after the plots: they are logged too
 
     def _write_summary(self) -> dict:
         history = self.history

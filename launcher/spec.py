@@ -25,7 +25,7 @@ from lr_core.data import LABEL_COLUMN, SOURCES, VAL_FRACTION, check_source_spec
 from lr_core.errors import SpecError, clip, shown, suggest
 
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
-           "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
+           "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
 
 @dataclass(frozen=True)
 class _Field:
@@ -174,8 +174,22 @@ class FailureSpec:
     epoch_timeout_s: float = _f("float", 0, _ge(0, ">= 0 (0: automatic)"))
 
 
+@dataclass(frozen=True)
+class TrackingSpec:
+    """``tracking``: where a run is logged besides its run directory (docs/design.md#tracking);
+    off by default. ``mlflow: {uri, experiment}`` logs it to MLflow: ``uri`` defaults to
+    ``file:./mlruns`` (relative to the working directory), ``experiment`` to the job's name."""
+
+    mlflow: dict | None = _f("map", None, nullable=True)
+
+
+# The keys of tracking.mlflow (checked in _cross_checks) and the tracking URI when none is given.
+MLFLOW_KEYS = ("uri", "experiment")
+MLFLOW_DEFAULT_URI = "file:./mlruns"
+
 SECTIONS: dict[str, type] = {"model": ModelSpec, "data": DataSpec, "train": TrainSpec,
-                             "resources": ResourcesSpec, "checkpoint": CheckpointSpec, "failure": FailureSpec}
+                             "resources": ResourcesSpec, "checkpoint": CheckpointSpec, "failure": FailureSpec,
+                             "tracking": TrackingSpec}
 # Every section's fields and rules, read off the section classes above.
 SCHEMA: dict[str, dict[str, _Field]] = {
     name: {f.name: f.metadata["rule"] for f in fields(cls)} for name, cls in SECTIONS.items()}
@@ -184,7 +198,10 @@ TOP_LEVEL = ("name", *SCHEMA)
 SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_worker",
                        "resources.gpus_per_worker", "checkpoint.every_epochs", "checkpoint.keep",
                        "checkpoint.every_steps", "data.cache",
-                       "failure.max_failures", "failure.epoch_timeout_s", "name"}
+                       "failure.max_failures", "failure.epoch_timeout_s", "name",
+                       # where a run is logged does not change what it trains ("tracking": specs
+                       # written before the section existed)
+                       "tracking", "tracking.mlflow"}
 
 
 # Fields added after runs were checkpointed: when null they leave the spec digest unchanged.
@@ -285,6 +302,7 @@ class JobSpec:
     resources: ResourcesSpec = field(init=False, repr=False, compare=False)
     checkpoint: CheckpointSpec = field(init=False, repr=False, compare=False)
     failure: FailureSpec = field(init=False, repr=False, compare=False)
+    tracking: TrackingSpec = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         for name, cls in SECTIONS.items():
@@ -421,6 +439,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
                 p = os.path.normpath(os.path.join(base_dir, p))
             raw["data"][key] = p
     _cross_checks(raw)
+    _resolve_tracking(raw)
     return JobSpec(raw=raw, source_file=source_file)
 
 
@@ -481,6 +500,24 @@ def _resolve_classes(m: dict, source: str) -> None:
         raise SpecError("model.num_classes: required with model.kind: softmax on this source (the labels are "
                         "read block by block, and a class missing from the training rows would go unnoticed); "
                         "set it to the number of classes, e.g. model: {kind: softmax, num_classes: 3}")
+
+
+def _resolve_tracking(raw: dict) -> None:
+    """Check ``tracking.mlflow``'s keys and fill in its defaults (the resolved spec shows them)."""
+    mlflow = raw["tracking"]["mlflow"]
+    if mlflow is None:
+        return
+    for key in mlflow:
+        if key not in MLFLOW_KEYS:
+            raise SpecError(f"tracking.mlflow: unknown key {key!r}{suggest(str(key), MLFLOW_KEYS)}")
+    defaults = {"uri": MLFLOW_DEFAULT_URI, "experiment": raw["name"]}
+    for key in MLFLOW_KEYS:
+        value = mlflow.get(key)
+        if value is None:
+            value = defaults[key]
+        if not isinstance(value, str) or not value.strip():
+            raise SpecError(f"tracking.mlflow.{key} must be a non-empty string, got {value!r}")
+        mlflow[key] = value.strip()
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:

@@ -74,7 +74,7 @@ def test_launcher_has_no_import_cycle():
             visit(n, [n])
 
 
-SPEC_KEY = re.compile(r"^(model|data|train|resources|checkpoint|failure)(\.\w+)?$")
+SPEC_KEY = re.compile(r"^(model|data|train|resources|checkpoint|failure|tracking)(\.\w+)?$")
 
 
 def test_no_spec_field_is_read_by_a_string_key_outside_the_spec_module():

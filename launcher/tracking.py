@@ -1,0 +1,197 @@
+"""Experiment tracking (docs/design.md#tracking): a run logged to MLflow besides its run directory.
+
+    lrjob run jobs/digits_softmax.yaml --workers 0 --track http://127.0.0.1:5000
+    # or in the spec:  tracking: {mlflow: {uri: http://127.0.0.1:5000, experiment: digits}}
+
+``make_tracker(spec)`` gives the driver a ``Tracker``: ``NullTracker`` when the spec leaves
+``tracking.mlflow`` unset, else an ``MlflowTracker``, the only place that imports mlflow
+(so ``lrjob --help`` and untracked runs never load it). The driver calls ``start`` once the
+run directory exists, ``epoch`` after each epoch is saved and ``finish`` after the summary
+and the plots are written.
+
+What is logged: the resolved spec as params (flattened: ``train.learning_rate``), every
+epoch's numeric metrics (step = epoch), the summary's numbers (``summary.*``), the run's
+files (job.yaml, summary.json, metrics.jsonl, env.json, the pictures, report.html, and the
+exported model under ``model/``) as artifacts, and tags naming the run directory.
+
+Tracking never fails a run: the first error (a server that does not answer, a refused
+request) is one warning line on stderr and turns tracking off for the rest of the run;
+the client's HTTP retries and timeout are bounded (``HTTP_LIMITS``, the user's
+environment wins) so that a dead server cannot hang training.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "HTTP_LIMITS"]
+
+# MLflow client settings (environment variables it reads per request). Its defaults retry
+# 7 times with a 120 s timeout each: minutes of a stalled driver for a server that is down.
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+# MLflow's per-request limits (log_batch) and its longest param value.
+_BATCH_PARAMS, _BATCH_METRICS, _PARAM_CHARS = 100, 1000, 6000
+# The run's files logged as artifacts when present (the exported model/ separately).
+ARTIFACTS = ("job.yaml", "summary.json", "metrics.jsonl", "env.json", "curves.png", "confusion.png",
+             "samples.png", "boundary.png", "report.html")
+# How summary.json's status reads in MLflow.
+_STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+
+
+class Tracker:
+    """What the driver calls; this base class logs nothing."""
+
+    def start(self, spec, run_dir: Path, history: list[dict]) -> None:
+        """The run begins (``history``: the epochs a resumed run already has)."""
+
+    def epoch(self, metrics: dict) -> None:
+        """One finished epoch's metrics (a line of metrics.jsonl)."""
+
+    def finish(self, summary: dict, run_dir: Path) -> None:
+        """The run ended (completed, failed or interrupted): ``summary`` is summary.json."""
+
+
+class NullTracker(Tracker):
+    """Tracking off (the default)."""
+
+
+def make_tracker(spec) -> Tracker:
+    """The tracker the spec asks for: ``MlflowTracker`` when ``tracking.mlflow`` is set, else
+    ``NullTracker``. Nothing is imported or contacted here."""
+    mlflow = spec.tracking.mlflow
+    if not mlflow:
+        return NullTracker()
+    return MlflowTracker(mlflow["uri"], mlflow["experiment"])
+
+
+def flatten(obj, prefix: str = "") -> dict[str, object]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (mappings only; lists stay values)."""
+    out: dict[str, object] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    elif prefix:
+        out[prefix] = obj
+    return out
+
+
+def _number(v) -> float | None:
+    """``v`` as a float when it is a finite real number (not a bool), else None."""
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def _param_text(v) -> str:
+    text = v if isinstance(v, str) else json.dumps(v, default=str)
+    return text[:_PARAM_CHARS]
+
+
+class MlflowTracker(Tracker):
+    """Logs one lrjob run as one MLflow run of ``experiment`` at ``uri``, through
+    ``MlflowClient`` (no global active run: several drivers in one process stay apart)."""
+
+    def __init__(self, uri: str, experiment: str):
+        self.uri, self.experiment = uri, experiment
+        self.client = None
+        self.run_id: str | None = None
+        self.off = False  # set by the first failure: nothing more is sent
+
+    # ------------------------------------------------------------------ the driver's calls
+    def start(self, spec, run_dir: Path, history: list[dict]) -> None:
+        """Create the MLflow run (tags: the run directory, the job), log the spec as params and
+        the epochs a resumed run already has."""
+        self._guard("start", lambda: self._start(spec, Path(run_dir), history))
+
+    def epoch(self, metrics: dict) -> None:
+        """Log the epoch's numeric metrics at step = its epoch number."""
+        if self.run_id is not None:
+            self._guard("epoch", lambda: self._log_metrics([metrics]))
+
+    def finish(self, summary: dict, run_dir: Path) -> None:
+        """Log the summary's numbers, the run's files and the model, and close the MLflow run
+        with the run's status."""
+        if self.run_id is not None:
+            self._guard("finish", lambda: self._finish(summary, Path(run_dir)))
+
+    # ------------------------------------------------------------------ MLflow
+    def _start(self, spec, run_dir: Path, history: list[dict]) -> None:
+        for key, value in HTTP_LIMITS.items():
+            os.environ.setdefault(key, value)
+        # urllib3 and mlflow would print retries and notices: the one warning line is ours.
+        logging.getLogger("urllib3").setLevel(logging.ERROR)
+        from mlflow.entities import Param
+        from mlflow.tracking import MlflowClient
+
+        logging.getLogger("mlflow").setLevel(logging.ERROR)
+        self.client = client = MlflowClient(tracking_uri=self.uri)
+        experiment = client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            experiment_id = experiment.experiment_id
+        else:
+            try:
+                experiment_id = client.create_experiment(self.experiment)
+            except Exception:  # noqa: BLE001 - another run created it meanwhile
+                found = client.get_experiment_by_name(self.experiment)
+                if found is None:
+                    raise
+                experiment_id = found.experiment_id
+        tags = {"lrjob.run_dir": str(run_dir.resolve()), "lrjob.job": spec.name,
+                "lrjob.workers": str(spec.workers), "mlflow.source.name": "lrjob",
+                "mlflow.source.type": "JOB"}
+        run = client.create_run(experiment_id, tags=tags, run_name=run_dir.name)
+        self.run_id = run.info.run_id
+        params = [Param(k, _param_text(v)) for k, v in sorted(flatten(spec.to_dict()).items())]
+        for i in range(0, len(params), _BATCH_PARAMS):
+            client.log_batch(self.run_id, params=params[i:i + _BATCH_PARAMS])
+        if history:
+            self._log_metrics(history)
+
+    def _log_metrics(self, epochs: list[dict]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = []
+        for i, m in enumerate(epochs):
+            step = int(m.get("epoch", i + 1))
+            metrics += [Metric(k, x, now, step) for k, v in m.items()
+                        if k != "epoch" and (x := _number(v)) is not None]
+        for i in range(0, len(metrics), _BATCH_METRICS):
+            self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH_METRICS])
+
+    def _finish(self, summary: dict, run_dir: Path) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        client, now = self.client, int(time.time() * 1000)
+        # "final" repeats the last epoch, already logged at its step
+        numbers = {f"summary.{k}": x for k, v in summary.items() if k != "final" and (x := _number(v)) is not None}
+        status = str(summary.get("status", "?"))
+        client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(numbers.items())],
+                         tags=[RunTag("lrjob.status", status)])
+        for name in ARTIFACTS:
+            if (run_dir / name).is_file():
+                client.log_artifact(self.run_id, str(run_dir / name))
+        if (run_dir / "model").is_dir():
+            client.log_artifacts(self.run_id, str(run_dir / "model"), artifact_path="model")
+        client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
+
+    def _guard(self, what: str, call) -> None:
+        """Run ``call``; the first exception is one warning line and turns tracking off."""
+        if self.off:
+            return
+        try:
+            call()
+        except Exception as e:  # noqa: BLE001 - tracking must never fail a training run
+            self.off = True
+            reason = " ".join(f"{type(e).__name__}: {e}".split())
+            if len(reason) > 240:
+                reason = reason[:237] + "..."
+            print(f"lrjob: warning: MLflow tracking at {self.uri} is off for this run ({what} failed: "
+                  f"{reason}); training goes on, the run directory has everything", file=sys.stderr)

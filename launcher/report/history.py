@@ -7,7 +7,7 @@ from lr_core.errors import clip
 
 from ..rundir import RunDir
 
-__all__ = ["list_runs", "render_runs", "render_compare", "DAMAGED"]
+__all__ = ["list_runs", "describe_runs", "filter_runs", "sort_runs", "render_runs", "render_compare", "DAMAGED"]
 
 
 def list_runs(base: str | Path = "runs") -> list[dict]:
@@ -65,14 +65,110 @@ def render_runs(rows: list[dict]) -> str:
         return "no runs yet (lrjob run JOB writes runs/<name>-<stamp>/)"
     import time
 
-    table = [("RUN", "DATE", "WORKERS", "EPOCHS", "ACCURACY", "WALL", "STATUS")]
+    table = [("RUN", "DATE", "DATA", "LR", "BATCH", "OPTIMIZER", "WORKERS", "EPOCHS", "ACCURACY", "BEST_VAL_ACC",
+              "WALL", "STATUS")]
     for r in rows:
-        table.append((r["run"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime"])),
-                      "-" if r["workers"] is None else str(r["workers"]),
+        spec = r.get("spec") or {}  # describe_runs' columns; "-" for rows without them
+        lr, batch = spec.get("train.learning_rate"), spec.get("train.batch_size")
+        table.append((r["run"], time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime"])), r.get("data") or "-",
+                      "-" if lr is None else f"{lr:g}", "-" if batch is None else str(batch),
+                      str(spec.get("train.optimizer") or "-"), "-" if r["workers"] is None else str(r["workers"]),
                       r["epochs"], "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                      _fmt(r.get("best_val_accuracy")),
                       "-" if r["wall_seconds"] is None else f"{r['wall_seconds']:.1f}s", r["status"]))
     widths = [max(len(row[i]) for row in table) for i in range(len(table[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in table)
+
+
+def describe_runs(rows: list[dict]) -> list[dict]:
+    """``list_runs`` rows with what tells runs apart: ``spec`` (job.yaml flattened, e.g.
+    ``train.learning_rate``; {} when unreadable), ``data`` (source and file name),
+    ``results`` (the summary's numbers and its final epoch's metrics) and
+    ``best_val_accuracy`` (over the epochs)."""
+    from lr_core.errors import LrjobError
+
+    for r in rows:
+        run = RunDir(r["path"])
+        flat: dict = {}
+        try:
+            _flatten("", run.spec_dict(), flat)
+        except LrjobError:  # a damaged job.yaml costs its columns, not the table
+            pass
+        s = run.summary() or {}
+        results = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
+        results.update({k: v for k, v in (s.get("final") or {}).items() if not isinstance(v, (dict, list))})
+        best = s.get("best_val_accuracy", results.get("val_accuracy"))
+        r.update(spec=flat, data=_data_label(flat), results=results, best_val_accuracy=best)
+    return rows
+
+
+def _data_label(flat: dict) -> str | None:
+    """``csv:train.csv``: the data source and the name of its file (the source alone without one)."""
+    source, path = flat.get("data.source"), flat.get("data.path")
+    if not source:
+        return None
+    return f"{source}:{str(path).rstrip('/').rsplit('/', 1)[-1]}" if path else str(source)
+
+
+def _lookup(row: dict, key: str):
+    """A run's value for ``key``: a spec field (``train.learning_rate``), else a result
+    (``val_accuracy``, ``best_val_accuracy``, ``wall_seconds``, ``status``)."""
+    if key in row["spec"]:
+        return row["spec"][key]
+    return row["results"].get(key)
+
+
+def _known(rows: list[dict]) -> list[str]:
+    return sorted({k for r in rows for k in (*r["spec"], *r["results"])})
+
+
+def _same(have, text: str) -> bool:
+    """Whether a run's value equals ``--where``'s text (numbers compared as numbers)."""
+    import math
+
+    import yaml
+
+    try:
+        want = yaml.safe_load(text)
+    except yaml.YAMLError:
+        want = text
+    num = (int, float)
+    if isinstance(have, num) and isinstance(want, num) and not isinstance(have, bool) \
+            and not isinstance(want, bool):
+        return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0)
+    return have == want or str(have) == text
+
+
+def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
+    """The ``describe_runs`` rows whose every ``FIELD=VALUE`` of ``where`` holds; a field that
+    no run has is a one-line input error that names the near match."""
+    from lr_core.errors import LrjobInputError, suggest
+
+    for item in where:
+        key, eq, text = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise LrjobInputError(f"--where {item!r}: expected FIELD=VALUE, e.g. --where train.learning_rate=0.1")
+        if rows and all(key not in r["spec"] and key not in r["results"] for r in rows):
+            raise LrjobInputError(f"--where {key}: no run has this field{suggest(key, _known(rows))}")
+        rows = [r for r in rows if (key in r["spec"] or key in r["results"]) and _same(_lookup(r, key), text.strip())]
+    return rows
+
+
+def sort_runs(rows: list[dict], key: str) -> list[dict]:
+    """The ``describe_runs`` rows sorted by ``key`` (a result or spec field), ascending, or
+    descending with a leading ``-``; runs without the value come last."""
+    from lr_core.errors import LrjobInputError, suggest
+
+    descending = key.startswith("-")
+    name = key.lstrip("-+").strip()
+    if rows and all(_lookup(r, name) is None for r in rows):
+        raise LrjobInputError(f"--sort {key}: no run has {name!r}{suggest(name, _known(rows))}")
+    have = [r for r in rows if _lookup(r, name) is not None]
+    missing = [r for r in rows if _lookup(r, name) is None]
+    numeric = all(isinstance(_lookup(r, name), (int, float)) for r in have)
+    have.sort(key=lambda r: _lookup(r, name) if numeric else str(_lookup(r, name)), reverse=descending)
+    return have + missing
 
 
 def _flatten(prefix: str, obj, out: dict) -> None:

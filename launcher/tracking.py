@@ -33,7 +33,7 @@ __all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten",
 
 # MLflow client settings (environment variables it reads per request). Its defaults retry
 # 7 times with a 120 s timeout each: minutes of a stalled driver for a server that is down.
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "0.5",
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
 # MLflow's per-request limits (log_batch) and its longest param value.
 _BATCH_PARAMS, _BATCH_METRICS, _PARAM_CHARS = 100, 1000, 6000
@@ -169,6 +169,11 @@ class MlflowTracker(Tracker):
     def _finish(self, summary: dict, run_dir: Path) -> None:
         from mlflow.entities import Metric, RunTag
 
+        import mlflow
+
+        # Artifacts that travel through the server (mlflow-artifacts:/ locations) are resolved
+        # against mlflow's global tracking URI, not the client's: point it at ours.
+        mlflow.set_tracking_uri(self.uri)
         client, now = self.client, int(time.time() * 1000)
         # "final" repeats the last epoch, already logged at its step
         numbers = {f"summary.{k}": x for k, v in summary.items() if k != "final" and (x := _number(v)) is not None}

@@ -1,0 +1,197 @@
+"""Experiment tracking (launcher/tracking.py, docs/design.md#tracking): what a tracked run
+logs to MLflow, read back through the MLflow client.
+
+Fast tier: the spec section, the lazy import, a file store (``file:`` URI, no server), a
+failed run, and a tracking server that does not answer (one warning line, the run
+completes). Marked ``distributed`` like the other tests that start servers: a real
+``mlflow server`` on loopback (a free port, a sqlite backend and an artifact folder in
+tmp_path), stopped after the test."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from launcher.driver import run_job
+from launcher.spec import load_spec
+from procs import kill_tree, run
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+LRJOB = str(BIN / "lrjob")
+JOB = "jobs/binary_2d.yaml"
+# A 3-epoch in-process run of seconds; learning rate 0.05 to see it among the params.
+SMALL = ["resources.workers=0", "train.epochs=3", "train.learning_rate=0.05"]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _client(uri):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def _only_run(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment!r} was not created"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, runs
+    return runs[0]
+
+
+def _artifacts(client, run_id, path=None):
+    out = []
+    for f in client.list_artifacts(run_id, path):
+        out += _artifacts(client, run_id, f.path) if f.is_dir else [f.path]
+    return sorted(out)
+
+
+def _check_logged(client, result, experiment):
+    """The MLflow run of ``result`` holds the spec, every epoch, the summary and the files."""
+    run = _only_run(client, experiment)
+    rid = run.info.run_id
+    params = run.data.params
+    assert params["train.learning_rate"] == "0.05" and params["train.epochs"] == "3"
+    assert params["train.optimizer"] == "sgd" and params["data.source"] == "synthetic-blobs"
+    assert params["data.options.n_features"] == "2" and params["resources.workers"] == "0"
+    for key in ("val_accuracy", "val_loss", "train_loss"):
+        hist = sorted(client.get_metric_history(rid, key), key=lambda m: m.step)
+        assert [m.step for m in hist] == [1, 2, 3], key
+        assert [m.value for m in hist] == pytest.approx([h[key] for h in result.history], rel=1e-12), key
+    assert run.data.metrics["summary.epochs_done"] == 3
+    assert run.data.metrics["summary.best_val_accuracy"] == pytest.approx(result.summary["best_val_accuracy"])
+    assert run.data.tags["lrjob.run_dir"] == str(Path(result.path).resolve())
+    assert run.data.tags["lrjob.status"] == "completed" and run.info.status == "FINISHED"
+    arts = _artifacts(client, rid)
+    for name in ("job.yaml", "summary.json", "metrics.jsonl", "env.json", "curves.png", "boundary.png",
+                 "report.html", "model/meta.json"):
+        assert name in arts, (name, arts)
+    assert any(a.startswith("model/") and a.endswith(".params") for a in arts), arts
+    # the artifact is the run directory's file, byte for byte
+    dst = Path(result.path).parent / "downloaded"
+    dst.mkdir(exist_ok=True)
+    got = Path(client.download_artifacts(rid, "summary.json", str(dst)))
+    assert json.loads(got.read_text()) == json.loads((Path(result.path) / "summary.json").read_text())
+
+
+# --------------------------------------------------------------------------- the spec
+def test_tracking_is_off_by_default_and_filled_in_when_turned_on():
+    assert load_spec(JOB).tracking.mlflow is None
+    on = load_spec(JOB, ["tracking.mlflow={}"]).tracking.mlflow
+    assert on == {"uri": "file:./mlruns", "experiment": "binary_2d"}
+    given = load_spec(JOB, ["tracking.mlflow.uri=http://127.0.0.1:5000", "tracking.mlflow.experiment=lr"])
+    assert given.tracking.mlflow == {"uri": "http://127.0.0.1:5000", "experiment": "lr"}
+
+
+@pytest.mark.parametrize("override,message", [
+    ("tracking.mlflow.url=http://x", "tracking.mlflow: unknown key 'url'; did you mean 'uri'?"),
+    ("tracking.mlflow.experiment=[1, 2]", "tracking.mlflow.experiment must be a non-empty string"),
+    ("tracking.mlflow=yes", "tracking.mlflow must be a mapping"),
+])
+def test_bad_tracking_section_is_one_line_and_writes_nothing(tmp_path, override, message):
+    r = run([LRJOB, "run", str(ROOT / JOB), "--workers", "0", "--set", override, "--runs-dir", str(tmp_path / "runs")],
+            timeout=120, cwd=tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith(f"lrjob: error: {message}"), r.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_mlflow_is_imported_only_when_tracking_is_on(tmp_path):
+    code = ("import sys; from launcher.cli import build_parser; build_parser(); "
+            "from launcher.driver import run_job; from launcher.spec import load_spec; "
+            f"run_job(load_spec({JOB!r}, ['resources.workers=0', 'train.epochs=1']), {str(tmp_path / 'r')!r}); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'mlflow'))")
+    r = run([sys.executable, "-c", code], timeout=120, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "[]"
+
+
+# --------------------------------------------------------------------------- a file store
+def test_a_run_is_logged_to_a_file_store(tmp_path):
+    uri = (tmp_path / "mlruns").as_uri()
+    result = run_job(load_spec(JOB, [*SMALL, f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=blobs"]),
+                     tmp_path / "run")
+    _check_logged(_client(uri), result, "blobs")
+
+
+def test_track_flag_and_a_failed_run_is_marked_failed(tmp_path):
+    uri = (tmp_path / "mlruns").as_uri()
+    fault = json.dumps({"at": "step", "epoch": 2, "step": 3, "rank": 0, "action": "raise"})
+    r = run([LRJOB, "run", JOB, "--workers", "0", "--track", uri, "--output", str(tmp_path / "run"),
+             "--set", "train.epochs=3"], timeout=120, cwd=ROOT, env={**os.environ, "LRJOB_FAULT": fault})
+    assert r.returncode == 1, r.stderr
+    client = _client(uri)
+    mlrun = _only_run(client, "binary_2d")
+    assert mlrun.info.status == "FAILED" and mlrun.data.tags["lrjob.status"] == "failed"
+    assert [m.step for m in client.get_metric_history(mlrun.info.run_id, "val_accuracy")] == [1]
+    assert "summary.json" in _artifacts(client, mlrun.info.run_id)
+
+
+def test_an_unreachable_server_is_one_warning_and_the_run_completes(tmp_path):
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    r = run([LRJOB, "run", JOB, "--workers", "0", "--track", uri, "--output", str(tmp_path / "run"),
+             "--set", "train.epochs=2"], timeout=240, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    about = [line for line in r.stderr.splitlines() if "mlflow" in line.lower() or uri in line]
+    assert len(about) == 1, r.stderr
+    assert about[0].startswith(f"lrjob: warning: MLflow tracking at {uri} is off for this run (start failed: "
+                               f"MlflowException: API request to {uri}/"), about
+    assert "Traceback" not in r.stderr and "Retrying" not in r.stderr, r.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 2
+    assert (tmp_path / "run" / "model" / "meta.json").is_file()
+
+
+# --------------------------------------------------------------------------- a real server
+@pytest.fixture
+def mlflow_server(tmp_path):
+    """``mlflow server`` on a free loopback port, a sqlite backend and an artifact folder in
+    tmp_path (artifacts travel through the server); killed with its workers after the test."""
+    port = _free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+                             "--artifacts-destination", str(tmp_path / "artifacts"), "--workers", "1"],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=tmp_path)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(600):  # until /health answers (bounded: at most ~60 s)
+            if proc.poll() is not None:
+                pytest.fail(f"mlflow server exited: {(tmp_path / 'server.log').read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{uri}/health", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                _pause(proc)  # a tenth of a second, or until the server exits
+        else:
+            pytest.fail("mlflow server did not answer /health")
+        yield uri
+    finally:
+        kill_tree(proc)
+        log.close()
+
+
+def _pause(proc):
+    try:
+        proc.wait(timeout=0.1)
+    except subprocess.TimeoutExpired:
+        pass
+
+
+@pytest.mark.distributed
+def test_a_run_is_logged_to_a_tracking_server(mlflow_server, tmp_path):
+    result = run_job(load_spec(JOB, [*SMALL, f"tracking.mlflow.uri={mlflow_server}",
+                                     "tracking.mlflow.experiment=lr-blobs"]), tmp_path / "run")
+    _check_logged(_client(mlflow_server), result, "lr-blobs")
+    # the artifacts went through the server into its folder
+    assert list((tmp_path / "artifacts").rglob("report.html"))

@@ -1,0 +1,126 @@
+"""``lrjob runs`` tells runs apart: the data (source and file), the key hyperparameters and
+the best validation accuracy per run; ``--where`` filters and ``--sort`` orders them.
+Three real in-process runs on two CSV files the test writes."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.cli import main
+from launcher.driver import run_job
+from launcher.spec import load_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _csv(path: Path, seed: int, n: int = 120) -> Path:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, 2))
+    y = (x[:, 0] + 0.5 * x[:, 1] + rng.normal(scale=0.5, size=n) > 0).astype(int)
+    path.write_text("a,b,label\n" + "".join(f"{a:.5f},{b:.5f},{c}\n" for (a, b), c in zip(x, y)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    north, south = _csv(base.parent / "north.csv", 1), _csv(base.parent / "south.csv", 2)
+    for name, path, lr, opt in (("r1", north, 0.1, "sgd"), ("r2", south, 0.1, "adam"), ("r3", north, 0.5, "sgd")):
+        spec = load_spec(ROOT / "jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=2", "data.source=csv",
+                                                        f"data.path={path}", "data.options={}",
+                                                        f"train.learning_rate={lr}", f"train.optimizer={opt}",
+                                                        "train.batch_size=8"])
+        run_job(spec, base / name)
+    return base
+
+
+def _cli(capsys, *args):
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _rows(out: str) -> dict[str, dict[str, str]]:
+    """The table's rows by run name, each cell under its header (columns start where their name does)."""
+    import re
+
+    lines = out.rstrip().splitlines()
+    cols = [(m.group(), m.start()) for m in re.finditer(r"\S+", lines[0])]
+    bounds = [(name, start, cols[i + 1][1] if i + 1 < len(cols) else None) for i, (name, start) in enumerate(cols)]
+    rows = [{name: line[a:b].strip() for name, a, b in bounds} for line in lines[1:]]
+    return {r["RUN"]: r for r in rows}
+
+
+def test_the_table_shows_data_hyperparameters_and_best_accuracy(base, capsys):
+    code, out, err = _cli(capsys, "runs", "--dir", base)
+    assert code == 0, err
+    rows = _rows(out)
+    assert set(rows) == {"r1", "r2", "r3"}
+    assert [rows[r]["DATA"] for r in ("r1", "r2", "r3")] == ["csv:north.csv", "csv:south.csv", "csv:north.csv"]
+    assert [rows[r]["LR"] for r in ("r1", "r2", "r3")] == ["0.1", "0.1", "0.5"]
+    assert [rows[r]["OPTIMIZER"] for r in ("r1", "r2", "r3")] == ["sgd", "adam", "sgd"]
+    assert {rows[r]["BATCH"] for r in rows} == {"8"} and {rows[r]["WORKERS"] for r in rows} == {"0"}
+    assert {rows[r]["EPOCHS"] for r in rows} == {"2/2"}
+    for r in rows:
+        best = max(json.loads(line)["val_accuracy"] for line in (base / r / "metrics.jsonl").read_text().splitlines())
+        assert rows[r]["BEST_VAL_ACC"] == f"{best:.4f}"
+
+
+def test_where_filters_on_spec_fields_and_results(base, capsys):
+    code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "train.learning_rate=0.1")
+    assert code == 0 and set(_rows(out)) == {"r1", "r2"}
+    code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "train.learning_rate=0.1",
+                        "--where", "data.path=" + str(base.parent / "north.csv"))
+    assert code == 0 and set(_rows(out)) == {"r1"}
+    code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "status=completed", "--where", "train.optimizer=sgd")
+    assert code == 0 and set(_rows(out)) == {"r1", "r3"}
+    code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "train.learning_rate=0.3")
+    assert code == 0 and out.strip() == "no run matches train.learning_rate=0.3"
+
+
+@pytest.mark.parametrize("key,descending", [("val_loss", False), ("-val_accuracy", True),
+                                            ("-train.learning_rate", True)])
+def test_sort_orders_by_a_result_or_a_spec_field(base, capsys, key, descending):
+    code, out, err = _cli(capsys, "runs", "--dir", base, "--sort", key)
+    assert code == 0, err
+    order = list(_rows(out))
+    name = key.lstrip("-")
+
+    def value(run):
+        if "." in name:
+            return load_spec(base / run / "job.yaml").train.learning_rate
+        return json.loads((base / run / "summary.json").read_text())["final"][name]
+
+    values = [value(r) for r in order]
+    assert values == sorted(values, reverse=descending), (order, values)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--where", "train.learnig_rate=0.1"], "--where train.learnig_rate: no run has this field; "
+                                            "did you mean 'train.learning_rate'?"),
+    (["--where", "train.learning_rate"], "--where 'train.learning_rate': expected FIELD=VALUE"),
+    (["--sort", "-val_los"], "--sort -val_los: no run has 'val_los'; did you mean 'val_loss'?"),
+])
+def test_bad_where_or_sort_is_one_line(base, capsys, args, message):
+    code, out, err = _cli(capsys, "runs", "--dir", base, *args)
+    lines = err.strip().splitlines()
+    assert code == 2 and out == ""
+    assert len(lines) == 1 and lines[0].startswith(f"lrjob: error: {message}"), err
+
+
+def test_a_run_with_a_damaged_job_yaml_keeps_its_row(base, capsys, tmp_path):
+    import shutil
+
+    copy = tmp_path / "runs"
+    shutil.copytree(base / "r1", copy / "r1")
+    shutil.copytree(base / "r2", copy / "r2")
+    (copy / "r2" / "job.yaml").write_text("train: [unclosed\n")
+    code, out, err = _cli(capsys, "runs", "--dir", copy)
+    assert code == 0, err
+    rows = _rows(out)
+    assert rows["r1"]["LR"] == "0.1" and rows["r2"]["LR"] == "-" and rows["r2"]["DATA"] == "-"

@@ -21,6 +21,7 @@ environment wins) so that a dead server cannot hang training.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -185,7 +186,9 @@ class MlflowTracker(Tracker):
                 client.log_artifact(self.run_id, str(run_dir / name))
         if (run_dir / "model").is_dir():
             client.log_artifacts(self.run_id, str(run_dir / "model"), artifact_path="model")
-        client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
+        # MLflow prints the run's link to stdout for a server: stdout is lrjob's (--json, --quiet)
+        with contextlib.redirect_stdout(sys.stderr):
+            client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
 
     def _guard(self, what: str, call) -> None:
         """Run ``call``; the first exception is one warning line and turns tracking off."""

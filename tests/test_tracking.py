@@ -123,6 +123,19 @@ def test_a_run_is_logged_to_a_file_store(tmp_path):
     _check_logged(_client(uri), result, "blobs")
 
 
+def test_tracking_an_untracked_run_on_resume_logs_every_epoch(tmp_path):
+    first = run_job(load_spec(JOB, [*SMALL, "train.epochs=2"]), tmp_path / "run")
+    uri = (tmp_path / "mlruns").as_uri()
+    resumed = run_job(load_spec(first.path / "job.yaml", ["train.epochs=3", f"tracking.mlflow.uri={uri}"]),
+                      resume=first.path)
+    client = _client(uri)
+    mlrun = _only_run(client, "binary_2d")
+    hist = sorted(client.get_metric_history(mlrun.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert [m.value for m in hist] == pytest.approx([h["val_loss"] for h in resumed.history], rel=1e-12)
+    assert mlrun.info.status == "FINISHED"
+
+
 def test_track_flag_and_a_failed_run_is_marked_failed(tmp_path):
     uri = (tmp_path / "mlruns").as_uri()
     fault = json.dumps({"at": "step", "epoch": 2, "step": 3, "rank": 0, "action": "raise"})

@@ -97,7 +97,8 @@ def _param_text(v) -> str:
 
 class MlflowTracker(Tracker):
     """Logs one lrjob run as one MLflow run of ``experiment`` at ``uri``, through
-    ``MlflowClient`` (no global active run: several drivers in one process stay apart)."""
+    ``MlflowClient`` (no global active run: several drivers in one process stay apart; only
+    mlflow's global tracking URI is set, for the artifacts, see ``_finish``)."""
 
     def __init__(self, uri: str, experiment: str):
         self.uri, self.experiment = uri, experiment

@@ -1,4 +1,10 @@
-"""``lrjob runs`` (a table of past runs) and ``lrjob compare RUN RUN`` (side by side)."""
+"""``lrjob runs`` (a table of past runs) and ``lrjob compare RUN RUN`` (side by side).
+
+    lrjob runs --where train.learning_rate=0.1 --sort -val_accuracy
+
+``list_runs`` finds the runs, ``describe_runs`` adds what tells them apart (data, key
+hyperparameters, results), ``filter_runs`` and ``sort_runs`` apply ``--where``/``--sort``.
+"""
 from __future__ import annotations
 
 from pathlib import Path

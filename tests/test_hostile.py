@@ -362,7 +362,7 @@ def test_runs_lists_every_run_and_marks_a_damaged_summary(tmp_path, capsys):
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert sorted(rows) == ["a-good", "b-list", "c-text", "d-types", "e-good"]
     for name in ("a-good", "e-good"):
-        assert re.search(r"\s3/3\s+0\.9000\s+1\.5s\s+completed$", rows[name]), rows[name]
+        assert re.search(r"\s3/3\s+0\.9000\s+0\.9000\s+1\.5s\s+completed$", rows[name]), rows[name]  # final, best
     for name in ("b-list", "c-text", "d-types"):
         assert rows[name].endswith("damaged summary.json"), rows[name]
     warnings = err.strip().splitlines()

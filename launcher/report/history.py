@@ -100,10 +100,14 @@ def describe_runs(rows: list[dict]) -> list[dict]:
             _flatten("", run.spec_dict(), flat)
         except LrjobError:  # a damaged job.yaml costs its columns, not the table
             pass
-        s = run.summary() or {}
+        s = run.summary() if r["status"] != DAMAGED else None
+        s = s if isinstance(s, dict) else {}  # a damaged summary.json: its row keeps what list_runs read
+        final = s.get("final") if isinstance(s.get("final"), dict) else {}
         results = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
-        results.update({k: v for k, v in (s.get("final") or {}).items() if not isinstance(v, (dict, list))})
+        results.update({k: v for k, v in final.items() if not isinstance(v, (dict, list))})
         best = s.get("best_val_accuracy", results.get("val_accuracy"))
+        if isinstance(best, bool) or not isinstance(best, (int, float)):
+            best = None
         r.update(spec=flat, data=_data_label(flat), results=results, best_val_accuracy=best)
     return rows
 

@@ -210,7 +210,11 @@ def render(changes, codes, info: dict | None) -> str:
     if info:
         lines += [f"Run of {info['date']}: {info['mutants']} mutants in {info['wall_s'] / 60:.1f} min of wall "
                   f"time, {info['jobs']} worker(s), mutmut {info['mutmut']}"
-                  + (f", only {', '.join(info['only'])}" if info.get("only") else "") + ".", ""]
+                  + (f", only {', '.join(info['only'])}" if info.get("only") else "")
+                  + (f", code at commit {info['commit']}" if info.get("commit") else "")
+                  + (f", load average {info['load'][0]:.1f} at the start and {info['load'][1]:.1f} at the end "
+                     f"(on {os.cpu_count()} cores; other work slows the run and can time tests out)"
+                     if info.get("load") else "") + ".", ""]
     lines += ["| module | mutants | killed | survived | timeout | no tests | other | killed % |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     total = Counter()
@@ -267,9 +271,10 @@ def main(argv=None) -> int:
     if not args.report_only:
         if not args.keep:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-        t0 = time.time()
+        t0, load_start = time.time(), os.getloadavg()[0]
         rc = run_mutmut(targets(files, args.only), args.jobs)
         wall = time.time() - t0
+        load_end = os.getloadavg()[0]
         print(f"mutants: mutmut exited {rc} after {wall:.0f} s", flush=True)
         if rc != 0:
             return rc
@@ -278,13 +283,26 @@ def main(argv=None) -> int:
         changes, codes = results(files)
         RUN_INFO.write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "wall_s": wall, "jobs": args.jobs,
-            "mutmut": mutmut.__version__, "only": args.only, "mutants": len(changes)}))
+            "mutmut": mutmut.__version__, "only": args.only, "mutants": len(changes), "commit": _commit(),
+            "load": [load_start, load_end]}))
     else:
         changes, codes = results(files)
     info = json.loads(RUN_INFO.read_text()) if RUN_INFO.is_file() else None
     write_report(render(changes, codes, info))
     print(f"mutants: report written to {DOC.relative_to(ROOT)}")
     return 0
+
+
+def _commit() -> str | None:
+    """The checkout's commit (with ``+changes`` when the tree differs from it)."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        return head + ("+changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 if __name__ == "__main__":

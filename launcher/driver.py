@@ -527,12 +527,16 @@ def _second_interrupt_exits() -> None:
 def _train_accuracy(model_dir: Path, data: Dataset) -> float | None:
     """The exported model's accuracy on up to ``TRAIN_SAMPLE`` evenly spaced training rows."""
     from lr_core.export import ExportedModel
+    from lr_core.prepared import read_rows
 
     n = len(data.x_train)
     if not n:
         return None
-    rows = np.unique(np.linspace(0, n - 1, min(n, TRAIN_SAMPLE)).astype(np.int64))
-    pred, _ = ExportedModel(model_dir).predict(np.asarray(data.x_train[rows]), scale=data.scale)
+    # at most TRAIN_SAMPLE rows and 16 MiB of them, read without mapping a large set's pages
+    row_bytes = max(1, data.x_train.strides[0] if data.x_train.ndim else 1)
+    k = max(1, min(n, TRAIN_SAMPLE, (16 << 20) // row_bytes))
+    rows = np.unique(np.linspace(0, n - 1, k).astype(np.int64))
+    pred, _ = ExportedModel(model_dir).predict(read_rows(data.x_train, rows), scale=data.scale)
     return float(np.mean(pred == np.asarray(data.y_train[rows])))
 
 

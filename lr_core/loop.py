@@ -28,7 +28,7 @@ from . import faults
 from .comm import Communicator, SingleProcessCommunicator
 from .config import LoopConfig
 from .data import Dataset
-from .prepared import MappedPages
+from .prepared import MappedPages, read_rows
 from .errors import DivergenceError
 from .data import standardizer
 from .losses import LossGraph, class_weights, row_weights
@@ -85,8 +85,9 @@ class TrainingLoop:
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
 
         self.x = _device_array(data.x_train, self.ctx)  # the stored dtype; the graph casts and scales
-        # A set larger than memory is read through a memory map: unmap what was read as
-        # the epoch goes, so this process's memory stays flat (docs/design.md#prepared-data).
+        # A set larger than memory: each step's rows are read from the file (read_rows), and
+        # what validation maps is unmapped as it goes, so this process's memory stays flat
+        # (docs/design.md#prepared-data).
         self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
         y = data.y_train.astype(np.float32)
         self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
@@ -143,9 +144,12 @@ class TrainingLoop:
                 # Gather this step's rows from the shared, read-only data (no per-worker
                 # copy of the dataset: workers on a node share Ray's object store).
                 rows = idx_nd[a:b]
-                xb, yb = mx.nd.take(self.x, rows), mx.nd.take(self.y, rows)
+                if self.train_pages.active:  # a set larger than memory: read the rows, map none
+                    xb = mx.nd.array(read_rows(self.data.x_train, idx[a:b]), ctx=self.ctx, dtype=self.x.dtype)
+                else:
+                    xb = mx.nd.take(self.x, rows)
+                yb = mx.nd.take(self.y, rows)
                 wb = [mx.nd.take(self.w, rows)] if self.w is not None else []
-                self.train_pages.read(b - a)
                 with autograd.record():
                     total = self.graph(xb, yb, *wb, *self.consts)
                 total.backward()

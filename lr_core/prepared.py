@@ -43,7 +43,7 @@ from .data import (REGISTRY, STATS_ROWS, Dataset, LoadRequest, _features, _load_
 from .errors import DataError
 from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
 
-__all__ = ["prepare", "open_prepared", "prepared_dataset", "reopen", "verify", "dataset_key", "FORMAT",
+__all__ = ["prepare", "open_prepared", "read_rows", "MappedPages", "prepared_dataset", "reopen", "verify", "dataset_key", "FORMAT",
            "SHARD_BYTES", "default_cache", "cache_entries", "clean_cache"]
 
 FORMAT = 1
@@ -504,6 +504,34 @@ def _advise(x: np.ndarray) -> None:
 
 RESIDENT_BYTES = 64 << 20  # pages of a large mapped set a process keeps mapped between releases
 _FOLIO = 2 << 20           # a page fault may map the whole (large) folio around the row: up to a PMD
+
+
+def read_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``x[rows]`` as a new array. A memory-mapped ``x`` is read with ``pread``, in file
+    order, without mapping its pages: on Linux 6 a fault maps the whole large folio around
+    a row (up to 2 MiB), so rows gathered through the map from across a large file would
+    put the whole file in this process's resident memory."""
+    rows = np.asarray(rows, dtype=np.int64)
+    filename = getattr(x, "filename", None)
+    if not isinstance(x, np.memmap) or not filename or x.ndim < 1 or not x.flags.c_contiguous:
+        return np.asarray(x[rows])
+    out = np.empty((len(rows),) + x.shape[1:], dtype=x.dtype)
+    stride = x.strides[0]
+    flat = out.reshape(len(rows), -1).view(np.uint8) if len(rows) else out
+    base = int(getattr(x, "offset", 0) or 0)
+    fd = os.open(filename, os.O_RDONLY)
+    try:
+        for i in np.argsort(rows, kind="stable"):
+            r = int(rows[i])
+            if not 0 <= r < x.shape[0]:
+                raise IndexError(f"row {r} is outside 0..{x.shape[0] - 1}")
+            got = os.preadv(fd, [memoryview(flat[i])], base + r * stride)
+            if got != stride:
+                raise DataError(f"{filename}: row {r} is cut short ({got} of {stride} bytes); the prepared "
+                                f"files changed while in use: run `lrjob prepare JOB` again")
+    finally:
+        os.close(fd)
+    return out
 
 
 class MappedPages:

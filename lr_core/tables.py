@@ -326,6 +326,7 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
 
     def parse(chunk: bytes):
         # In a worker thread: pyarrow parses without the GIL, so chunks parse in parallel.
+        _refuse_wide_lines(chunk, width)
         part = pcsv.read_csv(pa.py_buffer(chunk), read_options=read, convert_options=convert)
         x = (np.column_stack([part.column(c).to_numpy(zero_copy_only=False) for c in names])
              if names else np.zeros((part.num_rows, 0)))
@@ -351,6 +352,37 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
 
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")
+
+
+def _refuse_wide_lines(chunk: bytes, width: int) -> None:
+    """Raise ``pyarrow.ArrowInvalid`` (so the caller's exact reader names the line) when a
+    line of ``chunk`` has more than ``width`` cells: pyarrow 17's CSV parser overflows its
+    heap on such a row (apache/arrow#45497) instead of refusing it (docs/design.md#data).
+
+    A chunk with at most ``width - 1`` commas in all has no such line. Otherwise every
+    line's commas are counted at once (numpy, no Python loop per line); a total against
+    ``lines x (width - 1)`` would not do, since empty and short lines leave room for one
+    long line, and pyarrow overflows on that line before it reaches the short ones. A
+    quoted comma makes a count an upper bound, so a line whose count exceeds the width
+    and that holds a quote is parsed exactly."""
+    budget = width - 1
+    if chunk.count(b",") <= budget:
+        return
+    raw = np.frombuffer(chunk, dtype=np.uint8)
+    ends = np.flatnonzero(raw == ord("\n") if b"\r" not in chunk else (raw == ord("\n")) | (raw == ord("\r")))
+    starts = np.concatenate([[0], ends + 1])
+    starts = starts[starts < len(raw)]
+    per_line = np.add.reduceat(raw == ord(","), starts, dtype=np.int64)  # commas from each start to the next
+    wide = np.flatnonzero(per_line > budget)
+    if not len(wide):
+        return
+    import pyarrow as pa
+
+    bounds = np.append(starts, len(raw))
+    for k in wide:
+        line = chunk[bounds[k]:bounds[k + 1]].rstrip(b"\r\n")
+        if b'"' not in line or len(next(csv.reader([line.decode("utf-8", "replace")]), [])) > width:
+            raise pa.ArrowInvalid("a line has more columns than the first")
 
 
 def _line_offset(fs, inner: str, where: str, lines: int) -> int:

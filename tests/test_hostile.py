@@ -369,3 +369,39 @@ def test_runs_lists_every_run_and_marks_a_damaged_summary(tmp_path, capsys):
     assert len(warnings) == 3 and all(w.startswith("lrjob: warning: ") for w in warnings), err
     assert {w.split()[2] for w in warnings} == {f"{tmp_path / n}/summary.json" for n in ("b-list", "c-text",
                                                                                          "d-types")}
+
+
+# --------------------------------------------------------------------------- CSV rows wider than the header
+def _validate_data_in_a_subprocess(*args):
+    """``lrjob validate --data ARGS`` in a process of its own: a crash of a native parser
+    must show as an exit code, not take pytest down with it."""
+    import subprocess
+    import sys
+
+    code = "import sys; from launcher.cli import main; sys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, "validate", "jobs/binary_synthetic.yaml", "--data",
+                           "--set", "data.source=csv", "--set", "data.options={}", *map(str, args)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("filler", [b"", b"\n" * 50_000, b"1\n" * 50_000], ids=["alone", "after-empty-lines",
+                                                                                   "before-short-lines"])
+def test_a_csv_row_with_400000_cells_is_one_line_naming_it_not_a_crash(tmp_path, filler):
+    # pyarrow 17 overflows its heap on a row with more cells than the first (apache/arrow#45497).
+    # Empty lines before the row, or short lines after it, would hide it from a per-chunk total.
+    path = tmp_path / "wide.csv"
+    wide = b"1," * 400_000 + b"\n"
+    body = filler + wide if filler.startswith(b"\n") else wide + filler
+    path.write_bytes(b"a,b,c,d,e,f,g,h,i,label\n" + b"1," * 9 + b"0\n" + body)
+    r = _validate_data_in_a_subprocess("--set", f"data.path={path}")
+    line = _one_line_error(r.returncode, r.stderr)
+    first = 3 + (len(filler) if filler.startswith(b"\n") else 0)
+    assert f"{path}: line {first} has 400001 columns, expected 10; fix the row" in line
+
+
+def test_quoted_commas_in_a_csv_cell_are_not_extra_columns(tmp_path):
+    path = tmp_path / "quoted.csv"
+    path.write_text("a,b,label\n" + "".join(f'{i},{i},"{i % 2},,,"\n' for i in range(20)))
+    r = _validate_data_in_a_subprocess("--set", f"data.path={path}")
+    # Past the column check: the labels, quoted text with commas, are what is refused.
+    assert "labels must be numbers, found ['0,,,', '1,,,']" in r.stderr, r.stderr

@@ -597,8 +597,15 @@ def _list_block(col, where: str, name: str, offset: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- NumPy files
+def _rows_per_block(block_rows: int, row_bytes: int) -> int:
+    """``block_rows``, fewer when rows are wide: a block holds at most ``_BLOCK_BYTES``."""
+    return max(1, min(block_rows, _BLOCK_BYTES // max(row_bytes, 1)))
+
+
 def _npy_reader(fs, inner: str, where: str, ndim: int):
-    """``(shape, blocks(block_rows))`` of a .npy file, read block by block (never whole)."""
+    """``(shape, row bytes, blocks(block_rows))`` of a .npy file, read block by block (never
+    whole), ``block_rows`` rows a block: the caller caps it (:func:`_rows_per_block`), once
+    for x.npy and y.npy together, so their blocks stay paired."""
     def header(f):
         try:
             version = np.lib.format.read_magic(f)
@@ -623,11 +630,11 @@ def _npy_reader(fs, inner: str, where: str, ndim: int):
         raise DataError(f"{where}: cannot read ({_first_line(e)}); check the path and its permissions") from None
     _check_shape(where, shape, dtype, size - data_start)
 
+    row_bytes = dtype.itemsize * (shape[1] if ndim == 2 else 1)
+
     def blocks(block_rows: int):
         with fs.open_input_file(inner) as f:
             header(f)
-            row_bytes = dtype.itemsize * (shape[1] if ndim == 2 else 1)
-            block_rows = max(1, min(block_rows, _BLOCK_BYTES // max(row_bytes, 1)))  # wide rows: fewer per block
             for lo in range(0, shape[0], block_rows):
                 n = min(block_rows, shape[0] - lo)
                 buf = f.read(n * row_bytes)
@@ -636,14 +643,14 @@ def _npy_reader(fs, inner: str, where: str, ndim: int):
                                     f"in row {lo + len(buf) // max(row_bytes, 1) + 1}; write it again")
                 yield np.frombuffer(buf, dtype=dtype).reshape((n,) + tuple(shape[1:]))
 
-    return shape, blocks
+    return shape, row_bytes, blocks
 
 
 def _npy_table(fs, inner: str, where: str) -> Table:
-    shape, blocks = _npy_reader(fs, inner, where, 2)
+    shape, row_bytes, blocks = _npy_reader(fs, inner, where, 2)
 
     def batches(block_rows: int):
-        for x in blocks(block_rows):
+        for x in blocks(_rows_per_block(block_rows, row_bytes)):
             yield _feature_dtype(x), None
 
     return Table(where, [f"column {j + 1}" for j in range(shape[1])], shape[0], batches, has_labels=False)
@@ -651,13 +658,14 @@ def _npy_table(fs, inner: str, where: str) -> Table:
 
 def _npy_pair_table(fs, inner: str, where: str) -> Table:
     """A directory with ``x.npy`` (features) and ``y.npy`` (labels)."""
-    xshape, xblocks = _npy_reader(fs, inner + "/x.npy", where + "/x.npy", 2)
-    yshape, yblocks = _npy_reader(fs, inner + "/y.npy", where + "/y.npy", 1)
+    xshape, xrow_bytes, xblocks = _npy_reader(fs, inner + "/x.npy", where + "/x.npy", 2)
+    yshape, _, yblocks = _npy_reader(fs, inner + "/y.npy", where + "/y.npy", 1)
     if yshape[0] != xshape[0]:
         raise DataError(f"{where}: x.npy has {xshape[0]} rows, y.npy {yshape[0]} labels; they must match")
 
     def batches(block_rows: int):
-        for x, y in zip(xblocks(block_rows), yblocks(block_rows)):
+        rows = _rows_per_block(block_rows, xrow_bytes)  # x's rows are the wide ones: one cap for both
+        for x, y in zip(xblocks(rows), yblocks(rows)):
             yield _feature_dtype(x), y
 
     return Table(where, [f"column {j + 1}" for j in range(xshape[1])], xshape[0], batches)

@@ -405,3 +405,21 @@ def test_quoted_commas_in_a_csv_cell_are_not_extra_columns(tmp_path):
     r = _validate_data_in_a_subprocess("--set", f"data.path={path}")
     # Past the column check: the labels, quoted text with commas, are what is refused.
     assert "labels must be numbers, found ['0,,,', '1,,,']" in r.stderr, r.stderr
+
+
+# --------------------------------------------------------------------------- x.npy/y.npy
+def test_an_npy_folder_with_wide_rows_keeps_features_and_labels_paired(tmp_path, monkeypatch):
+    # Rows wider than a block's byte budget are read fewer per block: x.npy and y.npy must
+    # be cut at the same rows. A 4 KiB budget stands in for 64 MB with 784-wide rows.
+    monkeypatch.setattr(tables, "_BLOCK_BYTES", 4096)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 64)).astype(np.float32)
+    y = (np.arange(300) % 2).astype(np.int64)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "y.npy", y)
+    blocks = list(tables.open_table(tmp_path).batches())
+    assert len(blocks) > 1 and all(len(bx) == len(by) for bx, by in blocks)
+    np.testing.assert_array_equal(np.concatenate([b[0] for b in blocks]), x)
+    np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), y)
+    ds = load_dataset("npy", kind="binary", num_classes=2, seed=0, path=str(tmp_path), val_fraction=0.2)
+    assert len(ds.y_train) + len(ds.y_val) == 300

@@ -541,6 +541,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
 MAX_SPEC_BYTES = 1 << 20     # the file
 MAX_YAML_NODES = 1_000_000   # values, counted with every alias expanded (a label_map of 100,000 classes fits)
 MAX_YAML_DEPTH = 50          # nesting of mappings and lists
+MAX_YAML_TEXT = 1 << 20      # characters of keys and values, counted with every alias expanded
 
 
 class _Refused(yaml.MarkedYAMLError):
@@ -549,7 +550,8 @@ class _Refused(yaml.MarkedYAMLError):
 
 class _SpecLoader(yaml.SafeLoader):
     """``yaml.SafeLoader`` that refuses duplicate keys (YAML's last-one-wins silently drops
-    a block) and documents larger than ``MAX_YAML_NODES`` once aliases are expanded."""
+    a block) and documents larger than ``MAX_YAML_NODES`` values or ``MAX_YAML_TEXT``
+    characters once aliases are expanded."""
 
     def construct_document(self, node):
         _count_nodes(node)
@@ -574,34 +576,39 @@ class _SpecLoader(yaml.SafeLoader):
 
 
 def _count_nodes(root) -> None:
-    """Refuse a document whose alias-expanded size or depth passes the bounds above. Each
-    node's expanded size is computed once (an alias is a second reference to the same
-    node), so this costs the size of the file, not of the expansion."""
-    sizes: dict[int, int] = {}
+    """Refuse a document whose alias-expanded size (values, and characters of text) or
+    depth passes the bounds above. Each node's expanded size is computed once (an alias is
+    a second reference to the same node), so this costs the size of the file, not of the
+    expansion: an alias to a long string counts its length again, as the loaded value would."""
+    sizes: dict[int, tuple[int, int]] = {}
 
-    def size(node, depth: int) -> int:
+    def size(node, depth: int) -> tuple[int, int]:
         if depth > MAX_YAML_DEPTH:
             raise _Refused(problem=f"nested deeper than {MAX_YAML_DEPTH} levels")
         key = id(node)
         if key in sizes:
-            if sizes[key] < 0:
+            if sizes[key][0] < 0:
                 raise _Refused(problem="an alias refers to a node that contains it (a recursive structure)")
             return sizes[key]
-        sizes[key] = -1
+        sizes[key] = (-1, 0)
         if isinstance(node, yaml.MappingNode):
             children = [n for pair in node.value for n in pair]
         elif isinstance(node, yaml.SequenceNode):
             children = node.value
         else:
             children = []
-        total = 1
+        total, text = 1, len(node.value) if isinstance(node, yaml.ScalarNode) else 0
         for child in children:
-            total += size(child, depth + 1)
+            values, chars = size(child, depth + 1)
+            total, text = total + values, text + chars
             if total > MAX_YAML_NODES:
                 raise _Refused(problem=f"more than {MAX_YAML_NODES:,} values once its aliases (*name) are "
                                        f"expanded; a job spec needs a few dozen")
-        sizes[key] = total
-        return total
+            if text > MAX_YAML_TEXT:
+                raise _Refused(problem=f"more than {MAX_YAML_TEXT:,} characters of text once its aliases "
+                                       f"(*name) are expanded; a job spec needs a few hundred")
+        sizes[key] = (total, text)
+        return sizes[key]
 
     size(root, 0)
 

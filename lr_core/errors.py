@@ -6,6 +6,8 @@ Exit codes (docs/design.md#exit-codes): ``LrjobInputError`` and subclasses -> 2,
 from __future__ import annotations
 
 import difflib
+import os
+import reprlib
 
 __all__ = [
     "suggest", "shown", "clip", "SHOWN_CHARS", "LrjobError", "LrjobInputError", "SpecError", "DataError",
@@ -27,22 +29,56 @@ def suggest(word: str, options) -> str:
 SHOWN_CHARS = 80
 
 
-def shown(value, limit: int = SHOWN_CHARS) -> str:
-    """``repr(value)`` for an error message, cut to ``limit`` characters: a long value keeps
-    its start and says how long it was. (A spec's values are bounded by the YAML reader, so
-    their full repr is affordable; an integer's is not: Python refuses 4,300 digits.)"""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
-    text = repr(value)
+class _Brief(reprlib.Repr):
+    """``reprlib.Repr`` that never builds a long repr to cut it afterwards: long strings,
+    containers and nesting are cut as they are rendered, and an integer too long for
+    ``repr`` (Python refuses 4,300 digits) is described, not written."""
+
+    def __init__(self, limit: int):
+        super().__init__()
+        self.maxstring = self.maxother = self.maxlong = limit
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = 12
+        self.maxdict = 8
+        self.maxlevel = 3
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 4 * self.maxlong:
+            return f"an integer of about {int(x.bit_length() * 0.30103)} digits"
+        return super().repr_int(x, level)
+
+    def repr_str(self, x, level):
+        # reprlib cuts a string after repr-ing it whole: cut first (a few characters of
+        # slack keep the quotes and escapes of what is shown exact).
+        if len(x) > self.maxstring:
+            return super().repr_str(x[:self.maxstring] + x[-self.maxstring:], level)
+        return super().repr_str(x, level)
+
+
+def _cut(text: str, limit: int, size: int) -> str:
+    """``text`` cut to at most ``limit`` characters, the cut said inside the limit (with
+    ``size``, the value's full length, when known)."""
     if len(text) <= limit:
         return text
-    return f"{text[:limit]}... ({len(text)} characters)"
+    suffix = f"... ({size:,} characters)" if size else "..."
+    return (text[:max(limit - len(suffix), 0)] + suffix)[:limit]
 
 
-def clip(text: str, limit: int = SHOWN_CHARS) -> str:
-    """``text`` (a user's argument, unquoted) cut to ``limit`` characters for a message."""
-    text = str(text)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+def shown(value, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` for an error message, at most ``limit`` characters: a long value keeps
+    its start and says how long it was. A long string, list or mapping is never rendered
+    whole first (``reprlib``), so a hostile value costs no more than the message."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    if isinstance(value, str) and len(value) > limit:  # its start, and its length
+        return _cut(repr(value[:limit]), limit, len(value))
+    return _cut(_Brief(limit).repr(value), limit, 0)
+
+
+def clip(text, limit: int = SHOWN_CHARS) -> str:
+    """``text`` (a user's argument, unquoted) cut to at most ``limit`` characters for a message."""
+    if not isinstance(text, str):
+        text = os.fspath(text) if isinstance(text, os.PathLike) else _Brief(limit).repr(text)
+    return _cut(text, limit, len(text))
 
 
 class LrjobError(Exception):

@@ -423,3 +423,38 @@ def test_an_npy_folder_with_wide_rows_keeps_features_and_labels_paired(tmp_path,
     np.testing.assert_array_equal(np.concatenate([b[1] for b in blocks]), y)
     ds = load_dataset("npy", kind="binary", num_classes=2, seed=0, path=str(tmp_path), val_fraction=0.2)
     assert len(ds.y_train) + len(ds.y_val) == 300
+
+
+# --------------------------------------------------------------------------- text behind aliases
+def test_aliases_to_a_long_string_are_refused_by_the_text_they_expand_to(tmp_path, capsys):
+    # 40 aliases of a 30 KB string: 41 values, but 1.2 MB of text once expanded.
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: s\nmodel: {{hidden: [&a {'x' * 30_000}, " + ", ".join(["*a"] * 40) + "]}\n")
+    assert spec.stat().st_size < 40_000
+    line = _one_line_error(*_lrjob(capsys, "validate", spec)[::2])
+    assert f"{spec}: malformed YAML" in line and "characters of text once its aliases (*name) are expanded" in line
+
+
+def test_shown_and_clip_render_no_more_of_a_huge_value_than_they_show():
+    from lr_core.errors import clip, shown
+
+    huge = ["x" * 10_000] * 1_000  # a repr of 10 MB
+    long = "y" * 10_000_000
+    tracemalloc.start()
+    try:
+        for text in (shown(huge), shown({"k": huge}), shown(long), clip(huge), clip(long)):
+            assert len(text) <= 80, text
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak
+
+
+@pytest.mark.parametrize("limit", [10, 40, 80])
+def test_a_clipped_value_is_at_most_the_limit_and_says_its_length(limit):
+    from lr_core.errors import clip, shown
+
+    for text in (shown("a" * 500, limit), clip("b" * 500, limit)):
+        assert len(text) <= limit, text
+    assert shown("a" * 500).endswith("... (500 characters)") and clip("b" * 500).endswith("... (500 characters)")
+    assert shown("short") == "'short'" and clip("short") == "short" and shown([1, 2]) == "[1, 2]"

@@ -50,6 +50,7 @@ MAX_BATCH = 1 << 24          # the global batch, in rows
 MAX_WORKERS = 4096
 MAX_CPUS = 1024              # per worker
 MAX_GPUS = 64                # per worker
+MAX_LABEL_TEXT = 256         # characters of a data.label_map key
 
 
 def _ge(lo, expect: str | None = None):
@@ -238,7 +239,10 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SpecError(f"{where} must be a number, got {shown(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:  # an integer past float's range (1e308)
+            raise SpecError(f"{where} must be a finite number, got {shown(value)}") from None
         if value != value or value in (float("inf"), float("-inf")):
             raise SpecError(f"{where} must be a finite number, got {shown(value)}")
     elif k in ("str", "path"):
@@ -266,7 +270,8 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
             raise SpecError(f"{where} must be balanced or a mapping {{label: weight}}, got {shown(value)}")
         if isinstance(value, dict):
             for label, w in value.items():
-                if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 < w < float("inf")):
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 < w < float("inf")) \
+                        or (isinstance(w, int) and w.bit_length() > 1000):  # past float's range
                     raise SpecError(f"{where}: the weight of {shown(label)} must be a positive number, got {shown(w)}")
             value = {k2: float(w) for k2, w in value.items()}
     elif k == "map":
@@ -459,6 +464,13 @@ def _cross_checks(raw: dict) -> None:
                                 f"quote it, e.g. {{'yes': 1, 'no': 0}}")
             if isinstance(v, bool) or not isinstance(v, int):
                 raise SpecError(f"data.label_map: {shown(k)} maps to {shown(v)}; targets must be integer classes")
+            if not 0 <= v < max(m["num_classes"], 2):
+                raise SpecError(f"data.label_map: {shown(k)} maps to {shown(v)}; targets must be classes from 0 to "
+                                f"{max(m['num_classes'], 2) - 1} (model.num_classes)")
+            too_long = k.bit_length() > 3 * MAX_LABEL_TEXT if isinstance(k, int) else len(str(k)) > MAX_LABEL_TEXT
+            if too_long:  # (an integer's bits, not its text: Python refuses to write 4,300 digits)
+                raise SpecError(f"data.label_map: the key {shown(k)} is longer than a label may be "
+                                f"({MAX_LABEL_TEXT} characters); labels are short text or numbers")
     _class_weights(raw["train"]["class_weight"], 2 if m["kind"] == "binary" else m["num_classes"], d["label_map"])
 
 

@@ -541,13 +541,20 @@ class Option:
         """The phrase after "data.options.KEY must be" in an error."""
         if self.type is int:
             return "an integer >= 1" if self.positive else "an integer"
-        return "a positive number" if self.positive else "a number"
+        return "a finite positive number" if self.positive else "a finite number"
 
     def accepts(self, value: Any) -> bool:
-        """Whether ``value``, as the spec gives it, is a valid setting."""
+        """Whether ``value``, as the spec gives it, is a valid setting: a float option must
+        be finite as a float (``.inf``, ``.nan`` and an integer of 400 digits are not)."""
         kinds = int if self.type is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, kinds):
             return False
+        if self.type is float:
+            try:
+                if not math.isfinite(float(value)):
+                    return False
+            except OverflowError:
+                return False
         return not (self.positive and value <= 0)
 
 
@@ -656,6 +663,9 @@ def make_request(source: str, *, kind: str, num_classes: int, seed: int, path: s
         raise DataError(f"data.source: unknown source {shown(source)}; choose one of {', '.join(REGISTRY)}")
     if src.needs_path and not path:
         raise DataError(_needs_path(source))
+    for key, value in options.items():  # the spec checked them; a caller of load_dataset may not have
+        if key in src.options and not src.options[key].accepts(value):
+            raise DataError(f"data.options.{clip(key)} must be {src.options[key].expect}, got {shown(value)}")
     filled = {key: o.type(options.get(key, o.default)) for key, o in src.options.items()}
     return LoadRequest(source, kind, num_classes, seed, path=path, val_path=val_path, val_fraction=val_fraction,
                        label_column=label_column, label_map=label_map, options=filled,

@@ -14,6 +14,7 @@ from mxnet import gluon
 
 from .config import LoopConfig
 from .data import standardizer
+from .errors import shown
 from .metrics import from_logits
 from .models import build_model
 
@@ -40,8 +41,13 @@ def _check_meta(meta: dict) -> None:
         v = meta[key]
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 1 << 24:
             raise ValueError(f"meta.json {key} must be a positive integer, got {str(v)[:40]!r}")
-    if not 0 < float(meta["threshold"]) < 1:
-        raise ValueError(f"meta.json threshold must be between 0 and 1, got {str(meta['threshold'])[:40]!r}")
+    t = meta["threshold"]
+    try:  # a number (or its text, not a boolean) that float holds: 400 digits overflow it
+        usable = not isinstance(t, bool) and isinstance(t, (int, float, str)) and 0 < float(t) < 1
+    except (OverflowError, ValueError):
+        usable = False
+    if not usable:
+        raise ValueError(f"meta.json threshold must be a number between 0 and 1, got {shown(t, 40)}")
 
 
 def export_model(directory: str | os.PathLike, cfg: LoopConfig, params: dict[str, np.ndarray],

@@ -335,6 +335,10 @@ def test_predict_output_naming_a_folder_is_refused_before_any_work(tmp_path, cap
                                             "give 1"),
     ({"num_features": "2"}, "meta.json num_features must be a positive integer, got '2'"),
     ({"kind": "tree"}, "meta.json kind must be binary or softmax, got 'tree'"),
+    ({"threshold": 10 ** 400}, "meta.json threshold must be a number between 0 and 1, got an integer of about "
+                               "400 digits"),
+    ({"threshold": "nan"}, "meta.json threshold must be a number between 0 and 1, got 'nan'"),
+    ({"threshold": True}, "meta.json threshold must be a number between 0 and 1, got True"),
 ])
 def test_a_model_whose_meta_json_disagrees_with_its_weights_is_one_line(tmp_path, capsys, change, says):
     model = _model(tmp_path)
@@ -458,3 +462,54 @@ def test_a_clipped_value_is_at_most_the_limit_and_says_its_length(limit):
         assert len(text) <= limit, text
     assert shown("a" * 500).endswith("... (500 characters)") and clip("b" * 500).endswith("... (500 characters)")
     assert shown("short") == "'short'" and clip("short") == "short" and shown([1, 2]) == "[1, 2]"
+
+
+# --------------------------------------------------------------------------- numbers past float's range
+@pytest.mark.parametrize("override,message", [
+    pytest.param("train.learning_rate=1" + "0" * 400, "train.learning_rate must be a finite number, got an integer "
+                 "of about 400 digits", id="learning-rate-401-digits"),
+    pytest.param("train.class_weight={0: 1" + "0" * 400 + "}", "train.class_weight: the weight of 0 must be a "
+                 "positive number", id="class-weight-401-digits"),
+    pytest.param("data.options.boundary=1" + "0" * 400, "data.options.boundary must be a finite number, got an "
+                 "integer of about 400 digits", id="boundary-401-digits"),
+    pytest.param("data.options.boundary=.inf", "data.options.boundary must be a finite number, got inf",
+                 id="boundary-inf"),
+    pytest.param("data.options.boundary=.nan", "data.options.boundary must be a finite number, got nan",
+                 id="boundary-nan"),
+    pytest.param("data.label_map={? 0x" + "f" * 4000 + ": 1}", "data.label_map: the key an integer of about 4816 "
+                 "digits is longer than a label may be", id="label-map-key-4000-hex-digits"),
+    pytest.param("data.label_map={a: 0x" + "f" * 4000 + "}", "data.label_map: 'a' maps to an integer of about "
+                 "4816 digits; targets must be classes from 0 to 1", id="label-map-target-4000-hex-digits"),
+    pytest.param("data.label_map={a: 2}", "data.label_map: 'a' maps to 2; targets must be classes from 0 to 1",
+                 id="label-map-target-past-the-classes"),
+    pytest.param("data.label_map={" + "k" * 300 + ": 1}", "data.label_map: the key 'kkkk", id="label-map-key-300"),
+])
+def test_numbers_past_a_float_and_absurd_label_maps_are_refused_naming_the_field(override, message):
+    base = ["data.source=synthetic-binary", "data.options={}"] if "boundary" in override else \
+        ["data.source=csv", "data.options={}", "data.path=x.csv"] if "label_map" in override else []
+    with pytest.raises(SpecError) as info:
+        load_spec(ROOT / "jobs/binary_2d.yaml", [*base, override])
+    assert str(info.value).startswith(message), str(info.value)
+    assert len(str(info.value)) < 250
+
+
+def test_runs_marks_a_summary_with_numbers_past_a_float_damaged_and_lists_the_rest(tmp_path, capsys):
+    good = {"status": "completed", "workers": 2, "epochs_done": 3, "epochs": 3,
+            "final": {"val_accuracy": 0.9}, "wall_seconds": 1.5}
+    huge = "1" + "0" * 400
+    summaries = {"a-good": json.dumps(good),
+                 "b-acc": json.dumps({**good, "final": {}})[:-1] + f', "final": {{"val_accuracy": {huge}}}}}',
+                 "c-wall": json.dumps({**good, "wall_seconds": 0})[:-1] + f', "wall_seconds": {huge}}}',
+                 "d-workers": json.dumps({**good, "workers": 0})[:-1] + f', "workers": {huge}}}'}
+    for name, text in summaries.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "summary.json").write_text(text)
+    code, out, err = _lrjob(capsys, "runs", "--dir", tmp_path)
+    assert code == 0 and "Traceback" not in err, err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert sorted(rows) == sorted(summaries)
+    assert re.search(r"\s3/3\s+0\.9000\s+0\.9000\s+1\.5s\s+completed$", rows["a-good"]), rows["a-good"]
+    for name in ("b-acc", "c-wall", "d-workers"):
+        assert rows[name].endswith("damaged summary.json") and huge not in rows[name], rows[name]
+    code, out, err = _lrjob(capsys, "runs", "--dir", tmp_path, "--sort", "-wall_seconds")
+    assert code == 0 and "Traceback" not in err, err

@@ -251,9 +251,9 @@ def test_sources_lists_the_registry_in_the_documented_order():
 # The messages users see, word for word as the spec has always written them.
 SPEC_MESSAGES = [
     ({"data": {"options": {"n_train": 0.5}}}, "data.options.n_train must be an integer >= 1, got 0.5"),
-    ({"data": {"options": {"boundary": "x"}}}, "data.options.boundary must be a number, got 'x'"),
+    ({"data": {"options": {"boundary": "x"}}}, "data.options.boundary must be a finite number, got 'x'"),
     ({"data": {"source": "synthetic-blobs", "options": {"separation": 0}}},
-     "data.options.separation must be a positive number, got 0"),
+     "data.options.separation must be a finite positive number, got 0"),
     ({"data": {"options": {"seperation": 1}}},
      "data.options: unknown option 'seperation' for source synthetic-binary; allowed: boundary, n_features, "
      "n_train, n_val"),

@@ -53,16 +53,41 @@ def _fields(s) -> dict:
         ok = False
         return None
 
+    def number(v):  # a number the table can print: 400 digits do not fit a float
+        nonlocal ok
+        v = typed(v, (int, float))
+        if v is not None and not _fits_float(v):
+            ok = False
+            return None
+        return v
+
+    def count(v):  # a count of a real run: far below 2**63 (400 digits would fill the row)
+        nonlocal ok
+        v = typed(v, int)
+        if v is not None and abs(v) >= 1 << 63:
+            ok = False
+            return None
+        return v
+
     status = typed(s.get("status", "?"), str, optional=False)
-    workers = typed(s.get("workers"), int)
-    done, total = typed(s.get("epochs_done", 0), int), typed(s.get("epochs"), int)
-    acc = typed(final.get("val_accuracy"), (int, float))
-    wall = typed(s.get("wall_seconds"), (int, float))
+    workers = count(s.get("workers"))
+    done, total = count(s.get("epochs_done", 0)), count(s.get("epochs"))
+    acc = number(final.get("val_accuracy"))
+    wall = number(s.get("wall_seconds"))
     if not isinstance(s.get("final", {}), (dict, type(None))):
         ok = False
     return {"status": clip(status, 40) if ok else DAMAGED, "workers": workers,
             "epochs": f"{'?' if done is None else done}/{'?' if total is None else total}",
             "accuracy": acc, "wall_seconds": wall}
+
+
+def _fits_float(v) -> bool:
+    """Whether ``v`` (an int or float of a summary) converts to a float."""
+    try:
+        float(v)
+        return True
+    except OverflowError:
+        return False
 
 
 def render_runs(rows: list[dict]) -> str:
@@ -101,13 +126,15 @@ def describe_runs(rows: list[dict]) -> list[dict]:
         except LrjobError:  # a damaged job.yaml costs its columns, not the table
             pass
         s = run.summary() if r["status"] != DAMAGED else None
-        s = s if isinstance(s, dict) else {}  # a damaged summary.json: its row keeps what list_runs read
+        s = s if isinstance(s, dict) else {}  # a damaged summary: list_runs marked its row
         final = s.get("final") if isinstance(s.get("final"), dict) else {}
-        results = {k: v for k, v in s.items() if not isinstance(v, (dict, list))}
-        results.update({k: v for k, v in final.items() if not isinstance(v, (dict, list))})
+
+        def usable(v) -> bool:  # a plain value; a number too long for a float is left out
+            return not isinstance(v, (dict, list)) and (not isinstance(v, int) or _fits_float(v))
+        results = {k: v for k, v in s.items() if usable(v)}
+        results.update({k: v for k, v in final.items() if usable(v)})
         best = s.get("best_val_accuracy", results.get("val_accuracy"))
-        if isinstance(best, bool) or not isinstance(best, (int, float)):
-            best = None
+        best = best if usable(best) else None
         r.update(spec=flat, data=_data_label(flat), results=results, best_val_accuracy=best)
     return rows
 

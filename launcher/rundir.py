@@ -33,6 +33,7 @@ import numpy as np
 
 from lr_core import faults
 from lr_core.errors import LrjobInputError
+from lr_core.files import load_json
 
 __all__ = ["RunDir", "RunLock", "make_run_dir", "check_writable", "check_no_links",
            "atomic_write_text", "atomic_write_bytes", "list_checkpoints", "load_checkpoint", "latest_checkpoint",
@@ -289,9 +290,15 @@ def list_checkpoints(run: Path) -> list[Path]:
                   key=_checkpoint_order)
 
 
+# summary.json and env.json hold a few KB (a linear model's coefficients: at most 10,000
+# weights); read no more than this of either, whatever the file is (lr_core.files).
+MAX_JSON_BYTES = 16 << 20
+
+
 def _read_json(path: Path) -> dict | None:
+    """``path`` as JSON; None when missing, unreadable, too large, too deep or not JSON."""
     try:
-        return json.loads(path.read_text())
+        return load_json(path, MAX_JSON_BYTES)
     except (OSError, ValueError):
         return None
 

@@ -23,6 +23,7 @@ import yaml
 from lr_core.config import INITS, MODEL_KINDS, OPTIMIZERS, LoopConfig
 from lr_core.data import LABEL_COLUMN, SOURCES, VAL_FRACTION, check_source_spec
 from lr_core.errors import SpecError, clip, shown, suggest
+from lr_core.files import TooLarge, read_at_most
 
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
            "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
@@ -644,12 +645,12 @@ def read_spec_yaml(path: Path) -> Any:
     """The parsed YAML of a spec file; unreadable, malformed, larger than ``MAX_SPEC_BYTES``
     or than ``MAX_YAML_NODES`` values (aliases expanded), or with a duplicate key is a
     one-line ``SpecError``."""
-    try:
-        size = Path(path).stat().st_size
-        if size > MAX_SPEC_BYTES:
-            raise SpecError(f"{path}: {size:,} bytes, more than a job spec may hold ({MAX_SPEC_BYTES:,}); "
-                            f"pass the job's YAML file, not a data file")
-        text = Path(path).read_text()
+    try:  # at most the bound and a byte is read, whatever the file is (/dev/zero, a FIFO)
+        text = read_at_most(path, MAX_SPEC_BYTES).decode("utf-8")
+    except TooLarge as e:
+        held = f"{e.size:,} bytes" if e.size is not None else f"more than {MAX_SPEC_BYTES:,} bytes"
+        raise SpecError(f"{path}: {held}, more than a job spec may hold ({MAX_SPEC_BYTES:,}); "
+                        f"pass the job's YAML file, not a data file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise SpecError(f"{path}: cannot read the job spec ({e}); pass a readable UTF-8 YAML file") from e
     return _parse_yaml(text, str(path))

@@ -15,6 +15,7 @@ from mxnet import gluon
 from .config import LoopConfig
 from .data import standardizer
 from .errors import shown
+from .files import TooLarge, load_json
 from .metrics import from_logits
 from .models import build_model
 
@@ -78,10 +79,12 @@ class ExportedModel:
 
         directory = Path(directory)
         try:
-            meta_file = directory / "meta.json"
-            if meta_file.stat().st_size > _MAX_META_BYTES:
-                raise ValueError(f"meta.json holds {meta_file.stat().st_size:,} bytes, a model's takes a few hundred")
-            self.meta = json.loads(meta_file.read_text())
+            try:
+                self.meta = load_json(directory / "meta.json", _MAX_META_BYTES)
+            except TooLarge as e:
+                raise ValueError(f"meta.json {e}; a model's takes a few KB") from None
+            if not isinstance(self.meta, dict):
+                raise ValueError(f"meta.json must hold a mapping, got {type(self.meta).__name__}")
             for key in ("kind", "num_classes", "num_features", "threshold"):
                 self.meta[key]
             _check_meta(self.meta)

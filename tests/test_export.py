@@ -80,7 +80,7 @@ def test_predict_uses_the_exported_threshold(tmp_path):
 
 
 @pytest.mark.parametrize("damage,first", [
-    ("list", "list indices must be integers or slices, not str"),
+    ("list", "meta.json must hold a mapping, got list"),
     ("no threshold", "'threshold'"),
     ("no params", None),
 ])

@@ -513,3 +513,66 @@ def test_runs_marks_a_summary_with_numbers_past_a_float_damaged_and_lists_the_re
         assert rows[name].endswith("damaged summary.json") and huge not in rows[name], rows[name]
     code, out, err = _lrjob(capsys, "runs", "--dir", tmp_path, "--sort", "-wall_seconds")
     assert code == 0 and "Traceback" not in err, err
+
+
+# --------------------------------------------------------------------------- files without a size, deep JSON
+def test_a_spec_that_is_dev_zero_is_refused_after_the_bound(capsys):
+    line = _one_line_error(*_lrjob(capsys, "validate", "/dev/zero")[::2])
+    assert line == ("lrjob: error: /dev/zero: more than 1,048,576 bytes, more than a job spec may hold (1,048,576); "
+                    "pass the job's YAML file, not a data file")
+
+
+def _runs_with(tmp_path, damaged: dict) -> dict:
+    """Run folders: ``a-good`` and one per ``damaged`` item (name -> a callable making its
+    summary.json at the path it gets)."""
+    good = {"status": "completed", "workers": 2, "epochs_done": 3, "epochs": 3,
+            "final": {"val_accuracy": 0.9}, "wall_seconds": 1.5}
+    (tmp_path / "a-good").mkdir()
+    (tmp_path / "a-good" / "summary.json").write_text(json.dumps(good))
+    for name, make in damaged.items():
+        (tmp_path / name).mkdir()
+        make(tmp_path / name / "summary.json")
+    return good
+
+
+def test_runs_marks_deep_huge_and_endless_summaries_damaged_and_lists_the_rest(tmp_path, capsys):
+    import os
+
+    _runs_with(tmp_path, {
+        "b-deep": lambda p: p.write_text("[" * 100_000 + "]" * 100_000),
+        "c-deep-dict": lambda p: p.write_text('{"final": ' * 100_000 + "1" + "}" * 100_000),
+        "d-dev-zero": lambda p: p.symlink_to("/dev/zero"),
+        "e-fifo": lambda p: os.mkfifo(p),
+    })
+    code, out, err = _lrjob(capsys, "runs", "--dir", tmp_path)
+    assert code == 0 and "Traceback" not in err, err[:2000]
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert sorted(rows) == ["a-good", "b-deep", "c-deep-dict", "d-dev-zero", "e-fifo"]
+    assert rows["a-good"].endswith("completed")
+    for name in ("b-deep", "c-deep-dict", "d-dev-zero", "e-fifo"):
+        assert rows[name].endswith("damaged summary.json"), rows[name]
+
+
+@pytest.mark.parametrize("damage,says", [
+    pytest.param(lambda p: p.write_text("[" * 100_000 + "]" * 100_000), "not usable JSON (nested too deeply)",
+                 id="nested-100000"),
+    pytest.param(lambda p: p.symlink_to("/dev/zero"), "meta.json holds more than 1,048,576 bytes, more than the "
+                 "1,048,576 it may; a model's takes a few KB", id="dev-zero"),
+    pytest.param(lambda p: p.write_text("[1, 2]"), "meta.json must hold a mapping, got list", id="a-list"),
+])
+def test_a_model_whose_meta_json_is_deep_endless_or_not_a_mapping_is_one_line(tmp_path, capsys, damage, says):
+    model = _model(tmp_path)
+    (model / "meta.json").unlink()
+    damage(model / "meta.json")
+    inp = tmp_path / "in.csv"
+    inp.write_text("a,b\n1,2\n")
+    from lr_core.errors import LrjobInputError
+    from lr_core.export import ExportedModel
+
+    with pytest.raises(LrjobInputError) as info:  # predict's own check sees /dev/zero is not a file
+        ExportedModel(model)
+    assert str(info.value) == (f"{model}: damaged or incomplete model export ({says}); re-export it by "
+                               f"resuming or re-running the job")
+    if (model / "meta.json").is_file():
+        line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", inp)[::2])
+        assert line == f"lrjob: error: {info.value}"

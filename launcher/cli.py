@@ -419,6 +419,10 @@ def cmd_predict(args) -> int:
                                   f"--output {out / 'predictions.csv'}")
         if not out.parent.exists():
             raise LrjobInputError(f"--output {out}: folder {out.parent} does not exist")
+        if out.is_symlink() or (out.exists() and not out.is_file()):
+            # Replacing it would drop a link, a FIFO or a device node the user made (docs/design.md#cli).
+            raise LrjobInputError(f"--output {out}: exists and is not a regular file (a symbolic link, FIFO or "
+                                  f"device); remove it or choose another path")
     model = _model(args.run)
     count = 0
     for x, _ in _input_blocks(args.input, model.meta, require_labels=False):

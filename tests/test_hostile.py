@@ -576,3 +576,25 @@ def test_a_model_whose_meta_json_is_deep_endless_or_not_a_mapping_is_one_line(tm
     if (model / "meta.json").is_file():
         line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", inp)[::2])
         assert line == f"lrjob: error: {info.value}"
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda p, t: __import__("os").mkfifo(p), id="fifo"),
+    pytest.param(lambda p, t: p.symlink_to(t), id="symlink-to-a-file"),
+    pytest.param(lambda p, t: p.symlink_to(t.parent / "nowhere.csv"), id="dangling-symlink"),
+])
+def test_predict_output_that_is_not_a_regular_file_is_refused_and_left_alone(tmp_path, capsys, make):
+    model = _model(tmp_path)
+    inp = tmp_path / "in.csv"
+    inp.write_text("a,b\n1,2\n")
+    target = tmp_path / "keep.csv"
+    target.write_text("kept\n")
+    out = tmp_path / "out.csv"
+    make(out, target)
+    before = out.lstat()
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", inp, "--output", out)[::2])
+    assert line == (f"lrjob: error: --output {out}: exists and is not a regular file (a symbolic link, FIFO or "
+                    f"device); remove it or choose another path")
+    after = out.lstat()
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode) and target.read_text() == "kept\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "keep.csv", "model", "out.csv"]

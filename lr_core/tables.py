@@ -700,6 +700,8 @@ def _npz_member(z: zipfile.ZipFile, name: str, where: str) -> np.ndarray:
     """Array ``name`` of an open .npz, its sizes checked before it is decompressed: the zip
     header's size against ``MAX_NPZ_BYTES``, the array header's shape against that size."""
     info = z.getinfo(name + ".npy")
+    if info.flag_bits & 0x1:  # zipfile would ask for a password (a RuntimeError)
+        raise DataError(f"{where}: array {name!r} is encrypted; save it again with np.savez(path, x=..., y=...)")
     if info.file_size > MAX_NPZ_BYTES:
         raise DataError(f"{where}: array {name!r} takes {info.file_size:,} bytes decompressed, more than the "
                         f"{MAX_NPZ_BYTES:,} an .npz may hold (it is read whole); save large data as x.npy "

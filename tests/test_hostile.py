@@ -598,3 +598,18 @@ def test_predict_output_that_is_not_a_regular_file_is_refused_and_left_alone(tmp
     after = out.lstat()
     assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode) and target.read_text() == "kept\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv", "keep.csv", "model", "out.csv"]
+
+
+def test_an_npz_member_marked_encrypted_is_one_line(tmp_path, capsys):
+    model = _model(tmp_path)
+    p = tmp_path / "locked.npz"
+    np.savez(p, x=np.ones((2, 2)))
+    raw = bytearray(p.read_bytes())
+    for sig in (b"PK\x03\x04", b"PK\x01\x02"):  # the flag bits of the local and the central header
+        at = raw.find(sig)
+        flags = at + (6 if sig == b"PK\x03\x04" else 8)
+        raw[flags] |= 1
+    p.write_bytes(bytes(raw))
+    assert p.stat().st_size < 1000
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", p)[::2])
+    assert line == (f"lrjob: error: {p}: array 'x' is encrypted; save it again with np.savez(path, x=..., y=...)")

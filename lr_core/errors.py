@@ -36,10 +36,12 @@ class _Brief(reprlib.Repr):
 
     def __init__(self, limit: int):
         super().__init__()
+        # At most limit // 2 items a level and 2 levels: a value that fits the limit is shown
+        # as repr shows it; the most rendered is (limit // 2) ** 2 strings of ``limit``.
         self.maxstring = self.maxother = self.maxlong = limit
-        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = 12
-        self.maxdict = 8
-        self.maxlevel = 3
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = self.maxdeque = self.maxarray = limit // 2
+        self.maxdict = limit // 2
+        self.maxlevel = 2
 
     def repr_int(self, x, level):
         if x.bit_length() > 4 * self.maxlong:

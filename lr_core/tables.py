@@ -679,9 +679,19 @@ def _feature_dtype(x: np.ndarray) -> np.ndarray:
 
 
 def _check_shape(where: str, shape: tuple, dtype: np.dtype, data_bytes: int | None) -> None:
-    """An array header's ``shape`` against the bytes behind it (``data_bytes``), before
-    anything is allocated: a header that declares more (or less) than the file holds is
-    damaged or hostile; a table wider than ``MAX_FEATURES`` columns is refused."""
+    """An array header's ``shape`` and ``dtype`` against the bytes behind it (``data_bytes``),
+    before anything is allocated: a header that declares more (or less) than the file holds
+    is damaged or hostile; a table wider than ``MAX_FEATURES`` columns is refused; so are
+    negative dimensions and dtypes that are not one plain number or text per cell (item
+    size 0, structured, sub-array), which pass a size check and fail later."""
+    if any(d < 0 for d in shape):
+        raise DataError(f"{where}: the header declares shape {shape}, with a negative dimension; the file is "
+                        f"damaged: write it again with np.save")
+    if dtype.names is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        what = ("a structured dtype" if dtype.names is not None else
+                "a sub-array dtype" if dtype.subdtype is not None else "an item size of 0")
+        raise DataError(f"{where}: dtype {clip(str(dtype), 60)} is {what}; save a plain array of numbers "
+                        f"(one per cell) with np.save")
     if len(shape) == 2 and shape[1] > MAX_FEATURES:
         raise DataError(f"{where}: {shape[1]:,} feature columns (shape {shape}), more than the {MAX_FEATURES:,} "
                         f"a table may have; check the array's orientation (rows x features)")

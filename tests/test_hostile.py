@@ -613,3 +613,28 @@ def test_an_npz_member_marked_encrypted_is_one_line(tmp_path, capsys):
     assert p.stat().st_size < 1000
     line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", p)[::2])
     assert line == (f"lrjob: error: {p}: array 'x' is encrypted; save it again with np.savez(path, x=..., y=...)")
+
+
+@pytest.mark.parametrize("descr,shape,says", [
+    pytest.param("|V0", (3, 2), "dtype |V0 is an item size of 0", id="void-0"),
+    pytest.param("|S0", (3, 2), "dtype |S0 is an item size of 0", id="bytes-0"),
+    pytest.param(("<f4", (1000,)), (3, 2), "dtype ('<f4', (1000,)) is a sub-array dtype", id="sub-array"),
+    pytest.param([("a", "<f4"), ("b", "<i4")], (3, 2), "dtype [('a', '<f4'), ('b', '<i4')] is a structured dtype",
+                 id="structured"),
+    pytest.param("<f4", (-3, -2), "the header declares shape (-3, -2), with a negative dimension", id="negative"),
+])
+def test_npy_dtypes_and_shapes_that_pass_the_size_check_are_refused_in_the_header(tmp_path, capsys, descr, shape,
+                                                                                    says):
+    model = _model(tmp_path)
+    header = _npy_header(shape, descr)
+    nbytes = abs(int(np.prod(shape))) * np.dtype(descr).itemsize  # what the size check computes
+    p = tmp_path / "odd.npy"
+    p.write_bytes(header + bytes(nbytes))
+    assert p.stat().st_size < 30_000
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", p)[::2])
+    assert line.startswith(f"lrjob: error: {p}: {says}"), line
+    z = tmp_path / "odd.npz"  # the same array as an .npz member
+    with zipfile.ZipFile(z, "w") as f:
+        f.writestr("x.npy", header + bytes(nbytes))
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", z)[::2])
+    assert line.startswith(f"lrjob: error: {z}: array 'x': {says}"), line

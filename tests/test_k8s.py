@@ -384,6 +384,22 @@ def test_non_ascii_job_names_render_valid_distinct_kubernetes_names(kind):
     assert seen["café"].startswith("lrjob-cafe-")
 
 
+@pytest.mark.parametrize("kind", ["rayjob", "raycluster", "mpijob"])
+def test_names_the_sanitising_changes_never_share_kubernetes_names(kind):
+    # café's hashed stem is cafe-850f7dc4; My_Job, my-job and my.job all sanitise to my-job.
+    names = ["café", "cafe-850f7dc4", "My_Job", "my-job", "my.job", "my_job", "MY-JOB"]
+    seen = {}
+    for spec_name in names:
+        spec = load_spec(ROOT / "jobs/binary_2d.yaml", [f"name={spec_name}"])
+        docs = list(yaml.safe_load_all(k8s.render(spec, k8s.Deploy(image="lrjob:1", workers=2, kind=kind))))
+        seen[spec_name] = {d["metadata"]["name"] for d in docs if d}
+    for a in names:
+        for b in names:
+            assert a == b or not seen[a] & seen[b], (a, b, seen[a] & seen[b])
+    main = {"rayjob": "", "raycluster": "-cluster", "mpijob": "-mpi"}[kind]
+    assert f"lrjob-my-job{main}" in seen["my-job"]  # a name that is already a DNS-1123 label is kept
+
+
 def test_write_rewrites_the_folder_and_drops_stale_manifests(tmp_path):
     (tmp_path / "gone.rayjob.yaml").write_text("old")
     (tmp_path / "notes.yaml").write_text("mine")
@@ -636,7 +652,7 @@ def test_each_job_reads_its_own_token_secret(capsys):
     out, err = capsys.readouterr()
     cluster = _one([d for d in yaml.safe_load_all(out) if d], "RayCluster")
     secret = cluster["spec"]["authOptions"]["secretName"]
-    assert secret == "lrjob-mnist-softmax-cluster-ray-token" and f"generic {secret} " in err
+    assert secret == "lrjob-mnist-softmax-bf9157ac-cluster-ray-token" and f"generic {secret} " in err
     names = {_one(_rendered(kind), "RayJob" if kind == "rayjob" else "RayCluster")["metadata"]["name"]
              for kind in ("rayjob", "raycluster")}
     secrets = set()

@@ -253,15 +253,16 @@ def _cpu_quantity(cpus: float) -> str:
 
 def _k8s_name(spec_name: str, suffix: str) -> str:
     """``lrjob-<name><suffix>`` as a Kubernetes (DNS-1123) name: lower-case ASCII letters,
-    digits and '-'. Accents are dropped (é -> e); a name with characters that have no
-    ASCII form (or that lost its accents) also gets 8 hex digits of its hash, so two
-    such names never share objects."""
+    digits and '-'. Accents are dropped (é -> e) and other characters become '-'. A name
+    the sanitising changed (``My_Job``, ``my.job``, ``café``) gets 8 hex digits of its
+    hash; so does a name kept as it is that ends like one (``cafe-850f7dc4``): a hashed
+    name never equals a kept one, and two names share objects only if their hashes do."""
     import hashlib
     import unicodedata
 
     ascii_name = unicodedata.normalize("NFKD", spec_name).encode("ascii", "ignore").decode()
     stem = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")
-    if not spec_name.isascii():
+    if stem != spec_name or re.search(r"-[0-9a-f]{8}$", stem):
         digest = hashlib.sha256(spec_name.encode()).hexdigest()[:8]
         stem = f"{stem}-{digest}" if stem else digest
     name = "lrjob-" + stem + suffix

@@ -235,15 +235,22 @@ def _load_idx_source(source: str, path: str | None, raw: bool = False) -> Datase
     shape = tuple(int(s) for s in x_tr.shape[1:])
     scale = np.float32(1.0 / 255.0)
     if raw:  # the stored bytes; the scale is applied where the features are used
-        return Dataset(x_train=x_tr.reshape(len(x_tr), -1), y_train=y_tr.astype(np.int64),
-                       x_val=x_te.reshape(len(x_te), -1), y_val=y_te.astype(np.int64), source=source,
+        return Dataset(x_train=x_tr.reshape(len(x_tr), -1), y_train=_idx_labels(y_tr),
+                       x_val=x_te.reshape(len(x_te), -1), y_val=_idx_labels(y_te), source=source,
                        image_shape=shape, val_name="test", description=f"{source} from {directory}",
                        scale=float(scale))
     return Dataset(
-        x_train=x_tr.reshape(len(x_tr), -1).astype(np.float32) * scale, y_train=y_tr.astype(np.int64),
-        x_val=x_te.reshape(len(x_te), -1).astype(np.float32) * scale, y_val=y_te.astype(np.int64),
+        x_train=x_tr.reshape(len(x_tr), -1).astype(np.float32) * scale, y_train=_idx_labels(y_tr),
+        x_val=x_te.reshape(len(x_te), -1).astype(np.float32) * scale, y_val=_idx_labels(y_te),
         source=source, image_shape=shape, val_name="test",
         description=f"{source} from {directory}")
+
+
+def _idx_labels(y: np.ndarray) -> np.ndarray:
+    """IDX labels as read: integers as int64; float labels (IDX type 0x0D/0x0E) stay float
+    for :func:`check_labels`, which refuses 0.5 and NaN (a cast to int64 would make them 0
+    and -9223372036854775808)."""
+    return y.astype(np.int64) if y.dtype.kind in "iub" else y.astype(np.float64)
 
 
 # --------------------------------------------------------------------------- checks

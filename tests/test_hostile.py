@@ -638,3 +638,15 @@ def test_npy_dtypes_and_shapes_that_pass_the_size_check_are_refused_in_the_heade
         f.writestr("x.npy", header + bytes(nbytes))
     line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", z)[::2])
     assert line.startswith(f"lrjob: error: {z}: array 'x': {says}"), line
+
+
+@pytest.mark.parametrize("labels,says", [
+    pytest.param([0.5, 1.7, 2.0], "row 1: label 0.5 is not an integer class", id="fractions"),
+    pytest.param([1.0, np.nan, 2.0], "row 2: label nan is not finite", id="nan"),
+])
+def test_float_idx_labels_are_checked_before_they_become_classes(tmp_path, labels, says):
+    d = _idx_dir(tmp_path, np.ones((3, 2, 2), np.uint8), 0x08)
+    (d / "train-labels-idx1-ubyte").write_bytes(_idx(np.asarray(labels, ">f4"), 0x0D))
+    with pytest.raises(DataError) as info:
+        load_dataset("mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(info.value).startswith(f"mnist ({d}): {says}"), str(info.value)

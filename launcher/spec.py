@@ -702,6 +702,9 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
             raise SpecError(f"--set {clip(key)}: the value is not a usable number or is nested too deeply") \
                 from None
         if parts[0] == "data" and parts[1] in PATH_FIELDS and isinstance(value, str) and "://" not in value:
+            if not value.strip():  # '' would resolve to the current directory
+                raise SpecError(f"--set {clip(key)}: an empty path; give a file or folder, e.g. --set {clip(key)}="
+                                f"{_example(SCHEMA[parts[0]][parts[1]])}, or null for none")
             value = os.path.abspath(os.path.expanduser(value))
         section = doc.setdefault(parts[0], {}) or {}
         doc[parts[0]] = section

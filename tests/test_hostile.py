@@ -133,6 +133,14 @@ def test_an_empty_override_is_refused_naming_the_field(override, message):
     assert str(info.value).startswith(message), str(info.value)
 
 
+@pytest.mark.parametrize("override", ["data.path=''", 'data.cache=""', "data.val_path=' '"])
+def test_an_empty_quoted_path_is_refused_not_made_the_current_directory(override):
+    key = override.partition("=")[0]
+    with pytest.raises(SpecError) as info:
+        load_spec(ROOT / "jobs/binary_2d.yaml", [override])
+    assert str(info.value).startswith(f"--set {key}: an empty path; give a file or folder"), str(info.value)
+
+
 def test_an_override_name_is_its_text():
     assert load_spec(ROOT / "jobs/binary_2d.yaml", ["name=null"]).name == "null"
     assert load_spec(ROOT / "jobs/binary_2d.yaml", ["name=7"]).name == "7"

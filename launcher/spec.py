@@ -14,6 +14,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -586,6 +587,25 @@ class _SpecLoader(yaml.SafeLoader):
                         None, None, f"duplicate key {shown(key)} (first at line {first.start_mark.line + 1}); "
                                     f"keep one: YAML would silently drop the first", key_node.start_mark)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 reads 59:59:59 as a base-60 integer (and 1:30.5 as a float), at a cost that
+# grows with the square of the digits: a spec has no use for them, so they stay text
+# (``train.epochs: 59:59`` is then "must be an integer, got '59:59'"). The same patterns
+# as PyYAML's, less the base-60 branch, in the same order of resolvers.
+_NO_BASE_60 = {
+    "tag:yaml.org,2002:int": re.compile(r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0[0-7_]+
+        |[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0x[0-9a-fA-F_]+)$""", re.X),
+    "tag:yaml.org,2002:float": re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+        |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""", re.X),
+}
+_SpecLoader.yaml_implicit_resolvers = {
+    first: [(tag, _NO_BASE_60.get(tag, regexp)) for tag, regexp in resolvers]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
 
 
 def _count_nodes(root) -> None:

@@ -112,6 +112,17 @@ def test_a_spec_with_duplicate_keys_recursion_or_absurd_nesting_is_one_line(tmp_
     assert problem in line and line.startswith(f"lrjob: error: {spec}: ")
 
 
+@pytest.mark.parametrize("value,shown_as", [("59:59", "'59:59'"), ("1" + ":59" * 3000, "'1:59:59:59")])
+def test_base_60_integers_are_text_not_numbers(tmp_path, capsys, value, shown_as):
+    # YAML 1.1 reads 59:59 as 3599, at a cost growing with the square of the digits.
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: s\ntrain: {{epochs: {value}}}\n")
+    line = _one_line_error(*_lrjob(capsys, "validate", spec)[::2])
+    assert line.startswith(f"lrjob: error: train.epochs must be an integer, got {shown_as}"), line
+    with pytest.raises(SpecError, match=r"train.learning_rate must be a number, got '1:30.5'"):
+        load_spec(ROOT / "jobs/binary_2d.yaml", ["train.learning_rate=1:30.5"])
+
+
 def test_a_spec_file_larger_than_a_spec_is_refused_unread(tmp_path):
     spec = tmp_path / "job.yaml"
     spec.write_text("# " + "x" * (2 << 20) + "\n")

@@ -42,7 +42,7 @@ _CSV_THREADS = 4            # at most this many chunks at once (and no more than
 _BLOCK_BYTES = 64 << 20     # an .npy block holds at most this many bytes (fewer rows when rows are wide)
 # Bounds on what a file may declare, checked before anything is allocated (docs/design.md#data).
 MAX_FEATURES = 1_000_000    # columns of a table
-MAX_NPZ_BYTES = 512 << 20   # one array of an .npz, decompressed (an .npz is read whole)
+MAX_NPZ_BYTES = 512 << 20   # an .npz's arrays, decompressed and as float32, x and y together (read whole)
 
 
 def is_uri(path: str) -> bool:
@@ -706,9 +706,12 @@ def _check_shape(where: str, shape: tuple, dtype: np.dtype, data_bytes: int | No
                         f"with np.save")
 
 
-def _npz_member(z: zipfile.ZipFile, name: str, where: str) -> np.ndarray:
+def _npz_member(z: zipfile.ZipFile, name: str, where: str, budget: int | None = None,
+                rows: int | None = None) -> np.ndarray:
     """Array ``name`` of an open .npz, its sizes checked before it is decompressed: the zip
-    header's size against ``MAX_NPZ_BYTES``, the array header's shape against that size."""
+    header's size against ``MAX_NPZ_BYTES``, the array header's shape against that size,
+    its values as float32 (what they become: 4 bytes each, whatever the stored dtype)
+    against ``budget`` and, for labels, its rows against ``rows`` (the features')."""
     info = z.getinfo(name + ".npy")
     if info.flag_bits & 0x1:  # zipfile would ask for a password (a RuntimeError)
         raise DataError(f"{where}: array {name!r} is encrypted; save it again with np.savez(path, x=..., y=...)")
@@ -723,6 +726,14 @@ def _npz_member(z: zipfile.ZipFile, name: str, where: str) -> np.ndarray:
             raise ValueError("it holds Python objects")
         nbytes = info.file_size - f.tell()
         _check_shape(f"{where}: array {name!r}", shape, dtype, nbytes)
+        if rows is not None and (len(shape) != 1 or shape[0] != rows):
+            raise DataError(f"{where}: array {name!r} must hold one label per row of x ({rows}), got shape {shape}")
+        as_float32 = math.prod(shape) * 4
+        budget = MAX_NPZ_BYTES if budget is None else budget
+        if as_float32 > budget:
+            raise DataError(f"{where}: array {name!r} holds {math.prod(shape):,} values, {as_float32:,} bytes as "
+                            f"float32, more than the {budget:,} left of the {MAX_NPZ_BYTES:,} an .npz may take "
+                            f"(it is read whole); save large data as x.npy and y.npy in a folder, read in blocks")
         out = np.empty(math.prod(shape), dtype=dtype)  # its size is now known to be the member's
         raw = out.view(np.uint8)
         for lo in range(0, nbytes, 16 << 20):
@@ -747,7 +758,9 @@ def _npz_table(fs, inner: str, where: str, require_labels: bool) -> Table:
             if "x" not in names:
                 raise DataError(f"{where}: no array 'x' (found {names[:8]}); save with np.savez(path, x=..., y=...)")
             x = _npz_member(z, "x", where)
-            y = _npz_member(z, "y", where) if "y" in names else None
+            # x and y together, as float32, within MAX_NPZ_BYTES; y's rows checked before it is read.
+            y = (_npz_member(z, "y", where, MAX_NPZ_BYTES - x.size * 4, rows=len(x) if x.ndim == 2 else None)
+                 if "y" in names else None)
     except DataError:
         raise
     except MemoryError:

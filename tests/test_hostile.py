@@ -669,3 +669,24 @@ def test_float_idx_labels_are_checked_before_they_become_classes(tmp_path, label
     with pytest.raises(DataError) as info:
         load_dataset("mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
     assert str(info.value).startswith(f"mnist ({d}): {says}"), str(info.value)
+
+
+def test_an_npz_is_bounded_by_its_values_as_float32_across_x_and_y(tmp_path, capsys, monkeypatch):
+    # uint8 takes a quarter of the float32 it becomes: the cap counts what is held, x and y together.
+    model = _model(tmp_path)
+    monkeypatch.setattr(tables, "MAX_NPZ_BYTES", 1 << 20)
+    p = tmp_path / "bytes.npz"
+    np.savez_compressed(p, x=np.zeros((200_000, 2), np.uint8))  # 400 KB stored, 1.6 MB as float32
+    assert p.stat().st_size < 10_000
+    line = _one_line_error(*_lrjob(capsys, "predict", model, "--input", p)[::2])
+    assert (f"{p}: array 'x' holds 400,000 values, 1,600,000 bytes as float32, more than the 1,048,576 left of "
+            f"the 1,048,576 an .npz may take") in line
+    both = tmp_path / "both.npz"  # x fits alone (800 KB as float32); y's 100,000 labels pass the cap
+    np.savez_compressed(both, x=np.zeros((100_000, 2), np.uint8), y=np.zeros(100_000, np.uint8))
+    with pytest.raises(DataError, match=r"array 'y' holds 100,000 values, 400,000 bytes as float32, more than the "
+                                        r"248,576 left"):
+        tables.open_table(both)
+    rows = tmp_path / "rows.npz"
+    np.savez_compressed(rows, x=np.zeros((10, 2), np.float32), y=np.zeros(11, np.float32))
+    with pytest.raises(DataError, match=r"array 'y' must hold one label per row of x \(10\), got shape \(11,\)"):
+        tables.open_table(rows)

@@ -447,7 +447,15 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
             raw["data"][key] = p
     _cross_checks(raw)
     _resolve_tracking(raw)
-    return JobSpec(raw=raw, source_file=source_file)
+    spec = JobSpec(raw=raw, source_file=source_file)
+    # The resolved spec is written as job.yaml and read back (resume, compare, runs) under
+    # the same bound as a spec file: a spec that validates must read back.
+    size = len(spec.to_yaml().encode())
+    if size > MAX_SPEC_BYTES:
+        raise SpecError(f"{where}: the resolved spec takes {size:,} bytes as YAML, more than a job spec may hold "
+                        f"({MAX_SPEC_BYTES:,}), so its job.yaml could not be read back; shorten its longest "
+                        f"field (a data.label_map, data.features or a path)")
+    return spec
 
 
 def _cross_checks(raw: dict) -> None:
@@ -553,7 +561,7 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
 # stop a hostile file (a YAML alias bomb, a huge or deeply nested file) before it costs
 # memory or time, including inside an error message that would quote it.
 MAX_SPEC_BYTES = 1 << 20     # the file
-MAX_YAML_NODES = 1_000_000   # values, counted with every alias expanded (a label_map of 100,000 classes fits)
+MAX_YAML_NODES = 1_000_000   # values, counted with every alias expanded
 MAX_YAML_DEPTH = 50          # nesting of mappings and lists
 MAX_YAML_TEXT = 1 << 20      # characters of keys and values, counted with every alias expanded
 

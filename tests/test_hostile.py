@@ -690,3 +690,15 @@ def test_an_npz_is_bounded_by_its_values_as_float32_across_x_and_y(tmp_path, cap
     np.savez_compressed(rows, x=np.zeros((10, 2), np.float32), y=np.zeros(11, np.float32))
     with pytest.raises(DataError, match=r"array 'y' must hold one label per row of x \(10\), got shape \(11,\)"):
         tables.open_table(rows)
+
+
+def test_a_spec_whose_resolved_yaml_would_not_read_back_is_refused(tmp_path, capsys):
+    # A file of 600 KB (under the 1 MiB bound) whose resolved spec takes more: job.yaml
+    # writes each of the 300,000 characters 'é' as the escape \xE9 (4 bytes), and would not read back.
+    spec = tmp_path / "job.yaml"
+    spec.write_text(f"name: big\ndata: {{source: csv, path: {'é' * 300_000}.csv}}\n", encoding="utf-8")
+    assert spec.stat().st_size <= 1 << 20
+    line = _one_line_error(*_lrjob(capsys, "validate", spec)[::2])
+    assert re.fullmatch(rf"lrjob: error: {re.escape(str(spec))}: the resolved spec takes [\d,]+ bytes as YAML, more "
+                        r"than a job spec may hold \(1,048,576\), so its job.yaml could not be read back; shorten its "
+                        r"longest field \(a data.label_map, data.features or a path\)", line), line

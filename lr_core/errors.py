@@ -49,8 +49,8 @@ class _Brief(reprlib.Repr):
         return super().repr_int(x, level)
 
     def repr_str(self, x, level):
-        # reprlib cuts a string after repr-ing it whole: cut first (a few characters of
-        # slack keep the quotes and escapes of what is shown exact).
+        # reprlib cuts a string after repr-ing it whole: keep only its first and last
+        # ``maxstring`` characters, all that reprlib shows of it, before it does.
         if len(x) > self.maxstring:
             return super().repr_str(x[:self.maxstring] + x[-self.maxstring:], level)
         return super().repr_str(x, level)

@@ -5,7 +5,8 @@ The hostile files are generated here and are small on disk: a YAML alias bomb, a
 with a duplicate key, .npy/.npz headers that declare more than the file holds, a gzip
 stream that decompresses past what its IDX header declares, damaged run directories.
 Every command runs in this process through ``launcher.cli.main`` (the script calls the
-same function)."""
+same function), except the CSV rows that crash pyarrow 17 unguarded: they run in a
+subprocess, so a segfault fails one test instead of ending pytest."""
 import gzip
 import io
 import json

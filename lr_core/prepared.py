@@ -481,9 +481,15 @@ def reopen(home: str, origin=None) -> Dataset:
     return dataclasses.replace(ds, extra={**ds.extra, "origin": origin})
 
 
+READ_WHOLE_BYTES = 1 << 30  # features mapped whole at most this large, whatever the free memory
+
+
 def _reads_whole(x: np.ndarray) -> bool:
-    """Whether training reads ``x`` ahead whole: it fits in a quarter of the free memory."""
-    return x.nbytes < _free_memory() // 4
+    """Whether training reads ``x`` ahead whole and gathers from the map: it fits in a
+    quarter of the free memory and in ``READ_WHOLE_BYTES``. A larger set is read row by row
+    (:func:`read_rows`), so no process maps gigabytes of it: its pages would count in the
+    process's resident and private memory, on every worker of a node."""
+    return x.nbytes < min(_free_memory() // 4, READ_WHOLE_BYTES)
 
 
 def _advise(x: np.ndarray) -> None:

@@ -295,13 +295,16 @@ def test_a_verified_folder_is_not_hashed_again_until_a_file_changes(tmp_path, mo
 
 
 # the training features here: 180 rows x 4 float32 = 2,880 bytes
-@pytest.mark.parametrize("free,advice", [(4 * 2880 + 4, "MADV_WILLNEED"), (4 * 2880 - 4, "MADV_RANDOM")])
-def test_training_features_are_read_ahead_only_when_they_fit(tmp_path, monkeypatch, free, advice):
+@pytest.mark.parametrize("free,cap,advice", [(4 * 2880 + 4, 1 << 30, "MADV_WILLNEED"),
+                                             (4 * 2880 - 4, 1 << 30, "MADV_RANDOM"),
+                                             (1 << 40, 2880, "MADV_RANDOM"), (1 << 40, 2881, "MADV_WILLNEED")])
+def test_training_features_are_read_ahead_only_when_they_fit(tmp_path, monkeypatch, free, cap, advice):
     import mmap
 
     home = prepare(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
     given = []
     monkeypatch.setattr(prepared, "_free_memory", lambda: free)
+    monkeypatch.setattr(prepared, "READ_WHOLE_BYTES", cap)
     real = np.memmap
 
     def recording_memmap(*a, **kw):

@@ -186,6 +186,8 @@ class Driver:
         self._result: RunResult | None = None
         # MLflow when the spec's tracking section asks for it (docs/design.md#tracking)
         self.tracker = make_tracker(spec)
+        if self.reporter.mode != "silent":  # the warning goes through the Reporter (a closed pipe silences it)
+            self.tracker.warn = self.reporter.warning
 
     # ------------------------------------------------------------------ the run
     def run(self) -> RunResult:

@@ -105,6 +105,8 @@ class MlflowTracker(Tracker):
         self.client = None
         self.run_id: str | None = None
         self.off = False  # set by the first failure: nothing more is sent
+        # where the one warning line goes: the driver's Reporter (a closed pipe silences it)
+        self.warn = _warn_stderr
 
     # ------------------------------------------------------------------ the driver's calls
     def start(self, spec, run_dir: Path, history: list[dict]) -> None:
@@ -202,5 +204,14 @@ class MlflowTracker(Tracker):
             reason = " ".join(f"{type(e).__name__}: {e}".split())
             if len(reason) > 240:
                 reason = reason[:237] + "..."
-            print(f"lrjob: warning: MLflow tracking at {self.uri} is off for this run ({what} failed: "
-                  f"{reason}); training goes on, the run directory has everything", file=sys.stderr)
+            self.warn(f"lrjob: warning: MLflow tracking at {self.uri} is off for this run ({what} failed: "
+                      f"{reason}); training goes on, the run directory has everything")
+
+
+def _warn_stderr(text: str) -> None:
+    """One line on stderr; a stderr that cannot be written (a closed pipe) drops it: a warning
+    about tracking must not fail the run."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass

@@ -210,3 +210,22 @@ def test_a_run_is_logged_to_a_tracking_server(mlflow_server, tmp_path, capfd):
     _check_logged(_client(mlflow_server), result, "lr-blobs")
     # the artifacts went through the server into its folder
     assert list((tmp_path / "artifacts").rglob("report.html"))
+
+
+def test_a_tracking_warning_on_a_closed_pipe_does_not_fail_the_run(tmp_path):
+    """``lrjob run ... --json 2>&1 | head -1``: the reader is gone when tracking warns; the
+    warning is dropped, the run completes and exits 0."""
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there: start fails, one warning
+    proc = subprocess.Popen([LRJOB, "run", JOB, "--workers", "0", "--track", uri, "--json",
+                             "--output", str(tmp_path / "run"), "--set", "train.epochs=2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        first = proc.stdout.readline()  # the start event, written before tracking starts
+        proc.stdout.close()             # the reader goes away (| head -1)
+        assert proc.wait(timeout=240) == 0
+    finally:
+        if proc.poll() is None:
+            kill_tree(proc)
+    assert json.loads(first)["event"] == "start"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed", summary

@@ -125,6 +125,14 @@ class Reporter:
         elif self.mode not in ("quiet", "silent"):
             self._emit(self.err, text + "\n")
 
+    def warning(self, text: str) -> None:
+        """A warning line on stderr, also with ``--quiet`` (``json``: a ``message`` event; nothing
+        when silent)."""
+        if self.mode == "json":
+            self._json("message", text=text)
+        elif self.mode != "silent":
+            self._emit(self.err, text + "\n")
+
     def summary(self, summary: dict, run_dir) -> None:
         """The final box and the run directory on stdout (``quiet``: only the run directory; ``json``: a
         ``summary`` event)."""

@@ -589,15 +589,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("lrjob: interrupted\n")
         return 130
-    except BrokenPipeError:  # the reader went away (| head): not a failure
+    except BrokenPipeError as e:
+        gone = [s for s in (sys.stdout, sys.stderr) if _reader_gone(s)]
+        if not gone:  # a socket or file of the run's, not our output: a failure like any other
+            return _internal_error(e)
         from .report.progress import silence_closed_pipe
 
-        silence_closed_pipe(sys.stdout)
+        for stream in gone:  # the reader went away (| head): not a failure
+            silence_closed_pipe(stream)
         return 0
-    except Exception:  # a bug, not bad input: keep the traceback
-        traceback.print_exc()
+    except Exception as e:  # a bug, not bad input: keep the traceback
+        return _internal_error(e)
+
+
+def _internal_error(e: BaseException) -> int:
+    """A bug, not bad input: the traceback, one line asking to report it; exit code 1."""
+    try:
+        traceback.print_exception(type(e), e, e.__traceback__)
         sys.stderr.write("lrjob: internal error (above); please report it with the command you ran\n")
-        return 1
+    except OSError:
+        pass
+    return 1
+
+
+def _reader_gone(stream) -> bool:
+    """Whether ``stream`` is a pipe whose reader closed it (``| head``): the only
+    BrokenPipeError that ends lrjob with exit code 0 (docs/design.md#exit-codes)."""
+    import select
+
+    try:
+        fd = stream.fileno()
+        poller = select.poll()
+        poller.register(fd, select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 if __name__ == "__main__":

@@ -188,6 +188,36 @@ def test_a_closed_pipe_ends_the_run_quietly_as_completed(tmp_path):
     assert summary["status"] == "completed" and summary["epochs_done"] == 3
 
 
+def test_a_broken_pipe_that_is_not_our_output_is_a_failure(tmp_path):
+    """A BrokenPipeError from a socket or file of the run's (here: exporting the model) is no
+    reader gone away: exit 1 and summary.json says failed."""
+    out = tmp_path / "run"
+    code = ("import sys; from launcher import cli; from launcher.rundir import RunDir\n"
+            "def export(*a, **k): raise BrokenPipeError(32, 'Broken pipe')\n"
+            "RunDir.export_model = export\n"
+            f"sys.exit(cli.main(['run', 'jobs/binary_2d.yaml', '--workers', '0', '--output', {str(out)!r}, "
+            "'--set', 'train.epochs=1']))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_a_broken_pipe_on_stdout_is_the_reader_going_away(tmp_path):
+    """A write to a stdout whose reader left raises BrokenPipeError out of a command: exit 0."""
+    code = ("import sys; from launcher import cli\n"
+            "def chatty(args):\n"
+            "    for _ in range(10000): print('x' * 100)\n"
+            "    return 3\n"
+            "cli.COMMANDS['runs'] = chatty\n"
+            "sys.exit(cli.main(['runs']))")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.readline()
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 0, err
+    assert "Traceback" not in err, err
+
+
 # --------------------------------------------------------------------------- the embedded Ray's CPUs
 def test_an_embedded_ray_declares_the_machines_cpus_unless_told_to_oversubscribe(monkeypatch):
     from launcher.backends import cluster

@@ -185,7 +185,11 @@ def _load(args):
         overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
     if getattr(args, "track", None) is not None:
         overrides.append(f"tracking.mlflow.uri={args.track}")
-    return load_spec(args.job, overrides)
+    # a run's own job.yaml (--resume RUN): written before data.standardize existed, it reads as off
+    from .rundir import RunDir
+
+    run_file = bool(getattr(args, "resume", None)) and Path(args.job) == RunDir(args.resume).spec_file
+    return load_spec(args.job, overrides, run_file=run_file)
 
 
 def _spec_file_of(run: str) -> Path:

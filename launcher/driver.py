@@ -121,7 +121,8 @@ class Driver:
                  options: DriverOptions | None = None):
         self._t_start = time.time()  # wall_seconds count from here, data loading included
         faults.check()
-        self.spec = spec
+        # job.yaml stores data.standardize resolved: a resume reads what this run did
+        self.spec = spec = spec.resolved()
         self.options = options or DriverOptions()
         self.reporter = reporter or Reporter("silent")
         self.checkpoint: dict | None = None

@@ -419,7 +419,7 @@ class RunDir:
         a damaged file is a one-line ``SpecError``."""
         from .spec import load_spec
 
-        return load_spec(self.spec_file) if self.spec_file.is_file() else None
+        return load_spec(self.spec_file, run_file=True) if self.spec_file.is_file() else None
 
     def spec_dict(self) -> dict:
         """``job.yaml`` as a plain mapping ({} when absent or not a mapping), unvalidated."""

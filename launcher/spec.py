@@ -208,7 +208,8 @@ SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_
 
 
 # Fields added after runs were checkpointed: when null they leave the spec digest unchanged.
-_ADDED_FIELDS = ("data.standardize", "train.class_weight")
+# (data.standardize: resolved, and left out when off, see JobSpec._compared.)
+_ADDED_FIELDS = ("train.class_weight",)
 
 
 def _section(cls: type, values: dict):
@@ -337,9 +338,26 @@ class JobSpec:
         """This spec with ``--set``-style overrides applied and validated again."""
         return spec_from_dict(apply_overrides(self.to_dict(), overrides), source_file=self.source_file)
 
+    def resolved(self) -> "JobSpec":
+        """This spec with ``data.standardize`` resolved to a boolean (the source's default for
+        null): what ``job.yaml`` stores, so that a resume reads what the run did."""
+        raw = self.to_dict()
+        raw["data"]["standardize"] = self.data.standardizes
+        return JobSpec(raw, source_file=self.source_file)
+
+    def _compared(self) -> dict:
+        """``raw`` as a digest and ``diff`` see it: ``data.standardize`` resolved, and left out
+        when off, as in the specs written before the field existed
+        (docs/design.md#standardization)."""
+        d = self.to_dict()
+        d["data"]["standardize"] = self.data.standardizes
+        if not d["data"]["standardize"]:
+            d["data"].pop("standardize")
+        return d
+
     def digest(self, ignore: set[str] = frozenset()) -> str:
         """A short hash of the spec without the ``ignore``d dotted fields."""
-        d = self.to_dict()
+        d = self._compared()
         for dotted in _ADDED_FIELDS:  # unset, they hash as the specs written before them did
             section, _, key = dotted.partition(".")
             if d.get(section, {}).get(key, 0) is None:
@@ -400,8 +418,9 @@ class JobSpec:
     def diff(self, other: "JobSpec") -> list[str]:
         """Dotted names of the fields that differ."""
         out = []
+        mine, theirs = self._compared(), other._compared()
         for section in TOP_LEVEL:
-            a, b = self.raw.get(section), other.raw.get(section)
+            a, b = mine.get(section), theirs.get(section)
             if isinstance(a, dict) and isinstance(b, dict):
                 out += [f"{section}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
             elif a != b:
@@ -542,8 +561,10 @@ def _resolve_tracking(raw: dict) -> None:
         mlflow[key] = value.strip()
 
 
-def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> JobSpec:
-    """Read, override and validate a job spec file."""
+def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, *, run_file: bool = False) -> JobSpec:
+    """Read, override and validate a job spec file. ``run_file``: the file is a run
+    directory's ``job.yaml``; one without ``data.standardize`` was written before the field
+    existed, by a run that did not standardize: it reads as ``false``."""
     path = Path(path)
     if not path.exists():
         raise SpecError(f"{path}: job spec not found; pass a YAML file such as jobs/binary_synthetic.yaml")
@@ -552,6 +573,8 @@ def load_spec(path: str | os.PathLike, overrides: list[str] | None = None) -> Jo
     doc = read_spec_yaml(path)
     if doc is None:
         raise SpecError(f"{path}: empty job spec; see jobs/ for examples")
+    if run_file and isinstance(doc, dict) and isinstance(doc.get("data"), dict):
+        doc["data"].setdefault("standardize", False)
     if isinstance(doc, dict):
         doc = apply_overrides(doc, overrides or [])
     return spec_from_dict(doc, base_dir=path.parent.resolve(), where=str(path), source_file=str(path))

@@ -101,9 +101,11 @@ def test_num_classes_is_required_for_softmax_on_data_without_a_fixed_count():
 
 def test_fields_added_later_leave_older_digests_alone():
     """A checkpoint written before data.standardize and train.class_weight existed still
-    resumes: unset, they do not enter the spec digest."""
+    resumes: unset (standardize: off), they do not enter the spec digest."""
     spec = spec_from_dict({"model": {"kind": "binary"}})
     old = dict(spec.raw, data={k: v for k, v in spec.raw["data"].items() if k != "standardize"},
                train={k: v for k, v in spec.raw["train"].items() if k != "class_weight"})
     assert type(spec)(raw=old).digest() == spec.digest()
-    assert spec.with_overrides(["data.standardize=false"]).digest() != spec.digest()
+    # data.standardize enters resolved, and only when on (off is what the older runs did)
+    assert spec.with_overrides(["data.standardize=false"]).digest() == spec.digest()
+    assert spec.with_overrides(["data.standardize=true"]).digest() != spec.digest()

@@ -206,3 +206,32 @@ def test_the_boundary_line_is_drawn_in_the_features_own_units(tmp_path):
     _, p = ExportedModel(tmp_path / "run" / "model").predict(np.column_stack([ages, incomes]).astype(np.float32))
     np.testing.assert_allclose(p, 0.5, atol=1e-3)
     assert res.summary["coefficients"]["weight"][0] == pytest.approx(list(w), rel=1e-6)
+
+
+def test_a_run_checkpointed_before_standardization_existed_resumes_unstandardized(tmp_path, capsys):
+    """A CSV run whose job.yaml has no ``data.standardize`` (written before the field existed,
+    features not standardized) resumes: the field reads as false, the spec digest and the
+    prepared data's key are the ones its checkpoint recorded; job.yaml then stores false."""
+    spec = job(tmp_path, "train.epochs=2", "data.standardize=false")
+    out = tmp_path / "run"
+    first = run_job(spec, out)
+    text = (out / "job.yaml").read_text()
+    assert "standardize: false" in text
+    (out / "job.yaml").write_text(text.replace("  standardize: false\n", ""))  # as written before the field
+    assert "standardize" not in (out / "job.yaml").read_text()
+    assert main(["run", "--resume", str(out), "--set", "train.epochs=3", "--quiet"]) == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 3
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[1]["val_loss"] == pytest.approx(first.history[1]["val_loss"], rel=1e-12)
+    assert "standardize: false" in (out / "job.yaml").read_text()
+    assert json.loads((out / "model" / "meta.json").read_text())["standardize"] is None
+
+
+def test_job_yaml_stores_the_resolved_standardize(tmp_path):
+    out = tmp_path / "run"
+    run_job(job(tmp_path, "train.epochs=1"), out)  # null: on for a CSV
+    assert "standardize: true" in (out / "job.yaml").read_text()
+    again = load_spec(out / "job.yaml", run_file=True)
+    assert again.data.standardizes and again.digest() == job(tmp_path, "train.epochs=1").digest()

@@ -26,11 +26,13 @@ import json
 import logging
 import math
 import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "HTTP_LIMITS"]
+__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "redact", "HTTP_LIMITS"]
 
 # MLflow client settings (environment variables it reads per request). Its defaults retry
 # 7 times with a 120 s timeout each: minutes of a stalled driver for a server that is down.
@@ -41,6 +43,9 @@ _BATCH_PARAMS, _BATCH_METRICS, _PARAM_CHARS = 100, 1000, 6000
 # The run's files logged as artifacts when present (the exported model/ separately).
 ARTIFACTS = ("job.yaml", "summary.json", "metrics.jsonl", "env.json", "curves.png", "confusion.png",
              "samples.png", "boundary.png", "report.html")
+# The files that may hold a URI with credentials (data.path, tracking.mlflow.uri, argv):
+# uploaded as redacted copies.
+_REDACTED = ("job.yaml", "env.json")
 # How summary.json's status reads in MLflow.
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
@@ -90,9 +95,26 @@ def _number(v) -> float | None:
     return v if math.isfinite(v) else None
 
 
+# A URI's user:secret@ part and its query (?access_key=...): never sent to MLflow nor shown.
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
+_ANY_QUERY = re.compile(r"\?[^\s\"'?]*=[^\s\"']*")
+_QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'?]*)\?[^\s\"']*")
+
+
+def redact(text: str) -> str:
+    """``text`` with every URI in it shown as ``lr_core.tables.display`` shows one: without
+    ``user:secret@`` and without its query string."""
+    from lr_core.tables import display, is_uri
+
+    text = str(text)
+    if is_uri(text) and not any(c.isspace() for c in text):
+        return display(text)
+    return _QUERY.sub(r"\1", _USERINFO.sub(r"\1", text))
+
+
 def _param_text(v) -> str:
     text = v if isinstance(v, str) else json.dumps(v, default=str)
-    return text[:_PARAM_CHARS]
+    return redact(text)[:_PARAM_CHARS]
 
 
 class MlflowTracker(Tracker):
@@ -147,7 +169,7 @@ class MlflowTracker(Tracker):
                 if found is None:
                     raise
                 experiment_id = found.experiment_id
-        tags = {"lrjob.run_dir": str(run_dir.resolve()), "lrjob.job": spec.name,
+        tags = {"lrjob.run_dir": redact(str(run_dir.resolve())), "lrjob.job": redact(spec.name),
                 "lrjob.workers": str(spec.workers), "mlflow.source.name": "lrjob",
                 "mlflow.source.type": "JOB"}
         run = client.create_run(experiment_id, tags=tags, run_name=run_dir.name)
@@ -184,9 +206,15 @@ class MlflowTracker(Tracker):
         status = str(summary.get("status", "?"))
         client.log_batch(self.run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(numbers.items())],
                          tags=[RunTag("lrjob.status", status)])
-        for name in ARTIFACTS:
-            if (run_dir / name).is_file():
-                client.log_artifact(self.run_id, str(run_dir / name))
+        with tempfile.TemporaryDirectory(prefix="lrjob-track-") as tmp:
+            for name in ARTIFACTS:
+                path = run_dir / name
+                if not path.is_file():
+                    continue
+                if name in _REDACTED:  # the spec's URIs and the command line: no credentials
+                    path = Path(tmp) / name
+                    path.write_text(redact_text((run_dir / name).read_text()))
+                client.log_artifact(self.run_id, str(path))
         if (run_dir / "model").is_dir():
             client.log_artifacts(self.run_id, str(run_dir / "model"), artifact_path="model")
         # MLflow prints the run's link to stdout for a server: stdout is lrjob's (--json, --quiet)
@@ -201,11 +229,18 @@ class MlflowTracker(Tracker):
             call()
         except Exception as e:  # noqa: BLE001 - tracking must never fail a training run
             self.off = True
-            reason = " ".join(f"{type(e).__name__}: {e}".split())
+            reason = redact(" ".join(f"{type(e).__name__}: {e}".split()))
+            # a request's query, also when quoted without its host ("url: /?token=...")
+            reason = _ANY_QUERY.sub("", reason)
             if len(reason) > 240:
                 reason = reason[:237] + "..."
-            self.warn(f"lrjob: warning: MLflow tracking at {self.uri} is off for this run ({what} failed: "
+            self.warn(f"lrjob: warning: MLflow tracking at {redact(self.uri)} is off for this run ({what} failed: "
                       f"{reason}); training goes on, the run directory has everything")
+
+
+def redact_text(text: str) -> str:
+    """A file's text with every URI in it redacted (``redact``, applied within the text)."""
+    return _QUERY.sub(r"\1", _USERINFO.sub(r"\1", text))
 
 
 def _warn_stderr(text: str) -> None:

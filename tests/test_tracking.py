@@ -229,3 +229,52 @@ def test_a_tracking_warning_on_a_closed_pipe_does_not_fail_the_run(tmp_path):
     assert json.loads(first)["event"] == "start"
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed", summary
+
+
+# --------------------------------------------------------------------------- credentials
+SECRET_SPEC = """name: people
+model: {kind: binary}
+data: {source: csv, path: 's3://KEY:SECRET1@bucket/people.csv?secret_key=SECRET2', label_map: {'yes': 1, 'no': 0}}
+resources: {workers: 0}
+tracking: {mlflow: {uri: 'http://alice:SECRET3@mlflow.example:5000', experiment: people}}
+"""
+
+
+def test_no_credentials_reach_mlflow_or_the_warning(tmp_path):
+    """A user:secret@ part or a query string in data.path or tracking.mlflow.uri is in no
+    param, tag, artifact nor warning line."""
+    from launcher.tracking import MlflowTracker
+
+    (tmp_path / "job.yaml").write_text(SECRET_SPEC)
+    spec = load_spec(tmp_path / "job.yaml")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "job.yaml").write_text(spec.to_yaml())
+    (run_dir / "env.json").write_text(json.dumps({"argv": ["lrjob", "run", "--track", spec.tracking.mlflow["uri"],
+                                                           "--set", f"data.path={spec.data.path}"]}))
+    uri = (tmp_path / "mlruns").as_uri()
+    tracker = MlflowTracker(uri, "people")
+    warnings = []
+    tracker.warn = warnings.append
+    tracker.start(spec, run_dir, [])
+    tracker.finish({"status": "completed", "epochs_done": 0}, run_dir)
+    assert warnings == []
+    client = _client(uri)
+    mlrun = _only_run(client, "people")
+    assert mlrun.data.params["data.path"] == "s3://bucket/people.csv"
+    assert mlrun.data.params["tracking.mlflow.uri"] == "http://mlflow.example:5000"
+    dst = tmp_path / "downloaded"
+    dst.mkdir()
+    logged = json.dumps([mlrun.data.params, mlrun.data.tags])
+    for name in ("job.yaml", "env.json"):
+        logged += Path(client.download_artifacts(mlrun.info.run_id, name, str(dst))).read_text()
+    assert "s3://bucket/people.csv" in logged
+    for secret in ("SECRET1", "SECRET2", "SECRET3", "KEY:", "alice"):
+        assert secret not in logged, secret
+
+    # an unreachable server's warning shows the URI without its credentials
+    down = MlflowTracker(f"http://alice:SECRET3@127.0.0.1:{_free_port()}/?token=SECRET4{'x' * 300}", "people")
+    down.warn = warnings.append
+    down.start(spec, run_dir, [])
+    assert len(warnings) == 1 and "127.0.0.1" in warnings[0], warnings
+    assert "SEC" not in warnings[0] and "alice" not in warnings[0], warnings[0]

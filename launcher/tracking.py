@@ -9,7 +9,8 @@
 run directory exists, ``epoch`` after each epoch is saved and ``finish`` after the summary
 and the plots are written.
 
-What is logged: the resolved spec as params (flattened: ``train.learning_rate``), every
+What is logged: the resolved spec as params (flattened: ``train.learning_rate``; the
+mappings of ``WHOLE``, such as ``data.label_map``, one JSON param each), every
 epoch's numeric metrics (step = epoch), the summary's numbers (``summary.*``), the run's
 files (job.yaml, summary.json, metrics.jsonl, env.json, the pictures, report.html, and the
 exported model under ``model/``) as artifacts, and tags naming the run directory.
@@ -32,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "redact", "HTTP_LIMITS"]
+__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "redact", "HTTP_LIMITS", "WHOLE"]
 
 # MLflow client settings (environment variables it reads per request). Its defaults retry
 # 7 times with a 120 s timeout each: minutes of a stalled driver for a server that is down.
@@ -76,15 +77,28 @@ def make_tracker(spec) -> Tracker:
     return MlflowTracker(mlflow["uri"], mlflow["experiment"])
 
 
-def flatten(obj, prefix: str = "") -> dict[str, object]:
-    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (mappings only; lists stay values)."""
+# Spec fields whose keys are the user's (class names, source options): one JSON param each,
+# so that a key such as "<=50K" never becomes a param name MLflow refuses.
+WHOLE = ("data.label_map", "data.options", "data.features", "train.class_weight")
+# What MLflow allows in a param or metric name; any other character becomes "_".
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def flatten(obj, prefix: str = "", whole: tuple[str, ...] = ()) -> dict[str, object]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": 3}`` (mappings only; lists stay values;
+    the dotted names in ``whole`` stay one value)."""
     out: dict[str, object] = {}
-    if isinstance(obj, dict):
+    if isinstance(obj, dict) and prefix not in whole:
         for k, v in obj.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k), whole))
     elif prefix:
         out[prefix] = obj
     return out
+
+
+def _key(name: str) -> str:
+    """``name`` as MLflow accepts a param or metric name (at most 250 characters)."""
+    return _KEY_BAD.sub("_", name)[:250]
 
 
 def _number(v) -> float | None:
@@ -174,7 +188,7 @@ class MlflowTracker(Tracker):
                 "mlflow.source.type": "JOB"}
         run = client.create_run(experiment_id, tags=tags, run_name=run_dir.name)
         self.run_id = run.info.run_id
-        params = [Param(k, _param_text(v)) for k, v in sorted(flatten(spec.to_dict()).items())]
+        params = [Param(_key(k), _param_text(v)) for k, v in sorted(flatten(spec.to_dict(), whole=WHOLE).items())]
         for i in range(0, len(params), _BATCH_PARAMS):
             client.log_batch(self.run_id, params=params[i:i + _BATCH_PARAMS])
         if history:
@@ -187,7 +201,7 @@ class MlflowTracker(Tracker):
         metrics = []
         for i, m in enumerate(epochs):
             step = int(m.get("epoch", i + 1))
-            metrics += [Metric(k, x, now, step) for k, v in m.items()
+            metrics += [Metric(_key(k), x, now, step) for k, v in m.items()
                         if k != "epoch" and (x := _number(v)) is not None]
         for i in range(0, len(metrics), _BATCH_METRICS):
             self.client.log_batch(self.run_id, metrics=metrics[i:i + _BATCH_METRICS])
@@ -221,6 +235,16 @@ class MlflowTracker(Tracker):
         with contextlib.redirect_stdout(sys.stderr):
             client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
 
+    def _close_failed(self) -> None:
+        """Best effort: an MLflow run created before the failure ends FAILED, not RUNNING."""
+        if self.client is None or self.run_id is None:
+            return
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                self.client.set_terminated(self.run_id, status="FAILED")
+        except Exception:  # noqa: BLE001 - the server may be the failure
+            pass
+
     def _guard(self, what: str, call) -> None:
         """Run ``call``; the first exception is one warning line and turns tracking off."""
         if self.off:
@@ -229,6 +253,7 @@ class MlflowTracker(Tracker):
             call()
         except Exception as e:  # noqa: BLE001 - tracking must never fail a training run
             self.off = True
+            self._close_failed()
             reason = redact(" ".join(f"{type(e).__name__}: {e}".split()))
             # a request's query, also when quoted without its host ("url: /?token=...")
             reason = _ANY_QUERY.sub("", reason)

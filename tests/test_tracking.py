@@ -62,7 +62,7 @@ def _check_logged(client, result, experiment):
     params = run.data.params
     assert params["train.learning_rate"] == "0.05" and params["train.epochs"] == "3"
     assert params["train.optimizer"] == "sgd" and params["data.source"] == "synthetic-blobs"
-    assert params["data.options.n_features"] == "2" and params["resources.workers"] == "0"
+    assert json.loads(params["data.options"])["n_features"] == 2 and params["resources.workers"] == "0"
     for key in ("val_accuracy", "val_loss", "train_loss"):
         hist = sorted(client.get_metric_history(rid, key), key=lambda m: m.step)
         assert [m.step for m in hist] == [1, 2, 3], key
@@ -278,3 +278,52 @@ def test_no_credentials_reach_mlflow_or_the_warning(tmp_path):
     down.start(spec, run_dir, [])
     assert len(warnings) == 1 and "127.0.0.1" in warnings[0], warnings
     assert "SEC" not in warnings[0] and "alice" not in warnings[0], warnings[0]
+
+
+# --------------------------------------------------------------------------- mapping fields
+def test_a_label_map_with_any_keys_is_one_json_param_and_the_run_finishes(tmp_path):
+    """``{"<=50K": 0, ">50K": 1}`` (keys MLflow refuses as param names) is logged as one JSON
+    param; so are data.options and train.class_weight; the run ends FINISHED, no warning."""
+    from launcher.tracking import MlflowTracker
+
+    (tmp_path / "job.yaml").write_text(
+        "name: adult\nmodel: {kind: binary}\n"
+        "data: {source: csv, path: adult.csv, label_map: {'<=50K': 0, '>50K': 1}}\n"
+        "train: {class_weight: {'<=50K': 1.0, '>50K': 3.0}}\nresources: {workers: 0}\n")
+    spec = load_spec(tmp_path / "job.yaml")
+    uri = (tmp_path / "mlruns").as_uri()
+    tracker = MlflowTracker(uri, "adult")
+    warnings = []
+    tracker.warn = warnings.append
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker.start(spec, run_dir, [{"epoch": 1, "val_loss": 0.5, "odd metric!": 1.0}])
+    tracker.finish({"status": "completed"}, run_dir)
+    assert warnings == []
+    mlrun = _only_run(_client(uri), "adult")
+    params = mlrun.data.params
+    assert json.loads(params["data.label_map"]) == {"<=50K": 0, ">50K": 1}
+    assert json.loads(params["train.class_weight"]) == {"<=50K": 1.0, ">50K": 3.0}
+    assert mlrun.data.metrics["odd metric_"] == 1.0
+    assert mlrun.info.status == "FINISHED"
+
+
+def test_a_failure_after_the_mlflow_run_exists_ends_it_failed(tmp_path, monkeypatch):
+    """The first error after the MLflow run was created turns tracking off and closes that
+    run FAILED (not left RUNNING)."""
+    from launcher.tracking import MlflowTracker
+
+    uri = (tmp_path / "mlruns").as_uri()
+    tracker = MlflowTracker(uri, "blobs")
+    warnings = []
+    tracker.warn = warnings.append
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    tracker.start(load_spec(JOB, SMALL), run_dir, [])
+
+    def refuse(*args, **kwargs):  # the server refuses the epoch's batch
+        raise RuntimeError("refused")
+    monkeypatch.setattr(tracker.client, "log_batch", refuse)
+    tracker.epoch({"epoch": 1, "val_loss": 0.5})
+    assert len(warnings) == 1 and "epoch failed: RuntimeError: refused" in warnings[0]
+    assert _only_run(_client(uri), "blobs").info.status == "FAILED"

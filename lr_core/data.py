@@ -36,7 +36,7 @@ __all__ = [
     "check_source_spec", "source_options", "finish_labels", "read_idx", "write_idx",
     "check_features", "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
     "verify_idx_dir", "MAX_IDX_BYTES", "read_features_file", "holdout_split", "make_request", "feature_stats",
-    "array_blocks", "standardizer", "STATS_ROWS",
+    "array_blocks", "standardizer", "stats_rows", "STATS_BYTES",
 ]
 
 # MD5 of the four standard, uncompressed MNIST files.
@@ -360,32 +360,53 @@ def holdout_split(x: np.ndarray, y: np.ndarray, fraction: float, seed: int, wher
 
 
 # --------------------------------------------------------------------------- standardization
-STATS_ROWS = 65536  # rows per block of the float64 sums: fixed, so every caller adds in the same order
+STATS_BYTES = 1 << 23  # float64 bytes of one block of feature_stats' sums (8 MB)
+
+
+def stats_rows(features: int) -> int:
+    """Rows per block of ``feature_stats``: a function of the feature count alone, so that
+    every caller (in memory, prepared) adds in the same order and gets the same numbers,
+    and a block's float64 copy stays near ``STATS_BYTES`` however wide the rows."""
+    return max(1, STATS_BYTES // (8 * max(int(features), 1)))
 
 
 def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict:
     """The mean and standard deviation (population, like scikit-learn's StandardScaler) of
     every feature over the training rows, in float64, in two passes over ``blocks()``
-    (an iterable of consecutive row blocks of ``STATS_ROWS`` rows, float32 or uint8 times
+    (an iterable of consecutive row blocks of ``stats_rows(d)`` rows, float32 or uint8 times
     ``scale``). Computed once where the data is loaded or prepared, never per rank, so every
     world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
-    without variance keeps std 1 and is listed in ``constant``."""
+    without variance keeps std 1 and is listed in ``constant``. Memory: one float64 copy of
+    a block, reused (the squares are taken in place)."""
+    buf = None
+
     def rows():
+        nonlocal buf
         for b in blocks():
-            b = np.asarray(b, dtype=np.float64)
-            yield b * float(np.float32(scale)) if scale is not None else b
+            b = np.asarray(b)
+            if buf is None or buf.shape[0] < len(b) or buf.shape[1:] != b.shape[1:]:
+                buf = np.empty(b.shape, dtype=np.float64)
+            out = buf[:len(b)]
+            if scale is not None:
+                np.multiply(b, float(np.float32(scale)), out=out, dtype=np.float64)
+            else:
+                out[...] = b
+            yield out
 
     n, total = 0, None
     for b in rows():
-        total = b.sum(axis=0) if total is None else total + b.sum(axis=0)
+        s = b.sum(axis=0)
+        total = s if total is None else np.add(total, s, out=total)
         n += len(b)
     if not n:
         raise DataError("no training rows to standardize")
     mean = total / n
     sq = None
     for b in rows():
-        d = ((b - mean) ** 2).sum(axis=0)
-        sq = d if sq is None else sq + d
+        np.subtract(b, mean, out=b)
+        np.square(b, out=b)
+        d = b.sum(axis=0)
+        sq = d if sq is None else np.add(sq, d, out=sq)
     std = np.sqrt(sq / n)
     # A constant float32 column leaves only float64 rounding in its deviations.
     constant = np.flatnonzero(~(std > 1e-12 * np.maximum(np.abs(mean), 1e-300)))
@@ -394,8 +415,9 @@ def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict
 
 
 def array_blocks(x: np.ndarray) -> Callable[[], Any]:
-    """``feature_stats``'s blocks of an array in memory."""
-    return lambda: (x[a:a + STATS_ROWS] for a in range(0, len(x), STATS_ROWS))
+    """``feature_stats``'s blocks of an array in memory (``stats_rows`` rows each)."""
+    rows = stats_rows(x.shape[1] if x.ndim > 1 else 1)
+    return lambda: (x[a:a + rows] for a in range(0, len(x), rows))
 
 
 def standardizer(stats: dict) -> tuple[np.ndarray, np.ndarray]:

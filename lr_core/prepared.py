@@ -38,8 +38,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .data import (REGISTRY, STATS_ROWS, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
-                   feature_stats, finish_labels, holdout_rows)
+from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
+                   feature_stats, finish_labels, holdout_rows, stats_rows)
 from .errors import DataError
 from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
 
@@ -247,13 +247,14 @@ def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
 
 def _train_stats(out: Path, entry: dict, scale: float | None) -> dict:
     """``feature_stats`` of the written training features, read back in plain reads of
-    ``STATS_ROWS`` rows (the blocks ``load_dataset`` sums in memory: the same numbers)."""
+    ``stats_rows(d)`` rows (the blocks ``load_dataset`` sums in memory: the same numbers)."""
     dtype, (n, d) = np.dtype(entry["dtype"]), entry["shape"]
+    step = stats_rows(d)
 
     def blocks():
         with open(out / entry["file"], "rb") as f:
-            for lo in range(0, n, STATS_ROWS):
-                rows = min(STATS_ROWS, n - lo)
+            for lo in range(0, n, step):
+                rows = min(step, n - lo)
                 yield np.fromfile(f, dtype=dtype, count=rows * d).reshape(rows, d)
 
     return feature_stats(blocks, scale)

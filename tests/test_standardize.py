@@ -235,3 +235,23 @@ def test_job_yaml_stores_the_resolved_standardize(tmp_path):
     assert "standardize: true" in (out / "job.yaml").read_text()
     again = load_spec(out / "job.yaml", run_file=True)
     assert again.data.standardizes and again.digest() == job(tmp_path, "train.epochs=1").digest()
+
+
+def test_feature_stats_memory_is_one_block_of_bounded_bytes_however_wide_the_rows():
+    """Wide rows: the extra memory of ``feature_stats`` is about one float64 block of
+    ``STATS_BYTES`` (rows per block from the feature count), not a multiple of the data."""
+    import tracemalloc
+
+    from lr_core.data import STATS_BYTES, array_blocks, feature_stats, stats_rows
+
+    x = np.random.default_rng(0).normal(5.0, 2.0, (3000, 2000)).astype(np.float32)  # 24 MB
+    assert stats_rows(2000) * 2000 * 8 <= STATS_BYTES and stats_rows(10**9) == 1
+    tracemalloc.start()
+    try:
+        stats = feature_stats(array_blocks(x))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * STATS_BYTES, peak
+    assert np.allclose(stats["mean"], x.astype(np.float64).mean(axis=0), rtol=1e-12)
+    assert np.allclose(stats["std"], x.astype(np.float64).std(axis=0), rtol=1e-9)

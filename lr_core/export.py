@@ -51,6 +51,27 @@ def _check_meta(meta: dict) -> None:
         raise ValueError(f"meta.json threshold must be a number between 0 and 1, got {shown(t, 40)}")
 
 
+def _check_standardize(meta: dict) -> None:
+    """meta.json's ``standardize`` (docs/design.md#standardization): null, or ``mean`` and
+    ``std`` as lists of ``num_features`` finite numbers, every std above 0 (ValueError otherwise)."""
+    stats = meta.get("standardize")
+    if stats is None:
+        return
+    if not isinstance(stats, dict):
+        raise ValueError(f"meta.json standardize must be a mapping with mean and std, got {str(stats)[:40]!r}")
+    n = meta["num_features"]
+    for key in ("mean", "std"):
+        v = stats.get(key)
+        if not isinstance(v, list) or len(v) != n:
+            raise ValueError(f"meta.json standardize.{key} must be a list of {n} numbers, got {str(v)[:40]!r}")
+        a = np.array([x if isinstance(x, (int, float)) and not isinstance(x, bool) else np.nan for x in v],
+                     dtype=np.float64)
+        if not np.isfinite(a).all() or (key == "std" and not (a > 0).all()):
+            bad = next(x for x, ok in zip(v, np.isfinite(a) & ((a > 0) if key == "std" else True)) if not ok)
+            raise ValueError(f"meta.json standardize.{key} must hold finite numbers"
+                             f"{', each above 0' if key == 'std' else ''}, got {str(bad)[:40]!r}")
+
+
 def export_model(directory: str | os.PathLike, cfg: LoopConfig, params: dict[str, np.ndarray],
                  num_features: int, meta: dict | None = None) -> Path:
     """Write ``model-symbol.json``, ``model-0000.params`` and ``meta.json`` into ``directory``.
@@ -88,6 +109,7 @@ class ExportedModel:
             for key in ("kind", "num_classes", "num_features", "threshold"):
                 self.meta[key]
             _check_meta(self.meta)
+            _check_standardize(self.meta)
             with _quiet_warnings():
                 self.net = gluon.SymbolBlock.imports(str(directory / "model-symbol.json"), ["data"],
                                                      str(directory / "model-0000.params"))

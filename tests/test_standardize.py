@@ -255,3 +255,32 @@ def test_feature_stats_memory_is_one_block_of_bounded_bytes_however_wide_the_row
     assert peak < 2 * STATS_BYTES, peak
     assert np.allclose(stats["mean"], x.astype(np.float64).mean(axis=0), rtol=1e-12)
     assert np.allclose(stats["std"], x.astype(np.float64).std(axis=0), rtol=1e-9)
+
+
+@pytest.mark.parametrize("damage,first", [
+    ({"mean": [0.0, 1.0], "std": [1.0] * 4}, "meta.json standardize.mean must be a list of 4 numbers, got '[0.0, 1.0]'"),
+    ({"mean": [0.0] * 4, "std": [1.0, 0.0, 1.0, 1.0]}, "meta.json standardize.std must hold finite numbers, each "
+                                                       "above 0, got '0.0'"),
+    ({"mean": [0.0, None, 0.0, 0.0], "std": [1.0] * 4}, "meta.json standardize.mean must hold finite numbers, "
+                                                        "got 'None'"),
+    ({"mean": [0.0] * 4, "std": [1.0, "x", 1.0, 1.0]}, "meta.json standardize.std must hold finite numbers, each "
+                                                       "above 0, got 'x'"),
+    ([1, 2], "meta.json standardize must be a mapping with mean and std, got '[1, 2]'"),
+])
+def test_a_damaged_standardize_in_meta_json_is_a_damaged_export(tmp_path, damage, first):
+    """meta.json's statistics of the wrong length, not finite or with std 0 are a one-line
+    damaged-export error (exit 2), not a traceback or a silent division by zero."""
+    from lr_core.errors import LrjobInputError
+    from lr_core.export import ExportedModel
+
+    out = tmp_path / "run"
+    run_job(job(tmp_path, "train.epochs=1"), out)
+    meta_file = out / "model" / "meta.json"
+    meta = json.loads(meta_file.read_text())
+    assert len(meta["standardize"]["std"]) == 4
+    meta_file.write_text(json.dumps({**meta, "standardize": damage}))
+    with pytest.raises(LrjobInputError) as e:
+        ExportedModel(out / "model")
+    assert e.value.exit_code == 2
+    assert str(e.value) == (f"{out / 'model'}: damaged or incomplete model export ({first}); re-export it by "
+                            f"resuming or re-running the job")

@@ -373,8 +373,8 @@ def stats_rows(features: int) -> int:
 def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict:
     """The mean and standard deviation (population, like scikit-learn's StandardScaler) of
     every feature over the training rows, in float64, in two passes over ``blocks()``
-    (an iterable of consecutive row blocks of ``stats_rows(d)`` rows, float32 or uint8 times
-    ``scale``). Computed once where the data is loaded or prepared, never per rank, so every
+    (an iterable of consecutive row blocks of ``stats_rows(d)`` rows, float32, or uint8 times
+    ``scale`` taken in float32 before widening). Computed once where the data is loaded or prepared, never per rank, so every
     world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
     without variance keeps std 1 and is listed in ``constant``. Memory: one float64 copy of
     a block, reused (the squares are taken in place)."""
@@ -387,8 +387,9 @@ def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict
             if buf is None or buf.shape[0] < len(b) or buf.shape[1:] != b.shape[1:]:
                 buf = np.empty(b.shape, dtype=np.float64)
             out = buf[:len(b)]
-            if scale is not None:
-                np.multiply(b, float(np.float32(scale)), out=out, dtype=np.float64)
+            if scale is not None:  # float32(x) * float32(scale), as the model sees it, then float64:
+                # the numbers of a float32 set loaded already scaled (load_dataset in memory)
+                out[...] = np.multiply(b, np.float32(scale), dtype=np.float32)
             else:
                 out[...] = b
             yield out

@@ -284,3 +284,18 @@ def test_a_damaged_standardize_in_meta_json_is_a_damaged_export(tmp_path, damage
     assert e.value.exit_code == 2
     assert str(e.value) == (f"{out / 'model'}: damaged or incomplete model export ({first}); re-export it by "
                             f"resuming or re-running the job")
+
+
+def test_uint8_statistics_are_the_same_prepared_and_in_memory(tmp_path):
+    """An image set in memory is float32 ``x * float32(scale)``; prepared, it is stored uint8
+    with ``scale``: both give the same statistics (the product taken in float32 first)."""
+    from lr_core.data import array_blocks, feature_stats
+    from lr_core.prepared import _train_stats
+
+    raw = np.random.default_rng(3).integers(0, 256, (700, 30), dtype=np.uint8)
+    scale = float(np.float32(1 / 255))
+    in_memory = feature_stats(array_blocks(raw.astype(np.float32) * np.float32(scale)))
+    raw.tofile(tmp_path / "train-x.bin")
+    prepared = _train_stats(tmp_path, {"file": "train-x.bin", "dtype": "uint8", "shape": [700, 30]}, scale)
+    assert prepared == in_memory
+    assert feature_stats(array_blocks(raw), scale) == in_memory

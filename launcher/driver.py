@@ -311,7 +311,7 @@ class Driver:
         final = self.history[-1] if self.history else {}
         baseline = None if spec.train.class_weight is not None else baseline_loss(self._counts)
         found = history_warnings(self.history, baseline, spec.train.learning_rate)
-        found += fit_warnings(train_acc, final.get("val_accuracy"), data.val_name)
+        found += fit_warnings(train_acc, final.get("val_accuracy"), data.val_name, len(data.x_val))
         for w in found:
             self.reporter.message(f"lrjob: warning: {w['message']}")
         self.warnings = self.warnings + found

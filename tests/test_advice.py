@@ -45,7 +45,12 @@ def test_loss_warnings_fire_on_a_rising_or_useless_loss_only():
     assert history_warnings(_hist([0.7, 0.6, 0.5, 0.45, 0.44]), base, 0.1) == []  # learning
     assert history_warnings(_hist([0.3, 0.3, 0.3, 0.3, 0.3]), base, 0.1) == []  # converged, below the baseline
     assert history_warnings(_hist([0.5, 0.6, 0.7]), base, 0.1) == []  # too few epochs to tell
-    assert len(_hist(range(PATIENCE + 1))) == 4
+    # the rise must last PATIENCE epochs
+    assert _codes(history_warnings(_hist([0.5, 0.4] + [0.4 * 1.1 ** k for k in range(1, PATIENCE + 1)]), base,
+                                   0.1)) == ["loss-rising"]
+    assert history_warnings(_hist([0.5, 0.4, 0.39] + [0.4 * 1.1 ** k for k in range(1, PATIENCE)]), base, 0.1) == []
+    # a converged plateau's noise (0.8% above its lowest loss) rises without a warning
+    assert history_warnings(_hist([0.7, 0.3, 0.3, 0.301, 0.302, 0.3024]), base, 0.1) == []
     assert history_warnings(_hist([0.9, 0.9, 0.9, 0.9]), None, 0.1) == []  # weighted loss: no baseline
 
 
@@ -53,6 +58,10 @@ def test_overfit_warning():
     (w,) = fit_warnings(1.0, 0.7)
     assert w["code"] == "overfit" and "validation accuracy 0.7000 is far below training accuracy 1.0000" in w["message"]
     assert fit_warnings(0.95, 0.9) == [] and fit_warnings(None, 0.5) == []
+    # 60 validation rows: a gap of 0.15 is within 3 standard errors (0.155) of chance
+    assert fit_warnings(0.95, 0.8, val_rows=60) == []
+    assert _codes(fit_warnings(0.95, 0.8, val_rows=6000)) == ["overfit"]
+    assert _codes(fit_warnings(1.0, 0.5, val_rows=40)) == ["overfit"]
 
 
 def _csv(path, x, labels):
@@ -94,15 +103,28 @@ def test_validation_far_below_training_warns(tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["warnings"] == res.summary["warnings"]
 
 
-# MNIST's four epochs take about 10 s: the slow tier.
+JOB2D = "jobs/binary_2d.yaml"
+
+
+# MNIST's ten epochs take tens of seconds: the slow tier.
 JOBS = ["binary_2d", "binary_synthetic", "digits_softmax", pytest.param("mnist_softmax", marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("name", JOBS)
 def test_the_shipped_jobs_stay_silent(tmp_path, name):
-    """Each shipped job, in-process, as shipped but with PATIENCE + 1 epochs: enough for
-    every check to have its say."""
-    spec = load_spec(f"jobs/{name}.yaml", ["resources.workers=0", f"train.epochs={PATIENCE + 1}"])
+    """Each shipped job, in-process, at its shipped epochs (more than PATIENCE: every check
+    has its say)."""
+    spec = load_spec(f"jobs/{name}.yaml", ["resources.workers=0"])
+    assert spec.train.epochs > PATIENCE
     res = run_job(spec, tmp_path / "run")
     assert res.summary["status"] == "completed"
     assert res.summary["warnings"] == [], res.summary["warnings"]
+
+
+def test_a_converged_plateau_does_not_warn_of_a_rising_loss(tmp_path):
+    """binary_2d, separation 1, learning rate 0.5, 30 epochs: the loss settles and then moves
+    by a fraction of a percent; no loss-rising warning."""
+    spec = load_spec(JOB2D, ["resources.workers=0", "data.options.separation=1", "train.learning_rate=0.5",
+                             "train.epochs=30"])
+    res = run_job(spec, tmp_path / "run")
+    assert "loss-rising" not in _codes(res.summary["warnings"]), res.summary["warnings"]

@@ -11,11 +11,13 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["data_warnings", "history_warnings", "fit_warnings", "class_counts", "baseline_loss",
-           "RARE_CLASS", "PATIENCE", "OVERFIT_GAP", "TRAIN_SAMPLE"]
+           "RARE_CLASS", "PATIENCE", "RISE", "OVERFIT_GAP", "OVERFIT_SIGMAS", "TRAIN_SAMPLE"]
 
 RARE_CLASS = 0.01    # a class under this share of the training rows is rare
 PATIENCE = 3         # epochs of a training loss that does not fall before a warning
-OVERFIT_GAP = 0.10   # training accuracy this far above validation accuracy is overfitting
+RISE = 0.05          # ... and a rise, above the lowest loss before it, of more than this share
+OVERFIT_GAP = 0.10   # training accuracy this far above validation accuracy is overfitting,
+OVERFIT_SIGMAS = 3   # and more than this many standard errors of the validation accuracy
 TRAIN_SAMPLE = 50_000  # training rows scored for the training accuracy (evenly spaced)
 
 
@@ -73,7 +75,10 @@ def history_warnings(history: list[dict], baseline: float | None, learning_rate:
     out = []
     hint = (f"standardize the features (data.standardize: true) or lower train.learning_rate "
             f"(now {learning_rate:g})")
-    if len(losses) > PATIENCE and all(b > a for a, b in zip(losses[-PATIENCE - 1:-1], losses[-PATIENCE:])):
+    # Rising PATIENCE epochs in a row, and by more than RISE over the lowest loss before the
+    # rise: the noise of a converged plateau (a fraction of a percent) is no divergence.
+    if (len(losses) > PATIENCE and all(b > a for a, b in zip(losses[-PATIENCE - 1:-1], losses[-PATIENCE:]))
+            and losses[-1] > (1 + RISE) * min(losses[:-PATIENCE])):
         out.append(_warning("loss-rising", f"the training loss rose {PATIENCE} epochs in a row "
                                            f"({losses[-PATIENCE - 1]:.4g} -> {losses[-1]:.4g}); {hint}"))
     if baseline is not None and len(losses) > PATIENCE and losses[-1] >= baseline:
@@ -83,9 +88,18 @@ def history_warnings(history: list[dict], baseline: float | None, learning_rate:
     return out
 
 
-def fit_warnings(train_accuracy: float | None, val_accuracy: float | None, val_name: str = "validation") -> list[dict]:
-    """Validation accuracy more than ``OVERFIT_GAP`` below the training accuracy."""
-    if train_accuracy is None or val_accuracy is None or train_accuracy - val_accuracy <= OVERFIT_GAP:
+def fit_warnings(train_accuracy: float | None, val_accuracy: float | None, val_name: str = "validation",
+                 val_rows: int | None = None) -> list[dict]:
+    """Validation accuracy more than ``OVERFIT_GAP`` below the training accuracy, and (given
+    ``val_rows``) more than ``OVERFIT_SIGMAS`` standard errors ``sqrt(p (1 - p) / n)`` of the
+    validation accuracy: on a few validation rows a gap of chance is no overfitting."""
+    if train_accuracy is None or val_accuracy is None:
+        return []
+    gap = OVERFIT_GAP
+    if val_rows:
+        p = min(max(float(val_accuracy), 0.0), 1.0)
+        gap = max(gap, OVERFIT_SIGMAS * float(np.sqrt(p * (1 - p) / val_rows)))
+    if train_accuracy - val_accuracy <= gap:
         return []
     return [_warning("overfit", f"{val_name} accuracy {val_accuracy:.4f} is far below training accuracy "
                                 f"{train_accuracy:.4f}: the model overfits, or the {val_name} rows differ from the "

@@ -124,3 +124,30 @@ def test_a_run_with_a_damaged_job_yaml_keeps_its_row(base, capsys, tmp_path):
     assert code == 0, err
     rows = _rows(out)
     assert rows["r1"]["LR"] == "0.1" and rows["r2"]["LR"] == "-" and rows["r2"]["DATA"] == "-"
+
+
+def _row(name, **values):
+    return {"name": name, "spec": {k.replace("__", "."): v for k, v in values.items()}, "results": {}}
+
+
+def test_where_and_sort_compare_types_as_people_mean_them():
+    """``5e-1`` is a number; a bool equals only true/false; big ints compare exactly; NaN has
+    no value; numbers sort before texts."""
+    from launcher.report.history import filter_runs, sort_runs
+
+    rows = [_row("a", train__learning_rate=0.5, data__cache=True, train__seed=2**53 + 1, x=float("nan")),
+            _row("b", train__learning_rate=0.1, data__cache=1, train__seed=2**53, x=3.0),
+            _row("c", train__learning_rate="fast", data__cache="1", train__seed=10, x="abc"),
+            _row("d", train__learning_rate=5, data__cache=False, train__seed=-1, x=None)]
+    names = lambda rs: [r["name"] for r in rs]  # noqa: E731
+    assert names(filter_runs(rows, ["train.learning_rate=5e-1"])) == ["a"]
+    assert names(filter_runs(rows, ["train.learning_rate=0.50"])) == ["a"]
+    assert names(filter_runs(rows, ["data.cache=true"])) == ["a"]
+    assert names(filter_runs(rows, ["data.cache=1"])) == ["b", "c"]
+    assert names(filter_runs(rows, [f"train.seed={2**53}"])) == ["b"]
+    assert names(filter_runs(rows, ["x=nan"])) == []
+    assert names(sort_runs(rows, "train.seed")) == ["d", "c", "b", "a"]
+    assert names(sort_runs(rows, "-train.seed")) == ["a", "b", "c", "d"]
+    assert names(sort_runs(rows, "x")) == ["b", "c", "a", "d"]           # NaN and null last
+    assert names(sort_runs(rows, "train.learning_rate")) == ["b", "a", "d", "c"]  # numbers, then texts
+    assert names(sort_runs(rows, "data.cache")) == ["b", "c", "d", "a"]   # 1 and '1', then False < True as texts

@@ -159,21 +159,59 @@ def _known(rows: list[dict]) -> list[str]:
     return sorted({k for r in rows for k in (*r["spec"], *r["results"])})
 
 
+def _number(v):
+    """``v`` as a number for ``--where`` and ``--sort``: an int stays an int (compared exactly),
+    a float stays a float, a text is read with ``int()`` then ``float()`` (``5e-1``, which YAML
+    reads as a string); a bool, NaN or anything else is None (not a number)."""
+    import math
+
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str):
+        text = v.strip()
+        try:
+            return int(text)
+        except ValueError:
+            try:
+                v = float(text)
+            except ValueError:
+                return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        return None if math.isnan(v) else v
+    return None
+
+
+def _missing(v) -> bool:
+    """No value: absent, null or NaN."""
+    return v is None or (isinstance(v, float) and v != v)
+
+
 def _same(have, text: str) -> bool:
-    """Whether a run's value equals ``--where``'s text (numbers compared as numbers)."""
+    """Whether a run's value equals ``--where``'s text: numbers as numbers (ints exactly,
+    floats to 1e-9), a bool only to ``true``/``false``, null to ``null``, anything else as text."""
     import math
 
     import yaml
 
-    try:
-        want = yaml.safe_load(text)
-    except yaml.YAMLError:
-        want = text
-    num = (int, float)
-    if isinstance(have, num) and isinstance(want, num) and not isinstance(have, bool) \
-            and not isinstance(want, bool):
+    if _missing(have):
+        return text.lower() in ("null", "~", "none") and have is None
+    if isinstance(have, bool):
+        return text.lower() == str(have).lower()
+    if isinstance(have, (int, float)):
+        want = _number(text)
+        if want is None:
+            return False
+        if isinstance(have, int) and isinstance(want, int):
+            return have == want
         return math.isclose(float(have), float(want), rel_tol=1e-9, abs_tol=0.0)
-    return have == want or str(have) == text
+    if isinstance(have, (list, dict)):
+        try:
+            return have == yaml.safe_load(text)
+        except yaml.YAMLError:
+            return False
+    return str(have) == text
 
 
 def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
@@ -199,13 +237,15 @@ def sort_runs(rows: list[dict], key: str) -> list[dict]:
 
     descending = key.startswith("-")
     name = key.lstrip("-+").strip()
-    if rows and all(_lookup(r, name) is None for r in rows):
+    if rows and all(_missing(_lookup(r, name)) for r in rows):
         raise LrjobInputError(f"--sort {key}: no run has {name!r}{suggest(name, _known(rows))}")
-    have = [r for r in rows if _lookup(r, name) is not None]
-    missing = [r for r in rows if _lookup(r, name) is None]
-    numeric = all(isinstance(_lookup(r, name), (int, float)) for r in have)
-    have.sort(key=lambda r: _lookup(r, name) if numeric else str(_lookup(r, name)), reverse=descending)
-    return have + missing
+    # numbers first (ints against floats exactly), then texts (bools among them), then no value
+    numbers = [r for r in rows if _number(_lookup(r, name)) is not None]
+    texts = [r for r in rows if _number(_lookup(r, name)) is None and not _missing(_lookup(r, name))]
+    missing = [r for r in rows if _missing(_lookup(r, name))]
+    numbers.sort(key=lambda r: _number(_lookup(r, name)), reverse=descending)
+    texts.sort(key=lambda r: str(_lookup(r, name)), reverse=descending)
+    return numbers + texts + missing
 
 
 def _flatten(prefix: str, obj, out: dict) -> None:

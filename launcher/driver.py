@@ -245,7 +245,7 @@ class Driver:
                 f"epoch {c['epochs_done'] + 1}"
             self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
         for w in self.warnings:
-            self.reporter.message(f"lrjob: warning: {w['message']}")
+            self.reporter.warning(f"lrjob: warning: {w['message']}")
         self.tracker.start(self.spec, self.path, self.history)
         self.status = {"status": "running"}
         self._write_summary()
@@ -313,7 +313,7 @@ class Driver:
         found = history_warnings(self.history, baseline, spec.train.learning_rate)
         found += fit_warnings(train_acc, final.get("val_accuracy"), data.val_name, len(data.x_val))
         for w in found:
-            self.reporter.message(f"lrjob: warning: {w['message']}")
+            self.reporter.warning(f"lrjob: warning: {w['message']}")
         self.warnings = self.warnings + found
         self._fit = {"train_accuracy": train_acc}
         if not spec.model.hidden:

@@ -128,3 +128,18 @@ def test_a_converged_plateau_does_not_warn_of_a_rising_loss(tmp_path):
                              "train.epochs=30"])
     res = run_job(spec, tmp_path / "run")
     assert "loss-rising" not in _codes(res.summary["warnings"]), res.summary["warnings"]
+
+
+def test_quiet_still_prints_the_warnings(tmp_path, capsys):
+    """``--quiet`` prints only the run directory on stdout; the data and fit warnings still go
+    to stderr."""
+    from launcher.cli import main
+
+    x = np.random.default_rng(1).normal(0, 1, (60, 2))
+    csv = _csv(tmp_path / "d.csv", x, [1] * 60)
+    job = tmp_path / "job.yaml"
+    job.write_text(_spec(tmp_path, csv, "train.epochs=2").to_yaml())
+    assert main(["run", str(job), "--quiet", "--output", str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
+    assert out.strip() == str(tmp_path / "run")
+    assert any(line.startswith("lrjob: warning: the training rows hold one class only") for line in err.splitlines()), err

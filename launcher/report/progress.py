@@ -1,7 +1,7 @@
 """What the driver shows: a header, one aligned line per epoch, a final summary box.
 
 Results go to stdout, progress and hints to stderr. ``--json`` prints one JSON object
-per event instead; ``--quiet`` prints only the run directory at the end. A reader that
+per event instead; ``--quiet`` prints only the run directory at the end (and warnings on stderr). A reader that
 goes away (``lrjob run JOB | head -1``) silences the output, never the run.
 """
 from __future__ import annotations

@@ -172,8 +172,9 @@ def test_an_unscaled_csv_trains_like_scikit_learn_and_predict_applies_the_scalin
 
 
 def test_without_standardization_the_same_csv_is_flagged(tmp_path):
-    """data.standardize: false reproduces the reported run (a loss in the millions, chance
-    accuracy): it still completes, but the warning says what to do."""
+    """With data.standardize: false, unscaled features (an income in the tens of thousands)
+    give a loss in the millions and chance accuracy: the run still completes, and the
+    warning says what to do."""
     res = run_job(job(tmp_path, "data.standardize=false"), tmp_path / "run")
     codes = [w["code"] for w in res.summary["warnings"]]
     assert "loss-flat" in codes, res.summary["warnings"]

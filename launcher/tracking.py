@@ -15,10 +15,12 @@ epoch's numeric metrics (step = epoch), the summary's numbers (``summary.*``), t
 files (job.yaml, summary.json, metrics.jsonl, env.json, the pictures, report.html, and the
 exported model under ``model/``) as artifacts, and tags naming the run directory.
 
-Tracking never fails a run: the first error (a server that does not answer, a refused
-request) is one warning line on stderr and turns tracking off for the rest of the run;
-the client's HTTP retries and timeout are bounded (``HTTP_LIMITS``, the user's
-environment wins) so that a dead server cannot hang training.
+Tracking never fails or holds up a run: the MLflow calls run in order on one background
+thread (a bounded queue), so an epoch never waits for the server; at the end the driver
+waits ``FINISH_SECONDS`` at most for what is still queued. The first error (a server that
+does not answer, a refused request, the deadline) is one warning line on stderr and turns
+tracking off for the rest of the run; the client's HTTP retries and timeout are bounded
+too (``HTTP_LIMITS``, the user's environment wins).
 """
 from __future__ import annotations
 
@@ -27,18 +29,25 @@ import json
 import logging
 import math
 import os
+import queue
 import re
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "redact", "HTTP_LIMITS", "WHOLE"]
+__all__ = ["Tracker", "NullTracker", "MlflowTracker", "make_tracker", "flatten", "redact", "HTTP_LIMITS", "WHOLE",
+           "FINISH_SECONDS"]
 
 # MLflow client settings (environment variables it reads per request). Its defaults retry
 # 7 times with a 120 s timeout each: minutes of a stalled driver for a server that is down.
 HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+               "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+# At the end of a run, the longest wait for the calls still queued (then one warning), and
+# how many calls may wait for a slow server before tracking turns off.
+FINISH_SECONDS = 10.0
+QUEUE_ITEMS = 1000
 # MLflow's per-request limits (log_batch) and its longest param value.
 _BATCH_PARAMS, _BATCH_METRICS, _PARAM_CHARS = 100, 1000, 6000
 # The run's files logged as artifacts when present (the exported model/ separately).
@@ -136,30 +145,71 @@ class MlflowTracker(Tracker):
     ``MlflowClient`` (no global active run: several drivers in one process stay apart; only
     mlflow's global tracking URI is set, for the artifacts, see ``_finish``)."""
 
-    def __init__(self, uri: str, experiment: str):
+    def __init__(self, uri: str, experiment: str, finish_seconds: float | None = None):
         self.uri, self.experiment = uri, experiment
         self.client = None
         self.run_id: str | None = None
         self.off = False  # set by the first failure: nothing more is sent
         # where the one warning line goes: the driver's Reporter (a closed pipe silences it)
         self.warn = _warn_stderr
+        self.finish_seconds = FINISH_SECONDS if finish_seconds is None else finish_seconds
+        # The MLflow calls run on one background thread, in order: a slow or silent server
+        # never holds up an epoch; the queue is bounded, the end waits finish_seconds at most.
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_ITEMS)
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ the driver's calls
     def start(self, spec, run_dir: Path, history: list[dict]) -> None:
         """Create the MLflow run (tags: the run directory, the job), log the spec as params and
-        the epochs a resumed run already has."""
-        self._guard("start", lambda: self._start(spec, Path(run_dir), history))
+        the epochs a resumed run already has (on the background thread)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name="lrjob-mlflow", daemon=True)
+            self._thread.start()
+        history = [dict(h) for h in history]
+        self._send("start", lambda: self._start(spec, Path(run_dir), history))
 
     def epoch(self, metrics: dict) -> None:
-        """Log the epoch's numeric metrics at step = its epoch number."""
-        if self.run_id is not None:
-            self._guard("epoch", lambda: self._log_metrics([metrics]))
+        """Log the epoch's numeric metrics at step = its epoch number (queued, not waited for)."""
+        metrics = dict(metrics)
+        self._send("epoch", lambda: self._log_metrics([metrics]) if self.run_id is not None else None)
 
     def finish(self, summary: dict, run_dir: Path) -> None:
         """Log the summary's numbers, the run's files and the model, and close the MLflow run
-        with the run's status."""
-        if self.run_id is not None:
-            self._guard("finish", lambda: self._finish(summary, Path(run_dir)))
+        with the run's status; waits ``finish_seconds`` at most for everything queued, then
+        warns once and returns (the run directory has everything)."""
+        if self._thread is None:
+            return
+        summary = dict(summary)
+        self._send("finish", lambda: self._finish(summary, Path(run_dir)) if self.run_id is not None else None)
+        self._send(None, None)  # the worker's last item
+        self._thread.join(self.finish_seconds)
+        if self._thread.is_alive():
+            self._turn_off(f"the server did not answer within {self.finish_seconds:g} s at the end")
+
+    def _send(self, what, call) -> None:
+        if self.off and what is not None:
+            return
+        try:
+            self._queue.put_nowait((what, call))
+        except queue.Full:
+            self._turn_off(f"{QUEUE_ITEMS} calls waiting for the server")
+
+    def _work(self) -> None:
+        while True:
+            what, call = self._queue.get()
+            if what is None:
+                return
+            self._guard(what, call)
+
+    def _turn_off(self, why: str) -> None:
+        """Tracking off with one warning line (only the first reason is shown)."""
+        with self._lock:
+            if self.off:
+                return
+            self.off = True
+        self.warn(f"lrjob: warning: MLflow tracking at {redact(self.uri)} is off for this run ({why}); "
+                  f"training goes on, the run directory has everything")
 
     # ------------------------------------------------------------------ MLflow
     def _start(self, spec, run_dir: Path, history: list[dict]) -> None:
@@ -252,7 +302,10 @@ class MlflowTracker(Tracker):
         try:
             call()
         except Exception as e:  # noqa: BLE001 - tracking must never fail a training run
-            self.off = True
+            with self._lock:
+                if self.off:  # already off (the deadline at the end): one warning only
+                    return
+                self.off = True
             self._close_failed()
             reason = redact(" ".join(f"{type(e).__name__}: {e}".split()))
             # a request's query, also when quoted without its host ("url: /?token=...")

@@ -276,6 +276,7 @@ def test_no_credentials_reach_mlflow_or_the_warning(tmp_path):
     down = MlflowTracker(f"http://alice:SECRET3@127.0.0.1:{_free_port()}/?token=SECRET4{'x' * 300}", "people")
     down.warn = warnings.append
     down.start(spec, run_dir, [])
+    down.finish({"status": "completed"}, run_dir)
     assert len(warnings) == 1 and "127.0.0.1" in warnings[0], warnings
     assert "SEC" not in warnings[0] and "alice" not in warnings[0], warnings[0]
 
@@ -311,8 +312,17 @@ def test_a_label_map_with_any_keys_is_one_json_param_and_the_run_finishes(tmp_pa
 def test_a_failure_after_the_mlflow_run_exists_ends_it_failed(tmp_path, monkeypatch):
     """The first error after the MLflow run was created turns tracking off and closes that
     run FAILED (not left RUNNING)."""
+    from mlflow.tracking import MlflowClient
+
     from launcher.tracking import MlflowTracker
 
+    log_batch = MlflowClient.log_batch
+
+    def refuse_metrics(self, run_id, metrics=(), **kwargs):  # the server refuses the epoch's batch
+        if metrics:
+            raise RuntimeError("refused")
+        return log_batch(self, run_id, metrics=metrics, **kwargs)
+    monkeypatch.setattr(MlflowClient, "log_batch", refuse_metrics)
     uri = (tmp_path / "mlruns").as_uri()
     tracker = MlflowTracker(uri, "blobs")
     warnings = []
@@ -320,10 +330,53 @@ def test_a_failure_after_the_mlflow_run_exists_ends_it_failed(tmp_path, monkeypa
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     tracker.start(load_spec(JOB, SMALL), run_dir, [])
-
-    def refuse(*args, **kwargs):  # the server refuses the epoch's batch
-        raise RuntimeError("refused")
-    monkeypatch.setattr(tracker.client, "log_batch", refuse)
     tracker.epoch({"epoch": 1, "val_loss": 0.5})
+    tracker.finish({"status": "completed"}, run_dir)
     assert len(warnings) == 1 and "epoch failed: RuntimeError: refused" in warnings[0]
     assert _only_run(_client(uri), "blobs").info.status == "FAILED"
+
+
+@pytest.fixture
+def silent_server():
+    """A loopback socket that accepts connections and never answers (kept open until the end)."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            held.append(conn)
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        stop.set()
+        srv.close()
+        for conn in held:
+            conn.close()
+
+
+def test_a_server_that_never_answers_costs_the_run_a_bounded_wait(tmp_path, silent_server):
+    """The server accepts and says nothing, and the user's MLflow HTTP timeout is 10 minutes:
+    training does not wait for it, the end waits FINISH_SECONDS at most, one warning, exit 0
+    (the bound below is the deadline plus a generous minute for the run itself)."""
+    from launcher.tracking import FINISH_SECONDS
+
+    env = {**os.environ, "MLFLOW_HTTP_REQUEST_TIMEOUT": "600", "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    r = run([LRJOB, "run", JOB, "--workers", "0", "--track", silent_server, "--output", str(tmp_path / "run"),
+             "--set", "train.epochs=2"], timeout=FINISH_SECONDS + 60, cwd=ROOT, env=env)
+    assert r.returncode == 0, r.stderr
+    about = [line for line in r.stderr.splitlines() if "MLflow" in line]
+    assert about == [f"lrjob: warning: MLflow tracking at {silent_server} is off for this run (the server did not "
+                     f"answer within {FINISH_SECONDS:g} s at the end); training goes on, the run directory has "
+                     f"everything"], r.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 2

@@ -56,6 +56,9 @@ ARTIFACTS = ("job.yaml", "summary.json", "metrics.jsonl", "env.json", "curves.pn
 # The files that may hold a URI with credentials (data.path, tracking.mlflow.uri, argv):
 # uploaded as redacted copies.
 _REDACTED = ("job.yaml", "env.json")
+# The run directory's record of its MLflow run (uri, experiment_id, run_id): a resume
+# reopens that run instead of creating a second one.
+RUN_FILE = "mlflow.json"
 # How summary.json's status reads in MLflow.
 _STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
@@ -236,13 +239,40 @@ class MlflowTracker(Tracker):
         tags = {"lrjob.run_dir": redact(str(run_dir.resolve())), "lrjob.job": redact(spec.name),
                 "lrjob.workers": str(spec.workers), "mlflow.source.name": "lrjob",
                 "mlflow.source.type": "JOB"}
-        run = client.create_run(experiment_id, tags=tags, run_name=run_dir.name)
+        run = self._reopen(run_dir, experiment_id)
+        logged_params: dict = {}
+        logged_steps: set[int] = set()
+        if run is not None:  # a resume: the same MLflow run goes on
+            client.update_run(run.info.run_id, status="RUNNING")
+            logged_params = dict(run.data.params)
+            key = next((k for h in history for k, v in h.items() if k != "epoch" and _number(v) is not None), None)
+            if key is not None:
+                logged_steps = {m.step for m in client.get_metric_history(run.info.run_id, _key(key))}
+        else:
+            run = client.create_run(experiment_id, tags=tags, run_name=run_dir.name)
+            _write_json(run_dir / RUN_FILE, {"uri": redact(self.uri), "experiment_id": experiment_id,
+                                             "run_id": run.info.run_id})
         self.run_id = run.info.run_id
-        params = [Param(_key(k), _param_text(v)) for k, v in sorted(flatten(spec.to_dict(), whole=WHOLE).items())]
+        # MLflow keeps a param's first value: a resume adds the new ones only (train.epochs stays)
+        params = [Param(_key(k), _param_text(v)) for k, v in sorted(flatten(spec.to_dict(), whole=WHOLE).items())
+                  if _key(k) not in logged_params]
         for i in range(0, len(params), _BATCH_PARAMS):
             client.log_batch(self.run_id, params=params[i:i + _BATCH_PARAMS])
+        history = [h for i, h in enumerate(history) if int(h.get("epoch", i + 1)) not in logged_steps]
         if history:
             self._log_metrics(history)
+
+    def _reopen(self, run_dir: Path, experiment_id: str):
+        """The MLflow run this run directory was logged to (``mlflow.json``), when it is at this
+        URI and experiment and still exists; else None (a new MLflow run is created)."""
+        try:
+            doc = json.loads((run_dir / RUN_FILE).read_text())
+            if doc.get("uri") != redact(self.uri) or doc.get("experiment_id") != experiment_id:
+                return None
+            run = self.client.get_run(str(doc["run_id"]))
+        except Exception:  # noqa: BLE001 - absent, damaged, deleted: start a new MLflow run
+            return None
+        return run if run.info.lifecycle_stage == "active" else None
 
     def _log_metrics(self, epochs: list[dict]) -> None:
         from mlflow.entities import Metric
@@ -314,6 +344,13 @@ class MlflowTracker(Tracker):
                 reason = reason[:237] + "..."
             self.warn(f"lrjob: warning: MLflow tracking at {redact(self.uri)} is off for this run ({what} failed: "
                       f"{reason}); training goes on, the run directory has everything")
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    """``doc`` as ``path``, atomically (a temporary file renamed)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def redact_text(text: str) -> str:

@@ -380,3 +380,19 @@ def test_a_server_that_never_answers_costs_the_run_a_bounded_wait(tmp_path, sile
                      f"everything"], r.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_done"] == 2
+
+
+def test_a_resume_continues_the_same_mlflow_run(tmp_path):
+    """One lrjob run is one MLflow run: a tracked run resumed (2 epochs, then 3) reopens the
+    MLflow run recorded in mlflow.json; every epoch is logged once; it ends FINISHED."""
+    uri = (tmp_path / "mlruns").as_uri()
+    first = run_job(load_spec(JOB, [*SMALL, "train.epochs=2", f"tracking.mlflow.uri={uri}"]), tmp_path / "run")
+    recorded = json.loads((first.path / "mlflow.json").read_text())
+    resumed = run_job(load_spec(first.path / "job.yaml", ["train.epochs=3"]), resume=first.path)
+    client = _client(uri)
+    mlrun = _only_run(client, "binary_2d")
+    assert mlrun.info.run_id == recorded["run_id"] and mlrun.info.status == "FINISHED"
+    hist = sorted(client.get_metric_history(mlrun.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert [m.value for m in hist] == pytest.approx([h["val_loss"] for h in resumed.history], rel=1e-12)
+    assert mlrun.data.params["train.epochs"] == "2"  # MLflow keeps a param's first value

@@ -402,6 +402,8 @@ class Driver:
             "run_dir": str(self.run_dir.path),
             "warnings": list(self.warnings), **self._fit,
         }
+        if self.spec.train.class_weight is not None:  # train_loss and val_loss are not comparable
+            summary["train_loss_weighted"] = True
         self.run_dir.write_json("summary.json", summary)
         return summary
 

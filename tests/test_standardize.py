@@ -300,3 +300,20 @@ def test_uint8_statistics_are_the_same_prepared_and_in_memory(tmp_path):
     prepared = _train_stats(tmp_path, {"file": "train-x.bin", "dtype": "uint8", "shape": [700, 30]}, scale)
     assert prepared == in_memory
     assert feature_stats(array_blocks(raw), scale) == in_memory
+
+
+def test_a_class_weighted_train_loss_is_said_to_be_weighted(tmp_path):
+    """With train.class_weight, train_loss is weighted and val_loss is not: the curves'
+    legend, report.html and summary.json say so; without, none of them does."""
+    from launcher.report.plots import WEIGHTED_NOTE, _draw_curves
+
+    for weights, out in (("balanced", tmp_path / "weighted"), (None, tmp_path / "plain")):
+        spec = job(tmp_path, "train.epochs=1", *([f"train.class_weight={weights}"] if weights else []))
+        res = run_job(spec, out)
+        weighted = weights is not None
+        assert res.summary.get("train_loss_weighted", False) is weighted
+        assert json.loads((out / "summary.json").read_text()).get("train_loss_weighted", False) is weighted
+        assert ((WEIGHTED_NOTE.split(":")[0]) in (out / "report.html").read_text()) is weighted
+        fig = _draw_curves(spec, res.history)
+        labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        assert labels[0] == ("train loss (class-weighted)" if weighted else "train loss")

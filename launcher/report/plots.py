@@ -130,7 +130,10 @@ def _draw_curves(spec, history: list[dict]):
     epochs = [h["epoch"] for h in history]
     fig = _figure(10, 4)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    losses = _line(ax_loss, epochs, history, "train_loss", _Look("train loss", "tab:blue"))
+    # with train.class_weight the training loss is weighted, the validation loss is not
+    weighted = spec.train.class_weight is not None
+    losses = _line(ax_loss, epochs, history, "train_loss",
+                   _Look("train loss (class-weighted)" if weighted else "train loss", "tab:blue"))
     losses += _line(ax_loss, epochs, history, "val_loss", _Look("validation loss", "tab:orange"))
     ax_loss.set(title="Loss (mean cross-entropy)", xlabel="epoch", ylabel="loss")
     ax_loss.set_ylim(0, 1.08 * max([v for v in losses if np.isfinite(v)], default=1.0))
@@ -441,6 +444,10 @@ def _feature_name(data, i: int) -> str:
 
 
 # --------------------------------------------------------------------------- report
+WEIGHTED_NOTE = ("train_loss is weighted by train.class_weight; val_loss is not (the plain mean "
+                 "cross-entropy): the two are not comparable")
+
+
 def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], dict]) -> Path:
     """``report.html``: one file with everything, images embedded as base64.
 
@@ -462,7 +469,9 @@ def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], d
         "<h2>Summary</h2>", _summary_table(summary) if summary else "<p>no summary.json</p>",
         "<h2>Pictures</h2>", *(_figure_html(p) for p in pictures),
         *(f"<p class='fail'>{_e(name)} not drawn: {_e(err)}</p>" for name, err in failed.items()),
-        "<h2>Metrics per epoch</h2>", _epoch_table(history),
+        "<h2>Metrics per epoch</h2>",
+        *([f"<p class='sub'>{_e(WEIGHTED_NOTE)}</p>"] if spec.train.class_weight is not None else []),
+        _epoch_table(history),
         "<h2>Job spec (resolved)</h2>", f"<pre>{_e(spec_text)}</pre>",
         "</body></html>",
     ]

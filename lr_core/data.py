@@ -374,8 +374,8 @@ def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict
     """The mean and standard deviation (population, like scikit-learn's StandardScaler) of
     every feature over the training rows, in float64, in two passes over ``blocks()``
     (an iterable of consecutive row blocks of ``stats_rows(d)`` rows, float32, or uint8 times
-    ``scale`` taken in float32 before widening). Computed once where the data is loaded or prepared, never per rank, so every
-    world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
+    ``scale`` taken in float32 before widening). Computed once where the data is loaded or
+    prepared, never per rank, so every world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
     without variance keeps std 1 and is listed in ``constant``. Memory: one float64 copy of
     a block, reused (the squares are taken in place)."""
     buf = None

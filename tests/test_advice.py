@@ -142,4 +142,5 @@ def test_quiet_still_prints_the_warnings(tmp_path, capsys):
     assert main(["run", str(job), "--quiet", "--output", str(tmp_path / "run")]) == 0
     out, err = capsys.readouterr()
     assert out.strip() == str(tmp_path / "run")
-    assert any(line.startswith("lrjob: warning: the training rows hold one class only") for line in err.splitlines()), err
+    warning = "lrjob: warning: the training rows hold one class only"
+    assert any(line.startswith(warning) for line in err.splitlines()), err

@@ -25,6 +25,7 @@ too (``HTTP_LIMITS``, the user's environment wins).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import math
@@ -311,17 +312,26 @@ class MlflowTracker(Tracker):
                 client.log_artifact(self.run_id, str(path))
         if (run_dir / "model").is_dir():
             client.log_artifacts(self.run_id, str(run_dir / "model"), artifact_path="model")
-        # MLflow prints the run's link to stdout for a server: stdout is lrjob's (--json, --quiet)
-        with contextlib.redirect_stdout(sys.stderr):
-            client.set_terminated(self.run_id, status=_STATUS.get(status, "FAILED"))
+        self._terminate(_STATUS.get(status, "FAILED"))
+
+    def _terminate(self, status: str) -> None:
+        """Close the MLflow run with ``status``. MLflow prints the run's link to stdout for a
+        server, with the URI's credentials: stdout is lrjob's (--json, --quiet), so the link
+        goes to the warning channel (stderr), redacted."""
+        link = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(link):
+                self.client.set_terminated(self.run_id, status=status)
+        finally:
+            if link.getvalue().strip():
+                self.warn(redact_text(link.getvalue().rstrip()))
 
     def _close_failed(self) -> None:
         """Best effort: an MLflow run created before the failure ends FAILED, not RUNNING."""
         if self.client is None or self.run_id is None:
             return
         try:
-            with contextlib.redirect_stdout(sys.stderr):
-                self.client.set_terminated(self.run_id, status="FAILED")
+            self._terminate("FAILED")
         except Exception:  # noqa: BLE001 - the server may be the failure
             pass
 

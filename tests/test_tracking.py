@@ -204,9 +204,12 @@ def _pause(proc):
 @pytest.mark.distributed
 def test_a_run_is_logged_to_a_tracking_server(mlflow_server, tmp_path, capfd):
     capfd.readouterr()
-    result = run_job(load_spec(JOB, [*SMALL, f"tracking.mlflow.uri={mlflow_server}",
+    secret = mlflow_server.replace("http://", "http://alice:SECRET@")  # the server ignores it
+    result = run_job(load_spec(JOB, [*SMALL, f"tracking.mlflow.uri={secret}",
                                      "tracking.mlflow.experiment=lr-blobs"]), tmp_path / "run")
-    assert capfd.readouterr().out == ""  # stdout belongs to lrjob (--json, --quiet), not to MLflow
+    out, err = capfd.readouterr()
+    assert out == ""  # stdout belongs to lrjob (--json, --quiet), not to MLflow
+    assert "SECRET" not in err and "alice" not in err, err  # MLflow's run link, redacted
     _check_logged(_client(mlflow_server), result, "lr-blobs")
     # the artifacts went through the server into its folder
     assert list((tmp_path / "artifacts").rglob("report.html"))

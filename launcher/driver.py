@@ -38,7 +38,7 @@ from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warn
                             history_warnings)
 from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
-                     latest_checkpoint, make_run_dir, remove_if_empty)
+                     latest_checkpoint, make_run_dir, remove_if_empty, run_state)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
 from .tracking import make_tracker
 
@@ -148,13 +148,17 @@ class Driver:
         """Lock the run directory, then judge what it holds (docs/design.md#run-directory): a new run,
         a run of this job to continue, or something to refuse. Bad input fails here, before anything
         is written."""
+        flag = f"--resume {self.path}" if resume else f"--output {self.path}"
+        # Judged read-only first: a folder that holds no run, or another job's, is refused before
+        # anything in it is locked, walked or cleaned (docs/design.md#run-directory).
+        made = bool(self._created) and self._created[-1] == self.path
+        kind = "new" if made else self._judge(spec, flag, resume, locked=False)
         self._lock = RunLock.acquire(self.path)
+        if not made:
+            kind = self._judge(spec, flag, resume, locked=True)  # again under the lock: nobody changes it now
         check_no_links(self.path)
         clean_leftovers(self.path)  # under the lock: no live process owns them
-        flag = f"--resume {self.path}" if resume else f"--output {self.path}"
-        self._continuing = bool(resume) or _holds_a_run(self.path)
-        if self._continuing:
-            _check_same_job(self.path, spec, flag)
+        self._continuing = kind == "run"
         # bad data fails here, before anything is written
         self.data = self.options.data if self.options.data is not None else spec.prepared_data(
             *prepare_feedback(self.reporter))
@@ -350,6 +354,21 @@ class Driver:
             self._step = int(last.get("step", 0)) if last else 0
             self.run_dir.rewrite_metrics(self.history)
             return
+
+    def _judge(self, spec: JobSpec, flag: str, resume, locked: bool) -> str:
+        """``run_state`` of the existing folder, refusing one that holds no run (or, on
+        ``--resume``, no run at all) and a run of another job; nothing is written. A resume of a
+        folder of lrjob's own that holds no run yet is refused once locked (another lrjob may be
+        starting it: its lock names it)."""
+        kind = run_state(self.path)
+        if resume and (kind == "other" or (kind == "new" and locked)):
+            raise SpecError(f"{flag}: no valid checkpoint in {self.path / 'checkpoints'}; start a new run")
+        if kind == "other":
+            raise SpecError(f"{flag}: exists, is not empty and holds no lrjob run (no job.yaml, no checkpoints); "
+                            f"choose a new path")
+        if kind == "run":
+            _check_same_job(self.path, spec, flag)
+        return kind
 
     def _good_checkpoint(self, flag: str = "", skipped: list | None = None) -> dict | None:
         """The newest checkpoint of the run that reads back whole, records this spec's digest and
@@ -582,22 +601,11 @@ def _check_resume_data(path: Path, ckpt: dict, data_key: str | None, spec: JobSp
                         f"{ckpt['epochs_done'] + 1}; train.epochs must be at least {ckpt['epochs_done'] + 1}")
 
 
-def _holds_a_run(path: Path) -> bool:
-    """Whether ``path`` holds anything besides the lock (a run to continue, or files to refuse)."""
-    from .rundir import LOCK_NAME
-
-    return any(p.name != LOCK_NAME for p in path.iterdir())
-
-
 def _check_same_job(path: Path, spec: JobSpec, flag: str) -> None:
     """Refuse to continue the run at ``path`` with ``spec`` when it is another job's (its
-    ``job.yaml`` differs beyond the safe changes), or no run at all."""
-    run = RunDir.open(path)
-    old = run.spec()
+    ``job.yaml`` differs beyond the safe changes); read-only."""
+    old = RunDir.open(path).spec()
     if old is None:
-        if not run.checkpoints() and not flag.startswith("--resume"):
-            raise SpecError(f"{flag}: exists, is not empty and holds no lrjob run (no job.yaml, no checkpoints); "
-                            f"choose a new path")
         return  # without job.yaml the checkpoints' digest decides
     changed = [f for f in old.diff(spec) if f not in SAFE_RESUME_CHANGES]
     if changed and flag.startswith("--resume"):

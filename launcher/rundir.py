@@ -37,14 +37,19 @@ from lr_core.files import load_json
 
 __all__ = ["RunDir", "RunLock", "make_run_dir", "check_writable", "check_no_links",
            "atomic_write_text", "atomic_write_bytes", "list_checkpoints", "load_checkpoint", "latest_checkpoint",
-           "checkpoint_problem", "clean_leftovers", "remove_if_empty", "LOCK_NAME"]
+           "checkpoint_problem", "clean_leftovers", "run_state", "remove_if_empty", "LOCK_NAME"]
 
 LOCK_NAME = ".lock"
 # epoch-0012, epoch-0012-step-00000500: ordered by (epochs, step) as numbers, not as text
 _CHECKPOINT_NAME = re.compile(r"epoch-(\d+)(?:-step-(\d+))?")
-# What a killed writer leaves behind: temporary folders and files, and checkpoints moved aside.
-_LEFTOVER = re.compile(r"\.(tmp-|old-).*|\.(job\.yaml|env\.json|summary\.json|metrics\.jsonl|report\.html|"
-                       r"[a-z]+\.png)\.[A-Za-z0-9_]{8}")
+# What a killed writer leaves behind, by the exact names lrjob gives them (docs/design.md#run-directory):
+# mkstemp/mkdtemp add 8 characters of [a-z0-9_]; a folder moved aside gets the writer's pid.
+_TMP = r"[a-z0-9_]{8}"
+_LEFTOVER_IN = {
+    "": re.compile(rf"\.tmp-model-{_TMP}|\.old-model-\d+|\.(job\.yaml|env\.json|summary\.json|metrics\.jsonl|"
+                   rf"report\.html|(curves|confusion|samples|boundary)\.png)\.{_TMP}"),
+    "checkpoints": re.compile(rf"\.tmp-epoch-\d{{4,}}(-step-\d{{8,}})?-{_TMP}|\.old-epoch-\d{{4,}}(-step-\d{{8,}})?-\d+"),
+}
 
 
 def utc_stamp() -> str:
@@ -156,15 +161,18 @@ def check_no_links(run: str | os.PathLike) -> None:
 
 def clean_leftovers(run: str | os.PathLike) -> list[Path]:
     """Remove what a killed writer left in ``run`` and its ``checkpoints/``: hidden temporary
-    folders and files (``.tmp-*``, ``.<file>.XXXXXXXX``) and checkpoints moved aside
-    (``.old-*``). Call it only while holding the run's ``RunLock``: then no live process
-    writes them. Returns what was removed."""
+    folders and files (``.tmp-model-XXXXXXXX``, ``.tmp-epoch-NNNN-XXXXXXXX``, ``.<file>.XXXXXXXX``)
+    and folders moved aside (``.old-model-PID``, ``.old-epoch-NNNN-PID``), by the exact names lrjob
+    gives them: nothing else is touched. Call it only while holding the run's ``RunLock`` on a
+    folder that holds a run (``run_state``): then no live process writes them. Returns what was
+    removed."""
     removed = []
-    for folder in (Path(run), Path(run) / "checkpoints"):
+    for sub, pattern in _LEFTOVER_IN.items():
+        folder = Path(run) / sub if sub else Path(run)
         if folder.is_symlink() or not folder.is_dir():
             continue
         for p in sorted(folder.iterdir()):
-            if not _LEFTOVER.fullmatch(p.name):
+            if not pattern.fullmatch(p.name):
                 continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
@@ -172,6 +180,28 @@ def clean_leftovers(run: str | os.PathLike) -> list[Path]:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def run_state(path: str | os.PathLike) -> str:
+    """What the existing folder ``path`` holds, judged read-only before anything is locked or
+    cleaned (docs/design.md#run-directory): ``"run"`` (a ``job.yaml`` or a checkpoint with a
+    ``state.json``), ``"new"`` (empty, or only what lrjob leaves before its first file: the lock's
+    pid file, an empty ``checkpoints/``, a temporary ``.job.yaml.XXXXXXXX``) or ``"other"``
+    (anything else: not lrjob's, refused untouched)."""
+    path = Path(path)
+    names = os.listdir(path)
+    if "job.yaml" in names:
+        return "run"
+    ck = path / "checkpoints"
+    if "checkpoints" in names and not ck.is_symlink() and ck.is_dir():
+        inside = os.listdir(ck)
+        if any(_CHECKPOINT_NAME.fullmatch(n) and os.path.lexists(ck / n / "state.json") for n in inside):
+            return "run"
+        if not inside:
+            names.remove("checkpoints")
+    if all(n == LOCK_NAME or re.fullmatch(rf"\.job\.yaml\.{_TMP}", n) for n in names):
+        return "new"
+    return "other"
 
 
 def check_writable(path: Path) -> None:

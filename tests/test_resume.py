@@ -350,6 +350,33 @@ def test_another_jobs_output_is_refused_and_left_as_it_was(tmp_path):
     assert os.listdir(tmp_path / "mine") == ["notes.txt"]
 
 
+def test_a_refused_output_is_left_exactly_as_it_was(tmp_path):
+    """Judged before it is locked or cleaned: lrjob writes and deletes nothing in a folder it refuses."""
+    from lr_core.errors import SpecError
+
+    d = tmp_path / "d"
+    (d / "checkpoints" / ".tmp-cache").mkdir(parents=True)
+    (d / ".old-backup").mkdir()
+    (d / ".old-backup" / "data").write_text("x")
+    (d / ".tmp-notes").write_text("x")
+    (d / ".lock").write_text("other tool")
+    (d / "notes.txt").write_text("hi")
+    before = _snapshot(d)
+    with pytest.raises(SpecError, match="holds no lrjob run"):
+        run_job(_spec("train.epochs=1"), output=d)
+    with pytest.raises(SpecError, match="no valid checkpoint"):
+        run_job(_spec("train.epochs=1"), resume=d)
+    assert _snapshot(d) == before
+
+    run_job(_spec("train.epochs=1"), output=tmp_path / "run")   # another job's run, with a killed writer's leftovers
+    (tmp_path / "run" / ".tmp-model-abcd1234").mkdir()
+    (tmp_path / "run" / ".summary.json.abcd1234").write_text("{")
+    before = _snapshot(tmp_path / "run")
+    with pytest.raises(SpecError, match="holds a run of another job"):
+        run_job(_spec("train.epochs=1", "train.learning_rate=0.5"), output=tmp_path / "run")
+    assert _snapshot(tmp_path / "run") == before
+
+
 # --------------------------------------------------------------------------- one writer per run directory
 def test_the_run_directory_is_locked_for_the_whole_run(tmp_path):
     from lr_core.errors import LrjobInputError

@@ -539,18 +539,38 @@ def test_the_model_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
 def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
     run = RunDir.create(tmp_path / "r")
     _write(run, 1)
-    leftovers = [run.path / "checkpoints" / ".tmp-epoch-0002-abc123", run.path / "checkpoints" / ".old-epoch-0001-77",
-                 run.path / ".tmp-model-x1y2z3", run.path / ".old-model-77"]
+    leftovers = [run.path / "checkpoints" / ".tmp-epoch-0002-abc1_3x9", run.path / "checkpoints" / ".old-epoch-0001-77",
+                 run.path / "checkpoints" / ".tmp-epoch-0002-step-00000005-a1b2c3d4",
+                 run.path / ".tmp-model-x1y2z3w4", run.path / ".old-model-77"]
     for d in leftovers:
         d.mkdir()
         (d / "params.npz").write_bytes(b"x")
     (run.path / ".summary.json.ab12cd34").write_text("{")
     (run.path / "notes.txt").write_text("mine")          # not lrjob's: kept
     (run.path / ".damaged-x").mkdir()
+    # names lrjob never writes, however close: kept
+    mine = [".tmp-notes", ".old-backup", ".tmp-model-x", ".summary.json.ab12", ".notes.txt.ab12cd34", ".tmp-cache"]
+    for name in mine:
+        (run.path / name).write_text("mine")
+    (run.path / "checkpoints" / ".tmp-cache").mkdir()
+    (run.path / "checkpoints" / ".old-model-77").mkdir()
     removed = clean_leftovers(run.path)
     assert sorted(removed) == sorted([*leftovers, run.path / ".summary.json.ab12cd34"])
-    assert sorted(os.listdir(run.path)) == [".damaged-x", "checkpoints", "notes.txt"]
-    assert _names(run) == ["epoch-0001"]
+    assert sorted(os.listdir(run.path)) == sorted([".damaged-x", "checkpoints", "notes.txt", *mine])
+    assert _names(run) == [".old-model-77", ".tmp-cache", "epoch-0001"]
+
+
+@pytest.mark.parametrize("names,want", [
+    ([], "new"), ([".lock"], "new"), (["checkpoints/"], "new"), ([".lock", "checkpoints/", ".job.yaml.ab12cd34"], "new"),
+    (["job.yaml"], "run"), (["checkpoints/epoch-0002/state.json"], "run"), (["notes.txt"], "other"),
+    ([".lock", "checkpoints/x"], "other"), (["checkpoints/epoch-0002/params.npz"], "other"), ([".tmp-notes"], "other"),
+])
+def test_run_state_judges_what_a_folder_holds(tmp_path, names, want):
+    for name in names:
+        p = tmp_path / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.mkdir() if name.endswith("/") else p.write_text("x")
+    assert rundir.run_state(tmp_path) == want
 
 
 def test_list_checkpoints_sees_only_complete_epoch_folders(tmp_path):

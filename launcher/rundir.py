@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from pathlib import Path
@@ -47,7 +48,7 @@ _CHECKPOINT_NAME = re.compile(r"epoch-(\d+)(?:-step-(\d+))?")
 _TMP = r"[a-z0-9_]{8}"
 _LEFTOVER_IN = {
     "": re.compile(rf"\.tmp-model-{_TMP}|\.old-model-\d+|\.(job\.yaml|env\.json|summary\.json|metrics\.jsonl|"
-                   rf"report\.html|(curves|confusion|samples|boundary)\.png)\.{_TMP}"),
+                   rf"report\.html|(curves|confusion|samples|boundary)\.png|\.lock)\.{_TMP}"),
     "checkpoints": re.compile(rf"\.tmp-epoch-\d{{4,}}(-step-\d{{8,}})?-{_TMP}|\.old-epoch-\d{{4,}}(-step-\d{{8,}})?-\d+"),
 }
 
@@ -94,10 +95,12 @@ def remove_if_empty(folders: list[Path]) -> None:
 
 
 class RunLock:
-    """An exclusive ``flock`` on ``<run>/.lock``, held by the one process that writes the run
-    (a new run, a continued one, a resume). The kernel drops it when the process dies, so a
-    SIGKILLed driver never leaves a stale lock; ``release`` removes the file while still
-    holding it, and ``acquire`` checks it locked the file that is in place."""
+    """An exclusive ``flock`` on the run directory itself (a directory fd opened with
+    ``O_NOFOLLOW``), held by the one process that writes the run (a new run, a continued one, a
+    resume). No file is locked, so no file can be unlinked, replaced or linked to defeat it;
+    the kernel drops it when the process dies, so a SIGKILLed driver never leaves a stale lock.
+    The holder's pid, for the message a second process prints, is written atomically to
+    ``<run>/.lock``, a file never opened for the lock and removed by ``release``."""
 
     def __init__(self, path: Path, fd: int):
         self.path, self._fd = path, fd
@@ -105,47 +108,65 @@ class RunLock:
     @classmethod
     def acquire(cls, run: str | os.PathLike) -> "RunLock":
         """Lock the run directory ``run``; a one-line ``LrjobInputError`` naming it when another
-        process holds it."""
-        lock = Path(run) / LOCK_NAME
-        while True:
-            try:
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-            except OSError as e:
-                if e.errno == errno.ELOOP:
-                    raise LrjobInputError(f"{lock}: is a symbolic link inside the run directory; lrjob "
-                                          f"follows no link there: remove it") from None
-                raise LrjobInputError(f"{run}: cannot lock the run directory ({e.strerror or e}); "
-                                      f"choose a writable directory") from None
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                try:
-                    pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-                finally:
-                    os.close(fd)
-                raise LrjobInputError(f"{run}: another lrjob process (pid {pid}) is writing this run directory; "
-                                      f"wait for it to end, or choose another --output") from None
-            try:
-                same = os.fstat(fd).st_ino == os.stat(lock, follow_symlinks=False).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)  # the holder removed it as we opened it: lock the one in place now
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        process holds it, or when it cannot be locked."""
+        run = Path(run)
+        try:
+            fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as e:
+            raise LrjobInputError(f"{run}: cannot lock the run directory ({e.strerror or e}); "
+                                  f"choose another --output") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise LrjobInputError(f"{run}: another lrjob process (pid {_holder_pid(run / LOCK_NAME)}) is "
+                                      f"writing this run directory; wait for it to end, or choose another "
+                                      f"--output") from None
+            raise LrjobInputError(f"{run}: cannot lock the run directory ({e.strerror or e}); "
+                                  f"choose another --output") from None
+        lock = run / LOCK_NAME
+        try:
+            if lock.is_symlink():
+                raise LrjobInputError(f"{lock}: is a symbolic link inside the run directory; lrjob "
+                                      f"follows no link there: remove it")
+            atomic_write_text(lock, f"{os.getpid()}\n")  # a rename: a FIFO or a hard link there is replaced
+        except (OSError, LrjobInputError) as e:
+            os.close(fd)
+            if isinstance(e, LrjobInputError):
+                raise
+            raise LrjobInputError(f"{lock}: cannot write the lock's pid file ({e.strerror or e}); "
+                                  f"remove it, or choose another --output") from None
         return cls(lock, fd)
 
     def release(self) -> None:
-        """Remove the lock file and drop the lock; safe to call twice."""
+        """Remove the pid file and drop the lock; safe to call twice."""
         if self._fd is None:
             return
         try:
-            os.unlink(self.path)
+            if not self.path.is_symlink() and self.path.is_file():
+                os.unlink(self.path)
         except OSError:
             pass
         os.close(self._fd)
         self._fd = None
+
+
+def _holder_pid(path: Path) -> str:
+    """The pid in the lock's pid file, or ``?``: read without following a link or blocking on a FIFO."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return "?"
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return "?"
+        text = os.read(fd, 32).decode(errors="replace").strip()
+        return text if text.isdigit() else "?"
+    except OSError:
+        return "?"
+    finally:
+        os.close(fd)
 
 
 def check_no_links(run: str | os.PathLike) -> None:
@@ -199,7 +220,7 @@ def run_state(path: str | os.PathLike) -> str:
             return "run"
         if not inside:
             names.remove("checkpoints")
-    if all(n == LOCK_NAME or re.fullmatch(rf"\.job\.yaml\.{_TMP}", n) for n in names):
+    if all(n == LOCK_NAME or re.fullmatch(rf"\.(job\.yaml|\.lock)\.{_TMP}", n) for n in names):
         return "new"
     return "other"
 

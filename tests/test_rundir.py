@@ -151,6 +151,49 @@ def test_a_linked_lock_file_is_refused(tmp_path):
     assert (tmp_path / "elsewhere").read_text() == "keep"
 
 
+def test_a_removed_or_replaced_lock_file_does_not_free_the_lock(tmp_path):
+    """The lock is on the folder, not on a file: unlinking or replacing ``.lock`` lets no second writer in."""
+    lock = RunLock.acquire(tmp_path)
+    (tmp_path / ".lock").unlink()
+    with pytest.raises(LrjobInputError, match=r"another lrjob process \(pid \?\)"):
+        RunLock.acquire(tmp_path)
+    os.mkfifo(tmp_path / ".lock")                 # read for the message without blocking
+    with pytest.raises(LrjobInputError, match=r"another lrjob process \(pid \?\)"):
+        RunLock.acquire(tmp_path)
+    lock.release()
+    assert stat_kind(tmp_path / ".lock") == "fifo", "release removes only the regular pid file"
+    RunLock.acquire(tmp_path).release()           # a FIFO there is replaced, no traceback
+
+
+def stat_kind(path):
+    import stat
+
+    mode = os.lstat(path).st_mode if os.path.lexists(path) else None
+    return None if mode is None else "fifo" if stat.S_ISFIFO(mode) else "file" if stat.S_ISREG(mode) else "other"
+
+
+def test_a_hard_link_at_the_lock_never_writes_the_linked_file(tmp_path):
+    (tmp_path / "precious").write_text("keep")
+    (tmp_path / "run").mkdir()
+    os.link(tmp_path / "precious", tmp_path / "run" / ".lock")
+    lock = RunLock.acquire(tmp_path / "run")
+    assert (tmp_path / "run" / ".lock").read_text() == f"{os.getpid()}\n"
+    lock.release()
+    assert (tmp_path / "precious").read_text() == "keep"
+
+
+def test_a_folder_that_cannot_be_locked_is_one_line(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LrjobInputError, match=f"^{re.escape(str(tmp_path / 'f'))}: cannot lock the run directory"):
+        RunLock.acquire(tmp_path / "f")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / ".lock").mkdir()
+    with pytest.raises(LrjobInputError, match=r"\.lock: cannot write the lock's pid file"):
+        RunLock.acquire(tmp_path / "run")
+    (tmp_path / "run" / ".lock").rmdir()
+    RunLock.acquire(tmp_path / "run").release()    # the failed attempt left the folder unlocked
+
+
 def test_check_writable_accepts_new_and_empty_paths(tmp_path):
     check_writable(tmp_path / "a" / "b" / "c")
     (tmp_path / "empty").mkdir()

@@ -357,10 +357,7 @@ def _read_json(path: Path) -> dict | None:
 def load_checkpoint(path: Path) -> dict:
     """Read one checkpoint (no pickles: npz with allow_pickle=False and JSON)."""
     state = json.loads((path / "state.json").read_text())
-    with np.load(path / "params.npz", allow_pickle=False) as z:
-        params = {k: z[k] for k in z.files}
-    with np.load(path / "optimizer.npz", allow_pickle=False) as z:
-        opt = {k: z[k] for k in z.files}
+    params, opt = _load_npz(path / "params.npz"), _load_npz(path / "optimizer.npz")
     return {"params": params, "optimizer_arrays": opt, "optimizer_meta": state["optimizer_meta"],
             "epochs_done": int(state["epochs_done"]), "spec_digest": state.get("spec_digest"),
             "step": int(state.get("data_cursor", {}).get("step", 0)), "step_losses": state.get("step_losses", []),
@@ -368,7 +365,34 @@ def load_checkpoint(path: Path) -> dict:
             "history": state.get("history", []), "path": str(path)}
 
 
-_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, zipfile.BadZipFile)
+def _load_npz(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an ``.npz`` (no pickles), each member's ``.npy`` header checked before its data
+    is read: the bytes its shape and dtype need must be the bytes its zip entry holds, and those
+    must fit in the file on disk (a stored entry; a deflated one at most 1032:1, zlib's limit). A
+    lying header is a ``ValueError`` here, never a huge allocation."""
+    on_disk = os.path.getsize(path)
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            limit = on_disk if info.compress_type == zipfile.ZIP_STORED else 1032 * info.compress_size
+            if info.file_size > limit:
+                raise ValueError(f"{info.filename}: its zip entry claims {info.file_size} bytes, "
+                                 f"the file holds {on_disk}")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0)
+                shape, _, dtype = read(f)
+                if dtype.hasobject:
+                    continue  # np.load refuses it below (allow_pickle=False)
+                need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+                if f.tell() + need != info.file_size:
+                    raise ValueError(f"{info.filename}: its header says {dtype} {tuple(shape)} ({need} bytes), "
+                                     f"the entry holds {info.file_size - f.tell()}")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, MemoryError, zipfile.BadZipFile)
 
 
 def latest_checkpoint(run: Path, problem=None, skipped: list | None = None) -> dict | None:

@@ -666,6 +666,37 @@ def test_latest_checkpoint_skips_a_damaged_newest(tmp_path, how):
     assert latest_checkpoint(run.path) is None
 
 
+def _lying_npz(path, name, shape, payload=b"\0" * 2048, file_size=None):
+    """An .npz whose member ``name`` has an .npy header of ``shape`` over ``payload`` (a few KB on disk)."""
+    import io
+    import zipfile
+
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr(f"{name}.npy", head.getvalue() + payload)
+    if file_size is not None:   # the zip entry lies about its size too (local header and central directory)
+        data = bytearray(path.read_bytes())
+        real = (len(head.getvalue()) + len(payload)).to_bytes(4, "little")
+        data = data.replace(real + real, file_size.to_bytes(4, "little") * 2)
+        path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("file_size", [None, 2 ** 32 - 1])
+def test_a_lying_npy_header_is_a_damaged_checkpoint_not_a_huge_allocation(tmp_path, file_size):
+    run = RunDir.create(tmp_path / "r")
+    for e in (1, 2):
+        _write(run, e)
+    params = run.path / "checkpoints" / "epoch-0002" / "params.npz"
+    _lying_npz(params, "w", (10 ** 11,), file_size=file_size)
+    assert params.stat().st_size < 4096
+    skipped = []
+    ck = latest_checkpoint(run.path, skipped=skipped)
+    assert ck["epochs_done"] == 1
+    assert [p.name for p, _ in skipped] == ["epoch-0002"]
+    assert skipped[0][1].startswith("unreadable: ValueError: w.npy: "), skipped
+
+
 def test_latest_checkpoint_is_the_newest_whole_one(tmp_path):
     run = RunDir.create(tmp_path / "r")
     assert latest_checkpoint(run.path) is None and run.latest_checkpoint() is None

@@ -237,8 +237,7 @@ class Driver:
         self.backend = self.backend_factory()
         if self.checkpoint:
             self.backend.set_state(self.checkpoint)
-        self.run_dir = run = RunDir.create(self.path)
-        run.write_spec(self.spec)
+        self.run_dir = run = RunDir.create(self.path, self.spec)  # job.yaml before checkpoints/
         run.write_json("env.json", self._env())
         if self._continuing:  # the history of the checkpoint, or none when starting over
             run.rewrite_metrics(self.history)

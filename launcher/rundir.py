@@ -457,10 +457,14 @@ class RunDir:
         self.path = Path(path)
 
     @classmethod
-    def create(cls, path: str | os.PathLike) -> "RunDir":
-        """The run directory at ``path``, created with its ``checkpoints/`` folder."""
+    def create(cls, path: str | os.PathLike, spec=None) -> "RunDir":
+        """The run directory at ``path``, created with its ``job.yaml`` (``spec``, when given) and
+        then its ``checkpoints/`` folder: ``job.yaml`` first, so a run killed in between is either
+        a folder of lrjob's leftovers only (started anew in place) or a run (``run_state``)."""
         run = cls(path)
         run.path.mkdir(parents=True, exist_ok=True)
+        if spec is not None:
+            run.write_spec(spec)
         run._inside("checkpoints").mkdir(exist_ok=True)
         return run
 

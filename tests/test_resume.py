@@ -377,6 +377,24 @@ def test_a_refused_output_is_left_exactly_as_it_was(tmp_path):
     assert _snapshot(tmp_path / "run") == before
 
 
+def test_a_run_killed_before_its_job_yaml_starts_anew_in_place(tmp_path):
+    """job.yaml is written before checkpoints/; a folder of lrjob's leftovers only is a run not yet started."""
+    from launcher.rundir import RunDir
+
+    (tmp_path / "r" / "job.yaml").mkdir(parents=True)       # job.yaml cannot be written: the start stops there
+    with pytest.raises(OSError):
+        RunDir.create(tmp_path / "r", _spec("train.epochs=1"))
+    assert os.listdir(tmp_path / "r") == ["job.yaml"], "checkpoints/ comes after job.yaml"
+
+    out = tmp_path / "run"                                   # what a SIGKILL at that moment leaves
+    (out / "checkpoints").mkdir(parents=True)
+    (out / ".lock").write_text("12345\n")
+    (out / ".job.yaml.ab12cd34").write_text("name: half")
+    done = run_job(_spec("train.epochs=1"), output=out)
+    assert done.summary["status"] == "completed"
+    assert not (out / ".job.yaml.ab12cd34").exists() and not (out / ".lock").exists()
+
+
 # --------------------------------------------------------------------------- one writer per run directory
 def test_the_run_directory_is_locked_for_the_whole_run(tmp_path):
     from lr_core.errors import LrjobInputError

@@ -172,7 +172,7 @@ class Driver:
                 raise SpecError(f"--resume {self.path}: no valid checkpoint in {self.path / 'checkpoints'}; "
                                 f"start a new run")
         if self.checkpoint:
-            _check_resume_data(self.path, self.checkpoint, self._data_key, spec)
+            _check_resume_data(self.path, self.checkpoint, self._data_key, spec, flag)
         # What a statistician would say about the data (docs/design.md#warnings); the fit's
         # warnings join them when training ends.
         self._counts = class_counts(self.data.y_train, spec.model.outputs_classes)
@@ -590,8 +590,14 @@ def _plots(run: RunDir, spec: JobSpec, data, history: list[dict]) -> None:
         print(f"lrjob: warning: plots not written ({type(e).__name__}: {e})", file=sys.stderr)
 
 
-def _check_resume_data(path: Path, ckpt: dict, data_key: str | None, spec: JobSpec) -> None:
-    """Refuse a resume whose data is not the checkpoint's, or that would end before it."""
+def _check_resume_data(path: Path, ckpt: dict, data_key: str | None, spec: JobSpec, flag: str) -> None:
+    """Refuse a resume whose data is not the checkpoint's, or that would end before it: a run
+    trained past ``train.epochs`` is refused, never returned as it is (the same command must give
+    the same model; docs/design.md#run-directory)."""
+    if ckpt["epochs_done"] > spec.train.epochs:
+        raise SpecError(f"{flag}: the run is already trained for {ckpt['epochs_done']} epochs "
+                        f"({Path(ckpt['path']).name}), more than train.epochs={spec.train.epochs}; "
+                        f"set train.epochs to at least {ckpt['epochs_done']}, or choose a new path")
     if ckpt.get("data_key") and data_key and ckpt["data_key"] != data_key:
         raise SpecError(f"--resume {path}: the data changed since {Path(ckpt['path']).name} (prepared as "
                         f"{ckpt['data_key']}, now {data_key}); resuming would mix two datasets: start a new run")

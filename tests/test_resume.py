@@ -395,6 +395,21 @@ def test_a_run_killed_before_its_job_yaml_starts_anew_in_place(tmp_path):
     assert not (out / ".job.yaml.ab12cd34").exists() and not (out / ".lock").exists()
 
 
+def test_fewer_epochs_than_the_run_has_done_is_refused_and_nothing_changes(tmp_path):
+    """A finished 3-epoch run is never handed back as the result of train.epochs=2."""
+    from lr_core.errors import SpecError
+
+    run_job(_spec("train.epochs=3"), output=tmp_path / "run")
+    before = _snapshot(tmp_path / "run")
+    for kw in ({"output": tmp_path / "run"}, {"resume": tmp_path / "run"}):
+        flag = "--output" if "output" in kw else "--resume"
+        with pytest.raises(SpecError) as e:
+            run_job(_spec("train.epochs=2"), **kw)
+        assert str(e.value) == (f"{flag} {tmp_path / 'run'}: the run is already trained for 3 epochs (epoch-0003), "
+                                f"more than train.epochs=2; set train.epochs to at least 3, or choose a new path")
+        assert _snapshot(tmp_path / "run") == before
+
+
 # --------------------------------------------------------------------------- one writer per run directory
 def test_the_run_directory_is_locked_for_the_whole_run(tmp_path):
     from lr_core.errors import LrjobInputError

@@ -626,4 +626,5 @@ def _checkpoint_judge(spec: JobSpec, data: Dataset, digest: str) -> Callable[[di
     from lr_core.models import initial_parameters
 
     params = initial_parameters(spec.loop_config(), data.num_features)
-    return lambda ckpt: checkpoint_problem(ckpt, digest, params)
+    steps = num_batches(len(data.x_train), spec.train.batch_size)
+    return lambda ckpt: checkpoint_problem(ckpt, digest, params, steps)

@@ -412,14 +412,32 @@ def latest_checkpoint(run: Path, problem=None, skipped: list | None = None) -> d
     return None
 
 
-def checkpoint_problem(ckpt: dict, digest: str, params: dict[str, np.ndarray]) -> str | None:
+def checkpoint_problem(ckpt: dict, digest: str, params: dict[str, np.ndarray],
+                       steps: int | None = None) -> str | None:
     """Why ``ckpt`` cannot continue a run of spec digest ``digest`` whose model has the
-    parameters ``params`` (name -> an array of the right shape and dtype), or None when it can.
-    A checkpoint of another spec is *not* a problem here (the caller refuses it)."""
+    parameters ``params`` (name -> an array of the right shape and dtype) and ``steps`` steps per
+    epoch, or None when it can. A checkpoint of another spec is *not* a problem here (the caller
+    refuses it). Its ``state.json`` must agree with itself: a history of ``epochs_done`` epochs,
+    ``0 <= step < steps``, one loss per finished step, and the folder name of that epoch and step."""
     if not ckpt.get("spec_digest"):
         return "it records no spec_digest, so the spec it belongs to cannot be checked"
     if ckpt["spec_digest"] != digest:
         return None
+    done, step = ckpt["epochs_done"], ckpt["step"]
+    history, losses = ckpt["history"], ckpt["step_losses"]
+    if done < 0:
+        return f"its epochs_done {done} is negative"
+    if not isinstance(history, list) or len(history) != done:
+        return f"its history holds {len(history) if isinstance(history, list) else 'no list of'} epochs, " \
+               f"its epochs_done is {done}"
+    if step < 0 or (steps is not None and step >= steps):
+        return f"its data_cursor.step {step} is not a step of an epoch of {steps} steps"
+    if not isinstance(losses, list) or len(losses) != step:
+        return f"it holds {len(losses) if isinstance(losses, list) else 'no list of'} step losses, " \
+               f"its data_cursor.step is {step}"
+    name = f"epoch-{done:04d}" + (f"-step-{step:08d}" if step else "")
+    if ckpt.get("path") and Path(ckpt["path"]).name != name:
+        return f"its state.json says {name}, the folder is {Path(ckpt['path']).name}"
     got = ckpt["params"]
     if sorted(got) != sorted(params):
         return f"its parameters are {', '.join(sorted(got)) or 'none'}, the model has {', '.join(sorted(params))}"

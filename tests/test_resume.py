@@ -261,7 +261,38 @@ def _wrong_optimizer(ckpt):
     return "optimizer state 0 is missing or not of shape (10,)"
 
 
-@pytest.mark.parametrize("damage", [_lying_params, _wrong_shape, _no_digest, _wrong_optimizer])
+def _state_json(ckpt, **change):
+    state = json.loads((ckpt / "state.json").read_text())
+    for key, value in change.items():
+        if key == "step":
+            state["data_cursor"]["step"] = value
+        else:
+            state[key] = value
+    (ckpt / "state.json").write_text(json.dumps(state))
+
+
+def _huge_step(ckpt):
+    from lr_core.sharding import num_batches
+
+    spec = _spec()
+    steps = num_batches(len(spec.load_data().x_train), spec.train.batch_size)
+    _state_json(ckpt, step=10 ** 6)
+    return f"its data_cursor.step 1000000 is not a step of an epoch of {steps} steps"
+
+
+def _short_history(ckpt):
+    state = json.loads((ckpt / "state.json").read_text())
+    _state_json(ckpt, history=state["history"][:2])
+    return "its history holds 2 epochs, its epochs_done is 3"
+
+
+def _other_folder_name(ckpt):
+    _state_json(ckpt, step=1, step_losses=[0.5])
+    return "its state.json says epoch-0003-step-00000001, the folder is epoch-0003"
+
+
+@pytest.mark.parametrize("damage", [_lying_params, _wrong_shape, _no_digest, _wrong_optimizer, _huge_step,
+                                    _short_history, _other_folder_name])
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path, capsys, damage):
     full = run_job(_spec("train.epochs=4"), output=tmp_path / "full")
     run_job(_spec("train.epochs=3"), output=tmp_path / "part")

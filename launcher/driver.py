@@ -137,6 +137,8 @@ class Driver:
             output = Path(output) if output else None
             if output is not None:
                 check_writable(output)
+            else:
+                check_writable(Path(self.options.runs_dir), "--runs-dir")
             self.path, self._created = make_run_dir(output, spec.name, self.options.runs_dir)
         try:
             self._open_run_dir(spec, resume)

@@ -64,25 +64,32 @@ def make_run_dir(path: Path | None, name: str, base: str | os.PathLike = "runs")
     processes started in the same second get two folders. Returns the path and the folders this
     call created, outermost first ([] when ``path`` existed: the caller judges what it holds)."""
     target = Path(path) if path is not None else Path(base)
+    flag = "--output" if path is not None else "--runs-dir"
     created = [p for p in [*reversed(target.parents), target] if not p.exists()]
-    if path is None:
-        target.mkdir(parents=True, exist_ok=True)
-        stamp, i = utc_stamp(), 1
-        while True:
-            candidate = target / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
-            try:
-                os.mkdir(candidate)
-                return candidate, [*created, candidate]
-            except FileExistsError:
-                i += 1
-    target.parent.mkdir(parents=True, exist_ok=True)
     try:
-        os.mkdir(target)
-    except FileExistsError:
-        if target.is_symlink() or not target.is_dir():
-            raise LrjobInputError(f"--output {target}: exists and is not a directory; choose another path") from None
-        return target, []
-    return target, created
+        if path is None:
+            target.mkdir(parents=True, exist_ok=True)
+            stamp, i = utc_stamp(), 1
+            while True:
+                candidate = target / (f"{name}-{stamp}" if i == 1 else f"{name}-{stamp}-{i}")
+                try:
+                    os.mkdir(candidate)
+                    return candidate, [*created, candidate]
+                except FileExistsError:
+                    i += 1
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(target)
+        except FileExistsError:
+            if target.is_symlink() or not target.is_dir():
+                raise LrjobInputError(f"--output {target}: exists and is not a directory; "
+                                      f"choose another path") from None
+            return target, []
+        return target, created
+    except OSError as e:  # a folder that refuses new entries (/proc, a read-only mount): one line
+        remove_if_empty(created)
+        raise LrjobInputError(f"{flag} {target}: not writable ({e.strerror or e}); "
+                              f"choose a writable directory") from None
 
 
 def remove_if_empty(folders: list[Path]) -> None:
@@ -225,19 +232,20 @@ def run_state(path: str | os.PathLike) -> str:
     return "other"
 
 
-def check_writable(path: Path) -> None:
-    """Fail early (exit 2) when the run directory cannot be created."""
+def check_writable(path: Path, flag: str = "--output") -> None:
+    """Fail early (exit 2) when the run directory (``--output``) or its parent folder
+    (``--runs-dir``) cannot be created."""
     probe = path
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise LrjobInputError(f"--output {path}: {probe} is a file, not a directory; choose another path")
+        raise LrjobInputError(f"{flag} {path}: {probe} is a file, not a directory; choose another path")
     if not os.access(probe, os.W_OK | os.X_OK):
-        raise LrjobInputError(f"--output {path}: {probe} is not writable; choose a writable directory")
+        raise LrjobInputError(f"{flag} {path}: {probe} is not writable; choose a writable directory")
     try:  # os.access says yes to root and on some mounts: try for real, leave nothing
         os.rmdir(tempfile.mkdtemp(prefix=".lrjob-probe-", dir=probe))
     except OSError as e:
-        raise LrjobInputError(f"--output {path}: {probe} is not writable ({e.strerror or e}); "
+        raise LrjobInputError(f"{flag} {path}: {probe} is not writable ({e.strerror or e}); "
                               f"choose a writable directory") from None
 
 

@@ -11,6 +11,8 @@ import shutil
 import tempfile
 import time
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -192,6 +194,21 @@ def test_a_folder_that_cannot_be_locked_is_one_line(tmp_path):
         RunLock.acquire(tmp_path / "run")
     (tmp_path / "run" / ".lock").rmdir()
     RunLock.acquire(tmp_path / "run").release()    # the failed attempt left the folder unlocked
+
+
+def test_an_unwritable_runs_dir_is_one_line(tmp_path):
+    from launcher.driver import DriverOptions, run_job
+    from launcher.spec import load_spec
+
+    spec = load_spec("jobs/binary_synthetic.yaml", ["resources.workers=0", "train.epochs=1"])
+    (tmp_path / "f").write_text("x")
+    for runs_dir, why in [("/proc/xx", "not writable"), (tmp_path / "f" / "runs", "is a file, not a directory")]:
+        with pytest.raises(LrjobInputError, match=f"^--runs-dir {re.escape(str(runs_dir))}: .*{why}.*; choose a"):
+            run_job(spec, options=DriverOptions(runs_dir=runs_dir))
+    with pytest.raises(LrjobInputError, match="^--runs-dir /proc/xx: not writable .*; choose a writable directory$"):
+        make_run_dir(None, "x", "/proc/xx")
+    with pytest.raises(LrjobInputError, match="^--output /proc/xx/run: not writable .*; choose a writable directory$"):
+        make_run_dir(Path("/proc/xx/run"), "x")
 
 
 def test_check_writable_accepts_new_and_empty_paths(tmp_path):

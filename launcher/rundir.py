@@ -191,7 +191,8 @@ def clean_leftovers(run: str | os.PathLike) -> list[Path]:
     """Remove what a killed writer left in ``run`` and its ``checkpoints/``: hidden temporary
     folders and files (``.tmp-model-XXXXXXXX``, ``.tmp-epoch-NNNN-XXXXXXXX``, ``.<file>.XXXXXXXX``)
     and folders moved aside (``.old-model-PID``, ``.old-epoch-NNNN-PID``), by the exact names lrjob
-    gives them: nothing else is touched. Call it only while holding the run's ``RunLock`` on a
+    gives them: nothing else is touched. A complete folder moved aside whose place is empty (a
+    writer killed between the two renames of ``_replace_dir``) is put back instead. Call it only while holding the run's ``RunLock`` on a
     folder that holds a run (``run_state``): then no live process writes them. Returns what was
     removed."""
     removed = []
@@ -202,12 +203,30 @@ def clean_leftovers(run: str | os.PathLike) -> list[Path]:
         for p in sorted(folder.iterdir()):
             if not pattern.fullmatch(p.name):
                 continue
+            if _restore_aside(p):
+                continue
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
                 p.unlink(missing_ok=True)
             removed.append(p)
     return removed
+
+
+def _restore_aside(p: Path) -> bool:
+    """Put ``.old-<name>-PID`` back as ``<name>`` when a writer was killed between moving ``<name>``
+    aside and renaming its replacement into place (``_replace_dir``): the folder moved aside is
+    complete (a ``state.json`` or a ``meta.json`` in it) and nothing holds its name. True when it
+    was put back."""
+    m = re.fullmatch(r"\.old-(.+)-\d+", p.name)
+    if not m or p.is_symlink() or not p.is_dir():
+        return False
+    final = p.parent / m.group(1)
+    if os.path.lexists(final) or not any((p / f).is_file() for f in ("state.json", "meta.json")):
+        return False
+    os.replace(p, final)
+    _fsync_dir(p.parent)
+    return True
 
 
 def run_state(path: str | os.PathLike) -> str:

@@ -449,6 +449,24 @@ def test_a_crash_while_swapping_leaves_the_previous_epoch_newest(tmp_path, monke
         _write(run, 2, digest="new")
     assert [p.name for p in list_checkpoints(run.path)] == ["epoch-0001"]
     assert latest_checkpoint(run.path)["epochs_done"] == 1
+    # the next driver puts the epoch moved aside back, instead of deleting both copies
+    aside = [p.name for p in (run.path / "checkpoints").iterdir() if p.name.startswith(".old-")]
+    assert aside == [f".old-epoch-0002-{os.getpid()}"]
+    assert clean_leftovers(run.path) == []
+    assert _names(run) == ["epoch-0001", "epoch-0002"]
+    assert latest_checkpoint(run.path)["spec_digest"] == "d1"
+
+
+def test_a_model_moved_aside_is_put_back_when_its_replacement_never_arrived(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    old, new = run.path / ".old-model-77", run.path / ".tmp-model-abcd1234"   # killed between the renames
+    for d, text in ((old, "old"), (new, "new")):
+        d.mkdir()
+        (d / "meta.json").write_text(text)
+    (run.path / ".old-model-78").mkdir()                                        # torn: no meta.json
+    assert clean_leftovers(run.path) == [run.path / ".old-model-78", new]
+    assert (run.path / "model" / "meta.json").read_text() == "old"
+    assert sorted(os.listdir(run.path)) == ["checkpoints", "model"]
 
 
 @pytest.mark.parametrize("umask,mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])

@@ -236,6 +236,25 @@ def test_an_embedded_ray_declares_the_machines_cpus_unless_told_to_oversubscribe
     assert cluster.machine_cpus.__module__ and cluster.RaySession(None, 64, 1).oversubscribe is False
 
 
+@pytest.mark.parametrize("files,want", [
+    ({}, None),
+    ({"cpu.max": "max 100000\n"}, None),
+    ({"cpu.max": "150000 100000\n"}, 2),                    # 1.5 CPUs: 2 for Ray, rounded up
+    ({"cpu.max": "50000 100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "-1\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, None),
+    ({"cpu.max": "garbage"}, None),
+])
+def test_machine_cpus_honours_the_cgroup_cpu_quota(tmp_path, files, want):
+    from launcher.backends import cluster
+
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    cpus = len(os.sched_getaffinity(0))
+    assert cluster.machine_cpus(tmp_path) == (cpus if want is None else min(cpus, want))
+
+
 def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path):
     import procs  # kills the whole tree on a time-out (were the check gone, Ray and n workers would start)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
+from pathlib import Path
 from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
 __all__ = ["RaySession", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
-           "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "embedded_cpus"]
+           "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -160,12 +162,58 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
     return {"CPU": cpus, "GPU": gpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
 
 
-def machine_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask, else the machine's count)."""
+# Where the cgroup file systems are mounted; tests point this at a folder of fake cgroup files.
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def machine_cpus(cgroup_root: str | os.PathLike | None = None) -> int:
+    """The CPUs this process may use: its affinity mask (else the machine's count), lowered to
+    the cgroup's CPU quota rounded up (a container limited to 1.5 CPUs has 2), at least 1."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(CGROUP_ROOT if cgroup_root is None else cgroup_root)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(root: str | os.PathLike = CGROUP_ROOT) -> float | None:
+    """The CPU quota of this process's cgroup in CPUs (quota / period), or None without one:
+    cgroup v2 ``cpu.max`` (``max 100000`` is none), else v1 ``cpu.cfs_quota_us`` /
+    ``cpu.cfs_period_us`` (a quota of -1 is none). Read in this process's own cgroup below
+    ``root`` (``/proc/self/cgroup``), then at ``root`` itself (a container sees its own there)."""
+    root = Path(root)
+    own = {"v2": "", "v1": ""}
+    try:
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            hid, controllers, rel = line.split(":", 2)
+            if hid == "0" and controllers == "":
+                own["v2"] = rel.lstrip("/")
+            elif "cpu" in controllers.split(","):
+                own["v1"] = rel.lstrip("/")
+    except (OSError, ValueError):
+        pass
+    candidates = [(d / "cpu.max", None) for d in dict.fromkeys([root / own["v2"], root])]
+    for v1 in (root / "cpu", root / "cpu,cpuacct"):
+        for d in dict.fromkeys([v1 / own["v1"], v1]):
+            candidates.append((d / "cpu.cfs_quota_us", d / "cpu.cfs_period_us"))
+    for quota_file, period_file in candidates:
+        try:
+            if period_file is None:
+                quota, period = quota_file.read_text().split()[:2]
+                if quota == "max":
+                    return None
+            else:
+                quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+                if int(quota) < 0:
+                    return None
+            if int(period) > 0 and int(quota) > 0:
+                return int(quota) / int(period)
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = False) -> int:

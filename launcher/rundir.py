@@ -484,10 +484,10 @@ def checkpoint_problem(ckpt: dict, digest: str, params: dict[str, np.ndarray],
             return f"its optimizer state names parameter {key!r}, the model has {len(shapes)}"
         if kind == "none":
             continue
-        names = [str(key)] if kind == "array" else (
-            [f"{key}.{j}" for j in range(int(kind[5:]))] if re.fullmatch(r"tuple\d+", str(kind)) else None)
-        if names is None:
-            return f"its optimizer state has an unknown layout {kind!r}"
+        tuple_of = re.fullmatch(r"tuple(\d{1,6})", kind) if isinstance(kind, str) else None
+        if kind != "array" and (tuple_of is None or int(tuple_of.group(1)) > len(arrays)):
+            return f"its optimizer state has an unknown layout {kind!r}"  # tupleN: N arrays, not more than it holds
+        names = [str(key)] if kind == "array" else [f"{key}.{j}" for j in range(int(tuple_of.group(1)))]
         for n in names:
             if n not in arrays or arrays[n].shape != shapes[int(key)]:
                 return f"optimizer state {n} is missing or not of shape {shapes[int(key)]}"

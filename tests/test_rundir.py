@@ -732,6 +732,61 @@ def test_a_lying_npy_header_is_a_damaged_checkpoint_not_a_huge_allocation(tmp_pa
     assert skipped[0][1].startswith("unreadable: ValueError: w.npy: "), skipped
 
 
+def _fitting_checkpoint(step=0):
+    """A checkpoint that fits a model with ``b`` (2,) and ``w`` (2, 3), 5 steps per epoch (gluon numbers them b, w)."""
+    params = {"b": np.zeros(2, np.float32), "w": np.zeros((2, 3), np.float32)}
+    return {"params": {k: v.copy() for k, v in params.items()}, "spec_digest": "d", "epochs_done": 2,
+            "optimizer_arrays": {"0.0": np.zeros(2), "1": np.zeros((2, 3))},
+            "optimizer_meta": {"num_update": 4, "layout": {"0": "tuple1", "1": "array"}},
+            "step": step, "step_losses": [0.5] * step, "history": [{}, {}],
+            "path": f"/r/checkpoints/epoch-0002{f'-step-{step:08d}' if step else ''}"}, params
+
+
+def _nan(ck):
+    ck["params"]["w"][0, 1] = np.nan
+
+
+def _set(**path):
+    def change(ck):
+        for key, value in path.items():
+            *outer, last = key.split("__")
+            target = ck
+            for k in outer:
+                target = target[k]
+            target[last] = value
+    return change
+
+
+@pytest.mark.parametrize("change,reason", [
+    (_nan, "w holds NaN or infinite values"),
+    (_set(params__b=np.zeros(2)), "b is float64 (2,), the model needs float32 (2,)"),
+    (_set(optimizer_meta__layout={"0": "tuple1", "1": "matrix"}), "its optimizer state has an unknown layout 'matrix'"),
+    (_set(optimizer_meta__layout={"0": "tuple1", "1": None}), "its optimizer state has an unknown layout None"),
+    (_set(optimizer_meta__layout={"0": "tuple1000000000", "1": "array"}),
+     "its optimizer state has an unknown layout 'tuple1000000000'"),
+    (_set(optimizer_meta__layout={"0": "tuple999999", "1": "array"}),
+     "its optimizer state has an unknown layout 'tuple999999'"),
+    (_set(optimizer_meta=["layout"]), "its optimizer_meta is not a mapping"),
+    (_set(optimizer_meta__layout=[["0", "array"]]), "its optimizer_meta is not a mapping"),
+    (_set(optimizer_meta__layout={"0": "tuple1", "2": "array"}), "its optimizer state names parameter '2', the model has 2"),
+    (_set(optimizer_meta__layout={"-1": "array"}), "its optimizer state names parameter '-1', the model has 2"),
+    (_set(optimizer_arrays={"0.0": np.zeros(2), "1": np.zeros(6)}), "optimizer state 1 is missing or not of shape (2, 3)"),
+    (_set(history=[{}]), "its history holds 1 epochs, its epochs_done is 2"),
+    (_set(step=5, step_losses=[0.5] * 5), "its data_cursor.step 5 is not a step of an epoch of 5 steps"),
+    (_set(step=-1), "its data_cursor.step -1 is not a step of an epoch of 5 steps"),
+    (_set(step=1), "it holds 0 step losses, its data_cursor.step is 1"),
+    (_set(step=1, step_losses=[0.5]), "its state.json says epoch-0002-step-00000001, the folder is epoch-0002"),
+])
+def test_checkpoint_problem_names_each_damage(change, reason):
+    from launcher.rundir import checkpoint_problem
+
+    ck, params = _fitting_checkpoint()
+    assert checkpoint_problem(ck, "d", params, steps=5) is None
+    assert checkpoint_problem(_fitting_checkpoint(step=4)[0], "d", params, steps=5) is None
+    change(ck)
+    assert checkpoint_problem(ck, "d", params, steps=5) == reason
+
+
 def test_latest_checkpoint_is_the_newest_whole_one(tmp_path):
     run = RunDir.create(tmp_path / "r")
     assert latest_checkpoint(run.path) is None and run.latest_checkpoint() is None

@@ -269,9 +269,26 @@ def check_writable(path: Path, flag: str = "--output") -> None:
 
 
 def _umask() -> int:
+    """The process umask, read from ``/proc/self/status`` (``Umask:``): ``os.umask`` can only read it
+    by setting it, which would briefly give 0 to files other threads create meanwhile. Where that
+    line is missing, the umask read once at import."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return _UMASK_AT_IMPORT
+
+
+def _read_umask_once() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+_UMASK_AT_IMPORT = _read_umask_once()
 
 
 def _fsync_dir(path: Path) -> None:

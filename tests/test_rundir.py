@@ -480,6 +480,23 @@ def test_run_files_are_readable_as_the_umask_allows(tmp_path, umask, mode):
     assert os.stat(tmp_path / "summary.json").st_mode & 0o777 == mode
 
 
+def test_writing_never_changes_the_process_umask(tmp_path, monkeypatch):
+    """os.umask can only read the mask by setting it; other threads would create files with 0 meanwhile."""
+    old = os.umask(0o027)
+    calls = []
+    try:
+        monkeypatch.setattr(os, "umask", lambda m: calls.append(m) or 0o027)
+        atomic_write_text(tmp_path / "a.txt", "x")
+        run = RunDir.create(tmp_path / "r")
+        _write(run, 1)
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert calls == []
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640
+    assert (run.path / "checkpoints" / "epoch-0001").stat().st_mode & 0o777 == 0o750
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077, 0o027])
 def test_checkpoint_and_model_folders_have_the_modes_the_umask_gives(tmp_path, umask):
     from launcher.spec import load_spec

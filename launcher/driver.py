@@ -601,10 +601,10 @@ def _check_resume_data(path: Path, ckpt: dict, data_key: str | None, spec: JobSp
                         f"({Path(ckpt['path']).name}), more than train.epochs={spec.train.epochs}; "
                         f"set train.epochs to at least {ckpt['epochs_done']}, or choose a new path")
     if ckpt.get("data_key") and data_key and ckpt["data_key"] != data_key:
-        raise SpecError(f"--resume {path}: the data changed since {Path(ckpt['path']).name} (prepared as "
+        raise SpecError(f"{flag}: the data changed since {Path(ckpt['path']).name} (prepared as "
                         f"{ckpt['data_key']}, now {data_key}); resuming would mix two datasets: start a new run")
     if ckpt.get("step") and spec.train.epochs <= ckpt["epochs_done"]:
-        raise SpecError(f"--resume {path}: the newest checkpoint {Path(ckpt['path']).name} is inside epoch "
+        raise SpecError(f"{flag}: the newest checkpoint {Path(ckpt['path']).name} is inside epoch "
                         f"{ckpt['epochs_done'] + 1}; train.epochs must be at least {ckpt['epochs_done'] + 1}")
 
 
@@ -629,4 +629,5 @@ def _checkpoint_judge(spec: JobSpec, data: Dataset, digest: str) -> Callable[[di
 
     params = initial_parameters(spec.loop_config(), data.num_features)
     steps = num_batches(len(data.x_train), spec.train.batch_size)
-    return lambda ckpt: checkpoint_problem(ckpt, digest, params, steps)
+    data_key = Path(data.home).name if data.home else None  # as the driver names it (_data_key)
+    return lambda ckpt: checkpoint_problem(ckpt, digest, params, steps, data_key)

@@ -457,12 +457,14 @@ def latest_checkpoint(run: Path, problem=None, skipped: list | None = None) -> d
 
 
 def checkpoint_problem(ckpt: dict, digest: str, params: dict[str, np.ndarray],
-                       steps: int | None = None) -> str | None:
+                       steps: int | None = None, data_key: str | None = None) -> str | None:
     """Why ``ckpt`` cannot continue a run of spec digest ``digest`` whose model has the
     parameters ``params`` (name -> an array of the right shape and dtype) and ``steps`` steps per
     epoch, or None when it can. A checkpoint of another spec is *not* a problem here (the caller
     refuses it). Its ``state.json`` must agree with itself: a history of ``epochs_done`` epochs,
-    ``0 <= step < steps``, one loss per finished step, and the folder name of that epoch and step."""
+    ``0 <= step < steps``, one loss per finished step, and the folder name of that epoch and step.
+    ``steps`` counts the steps of the data prepared as ``data_key``: a checkpoint of other data is
+    not measured by it (the caller refuses that checkpoint)."""
     if not ckpt.get("spec_digest"):
         return "it records no spec_digest, so the spec it belongs to cannot be checked"
     if ckpt["spec_digest"] != digest:
@@ -474,7 +476,8 @@ def checkpoint_problem(ckpt: dict, digest: str, params: dict[str, np.ndarray],
     if not isinstance(history, list) or len(history) != done:
         return f"its history holds {len(history) if isinstance(history, list) else 'no list of'} epochs, " \
                f"its epochs_done is {done}"
-    if step < 0 or (steps is not None and step >= steps):
+    other_data = bool(data_key and ckpt.get("data_key") and ckpt["data_key"] != data_key)
+    if step < 0 or (steps is not None and not other_data and step >= steps):
         return f"its data_cursor.step {step} is not a step of an epoch of {steps} steps"
     if not isinstance(losses, list) or len(losses) != step:
         return f"it holds {len(losses) if isinstance(losses, list) else 'no list of'} step losses, " \

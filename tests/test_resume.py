@@ -221,12 +221,19 @@ def test_a_resume_on_other_data_or_ending_inside_a_checkpointed_epoch_is_refused
         _segment_run(spec, ran, fail_at=[(1, 10)], resume=tmp_path / "run")
     ckpt = latest_checkpoint(tmp_path / "run")
     assert (ckpt["epochs_done"], ckpt["step"]) == (1, 10) and ckpt["data_key"].startswith("csv-")
-    with pytest.raises(SpecError, match=r"inside epoch 2; train.epochs must be at least 2"):
-        run_job(load_spec(job, ["train.epochs=1"]), resume=tmp_path / "run")
+    for kw, flag in (({"resume": tmp_path / "run"}, "--resume"), ({"output": tmp_path / "run"}, "--output")):
+        with pytest.raises(SpecError) as e:     # the message names the flag the user gave
+            run_job(load_spec(job, ["train.epochs=1"]), **kw)
+        assert str(e.value).startswith(f"{flag} {tmp_path / 'run'}: the newest checkpoint epoch-0001-step-00000010 "
+                                       f"is inside epoch 2; train.epochs must be at least 2"), e.value
     (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(lines[:150]))
     with pytest.raises(SpecError, match=r"the data changed since epoch-0001-step-00000010 .* start a new run"):
         run_job(load_spec(job), resume=tmp_path / "run")
     assert latest_checkpoint(tmp_path / "run")["step"] == 10, "a refused resume writes nothing"
+    with pytest.raises(SpecError) as e:
+        run_job(load_spec(job), output=tmp_path / "run")
+    assert str(e.value).startswith(f"--output {tmp_path / 'run'}: the data changed since epoch-0001-step-00000010")
+    assert latest_checkpoint(tmp_path / "run")["step"] == 10
 
 
 # --------------------------------------------------------------------------- damaged checkpoints

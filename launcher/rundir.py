@@ -8,8 +8,8 @@ one reader. Only the driver writes it; every command that reads a run opens it h
 
 Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
 at any moment leaves the old or the new checkpoint, never a torn one. Every file and
-folder is written under a temporary name and renamed, ``metrics.jsonl`` and ``model/``
-included; no symbolic link inside a run directory is followed (``check_no_links``). A driver holds ``RunLock`` on the directory for the whole
+folder is written under a temporary name and renamed, ``model/`` included (``metrics.jsonl``
+gets one line appended and fsynced per epoch, and is rewritten that way on resume); no symbolic link inside a run directory is followed (``check_no_links``). A driver holds ``RunLock`` on the directory for the whole
 run (docs/design.md#run-directory).
 
     run = RunDir.open("runs/binary_synthetic-20261125T120000Z")
@@ -573,11 +573,14 @@ class RunDir:
         return doc if isinstance(doc, dict) else {}
 
     def history(self) -> list[dict]:
-        """One dict per finished epoch, from ``metrics.jsonl`` ([] before the first)."""
+        """One dict per finished epoch, from ``metrics.jsonl`` ([] before the first); an unfinished
+        last line (a writer killed while appending) is not an epoch."""
         f = self.path / "metrics.jsonl"
         if not f.is_file():
             return []
-        return [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        # every whole line ends with a newline: text after the last one is a line a crash tore
+        whole = f.read_text().rpartition("\n")[0]
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def summary(self) -> dict | None:
         """``summary.json``, or None when it is missing or unreadable."""
@@ -646,16 +649,39 @@ class RunDir:
         atomic_write_bytes(self._inside(name), data)
 
     def append_metrics(self, metrics: dict) -> None:
-        """Add one epoch's metrics as a line of ``metrics.jsonl``: the file is written anew under a
-        temporary name and renamed, like every other file of the run (never through a link)."""
+        """Add one epoch's metrics as a line at the end of ``metrics.jsonl``, fsynced: one line's
+        bytes per epoch, not the whole file (docs/design.md#run-directory). The file is opened
+        with ``O_NOFOLLOW`` and must be a regular file with one name (no link, hard link or FIFO
+        is written through); a torn last line left by a killed writer is cut off first."""
         path = self._inside("metrics.jsonl")
+        line = (json.dumps(metrics, default=_json_default) + "\n").encode()
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-            with os.fdopen(fd) as f:
-                old = f.read()
-        except FileNotFoundError:
-            old = ""
-        atomic_write_text(path, [old, json.dumps(metrics, default=_json_default) + "\n"])
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o666)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise LrjobInputError(f"{path}: is a symbolic link inside the run directory; lrjob follows "
+                                      f"no link there: remove it, or start a new run") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                raise LrjobInputError(f"{path}: is not a regular file of this run alone (a FIFO, a device or a "
+                                      f"hard link); remove it, or start a new run")
+            if st.st_size:
+                tail = os.pread(fd, min(st.st_size, 1 << 16), max(0, st.st_size - (1 << 16)))
+                if not tail.endswith(b"\n"):  # torn by a crash: keep the whole lines only
+                    cut = tail.rfind(b"\n")
+                    if cut < 0 and st.st_size > len(tail):
+                        raise LrjobInputError(f"{path}: its last line is longer than 64 KiB and unfinished; "
+                                              f"remove it, or start a new run")
+                    os.ftruncate(fd, st.st_size - len(tail) + cut + 1)
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if not st.st_size:
+            _fsync_dir(self.path)  # a new file: its name is durable too
 
     def rewrite_metrics(self, history: list[dict]) -> None:
         """Replace ``metrics.jsonl`` with ``history``, one line per epoch, atomically (resume, restart)."""

@@ -863,14 +863,43 @@ def test_metrics_append_and_rewrite(tmp_path):
     assert run.history() == []
 
 
-def test_a_metrics_line_is_added_by_writing_the_file_anew_and_renaming(tmp_path):
+def test_a_metrics_line_is_appended_not_the_file_rewritten(tmp_path):
     run = RunDir.create(tmp_path)
     run.append_metrics({"epoch": 1})
-    with open(tmp_path / "metrics.jsonl") as reader:      # opened before: it keeps the old file whole
-        run.append_metrics({"epoch": 2})
+    inode = (tmp_path / "metrics.jsonl").stat().st_ino
+    with open(tmp_path / "metrics.jsonl") as reader:      # the same file grows: a reader sees the new line
         assert reader.read() == '{"epoch": 1}\n'
-    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+        run.append_metrics({"epoch": 2})
+        assert reader.read() == '{"epoch": 2}\n'
+    assert (tmp_path / "metrics.jsonl").stat().st_ino == inode
     assert sorted(os.listdir(tmp_path)) == ["checkpoints", "metrics.jsonl"]
+
+
+def test_a_torn_last_metrics_line_is_no_epoch_and_is_cut_before_the_next(tmp_path):
+    run = RunDir.create(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2, "val_lo')
+    assert run.history() == [{"epoch": 1}]
+    run.append_metrics({"epoch": 2})
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+    (tmp_path / "metrics.jsonl").write_text('{"epo')
+    assert run.history() == []
+    run.append_metrics({"epoch": 1})
+    assert run.history() == [{"epoch": 1}]
+
+
+@pytest.mark.parametrize("kind", ["hard link", "fifo"])
+def test_metrics_are_never_appended_through_a_hard_link_or_to_a_fifo(tmp_path, kind):
+    run = RunDir.create(tmp_path / "r")
+    outside = tmp_path / "outside"
+    if kind == "hard link":
+        outside.write_text("keep")
+        os.link(outside, run.path / "metrics.jsonl")
+    else:
+        os.mkfifo(run.path / "metrics.jsonl")
+    with pytest.raises(LrjobInputError, match=r"metrics.jsonl: is not a regular file of this run alone"):
+        run.append_metrics({"epoch": 1})
+    if kind == "hard link":
+        assert outside.read_text() == "keep"
 
 
 def test_spec_and_model_of_a_written_run(tmp_path):

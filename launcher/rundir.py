@@ -49,7 +49,8 @@ _TMP = r"[a-z0-9_]{8}"
 _LEFTOVER_IN = {
     "": re.compile(rf"\.tmp-model-{_TMP}|\.old-model-\d+|\.(job\.yaml|env\.json|summary\.json|metrics\.jsonl|"
                    rf"report\.html|(curves|confusion|samples|boundary)\.png|\.lock)\.{_TMP}"),
-    "checkpoints": re.compile(rf"\.tmp-epoch-\d{{4,}}(-step-\d{{8,}})?-{_TMP}|\.old-epoch-\d{{4,}}(-step-\d{{8,}})?-\d+"),
+    "checkpoints": re.compile(rf"\.tmp-epoch-\d{{4,}}(-step-\d{{8,}})?-{_TMP}|"
+                              rf"\.old-epoch-\d{{4,}}(-step-\d{{8,}})?-\d+"),
 }
 
 
@@ -192,9 +193,9 @@ def clean_leftovers(run: str | os.PathLike) -> list[Path]:
     folders and files (``.tmp-model-XXXXXXXX``, ``.tmp-epoch-NNNN-XXXXXXXX``, ``.<file>.XXXXXXXX``)
     and folders moved aside (``.old-model-PID``, ``.old-epoch-NNNN-PID``), by the exact names lrjob
     gives them: nothing else is touched. A complete folder moved aside whose place is empty (a
-    writer killed between the two renames of ``_replace_dir``) is put back instead. Call it only while holding the run's ``RunLock`` on a
-    folder that holds a run (``run_state``): then no live process writes them. Returns what was
-    removed."""
+    writer killed between the two renames of ``_replace_dir``) is put back instead. Call it only
+    while holding the run's ``RunLock`` on a folder that holds a run (``run_state``): then no live
+    process writes them. Returns what was removed."""
     removed = []
     for sub, pattern in _LEFTOVER_IN.items():
         folder = Path(run) / sub if sub else Path(run)

@@ -656,7 +656,8 @@ def test_leftovers_of_a_killed_writer_are_cleaned(tmp_path):
 
 
 @pytest.mark.parametrize("names,want", [
-    ([], "new"), ([".lock"], "new"), (["checkpoints/"], "new"), ([".lock", "checkpoints/", ".job.yaml.ab12cd34"], "new"),
+    ([], "new"), ([".lock"], "new"), (["checkpoints/"], "new"),
+    ([".lock", "checkpoints/", ".job.yaml.ab12cd34"], "new"),
     (["job.yaml"], "run"), (["checkpoints/epoch-0002/state.json"], "run"), (["notes.txt"], "other"),
     ([".lock", "checkpoints/x"], "other"), (["checkpoints/epoch-0002/params.npz"], "other"), ([".tmp-notes"], "other"),
 ])
@@ -785,9 +786,11 @@ def _set(**path):
      "its optimizer state has an unknown layout 'tuple999999'"),
     (_set(optimizer_meta=["layout"]), "its optimizer_meta is not a mapping"),
     (_set(optimizer_meta__layout=[["0", "array"]]), "its optimizer_meta is not a mapping"),
-    (_set(optimizer_meta__layout={"0": "tuple1", "2": "array"}), "its optimizer state names parameter '2', the model has 2"),
+    (_set(optimizer_meta__layout={"0": "tuple1", "2": "array"}),
+     "its optimizer state names parameter '2', the model has 2"),
     (_set(optimizer_meta__layout={"-1": "array"}), "its optimizer state names parameter '-1', the model has 2"),
-    (_set(optimizer_arrays={"0.0": np.zeros(2), "1": np.zeros(6)}), "optimizer state 1 is missing or not of shape (2, 3)"),
+    (_set(optimizer_arrays={"0.0": np.zeros(2), "1": np.zeros(6)}),
+     "optimizer state 1 is missing or not of shape (2, 3)"),
     (_set(history=[{}]), "its history holds 1 epochs, its epochs_done is 2"),
     (_set(step=5, step_losses=[0.5] * 5), "its data_cursor.step 5 is not a step of an epoch of 5 steps"),
     (_set(step=-1), "its data_cursor.step -1 is not a step of an epoch of 5 steps"),

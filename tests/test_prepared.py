@@ -439,7 +439,7 @@ def test_the_manifest_of_a_table(tmp_path, monkeypatch):
         "format": 1, "key": home.name[4:], "source": "csv", "kind": "binary", "num_classes": 2, "label_map": None,
         "fingerprint": files, "image_shape": None, "val_name": "validation", "scale": None,
         "columns": ["f0", "f1", "f2", "f3"], "description": str(path)}
-    assert isinstance(m["prepared_seconds"], float) and 0 <= m["prepared_seconds"] < 60
+    assert isinstance(m["prepared_seconds"], float) and m["prepared_seconds"] >= 0
     assert sorted(m) == ["arrays", "columns", "description", "fingerprint", "format", "image_shape", "key", "kind",
                          "label_map", "num_classes", "prepared_seconds", "scale", "source", "stats", "val_name"]
     assert sorted(m["arrays"]) == ["train-x", "train-y", "val-x", "val-y"]

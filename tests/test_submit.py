@@ -84,7 +84,13 @@ def _head(token: bool):
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
                 break
-            time.sleep(3)
+            deadline = time.time() + 10  # the group's end, polled; then SIGKILL
+            while time.time() < deadline:
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.2)
         shutil.rmtree(temp, ignore_errors=True)
 
 

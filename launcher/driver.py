@@ -12,6 +12,7 @@ failure is ``FailurePolicy.decide``'s call (the shape of Ray Train's ``FailurePo
 """
 from __future__ import annotations
 
+import datetime
 import enum
 import getpass
 import os
@@ -430,6 +431,9 @@ class Driver:
     def _env(self) -> dict:
         backend = self.backend
         return {
+            # the run's start, for report.html (launcher/report/summary.py)
+            "started": datetime.datetime.fromtimestamp(self._t_start, datetime.timezone.utc).isoformat(
+                timespec="seconds"),
             "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
             "argv": sys.argv, "workers": self.spec.workers, "where": backend.where,
             "placement": backend.placement, "seeds": {"train.seed": self.spec.train.seed},
@@ -512,7 +516,13 @@ def _cleanup_fault_point(driver: Driver) -> None:
 
 
 def _versions() -> dict:
-    out = {"python": platform.python_version(), "numpy": np.__version__}
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        lrjob = version("lrjob")
+    except PackageNotFoundError:  # a checkout run without installing it
+        lrjob = None
+    out = {"lrjob": lrjob, "python": platform.python_version(), "numpy": np.__version__}
     for mod in ("mxnet", "horovod", "ray"):
         try:
             out[mod] = __import__(mod).__version__

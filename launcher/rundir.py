@@ -48,7 +48,7 @@ _CHECKPOINT_NAME = re.compile(r"epoch-(\d+)(?:-step-(\d+))?")
 _TMP = r"[a-z0-9_]{8}"
 _LEFTOVER_IN = {
     "": re.compile(rf"\.tmp-model-{_TMP}|\.old-model-\d+|\.(job\.yaml|env\.json|summary\.json|metrics\.jsonl|"
-                   rf"report\.html|(curves|confusion|samples|boundary)\.png|\.lock)\.{_TMP}"),
+                   rf"report\.html|(curves|confusion|samples|boundary|roc_pr|weights)\.png|\.lock)\.{_TMP}"),
     "checkpoints": re.compile(rf"\.tmp-epoch-\d{{4,}}(-step-\d{{8,}})?-{_TMP}|"
                               rf"\.old-epoch-\d{{4,}}(-step-\d{{8,}})?-\d+"),
 }

@@ -53,7 +53,7 @@ QUEUE_ITEMS = 1000
 _BATCH_PARAMS, _BATCH_METRICS, _PARAM_CHARS = 100, 1000, 6000
 # The run's files logged as artifacts when present (the exported model/ separately).
 ARTIFACTS = ("job.yaml", "summary.json", "metrics.jsonl", "env.json", "curves.png", "confusion.png",
-             "samples.png", "boundary.png", "report.html")
+             "samples.png", "boundary.png", "roc_pr.png", "weights.png", "report.html")
 # The files that may hold a URI with credentials (data.path, tracking.mlflow.uri, argv):
 # uploaded as redacted copies.
 _REDACTED = ("job.yaml", "env.json")

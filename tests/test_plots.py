@@ -18,14 +18,15 @@ from launcher.driver import run_job
 from launcher.spec import load_spec
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-PICTURES = {"curves.png", "confusion.png", "samples.png", "boundary.png"}
+PICTURES = {"curves.png", "confusion.png", "samples.png", "boundary.png", "roc_pr.png", "weights.png"}
 # job id -> (job file, extra overrides, the pictures it must have; the others must be absent)
 JOBS = {
-    "binary_2d": ("jobs/binary_2d.yaml", [], {"curves.png", "boundary.png"}),
+    "binary_2d": ("jobs/binary_2d.yaml", [], {"curves.png", "boundary.png", "roc_pr.png", "weights.png"}),
     "binary_2d_hidden": ("jobs/binary_2d.yaml", ["model.hidden=[4]", "name=binary_2d_hidden"],
-                         {"curves.png", "boundary.png"}),
-    "digits_softmax": ("jobs/digits_softmax.yaml", [], {"curves.png", "confusion.png", "samples.png"}),
-    "binary_synthetic": ("jobs/binary_synthetic.yaml", [], {"curves.png"}),
+                         {"curves.png", "boundary.png", "roc_pr.png"}),
+    "digits_softmax": ("jobs/digits_softmax.yaml", [], {"curves.png", "confusion.png", "samples.png",
+                                                        "weights.png"}),
+    "binary_synthetic": ("jobs/binary_synthetic.yaml", [], {"curves.png", "roc_pr.png"}),
 }
 
 
@@ -79,7 +80,7 @@ def test_report_is_self_contained_and_embeds_every_picture(runs, job_id):
         assert f"alt='{name}'" in page
     assert "<script" not in page and "<link" not in page and "http" not in page.split("<pre>")[0]
     # the summary, the per-epoch table (3 epochs) and the resolved spec
-    assert "best_val_accuracy" in page and "val_loss" in page
+    assert "best validation accuracy (any epoch)" in page and "val_loss" in page
     assert page.count("<tr><td class='num'>") == 3
     assert f"<pre>name: {spec.name}" in page
 
@@ -108,7 +109,7 @@ def test_drawn_boundary_is_where_the_model_is_undecided(runs, monkeypatch, caplo
     with caplog.at_level(logging.WARNING, logger="launcher.report.plots"):
         written = write_plots(run_dir, spec, spec.load_data(), res.history)
     assert not caplog.records, caplog.text  # every picture drawn, none skipped
-    assert [p.name for p in written] == ["curves.png", "boundary.png", "report.html"]
+    assert [p.name for p in written] == ["curves.png", "boundary.png", "roc_pr.png", "weights.png", "report.html"]
     assert len(calls) == 1
     (weight, bias, *_), _, seg = calls[0]
     np.testing.assert_allclose(weight, res.params["lrjob_layer0_weight"][0])

@@ -11,8 +11,15 @@ Files (each only where it means something):
 - ``confusion.png``  softmax: the final epoch's confusion matrix
 - ``samples.png``    image data: validation images with predicted and true class
 - ``boundary.png``   binary data with 2 features: the points, P(class 1) and the boundary
-- ``report.html``    one self-contained page: summary, per-epoch metrics, the pictures
-                     (embedded), the resolved spec
+- ``roc_pr.png``     binary: ROC and precision-recall curves of the exported model on the
+                     validation rows, with the AUC and the average precision
+- ``weights.png``    linear models: the weights of the top features by magnitude, by name
+- ``report.html``    one self-contained page: warnings, summary, the pictures (embedded),
+                     per-epoch metrics, the resolved spec
+
+A picture that cannot mean anything for this run (a one-class validation set, NaN scores,
+no validation rows, a model with hidden layers for ``weights.png``) is skipped with a note
+in the report; one that fails is left out with the error. Neither fails the run.
 
 Figures are drawn with ``matplotlib.figure.Figure`` and never through ``pyplot``, so no
 GUI backend is chosen, no global state changes in the driver, and nothing leaks open
@@ -48,7 +55,15 @@ CAPTIONS = {
     "samples.png": "Validation images with the exported model's prediction; mistakes in red.",
     "boundary.png": "Training (small) and validation (large) points, P(class 1) from the exported "
                     "model as shading, and the decision boundary.",
+    "roc_pr.png": "The exported model's scores on every validation row: ROC curve (left) and "
+                  "precision-recall curve (right); the dot is the decision threshold.",
+    "weights.png": "The exported model's weights per feature: for images, each class's weights laid out "
+                   "as the image; otherwise the features with the largest weights by magnitude.",
 }
+
+
+class Skipped(Exception):
+    """A picture that cannot mean anything for this run; the message says why, for the report."""
 
 
 # --------------------------------------------------------------------------- entry point
@@ -70,16 +85,34 @@ def write_plots(run_dir: Path, spec, data, history: list[dict]) -> list[Path]:
     if spec.model.kind == "binary" and data.num_features == 2:
         jobs.append(("boundary.png", lambda: _draw_boundary(spec, data, run_dir / "model", model.get(),
                                                             history)))
-    written, failed = [], {}
+    extra: dict = {}  # what a picture found that the page shows beside it (the weights table)
+    if spec.model.kind == "binary":
+        jobs.append(("roc_pr.png", lambda: _draw_ranking(spec, data, model.get(), extra)))
+    jobs.append(("weights.png", lambda: _draw_weights(spec, data, run_dir / "model", extra)))
+    written, failed, skipped = [], {}, {}
     for name, draw in jobs:
         try:
             written.append(_save(draw(), run_dir / name))
+        except Skipped as e:
+            skipped[name] = str(e)
+            (run_dir / name).unlink(missing_ok=True)
+            log.info("lrjob: %s skipped (%s)", name, e)
         except Exception as e:  # noqa: BLE001 - one picture must not cost the others
             failed[name] = f"{type(e).__name__}: {e}"
             (run_dir / name).unlink(missing_ok=True)  # an older picture would now mislead
             log.warning("lrjob: %s not drawn (%s)", name, failed[name])
-    written.append(_write_report(run_dir, spec, data, history, (written, failed)))
+    written.append(_write_report(run_dir, spec, data, history, _Drawn(written, failed, skipped, extra)))
     return written
+
+
+class _Drawn(NamedTuple):
+    """What ``write_plots`` drew for the report: pictures, failures and skips by name, and
+    the numbers a picture shows that the page also lists (``weights``)."""
+
+    pictures: list
+    failed: dict
+    skipped: dict
+    extra: dict
 
 
 class _LazyModel:
@@ -443,22 +476,191 @@ def _feature_name(data, i: int) -> str:
     return str(columns[i]) if i < len(columns) else f"feature x[{i}]"
 
 
+# --------------------------------------------------------------------------- ROC and PR
+def _draw_ranking(spec, data, model, extra: dict):
+    from .ranking import ranking_curves, thin, validation_scores
+
+    n = len(data.x_val)
+    if n == 0:
+        raise Skipped(f"no {data.val_name} rows to score")
+    y, s = validation_scores(model, data.x_val, data.y_val, scale=data.scale)
+    bad = int(np.count_nonzero(~np.isfinite(s)))
+    if bad:
+        raise Skipped(f"{bad:,} of {n:,} {data.val_name} scores are not finite (NaN or infinite: the model "
+                      f"diverged); standardize the features or lower train.learning_rate")
+    r = ranking_curves(y, s)
+    if r is None:
+        only = int(y[0])
+        raise Skipped(f"the {data.val_name} rows hold one class only (class {only}, all {n:,} rows): "
+                      f"ROC and precision-recall curves need both classes")
+    extra["ranking"] = {"auc": r.auc, "average_precision": r.average_precision}
+    threshold = float(spec.train.threshold)
+    hit = s >= threshold  # predict()'s rule: class 1 when P(class 1) >= threshold
+    tp, fp = int(np.sum(hit & (y == 1))), int(np.sum(hit & (y == 0)))
+    op_fpr, op_tpr = fp / r.negatives, tp / r.positives
+    op_precision = tp / (tp + fp) if tp + fp else None
+    fig = _figure(11, 5)
+    ax_roc, ax_pr = fig.subplots(1, 2)
+    i = thin(len(r.fpr))
+    ax_roc.plot(r.fpr[i], r.tpr[i], color="tab:blue", lw=2, label=f"model (AUC {r.auc:.4f})")
+    ax_roc.plot([0, 1], [0, 1], ":", color="gray", label="chance (AUC 0.5)")
+    ax_roc.plot([op_fpr], [op_tpr], "o", color="black", label=f"threshold {threshold:g}")
+    ax_roc.set(title=f"ROC curve, AUC {r.auc:.4f}", xlabel="false positive rate",
+               ylabel="true positive rate (recall)")
+    j = thin(len(r.recall))
+    ax_pr.plot(np.r_[0.0, r.recall[j]], np.r_[r.precision[j][0], r.precision[j]], color="tab:purple", lw=2,
+               drawstyle="steps-pre", label=f"model (AP {r.average_precision:.4f})")
+    share = r.positives / (r.positives + r.negatives)
+    ax_pr.axhline(share, ls=":", color="gray", label=f"chance (positive share {share:.1%})")
+    if op_precision is not None:
+        ax_pr.plot([op_tpr], [op_precision], "o", color="black", label=f"threshold {threshold:g}")
+    ax_pr.set(title=f"Precision-recall, average precision {r.average_precision:.4f}", xlabel="recall",
+              ylabel="precision")
+    for ax in (ax_roc, ax_pr):
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01))
+        ax.set_aspect("equal")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right" if ax is ax_roc else "lower left", fontsize=9)
+    positive = _positive_name(spec)
+    fig.suptitle(f"{spec.name}: the exported model on {n:,} {data.val_name} rows, {r.positives:,} of them "
+                 f"{positive}", fontsize=12)
+    return fig
+
+
+def _positive_name(spec) -> str:
+    """Class 1, with its label where a label_map names it: ``class 1 = yes``."""
+    names = [str(k) for k, v in (spec.data.label_map or {}).items() if str(v) == "1"]
+    return f"class 1 = {names[0]}" if len(names) == 1 else "class 1"
+
+
+# --------------------------------------------------------------------------- weights
+def _draw_weights(spec, data, model_dir: Path, extra: dict):
+    from .weights import TOP, feature_names, read_linear_weights, top_features
+
+    if spec.model.hidden:
+        raise Skipped(f"the model has hidden layers {list(spec.model.hidden)}: a feature's effect is not one "
+                      f"weight (weights per feature are shown for linear models)")
+    lw = read_linear_weights(model_dir)
+    if not (np.all(np.isfinite(lw.weight)) and np.all(np.isfinite(lw.original))):
+        raise Skipped("the weights are not finite (NaN or infinite: the model diverged); standardize the "
+                      "features or lower train.learning_rate")
+    d = lw.weight.shape[1]
+    names = feature_names(data, d)
+    top = top_features(lw.weight, TOP)
+    extra["weights"] = {"names": [names[i] for i in top], "weight": lw.weight[:, top],
+                        "original": lw.original[:, top], "standardized": lw.standardized, "of": d,
+                        "mean": (np.asarray(data.stats["mean"])[top] if data.stats else None),
+                        "std": (np.asarray(data.stats["std"])[top] if data.stats else None)}
+    if lw.weight.shape[0] == 1:
+        return _weights_bars(spec, lw, [names[i] for i in top], top)
+    if data.image_shape and int(np.prod(data.image_shape)) == d:
+        return _weights_images(spec, data, lw)  # a pixel's name says little: its place says it all
+    return _weights_heatmap(spec, data, lw, [names[i] for i in top], top)
+
+
+def _weights_images(spec, data, lw):
+    """Each class's weights laid out as the image: where a pixel's ink speaks for (red) or
+    against (blue) the class. One colour scale for all classes, so they compare."""
+    k = lw.weight.shape[0]
+    classes = _class_names(spec, data)[:k]
+    cols = k if k <= 6 else (math.ceil(k / 2) if k <= 12 else 10)  # ten digits: two rows of five
+    rows = math.ceil(k / cols)
+    fig = _figure(1.05 * cols + 1.2, 1.2 * rows + 0.55)
+    axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
+    vmax = float(np.max(np.abs(lw.weight))) or 1.0
+    shape = data.image_shape[-2:]
+    im = None
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_frame_on(False)
+    for c, ax in zip(range(k), axes):
+        im = ax.imshow(lw.weight[c].reshape(shape), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(_short(classes[c], 14), fontsize=9)
+    fig.colorbar(im, ax=list(axes), shrink=0.8, label="weight (log-odds)")
+    fig.suptitle(f"{spec.name}: weights per pixel and class (red: ink here speaks for the class, "
+                 f"blue: against it)", fontsize=11)
+    return fig
+
+
+def _short(name: str, most: int = 28) -> str:
+    return name if len(name) <= most else name[:most - 1] + "…"
+
+
+def _weights_bars(spec, lw, names: list[str], top: np.ndarray):
+    w = lw.weight[0, top]
+    k = len(top)
+    fig = _figure(10, 0.32 * k + 1.9)
+    ax = fig.subplots()
+    ys = np.arange(k)
+    ax.barh(ys, w, color=[CLASS1 if v > 0 else CLASS0 for v in w], height=0.7)
+    ax.set_yticks(ys, [_short(n) for n in names])
+    ax.invert_yaxis()  # the largest on top
+    ax.axvline(0, color="black", lw=0.8)
+    ax.grid(axis="x", alpha=0.3)
+    lo, hi = min(0.0, float(w.min())), max(0.0, float(w.max()))
+    span = (hi - lo) or 1.0
+    ax.set_xlim(lo - 0.05 * span, hi + 0.05 * span)
+    if lw.standardized:
+        # the original-units coefficient at the right edge of each row, outside the bars
+        for y, v in zip(ys, lw.original[0, top]):
+            ax.annotate(f"{v:.3g}", xy=(1.0, y), xycoords=("axes fraction", "data"), xytext=(6, 0),
+                        textcoords="offset points", va="center", fontsize=8.5, color="#444")
+        ax.annotate("per original unit", xy=(1.0, 1.0), xycoords="axes fraction", xytext=(6, 4),
+                    textcoords="offset points", va="bottom", fontsize=8.5, color="#444")
+        ax.set_xlabel("weight on the standardized feature (change in log-odds per standard deviation)")
+    else:
+        ax.set_xlabel("weight (change in log-odds per unit of the feature)")
+    positive = _positive_name(spec)
+    shown = f"top {k} of {lw.weight.shape[1]:,}" if k < lw.weight.shape[1] else f"all {k}"
+    ax.set_title(f"{spec.name}: weights per feature ({shown}, by magnitude)\nred raises P({positive}), "
+                 f"blue lowers it", fontsize=11)
+    return fig
+
+
+def _weights_heatmap(spec, data, lw, names: list[str], top: np.ndarray):
+    w = lw.weight[:, top].T  # features down, classes across
+    k_feat, k_cls = w.shape
+    classes = _class_names(spec, data)[:k_cls]
+    fig = _figure(min(max(6.5, 0.5 * k_cls + 4.0), 14), 0.27 * k_feat + 1.9)
+    ax = fig.subplots()
+    vmax = float(np.max(np.abs(w))) or 1.0
+    im = ax.imshow(w, cmap="RdBu_r", vmin=-vmax, vmax=vmax, aspect="auto", interpolation="nearest")
+    unit = "per standard deviation" if lw.standardized else "per unit of the feature"
+    fig.colorbar(im, ax=ax, shrink=0.85, label=f"weight (log-odds {unit})")
+    if k_cls <= 12:
+        for i in range(k_feat):
+            for j in range(k_cls):
+                ax.text(j, i, f"{w[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                        color="white" if abs(w[i, j]) > 0.6 * vmax else "black")
+    slanted = max(len(c) for c in classes) > 2
+    ax.set_xticks(np.arange(k_cls), classes, rotation=45 if slanted else 0, ha="right" if slanted else "center")
+    ax.set_yticks(np.arange(k_feat), [_short(n) for n in names])
+    ax.set(xlabel="class", ylabel="feature")
+    shown = f"top {k_feat} of {lw.weight.shape[1]:,}" if k_feat < lw.weight.shape[1] else f"all {k_feat}"
+    ax.set_title(f"{spec.name}: weights per feature and class\n({shown} features by the norm of their "
+                 f"weights over the classes)", fontsize=11)
+    return fig
+
+
 # --------------------------------------------------------------------------- report
 WEIGHTED_NOTE = ("train_loss is weighted by train.class_weight; val_loss is not (the plain mean "
                  "cross-entropy): the two are not comparable")
 
 
-def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], dict]) -> Path:
+def _write_report(run_dir: Path, spec, data, history, drawn: _Drawn) -> Path:
     """``report.html``: one file with everything, images embedded as base64.
 
     Embedding keeps the page whole when it is mailed, attached to a ticket or copied out
     of the run directory; the pictures are small (tens of KB), and the PNG files stay
-    next to it for anyone who wants them separately.
+    next to it for anyone who wants them separately. Warnings come first: they change how
+    everything below should be read.
     """
-    pictures, failed = drawn
     from ..rundir import RunDir
+    from .summary import summary_sections
 
-    summary = RunDir(run_dir).summary()
+    run = RunDir(run_dir)
+    summary, env = run.summary(), run.env()
     spec_text = spec.to_yaml()  # what job.yaml holds
     title = f"lrjob report: {spec.name}"
     parts = [
@@ -466,9 +668,13 @@ def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], d
         f"<title>{_e(title)}</title>", f"<style>{_CSS}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f"<p class='sub'>{_e(_describe(spec, data))}</p>",
-        "<h2>Summary</h2>", _summary_table(summary) if summary else "<p>no summary.json</p>",
-        "<h2>Pictures</h2>", *(_figure_html(p) for p in pictures),
-        *(f"<p class='fail'>{_e(name)} not drawn: {_e(err)}</p>" for name, err in failed.items()),
+        _warnings_html((summary or {}).get("warnings") or []),
+        "<h2>Summary</h2>",
+        _summary_table(summary_sections(summary, env, spec, data, run.path / "env.json")) if summary
+        else "<p>no summary.json</p>",
+        "<h2>Pictures</h2>", *(_figure_html(p, drawn.extra) for p in drawn.pictures),
+        *(f"<p class='note'><b>{_e(name)}</b> skipped: {_e(why)}</p>" for name, why in drawn.skipped.items()),
+        *(f"<p class='fail'>{_e(name)} not drawn: {_e(err)}</p>" for name, err in drawn.failed.items()),
         "<h2>Metrics per epoch</h2>",
         *([f"<p class='sub'>{_e(WEIGHTED_NOTE)}</p>"] if spec.train.class_weight is not None else []),
         _epoch_table(history),
@@ -476,8 +682,17 @@ def _write_report(run_dir: Path, spec, data, history, drawn: tuple[list[Path], d
         "</body></html>",
     ]
     path = run_dir / "report.html"
-    RunDir(run_dir).write_bytes(path.name, ("\n".join(parts) + "\n").encode("utf-8"))  # atomic, no link followed
+    run.write_bytes(path.name, ("\n".join(p for p in parts if p) + "\n").encode("utf-8"))  # atomic, no link followed
     return path
+
+
+def _warnings_html(warnings: list) -> str:
+    items = [w for w in warnings if isinstance(w, dict)]
+    if not items:
+        return ""
+    noun = "warning" if len(items) == 1 else "warnings"
+    lis = "".join(f"<li><code>{_e(w.get('code', ''))}</code> {_e(w.get('message', ''))}</li>" for w in items)
+    return f"<div class='warn' role='alert'><b>{len(items)} {noun}</b> (also in summary.json)<ul>{lis}</ul></div>"
 
 
 _CSS = """
@@ -493,6 +708,12 @@ figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border
 figcaption { color: #555; font-size: 0.9em; }
 pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
 .fail { color: #b00; }
+.note { color: #555; background: #f6f6f6; border-left: 4px solid #bbb; padding: 0.4em 0.8em; }
+.warn { background: #fff4e5; border: 1px solid #f0b060; border-left: 6px solid #e08a00; padding: 0.6em 1em;
+        margin: 1em 0; } .warn ul { margin: 0.4em 0 0; padding-left: 1.2em; } .warn li { margin: 0.2em 0; }
+table.summary th.section { background: #e8eef6; font-size: 1.0em; }
+table.summary td { min-width: 14em; }
+table.weights { margin-top: 0.5em; }
 """
 
 
@@ -525,15 +746,13 @@ def _cell(v) -> str:
     return f"<td class='num'>{_e(_fmt(v))}</td>" if num else f"<td>{_e(_fmt(v))}</td>"
 
 
-def _summary_table(summary: dict) -> str:
-    rows = []
-    for key, value in summary.items():
-        if isinstance(value, dict):  # 'final': the last epoch's metrics, one row each
-            rows += [(f"{key} {k}", v) for k, v in value.items()]
-        else:
-            rows.append((key, value))
-    body = "".join(f"<tr><th>{_e(k)}</th>{_cell(v)}</tr>" for k, v in rows)
-    return f"<table>{body}</table>"
+def _summary_table(sections) -> str:
+    """The sections of ``summary.summary_sections`` as one two-column table."""
+    body = []
+    for title, rows in sections:
+        body.append(f"<tr><th class='section' colspan='2'>{_e(title)}</th></tr>")
+        body += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows]
+    return f"<table class='summary'>{''.join(body)}</table>"
 
 
 _EPOCH_ORDER = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall",
@@ -551,11 +770,36 @@ def _epoch_table(history: list[dict]) -> str:
     return f"<div class='scroll'><table><tr>{head}</tr>{body}</table></div>"
 
 
-def _figure_html(path: Path) -> str:
+def _figure_html(path: Path, extra: dict) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
     caption = CAPTIONS.get(path.name, "")
-    return (f"<figure><img src='data:image/png;base64,{data}' alt='{_e(path.name)}'>"
-            f"<figcaption><b>{_e(path.name)}</b>: {_e(caption)}</figcaption></figure>")
+    table = _weights_table(extra["weights"]) if path.name == "weights.png" and "weights" in extra else ""
+    attrs = ""
+    if path.name == "roc_pr.png" and "ranking" in extra:  # the exact numbers, for anyone who parses the page
+        r = extra["ranking"]
+        attrs = f" data-auc='{r['auc']!r}' data-average-precision='{r['average_precision']!r}'"
+    return (f"<figure{attrs}><img src='data:image/png;base64,{data}' alt='{_e(path.name)}'>"
+            f"<figcaption><b>{_e(path.name)}</b>: {_e(caption)}</figcaption>{table}</figure>")
+
+
+def _weights_table(w: dict) -> str:
+    """The top features of a binary model with their numbers, in the chart's order (a
+    softmax model's are in its heatmap)."""
+    if w["weight"].shape[0] != 1:
+        return ""
+    std = w["standardized"]
+    head = ["rank", "feature", "weight (per std)" if std else "weight (per unit)"]
+    if std:
+        head += ["coefficient (per original unit)", "mean", "std"]
+    rows = []
+    for i, name in enumerate(w["names"]):
+        cells = [str(i + 1), _e(name), f"{w['weight'][0, i]:.4g}"]
+        if std:
+            cells += [f"{w['original'][0, i]:.4g}"] + ["–" if w[k] is None else f"{w[k][i]:.4g}" for k in ("mean", "std")]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" if j == 1 else f"<td class='num w'>{c}</td>"
+                                     for j, c in enumerate(cells)) + "</tr>")
+    heads = "".join(f"<th>{_e(h)}</th>" for h in head)
+    return f"<table class='weights'><tr>{heads}</tr>{''.join(rows)}</table>"
 
 
 # --------------------------------------------------------------------------- CLI

@@ -73,7 +73,7 @@ def _page(res) -> str:
 
 def _summary_rows(page: str) -> dict:
     """label -> value of the summary table; a label seen twice fails."""
-    table = re.search(r"<table class='summary'>(.*?)</table>", page, re.S).group(1)
+    table = "".join(re.findall(r"<table class='summary'>(.*?)</table>", page, re.S))
     rows = re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", table)
     labels = [html.unescape(k) for k, _ in rows]
     assert len(labels) == len(set(labels)), f"duplicated rows: {labels}"
@@ -114,7 +114,7 @@ def test_the_summary_has_date_units_versions_placement_and_data(binary_run):
     assert rows["classes"] == "2 (binary); labels 0 = no, 1 = yes"
     assert rows["standardization"].startswith("on")
     # no raw keys of summary.json: each value once, under a name that says what it is
-    table = re.search(r"<table class='summary'>(.*?)</table>", page, re.S).group(1)
+    table = re.search(r"<div class='summary'>(.*?)</div>", page, re.S).group(1)
     for raw in ("wall_seconds", "final wall", "final train_loss", "samples_per_s", "best_val_accuracy", "coefficients"):
         assert raw not in table, raw
 
@@ -203,6 +203,9 @@ def test_the_weights_chart_names_the_top_features(binary_run):
     names = re.findall(r"<tr><td class='num w'>\d+</td><td>([^<]+)</td>", table)
     assert len(names) == 20  # the top 20 of 26
     assert names[:3] == list(STRONG), names
+    # the constant column's weight only trades off against the bias: left out, and said so
+    assert "site" not in names
+    assert "Left out, constant in the training rows (their weight only shifts the bias): site." in page
     # the picture's own labels, from the same run directory
     fig = plots._draw_weights(spec, spec.load_data(), res.path / "model", {})
     labels = [t.get_text() for t in fig.axes[0].get_yticklabels()]
@@ -220,6 +223,28 @@ def test_top_features_rank_by_magnitude_over_the_classes():
     w = np.array([[0.1, -3.0, 0.5, 2.0], [0.0, 0.0, -2.5, 2.0]])
     np.testing.assert_array_equal(top_features(w, 3), [1, 3, 2])  # norms 3, 2.83, 2.55
     np.testing.assert_array_equal(top_features(w[:1], 2), [1, 3])
+
+
+def test_softmax_weights_of_named_features_are_a_heatmap_by_name(tmp_path):
+    rng = np.random.default_rng(4)
+    cols = ["petal_length", "petal_width", "sepal_length", "stem_mm"]
+    x = rng.normal(0, 1, (300, 4))
+    y = np.argmax(np.stack([3 * x[:, 0], -3 * x[:, 0], 2 * x[:, 1]], axis=1) + rng.gumbel(size=(300, 3)), axis=1)
+    names = ("setosa", "versicolor", "virginica")
+    with open(tmp_path / "flowers.csv", "w") as f:
+        f.write(",".join(cols) + ",label\n")
+        for row, c in zip(x * [3, 1, 5, 100] + [8, 2, 30, 500], y):
+            f.write(",".join(f"{v:.4f}" for v in row) + f",{names[c]}\n")
+    spec = _spec(tmp_path, tmp_path / "flowers.csv", "model.kind=softmax", "model.num_classes=3",
+                 "data.label_map={setosa: 0, versicolor: 1, virginica: 2}")
+    res = run_job(spec, output=tmp_path / "run")
+    fig = plots._draw_weights(spec, spec.load_data(), res.path / "model", {})
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == list(names)
+    assert [t.get_text() for t in ax.get_yticklabels()][:2] == ["petal_length", "petal_width"]
+    page = _page(res)
+    assert "<th>setosa (per original unit)</th>" in page
+    assert not (res.path / "roc_pr.png").exists() and "roc_pr.png" not in page
 
 
 def test_softmax_weights_are_one_picture_per_class(softmax_run):

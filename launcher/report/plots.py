@@ -1,4 +1,5 @@
-"""Pictures and an HTML report for a finished run, written into its run directory.
+"""Pictures and an HTML report for a finished run, written into its run directory
+(docs/design.md#plots-and-report).
 
 The driver calls :func:`write_plots` after a completed run (``launcher/driver.py``); the
 same pictures can be redrawn later from the run directory alone:
@@ -57,8 +58,7 @@ CAPTIONS = {
                     "model as shading, and the decision boundary.",
     "roc_pr.png": "The exported model's scores on every validation row: ROC curve (left) and "
                   "precision-recall curve (right); the dot is the decision threshold.",
-    "weights.png": "The exported model's weights per feature: for images, each class's weights laid out "
-                   "as the image; otherwise the features with the largest weights by magnitude.",
+    "weights.png": "The exported model's weights for the features with the largest weights by magnitude.",
 }
 
 
@@ -154,6 +154,22 @@ def _class_names(spec, data) -> list[str]:
     if data.source == "fashion-mnist" and k == 10 and not spec.data.label_map:
         return list(FASHION_CLASSES)
     return [str(i) for i in range(k)]
+
+
+def _label_names(spec, data) -> list[str]:
+    """The class names a person gave: ``data.label_map`` inverted where it names every class
+    once (``{yes: 1, no: 0}`` gives ``no, yes``), else ``_class_names``."""
+    names = _class_names(spec, data)
+    label_map = spec.data.label_map or {}
+    by_class = {}
+    for label, cls in label_map.items():
+        try:
+            by_class.setdefault(int(cls), []).append(str(label))
+        except (TypeError, ValueError):
+            return names
+    if sorted(by_class) != list(range(len(names))) or any(len(v) != 1 for v in by_class.values()):
+        return names
+    return [by_class[i][0] for i in range(len(names))]
 
 
 # --------------------------------------------------------------------------- curves
@@ -546,15 +562,32 @@ def _draw_weights(spec, data, model_dir: Path, extra: dict):
                       "features or lower train.learning_rate")
     d = lw.weight.shape[1]
     names = feature_names(data, d)
-    top = top_features(lw.weight, TOP)
+    constant = [int(i) for i in ((data.stats or {}).get("constant") or []) if 0 <= int(i) < d]
+    top = top_features(lw.weight, TOP, exclude=constant)
+    if not len(top):
+        raise Skipped("every feature is constant in the training rows: no weight says anything")
     extra["weights"] = {"names": [names[i] for i in top], "weight": lw.weight[:, top],
                         "original": lw.original[:, top], "standardized": lw.standardized, "of": d,
                         "mean": (np.asarray(data.stats["mean"])[top] if data.stats else None),
                         "std": (np.asarray(data.stats["std"])[top] if data.stats else None)}
+    unit = ("per standard deviation of the feature (standardized); the table gives the coefficient per "
+            "original unit" if lw.standardized else "per unit of the feature")
+    captions = extra.setdefault("captions", {})
+    left_out = (f" Left out, constant in the training rows (their weight only shifts the bias): "
+                f"{', '.join(names[i] for i in constant[:10])}{' …' if len(constant) > 10 else ''}."
+                if constant else "")
+    extra["weights"]["classes"] = _label_names(spec, data)[:lw.weight.shape[0]]
     if lw.weight.shape[0] == 1:
+        captions["weights.png"] = (f"The exported model's weights for the {len(top)} features with the largest "
+                                   f"weights by magnitude, in log-odds {unit}.{left_out}")
         return _weights_bars(spec, lw, [names[i] for i in top], top)
     if data.image_shape and int(np.prod(data.image_shape)) == d:
+        captions["weights.png"] = ("Each class's weights laid out as the image: ink on a red pixel raises the "
+                                   "class's score, on a blue one lowers it.")
+        del extra["weights"]  # 784 pixels make no table
         return _weights_images(spec, data, lw)  # a pixel's name says little: its place says it all
+    captions["weights.png"] = (f"The exported model's weights for the {len(top)} features with the largest "
+                               f"weights over the classes, per class, in log-odds {unit}.{left_out}")
     return _weights_heatmap(spec, data, lw, [names[i] for i in top], top)
 
 
@@ -562,7 +595,7 @@ def _weights_images(spec, data, lw):
     """Each class's weights laid out as the image: where a pixel's ink speaks for (red) or
     against (blue) the class. One colour scale for all classes, so they compare."""
     k = lw.weight.shape[0]
-    classes = _class_names(spec, data)[:k]
+    classes = _label_names(spec, data)[:k]
     cols = k if k <= 6 else (math.ceil(k / 2) if k <= 12 else 10)  # ten digits: two rows of five
     rows = math.ceil(k / cols)
     fig = _figure(1.05 * cols + 1.2, 1.2 * rows + 0.55)
@@ -621,7 +654,7 @@ def _weights_bars(spec, lw, names: list[str], top: np.ndarray):
 def _weights_heatmap(spec, data, lw, names: list[str], top: np.ndarray):
     w = lw.weight[:, top].T  # features down, classes across
     k_feat, k_cls = w.shape
-    classes = _class_names(spec, data)[:k_cls]
+    classes = [_short(c, 16) for c in _label_names(spec, data)[:k_cls]]
     fig = _figure(min(max(6.5, 0.5 * k_cls + 4.0), 14), 0.27 * k_feat + 1.9)
     ax = fig.subplots()
     vmax = float(np.max(np.abs(w))) or 1.0
@@ -631,9 +664,9 @@ def _weights_heatmap(spec, data, lw, names: list[str], top: np.ndarray):
     if k_cls <= 12:
         for i in range(k_feat):
             for j in range(k_cls):
-                ax.text(j, i, f"{w[i, j]:.2g}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{w[i, j]:.2g}", ha="center", va="center", fontsize=8 if k_cls <= 6 else 7,
                         color="white" if abs(w[i, j]) > 0.6 * vmax else "black")
-    slanted = max(len(c) for c in classes) > 2
+    slanted = k_cls > 5 and max(len(c) for c in classes) > 2
     ax.set_xticks(np.arange(k_cls), classes, rotation=45 if slanted else 0, ha="right" if slanted else "center")
     ax.set_yticks(np.arange(k_feat), [_short(n) for n in names])
     ax.set(xlabel="class", ylabel="feature")
@@ -672,9 +705,11 @@ def _write_report(run_dir: Path, spec, data, history, drawn: _Drawn) -> Path:
         "<h2>Summary</h2>",
         _summary_table(summary_sections(summary, env, spec, data, run.path / "env.json")) if summary
         else "<p>no summary.json</p>",
-        "<h2>Pictures</h2>", *(_figure_html(p, drawn.extra) for p in drawn.pictures),
+        # what is missing first, so nobody scrolls looking for it
+        "<h2>Pictures</h2>",
         *(f"<p class='note'><b>{_e(name)}</b> skipped: {_e(why)}</p>" for name, why in drawn.skipped.items()),
         *(f"<p class='fail'>{_e(name)} not drawn: {_e(err)}</p>" for name, err in drawn.failed.items()),
+        *(_figure_html(p, drawn.extra) for p in drawn.pictures),
         "<h2>Metrics per epoch</h2>",
         *([f"<p class='sub'>{_e(WEIGHTED_NOTE)}</p>"] if spec.train.class_weight is not None else []),
         _epoch_table(history),
@@ -711,8 +746,10 @@ pre { background: #f6f8fa; padding: 1em; overflow-x: auto; }
 .note { color: #555; background: #f6f6f6; border-left: 4px solid #bbb; padding: 0.4em 0.8em; }
 .warn { background: #fff4e5; border: 1px solid #f0b060; border-left: 6px solid #e08a00; padding: 0.6em 1em;
         margin: 1em 0; } .warn ul { margin: 0.4em 0 0; padding-left: 1.2em; } .warn li { margin: 0.2em 0; }
-table.summary th.section { background: #e8eef6; font-size: 1.0em; }
-table.summary td { min-width: 14em; }
+div.summary { columns: 2 480px; column-gap: 1.5em; }
+table.summary { width: 100%; table-layout: fixed; break-inside: avoid; margin-bottom: 1em; }
+table.summary th { width: 18em; } table.summary td { overflow-wrap: anywhere; }
+table.summary th.section { background: #e8eef6; font-size: 1.05em; }
 table.weights { margin-top: 0.5em; }
 """
 
@@ -747,12 +784,14 @@ def _cell(v) -> str:
 
 
 def _summary_table(sections) -> str:
-    """The sections of ``summary.summary_sections`` as one two-column table."""
-    body = []
+    """The sections of ``summary.summary_sections``, one small table each, side by side where
+    the page is wide enough."""
+    tables = []
     for title, rows in sections:
-        body.append(f"<tr><th class='section' colspan='2'>{_e(title)}</th></tr>")
-        body += [f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows]
-    return f"<table class='summary'>{''.join(body)}</table>"
+        body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+        tables.append(f"<table class='summary'><tr><th class='section' colspan='2'>{_e(title)}</th></tr>"
+                      f"{body}</table>")
+    return f"<div class='summary'>{''.join(tables)}</div>"
 
 
 _EPOCH_ORDER = ("epoch", "train_loss", "val_loss", "val_accuracy", "val_precision", "val_recall",
@@ -772,7 +811,7 @@ def _epoch_table(history: list[dict]) -> str:
 
 def _figure_html(path: Path, extra: dict) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    caption = CAPTIONS.get(path.name, "")
+    caption = extra.get("captions", {}).get(path.name) or CAPTIONS.get(path.name, "")
     table = _weights_table(extra["weights"]) if path.name == "weights.png" and "weights" in extra else ""
     attrs = ""
     if path.name == "roc_pr.png" and "ranking" in extra:  # the exact numbers, for anyone who parses the page
@@ -782,11 +821,24 @@ def _figure_html(path: Path, extra: dict) -> str:
             f"<figcaption><b>{_e(path.name)}</b>: {_e(caption)}</figcaption>{table}</figure>")
 
 
+def _softmax_weights_table(w: dict) -> str:
+    head = ["rank", "feature", *(f"{c} (per original unit)" for c in w["classes"])]
+    rows = []
+    for i, name in enumerate(w["names"]):
+        cells = [f"<td class='num w'>{i + 1}</td>", f"<td>{_e(name)}</td>",
+                 *(f"<td class='num w'>{v:.4g}</td>" for v in w["original"][:, i])]
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    heads = "".join(f"<th>{_e(h)}</th>" for h in head)
+    return f"<div class='scroll'><table class='weights'><tr>{heads}</tr>{''.join(rows)}</table></div>"
+
+
 def _weights_table(w: dict) -> str:
-    """The top features of a binary model with their numbers, in the chart's order (a
-    softmax model's are in its heatmap)."""
+    """The top features with their numbers, in the chart's order: a binary model's weight,
+    and with standardization its coefficient per original unit and the feature's mean and
+    std; a softmax model's coefficients per original unit for each class (its weights per
+    standard deviation are in the heatmap), only with standardization."""
     if w["weight"].shape[0] != 1:
-        return ""
+        return _softmax_weights_table(w) if w["standardized"] else ""
     std = w["standardized"]
     head = ["rank", "feature", "weight (per std)" if std else "weight (per unit)"]
     if std:

@@ -75,7 +75,7 @@ def _run_rows(summary: dict, env: dict, spec, env_path: Path | None) -> list[Row
         rows.append(("wall time, whole run", seconds(summary["wall_seconds"])))
     if _finite(summary.get("train_seconds")):
         rows.append(("training time, all epochs", seconds(summary["train_seconds"])))
-    if _finite(summary.get("startup_seconds")):
+    if _finite(summary.get("startup_seconds")) and spec.workers:  # in-process: nothing starts
         rows.append(("start-up time (workers)", seconds(summary["startup_seconds"])))
     if _finite(summary.get("samples_per_s")) and summary.get("epochs_done"):
         rows.append(("throughput (median of the epochs)", f"{summary['samples_per_s']:,.0f} samples/s"))

@@ -50,12 +50,16 @@ def read_linear_weights(model_dir: Path) -> LinearWeights:
     return LinearWeights(w, w0, b, bool(stats))
 
 
-def top_features(weight: np.ndarray, k: int = TOP) -> np.ndarray:
+def top_features(weight: np.ndarray, k: int = TOP, exclude=()) -> np.ndarray:
     """Column indices of the ``k`` features with the largest weights by magnitude (the norm
-    over the rows, one row per output), largest first; ties keep column order."""
+    over the rows, one row per output), largest first; ties keep column order. ``exclude``:
+    columns never shown (a constant feature's weight only trades off against the bias)."""
     w = np.atleast_2d(np.asarray(weight, dtype=np.float64))
     size = np.sqrt((w ** 2).sum(axis=0))
-    return np.argsort(-size, kind="stable")[:k]
+    order = np.argsort(-size, kind="stable")
+    if len(exclude):
+        order = order[~np.isin(order, np.asarray(list(exclude), dtype=np.int64))]
+    return order[:k]
 
 
 def feature_names(data, n: int) -> list[str]:

@@ -611,8 +611,8 @@ def _weights_images(spec, data, lw):
         im = ax.imshow(lw.weight[c].reshape(shape), cmap="RdBu_r", vmin=-vmax, vmax=vmax, interpolation="nearest")
         ax.set_title(_short(classes[c], 14), fontsize=9)
     fig.colorbar(im, ax=list(axes), shrink=0.8, label="weight (log-odds)")
-    fig.suptitle(f"{spec.name}: weights per pixel and class (red: ink here speaks for the class, "
-                 f"blue: against it)", fontsize=11)
+    fig.suptitle(f"{spec.name}: weights per pixel and class\nred: ink here speaks for the class, "
+                 f"blue: against it", fontsize=11)
     return fig
 
 

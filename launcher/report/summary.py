@@ -31,7 +31,7 @@ def summary_sections(summary: dict | None, env: dict | None, spec, data,
     summary, env = summary or {}, env or {}
     return [(title, rows) for title, rows in (
         ("Run", _run_rows(summary, env, spec, env_path)),
-        ("Result", _result_rows(summary, spec)),
+        ("Result", _result_rows(summary, spec, data.val_name)),
         ("Placement", _placement_rows(env, spec)),
         ("Data", _data_rows(spec, data)),
         ("Versions", _version_rows(env)),
@@ -120,17 +120,16 @@ _RESULT = (
 )
 
 
-def _result_rows(summary: dict, spec) -> list[Row]:
+def _result_rows(summary: dict, spec, val: str = "validation") -> list[Row]:
     final = summary.get("final") or {}
     if not final:
         return []
-    val = "validation"
     rows: list[Row] = [("final epoch", str(final.get("epoch", "?")))]
     for key, label, fmt in _RESULT:
         if key not in final:
             continue
         v = final[key]
-        shown = fmt(v) if _finite(v) else ("undefined (one class in the validation rows)" if key == "val_auc"
+        shown = fmt(v) if _finite(v) else (f"undefined (one class in the {val} rows)" if key == "val_auc"
                                            else "–")
         rows.append((label.format(val=val), shown))
     if all(k in final for k in ("tp", "fp", "fn", "tn")):
@@ -138,11 +137,11 @@ def _result_rows(summary: dict, spec) -> list[Row]:
                      f"{float(spec.train.threshold):g})",
                      f"TP {final['tp']:,}, FP {final['fp']:,}, FN {final['fn']:,}, TN {final['tn']:,}"))
     if _finite(summary.get("best_val_accuracy")):
-        rows.append(("best validation accuracy (any epoch)", percent(summary["best_val_accuracy"])))
+        rows.append((f"best {val} accuracy (any epoch)", percent(summary["best_val_accuracy"])))
     if _finite(summary.get("train_accuracy")):
         rows.append(("training accuracy (exported model)", percent(summary["train_accuracy"])))
     if summary.get("train_loss_weighted"):
-        rows.append(("note", "the training loss is weighted by train.class_weight, the validation loss is not"))
+        rows.append(("note", f"the training loss is weighted by train.class_weight, the {val} loss is not"))
     return rows
 
 

@@ -119,6 +119,25 @@ def test_the_summary_has_date_units_versions_placement_and_data(binary_run):
         assert raw not in table, raw
 
 
+def test_the_placement_of_a_horovod_run_names_nodes_cpus_gpus_and_devices():
+    """The rows env.json of a 3-worker run on 2 nodes gives (its shape as the Ray backend
+    writes it, tests/test_distributed.py)."""
+    from launcher.report.summary import summary_sections
+
+    spec3 = load_spec("jobs/binary_2d.yaml", ["resources.workers=3", "resources.cpus_per_worker=2",
+                                              "resources.gpus_per_worker=1"])
+    placement = [{"rank": r, "local_rank": r % 2, "size": 3, "host": h, "pid": 100 + r, "device": d, "node_id": n}
+                 for r, (h, n, d) in enumerate([("a", "n1", "gpu(0)"), ("a", "n1", "gpu(1)"), ("b", "n2", "gpu(0)")])]
+    env = {"placement": placement, "where": "3 Horovod workers on 2 node(s)", "versions": {}}
+    sections = dict(summary_sections({"startup_seconds": 4.25}, env, spec3, spec3.load_data()))
+    rows = dict(sections["Placement"])
+    assert rows == {"workers": "3 Horovod workers", "nodes": "2 (a, b)", "CPUs per worker": "2",
+                    "GPUs per worker": "1", "devices (per rank)": "gpu(0) × 2, gpu(1)",
+                    "backend": "3 Horovod workers on 2 node(s)"}
+    assert dict(sections["Run"])["start-up time (workers)"] == "4.25 s"
+    assert "Versions" not in sections  # nothing recorded, nothing guessed
+
+
 def test_warnings_come_first_and_visibly(binary_run):
     _, res = binary_run
     page = _page(res)
@@ -256,7 +275,8 @@ def test_softmax_weights_are_one_picture_per_class(softmax_run):
 
 # --------------------------------------------------------------------------- impossible pictures
 def _skip_notes(page: str) -> dict:
-    return {name: html.unescape(why) for name, why in re.findall(r"<p class='note'><b>([^<]+)</b> skipped: ([^<]+)</p>", page)}
+    notes = re.findall(r"<p class='note'><b>([^<]+)</b> skipped: ([^<]+)</p>", page)
+    return {name: html.unescape(why) for name, why in notes}
 
 
 def test_one_class_run_reports_the_skipped_curves_and_does_not_crash(tmp_path):

@@ -847,7 +847,8 @@ def _weights_table(w: dict) -> str:
     for i, name in enumerate(w["names"]):
         cells = [str(i + 1), _e(name), f"{w['weight'][0, i]:.4g}"]
         if std:
-            cells += [f"{w['original'][0, i]:.4g}"] + ["–" if w[k] is None else f"{w[k][i]:.4g}" for k in ("mean", "std")]
+            cells.append(f"{w['original'][0, i]:.4g}")
+            cells += ["–" if w[k] is None else f"{w[k][i]:.4g}" for k in ("mean", "std")]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" if j == 1 else f"<td class='num w'>{c}</td>"
                                      for j, c in enumerate(cells)) + "</tr>")
     heads = "".join(f"<th>{_e(h)}</th>" for h in head)

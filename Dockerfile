@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# lrjob, CPU image: Python 3.11, the pinned stack (numpy 1.23.5, mxnet 1.9.1, ray[default] 2.60.0),
+# lrjob, CPU image: Python 3.11, the pinned stack (numpy 1.23.5, mxnet 1.9.1, ray[default,tune] 2.60.0),
 # Horovod 0.28.1 compiled against MXNet with Gloo, lrjob itself and the offline MNIST cache.
 # Everything is installed by .ci/install, the same script `make install` and CI run.
 #

@@ -41,7 +41,7 @@ def run_doctor(gpu: bool = False) -> int:
         import ray
         from horovod.ray import RayExecutor  # noqa: F401
         return ray.__version__ == "2.60.0", f"ray {ray.__version__}, horovod.ray imports", \
-            "pip install 'ray[default]==2.60.0'"
+            "pip install 'ray[default,tune]==2.60.0'"
 
     def data_check():
         from lr_core.data import data_home, verify_idx_dir

@@ -622,7 +622,7 @@ def _worker_group(p: _Plan) -> dict:
 
 def _cluster_spec(p: _Plan, interactive: bool) -> dict:
     return {
-        "rayVersion": _C("Must match the Ray version in the image (requirements.txt pins ray[default]=="
+        "rayVersion": _C("Must match the Ray version in the image (requirements.txt pins ray[default,tune]=="
                          + RAY_VERSION + ").", RAY_VERSION),
         "enableInTreeAutoscaling": _C("The worker count is fixed: Horovod (static mode) cannot grow or shrink "
                                       "a running job.", False),

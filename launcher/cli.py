@@ -2,7 +2,7 @@
 
     lrjob run jobs/mnist_softmax.yaml --workers 2
     lrjob parity jobs/binary_synthetic.yaml --workers 3
-    lrjob predict runs/binary_2d-<stamp> --input points.csv
+    lrjob predict runs/binary_2d --input points.csv
 
 Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluster failure,
 130 interrupted (Ctrl-C; the last checkpoint is kept).
@@ -33,7 +33,8 @@ EXAMPLES = {
     "validate": "lrjob validate jobs/mnist_softmax.yaml --set train.batch_size=128",
     "prepare": "lrjob prepare jobs/mnist_softmax.yaml --set data.cache=/shared/lrjob-prepared",
     "doctor": "lrjob doctor",
-    "predict": "lrjob predict runs/binary_2d-20260101T000000Z --input points.csv --output preds.csv",
+    "predict": "lrjob predict runs/buyers --input customers.csv --id-column customer_id --output preds.csv",
+    "export": "lrjob export runs/binary_2d-20260101T000000Z --format onnx",
     "evaluate": "lrjob evaluate runs/mnist_softmax-20260101T000000Z",
     "submit": "lrjob submit jobs/binary_synthetic.yaml --address http://127.0.0.1:8265 --workers 2 --wait",
     "status": "lrjob status lrjob-binary_synthetic-20260101T000000Z --address http://127.0.0.1:8265",
@@ -134,9 +135,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--gpu", action="store_true", help="also check the GPU stack (CUDA MXNet, NCCL)")
 
     pr = _sub(subs, "predict", "predict with a trained run's exported model")
+    pr.description = (
+        "Writes one CSV row per input row: the id (the --id-column value, else the row number,\n"
+        "from 1), the predicted class in the training data's own labels (data.label_map\n"
+        "inverted: yes/no in, yes/no out) and the probability of every class, one column\n"
+        "prob_<label> each, in class order:\n"
+        "    row,prediction,prob_no,prob_yes\n"
+        "    1,yes,0.203441423,0.796558577\n"
+        "Columns are matched by name when the file and the training data name them.")
     pr.add_argument("run", help="run directory (holds model/)")
-    pr.add_argument("--input", required=True, help="CSV (header allowed; features in training order) or NPY/NPZ (x)")
+    pr.add_argument("--input", required=True,
+                    help="CSV or Parquet (columns matched by name; extra columns ignored) or NPY/NPZ (x)")
     pr.add_argument("--output", default=None, help="CSV to write (default: stdout)")
+    pr.add_argument("--id-column", default=None, metavar="NAME",
+                    help="a column of --input passed through as each row's id, as written (CSV or Parquet; "
+                         "default: the row number, column 'row')")
+
+    ex = _sub(subs, "export", "write a trained run's model in another format: model/model.onnx")
+    ex.description = (
+        "Writes RUN/model/model.onnx from the run's MXNet export (runs trained before lrjob wrote it,\n"
+        "or whose ONNX export failed), with the input scale and standardization in the graph, and\n"
+        "records its input and output in model/meta.json (key onnx). onnxruntime alone then gives\n"
+        "the probabilities lrjob predict prints.")
+    ex.add_argument("run", help="run directory (holds model/)")
+    ex.add_argument("--format", default="onnx", choices=["onnx"], help="the format to write (default: onnx)")
 
     ev = _sub(subs, "evaluate", "report a trained model's metrics on a dataset")
     ev.add_argument("run", help="run directory")
@@ -349,9 +371,10 @@ def _model(run: str):
     return ExportedModel(model)
 
 
-def _input_blocks(path: str, meta: dict, require_labels: bool):
+def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None):
     """The rows of ``path`` in blocks ``(x, y)``, each checked as training data is (the
-    errors name the file's row); ``y`` is None when labels are not required."""
+    errors name the file's row); ``y`` is None when labels are not required. An
+    ``id_column`` is never a feature."""
     import numpy as np
 
     from lr_core.data import apply_label_map, check_features, check_labels
@@ -364,6 +387,9 @@ def _input_blocks(path: str, meta: dict, require_labels: bool):
         # The file names its columns and so did the training data: take the model's, in its order.
         base = _list_column(wanted)
         table = open_table(path, label_column, require_labels=require_labels, features=base or wanted)
+    elif id_column is not None and id_column in table.columns:  # unnamed training columns: all but the id
+        table = open_table(path, label_column, require_labels=require_labels,
+                           features=[c for c in table.columns if c != id_column])
     done = 0
     for x, y in table.batches():
         x = check_features(np.asarray(x), str(path), int(meta["num_features"]), table.columns, offset=done)
@@ -411,9 +437,46 @@ def _read_input(path: str, meta: dict, require_labels: bool):
                         f"or split it") from None
 
 
+def _prediction_rows(model, path: str, id_column: str | None):
+    """The CSV text of ``predict``, block by block: a header ``<id>,prediction,prob_<label>...``,
+    then per row its id, its predicted label and every class's probability
+    (docs/design.md#cli)."""
+    import csv
+    import io
+    import itertools
+
+    from lr_core.tables import text_column
+
+    labels = model.labels
+    ids = itertools.chain.from_iterable(text_column(path, id_column)) if id_column else None
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([id_column or "row", "prediction", *(f"prob_{label}" for label in labels)])
+    done = 0
+    for x, _ in _input_blocks(path, model.meta, require_labels=False, id_column=id_column):
+        pred, prob = model.probabilities(x, scale=model.scale)
+        names = list(itertools.islice(ids, len(x))) if ids is not None else range(done + 1, done + len(x) + 1)
+        for name, c, p in zip(names, pred, prob):
+            writer.writerow([name, labels[c], *(format(v, ".9g") for v in p)])
+        done += len(x)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+
+
+def _count_ids(path: str, id_column: str, rows: int) -> None:
+    """The id column has one value per row of features (both are read from the file)."""
+    from lr_core.tables import text_column
+
+    n = sum(len(block) for block in text_column(path, id_column))
+    if n != rows:
+        raise LrjobInputError(f"{path}: --id-column {id_column} gives {n} values for {rows} rows of features; "
+                              f"every row needs an id (empty lines and quoting differ?)")
+
+
 def cmd_predict(args) -> int:
-    """``lrjob predict``: write ``prediction,probability`` CSV rows for ``--input`` to ``--output``
-    or stdout; returns 0."""
+    """``lrjob predict``: write ``<id>,prediction,prob_<label>...`` CSV rows for ``--input`` to
+    ``--output`` or stdout; returns 0."""
     from .rundir import atomic_write_text
 
     if args.output:  # before any work: a folder or a missing parent is the user's to fix
@@ -429,14 +492,11 @@ def cmd_predict(args) -> int:
                                   f"device); remove it or choose another path")
     model = _model(args.run)
     count = 0
-    for x, _ in _input_blocks(args.input, model.meta, require_labels=False):
+    for x, _ in _input_blocks(args.input, model.meta, require_labels=False, id_column=args.id_column):
         count += len(x)  # every row is checked before anything is written
-
-    def text():
-        yield "prediction,probability\n"
-        for x, _ in _input_blocks(args.input, model.meta, require_labels=False):
-            pred, prob = model.predict(x)
-            yield "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
+    if args.id_column:
+        _count_ids(args.input, args.id_column, count)
+    text = lambda: _prediction_rows(model, args.input, args.id_column)  # noqa: E731
 
     if args.output:
         try:
@@ -465,7 +525,7 @@ def cmd_evaluate(args) -> int:
     meta = model.meta
     if args.data:
         x, y = _read_input(args.data, meta, require_labels=True)
-        where, scale = args.data, None
+        where, scale = args.data, model.scale  # the file's values as predict takes them
     else:
         spec = RunDir.open(args.run).spec()
         if spec is None:
@@ -478,18 +538,36 @@ def cmd_evaluate(args) -> int:
     counts = EvalCounts(k)
     counts.update(y, pred, losses)
     res = summarize(kind, counts, y, prob if kind == "binary" else None)
+    res["labels"] = labels = model.labels  # class j's own label: confusion and recall are in this order
     if args.json:
         print(json.dumps(res))
     else:
         print(f"evaluate {args.run} on {where} ({len(y)} rows)")
+        if kind == "binary":
+            print(f"  positive   {labels[1]} (tp, fp, precision, recall, f1 and auc are about it)")
         for key, val in res.items():
-            if key in ("confusion", "per_class_recall"):
+            if key in ("confusion", "per_class_recall", "labels"):
                 continue
             print(f"  {key:<10} {val:.4f}" if isinstance(val, float) else f"  {key:<10} {val}")
+        if "per_class_recall" in res:
+            print("  recall     " + ", ".join(f"{label}: {r:.4f}" if r is not None else f"{label}: -"
+                                              for label, r in zip(labels, res["per_class_recall"])))
         if "confusion" in res:
+            width = max(5, *(len(label) for label in labels[:50]))
             print("  confusion (rows: true, columns: predicted)")
-            for row in res["confusion"]:
-                print("   " + " ".join(f"{v:5d}" for v in row))
+            print("   " + " " * width + " " + " ".join(f"{label[:width]:>{width}}" for label in labels))
+            for label, row in zip(labels, res["confusion"]):
+                print(f"   {label[:width]:>{width}} " + " ".join(f"{v:{width}d}" for v in row))
+    return 0
+
+
+def cmd_export(args) -> int:
+    """``lrjob export``: write ``model/model.onnx`` for a run (``lr_core.export.export_onnx``) and
+    print its path; returns 0."""
+    from lr_core.export import export_onnx
+
+    model = _model(args.run)  # the MXNet export, checked: a damaged one is a one-line error
+    print(export_onnx(model.directory))
     return 0
 
 
@@ -560,7 +638,7 @@ def _submit_cmd(name):
 
 COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "prepare": cmd_prepare,
             "doctor": cmd_doctor,
-            "predict": cmd_predict, "evaluate": cmd_evaluate, "submit": cmd_submit, "worker": cmd_worker,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export, "submit": cmd_submit, "worker": cmd_worker,
             "runs": cmd_runs, "compare": cmd_compare, "k8s": cmd_k8s,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 

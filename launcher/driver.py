@@ -259,7 +259,9 @@ class Driver:
         hooks = self.options.hooks
         rank_params = self.backend.all_params() if hooks.collect_rank_params else None
         shard_logs = self.backend.shard_logs() if hooks.record_shards else None
-        run.export_model(self.spec, self.data, state["params"])
+        for w in run.export_model(self.spec, self.data, state["params"]):  # model.onnx failed: a warning
+            self.reporter.warning(f"lrjob: warning: {w['message']}")
+            self.warnings = self.warnings + [w]
         self._review_fit(state["params"])
         self.status = {"status": "completed"}
         # summary: filled with summary.json's content when the run is finished (_finish)

@@ -615,18 +615,29 @@ class RunDir:
         """Write the resolved spec to ``job.yaml``, atomically."""
         self.write_text("job.yaml", spec.to_yaml())
 
-    def export_model(self, spec, data, params: dict) -> None:
-        """Export the trained model into ``model/`` with what serving needs to know."""
-        from lr_core.export import export_model
+    def export_model(self, spec, data, params: dict) -> list[dict]:
+        """Export the trained model into ``model/`` with what serving needs to know: the
+        MXNet export and ``model.onnx``. Returns the warnings (``{code, message}``): an ONNX
+        export that fails leaves the MXNet model and is a warning, never a failure
+        (docs/design.md#onnx-export)."""
+        from lr_core.export import export_model, export_onnx
 
         meta = {"job": spec.name, "source": data.source, "image_shape": list(data.image_shape or []),
                 "columns": data.extra.get("columns", []), "label_column": spec.data.label_column,
-                "label_map": spec.data.label_map, "standardize": data.stats}
+                "label_map": spec.data.label_map, "standardize": data.stats, "scale": data.scale}
         final = self._inside("model")
+        warnings = []
         # exported into a hidden folder, then renamed: a crash leaves the old model or the new one
         tmp = _mkdtemp(".tmp-model-", self.path)
         try:
             export_model(tmp, spec.loop_config(), params, data.num_features, meta)
+            try:
+                export_onnx(tmp)
+            except Exception as e:  # noqa: BLE001 - the MXNet model stands; the run goes on
+                warnings.append({"code": "onnx-export", "message": (
+                    f"{final / 'model.onnx'} not written ({str(e).replace(str(tmp), str(final))[:300]}); "
+                    f"the MXNet model in {final} is "
+                    f"complete; retry with: lrjob export {self.path} --format onnx")})
             for f in tmp.iterdir():
                 with open(f, "rb+") as fh:
                     os.fsync(fh.fileno())
@@ -636,6 +647,7 @@ class RunDir:
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
+        return warnings
 
     def write_json(self, name: str, obj) -> None:
         """Write ``obj`` as indented JSON to the file ``name``, atomically."""

@@ -21,6 +21,8 @@ value the code reports there (1-based epochs and steps, as printed). The points:
   place) (``launcher.rundir``).
 - ``cleanup``: the driver starts its clean-up, the run ending with ``status``
   (``interrupted``, ``failed``, ``completed``) (``launcher.driver``).
+- ``export``: before the model is converted to ``format`` (``onnx``), after the MXNet
+  export is written (``lr_core.export.export_onnx``).
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
 (SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``). With ``once``, the
@@ -43,7 +45,8 @@ __all__ = ["ARMED", "check", "hit", "FaultSpecError", "POINTS"]
 
 _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
-POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"}}
+POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
+          "export": {"format"}}
 ACTIONS = ("kill", "stop", "raise")
 
 

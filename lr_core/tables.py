@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import DataError, clip, shown
 
-__all__ = ["Table", "open_table", "resolve", "display", "read_all", "is_uri", "BLOCK_ROWS", "fingerprint",
+__all__ = ["Table", "open_table", "resolve", "display", "read_all", "text_column", "is_uri", "BLOCK_ROWS", "fingerprint",
            "MAX_FEATURES", "MAX_NPZ_BYTES"]
 
 BLOCK_ROWS = 65536          # rows per block a table yields
@@ -213,6 +213,69 @@ def open_table(path: str | os.PathLike, label_column: str | None = "label", requ
                             f"y.npy, an .npz with arrays x and y, or a table with a label column")
         return _npy_table(fs, inner, where)
     return _csv_table(fs, inner, where, label_column, require_labels, features)
+
+
+def text_column(path: str | os.PathLike, column: str, block_rows: int | None = None) -> Iterator[list[str]]:
+    """The cells of one named column of a CSV or Parquet table as text, in blocks of at
+    most ``block_rows`` rows, in file order: an id that ``predict`` passes through as it
+    is written (``007`` stays ``007``), never read as a number. Raises ``DataError`` for a
+    missing column, or a file without column names (NPY, NPZ, a CSV without a header)."""
+    import pyarrow.fs as pfs
+
+    block_rows = block_rows or BLOCK_ROWS
+    fs, inner, where = resolve(path)
+    if _has_glob(inner):
+        files = [i.path for i in _glob(fs, inner, where)]
+    elif _info(fs, inner, where).type == pfs.FileType.Directory:
+        if fs.get_file_info(inner + "/x.npy").type == pfs.FileType.File:
+            files = None
+        else:
+            files = [i.path for i in _dir_files(fs, inner, where)]
+    elif inner.lower().endswith((".parquet", ".pq")):
+        files = [inner]
+    elif inner.lower().endswith((".npy", ".npz")):
+        files = None
+    else:
+        yield from _csv_text_column(fs, inner, where, column, block_rows)
+        return
+    if files is None:
+        raise DataError(f"{where}: an NPY or NPZ file names no columns, so it has no id column {shown(column)}; "
+                        f"drop the id option (rows are then numbered), or give a CSV or Parquet file")
+    import pyarrow.parquet as pq
+
+    for f in files:
+        pf = pq.ParquetFile(f, filesystem=fs)
+        if column not in pf.schema_arrow.names:
+            names = pf.schema_arrow.names
+            raise DataError(f"{where}: no column {shown(column)} for the id (columns: "
+                            f"{', '.join(clip(n, 40) for n in names[:8])}{', ...' if len(names) > 8 else ''})")
+        for batch in pf.iter_batches(batch_size=block_rows, columns=[column]):
+            yield ["" if v is None else str(v) for v in batch.column(0).to_pylist()]
+
+
+def _csv_text_column(fs, inner: str, where: str, column: str, block_rows: int) -> Iterator[list[str]]:
+    first, _ = _csv_head(fs, inner, where)
+    header = [c.strip() for c in first] if first and not any(_is_number(c) for c in first) else None
+    if header is None or column not in header:
+        what = (f"columns: {', '.join(clip(h, 40) for h in header[:8])}{', ...' if len(header) > 8 else ''}"
+                if header else "no header row")
+        raise DataError(f"{where}: no column {shown(column)} for the id ({what}); name the id column in the header")
+    j = header.index(column)
+    with _open_stream(fs, inner, where) as f:
+        text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+        records = _records(text)
+        next(records)  # the header
+        block = []
+        try:
+            for _, row in records:
+                block.append(row[j].strip() if j < len(row) else "")
+                if len(block) == block_rows:
+                    yield block
+                    block = []
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise DataError(f"{where}: malformed CSV ({e})") from None
+        if block:
+            yield block
 
 
 def read_all(table: Table) -> tuple[np.ndarray, np.ndarray | None]:

@@ -37,7 +37,7 @@ def test_export_writes_symbol_params_and_meta(tmp_path):
     text = (out / "meta.json").read_text()
     assert json.loads(text) == {"kind": "softmax", "num_classes": 3, "num_features": 5, "threshold": 0.3,
                                 "hidden": [4], "format": "mxnet-symbol-v1", "job": "x",
-                                "label_map": {"no": 0, "yes": 1}}
+                                "label_map": {"no": 0, "yes": 1}, "labels": ["no", "yes", "2"]}
     assert text.startswith('{\n  "kind": ') and text.endswith("\n}\n")
 
 

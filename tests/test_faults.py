@@ -44,7 +44,7 @@ def test_a_spec_without_at_or_a_known_action(spec):
     text = json.dumps(spec)
     with pytest.raises(FaultSpecError) as e:
         faults._parse(text)
-    assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup and 'action' in kill, stop, "
+    assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export and 'action' in kill, stop, "
                             f"raise; got {text!r}")
 
 

@@ -38,8 +38,8 @@ def test_predict_classifies_the_blob_centres(runs, tmp_path):
     r = lrjob("predict", runs["blobs"].path, "--input", inp)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0] == "prediction,probability"
-    (p0, q0), (p1, q1) = [(int(a), float(b)) for a, b in (x.split(",") for x in lines[1:])]
+    assert lines[0] == "row,prediction,prob_0,prob_1"
+    (p0, q0), (p1, q1) = [(int(b), float(d)) for a, b, c, d in (x.split(",") for x in lines[1:])]
     assert (p0, p1) == (0, 1)
     assert q0 < 0.1 and q1 > 0.9  # P(class 1)
 
@@ -53,7 +53,9 @@ def test_predict_rows_equal_evaluate_predictions(runs, tmp_path):
     out = tmp_path / "pred.csv"
     r = lrjob("predict", runs["digits"].path, "--input", tmp_path / "x.npy", "--output", out)
     assert r.returncode == 0, r.stderr
-    pred = np.loadtxt(out, delimiter=",", skiprows=1)[:, 0].astype(int)
+    table = np.loadtxt(out, delimiter=",", skiprows=1)
+    assert np.array_equal(table[:, 0], np.arange(1, len(d.x_val) + 1))  # the row numbers
+    pred = table[:, 1].astype(int)  # digits' labels are the class numbers
     acc = float(np.mean(pred == d.y_val))
     ev = lrjob("evaluate", runs["digits"].path, "--json")
     assert ev.returncode == 0, ev.stderr

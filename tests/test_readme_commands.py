@@ -175,10 +175,15 @@ def trained(tmp_path_factory):
 
 
 def _read_predictions(text):
+    """(predicted class, P(class 1) for binary, else the predicted class's probability) of
+    predict's CSV for a model without a label map."""
     lines = text.strip().splitlines()
-    assert lines[0] == "prediction,probability"
+    k = len(lines[0].split(",")) - 2
+    assert lines[0] == "row,prediction," + ",".join(f"prob_{c}" for c in range(k))
     table = np.array([[float(v) for v in line.split(",")] for line in lines[1:]])
-    return table[:, 0].astype(int), table[:, 1]
+    assert np.array_equal(table[:, 0], np.arange(1, len(table) + 1))
+    pred, probs = table[:, 1].astype(int), table[:, 2:]
+    return pred, probs[:, 1] if k == 2 else probs[np.arange(len(pred)), pred]
 
 
 @pytest.mark.parametrize("kind", ["binary", "softmax"])
@@ -475,8 +480,9 @@ def test_predict_streams_blocks_and_writes_nothing_for_a_late_bad_row(trained, t
     whole = np.loadtxt(tmp_path / "good.csv", delimiter=",", skiprows=1, dtype=np.float32)
     from lr_core.export import ExportedModel
 
-    pred, prob = ExportedModel(run.path / "model").predict(whole)
-    assert out == "prediction,probability\n" + "".join(f"{int(c)},{p:.6f}\n" for c, p in zip(pred, prob))
+    pred, prob = ExportedModel(run.path / "model").probabilities(whole)
+    assert out == "row,prediction,prob_0,prob_1\n" + "".join(f"{i},{c},{p:.9g},{q:.9g}\n" for i, (c, (p, q))
+                                                               in enumerate(zip(pred, prob), 1))
     (tmp_path / "bad.csv").write_text(good + "1.0,nan\n")  # row 11: in the third block
     for extra in ([], ["--output", tmp_path / "preds.csv"]):
         code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "bad.csv", *extra)

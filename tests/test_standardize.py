@@ -161,7 +161,7 @@ def test_an_unscaled_csv_trains_like_scikit_learn_and_predict_applies_the_scalin
     capsys.readouterr()
     assert main(["predict", str(tmp_path / "run"), "--input", str(tmp_path / "new.csv")]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[1:]
-    prob = np.array([float(r.split(",")[1]) for r in rows])
+    prob = np.array([float(r.split(",")[3]) for r in rows])  # row,prediction,prob_0,prob_1
     coef = res.summary["coefficients"]
     assert coef["columns"] == list(COLUMNS)
     z = x_new.astype(np.float32).astype(np.float64) @ np.array(coef["weight"][0]) + coef["bias"][0]

@@ -378,11 +378,19 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
     import numpy as np
 
     from lr_core.data import apply_label_map, check_features, check_labels
+    from lr_core.errors import DataError
     from lr_core.tables import open_table
 
     label_column = meta.get("label_column") or "label"
-    table = open_table(path, label_column, require_labels=require_labels)
     wanted = _trained_columns(meta)
+    table = None
+    if wanted is not None:  # the model's columns by name first: other columns (a text id) are never read
+        try:
+            table = open_table(path, label_column, require_labels=require_labels,
+                               features=_list_column(wanted) or wanted)
+        except DataError:
+            pass  # a file without those names: read as it is, and said so below
+    table = table or open_table(path, label_column, require_labels=require_labels)
     if wanted is not None and _named(table.columns) and table.columns != wanted:
         # The file names its columns and so did the training data: take the model's, in its order.
         base = _list_column(wanted)

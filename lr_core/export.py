@@ -146,7 +146,10 @@ class ExportedModel:
                 raise ValueError(f"meta.json describes a {self.meta['kind']} model with {want[1]} output(s), "
                                  f"the weights give {out[-1]}")
         except (OSError, ValueError, KeyError, TypeError, mx.base.MXNetError) as e:
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            lines = str(e).strip().splitlines() or [type(e).__name__]
+            # MXNet's message is a C++ traceback whose last line says what failed
+            first = (lines[-1].removeprefix("MXNetError: ") if isinstance(e, mx.base.MXNetError)
+                     else lines[0])[:200]
             if isinstance(e, mx.base.MXNetError) and "Shape inconsistent" in str(e):
                 first = (f"meta.json says {self.meta.get('num_features')} features, the weights expect "
                          f"another number")

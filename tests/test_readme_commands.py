@@ -1,4 +1,5 @@
-"""README.md's commands as a user types them, each claim asserted: `lrjob validate --data`,
+"""README.md's commands as a user types them, each claim asserted: the quickstart's `run`
+and `predict` lines and the "Your own data" walkthrough as written, `lrjob validate --data`,
 `predict` on CSV/NPY/NPZ input, `doctor --gpu`, Fashion-MNIST through `data.path` or the
 cache folder, `RAY_ADDRESS`, the Ray auth token, and `lrjob parity`.
 
@@ -542,3 +543,77 @@ def test_prepare_list_and_clean_the_cache(tmp_path, capsys):
     result = json.loads(out)
     assert code == 0 and result == {"removed": [second.strip()], "kept": [first.strip()]}
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [Path(first.strip()).name]
+
+
+# --------------------------------------------------------------------------- quickstart, your own data
+def _readme_block(after: str) -> str:
+    """The first ```bash block of README.md after the line ``after``."""
+    text = (ROOT / "README.md").read_text()
+    rest = text[text.index(after + "\n"):]
+    start = rest.index("```bash\n") + len("```bash\n")
+    return rest[start:rest.index("\n```\n", start) + 1]
+
+
+def _readme_output_blocks(after: str) -> list[str]:
+    """The plain ``` blocks (shown output, no language) of README.md's section ``after``."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index(after + "\n"):]
+    section = section[:section.index("\n## ", 1)]
+    return [body for lang, body in re.findall(r"^```(\w*)\n(.*?)^```$", section, re.S | re.M) if not lang]
+
+
+def _quickstart_runs() -> tuple[list[str], set[str], list[str]]:
+    """The quickstart's command lines (comments cut), the run folders its `lrjob run` lines
+    name with --output, and the run folders its predict/evaluate lines read."""
+    lines = [line.split("  #")[0].strip() for line in _readme_block("## Quickstart").splitlines()]
+    made = {line.split("--output ")[1].split()[0] for line in lines if line.startswith("lrjob run ")
+            and "--output " in line}
+    used = [line.split()[2] for line in lines if line.startswith(("lrjob predict ", "lrjob evaluate "))]
+    return lines, made, used
+
+
+def test_quickstart_predict_and_evaluate_read_runs_the_quickstart_makes():
+    _, made, used = _quickstart_runs()
+    assert used and set(used) <= made, (used, made)
+
+
+def test_quickstart_predict_works_as_written(tmp_path):
+    lines, _, _ = _quickstart_runs()
+    first = next(i for i, line in enumerate(lines) if line.startswith("lrjob run jobs/binary_2d.yaml"))
+    last = next(i for i, line in enumerate(lines) if line.startswith("lrjob predict "))
+    script = "\n".join(lines[first:last + 1]) + "\n"
+    (tmp_path / "jobs").symlink_to(ROOT / "jobs")  # the clone's folder, as the quickstart runs in
+    r = subprocess.run(["bash", "-ec", script], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                       env=_own_home_env(tmp_path / "home"))
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    predictions = r.stdout[r.stdout.index("row,prediction"):].splitlines()
+    assert predictions[0] == "row,prediction,prob_0,prob_1"
+    assert [p.split(",")[:2] for p in predictions[1:]] == [["1", "0"], ["2", "1"]]  # the two blob centres' sides
+
+
+def test_your_own_data_walkthrough_runs_as_written(tmp_path):
+    """README's "Your own data", run in a fresh folder holding the clone's .venv: string
+    labels in and out, the id passed through, onnxruntime's probabilities those predict
+    prints (to 1e-6, plus the walkthrough's rounding to 6 decimals), and the output the
+    README shows."""
+    (tmp_path / ".venv").symlink_to(ROOT / ".venv")
+    r = subprocess.run(["bash", "-e", "-c", _readme_block("## Your own data")], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300, env=_own_home_env(tmp_path / "home"))
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "lrjob: warning" not in r.stderr, r.stderr
+    out = r.stdout.splitlines()
+    at = out.index("customer_id,prediction,prob_no,prob_yes")
+    predicted = {row.split(",")[0]: row.split(",")[1:] for row in out[at + 1:at + 3]}
+    onnx = {line.split(" ", 1)[0]: eval(line.split(" ", 1)[1]) for line in out[at + 3:at + 5]}  # noqa: S307
+    assert list(predicted) == list(onnx) == ["N-1", "N-2"]
+    for name, (label, p_no, p_yes) in predicted.items():
+        assert label in ("yes", "no") and label == ("yes" if float(p_yes) >= 0.5 else "no")
+        assert abs(onnx[name]["no"] - float(p_no)) <= 1.5e-6 and abs(onnx[name]["yes"] - float(p_yes)) <= 1.5e-6
+    shown_predict, shown_onnx = _readme_output_blocks("## Your own data")
+    shown = {row.split(",")[0]: row.split(",")[1:] for row in shown_predict.splitlines()[1:]}
+    assert shown_predict.splitlines()[0] == out[at]
+    for name, (label, p_no, p_yes) in shown.items():  # the README shows what the run gives
+        assert predicted[name][0] == label and abs(float(predicted[name][2]) - float(p_yes)) <= 1e-4, (name, shown)
+    assert [line.split(" ", 1)[0] for line in shown_onnx.splitlines()] == ["N-1", "N-2"]

@@ -113,3 +113,38 @@ def test_a_long_error_is_cut_to_200_characters(tmp_path):
         ExportedModel(missing)
     inner = str(e.value).split(": damaged or incomplete model export (", 1)[1].rsplit("); re-export", 1)[0]
     assert len(inner) == 200 and inner.startswith("[Errno 2] No such file or directory")
+
+
+def test_class_labels_invert_the_label_map():
+    from lr_core.export import class_labels
+
+    binary = {"kind": "binary", "num_classes": 2}
+    assert class_labels(binary) == ["0", "1"]
+    assert class_labels({**binary, "label_map": {"no": 0, "yes": 1}}) == ["no", "yes"]
+    assert class_labels({**binary, "label_map": {"-1": 0, "1": 1}}) == ["-1", "1"]
+    # several keys for one class: the first names it; a class no key maps to keeps its number
+    assert class_labels({"kind": "softmax", "num_classes": 3, "label_map": {"n": 0, "no": 0, "y": 2}}) == \
+        ["n", "1", "y"]
+
+
+@pytest.mark.parametrize("scale", ["0.5", -1, 0, True, float("inf")])
+def test_a_meta_scale_that_is_not_a_positive_number_is_a_damaged_export(tmp_path, scale):
+    out, _ = _export(tmp_path, LoopConfig(kind="binary"), {"scale": 0.5})
+    assert ExportedModel(out).scale == 0.5
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "scale": scale}))
+    with pytest.raises(LrjobInputError, match="meta.json scale must be null or a positive number"):
+        ExportedModel(out)
+
+
+def test_probabilities_are_every_class_and_agree_with_predict(tmp_path):
+    for kind, classes in (("binary", 2), ("softmax", 4)):
+        cfg = LoopConfig(kind=kind, num_classes=classes, threshold=0.4)
+        out, _ = _export(tmp_path, cfg, where=kind)
+        model = ExportedModel(out)
+        pred, prob = model.predict(X, scale=2.0)
+        pred2, probs = model.probabilities(X, scale=2.0)
+        assert probs.shape == (len(X), classes) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-12)
+        assert np.array_equal(pred, pred2)
+        top = probs[:, 1] if kind == "binary" else probs[np.arange(len(X)), pred]
+        assert np.allclose(top, prob, atol=1e-12)

@@ -504,7 +504,9 @@ def cmd_predict(args) -> int:
         count += len(x)  # every row is checked before anything is written
     if args.id_column:
         _count_ids(args.input, args.id_column, count)
-    text = lambda: _prediction_rows(model, args.input, args.id_column)  # noqa: E731
+
+    def text():  # read a second time, now that every row is known to be good
+        return _prediction_rows(model, args.input, args.id_column)
 
     if args.output:
         try:
@@ -646,7 +648,8 @@ def _submit_cmd(name):
 
 COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "prepare": cmd_prepare,
             "doctor": cmd_doctor,
-            "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export, "submit": cmd_submit, "worker": cmd_worker,
+            "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export, "submit": cmd_submit,
+            "worker": cmd_worker,
             "runs": cmd_runs, "compare": cmd_compare, "k8s": cmd_k8s,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 

@@ -4,7 +4,7 @@ one reader. Only the driver writes it; every command that reads a run opens it h
     runs/<name>-<UTC timestamp>/
       job.yaml  env.json  metrics.jsonl  summary.json
       checkpoints/epoch-NNNN/   (params.npz, optimizer.npz, state.json; atomic)
-      model/                    (exported symbol + params + meta.json)
+      model/                    (exported symbol + params + meta.json, model.onnx)
 
 Checkpoints are written into a hidden temporary folder, fsynced, then renamed: a crash
 at any moment leaves the old or the new checkpoint, never a torn one. Every file and

@@ -33,8 +33,8 @@ import numpy as np
 
 from .errors import DataError, clip, shown
 
-__all__ = ["Table", "open_table", "resolve", "display", "read_all", "text_column", "is_uri", "BLOCK_ROWS", "fingerprint",
-           "MAX_FEATURES", "MAX_NPZ_BYTES"]
+__all__ = ["Table", "open_table", "resolve", "display", "read_all", "text_column", "is_uri", "BLOCK_ROWS",
+           "fingerprint", "MAX_FEATURES", "MAX_NPZ_BYTES"]
 
 BLOCK_ROWS = 65536          # rows per block a table yields
 _CSV_CHUNK_BYTES = 2 << 20  # CSV is parsed in whole-line chunks of about this many bytes

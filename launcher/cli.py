@@ -499,11 +499,17 @@ def cmd_predict(args) -> int:
             raise LrjobInputError(f"--output {out}: exists and is not a regular file (a symbolic link, FIFO or "
                                   f"device); remove it or choose another path")
     model = _model(args.run)
-    count = 0
+    count, largest = 0, 0.0
     for x, _ in _input_blocks(args.input, model.meta, require_labels=False, id_column=args.id_column):
         count += len(x)  # every row is checked before anything is written
+        largest = max(largest, float(abs(x).max())) if x.size else largest
     if args.id_column:
         _count_ids(args.input, args.id_column, count)
+    if model.scale is not None and model.scale < 1 and 0 < largest <= 1:
+        # images scaled already (pixels / 255): the model scales them again, silently wrong
+        sys.stderr.write(f"lrjob: warning: every value of {args.input} is within [-1, 1], but this model "
+                         f"multiplies its inputs by {model.scale:.6g} (its training data's stored scale); "
+                         f"give the values as stored, e.g. pixels 0-255\n")
 
     def text():  # read a second time, now that every row is known to be good
         return _prediction_rows(model, args.input, args.id_column)

@@ -86,6 +86,12 @@ def _raw_rows(kind, meta, n):
     return rng.integers(0, 256, size=(n, meta["num_features"])).astype(np.uint8)
 
 
+def _errors_or_warnings(capsys, run, path):
+    code, _, err = cli(capsys, "predict", run, "--input", path)
+    assert code == 0, err
+    return err
+
+
 def _predict_probabilities(capsys, run, path):
     code, out, err = cli(capsys, "predict", run, "--input", path)
     assert code == 0, err
@@ -137,6 +143,11 @@ def test_onnxruntime_alone_gives_what_predict_prints(runs, kind, tmp_path, capsy
     assert np.max(np.abs(got - want)) <= TOLERANCE, np.max(np.abs(got - want))
     one = session.run(None, {"features": x[:1].astype(np.float32)})[0]  # the batch axis is free
     assert np.max(np.abs(one - want[:1])) <= TOLERANCE
+    if kind == "softmax-mlp-uint8":  # pixels divided by 255 already: said, not silently scaled again
+        np.save(tmp_path / "scaled.npy", x.astype(np.float32) / 255)
+        code, _, err = cli(capsys, "predict", runs[kind].path, "--input", tmp_path / "scaled.npy")
+        assert code == 0 and "lrjob: warning: every value of" in err and "pixels 0-255" in err, err
+        assert "warning" not in _errors_or_warnings(capsys, runs[kind].path, inp)
 
 
 def _without_onnx(run_path, dest):

@@ -88,9 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     r = _sub(subs, "run", "train a job and write its run directory")
     _add_spec_args(r)
     r.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
-    r.add_argument("--output", default=None, help="run directory (default: runs/<name>-<UTC timestamp>)")
+    r.add_argument("--output", default=None,
+                   help="run directory (default: runs/<name>-<UTC timestamp>), or a storage URI such as "
+                        "s3://bucket/run (staged locally under --runs-dir/.staging and uploaded)")
     r.add_argument("--runs-dir", default="runs", help="parent of new run directories (default: runs)")
-    r.add_argument("--resume", default=None, metavar="RUN", help="continue RUN from its newest checkpoint")
+    r.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue RUN (a folder or a storage URI) from its newest checkpoint")
     _add_oversubscribe(r)
     r.add_argument("--track", default=None, metavar="URI",
                    help="also log the run to MLflow at URI, e.g. http://127.0.0.1:5000 or file:./mlruns "
@@ -210,7 +213,8 @@ def _load(args):
     # a run's own job.yaml (--resume RUN): written before data.standardize existed, it reads as off
     from .rundir import RunDir
 
-    run_file = bool(getattr(args, "resume", None)) and Path(args.job) == RunDir(args.resume).spec_file
+    run_file = bool(getattr(args, "resume", None)) and (Path(args.job) == RunDir(args.resume).spec_file
+                                                        or args.job == getattr(args, "remote_spec", None))
     return load_spec(args.job, overrides, run_file=run_file)
 
 
@@ -230,11 +234,20 @@ def cmd_run(args) -> int:
     from .driver import DriverOptions, run_job
     from .report.progress import Reporter
 
-    if args.resume and not args.job:
-        args.job = str(_spec_file_of(args.resume))
-    if args.resume and (args.output or args.runs_dir != "runs"):
+    from .storage import is_remote
+
+    if args.resume and (args.output or (args.runs_dir != "runs" and not is_remote(args.resume))):
         raise SpecError("--resume continues in the run's own directory; drop --output/--runs-dir")
-    spec = _load(args)
+    with tempfile.TemporaryDirectory(prefix="lrjob-spec-") as tmp:
+        if args.resume and not args.job and is_remote(args.resume):
+            # the run's job.yaml, read from its storage (docs/design.md#storage)
+            from .storage import open_remote
+
+            args.job = args.remote_spec = str(Path(tmp) / "job.yaml")
+            Path(args.job).write_bytes(open_remote(args.resume, "--resume").spec_bytes())
+        elif args.resume and not args.job:
+            args.job = str(_spec_file_of(args.resume))
+        spec = _load(args)
     mode = "json" if args.json else "quiet" if args.quiet else "human"
     reporter = Reporter(mode)
     try:

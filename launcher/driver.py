@@ -17,6 +17,8 @@ import enum
 import getpass
 import os
 import platform
+import shlex
+import shutil
 import signal
 import socket
 import sys
@@ -41,6 +43,7 @@ from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
+from .storage import STAGING, RemoteRun, StorageError, is_remote, open_remote, without_login
 from .tracking import make_tracker
 
 __all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
@@ -108,8 +111,10 @@ def run_job(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: s
     """Run one job end to end and write its run directory (``output``, or a new folder
     under ``options.runs_dir``; with ``resume``, that run's directory). An ``output`` that
     holds a run of this job continues it from its newest good checkpoint (a rerun of a
-    killed command finishes it); one of another job is refused. Returns the parameters,
-    the history and the summary."""
+    killed command finishes it); one of another job is refused. ``output`` or ``resume`` may be
+    a storage URI (``s3://...``, docs/design.md#storage): the run is then written to a local
+    staging directory and uploaded (``RunResult.path`` is that directory, removed once all is
+    uploaded). Returns the parameters, the history and the summary."""
     return Driver(spec, output, resume=resume, reporter=reporter, options=options).run()
 
 
@@ -130,6 +135,14 @@ class Driver:
         self._lock: RunLock | None = None
         self._created: list[Path] = []  # the folders this driver made, removed again if it never writes
         self.run_dir: RunDir | None = None
+        # A storage URI (docs/design.md#storage): a local staging run directory, filled with the
+        # remote run's job.yaml and complete checkpoints, stands in for it from here on.
+        self.remote: RemoteRun | None = None
+        self._staging_made: list[Path] = []
+        self._uploaded_all = False
+        if is_remote(resume) or (not resume and is_remote(output)):
+            staging = self._stage_remote(spec, resume or output, "--resume" if resume else "--output")
+            resume, output = (staging, None) if resume else (None, staging)
         if resume:
             self.path = Path(resume)
             if not self.path.is_dir():
@@ -147,11 +160,46 @@ class Driver:
             self._release()
             raise
 
+    def _stage_remote(self, spec: JobSpec, uri: str, flag: str) -> Path:
+        """Check the run's storage URI (write access, what it holds) and download its run into a new
+        local staging directory under ``<runs_dir>/.staging/``; returns that directory. A URI that
+        holds no lrjob run is refused, as a local folder would be."""
+        remote = open_remote(uri, flag)
+        kind = remote.state()
+        if kind == "other":
+            raise SpecError(f"{flag} {remote.shown}: exists, is not empty and holds no lrjob run (no job.yaml, "
+                            f"no checkpoints); choose a new path")
+        if flag == "--resume" and kind == "new":
+            raise SpecError(f"--resume {remote.shown}: no valid checkpoint in {remote.shown}/checkpoints; "
+                            f"start a new run")
+        root = Path(self.options.runs_dir) / STAGING
+        check_writable(root, "--runs-dir")
+        staging, self._staging_made = make_run_dir(None, spec.name, root)
+        try:
+            remote.stage(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            remove_if_empty(self._staging_made)
+            raise
+        self.remote = remote
+        return staging
+
+    @property
+    def location(self) -> str | Path:
+        """Where the run is, as the user names it: the storage URI (without a login), else the folder."""
+        return without_login(self.remote.uri) if self.remote else self.path
+
+    def _sync(self, final: bool = False) -> None:
+        """Upload what is new in the staging directory to the run's storage URI (docs/design.md#storage)."""
+        if self.remote is not None:
+            self.remote.sync(self.path, final)
+
     def _open_run_dir(self, spec: JobSpec, resume) -> None:
         """Lock the run directory, then judge what it holds (docs/design.md#run-directory): a new run,
         a run of this job to continue, or something to refuse. Bad input fails here, before anything
         is written."""
-        flag = f"--resume {self.path}" if resume else f"--output {self.path}"
+        where = self.remote.shown if self.remote else self.path
+        flag = f"--resume {where}" if resume else f"--output {where}"
         # Judged read-only first: a folder that holds no run, or another job's, is refused before
         # anything in it is locked, walked or cleaned (docs/design.md#run-directory).
         made = bool(self._created) and self._created[-1] == self.path
@@ -222,12 +270,12 @@ class Driver:
                 self.status = {"status": "interrupted"}
                 last = self.run_dir.latest_checkpoint() if self.run_dir is not None else None
                 if last:
-                    self.status["resume"] = _resume_command(self.path)
+                    self.status["resume"] = _resume_command(self.location)
                     e.checkpoint, e.resume = Path(last["path"]).name, self.status["resume"]  # for the CLI's last line
                 raise
             except LrjobError as e:
                 if self.run_dir is not None and isinstance(e, WorkerFailure):
-                    hint = (f"resume with: {_resume_command(self.path)}" if self.run_dir.latest_checkpoint()
+                    hint = (f"resume with: {_resume_command(self.location)}" if self.run_dir.latest_checkpoint()
                             else "no checkpoint was written yet: run the job again")
                     e = WorkerFailure(f"{e}; {hint}", e.rank, e.node, len(self.history))
                 self.status = {"status": "failed", "error": str(e)}
@@ -244,7 +292,7 @@ class Driver:
         run.write_json("env.json", self._env())
         if self._continuing:  # the history of the checkpoint, or none when starting over
             run.rewrite_metrics(self.history)
-        self.reporter.header(self.spec, self.data, self.backend, self.path)
+        self.reporter.header(self.spec, self.data, self.backend, self.location)
         if self.checkpoint:
             c = self.checkpoint
             where = f"epoch {c['epochs_done'] + 1}, step {c['step'] + 1}" if c.get("step") else \
@@ -255,6 +303,7 @@ class Driver:
         self.tracker.start(self.spec, self.path, self.history)
         self.status = {"status": "running"}
         self._write_summary()
+        self._sync()  # write access was checked before; job.yaml makes the URI a run
         state = self._epochs()
         hooks = self.options.hooks
         rank_params = self.backend.all_params() if hooks.collect_rank_params else None
@@ -288,6 +337,7 @@ class Driver:
                         if stop < steps:  # a mid-epoch checkpoint
                             run.write_checkpoint(self.backend.get_state(), digest, self.history,
                                                  spec.checkpoint.keep, self._data_key)
+                            self._sync()
                         self._step = stop % steps
                     due = (epoch + 1) % every == 0 or epoch + 1 == epochs
                     state = self.backend.get_state() if due else None
@@ -304,6 +354,7 @@ class Driver:
             if state is not None:
                 # persisted before it is reported: a printed epoch is a saved epoch
                 run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key)
+            self._sync()  # uploaded before it is reported, too
             self.reporter.epoch(m, epochs)
             self.tracker.epoch(m)
         if state is None:  # resumed at the end already, or the last epoch was not due
@@ -393,6 +444,10 @@ class Driver:
             self._lock = None
         if self.run_dir is None:
             remove_if_empty(self._created)
+        if self.remote is not None and (self.run_dir is None or self._uploaded_all):
+            # nothing written yet, or all of it uploaded: the staging copy goes (kept after a failed upload)
+            shutil.rmtree(self.path, ignore_errors=True)
+            remove_if_empty(self._staging_made[:-1])
 
     def _shutdown_backend(self) -> None:
         if self.backend is not None and not self._backend_down:
@@ -407,8 +462,26 @@ class Driver:
             self._result.summary = full
         if self.status.get("status") == "completed":
             _plots(self.run_dir, self.spec, self.data, self.history)
-            self.reporter.summary(full, self.path)
         self.tracker.finish(full, self.path)  # after the plots: they are logged too
+        if self.remote is not None:
+            self._finish_upload()
+        if self.status.get("status") == "completed":
+            self.reporter.summary(full, self.location)
+
+    def _finish_upload(self) -> None:
+        """The last sync: everything, the model and the report included. When it fails, a completed
+        run fails (exit 1) and the staging directory, named in the message, is kept; after another
+        ending, the failure is one warning line (the run's own error stays the error)."""
+        try:
+            self._sync(final=True)
+            self._uploaded_all = not self.remote.broken  # broken: an upload failed during the run
+        except StorageError as e:
+            if self.status.get("status") == "completed":
+                self.status = {"status": "failed", "error": str(e)}
+                self._result = None
+                self._write_summary()
+                raise
+            print(f"lrjob: warning: {e}", file=sys.stderr)
 
     def _write_summary(self) -> dict:
         history = self.history
@@ -422,7 +495,7 @@ class Driver:
             "startup_seconds": getattr(backend, "startup_seconds", None),
             "final": {k: v for k, v in final.items() if k not in ("confusion",)},
             "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
-            "run_dir": str(self.run_dir.path),
+            "run_dir": str(self.location),
             "warnings": list(self.warnings), **self._fit,
         }
         if self.spec.train.class_weight is not None:  # train_loss and val_loss are not comparable
@@ -462,6 +535,9 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     from .backends.hvd_comm import HorovodCommunicator
     from .backends.hvdrun import ThisRankBackend
 
+    if is_remote(output) or is_remote(resume):
+        raise SpecError(f"{'--resume' if is_remote(resume) else '--output'}: a storage URI is not supported under "
+                        f"horovodrun (every rank reads the run); use a folder every rank sees, or lrjob run")
     if spec.failure.max_failures:
         raise SpecError("failure.max_failures: under horovodrun the launcher restarts the job "
                         "(e.g. the MPIJob's backoffLimit); set it to 0 and resume with --resume")
@@ -533,8 +609,8 @@ def _versions() -> dict:
     return out
 
 
-def _resume_command(path: Path) -> str:
-    return f"lrjob run --resume {path}"
+def _resume_command(path: Path | str) -> str:
+    return f"lrjob run --resume {shlex.quote(str(path)) if is_remote(path) else path}"
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:

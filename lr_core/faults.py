@@ -19,6 +19,9 @@ value the code reports there (1-based epochs and steps, as printed). The points:
   place, older checkpoints not yet pruned) or ``swapping`` (rewriting a damaged
   checkpoint of the same epoch: the old one moved aside, the new one not yet in
   place) (``launcher.rundir``).
+- ``upload``: the driver uploads the checkpoint of ``epoch`` epochs done to a run's
+  storage URI, at ``stage`` ``files`` (its files uploaded, its ``manifest.json`` not yet)
+  (``launcher.storage``).
 - ``cleanup``: the driver starts its clean-up, the run ending with ``status``
   (``interrupted``, ``failed``, ``completed``) (``launcher.driver``).
 - ``export``: before the model is converted to ``format`` (``onnx``), after the MXNet
@@ -46,7 +49,7 @@ __all__ = ["ARMED", "check", "hit", "FaultSpecError", "POINTS"]
 _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
 POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
-          "export": {"format"}}
+          "export": {"format"}, "upload": {"epoch", "stage"}}
 ACTIONS = ("kill", "stop", "raise")
 
 

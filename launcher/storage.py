@@ -1,0 +1,278 @@
+"""Run directories on shared storage (docs/design.md#storage): ``--output`` or ``--resume`` as a
+``pyarrow.fs`` URI (``s3://``, ``gs://``, ``file://``).
+
+    lrjob run jobs/binary_synthetic.yaml --workers 0 \\
+        --output 's3://lrjob/runs/demo?endpoint_override=127.0.0.1:9000&scheme=http'
+
+The run is written to a local *staging* run directory, exactly as a local run is
+(``launcher/rundir.py``: the lock, atomic writes, no links), under
+``<--runs-dir>/.staging/``; ``RemoteRun.sync`` copies it to the URI as it grows, the way Ray
+Train's ``RunConfig(storage_path)`` does. Each checkpoint folder is uploaded file by file, its
+``manifest.json`` (the name, size and SHA-256 of every file) LAST: a checkpoint without it,
+or whose files do not match it, is an upload that did not finish and is never read as
+complete. Before the driver starts, ``RemoteRun.stage`` downloads the run's ``job.yaml`` and
+its complete checkpoints into the staging directory, so the same command again (or
+``--resume URI``) continues from the newest complete checkpoint.
+
+The one reader and writer of the remote copy is this module; the driver calls
+``open_remote`` before anything is written and ``RemoteRun.sync`` after each epoch and at the end.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import secrets
+import shutil
+import sys
+from pathlib import Path, PurePosixPath
+
+from lr_core import faults
+from lr_core.errors import LrjobInputError, LrjobRuntimeError
+from lr_core.tables import display, is_uri
+
+__all__ = ["RemoteRun", "StorageError", "is_remote", "open_remote", "without_login", "MANIFEST", "STAGING"]
+
+MANIFEST = "manifest.json"  # in every uploaded checkpoint folder, written last
+STAGING = ".staging"        # under --runs-dir: the local copies of remote runs
+_CHECKPOINT = re.compile(r"epoch-\d+(?:-step-\d+)?")
+# The files of a run directory that are uploaded at every sync, and those only at the end.
+_EVERY_SYNC = ("job.yaml", "env.json", "metrics.jsonl", "summary.json")
+_AT_END = ("mlflow.json", "report.html", "curves.png", "confusion.png", "samples.png", "boundary.png")
+_HINT = ("check the URI, its endpoint (a server other than AWS: ?endpoint_override=host:port&scheme=http) "
+         "and the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
+
+
+class StorageError(LrjobRuntimeError):
+    """An upload to the run's storage failed during the run (exit 1); the message names the
+    local staging directory, which holds everything."""
+
+
+def is_remote(path) -> bool:
+    """Whether ``path`` (an ``--output`` or ``--resume``) is a URI for ``pyarrow.fs``."""
+    return path is not None and is_uri(str(path))
+
+
+def without_login(uri: str) -> str:
+    """``uri`` without a ``user:secret@`` part, its query kept (the endpoint a resume needs)."""
+    scheme, rest = str(uri).split("://", 1)
+    host, sep, tail = rest.partition("/")
+    return f"{scheme}://{host.rpartition('@')[2]}{sep}{tail}"
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    return lines[0][:300] if lines else type(e).__name__
+
+
+def open_remote(uri: str, flag: str) -> "RemoteRun":
+    """The remote run at ``uri`` (``flag`` is ``--output`` or ``--resume``, for messages), after
+    checking that it can be written: a bad URI, a missing bucket, an unreachable endpoint or
+    refused credentials is a one-line ``LrjobInputError`` naming the URI, before anything is
+    written (a probe object is written and removed)."""
+    import pyarrow.fs as pfs
+
+    shown = display(uri)
+    try:
+        fs, base = pfs.FileSystem.from_uri(str(uri))
+    except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ValueError
+        reason = re.sub(r"://[^/@\s]*@", "://", _first_line(e)).split("?")[0]
+        raise LrjobInputError(f"{flag} {shown}: cannot open this URI ({reason}); use s3://bucket/path, "
+                              f"gs://bucket/path or file:///path (a server other than AWS: "
+                              f"?endpoint_override=host:port&scheme=http)") from None
+    base = base.rstrip("/")
+    if not base or (fs.type_name != "local" and "/" not in base):
+        raise LrjobInputError(f"{flag} {shown}: names no folder inside the bucket; add one, e.g. {shown.rstrip('/')}"
+                              f"/{'run' if base else 'bucket/run'}")
+    run = RemoteRun(uri, flag, fs, base)
+    run.check_access()
+    return run
+
+
+class RemoteRun:
+    """The copy of one run directory at a URI: judged and downloaded before the run, synced during it."""
+
+    def __init__(self, uri: str, flag: str, fs, base: str):
+        self.uri, self.flag, self.fs, self.base = str(uri), flag, fs, base
+        self.shown = display(uri)
+        self.staging: Path | None = None
+        self.broken = False                   # an upload failed: nothing more is sent
+        self._uploaded: dict[str, dict] = {}  # checkpoint name -> its manifest, as the remote holds it
+
+    # ------------------------------------------------------------------ checks
+    def _where(self, rel: str = "") -> str:
+        return f"{self.shown.rstrip('/')}/{rel}" if rel else self.shown
+
+    def check_access(self) -> None:
+        """Fail with one line unless an object can be written (and removed) under the URI."""
+        import pyarrow.fs as pfs
+
+        if self.fs.type_name == "s3":
+            bucket = self.base.split("/", 1)[0]
+            try:
+                info = self.fs.get_file_info(bucket)
+            except Exception as e:  # noqa: BLE001 - unreachable endpoint, refused credentials
+                raise LrjobInputError(f"{self.flag} {self.shown}: cannot reach the storage ({_first_line(e)}); "
+                                      f"{_HINT}") from None
+            if info.type == pfs.FileType.NotFound:
+                raise LrjobInputError(f"{self.flag} {self.shown}: bucket {bucket!r} does not exist; create it "
+                                      f"first (aws s3 mb s3://{bucket}), or choose another bucket")
+        probe = f"{self.base}/.lrjob-probe-{secrets.token_hex(4)}"
+        try:
+            self._put(probe, b"")
+            self.fs.delete_file(probe)
+        except Exception as e:  # noqa: BLE001
+            raise LrjobInputError(f"{self.flag} {self.shown}: cannot write there ({_first_line(e)}); {_HINT}") \
+                from None
+
+    def _list(self) -> dict[str, int]:
+        """Every object under the URI: path relative to it -> size."""
+        import pyarrow.fs as pfs
+
+        try:
+            infos = self.fs.get_file_info(pfs.FileSelector(self.base, recursive=True, allow_not_found=True))
+        except Exception as e:  # noqa: BLE001
+            raise LrjobInputError(f"{self.flag} {self.shown}: cannot list ({_first_line(e)}); {_HINT}") from None
+        return {i.path[len(self.base) + 1:]: i.size for i in infos if i.type == pfs.FileType.File}
+
+    def state(self) -> str:
+        """``"run"`` (a ``job.yaml`` or an uploaded checkpoint), ``"new"`` (nothing there) or ``"other"``."""
+        files = self._list()
+        if not files:
+            return "new"
+        if "job.yaml" in files or any(self._checkpoint_of(p) for p in files):
+            return "run"
+        return "other"
+
+    @staticmethod
+    def _checkpoint_of(rel: str) -> str | None:
+        parts = PurePosixPath(rel).parts
+        if len(parts) == 3 and parts[0] == "checkpoints" and _CHECKPOINT.fullmatch(parts[1]):
+            return parts[1]
+        return None
+
+    # ------------------------------------------------------------------ download
+    def stage(self, staging: Path) -> list[tuple[str, str]]:
+        """Fill the new, empty local run directory ``staging`` with the remote ``job.yaml`` and every
+        complete checkpoint (its ``manifest.json`` present and its files matching it). Returns the
+        checkpoints skipped, as (URI, reason); each is also named on stderr."""
+        self.staging = staging
+        files = self._list()
+        if "job.yaml" in files:
+            (staging / "job.yaml").write_bytes(self._get("job.yaml"))
+        names = sorted({c for c in map(self._checkpoint_of, files) if c})
+        skipped = []
+        for name in names:
+            reason = None
+            if f"checkpoints/{name}/{MANIFEST}" not in files:
+                reason = f"no {MANIFEST} (its upload did not finish)"
+            else:
+                try:
+                    manifest = json.loads(self._get(f"checkpoints/{name}/{MANIFEST}"))
+                    blobs = {f: self._get(f"checkpoints/{name}/{f}") for f in manifest["files"]}
+                    for f, blob in blobs.items():
+                        want = manifest["files"][f]
+                        if len(blob) != want["size"] or hashlib.sha256(blob).hexdigest() != want["sha256"]:
+                            reason = f"{f} does not match its {MANIFEST}"
+                except (ValueError, KeyError, TypeError, OSError) as e:
+                    reason = f"unreadable {MANIFEST} ({_first_line(e)})"
+            if reason:
+                skipped.append((self._where(f"checkpoints/{name}"), reason))
+                print(f"lrjob: warning: checkpoint {self._where(f'checkpoints/{name}')} skipped: {reason}",
+                      file=sys.stderr)
+                continue
+            folder = staging / "checkpoints" / name
+            folder.mkdir(parents=True)
+            for f, blob in blobs.items():
+                if "/" in f or f in ("", ".", ".."):
+                    raise LrjobInputError(f"{self._where(f'checkpoints/{name}')}: its {MANIFEST} names {f!r}, "
+                                          f"not a file of the folder; remove that checkpoint")
+                (folder / f).write_bytes(blob)
+            self._uploaded[name] = manifest
+        return skipped
+
+    def spec_bytes(self) -> bytes:
+        """The remote run's ``job.yaml`` (``--resume URI`` without a JOB); a one-line error without one."""
+        if "job.yaml" not in self._list():
+            raise LrjobInputError(f"{self.flag} {self.shown}: not a run directory (no job.yaml); pass a URI that "
+                                  f"lrjob run --output wrote")
+        return self._get("job.yaml")
+
+    def _get(self, rel: str) -> bytes:
+        with self.fs.open_input_stream(f"{self.base}/{rel}") as f:
+            return f.read()
+
+    # ------------------------------------------------------------------ upload
+    def _put(self, key: str, data: bytes) -> None:
+        if self.fs.type_name == "local":
+            self.fs.create_dir(str(PurePosixPath(key).parent), recursive=True)
+        with self.fs.open_output_stream(key) as f:  # an S3 object appears whole, when the stream closes
+            f.write(data)
+
+    def sync(self, run_dir: Path, final: bool = False) -> None:
+        """Copy the local run directory ``run_dir`` to the URI: new or changed checkpoints (files, then
+        their manifest), checkpoints pruned locally removed (manifest first), then ``job.yaml``,
+        ``env.json``, ``metrics.jsonl`` and ``summary.json``; with ``final``, also the model, the
+        plots and the report. A failure is a ``StorageError`` naming the staging directory, and
+        nothing more is sent."""
+        if self.broken:
+            return
+        rel = ""
+        try:
+            local = {p.name: p for p in sorted((run_dir / "checkpoints").iterdir())
+                     if _CHECKPOINT.fullmatch(p.name) and p.is_dir() and (p / "state.json").is_file()} \
+                if (run_dir / "checkpoints").is_dir() else {}
+            for name, folder in local.items():
+                manifest = _manifest(folder)
+                if self._uploaded.get(name) == manifest:
+                    continue
+                rel = f"checkpoints/{name}"
+                self._upload_checkpoint(folder, name, manifest)
+            for name in sorted(set(self._uploaded) - set(local)):
+                rel = f"checkpoints/{name}"
+                self._remove_checkpoint(name)
+            names = _EVERY_SYNC + (_AT_END if final else ())
+            for name in names:
+                if (run_dir / name).is_file():
+                    rel = name
+                    self._put(f"{self.base}/{name}", (run_dir / name).read_bytes())
+            if final and (run_dir / "model").is_dir():
+                for f in sorted((run_dir / "model").iterdir()):
+                    rel = f"model/{f.name}"
+                    self._put(f"{self.base}/model/{f.name}", f.read_bytes())
+        except Exception as e:  # noqa: BLE001 - any failure of the storage ends the sync
+            self.broken = True
+            raise StorageError(f"{self._where(rel)}: upload failed ({_first_line(e)}); nothing is lost: the run is "
+                               f"in {run_dir} (lrjob run --resume {run_dir} continues it there)") from None
+
+    def _upload_checkpoint(self, folder: Path, name: str, manifest: dict) -> None:
+        prefix = f"{self.base}/checkpoints/{name}"
+        if name in self._uploaded:  # rewritten: no longer complete while its files change
+            self.fs.delete_file(f"{prefix}/{MANIFEST}")
+            del self._uploaded[name]
+        for f in sorted(manifest["files"]):
+            self._put(f"{prefix}/{f}", (folder / f).read_bytes())
+        faults.hit("upload", epoch=int(name.split("-")[1]), stage="files")
+        self._put(f"{prefix}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+        self._uploaded[name] = manifest
+
+    def _remove_checkpoint(self, name: str) -> None:
+        prefix = f"{self.base}/checkpoints/{name}"
+        self.fs.delete_file(f"{prefix}/{MANIFEST}")  # first: no longer complete
+        del self._uploaded[name]
+        self.fs.delete_dir(prefix)
+
+    def remove_staging(self) -> None:
+        """Remove the local staging directory (everything in it is uploaded)."""
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _manifest(folder: Path) -> dict:
+    """The name, size and SHA-256 of every file of a local checkpoint folder."""
+    files = {}
+    for p in sorted(folder.iterdir()):
+        if p.is_file() and not p.is_symlink():
+            blob = p.read_bytes()
+            files[p.name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+    return {"format": "lrjob-checkpoint-v1", "files": files}

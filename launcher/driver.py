@@ -140,6 +140,10 @@ class Driver:
         self.remote: RemoteRun | None = None
         self._staging_made: list[Path] = []
         self._uploaded_all = False
+        if is_remote(self.options.runs_dir):
+            raise SpecError(f"--runs-dir {without_login(self.options.runs_dir)}: must be a local folder (it also "
+                            f"holds the staging copies of runs on storage); for storage name the run: "
+                            f"--output s3://bucket/run")
         if is_remote(resume) or (not resume and is_remote(output)):
             staging = self._stage_remote(spec, resume or output, "--resume" if resume else "--output")
             resume, output = (staging, None) if resume else (None, staging)

@@ -67,3 +67,43 @@ def ray_session():
 @pytest.fixture
 def lrjob_bin():
     return str(Path(sys.executable).parent / "lrjob")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """A real S3-compatible HTTP server (moto) on loopback with the bucket ``data``, stopped
+    afterwards: ``(server, fs, query)``, ``query`` the URI options that reach it."""
+    from moto.server import ThreadedMotoServer
+    import pyarrow.fs as pfs
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    import urllib.request
+
+    # moto keeps its buckets in this process across servers: start each test with none
+    urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/moto-api/reset", method="POST")).close()
+    for k, v in {"AWS_ACCESS_KEY_ID": "lrjob", "AWS_SECRET_ACCESS_KEY": "lrjob",
+                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    try:
+        fs = pfs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
+                              allow_bucket_creation=True)
+        fs.create_dir("data")
+        yield server, fs, f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(s3_server):
+    """``s3_server`` as ``(fs, query)``."""
+    yield s3_server[1], s3_server[2]

@@ -3,7 +3,6 @@ real S3-compatible server on loopback; every bad file is one line naming file, r
 from __future__ import annotations
 
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -145,31 +144,7 @@ def test_missing_file_is_one_line(tmp_path):
 
 
 # --------------------------------------------------------------------------- object storage
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture
-def s3(monkeypatch):
-    """A real S3-compatible HTTP server (moto) on loopback, stopped afterwards."""
-    from moto.server import ThreadedMotoServer
-    import pyarrow.fs as pfs
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ACCESS_KEY_ID": "lrjob", "AWS_SECRET_ACCESS_KEY": "lrjob",
-                 "AWS_DEFAULT_REGION": "us-east-1"}.items():
-        monkeypatch.setenv(k, v)
-    try:
-        fs = pfs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http", region="us-east-1",
-                              allow_bucket_creation=True)
-        fs.create_dir("data")
-        yield fs, f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    finally:
-        server.stop()
+# ``s3``: the moto server fixture of conftest.py
 
 
 def test_s3_parquet_and_csv_read_like_local_files(s3, tmp_path):

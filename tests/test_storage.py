@@ -1,0 +1,224 @@
+"""Run directories on shared storage (launcher/storage.py, docs/design.md#storage), against a
+real S3-compatible server (moto) on loopback that each test starts and stops (conftest.py
+``s3_server``): a run to s3:// uploads its files, a killed driver's identical command resumes
+from the uploaded checkpoint and ends bit-identical to an uninterrupted run, a checkpoint
+whose upload did not finish is skipped, and bad URIs, a missing bucket, an unreachable
+endpoint and a failing upload are one-line errors."""
+import io
+import json
+import os
+import sys
+
+import numpy as np
+import pyarrow.fs as pfs
+import pytest
+
+from launcher.driver import DriverOptions, run_job
+from launcher.report.progress import Reporter
+from launcher.spec import load_spec
+from launcher.storage import MANIFEST, StorageError
+
+JOB = "jobs/binary_synthetic.yaml"
+# momentum: the optimizer state travels through the upload too; a small set keeps each run short
+BASE = ["resources.workers=0", "train.momentum=0.9", "data.options.n_train=300", "train.batch_size=50"]
+
+
+def _spec(*extra):
+    return load_spec(JOB, [*BASE, *extra])
+
+
+def _files(fs, prefix="data/run") -> dict[str, int]:
+    infos = fs.get_file_info(pfs.FileSelector(prefix, recursive=True, allow_not_found=True))
+    return {i.path[len(prefix) + 1:]: i.size for i in infos if i.type == pfs.FileType.File}
+
+
+def _read(fs, key) -> bytes:
+    with fs.open_input_stream(key) as f:
+        return f.read()
+
+
+def _npz(fs, key) -> dict:
+    with np.load(io.BytesIO(_read(fs, key)), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _cli(capsys, *args):
+    from launcher.cli import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _lrjob(*args, env):
+    import procs
+
+    return procs.run([sys.executable, "-m", "launcher.cli", *map(str, args)], timeout=300, env=env)
+
+
+def test_a_run_to_s3_finishes_and_the_bucket_holds_its_files(s3_server, tmp_path):
+    _, fs, query = s3_server
+    uri = f"s3://data/run?{query}"
+    done = run_job(_spec("train.epochs=3", "checkpoint.keep=2"), uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    files = _files(fs)
+    for name in ("job.yaml", "env.json", "metrics.jsonl", "summary.json", "report.html", "curves.png",
+                 "model/meta.json", "model/model-symbol.json", "model/model-0000.params"):
+        assert name in files, name
+    # pruned to checkpoint.keep there too; each complete checkpoint has its manifest
+    assert sorted({k.split("/")[1] for k in files if k.startswith("checkpoints/")}) == ["epoch-0002", "epoch-0003"]
+    for name in ("epoch-0002", "epoch-0003"):
+        manifest = json.loads(_read(fs, f"data/run/checkpoints/{name}/{MANIFEST}"))
+        assert sorted(manifest["files"]) == ["optimizer.npz", "params.npz", "state.json"]
+        for f, want in manifest["files"].items():
+            assert files[f"checkpoints/{name}/{f}"] == want["size"]
+    summary = json.loads(_read(fs, "data/run/summary.json"))
+    assert summary["status"] == "completed" and summary["epochs_done"] == 3
+    assert summary["run_dir"] == uri
+    assert len(_read(fs, "data/run/metrics.jsonl").decode().splitlines()) == 3
+    params = _npz(fs, "data/run/checkpoints/epoch-0003/params.npz")
+    for name in done.params:
+        assert np.array_equal(params[name], done.params[name]), name
+    assert not (tmp_path / "runs").exists(), "everything is uploaded: the staging copy is gone"
+
+
+def test_resume_uri_without_a_job_continues_the_uploaded_run(s3_server, tmp_path, capsys):
+    _, fs, query = s3_server
+    uri = f"s3://data/run?{query}"
+    code, _, err = _cli(capsys, "run", JOB, *(x for s in [*BASE, "train.epochs=2"] for x in ("--set", s)),
+                        "--output", uri, "--runs-dir", tmp_path / "runs", "--quiet")
+    assert code == 0, err
+    code, out, err = _cli(capsys, "run", "--resume", uri, "--set", "train.epochs=4", "--json",
+                          "--runs-dir", tmp_path / "runs")
+    assert code == 0, err
+    events = [json.loads(x) for x in out.splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [3, 4], "only the remaining epochs ran"
+    full = run_job(_spec("train.epochs=4"), tmp_path / "full")
+    params = _npz(fs, "data/run/checkpoints/epoch-0004/params.npz")
+    for name in full.params:
+        assert np.array_equal(params[name], full.params[name]), name
+    assert json.loads(_read(fs, "data/run/env.json"))["resumed_from"].endswith("epoch-0002")
+
+
+@pytest.mark.parametrize("fault,resumed_from,skipped", [
+    # killed at the start of epoch 3: epoch-0002 is uploaded whole
+    ({"at": "step", "epoch": 3, "step": 1, "rank": 0}, "epoch-0002", None),
+    # killed after epoch-0003's files were uploaded, before its manifest: it is skipped
+    ({"at": "upload", "epoch": 3, "stage": "files"}, "epoch-0002", "epoch-0003"),
+])
+def test_a_killed_driver_resumes_from_the_uploaded_checkpoint_and_matches(s3_server, tmp_path, fault,
+                                                                          resumed_from, skipped):
+    _, fs, query = s3_server
+    uri = f"s3://data/run?{query}"
+    cmd = ["run", JOB, "--output", uri, "--runs-dir", tmp_path / "runs", "--json",
+           *(x for s in [*BASE, "train.epochs=4"] for x in ("--set", s))]
+    env = dict(os.environ, LRJOB_FAULT=json.dumps({**fault, "action": "kill", "once": str(tmp_path / "fired")}))
+    killed = _lrjob(*cmd, env=env)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert json.loads((tmp_path / "fired.where").read_text())["at"] == fault["at"]
+    files = _files(fs)
+    if skipped:
+        assert f"checkpoints/{skipped}/params.npz" in files and f"checkpoints/{skipped}/{MANIFEST}" not in files
+
+    again = _lrjob(*cmd, env=env)  # the identical command; the marker exists, the fault does not fire again
+    assert again.returncode == 0, again.stderr[-2000:]
+    epochs = [e["epoch"] for e in map(json.loads, again.stdout.splitlines()) if e["event"] == "epoch"]
+    assert epochs == [3, 4], "continued from epoch 2, not redone"
+    warned = [x for x in again.stderr.splitlines() if "skipped" in x]
+    if skipped:
+        assert warned == [f"lrjob: warning: checkpoint s3://data/run/checkpoints/{skipped} skipped: "
+                          f"no {MANIFEST} (its upload did not finish)"]
+    else:
+        assert warned == []
+    full = run_job(_spec("train.epochs=4"), tmp_path / "full")
+    params = _npz(fs, "data/run/checkpoints/epoch-0004/params.npz")
+    for name in full.params:
+        assert np.array_equal(params[name], full.params[name]), name
+    lines = [json.loads(x) for x in _read(fs, "data/run/metrics.jsonl").decode().splitlines()]
+    assert [m["val_loss"] for m in lines] == [m["val_loss"] for m in full.history]
+    assert json.loads(_read(fs, "data/run/env.json"))["resumed_from"].endswith(resumed_from)
+    assert json.loads(_read(fs, "data/run/summary.json"))["status"] == "completed"
+    assert f"checkpoints/epoch-0003/{MANIFEST}" in _files(fs), "the skipped checkpoint was uploaded anew, whole"
+
+
+def test_a_checkpoint_that_does_not_match_its_manifest_is_skipped(s3_server, tmp_path, capsys):
+    _, fs, query = s3_server
+    uri = f"s3://data/run?{query}"
+    run_job(_spec("train.epochs=2"), uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    with fs.open_output_stream("data/run/checkpoints/epoch-0002/params.npz") as f:
+        f.write(b"not the uploaded bytes")
+    capsys.readouterr()
+    again = run_job(_spec("train.epochs=3"), uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    err = capsys.readouterr().err
+    assert (f"lrjob: warning: checkpoint s3://data/run/checkpoints/epoch-0002 skipped: params.npz does not match "
+            f"its {MANIFEST}") in err.splitlines()
+    assert json.loads(_read(fs, "data/run/env.json"))["resumed_from"].endswith("epoch-0001")
+    full = run_job(_spec("train.epochs=3"), tmp_path / "full")
+    for name in full.params:
+        assert np.array_equal(again.params[name], full.params[name]), name
+
+
+@pytest.mark.parametrize("uri,want", [
+    ("nope://host/run", "lrjob: error: --output nope://host/run: cannot open this URI (Unrecognized filesystem "
+                        "type in URI: nope://host/run); use s3://bucket/path, gs://bucket/path or file:///path (a "
+                        "server other than AWS: ?endpoint_override=host:port&scheme=http)"),
+    ("s3://missing/run?{query}", "lrjob: error: --output s3://missing/run: bucket 'missing' does not exist; "
+                                 "create it first (aws s3 mb s3://missing), or choose another bucket"),
+    ("s3://data?{query}", "lrjob: error: --output s3://data: names no folder inside the bucket; add one, "
+                          "e.g. s3://data/run"),
+    ("s3://data/other?{query}", "lrjob: error: --output s3://data/other: exists, is not empty and holds no lrjob "
+                                "run (no job.yaml, no checkpoints); choose a new path"),
+    ("s3://data/run?endpoint_override=127.0.0.1:{dead}&scheme=http",
+     "lrjob: error: --output s3://data/run: cannot reach the storage ("),
+])
+def test_bad_storage_is_one_line_before_anything_is_written(s3_server, tmp_path, capsys, uri, want):
+    _, fs, query = s3_server
+    with fs.open_output_stream("data/other/notes.txt") as f:
+        f.write(b"not a run")
+    import conftest
+
+    uri = uri.format(query=query, dead=conftest._free_port())
+    before = _files(fs, "data")
+    code, out, err = _cli(capsys, "run", JOB, "--set", "train.epochs=1", "--workers", "0", "--output", uri,
+                          "--runs-dir", tmp_path / "runs")
+    assert code == 2 and out == ""
+    assert len(err.splitlines()) == 1 and err.startswith(want), err
+    assert "Traceback" not in err
+    assert _files(fs, "data") == before, "nothing written to the storage"
+    assert not (tmp_path / "runs").exists(), "no staging copy left"
+
+
+def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_server, tmp_path):
+    _, _, query = s3_server
+    endpoint = query.split("endpoint_override=")[1].split("&")[0]
+    admin = pfs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_deletion=True)
+
+    class BucketGoneAfterEpoch1(Reporter):
+        def epoch(self, m, epochs):
+            super().epoch(m, epochs)
+            if m["epoch"] == 1:
+                admin.delete_dir("data")  # the bucket and all in it: the next upload fails
+
+    with pytest.raises(StorageError) as err:
+        run_job(_spec("train.epochs=3"), f"s3://data/run?{query}", reporter=BucketGoneAfterEpoch1("silent"),
+                options=DriverOptions(runs_dir=tmp_path / "runs"))
+    (staging,) = (tmp_path / "runs" / ".staging").iterdir()
+    text = str(err.value)
+    assert "\n" not in text and text.startswith("s3://data/run/checkpoints/epoch-0002: upload failed (")
+    assert text.endswith(f"); nothing is lost: the run is in {staging} (lrjob run --resume {staging} continues "
+                         f"it there)")
+    summary = json.loads((staging / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["error"] == text
+    assert (staging / "checkpoints" / "epoch-0002" / "state.json").is_file()
+    assert not (staging / ".lock").exists()
+    again = run_job(_spec("train.epochs=3"), resume=staging)  # the staging copy is a run directory
+    assert again.summary["epochs_done"] == 3
+
+
+def test_a_file_uri_is_a_storage_too(tmp_path):
+    uri = f"file://{tmp_path}/store/run"
+    run_job(_spec("train.epochs=1"), uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    store = tmp_path / "store" / "run"
+    assert (store / "checkpoints" / "epoch-0001" / MANIFEST).is_file()
+    assert json.loads((store / "summary.json").read_text())["status"] == "completed"
+    assert not (tmp_path / "runs").exists()

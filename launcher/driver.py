@@ -193,6 +193,12 @@ class Driver:
         """Where the run is, as the user names it: the storage URI (without a login), else the folder."""
         return without_login(self.remote.uri) if self.remote else self.path
 
+    def _shown(self, path: Path) -> str | Path:
+        """``path`` inside the run as the user knows it: under the storage URI for a staged run."""
+        if self.remote is None:
+            return path
+        return f"{self.remote.shown.rstrip('/')}/{Path(path).relative_to(self.path).as_posix()}"
+
     def _sync(self, final: bool = False) -> None:
         """Upload what is new in the staging directory to the run's storage URI (docs/design.md#storage)."""
         if self.remote is not None:
@@ -224,7 +230,7 @@ class Driver:
         if self._continuing:
             self.checkpoint = self._good_checkpoint(flag, [])
             if self.checkpoint is None and resume:
-                raise SpecError(f"--resume {self.path}: no valid checkpoint in {self.path / 'checkpoints'}; "
+                raise SpecError(f"{flag}: no valid checkpoint in {self._shown(self.path / 'checkpoints')}; "
                                 f"start a new run")
         if self.checkpoint:
             _check_resume_data(self.path, self.checkpoint, self._data_key, spec, flag)
@@ -421,7 +427,8 @@ class Driver:
         starting it: its lock names it)."""
         kind = run_state(self.path)
         if resume and (kind == "other" or (kind == "new" and locked)):
-            raise SpecError(f"{flag}: no valid checkpoint in {self.path / 'checkpoints'}; start a new run")
+            raise SpecError(f"{flag}: no valid checkpoint in {self._shown(self.path / 'checkpoints')}; "
+                            f"start a new run")
         if kind == "other":
             raise SpecError(f"{flag}: exists, is not empty and holds no lrjob run (no job.yaml, no checkpoints); "
                             f"choose a new path")
@@ -435,9 +442,10 @@ class Driver:
         each one passed over is named on stderr and listed there as (path, reason)."""
         ckpt = latest_checkpoint(self.path, _checkpoint_judge(self.spec, self.data, self._digest), skipped)
         if ckpt is not None and ckpt["spec_digest"] != self._digest:
-            raise SpecError(f"{flag}: checkpoint {ckpt['path']} was written by a different spec; start a new run")
+            raise SpecError(f"{flag}: checkpoint {self._shown(ckpt['path'])} was written by a different spec; "
+                            f"start a new run")
         for path, reason in skipped or []:
-            print(f"lrjob: warning: checkpoint {path} skipped: {reason}", file=sys.stderr)
+            print(f"lrjob: warning: checkpoint {self._shown(path)} skipped: {reason}", file=sys.stderr)
         return ckpt
 
     # ------------------------------------------------------------------ clean-up

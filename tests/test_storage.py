@@ -188,6 +188,21 @@ def test_bad_storage_is_one_line_before_anything_is_written(s3_server, tmp_path,
     assert not (tmp_path / "runs").exists(), "no staging copy left"
 
 
+@pytest.mark.parametrize("holds", ["nothing", "job.yaml"])
+def test_resume_of_a_uri_without_a_complete_checkpoint_is_one_line(s3_server, tmp_path, capsys, holds):
+    _, fs, query = s3_server
+    if holds == "job.yaml":  # a run killed before its first checkpoint was uploaded
+        with fs.open_output_stream("data/run/job.yaml") as f:
+            f.write(_spec("train.epochs=2").resolved().to_yaml().encode())
+    code, out, err = _cli(capsys, "run", "--resume", f"s3://data/run?{query}", *(["--set", "train.epochs=2"]
+                          if holds == "nothing" else []), JOB if holds == "nothing" else "--quiet",
+                          "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (2, "")
+    assert err == ("lrjob: error: --resume s3://data/run: no valid checkpoint in s3://data/run/checkpoints; "
+                   "start a new run\n")
+    assert not (tmp_path / "runs").exists()
+
+
 def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_server, tmp_path):
     _, _, query = s3_server
     endpoint = query.split("endpoint_override=")[1].split("&")[0]

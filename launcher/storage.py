@@ -23,7 +23,6 @@ import hashlib
 import json
 import re
 import secrets
-import shutil
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -36,9 +35,14 @@ __all__ = ["RemoteRun", "StorageError", "is_remote", "open_remote", "without_log
 MANIFEST = "manifest.json"  # in every uploaded checkpoint folder, written last
 STAGING = ".staging"        # under --runs-dir: the local copies of remote runs
 _CHECKPOINT = re.compile(r"epoch-\d+(?:-step-\d+)?")
+_FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # a file a manifest may name
+# What is downloaded besides checkpoints (the spec, and the MLflow run a tracked resume reopens), and
+# the most read of either: a spec file holds at most 1 MiB (docs/design.md#job-spec).
+_STAGED = ("job.yaml", "mlflow.json")
+_MAX_SMALL_FILE = 1 << 20
 # The files of a run directory that are uploaded at every sync, and those only at the end.
-_EVERY_SYNC = ("job.yaml", "env.json", "metrics.jsonl", "summary.json")
-_AT_END = ("mlflow.json", "report.html", "curves.png", "confusion.png", "samples.png", "boundary.png")
+_EVERY_SYNC = ("job.yaml", "env.json", "metrics.jsonl", "summary.json", "mlflow.json")
+_AT_END = ("report.html", "curves.png", "confusion.png", "samples.png", "boundary.png")
 _HINT = ("check the URI, its endpoint (a server other than AWS: ?endpoint_override=host:port&scheme=http) "
          "and the credentials in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)")
 
@@ -98,6 +102,7 @@ class RemoteRun:
         self.staging: Path | None = None
         self.broken = False                   # an upload failed: nothing more is sent
         self._uploaded: dict[str, dict] = {}  # checkpoint name -> its manifest, as the remote holds it
+        self._hashed: dict[tuple, dict] = {}   # (name, its files' sizes and times) -> its manifest
 
     # ------------------------------------------------------------------ checks
     def _where(self, rel: str = "") -> str:
@@ -158,49 +163,62 @@ class RemoteRun:
         checkpoints skipped, as (URI, reason); each is also named on stderr."""
         self.staging = staging
         files = self._list()
-        if "job.yaml" in files:
-            (staging / "job.yaml").write_bytes(self._get("job.yaml"))
-        names = sorted({c for c in map(self._checkpoint_of, files) if c})
+        for name in _STAGED:
+            if name in files:
+                (staging / name).write_bytes(self._get(name, _MAX_SMALL_FILE + 1))
         skipped = []
-        for name in names:
-            reason = None
-            if f"checkpoints/{name}/{MANIFEST}" not in files:
-                reason = f"no {MANIFEST} (its upload did not finish)"
-            else:
-                try:
-                    manifest = json.loads(self._get(f"checkpoints/{name}/{MANIFEST}"))
-                    blobs = {f: self._get(f"checkpoints/{name}/{f}") for f in manifest["files"]}
-                    for f, blob in blobs.items():
-                        want = manifest["files"][f]
-                        if len(blob) != want["size"] or hashlib.sha256(blob).hexdigest() != want["sha256"]:
-                            reason = f"{f} does not match its {MANIFEST}"
-                except (ValueError, KeyError, TypeError, OSError) as e:
-                    reason = f"unreadable {MANIFEST} ({_first_line(e)})"
-            if reason:
-                skipped.append((self._where(f"checkpoints/{name}"), reason))
-                print(f"lrjob: warning: checkpoint {self._where(f'checkpoints/{name}')} skipped: {reason}",
-                      file=sys.stderr)
+        for name in sorted({c for c in map(self._checkpoint_of, files) if c}):
+            try:
+                manifest, blobs = self._complete_checkpoint(name, files)
+            except ValueError as e:
+                where = self._where(f"checkpoints/{name}")
+                skipped.append((where, str(e)))
+                print(f"lrjob: warning: checkpoint {where} skipped: {e}", file=sys.stderr)
                 continue
             folder = staging / "checkpoints" / name
             folder.mkdir(parents=True)
             for f, blob in blobs.items():
-                if "/" in f or f in ("", ".", ".."):
-                    raise LrjobInputError(f"{self._where(f'checkpoints/{name}')}: its {MANIFEST} names {f!r}, "
-                                          f"not a file of the folder; remove that checkpoint")
                 (folder / f).write_bytes(blob)
             self._uploaded[name] = manifest
         return skipped
+
+    def _complete_checkpoint(self, name: str, files: dict[str, int]) -> tuple[dict, dict[str, bytes]]:
+        """The manifest and the files of the uploaded checkpoint ``name``, read and checked against
+        each other; a ``ValueError`` saying why it is not complete."""
+        prefix = f"checkpoints/{name}"
+        if f"{prefix}/{MANIFEST}" not in files:
+            raise ValueError(f"no {MANIFEST} (its upload did not finish)")
+        try:
+            manifest = json.loads(self._get(f"{prefix}/{MANIFEST}", _MAX_SMALL_FILE + 1))
+            listed = manifest["files"]
+            sizes = {f: int(want["size"]) for f, want in listed.items()}
+            sums = {f: str(want["sha256"]) for f, want in listed.items()}
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"unreadable {MANIFEST} ({_first_line(e)})") from None
+        for f, size in sizes.items():
+            if not _FILE_NAME.fullmatch(f) or f == MANIFEST:
+                raise ValueError(f"its {MANIFEST} names {f[:100]!r}, not a file of a checkpoint")
+            if files.get(f"{prefix}/{f}") != size:  # missing, or not the bytes it lists: nothing read
+                raise ValueError(f"{f} does not match its {MANIFEST}")
+        blobs = {}
+        for f in sizes:
+            blob = self._get(f"{prefix}/{f}", sizes[f] + 1)
+            if len(blob) != sizes[f] or hashlib.sha256(blob).hexdigest() != sums[f]:
+                raise ValueError(f"{f} does not match its {MANIFEST}")
+            blobs[f] = blob
+        return manifest, blobs
 
     def spec_bytes(self) -> bytes:
         """The remote run's ``job.yaml`` (``--resume URI`` without a JOB); a one-line error without one."""
         if "job.yaml" not in self._list():
             raise LrjobInputError(f"{self.flag} {self.shown}: not a run directory (no job.yaml); pass a URI that "
                                   f"lrjob run --output wrote")
-        return self._get("job.yaml")
+        return self._get("job.yaml", _MAX_SMALL_FILE + 1)
 
-    def _get(self, rel: str) -> bytes:
+    def _get(self, rel: str, limit: int) -> bytes:
+        """At most ``limit`` bytes of the object ``rel``."""
         with self.fs.open_input_stream(f"{self.base}/{rel}") as f:
-            return f.read()
+            return f.read(limit)
 
     # ------------------------------------------------------------------ upload
     def _put(self, key: str, data: bytes) -> None:
@@ -223,11 +241,12 @@ class RemoteRun:
                      if _CHECKPOINT.fullmatch(p.name) and p.is_dir() and (p / "state.json").is_file()} \
                 if (run_dir / "checkpoints").is_dir() else {}
             for name, folder in local.items():
-                manifest = _manifest(folder)
+                manifest = self._manifest(name, folder)
                 if self._uploaded.get(name) == manifest:
                     continue
                 rel = f"checkpoints/{name}"
                 self._upload_checkpoint(folder, name, manifest)
+            self._hashed = {k: v for k, v in self._hashed.items() if k[0] in local}
             for name in sorted(set(self._uploaded) - set(local)):
                 rel = f"checkpoints/{name}"
                 self._remove_checkpoint(name)
@@ -262,17 +281,15 @@ class RemoteRun:
         del self._uploaded[name]
         self.fs.delete_dir(prefix)
 
-    def remove_staging(self) -> None:
-        """Remove the local staging directory (everything in it is uploaded)."""
-        if self.staging is not None:
-            shutil.rmtree(self.staging, ignore_errors=True)
-
-
-def _manifest(folder: Path) -> dict:
-    """The name, size and SHA-256 of every file of a local checkpoint folder."""
-    files = {}
-    for p in sorted(folder.iterdir()):
-        if p.is_file() and not p.is_symlink():
-            blob = p.read_bytes()
-            files[p.name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
-    return {"format": "lrjob-checkpoint-v1", "files": files}
+    def _manifest(self, name: str, folder: Path) -> dict:
+        """The name, size and SHA-256 of every file of a local checkpoint folder; hashed again only
+        when a file's size or time changed (a checkpoint is rewritten, not edited)."""
+        paths = [p for p in sorted(folder.iterdir()) if p.is_file() and not p.is_symlink()]
+        key = (name, *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in paths))
+        if key not in self._hashed:
+            files = {}
+            for p in paths:
+                blob = p.read_bytes()
+                files[p.name] = {"size": len(blob), "sha256": hashlib.sha256(blob).hexdigest()}
+            self._hashed[key] = {"format": "lrjob-checkpoint-v1", "files": files}
+        return self._hashed[key]

@@ -142,7 +142,7 @@ class RemoteRun:
 
     def state(self) -> str:
         """``"run"`` (a ``job.yaml`` or an uploaded checkpoint), ``"new"`` (nothing there) or ``"other"``."""
-        files = self._list()
+        files = {p: n for p, n in self._list().items() if not p.startswith(".lrjob-probe-")}  # a probe left over
         if not files:
             return "new"
         if "job.yaml" in files or any(self._checkpoint_of(p) for p in files):

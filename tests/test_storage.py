@@ -203,28 +203,33 @@ def test_resume_of_a_uri_without_a_complete_checkpoint_is_one_line(s3_server, tm
     assert not (tmp_path / "runs").exists()
 
 
-def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_server, tmp_path):
+@pytest.mark.parametrize("gone_after,failed_on", [
+    (1, "checkpoints/epoch-0002"),  # during the run
+    (3, "job.yaml"),                # the final upload of a completed run
+])
+def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_server, tmp_path, gone_after,
+                                                                             failed_on):
     _, _, query = s3_server
     endpoint = query.split("endpoint_override=")[1].split("&")[0]
     admin = pfs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_deletion=True)
 
-    class BucketGoneAfterEpoch1(Reporter):
+    class BucketGone(Reporter):
         def epoch(self, m, epochs):
             super().epoch(m, epochs)
-            if m["epoch"] == 1:
+            if m["epoch"] == gone_after:
                 admin.delete_dir("data")  # the bucket and all in it: the next upload fails
 
     with pytest.raises(StorageError) as err:
-        run_job(_spec("train.epochs=3"), f"s3://data/run?{query}", reporter=BucketGoneAfterEpoch1("silent"),
+        run_job(_spec("train.epochs=3"), f"s3://data/run?{query}", reporter=BucketGone("silent"),
                 options=DriverOptions(runs_dir=tmp_path / "runs"))
     (staging,) = (tmp_path / "runs" / ".staging").iterdir()
     text = str(err.value)
-    assert "\n" not in text and text.startswith("s3://data/run/checkpoints/epoch-0002: upload failed (")
+    assert "\n" not in text and text.startswith(f"s3://data/run/{failed_on}: upload failed (")
     assert text.endswith(f"); nothing is lost: the run is in {staging} (lrjob run --resume {staging} continues "
                          f"it there)")
     summary = json.loads((staging / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == text
-    assert (staging / "checkpoints" / "epoch-0002" / "state.json").is_file()
+    assert (staging / "checkpoints" / f"epoch-{gone_after + 1 if gone_after < 3 else 3:04d}" / "state.json").is_file()
     assert not (staging / ".lock").exists()
     again = run_job(_spec("train.epochs=3"), resume=staging)  # the staging copy is a run directory
     assert again.summary["epochs_done"] == 3

@@ -188,6 +188,20 @@ def test_bad_storage_is_one_line_before_anything_is_written(s3_server, tmp_path,
     assert not (tmp_path / "runs").exists(), "no staging copy left"
 
 
+def test_a_uri_holding_another_jobs_run_is_refused_and_left_as_it_was(s3_server, tmp_path, capsys):
+    _, fs, query = s3_server
+    with fs.open_output_stream("data/run/job.yaml") as f:
+        f.write(_spec("train.epochs=2", "train.seed=7").resolved().to_yaml().encode())
+    before = {k: _read(fs, f"data/run/{k}") for k in _files(fs)}
+    code, out, err = _cli(capsys, "run", JOB, *(x for s in [*BASE, "train.epochs=2"] for x in ("--set", s)),
+                          "--output", f"s3://data/run?{query}", "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (2, "")
+    assert err == ("lrjob: error: --output s3://data/run: holds a run of another job (its job.yaml differs in "
+                   "train.seed); choose a new path\n")
+    assert {k: _read(fs, f"data/run/{k}") for k in _files(fs)} == before
+    assert not (tmp_path / "runs").exists(), "the staging copy is removed"
+
+
 @pytest.mark.parametrize("holds", ["nothing", "job.yaml"])
 def test_resume_of_a_uri_without_a_complete_checkpoint_is_one_line(s3_server, tmp_path, capsys, holds):
     _, fs, query = s3_server

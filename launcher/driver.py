@@ -527,7 +527,7 @@ class Driver:
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
                                                        "HOROVOD_CYCLE_TIME")},
             "startup_seconds": backend.startup_seconds,
-            "resumed_from": self.checkpoint["path"] if self.checkpoint else None,
+            "resumed_from": str(self._shown(Path(self.checkpoint["path"]))) if self.checkpoint else None,
             # the prepared folder the workers mapped (docs/design.md#prepared-data)
             "data": {"prepared": self.data.home, "train_rows": int(len(self.data.x_train)),
                      "val_rows": int(len(self.data.x_val)), "dtype": str(self.data.x_train.dtype)},
@@ -544,12 +544,13 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     """``lrjob worker``: this process is one rank of a ``horovodrun`` job
     (backends/hvdrun.py). Rank 0 also plays the driver and writes the run directory;
     the other ranks run the same collectives in the same order and write nothing."""
+    if is_remote(output) or is_remote(resume):
+        raise SpecError(f"{'--resume' if is_remote(resume) else '--output'} {without_login(resume or output)}: a "
+                        f"storage URI is not supported under horovodrun (every rank reads the run directory); use a "
+                        f"folder every rank sees, or lrjob run")
     from .backends.hvd_comm import HorovodCommunicator
     from .backends.hvdrun import ThisRankBackend
 
-    if is_remote(output) or is_remote(resume):
-        raise SpecError(f"{'--resume' if is_remote(resume) else '--output'}: a storage URI is not supported under "
-                        f"horovodrun (every rank reads the run); use a folder every rank sees, or lrjob run")
     if spec.failure.max_failures:
         raise SpecError("failure.max_failures: under horovodrun the launcher restarts the job "
                         "(e.g. the MPIJob's backoffLimit); set it to 0 and resume with --resume")

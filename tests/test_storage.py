@@ -97,7 +97,7 @@ def test_resume_uri_without_a_job_continues_the_uploaded_run(s3_server, tmp_path
     params = _npz(fs, "data/run/checkpoints/epoch-0004/params.npz")
     for name in full.params:
         assert np.array_equal(params[name], full.params[name]), name
-    assert json.loads(_read(fs, "data/run/env.json"))["resumed_from"].endswith("epoch-0002")
+    assert json.loads(_read(fs, "data/run/env.json"))["resumed_from"] == "s3://data/run/checkpoints/epoch-0002"
 
 
 @pytest.mark.parametrize("fault,resumed_from,skipped", [
@@ -247,6 +247,14 @@ def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_s
     assert not (staging / ".lock").exists()
     again = run_job(_spec("train.epochs=3"), resume=staging)  # the staging copy is a run directory
     assert again.summary["epochs_done"] == 3
+
+
+def test_horovodrun_ranks_refuse_a_uri(capsys):
+    code, out, err = _cli(capsys, "worker", JOB, "--output", "s3://user:secret@data/run?endpoint_override=h:1")
+    assert (code, out) == (2, "")
+    assert err == ("lrjob: error: --output s3://data/run?endpoint_override=h:1: a storage URI is not supported "
+                   "under horovodrun (every rank reads the run directory); use a folder every rank sees, or lrjob "
+                   "run\n")
 
 
 def test_a_file_uri_is_a_storage_too(tmp_path):

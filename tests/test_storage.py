@@ -249,6 +249,26 @@ def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_s
     assert again.summary["epochs_done"] == 3
 
 
+def test_an_interrupted_run_uploads_what_it_has_and_names_the_uri_to_resume(s3_server, tmp_path):
+    _, fs, query = s3_server
+    uri = f"s3://data/run?{query}"
+
+    class CtrlCAfterEpoch2(Reporter):
+        def epoch(self, m, epochs):
+            super().epoch(m, epochs)
+            if m["epoch"] == 2:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt) as e:
+        run_job(_spec("train.epochs=4"), uri, reporter=CtrlCAfterEpoch2("silent"),
+                options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert e.value.resume == f"lrjob run --resume '{uri}'"
+    summary = json.loads(_read(fs, "data/run/summary.json"))
+    assert summary["status"] == "interrupted" and summary["resume"] == e.value.resume
+    assert f"checkpoints/epoch-0002/{MANIFEST}" in _files(fs)
+    assert not (tmp_path / "runs").exists(), "all of it is uploaded: the staging copy is gone"
+
+
 def test_horovodrun_ranks_refuse_a_uri(capsys):
     code, out, err = _cli(capsys, "worker", JOB, "--output", "s3://user:secret@data/run?endpoint_override=h:1")
     assert (code, out) == (2, "")

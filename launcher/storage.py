@@ -87,7 +87,7 @@ def open_remote(uri: str, flag: str) -> "RemoteRun":
     base = base.rstrip("/")
     if not base or (fs.type_name != "local" and "/" not in base):
         raise LrjobInputError(f"{flag} {shown}: names no folder inside the bucket; add one, e.g. {shown.rstrip('/')}"
-                              f"/{'run' if base else 'bucket/run'}")
+                              f"/{'run' if base or fs.type_name == 'local' else 'bucket/run'}")
     run = RemoteRun(uri, flag, fs, base)
     run.check_access()
     return run
@@ -160,8 +160,16 @@ class RemoteRun:
     def stage(self, staging: Path) -> list[tuple[str, str]]:
         """Fill the new, empty local run directory ``staging`` with the remote ``job.yaml`` and every
         complete checkpoint (its ``manifest.json`` present and its files matching it). Returns the
-        checkpoints skipped, as (URI, reason); each is also named on stderr."""
+        checkpoints skipped, as (URI, reason); each is also named on stderr. A download that fails is a
+        one-line ``LrjobInputError`` (nothing has been trained or written yet)."""
         self.staging = staging
+        try:
+            return self._stage(staging)
+        except OSError as e:
+            raise LrjobInputError(f"{self.flag} {self.shown}: cannot download the run ({_first_line(e)}); {_HINT}") \
+                from None
+
+    def _stage(self, staging: Path) -> list[tuple[str, str]]:
         files = self._list()
         for name in _STAGED:
             if name in files:
@@ -213,7 +221,11 @@ class RemoteRun:
         if "job.yaml" not in self._list():
             raise LrjobInputError(f"{self.flag} {self.shown}: not a run directory (no job.yaml); pass a URI that "
                                   f"lrjob run --output wrote")
-        return self._get("job.yaml", _MAX_SMALL_FILE + 1)
+        try:
+            return self._get("job.yaml", _MAX_SMALL_FILE + 1)
+        except OSError as e:
+            raise LrjobInputError(f"{self.flag} {self.shown}: cannot read its job.yaml ({_first_line(e)}); {_HINT}") \
+                from None
 
     def _get(self, rel: str, limit: int) -> bytes:
         """At most ``limit`` bytes of the object ``rel``."""

@@ -43,6 +43,7 @@ from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
+from .stopping import stop_reason, watches
 from .storage import STAGING, RemoteRun, StorageError, is_remote, open_remote, without_login
 from .tracking import make_tracker
 
@@ -242,6 +243,11 @@ class Driver:
         self._fit: dict = {}
         self.backend_factory = self.options.backend_factory or self._default_backend
         self.policy = FailurePolicy(spec.failure.max_failures)
+        # Early stopping and the best epoch: the driver's decisions, from the history alone
+        # (launcher/stopping.py, docs/design.md#early-stopping-and-the-best-model).
+        self._early, self._best = watches(spec)
+        self._stopped: dict | None = None   # {"epoch", "reason"} once early stopping ends the run
+        self._exported: dict | None = None  # {"epoch", "selected_by"}: the epoch model/ holds
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
         self._step = int(self.checkpoint.get("step", 0)) if self.checkpoint else 0
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
@@ -318,10 +324,11 @@ class Driver:
         hooks = self.options.hooks
         rank_params = self.backend.all_params() if hooks.collect_rank_params else None
         shard_logs = self.backend.shard_logs() if hooks.record_shards else None
-        for w in run.export_model(self.spec, self.data, state["params"]):  # model.onnx failed: a warning
+        params = self._exported_params(state)
+        for w in run.export_model(self.spec, self.data, params, self._exported):  # model.onnx failed: a warning
             self.reporter.warning(f"lrjob: warning: {w['message']}")
             self.warnings = self.warnings + [w]
-        self._review_fit(state["params"])
+        self._review_fit(params)
         self.status = {"status": "completed"}
         # summary: filled with summary.json's content when the run is finished (_finish)
         self._result = RunResult(self.path, self.history, state["params"], dict(self.status),
@@ -337,6 +344,8 @@ class Driver:
         state = None
         while len(self.history) < epochs:
             epoch = len(self.history)
+            if self._stop_here():
+                break
             bar = self.reporter.epoch_bar(epoch, epochs, len(self.data.x_train))
             try:
                 try:
@@ -345,11 +354,16 @@ class Driver:
                                                           timeout_s=self.epoch_timeout(), start_step=start,
                                                           stop_step=stop)
                         if stop < steps:  # a mid-epoch checkpoint
+                            run.best_epoch = self._best.best_epoch(self.history) if self._best else None
                             run.write_checkpoint(self.backend.get_state(), digest, self.history,
                                                  spec.checkpoint.keep, self._data_key)
                             self._sync()
                         self._step = stop % steps
-                    due = (epoch + 1) % every == 0 or epoch + 1 == epochs
+                    # a new best epoch, and the epoch early stopping ends with, are saved too
+                    ahead = self.history + [per_rank[0]]
+                    due = ((epoch + 1) % every == 0 or epoch + 1 == epochs
+                           or (self._best is not None and self._best.best_epoch(ahead) == epoch + 1)
+                           or (self._early is not None and stop_reason(ahead, *self._early) is not None))
                     state = self.backend.get_state() if due else None
                 finally:
                     if bar:
@@ -362,7 +376,9 @@ class Driver:
             self.history.append(m)
             run.append_metrics(m)
             if state is not None:
-                # persisted before it is reported: a printed epoch is a saved epoch
+                # persisted before it is reported: a printed epoch is a saved epoch; the best
+                # epoch's checkpoint is spared by the pruning (checkpoint.keep_best)
+                run.best_epoch = self._best.best_epoch(self.history) if self._best else None
                 run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key)
             self._sync()  # uploaded before it is reported, too
             self.reporter.epoch(m, epochs)
@@ -370,6 +386,44 @@ class Driver:
         if state is None:  # resumed at the end already, or the last epoch was not due
             state = self.backend.get_state()
         return state
+
+    def _stop_here(self) -> bool:
+        """Whether early stopping ends the run after the epochs of the history (the driver's
+        decision, made from metrics under the parity rule, then told to every rank); records
+        the reason and the stopping epoch."""
+        if self._early is None:
+            return False
+        reason = stop_reason(self.history, *self._early)
+        self.backend.announce_stop(reason is not None)
+        if reason is None:
+            return False
+        self._stopped = {"epoch": len(self.history), "reason": reason}
+        self.reporter.message(f"lrjob: {reason}; stopped after epoch {len(self.history)} of "
+                              f"{self.spec.train.epochs}")
+        return True
+
+    def _exported_params(self, state: dict) -> dict:
+        """The parameters ``model/`` gets: the best epoch's checkpoint with ``checkpoint.keep_best``,
+        else the last epoch's (``state``); ``self._exported`` names the epoch."""
+        last = len(self.history)
+        if self._best is None:
+            self._exported = {"epoch": last, "selected_by": "last epoch"}
+            return state["params"]
+        best = self._best.best_epoch(self.history)
+        ckpt = self.run_dir.epoch_checkpoint(best) if best else None
+        if ckpt is None:
+            w = {"kind": "best_checkpoint_missing",
+                 "message": f"the best epoch's checkpoint (epoch {best}, by {self._best.metric}) cannot be read; "
+                            f"the model is the last epoch's ({last})"}
+            self.reporter.warning(f"lrjob: warning: {w['message']}")
+            self.warnings.append(w)
+            self._exported = {"epoch": last, "selected_by": "last epoch"}
+            return state["params"]
+        self._exported = {"epoch": best, "selected_by": f"best {self._best.metric}",
+                          self._best.metric: self.history[best - 1][self._best.metric]}
+        self.reporter.message(f"lrjob: model/ holds epoch {best}, the best by {self._best.metric} "
+                              f"({self.history[best - 1][self._best.metric]:.6g})")
+        return ckpt["params"]
 
     def _review_fit(self, params: dict) -> None:
         """After training: the loss and overfitting warnings (printed, and kept for
@@ -512,6 +566,10 @@ class Driver:
             "run_dir": str(self.location),
             "warnings": list(self.warnings), **self._fit,
         }
+        if self._stopped is not None:
+            summary["stopped_early"] = dict(self._stopped)
+        if self._exported is not None:
+            summary["exported"] = dict(self._exported)
         if self.spec.train.class_weight is not None:  # train_loss and val_loss are not comparable
             summary["train_loss_weighted"] = True
         self.run_dir.write_json("summary.json", summary)
@@ -581,6 +639,9 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
             start, step = ckpt["epochs_done"], int(ckpt.get("step", 0))
     steps = num_batches(len(data.x_train), spec.train.batch_size)
     for epoch in range(start, spec.train.epochs):
+        # rank 0's driver decides on early stopping before each epoch (Driver._stop_here)
+        if spec.train.early_stopping is not None and backend.announce_stop(False):
+            break
         for a, b in segments(step, steps, spec.checkpoint.every_steps):  # rank 0's segments
             backend.run_epoch(epoch, start_step=a, stop_step=b)
         step = 0

@@ -521,6 +521,9 @@ class RunDir:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
+        # The epoch whose end-of-epoch checkpoint pruning spares (checkpoint.keep_best: the
+        # best epoch so far, set by the driver); None: only the newest ``keep`` stay.
+        self.best_epoch: int | None = None
 
     @classmethod
     def create(cls, path: str | os.PathLike, spec=None) -> "RunDir":
@@ -610,21 +613,35 @@ class RunDir:
         """The newest checkpoint that reads back whole (a damaged one is skipped)."""
         return latest_checkpoint(self.path)
 
+    def epoch_checkpoint(self, epoch: int) -> dict | None:
+        """The checkpoint written at the end of epoch ``epoch`` (1-based), read back whole; None
+        when it is missing or unreadable."""
+        path = self.path / "checkpoints" / f"epoch-{int(epoch):04d}"
+        if path not in list_checkpoints(self.path):
+            return None
+        try:
+            return load_checkpoint(path)
+        except _UNREADABLE:
+            return None
+
     # ------------------------------------------------------------------ writing
     def write_spec(self, spec) -> None:
         """Write the resolved spec to ``job.yaml``, atomically."""
         self.write_text("job.yaml", spec.to_yaml())
 
-    def export_model(self, spec, data, params: dict) -> list[dict]:
+    def export_model(self, spec, data, params: dict, exported: dict | None = None) -> list[dict]:
         """Export the trained model into ``model/`` with what serving needs to know: the
-        MXNet export and ``model.onnx``. Returns the warnings (``{code, message}``): an ONNX
-        export that fails leaves the MXNet model and is a warning, never a failure
+        MXNet export and ``model.onnx``; ``exported`` names the epoch the parameters are from
+        (``{"epoch": k, "selected_by": ...}``). Returns the warnings (``{code, message}``): an
+        ONNX export that fails leaves the MXNet model and is a warning, never a failure
         (docs/design.md#onnx-export)."""
         from lr_core.export import export_model, export_onnx
 
         meta = {"job": spec.name, "source": data.source, "image_shape": list(data.image_shape or []),
                 "columns": data.extra.get("columns", []), "label_column": spec.data.label_column,
                 "label_map": spec.data.label_map, "standardize": data.stats, "scale": data.scale}
+        if exported is not None:
+            meta["exported"] = dict(exported)
         final = self._inside("model")
         warnings = []
         # exported into a hidden folder, then renamed: a crash leaves the old model or the new one
@@ -705,7 +722,8 @@ class RunDir:
                          data_key: str | None = None) -> Path:
         """Save ``state`` with ``spec_digest`` and ``history`` as ``checkpoints/epoch-NNNN``: written into a
         hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes the
-        ones up to it to the newest ``keep``. Returns the final path."""
+        ones up to it to the newest ``keep``, never the best epoch's (``best_epoch``,
+        ``checkpoint.keep_best``). Returns the final path."""
         epochs_done, step = int(state["epochs_done"]), int(state.get("step", 0))
         root = self._inside("checkpoints")
         root.mkdir(exist_ok=True)
@@ -743,7 +761,8 @@ class RunDir:
                 shutil.rmtree(tmp, ignore_errors=True)
         # Only checkpoints up to this one count: a newer one left by an earlier attempt (damaged,
         # skipped on resume) must not push the one just written out.
-        upto = [p for p in list_checkpoints(self.path) if _checkpoint_order(p) <= _checkpoint_order(final)]
+        upto = [p for p in list_checkpoints(self.path) if _checkpoint_order(p) <= _checkpoint_order(final)
+                and _checkpoint_order(p) != (self.best_epoch, 0)]
         for old in upto[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
         return final

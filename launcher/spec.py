@@ -26,6 +26,8 @@ from lr_core.data import LABEL_COLUMN, SOURCES, VAL_FRACTION, check_source_spec
 from lr_core.errors import SpecError, clip, shown, suggest
 from lr_core.files import TooLarge, read_at_most
 
+from .stopping import METRICS, MODES, metric_mode
+
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
            "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
 
@@ -144,6 +146,12 @@ class TrainSpec:
     # Per-class weights on the training loss: `balanced` (n / (classes * count)) or {label: weight}
     # (docs/design.md#class-weights); null: every row weighs 1.
     class_weight: str | dict | None = _f("weights", None, nullable=True)
+    # {metric, patience, min_delta, mode}: stop after `patience` epochs without improvement
+    # (docs/design.md#early-stopping-and-the-best-model); checked and resolved in _resolve_training.
+    early_stopping: dict | None = _f("map", None, nullable=True)
+    # {kind: step, step_epochs, factor} or {kind: cosine, min_lr, epochs}, both with warmup_epochs:
+    # the rate as a function of the global step (docs/design.md#learning-rate-schedules).
+    lr_schedule: dict | None = _f("map", None, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,9 @@ class CheckpointSpec:
     keep: int = _f("int", 3, _ge(1))
     # Also every this many steps inside an epoch (0: only at epoch ends): for epochs of hours.
     every_steps: int = _f("int", 0, _ge(0, ">= 0 (0: only at epoch ends)"))
+    # A metric (true: train.early_stopping's): the best epoch's checkpoint is never pruned and
+    # is the exported model (docs/design.md#early-stopping-and-the-best-model); null: the last epoch.
+    keep_best: str | bool | None = _f("best", None, nullable=True)
 
 
 @dataclass(frozen=True)
@@ -209,7 +220,7 @@ SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_
 
 # Fields added after runs were checkpointed: when null they leave the spec digest unchanged.
 # (data.standardize: resolved, and left out when off, see JobSpec._compared.)
-_ADDED_FIELDS = ("train.class_weight",)
+_ADDED_FIELDS = ("train.class_weight", "train.early_stopping", "train.lr_schedule", "checkpoint.keep_best")
 
 
 def _section(cls: type, values: dict):
@@ -277,6 +288,10 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
                         or (isinstance(w, int) and w.bit_length() > 1000):  # past float's range
                     raise SpecError(f"{where}: the weight of {shown(label)} must be a positive number, got {shown(w)}")
             value = {k2: float(w) for k2, w in value.items()}
+    elif k == "best":
+        if not isinstance(value, (bool, str)) or (isinstance(value, str) and not value.strip()):
+            raise SpecError(f"{where} must be a metric name, true (train.early_stopping's metric) or false, "
+                            f"got {shown(value)}")
     elif k == "map":
         if not isinstance(value, dict):
             raise SpecError(f"{where} must be a mapping (key: value), got {shown(value)}")
@@ -377,7 +392,8 @@ class JobSpec:
                           class_weight=self.class_weights(),
                           batch_size=t.batch_size, learning_rate=t.learning_rate, optimizer=t.optimizer,
                           weight_decay=t.weight_decay, momentum=t.momentum, init=t.init,
-                          init_sigma=t.init_sigma, seed=t.seed, threshold=t.threshold)
+                          init_sigma=t.init_sigma, seed=t.seed, threshold=t.threshold,
+                          lr_schedule=t.lr_schedule)
 
     def class_weights(self) -> str | tuple[float, ...] | None:
         """``train.class_weight`` by class index: ``balanced``, one weight per class, or None."""
@@ -465,6 +481,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
                 p = os.path.normpath(os.path.join(base_dir, p))
             raw["data"][key] = p
     _cross_checks(raw)
+    _resolve_training(raw)
     _resolve_tracking(raw)
     spec = JobSpec(raw=raw, source_file=source_file)
     # The resolved spec is written as job.yaml and read back (resume, compare, runs) under
@@ -541,6 +558,79 @@ def _resolve_classes(m: dict, source: str) -> None:
         raise SpecError("model.num_classes: required with model.kind: softmax on this source (the labels are "
                         "read block by block, and a class missing from the training rows would go unnoticed); "
                         "set it to the number of classes, e.g. model: {kind: softmax, num_classes: 3}")
+
+
+# The keys of train.early_stopping and train.lr_schedule (per kind): each with its rule and
+# default (None: required), checked by _coerce like a section's fields.
+_EARLY_STOPPING = {"metric": _Field("str", "val_loss"), "patience": _Field("int", 5, *_ge(1)),
+                   "min_delta": _Field("float", 0.0, *_ge(0)), "mode": _Field("str", None, choices=MODES)}
+_WARMUP = _Field("int", 0, *_ge(0))
+_LR_SCHEDULES = {
+    "step": {"step_epochs": _Field("int", None, *_ge(1)), "factor": _Field("float", None, *_gt(0)),
+             "warmup_epochs": _WARMUP},
+    "cosine": {"min_lr": _Field("float", 0.0, *_ge(0)), "epochs": _Field("int", None, *_ge(1)),
+               "warmup_epochs": _WARMUP},
+}
+
+
+def _sub_fields(where: str, given: dict, rules: dict[str, _Field], fill: dict | None = None) -> dict:
+    """``given`` checked against ``rules`` (an unknown key suggests the near one), defaults
+    (or ``fill``'s values) filled in; a required key that is missing names an example."""
+    for key in given:
+        if key not in rules:
+            raise SpecError(f"{where}: unknown key {shown(key)}{suggest(str(key), rules)}")
+    out = {}
+    for key, f in rules.items():
+        value = given.get(key, (fill or {}).get(key, f.default))
+        if value is None and key not in (fill or {}) and f.default is None and key != "mode":
+            raise SpecError(f"{where}.{key}: required; e.g. {where.rpartition('.')[2]}: {{{key}: {_example(f)}}}")
+        out[key] = None if value is None else _coerce(f"{where}.{key}", f, value)
+    return out
+
+
+def _resolve_training(raw: dict) -> None:
+    """Check ``train.early_stopping``, ``train.lr_schedule`` and ``checkpoint.keep_best`` and
+    write them resolved (every key, the mode inferred, keep_best's metric named): job.yaml shows
+    what the run does (docs/design.md#early-stopping-and-the-best-model)."""
+    t, kind = raw["train"], raw["model"]["kind"]
+    known = METRICS[kind]
+
+    def metric(where: str, name) -> str:
+        if name not in known:
+            raise SpecError(f"{where} must be a metric of a {kind} model ({', '.join(known)}), got "
+                            f"{shown(name)}{suggest(str(name), known)}")
+        return name
+
+    es = t["early_stopping"]
+    if es is not None:
+        es = _sub_fields("train.early_stopping", es, _EARLY_STOPPING)
+        es["metric"] = metric("train.early_stopping.metric", es["metric"])
+        es["mode"] = es["mode"] or metric_mode(es["metric"])
+        t["early_stopping"] = es
+    sched = t["lr_schedule"]
+    if sched is not None:
+        k = sched.get("kind")
+        if k not in _LR_SCHEDULES:
+            raise SpecError(f"train.lr_schedule.kind must be one of {', '.join(_LR_SCHEDULES)}, got {shown(k)}"
+                            f"{suggest(str(k), _LR_SCHEDULES)}")
+        rest = {key: v for key, v in sched.items() if key != "kind"}
+        fill = {"epochs": t["epochs"]} if k == "cosine" else None  # the cosine spans train.epochs
+        sched = {"kind": k, **_sub_fields("train.lr_schedule", rest, _LR_SCHEDULES[k], fill)}
+        if k == "cosine" and sched["min_lr"] > t["learning_rate"]:
+            raise SpecError(f"train.lr_schedule.min_lr must be at most train.learning_rate "
+                            f"({t['learning_rate']:g}), got {shown(sched['min_lr'])}")
+        if k == "cosine" and sched["warmup_epochs"] >= sched["epochs"]:
+            raise SpecError(f"train.lr_schedule.warmup_epochs must be less than the cosine's epochs "
+                            f"({sched['epochs']}), got {sched['warmup_epochs']}")
+        t["lr_schedule"] = sched
+    c = raw["checkpoint"]
+    keep = c["keep_best"]
+    if keep is True:
+        if es is None:
+            raise SpecError("checkpoint.keep_best: true means train.early_stopping's metric, and "
+                            "train.early_stopping is not set; name a metric, e.g. checkpoint.keep_best: val_loss")
+        keep = es["metric"]
+    c["keep_best"] = metric("checkpoint.keep_best", keep) if keep else None
 
 
 def _resolve_tracking(raw: dict) -> None:

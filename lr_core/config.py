@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .schedule import SCHEDULE_KINDS
+
 __all__ = ["LoopConfig", "MODEL_KINDS", "OPTIMIZERS", "INITS"]
 
 MODEL_KINDS = ("binary", "softmax")
@@ -33,6 +35,9 @@ class LoopConfig:
     # per-class weights on the training loss: "balanced", one weight per class, or None
     # (docs/design.md#class-weights); the loop turns them into per-row weights
     class_weight: str | tuple[float, ...] | None = None
+    # the learning rate as a function of the global step (lr_core/schedule.py,
+    # docs/design.md#learning-rate-schedules): a mapping, kept as sorted (key, value) pairs
+    lr_schedule: dict | tuple | None = None
 
     def __post_init__(self):
         if self.kind not in MODEL_KINDS:
@@ -45,6 +50,19 @@ class LoopConfig:
                 raise ValueError(f"class_weight must be 'balanced' or {self.num_outputs_classes} positive weights, "
                                  f"got {self.class_weight!r}")
             object.__setattr__(self, "class_weight", cw)
+        sched = self.lr_schedule
+        if sched is not None:
+            sched = dict(sched)
+            if sched.get("kind") not in SCHEDULE_KINDS:
+                raise ValueError(f"lr_schedule kind must be one of {SCHEDULE_KINDS}, got {sched.get('kind')!r}")
+            if sched["kind"] == "cosine" and sched.get("epochs") is None:
+                sched["epochs"] = self.epochs  # the cosine spans the run unless told otherwise
+            object.__setattr__(self, "lr_schedule", tuple(sorted(sched.items())) or None)
+
+    @property
+    def schedule(self) -> dict | None:
+        """``lr_schedule`` as a mapping (None: a constant rate)."""
+        return dict(self.lr_schedule) if self.lr_schedule else None
 
     @property
     def num_outputs(self) -> int:
@@ -60,4 +78,5 @@ class LoopConfig:
         d["hidden"] = list(self.hidden)
         if isinstance(self.class_weight, tuple):
             d["class_weight"] = list(self.class_weight)
+        d["lr_schedule"] = self.schedule
         return d

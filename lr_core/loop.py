@@ -34,6 +34,7 @@ from .data import standardizer
 from .losses import LossGraph, class_weights, row_weights
 from .metrics import EvalCounts, from_logits, summarize
 from .models import build_model
+from .schedule import rate
 from .sharding import epoch_permutation, local_plan, shard_bounds
 from .state import get_optimizer_state, set_optimizer_state
 
@@ -129,6 +130,9 @@ class TrainingLoop:
         losses = []
         zero = mx.nd.zeros((1,), ctx=self.ctx, dtype="float32")
         report_every, next_report = max(1, steps // 50), 0.0
+        # A schedule's rate depends on the global step only (docs/design.md#learning-rate-schedules):
+        # the same on every rank and every world size, and found again on resume from (epoch, step).
+        schedule = cfg.schedule
         for s in range(start_step, stop):
             # about 50 reports per epoch, and one at least every second (they are also the
             # heartbeat the epoch timeout watches)
@@ -162,6 +166,8 @@ class TrainingLoop:
                     total = self.graph(self.x[0:1], self.y[0:1], *wb, *self.consts) * 0
                 total.backward()
                 losses.append(zero)
+            if schedule is not None:
+                self.trainer.set_learning_rate(rate(schedule, cfg.learning_rate, epoch * steps + s, steps))
             comm.step(self.trainer, int(global_sizes[s]))
         # the one host sync of the epoch
         local = mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)

@@ -190,7 +190,30 @@ def make_optimizer(name, learning_rate, momentum=0.0, weight_decay=0.0):
     raise ValueError(name)
 
 
-def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor=None, weights=None):
+def scheduled_lr(schedule, lr, epoch, step_in_epoch, steps_per_epoch):
+    """The learning rate of one step under a ``train.lr_schedule``, from its definition:
+
+    - warmup (``warmup_epochs`` = K): step number i = epoch * S + step + 1 (1-based)
+      of the first K * S steps gets lr * i / (K * S);
+    - ``step``: lr times ``factor`` once for every full ``step_epochs`` epochs done;
+    - ``cosine``: after the warmup, the fraction p of the remaining (``epochs`` - K) * S
+      steps done, capped at 1; lr goes min_lr + (lr - min_lr) * (1 + cos(pi p)) / 2.
+    """
+    if schedule is None:
+        return lr
+    warm_steps = schedule.get("warmup_epochs", 0) * steps_per_epoch
+    i = epoch * steps_per_epoch + step_in_epoch
+    if i < warm_steps:
+        return lr * (i + 1) / warm_steps
+    if schedule["kind"] == "step":
+        decays = epoch // schedule["step_epochs"]
+        return lr * schedule["factor"] ** decays
+    p = min((i - warm_steps) / (schedule["epochs"] * steps_per_epoch - warm_steps), 1.0)
+    return schedule["min_lr"] + (lr - schedule["min_lr"]) * (1 + np.cos(np.pi * p)) / 2
+
+
+def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor=None, weights=None,
+          schedule=None):
     """One epoch per permutation in ``perms``, batches ``perm[s:s + batch]`` (the last one
     possibly short). Returns the final parameters and one dict per epoch:
 
@@ -205,14 +228,20 @@ def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor
     ``divisor`` replaces the real batch size in rescale_grad (to show what dividing the
     short last batch by the nominal size would do). ``weights``: one weight per training
     row, multiplying its loss (the divisor stays the batch's row count); validation losses
-    are unweighted.
+    are unweighted. ``schedule``: the ``train.lr_schedule`` mapping; each step then sets
+    the optimizer's ``lr`` to ``scheduled_lr`` of its epoch and step (``epoch_lrs`` in the
+    history lists the rates used).
     """
     params = [(w.copy(), b.copy()) for w, b in params]
     history = []
-    for perm in perms:
+    base_lr = opt.lr
+    for e, perm in enumerate(perms):
         n = len(perm)
-        loss_sum, batch_means = 0.0, []
+        loss_sum, batch_means, lrs = 0.0, [], []
+        steps = -(-n // batch)
         for s in range(0, n, batch):
+            opt.lr = scheduled_lr(schedule, base_lr, e, s // batch, steps)
+            lrs.append(opt.lr)
             idx = perm[s:s + batch]
             xb, yb = x[idx], y[idx]
             wb = None if weights is None else weights[idx]
@@ -224,7 +253,7 @@ def train(params, x, y, kind, perms, batch, opt, x_val=None, y_val=None, divisor
             flat_g = [g for gg in grads for g in gg]
             new = opt.step(flat, flat_g, 1.0 / (divisor or len(idx)))
             params = [(new[2 * i], new[2 * i + 1]) for i in range(len(params))]
-        epoch = {"train_loss": loss_sum / n, "mean_of_batch_means": float(np.mean(batch_means))}
+        epoch = {"train_loss": loss_sum / n, "mean_of_batch_means": float(np.mean(batch_means)), "epoch_lrs": lrs}
         if x_val is not None:
             epoch["val_loss"] = float(per_sample_loss(params, x_val, y_val, kind).mean())
             z, _ = mlp_forward(params, x_val)

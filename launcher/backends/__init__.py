@@ -43,6 +43,11 @@ class Backend(Protocol):
     def set_state(self, state: dict) -> None:
         """Restore every rank from a checkpoint's state."""
 
+    def announce_stop(self, stop: bool) -> bool:
+        """Before each epoch with ``train.early_stopping``: the driver's decision whether
+        training ends here, told to ranks that run their own epoch loop (under horovodrun);
+        returns the decision. Ranks the driver calls epoch by epoch need no word."""
+
     def all_params(self) -> list[dict]:
         """Every rank's parameters, in rank order."""
 

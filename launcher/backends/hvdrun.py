@@ -28,6 +28,15 @@ class ThisRankBackend(InProcessBackend):
         self.workers = comm.size
         self.where = f"{comm.size} Horovod processes (horovodrun)"
 
+    def announce_stop(self, stop: bool) -> bool:
+        """Rank 0 (the driver) tells every rank whether early stopping ends the run before the next
+        epoch; the other ranks pass False and get rank 0's decision (one allreduce, in the same
+        order on every rank)."""
+        import numpy as np
+
+        flag = np.array([1.0 if stop and self.comm.rank == 0 else 0.0])
+        return bool(self.comm.allreduce_sum(flag, name="early_stop")[0] > 0)
+
     def run_epoch(self, epoch, progress=None, timeout_s=None, start_step=0, stop_step=None):
         from lr_core.errors import LrjobError, WorkerFailure
 

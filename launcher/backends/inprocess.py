@@ -42,6 +42,9 @@ class InProcessBackend:
     def set_state(self, state: dict) -> None:
         self.loop.set_state(state)
 
+    def announce_stop(self, stop: bool) -> bool:
+        return stop  # the driver calls this loop epoch by epoch
+
     def all_params(self) -> list[dict]:
         return [self.loop.get_params()]
 

@@ -195,6 +195,9 @@ class RayHorovodBackend:
         ref = ray.put(state)
         self.execute(lambda w: w.set_state(ray.get(ref)), "restore", timeout_s=300)
 
+    def announce_stop(self, stop: bool) -> bool:
+        return stop  # the driver calls the workers epoch by epoch
+
     def all_params(self) -> list[dict]:
         return self.execute(lambda w: w.get_params(), "parameter read-back", timeout_s=300)
 

@@ -149,6 +149,10 @@ class Reporter:
                 ("val accuracy", final.get("val_accuracy")), ("val loss", final.get("val_loss")),
                 ("wall time", f"{summary['wall_seconds']:.1f} s"),
                 ("samples/s", f"{summary.get('samples_per_s', 0):,.0f}")]
+        if summary.get("stopped_early"):
+            rows.append(("stopped", f"early, after epoch {summary['stopped_early']['epoch']}"))
+        if summary.get("exported") and summary["exported"]["selected_by"] != "last epoch":
+            rows.append(("model", f"epoch {summary['exported']['epoch']} ({summary['exported']['selected_by']})"))
         if summary.get("warnings"):
             rows.append(("warnings", f"{len(summary['warnings'])} (above, and in summary.json)"))
         body = [f"{k:<13}{v:.4f}" if isinstance(v, float) else f"{k:<13}{v}" for k, v in rows]

@@ -67,7 +67,7 @@ def stop_reason(history: list[dict], watch: Watch, patience: int) -> str | None:
     by = f" by more than {watch.min_delta:g}" if watch.min_delta else ""
     since = (f"best {history[best - 1][watch.metric]:.6g} at epoch {best}" if best
              else "it had no value yet")
-    return f"early stopping: {watch.metric} did not improve{by} for {waited} epochs ({since})"
+    return f"early stopping: {watch.metric} did not improve{by} for {waited} epoch{'s' * (waited != 1)} ({since})"
 
 
 def watches(spec) -> tuple[tuple[Watch, int] | None, Watch | None]:

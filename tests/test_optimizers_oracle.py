@@ -71,9 +71,10 @@ def _lrjob_run(model: str, opt: str, wd: float):
     return loop.get_params(), history
 
 
-def _oracle_run(cfg: LoopConfig, data: Dataset, epochs: int = EPOCHS, *, momentum=None, wd=None, divisor=None):
+def _oracle_run(cfg: LoopConfig, data: Dataset, epochs: int = EPOCHS, *, momentum=None, wd=None, divisor=None,
+                schedule=None):
     """The oracle's run of ``cfg`` (optionally with a different momentum, weight decay or
-    gradient divisor, to show how far a wrong rule lands)."""
+    gradient divisor, to show how far a wrong rule lands; with a learning-rate ``schedule``)."""
     values = initial_parameters(cfg, data.num_features)
     start = [(values[f"lrjob_layer{i}_weight"].astype(np.float64), values[f"lrjob_layer{i}_bias"].astype(np.float64))
              for i in range(len(cfg.hidden) + 1)]
@@ -82,7 +83,7 @@ def _oracle_run(cfg: LoopConfig, data: Dataset, epochs: int = EPOCHS, *, momentu
                                 cfg.weight_decay if wd is None else wd)
     perms = [epoch_permutation(cfg.seed, e, len(data.x_train)) for e in range(epochs)]
     return oracle.train(start, data.x_train.astype(np.float64), data.y_train, cfg.kind, perms, cfg.batch_size, opt,
-                        data.x_val.astype(np.float64), data.y_val, divisor=divisor)
+                        data.x_val.astype(np.float64), data.y_val, divisor=divisor, schedule=schedule)
 
 
 def _max_param_diff(got: dict, want: list) -> float:

@@ -1,0 +1,190 @@
+"""Early stopping and the best model (docs/design.md#early-stopping-and-the-best-model).
+
+The decisions (launcher/stopping.py) on crafted histories; then real in-process runs on
+crafted data whose validation loss falls for six epochs and rises after: the run stops
+``patience`` epochs after the best one, ends ``completed``, and ``model/`` holds exactly the
+best epoch's checkpoint, which pruning spared.
+"""
+import json
+
+import numpy as np
+import pytest
+
+from launcher.driver import DriverOptions, run_job
+from launcher.rundir import list_checkpoints, load_checkpoint
+from launcher.spec import load_spec
+from launcher.stopping import Watch, stop_reason
+from lr_core.data import Dataset
+from lr_core.errors import SpecError
+from lr_core.export import ExportedModel
+
+# --------------------------------------------------------------------------- the decisions
+
+
+def _hist(values, metric="val_loss"):
+    return [{metric: v} for v in values]
+
+
+@pytest.mark.parametrize("values,mode,delta,improving", [
+    ([0.9, 0.8, 0.85, 0.7, 0.75], "min", 0.0, [1, 2, 4]),
+    ([0.9, 0.8, 0.79, 0.7, 0.69], "min", 0.05, [1, 2, 4]),          # 0.79 and 0.69: not by more than 0.05
+    ([0.5, 0.6, 0.6, 0.55, 0.9], "max", 0.0, [1, 2, 5]),            # a tie is no improvement
+    ([None, 0.5, float("nan"), 0.7], "max", 0.0, [2, 4]),           # undefined values are skipped
+])
+def test_improving_epochs(values, mode, delta, improving):
+    w = Watch("val_loss" if mode == "min" else "val_auc", mode, delta)
+    h = _hist(values, w.metric)
+    assert w.improving(h) == improving
+    assert w.best_epoch(h) == improving[-1]
+
+
+def test_stop_after_patience_epochs_without_improvement():
+    w = Watch("val_loss", "min", 0.0)
+    h = _hist([0.9, 0.8, 0.85, 0.86, 0.87])
+    assert stop_reason(h[:4], w, 3) is None
+    reason = stop_reason(h, w, 3)
+    assert reason == "early stopping: val_loss did not improve for 3 epochs (best 0.8 at epoch 2)"
+    assert stop_reason(h, w, 4) is None
+    assert stop_reason([], w, 1) is None
+    assert "by more than 0.1" in stop_reason(_hist([0.9, 0.85]), Watch("val_loss", "min", 0.1), 1)
+
+
+# --------------------------------------------------------------------------- real runs on crafted data
+def _crafted() -> Dataset:
+    """One feature, two well separated classes; a quarter of the validation labels flipped,
+    so that the growing confidence of training raises the validation loss after epoch 6
+    (0.647 0.617 0.599 0.588 0.583 0.582 0.583 0.587 0.591 ...)."""
+    rng = np.random.default_rng(3)
+
+    def make(n, flip):
+        y = np.arange(n) % 2
+        x = (np.where(y == 1, 1.0, -1.0) + 0.3 * rng.normal(size=n)).astype(np.float32)[:, None]
+        y[:int(flip * n)] ^= 1
+        return x, y.astype(np.int64)
+
+    xt, yt = make(64, 0.0)
+    xv, yv = make(40, 0.25)
+    return Dataset(xt, yt, xv, yv, source="test")
+
+
+BASE = ["resources.workers=0", "train.epochs=12", "train.batch_size=16", "train.learning_rate=0.12",
+        "train.seed=1", "train.init=zeros", "checkpoint.keep=1"]
+
+
+def _run(tmp_path, *extra, name="run"):
+    spec = load_spec("jobs/binary_2d.yaml", [*BASE, *extra])
+    return run_job(spec, tmp_path / name, options=DriverOptions(data=_crafted()))
+
+
+def _exported_params(run_dir) -> dict:
+    model = ExportedModel(run_dir / "model")
+    return {k: v.data().asnumpy() for k, v in model.net.collect_params().items()}
+
+
+@pytest.mark.parametrize("min_delta,best,stopped", [(0.0, 6, 9), (0.008, 4, 7)])
+def test_early_stopping_exports_the_best_epochs_checkpoint(tmp_path, min_delta, best, stopped):
+    res = _run(tmp_path, f"train.early_stopping={{metric: val_loss, patience: 3, min_delta: {min_delta}}}",
+               "checkpoint.keep_best=true")
+    losses = [h["val_loss"] for h in res.history]
+    assert int(np.argmin(losses)) + 1 == 6, losses            # the data are as crafted
+    assert len(res.history) == stopped < 12
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == stopped
+    assert summary["stopped_early"]["epoch"] == stopped
+    assert summary["stopped_early"]["reason"].startswith("early stopping: val_loss did not improve")
+    assert f"at epoch {best})" in summary["stopped_early"]["reason"]
+    meta = json.loads((tmp_path / "run" / "model" / "meta.json").read_text())
+    assert summary["exported"]["epoch"] == meta["exported"]["epoch"] == best
+    assert meta["exported"]["selected_by"] == "best val_loss"
+    # keep=1, yet the best epoch's checkpoint is still there, beside the newest
+    names = [p.name for p in list_checkpoints(tmp_path / "run")]
+    assert names == [f"epoch-{best:04d}", f"epoch-{stopped:04d}"]
+    kept = load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch-{best:04d}")
+    last = load_checkpoint(tmp_path / "run" / "checkpoints" / f"epoch-{stopped:04d}")
+    exported = _exported_params(tmp_path / "run")
+    for name, value in kept["params"].items():
+        assert np.array_equal(exported[name], value), name
+    assert any(not np.array_equal(exported[n], v) for n, v in last["params"].items()), "not the last epoch's"
+
+
+def test_a_stopped_run_run_again_trains_nothing_more(tmp_path, capsys):
+    args = ("train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.keep_best=true")
+    first = _run(tmp_path, *args)
+    again = _run(tmp_path, *args)
+    assert len(first.history) == len(again.history) == 9
+    assert [h["val_loss"] for h in again.history] == [h["val_loss"] for h in first.history]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["stopped_early"]["epoch"] == 9 and summary["exported"]["epoch"] == 6
+
+
+def test_keep_best_without_early_stopping_trains_every_epoch_and_exports_the_best(tmp_path):
+    _run(tmp_path, "checkpoint.keep_best=val_loss")
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["epochs_done"] == 12 and "stopped_early" not in summary
+    assert summary["exported"]["epoch"] == 6
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0006", "epoch-0012"]
+    kept = load_checkpoint(tmp_path / "run" / "checkpoints" / "epoch-0006")
+    exported = _exported_params(tmp_path / "run")
+    assert all(np.array_equal(exported[n], v) for n, v in kept["params"].items())
+
+
+def test_without_keep_best_the_last_epoch_is_exported_and_named(tmp_path):
+    res = _run(tmp_path, "train.early_stopping={metric: val_loss, patience: 3}")
+    assert len(res.history) == 9
+    meta = json.loads((tmp_path / "run" / "model" / "meta.json").read_text())
+    assert meta["exported"] == {"epoch": 9, "selected_by": "last epoch"}
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0009"]
+    exported = _exported_params(tmp_path / "run")
+    assert all(np.array_equal(exported[n], v) for n, v in res.params.items())
+
+
+# --------------------------------------------------------------------------- the spec
+@pytest.mark.parametrize("override,message", [
+    ("train.early_stopping={metric: val_acc}", "train.early_stopping.metric must be a metric of a binary model"),
+    ("train.early_stopping={metric: val_macro_f1}", "train.early_stopping.metric must be a metric of a binary"),
+    ("train.early_stopping={patience: 0}", "train.early_stopping.patience must be >= 1, got 0"),
+    ("train.early_stopping={min_delta: -1}", "train.early_stopping.min_delta must be >= 0"),
+    ("train.early_stopping={mode: lower}", "train.early_stopping.mode must be one of min, max"),
+    ("train.early_stopping={patiense: 2}", "train.early_stopping: unknown key 'patiense'; did you mean 'patience'?"),
+    ("train.lr_schedule={kind: step, step_epochs: 2, factor: 0}", "train.lr_schedule.factor must be > 0"),
+    ("train.lr_schedule={kind: step, factor: 0.5}", "train.lr_schedule.step_epochs: required"),
+    ("train.lr_schedule={kind: step, step_epochs: 0, factor: 0.5}", "train.lr_schedule.step_epochs must be >= 1"),
+    ("train.lr_schedule={kind: linear}", "train.lr_schedule.kind must be one of step, cosine, got 'linear'"),
+    ("train.lr_schedule={kind: cosine, min_lr: 5}", "train.lr_schedule.min_lr must be at most train.learning_rate"),
+    ("train.lr_schedule={kind: cosine, warmup_epochs: 12}", "train.lr_schedule.warmup_epochs must be less than"),
+    ("train.lr_schedule={kind: cosine, factor: 0.5}", "train.lr_schedule: unknown key 'factor'"),
+    ("checkpoint.keep_best=true", "checkpoint.keep_best: true means train.early_stopping's metric"),
+    ("checkpoint.keep_best=val_precission", "checkpoint.keep_best must be a metric of a binary model"),
+    ("checkpoint.keep_best=3", "checkpoint.keep_best must be a metric name, true"),
+])
+def test_bad_values_are_one_line_errors_naming_the_field(override, message):
+    with pytest.raises(SpecError) as e:
+        load_spec("jobs/binary_2d.yaml", [override])
+    assert message in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_the_resolved_spec_names_every_key_and_reads_back(tmp_path):
+    spec = load_spec("jobs/digits_softmax.yaml", ["train.early_stopping={metric: val_macro_f1}",
+                                                  "checkpoint.keep_best=true", "train.epochs=7",
+                                                  "train.lr_schedule={kind: cosine}"])
+    assert spec.train.early_stopping == {"metric": "val_macro_f1", "patience": 5, "min_delta": 0.0, "mode": "max"}
+    assert spec.checkpoint.keep_best == "val_macro_f1"
+    assert spec.train.lr_schedule == {"kind": "cosine", "min_lr": 0.0, "epochs": 7, "warmup_epochs": 0}
+    (tmp_path / "job.yaml").write_text(spec.to_yaml())
+    again = load_spec(tmp_path / "job.yaml")
+    assert again.raw == spec.raw and again.digest() == spec.digest()
+    # unset, the new fields leave the digest of a spec written before they existed as it was
+    plain = load_spec("jobs/digits_softmax.yaml")
+    old = plain.to_dict()
+    del old["train"]["early_stopping"], old["train"]["lr_schedule"], old["checkpoint"]["keep_best"]
+    assert type(plain)(raw=old).digest() == plain.digest()
+
+
+def test_a_bad_value_on_the_command_line_is_one_line_and_exit_2(lrjob_bin):
+    import procs
+
+    out = procs.run([lrjob_bin, "validate", "jobs/binary_2d.yaml", "--set", "train.early_stopping={patience: 0}"],
+                    timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == ["lrjob: error: train.early_stopping.patience must be >= 1, got 0"], \
+        out.stderr

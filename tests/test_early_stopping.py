@@ -118,7 +118,8 @@ def test_a_stopped_run_run_again_trains_nothing_more(tmp_path, capsys):
 
 
 def test_keep_best_without_early_stopping_trains_every_epoch_and_exports_the_best(tmp_path):
-    _run(tmp_path, "checkpoint.keep_best=val_loss")
+    """Checkpoints every 5 epochs: the best epoch (6) is saved all the same, and spared."""
+    _run(tmp_path, "checkpoint.keep_best=val_loss", "checkpoint.every_epochs=5")
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["epochs_done"] == 12 and "stopped_early" not in summary
     assert summary["exported"]["epoch"] == 6
@@ -129,7 +130,8 @@ def test_keep_best_without_early_stopping_trains_every_epoch_and_exports_the_bes
 
 
 def test_without_keep_best_the_last_epoch_is_exported_and_named(tmp_path):
-    res = _run(tmp_path, "train.early_stopping={metric: val_loss, patience: 3}")
+    """Checkpoints every 4 epochs: the epoch early stopping ends with (9) is saved too."""
+    res = _run(tmp_path, "train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.every_epochs=4")
     assert len(res.history) == 9
     meta = json.loads((tmp_path / "run" / "model" / "meta.json").read_text())
     assert meta["exported"] == {"epoch": 9, "selected_by": "last epoch"}

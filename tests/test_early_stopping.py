@@ -190,3 +190,29 @@ def test_a_bad_value_on_the_command_line_is_one_line_and_exit_2(lrjob_bin):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == ["lrjob: error: train.early_stopping.patience must be >= 1, got 0"], \
         out.stderr
+
+
+# --------------------------------------------------------------------------- every world size decides alike
+@pytest.mark.distributed
+def test_two_workers_stop_and_export_as_the_single_process_run(ray_session, tmp_path):
+    """binary_2d with a warmed-up cosine schedule, early stopping and keep_best: 2 Ray + Horovod
+    workers stop after the same epoch as the in-process run, export the same epoch, and train
+    the same model within the parity tolerance (the decision margins here, 7e-4 and 2e-3, are
+    far above the metrics' 1e-6)."""
+    from launcher.report.parity import compare
+
+    sets = ["train.epochs=8", "checkpoint.keep_best=true",
+            "train.lr_schedule={kind: cosine, min_lr: 0.01, warmup_epochs: 1}",
+            "train.early_stopping={metric: val_loss, patience: 1, min_delta: 0.005}"]
+    ref = run_job(load_spec("jobs/binary_2d.yaml", [*sets, "resources.workers=0"]), tmp_path / "ref")
+    dist = run_job(load_spec("jobs/binary_2d.yaml", [*sets, "resources.workers=2"]), tmp_path / "dist")
+    assert len(ref.history) == len(dist.history) == 6
+    for key in ("stopped_early", "exported"):
+        assert {k: v for k, v in ref.summary[key].items() if k != "val_loss"} == \
+            {k: v for k, v in dist.summary[key].items() if k != "val_loss"}, key
+    assert dist.summary["exported"]["epoch"] == 5
+    report = compare(ref, dist, (), 2)
+    assert report.ok, report.render()
+    a, b = _exported_params(tmp_path / "ref"), _exported_params(tmp_path / "dist")
+    for name in a:
+        np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-5, err_msg=name)

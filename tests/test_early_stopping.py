@@ -216,3 +216,26 @@ def test_two_workers_stop_and_export_as_the_single_process_run(ray_session, tmp_
     a, b = _exported_params(tmp_path / "ref"), _exported_params(tmp_path / "dist")
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=0, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.distributed
+def test_horovodrun_ranks_stop_when_rank_0_decides(tmp_path):
+    """Under horovodrun every rank runs its own epoch loop: rank 0's driver decides and tells
+    the others (one allreduce before each epoch), so rank 1 stops after epoch 6 as well
+    instead of waiting forever in epoch 7's first allreduce; the run completes."""
+    import sys
+    from pathlib import Path
+
+    import procs
+
+    bin_dir = Path(sys.executable).parent
+    sets = ["train.epochs=8", "checkpoint.keep_best=true",
+            "train.lr_schedule={kind: cosine, min_lr: 0.01, warmup_epochs: 1}",
+            "train.early_stopping={metric: val_loss, patience: 1, min_delta: 0.005}"]
+    r = procs.run([str(bin_dir / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2", str(bin_dir / "lrjob"),
+                   "worker", "jobs/binary_2d.yaml", "--output", str(tmp_path / "hvd"),
+                   *(x for s in sets for x in ("--set", s))], timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    summary = json.loads((tmp_path / "hvd" / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["stopped_early"]["epoch"] == 6
+    assert summary["exported"]["epoch"] == 5

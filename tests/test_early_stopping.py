@@ -6,6 +6,7 @@ crafted data whose validation loss falls for six epochs and rises after: the run
 best epoch's checkpoint, which pruning spared.
 """
 import json
+import re
 
 import numpy as np
 import pytest
@@ -71,9 +72,9 @@ BASE = ["resources.workers=0", "train.epochs=12", "train.batch_size=16", "train.
         "train.seed=1", "train.init=zeros", "checkpoint.keep=1"]
 
 
-def _run(tmp_path, *extra, name="run"):
+def _run(tmp_path, *extra, name="run", reporter=None):
     spec = load_spec("jobs/binary_2d.yaml", [*BASE, *extra])
-    return run_job(spec, tmp_path / name, options=DriverOptions(data=_crafted()))
+    return run_job(spec, tmp_path / name, options=DriverOptions(data=_crafted()), reporter=reporter)
 
 
 def _exported_params(run_dir) -> dict:
@@ -108,8 +109,18 @@ def test_early_stopping_exports_the_best_epochs_checkpoint(tmp_path, min_delta, 
 
 
 def test_a_stopped_run_run_again_trains_nothing_more(tmp_path, capsys):
+    """The output says why and when the run stopped, and which epoch the model is; the same
+    command again trains no epoch."""
+    from launcher.report.progress import Reporter
+
     args = ("train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.keep_best=true")
-    first = _run(tmp_path, *args)
+    first = _run(tmp_path, *args, reporter=Reporter("human"))
+    out, err = capsys.readouterr()
+    assert "early stopping on val_loss (patience 3)" in err
+    assert re.search(r"\nlrjob: early stopping: val_loss did not improve for 3 epochs \(best 0\.58\d+ at epoch 6\); "
+                     r"stopped after epoch 9 of 12\n", err), err
+    assert re.search(r"\nlrjob: model/ holds epoch 6, the best by val_loss \(0\.58\d+\)\n", err), err
+    assert "| stopped      early, after epoch 9" in out and "| model        epoch 6 (best val_loss)" in out
     again = _run(tmp_path, *args)
     assert len(first.history) == len(again.history) == 9
     assert [h["val_loss"] for h in again.history] == [h["val_loss"] for h in first.history]

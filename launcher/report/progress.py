@@ -83,8 +83,10 @@ class Reporter:
             f"hidden layers: {hidden}",
             f"  data     {data.source}: {len(data.x_train)} train / {len(data.x_val)} {data.val_name} rows, "
             f"{data.num_features} features" + (f", prepared in {data.home}" if data.home else ""),
-            f"  train    {t.epochs} epochs, global batch {t.batch_size}, {t.optimizer} lr {t.learning_rate:g}, "
-            f"seed {t.seed}",
+            f"  train    {t.epochs} epochs, global batch {t.batch_size}, {t.optimizer} lr {t.learning_rate:g}"
+            f"{_schedule_note(t.lr_schedule)}, seed {t.seed}"
+            + (f", early stopping on {t.early_stopping['metric']} (patience {t.early_stopping['patience']})"
+               if t.early_stopping else ""),
             f"  workers  {backend.where}" + (f" (start-up {backend.startup_seconds:.1f} s)" if backend.workers else ""),
         ]
         for p in backend.placement[:8]:
@@ -160,6 +162,17 @@ class Reporter:
         width = max(len(b) for b in body) + 2
         box = ["+" + "-" * width + "+"] + [f"| {b.ljust(width - 1)}|" for b in body] + ["+" + "-" * width + "+"]
         self._emit(self.out, "\n".join(box) + f"\n{run_dir}\n")
+
+
+def _schedule_note(sched: dict | None) -> str:
+    """`` (cosine to 0.001)``: the header's words for ``train.lr_schedule``; empty without one."""
+    if not sched:
+        return ""
+    n = sched.get("warmup_epochs") or 0
+    warm = f", warmup {n} epoch{'s' * (n != 1)}" if n else ""
+    if sched["kind"] == "step":
+        return f" (x{sched['factor']:g} every {sched['step_epochs']} epochs{warm})"
+    return f" (cosine to {sched['min_lr']:g} over {sched['epochs']} epochs{warm})"
 
 
 class _Bar:

@@ -412,7 +412,7 @@ class Driver:
         best = self._best.best_epoch(self.history)
         ckpt = self.run_dir.epoch_checkpoint(best) if best else None
         if ckpt is None:
-            w = {"kind": "best_checkpoint_missing",
+            w = {"code": "best_checkpoint_missing",
                  "message": f"the best epoch's checkpoint (epoch {best}, by {self._best.metric}) cannot be read; "
                             f"the model is the last epoch's ({last})"}
             self.reporter.warning(f"lrjob: warning: {w['message']}")
@@ -431,7 +431,9 @@ class Driver:
         features' own units."""
         spec, data = self.spec, self.data
         train_acc = _train_accuracy(self.run_dir.model_dir, data)
-        final = self.history[-1] if self.history else {}
+        # the exported epoch's validation metrics: the model the training accuracy is measured on
+        at = (self._exported or {}).get("epoch") or len(self.history)
+        final = self.history[at - 1] if self.history else {}
         baseline = None if spec.train.class_weight is not None else baseline_loss(self._counts)
         found = history_warnings(self.history, baseline, spec.train.learning_rate)
         found += fit_warnings(train_acc, final.get("val_accuracy"), data.val_name, len(data.x_val))

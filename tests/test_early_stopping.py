@@ -250,3 +250,25 @@ def test_horovodrun_ranks_stop_when_rank_0_decides(tmp_path):
     summary = json.loads((tmp_path / "hvd" / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["stopped_early"]["epoch"] == 6
     assert summary["exported"]["epoch"] == 5
+
+
+def test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning(tmp_path, capsys):
+    """The best epoch's checkpoint deleted by hand, the finished run run again: model/ is the
+    last epoch's, said on stderr and in summary.json, never a model of the wrong epoch named
+    as the best."""
+    import shutil
+
+    from launcher.report.progress import Reporter
+
+    _run(tmp_path, "checkpoint.keep_best=val_loss")
+    shutil.rmtree(tmp_path / "run" / "checkpoints" / "epoch-0006")
+    capsys.readouterr()
+    again = _run(tmp_path, "checkpoint.keep_best=val_loss", reporter=Reporter("quiet"))
+    err = capsys.readouterr().err
+    assert "lrjob: warning: the best epoch's checkpoint (epoch 6, by val_loss) cannot be read; " \
+           "the model is the last epoch's (12)" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["exported"] == {"epoch": 12, "selected_by": "last epoch"}
+    assert "best_checkpoint_missing" in [w["code"] for w in summary["warnings"]]
+    exported = _exported_params(tmp_path / "run")
+    assert all(np.array_equal(exported[n], v) for n, v in again.params.items())

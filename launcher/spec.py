@@ -561,9 +561,9 @@ def _resolve_classes(m: dict, source: str) -> None:
 
 
 # The keys of train.early_stopping and train.lr_schedule (per kind): each with its rule and
-# default (None: required), checked by _coerce like a section's fields.
+# default (None and not nullable: required), checked by _coerce like a section's fields.
 _EARLY_STOPPING = {"metric": _Field("str", "val_loss"), "patience": _Field("int", 5, *_ge(1)),
-                   "min_delta": _Field("float", 0.0, *_ge(0)), "mode": _Field("str", None, choices=MODES)}
+                   "min_delta": _Field("float", 0.0, *_ge(0)), "mode": _Field("str", None, choices=MODES, nullable=True)}  # null: inferred
 _WARMUP = _Field("int", 0, *_ge(0))
 _LR_SCHEDULES = {
     "step": {"step_epochs": _Field("int", None, *_ge(1)), "factor": _Field("float", None, *_gt(0)),
@@ -575,16 +575,19 @@ _LR_SCHEDULES = {
 
 def _sub_fields(where: str, given: dict, rules: dict[str, _Field], fill: dict | None = None) -> dict:
     """``given`` checked against ``rules`` (an unknown key suggests the near one), defaults
-    (or ``fill``'s values) filled in; a required key that is missing names an example."""
+    (or ``fill``'s values) filled in for keys left out or null; a required key that is
+    missing names an example."""
     for key in given:
         if key not in rules:
             raise SpecError(f"{where}: unknown key {shown(key)}{suggest(str(key), rules)}")
     out = {}
     for key, f in rules.items():
-        value = given.get(key, (fill or {}).get(key, f.default))
-        if value is None and key not in (fill or {}) and f.default is None and key != "mode":
+        value = given.get(key)
+        if value is None:  # left out or null: the default
+            value = (fill or {}).get(key, f.default)
+        if value is None and not f.nullable:
             raise SpecError(f"{where}.{key}: required; e.g. {where.rpartition('.')[2]}: {{{key}: {_example(f)}}}")
-        out[key] = None if value is None else _coerce(f"{where}.{key}", f, value)
+        out[key] = _coerce(f"{where}.{key}", f, value)
     return out
 
 

@@ -44,6 +44,8 @@ EXAMPLES = {
     "runs": "lrjob runs --where train.optimizer=adam --sort -val_accuracy",
     "compare": "lrjob compare runs/digits_softmax-20260101T000000Z runs/digits_softmax-20260102T000000Z",
     "k8s": "lrjob k8s jobs/mnist_softmax.yaml --kind rayjob --workers 4 --image lrjob:0.1.0",
+    "sweep": "lrjob sweep jobs/digits_softmax.yaml --workers 0 --grid train.learning_rate=0.01,0.1,1 "
+             "--grid train.batch_size=64,256",
     "worker": "horovodrun --gloo -np 2 -H localhost:2 lrjob worker jobs/binary_synthetic.yaml --output runs/x",
 }
 
@@ -180,6 +182,38 @@ def build_parser() -> argparse.ArgumentParser:
     cp = _sub(subs, "compare", "two runs side by side: spec differences and results")
     cp.add_argument("run_a")
     cp.add_argument("run_b")
+
+    sw = _sub(subs, "sweep", "run a grid or random search of a job on Ray Tune, one lrjob run per trial")
+    sw.description = (
+        "Every trial is an lrjob run of the job with some fields overridden, in its own run directory\n"
+        "(DIR/trials/tNNN), with the job's workers (or in-process with --workers 0), packed onto the\n"
+        "Ray cluster's CPUs. Writes DIR/sweep.json, sweep.csv and sweep.png and names the best run.\n"
+        "A job file's sweep: section (grid, range, random, seed, metric, asha, concurrent) gives the\n"
+        "same settings; the command line wins.")
+    _add_spec_args(sw)
+    sw.add_argument("--grid", action="append", default=[], metavar="FIELD=V1,V2,...",
+                    help="try each value of a spec field, e.g. --grid train.learning_rate=0.01,0.1,1 "
+                         "(repeatable: every combination)")
+    sw.add_argument("--range", dest="ranges", action="append", default=[], metavar="FIELD=LOW:HIGH[:log|lin|int]",
+                    help="draw a spec field from a range, e.g. --range train.learning_rate=1e-3:1:log (with --random)")
+    sw.add_argument("--random", type=int, default=None, metavar="K",
+                    help="K points drawn from the --range fields (for each --grid point)")
+    sw.add_argument("--seed", type=int, default=None, help="seed of the --random draws (default 0)")
+    sw.add_argument("--metric", default=None,
+                    help="the metric that ranks trials (default: the --asha metric, else val_accuracy); losses "
+                         "are minimized, others maximized")
+    sw.add_argument("--asha", default=None, metavar="METRIC",
+                    help="stop poor trials early with ASHA on this per-epoch metric, e.g. --asha val_loss")
+    sw.add_argument("--concurrent", type=int, default=None, metavar="N",
+                    help="at most N trials at once (default: as many as the CPUs take)")
+    sw.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
+    sw.add_argument("--output", default=None, help="sweep directory (default: sweeps/<name>-<UTC timestamp>)")
+    sw.add_argument("--sweeps-dir", default="sweeps", help="parent of new sweep directories (default: sweeps)")
+    sw.add_argument("--resume", default=None, metavar="DIR",
+                    help="continue the sweep in DIR: only its trials that have not ended run")
+    _add_oversubscribe(sw)
+    sw.add_argument("--track", default=None, metavar="URI",
+                    help="log the sweep to MLflow at URI, each trial a child run (sets tracking.mlflow.uri)")
 
     w = _sub(subs, "worker", "run as one rank under horovodrun/mpirun (rank 0 writes the run directory)")
     w.add_argument("job", nargs="?", help="job spec YAML")
@@ -600,6 +634,40 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    """``lrjob sweep``: run the sweep (or continue ``--resume DIR``), print its table and best run;
+    returns 0 when every trial ended (a failed trial included) and one completed or was stopped."""
+    from .sweep import plan_from_args, resume_sweep, run_sweep
+
+    if args.resume:
+        given = [flag for flag, v in (("JOB", args.job), ("--set", args.overrides), ("--grid", args.grid),
+                                      ("--range", args.ranges), ("--random", args.random), ("--seed", args.seed),
+                                      ("--metric", args.metric), ("--asha", args.asha), ("--workers", args.workers),
+                                      ("--gpus-per-worker", args.gpus_per_worker), ("--output", args.output),
+                                      ("--track", args.track), ("--concurrent", args.concurrent))
+                 if v not in (None, [])]
+        if given or args.sweeps_dir != "sweeps":
+            raise SpecError(f"--resume continues the sweep's own plan ({args.resume}/plan.json); drop "
+                            f"{', '.join(given) or '--sweeps-dir'}")
+        result = resume_sweep(args.resume, address=args.address, oversubscribe=args.oversubscribe)
+    else:
+        if not args.job:
+            raise SpecError("JOB: give a job spec file, e.g. lrjob sweep jobs/digits_softmax.yaml --grid "
+                            "train.learning_rate=0.01,0.1")
+        overrides = list(args.overrides)
+        if args.workers is not None:
+            overrides.append(f"resources.workers={args.workers}")
+        if args.gpus_per_worker is not None:
+            overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
+        if args.track is not None:
+            overrides.append(f"tracking.mlflow.uri={args.track}")
+        plan = plan_from_args(args.job, overrides, args.grid, args.ranges, args.random, args.seed, args.metric,
+                              args.asha, args.concurrent)
+        result = run_sweep(plan, args.output, sweeps_dir=args.sweeps_dir, address=args.address,
+                           oversubscribe=args.oversubscribe)
+    return 0 if result.best is not None else 1
+
+
 def cmd_worker(args) -> int:
     """``lrjob worker``: run this process as one rank of a ``horovodrun`` job (``run_rank``);
     returns 0."""
@@ -669,7 +737,7 @@ COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "pre
             "doctor": cmd_doctor,
             "predict": cmd_predict, "evaluate": cmd_evaluate, "export": cmd_export, "submit": cmd_submit,
             "worker": cmd_worker,
-            "runs": cmd_runs, "compare": cmd_compare, "k8s": cmd_k8s,
+            "runs": cmd_runs, "compare": cmd_compare, "k8s": cmd_k8s, "sweep": cmd_sweep,
             **{n: _submit_cmd(n) for n in ("status", "logs", "stop", "list")}}
 
 

@@ -14,7 +14,7 @@ import logging
 import os
 import warnings
 
-__all__ = ["silence_known_noise", "AUTH_LOGGER"]
+__all__ = ["silence_known_noise", "silence_tune_noise", "AUTH_LOGGER"]
 
 AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
@@ -45,3 +45,35 @@ def silence_known_noise() -> None:
         auth.addFilter(_DropAuthEnabledNotice())
     for name in ("horovod.ray.runner", "horovod.ray.strategy"):
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def silence_tune_noise() -> None:
+    """Ray Tune in ``lrjob sweep`` (launcher/sweep.py): its progress tables and status lines
+    (the sweep prints its own table) and its notices about its own deprecated APIs. Its
+    warnings and errors stay visible."""
+    silence_known_noise()
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no TensorBoard/CSV/JSON loggers
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"ray\.(tune|train|air)(\..*)?$")
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # What the sweep's table reports itself (a failed trial, with its one-line error; trials
+    # that did not complete), and Tune's result files that lrjob does not write.
+    for name in _TUNE_REPORTED:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropTuneReported) for f in logger.filters):
+            logger.addFilter(_DropTuneReported())
+
+
+_TUNE_REPORTED = {
+    "ray.tune.execution.tune_controller": ("Trial task failed for trial",),
+    "ray.tune.tune": ("Trials did not complete",),
+    "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics for",),
+}
+
+
+class _DropTuneReported(logging.Filter):
+    """Drops Tune's records of what the sweep's own table reports; every other record passes."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(_TUNE_REPORTED.get(record.name, ()))

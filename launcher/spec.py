@@ -451,7 +451,8 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
         raise SpecError(f"{where}: expected a mapping of sections ({', '.join(TOP_LEVEL)}), "
                         f"got {type(doc).__name__}")
     for key in doc:
-        if key not in TOP_LEVEL:
+        # sweep: is read by lrjob sweep (launcher/sweep.py); the rest of the file is the job
+        if key not in TOP_LEVEL and key != "sweep":
             raise SpecError(f"{where}: unknown key {shown(key)}{suggest(str(key), TOP_LEVEL)}")
     raw: dict[str, Any] = {}
     name = doc.get("name") or (Path(source_file).stem if source_file else "job")

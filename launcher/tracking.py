@@ -153,6 +153,7 @@ class MlflowTracker(Tracker):
         self.uri, self.experiment = uri, experiment
         self.client = None
         self.run_id: str | None = None
+        self.parent_run_id: str | None = None  # a sweep's run: this run is its child (launcher/sweep.py)
         self.off = False  # set by the first failure: nothing more is sent
         # where the one warning line goes: the driver's Reporter (a closed pipe silences it)
         self.warn = _warn_stderr
@@ -240,6 +241,8 @@ class MlflowTracker(Tracker):
         tags = {"lrjob.run_dir": redact(str(run_dir.resolve())), "lrjob.job": redact(spec.name),
                 "lrjob.workers": str(spec.workers), "mlflow.source.name": "lrjob",
                 "mlflow.source.type": "JOB"}
+        if self.parent_run_id:
+            tags["mlflow.parentRunId"] = self.parent_run_id
         run = self._reopen(run_dir, experiment_id)
         logged_params: dict = {}
         logged_steps: set[int] = set()

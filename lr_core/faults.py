@@ -26,6 +26,8 @@ value the code reports there (1-based epochs and steps, as printed). The points:
   (``interrupted``, ``failed``, ``completed``) (``launcher.driver``).
 - ``export``: before the model is converted to ``format`` (``onnx``), after the MXNet
   export is written (``lr_core.export.export_onnx``).
+- ``sweep``: the sweep's driver has recorded the end of its ``trials``-th trial in
+  ``sweep.json`` (``launcher.sweep``).
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
 (SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``). With ``once``, the
@@ -49,7 +51,7 @@ __all__ = ["ARMED", "check", "hit", "FaultSpecError", "POINTS"]
 _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
 POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
-          "export": {"format"}, "upload": {"epoch", "stage"}}
+          "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}}
 ACTIONS = ("kill", "stop", "raise")
 
 

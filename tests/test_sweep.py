@@ -1,0 +1,234 @@
+"""Sweeps on Ray Tune (launcher/sweep.py, docs/design.md#sweeps).
+
+Fast tier (no Ray): the plan (grid, random ranges, the job's sweep: section), one-line
+errors naming the flag and field for a bad override path or value, and the resource
+request that packs trials onto the CPUs.
+
+Distributed tier (real Ray Tune, real trials): an in-process sweep in the session's Ray
+with a diverging trial, ASHA and MLflow tracking, whose trial equals ``run_job`` of its
+spec; a sweep driver killed (``LRJOB_FAULT`` at point ``sweep``) and resumed; one sweep
+whose trials have 2 Horovod workers each."""
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from launcher.driver import run_job
+from launcher.rundir import latest_checkpoint
+from launcher.spec import load_spec
+from launcher.sweep import (concurrent_trials, make_plan, plan_from_args, resume_sweep, run_sweep,
+                            trial_resources)
+from lr_core.errors import SpecError
+from procs import kill_tree
+
+ROOT = Path(__file__).resolve().parent.parent
+LRJOB = str(Path(sys.executable).parent / "lrjob")
+JOB = str(ROOT / "jobs/binary_2d.yaml")
+# A trial of about a second in-process: 200 rows, 3 epochs.
+TINY = ["resources.workers=0", "train.epochs=3", "data.options.n_train=200", "data.options.n_val=50"]
+DIVERGES = "3e38"  # a learning rate that makes the loss NaN in the first epoch (DivergenceError)
+
+
+def _cli(capsys, *args):
+    from launcher.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _params(run_dir):
+    return latest_checkpoint(Path(run_dir))["params"]
+
+
+# --------------------------------------------------------------------------- the plan
+def test_grid_is_the_product_of_its_fields_and_each_trial_spec_is_validated():
+    plan = plan_from_args(JOB, TINY, ["train.learning_rate=0.01,0.1,1", "train.batch_size=16,64"], [],
+                          None, None, None, None, None)
+    assert [t.id for t in plan.trials] == [f"t{i:03d}" for i in range(6)]
+    assert plan.trials[0].overrides == ("train.learning_rate=0.01", "train.batch_size=16")
+    assert plan.trials[5].values == {"train.learning_rate": 1.0, "train.batch_size": 64}
+    assert plan.metric == "val_accuracy" and plan.mode == "max"
+    spec = plan.trial_spec(plan.trials[3])
+    assert (spec.train.learning_rate, spec.train.batch_size, spec.train.epochs) == (0.1, 64, 3)
+    # list values keep their commas
+    hidden = plan_from_args(JOB, TINY, ["model.hidden=[4, 4],[8]"], [], None, None, None, None, None)
+    assert [plan.trial_spec(t).model.hidden for t in hidden.trials] == [(4, 4), (8,)]
+
+
+def test_random_draws_are_seeded_inside_the_range_and_on_its_scale():
+    args = (JOB, TINY, ["train.batch_size=16,32"], ["train.learning_rate=1e-3:1:log", "train.epochs=1:4:int"], 5)
+    a = plan_from_args(*args, 7, None, "val_loss", None)
+    assert len(a.trials) == 10 and a.metric == "val_loss" and a.mode == "min" and a.asha == "val_loss"
+    assert a.trials == plan_from_args(*args, 7, None, "val_loss", None).trials  # same seed, same trials
+    assert a.trials != plan_from_args(*args, 8, None, "val_loss", None).trials
+    lrs = [t.values["train.learning_rate"] for t in a.trials]
+    assert all(1e-3 <= v <= 1 for v in lrs) and all(t.values["train.epochs"] in (1, 2, 3, 4) for t in a.trials)
+
+
+def test_the_jobs_sweep_section_gives_the_same_plan_and_lrjob_run_ignores_it(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(Path(JOB).read_text() + "sweep:\n  grid: {train.learning_rate: [0.01, 0.1]}\n"
+                   "  range: {train.momentum: '0:0.9'}\n  random: 2\n  seed: 3\n  asha: val_loss\n"
+                   "  concurrent: 1\n")
+    plan = plan_from_args(str(job), TINY, [], [], None, None, None, None, None)
+    same = plan_from_args(JOB, TINY, ["train.learning_rate=0.01,0.1"], ["train.momentum=0:0.9"], 2, 3, None,
+                          "val_loss", 1)
+    assert plan.trials == same.trials and (plan.asha, plan.concurrent) == ("val_loss", 1)
+    assert load_spec(job).train.learning_rate == 0.1  # the job itself, for lrjob run
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--grid", "train.learning_rat=0.1,1"], "--grid train.learning_rat: unknown field 'learning_rat'; did you "
+                                             "mean 'learning_rate'?"),
+    (["--grid", "trian.epochs=1,2"], "--grid trian.epochs: unknown section 'trian'; did you mean 'train'?"),
+    (["--grid", "train.learning_rate=0.1,-1"], "--grid train.learning_rate=-1: train.learning_rate must be > 0"),
+    (["--grid", "train.optimizer=sgd,adamw"], "--grid train.optimizer=adamw: train.optimizer must be one of"),
+    (["--grid", "train.batch_size=16,,64"], "--grid train.batch_size: an empty value"),
+    (["--grid", "name=a,b"], "--grid name: a sweep cannot vary name"),
+    (["--range", "train.learning_rate=0:1:log", "--random", "2"], "--range train.learning_rate: a log range "
+                                                                  "needs LOW > 0"),
+    (["--range", "train.momentum=0.5:2", "--random", "2", "--seed", "1"], "--range train.momentum=1.22062: "
+                                                                         "train.momentum must be in [0, 1)"),
+    (["--range", "train.learning_rate=1e-3:1"], "--range needs --random K"),
+    (["--grid", "train.epochs=1,2", "--asha", "val_acc"], "--asha 'val_acc': not a metric of a binary model"),
+    ([], "nothing to sweep"),
+])
+def test_a_bad_sweep_is_one_line_naming_the_field_and_writes_nothing(capsys, tmp_path, args, message):
+    code, out, err = _cli(capsys, "sweep", JOB, "--workers", "0", "--output", tmp_path / "s", *args)
+    assert code == 2, err
+    assert err.strip().splitlines() == [err.strip()] and "Traceback" not in err
+    assert err.startswith(f"lrjob: error: {message}"), err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_bad_sweep_section_names_the_key(capsys, tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(Path(JOB).read_text() + "sweep:\n  grids: {train.learning_rate: [0.1]}\n")
+    code, _, err = _cli(capsys, "sweep", job, "--workers", "0", "--output", tmp_path / "s")
+    assert code == 2 and f"{job}: unknown key 'sweep.grids'; did you mean 'grid'?" in err, err
+    job.write_text(Path(JOB).read_text() + "sweep:\n  grid: {train.batch_size: [16, 0]}\n")
+    code, _, err = _cli(capsys, "sweep", job, "--workers", "0", "--output", tmp_path / "s")
+    assert code == 2 and "sweep.grid train.batch_size=0: train.batch_size must be >= 1" in err, err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_trial_reserves_what_its_workers_need_so_two_cores_take_two_inprocess_trials_or_one_of_two_workers():
+    inproc = load_spec(JOB, ["resources.workers=0"])
+    two = load_spec(JOB, ["resources.workers=2", "resources.cpus_per_worker=1"])
+    assert trial_resources(inproc) == [{"CPU": 1.0}]
+    assert trial_resources(two) == [{}, {"CPU": 1.0}, {"CPU": 1.0}]  # the trial's driver waits, workers work
+    assert trial_resources(load_spec(JOB, ["resources.workers=1", "resources.gpus_per_worker=1"])) == \
+        [{}, {"CPU": 1.0, "GPU": 1.0}]
+    assert (concurrent_trials(2, inproc), concurrent_trials(2, two), concurrent_trials(4, two)) == (2, 1, 2)
+    assert concurrent_trials(2, inproc, limit=1) == 1
+
+
+def test_resume_of_a_folder_that_is_no_sweep_is_one_line(capsys, tmp_path):
+    code, _, err = _cli(capsys, "sweep", "--resume", tmp_path)
+    assert code == 2 and err.startswith(f"lrjob: error: --resume {tmp_path}: not a sweep directory"), err
+    code, _, err = _cli(capsys, "sweep", JOB, "--resume", tmp_path, "--grid", "train.epochs=1,2")
+    assert code == 2 and "drop JOB, --grid" in err, err
+
+
+# --------------------------------------------------------------------------- real sweeps
+@pytest.mark.distributed
+def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_and_tracks(
+        ray_session, tmp_path, capsys):
+    """Trials one at a time (deterministic ASHA): t000 completes, t001 (a learning rate 1000x
+    smaller) is stopped by ASHA after its first epoch, t002 diverges and fails; the sweep
+    goes on, names t000 best, and t000's parameters equal run_job of its own job.yaml."""
+    from mlflow.tracking import MlflowClient
+
+    uri = (tmp_path / "mlruns").as_uri()
+    spec = load_spec(JOB, TINY + [f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=sw"])
+    plan = make_plan(spec, {"train.learning_rate": ["0.5", "0.0005", DIVERGES]}, {}, 0, 0, None, "val_loss", 1)
+    result = run_sweep(plan, tmp_path / "s")
+    out = capsys.readouterr().out
+    rows = {r["trial"]: r for r in result.rows}
+    assert {t: r["status"] for t, r in rows.items()} == {"t000": "completed", "t001": "stopped", "t002": "failed"}
+    assert rows["t001"]["epochs_done"] == 1 and rows["t000"]["epochs_done"] == 3
+    assert "loss became nan" in rows["t002"]["error"] and f"t002 failed: {rows['t002']['error']}" in out
+    assert result.best["trial"] == "t000" and result.ran == ["t000", "t001", "t002"]
+    history = [json.loads(x) for x in (tmp_path / "s/trials/t000/metrics.jsonl").read_text().splitlines()]
+    assert rows["t000"]["best"] == min(h["val_loss"] for h in history)
+    assert f"best: t000 (train.learning_rate=0.5) val_loss {rows['t000']['best']:.4f}" in out
+    # the table, written
+    doc = json.loads((tmp_path / "s/sweep.json").read_text())
+    assert doc["best"]["trial"] == "t000" and [r["status"] for r in doc["trials"]] == ["completed", "stopped",
+                                                                                      "failed"]
+    csv_lines = (tmp_path / "s/sweep.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("trial,train.learning_rate,overrides,best_val_loss,epoch,status,run_dir")
+    assert len(csv_lines) == 4 and (tmp_path / "s/sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "s/tune").is_dir() and not (Path.home() / "ray_results").exists()
+    # parity: the trial is the run of its resolved spec
+    trial_spec = load_spec(tmp_path / "s/trials/t000/job.yaml", run_file=True)
+    ref = run_job(trial_spec.with_overrides(["tracking.mlflow=null"]), tmp_path / "ref")
+    got = _params(tmp_path / "s/trials/t000")
+    assert got.keys() == ref.params.keys()
+    for k in ref.params:
+        np.testing.assert_array_equal(got[k], ref.params[k], err_msg=k)
+    # MLflow: a parent run for the sweep, each trial's run its child
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("sw")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("lrjob.kind") == "sweep"]
+    assert len(parent) == 1 and parent[0].data.tags["lrjob.best_trial"] == "t000"
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id}
+    assert sorted(children) == ["t000", "t001", "t002"]
+    assert children["t000"].data.params["train.learning_rate"] == "0.5"
+    assert [m.step for m in client.get_metric_history(children["t000"].info.run_id, "val_loss")] == [1, 2, 3]
+
+
+@pytest.mark.distributed
+def test_a_killed_sweep_driver_resumes_with_the_remaining_trials_only(ray_session, tmp_path):
+    """The sweep's driver is SIGKILLed right after it recorded its first trial (fault point
+    ``sweep``, not a timer); --resume runs the two others and leaves the first as it was."""
+    out = tmp_path / "s"
+    env = {**os.environ, "LRJOB_FAULT": json.dumps({"at": "sweep", "trials": 1, "action": "kill"})}
+    import subprocess
+
+    proc = subprocess.Popen([LRJOB, "sweep", JOB, *sum((["--set", o] for o in TINY), []), "--grid",
+                             "train.learning_rate=0.05,0.1,0.2", "--concurrent", "1", "--output", str(out)],
+                            env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=240)
+    finally:
+        kill_tree(proc)  # the killed driver's Ray, if anything of it is left
+    assert proc.returncode == -9, err
+    recorded = json.loads((out / "sweep.json").read_text())["trials"]
+    assert [r["status"] for r in recorded] == ["completed", "pending", "pending"]
+    first = (out / "trials/t000/summary.json").read_bytes()
+    result = resume_sweep(out)
+    assert result.ran == ["t001", "t002"]
+    assert [r["status"] for r in result.rows] == ["completed"] * 3
+    assert (out / "trials/t000/summary.json").read_bytes() == first  # not run again
+    assert sorted(p.name for p in (out / "tune").iterdir()) == ["attempt-1", "attempt-2"]
+
+
+@pytest.mark.distributed
+def test_trials_of_two_horovod_workers_equal_the_inprocess_run_of_their_spec(ray_session, tmp_path):
+    """Two trials of 2 workers each (placement groups of 2 one-CPU bundles); each trial's
+    parameters equal the in-process run of its job.yaml within the parity tolerance
+    (docs/design.md#parity-rule)."""
+    spec = load_spec(JOB, ["resources.workers=2", "train.epochs=2", "data.options.n_train=64",
+                           "data.options.n_val=16"])
+    plan = make_plan(spec, {"train.learning_rate": ["0.05", "0.2"]}, {}, 0, 0, None, None, None)
+    result = run_sweep(plan, tmp_path / "s")
+    assert [r["status"] for r in result.rows] == ["completed", "completed"]
+    for r in result.rows:
+        env = json.loads((Path(r["run_dir"]) / "env.json").read_text())
+        assert env["workers"] == 2 and len(env["placement"]) == 2
+        trial_spec = load_spec(Path(r["run_dir"]) / "job.yaml", run_file=True)
+        ref = run_job(trial_spec.with_overrides(["resources.workers=0"]), tmp_path / f"ref-{r['trial']}")
+        got = _params(r["run_dir"])
+        for k in ref.params:
+            assert np.max(np.abs(got[k] - ref.params[k])) <= 1e-5, k

@@ -538,7 +538,10 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, *, sweep
         if resume:
             path = Path(output)
         else:
-            path, created = make_run_dir(Path(output) if output else None, base.name, sweeps_dir)
+            try:
+                path, created = make_run_dir(Path(output) if output else None, base.name, sweeps_dir)
+            except LrjobInputError as e:
+                raise LrjobInputError(str(e).replace("--runs-dir", "--sweeps-dir", 1)) from None
             if not created and any(path.iterdir()):
                 raise LrjobInputError(f"--output {path}: exists and is not empty; choose a new path, or continue "
                                       f"a sweep with lrjob sweep --resume {path}")

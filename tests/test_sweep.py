@@ -142,28 +142,28 @@ def test_resume_of_a_folder_that_is_no_sweep_is_one_line(capsys, tmp_path):
 @pytest.mark.distributed
 def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_and_tracks(
         ray_session, tmp_path, capsys):
-    """Trials one at a time (deterministic ASHA): t000 completes, t001 (a learning rate 1000x
-    smaller) is stopped by ASHA after its first epoch, t002 diverges and fails; the sweep
-    goes on, names t000 best, and t000's parameters equal run_job of its own job.yaml."""
+    """Trials one at a time (deterministic ASHA): t000 completes, t001 diverges and fails, and
+    the sweep goes on: t002 (a learning rate 1000x smaller) is stopped by ASHA after its first
+    epoch. t000 is named best, and its parameters equal run_job of its own job.yaml."""
     from mlflow.tracking import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
     spec = load_spec(JOB, TINY + [f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=sw"])
-    plan = make_plan(spec, {"train.learning_rate": ["0.5", "0.0005", DIVERGES]}, {}, 0, 0, None, "val_loss", 1)
+    plan = make_plan(spec, {"train.learning_rate": ["0.5", DIVERGES, "0.0005"]}, {}, 0, 0, None, "val_loss", 1)
     result = run_sweep(plan, tmp_path / "s")
     out = capsys.readouterr().out
     rows = {r["trial"]: r for r in result.rows}
-    assert {t: r["status"] for t, r in rows.items()} == {"t000": "completed", "t001": "stopped", "t002": "failed"}
-    assert rows["t001"]["epochs_done"] == 1 and rows["t000"]["epochs_done"] == 3
-    assert "loss became nan" in rows["t002"]["error"] and f"t002 failed: {rows['t002']['error']}" in out
+    assert {t: r["status"] for t, r in rows.items()} == {"t000": "completed", "t001": "failed", "t002": "stopped"}
+    assert rows["t002"]["epochs_done"] == 1 and rows["t000"]["epochs_done"] == 3
+    assert "loss became nan" in rows["t001"]["error"] and f"t001 failed: {rows['t001']['error']}" in out
     assert result.best["trial"] == "t000" and result.ran == ["t000", "t001", "t002"]
     history = [json.loads(x) for x in (tmp_path / "s/trials/t000/metrics.jsonl").read_text().splitlines()]
     assert rows["t000"]["best"] == min(h["val_loss"] for h in history)
     assert f"best: t000 (train.learning_rate=0.5) val_loss {rows['t000']['best']:.4f}" in out
     # the table, written
     doc = json.loads((tmp_path / "s/sweep.json").read_text())
-    assert doc["best"]["trial"] == "t000" and [r["status"] for r in doc["trials"]] == ["completed", "stopped",
-                                                                                      "failed"]
+    assert doc["best"]["trial"] == "t000" and [r["status"] for r in doc["trials"]] == ["completed", "failed",
+                                                                                      "stopped"]
     csv_lines = (tmp_path / "s/sweep.csv").read_text().splitlines()
     assert csv_lines[0].startswith("trial,train.learning_rate,overrides,best_val_loss,epoch,status,run_dir")
     assert len(csv_lines) == 4 and (tmp_path / "s/sweep.png").read_bytes()[:4] == b"\x89PNG"
@@ -195,14 +195,17 @@ def test_a_killed_sweep_driver_resumes_with_the_remaining_trials_only(ray_sessio
     env = {**os.environ, "LRJOB_FAULT": json.dumps({"at": "sweep", "trials": 1, "action": "kill"})}
     import subprocess
 
+    # the session's Ray, joined by address: the kill ends this driver's job (its trial actors), not Ray
+    address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen([LRJOB, "sweep", JOB, *sum((["--set", o] for o in TINY), []), "--grid",
-                             "train.learning_rate=0.05,0.1,0.2", "--concurrent", "1", "--output", str(out)],
+                             "train.learning_rate=0.05,0.1,0.2", "--concurrent", "1", "--output", str(out),
+                             "--address", address],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
         _, err = proc.communicate(timeout=240)
     finally:
-        kill_tree(proc)  # the killed driver's Ray, if anything of it is left
+        kill_tree(proc)
     assert proc.returncode == -9, err
     recorded = json.loads((out / "sweep.json").read_text())["trials"]
     assert [r["status"] for r in recorded] == ["completed", "pending", "pending"]
@@ -232,3 +235,22 @@ def test_trials_of_two_horovod_workers_equal_the_inprocess_run_of_their_spec(ray
         got = _params(r["run_dir"])
         for k in ref.params:
             assert np.max(np.abs(got[k] - ref.params[k])) <= 1e-5, k
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_a_3x2_grid_on_digits_with_2_workers_per_trial_keeps_parity_in_every_trial(ray_session, tmp_path):
+    """The acceptance sweep: 3 learning rates x 2 batch sizes on digits_softmax, 2 Horovod
+    workers per trial; every trial completes and equals the in-process run of its job.yaml
+    within the parity tolerance."""
+    spec = load_spec(ROOT / "jobs/digits_softmax.yaml", ["resources.workers=2", "train.epochs=2"])
+    plan = make_plan(spec, {"train.learning_rate": ["0.01", "0.1", "1"], "train.batch_size": ["64", "256"]}, {},
+                     0, 0, None, None, None)
+    result = run_sweep(plan, tmp_path / "s")
+    assert [r["status"] for r in result.rows] == ["completed"] * 6 and result.best is not None
+    for r in result.rows:
+        trial_spec = load_spec(Path(r["run_dir"]) / "job.yaml", run_file=True)
+        ref = run_job(trial_spec.with_overrides(["resources.workers=0"]), tmp_path / f"ref-{r['trial']}")
+        got = _params(r["run_dir"])
+        for k in ref.params:
+            assert np.max(np.abs(got[k] - ref.params[k])) <= 1e-5, (r["trial"], k)

@@ -168,8 +168,9 @@ def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_an
     assert csv_lines[0].startswith("trial,train.learning_rate,overrides,best_val_loss,epoch,status,run_dir")
     assert len(csv_lines) == 4 and (tmp_path / "s/sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "s/tune").is_dir() and not (Path.home() / "ray_results").exists()
-    # parity: the trial is the run of its resolved spec
-    trial_spec = load_spec(tmp_path / "s/trials/t000/job.yaml", run_file=True)
+    # parity: the trial is the run of its resolved spec (the plan's, which its job.yaml holds)
+    trial_spec = plan.trial_spec(plan.trials[0])
+    assert load_spec(tmp_path / "s/trials/t000/job.yaml", run_file=True).diff(trial_spec) == []
     ref = run_job(trial_spec.with_overrides(["tracking.mlflow=null"]), tmp_path / "ref")
     got = _params(tmp_path / "s/trials/t000")
     assert got.keys() == ref.params.keys()
@@ -227,10 +228,10 @@ def test_trials_of_two_horovod_workers_equal_the_inprocess_run_of_their_spec(ray
     plan = make_plan(spec, {"train.learning_rate": ["0.05", "0.2"]}, {}, 0, 0, None, None, None)
     result = run_sweep(plan, tmp_path / "s")
     assert [r["status"] for r in result.rows] == ["completed", "completed"]
-    for r in result.rows:
+    for t, r in zip(plan.trials, result.rows):
         env = json.loads((Path(r["run_dir"]) / "env.json").read_text())
         assert env["workers"] == 2 and len(env["placement"]) == 2
-        trial_spec = load_spec(Path(r["run_dir"]) / "job.yaml", run_file=True)
+        trial_spec = plan.trial_spec(t)
         ref = run_job(trial_spec.with_overrides(["resources.workers=0"]), tmp_path / f"ref-{r['trial']}")
         got = _params(r["run_dir"])
         for k in ref.params:
@@ -248,8 +249,8 @@ def test_a_3x2_grid_on_digits_with_2_workers_per_trial_keeps_parity_in_every_tri
                      0, 0, None, None, None)
     result = run_sweep(plan, tmp_path / "s")
     assert [r["status"] for r in result.rows] == ["completed"] * 6 and result.best is not None
-    for r in result.rows:
-        trial_spec = load_spec(Path(r["run_dir"]) / "job.yaml", run_file=True)
+    for t, r in zip(plan.trials, result.rows):
+        trial_spec = plan.trial_spec(t)
         ref = run_job(trial_spec.with_overrides(["resources.workers=0"]), tmp_path / f"ref-{r['trial']}")
         got = _params(r["run_dir"])
         for k in ref.params:

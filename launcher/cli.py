@@ -637,7 +637,7 @@ def cmd_export(args) -> int:
 def cmd_sweep(args) -> int:
     """``lrjob sweep``: run the sweep (or continue ``--resume DIR``), print its table and best run;
     returns 0 when every trial ended (a failed trial included) and one completed or was stopped."""
-    from .sweep import plan_from_args, resume_sweep, run_sweep
+    from .sweep import SweepOptions, SweepRequest, plan_from_args, resume_sweep, run_sweep
 
     if args.resume:
         given = [flag for flag, v in (("JOB", args.job), ("--set", args.overrides), ("--grid", args.grid),
@@ -649,7 +649,7 @@ def cmd_sweep(args) -> int:
         if given or args.sweeps_dir != "sweeps":
             raise SpecError(f"--resume continues the sweep's own plan ({args.resume}/plan.json); drop "
                             f"{', '.join(given) or '--sweeps-dir'}")
-        result = resume_sweep(args.resume, address=args.address, oversubscribe=args.oversubscribe)
+        result = resume_sweep(args.resume, SweepOptions(address=args.address, oversubscribe=args.oversubscribe))
     else:
         if not args.job:
             raise SpecError("JOB: give a job spec file, e.g. lrjob sweep jobs/digits_softmax.yaml --grid "
@@ -661,10 +661,11 @@ def cmd_sweep(args) -> int:
             overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
         if args.track is not None:
             overrides.append(f"tracking.mlflow.uri={args.track}")
-        plan = plan_from_args(args.job, overrides, args.grid, args.ranges, args.random, args.seed, args.metric,
-                              args.asha, args.concurrent)
-        result = run_sweep(plan, args.output, sweeps_dir=args.sweeps_dir, address=args.address,
-                           oversubscribe=args.oversubscribe)
+        plan = plan_from_args(args.job, overrides, SweepRequest(
+            grid=tuple(args.grid), ranges=tuple(args.ranges), random=args.random, seed=args.seed, metric=args.metric,
+            asha=args.asha, concurrent=args.concurrent))
+        result = run_sweep(plan, args.output, SweepOptions(sweeps_dir=args.sweeps_dir, address=args.address,
+                                                           oversubscribe=args.oversubscribe))
     return 0 if result.best is not None else 1
 
 

@@ -7,7 +7,7 @@ lrjob run, with its own run directory under the sweep's directory.
         --asha val_loss
     lrjob sweep --resume sweeps/digits_softmax-20260101T000000Z
 
-Three layers, as for ``lrjob run``: ``plan_from_args`` / ``plan_from_spec`` turn the command
+Three layers, as for ``lrjob run``: ``plan_from_args`` (or ``make_plan`` from a spec) turns the command
 line and the job's ``sweep:`` section into a validated, frozen ``SweepPlan`` (the trials are
 listed up front, each one's spec validated, so a bad override path or value is a one-line
 error before anything starts); ``run_sweep(plan, ...)`` runs it; ``resume_sweep(dir)`` reads
@@ -44,8 +44,9 @@ from lr_core.errors import LrjobError, LrjobInputError, LrjobRuntimeError, SpecE
 
 from .spec import SCHEMA, JobSpec, apply_overrides, read_spec_yaml, spec_from_dict
 
-__all__ = ["SweepPlan", "Trial", "SweepResult", "plan_from_args", "plan_from_spec", "run_sweep", "resume_sweep",
-           "trial_resources", "concurrent_trials", "parse_grid", "parse_range", "METRICS", "read_sweep_section"]
+__all__ = ["SweepRequest", "SweepPlan", "SweepOptions", "Trial", "SweepResult", "plan_from_args", "make_plan",
+           "run_sweep", "resume_sweep", "trial_resources", "concurrent_trials", "parse_grid", "parse_range", "METRICS",
+           "read_sweep_section"]
 
 # The numeric per-epoch metrics (metrics.jsonl) a sweep can rank or stop trials by.
 METRICS = {"binary": ("val_loss", "val_accuracy", "train_loss", "val_precision", "val_recall", "val_f1", "val_auc"),
@@ -63,6 +64,31 @@ FINAL = ("completed", "stopped", "failed")
 def _mode(metric: str) -> str:
     """Losses are minimized, every other metric maximized."""
     return "min" if metric.endswith("loss") else "max"
+
+
+@dataclass(frozen=True)
+class SweepRequest:
+    """What the command line (or a script) asks of a sweep, before it is checked: ``grid`` and
+    ``ranges`` as ``FIELD=V1,V2`` and ``FIELD=LOW:HIGH[:scale]`` items; None leaves a setting to
+    the job's ``sweep:`` section, else its default."""
+
+    grid: tuple[str, ...] = ()
+    ranges: tuple[str, ...] = ()
+    random: int | None = None
+    seed: int | None = None
+    metric: str | None = None
+    asha: str | None = None
+    concurrent: int | None = None
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """Where a sweep runs, besides its plan: the parent of new sweep directories, the Ray
+    cluster (None: ``$RAY_ADDRESS``, else an embedded Ray) and ``--oversubscribe``."""
+
+    sweeps_dir: str | os.PathLike = "sweeps"
+    address: str | None = None
+    oversubscribe: bool = False
 
 
 @dataclass(frozen=True)
@@ -252,60 +278,45 @@ def _section_items(section: dict, key: str, where: str) -> list[str]:
     return items
 
 
-def plan_from_args(job: str, overrides: list[str], grid: list[str], ranges: list[str], random: int | None,
-                   seed: int | None, metric: str | None, asha: str | None, concurrent: int | None) -> SweepPlan:
+def plan_from_args(job: str | os.PathLike, overrides: list[str], request: SweepRequest) -> SweepPlan:
     """The sweep the command line and the job's ``sweep:`` section ask for (the command line
-    wins key by key: its ``--grid``/``--range`` replace the section's for the same field)."""
+    wins: its ``--grid``/``--range`` replace the section's for the same field, its options the
+    section's keys)."""
     from .spec import load_spec
 
-    where = str(job)
     section = read_sweep_section(job)
     spec = load_spec(job, overrides)
-    grid_items = _section_items(section, "grid", where)
-    range_items = _section_items(section, "range", where)
-    grid_flags = ["sweep.grid"] * len(grid_items) + ["--grid"] * len(grid)
-    range_flags = ["sweep.range"] * len(range_items) + ["--range"] * len(ranges)
-    g, r, flags = {}, {}, {}
-    for flag, item in zip(grid_flags, grid_items + list(grid)):
+    given = {k: getattr(request, k) for k in ("random", "seed", "metric", "asha", "concurrent")}
+    merged = SweepRequest(grid=request.grid, ranges=request.ranges,
+                          **{k: section.get(k) if v is None else v for k, v in given.items()})
+    return make_plan(spec, merged, tuple(_section_items(section, "grid", str(job))),
+                     tuple(_section_items(section, "range", str(job))))
+
+
+def make_plan(spec: JobSpec, request: SweepRequest, section_grid: tuple[str, ...] = (),
+              section_ranges: tuple[str, ...] = ()) -> SweepPlan:
+    """List the trials (the grid's product, times ``random`` draws from the ranges) and validate
+    each one's spec: the first bad value is a one-line error naming where it was given
+    (``--grid``, ``--range``, or the job's ``sweep.grid``/``sweep.range``) and the field."""
+    grid, ranges, flags = {}, {}, {}
+    for flag, item in [("sweep.grid", i) for i in section_grid] + [("--grid", i) for i in request.grid]:
         key, values = parse_grid(item, flag)
-        g[key], flags[key] = values, flag
-    for flag, item in zip(range_flags, range_items + list(ranges)):
+        grid[key], flags[key] = values, flag
+    for flag, item in [("sweep.range", i) for i in section_ranges] + [("--range", i) for i in request.ranges]:
         key, spec_ = parse_range(item, flag)
-        r[key], flags[key] = spec_, flag
-    both = sorted(set(g) & set(r))
+        ranges[key], flags[key] = spec_, flag
+    both = sorted(set(grid) & set(ranges))
     if both:
         raise SpecError(f"--grid and --range both vary {both[0]}; give one of them")
 
-    def number(name, value, default, low):
-        if value is None:
-            value = section.get(name, default)
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+    def number(name, low):
+        value = getattr(request, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
             raise SpecError(f"--{name} (sweep.{name}) must be an integer >= {low}, got {shown(value)}")
         return value
 
-    random = number("random", random, 0, 0)
-    seed = number("seed", seed, 0, 0)
-    concurrent = number("concurrent", concurrent, None, 1)
-    asha = asha if asha is not None else section.get("asha")
-    metric = metric if metric is not None else section.get("metric")
-    return make_plan(spec, g, r, random, seed, metric, asha, concurrent, flags)
-
-
-def plan_from_spec(spec: JobSpec, grid: dict | None = None, ranges: dict | None = None, random: int = 0,
-                   seed: int = 0, metric: str | None = None, asha: str | None = None,
-                   concurrent: int | None = None) -> SweepPlan:
-    """A plan from a spec and parsed axes (``{"train.learning_rate": ["0.1", "1"]}``, ranges as
-    ``parse_range`` gives them): what tests and scripts call."""
-    return make_plan(spec, dict(grid or {}), dict(ranges or {}), random, seed, metric, asha, concurrent)
-
-
-def make_plan(spec: JobSpec, grid: dict, ranges: dict, random: int, seed: int, metric: str | None,
-              asha: str | None, concurrent: int | None, flags: dict | None = None) -> SweepPlan:
-    """List the trials (the grid's product, times ``random`` samples of the ranges) and validate
-    each one's spec: the first bad value is a one-line error naming the flag (``flags``: field ->
-    where it was given, default ``--grid``/``--range``) and the field."""
+    random, seed, concurrent = number("random", 0) or 0, number("seed", 0) or 0, number("concurrent", 1)
+    asha, metric = request.asha, request.metric
     kind = spec.model.kind
     for flag, name in (("--asha", asha), ("--metric", metric)):
         if name is not None and name not in METRICS[kind]:
@@ -333,18 +344,16 @@ def make_plan(spec: JobSpec, grid: dict, ranges: dict, random: int, seed: int, m
             overrides = tuple(f"{k}={v}" for k, v in chosen)
             trial_id = f"t{len(trials):03d}"
             try:
-                doc = apply_overrides(base, list(overrides))
-                tspec = spec_from_dict(doc, where=f"trial {trial_id}")
+                tspec = spec_from_dict(apply_overrides(base, list(overrides)), where=f"trial {trial_id}")
             except SpecError as e:
                 culprit = next(((k, v) for k, v in chosen if k in str(e)), None)
                 if culprit is None:
                     raise SpecError(f"trial {trial_id} ({', '.join(overrides)}): {str(e).removeprefix('--set ')}") \
                         from None
                 k, v = culprit
-                flag = (flags or {}).get(k) or ("--grid" if k in grid else "--range")
-                raise SpecError(f"{flag} {clip(f'{k}={v}')}: {str(e).removeprefix('--set ')}") from None
-            values = {k: _flat_get(tspec.raw, k) for k, _ in chosen}
-            trials.append(Trial(trial_id, overrides, values))
+                raise SpecError(f"{flags[k]} {clip(f'{k}={v}')}: {str(e).removeprefix('--set ')}") from None
+            resolved = tspec.to_dict()
+            trials.append(Trial(trial_id, overrides, {k: _flat_get(resolved, k) for k, _ in chosen}))
     return SweepPlan(base=base, trials=tuple(trials), metric=metric, mode=_mode(metric), asha=asha,
                      concurrent=concurrent, grid=grid, ranges=ranges, random=random, seed=seed)
 
@@ -509,9 +518,8 @@ def _trainable():
 
 
 # --------------------------------------------------------------------------- the sweep
-def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, *, sweeps_dir: str | os.PathLike = "sweeps",
-              address: str | None = None, oversubscribe: bool = False, resume: bool = False,
-              out=None) -> SweepResult:
+def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options: SweepOptions | None = None, *,
+              resume: bool = False, out=None) -> SweepResult:
     """Run every trial of ``plan`` that has not ended (all of them, unless ``resume``) on Ray
     Tune, write the table (``sweep.json``, ``sweep.csv``), the plot (``sweep.png``) and print
     the table and the best run to ``out`` (default stdout)."""
@@ -520,13 +528,15 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, *, sweep
     from .rundir import RunLock, make_run_dir, remove_if_empty
 
     out = out or sys.stdout
+    options = options or SweepOptions()
     faults.check()
     specs = {t.id: plan.trial_spec(t) for t in plan.trials}
     base = plan.spec()
     # Bad data fails here, before anything is written; each distinct data section once.
     prepared = set()
     for s in specs.values():
-        key = json.dumps([s.raw["data"], s.raw["model"], s.raw["train"]["seed"]], sort_keys=True, default=str)
+        d = s.to_dict()
+        key = json.dumps([d["data"], d["model"], d["train"]["seed"]], sort_keys=True, default=str)
         if key not in prepared:
             prepared.add(key)
             s.prepare_data(*prepare_feedback(None))
@@ -539,14 +549,15 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, *, sweep
             path = Path(output)
         else:
             try:
-                path, created = make_run_dir(Path(output) if output else None, base.name, sweeps_dir)
+                path, created = make_run_dir(Path(output) if output else None, base.name, options.sweeps_dir)
             except LrjobInputError as e:
                 raise LrjobInputError(str(e).replace("--runs-dir", "--sweeps-dir", 1)) from None
             if not created and any(path.iterdir()):
                 raise LrjobInputError(f"--output {path}: exists and is not empty; choose a new path, or continue "
                                       f"a sweep with lrjob sweep --resume {path}")
         lock = RunLock.acquire(path)
-        with RaySession(address, widest.workers, widest.resources.cpus_per_worker, oversubscribe=oversubscribe):
+        with RaySession(options.address, widest.workers, widest.resources.cpus_per_worker,
+                        oversubscribe=options.oversubscribe):
             import ray
 
             cpus = ray.cluster_resources().get("CPU", 0.0)
@@ -572,8 +583,7 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, *, sweep
             lock.release()
 
 
-def resume_sweep(path: str | os.PathLike, *, address: str | None = None, oversubscribe: bool = False,
-                 out=None) -> SweepResult:
+def resume_sweep(path: str | os.PathLike, options: SweepOptions | None = None, *, out=None) -> SweepResult:
     """Continue the sweep in ``path``: its trials that have not ended run (a trial killed
     mid-run continues from its newest checkpoint); the ended ones are kept as they are."""
     path = Path(path)
@@ -585,7 +595,7 @@ def resume_sweep(path: str | os.PathLike, *, address: str | None = None, oversub
         plan = SweepPlan.from_dict(json.loads(plan_file.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise LrjobInputError(f"{plan_file}: damaged ({type(e).__name__}); start a new sweep") from None
-    return run_sweep(plan, path, address=address, oversubscribe=oversubscribe, resume=True, out=out)
+    return run_sweep(plan, path, options, resume=True, out=out)
 
 
 def _trial_state(path: Path, trial: Trial, ledger: dict) -> str | None:

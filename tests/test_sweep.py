@@ -19,7 +19,7 @@ import pytest
 from launcher.driver import run_job
 from launcher.rundir import latest_checkpoint
 from launcher.spec import load_spec
-from launcher.sweep import (concurrent_trials, make_plan, plan_from_args, resume_sweep, run_sweep,
+from launcher.sweep import (SweepRequest, concurrent_trials, make_plan, plan_from_args, resume_sweep, run_sweep,
                             trial_resources)
 from lr_core.errors import SpecError
 from procs import kill_tree
@@ -50,8 +50,7 @@ def _params(run_dir):
 
 # --------------------------------------------------------------------------- the plan
 def test_grid_is_the_product_of_its_fields_and_each_trial_spec_is_validated():
-    plan = plan_from_args(JOB, TINY, ["train.learning_rate=0.01,0.1,1", "train.batch_size=16,64"], [],
-                          None, None, None, None, None)
+    plan = plan_from_args(JOB, TINY, SweepRequest(grid=("train.learning_rate=0.01,0.1,1", "train.batch_size=16,64")))
     assert [t.id for t in plan.trials] == [f"t{i:03d}" for i in range(6)]
     assert plan.trials[0].overrides == ("train.learning_rate=0.01", "train.batch_size=16")
     assert plan.trials[5].values == {"train.learning_rate": 1.0, "train.batch_size": 64}
@@ -59,16 +58,19 @@ def test_grid_is_the_product_of_its_fields_and_each_trial_spec_is_validated():
     spec = plan.trial_spec(plan.trials[3])
     assert (spec.train.learning_rate, spec.train.batch_size, spec.train.epochs) == (0.1, 64, 3)
     # list values keep their commas
-    hidden = plan_from_args(JOB, TINY, ["model.hidden=[4, 4],[8]"], [], None, None, None, None, None)
+    hidden = plan_from_args(JOB, TINY, SweepRequest(grid=("model.hidden=[4, 4],[8]",)))
     assert [plan.trial_spec(t).model.hidden for t in hidden.trials] == [(4, 4), (8,)]
 
 
 def test_random_draws_are_seeded_inside_the_range_and_on_its_scale():
-    args = (JOB, TINY, ["train.batch_size=16,32"], ["train.learning_rate=1e-3:1:log", "train.epochs=1:4:int"], 5)
-    a = plan_from_args(*args, 7, None, "val_loss", None)
+    def plan(seed):
+        return plan_from_args(JOB, TINY, SweepRequest(
+            grid=("train.batch_size=16,32",), ranges=("train.learning_rate=1e-3:1:log", "train.epochs=1:4:int"),
+            random=5, seed=seed, asha="val_loss"))
+
+    a = plan(7)
     assert len(a.trials) == 10 and a.metric == "val_loss" and a.mode == "min" and a.asha == "val_loss"
-    assert a.trials == plan_from_args(*args, 7, None, "val_loss", None).trials  # same seed, same trials
-    assert a.trials != plan_from_args(*args, 8, None, "val_loss", None).trials
+    assert a.trials == plan(7).trials and a.trials != plan(8).trials  # seeded
     lrs = [t.values["train.learning_rate"] for t in a.trials]
     assert all(1e-3 <= v <= 1 for v in lrs) and all(t.values["train.epochs"] in (1, 2, 3, 4) for t in a.trials)
 
@@ -78,9 +80,10 @@ def test_the_jobs_sweep_section_gives_the_same_plan_and_lrjob_run_ignores_it(tmp
     job.write_text(Path(JOB).read_text() + "sweep:\n  grid: {train.learning_rate: [0.01, 0.1]}\n"
                    "  range: {train.momentum: '0:0.9'}\n  random: 2\n  seed: 3\n  asha: val_loss\n"
                    "  concurrent: 1\n")
-    plan = plan_from_args(str(job), TINY, [], [], None, None, None, None, None)
-    same = plan_from_args(JOB, TINY, ["train.learning_rate=0.01,0.1"], ["train.momentum=0:0.9"], 2, 3, None,
-                          "val_loss", 1)
+    plan = plan_from_args(str(job), TINY, SweepRequest())
+    same = plan_from_args(JOB, TINY, SweepRequest(grid=("train.learning_rate=0.01,0.1",),
+                                                  ranges=("train.momentum=0:0.9",), random=2, seed=3,
+                                                  asha="val_loss", concurrent=1))
     assert plan.trials == same.trials and (plan.asha, plan.concurrent) == ("val_loss", 1)
     assert load_spec(job).train.learning_rate == 0.1  # the job itself, for lrjob run
 
@@ -149,7 +152,8 @@ def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_an
 
     uri = (tmp_path / "mlruns").as_uri()
     spec = load_spec(JOB, TINY + [f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=sw"])
-    plan = make_plan(spec, {"train.learning_rate": ["0.5", DIVERGES, "0.0005"]}, {}, 0, 0, None, "val_loss", 1)
+    plan = make_plan(spec, SweepRequest(grid=(f"train.learning_rate=0.5,{DIVERGES},0.0005",), asha="val_loss",
+                                        concurrent=1))
     result = run_sweep(plan, tmp_path / "s")
     out = capsys.readouterr().out
     rows = {r["trial"]: r for r in result.rows}
@@ -225,7 +229,7 @@ def test_trials_of_two_horovod_workers_equal_the_inprocess_run_of_their_spec(ray
     (docs/design.md#parity-rule)."""
     spec = load_spec(JOB, ["resources.workers=2", "train.epochs=2", "data.options.n_train=64",
                            "data.options.n_val=16"])
-    plan = make_plan(spec, {"train.learning_rate": ["0.05", "0.2"]}, {}, 0, 0, None, None, None)
+    plan = make_plan(spec, SweepRequest(grid=("train.learning_rate=0.05,0.2",)))
     result = run_sweep(plan, tmp_path / "s")
     assert [r["status"] for r in result.rows] == ["completed", "completed"]
     for t, r in zip(plan.trials, result.rows):
@@ -245,8 +249,7 @@ def test_a_3x2_grid_on_digits_with_2_workers_per_trial_keeps_parity_in_every_tri
     workers per trial; every trial completes and equals the in-process run of its job.yaml
     within the parity tolerance."""
     spec = load_spec(ROOT / "jobs/digits_softmax.yaml", ["resources.workers=2", "train.epochs=2"])
-    plan = make_plan(spec, {"train.learning_rate": ["0.01", "0.1", "1"], "train.batch_size": ["64", "256"]}, {},
-                     0, 0, None, None, None)
+    plan = make_plan(spec, SweepRequest(grid=("train.learning_rate=0.01,0.1,1", "train.batch_size=64,256")))
     result = run_sweep(plan, tmp_path / "s")
     assert [r["status"] for r in result.rows] == ["completed"] * 6 and result.best is not None
     for t, r in zip(plan.trials, result.rows):

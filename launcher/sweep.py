@@ -556,6 +556,7 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
                 raise LrjobInputError(f"--output {path}: exists and is not empty; choose a new path, or continue "
                                       f"a sweep with lrjob sweep --resume {path}")
         lock = RunLock.acquire(path)
+        path = path.absolute()  # trial actors run in Tune's own working directories
         with RaySession(options.address, widest.workers, widest.resources.cpus_per_worker,
                         oversubscribe=options.oversubscribe):
             import ray
@@ -649,15 +650,16 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
                 tid = trial.config["trial"]["id"]
                 summary = _summary(path, tid)
                 status = summary.get("status")
+                error = None
                 if errored or status == "failed":
-                    state = "failed"
+                    state, error = "failed", summary.get("error") or _tune_error(trial.error_file)
                 elif status == "completed":
                     state = "completed"
-                else:
+                elif status == "interrupted":
                     state = "stopped"  # ended by the scheduler (ASHA) before its last epoch
-                ledger[tid] = {"status": state}
-                if state == "failed":
-                    ledger[tid]["error"] = summary.get("error") or _tune_error(trial.error_file)
+                else:
+                    state, error = "failed", f"its run directory holds no ended run (status {status})"
+                ledger[tid] = {"status": state, **({"error": error} if error else {})}
                 _write_table(plan, path, ledger, plots=False)
                 done[0] += 1
                 faults.hit("sweep", trials=done[0])

@@ -203,7 +203,7 @@ def test_a_killed_sweep_driver_resumes_with_the_remaining_trials_only(ray_sessio
     # the session's Ray, joined by address: the kill ends this driver's job (its trial actors), not Ray
     address = ray_session.get_runtime_context().gcs_address
     proc = subprocess.Popen([LRJOB, "sweep", JOB, *sum((["--set", o] for o in TINY), []), "--grid",
-                             "train.learning_rate=0.05,0.1,0.2", "--concurrent", "1", "--output", str(out),
+                             "train.learning_rate=0.05,0.1,0.2", "--concurrent", "1", "--output", "s",  # relative
                              "--address", address],
                             env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)

@@ -57,6 +57,9 @@ SWEEP_KEYS = ("grid", "range", "random", "seed", "metric", "asha", "concurrent")
 MAX_TRIALS = 10_000
 PLAN_FILE = "plan.json"          # written once, before the first trial: what --resume reads
 TABLE_FILES = ("sweep.json", "sweep.csv", "sweep.png")
+# The key of a trial's last result when its run ended by itself (Tune also marks a trial
+# that its scheduler stops as done).
+ENDED = "lrjob_run_ended"
 # Trial outcomes that are final: a resumed sweep does not run them again.
 FINAL = ("completed", "stopped", "failed")
 
@@ -461,10 +464,10 @@ class _TrialRun:
                 return dict(self.last)
             kind, payload = self.results.get()  # the run's end: the export, plots, summary
             if kind == "done":
-                return {**self.last, "done": True}
+                return {**self.last, "done": True, ENDED: 1}
         if kind == "done":
             final = _numbers((payload or {}).get("final") or {})
-            return {**final, **self.last, "done": True}
+            return {**final, **self.last, "done": True, ENDED: 1}
         if kind == "error":
             raise TrialFailed(payload)
         return {**self.last, "done": True}  # stopped
@@ -532,9 +535,11 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
     faults.check()
     specs = {t.id: plan.trial_spec(t) for t in plan.trials}
     base = plan.spec()
+    # A resumed sweep whose trials have all ended only writes its table again: no Ray.
+    ended = resume and all(_trial_state(Path(output), t, _read_ledger(Path(output))) for t in plan.trials)
     # Bad data fails here, before anything is written; each distinct data section once.
     prepared = set()
-    for s in specs.values():
+    for s in ([] if ended else specs.values()):
         d = s.to_dict()
         key = json.dumps([d["data"], d["model"], d["train"]["seed"]], sort_keys=True, default=str)
         if key not in prepared:
@@ -557,6 +562,8 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
                                       f"a sweep with lrjob sweep --resume {path}")
         lock = RunLock.acquire(path)
         path = path.absolute()  # trial actors run in Tune's own working directories
+        if ended:
+            return _run(plan, specs, path, 0.0, out)
         with RaySession(options.address, widest.workers, widest.resources.cpus_per_worker,
                         oversubscribe=options.oversubscribe):
             import ray
@@ -613,13 +620,6 @@ def _trial_state(path: Path, trial: Trial, ledger: dict) -> str | None:
 
 
 def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepResult:
-    from ray import tune
-    from ray.tune import PlacementGroupFactory
-    from ray.tune.schedulers import ASHAScheduler
-
-    from .quiet import silence_tune_noise
-
-    silence_tune_noise()
     ledger = _read_ledger(path)
     todo = [t for t in plan.trials if _trial_state(path, t, ledger) is None]
     for t in plan.trials:  # ended, but not recorded by a driver killed before it could
@@ -628,6 +628,13 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
     parent = _SweepTracker.open(plan, path)
     done = [len([t for t in plan.trials if t.id in ledger])]
     if todo:
+        from ray import tune
+        from ray.tune import PlacementGroupFactory
+        from ray.tune.schedulers import ASHAScheduler
+
+        from .quiet import silence_tune_noise
+
+        silence_tune_noise()
         configs = [{"id": t.id, "spec": specs[t.id].to_dict(), "run_dir": str(path / "trials" / t.id),
                     "epochs": specs[t.id].train.epochs, "parent_run_id": parent.run_id} for t in todo]
         for c in configs:
@@ -653,12 +660,13 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
                 error = None
                 if errored or status == "failed":
                     state, error = "failed", summary.get("error") or _tune_error(trial.error_file)
-                elif status == "completed":
+                elif status == "completed" or (trial.last_result or {}).get(ENDED):
+                    # step() returned after the run ended, so its summary.json is final
                     state = "completed"
-                elif status == "interrupted":
-                    state = "stopped"  # ended by the scheduler (ASHA) before its last epoch
                 else:
-                    state, error = "failed", f"its run directory holds no ended run (status {status})"
+                    # stopped by the scheduler (ASHA) before its last epoch; Tune reports the
+                    # stop before the trial's driver has closed its run (``interrupted``)
+                    state = "stopped"
                 ledger[tid] = {"status": state, **({"error": error} if error else {})}
                 _write_table(plan, path, ledger, plots=False)
                 done[0] += 1

@@ -57,7 +57,7 @@ def ray_session():
     silence_known_noise()
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, **ray_init_kwargs())
+    ray.init(address="local", num_cpus=4, num_gpus=2, include_dashboard=False, **ray_init_kwargs())
     try:
         yield ray
     finally:

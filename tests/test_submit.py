@@ -326,3 +326,24 @@ def test_joining_an_open_cluster_with_a_local_token_still_warns(open_head, tmp_p
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Token authentication is disabled for this Ray cluster" in r.stderr, r.stderr[-3000:]
+
+
+def test_an_embedded_ray_is_a_new_one_while_a_started_head_runs_here(head, tmp_path):
+    """`ray start --head` records its address for the machine (TMP/ray/ray_current_cluster);
+    a bare ray.init() joins that cluster. lrjob's embedded Ray must start its own."""
+    tmp = Path(tempfile.mkdtemp(prefix="lrj-", dir="/tmp"))  # short: Ray's socket paths live under it
+    try:
+        (tmp / "ray").mkdir()
+        (tmp / "ray" / "ray_current_cluster").write_text(head["gcs"])
+        env = dict(head["env"], RAY_TMPDIR=str(tmp), PYTHONPATH=str(ROOT))
+        code = ("import ray\n"
+                "from launcher.backends.cluster import RaySession\n"
+                "with RaySession(None, 1, 1.0) as s:\n"
+                "    print(s.kind, '|', ray.get_runtime_context().gcs_address)\n")
+        r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=180, env=env)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+        kind, gcs = r.stdout.strip().splitlines()[-1].split(" | ")
+        assert kind.startswith("local Ray") and gcs != head["gcs"], r.stdout
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

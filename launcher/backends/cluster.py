@@ -251,7 +251,7 @@ class RaySession:
             return self
         kwargs = ray_init_kwargs()
         try:
-            if self.address:
+            if self.address and self.address != "local":
                 _probe_address(self.address)
                 use_ray_token_if_present()
                 ray.init(address=self.address, **kwargs)
@@ -259,7 +259,9 @@ class RaySession:
                 warn_if_cluster_open()
             else:
                 num_cpus = embedded_cpus(self.workers, self.cpus_per_worker, self.oversubscribe)
-                ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+                # address="local": a new Ray of its own even when this machine runs another one
+                # (`ray start --head`), which a bare ray.init() would join (docs/design.md#flow)
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
                 self.kind = f"local Ray ({num_cpus} CPUs)"
         except LrjobInputError:
             raise

@@ -248,6 +248,8 @@ class Driver:
         self._early, self._best = watches(spec)
         self._stopped: dict | None = None   # {"epoch", "reason"} once early stopping ends the run
         self._exported: dict | None = None  # {"epoch", "selected_by"}: the epoch model/ holds
+        # Every worker failure the run met, restarted or not: summary.json's ``failures``.
+        self.failures: list[dict] = []
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
         self._step = int(self.checkpoint.get("step", 0)) if self.checkpoint else 0
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
@@ -453,6 +455,8 @@ class Driver:
     def _restart(self, error: WorkerFailure) -> None:
         """Replace the worker group and restore the newest checkpoint, or give up."""
         while True:
+            self.failures.append({"epoch": len(self.history) + 1, "rank": error.rank, "node": error.node,
+                                  "error": str(error)})
             last = self._good_checkpoint()
             if self.policy.decide(error) is Decision.RAISE:
                 raise WorkerFailure(f"{error}; last completed epoch {len(self.history)}, newest checkpoint: "
@@ -566,7 +570,7 @@ class Driver:
             "final": {k: v for k, v in final.items() if k not in ("confusion",)},
             "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
             "run_dir": str(self.location),
-            "warnings": list(self.warnings), **self._fit,
+            "warnings": list(self.warnings), "failures": list(self.failures), **self._fit,
         }
         if self._stopped is not None:
             summary["stopped_early"] = dict(self._stopped)

@@ -73,6 +73,9 @@ class TrainingLoop:
         self._done_losses: list[np.ndarray] = []
         self._done_seconds = 0.0
         self._done_rows = 0  # rows of the epoch trained in this process (a resumed epoch: fewer)
+        # (epoch, step) this rank's host is at, both 0-based: a Horovod worker reports it, so a
+        # hang is blamed on the rank that stopped first (docs/design.md#failures-and-restarts).
+        self.position = (-1, 0)
 
         self.net = build_model(cfg, data.num_features, self.ctx)
         self.comm.broadcast_parameters(self.net.collect_params())
@@ -134,6 +137,7 @@ class TrainingLoop:
         # the same on every rank and every world size, and found again on resume from (epoch, step).
         schedule = cfg.schedule
         for s in range(start_step, stop):
+            self.position = (epoch, s)
             # about 50 reports per epoch, and one at least every second (they are also the
             # heartbeat the epoch timeout watches)
             if progress is not None and (s % report_every == 0 or time.perf_counter() >= next_report):
@@ -169,6 +173,7 @@ class TrainingLoop:
             if schedule is not None:
                 self.trainer.set_learning_rate(rate(schedule, cfg.learning_rate, epoch * steps + s, steps))
             comm.step(self.trainer, int(global_sizes[s]))
+        self.position = (epoch, stop)  # every step queued: the loss read, then evaluation
         # the one host sync of the epoch
         local = mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)
         self.train_pages.release()  # every step has run: nothing of the epoch stays mapped

@@ -406,3 +406,33 @@ def test_hung_worker_is_detected_within_the_timeout_and_restarted(tmp_path, kill
     assert "made no progress in epoch 3 for 15 s" in said, said
     assert run.epochs() == [1, 2, 3, 4, 5]
     _assert_params_match(out, kill_reference)
+
+
+@pytest.mark.distributed
+def test_a_hang_is_blamed_on_the_rank_that_stopped_first(tmp_path):
+    """Rank 1 stops itself before step 5 of epoch 1 while rank 0 waits for it in the allreduce:
+    both are busy when the epoch timeout fires, and the error and the summary name rank 1 (the
+    lowest busy rank, 0, would be wrong)."""
+    out, marker = tmp_path / "run", tmp_path / "fault"
+    run = _Run(*KILL_JOB, "--workers", "2", "--output", str(out), "--set", "failure.epoch_timeout_s=8",
+               env=_env(at="step", epoch=1, step=5, rank=1, action="stop", once=str(marker)))
+    victim = None
+    try:
+        victim = _fault_report(marker)["pid"]
+        rc = run.finish()
+    finally:
+        if victim:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    start = next(e for e in run.events if e["event"] == "start")
+    assert victim == start["placement"][1]["pid"]
+    assert rc == 1, run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert "rank 1 on" in last and "made no progress in epoch 1 for 8 s" in last, last
+    assert "(hung: silent for" in last and "last heard at step" in last, last
+    assert "Traceback" not in run.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "rank 1 on" in summary["error"], summary
+    assert [(f["epoch"], f["rank"]) for f in summary["failures"]] == [(1, 1)], summary["failures"]

@@ -8,24 +8,28 @@ rank and node; the driver decides whether to restart. Errors of the job itself
 """
 from __future__ import annotations
 
+import math
 import os
 import socket
 import time
+
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
 from lr_core.errors import LrjobError, WorkerFailure
 
 from . import Progress
+from .worker import HEARTBEAT_S
 
-__all__ = ["RayHorovodBackend", "probe_devices"]
-
+__all__ = ["RayHorovodBackend", "probe_devices", "stalled_rank"]
 
 
 class _ProgressBoard:
-    """A tiny actor: rank 0 posts (epoch, step, steps); the driver reads it."""
+    """A tiny actor: rank 0 posts (epoch, step, steps), every rank's heartbeat its position
+    (worker.py); the driver reads both."""
 
     def __init__(self):
         self.value = (-1, 0, 1)
+        self.ranks: dict[int, tuple[int, int, float]] = {}
 
     def post(self, epoch: int, step: int, steps: int) -> None:
         """Record that rank 0 finished step ``step`` of ``steps`` in epoch ``epoch``."""
@@ -34,6 +38,48 @@ class _ProgressBoard:
     def read(self):
         """The last posted (epoch, step, steps); (-1, 0, 1) before the first post."""
         return self.value
+
+    def beat(self, rank: int, epoch: int, step: int) -> None:
+        """Record that ``rank``'s loop is at step ``step`` of epoch ``epoch`` (0-based), now."""
+        self.ranks[rank] = (epoch, step, time.monotonic())
+
+    def positions(self) -> dict:
+        """{rank: (epoch, step, seconds since its last report)} of every rank that reported."""
+        now = time.monotonic()
+        return {r: (e, s, now - t) for r, (e, s, t) in self.ranks.items()}
+
+
+# A rank not heard from for this long is silent (stopped, frozen), not merely waiting.
+SILENT_S = 5 * HEARTBEAT_S
+
+
+def stalled_rank(busy: list[int], positions: dict) -> int:
+    """Of the ``busy`` ranks, the one that stopped first (docs/design.md#failures-and-restarts).
+
+    ``positions``: {rank: (epoch, step, seconds since its last report)} from the board. A silent
+    rank (no report for ``SILENT_S``: stopped, frozen) comes before the live ones, the longest
+    silent first (a rank that never reported, first of all); a live rank waiting in a collective
+    keeps reporting. Among live ranks the lowest (epoch, step) stopped first: the others went on
+    to the next collective and wait there for it. Then the lowest rank."""
+    def key(rank: int):
+        if rank not in positions:
+            return (0, -math.inf, 0, 0, rank)
+        epoch, step, age = positions[rank]
+        if age > SILENT_S:
+            return (0, -age, 0, 0, rank)
+        return (1, 0, epoch, step, rank)
+    return min(busy, key=key)
+
+
+def _describe_stall(rank: int, positions: dict, steps: int | None) -> str:
+    """How ``stalled_rank`` told the rank apart, for the error: its silence, or its position."""
+    if rank not in positions:
+        return "it never reported its position"
+    epoch, step, age = positions[rank]
+    where = f"step {step + 1}" + (f" of {steps}" if steps else "") + f" of epoch {epoch + 1}"
+    if age > SILENT_S:
+        return f"silent for {age:.0f} s, last heard at {where}"
+    return f"still reporting, at {where}: the lowest position of the busy ranks"
 
 
 class RayHorovodBackend:
@@ -119,9 +165,15 @@ class RayHorovodBackend:
                 break
             if deadline is not None and now >= deadline and not errors:
                 ranks = sorted(rank_of[r] for r in pending)
+                positions = self._positions()
+                rank = stalled_rank(ranks, positions)
+                others = [r for r in ranks if r != rank]
+                steps = posted[2] if posted and posted[0] >= 0 else None
+                busy = f": {others[:8]}{'...' if len(others) > 8 else ''}" if others else ""
                 raise WorkerFailure(
-                    f"rank {ranks[0]} on {self._where(ranks[0])} made no progress in {what} for {timeout_s:.0f} s "
-                    f"(hung; ranks still busy: {ranks})", rank=ranks[0], node=self._where(ranks[0]))
+                    f"rank {rank} on {self._where(rank)} made no progress in {what} for {timeout_s:.0f} s "
+                    f"(hung: {_describe_stall(rank, positions, steps)}; {len(others)} other rank(s) still "
+                    f"busy{busy})", rank=rank, node=self._where(rank))
             wait = 0.25 if progress else 1.0
             done, pending = ray.wait(pending, num_returns=1, timeout=wait)
             if (progress is not None or deadline is not None) and self._board is not None:
@@ -158,8 +210,9 @@ class RayHorovodBackend:
                 if isinstance(e, (ray.exceptions.RayActorError, ray.exceptions.WorkerCrashedError))]
         if not dead and still_running:
             # Peers lost their Horovod partner while these ranks never answered: the
-            # silent ranks (hung, stopped) are the likely root cause, not the ones that raised.
-            rank = still_running[0]
+            # silent ranks (hung, stopped) are the likely root cause, not the ones that raised;
+            # of them, the one that stopped first.
+            rank = stalled_rank(still_running, self._positions())
             return WorkerFailure(f"rank {rank} on {self._where(rank)} stopped responding during {what} "
                                  f"(hung?; ranks {sorted(errors)} lost their Horovod peer)",
                                  rank=rank, node=self._where(rank))
@@ -172,6 +225,17 @@ class RayHorovodBackend:
             why = lines[-1][:300] if lines else type(e).__name__
         return WorkerFailure(f"rank {rank} on {self._where(rank)} failed during {what}: {why}",
                              rank=rank, node=self._where(rank))
+
+    def _positions(self) -> dict:
+        """Every rank's last reported position (``_ProgressBoard.positions``); {} if unreadable."""
+        import ray
+
+        if self._board is None:
+            return {}
+        try:
+            return ray.get(self._board.positions.remote(), timeout=5)
+        except Exception:  # noqa: BLE001 - blame falls back to the lowest busy rank
+            return {}
 
     def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None,
                   start_step: int = 0, stop_step: int | None = None) -> list[dict]:

@@ -2,13 +2,45 @@
 
 The driver calls ``setup`` once, then ``run_epoch(e)`` per epoch (every rank), and
 ``get_state`` on rank 0 for checkpoints. Workers return values; they write no files.
+While an epoch runs, every rank's heartbeat thread reports where its loop is to the
+progress board, so a hang is blamed on the rank that stopped first.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 
-__all__ = ["HorovodWorker"]
+__all__ = ["HorovodWorker", "HEARTBEAT_S"]
+
+# How often a rank reports its position while an epoch runs (docs/design.md#failures-and-restarts).
+HEARTBEAT_S = 0.5
+
+
+class _Heartbeat:
+    """A thread that posts ``rank`` and ``where()`` to the board every ``HEARTBEAT_S`` until stopped.
+
+    A thread, not the loop: a rank waiting in an allreduce (MXNet waits with the GIL released)
+    keeps reporting, while a stopped or frozen process falls silent; its last report ages."""
+
+    def __init__(self, board, rank: int, where):
+        self._board, self._rank, self._where = board, rank, where
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lrjob-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            try:
+                self._board.beat.remote(self._rank, *self._where())
+            except Exception:  # noqa: BLE001 - best effort: the board may be gone at shutdown
+                pass
+            if self._stop.wait(HEARTBEAT_S):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2 * HEARTBEAT_S)
 
 
 class HorovodWorker:
@@ -22,7 +54,7 @@ class HorovodWorker:
         self._cfg, self._data_box = cfg, data_box
         self._gpus = gpus_per_worker
         self._record = record_shards
-        self._board = (board_box or [None])[0]  # rank 0 posts progress here
+        self._board = (board_box or [None])[0]  # progress (rank 0) and every rank's position
         self.loop = None
 
     def device_info(self) -> dict:
@@ -74,14 +106,24 @@ class HorovodWorker:
 
     def run_epoch(self, epoch: int, start_step: int = 0, stop_step: int | None = None) -> dict:
         """Train and evaluate epoch ``epoch`` (0-based), or its steps ``[start_step, stop_step)``,
-        on this rank; returns its metrics. Rank 0 posts its progress to the board."""
-        progress = None
-        if self._board is not None and self.loop.comm.rank == 0:
-            board = self._board
+        on this rank; returns its metrics. Rank 0 posts its progress to the board; every rank
+        reports its position there (``_Heartbeat``)."""
+        if self._board is None:
+            return self.loop.run_epoch(epoch, None, start_step, stop_step)
+        board, rank = self._board, self.loop.comm.rank
 
-            def progress(step, steps):  # fire and forget: never waits for the driver
+        # Every rank gets a callback, so every rank's host waits for its device at the same
+        # report steps as rank 0: no host runs ahead of its device by more than a report
+        # interval, and the positions the ranks report compare.
+        def progress(step, steps):  # fire and forget: never waits for the driver
+            if rank == 0:
                 board.post.remote(epoch, step, steps)
-        return self.loop.run_epoch(epoch, progress, start_step, stop_step)
+        self.loop.position = (epoch, start_step)  # the first report is of this epoch already
+        beat = _Heartbeat(board, rank, lambda: self.loop.position)
+        try:
+            return self.loop.run_epoch(epoch, progress, start_step, stop_step)
+        finally:
+            beat.stop()
 
     def get_state(self) -> dict:
         """This rank's parameters, optimizer state and epochs done: all a checkpoint holds."""

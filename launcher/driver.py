@@ -37,6 +37,7 @@ from lr_core.errors import DataError, LrjobError, SpecError, WorkerFailure
 from lr_core.sharding import num_batches, segments
 
 from .backends import Backend
+from .elastic import Resize, placeable, world_size
 from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warnings, fit_warnings,
                             history_warnings)
 from .report.progress import Reporter, prepare_feedback
@@ -242,6 +243,10 @@ class Driver:
                                                   self.data.stats)
         self._fit: dict = {}
         self.backend_factory = self.options.backend_factory or self._default_backend
+        # Only a Ray worker group of the driver's own changes its size (docs/design.md#failures-and-restarts).
+        self._elastic = self.options.backend_factory is None and spec.workers > 0
+        self.world = spec.workers  # the workers of the current group
+        self.resizes: list[Resize] = []
         self.policy = FailurePolicy(spec.failure.max_failures)
         # Early stopping and the best epoch: the driver's decisions, from the history alone
         # (launcher/stopping.py, docs/design.md#early-stopping-and-the-best-model).
@@ -385,6 +390,8 @@ class Driver:
             self._sync()  # uploaded before it is reported, too
             self.reporter.epoch(m, epochs)
             self.tracker.epoch(m)
+            if len(self.history) < epochs:
+                self._grow(state)
         if state is None:  # resumed at the end already, or the last epoch was not due
             state = self.backend.get_state()
         return state
@@ -453,32 +460,103 @@ class Driver:
             (h.get("epoch_seconds", 0.0) for h in self.history), default=0.0))
 
     def _restart(self, error: WorkerFailure) -> None:
-        """Replace the worker group and restore the newest checkpoint, or give up."""
+        """Replace the worker group and restore the newest checkpoint, or give up. The new group
+        has as many workers as the cluster can place, down to ``failure.min_workers``
+        (docs/design.md#failures-and-restarts)."""
+        epoch = len(self.history) + 1  # the epoch in progress when ``error`` happened
         while True:
-            self.failures.append({"epoch": len(self.history) + 1, "rank": error.rank, "node": error.node,
-                                  "error": str(error)})
+            self.failures.append({"epoch": epoch, "rank": error.rank, "node": error.node, "error": str(error)})
             last = self._good_checkpoint()
+            done = f"last completed epoch {len(self.history)}, newest checkpoint: " \
+                   f"{Path(last['path']).name if last else 'none'}"
             if self.policy.decide(error) is Decision.RAISE:
-                raise WorkerFailure(f"{error}; last completed epoch {len(self.history)}, newest checkpoint: "
-                                    f"{Path(last['path']).name if last else 'none'}", error.rank, error.node,
-                                    len(self.history)) from None
+                raise WorkerFailure(f"{error}; {done}", error.rank, error.node, len(self.history)) from None
             self.reporter.message(f"lrjob: {error}")
-            self.reporter.message(f"lrjob: restart {self.policy.failures}/{self.policy.max_failures}: new workers "
-                                  f"resume from {'epoch ' + str(last['epochs_done']) if last else 'the start'}")
             self._shutdown_backend()
             self.backend = None
+            workers, fit = self._world_size_after(error, done)
+            self.reporter.message(f"lrjob: restart {self.policy.failures}/{self.policy.max_failures}: new workers "
+                                  f"resume from {'epoch ' + str(last['epochs_done']) if last else 'the start'}")
+            epoch = (last["epochs_done"] if last else 0) + 1
             try:
-                self.backend = self.backend_factory()
-                self._backend_down = False
-                if last:
-                    self.backend.set_state(last)
+                self._start_group(workers, last)
             except WorkerFailure as again:
                 error = again
                 continue
+            if workers != self.world:
+                cause = f"rank {error.rank} failed" if error.rank is not None else "a worker group failed"
+                why = (f"{cause}; the Ray cluster can place {fit} of the {self.spec.workers} workers"
+                       if workers < self.world else f"the Ray cluster can place {workers} workers again")
+                self._resized(Resize(epoch, self.world, workers, why))
             self.history[:] = list(last["history"]) if last else []
             self._step = int(last.get("step", 0)) if last else 0
             self.run_dir.rewrite_metrics(self.history)
             return
+
+    def _start_group(self, workers: int, state: dict | None) -> None:
+        """A new worker group of ``workers`` (with ``DriverOptions.backend_factory``: its own), restored
+        from ``state`` when given."""
+        self.backend = self.backend_factory(workers) if self._elastic else self.backend_factory()
+        self._backend_down = False
+        if state:
+            self.backend.set_state(state)
+
+    def _placeable(self) -> int | None:
+        """How many of this job's workers the Ray cluster's live nodes can place; None when Ray
+        cannot say (the start of the group will tell)."""
+        from .backends.cluster import node_resources
+
+        r = self.spec.resources
+        try:
+            nodes = node_resources()
+        except Exception:  # noqa: BLE001 - e.g. the GCS unreachable for a moment
+            return None
+        return placeable(nodes, r.cpus_per_worker, r.gpus_per_worker)
+
+    def _world_size_after(self, error: WorkerFailure, done: str) -> tuple[int, int | None]:
+        """The size of the group that replaces a failed one, and how many workers fit (None when
+        not known: a backend of ``DriverOptions``, or Ray did not say). Fewer than
+        ``failure.min_workers`` fitting ends the run, a ``WorkerFailure`` that says so."""
+        fit = self._placeable() if self._elastic else None
+        if fit is None:
+            return self.spec.workers, None
+        spec = self.spec
+        workers = world_size(spec.workers, spec.min_workers, fit)
+        if workers is None:
+            r = spec.resources
+            each = f"{r.cpus_per_worker:g} CPU" + (f" and {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "")
+            need = (f"fewer than failure.min_workers ({spec.min_workers})" if spec.min_workers < spec.workers
+                    else f"of the {spec.workers} the run needs (failure.min_workers lets it continue on fewer)")
+            raise WorkerFailure(f"{error}; the Ray cluster can now place {fit} workers of {each}, {need}; {done}",
+                                error.rank, error.node, len(self.history)) from None
+        return workers, fit
+
+    def _grow(self, state: dict | None) -> None:
+        """At an epoch boundary of a run that lost workers: back to more of them (up to
+        ``resources.workers``) when the cluster can place them again, from ``state`` (the epoch's
+        checkpoint, else rank 0's state now)."""
+        if not self._elastic or self.world >= self.spec.workers:
+            return
+        fit = self._placeable()
+        workers = min(fit or 0, self.spec.workers)
+        if workers <= self.world:
+            return
+        old = self.world
+        try:
+            state = state if state is not None else self.backend.get_state()
+            self._shutdown_backend()
+            self.backend = None
+            self._start_group(workers, state)
+        except WorkerFailure as e:  # e.g. the room went again: a failure like any other
+            self._restart(e)
+            return
+        self._resized(Resize(len(self.history) + 1, old, workers, f"the Ray cluster can place {fit} workers again"))
+
+    def _resized(self, change: Resize) -> None:
+        """Record and report one change of world size (summary.json's ``resizes``)."""
+        self.resizes.append(change)
+        self.world = change.new
+        self.reporter.message(change.line())
 
     def _judge(self, spec: JobSpec, flag: str, resume, locked: bool) -> str:
         """``run_state`` of the existing folder, refusing one that holds no run (or, on
@@ -570,7 +648,8 @@ class Driver:
             "final": {k: v for k, v in final.items() if k not in ("confusion",)},
             "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
             "run_dir": str(self.location),
-            "warnings": list(self.warnings), "failures": list(self.failures), **self._fit,
+            "warnings": list(self.warnings), "failures": list(self.failures),
+            "resizes": [r.as_dict() for r in self.resizes], **self._fit,
         }
         if self._stopped is not None:
             summary["stopped_early"] = dict(self._stopped)
@@ -599,10 +678,10 @@ class Driver:
                      "val_rows": int(len(self.data.x_val)), "dtype": str(self.data.x_train.dtype)},
         }
 
-    def _default_backend(self) -> Backend:
+    def _default_backend(self, workers: int | None = None) -> Backend:
         from .backends import make_backend
 
-        return make_backend(self.spec, self.data, record_shards=self.options.hooks.record_shards)
+        return make_backend(self.spec, self.data, record_shards=self.options.hooks.record_shards, workers=workers)
 
 
 def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: str | os.PathLike | None = None,

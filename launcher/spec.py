@@ -181,11 +181,16 @@ class CheckpointSpec:
 
 @dataclass(frozen=True)
 class FailureSpec:
-    """``failure``: how many worker failures a run survives by restarting, and the epoch timeout."""
+    """``failure``: how many worker failures a run survives by restarting, the epoch timeout, and
+    the fewest workers a restart may continue on."""
 
     max_failures: int = _f("int", 0, _ge(0))
     # 0 = automatic: 10x the slowest finished epoch, at least 300 s (Driver.epoch_timeout).
     epoch_timeout_s: float = _f("float", 0, _ge(0, ">= 0 (0: automatic)"))
+    # Elastic restarts (docs/design.md#failures-and-restarts): after a loss, restart on as many
+    # workers as the cluster can place, down to this many; null: resources.workers (no elasticity).
+    min_workers: int | None = _f("int", None, _ge(1, ">= 1 (null: resources.workers)"), nullable=True,
+                                 most=MAX_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,7 @@ TOP_LEVEL = ("name", *SCHEMA)
 SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_worker",
                        "resources.gpus_per_worker", "checkpoint.every_epochs", "checkpoint.keep",
                        "checkpoint.every_steps", "data.cache",
-                       "failure.max_failures", "failure.epoch_timeout_s", "name",
+                       "failure.max_failures", "failure.epoch_timeout_s", "failure.min_workers", "name",
                        # where a run is logged does not change what it trains ("tracking": specs
                        # written before the section existed)
                        "tracking", "tracking.mlflow"}
@@ -220,7 +225,8 @@ SAFE_RESUME_CHANGES = {"train.epochs", "resources.workers", "resources.cpus_per_
 
 # Fields added after runs were checkpointed: when null they leave the spec digest unchanged.
 # (data.standardize: resolved, and left out when off, see JobSpec._compared.)
-_ADDED_FIELDS = ("train.class_weight", "train.early_stopping", "train.lr_schedule", "checkpoint.keep_best")
+_ADDED_FIELDS = ("train.class_weight", "train.early_stopping", "train.lr_schedule", "checkpoint.keep_best",
+                 "failure.min_workers")
 
 
 def _section(cls: type, values: dict):
@@ -340,6 +346,13 @@ class JobSpec:
     def workers(self) -> int:
         """``resources.workers``: 0 for the in-process run, else the number of Horovod workers."""
         return int(self.resources.workers)
+
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers a restart may continue on: ``failure.min_workers``, by default
+        ``resources.workers`` (no elasticity)."""
+        m = self.failure.min_workers
+        return self.workers if m is None else min(int(m), self.workers)
 
     def to_dict(self) -> dict:
         """A deep copy of the resolved mapping (``raw``)."""
@@ -497,6 +510,7 @@ def spec_from_dict(doc: Any, base_dir: str | os.PathLike | None = None, where: s
 
 def _cross_checks(raw: dict) -> None:
     d, m = raw["data"], raw["model"]
+    _check_min_workers(raw["failure"], raw["resources"]["workers"])
     _resolve_classes(m, d["source"])
     if d["cache"] and "://" in d["cache"]:
         raise SpecError(f"data.cache: {d['cache']}: must be a directory every node sees (a local or shared "
@@ -519,6 +533,21 @@ def _cross_checks(raw: dict) -> None:
                 raise SpecError(f"data.label_map: the key {shown(k)} is longer than a label may be "
                                 f"({MAX_LABEL_TEXT} characters); labels are short text or numbers")
     _class_weights(raw["train"]["class_weight"], 2 if m["kind"] == "binary" else m["num_classes"], d["label_map"])
+
+
+def _check_min_workers(failure: dict, workers: int) -> None:
+    """``failure.min_workers`` against ``resources.workers`` (ignored by the in-process run,
+    which has no workers to lose: ``lrjob parity`` runs the same spec with ``--workers 0``)."""
+    least = failure["min_workers"]
+    if least is None or workers == 0:
+        return
+    if least > workers:
+        raise SpecError(f"failure.min_workers must be at most resources.workers ({workers}), got {least}; "
+                        f"lower failure.min_workers or raise --workers")
+    if least < workers and failure["max_failures"] == 0:
+        raise SpecError(f"failure.min_workers: {least} (below resources.workers, {workers}) lets a restart continue "
+                        f"on fewer workers, but failure.max_failures is 0 (no restart); set failure.max_failures "
+                        f"to at least 1, or remove failure.min_workers")
 
 
 def _class_weights(cw, k: int, label_map: dict | None) -> str | tuple[float, ...] | None:

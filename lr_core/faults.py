@@ -9,7 +9,8 @@ the driver, ``horovodrun`` ranks and Ray workers alike:
                   "once": "/tmp/x/fired"}'
 
 ``at`` names the point; every other key but ``action`` and ``once`` must equal the
-value the code reports there (1-based epochs and steps, as printed). The points:
+value the code reports there (1-based epochs and steps, as printed). A JSON list of such
+objects arms several faults; each fires on its own (the first that matches a moment). The points:
 
 - ``step``: inside epoch ``epoch`` of the training loop, before the update of step
   ``step``, on rank ``rank`` (``lr_core.loop``).
@@ -59,25 +60,28 @@ class FaultSpecError(LrjobInputError):
     """``LRJOB_FAULT`` is malformed: a one-line input error (exit 2), not a crash."""
 
 
-def _parse(text: str) -> dict:
+def _parse(text: str) -> dict | list[dict]:
+    """One fault (a JSON object), or several (a list of objects: each fires on its own)."""
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as e:
         raise FaultSpecError(f"{_ENV} is not JSON ({e}); unset it, or see lr_core/faults.py") from None
-    if not isinstance(spec, dict) or spec.get("at") not in POINTS or spec.get("action") not in ACTIONS:
-        raise FaultSpecError(f"{_ENV} needs 'at' in {', '.join(POINTS)} and 'action' in {', '.join(ACTIONS)}; "
-                             f"got {text[:200]!r}")
-    unknown = set(spec) - POINTS[spec["at"]] - {"at", "action", "once"}
-    if unknown:
-        raise FaultSpecError(f"{_ENV}: point {spec['at']!r} reports {', '.join(sorted(POINTS[spec['at']]))}, "
-                             f"not {', '.join(sorted(unknown))}")
+    many = isinstance(spec, list) and bool(spec) and all(isinstance(s, dict) for s in spec)
+    for one in spec if many else [spec]:
+        if not isinstance(one, dict) or one.get("at") not in POINTS or one.get("action") not in ACTIONS:
+            raise FaultSpecError(f"{_ENV} needs 'at' in {', '.join(POINTS)} and 'action' in {', '.join(ACTIONS)}; "
+                                 f"got {text[:200]!r}")
+        unknown = set(one) - POINTS[one["at"]] - {"at", "action", "once"}
+        if unknown:
+            raise FaultSpecError(f"{_ENV}: point {one['at']!r} reports {', '.join(sorted(POINTS[one['at']]))}, "
+                                 f"not {', '.join(sorted(unknown))}")
     return spec
 
 
 # Read once; parsed (and a malformed value reported) only when the code reaches a
 # fault point, so no command that never trains is affected by it.
 ARMED: bool = bool(os.environ.get(_ENV))
-_SPEC: dict | None = None
+_SPEC: dict | list[dict] | None = None
 
 
 def check() -> None:
@@ -89,24 +93,30 @@ def check() -> None:
 
 
 def hit(at: str, **where) -> None:
-    """Fire the armed fault if ``at`` and every condition in it match ``where``."""
+    """Fire the armed fault (the first of several) whose ``at`` and every condition match ``where``."""
     if not ARMED:
         return
     check()
-    spec = _SPEC
+    for spec in _SPEC if isinstance(_SPEC, list) else [_SPEC]:
+        if _fire(spec, at, where):
+            return
+
+
+def _fire(spec: dict, at: str, where: dict) -> bool:
+    """Act as ``spec`` says if it matches (and its ``once`` marker is new); whether it fired."""
     if spec["at"] != at:
-        return
+        return False
     for key, want in spec.items():
         if key in ("at", "action", "once"):
             continue
         if where.get(key) != want:
-            return
+            return False
     once = spec.get("once")
     if once:
         try:
             os.close(os.open(once, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:
-            return
+            return False
     report = os.environ.get("LRJOB_FAULT_REPORT") or (f"{once}.where" if once else None)
     if report:
         with open(report, "w") as f:
@@ -120,3 +130,4 @@ def hit(at: str, **where) -> None:
         os.kill(os.getpid(), signal.SIGSTOP)
     else:
         raise RuntimeError(f"injected fault at {at} {where}")
+    return True

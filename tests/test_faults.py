@@ -166,3 +166,22 @@ def test_long_and_multi_key_errors():
     with pytest.raises(FaultSpecError) as e:
         faults._parse(json.dumps({"at": "step", "action": "raise", "stage": "x", "bogus": 1}))
     assert str(e.value) == "LRJOB_FAULT: point 'step' reports epoch, rank, step, not bogus, stage"
+
+
+def test_a_list_arms_several_faults_each_on_its_own(monkeypatch, tmp_path):
+    text = json.dumps([{"at": "step", "epoch": 2, "action": "raise", "once": str(tmp_path / "a")},
+                       {"at": "checkpoint", "epoch": 3, "action": "raise", "once": str(tmp_path / "b")}])
+    specs = faults._parse(text)
+    assert [s["at"] for s in specs] == ["step", "checkpoint"]
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", specs)
+    monkeypatch.delenv("LRJOB_FAULT_REPORT", raising=False)
+    faults.hit("step", epoch=1, step=1, rank=0)  # neither matches
+    with pytest.raises(RuntimeError, match="injected fault at step"):
+        faults.hit("step", epoch=2, step=1, rank=0)
+    faults.hit("step", epoch=2, step=1, rank=0)  # once: fired already
+    with pytest.raises(RuntimeError, match="injected fault at checkpoint"):
+        faults.hit("checkpoint", epoch=3, stage="written")
+    assert json.loads((tmp_path / "b.where").read_text())["at"] == "checkpoint"
+    with pytest.raises(FaultSpecError, match="point 'cleanup' reports status, not epoch"):
+        faults._parse(json.dumps([specs[0], {"at": "cleanup", "epoch": 1, "action": "raise"}]))

@@ -109,3 +109,33 @@ def test_fields_added_later_leave_older_digests_alone():
     # data.standardize enters resolved, and only when on (off is what the older runs did)
     assert spec.with_overrides(["data.standardize=false"]).digest() == spec.digest()
     assert spec.with_overrides(["data.standardize=true"]).digest() != spec.digest()
+
+
+ELASTIC = {"max_failures": 1}
+
+
+@pytest.mark.parametrize("doc,message", [
+    ({"failure": {"min_workers": 0, **ELASTIC}}, "failure.min_workers must be >= 1 (null: resources.workers), got 0"),
+    ({"failure": {"min_workers": "two", **ELASTIC}}, "failure.min_workers must be an integer, got 'two'"),
+    ({"failure": {"min_workers": 3, **ELASTIC}}, "failure.min_workers must be at most resources.workers (2), got 3"),
+    ({"failure": {"min_workers": 5000, **ELASTIC}}, "failure.min_workers must be at most 4,096 (the upper bound)"),
+    ({"failure": {"min_workers": 1}}, "failure.min_workers: 1 (below resources.workers, 2) lets a restart continue on "
+                                      "fewer workers, but failure.max_failures is 0"),
+], ids=["zero", "text", "above-workers", "above-bound", "no-restarts"])
+def test_bad_min_workers(doc, message):
+    with pytest.raises(SpecError) as err:
+        spec_from_dict(doc)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_min_workers_defaults_to_the_workers_and_changes_no_digest():
+    plain = spec_from_dict({})
+    assert plain.failure.min_workers is None and plain.min_workers == 2
+    elastic = spec_from_dict({"failure": {"min_workers": 1, "max_failures": 2}})
+    assert elastic.min_workers == 1
+    assert plain.digest() == spec_from_dict({"failure": {"min_workers": None}}).digest()
+    from launcher.spec import SAFE_RESUME_CHANGES
+
+    assert plain.digest(ignore=SAFE_RESUME_CHANGES) == elastic.digest(ignore=SAFE_RESUME_CHANGES)
+    # the in-process run (lrjob parity's reference) ignores it
+    assert spec_from_dict({"resources": {"workers": 0}, "failure": {"min_workers": 3}}).min_workers == 0

@@ -58,15 +58,20 @@ class Backend(Protocol):
         """Stop the workers; safe to call twice."""
 
 
-def make_backend(spec: "JobSpec", data: "Dataset", record_shards: bool = False) -> Backend:
-    """The backend that ``spec.resources`` asks for: in-process for 0 workers, else Ray + Horovod."""
+def make_backend(spec: "JobSpec", data: "Dataset", record_shards: bool = False,
+                 workers: int | None = None) -> Backend:
+    """The backend that ``spec.resources`` asks for: in-process for 0 workers, else Ray + Horovod
+    with ``workers`` workers (default ``resources.workers``; fewer after an elastic restart)."""
     if spec.workers == 0:
         from .inprocess import InProcessBackend
 
         return InProcessBackend(spec.loop_config(), data, record_shards=record_shards)
+    from dataclasses import replace
+
     from .ray_horovod import RayHorovodBackend
 
-    return RayHorovodBackend(spec.loop_config(), data, spec.resources, record_shards=record_shards)
+    resources = spec.resources if workers is None else replace(spec.resources, workers=workers)
+    return RayHorovodBackend(spec.loop_config(), data, resources, record_shards=record_shards)
 
 
 def __getattr__(name):

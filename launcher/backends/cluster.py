@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
-__all__ = ["RaySession", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
+__all__ = ["RaySession", "node_resources", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
            "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
@@ -160,6 +160,14 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
             f"{workers * cpus_per_worker:g} CPUs asked, the Ray cluster has {cpus:g}; lower --workers or "
             f"resources.cpus_per_worker")
     return {"CPU": cpus, "GPU": gpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
+
+
+def node_resources() -> list[dict]:
+    """The total resources of every live node of the Ray cluster (``{"CPU": 2.0, ...}`` each): what
+    an elastic restart may place its workers on (launcher/elastic.py)."""
+    import ray
+
+    return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
 
 
 # Where the cgroup file systems are mounted; tests point this at a folder of fake cgroup files.

@@ -705,6 +705,7 @@ def _write_report(run_dir: Path, spec, data, history, drawn: _Drawn) -> Path:
         "<h2>Summary</h2>",
         _summary_table(summary_sections(summary, env, spec, data, run.path / "env.json")) if summary
         else "<p>no summary.json</p>",
+        *_events_html(summary or {}),
         # what is missing first, so nobody scrolls looking for it
         "<h2>Pictures</h2>",
         *(f"<p class='note'><b>{_e(name)}</b> skipped: {_e(why)}</p>" for name, why in drawn.skipped.items()),
@@ -781,6 +782,25 @@ def _fmt(v) -> str:
 def _cell(v) -> str:
     num = isinstance(v, (int, float)) and not isinstance(v, bool)
     return f"<td class='num'>{_e(_fmt(v))}</td>" if num else f"<td>{_e(_fmt(v))}</td>"
+
+
+# summary.json's lists of events: a table each in the report, not a row of the summary table.
+_EVENTS = {"resizes": ("World size changes", ("epoch", "from", "to", "why")),
+           "failures": ("Worker failures", ("epoch", "rank", "node", "error"))}
+
+
+def _events_html(summary: dict) -> list[str]:
+    """A table for each non-empty list of events (docs/design.md#failures-and-restarts)."""
+    out = []
+    for key, (title, cols) in _EVENTS.items():
+        events = summary.get(key)
+        if not isinstance(events, list) or not events:
+            continue
+        head = "".join(f"<th>{_e(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(_cell(e.get(c)) for c in cols) + "</tr>"
+                       for e in events if isinstance(e, dict))
+        out += [f"<h2>{_e(title)}</h2>", f"<table><tr>{head}</tr>{body}</table>"]
+    return out
 
 
 def _summary_table(sections) -> str:

@@ -155,6 +155,8 @@ class Reporter:
             rows.append(("stopped", f"early, after epoch {summary['stopped_early']['epoch']}"))
         if summary.get("exported") and summary["exported"]["selected_by"] != "last epoch":
             rows.append(("model", f"epoch {summary['exported']['epoch']} ({summary['exported']['selected_by']})"))
+        for r in summary.get("resizes") or []:  # each change of world size (docs/design.md#failures-and-restarts)
+            rows.append(("world size", f"{r['from']} -> {r['to']} from epoch {r['epoch']}"))
         if summary.get("warnings"):
             rows.append(("warnings", f"{len(summary['warnings'])} (above, and in summary.json)"))
         body = [f"{k:<13}{v:.4f}" if isinstance(v, float) else f"{k:<13}{v}" for k, v in rows]

@@ -1,0 +1,152 @@
+"""Elastic restarts (docs/design.md#failures-and-restarts): the placement decision without a
+cluster, then a real two-node Ray cluster (``ray.cluster_utils.Cluster``) that loses a node at
+an exact step: the run finishes on fewer workers with the parameters of the in-process run."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import procs
+import pytest
+
+from launcher.elastic import Resize, placeable, world_size
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --------------------------------------------------------------------------- the decision
+def test_placeable_counts_whole_workers_per_node():
+    nodes = [{"CPU": 1.0}, {"CPU": 3.0, "GPU": 1.0}, {"CPU": 0.5}]
+    assert placeable(nodes, 1) == 4
+    assert placeable(nodes, 2) == 1, "a worker never spans two nodes"
+    assert placeable(nodes, 0.5) == 9
+    assert placeable([{"CPU": 0.3}], 0.1) == 3, "float division: 0.3 / 0.1 is 2.9999999999999996"
+    assert placeable(nodes, 1, gpus_per_worker=1) == 1
+    assert placeable([], 1) == 0 and placeable([{"memory": 1e9}], 1) == 0
+
+
+def test_world_size_is_the_wanted_size_else_what_fits_down_to_the_least():
+    assert world_size(4, 4, 9) == 4
+    assert world_size(4, 4, 3) is None, "min_workers = workers: no elasticity"
+    assert world_size(4, 2, 3) == 3
+    assert world_size(4, 2, 2) == 2
+    assert world_size(4, 2, 1) is None
+
+
+def test_a_resize_says_when_from_what_to_what_and_why():
+    r = Resize(3, 2, 1, "rank 1 failed; the Ray cluster can place 1 of the 2 workers")
+    assert r.as_dict() == {"epoch": 3, "from": 2, "to": 1, "why": r.why}
+    assert r.line() == "lrjob: world size 2 -> 1 from epoch 3: " + r.why
+
+
+# --------------------------------------------------------------------------- a real cluster
+JOB = ["jobs/binary_synthetic.yaml", "--set", "train.epochs=4", "--set", "train.batch_size=25"]
+
+
+def _env(faults: list[dict]) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["LRJOB_FAULT"] = json.dumps(faults)
+    return env
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> dict:
+    """The report of an armed fault (``<once>.where``) once it fired; fails if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().endswith("}"):
+            return json.loads(path.read_text())
+        if proc.poll() is not None:
+            raise AssertionError(f"lrjob exited {proc.returncode} before the fault fired")
+        time.sleep(0.05)
+    raise AssertionError(f"the fault {path} never fired")
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.distributed
+def test_a_lost_node_continues_on_fewer_workers_then_grows_back_with_the_in_process_result(tmp_path):
+    """Two nodes of one CPU, one worker each. A rank stops itself before step 3 of epoch 2 (so
+    the node goes at that step, not at a time); the test removes the node that is not the head
+    and lets the stopped rank go on. The restart finds room for one worker only
+    (failure.min_workers: 1) and resumes from epoch-0001 on it. The driver stops itself while it
+    writes epoch 3's checkpoint; the test adds a node again and lets it go on: at that epoch
+    boundary it grows back to two workers. The run ends at the parameters of the in-process run
+    within the parity tolerance; the output, summary.json and report.html name both changes."""
+    from ray.cluster_utils import Cluster
+
+    from launcher.rundir import latest_checkpoint
+    from launcher.spec import load_spec
+    from lr_core.loop import fit
+
+    out, lost, grown = tmp_path / "run", tmp_path / "lost", tmp_path / "grown"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    proc, stopped = None, []
+    try:
+        node = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        faults = [  # whichever rank gets there first stops (once); its peer waits for it in the allreduce
+                  {"at": "step", "epoch": 2, "step": 3, "action": "stop", "once": str(lost)},
+                  # the driver, with epoch 3's checkpoint in place
+                  {"at": "checkpoint", "epoch": 3, "stage": "renamed", "action": "stop", "once": str(grown)}]
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "lrjob"), "run", *JOB, "--workers", "2", "--address", cluster.address,
+             "--output", str(out), "--set", "failure.max_failures=1", "--set", "failure.min_workers=1", "--json"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(faults),
+            start_new_session=True)
+        output = {}
+        readers = [threading.Thread(target=lambda k, f: output.__setitem__(k, f.read()), args=(k, f), daemon=True)
+                   for k, f in (("out", proc.stdout), ("err", proc.stderr))]
+        for t in readers:
+            t.start()
+        stopped.append(_wait_for(Path(f"{lost}.where"), proc)["pid"])
+        cluster.remove_node(node)
+        _signal(stopped[0], signal.SIGCONT)  # on the head it goes on, and finds its peer gone
+        stopped.append(_wait_for(Path(f"{grown}.where"), proc)["pid"])
+        assert stopped[1] == proc.pid, "the driver stopped"
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        _signal(stopped[1], signal.SIGCONT)
+        assert proc.wait(timeout=240) == 0, output
+        for t in readers:
+            t.join(5)
+    finally:
+        if proc is not None and proc.poll() is None:
+            procs.kill_tree(proc)
+        if stopped:
+            _signal(stopped[0], signal.SIGKILL)
+        cluster.shutdown()
+    events = [json.loads(x) for x in output["out"].splitlines() if x.startswith("{")]
+    start = next(e for e in events if e["event"] == "start")
+    assert len({p["node_id"] for p in start["placement"]}) == 2, start["placement"]
+    said = [e["text"] for e in events if e["event"] == "message"]
+    shrunk = "lrjob: world size 2 -> 1 from epoch 2: rank "
+    assert any(t.startswith(shrunk) and t.endswith("the Ray cluster can place 1 of the 2 workers") for t in said), said
+    assert "lrjob: world size 1 -> 2 from epoch 4: the Ray cluster can place 2 workers again" in said, said
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4]
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 4
+    assert [(r["epoch"], r["from"], r["to"]) for r in summary["resizes"]] == [(2, 2, 1), (4, 1, 2)], summary
+    assert [f["epoch"] for f in summary["failures"]] == [2]
+    report = (out / "report.html").read_text()
+    assert "World size changes" in report and all(r["why"] in report for r in summary["resizes"])
+
+    # the in-process run: lr_core's loop alone (the driver around it is tested elsewhere)
+    spec = load_spec(JOB[0], ["resources.workers=0", "train.epochs=4", "train.batch_size=25"])
+    loop, history = fit(spec.loop_config(), spec.load_data())
+    final = latest_checkpoint(out)
+    assert final["epochs_done"] == 4
+    for name, value in loop.get_params().items():
+        assert np.max(np.abs(final["params"][name] - value)) <= 1e-4, name  # hidden layers: docs/design.md#parity-rule
+    got = [json.loads(x)["val_accuracy"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert np.allclose(got, [m["val_accuracy"] for m in history], atol=1e-6, rtol=0)

@@ -27,3 +27,14 @@ def test_the_longest_silent_and_the_never_heard_come_first():
 def test_without_positions_the_lowest_busy_rank():
     assert stalled_rank([3, 1, 2], {}) == 1
     assert stalled_rank([0, 1], {0: (2, 4, LIVE), 1: (2, 4, LIVE)}) == 0
+
+
+def test_large_groups_report_less_often_and_wait_longer_before_calling_a_rank_silent():
+    from launcher.backends.worker import HEARTBEAT_S, heartbeat_interval
+
+    assert heartbeat_interval(2) == heartbeat_interval(256) == HEARTBEAT_S
+    assert heartbeat_interval(4096) == 16 * HEARTBEAT_S  # 4096 ranks: 512 reports a second
+    # 10 s without a report: silent among 2 ranks, merely waiting among 4096 (5 x 8 s)
+    positions = {0: (2, 4, LIVE), 1: (2, 9, 10.0)}
+    assert stalled_rank([0, 1], positions) == 1
+    assert stalled_rank([0, 1], positions, silent_s=5 * heartbeat_interval(4096)) == 0

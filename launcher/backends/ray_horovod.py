@@ -18,7 +18,7 @@ from lr_core.data import Dataset
 from lr_core.errors import LrjobError, WorkerFailure
 
 from . import Progress
-from .worker import HEARTBEAT_S
+from .worker import HEARTBEAT_S, heartbeat_interval
 
 __all__ = ["RayHorovodBackend", "probe_devices", "stalled_rank"]
 
@@ -49,15 +49,16 @@ class _ProgressBoard:
         return {r: (e, s, now - t) for r, (e, s, t) in self.ranks.items()}
 
 
-# A rank not heard from for this long is silent (stopped, frozen), not merely waiting.
-SILENT_S = 5 * HEARTBEAT_S
+# A rank not heard from for this many report intervals is silent (stopped, frozen), not merely waiting.
+SILENT_BEATS = 5
+SILENT_S = SILENT_BEATS * HEARTBEAT_S
 
 
-def stalled_rank(busy: list[int], positions: dict) -> int:
+def stalled_rank(busy: list[int], positions: dict, silent_s: float = SILENT_S) -> int:
     """Of the ``busy`` ranks, the one that stopped first (docs/design.md#failures-and-restarts).
 
     ``positions``: {rank: (epoch, step, seconds since its last report)} from the board. A silent
-    rank (no report for ``SILENT_S``: stopped, frozen) comes before the live ones, the longest
+    rank (no report for ``silent_s``: stopped, frozen) comes before the live ones, the longest
     silent first (a rank that never reported, first of all); a live rank waiting in a collective
     keeps reporting. Among live ranks the lowest (epoch, step) stopped first: the others went on
     to the next collective and wait there for it. Then the lowest rank."""
@@ -65,19 +66,19 @@ def stalled_rank(busy: list[int], positions: dict) -> int:
         if rank not in positions:
             return (0, -math.inf, 0, 0, rank)
         epoch, step, age = positions[rank]
-        if age > SILENT_S:
+        if age > silent_s:
             return (0, -age, 0, 0, rank)
         return (1, 0, epoch, step, rank)
     return min(busy, key=key)
 
 
-def _describe_stall(rank: int, positions: dict, steps: int | None) -> str:
+def _describe_stall(rank: int, positions: dict, steps: int | None, silent_s: float) -> str:
     """How ``stalled_rank`` told the rank apart, for the error: its silence, or its position."""
     if rank not in positions:
         return "it never reported its position"
     epoch, step, age = positions[rank]
     where = f"step {step + 1}" + (f" of {steps}" if steps else "") + f" of epoch {epoch + 1}"
-    if age > SILENT_S:
+    if age > silent_s:
         return f"silent for {age:.0f} s, last heard at {where}"
     return f"still reporting, at {where}: the lowest position of the busy ranks"
 
@@ -173,14 +174,14 @@ class RayHorovodBackend:
                 break
             if deadline is not None and now >= deadline and not errors:
                 ranks = sorted(rank_of[r] for r in pending)
-                positions = self._positions()
-                rank = stalled_rank(ranks, positions)
+                positions, silent_s = self._positions(), SILENT_BEATS * heartbeat_interval(len(refs))
+                rank = stalled_rank(ranks, positions, silent_s)
                 others = [r for r in ranks if r != rank]
                 steps = posted[2] if posted and posted[0] >= 0 else None
                 busy = f": {others[:8]}{'...' if len(others) > 8 else ''}" if others else ""
                 raise WorkerFailure(
                     f"rank {rank} on {self._where(rank)} made no progress in {what} for {timeout_s:.0f} s "
-                    f"(hung: {_describe_stall(rank, positions, steps)}; {len(others)} other rank(s) still "
+                    f"(hung: {_describe_stall(rank, positions, steps, silent_s)}; {len(others)} other rank(s) still "
                     f"busy{busy})", rank=rank, node=self._where(rank))
             wait = 0.25 if progress else 1.0
             done, pending = ray.wait(pending, num_returns=1, timeout=wait)
@@ -220,7 +221,8 @@ class RayHorovodBackend:
             # Peers lost their Horovod partner while these ranks never answered: the
             # silent ranks (hung, stopped) are the likely root cause, not the ones that raised;
             # of them, the one that stopped first.
-            rank = stalled_rank(still_running, self._positions())
+            rank = stalled_rank(still_running, self._positions(),
+                                SILENT_BEATS * heartbeat_interval(len(self.placement) or 1))
             return WorkerFailure(f"rank {rank} on {self._where(rank)} stopped responding during {what} "
                                  f"(hung?; ranks {sorted(errors)} lost their Horovod peer)",
                                  rank=rank, node=self._where(rank))

@@ -11,20 +11,26 @@ import os
 import socket
 import threading
 
-__all__ = ["HorovodWorker", "HEARTBEAT_S"]
+__all__ = ["HorovodWorker", "HEARTBEAT_S", "heartbeat_interval"]
 
 # How often a rank reports its position while an epoch runs (docs/design.md#failures-and-restarts).
 HEARTBEAT_S = 0.5
 
 
+def heartbeat_interval(size: int) -> float:
+    """Seconds between a rank's reports in a group of ``size``: ``HEARTBEAT_S`` up to 256 ranks,
+    longer beyond, so the one board actor gets at most about 512 reports a second."""
+    return HEARTBEAT_S * max(1.0, size / 256)
+
+
 class _Heartbeat:
-    """A thread that posts ``rank`` and ``where()`` to the board every ``HEARTBEAT_S`` until stopped.
+    """A thread that posts ``rank`` and ``where()`` to the board every ``interval`` s until stopped.
 
     A thread, not the loop: a rank waiting in an allreduce (MXNet waits with the GIL released)
     keeps reporting, while a stopped or frozen process falls silent; its last report ages."""
 
-    def __init__(self, board, rank: int, where):
-        self._board, self._rank, self._where = board, rank, where
+    def __init__(self, board, rank: int, where, interval: float):
+        self._board, self._rank, self._where, self._interval = board, rank, where, interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrjob-heartbeat", daemon=True)
         self._thread.start()
@@ -35,12 +41,12 @@ class _Heartbeat:
                 self._board.beat.remote(self._rank, *self._where())
             except Exception:  # noqa: BLE001 - best effort: the board may be gone at shutdown
                 pass
-            if self._stop.wait(HEARTBEAT_S):
+            if self._stop.wait(self._interval):
                 return
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=2 * HEARTBEAT_S)
+        self._thread.join(timeout=1.0)
 
 
 class HorovodWorker:
@@ -119,7 +125,7 @@ class HorovodWorker:
             if rank == 0:
                 board.post.remote(epoch, step, steps)
         self.loop.position = (epoch, start_step)  # the first report is of this epoch already
-        beat = _Heartbeat(board, rank, lambda: self.loop.position)
+        beat = _Heartbeat(board, rank, lambda: self.loop.position, heartbeat_interval(self.loop.comm.size))
         try:
             return self.loop.run_epoch(epoch, progress, start_step, stop_step)
         finally:

@@ -526,9 +526,9 @@ class Driver:
             r = spec.resources
             each = f"{r.cpus_per_worker:g} CPU" + (f" and {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else "")
             need = (f"fewer than failure.min_workers ({spec.min_workers})" if spec.min_workers < spec.workers
-                    else f"of the {spec.workers} the run needs (failure.min_workers lets it continue on fewer)")
-            raise WorkerFailure(f"{error}; the Ray cluster can now place {fit} workers of {each}, {need}; {done}",
-                                error.rank, error.node, len(self.history)) from None
+                    else "and failure.min_workers is not set (set it to continue on fewer)")
+            raise WorkerFailure(f"{error}; the Ray cluster can now place {fit} of the {spec.workers} workers "
+                                f"({each} each), {need}; {done}", error.rank, error.node, len(self.history)) from None
         return workers, fit
 
     def _grow(self, state: dict | None) -> None:

@@ -73,6 +73,36 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+class _Run:
+    """``lrjob run --json`` of JOB on ``cluster`` in a session of its own, its output read as it comes."""
+
+    def __init__(self, cluster, out: Path, faults: list[dict], *extra: str):
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "lrjob"), "run", *JOB, "--workers", "2", "--address", cluster.address,
+             "--output", str(out), "--json", *extra],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(faults),
+            start_new_session=True)
+        self.output = {}
+        streams = (("out", self.proc.stdout), ("err", self.proc.stderr))
+        self._readers = [threading.Thread(target=lambda k, f: self.output.__setitem__(k, f.read()), args=(k, f),
+                                          daemon=True) for k, f in streams]
+        for t in self._readers:
+            t.start()
+
+    def finish(self, timeout: float = 240) -> int:
+        rc = self.proc.wait(timeout=timeout)
+        for t in self._readers:
+            t.join(5)
+        return rc
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            procs.kill_tree(self.proc)
+
+    def events(self) -> list[dict]:
+        return [json.loads(x) for x in self.output["out"].splitlines() if x.startswith("{")]
+
+
 @pytest.mark.distributed
 def test_a_lost_node_continues_on_fewer_workers_then_grows_back_with_the_in_process_result(tmp_path):
     """Two nodes of one CPU, one worker each. A rank stops itself before step 3 of epoch 2 (so
@@ -90,42 +120,32 @@ def test_a_lost_node_continues_on_fewer_workers_then_grows_back_with_the_in_proc
 
     out, lost, grown = tmp_path / "run", tmp_path / "lost", tmp_path / "grown"
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    proc, stopped = None, []
+    run, stopped = None, []
     try:
         node = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        faults = [  # whichever rank gets there first stops (once); its peer waits for it in the allreduce
-                  {"at": "step", "epoch": 2, "step": 3, "action": "stop", "once": str(lost)},
-                  # the driver, with epoch 3's checkpoint in place
-                  {"at": "checkpoint", "epoch": 3, "stage": "renamed", "action": "stop", "once": str(grown)}]
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "lrjob"), "run", *JOB, "--workers", "2", "--address", cluster.address,
-             "--output", str(out), "--set", "failure.max_failures=1", "--set", "failure.min_workers=1", "--json"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(faults),
-            start_new_session=True)
-        output = {}
-        readers = [threading.Thread(target=lambda k, f: output.__setitem__(k, f.read()), args=(k, f), daemon=True)
-                   for k, f in (("out", proc.stdout), ("err", proc.stderr))]
-        for t in readers:
-            t.start()
-        stopped.append(_wait_for(Path(f"{lost}.where"), proc)["pid"])
+        run = _Run(cluster, out, [
+            # whichever rank gets there first stops (once); its peer waits for it in the allreduce
+            {"at": "step", "epoch": 2, "step": 3, "action": "stop", "once": str(lost)},
+            # the driver, with epoch 3's checkpoint in place
+            {"at": "checkpoint", "epoch": 3, "stage": "renamed", "action": "stop", "once": str(grown)}],
+            "--set", "failure.max_failures=1", "--set", "failure.min_workers=1")
+        stopped.append(_wait_for(Path(f"{lost}.where"), run.proc)["pid"])
         cluster.remove_node(node)
         _signal(stopped[0], signal.SIGCONT)  # on the head it goes on, and finds its peer gone
-        stopped.append(_wait_for(Path(f"{grown}.where"), proc)["pid"])
-        assert stopped[1] == proc.pid, "the driver stopped"
+        stopped.append(_wait_for(Path(f"{grown}.where"), run.proc)["pid"])
+        assert stopped[1] == run.proc.pid, "the driver stopped"
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
         _signal(stopped[1], signal.SIGCONT)
-        assert proc.wait(timeout=240) == 0, output
-        for t in readers:
-            t.join(5)
+        assert run.finish() == 0, run.output
     finally:
-        if proc is not None and proc.poll() is None:
-            procs.kill_tree(proc)
+        if run is not None:
+            run.stop()
         if stopped:
             _signal(stopped[0], signal.SIGKILL)
         cluster.shutdown()
-    events = [json.loads(x) for x in output["out"].splitlines() if x.startswith("{")]
+    events = run.events()
     start = next(e for e in events if e["event"] == "start")
     assert len({p["node_id"] for p in start["placement"]}) == 2, start["placement"]
     said = [e["text"] for e in events if e["event"] == "message"]
@@ -150,3 +170,38 @@ def test_a_lost_node_continues_on_fewer_workers_then_grows_back_with_the_in_proc
         assert np.max(np.abs(final["params"][name] - value)) <= 1e-4, name  # hidden layers: docs/design.md#parity-rule
     got = [json.loads(x)["val_accuracy"] for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert np.allclose(got, [m["val_accuracy"] for m in history], atol=1e-6, rtol=0)
+
+
+@pytest.mark.distributed
+def test_without_min_workers_a_lost_node_ends_the_run_with_one_line(tmp_path):
+    """The same loss with failure.min_workers unset (no elasticity) and a restart to spare: the
+    restart needs both workers, finds room for one, and the run ends failed with one line that
+    says so and how to go on; summary.json holds it, and no resize."""
+    from ray.cluster_utils import Cluster
+
+    out, lost = tmp_path / "run", tmp_path / "lost"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    run, stopped = None, None
+    try:
+        node = cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        run = _Run(cluster, out, [{"at": "step", "epoch": 2, "step": 3, "action": "stop", "once": str(lost)}],
+                   "--set", "failure.max_failures=1")
+        stopped = _wait_for(Path(f"{lost}.where"), run.proc)["pid"]
+        cluster.remove_node(node)
+        _signal(stopped, signal.SIGCONT)
+        assert run.finish() == 1, run.output
+    finally:
+        if run is not None:
+            run.stop()
+        if stopped:
+            _signal(stopped, signal.SIGKILL)
+        cluster.shutdown()
+    last = run.output["err"].strip().splitlines()[-1]
+    assert last.startswith("lrjob: error: rank ") and "Traceback" not in run.output["err"], run.output["err"]
+    assert ("the Ray cluster can now place 1 of the 2 workers (1 CPU each), and failure.min_workers is not set "
+            "(set it to continue on fewer); last completed epoch 1, newest checkpoint: epoch-0001; "
+            f"resume with: lrjob run --resume {out}") in last, last
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["resizes"] == [] and summary["epochs_done"] == 1
+    assert "failure.min_workers is not set" in summary["error"]

@@ -513,6 +513,18 @@ class Driver:
             return None
         return placeable(nodes, r.cpus_per_worker, r.gpus_per_worker)
 
+    def _free_for(self, extra: int) -> bool:
+        """Whether ``extra`` more workers fit in what the cluster has free now, beside the current
+        group (``can_place``): the nodes' totals also count what other jobs hold, and a group
+        that waits for those in vain would end as a failure."""
+        from .backends.cluster import can_place
+
+        r = self.spec.resources
+        try:
+            return can_place(extra, r.cpus_per_worker, r.gpus_per_worker)
+        except Exception:  # noqa: BLE001 - best effort: stay on the group that works
+            return False
+
     def _world_size_after(self, error: WorkerFailure, done: str) -> tuple[int, int | None]:
         """The size of the group that replaces a failed one, and how many workers fit (None when
         not known: a backend of ``DriverOptions``, or Ray did not say). Fewer than
@@ -533,13 +545,13 @@ class Driver:
 
     def _grow(self, state: dict | None) -> None:
         """At an epoch boundary of a run that lost workers: back to more of them (up to
-        ``resources.workers``) when the cluster can place them again, from ``state`` (the epoch's
-        checkpoint, else rank 0's state now)."""
+        ``resources.workers``) when the cluster's nodes hold them and the extra ones are free
+        now, from ``state`` (the epoch's checkpoint, else rank 0's state now)."""
         if not self._elastic or self.world >= self.spec.workers:
             return
         fit = self._placeable()
         workers = min(fit or 0, self.spec.workers)
-        if workers <= self.world:
+        if workers <= self.world or not self._free_for(workers - self.world):
             return
         old = self.world
         try:

@@ -44,6 +44,25 @@ def test_a_resize_says_when_from_what_to_what_and_why():
     assert r.line() == "lrjob: world size 2 -> 1 from epoch 3: " + r.why
 
 
+@pytest.mark.distributed
+def test_can_place_sees_what_other_jobs_hold(ray_session):
+    """A run grows back only into room that is free (``can_place``): the nodes' totals also count
+    resources another job holds (the session's Ray has 4 CPUs)."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from launcher.backends.cluster import can_place, node_resources
+
+    assert can_place(4, 1) and not can_place(5, 1, timeout_s=1)
+    held = placement_group([{"CPU": 1}] * 3)
+    ray_session.get(held.ready(), timeout=30)
+    try:
+        assert placeable(node_resources(), 1) == 4, "the totals count the held CPUs"
+        assert can_place(1, 1) and not can_place(2, 1, timeout_s=1)
+    finally:
+        remove_placement_group(held)
+    assert can_place(4, 1), "the probes hold nothing back"
+
+
 # --------------------------------------------------------------------------- a real cluster
 JOB = ["jobs/binary_synthetic.yaml", "--set", "train.epochs=4", "--set", "train.batch_size=25"]
 

@@ -11,8 +11,8 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
-__all__ = ["RaySession", "node_resources", "ray_init_kwargs", "ResourceError", "check_resources", "worker_env",
-           "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
+__all__ = ["RaySession", "node_resources", "can_place", "ray_init_kwargs", "ResourceError", "check_resources",
+           "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -168,6 +168,22 @@ def node_resources() -> list[dict]:
     import ray
 
     return [dict(n.get("Resources") or {}) for n in ray.nodes() if n.get("Alive")]
+
+
+def can_place(workers: int, cpus_per_worker: float, gpus_per_worker: float = 0, timeout_s: float = 5.0) -> bool:
+    """Whether ``workers`` workers fit in what the Ray cluster has free now: a placement group of
+    that many bundles, packed as horovod.ray packs its workers, reserved within ``timeout_s`` and
+    released at once. Totals (``node_resources``) do not see what other jobs hold."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    bundle = {"CPU": cpus_per_worker, **({"GPU": gpus_per_worker} if gpus_per_worker else {})}
+    pg = placement_group([dict(bundle) for _ in range(workers)], strategy="PACK")
+    try:
+        ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+        return bool(ready)
+    finally:
+        remove_placement_group(pg)
 
 
 # Where the cgroup file systems are mounted; tests point this at a folder of fake cgroup files.

@@ -253,8 +253,10 @@ class Driver:
         self._early, self._best = watches(spec)
         self._stopped: dict | None = None   # {"epoch", "reason"} once early stopping ends the run
         self._exported: dict | None = None  # {"epoch", "selected_by"}: the epoch model/ holds
-        # Every worker failure the run met, restarted or not: summary.json's ``failures``.
+        # Every worker failure the run met, restarted or not: summary.json's ``failures``; a run
+        # continued in its directory keeps those (and the resizes) its earlier drivers recorded.
         self.failures: list[dict] = []
+        self._earlier = _earlier_events(self.path) if self._continuing else {"failures": [], "resizes": []}
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
         self._step = int(self.checkpoint.get("step", 0)) if self.checkpoint else 0
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
@@ -660,8 +662,8 @@ class Driver:
             "final": {k: v for k, v in final.items() if k not in ("confusion",)},
             "best_val_accuracy": max((h["val_accuracy"] for h in history), default=None),
             "run_dir": str(self.location),
-            "warnings": list(self.warnings), "failures": list(self.failures),
-            "resizes": [r.as_dict() for r in self.resizes], **self._fit,
+            "warnings": list(self.warnings), "failures": self._earlier["failures"] + self.failures,
+            "resizes": self._earlier["resizes"] + [r.as_dict() for r in self.resizes], **self._fit,
         }
         if self._stopped is not None:
             summary["stopped_early"] = dict(self._stopped)
@@ -759,6 +761,15 @@ def _same_data_on_every_rank(comm, data: Dataset) -> None:
     if differ:
         raise DataError(f"rank {differ[0]}: its prepared data differs from rank 0's ({data.home}); every node "
                         f"must read the same source: put data.cache on storage every node sees")
+
+
+def _earlier_events(path: Path, most: int = 1000) -> dict:
+    """The ``failures`` and ``resizes`` that the run's summary.json holds (at most ``most`` of
+    each; none from a summary that is missing or damaged)."""
+    old = RunDir.open(path).summary()
+    old = old if isinstance(old, dict) else {}
+    return {key: [e for e in old[key] if isinstance(e, dict)][-most:] if isinstance(old.get(key), list) else []
+            for key in ("failures", "resizes")}
 
 
 def _cleanup_fault_point(driver: Driver) -> None:

@@ -450,3 +450,15 @@ def test_each_epoch_has_a_progress_bar_on_a_terminal(tmp_path):
     shown = reporter.err.getvalue()
     assert "epoch 1/2:" in shown and "epoch 2/2:" in shown and "/64.0" in shown
     assert reporter.updates == [(e, s, 4) for e in (0, 1) for s in range(4)]
+
+
+def test_a_continued_run_keeps_the_failures_its_earlier_drivers_met(tmp_path):
+    spec = _spec()
+    with pytest.raises(WorkerFailure):
+        _run(spec, _Group(spec, fail_at=[2]), tmp_path / "run")
+    first = RunDir.open(tmp_path / "run").summary()
+    assert [(f["epoch"], f["rank"], f["node"]) for f in first["failures"]] == [(3, 1, "node-b")]
+    assert first["resizes"] == []
+    _run(spec, _Group(spec), None, resume=tmp_path / "run")
+    summary = RunDir.open(tmp_path / "run").summary()
+    assert summary["status"] == "completed" and summary["failures"] == first["failures"]

@@ -205,7 +205,10 @@ class ExportedModel:
 
 
 ONNX_INPUT, ONNX_OUTPUT = "features", "probabilities"
-ONNX_TOLERANCE = 1e-6   # onnxruntime's probabilities against ExportedModel.probabilities
+# onnxruntime's probabilities against ExportedModel.probabilities at export. Its float32 kernels
+# sum in another order than MXNet's: 1.2e-6 apart on MNIST (784 inputs) after one epoch, so the
+# check allows 1e-5; a wrong graph is off by orders more (docs/design.md#onnx-export).
+ONNX_TOLERANCE = 1e-5
 
 
 def export_onnx(directory: str | os.PathLike) -> Path:

@@ -437,6 +437,8 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
                                features=_list_column(wanted) or wanted)
         except DataError:
             pass  # a file without those names: read as it is, and said so below
+        if table is not None:
+            _note_ignored_columns(path, label_column, wanted, id_column)
     table = table or open_table(path, label_column, require_labels=require_labels)
     if wanted is not None and _named(table.columns) and table.columns != wanted:
         # The file names its columns and so did the training data: take the model's, in its order.
@@ -458,6 +460,23 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
         yield x, y
     if not done:
         raise LrjobInputError(f"{path}: no rows; give at least one row of features")
+
+
+def _note_ignored_columns(path: str, label_column: str, wanted: list[str], id_column: str | None) -> None:
+    """Say which columns of the file the model does not use (a note on stderr, not an error)."""
+    from lr_core.errors import DataError
+    from lr_core.tables import open_table
+
+    try:
+        every = open_table(path, label_column, require_labels=False).columns
+    except DataError:
+        return
+    base = _list_column(wanted)
+    extra = [c for c in every if c not in wanted and c != id_column and c != base]
+    if extra:
+        shown = ", ".join(extra[:10]) + (f" and {len(extra) - 10} more" if len(extra) > 10 else "")
+        print(f"lrjob: note: {path}: {len(extra)} column(s) the model was not trained on, ignored: {shown}",
+              file=sys.stderr)
 
 
 def _named(columns: list[str]) -> bool:

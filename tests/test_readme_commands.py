@@ -87,7 +87,7 @@ def test_validate_data_prints_the_resolved_spec_with_absolute_paths_and_checks_t
     doc = yaml.safe_load(out)
     assert doc["data"]["path"] == str(tmp_path / "train.csv")
     assert doc["train"]["optimizer"] == "sgd" and doc["train"]["batch_size"] == 64  # defaults filled
-    assert doc["checkpoint"] == {"every_epochs": 1, "keep": 3, "every_steps": 0}
+    assert doc["checkpoint"] == {"every_epochs": 1, "keep": 3, "every_steps": 0, "keep_best": None}
     assert "data ok: 24 train / 6 validation rows, 3 features" in err
 
 
@@ -517,6 +517,7 @@ def test_predict_and_evaluate_take_the_trained_columns_by_name(tmp_path, capsys)
 
     pred, _ = ExportedModel(run.path / "model").predict(np.column_stack([b, a]).astype(np.float32))
     assert code == 0 and _read_predictions(out)[0].tolist() == pred.tolist()
+    assert "1 column(s) the model was not trained on, ignored: noise" in err, err  # listed, not used
     (tmp_path / "no_b.csv").write_text("a,label\n1,0\n")
     code, _, err = cli(capsys, "evaluate", run.path, "--data", tmp_path / "no_b.csv")
     assert code == 2 and "no column 'b'" in err

@@ -45,7 +45,7 @@ from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
 from .stopping import stop_reason, watches
-from .storage import STAGING, RemoteRun, StorageError, is_remote, open_remote, without_login
+from .storage import STAGING, RemoteRun, StorageError, is_remote, open_remote, without_login, without_logins
 from .tracking import make_tracker
 
 __all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
@@ -681,7 +681,8 @@ class Driver:
             "started": datetime.datetime.fromtimestamp(self._t_start, datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
-            "argv": sys.argv, "workers": self.spec.workers, "where": backend.where,
+            "argv": [without_logins(a) for a in sys.argv],  # a URI's login is never written
+            "workers": self.spec.workers, "where": backend.where,
             "placement": backend.placement, "seeds": {"train.seed": self.spec.train.seed},
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",
                                                        "HOROVOD_CYCLE_TIME")},

@@ -30,7 +30,8 @@ from lr_core import faults
 from lr_core.errors import LrjobInputError, LrjobRuntimeError
 from lr_core.tables import display, is_uri
 
-__all__ = ["RemoteRun", "StorageError", "is_remote", "open_remote", "without_login", "MANIFEST", "STAGING"]
+__all__ = ["RemoteRun", "StorageError", "is_remote", "open_remote", "without_login", "without_logins", "MANIFEST",
+           "STAGING"]
 
 MANIFEST = "manifest.json"  # in every uploaded checkpoint folder, written last
 STAGING = ".staging"        # under --runs-dir: the local copies of remote runs
@@ -62,6 +63,15 @@ def without_login(uri: str) -> str:
     scheme, rest = str(uri).split("://", 1)
     host, sep, tail = rest.partition("/")
     return f"{scheme}://{host.rpartition('@')[2]}{sep}{tail}"
+
+
+_LOGIN = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
+
+
+def without_logins(text: str) -> str:
+    """``text`` (a command-line argument, say ``--output=s3://user:secret@bucket/run``) with the
+    ``user:secret@`` part of every URI in it removed, queries kept."""
+    return _LOGIN.sub(r"\1", str(text))
 
 
 def _first_line(e: BaseException) -> str:

@@ -287,3 +287,24 @@ def test_a_file_uri_is_a_storage_too(tmp_path):
     assert (store / "checkpoints" / "epoch-0001" / MANIFEST).is_file()
     assert json.loads((store / "summary.json").read_text())["status"] == "completed"
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_login_in_the_uri_is_written_nowhere(s3_server, tmp_path, capsys, monkeypatch):
+    # the credentials in the URI itself (moto takes any), none in the environment
+    _, fs, query = s3_server
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k, raising=False)
+    secret = "Zq9SECRETzq9"
+    args = ["run", JOB, "--set", "train.epochs=1", "--set", "data.options.n_train=100", "--workers", "0",
+            "--output", f"s3://lrjob:{secret}@data/run?{query}", "--runs-dir", tmp_path / "runs"]
+    monkeypatch.setattr(sys, "argv", ["lrjob", *map(str, args)])  # env.json records the command line
+    code, out, err = _cli(capsys, *args)
+    assert code == 0, err
+    assert secret not in out + err
+    files = _files(fs)
+    assert "env.json" in files and "summary.json" in files
+    leaked = [k for k in files if secret.encode() in _read(fs, f"data/run/{k}")]
+    assert leaked == [], f"the URI's secret is in {leaked}"
+    env = json.loads(_read(fs, "data/run/env.json"))
+    assert f"s3://data/run?{query}" in env["argv"]
+    assert not (tmp_path / "runs").exists()

@@ -41,6 +41,7 @@ import yaml
 
 from lr_core import faults
 from lr_core.errors import LrjobError, LrjobInputError, LrjobRuntimeError, SpecError, clip, shown, suggest
+from lr_core.tables import display, is_uri
 
 from .spec import SCHEMA, JobSpec, apply_overrides, read_spec_yaml, spec_from_dict
 
@@ -533,6 +534,8 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
     out = out or sys.stdout
     options = options or SweepOptions()
     faults.check()
+    _check_local("--resume" if resume else "--output", output)
+    _check_local("--sweeps-dir", options.sweeps_dir)
     specs = {t.id: plan.trial_spec(t) for t in plan.trials}
     base = plan.spec()
     # A resumed sweep whose trials have all ended only writes its table again: no Ray.
@@ -591,9 +594,18 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
             lock.release()
 
 
+def _check_local(flag: str, where) -> None:
+    """A sweep directory is a local folder (docs/design.md#sweeps): a storage URI is refused in one
+    line, without its login (as a path it would become a local folder named after the URI)."""
+    if where is not None and is_uri(str(where)):
+        raise SpecError(f"{flag} {display(where)}: a sweep directory must be a local folder (a storage URI is "
+                        f"for lrjob run --output); give a path such as sweeps/NAME")
+
+
 def resume_sweep(path: str | os.PathLike, options: SweepOptions | None = None, *, out=None) -> SweepResult:
     """Continue the sweep in ``path``: its trials that have not ended run (a trial killed
     mid-run continues from its newest checkpoint); the ended ones are kept as they are."""
+    _check_local("--resume", path)
     path = Path(path)
     plan_file = path / PLAN_FILE
     if not plan_file.is_file():

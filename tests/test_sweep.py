@@ -141,6 +141,25 @@ def test_resume_of_a_folder_that_is_no_sweep_is_one_line(capsys, tmp_path):
     assert code == 2 and "drop JOB, --grid" in err, err
 
 
+@pytest.mark.parametrize("args,flag", [
+    (["JOB", "--output", "URI"], "--output"),
+    (["JOB", "--sweeps-dir", "URI"], "--sweeps-dir"),
+    (["--resume", "URI"], "--resume"),
+])
+def test_a_storage_uri_as_sweep_directory_is_one_line_and_makes_no_folder(capsys, tmp_path, monkeypatch, args,
+                                                                           flag):
+    monkeypatch.chdir(tmp_path)
+    uri = "s3://lrjob:Zq9SECRET@bucket/sweep?endpoint_override=127.0.0.1:9&scheme=http"
+    args = [{"JOB": JOB, "URI": uri}.get(a, a) for a in args]
+    if args[0] == JOB:
+        args += ["--workers", "0", "--set", "train.epochs=1", "--grid", "train.learning_rate=0.1,1"]
+    code, out, err = _cli(capsys, "sweep", *args)
+    assert (code, out) == (2, "")
+    assert err == (f"lrjob: error: {flag} s3://bucket/sweep: a sweep directory must be a local folder (a storage URI "
+                   f"is for lrjob run --output); give a path such as sweeps/NAME\n")
+    assert list(tmp_path.iterdir()) == [], "nothing written here"
+
+
 # --------------------------------------------------------------------------- real sweeps
 @pytest.mark.distributed
 def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_and_tracks(

@@ -90,7 +90,14 @@ def open_remote(uri: str, flag: str) -> "RemoteRun":
     try:
         fs, base = pfs.FileSystem.from_uri(str(uri))
     except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ValueError
-        reason = re.sub(r"://[^/@\s]*@", "://", _first_line(e)).split("?")[0]
+        # A login whose secret holds a '/' (as AWS secret keys may) cannot be parsed, and
+        # display() would cut it at that '/': everything up to the last '@' goes.
+        scheme, rest = str(uri).split("://", 1)
+        rest = rest.split("?", 1)[0]
+        if "@" in rest:
+            shown = f"{scheme}://{rest.rpartition('@')[2]}"
+        reason = _first_line(e).replace(str(uri), shown)
+        reason = re.sub(r"://[^/@\s]*@", "://", reason).split("?")[0]
         raise LrjobInputError(f"{flag} {shown}: cannot open this URI ({reason}); use s3://bucket/path, "
                               f"gs://bucket/path or file:///path (a server other than AWS: "
                               f"?endpoint_override=host:port&scheme=http)") from None

@@ -308,3 +308,16 @@ def test_a_login_in_the_uri_is_written_nowhere(s3_server, tmp_path, capsys, monk
     env = json.loads(_read(fs, "data/run/env.json"))
     assert f"s3://data/run?{query}" in env["argv"]
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", ["--output", "--resume"])
+def test_a_uri_whose_secret_holds_a_slash_is_refused_without_showing_it(tmp_path, capsys, flag):
+    # an AWS secret key may hold '/': such a login cannot be parsed, and the error must not print it
+    uri = "s3://AKIDX:Zq9/SECRET+zq9@data/run?endpoint_override=127.0.0.1:9&scheme=http"
+    code, out, err = _cli(capsys, "run", *([JOB] if flag == "--output" else []), "--workers", "0", flag, uri,
+                          "--runs-dir", tmp_path / "runs")
+    assert (code, out) == (2, "")
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"lrjob: error: {flag} s3://data/run: cannot open this URI"), err
+    assert "SECRET" not in err and "Zq9" not in err and "AKIDX" not in err, err
+    assert not (tmp_path / "runs").exists()

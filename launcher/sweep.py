@@ -43,7 +43,7 @@ from lr_core import faults
 from lr_core.errors import LrjobError, LrjobInputError, LrjobRuntimeError, SpecError, clip, shown, suggest
 from lr_core.tables import display, is_uri
 
-from .spec import SCHEMA, JobSpec, apply_overrides, read_spec_yaml, spec_from_dict
+from .spec import PATH_FIELDS, SCHEMA, JobSpec, apply_overrides, read_spec_yaml, spec_from_dict
 
 __all__ = ["SweepRequest", "SweepPlan", "SweepOptions", "Trial", "SweepResult", "plan_from_args", "make_plan",
            "run_sweep", "resume_sweep", "trial_resources", "concurrent_trials", "parse_grid", "parse_range", "METRICS",
@@ -357,9 +357,20 @@ def make_plan(spec: JobSpec, request: SweepRequest, section_grid: tuple[str, ...
                 k, v = culprit
                 raise SpecError(f"{flags[k]} {clip(f'{k}={v}')}: {str(e).removeprefix('--set ')}") from None
             resolved = tspec.to_dict()
+            # A relative path was resolved against this working directory: plan.json keeps it
+            # absolute, so that --resume from another directory reads the same files.
+            overrides = tuple(f"{k}={_flat_get(resolved, k)}" if _is_local_path(k, _flat_get(resolved, k)) else o
+                              for (k, _), o in zip(chosen, overrides))
             trials.append(Trial(trial_id, overrides, {k: _flat_get(resolved, k) for k, _ in chosen}))
     return SweepPlan(base=base, trials=tuple(trials), metric=metric, mode=_mode(metric), asha=asha,
                      concurrent=concurrent, grid=grid, ranges=ranges, random=random, seed=seed)
+
+
+def _is_local_path(key: str, value: Any) -> bool:
+    """Whether ``key`` is a path field of the data section (``data.path``, ...) holding a local path."""
+    parts = key.split(".")
+    return (len(parts) == 2 and parts[0] == "data" and parts[1] in PATH_FIELDS and isinstance(value, str)
+            and "://" not in value)
 
 
 def _flat_get(raw: dict, key: str) -> Any:

@@ -123,6 +123,28 @@ def test_a_bad_sweep_section_names_the_key(capsys, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+def test_a_relative_data_path_in_a_grid_means_the_same_file_when_resumed_from_another_folder(tmp_path,
+                                                                                              monkeypatch):
+    from launcher.sweep import SweepPlan
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for name in ("one.csv", "two.csv"):
+        (tmp_path / "a" / name).write_text("x1,x2,label\n0.1,0.2,0\n0.3,0.1,1\n")
+    job = tmp_path / "a" / "job.yaml"
+    job.write_text("name: csvjob\nmodel: {kind: binary}\ndata: {source: csv, path: one.csv, label_column: label}\n"
+                   "resources: {workers: 0}\n")
+    monkeypatch.chdir(tmp_path / "a")
+    spec = load_spec(job)
+    plan = make_plan(spec, SweepRequest(grid=("data.path=one.csv,two.csv",)))
+    saved = json.loads(json.dumps(plan.to_dict()))  # as plan.json holds it
+    monkeypatch.chdir(tmp_path / "b")  # lrjob sweep --resume from elsewhere
+    again = SweepPlan.from_dict(saved)
+    assert [again.trial_spec(t).data.path for t in again.trials] == [str(tmp_path / "a" / "one.csv"),
+                                                                    str(tmp_path / "a" / "two.csv")]
+    assert again.trials[1].overrides == (f"data.path={tmp_path / 'a' / 'two.csv'}",)
+
+
 def test_a_trial_reserves_what_its_workers_need_so_two_cores_take_two_inprocess_trials_or_one_of_two_workers():
     inproc = load_spec(JOB, ["resources.workers=0"])
     two = load_spec(JOB, ["resources.workers=2", "resources.cpus_per_worker=1"])

@@ -69,6 +69,7 @@ class DriverOptions:
     data: Dataset | None = None                         # the job's data when already loaded (run_rank)
     hooks: RunHooks = RunHooks()
     oversubscribe: bool = False                         # an embedded Ray may start more workers than CPUs
+    argv: tuple[str, ...] | None = None                 # the command env.json records; None: sys.argv
 
 
 @dataclass
@@ -681,7 +682,8 @@ class Driver:
             "started": datetime.datetime.fromtimestamp(self._t_start, datetime.timezone.utc).isoformat(
                 timespec="seconds"),
             "versions": _versions(), "host": socket.gethostname(), "user": getpass.getuser(),
-            "argv": [without_logins(a) for a in sys.argv],  # a URI's login is never written
+            # a URI's login is never written; a sweep's trial records the sweep's command
+            "argv": [without_logins(a) for a in (sys.argv if self.options.argv is None else self.options.argv)],
             "workers": self.spec.workers, "where": backend.where,
             "placement": backend.placement, "seeds": {"train.seed": self.spec.train.seed},
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS",

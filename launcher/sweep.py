@@ -439,8 +439,9 @@ class _TrialRun:
 
         try:
             spec = spec_from_dict(self.config["spec"], where=f"trial {self.config['id']}")
+            # env.json's argv: the sweep's command, not the command line of the Ray worker process
             driver = Driver(spec, self.config["run_dir"], reporter=_Reporter("silent"),
-                            options=DriverOptions(address=None))
+                            options=DriverOptions(address=None, argv=tuple(self.config.get("argv") or ()) or None))
             parent = self.config.get("parent_run_id")
             if parent and hasattr(driver.tracker, "parent_run_id"):
                 driver.tracker.parent_run_id = parent  # a child of the sweep's MLflow run
@@ -659,7 +660,8 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
 
         silence_tune_noise()
         configs = [{"id": t.id, "spec": specs[t.id].to_dict(), "run_dir": str(path / "trials" / t.id),
-                    "epochs": specs[t.id].train.epochs, "parent_run_id": parent.run_id} for t in todo]
+                    "epochs": specs[t.id].train.epochs, "parent_run_id": parent.run_id, "argv": list(sys.argv)}
+                   for t in todo]
         for c in configs:
             _absolute_tracking(c["spec"])
 

@@ -217,6 +217,8 @@ def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_an
     trial_spec = plan.trial_spec(plan.trials[0])
     assert load_spec(tmp_path / "s/trials/t000/job.yaml", run_file=True).diff(trial_spec) == []
     ref = run_job(trial_spec.with_overrides(["tracking.mlflow=null"]), tmp_path / "ref")
+    # env.json names the command that ran the trial: the sweep's (here pytest's), not a Ray worker's
+    assert json.loads((tmp_path / "s/trials/t000/env.json").read_text())["argv"] == sys.argv
     got = _params(tmp_path / "s/trials/t000")
     assert got.keys() == ref.params.keys()
     for k in ref.params:

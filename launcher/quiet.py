@@ -58,7 +58,7 @@ def silence_tune_noise() -> None:
     for name in ("ray.tune", "ray.train", "ray.air"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # What the sweep's table reports itself (a failed trial, with its one-line error; trials
-    # that did not complete), and Tune's result files that lrjob does not write.
+    # that did not complete; how to resume), and Tune's result files that lrjob does not write.
     for name in _TUNE_REPORTED:
         logger = logging.getLogger(name)
         if not any(isinstance(f, _DropTuneReported) for f in logger.filters):
@@ -67,7 +67,8 @@ def silence_tune_noise() -> None:
 
 _TUNE_REPORTED = {
     "ray.tune.execution.tune_controller": ("Trial task failed for trial",),
-    "ray.tune.tune": ("Trials did not complete",),
+    # after Ctrl-C, Tune's hint to resume with Tuner.restore: the sweep names lrjob sweep --resume
+    "ray.tune.tune": ("Trials did not complete", "Experiment has been interrupted", "Training has been interrupted"),
     "ray.tune.analysis.experiment_analysis": ("Failed to fetch metrics for",),
 }
 

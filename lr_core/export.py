@@ -205,10 +205,7 @@ class ExportedModel:
 
 
 ONNX_INPUT, ONNX_OUTPUT = "features", "probabilities"
-# onnxruntime's probabilities against ExportedModel.probabilities at export. Its float32 kernels
-# sum in another order than MXNet's: 1.2e-6 apart on MNIST (784 inputs) after one epoch, so the
-# check allows 1e-5; a wrong graph is off by orders more (docs/design.md#onnx-export).
-ONNX_TOLERANCE = 1e-5
+ONNX_TOLERANCE = 1e-6   # onnxruntime's probabilities against ExportedModel.probabilities (at least)
 
 
 def export_onnx(directory: str | os.PathLike) -> Path:
@@ -221,7 +218,8 @@ def export_onnx(directory: str | os.PathLike) -> Path:
     probabilities after it: input ``features`` (float32, ``[batch, num_features]``, the
     features as ``predict`` takes them), output ``probabilities`` (``[batch, k]``, one
     column per class). Before it is renamed into place, onnxruntime runs it on probe rows
-    and must give :meth:`ExportedModel.probabilities` within ``ONNX_TOLERANCE``.
+    and must give :meth:`ExportedModel.probabilities` within ``ONNX_TOLERANCE``, or within
+    the MXNet model's own float32 rounding when that is larger (:func:`_check_onnx`).
 
     A damaged MXNet export raises ``LrjobInputError``; a conversion that fails,
     ``LrjobRuntimeError``. Nothing is left behind but a complete ``model.onnx``.
@@ -320,7 +318,9 @@ def _tidy_onnx(proto, model: ExportedModel):
 
 
 def _check_onnx(path: Path, model: ExportedModel) -> None:
-    """onnxruntime's probabilities on probe rows equal the MXNet export's (ONNX_TOLERANCE)."""
+    """onnxruntime's probabilities on probe rows equal the MXNet export's: within
+    ONNX_TOLERANCE, or within the rounding the MXNet model itself shows in float32
+    (:func:`_rounding_allowance`) when that is larger, as it is for wide inputs."""
     import onnxruntime as ort
 
     from .errors import LrjobRuntimeError
@@ -336,9 +336,36 @@ def _check_onnx(path: Path, model: ExportedModel) -> None:
     got = session.run([ONNX_OUTPUT], {ONNX_INPUT: rows})[0]
     _, want = model.probabilities(rows, scale=model.scale)
     worst = float(np.max(np.abs(got.astype(np.float64) - want)))
-    if not worst <= ONNX_TOLERANCE:
+    allowed = max(ONNX_TOLERANCE, _rounding_allowance(model, rows, want))
+    if not worst <= allowed:
         raise LrjobRuntimeError(f"{path.parent}: the ONNX model's probabilities differ from the MXNet "
-                                f"model's by {worst:.3g} (more than {ONNX_TOLERANCE:g}); model.onnx was not written")
+                                f"model's by {worst:.3g} (more than {allowed:.3g}); model.onnx was not written")
+
+
+def _rounding_allowance(model: ExportedModel, rows: np.ndarray, want: np.ndarray) -> float:
+    """How far two float32 evaluations of the model may fairly differ on ``rows``: four times
+    the largest distance of the MXNet model's float32 probabilities (``want``) from the same
+    network evaluated in float64. A dot product over many features rounds in an order each
+    runtime picks (MXNet and onnxruntime differ), and its rounding grows with the width:
+    3,000 features give a few 1e-6, every one of them as right as float32 allows
+    (docs/design.md#onnx-export). A graph that computes another function is off by far more."""
+    directory = model.directory
+    with _quiet_warnings():
+        net = gluon.SymbolBlock.imports(str(directory / "model-symbol.json"), ["data"],
+                                        str(directory / "model-0000.params"))
+    net.cast("float64")
+    x = rows.astype(np.float64) * (model.scale if model.scale is not None else 1.0)
+    stats = model.meta.get("standardize")
+    if stats:
+        x = (x - np.asarray(stats["mean"], dtype=np.float64)) / np.asarray(stats["std"], dtype=np.float64)
+    logits = net(mx.nd.array(x, dtype="float64")).asnumpy().astype(np.float64)
+    if model.meta["kind"] == "binary":
+        _, p, _ = from_logits("binary", logits, float(model.meta["threshold"]))
+        exact = np.column_stack([1.0 - p, p])
+    else:
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        exact = e / e.sum(axis=1, keepdims=True)
+    return 4.0 * float(np.max(np.abs(want - exact)))
 
 
 def _feature_names(model: ExportedModel) -> list[str] | None:

@@ -239,3 +239,52 @@ def test_a_failed_onnx_export_leaves_a_completed_run_and_its_mxnet_model(tmp_pat
     assert code == 0, err
     code, _, err = cli(capsys, "export", out, "--format", "onnx")  # the retry it names
     assert code == 0 and (out / "model" / "model.onnx").is_file(), err
+
+
+def _wide_export(tmp_path, n=3000, hidden=()):
+    """A binary export over ``n`` standardized features whose first-layer weights are of
+    order 1: its logits are sums of thousands of terms, which MXNet and onnxruntime round
+    in their own orders (a few 1e-6 apart in probability at 3,000 features)."""
+    from lr_core.config import LoopConfig
+    from lr_core.export import export_model
+    from lr_core.models import initial_parameters
+
+    cfg = LoopConfig(kind="binary", hidden=hidden)
+    params = initial_parameters(cfg, n)
+    rng = np.random.default_rng(3)
+    params["lrjob_layer0_weight"] = rng.normal(0, 1.0, size=params["lrjob_layer0_weight"].shape).astype(np.float32)
+    stats = {"mean": list(rng.normal(0, 100, n)), "std": list(rng.uniform(0.5, 50, n))}
+    return export_model(tmp_path / "model", cfg, params, n, {"standardize": stats, "scale": None}), stats
+
+
+@pytest.mark.parametrize("hidden", [(), (8,)])
+def test_a_wide_model_is_exported_within_float32_rounding(tmp_path, hidden):
+    from lr_core.export import ExportedModel, export_onnx
+
+    model_dir, stats = _wide_export(tmp_path, hidden=hidden)
+    export_onnx(model_dir)  # raised 'differ ... by 6.8e-06 (more than 1e-06)' on a correct graph
+    meta = json.loads((model_dir / "meta.json").read_text())
+    assert meta["onnx"]["file"] == "model.onnx"
+    rows = (np.random.default_rng(9).normal(size=(32, 3000)) * stats["std"] + stats["mean"]).astype(np.float32)
+    got = _session(model_dir).run(["probabilities"], {"features": rows})[0]
+    _, want = ExportedModel(model_dir).probabilities(rows)
+    assert np.max(np.abs(got - want)) < 1e-4  # float32 rounding of 3,000-term sums, no more
+
+
+def test_a_wide_graph_off_by_a_little_is_still_refused(tmp_path, monkeypatch):
+    import lr_core.export as export
+    from lr_core.errors import LrjobRuntimeError
+
+    model_dir, _ = _wide_export(tmp_path)
+    right = export._onnx_symbol
+
+    def off(directory, model):  # every 1 / std 0.1 % too large: another function, near the right one
+        sym, params = right(directory, model)
+        params["lrjob_standardize_inv_std"] = params["lrjob_standardize_inv_std"] * 1.001
+        return sym, params
+
+    monkeypatch.setattr(export, "_onnx_symbol", off)
+    with pytest.raises(LrjobRuntimeError, match="differ from the MXNet model's"):
+        export.export_onnx(model_dir)
+    assert not (model_dir / "model.onnx").exists()
+    assert "onnx" not in json.loads((model_dir / "meta.json").read_text())

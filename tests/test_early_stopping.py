@@ -272,3 +272,23 @@ def test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning(tmp_path, 
     assert "best_checkpoint_missing" in [w["code"] for w in summary["warnings"]]
     exported = _exported_params(tmp_path / "run")
     assert all(np.array_equal(exported[n], v) for n, v in again.params.items())
+
+
+def test_the_report_names_the_exported_epoch_and_the_early_stop(tmp_path):
+    """report.html's summary shows the final epoch's metrics: it must say that model/ holds
+    another epoch, and why training ended before train.epochs."""
+    import html as html_
+
+    _run(tmp_path, "train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.keep_best=true")
+    page = (tmp_path / "run" / "report.html").read_text(encoding="utf-8")
+    rows = {html_.unescape(k): html_.unescape(v)
+            for k, v in re.findall(r"<tr><th>(.*?)</th><td>(.*?)</td></tr>", page)}
+    assert rows["final epoch"] == "9"
+    assert re.fullmatch(r"epoch 6, the best by val_loss \(0\.58\d\d\); not the final epoch above \(9\): "
+                        r"its metrics are in the per-epoch table", rows["exported model (model/)"])
+    assert re.fullmatch(r"after epoch 9: val_loss did not improve for 3 epochs \(best 0\.58\d+ at epoch 6\)",
+                        rows["stopped early"])
+    _run(tmp_path, name="plain")  # neither: the last epoch, named as such, no early stop
+    page = (tmp_path / "plain" / "report.html").read_text(encoding="utf-8")
+    assert "<tr><th>exported model (model/)</th><td>epoch 12, the last</td></tr>" in page
+    assert "stopped early" not in page

@@ -138,10 +138,33 @@ def _result_rows(summary: dict, spec, val: str = "validation") -> list[Row]:
                      f"TP {final['tp']:,}, FP {final['fp']:,}, FN {final['fn']:,}, TN {final['tn']:,}"))
     if _finite(summary.get("best_val_accuracy")):
         rows.append((f"best {val} accuracy (any epoch)", percent(summary["best_val_accuracy"])))
+    rows += _model_rows(summary, final)
     if _finite(summary.get("train_accuracy")):
         rows.append(("training accuracy (exported model)", percent(summary["train_accuracy"])))
     if summary.get("train_loss_weighted"):
         rows.append(("note", f"the training loss is weighted by train.class_weight, the {val} loss is not"))
+    return rows
+
+
+def _model_rows(summary: dict, final: dict) -> list[Row]:
+    """Which epoch ``model/`` holds, and why training ended early: with ``checkpoint.keep_best``
+    the rows above (the final epoch's) are not the exported model's
+    (docs/design.md#early-stopping-and-the-best-model)."""
+    rows: list[Row] = []
+    stopped = summary.get("stopped_early") or {}
+    if isinstance(stopped, dict) and stopped.get("epoch") is not None:
+        reason = str(stopped.get("reason") or "").removeprefix("early stopping: ")
+        rows.append(("stopped early", f"after epoch {stopped['epoch']}" + (f": {reason}" if reason else "")))
+    exported = summary.get("exported") or {}
+    if isinstance(exported, dict) and exported.get("epoch") is not None:
+        epoch, by = exported["epoch"], str(exported.get("selected_by") or "")
+        metric = by.removeprefix("best ") if by.startswith("best ") else None
+        value = exported.get(metric) if metric else None
+        text = f"epoch {epoch}" + (f", the best by {metric}" + (f" ({value:.4f})" if _finite(value) else "")
+                                   if metric else ", the last")
+        if epoch != final.get("epoch"):
+            text += f"; not the final epoch above ({final.get('epoch', '?')}): its metrics are in the per-epoch table"
+        rows.append(("exported model (model/)", text))
     return rows
 
 

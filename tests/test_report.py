@@ -341,3 +341,22 @@ def test_a_killed_writers_half_written_pictures_are_cleaned(tmp_path):
     for p in tmp:
         p.write_bytes(b"\x89PNG")
     assert sorted(clean_leftovers(run.path)) == sorted(tmp)
+
+
+def test_the_data_rows_name_classes_in_class_order_and_say_when_some_are_left_out(tmp_path):
+    """12 classes: 0 to 9 by number (not 0, 1, 10, 11, 2, ...), then how many more."""
+    from launcher.report.summary import summary_sections
+
+    rng = np.random.default_rng(0)
+    with open(tmp_path / "k12.csv", "w") as f:
+        f.write("a,b,label\n")
+        f.writelines(f"{u:.3f},{v:.3f},c{i % 12}\n" for i, (u, v) in enumerate(rng.normal(size=(72, 2))))
+    label_map = ", ".join(f"c{j}: {j}" for j in range(12))
+    (tmp_path / "k12.yaml").write_text(
+        f"name: k12\nmodel: {{kind: softmax, num_classes: 12}}\n"
+        f"data: {{source: csv, path: k12.csv, label_map: {{{label_map}}}, cache: {tmp_path / 'cache'}}}\n"
+        f"resources: {{workers: 0}}\n")
+    spec = load_spec(tmp_path / "k12.yaml")
+    rows = dict(dict(summary_sections(None, None, spec, spec.load_data()))["Data"])
+    assert rows["classes"] == ("12 (softmax); labels " + ", ".join(f"{j} = c{j}" for j in range(10))
+                               + ", … (2 more)")

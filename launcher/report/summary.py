@@ -216,12 +216,18 @@ def _data_rows(spec, data) -> list[Row]:
     return rows
 
 
-def _label_text(spec) -> str:
+def _label_text(spec, most: int = 10) -> str:
+    """``; labels 0 = no, 1 = yes``: each class's label in class order (the first key of
+    ``data.label_map`` for it, ``lr_core.export.class_labels``), the first ``most`` then ``…``."""
+    from lr_core.export import class_labels
+
     label_map = getattr(spec.data, "label_map", None)
     if not label_map:
         return ""
-    pairs = sorted(((v, str(k)) for k, v in label_map.items()), key=lambda p: str(p[0]))[:10]
-    return "; labels " + ", ".join(f"{i} = {name}" for i, name in pairs)
+    k = 2 if spec.model.kind == "binary" else int(spec.model.num_classes)
+    labels = class_labels({"kind": spec.model.kind, "num_classes": k, "label_map": dict(label_map)})
+    return "; labels " + ", ".join(f"{i} = {name}" for i, name in enumerate(labels[:most])) + \
+        (f", … ({k - most} more)" if k > most else "")
 
 
 def _version_rows(env: dict) -> list[Row]:

@@ -443,6 +443,12 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
     if wanted is not None and _named(table.columns) and table.columns != wanted:
         # The file names its columns and so did the training data: take the model's, in its order.
         base = _list_column(wanted)
+        missing = [c for c in wanted if c not in table.columns] if base is None else []
+        if missing:  # the training job's data.features is not what the user can fix here
+            shown = ", ".join(wanted[:8]) + (", ..." if len(wanted) > 8 else "")
+            raise LrjobInputError(f"{path}: no column {missing[0]!r}"
+                                  f"{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}, which the "
+                                  f"model was trained on; give every training column by name, in any order: {shown}")
         table = open_table(path, label_column, require_labels=require_labels, features=base or wanted)
     elif id_column is not None and id_column in table.columns:  # unnamed training columns: all but the id
         table = open_table(path, label_column, require_labels=require_labels,

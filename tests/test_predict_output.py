@@ -183,3 +183,16 @@ def test_an_unusable_id_column_is_one_line_and_writes_nothing(runs, tmp_path, ca
     errors = [line for line in err.splitlines() if line.startswith("lrjob: error")]
     assert code == 2 and len(errors) == 1 and message in errors[0] and "Traceback" not in err, err
     assert str(path) in errors[0] and out == "" and not out_file.exists()
+
+
+@pytest.mark.parametrize("command", ["predict", "evaluate"])
+def test_a_missing_training_column_is_named_with_the_fix_for_the_input_file(runs, tmp_path, capsys, command):
+    """The training job's data.features is not the user's to fix when predicting: the
+    message names the missing column and every column the model takes."""
+    (tmp_path / "new.csv").write_text("customer_id,income,bought\nN-1,72000,yes\n")
+    flag = "--input" if command == "predict" else "--data"
+    code, out, err = cli(capsys, command, runs["buyers"].path, flag, tmp_path / "new.csv")
+    errors = [line for line in err.splitlines() if line.startswith("lrjob: error")]
+    assert code == 2 and len(errors) == 1 and out == "", err
+    assert errors[0] == (f"lrjob: error: {tmp_path / 'new.csv'}: no column 'age', which the model was trained on; "
+                         f"give every training column by name, in any order: age, income")

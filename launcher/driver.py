@@ -44,7 +44,7 @@ from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
-from .stopping import stop_reason, watches
+from .stopping import stop_reason, undefined_message, watches
 from .storage import STAGING, RemoteRun, StorageError, is_remote, open_remote, without_login, without_logins
 from .tracking import make_tracker
 
@@ -331,6 +331,9 @@ class Driver:
         self._write_summary()
         self._sync()  # write access was checked before; job.yaml makes the URI a run
         state = self._epochs()
+        if self._early is not None and self.history and self._early[0].best_epoch(self.history) is None:
+            self._warn({"code": "early_stopping_undefined", "message": undefined_message(
+                self._early[0].metric, len(self.history), "train.early_stopping never applied")})
         hooks = self.options.hooks
         rank_params = self.backend.all_params() if hooks.collect_rank_params else None
         shard_logs = self.backend.shard_logs() if hooks.record_shards else None
@@ -422,6 +425,11 @@ class Driver:
             self._exported = {"epoch": last, "selected_by": "last epoch"}
             return state["params"]
         best = self._best.best_epoch(self.history)
+        if best is None and self.history:
+            self._warn({"code": "best_epoch_undefined", "message": undefined_message(
+                self._best.metric, last, f"no best epoch, the model is the last epoch's ({last})")})
+            self._exported = {"epoch": last, "selected_by": "last epoch"}
+            return state["params"]
         ckpt = self.run_dir.epoch_checkpoint(best) if best else None
         if ckpt is None:
             w = {"code": "best_checkpoint_missing",
@@ -436,6 +444,11 @@ class Driver:
         self.reporter.message(f"lrjob: model/ holds epoch {best}, the best by {self._best.metric} "
                               f"({self.history[best - 1][self._best.metric]:.6g})")
         return ckpt["params"]
+
+    def _warn(self, w: dict) -> None:
+        """Print a warning ``{code, message}`` and keep it for summary.json."""
+        self.reporter.warning(f"lrjob: warning: {w['message']}")
+        self.warnings.append(w)
 
     def _review_fit(self, params: dict) -> None:
         """After training: the loss and overfitting warnings (printed, and kept for

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["Watch", "METRICS", "MODES", "metric_mode", "stop_reason", "watches"]
+__all__ = ["Watch", "METRICS", "MODES", "metric_mode", "stop_reason", "undefined_message", "watches"]
 
 # The metrics of an epoch that a decision may watch, by model kind (lr_core/loop.py names them).
 METRICS = {
@@ -59,15 +59,24 @@ class Watch:
 
 def stop_reason(history: list[dict], watch: Watch, patience: int) -> str | None:
     """Why training stops after ``history`` (``patience`` epochs in a row without
-    improvement), or None to go on."""
+    improvement since the best epoch), or None to go on. A metric that has had no value
+    in any epoch (``val_auc`` of a one-class validation set) never stops a run: nothing
+    was measured, so nothing failed to improve (the driver warns about it instead)."""
     best = watch.best_epoch(history)
-    waited = len(history) - (best or 0)
+    if best is None:
+        return None
+    waited = len(history) - best
     if waited < patience:
         return None
     by = f" by more than {watch.min_delta:g}" if watch.min_delta else ""
-    since = (f"best {history[best - 1][watch.metric]:.6g} at epoch {best}" if best
-             else "it had no value yet")
+    since = f"best {history[best - 1][watch.metric]:.6g} at epoch {best}"
     return f"early stopping: {watch.metric} did not improve{by} for {waited} epoch{'s' * (waited != 1)} ({since})"
+
+
+def undefined_message(metric: str, epochs: int, what: str) -> str:
+    """The warning of a watched metric that had no value in any of ``epochs`` epochs."""
+    return (f"{metric} had no value in any of the {epochs} epoch{'s' * (epochs != 1)} (an AUC is undefined when "
+            f"the validation rows hold one class): {what}; watch another metric, e.g. val_loss")
 
 
 def watches(spec) -> tuple[tuple[Watch, int] | None, Watch | None]:

@@ -292,3 +292,25 @@ def test_the_report_names_the_exported_epoch_and_the_early_stop(tmp_path):
     page = (tmp_path / "plain" / "report.html").read_text(encoding="utf-8")
     assert "<tr><th>exported model (model/)</th><td>epoch 12, the last</td></tr>" in page
     assert "stopped early" not in page
+
+
+def test_a_metric_without_a_value_never_stops_the_run_and_is_a_warning(tmp_path):
+    """val_auc of a validation set with one class is undefined in every epoch: the run is
+    not stopped after `patience` epochs for it, trains them all, exports the last epoch
+    (no epoch is best) and says why in two warnings, not 'checkpoint (epoch None) cannot be read'."""
+    assert stop_reason(_hist([None] * 6, "val_auc"), Watch("val_auc", "max"), 2) is None
+    assert stop_reason(_hist([None, None, 0.7, 0.6, 0.6], "val_auc"), Watch("val_auc", "max"), 2) is not None
+    d = _crafted()
+    one_class = Dataset(d.x_train, d.y_train, d.x_val, np.zeros_like(d.y_val), source="test")
+    spec = load_spec("jobs/binary_2d.yaml", [*BASE, "train.epochs=5",
+                                             "train.early_stopping={metric: val_auc, patience: 2}",
+                                             "checkpoint.keep_best=true"])
+    res = run_job(spec, tmp_path / "run", options=DriverOptions(data=one_class))
+    assert len(res.history) == 5 and all(h["val_auc"] is None for h in res.history)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "stopped_early" not in summary and summary["exported"] == {"epoch": 5, "selected_by": "last epoch"}
+    codes = {w["code"]: w["message"] for w in summary["warnings"]}
+    assert codes["early_stopping_undefined"].startswith("val_auc had no value in any of the 5 epochs")
+    assert "train.early_stopping never applied" in codes["early_stopping_undefined"]
+    assert "no best epoch, the model is the last epoch's (5)" in codes["best_epoch_undefined"]
+    assert "best_checkpoint_missing" not in codes and "None" not in json.dumps(summary["warnings"])

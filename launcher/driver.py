@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import enum
 import getpass
+import math
 import os
 import platform
 import shlex
@@ -442,8 +443,23 @@ class Driver:
         self._exported = {"epoch": best, "selected_by": f"best {self._best.metric}",
                           self._best.metric: self.history[best - 1][self._best.metric]}
         self.reporter.message(f"lrjob: model/ holds epoch {best}, the best by {self._best.metric} "
-                              f"({self.history[best - 1][self._best.metric]:.6g})")
+                              f"({self.history[best - 1][self._best.metric]:.6g}){self._closer(best)}")
         return ckpt["params"]
+
+    def _closer(self, best: int) -> str:
+        """With a ``min_delta``, a later epoch may have a better value that did not count as an
+        improvement (docs/design.md#early-stopping-and-the-best-model): said, not hidden."""
+        w = self._best
+        if not w.min_delta:
+            return ""
+        later = [(i + 1, h.get(w.metric)) for i, h in enumerate(self.history[best:], start=best)]
+        ahead = [(e, v) for e, v in later if v is not None and math.isfinite(v)
+                 and (v < self.history[best - 1][w.metric] if w.mode == "min" else v > self.history[best - 1][w.metric])]
+        if not ahead:
+            return ""
+        e, v = min(ahead, key=lambda p: p[1]) if w.mode == "min" else max(ahead, key=lambda p: p[1])
+        return (f"; epoch {e} reached {v:.6g}, better by less than min_delta {w.min_delta:g}, "
+                f"which is not an improvement")
 
     def _warn(self, w: dict) -> None:
         """Print a warning ``{code, message}`` and keep it for summary.json."""

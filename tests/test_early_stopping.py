@@ -314,3 +314,21 @@ def test_a_metric_without_a_value_never_stops_the_run_and_is_a_warning(tmp_path)
     assert "train.early_stopping never applied" in codes["early_stopping_undefined"]
     assert "no best epoch, the model is the last epoch's (5)" in codes["best_epoch_undefined"]
     assert "best_checkpoint_missing" not in codes and "None" not in json.dumps(summary["warnings"])
+
+
+def test_with_min_delta_a_better_later_epoch_is_named_beside_the_exported_one(tmp_path, capsys):
+    """min_delta 0.008: epoch 4 is the last to improve by more than it, yet epoch 6 has the
+    lowest val_loss; the output says so instead of calling epoch 4 simply 'the best'."""
+    from launcher.report.progress import Reporter
+
+    res = _run(tmp_path, "train.early_stopping={metric: val_loss, patience: 3, min_delta: 0.008}",
+               "checkpoint.keep_best=true", reporter=Reporter("human"))
+    _, err = capsys.readouterr()
+    losses = [h["val_loss"] for h in res.history]
+    assert int(np.argmin(losses)) + 1 == 6 and len(losses) == 7
+    assert re.search(r"\nlrjob: model/ holds epoch 4, the best by val_loss \(0\.58\d+\); epoch 6 reached "
+                     r"0\.58\d+, better by less than min_delta 0\.008, which is not an improvement\n", err), err
+    _run(tmp_path, "train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.keep_best=true",
+         name="no-delta", reporter=Reporter("human"))
+    _, err = capsys.readouterr()
+    assert "lrjob: model/ holds epoch 6, the best by val_loss" in err and "reached" not in err, err

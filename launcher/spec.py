@@ -65,6 +65,12 @@ def _gt(lo):
     return (lambda v: v > lo), f"> {lo}"
 
 
+def _rate_factor():
+    # A step schedule lowers the rate (README, docs/design.md): a factor above 1 raises it
+    # without bound, past what float32 holds, into MXNet's own error after a few epochs.
+    return (lambda v: 0 < v <= 1), "> 0 and at most 1 (it lowers the rate)"
+
+
 def _between(lo, hi, expect: str):
     return (lambda v: lo < v < hi), expect
 
@@ -596,7 +602,7 @@ _EARLY_STOPPING = {"metric": _Field("str", "val_loss"), "patience": _Field("int"
                    "min_delta": _Field("float", 0.0, *_ge(0)), "mode": _Field("str", None, choices=MODES, nullable=True)}  # null: inferred
 _WARMUP = _Field("int", 0, *_ge(0))
 _LR_SCHEDULES = {
-    "step": {"step_epochs": _Field("int", None, *_ge(1)), "factor": _Field("float", None, *_gt(0)),
+    "step": {"step_epochs": _Field("int", None, *_ge(1)), "factor": _Field("float", None, *_rate_factor()),
              "warmup_epochs": _WARMUP},
     "cosine": {"min_lr": _Field("float", 0.0, *_ge(0)), "epochs": _Field("int", None, *_ge(1)),
                "warmup_epochs": _WARMUP},

@@ -160,6 +160,8 @@ def test_without_keep_best_the_last_epoch_is_exported_and_named(tmp_path):
     ("train.early_stopping={mode: lower}", "train.early_stopping.mode must be one of min, max"),
     ("train.early_stopping={patiense: 2}", "train.early_stopping: unknown key 'patiense'; did you mean 'patience'?"),
     ("train.lr_schedule={kind: step, step_epochs: 2, factor: 0}", "train.lr_schedule.factor must be > 0"),
+    ("train.lr_schedule={kind: step, step_epochs: 1, factor: 1e300}",
+     "train.lr_schedule.factor must be > 0 and at most 1 (it lowers the rate), got 1e+300"),
     ("train.lr_schedule={kind: step, factor: 0.5}", "train.lr_schedule.step_epochs: required"),
     ("train.lr_schedule={kind: step, step_epochs: 0, factor: 0.5}", "train.lr_schedule.step_epochs must be >= 1"),
     ("train.lr_schedule={kind: linear}", "train.lr_schedule.kind must be one of step, cosine, got 'linear'"),

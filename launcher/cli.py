@@ -430,6 +430,10 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
 
     label_column = meta.get("label_column") or "label"
     wanted = _trained_columns(meta)
+    if id_column is not None and wanted is not None and id_column in wanted:
+        # dropping it would leave the model a feature short ('2 feature columns, the model expects 3')
+        raise LrjobInputError(f"--id-column {id_column}: is a feature the model was trained on, and an id is "
+                              f"never a feature; name another column, or leave --id-column out to number the rows")
     table = None
     if wanted is not None:  # the model's columns by name first: other columns (a text id) are never read
         try:

@@ -196,3 +196,12 @@ def test_a_missing_training_column_is_named_with_the_fix_for_the_input_file(runs
     assert code == 2 and len(errors) == 1 and out == "", err
     assert errors[0] == (f"lrjob: error: {tmp_path / 'new.csv'}: no column 'age', which the model was trained on; "
                          f"give every training column by name, in any order: age, income")
+
+
+def test_an_id_column_that_is_a_training_feature_is_refused_naming_it(runs, tmp_path, capsys):
+    (tmp_path / "new.csv").write_text("customer_id,age,income\nN-1,35,72000\n")
+    code, out, err = cli(capsys, "predict", runs["buyers"].path, "--input", tmp_path / "new.csv",
+                         "--id-column", "age")
+    errors = [line for line in err.splitlines() if line.startswith("lrjob: error")]
+    assert code == 2 and out == "" and len(errors) == 1, err
+    assert errors[0].startswith("lrjob: error: --id-column age: is a feature the model was trained on"), err

@@ -324,7 +324,13 @@ class Driver:
             c = self.checkpoint
             where = f"epoch {c['epochs_done'] + 1}, step {c['step'] + 1}" if c.get("step") else \
                 f"epoch {c['epochs_done'] + 1}"
-            self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
+            if not c.get("step") and c["epochs_done"] >= int(self.spec.train.epochs):
+                # The same command again on a finished run (README "Quickstart"): there is no
+                # epoch to continue at, and "continuing at epoch 11" of 10 read as more training.
+                self.reporter.message(f"  resume   from {Path(c['path']).name}: all {c['epochs_done']} "
+                                      f"epochs are trained already; nothing to train")
+            else:
+                self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
         for w in self.warnings:
             self.reporter.warning(f"lrjob: warning: {w['message']}")
         self.tracker.start(self.spec, self.path, self.history)

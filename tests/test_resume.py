@@ -348,6 +348,21 @@ def test_the_same_job_into_its_own_output_continues_it(tmp_path):
     assert ran == []
 
 
+def test_the_same_command_on_a_finished_run_says_nothing_is_left_to_train(tmp_path, capsys):
+    from launcher.report.progress import Reporter
+
+    spec = _spec("train.epochs=2")
+    run_job(spec, output=tmp_path / "run")
+    capsys.readouterr()
+    ran = []
+    run_job(spec, output=tmp_path / "run", reporter=Reporter("human"),
+            options=DriverOptions(backend_factory=lambda: _CountingBackend(spec, ran)))
+    err = capsys.readouterr().err
+    assert ran == []
+    assert "  resume   from epoch-0002: all 2 epochs are trained already; nothing to train\n" in err
+    assert "continuing at" not in err
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over_in_place(tmp_path):
     spec, ran = _spec("train.epochs=2", "checkpoint.every_epochs=5"), []
     with pytest.raises(WorkerFailure):

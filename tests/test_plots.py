@@ -121,6 +121,23 @@ def test_drawn_boundary_is_where_the_model_is_undecided(runs, monkeypatch, caplo
     np.testing.assert_allclose(p1, 0.5, atol=1e-4)
 
 
+def test_the_boundary_title_names_the_exported_epoch_not_the_last(tmp_path):
+    """keep_best exports an earlier epoch than the last: the picture draws that model, and its
+    title gives that epoch and that epoch's validation accuracy (model/meta.json's exported)."""
+    from lr_core.export import ExportedModel
+
+    spec = load_spec("jobs/binary_2d.yaml", [
+        "resources.workers=0", "train.epochs=30", f"data.cache={tmp_path / 'cache'}",
+        "train.early_stopping={metric: val_loss, patience: 3, min_delta: 0.001}", "checkpoint.keep_best=true"])
+    res = run_job(spec, output=tmp_path / "run")
+    best = res.summary["exported"]["epoch"]
+    assert best < res.history[-1]["epoch"]  # the case this test is about
+    model_dir = res.path / "model"
+    fig = plots._draw_boundary(spec, spec.load_data(), model_dir, ExportedModel(model_dir), res.history)
+    acc = res.history[best - 1]["val_accuracy"]
+    assert fig.axes[0].get_title() == f"binary_2d: decision boundary, epoch {best}, validation accuracy {acc:.4f}"
+
+
 def test_boundary_line_spans_xlim_without_ylim(runs):
     from lr_core.export import ExportedModel
 

@@ -448,12 +448,15 @@ def _draw_boundary(spec, data, model_dir: Path, model, history):
     ax.set(xlim=xlim, ylim=ylim, xlabel=_feature_name(data, 0), ylabel=_feature_name(data, 1))
     # Below the axes: inside, any corner may hide points.
     fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)
-    last = history[-1] if history else {}
-    acc = last.get("val_accuracy")
+    # The shading, the line and the mistakes are the exported model's: with keep_best that is
+    # an earlier epoch than the last (meta.json's exported), and the title names that one.
+    exported = (getattr(model, "meta", None) or {}).get("exported") or {}
+    drawn = [m for m in history if m.get("epoch") == exported.get("epoch")] or history[-1:] or [{}]
+    acc = drawn[-1].get("val_accuracy")
     acc_text = f", {data.val_name} accuracy {acc:.4f}" if acc is not None else ""
     shown = "" if len(train[0]) + len(val[0]) == len(data.x_train) + len(data.x_val) else \
         f"\n{len(train[0]):,} of {len(data.x_train):,} training and {len(val[0]):,} of {len(data.x_val):,} points shown"
-    ax.set_title(f"{spec.name}: decision boundary, epoch {last.get('epoch', '?')}{acc_text}{shown}", fontsize=12)
+    ax.set_title(f"{spec.name}: decision boundary, epoch {drawn[-1].get('epoch', '?')}{acc_text}{shown}", fontsize=12)
     return fig
 
 

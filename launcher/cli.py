@@ -80,10 +80,22 @@ def _add_oversubscribe(p):
                         "request is refused)")
 
 
+def _installed_version() -> str:
+    """lrjob's installed version (env.json's ``versions.lrjob``), without importing MXNet."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("lrjob")
+    except PackageNotFoundError:  # a checkout run without installing it
+        return "(not installed: run `make install`)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``lrjob`` argument parser with every subcommand (submit, status, logs, stop, list and
     k8s are added by ``launcher.deploy``)."""
     p = _Parser(prog="lrjob", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # Without it, `lrjob --version` answered "the following arguments are required: COMMAND".
+    p.add_argument("--version", action="version", version=f"lrjob {_installed_version()}")
     subs = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subs.required = True
 

@@ -22,6 +22,13 @@ def test_help_has_examples():
     assert r.returncode == 0 and "example:" in r.stdout and "--workers" in r.stdout
 
 
+def test_version_prints_the_installed_version_and_exits_0():
+    from importlib.metadata import version
+
+    r = lrjob("--version")
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"lrjob {version('lrjob')}\n", "")
+
+
 def test_run_workers_0_writes_a_complete_run_directory(tmp_path):
     out = tmp_path / "run"
     r = lrjob("run", "jobs/binary_synthetic.yaml", "--workers", "0", "--output", out, "--set", "train.epochs=3")

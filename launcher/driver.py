@@ -324,11 +324,16 @@ class Driver:
             c = self.checkpoint
             where = f"epoch {c['epochs_done'] + 1}, step {c['step'] + 1}" if c.get("step") else \
                 f"epoch {c['epochs_done'] + 1}"
+            # The same command again on a finished run (README "Quickstart"): there is no epoch
+            # to continue at, and "continuing at epoch 11" of 10 read as more training.
+            stopped = (not c.get("step") and self._early is not None
+                       and stop_reason(self.history, *self._early) is not None)
             if not c.get("step") and c["epochs_done"] >= int(self.spec.train.epochs):
-                # The same command again on a finished run (README "Quickstart"): there is no
-                # epoch to continue at, and "continuing at epoch 11" of 10 read as more training.
                 self.reporter.message(f"  resume   from {Path(c['path']).name}: all {c['epochs_done']} "
                                       f"epochs are trained already; nothing to train")
+            elif stopped:
+                self.reporter.message(f"  resume   from {Path(c['path']).name}: early stopping ended the run "
+                                      f"after epoch {c['epochs_done']}; nothing to train")
             else:
                 self.reporter.message(f"  resume   from {Path(c['path']).name}: continuing at {where}")
         for w in self.warnings:

@@ -363,6 +363,25 @@ def test_the_same_command_on_a_finished_run_says_nothing_is_left_to_train(tmp_pa
     assert "continuing at" not in err
 
 
+def test_the_same_command_on_an_early_stopped_run_says_nothing_is_left_to_train(tmp_path, capsys):
+    from launcher.report.progress import Reporter
+
+    spec = load_spec("jobs/binary_2d.yaml", [
+        "resources.workers=0", "train.epochs=30", "train.early_stopping={metric: val_loss, patience: 3, min_delta: 0.001}"])
+    first = run_job(spec, output=tmp_path / "run")
+    done = first.summary["stopped_early"]["epoch"]
+    assert done < 30  # the case this test is about
+    capsys.readouterr()
+    ran = []
+    run_job(spec, output=tmp_path / "run", reporter=Reporter("human"),
+            options=DriverOptions(backend_factory=lambda: _CountingBackend(spec, ran)))
+    err = capsys.readouterr().err
+    assert ran == []
+    assert (f"  resume   from epoch-{done:04d}: early stopping ended the run after epoch {done}; "
+            f"nothing to train\n") in err
+    assert "continuing at" not in err
+
+
 def test_a_run_killed_before_its_first_checkpoint_starts_over_in_place(tmp_path):
     spec, ran = _spec("train.epochs=2", "checkpoint.every_epochs=5"), []
     with pytest.raises(WorkerFailure):

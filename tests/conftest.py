@@ -107,3 +107,14 @@ def s3_server(monkeypatch):
 def s3(s3_server):
     """``s3_server`` as ``(fs, query)``."""
     yield s3_server[1], s3_server[2]
+
+
+@pytest.fixture(autouse=True)
+def _pictures_only_where_asked(request, monkeypatch):
+    """Runs in tests draw no pictures (LRJOB_PICTURES=0; report.html is still written, naming
+    them skipped): matplotlib costs about 0.4 s a picture, over a second a run. Tests marked
+    ``pictures`` draw them; subprocesses inherit the setting."""
+    if request.node.get_closest_marker("pictures") is None:
+        monkeypatch.setenv("LRJOB_PICTURES", "0")
+    else:
+        monkeypatch.delenv("LRJOB_PICTURES", raising=False)

@@ -79,6 +79,7 @@ def _spec(tmp_path, csv, *overrides):
                                              *overrides])
 
 
+@pytest.mark.pictures
 def test_one_class_training_data_warns_and_every_picture_is_drawn(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (60, 2))

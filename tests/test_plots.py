@@ -17,6 +17,8 @@ from launcher.report.plots import boundary_line, linear_parameters, pick_samples
 from launcher.driver import run_job
 from launcher.spec import load_spec
 
+pytestmark = pytest.mark.pictures  # every test here looks at the pictures
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PICTURES = {"curves.png", "confusion.png", "samples.png", "boundary.png", "roc_pr.png", "weights.png"}
 # job id -> (job file, extra overrides, the pictures it must have; the others must be absent)

@@ -304,6 +304,7 @@ def test_fashion_mnist_without_data_is_a_one_line_error_naming_the_folder(tmp_pa
     assert not out.exists()
 
 
+@pytest.mark.pictures
 def test_fashion_mnist_runs_from_data_path_or_the_cache_folder(tmp_path, capsys, monkeypatch):
     folder = tmp_path / "fm"
     _write_fashion_folder(folder)

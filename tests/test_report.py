@@ -24,6 +24,8 @@ from launcher.rundir import RunDir
 from launcher.spec import load_spec
 from lr_core.export import ExportedModel
 
+pytestmark = pytest.mark.pictures  # every test here looks at the pictures
+
 STRONG = ("income_k", "debt_ratio", "late_payments")   # the label's features, strongest first
 NOISE = tuple(f"noise_{i:02d}" for i in range(22))     # 25 features in all: the chart shows 20
 
@@ -360,3 +362,18 @@ def test_the_data_rows_name_classes_in_class_order_and_say_when_some_are_left_ou
     rows = dict(dict(summary_sections(None, None, spec, spec.load_data()))["Data"])
     assert rows["classes"] == ("12 (softmax); labels " + ", ".join(f"{j} = c{j}" for j in range(10))
                                + ", … (2 more)")
+
+
+def test_lrjob_pictures_0_writes_the_report_alone_and_names_the_pictures_skipped(tmp_path, monkeypatch):
+    """LRJOB_PICTURES=0 (scripted runs, the tests): no picture, an older one removed, and
+    report.html saying which pictures were turned off."""
+    monkeypatch.setenv("LRJOB_PICTURES", "0")
+    run = tmp_path / "run"
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=1"])
+    run_job(spec, output=run)
+    (run / "curves.png").write_bytes(b"an older picture")
+    run_job(spec, output=run)  # the same job again: nothing to train, the report written anew
+    assert sorted(p.name for p in run.glob("*.png")) == []
+    page = (run / "report.html").read_text(encoding="utf-8")
+    for name in ("curves.png", "boundary.png", "roc_pr.png", "weights.png"):
+        assert f"<b>{name}</b> skipped: LRJOB_PICTURES=0 turned pictures off" in page

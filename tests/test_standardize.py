@@ -193,6 +193,7 @@ def test_a_constant_feature_is_left_unscaled_and_named(tmp_path):
     assert all(np.isfinite(h["train_loss"]) for h in res.history)
 
 
+@pytest.mark.pictures
 def test_the_boundary_line_is_drawn_in_the_features_own_units(tmp_path):
     """boundary.png's line w·x + b = 0 of a standardized 2-feature model: the exported
     model gives P = 0.5 on it, in age and income as the file has them."""

@@ -57,6 +57,7 @@ def _lrjob(*args, env):
     return procs.run([sys.executable, "-m", "launcher.cli", *map(str, args)], timeout=300, env=env)
 
 
+@pytest.mark.pictures
 def test_a_run_to_s3_finishes_and_the_bucket_holds_its_files(s3_server, tmp_path):
     _, fs, query = s3_server
     uri = f"s3://data/run?{query}"

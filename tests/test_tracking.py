@@ -116,6 +116,7 @@ def test_mlflow_is_imported_only_when_tracking_is_on(tmp_path):
 
 
 # --------------------------------------------------------------------------- a file store
+@pytest.mark.pictures
 def test_a_run_is_logged_to_a_file_store(tmp_path):
     uri = (tmp_path / "mlruns").as_uri()
     result = run_job(load_spec(JOB, [*SMALL, f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=blobs"]),

@@ -34,6 +34,7 @@ import html
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Callable, NamedTuple, Sequence
 
@@ -60,6 +61,11 @@ CAPTIONS = {
                   "precision-recall curve (right); the dot is the decision threshold.",
     "weights.png": "The exported model's weights for the features with the largest weights by magnitude.",
 }
+
+
+# LRJOB_PICTURES=0: no pictures, report.html alone (scripted runs, sweeps of many trials, the
+# tests); each picture costs about 0.4 s of matplotlib (docs/design.md#plots-and-report).
+PICTURES_ENV = "LRJOB_PICTURES"
 
 
 class Skipped(Exception):
@@ -90,6 +96,11 @@ def write_plots(run_dir: Path, spec, data, history: list[dict]) -> list[Path]:
         jobs.append(("roc_pr.png", lambda: _draw_ranking(spec, data, model.get(), extra)))
     jobs.append(("weights.png", lambda: _draw_weights(spec, data, run_dir / "model", extra)))
     written, failed, skipped = [], {}, {}
+    if os.environ.get(PICTURES_ENV, "1") == "0":  # report.html only, each picture named as skipped
+        skipped = {name: f"{PICTURES_ENV}=0 turned pictures off" for name, _ in jobs}
+        for name, _ in jobs:
+            (run_dir / name).unlink(missing_ok=True)  # an older picture would now mislead
+        jobs = []
     for name, draw in jobs:
         try:
             written.append(_save(draw(), run_dir / name))

@@ -8,8 +8,11 @@ WORKERS ?= 2
 JOB    ?= jobs/mnist_softmax.yaml
 RUN_ARGS ?=
 MUTANTS_JOBS ?= 1
+# make test: the tests that start no Ray or Horovod run on TEST_JOBS processes (pytest-xdist);
+# the distributed ones (one Ray for the session) run after them in one process.
+TEST_JOBS ?= 2
 
-.PHONY: install run test test-fast bench bench-data clean doctor mutants
+.PHONY: install run test test-fast test-heavy bench bench-data clean doctor mutants
 
 install:
 	@VENV=$(VENV) bash .ci/install
@@ -18,12 +21,19 @@ run: install
 	$(LRJOB) run $(JOB) --workers $(WORKERS) $(RUN_ARGS)
 
 test: install
-	$(PY) -m pytest -q tests
+	@rc=0; \
+	$(PY) -m pytest -q tests -n $(TEST_JOBS) -m "not distributed" || rc=1; \
+	$(PY) -m pytest -q tests -m "distributed and not slow" --durations=15 || rc=1; \
+	exit $$rc
 
 test-fast: install
-	$(PY) -m pytest -q tests -m "not distributed and not slow"
+	$(PY) -m pytest -q tests -n $(TEST_JOBS) -m "not distributed and not slow"
 
-bench: install
+# Heavy proofs kept out of make test's 20 minutes (a 3x2 sweep with 2 Horovod workers per trial).
+test-heavy: install
+	$(PY) -m pytest -q tests -m "distributed and slow"
+
+bench: install test-heavy
 	$(PY) -m benchmarks.run --out bench-results/bench.json
 	$(PY) -m benchmarks.data_scale --out bench-results/data_scale.json
 

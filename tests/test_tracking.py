@@ -202,6 +202,7 @@ def _pause(proc):
         pass
 
 
+@pytest.mark.pictures
 @pytest.mark.distributed
 def test_a_run_is_logged_to_a_tracking_server(mlflow_server, tmp_path, capfd):
     capfd.readouterr()

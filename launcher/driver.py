@@ -46,7 +46,8 @@ from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
 from .spec import SAFE_RESUME_CHANGES, JobSpec
 from .stopping import stop_reason, undefined_message, watches
-from .storage import STAGING, RemoteRun, StorageError, is_remote, open_remote, without_login, without_logins
+from .storage import (STAGING, RemoteRun, StorageError, is_remote, open_remote, staged_uri, without_login,
+                      without_logins, write_staged_uri)
 from .tracking import make_tracker
 
 __all__ = ["run_job", "run_rank", "Driver", "DriverOptions", "RunHooks", "FailurePolicy", "Decision", "RunResult"]
@@ -151,6 +152,11 @@ class Driver:
         if is_remote(resume) or (not resume and is_remote(output)):
             staging = self._stage_remote(spec, resume or output, "--resume" if resume else "--output")
             resume, output = (staging, None) if resume else (None, staging)
+        elif resume and staged_uri(resume):
+            # a staging copy kept after a failed upload: the run goes on there and is uploaded to its
+            # URI again (docs/design.md#storage)
+            self.remote = open_remote(staged_uri(resume), "--resume")
+            self.remote.adopt(Path(resume))
         if resume:
             self.path = Path(resume)
             if not self.path.is_dir():
@@ -164,6 +170,8 @@ class Driver:
             self.path, self._created = make_run_dir(output, spec.name, self.options.runs_dir)
         try:
             self._open_run_dir(spec, resume)
+            if self.remote is not None:  # the staging copy names its URI: --resume STAGING uploads it there
+                write_staged_uri(self.path, self.remote.uri)
         except BaseException:
             self._release()
             raise

@@ -23,6 +23,7 @@ import hashlib
 import json
 import re
 import secrets
+import shlex
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -31,10 +32,11 @@ from lr_core.errors import LrjobInputError, LrjobRuntimeError
 from lr_core.tables import display, is_uri
 
 __all__ = ["RemoteRun", "StorageError", "is_remote", "open_remote", "without_login", "without_logins", "MANIFEST",
-           "STAGING"]
+           "STAGING", "STAGED_URI", "staged_uri", "write_staged_uri"]
 
 MANIFEST = "manifest.json"  # in every uploaded checkpoint folder, written last
 STAGING = ".staging"        # under --runs-dir: the local copies of remote runs
+STAGED_URI = "storage.json"  # in a staging copy: the URI it is uploaded to (never uploaded itself)
 _CHECKPOINT = re.compile(r"epoch-\d+(?:-step-\d+)?")
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # a file a manifest may name
 # What is downloaded besides checkpoints (the spec, and the MLflow run a tracked resume reopens), and
@@ -72,6 +74,23 @@ def without_logins(text: str) -> str:
     """``text`` (a command-line argument, say ``--output=s3://user:secret@bucket/run``) with the
     ``user:secret@`` part of every URI in it removed, queries kept."""
     return _LOGIN.sub(r"\1", str(text))
+
+
+def write_staged_uri(staging: Path, uri: str) -> None:
+    """Record in the staging copy ``staging`` the URI it is a copy of (without a login: credentials
+    come from the environment), so that ``lrjob run --resume STAGING`` uploads it there."""
+    from .rundir import atomic_write_text
+
+    atomic_write_text(Path(staging) / STAGED_URI, json.dumps({"uri": without_login(uri)}) + "\n")
+
+
+def staged_uri(run_dir) -> str | None:
+    """The URI whose staging copy ``run_dir`` is (``write_staged_uri``), else None."""
+    try:
+        uri = json.loads((Path(run_dir) / STAGED_URI).read_text(encoding="utf-8"))["uri"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return uri if isinstance(uri, str) and is_uri(uri) else None
 
 
 def _first_line(e: BaseException) -> str:
@@ -233,6 +252,27 @@ class RemoteRun:
             blobs[f] = blob
         return manifest, blobs
 
+    def adopt(self, staging: Path) -> None:
+        """Take the kept staging copy ``staging`` (``lrjob run --resume STAGING``) as this run's local
+        copy: the complete checkpoints the URI holds count as uploaded (the next ``sync`` sends
+        what differs and removes what the copy pruned). Refused in one line when the URI holds a
+        checkpoint newer than the copy's newest: the run went on from the URI since."""
+        self.staging = staging
+        files = self._list()
+        remote = sorted({c for c in map(self._checkpoint_of, files) if c and f"checkpoints/{c}/{MANIFEST}" in files})
+        folder = staging / "checkpoints"
+        local = sorted(p.name for p in folder.iterdir() if _CHECKPOINT.fullmatch(p.name)) if folder.is_dir() else []
+        if remote and (not local or remote[-1] > local[-1]):
+            raise LrjobInputError(f"--resume {staging}: {self._where(f'checkpoints/{remote[-1]}')} is newer than "
+                                  f"this copy's {local[-1] if local else 'checkpoints (none)'}: the run went on "
+                                  f"from its storage; continue it with lrjob run --resume {shlex.quote(without_login(self.uri))}")
+        for name in remote:
+            try:
+                manifest = json.loads(self._get(f"checkpoints/{name}/{MANIFEST}", _MAX_SMALL_FILE + 1))
+            except (OSError, ValueError):
+                continue  # unreadable: uploaded again
+            self._uploaded[name] = manifest
+
     def spec_bytes(self) -> bytes:
         """The remote run's ``job.yaml`` (``--resume URI`` without a JOB); a one-line error without one."""
         if "job.yaml" not in self._list():
@@ -291,7 +331,8 @@ class RemoteRun:
         except Exception as e:  # noqa: BLE001 - any failure of the storage ends the sync
             self.broken = True
             raise StorageError(f"{self._where(rel)}: upload failed ({_first_line(e)}); nothing is lost: the run is "
-                               f"in {run_dir} (lrjob run --resume {run_dir} continues it there)") from None
+                               f"in {run_dir}; once the storage answers, lrjob run --resume {run_dir} uploads it to "
+                               f"{self.shown} and continues it") from None
 
     def _upload_checkpoint(self, folder: Path, name: str, manifest: dict) -> None:
         prefix = f"{self.base}/checkpoints/{name}"

@@ -225,9 +225,9 @@ def test_resume_of_a_uri_without_a_complete_checkpoint_is_one_line(s3_server, tm
     (1, "checkpoints/epoch-0002"),  # during the run
     (3, "job.yaml"),                # the final upload of a completed run
 ])
-def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_server, tmp_path, gone_after,
-                                                                             failed_on):
-    _, _, query = s3_server
+def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy_that_resume_uploads(
+        s3_server, tmp_path, capsys, gone_after, failed_on):
+    _, fs, query = s3_server
     endpoint = query.split("endpoint_override=")[1].split("&")[0]
     admin = pfs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_deletion=True)
 
@@ -243,14 +243,34 @@ def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy(s3_s
     (staging,) = (tmp_path / "runs" / ".staging").iterdir()
     text = str(err.value)
     assert "\n" not in text and text.startswith(f"s3://data/run/{failed_on}: upload failed (")
-    assert text.endswith(f"); nothing is lost: the run is in {staging} (lrjob run --resume {staging} continues "
-                         f"it there)")
+    assert text.endswith(f"); nothing is lost: the run is in {staging}; once the storage answers, lrjob run "
+                         f"--resume {staging} uploads it to s3://data/run and continues it")
     summary = json.loads((staging / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == text
     assert (staging / "checkpoints" / f"epoch-{gone_after + 1 if gone_after < 3 else 3:04d}" / "state.json").is_file()
     assert not (staging / ".lock").exists()
-    again = run_job(_spec("train.epochs=3"), resume=staging)  # the staging copy is a run directory
-    assert again.summary["epochs_done"] == 3
+    # the command the message names, once the storage is back: the run ends there, whole
+    fs.create_dir("data")
+    if gone_after == 1:  # meanwhile the run went on from its URI: this copy is older, and refused
+        with fs.open_output_stream(f"data/run/checkpoints/epoch-0009/{MANIFEST}") as f:
+            f.write(b"{}")
+        code, out, err = _cli(capsys, "run", "--resume", staging, "--quiet")
+        assert (code, out) == (2, "")
+        assert err == (f"lrjob: error: --resume {staging}: s3://data/run/checkpoints/epoch-0009 is newer than this "
+                       f"copy's epoch-0002: the run went on from its storage; continue it with lrjob run --resume "
+                       f"'s3://data/run?{query}'\n")
+        fs.delete_dir("data/run")
+    code, out, err = _cli(capsys, "run", "--resume", staging, "--quiet")
+    assert code == 0, err
+    files = _files(admin)
+    assert json.loads(_read(admin, "data/run/summary.json"))["status"] == "completed"
+    assert {"model/meta.json", "report.html", f"checkpoints/epoch-0003/{MANIFEST}"} <= set(files)
+    assert len(_read(admin, "data/run/metrics.jsonl").decode().splitlines()) == 3
+    full = run_job(_spec("train.epochs=3"), tmp_path / "full")
+    params = _npz(admin, "data/run/checkpoints/epoch-0003/params.npz")
+    for name in full.params:
+        assert np.array_equal(params[name], full.params[name]), name
+    assert not staging.exists(), "all of it is uploaded: the staging copy is gone"
 
 
 def test_an_interrupted_run_uploads_what_it_has_and_names_the_uri_to_resume(s3_server, tmp_path):

@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"  # in every uploaded checkpoint folder, written last
 STAGING = ".staging"        # under --runs-dir: the local copies of remote runs
 STAGED_URI = "storage.json"  # in a staging copy: the URI it is uploaded to (never uploaded itself)
 _CHECKPOINT = re.compile(r"epoch-\d+(?:-step-\d+)?")
+_PROBE = re.compile(r"\.lrjob-probe-[0-9a-f]{8}")  # check_access's object, left by a driver killed in between
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # a file a manifest may name
 # What is downloaded besides checkpoints (the spec, and the MLflow run a tracked resume reopens), and
 # the most read of either: a spec file holds at most 1 MiB (docs/design.md#job-spec).
@@ -158,7 +159,7 @@ class RemoteRun:
             if info.type == pfs.FileType.NotFound:
                 raise LrjobInputError(f"{self.flag} {self.shown}: bucket {bucket!r} does not exist; create it "
                                       f"first (aws s3 mb s3://{bucket}), or choose another bucket")
-        probe = f"{self.base}/.lrjob-probe-{secrets.token_hex(4)}"
+        probe = f"{self.base}/.lrjob-probe-{secrets.token_hex(4)}"  # _PROBE
         try:
             self._put(probe, b"")
             self.fs.delete_file(probe)
@@ -178,7 +179,7 @@ class RemoteRun:
 
     def state(self) -> str:
         """``"run"`` (a ``job.yaml`` or an uploaded checkpoint), ``"new"`` (nothing there) or ``"other"``."""
-        files = {p: n for p, n in self._list().items() if not p.startswith(".lrjob-probe-")}  # a probe left over
+        files = {p: n for p, n in self._list().items() if not _PROBE.fullmatch(p)}  # a probe left over
         if not files:
             return "new"
         if "job.yaml" in files or any(self._checkpoint_of(p) for p in files):
@@ -207,6 +208,9 @@ class RemoteRun:
 
     def _stage(self, staging: Path) -> list[tuple[str, str]]:
         files = self._list()
+        for name in [p for p in files if _PROBE.fullmatch(p)]:  # left by a driver killed during its check
+            self.fs.delete_file(f"{self.base}/{name}")
+            del files[name]
         for name in _STAGED:
             if name in files:
                 (staging / name).write_bytes(self._get(name, _MAX_SMALL_FILE + 1))

@@ -344,10 +344,11 @@ def test_a_uri_whose_secret_holds_a_slash_is_refused_without_showing_it(tmp_path
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_probe_object_left_over_by_a_killed_check_does_not_make_the_uri_other(s3_server, tmp_path):
+def test_a_probe_object_left_over_by_a_killed_check_does_not_make_the_uri_other_and_is_removed(s3_server, tmp_path):
     _, fs, query = s3_server
     with fs.open_output_stream("data/run/.lrjob-probe-0badf00d") as f:  # a driver killed between write and remove
         f.write(b"")
     done = run_job(_spec("train.epochs=1"), f"s3://data/run?{query}", options=DriverOptions(runs_dir=tmp_path / "runs"))
     assert done.summary["status"] == "completed"
     assert json.loads(_read(fs, "data/run/summary.json"))["status"] == "completed"
+    assert not [k for k in _files(fs) if "probe" in k], "the leftover probe is gone, and no new one is left"

@@ -29,9 +29,16 @@ objects arms several faults; each fires on its own (the first that matches a mom
   export is written (``lr_core.export.export_onnx``).
 - ``sweep``: the sweep's driver has recorded the end of its ``trials``-th trial in
   ``sweep.json`` (``launcher.sweep``).
+- ``asha``: the sweep's driver has recorded in ``sweep.json`` that ASHA stops trial
+  ``trial`` (``t001``), before Tune stops it (``launcher.sweep``).
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
-(SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``). With ``once``, the
+(SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``), ``interrupt``
+(SIGINT to this process: a Ctrl-C at that moment), ``wait`` (block until the file
+``until`` exists) and ``meet`` (leave a mark in the folder ``dir`` and block until
+``count`` marks are there: that many processes reached the point at the same time).
+``wait`` and ``meet`` give up after ``timeout`` seconds (default 120) with a
+``RuntimeError``, so a test whose processes never meet fails instead of hanging. With ``once``, the
 fault fires only if that marker file does not exist yet and creates it first, so a
 restarted worker does not fail again at the same place. Before acting, the fault
 writes ``<once>.where`` (or ``$LRJOB_FAULT_REPORT``) with the process id and the
@@ -43,17 +50,22 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
+import time
+from pathlib import Path
 
 from .errors import LrjobInputError
 
-__all__ = ["ARMED", "check", "hit", "FaultSpecError", "POINTS"]
+__all__ = ["ARMED", "arm", "check", "hit", "FaultSpecError", "POINTS"]
 
 _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
 POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
-          "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}}
-ACTIONS = ("kill", "stop", "raise")
+          "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}, "asha": {"trial"}}
+ACTIONS = ("kill", "stop", "raise", "interrupt", "wait", "meet")
+# The keys of an action besides the point's conditions.
+ACTION_KEYS = {"wait": {"until", "timeout"}, "meet": {"dir", "count", "timeout"}}
 
 
 class FaultSpecError(LrjobInputError):
@@ -71,7 +83,10 @@ def _parse(text: str) -> dict | list[dict]:
         if not isinstance(one, dict) or one.get("at") not in POINTS or one.get("action") not in ACTIONS:
             raise FaultSpecError(f"{_ENV} needs 'at' in {', '.join(POINTS)} and 'action' in {', '.join(ACTIONS)}; "
                                  f"got {text[:200]!r}")
-        unknown = set(one) - POINTS[one["at"]] - {"at", "action", "once"}
+        unknown = set(one) - POINTS[one["at"]] - {"at", "action", "once"} - ACTION_KEYS.get(one["action"], set())
+        missing = {"wait": {"until"}, "meet": {"dir", "count"}}.get(one["action"], set()) - set(one)
+        if missing:
+            raise FaultSpecError(f"{_ENV}: action {one['action']!r} needs {', '.join(sorted(missing))}")
         if unknown:
             raise FaultSpecError(f"{_ENV}: point {one['at']!r} reports {', '.join(sorted(POINTS[one['at']]))}, "
                                  f"not {', '.join(sorted(unknown))}")
@@ -82,6 +97,17 @@ def _parse(text: str) -> dict | list[dict]:
 # fault point, so no command that never trains is affected by it.
 ARMED: bool = bool(os.environ.get(_ENV))
 _SPEC: dict | list[dict] | None = None
+
+
+def arm(text: str | None) -> None:
+    """Arm ``text`` (an ``LRJOB_FAULT`` value; None disarms) in a process that was started before
+    it was known: a Ray actor that runs a sweep's trial (``launcher.sweep``)."""
+    global ARMED, _SPEC
+    if text:
+        os.environ[_ENV] = text
+    else:
+        os.environ.pop(_ENV, None)
+    ARMED, _SPEC = bool(text), None
 
 
 def check() -> None:
@@ -107,7 +133,7 @@ def _fire(spec: dict, at: str, where: dict) -> bool:
     if spec["at"] != at:
         return False
     for key, want in spec.items():
-        if key in ("at", "action", "once"):
+        if key in ("at", "action", "once") or key in ACTION_KEYS.get(spec["action"], ()):
             continue
         if where.get(key) != want:
             return False
@@ -128,6 +154,33 @@ def _fire(spec: dict, at: str, where: dict) -> bool:
         os.kill(os.getpid(), signal.SIGKILL)
     elif action == "stop":
         os.kill(os.getpid(), signal.SIGSTOP)
+    elif action == "interrupt":
+        os.kill(os.getpid(), signal.SIGINT)
+    elif action in ACTION_KEYS:
+        _block(spec, at, where)
     else:
         raise RuntimeError(f"injected fault at {at} {where}")
     return True
+
+
+def _block(spec: dict, at: str, where: dict) -> None:
+    """``wait`` and ``meet``: block until ``until`` exists, or until ``count`` processes left their
+    mark in ``dir``; a ``RuntimeError`` after ``timeout`` seconds."""
+    timeout = float(spec.get("timeout", 120))
+    if spec["action"] == "wait":
+        def done():
+            return Path(spec["until"]).exists()
+        what = f"{spec['until']} did not appear"
+    else:
+        folder = Path(spec["dir"])
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{os.getpid()}-{secrets.token_hex(4)}").touch()
+
+        def done():
+            return len(list(folder.iterdir())) >= int(spec["count"])
+        what = f"fewer than {spec['count']} processes met in {folder}"
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"injected fault at {at} {where}: {what} within {timeout:g} s")
+        time.sleep(0.02)

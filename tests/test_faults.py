@@ -44,8 +44,8 @@ def test_a_spec_without_at_or_a_known_action(spec):
     text = json.dumps(spec)
     with pytest.raises(FaultSpecError) as e:
         faults._parse(text)
-    assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep and 'action' "
-                            f"in kill, stop, raise; got {text!r}")
+    assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep, asha and "
+                            f"'action' in kill, stop, raise, interrupt, wait, meet; got {text!r}")
 
 
 def test_a_key_the_point_does_not_report():
@@ -185,3 +185,56 @@ def test_a_list_arms_several_faults_each_on_its_own(monkeypatch, tmp_path):
     assert json.loads((tmp_path / "b.where").read_text())["at"] == "checkpoint"
     with pytest.raises(FaultSpecError, match="point 'cleanup' reports status, not epoch"):
         faults._parse(json.dumps([specs[0], {"at": "cleanup", "epoch": 1, "action": "raise"}]))
+
+
+def test_interrupt_is_a_ctrl_c_at_that_moment(monkeypatch):
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", {"at": "sweep", "trials": 1, "action": "interrupt"})
+    faults.hit("sweep", trials=2)                       # another moment: nothing
+    with pytest.raises(KeyboardInterrupt):              # Python's SIGINT handler, as at a Ctrl-C
+        faults.hit("sweep", trials=1)
+
+
+def test_wait_blocks_until_the_file_exists_and_meet_until_enough_processes_met(monkeypatch, tmp_path):
+    import threading
+
+    monkeypatch.setattr(faults, "ARMED", True)
+    marker = tmp_path / "go"
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "epoch": 2, "action": "wait", "until": str(marker),
+                                          "timeout": 0.2})
+    with pytest.raises(RuntimeError, match=r"go did not appear within 0.2 s"):
+        faults.hit("step", epoch=2, step=1, rank=0)    # the hang guard: an error, not a hang
+    marker.touch()
+    faults.hit("step", epoch=2, step=1, rank=0)         # there: goes on
+    meet = tmp_path / "meet"
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "epoch": 1, "action": "meet", "dir": str(meet), "count": 2,
+                                          "timeout": 60})
+    first = threading.Thread(target=faults.hit, args=("step",), kwargs={"epoch": 1, "step": 1, "rank": 0})
+    first.start()
+    faults.hit("step", epoch=1, step=1, rank=0)         # the second arrival: both go on
+    first.join(60)
+    assert not first.is_alive() and len(list(meet.iterdir())) == 2
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "action": "meet", "dir": str(tmp_path / "alone"),
+                                          "count": 2, "timeout": 0.2})
+    with pytest.raises(RuntimeError, match=r"fewer than 2 processes met in .*alone within 0.2 s"):
+        faults.hit("step", epoch=1, step=1, rank=0)
+
+
+def test_wait_and_meet_name_what_they_need():
+    with pytest.raises(FaultSpecError, match=r"action 'meet' needs count, dir"):
+        faults._parse(json.dumps({"at": "step", "action": "meet"}))
+    with pytest.raises(FaultSpecError, match=r"point 'step' reports epoch, rank, step, not until"):
+        faults._parse(json.dumps({"at": "step", "action": "raise", "until": "/x"}))
+    assert faults._parse(json.dumps({"at": "asha", "trial": "t001", "action": "kill"}))["trial"] == "t001"
+
+
+def test_arm_arms_a_process_started_before_the_fault_was_known(monkeypatch):
+    monkeypatch.setattr(faults, "ARMED", False)
+    monkeypatch.setattr(faults, "_SPEC", None)
+    monkeypatch.delenv("LRJOB_FAULT", raising=False)
+    faults.arm(json.dumps({"at": "step", "step": 2, "action": "raise"}))
+    with pytest.raises(RuntimeError):
+        faults.hit("step", epoch=1, step=2, rank=0)
+    faults.arm(None)
+    assert not faults.ARMED and "LRJOB_FAULT" not in os.environ
+    faults.hit("step", epoch=1, step=2, rank=0)

@@ -677,7 +677,20 @@ def cmd_export(args) -> int:
 
 def cmd_sweep(args) -> int:
     """``lrjob sweep``: run the sweep (or continue ``--resume DIR``), print its table and best run;
-    returns 0 when every trial ended (a failed trial included) and one completed or was stopped."""
+    returns 0 when every trial ended (a failed trial included) and one completed or was stopped; 130
+    after Ctrl-C or SIGTERM, naming the command that continues the sweep."""
+    from .sweep import SweepInterrupted
+
+    try:
+        result = _sweep(args)
+    except SweepInterrupted as e:
+        left = f"{len(e.unfinished)} trial(s) did not end; " if e.unfinished else ""
+        sys.stderr.write(f"lrjob: interrupted; {left}continue with: {e.resume}\n")
+        return 130
+    return 0 if result.best is not None else 1
+
+
+def _sweep(args):
     from .sweep import SweepOptions, SweepRequest, plan_from_args, resume_sweep, run_sweep
 
     if args.resume:
@@ -707,7 +720,7 @@ def cmd_sweep(args) -> int:
             asha=args.asha, concurrent=args.concurrent))
         result = run_sweep(plan, args.output, SweepOptions(sweeps_dir=args.sweeps_dir, address=args.address,
                                                            oversubscribe=args.oversubscribe))
-    return 0 if result.best is not None else 1
+    return result
 
 
 def cmd_worker(args) -> int:

@@ -30,6 +30,8 @@ import json
 import math
 import os
 import queue
+import shlex
+import signal
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -47,7 +49,7 @@ from .spec import PATH_FIELDS, SCHEMA, JobSpec, apply_overrides, read_spec_yaml,
 
 __all__ = ["SweepRequest", "SweepPlan", "SweepOptions", "Trial", "SweepResult", "plan_from_args", "make_plan",
            "run_sweep", "resume_sweep", "trial_resources", "concurrent_trials", "parse_grid", "parse_range", "METRICS",
-           "read_sweep_section"]
+           "read_sweep_section", "SweepInterrupted"]
 
 # The numeric per-epoch metrics (metrics.jsonl) a sweep can rank or stop trials by.
 METRICS = {"binary": ("val_loss", "val_accuracy", "train_loss", "val_precision", "val_recall", "val_f1", "val_auc"),
@@ -506,6 +508,7 @@ def _trainable():
         """One sweep trial: ``step()`` is one epoch of the trial's lrjob run."""
 
         def setup(self, config):
+            faults.arm(config["trial"].get("fault"))  # tests only: the sweep's LRJOB_FAULT (lr_core/faults.py)
             self._run = _TrialRun(config["trial"])
 
         def step(self):
@@ -515,6 +518,7 @@ def _trainable():
             # Tune reuses this actor for the next trial of the same resources (no new process,
             # no second import of MXNet); the previous trial's run has ended.
             self._run.stop()
+            faults.arm(new_config["trial"].get("fault"))
             self._run = _TrialRun(new_config["trial"])
             return True
 
@@ -550,17 +554,21 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
     _check_local("--sweeps-dir", options.sweeps_dir)
     specs = {t.id: plan.trial_spec(t) for t in plan.trials}
     base = plan.spec()
-    # A resumed sweep whose trials have all ended only writes its table again: no Ray.
-    ended = resume and all(_trial_state(Path(output), t, _read_ledger(Path(output))) for t in plan.trials)
-    # Bad data fails here, before anything is written; each distinct data section once.
+    # The trials this call runs: on resume, those that have not ended. When none is left, the
+    # table is written again without Ray.
+    ledger = _read_ledger(Path(output)) if resume else {}
+    runs = [specs[t.id] for t in plan.trials if not (resume and _trial_state(Path(output), t, ledger))]
+    ended = not runs
+    # Bad data fails here, before anything is written; each distinct data section of a trial that
+    # runs, once (an ended trial's data is not read: its file may be gone).
     prepared = set()
-    for s in ([] if ended else specs.values()):
+    for s in runs:
         d = s.to_dict()
         key = json.dumps([d["data"], d["model"], d["train"]["seed"]], sort_keys=True, default=str)
         if key not in prepared:
             prepared.add(key)
             s.prepare_data(*prepare_feedback(None))
-    widest = max(specs.values(), key=lambda s: sum(b.get("CPU", 0) for b in trial_resources(s)))
+    widest = max(runs or specs.values(), key=lambda s: sum(b.get("CPU", 0) for b in trial_resources(s)))
     created: list[Path] = []
     lock = None
     path: Path | None = None
@@ -604,6 +612,68 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
     finally:
         if lock is not None:
             lock.release()
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM) ended the sweep: ``resume`` is the command that continues it, ``unfinished``
+    the trials that did not end (the CLI prints both and exits 130)."""
+
+    def __init__(self, path: Path, unfinished: list[str]):
+        super().__init__(f"sweep interrupted: {path}")
+        self.path, self.unfinished = path, list(unfinished)
+        self.resume = f"lrjob sweep --resume {shlex.quote(str(path))}"
+
+
+class _Interrupt:
+    """Ctrl-C or SIGTERM while Tune runs the trials (docs/design.md#sweeps): the first one asks Tune
+    to stop every trial (a ``Stopper``: each trial's driver ends its run at the end of its epoch,
+    ``interrupted``, checkpoints kept) and to return; a second one raises ``KeyboardInterrupt`` at
+    once. Tune's own SIGINT handler is off meanwhile (it would stop the sweep without telling it).
+    Outside the main thread no handler can be set: Tune then runs to its end."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._old: dict = {}
+        self._env = None
+
+    def stopper(self):
+        from ray.tune import Stopper
+
+        outer = self
+
+        class _StopAll(Stopper):
+            def __call__(self, trial_id, result):
+                return False
+
+            def stop_all(self):
+                return outer.signal is not None
+
+        return _StopAll()
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print("lrjob: stopping the sweep: each running trial ends with its epoch (Ctrl-C again to stop at once)",
+              file=sys.stderr)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._old[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._old.items():
+            signal.signal(signum, handler)
+        if self._old:
+            if self._env is None:
+                os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
+            else:
+                os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = self._env
+        self._old = {}
 
 
 def _check_local(flag: str, where) -> None:
@@ -660,7 +730,8 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
 
         silence_tune_noise()
         configs = [{"id": t.id, "spec": specs[t.id].to_dict(), "run_dir": str(path / "trials" / t.id),
-                    "epochs": specs[t.id].train.epochs, "parent_run_id": parent.run_id, "argv": list(sys.argv)}
+                    "epochs": specs[t.id].train.epochs, "parent_run_id": parent.run_id, "argv": list(sys.argv),
+                    "fault": os.environ.get("LRJOB_FAULT")}  # tests only: reaches the trial actors
                    for t in todo]
         for c in configs:
             _absolute_tracking(c["spec"])
@@ -668,9 +739,14 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
         def resources(config):
             return PlacementGroupFactory(trial_resources(specs[config["trial"]["id"]]))
 
+        staged: set[Path] = set()  # Tune's own folders in the Ray session's directory
+
         class _Record(tune.Callback):
             """Each ended trial is written to the ledger (sweep.json) at once: a killed driver
             loses none of them."""
+
+            def on_trial_start(self, iteration, trials, trial, **info):
+                staged.add(Path(trial.local_experiment_path).parent)
 
             def on_trial_complete(self, iteration, trials, trial, **info):
                 self._ended(trial, False)
@@ -697,11 +773,25 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
                 done[0] += 1
                 faults.hit("sweep", trials=done[0])
 
+        class _RecordedASHA(ASHAScheduler):
+            """ASHA whose decision to stop a trial is written to sweep.json before Tune acts on it:
+            a driver killed before the trial has ended does not run it again on resume."""
+
+            def on_trial_result(self, tune_controller, trial, result):
+                decision = super().on_trial_result(tune_controller, trial, result)
+                if decision == self.STOP:
+                    tid = trial.config["trial"]["id"]
+                    ledger[tid] = {"status": "stopped"}
+                    _write_table(plan, path, ledger, plots=False)
+                    faults.hit("asha", trial=tid)
+                return decision
+
         scheduler = None
         if plan.asha:
-            scheduler = ASHAScheduler(time_attr="epoch", metric=plan.asha, mode=_mode(plan.asha),
+            scheduler = _RecordedASHA(time_attr="epoch", metric=plan.asha, mode=_mode(plan.asha),
                                       max_t=max(s.train.epochs for s in specs.values()), grace_period=1,
                                       reduction_factor=2)
+        interrupt = _Interrupt()
         attempt = 1 + len([p for p in (path / "tune").glob("attempt-*")]) if (path / "tune").is_dir() else 1
         tuner = tune.Tuner(
             tune.with_resources(_trainable(), resources),
@@ -711,23 +801,50 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
                                         trial_name_creator=lambda t: t.config["trial"]["id"],
                                         trial_dirname_creator=lambda t: t.config["trial"]["id"]),
             run_config=tune.RunConfig(name=f"attempt-{attempt}", storage_path=str((path / "tune").resolve()),
-                                      verbose=0, callbacks=[_Record()],
+                                      verbose=0, callbacks=[_Record()], stop=interrupt.stopper(),
                                       checkpoint_config=tune.CheckpointConfig(checkpoint_at_end=False,
                                                                               checkpoint_frequency=0),
                                       failure_config=tune.FailureConfig(max_failures=0)))
         width = concurrent_trials(cpus, max(specs.values(), key=lambda s: s.workers), plan.concurrent)
         print(f"sweep: {len(todo)} of {len(plan.trials)} trials to run, up to {width} at a time on "
               f"{cpus:g} CPUs ({path})", file=sys.stderr)
-        tuner.fit()
+        try:
+            with interrupt:
+                tuner.fit()
+        except KeyboardInterrupt as e:  # a second Ctrl-C: Tune did not wait for its trials
+            _write_table(plan, path, ledger, plots=False)
+            raise SweepInterrupted(path, [t.id for t in plan.trials if t.id not in ledger]) from e
+        finally:
+            _remove_tune_staging(staged, f"attempt-{attempt}")
     rows = _write_table(plan, path, ledger, plots=True)
     best = _best(plan, rows)
     parent.finish(plan, path, rows, best)
     _print_table(rows, plan, best, path, out)
     unfinished = [r["trial"] for r in rows if r["status"] not in FINAL]
+    if todo and interrupt.signal is not None:
+        raise SweepInterrupted(path, unfinished)
     if unfinished:
         raise LrjobRuntimeError(f"{len(unfinished)} trial(s) did not end ({', '.join(unfinished[:5])}); continue "
                                 f"with: lrjob sweep --resume {path}")
     return SweepResult(path, rows, best, [t.id for t in todo])
+
+
+def _remove_tune_staging(folders, name: str) -> None:
+    """Tune stages its experiment state and each trial's working directory in the Ray session's
+    folder (``/tmp/ray/session_*/artifacts/<time>/attempt-K``), which Ray never removes; lrjob reads
+    none of it (Tune's state is in ``tune/attempt-K``, each trial's in its run directory). Removed
+    after the fit, on this node: the experiment's folder, then its ``<time>`` parent if empty. Only a
+    folder of that shape is touched."""
+    import shutil
+
+    for folder in folders:
+        if folder.name != name or folder.parent.parent.name != "artifacts":
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            folder.parent.rmdir()
+        except OSError:
+            pass  # another experiment's folder is there too
 
 
 def _absolute_tracking(raw: dict) -> None:
@@ -841,7 +958,8 @@ def _plot(plan: SweepPlan, rows: list[dict]) -> bytes | None:
     for ax, key in zip(axes[0], keys):
         pts = [(r["values"].get(key), r["best"], r["status"]) for r in rows if r["best"] is not None]
         numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _, _ in pts)
-        xs = [x if numeric else str(x) for x, _, _ in pts]
+        # a long value (a data.path) is shown by its end: the panel keeps its width
+        xs = [x if numeric else (str(x) if len(str(x)) <= 24 else "…" + str(x)[-23:]) for x, _, _ in pts]
         for status, marker in (("completed", "o"), ("stopped", "x"), ("unfinished", "."), ("pending", ".")):
             sel = [(x, y) for x, (_, y, s) in zip(xs, pts) if s == status]
             if sel:
@@ -850,6 +968,8 @@ def _plot(plan: SweepPlan, rows: list[dict]) -> bytes | None:
         if plan.ranges.get(key, {}).get("scale") == "log" or (
                 positive and max(x for x, _, _ in pts) / min(x for x, _, _ in pts) >= 100):
             ax.set_xscale("log")
+        if not numeric:
+            ax.tick_params(axis="x", labelrotation=20)
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {plan.metric}")
         ax.grid(alpha=0.3)

@@ -265,16 +265,130 @@ def test_a_killed_sweep_driver_resumes_with_the_remaining_trials_only(ray_sessio
     assert sorted(p.name for p in (out / "tune").iterdir()) == ["attempt-1", "attempt-2"]
 
 
+def _interval(run_dir) -> tuple[int, int]:
+    """When a trial wrote its run directory: the times of its first and last file."""
+    times = [p.stat().st_mtime_ns for p in Path(run_dir).rglob("*") if p.is_file()]
+    return min(times), max(times)
+
+
+def _sweep_cli(ray_session, tmp_path, faults_, *args):
+    """``lrjob sweep JOB --set TINY... ARGS --output s`` in a subprocess that joins the session's Ray
+    (its end ends its trial actors, not Ray), with ``LRJOB_FAULT`` armed."""
+    import procs
+
+    env = {**os.environ, "LRJOB_FAULT": json.dumps(faults_)}
+    address = ray_session.get_runtime_context().gcs_address
+    return procs.run([LRJOB, "sweep", JOB, *sum((["--set", o] for o in TINY), []), *args, "--output", "s",
+                      "--address", address], timeout=240, env=env, cwd=tmp_path)
+
+
+@pytest.mark.distributed
+def test_ctrl_c_ends_the_sweep_with_130_a_consistent_table_and_the_command_that_resumes_it(ray_session, tmp_path):
+    """t000 (1 epoch) and t001 (4 epochs) run at once (they meet at their first step); the end of
+    t000 is recorded, and right then the sweep's driver gets SIGINT (fault action ``interrupt``),
+    while t001 is held at the start of its epoch 2 until that moment. t001 ends ``interrupted``
+    with its checkpoints, t002 never started; --resume continues t001 and runs t002."""
+    fired = tmp_path / "fired"
+    done = _sweep_cli(ray_session, tmp_path, [
+        {"at": "step", "epoch": 1, "step": 1, "action": "meet", "dir": str(tmp_path / "meet"), "count": 2,
+         "timeout": 90},
+        {"at": "step", "epoch": 2, "step": 1, "action": "wait", "until": str(fired), "timeout": 90},
+        {"at": "sweep", "trials": 1, "action": "interrupt", "once": str(fired)}],
+        "--grid", "train.epochs=1,4,2", "--set", "resources.cpus_per_worker=2")
+    out = tmp_path / "s"
+    assert done.returncode == 130, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr
+    assert done.stderr.splitlines()[-1] == (f"lrjob: interrupted; 2 trial(s) did not end; continue with: "
+                                            f"lrjob sweep --resume {out}")
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in doc["trials"]] == ["completed", "unfinished", "pending"]
+    assert doc["best"]["trial"] == "t000"
+    t001 = json.loads((out / "trials/t001/summary.json").read_text())
+    assert t001["status"] == "interrupted" and 1 <= t001["epochs_done"] < 4
+    assert not (out / ".lock").exists() and not (out / "trials/t001/.lock").exists()
+    assert "t001" in done.stdout and "unfinished" in done.stdout  # the table, printed as at the end
+
+    result = resume_sweep(out)
+    assert result.ran == ["t001", "t002"]
+    assert [r["status"] for r in result.rows] == ["completed"] * 3
+    env = json.loads((out / "trials/t001/env.json").read_text())
+    assert env["resumed_from"].endswith(f"epoch-{t001['epochs_done']:04d}"), "continued, not started again"
+    epochs = [json.loads(x)["epoch"] for x in (out / "trials/t001/metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]
+
+
+@pytest.mark.distributed
+def test_a_trial_asha_stopped_is_not_run_again_when_the_driver_dies_before_tune_stops_it(ray_session, tmp_path):
+    """ASHA stops t001 after its first epoch; the sweep's driver is SIGKILLed the moment that
+    decision is taken (fault point ``asha``), before Tune has stopped the trial or called any
+    callback. sweep.json already says ``stopped``: --resume leaves t001 as it was."""
+    killed = _sweep_cli(ray_session, tmp_path, {"at": "asha", "trial": "t001", "action": "kill"},
+                        "--grid", "train.learning_rate=0.5,0.0005", "--asha", "val_loss", "--concurrent", "1")
+    out = tmp_path / "s"
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    assert [r["status"] for r in json.loads((out / "sweep.json").read_text())["trials"]] == ["completed", "stopped"]
+    result = resume_sweep(out)
+    assert result.ran == []
+    assert [(r["status"], r["epochs_done"]) for r in result.rows] == [("completed", 3), ("stopped", 1)]
+
+
+@pytest.mark.distributed
+def test_a_resume_reads_the_data_of_the_trials_it_runs_only(ray_session, tmp_path, monkeypatch):
+    """t000 ended (its run directory says completed) and its CSV is gone since: --resume runs t001
+    and does not read t000's file."""
+    from launcher.sweep import PLAN_FILE
+
+    for name in ("a.csv", "b.csv"):
+        rows = "\n".join(f"{i / 40:.3f},{(i * 7 % 40) / 40:.3f},{int(i % 2)}" for i in range(40))
+        (tmp_path / name).write_text("x1,x2,label\n" + rows + "\n")
+    job = tmp_path / "job.yaml"
+    job.write_text("name: csvjob\nmodel: {kind: binary}\ndata: {source: csv, path: a.csv, label_column: label}\n"
+                   "resources: {workers: 0}\ntrain: {epochs: 1, batch_size: 10}\n")
+    monkeypatch.chdir(tmp_path)
+    plan = make_plan(load_spec(job), SweepRequest(grid=("data.path=a.csv,b.csv",)))
+    out = tmp_path / "s"
+    (out / "trials").mkdir(parents=True)
+    (out / PLAN_FILE).write_text(json.dumps(plan.to_dict()))
+    run_job(plan.trial_spec(plan.trials[0]), out / "trials/t000")  # a driver killed after t000 ended
+    (tmp_path / "a.csv").unlink()
+    result = resume_sweep(out)
+    assert result.ran == ["t001"]
+    assert [r["status"] for r in result.rows] == ["completed", "completed"]
+
+
+@pytest.mark.distributed
+def test_two_inprocess_trials_run_at_the_same_time(ray_session, tmp_path, monkeypatch):
+    """The session's Ray has 4 CPUs and each trial asks for 2 (cpus_per_worker 2): the 2-core
+    machine with one CPU per trial. Both trials must be inside their first epoch at once: each
+    stops at its first step until two trials have arrived there (fault action ``meet``); trials
+    run one after the other would leave the first alone until the hang guard fails it."""
+    meet = tmp_path / "meet"
+    monkeypatch.setenv("LRJOB_FAULT", json.dumps({"at": "step", "epoch": 1, "step": 1, "action": "meet",
+                                                  "dir": str(meet), "count": 2, "timeout": 90}))
+    spec = load_spec(JOB, [*TINY, "train.epochs=1", "resources.cpus_per_worker=2"])
+    plan = make_plan(spec, SweepRequest(grid=("train.learning_rate=0.1,0.2",)))
+    artifacts = Path(ray_session._private.worker._global_node.get_session_dir_path()) / "artifacts"
+    before = set(artifacts.glob("*/*"))
+    result = run_sweep(plan, tmp_path / "s")
+    assert [(r["status"], r["error"]) for r in result.rows] == [("completed", None)] * 2
+    assert len({p.name.split("-")[0] for p in meet.iterdir()}) == 2, "two trial processes met"
+    # Tune's staging folders in the Ray session's directory (its trials' working directories) are gone
+    assert set(artifacts.glob("*/*")) - before == set()
+
+
 @pytest.mark.distributed
 def test_trials_of_two_horovod_workers_equal_the_inprocess_run_of_their_spec(ray_session, tmp_path):
-    """Two trials of 2 workers each (placement groups of 2 one-CPU bundles); each trial's
-    parameters equal the in-process run of its job.yaml within the parity tolerance
-    (docs/design.md#parity-rule)."""
-    spec = load_spec(JOB, ["resources.workers=2", "train.epochs=2", "data.options.n_train=64",
-                           "data.options.n_val=16"])
+    """Two trials of 2 workers each (placement groups of 2 bundles); each trial's parameters
+    equal the in-process run of its job.yaml within the parity tolerance
+    (docs/design.md#parity-rule). With 2 CPUs a worker a trial takes the session's 4 CPUs (as
+    a trial of 2 one-CPU workers takes a 2-core machine): the trials never overlap."""
+    spec = load_spec(JOB, ["resources.workers=2", "resources.cpus_per_worker=2", "train.epochs=2",
+                           "data.options.n_train=64", "data.options.n_val=16"])
     plan = make_plan(spec, SweepRequest(grid=("train.learning_rate=0.05,0.2",)))
     result = run_sweep(plan, tmp_path / "s")
     assert [r["status"] for r in result.rows] == ["completed", "completed"]
+    first, second = sorted(_interval(r["run_dir"]) for r in result.rows)
+    assert first[1] < second[0], "the second trial started after the first one ended"
     for t, r in zip(plan.trials, result.rows):
         env = json.loads((Path(r["run_dir"]) / "env.json").read_text())
         assert env["workers"] == 2 and len(env["placement"]) == 2

@@ -267,9 +267,10 @@ class RemoteRun:
         folder = staging / "checkpoints"
         local = sorted(p.name for p in folder.iterdir() if _CHECKPOINT.fullmatch(p.name)) if folder.is_dir() else []
         if remote and (not local or remote[-1] > local[-1]):
+            resume = shlex.quote(without_login(self.uri))
             raise LrjobInputError(f"--resume {staging}: {self._where(f'checkpoints/{remote[-1]}')} is newer than "
                                   f"this copy's {local[-1] if local else 'checkpoints (none)'}: the run went on "
-                                  f"from its storage; continue it with lrjob run --resume {shlex.quote(without_login(self.uri))}")
+                                  f"from its storage; continue it with lrjob run --resume {resume}")
         for name in remote:
             try:
                 manifest = json.loads(self._get(f"checkpoints/{name}/{MANIFEST}", _MAX_SMALL_FILE + 1))

@@ -107,7 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "s3://bucket/run (staged locally under --runs-dir/.staging and uploaded)")
     r.add_argument("--runs-dir", default="runs", help="parent of new run directories (default: runs)")
     r.add_argument("--resume", default=None, metavar="RUN",
-                   help="continue RUN (a folder or a storage URI) from its newest checkpoint")
+                   help="continue RUN (a folder or a storage URI) from its newest checkpoint; a staging copy "
+                        "kept after a failed upload is uploaded to its URI as it goes on")
     _add_oversubscribe(r)
     r.add_argument("--track", default=None, metavar="URI",
                    help="also log the run to MLflow at URI, e.g. http://127.0.0.1:5000 or file:./mlruns "

@@ -757,3 +757,57 @@ def test_csv_chunks_give_every_row_once_in_order(tmp_path, monkeypatch, text, ch
         y = np.concatenate([b[1] for b in blocks])
         assert y.tolist() == [0, float("1" * 300) if "1" * 300 in text else 1, 0, 1]
     assert t.columns == (["a", "b"] if header else ["column 1", "column 2", "column 3"])
+
+
+# --------------------------------------------------------------------------- ingest speed
+@pytest.mark.parametrize("ends", ["\n", "\r\n", "\r"])
+@pytest.mark.parametrize("at", [0, 1, 37, 99])
+def test_a_line_one_cell_too_wide_is_found_wherever_it_is(ends, at):
+    """Every line's commas are counted: a line with one cell more than the first, among
+    blank and short lines, is refused before pyarrow sees the chunk."""
+    lines = ["1,2,3"] * 100
+    lines[at] = "1,2,3,4"
+    lines[min(at + 1, 99)] = "1" if at < 99 else lines[99]  # a short line after it does not hide it
+    chunk = (ends.join(lines[:50]) + ends + ends + ends.join(lines[50:]) + ends).encode()
+    with pytest.raises(pa.ArrowInvalid):
+        tables._refuse_wide_lines(memoryview(chunk), 3)
+    tables._refuse_wide_lines(memoryview(chunk), 4)  # as wide as the widest line: nothing refused
+    tables._refuse_wide_lines(memoryview(chunk.replace(b"1,2,3,4", b'1,2,"3,4"')), 3)  # a quoted comma
+
+
+def test_plain_reads_arrow_numbers_as_numpy_from_their_buffers():
+    """Numbers from their buffers: offsets of sliced arrays, several chunks, every width;
+    nulls and booleans take pyarrow's own conversion."""
+    for t in ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "float32", "float64"):
+        a = pa.array(np.arange(10).astype(t))
+        assert tables._plain(a.slice(3, 4)).tolist() == [3, 4, 5, 6]
+        assert tables._plain(a.slice(3, 4)).dtype == np.dtype(t)
+        c = pa.chunked_array([a.slice(1, 2), a.slice(0, 0), a.slice(7, 3)])
+        assert tables._plain(c).tolist() == [1, 2, 7, 8, 9]
+        assert tables._plain(pa.chunked_array([], type=a.type)).tolist() == []
+    assert np.isnan(tables._plain(pa.array([1.0, None])).astype(float)[1])
+    assert tables._plain(pa.array([True, False])).tolist() == [True, False]
+
+
+def test_reading_a_csv_or_parquet_table_imports_no_pandas(tmp_path):
+    """pyarrow's to_numpy imports pandas on its first call (0.3 s, about 40 MB of a reader's
+    peak memory); the readers take numbers from the Arrow buffers instead."""
+    import subprocess
+    import sys
+
+    x = np.arange(60, dtype=np.float32).reshape(20, 3)
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b,c,label\n" + "".join(f"{a},{b},{c},{i % 2}\n" for i, (a, b, c) in enumerate(x)))
+    pq.write_table(pa.table({"a": x[:, 0], "b": x[:, 1], "c": x[:, 2], "label": np.arange(20) % 2}),
+                   tmp_path / "t.parquet")
+    pq.write_table(pa.table({"v": pa.array(list(x), type=pa.list_(pa.float32())), "label": np.arange(20) % 2}),
+                   tmp_path / "l.parquet")
+    code = ("import sys; from lr_core.tables import open_table, read_all\n"
+            "for p in sys.argv[1:]:\n"
+            "    x, y = read_all(open_table(p))\n"
+            "    assert x.shape == (20, 3) and y.tolist() == [i % 2 for i in range(20)], (p, x, y)\n"
+            "print('pandas' in sys.modules)")
+    r = subprocess.run([sys.executable, "-c", code, str(csv), str(tmp_path / "t.parquet"), str(tmp_path / "l.parquet")],
+                       capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "False"

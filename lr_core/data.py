@@ -36,7 +36,7 @@ __all__ = [
     "check_source_spec", "source_options", "finish_labels", "read_idx", "write_idx",
     "check_features", "check_labels", "apply_label_map", "data_home", "mnist_files", "MNIST_MD5",
     "verify_idx_dir", "MAX_IDX_BYTES", "read_features_file", "holdout_split", "make_request", "feature_stats",
-    "array_blocks", "standardizer", "stats_rows", "STATS_BYTES",
+    "array_blocks", "standardizer", "stats_rows", "STATS_BYTES", "BlockSums",
 ]
 
 # MD5 of the four standard, uncompressed MNIST files.
@@ -370,14 +370,59 @@ def stats_rows(features: int) -> int:
     return max(1, STATS_BYTES // (8 * max(int(features), 1)))
 
 
-def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict:
+def _block_float64(b: np.ndarray, out: np.ndarray, scale: float | None) -> None:
+    """``out[...] = b`` as ``feature_stats`` sees a block: float32(x) * float32(scale) when
+    scaled (as the model sees it), then float64."""
+    if scale is not None:  # the numbers of a float32 set loaded already scaled (load_dataset in memory)
+        out[...] = np.multiply(b, np.float32(scale), dtype=np.float32)
+    else:
+        out[...] = b
+
+
+class BlockSums:
+    """The first pass of :func:`feature_stats` (the row count and the float64 sums per
+    feature) fed rows in pieces of any size, in order, while they are written: the same
+    blocks of ``stats_rows(d)`` rows and the same numbers, without reading them again."""
+
+    def __init__(self, features: int, scale: float | None = None):
+        self.rows, self.scale = stats_rows(features), scale
+        self._buf = np.empty((self.rows, features), dtype=np.float64)
+        self._fill, self.n, self.total = 0, 0, None
+
+    def add(self, x: np.ndarray) -> None:
+        at = 0
+        while at < len(x):
+            take = min(self.rows - self._fill, len(x) - at)
+            _block_float64(x[at:at + take], self._buf[self._fill:self._fill + take], self.scale)
+            self._fill += take
+            at += take
+            if self._fill == self.rows:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._fill:
+            s = self._buf[:self._fill].sum(axis=0)
+            self.total = s if self.total is None else np.add(self.total, s, out=self.total)
+            self.n += self._fill
+            self._fill = 0
+
+    def result(self) -> tuple[int, np.ndarray | None]:
+        """(rows, sums) of every row added; no more rows can be added (the block buffer is freed)."""
+        self._flush()
+        self._buf = None
+        return self.n, self.total
+
+
+def feature_stats(blocks: Callable[[], Any], scale: float | None = None,
+                  sums: tuple[int, np.ndarray | None] | None = None) -> dict:
     """The mean and standard deviation (population, like scikit-learn's StandardScaler) of
     every feature over the training rows, in float64, in two passes over ``blocks()``
     (an iterable of consecutive row blocks of ``stats_rows(d)`` rows, float32, or uint8 times
     ``scale`` taken in float32 before widening). Computed once where the data is loaded or
     prepared, never per rank, so every world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
     without variance keeps std 1 and is listed in ``constant``. Memory: one float64 copy of
-    a block, reused (the squares are taken in place)."""
+    a block, reused (the squares are taken in place). ``sums``: the first pass, already
+    taken by :class:`BlockSums` while the rows were written."""
     buf = None
 
     def rows():
@@ -387,18 +432,15 @@ def feature_stats(blocks: Callable[[], Any], scale: float | None = None) -> dict
             if buf is None or buf.shape[0] < len(b) or buf.shape[1:] != b.shape[1:]:
                 buf = np.empty(b.shape, dtype=np.float64)
             out = buf[:len(b)]
-            if scale is not None:  # float32(x) * float32(scale), as the model sees it, then float64:
-                # the numbers of a float32 set loaded already scaled (load_dataset in memory)
-                out[...] = np.multiply(b, np.float32(scale), dtype=np.float32)
-            else:
-                out[...] = b
+            _block_float64(b, out, scale)
             yield out
 
-    n, total = 0, None
-    for b in rows():
-        s = b.sum(axis=0)
-        total = s if total is None else np.add(total, s, out=total)
-        n += len(b)
+    n, total = sums if sums is not None else (0, None)
+    if sums is None:
+        for b in rows():
+            s = b.sum(axis=0)
+            total = s if total is None else np.add(total, s, out=total)
+            n += len(b)
     if not n:
         raise DataError("no training rows to standardize")
     mean = total / n

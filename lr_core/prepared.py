@@ -38,7 +38,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .data import (REGISTRY, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
+from .data import (REGISTRY, BlockSums, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
                    feature_stats, finish_labels, holdout_rows, stats_rows)
 from .errors import DataError
 from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
@@ -49,6 +49,7 @@ __all__ = ["prepare", "open_prepared", "read_rows", "MappedPages", "prepared_dat
 FORMAT = 1
 SHARD_BYTES = 64 << 20
 BLOCK_BYTES = 16 << 20   # a conversion block holds about this many bytes of float32 features
+SPLIT_BYTES = 2 << 20    # the hold-out split reads the scratch file in pieces of about this many bytes
 _STAMP = ".verified"     # the sizes and times of the files when every checksum last held
 ARRAYS = ("train-x", "train-y", "val-x", "val-y")
 _TABLE_SOURCES = ("csv", "npz", "parquet", "npy")
@@ -132,11 +133,27 @@ class _ArrayWriter:
 
 
 def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_features: int | None,
-                  progress: Progress | None):
-    """Stream one table into ``<name>-x.bin``/``<name>-y.bin``; returns (x entry, y entry, columns)."""
+                  progress: Progress | None, sums: "_Sums | None" = None):
+    """Stream one table into array files; returns (entries, columns). ``name`` ``train`` or
+    ``val`` writes ``<name>-x.bin``/``<name>-y.bin``. ``all`` (a table that holds its own
+    validation rows) splits as it streams when the table declares its row count up front
+    (Parquet, NPY: the hold-out is known before the first row), else writes the scratch
+    files ``all-*.bin`` that :func:`_split` splits. ``sums`` takes the training rows in
+    order (the first pass of the standardization statistics)."""
     table = open_table(path, request.label_column, True, _features(request))
     where = table.where
-    xw = yw = None
+    keep = None
+    if name == "all" and table.rows:
+        try:
+            perm, n_val = holdout_rows(table.rows, request.val_fraction, request.seed, where)
+        except DataError:
+            pass  # too few rows: the scratch path reports it after the rows' own checks, as before
+        else:
+            keep = np.ones(table.rows, dtype=bool)
+            keep[perm[:n_val]] = False
+            del perm
+    splits = ("train", "val") if keep is not None else (name,)
+    writers: dict = {}
     done = 0
     # Blocks of about BLOCK_BYTES whatever the width (a 1000-feature row is 4 KB).
     rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(1, len(table.columns)))))
@@ -148,33 +165,55 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
                 raise DataError(f"{at}: {len(x)} feature rows but {len(y)} labels; they must match")
             stored = np.uint8 if np.asarray(x).dtype == np.uint8 else np.float32
             xf = check_features(np.asarray(x), at, num_features, table.columns, offset=off)
+            xw = writers.get(splits[0], (None,))[0]
             if xw is None:
-                scratch = name == "all"  # split into train and val next, then removed
-                xw = _ArrayWriter(out / f"{name}-x.bin", stored, xf.shape[1], final=not scratch)
-                yw = _ArrayWriter(out / f"{name}-y.bin", np.int64, None, final=not scratch)
+                final = name != "all" or keep is not None  # the scratch is split next, then removed
+                writers = {s: (_ArrayWriter(out / f"{s}-x.bin", stored, xf.shape[1], final=final),
+                               _ArrayWriter(out / f"{s}-y.bin", np.int64, None, final=final)) for s in splits}
             elif xf.shape[1] != xw.width:
                 raise DataError(f"{at}: row {off + 1}: {xf.shape[1]} feature columns, earlier rows have "
                                 f"{xw.width}; every row needs the same features")
             elif np.dtype(stored) != xw.dtype:
                 raise DataError(f"{at}: row {off + 1}: features of type {np.dtype(stored)}, earlier rows "
                                 f"{xw.dtype}; give every file the same column types")
-            xw.write(x if stored == np.uint8 else xf)
-            yw.write(y)
+            xs = x if stored == np.uint8 else xf
+            if keep is not None:
+                if done + len(xs) > len(keep):
+                    raise DataError(f"{where}: more rows than the {len(keep)} its metadata declares; the file is "
+                                    f"damaged or changed while read: write it again")
+                k = keep[done:done + len(xs)]
+                parts = {"train": (xs[k], y[k]), "val": (xs[~k], y[~k])}
+            else:
+                parts = {name: (xs, y)}
+            for split, (px, py) in parts.items():
+                writers[split][0].write(px)
+                writers[split][1].write(py)
+                if split == "train" and sums is not None:
+                    sums.add(px)
             done += len(x)
             if progress:
                 progress(f"reading {where}", done, table.rows)
-        if xw is None:
+        if not writers:
             raise DataError(f"{where}: no rows; the dataset is empty")
-        return xw.close(), yw.close(), table.columns
+        if keep is not None and done != len(keep):
+            raise DataError(f"{where}: {done} rows, fewer than the {len(keep)} its metadata declares; the file is "
+                            f"damaged or changed while read: write it again")
+        entries = {}
+        for split, (xw, yw) in writers.items():
+            entries[f"{split}-x"], entries[f"{split}-y"] = xw.close(), yw.close()
+        return entries, table.columns
     finally:
-        for w in (xw, yw):
-            if w is not None and not w.f.closed:
-                w.f.close()
+        for pair in writers.values():
+            for w in pair:
+                if not w.f.closed:
+                    w.f.close()
 
 
-def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, progress: Progress | None):
+def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, progress: Progress | None,
+           sums: "_Sums | None" = None):
     """Hold out ``val_fraction`` of the rows of the ``all-*`` files, exactly as
-    ``holdout_split`` does in memory; returns the four array entries."""
+    ``holdout_split`` does in memory; returns the four array entries. ``sums`` takes the
+    training rows in order."""
     n, d = xe["shape"][0], xe["shape"][1]
     perm, n_val = holdout_rows(n, request.val_fraction, request.seed, where)
     keep = np.zeros(n, dtype=bool)
@@ -183,7 +222,7 @@ def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, prog
     x_dtype = np.dtype(xe["dtype"])
     writers = {s: (_ArrayWriter(out / f"{s}-x.bin", x_dtype, d), _ArrayWriter(out / f"{s}-y.bin", np.int64, None))
                for s in ("train", "val")}
-    step = max(1, (8 << 20) // max(x_dtype.itemsize * d, 1))
+    step = max(1, SPLIT_BYTES // max(x_dtype.itemsize * d, 1))
     # Plain reads, not a memory map: mapped pages of the whole file would count in this
     # process's resident memory until it ends.
     with open(out / xe["file"], "rb") as fx, open(out / ye["file"], "rb") as fy:
@@ -194,8 +233,11 @@ def _split(request: LoadRequest, out: Path, xe: dict, ye: dict, where: str, prog
             k = keep[lo:hi]
             for split, mask in (("train", k), ("val", ~k)):
                 xw, yw = writers[split]
-                xw.write(x[mask])
+                xs = x[mask]
+                xw.write(xs)
                 yw.write(y[mask])
+                if split == "train" and sums is not None:
+                    sums.add(xs)
             if progress:
                 progress("splitting", hi, n)
     entries = {}
@@ -222,15 +264,17 @@ def _write_dataset(ds: Dataset, out: Path) -> dict:
 def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
     """Write the arrays of ``request`` into ``out``; returns the manifest's content part."""
     meta = {"image_shape": None, "val_name": "validation", "scale": None, "columns": []}
+    sums = None
     if request.source in _TABLE_SOURCES:
-        xe, ye, columns = _stream_table(request, request.path, out, "all" if not request.val_path else "train",
-                                        None, progress)
+        sums = _Sums() if request.standardize else None  # tables carry no scale
+        entries, columns = _stream_table(request, request.path, out, "all" if not request.val_path else "train",
+                                         None, progress, sums)
         where = display(request.path)
         if request.val_path:
-            vx, vy, _ = _stream_table(request, request.val_path, out, "val", xe["shape"][1], progress)
-            entries = {"train-x": xe, "train-y": ye, "val-x": vx, "val-y": vy}
-        else:
-            entries = _split(request, out, xe, ye, where, progress)
+            val, _ = _stream_table(request, request.val_path, out, "val", entries["train-x"]["shape"][1], progress)
+            entries.update(val)
+        elif "all-x" in entries:
+            entries = _split(request, out, entries["all-x"], entries["all-y"], where, progress, sums)
         meta.update(columns=columns, description=where)
     else:
         if request.source in ("mnist", "fashion-mnist"):
@@ -241,13 +285,30 @@ def _build(request: LoadRequest, out: Path, progress: Progress | None) -> dict:
         meta.update(image_shape=list(ds.image_shape) if ds.image_shape else None, val_name=ds.val_name,
                     scale=ds.scale, columns=list(ds.extra.get("columns") or []), description=ds.description)
     if request.standardize:
-        meta["stats"] = _train_stats(out, entries["train-x"], meta["scale"])
+        meta["stats"] = _train_stats(out, entries["train-x"], meta["scale"], sums.result() if sums else None)
     return {"arrays": entries, **meta}
 
 
-def _train_stats(out: Path, entry: dict, scale: float | None) -> dict:
+class _Sums:
+    """A :class:`BlockSums` made when the first training rows arrive (their width is
+    known then); ``result()`` of none is ``None`` (the statistics read the file)."""
+
+    def __init__(self):
+        self._sums = None
+
+    def add(self, x: np.ndarray) -> None:
+        if self._sums is None:
+            self._sums = BlockSums(x.shape[1])
+        self._sums.add(x)
+
+    def result(self):
+        return self._sums.result() if self._sums is not None else None
+
+
+def _train_stats(out: Path, entry: dict, scale: float | None, sums=None) -> dict:
     """``feature_stats`` of the written training features, read back in plain reads of
-    ``stats_rows(d)`` rows (the blocks ``load_dataset`` sums in memory: the same numbers)."""
+    ``stats_rows(d)`` rows (the blocks ``load_dataset`` sums in memory: the same numbers);
+    ``sums``: the first pass, taken while the rows were written (then read once, not twice)."""
     dtype, (n, d) = np.dtype(entry["dtype"]), entry["shape"]
     step = stats_rows(d)
 
@@ -257,7 +318,7 @@ def _train_stats(out: Path, entry: dict, scale: float | None) -> dict:
                 rows = min(step, n - lo)
                 yield np.fromfile(f, dtype=dtype, count=rows * d).reshape(rows, d)
 
-    return feature_stats(blocks, scale)
+    return feature_stats(blocks, scale, sums)
 
 
 def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progress: Progress | None = None,

@@ -1014,3 +1014,85 @@ def test_read_rows_reads_a_map_without_mapping_it(tmp_path):
     assert prepared.read_rows(m, np.array([], dtype=np.int64)).shape == (0, 512)
     with pytest.raises(IndexError):
         prepared.read_rows(m, np.array([5000]))
+
+
+# --------------------------------------------------------------------------- one pass over the rows
+def _table_files(tmp_path, n=203, d=3, seed=5):
+    """The same rows as a CSV, a folder of two Parquet files and an x.npy/y.npy folder;
+    magnitudes from 1e-12 to 1e12, so that the order of the float64 sums shows in their
+    last bits (float32 values of one magnitude add up exactly in float64)."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((n, d)) * 10.0 ** rng.integers(-12, 13, (n, d))).astype(np.float32)
+    y = rng.integers(0, 2, n)
+    csv = tmp_path / "t.csv"
+    csv.write_text("a,b,c,label\n" + "".join(",".join(repr(float(v)) for v in r) + f",{c}\n" for r, c in zip(x, y)))
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    for i, (lo, hi) in enumerate(((0, 90), (90, n))):
+        pq.write_table(pa.table({"a": x[lo:hi, 0], "b": x[lo:hi, 1], "c": x[lo:hi, 2], "label": y[lo:hi]}),
+                       parts / f"p{i}.parquet")
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / "x.npy", x)
+    np.save(npy / "y.npy", y)
+    return {"csv": csv, "parquet": parts, "npy": npy}, x, y
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet", "npy", "csv+val", "parquet+val"])
+def test_statistics_summed_while_the_rows_are_written_equal_the_in_memory_ones(tmp_path, monkeypatch, source):
+    """The first pass of the standardization statistics is taken while the training rows are
+    written, in blocks of stats_rows(d) rows whatever pieces they arrive in: the same float64
+    numbers as feature_stats over the rows in memory, and the file is read back only once."""
+    from lr_core import data as data_module
+
+    monkeypatch.setattr(data_module, "STATS_BYTES", 8 * 3 * 7)  # stats_rows(3) = 7: many statistics blocks
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", 10)             # conversion blocks that cut across them
+    monkeypatch.setattr(prepared, "SPLIT_BYTES", 4 * 3 * 13)    # and split pieces that cut across both
+    files, _, _ = _table_files(tmp_path)
+    fmt, _, val = source.partition("+")
+    kw = {"val_path": str(files[fmt])} if val else {"val_fraction": 0.2}
+    args = dict(kind="binary", num_classes=2, seed=7, path=str(files[fmt]), standardize=True, **kw)
+    req = _req(fmt, **args)
+    reads = []
+    real_fromfile = np.fromfile
+    monkeypatch.setattr(np, "fromfile", lambda f, *a, **k: reads.append(getattr(f, "name", f)) or
+                        real_fromfile(f, *a, **k))
+    prep = open_prepared(prepare(req, tmp_path / "cache"))
+    mem = load_dataset(fmt, **args)
+    assert prep.stats == mem.stats and len(prep.stats["mean"]) == 3
+    train_reads = [r for r in reads if str(r).endswith("train-x.bin")]
+    assert len(train_reads) == -(-len(mem.x_train) // 7)  # one pass of 7-row blocks, not two
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+@pytest.mark.parametrize("fraction", [0.2, 0.01, 0.0])
+def test_a_table_that_declares_its_rows_is_split_as_it_streams(tmp_path, monkeypatch, fmt, fraction):
+    """Parquet and NPY declare their row count up front: the hold-out is known before the
+    first row, so rows go straight to the train and validation files (no scratch file read
+    back), and they are holdout_split's rows exactly."""
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", 16)
+    files, x, y = _table_files(tmp_path)
+    monkeypatch.setattr(prepared, "_split", lambda *a, **k: pytest.fail("the scratch file was split"))
+    ds = open_prepared(prepare(_req(fmt, path=str(files[fmt]), val_fraction=fraction, seed=3), tmp_path / "cache"))
+    want = holdout_split(x, y.astype(np.int64), fraction, 3, "w")
+    for got, w in zip((ds.x_train, ds.y_train, ds.x_val, ds.y_val), want):
+        assert got.shape == w.shape and np.array_equal(got, w)
+
+
+@pytest.mark.parametrize("declared", [202, 204])
+def test_a_table_with_more_or_fewer_rows_than_it_declares_is_refused(tmp_path, monkeypatch, declared):
+    """A file that holds other rows than its metadata declares (damaged, or changed while
+    read) is one line, and nothing is left behind."""
+    files, _, _ = _table_files(tmp_path)
+    real = prepared.open_table
+
+    def lying(*a, **k):
+        t = real(*a, **k)
+        t.rows = declared
+        return t
+
+    monkeypatch.setattr(prepared, "open_table", lying)
+    text = _err(prepare, _req("parquet", path=str(files["parquet"])), tmp_path / "cache")
+    assert text.startswith(f"{files['parquet']}: ") and f"than the {declared} its metadata declares" in text
+    assert "write it again" in text
+    assert list((tmp_path / "cache").iterdir()) == []

@@ -183,6 +183,7 @@ def measure(cmd: list[str], *, cgroup: "MemoryCgroup | None" = None, interval: f
     peaks = poller.peaks
     r = {"cmd": " ".join(cmd[-12:]), "exit_code": p.returncode, "seconds": wall, "timed_out": poller.timed_out,
          "needed_sigkill": poller.killed, "peak_rss_wait4": ru.ru_maxrss * 1024, "read_bytes": peaks.read_bytes(),
+         "cpu_seconds": ru.ru_utime + ru.ru_stime,  # user + system, every thread, reaped children included
          "processes": sorted(peaks.procs.values(), key=lambda d: d["pid"]),
          "output_tail": text.strip().splitlines()[-15:]}
     r["main_peaks"] = {k: v for k, v in peaks.procs.get(p.pid, {}).items() if k.startswith("peak_")}
@@ -401,7 +402,7 @@ def write_tables(tmp: Path, rows: int, cols: int, seed: int = 7, chunk: int = 10
 
 def _mem(r: dict) -> dict:
     """The figures of one measured subprocess that the report keeps."""
-    keep = {k: r[k] for k in ("exit_code", "seconds", "peak_rss_wait4")}
+    keep = {k: r[k] for k in ("exit_code", "seconds", "cpu_seconds", "peak_rss_wait4")}
     keep.update(r["main_peaks"])
     if r["exit_code"] != 0:
         keep["output_tail"] = r["output_tail"]
@@ -467,6 +468,9 @@ def ingest_ratios(files: dict, runs: dict) -> dict:
     new_rss = _med(runs["csv_fresh"], "peak_rss")
     return {"ratios": {
         "old_over_new_time": old / new,
+        # CPU seconds (user + system): on a machine shared with other jobs, the wall time of
+        # the parallel reader depends on how many cores the others leave it
+        "old_over_new_cpu": _med(runs["old_reader"], "cpu_seconds") / _med(runs["csv_fresh"], "cpu_seconds"),
         "old_read_only_over_new_time": _med(runs["old_reader"], "read_seconds") / new,
         "new_peak_rss_over_float32": new_rss / f32,
         "new_rss_growth_over_float32": (new_rss - base_rss) / f32,
@@ -474,7 +478,8 @@ def ingest_ratios(files: dict, runs: dict) -> dict:
         "old_peak_rss_over_float32": _med(runs["old_reader"], "peak_rss") / f32,
         "parquet_over_csv_time": pq_new / new,
         "reuse_over_fresh_time_csv": _med(runs["csv_reuse"], "seconds") / new,
-    }, "medians": {k: {"seconds": _med(v, "seconds"), "peak_rss": _med(v, "peak_rss"),
+    }, "medians": {k: {"seconds": _med(v, "seconds"), "cpu_seconds": _med(v, "cpu_seconds"),
+                       "peak_rss": _med(v, "peak_rss"),
                        "peak_rss_wait4": _med(v, "peak_rss_wait4")}
                    for k, v in runs.items()}}
 
@@ -839,7 +844,10 @@ def _mb(b) -> str:
 
 
 def summarize(r: dict) -> str:
-    lines = ["| measure | value | target |", "|---|---|---|"]
+    m = r.get("machine", {})
+    lines = [f"load averages (1, 5, 15 min) at the start {_load(m.get('load_average_start'))}, at the end "
+             f"{_load(m.get('load_average_end'))}, {m.get('cpus')} cores", "",
+             "| measure | value | target |", "|---|---|---|"]
     if "ingest" in r:
         lines += _summary_ingest(r["ingest"])
     if "mnist" in r:
@@ -849,6 +857,10 @@ def summarize(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _load(v) -> str:
+    return "/".join(f"{x:.1f}" for x in v) if v else "?"
+
+
 def _summary_ingest(g: dict) -> list[str]:
     f, q, m = g["files"], g["ratios"], g["medians"]
     n = f"{f['rows']:,} x {f['features']} CSV ({f['csv_bytes'] / 1e6:.0f} MB)"
@@ -856,6 +868,8 @@ def _summary_ingest(g: dict) -> list[str]:
         f"| ingest {n}: old reader / `lrjob validate --data` (fresh cache) | {m['old_reader']['seconds']:.1f} s / "
         f"{m['csv_fresh']['seconds']:.1f} s (**{q['old_over_new_time']:.1f}x**; read alone "
         f"{q['old_read_only_over_new_time']:.1f}x) | >= 10x |",
+        f"| the same, CPU seconds (user + system, all threads) | {m['old_reader']['cpu_seconds']:.1f} s / "
+        f"{m['csv_fresh']['cpu_seconds']:.1f} s (**{q['old_over_new_cpu']:.1f}x**) | |",
         f"| ingest peak RSS / float32 data ({f['float32_bytes'] / 1e6:.0f} MB): new | "
         f"{_mb(m['csv_fresh']['peak_rss'])} "
         f"(**{q['new_peak_rss_over_float32']:.2f}x**; growth over `import launcher.cli` "

@@ -55,6 +55,11 @@ MAX_WORKERS = 4096
 MAX_CPUS = 1024              # per worker
 MAX_GPUS = 64                # per worker
 MAX_LABEL_TEXT = 256         # characters of a data.label_map key
+# train.learning_rate, weight_decay and init_sigma: MXNet's optimizers take the rate and the
+# decay as float32 (a value past 3.4e38 is its internal error), and a rate of 10 already
+# diverges on standardized features: 1,000 is a typo (an exponent's sign lost), not a choice.
+MAX_RATE = 1000
+MAX_CLASS_WEIGHT = 1_000_000  # a train.class_weight weight: float32 losses times it stay finite
 
 
 def _ge(lo, expect: str | None = None):
@@ -141,12 +146,12 @@ class TrainSpec:
 
     epochs: int = _f("int", _LOOP.epochs, _ge(1), most=MAX_EPOCHS)
     batch_size: int = _f("int", _LOOP.batch_size, _ge(1), most=MAX_BATCH)
-    learning_rate: float = _f("float", _LOOP.learning_rate, _gt(0))
+    learning_rate: float = _f("float", _LOOP.learning_rate, _gt(0), most=MAX_RATE)
     optimizer: str = _f("str", _LOOP.optimizer, choices=OPTIMIZERS)
-    weight_decay: float = _f("float", _LOOP.weight_decay, _ge(0))
+    weight_decay: float = _f("float", _LOOP.weight_decay, _ge(0), most=MAX_RATE)
     momentum: float = _f("float", _LOOP.momentum, ((lambda v: 0 <= v < 1), "in [0, 1)"))
     init: str = _f("str", _LOOP.init, choices=INITS)
-    init_sigma: float = _f("float", _LOOP.init_sigma, _gt(0))
+    init_sigma: float = _f("float", _LOOP.init_sigma, _gt(0), most=MAX_RATE)
     seed: int = _f("int", _LOOP.seed, _ge(0))
     threshold: float = _f("float", _LOOP.threshold, _between(0, 1, "between 0 and 1 (exclusive)"))
     # Per-class weights on the training loss: `balanced` (n / (classes * count)) or {label: weight}
@@ -299,6 +304,9 @@ def _coerce(where: str, f: _Field, value: Any) -> Any:
                 if isinstance(w, bool) or not isinstance(w, (int, float)) or not (0 < w < float("inf")) \
                         or (isinstance(w, int) and w.bit_length() > 1000):  # past float's range
                     raise SpecError(f"{where}: the weight of {shown(label)} must be a positive number, got {shown(w)}")
+                if w > MAX_CLASS_WEIGHT:
+                    raise SpecError(f"{where}: the weight of {shown(label)} must be at most {MAX_CLASS_WEIGHT:,} "
+                                    f"(the upper bound), got {shown(w)}; check for a typo")
             value = {k2: float(w) for k2, w in value.items()}
     elif k == "best":
         if not isinstance(value, (bool, str)) or (isinstance(value, str) and not value.strip()):

@@ -242,6 +242,14 @@ class TrainingLoop:
         ev = self.evaluate(epoch)
         seconds = tr["train_seconds"] + time.perf_counter() - t0  # the segments' training, then evaluation
         out = {"epoch": epoch + 1, "train_loss": tr["train_loss"], "val_loss": ev.pop("loss")}
+        if not np.isfinite(out["val_loss"]):
+            # The epoch's losses were finite, but its last update was not: the parameters
+            # are NaN or infinite, and such a model must never be exported as a completed
+            # run (docs/design.md#failures-and-restarts, "Divergence"). The validation loss
+            # is a sum over every rank: each rank raises alike.
+            raise DivergenceError(
+                f"the validation loss became {out['val_loss']} after epoch {epoch + 1} (the parameters are no "
+                f"longer finite); lower train.learning_rate (now {self.cfg.learning_rate:g}) or check the data scale")
         out.update({f"val_{k}" if k in ("accuracy", "precision", "recall", "f1", "auc", "macro_f1") else k: v
                     for k, v in ev.items() if k != "n"})
         out.update({"epoch_seconds": seconds, "train_seconds": tr["train_seconds"],

@@ -72,6 +72,8 @@ def _bad(tmp_path, ro: Path):
         (["run", bad_yaml, "--workers", "0"], "malformed YAML"),
         (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epohcs=3"], "did you mean 'epochs'"),
         (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epochs=0"], "train.epochs must be >= 1"),
+        (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.learning_rate=1e299"],
+         "train.learning_rate must be at most 1,000 (the upper bound)"),
         (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "data.source=csv",
           "--set", "data.options={}", "--set", f"data.path={csv_pm}"], "data.label_map: {-1: 0, 1: 1}"),
         (["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "data.source=csv",

@@ -17,6 +17,9 @@ from launcher.spec import SAFE_RESUME_CHANGES, load_spec
 from lr_core.errors import SpecError, WorkerFailure
 
 JOB = "jobs/digits_softmax.yaml"
+# On binary_2d, a ReLU layer of 8 and the highest rate the spec allows: the loss overflows
+# to inf in the first epoch (a DivergenceError).
+DIVERGES = ["model.hidden=[8]", "train.learning_rate=1000"]
 
 
 def _spec(*extra):
@@ -159,7 +162,7 @@ def test_ctrl_c_marks_the_run_interrupted_and_stops_the_group(tmp_path):
 
 def test_an_error_of_the_job_is_not_restarted(tmp_path):
     """A diverging loss is the job's own error: no restart can help."""
-    spec = load_spec(JOB, ["resources.workers=0", "train.learning_rate=1e38", "failure.max_failures=3"])
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", *DIVERGES, "failure.max_failures=3"])
     group = _Group(spec)
     from lr_core.errors import DivergenceError
 

@@ -235,3 +235,21 @@ def test_set_state_restores_the_epoch_count():
     b.set_state({**state, "epochs_done": np.int64(2)})
     assert b.epochs_done == 2 and type(b.epochs_done) is int
     assert all(np.array_equal(b.get_params()[k], v) for k, v in a.get_params().items())
+
+
+def test_parameters_that_overflow_in_the_last_step_are_a_divergence():
+    """The one step's loss is finite (the initial parameters), but its update overflows
+    float32: the validation loss is not finite, and the epoch must fail rather than be
+    reported (and exported) as if it had trained."""
+    data = _data("binary", n=12)
+    x = data.x_train.copy()
+    x[0] = -1e37         # finite, misclassified (label 0, logit +1e37): its gradient times the rate is not
+    data = Dataset(x, data.y_train, data.x_val, data.y_val, source="test")
+    cfg = LoopConfig(kind="binary", batch_size=12, learning_rate=1000.0, seed=3)
+    loop = TrainingLoop(cfg, data)
+    assert np.isfinite(loop.train_epoch(0)["train_loss"])       # the step itself saw finite numbers
+    loop = TrainingLoop(cfg, data)
+    with pytest.raises(DivergenceError) as e:
+        loop.run_epoch(0)
+    assert str(e.value).startswith("the validation loss became ") and " after epoch 1 (the parameters are no " \
+        "longer finite); lower train.learning_rate (now 1000)" in str(e.value)

@@ -292,7 +292,7 @@ def test_resume_refuses_an_unsafe_change(tmp_path):
 
 
 def test_divergence_names_epoch_and_step(tmp_path):
-    spec = load_spec("jobs/digits_softmax.yaml", ["resources.workers=0", "train.learning_rate=1e38"])
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "model.hidden=[8]", "train.learning_rate=1000"])
     with pytest.raises(DivergenceError, match=r"at epoch 1, step \d+ of \d+; lower train.learning_rate"):
         run_job(spec, output=tmp_path / "r")
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

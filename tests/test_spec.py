@@ -139,3 +139,21 @@ def test_min_workers_defaults_to_the_workers_and_changes_no_digest():
     assert plain.digest(ignore=SAFE_RESUME_CHANGES) == elastic.digest(ignore=SAFE_RESUME_CHANGES)
     # the in-process run (lrjob parity's reference) ignores it
     assert spec_from_dict({"resources": {"workers": 0}, "failure": {"min_workers": 3}}).min_workers == 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.learning_rate=1e299", "train.learning_rate must be at most 1,000 (the upper bound), got 1e+299"),
+    ("train.learning_rate=3e38", "train.learning_rate must be at most 1,000 (the upper bound), got 3e+38"),
+    ("train.weight_decay=1e299", "train.weight_decay must be at most 1,000 (the upper bound), got 1e+299"),
+    ("train.init_sigma=1e299", "train.init_sigma must be at most 1,000 (the upper bound), got 1e+299"),
+    ("train.class_weight={0: 1.0e+299}", "train.class_weight: the weight of 0 must be at most 1,000,000 (the upper "
+                                         "bound), got 1e+299"),
+], ids=["learning-rate", "learning-rate-float32", "weight-decay", "init-sigma", "class-weight"])
+def test_float_fields_have_upper_bounds(override, message):
+    """MXNet takes the rate and the decay as float32: past 3.4e38 they were its internal error;
+    far below that they are typos. Each is refused naming the field and the bound."""
+    with pytest.raises(SpecError) as err:
+        load_spec("jobs/binary_2d.yaml", [override])
+    assert message in str(err.value) and "\n" not in str(err.value)
+    field = override.partition("=")[0]
+    load_spec("jobs/binary_2d.yaml", [f"{field}={'{0: 1000000}' if 'class_weight' in field else 1000}"])  # the bound itself

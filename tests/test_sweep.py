@@ -32,7 +32,8 @@ LRJOB = str(Path(sys.executable).parent / "lrjob")
 JOB = str(ROOT / "jobs/binary_2d.yaml")
 # A trial of about a second in-process: 200 rows, 3 epochs.
 TINY = ["resources.workers=0", "train.epochs=3", "data.options.n_train=200", "data.options.n_val=50"]
-DIVERGES = "3e38"  # a learning rate that makes the loss NaN in the first epoch (DivergenceError)
+# A learning rate that makes the loss inf in the first epoch (DivergenceError) with HIDDEN.
+DIVERGES, HIDDEN = "1000", "model.hidden=[8]"
 
 
 def _cli(capsys, *args):
@@ -195,7 +196,7 @@ def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_an
     from mlflow.tracking import MlflowClient
 
     uri = (tmp_path / "mlruns").as_uri()
-    spec = load_spec(JOB, TINY + [f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=sw"])
+    spec = load_spec(JOB, TINY + [HIDDEN, f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=sw"])
     plan = make_plan(spec, SweepRequest(grid=(f"train.learning_rate=0.5,{DIVERGES},0.0005",), asha="val_loss",
                                         concurrent=1))
     result = run_sweep(plan, tmp_path / "s")
@@ -203,7 +204,7 @@ def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_an
     rows = {r["trial"]: r for r in result.rows}
     assert {t: r["status"] for t, r in rows.items()} == {"t000": "completed", "t001": "failed", "t002": "stopped"}
     assert rows["t002"]["epochs_done"] == 1 and rows["t000"]["epochs_done"] == 3
-    assert "loss became nan" in rows["t001"]["error"] and f"t001 failed: {rows['t001']['error']}" in out
+    assert "loss became inf" in rows["t001"]["error"] and f"t001 failed: {rows['t001']['error']}" in out
     assert result.best["trial"] == "t000" and result.ran == ["t000", "t001", "t002"]
     history = [json.loads(x) for x in (tmp_path / "s/trials/t000/metrics.jsonl").read_text().splitlines()]
     assert rows["t000"]["best"] == min(h["val_loss"] for h in history)

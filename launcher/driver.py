@@ -40,7 +40,7 @@ from lr_core.sharding import num_batches, segments
 from .backends import Backend
 from .elastic import Resize, placeable, world_size
 from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warnings, fit_warnings,
-                            history_warnings)
+                            history_warnings, schedule_warnings)
 from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
@@ -251,6 +251,7 @@ class Driver:
         self._counts = class_counts(self.data.y_train, spec.model.outputs_classes)
         self.warnings: list[dict] = data_warnings(self._counts, list(self.data.extra.get("columns") or []),
                                                   self.data.stats)
+        self.warnings += schedule_warnings(int(spec.train.epochs), spec.train.lr_schedule)
         self._fit: dict = {}
         self.backend_factory = self.options.backend_factory or self._default_backend
         # Only a Ray worker group of the driver's own changes its size (docs/design.md#failures-and-restarts).

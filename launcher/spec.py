@@ -652,7 +652,14 @@ def _resolve_training(raw: dict) -> None:
     if es is not None:
         es = _sub_fields("train.early_stopping", es, _EARLY_STOPPING)
         es["metric"] = metric("train.early_stopping.metric", es["metric"])
-        es["mode"] = es["mode"] or metric_mode(es["metric"])
+        # Every metric improves one way (a loss falls, the others rise): a mode against it would
+        # take the worst epoch as the best and stop a run that is improving.
+        natural = metric_mode(es["metric"])
+        if es["mode"] not in (None, natural):
+            better = "lower" if natural == "min" else "higher"
+            raise SpecError(f"train.early_stopping.mode must be {natural} for {es['metric']} ({better} is better), "
+                            f"got {es['mode']}; leave mode out and it follows the metric")
+        es["mode"] = natural
         t["early_stopping"] = es
     sched = t["lr_schedule"]
     if sched is not None:

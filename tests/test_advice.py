@@ -145,3 +145,18 @@ def test_quiet_still_prints_the_warnings(tmp_path, capsys):
     assert out.strip() == str(tmp_path / "run")
     warning = "lrjob: warning: the training rows hold one class only"
     assert any(line.startswith(warning) for line in err.splitlines()), err
+
+
+@pytest.mark.parametrize("kind", ["step", "cosine"])
+def test_a_warmup_as_long_as_the_run_warns_and_a_shorter_one_does_not(tmp_path, kind):
+    """A warmup of train.epochs or more trains the whole run below the rate (a warning, not
+    an error: the run may be resumed with more epochs, docs/design.md#warnings)."""
+    schedule = "{kind: step, step_epochs: 1, factor: 0.5, warmup_epochs: 2}" if kind == "step" else \
+        "{kind: cosine, epochs: 6, warmup_epochs: 2}"
+    base = ["resources.workers=0", "data.options.n_train=64", "data.options.n_val=16", f"train.lr_schedule={schedule}"]
+    res = run_job(load_spec("jobs/binary_2d.yaml", base + ["train.epochs=2"]), output=tmp_path / "a")
+    (w,) = res.summary["warnings"]
+    assert w["code"] == "warmup-past-end"
+    assert w["message"].startswith("train.lr_schedule.warmup_epochs (2) is not less than train.epochs (2)")
+    res = run_job(load_spec("jobs/binary_2d.yaml", base + ["train.epochs=3"]), output=tmp_path / "b")
+    assert res.summary["warnings"] == []

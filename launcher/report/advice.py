@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["data_warnings", "history_warnings", "fit_warnings", "class_counts", "baseline_loss",
+__all__ = ["data_warnings", "schedule_warnings", "history_warnings", "fit_warnings", "class_counts", "baseline_loss",
            "RARE_CLASS", "PATIENCE", "RISE", "OVERFIT_GAP", "OVERFIT_SIGMAS", "TRAIN_SAMPLE"]
 
 RARE_CLASS = 0.01    # a class under this share of the training rows is rare
@@ -65,6 +65,19 @@ def data_warnings(counts: np.ndarray, columns: list[str], stats: dict | None) ->
                                                 f"({shown}): left unscaled (std 1); they carry no information, "
                                                 f"drop them with data.features"))
     return out
+
+
+def schedule_warnings(epochs: int, schedule: dict | None) -> list[dict]:
+    """A warmup of at least ``epochs``: the whole run trains on the rising ramp, below
+    ``train.learning_rate``. A warning, not an error: ``train.epochs`` may grow on resume,
+    so a run trained in installments legitimately starts with the warmup not yet over."""
+    warmup = int((schedule or {}).get("warmup_epochs") or 0)
+    if warmup < epochs:
+        return []
+    return [_warning("warmup-past-end", f"train.lr_schedule.warmup_epochs ({warmup}) is not less than train.epochs "
+                                        f"({epochs}): every step of the run is in the warmup, below "
+                                        f"train.learning_rate; lower warmup_epochs, unless the run will be resumed "
+                                        f"with more epochs")]
 
 
 def history_warnings(history: list[dict], baseline: float | None, learning_rate: float) -> list[dict]:

@@ -94,6 +94,26 @@ def test_linear_parameters_are_the_trained_ones(runs):
     assert b == pytest.approx(float(res.params["lrjob_layer0_bias"][0]))
 
 
+def test_linear_parameters_are_the_weights_module_reading_with_a_one_logit_check(runs, monkeypatch):
+    """boundary.png and weights.png read a model's weights in one place (weights.py);
+    linear_parameters only adds its check that the model has one logit."""
+    from launcher.report import weights
+
+    _, res = runs("binary_2d")
+    lw = weights.read_linear_weights(res.path / "model")
+    w, b = linear_parameters(res.path / "model")
+    np.testing.assert_array_equal(w, lw.original[0])
+    assert b == float(lw.original_bias[0])
+    _, soft = runs("digits_softmax")
+    with pytest.raises(ValueError, match=r"expected one logit, got weight of shape \(10, 64\)"):
+        linear_parameters(soft.path / "model")
+    seen = []
+    real = weights.read_linear_weights
+    monkeypatch.setattr(weights, "read_linear_weights", lambda d: seen.append(d) or real(d))
+    linear_parameters(res.path / "model")
+    assert seen == [res.path / "model"]
+
+
 def test_drawn_boundary_is_where_the_model_is_undecided(runs, monkeypatch, caplog):
     from lr_core.export import ExportedModel
 

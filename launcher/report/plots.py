@@ -365,26 +365,14 @@ def _sample_cell(ax, image, names: tuple[str, str], limits: tuple[float, float])
 # --------------------------------------------------------------------------- boundary
 def linear_parameters(model_dir: Path) -> tuple[np.ndarray, float]:
     """(weight of shape (2,), bias) of a linear binary model, read from its export, on the
-    features as given (a standardized model's weights are mapped back, ``original_units``)."""
-    import json
+    features as given (a standardized model's weights are mapped back, ``original_units``):
+    ``weights.read_linear_weights``, checked to have one logit."""
+    from .weights import read_linear_weights
 
-    from lr_core.export import original_units
-
-    import mxnet as mx
-
-    params = mx.nd.load(str(Path(model_dir) / "model-0000.params"))
-    # Gluon's export names arguments 'arg:<parameter name>'; the model's layers are
-    # 'lrjob_layer<i>_' (lr_core.models), so a linear model is layer 0 alone.
-    try:
-        w = params["arg:lrjob_layer0_weight"].asnumpy().astype(np.float64)
-        b = params["arg:lrjob_layer0_bias"].asnumpy().astype(np.float64)
-    except KeyError as e:
-        raise KeyError(f"{model_dir}: no {e} in model-0000.params (keys: {', '.join(sorted(params))})") from e
-    if w.shape[0] != 1:
-        raise ValueError(f"{model_dir}: expected one logit, got weight of shape {w.shape}")
-    stats = json.loads((Path(model_dir) / "meta.json").read_text()).get("standardize")
-    w, b = original_units(w, b, stats)
-    return w[0], float(b[0])
+    lw = read_linear_weights(model_dir)
+    if lw.weight.shape[0] != 1:
+        raise ValueError(f"{model_dir}: expected one logit, got weight of shape {lw.weight.shape}")
+    return lw.original[0], float(lw.original_bias[0])
 
 
 def boundary_line(weight: Sequence[float], bias: float, xlim: Sequence[float],

@@ -23,12 +23,14 @@ TOP = 20   # features shown
 class LinearWeights(NamedTuple):
     """A linear model's first (only) layer: ``weight`` (classes or 1, features) on the
     features the model sees, ``original`` the same on the features as given (equal to
-    ``weight`` without standardization), ``bias`` per output."""
+    ``weight`` without standardization), ``bias`` per output and ``original_bias`` the
+    bias on the features as given."""
 
     weight: np.ndarray
     original: np.ndarray
     bias: np.ndarray
     standardized: bool
+    original_bias: np.ndarray
 
 
 def read_linear_weights(model_dir: Path) -> LinearWeights:
@@ -39,15 +41,16 @@ def read_linear_weights(model_dir: Path) -> LinearWeights:
     from lr_core.export import original_units
 
     params = mx.nd.load(str(Path(model_dir) / "model-0000.params"))
-    # Gluon's export names arguments 'arg:<parameter name>'; layer 0 is the whole linear model.
+    # Gluon's export names arguments 'arg:<parameter name>'; the model's layers are
+    # 'lrjob_layer<i>_' (lr_core.models), so a linear model is layer 0 alone.
     try:
         w = params["arg:lrjob_layer0_weight"].asnumpy().astype(np.float64)
         b = params["arg:lrjob_layer0_bias"].asnumpy().astype(np.float64)
     except KeyError as e:
-        raise KeyError(f"{model_dir}: no {e} in model-0000.params") from e
+        raise KeyError(f"{model_dir}: no {e} in model-0000.params (keys: {', '.join(sorted(params))})") from e
     stats = json.loads((Path(model_dir) / "meta.json").read_text()).get("standardize")
-    w0, _ = original_units(w, b, stats)
-    return LinearWeights(w, w0, b, bool(stats))
+    w0, b0 = original_units(w, b, stats)
+    return LinearWeights(w, w0, b, bool(stats), b0)
 
 
 def top_features(weight: np.ndarray, k: int = TOP, exclude=()) -> np.ndarray:

@@ -677,12 +677,12 @@ class Driver:
         if self.status.get("status") == "completed":
             _plots(self.run_dir, self.spec, self.data, self.history)
             if self.remote is None:
-                self.reporter.summary(full, self.path)
+                self.reporter.summary(full, self.path, self.history)
         self.tracker.finish(full, self.path)  # after the plots: they are logged too
         if self.remote is not None:
             self._finish_upload()  # last: the plots, report and mlflow.json go too
             if self.status.get("status") == "completed":  # a run is shown completed once it is uploaded
-                self.reporter.summary(full, self.location)
+                self.reporter.summary(full, self.location, self.history)
 
     def _finish_upload(self) -> None:
         """The last sync: everything, the model and the report included. When it fails, a completed

@@ -246,3 +246,36 @@ def test_pictures_and_the_report_are_never_written_through_a_link(runs, tmp_path
     assert outside.read_bytes() == b"keep"
     assert not (copy / "curves.png").exists(), "the picture is not drawn, and the link is gone"
     assert (copy / "boundary.png").read_bytes().startswith(PNG_MAGIC)
+
+
+def test_confusion_is_the_exported_epochs_with_the_label_names(tmp_path, monkeypatch):
+    """keep_best exports an earlier epoch than the last: confusion.png is that model's matrix
+    (that epoch's counts, its number in the title), and its classes carry data.label_map's names."""
+    reverse = "{" + ", ".join(f"{i}: {9 - i}" for i in range(10)) + "}"   # class c is digit 9 - c
+    spec = load_spec("jobs/digits_softmax.yaml", ["resources.workers=0", "train.epochs=6", "train.learning_rate=2",
+                                                  "checkpoint.keep_best=val_loss", f"data.label_map={reverse}"])
+    res = run_job(spec, output=tmp_path / "run")
+    best = res.summary["exported"]["epoch"]
+    assert best < res.history[-1]["epoch"]  # the case this test is about
+    assert res.history[best - 1]["confusion"] != res.history[-1]["confusion"]
+    figures = {}
+    monkeypatch.setenv(plots.PICTURES_ENV, "1")
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.setdefault(path.name, fig) and path)
+    plots.write_plots(res.path, spec, spec.load_data(), res.history)
+    ax = figures["confusion.png"].axes[0]
+    assert ax.get_title().startswith(f"digits_softmax: confusion matrix, epoch {best}\n")
+    assert [t.get_text() for t in ax.get_xticklabels()] == [str(9 - c) for c in range(10)]
+    cm = np.asarray(res.history[best - 1]["confusion"])
+    assert [t.get_text() for t in ax.texts] == [str(v) for v in cm.ravel()]
+
+
+def test_the_boundary_legend_names_the_classes_by_their_labels(tmp_path):
+    from lr_core.export import ExportedModel
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=2", "data.label_map={0: 1, 1: 0}"])
+    res = run_job(spec, output=tmp_path / "run")
+    fig = plots._draw_boundary(spec, spec.load_data(), res.path / "model", ExportedModel(res.path / "model"),
+                               res.history)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert {"train, class 0 = 1", "train, class 1 = 0", "validation, class 0 = 1", "validation, class 1 = 0"} \
+        <= set(labels), labels

@@ -9,7 +9,7 @@ same pictures can be redrawn later from the run directory alone:
 Files (each only where it means something):
 
 - ``curves.png``     loss (train, validation) and validation metrics per epoch
-- ``confusion.png``  softmax: the final epoch's confusion matrix
+- ``confusion.png``  softmax: the exported epoch's confusion matrix (the model in ``model/``)
 - ``samples.png``    image data: validation images with predicted and true class
 - ``boundary.png``   binary data with 2 features: the points, P(class 1) and the boundary
 - ``roc_pr.png``     binary: ROC and precision-recall curves of the exported model on the
@@ -52,7 +52,7 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
                    "Sneaker", "Bag", "Ankle boot")
 CAPTIONS = {
     "curves.png": "Loss and validation metrics per epoch.",
-    "confusion.png": "Final epoch's confusion matrix: rows are the true class, columns the "
+    "confusion.png": "The exported model's confusion matrix: rows are the true class, columns the "
                      "predicted class; numbers are counts, colour is the fraction of the row.",
     "samples.png": "Validation images with the exported model's prediction; mistakes in red.",
     "boundary.png": "Training (small) and validation (large) points, P(class 1) from the exported "
@@ -85,7 +85,7 @@ def write_plots(run_dir: Path, spec, data, history: list[dict]) -> list[Path]:
         ("curves.png", lambda: _draw_curves(spec, history)),
     ]
     if spec.model.kind == "softmax" and history and "confusion" in history[-1]:
-        jobs.append(("confusion.png", lambda: _draw_confusion(spec, data, history[-1])))
+        jobs.append(("confusion.png", lambda: _draw_confusion(spec, data, _exported_epoch(history, model.get()))))
     if data.image_shape:
         jobs.append(("samples.png", lambda: _draw_samples(spec, data, model.get())))
     if spec.model.kind == "binary" and data.num_features == 2:
@@ -157,6 +157,20 @@ def _figure(width: float, height: float):
 
     # constrained layout keeps titles, tick labels and colour bars from overlapping.
     return Figure(figsize=(width, height), layout="constrained")
+
+
+def _exported_epoch(history: list[dict], model) -> dict:
+    """The metrics of the epoch ``model/`` holds (meta.json's ``exported``): with
+    ``checkpoint.keep_best`` an earlier one than the last; the last for an export without it."""
+    exported = (getattr(model, "meta", None) or {}).get("exported") or {}
+    drawn = [m for m in history if m.get("epoch") == exported.get("epoch")] or history[-1:] or [{}]
+    return drawn[-1]
+
+
+def _class_label(names: list[str], cls: int) -> str:
+    """``class 1``, with its label where a label_map names it: ``class 1 = yes``."""
+    name = names[cls] if cls < len(names) else str(cls)
+    return f"class {cls}" if name == str(cls) else f"class {cls} = {name}"
 
 
 def _class_names(spec, data) -> list[str]:
@@ -263,7 +277,7 @@ def _line(ax, epochs, history, key, look: _Look):
 def _draw_confusion(spec, data, last: dict):
     cm = np.asarray(last["confusion"], dtype=np.int64)
     k = cm.shape[0]
-    names = _class_names(spec, data)[:k]
+    names = _label_names(spec, data)[:k]
     row = cm.sum(axis=1, keepdims=True)
     # Colour by the fraction of each true class, so small classes are as visible as big ones.
     frac = np.divide(cm, row, out=np.zeros(cm.shape, dtype=float), where=row > 0)
@@ -328,7 +342,7 @@ def _spread(idx: np.ndarray, k: int) -> np.ndarray:
 def _draw_samples(spec, data, model):
     x, y = data.x_val, data.y_val
     pred, _ = model.predict(x, scale=data.scale)
-    names = _class_names(spec, data)
+    names = _label_names(spec, data)
     pick = pick_samples(y, pred)
     rows = max(1, math.ceil(len(pick) / SAMPLE_COLS))
     fig = _figure(10, 1.45 * rows + 0.6)
@@ -429,7 +443,7 @@ def _draw_boundary(spec, data, model_dir: Path, model, history):
     gx, gy, pz = _probability_grid(model, xlim, ylim)
     shade = ax.contourf(gx, gy, pz, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.3)
     fig.colorbar(shade, ax=ax, shrink=0.85, label="P(class 1) from the exported model")
-    _scatter_points(ax, data, model, train, val)
+    _scatter_points(ax, data, model, train, val, _label_names(spec, data))
     threshold = float(spec.train.threshold)
     # predict() says class 1 when P >= threshold, i.e. when the logit >= logit(threshold).
     level = math.log(threshold / (1.0 - threshold))
@@ -449,8 +463,7 @@ def _draw_boundary(spec, data, model_dir: Path, model, history):
     fig.legend(loc="outside lower center", ncol=3, fontsize=9, frameon=False)
     # The shading, the line and the mistakes are the exported model's: with keep_best that is
     # an earlier epoch than the last (meta.json's exported), and the title names that one.
-    exported = (getattr(model, "meta", None) or {}).get("exported") or {}
-    drawn = [m for m in history if m.get("epoch") == exported.get("epoch")] or history[-1:] or [{}]
+    drawn = [_exported_epoch(history, model)]
     acc = drawn[-1].get("val_accuracy")
     acc_text = f", {data.val_name} accuracy {acc:.4f}" if acc is not None else ""
     shown = "" if len(train[0]) + len(val[0]) == len(data.x_train) + len(data.x_val) else \
@@ -472,16 +485,16 @@ def _probability_grid(model, xlim, ylim, n: int = 200):
     return gx, gy, p1.reshape(gx.shape)
 
 
-def _scatter_points(ax, data, model, train, val):
+def _scatter_points(ax, data, model, train, val, names: list[str]):
     (x_tr, y_tr), (x_va, y_va) = train, val
     for cls, colour in ((0, CLASS0), (1, CLASS1)):
         tr = y_tr == cls
         ax.scatter(x_tr[tr, 0], x_tr[tr, 1], s=10, color=colour, alpha=0.35,
-                   linewidths=0, label=f"train, class {cls}")
+                   linewidths=0, label=f"train, {_class_label(names, cls)}")
     for cls, colour, marker in ((0, CLASS0, "o"), (1, CLASS1, "^")):
         va = y_va == cls
         ax.scatter(x_va[va, 0], x_va[va, 1], s=36, color=colour, marker=marker,
-                   edgecolors="black", linewidths=0.7, zorder=3, label=f"{data.val_name}, class {cls}")
+                   edgecolors="black", linewidths=0.7, zorder=3, label=f"{data.val_name}, {_class_label(names, cls)}")
     pred, _ = model.predict(x_va, scale=data.scale)
     wrong = pred != y_va
     if wrong.any():

@@ -135,9 +135,10 @@ class Reporter:
         elif self.mode != "silent":
             self._emit(self.err, text + "\n")
 
-    def summary(self, summary: dict, run_dir) -> None:
+    def summary(self, summary: dict, run_dir, history: list[dict] | None = None) -> None:
         """The final box and the run directory on stdout (``quiet``: only the run directory; ``json``: a
-        ``summary`` event)."""
+        ``summary`` event). The validation metrics are those of the epoch ``model/`` holds
+        (``summary["exported"]``, found in ``history``), else the final epoch's."""
         if self.mode == "json":
             self._json("summary", **summary)
             return
@@ -147,6 +148,8 @@ class Reporter:
             self._emit(self.out, f"{run_dir}\n")
             return
         final = summary.get("final", {})
+        at = (summary.get("exported") or {}).get("epoch")
+        final = next((m for m in history or [] if m.get("epoch") == at), final)
         rows = [("status", summary["status"]), ("epochs", summary["epochs_done"]),
                 ("val accuracy", final.get("val_accuracy")), ("val loss", final.get("val_loss")),
                 ("wall time", f"{summary['wall_seconds']:.1f} s"),

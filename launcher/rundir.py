@@ -114,25 +114,25 @@ class RunLock:
         self.path, self._fd = path, fd
 
     @classmethod
-    def acquire(cls, run: str | os.PathLike) -> "RunLock":
+    def acquire(cls, run: str | os.PathLike, other: str = "choose another --output") -> "RunLock":
         """Lock the run directory ``run``; a one-line ``LrjobInputError`` naming it when another
-        process holds it, or when it cannot be locked."""
+        process holds it, or when it cannot be locked (``other``: the way out the message offers
+        besides waiting)."""
         run = Path(run)
         try:
             fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as e:
             raise LrjobInputError(f"{run}: cannot lock the run directory ({e.strerror or e}); "
-                                  f"choose another --output") from None
+                                  f"{other}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise LrjobInputError(f"{run}: another lrjob process (pid {_holder_pid(run / LOCK_NAME)}) is "
-                                      f"writing this run directory; wait for it to end, or choose another "
-                                      f"--output") from None
+                                      f"writing this run directory; wait for it to end, or {other}") from None
             raise LrjobInputError(f"{run}: cannot lock the run directory ({e.strerror or e}); "
-                                  f"choose another --output") from None
+                                  f"{other}") from None
         lock = run / LOCK_NAME
         try:
             if lock.is_symlink():
@@ -326,6 +326,7 @@ def _atomic_write(path: Path, pieces: Iterable, mode: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)  # the rename itself is durable: a crash cannot bring the old file back
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

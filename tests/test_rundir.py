@@ -931,3 +931,44 @@ def test_spec_and_model_of_a_written_run(tmp_path):
     x = data.x_val[:5]
     want = x.astype(np.float64) @ params["lrjob_layer0_weight"][0].astype(np.float64) + 0.25
     assert np.allclose(model.logits(x)[:, 0], want, atol=1e-5)
+
+
+def test_redrawing_a_run_takes_its_lock_and_refuses_while_a_run_holds_it(tmp_path):
+    """``python -m launcher.report.plots RUN`` writes the run's report and pictures: while the
+    run's writer holds the lock it writes nothing (one line, exit 2); once free, it redraws."""
+    import subprocess
+    import sys
+
+    from launcher.driver import run_job
+    from launcher.spec import load_spec
+
+    run = tmp_path / "run"
+    run_job(load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=1"]), output=run)
+    (run / "report.html").unlink()
+    env = dict(os.environ, LRJOB_PICTURES="0")
+    cmd = [sys.executable, "-m", "launcher.report.plots", str(run)]
+    lock = RunLock.acquire(run)                   # a run writing it
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        lock.release()
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr == (f"lrjob: error: {run}: another lrjob process (pid {os.getpid()}) is writing this run "
+                        f"directory; wait for it to end, or redraw it once the run has ended\n")
+    assert not (run / "report.html").exists()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert (run / "report.html").is_file() and not (run / ".lock").exists()
+
+
+def test_a_file_written_is_durable_with_its_name(tmp_path, monkeypatch):
+    """Each atomic write fsyncs the folder after its rename: the new name (summary.json,
+    report.html, a picture) survives a crash, not only the bytes behind the old one."""
+    events = []
+    real_replace, real_fsync = os.replace, os.fsync
+    monkeypatch.setattr(rundir.os, "replace", lambda a, b: (events.append(("replace", Path(b))), real_replace(a, b)))
+    monkeypatch.setattr(rundir.os, "fsync",
+                        lambda fd: (events.append(("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")))), real_fsync(fd)))
+    RunDir(tmp_path).write_json("summary.json", {"status": "running"})
+    i = events.index(("replace", tmp_path / "summary.json"))
+    assert ("fsync", tmp_path) in events[i + 1:], events

@@ -896,16 +896,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m launcher.report.plots", description=main.__doc__)
     parser.add_argument("run_dir", type=Path, help="a run directory with job.yaml, metrics.jsonl, model/")
     args = parser.parse_args(argv)
-    from ..rundir import RunDir
+    import sys
+
+    from lr_core.errors import LrjobError
+
+    from ..rundir import RunDir, RunLock
 
     run_dir = args.run_dir
     run = RunDir(run_dir)
     for need in (run.spec_file, run.path / "metrics.jsonl", run.model_dir):
         if not need.exists():
             parser.error(f"{run_dir}: no {need.name}; pass a run directory written by `lrjob run`")
-    spec = run.spec()
-    for path in write_plots(run_dir, spec, spec.prepared_data(), run.history()):
-        print(path)
+    # The run's one writer holds its lock (docs/design.md#run-directory): redraw only when no
+    # run is writing it, and keep a run from starting on it meanwhile.
+    try:
+        lock = RunLock.acquire(run_dir, other="redraw it once the run has ended")
+    except LrjobError as e:
+        print(f"lrjob: error: {e}", file=sys.stderr)
+        return 2
+    try:
+        spec = run.spec()
+        for path in write_plots(run_dir, spec, spec.prepared_data(), run.history()):
+            print(path)
+    finally:
+        lock.release()
     return 0
 
 

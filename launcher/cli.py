@@ -431,15 +431,20 @@ def _model(run: str):
     return ExportedModel(model)
 
 
-def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None):
+def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None, flag: str = "--input"):
     """The rows of ``path`` in blocks ``(x, y)``, each checked as training data is (the
     errors name the file's row); ``y`` is None when labels are not required. An
-    ``id_column`` is never a feature."""
+    ``id_column`` is never a feature. ``flag``: the option that named ``path``, for the
+    message when it does not exist."""
     import numpy as np
 
     from lr_core.data import apply_label_map, check_features, check_labels
     from lr_core.errors import DataError
     from lr_core.tables import open_table
+
+    if "://" not in str(path) and not any(c in str(path) for c in "*?[") and not os.path.lexists(path):
+        # a local file named on this command line (a URI or a glob is resolved by open_table)
+        raise DataError(f"{path}: file not found; check {flag}")
 
     label_column = meta.get("label_column") or "label"
     wanted = _trained_columns(meta)
@@ -527,7 +532,7 @@ def _read_input(path: str, meta: dict, require_labels: bool):
     from lr_core.errors import DataError
 
     try:
-        xs, ys = zip(*_input_blocks(path, meta, require_labels))
+        xs, ys = zip(*_input_blocks(path, meta, require_labels, flag="--data"))
         return np.concatenate(xs), (np.concatenate(ys) if require_labels else None)
     except MemoryError:
         raise DataError(f"{path}: not enough memory to hold every row at once; evaluate a smaller file, "

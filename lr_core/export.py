@@ -181,8 +181,16 @@ class ExportedModel:
 
         def rows(a):
             chunk = np.asarray(x[a:a + batch], dtype=np.float32)
-            chunk = chunk * np.float32(scale) if scale is not None else chunk
-            return (chunk - mean) * inv_std if stats else chunk
+            # A value near float32's largest (3.4e38) overflows to +-inf here, and the network would
+            # make inf - inf = NaN of it: it saturates at +-3.4e38 instead, so the logit keeps its
+            # sign (a finite result is left bit for bit as training computes it). NumPy's overflow
+            # RuntimeWarning would only print a source line in the middle of predict's output.
+            with np.errstate(over="ignore"):
+                chunk = chunk * np.float32(scale) if scale is not None else chunk
+                if not stats:
+                    return chunk
+                z = (chunk - mean) * inv_std
+            return np.clip(z, -_F32_MAX, _F32_MAX, out=z)
 
         outs = [self.net(mx.nd.array(rows(a), dtype="float32")).asnumpy() for a in range(0, len(x), batch)]
         return np.concatenate(outs).astype(np.float64) if outs else np.zeros((0, 1))
@@ -204,6 +212,7 @@ class ExportedModel:
         return pred, e / e.sum(axis=1, keepdims=True)
 
 
+_F32_MAX = np.float32(np.finfo(np.float32).max)
 ONNX_INPUT, ONNX_OUTPUT = "features", "probabilities"
 ONNX_TOLERANCE = 1e-6   # onnxruntime's probabilities against ExportedModel.probabilities (at least)
 

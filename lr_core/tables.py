@@ -119,7 +119,7 @@ def _info(fs, inner: str, where: str):
         raise DataError(f"{where}: cannot reach ({_first_line(e)}); check the URI, its endpoint (a server other "
                         f"than AWS: ?endpoint_override=host:port&scheme=http) and the credentials") from None
     if info.type == pfs.FileType.NotFound:
-        raise DataError(f"{where}: file not found; check data.path / --input")
+        raise DataError(f"{where}: file not found; check data.path / data.val_path")
     return info
 
 
@@ -249,8 +249,16 @@ def text_column(path: str | os.PathLike, column: str, block_rows: int | None = N
             names = pf.schema_arrow.names
             raise DataError(f"{where}: no column {shown(column)} for the id (columns: "
                             f"{', '.join(clip(n, 40) for n in names[:8])}{', ...' if len(names) > 8 else ''})")
+        done = 0
         for batch in pf.iter_batches(batch_size=block_rows, columns=[column]):
-            yield ["" if v is None else str(v) for v in batch.column(0).to_pylist()]
+            cells = batch.column(0)
+            if cells.null_count:
+                # an empty id would join nothing back: a row without its key is the file's to fix
+                row = done + cells.is_null().to_pylist().index(True) + 1
+                raise DataError(f"{f if len(files) > 1 else where}: row {row}: the id column {shown(column)} is null; "
+                                f"every row needs an id: fill it in, or drop the id option (rows are then numbered)")
+            done += len(cells)
+            yield [str(v) for v in cells.to_pylist()]
 
 
 def _csv_text_column(fs, inner: str, where: str, column: str, block_rows: int) -> Iterator[list[str]]:

@@ -205,3 +205,50 @@ def test_an_id_column_that_is_a_training_feature_is_refused_naming_it(runs, tmp_
     errors = [line for line in err.splitlines() if line.startswith("lrjob: error")]
     assert code == 2 and out == "" and len(errors) == 1, err
     assert errors[0].startswith("lrjob: error: --id-column age: is a feature the model was trained on"), err
+
+
+def test_values_near_the_float32_maximum_predict_the_limit_without_a_warning(runs, tmp_path, capsys):
+    """Standardizing 3.4e38 overflows float32: the feature saturates at the float32 maximum, so
+    the answer is a class with probabilities 0 and 1 (not NaN from inf - inf), and NumPy's
+    RuntimeWarning is not printed amid the output."""
+    import warnings
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 0.1, size=(60, 2))   # std below 1: 3.4e38 / std overflows; weights of both signs
+    (tmp_path / "small.csv").write_text("a,b,y\n" + "".join(f"{u:.5f},{v:.5f},{int(u - v > 0)}\n" for u, v in x))
+    (tmp_path / "job.yaml").write_text("name: small\nmodel: {kind: binary}\ndata: {source: csv, path: small.csv, "
+                                       "label_column: y}\ntrain: {epochs: 2}\nresources: {workers: 0}\n")
+    run = run_job(load_spec(tmp_path / "job.yaml"), tmp_path / "run")
+    big = [(a, b) for a in (3.4e38, -3.4e38) for b in (3.4e38, -3.4e38)]   # two of them are inf - inf unsaturated
+    (tmp_path / "big.csv").write_text("a,b\n" + "".join(f"{a},{b}\n" for a, b in big + [(1e30, 1e30), (0.05, 0.05)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        code, out, err = cli(capsys, "predict", run.path, "--input", tmp_path / "big.csv")
+    assert code == 0 and err == "", err
+    rows = _rows(out)[1:]
+    for r in rows[:4]:   # a class and its probabilities, never NaN
+        assert r[1] in ("0", "1") and {r[2], r[3]} == {"0", "1"}, rows
+    assert rows[0][1:] == rows[4][1:]   # 1e30 stays finite standardized: the same answer as 3.4e38
+    assert 0 < float(rows[5][3]) < 1
+
+
+@pytest.mark.parametrize("command, flag", [("predict", "--input"), ("evaluate", "--data")])
+def test_a_missing_input_file_names_the_option_of_the_command(runs, tmp_path, capsys, command, flag):
+    code, out, err = cli(capsys, command, runs["buyers"].path, flag, tmp_path / "nothere.csv")
+    assert code == 2 and out == ""
+    assert err == f"lrjob: error: {tmp_path / 'nothere.csv'}: file not found; check {flag}\n"
+
+
+def test_a_null_id_in_parquet_is_refused_naming_its_row(runs, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "new.parquet"
+    pq.write_table(pa.table({"customer_id": ["A", None, "C"], "income": [50000.0, 60000.0, 70000.0],
+                             "age": [30.0, 40.0, 50.0]}), path)
+    out_file = tmp_path / "preds.csv"
+    code, out, err = cli(capsys, "predict", runs["buyers"].path, "--input", path, "--id-column", "customer_id",
+                         "--output", out_file)
+    assert code == 2 and out == "" and not out_file.exists()
+    assert err == (f"lrjob: error: {path}: row 2: the id column 'customer_id' is null; every row needs an id: "
+                   f"fill it in, or drop the id option (rows are then numbered)\n")

@@ -162,7 +162,7 @@ def test_s3_parquet_and_csv_read_like_local_files(s3, tmp_path):
     assert len(ds.x_train) + len(ds.x_val) == 50
     with pytest.raises(DataError) as err:
         _read(f"s3://data/missing.parquet?{query}")
-    assert str(err.value) == "s3://data/missing.parquet: file not found; check data.path / --input"
+    assert str(err.value) == "s3://data/missing.parquet: file not found; check data.path / data.val_path"
 
 
 # --------------------------------------------------------------------------- exact texts and edges

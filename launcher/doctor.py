@@ -64,5 +64,8 @@ def run_doctor(gpu: bool = False) -> int:
                 "rebuild Horovod with HOROVOD_GPU_OPERATIONS=NCCL"
         checks += [("gpu", gpu_check), ("nccl", nccl_check)]
     results = [_check(n, f) for n, f in checks]
-    print("all checks passed" if all(results) else f"{results.count(False)} check(s) failed", file=sys.stderr)
+    if all(results):  # a success goes to stdout, with the checks; a failure's count to stderr
+        print("all checks passed", flush=True)
+    else:
+        print(f"{results.count(False)} check(s) failed", file=sys.stderr)
     return 0 if all(results) else 1

@@ -172,11 +172,14 @@ def test_doctor_checks_the_stack_and_names_the_fix(tmp_path):
     r = lrjob("doctor")
     assert "[  ok] horovod: horovod 0.28.1: MXNet yes, Gloo yes" in r.stdout, r.stdout
     assert "[  ok] mxnet" in r.stdout and "[  ok] ray" in r.stdout
+    # a success is output (stdout), beside the checks it sums up; nothing on stderr
+    assert r.returncode == 0 and r.stdout.endswith("\nall checks passed\n") and r.stderr == "", r.stderr
     env = dict(os.environ, LRJOB_DATA_HOME=str(tmp_path))  # an empty cache
     broken = subprocess.run([str(Path(sys.executable).parent / "lrjob"), "doctor"], capture_output=True,
                             text=True, env=env, timeout=120)
     assert broken.returncode == 1
     assert "[FAIL] data" in broken.stdout and "fix: python -m launcher.datacache ensure" in broken.stdout
+    assert broken.stderr.endswith("1 check(s) failed\n") and "all checks passed" not in broken.stdout
 
 
 def test_a_closed_pipe_ends_the_run_quietly_as_completed(tmp_path):

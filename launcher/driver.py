@@ -285,6 +285,9 @@ class Driver:
     def run(self) -> RunResult:
         """Start or join Ray (N workers), train every epoch and write the run directory; returns the
         ``RunResult``. ``summary.json`` records how the run ended, also when it fails or is interrupted."""
+        finished = self._finished_already()
+        if finished is not None:
+            return finished
         with ExitStack() as stack:
             stack.callback(self._release)                     # the very last: the lock
             stack.callback(self._finish)                      # then: summary, plots
@@ -319,6 +322,30 @@ class Driver:
             except Exception as e:
                 self.status = {"status": "failed", "error": f"{type(e).__name__}: {e}"}
                 raise
+
+    def _finished_already(self) -> RunResult | None:
+        """The same command again on a run that is complete (docs/design.md#run-directory): its
+        newest checkpoint leaves no epoch to train, ``summary.json`` says ``completed`` after as many
+        epochs, ``model/`` is there and ``job.yaml`` is this spec. Then nothing is written, not even
+        ``env.json``'s start or the report: the lock is released and the stored summary returned.
+        (Under horovodrun the other ranks take part in the backend's start: they decide alike
+        only with the driver's own backends, so a backend given to the driver always runs.)"""
+        c = self.checkpoint
+        if (c is None or c.get("step") or self.remote is not None or self.options.backend_factory is not None
+                or not (c["epochs_done"] >= int(self.spec.train.epochs)
+                        or (self._early is not None and stop_reason(self.history, *self._early) is not None))):
+            return None
+        run = RunDir(self.path)
+        summary, stored = run.summary() or {}, run.spec()
+        if (summary.get("status") != "completed" or summary.get("epochs_done") != c["epochs_done"]
+                or not (run.model_dir / "meta.json").is_file() or stored is None or stored.raw != self.spec.raw):
+            return None
+        why = (f"all {c['epochs_done']} epochs are trained already" if c["epochs_done"] >= int(self.spec.train.epochs)
+               else f"early stopping ended the run after epoch {c['epochs_done']}")
+        self.reporter.message(f"  resume   from {Path(c['path']).name}: {why}; nothing to train")
+        self._release()
+        self.reporter.summary(summary, self.path, self.history)
+        return RunResult(self.path, self.history, c["params"], summary, [])
 
     def _train(self) -> RunResult:
         self.backend = self.backend_factory()

@@ -263,14 +263,14 @@ def test_horovodrun_ranks_stop_when_rank_0_decides(tmp_path):
 
 
 def test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning(tmp_path, capsys):
-    """The best epoch's checkpoint deleted by hand, the finished run run again: model/ is the
-    last epoch's, said on stderr and in summary.json, never a model of the wrong epoch named
-    as the best."""
+    """The best epoch's checkpoint deleted by hand, the run continued for more epochs: model/
+    is the last epoch's, said on stderr and in summary.json, never a model of the wrong epoch
+    named as the best. (The same command on the finished run would write nothing.)"""
     import shutil
 
     from launcher.report.progress import Reporter
 
-    _run(tmp_path, "checkpoint.keep_best=val_loss")
+    _run(tmp_path, "checkpoint.keep_best=val_loss", "train.epochs=10")
     shutil.rmtree(tmp_path / "run" / "checkpoints" / "epoch-0006")
     capsys.readouterr()
     again = _run(tmp_path, "checkpoint.keep_best=val_loss", reporter=Reporter("quiet"))

@@ -649,3 +649,27 @@ def test_a_killed_distributed_driver_finishes_when_the_command_is_run_again(tmp_
     assert [json.loads(x)["epoch"] for x in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.startswith(".")]
     assert json.loads((out / "env.json").read_text())["resumed_from"].endswith("epoch-0001")
+
+
+@pytest.mark.parametrize("extra", [[], ["train.epochs=30", "train.early_stopping={metric: val_loss, patience: 3, "
+                                                           "min_delta: 0.001}"]], ids=["all-epochs", "stopped-early"])
+def test_the_same_command_on_a_finished_run_writes_nothing(tmp_path, capsys, extra):
+    """A no-op touches nothing: env.json keeps its start, summary.json its wall time (and so
+    `lrjob runs` its date), model/, checkpoints, metrics, pictures and report stay as they were."""
+    from launcher.report.history import list_runs
+    from launcher.report.progress import Reporter
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0", "train.epochs=2", *extra])
+    first = run_job(spec, output=tmp_path / "run")
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    listed = list_runs(tmp_path)
+    capsys.readouterr()
+    again = run_job(spec, output=tmp_path / "run", reporter=Reporter("human"))
+    out, err = capsys.readouterr()
+    assert "nothing to train\n" in err and "| status       completed" in out
+    now = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert now == files
+    assert list_runs(tmp_path) == listed
+    assert again.summary == first.summary and again.history == first.history
+    for name in first.params:
+        assert np.array_equal(again.params[name], first.params[name]), name

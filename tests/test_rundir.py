@@ -260,7 +260,7 @@ def test_atomic_write_text_temporary_is_hidden_while_it_is_written(tmp_path, mon
 
     monkeypatch.setattr(rundir.os, "fsync", fsync)
     atomic_write_text(tmp_path / "summary.json", "{}")
-    (listing,) = seen
+    listing = seen[0]           # the file's fsync (the folder's follows the rename)
     (tmp,) = listing
     assert tmp.startswith(".summary.json."), listing
     assert os.listdir(tmp_path) == ["summary.json"]

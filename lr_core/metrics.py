@@ -30,7 +30,10 @@ def from_logits(kind: str, logits: np.ndarray, threshold: float = 0.5, y: np.nda
         e = np.exp(-np.abs(z))
         prob = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         pred = (prob >= threshold).astype(np.int64)
-        losses = None if y is None else np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
+        # An infinite logit (parameters that overflowed) makes a NaN loss, which the loop reports
+        # as a divergence: NumPy's warning about it would only add a source line to the output.
+        with np.errstate(invalid="ignore"):
+            losses = None if y is None else np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))
         return pred, prob, losses
     m = z.max(axis=1, keepdims=True)
     logp = z - m - np.log(np.exp(z - m).sum(axis=1, keepdims=True))

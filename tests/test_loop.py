@@ -3,6 +3,8 @@ epoch reports (each validation metric recomputed from the trained network), prog
 callbacks, the step fault point, the divergence message naming the first bad step, a rank
 that has no rows in any global batch; and ``fit``, the optimizer's parameters, the state
 and batched prediction."""
+import warnings
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -249,7 +251,8 @@ def test_parameters_that_overflow_in_the_last_step_are_a_divergence():
     loop = TrainingLoop(cfg, data)
     assert np.isfinite(loop.train_epoch(0)["train_loss"])       # the step itself saw finite numbers
     loop = TrainingLoop(cfg, data)
-    with pytest.raises(DivergenceError) as e:
+    with warnings.catch_warnings(), pytest.raises(DivergenceError) as e:
+        warnings.simplefilter("error", RuntimeWarning)   # the error alone, no NumPy warning beside it
         loop.run_epoch(0)
     assert str(e.value).startswith("the validation loss became ") and " after epoch 1 (the parameters are no " \
         "longer finite); lower train.learning_rate (now 1000)" in str(e.value)

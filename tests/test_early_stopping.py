@@ -123,7 +123,8 @@ def test_a_stopped_run_run_again_trains_nothing_more(tmp_path, capsys):
     assert "| stopped      early, after epoch 9" in out and "| model        epoch 6 (best val_loss)" in out
     # beside it, the validation metrics of that model (epoch 6), not of the final epoch
     exported = first.history[5]
-    assert f"| val accuracy {exported['val_accuracy']:.4f}" in out and f"| val loss     {exported['val_loss']:.4f}" in out
+    assert f"| val accuracy {exported['val_accuracy']:.4f}" in out
+    assert f"| val loss     {exported['val_loss']:.4f}" in out
     assert f"{first.history[-1]['val_loss']:.4f}" != f"{exported['val_loss']:.4f}"
     again = _run(tmp_path, *args)
     assert len(first.history) == len(again.history) == 9

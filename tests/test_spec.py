@@ -156,4 +156,5 @@ def test_float_fields_have_upper_bounds(override, message):
         load_spec("jobs/binary_2d.yaml", [override])
     assert message in str(err.value) and "\n" not in str(err.value)
     field = override.partition("=")[0]
-    load_spec("jobs/binary_2d.yaml", [f"{field}={'{0: 1000000}' if 'class_weight' in field else 1000}"])  # the bound itself
+    at_bound = "{0: 1000000}" if "class_weight" in field else "1000"
+    load_spec("jobs/binary_2d.yaml", [f"{field}={at_bound}"])   # the bound itself is allowed

@@ -470,6 +470,12 @@ class _TrialRun:
     def next_result(self) -> dict:
         """Tune's ``step()``: the next epoch's metrics (``done`` after the last one)."""
         if self.reported:
+            if _recorded_stopped(self.config.get("ledger"), self.config["id"]):
+                # ASHA stopped the trial (sweep.json says so): the run ends here, inside this step,
+                # so Tune never ends the sweep (and kills its actors after 5 s) while the run still
+                # writes its end (summary, model, tracking)
+                self.stop()
+                return {**self.last, "done": True}
             self.go.release()  # the driver waits in _report for this
         kind, payload = self.results.get()
         if kind == "epoch":
@@ -493,6 +499,11 @@ class _TrialRun:
         self.stopping.set()
         self.go.release()
         self.thread.join()
+
+
+def _recorded_stopped(ledger: str | None, tid: str) -> bool:
+    """Whether the sweep's ``sweep.json`` records trial ``tid`` as stopped (by ASHA)."""
+    return bool(ledger) and _read_ledger(Path(ledger).parent).get(tid, {}).get("status") == "stopped"
 
 
 def _numbers(m: dict) -> dict:
@@ -731,7 +742,8 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
         silence_tune_noise()
         configs = [{"id": t.id, "spec": specs[t.id].to_dict(), "run_dir": str(path / "trials" / t.id),
                     "epochs": specs[t.id].train.epochs, "parent_run_id": parent.run_id, "argv": list(sys.argv),
-                    "fault": os.environ.get("LRJOB_FAULT")}  # tests only: reaches the trial actors
+                    "fault": os.environ.get("LRJOB_FAULT"),  # tests only: reaches the trial actors
+                    "ledger": str(path / "sweep.json")}
                    for t in todo]
         for c in configs:
             _absolute_tracking(c["spec"])
@@ -779,11 +791,15 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
 
             def on_trial_result(self, tune_controller, trial, result):
                 decision = super().on_trial_result(tune_controller, trial, result)
-                if decision == self.STOP:
+                if decision == self.STOP and not result.get("done"):
                     tid = trial.config["trial"]["id"]
                     ledger[tid] = {"status": "stopped"}
                     _write_table(plan, path, ledger, plots=False)
                     faults.hit("asha", trial=tid)
+                    # the trial reads the record at its next step and ends its run within it
+                    # (_TrialRun.next_result): a STOP here would let Tune end the sweep, and kill
+                    # the trial's actor after 5 s, while the run still writes its end
+                    return self.CONTINUE
                 return decision
 
         scheduler = None

@@ -18,35 +18,10 @@ from lr_core.data import Dataset
 from lr_core.errors import LrjobError, WorkerFailure
 
 from . import Progress
+from .positions import Positions
 from .worker import HEARTBEAT_S, heartbeat_interval
 
 __all__ = ["RayHorovodBackend", "probe_devices", "stalled_rank"]
-
-
-class _ProgressBoard:
-    """A tiny actor: rank 0 posts (epoch, step, steps), every rank's heartbeat its position
-    (worker.py); the driver reads both."""
-
-    def __init__(self):
-        self.value = (-1, 0, 1)
-        self.ranks: dict[int, tuple[int, int, float]] = {}
-
-    def post(self, epoch: int, step: int, steps: int) -> None:
-        """Record that rank 0 finished step ``step`` of ``steps`` in epoch ``epoch``."""
-        self.value = (epoch, step, steps)
-
-    def read(self):
-        """The last posted (epoch, step, steps); (-1, 0, 1) before the first post."""
-        return self.value
-
-    def beat(self, rank: int, epoch: int, step: int) -> None:
-        """Record that ``rank``'s loop is at step ``step`` of epoch ``epoch`` (0-based), now."""
-        self.ranks[rank] = (epoch, step, time.monotonic())
-
-    def positions(self) -> dict:
-        """{rank: (epoch, step, seconds since its last report)} of every rank that reported."""
-        now = time.monotonic()
-        return {r: (e, s, now - t) for r, (e, s, t) in self.ranks.items()}
 
 
 # A rank not heard from for this many report intervals is silent (stopped, frozen), not merely waiting.
@@ -57,7 +32,7 @@ SILENT_S = SILENT_BEATS * HEARTBEAT_S
 def stalled_rank(busy: list[int], positions: dict, silent_s: float = SILENT_S) -> int:
     """Of the ``busy`` ranks, the one that stopped first (docs/design.md#failures-and-restarts).
 
-    ``positions``: {rank: (epoch, step, seconds since its last report)} from the board. A silent
+    ``positions``: {rank: (epoch, step, seconds since its last report)} (``Positions``). A silent
     rank (no report for ``silent_s``: stopped, frozen) comes before the live ones, the longest
     silent first (a rank that never reported, first of all); a live rank waiting in a collective
     keeps reporting. Among live ranks the lowest (epoch, step) stopped first: the others went on
@@ -105,10 +80,9 @@ class RayHorovodBackend:
         t0 = time.perf_counter()
         self.resources = check_resources(workers, cpus_per_worker, gpus_per_worker)
         self.executor = None
-        self._board = None
+        self._positions_of = Positions(workers)
         self._data_ref = ray.put(data)
         try:
-            self._board = ray.remote(num_cpus=0)(_ProgressBoard).remote()
             settings = RayExecutor.create_settings(timeout_s=start_timeout_s,
                                                    placement_group_timeout_s=start_timeout_s)
             executor = RayExecutor(settings, num_workers=workers, cpus_per_worker=cpus_per_worker,
@@ -117,7 +91,7 @@ class RayHorovodBackend:
             executor.start(executable_cls=HorovodWorker,
                            executable_kwargs={"cfg": cfg.to_dict(), "data_box": [self._data_ref],
                                               "gpus_per_worker": gpus_per_worker, "record_shards": record_shards,
-                                              "board_box": [self._board]},
+                                              "positions_group": self._positions_of.group},
                            extra_env_vars=worker_env(cpus_per_worker))
             self.placement = self.execute(lambda w: w.setup(), "start-up", timeout_s=max(120, start_timeout_s))
         except TimeoutError:
@@ -152,10 +126,10 @@ class RayHorovodBackend:
     def execute(self, fn, what: str, timeout_s: float | None = None, progress: Progress | None = None) -> list:
         """Run ``fn`` on every worker and gather the results in rank order.
 
-        ``timeout_s`` bounds the time without progress: each step rank 0 posts to the
-        progress board (about 50 per epoch) starts it again, so a slow but healthy epoch
+        ``timeout_s`` bounds the time without progress: each new step rank 0 reports
+        (``Positions.progress``, read every poll) starts it again, so a slow but healthy epoch
         (a large data set read from disk) is not taken for a hang; a stopped or hung rank
-        stops the posts (its peers wait in the allreduce).
+        stops rank 0's progress (its peers wait in the allreduce).
 
         The first failure is attributed: a dead actor is the root cause over ranks that
         merely lost their Horovod peer, so after the first error the others get a short
@@ -167,14 +141,16 @@ class RayHorovodBackend:
         pending, results, errors = list(refs), {}, {}
         deadline = time.monotonic() + timeout_s if timeout_s else None
         grace_until = None
-        posted = None  # the board's last value: a change is progress
+        board = self._positions_of
+        posted = board.progress  # rank 0's last confirmed (epoch, step, steps): a change is progress
         while pending:
             now = time.monotonic()
             if grace_until is not None and now >= grace_until:
                 break
             if deadline is not None and now >= deadline and not errors:
                 ranks = sorted(rank_of[r] for r in pending)
-                positions, silent_s = self._positions(), SILENT_BEATS * heartbeat_interval(len(refs))
+                board.poll()
+                positions, silent_s = board.positions(), SILENT_BEATS * heartbeat_interval(len(refs))
                 rank = stalled_rank(ranks, positions, silent_s)
                 others = [r for r in ranks if r != rank]
                 steps = posted[2] if posted and posted[0] >= 0 else None
@@ -185,16 +161,14 @@ class RayHorovodBackend:
                     f"busy{busy})", rank=rank, node=self._where(rank))
             wait = 0.25 if progress else 1.0
             done, pending = ray.wait(pending, num_returns=1, timeout=wait)
-            if (progress is not None or deadline is not None) and self._board is not None:
-                try:
-                    value = ray.get(self._board.read.remote(), timeout=5)
-                except Exception:  # noqa: BLE001 - progress is best effort
-                    value = posted
+            if progress is not None or deadline is not None:
+                board.poll()  # one request to the GCS: every rank's report (positions.py)
+                value = board.progress
                 if value != posted:
                     posted = value
                     if deadline is not None:
                         deadline = time.monotonic() + timeout_s
-                    if progress is not None and value[1]:
+                    if progress is not None and value[0] >= 0 and value[1]:
                         progress(value[1], value[2])
             for ref in done:
                 rank = rank_of[ref]
@@ -237,15 +211,9 @@ class RayHorovodBackend:
                              rank=rank, node=self._where(rank))
 
     def _positions(self) -> dict:
-        """Every rank's last reported position (``_ProgressBoard.positions``); {} if unreadable."""
-        import ray
-
-        if self._board is None:
-            return {}
-        try:
-            return ray.get(self._board.positions.remote(), timeout=5)
-        except Exception:  # noqa: BLE001 - blame falls back to the lowest busy rank
-            return {}
+        """Every rank's last reported position, read now (``Positions.positions``)."""
+        self._positions_of.poll()
+        return self._positions_of.positions()
 
     def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None,
                   start_step: int = 0, stop_step: int | None = None) -> list[dict]:
@@ -282,14 +250,9 @@ class RayHorovodBackend:
         if self.executor is not None:
             _stop_executor(self.executor)
         self.executor = None
-        board, self._board = getattr(self, "_board", None), None
+        board = getattr(self, "_positions_of", None)
         if board is not None:
-            import ray
-
-            try:
-                ray.kill(board)
-            except Exception:  # noqa: BLE001
-                pass
+            board.clear()
 
 
 def _stop_executor(executor) -> None:

@@ -3,7 +3,7 @@
 The driver calls ``setup`` once, then ``run_epoch(e)`` per epoch (every rank), and
 ``get_state`` on rank 0 for checkpoints. Workers return values; they write no files.
 While an epoch runs, every rank's heartbeat thread reports where its loop is to the
-progress board, so a hang is blamed on the rank that stopped first.
+GCS (``positions.py``), so a hang is blamed on the rank that stopped first.
 """
 from __future__ import annotations
 
@@ -19,34 +19,45 @@ HEARTBEAT_S = 0.5
 
 def heartbeat_interval(size: int) -> float:
     """Seconds between a rank's reports in a group of ``size``: ``HEARTBEAT_S`` up to 256 ranks,
-    longer beyond, so the one board actor gets at most about 512 reports a second."""
+    longer beyond, so the GCS gets at most about 512 reports a second from one group."""
     return HEARTBEAT_S * max(1.0, size / 256)
 
 
 class _Heartbeat:
-    """A thread that posts ``rank`` and ``where()`` to the board every ``interval`` s until stopped.
+    """A thread that reports ``rank``'s position ``where()`` and its confirmed progress ``done()``
+    every ``interval`` s until stopped (``positions.report``: a key of the GCS, no actor).
 
     A thread, not the loop: a rank waiting in an allreduce (MXNet waits with the GIL released)
-    keeps reporting, while a stopped or frozen process falls silent; its last report ages."""
+    keeps reporting, while a stopped or frozen process falls silent: its counter stops."""
 
-    def __init__(self, board, rank: int, where, interval: float):
-        self._board, self._rank, self._where, self._interval = board, rank, where, interval
+    def __init__(self, group: str, rank: int, where, done, interval: float, seq: int = 0):
+        self._group, self._rank, self._where, self._done, self._interval = group, rank, where, done, interval
+        self.seq = seq
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrjob-heartbeat", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while True:
-            try:
-                self._board.beat.remote(self._rank, *self._where())
-            except Exception:  # noqa: BLE001 - best effort: the board may be gone at shutdown
-                pass
+            self.report()
             if self._stop.wait(self._interval):
+                self.report()  # the epoch's final position and progress
                 return
 
+    def report(self) -> None:
+        """Send one report (``positions.report``)."""
+        from .positions import report
+
+        self.seq += 1
+        try:
+            report(self._group, self._rank, self.seq, self._where(), self._done())
+        except Exception:  # noqa: BLE001 - best effort: Ray may be going away at shutdown
+            pass
+
     def stop(self) -> None:
+        """Stop the thread after its last report."""
         self._stop.set()
-        self._thread.join(timeout=1.0)
+        self._thread.join(timeout=6.0)
 
 
 class HorovodWorker:
@@ -54,13 +65,14 @@ class HorovodWorker:
     driver."""
 
     def __init__(self, cfg: dict, data_box: list, gpus_per_worker: float = 0, record_shards: bool = False,
-                 board_box: list | None = None):
+                 positions_group: str | None = None):
         # data_box holds the Ray ObjectRef of the Dataset (in a list so Ray does not
         # resolve it on the way in); resolved in setup, read-only from the object store.
         self._cfg, self._data_box = cfg, data_box
         self._gpus = gpus_per_worker
         self._record = record_shards
-        self._board = (board_box or [None])[0]  # progress (rank 0) and every rank's position
+        self._group = positions_group  # where this rank reports its position (positions.py)
+        self._seq = 0  # reports so far: the counter goes on growing across epochs
         self.loop = None
 
     def device_info(self) -> dict:
@@ -112,24 +124,26 @@ class HorovodWorker:
 
     def run_epoch(self, epoch: int, start_step: int = 0, stop_step: int | None = None) -> dict:
         """Train and evaluate epoch ``epoch`` (0-based), or its steps ``[start_step, stop_step)``,
-        on this rank; returns its metrics. Rank 0 posts its progress to the board; every rank
-        reports its position there (``_Heartbeat``)."""
-        if self._board is None:
+        on this rank; returns its metrics. Every rank reports its position and its confirmed
+        progress while the epoch runs (``_Heartbeat``); rank 0's progress is the run's."""
+        if self._group is None:
             return self.loop.run_epoch(epoch, None, start_step, stop_step)
-        board, rank = self._board, self.loop.comm.rank
+        done = [(-1, 0, 1)]  # nothing confirmed in this epoch yet
 
         # Every rank gets a callback, so every rank's host waits for its device at the same
         # report steps as rank 0: no host runs ahead of its device by more than a report
-        # interval, and the positions the ranks report compare.
-        def progress(step, steps):  # fire and forget: never waits for the driver
-            if rank == 0:
-                board.post.remote(epoch, step, steps)
+        # interval, and the positions the ranks report compare. It only keeps the value: the
+        # heartbeat thread sends it, and the training thread never waits for the network.
+        def progress(step, steps):
+            done[0] = (epoch, step, steps)
         self.loop.position = (epoch, start_step)  # the first report is of this epoch already
-        beat = _Heartbeat(board, rank, lambda: self.loop.position, heartbeat_interval(self.loop.comm.size))
+        beat = _Heartbeat(self._group, self.loop.comm.rank, lambda: self.loop.position, lambda: done[0],
+                          heartbeat_interval(self.loop.comm.size), self._seq)
         try:
             return self.loop.run_epoch(epoch, progress, start_step, stop_step)
         finally:
             beat.stop()
+            self._seq = beat.seq
 
     def get_state(self) -> dict:
         """This rank's parameters, optimizer state and epochs done: all a checkpoint holds."""

@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
-__all__ = ["RaySession", "node_resources", "can_place", "ray_init_kwargs", "ResourceError", "check_resources",
+__all__ = ["RaySession", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
            "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
@@ -25,6 +25,22 @@ def ray_init_kwargs() -> dict:
     """Keyword arguments every ``ray.init`` of lrjob uses (tests use them too)."""
     return {"runtime_env": {"worker_process_setup_hook": SETUP_HOOK},
             "logging_level": logging.WARNING, "log_to_driver": True}
+
+
+# What a local run does not use of the Ray it starts (docs/design.md#flow): Ray's metrics (the
+# raylet, the GCS and every worker collect them for the dashboard agent to export), the task
+# events every task and actor call sends to the GCS for the state API and the dashboard (a report
+# interval of 0 sends none), and the event loops' own statistics.
+EMBEDDED_SYSTEM_CONFIG = {"enable_metrics_collection": False, "task_events_report_interval_ms": 0,
+                          "event_stats": False}
+
+
+def embedded_init_kwargs(num_cpus: int) -> dict:
+    """Keyword arguments of the ``ray.init`` that starts lrjob's own local Ray: a new Ray even when
+    this machine runs another one (``address="local"``), no dashboard, and none of what a local run
+    does not use (``EMBEDDED_SYSTEM_CONFIG``; a Ray that is joined keeps its own settings)."""
+    return {**ray_init_kwargs(), "address": "local", "num_cpus": num_cpus, "include_dashboard": False,
+            "_system_config": dict(EMBEDDED_SYSTEM_CONFIG)}
 
 
 def worker_env(cpus_per_worker: float) -> dict[str, str]:
@@ -285,7 +301,7 @@ class RaySession:
                 num_cpus = embedded_cpus(self.workers, self.cpus_per_worker, self.oversubscribe)
                 # address="local": a new Ray of its own even when this machine runs another one
                 # (`ray start --head`), which a bare ray.init() would join (docs/design.md#flow)
-                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
+                ray.init(**embedded_init_kwargs(num_cpus))
                 self.kind = f"local Ray ({num_cpus} CPUs)"
         except LrjobInputError:
             raise

@@ -85,7 +85,7 @@ def bench_distributed(data, small, reps: int, workers: int = 2) -> dict:
 
     from benchmarks import probes
     from launcher.backends import RayHorovodBackend
-    from launcher.backends.cluster import ray_init_kwargs
+    from launcher.backends.cluster import embedded_init_kwargs, ray_init_kwargs
     from launcher.quiet import silence_known_noise
     from launcher.spec import ResourcesSpec
     from lr_core.config import LoopConfig
@@ -103,7 +103,7 @@ def bench_distributed(data, small, reps: int, workers: int = 2) -> dict:
         ex.shutdown()
         ray.shutdown()
         t0 = time.perf_counter()
-        ray.init(num_cpus=4, include_dashboard=False, **ray_init_kwargs())
+        ray.init(**embedded_init_kwargs(4))  # as `lrjob run` starts its own Ray
         cfg = LoopConfig(kind="softmax", num_classes=10, batch_size=128, learning_rate=0.1)
         be = RayHorovodBackend(cfg, data, ResourcesSpec(workers=workers))
         be.run_epoch  # noqa: B018
@@ -211,6 +211,9 @@ def summarize(r: dict) -> str:
     lines.append(f"| start-up: ray.init + {d['workers']} Horovod workers ready, lrjob / bare | "
                  f"{d['startup_lrjob_s']['median']:.2f} s / {d['startup_bare_s']['median']:.2f} s "
                  f"(**{su:.2f}x**) | <= 1.2x |")
+    if "footprint" in r:
+        from benchmarks.footprint import summary_lines
+        lines += summary_lines(r["footprint"])
     return "\n".join(lines)
 
 
@@ -245,6 +248,9 @@ def main(argv=None) -> int:
     for w in (0, 2):
         log(f"end to end to 0.92 test accuracy, --workers {w}")
         r["time_to_0.92"][str(w)] = time_to_accuracy(w)
+    log("footprint: a 2-worker run on tiny data, its whole process tree")
+    from benchmarks import footprint
+    r["footprint"] = footprint.measure(reps=3)
     r["machine"]["load_average_end"] = os.getloadavg()
     r["bench_seconds"] = time.perf_counter() - t_all
     out = Path(args.out)

@@ -42,3 +42,39 @@ def test_a_worker_group_is_its_workers_and_reports_progress_without_an_actor(ray
         backend.shutdown()
     assert internal_kv_get_gcs_client().internal_kv_keys(f"pos:{group}:".encode(), NAMESPACE) == []
     assert _alive_actors(ray_session) == before
+
+
+_EMBEDDED = r"""
+import json, os, sys
+from launcher.backends import RayHorovodBackend
+from launcher.backends.cluster import RaySession
+from launcher.spec import load_spec
+
+spec = load_spec("jobs/binary_2d.yaml", ["train.epochs=1"])
+with RaySession(None, 2, 1) as session:
+    backend = RayHorovodBackend(spec.loop_config(), spec.load_data(), spec.resources)
+    try:
+        steps = [m["steps"] for m in backend.run_epoch(0, timeout_s=120)]
+        nice = [os.getpriority(os.PRIO_PROCESS, pid) for pid in backend.pids()]
+    finally:
+        backend.shutdown()
+print(json.dumps({"kind": session.kind, "steps": steps, "nice": nice, "driver_nice": os.getpriority(os.PRIO_PROCESS, 0)}))
+"""
+
+
+def test_the_embedded_ray_runs_the_workers_at_the_drivers_priority(tmp_path):
+    """lrjob's own local Ray (``embedded_init_kwargs``) starts: Ray would run the workers at nice
+    15 and a rank on a busy machine would wait for the CPU; they run at the driver's priority, as
+    under horovodrun."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = subprocess.run([sys.executable, "-c", _EMBEDDED], capture_output=True, text=True, env=env, timeout=300,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["kind"].startswith("local Ray") and got["steps"] == [25, 25], got
+    assert got["nice"] == [got["driver_nice"]] * 2, got

@@ -24,14 +24,14 @@ def heartbeat_interval(size: int) -> float:
 
 
 class _Heartbeat:
-    """A thread that reports ``rank``'s position ``where()`` and its confirmed progress ``done()``
+    """A thread that reports ``rank``'s state ``state()``, its position and its confirmed progress,
     every ``interval`` s until stopped (``positions.report``: a key of the GCS, no actor).
 
     A thread, not the loop: a rank waiting in an allreduce (MXNet waits with the GIL released)
     keeps reporting, while a stopped or frozen process falls silent: its counter stops."""
 
-    def __init__(self, group: str, rank: int, where, done, interval: float, seq: int = 0):
-        self._group, self._rank, self._where, self._done, self._interval = group, rank, where, done, interval
+    def __init__(self, group: str, rank: int, state, interval: float, seq: int = 0):
+        self._group, self._rank, self._state, self._interval = group, rank, state, interval
         self.seq = seq
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="lrjob-heartbeat", daemon=True)
@@ -50,7 +50,7 @@ class _Heartbeat:
 
         self.seq += 1
         try:
-            report(self._group, self._rank, self.seq, self._where(), self._done())
+            report(self._group, self._rank, self.seq, *self._state())
         except Exception:  # noqa: BLE001 - best effort: Ray may be going away at shutdown
             pass
 
@@ -137,7 +137,7 @@ class HorovodWorker:
         def progress(step, steps):
             done[0] = (epoch, step, steps)
         self.loop.position = (epoch, start_step)  # the first report is of this epoch already
-        beat = _Heartbeat(self._group, self.loop.comm.rank, lambda: self.loop.position, lambda: done[0],
+        beat = _Heartbeat(self._group, self.loop.comm.rank, lambda: (self.loop.position, done[0]),
                           heartbeat_interval(self.loop.comm.size), self._seq)
         try:
             return self.loop.run_epoch(epoch, progress, start_step, stop_step)

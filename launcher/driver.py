@@ -338,7 +338,8 @@ class Driver:
         run = RunDir(self.path)
         summary, stored = run.summary() or {}, run.spec()
         if (summary.get("status") != "completed" or summary.get("epochs_done") != c["epochs_done"]
-                or not (run.model_dir / "meta.json").is_file() or stored is None or stored.raw != self.spec.raw):
+                or not (run.model_dir / "meta.json").is_file() or stored is None
+                or stored.to_dict() != self.spec.to_dict()):
             return None
         why = (f"all {c['epochs_done']} epochs are trained already" if c["epochs_done"] >= int(self.spec.train.epochs)
                else f"early stopping ended the run after epoch {c['epochs_done']}")

@@ -443,7 +443,7 @@ def _draw_boundary(spec, data, model_dir: Path, model, history):
     gx, gy, pz = _probability_grid(model, xlim, ylim)
     shade = ax.contourf(gx, gy, pz, levels=np.linspace(0, 1, 11), cmap="RdBu_r", alpha=0.3)
     fig.colorbar(shade, ax=ax, shrink=0.85, label="P(class 1) from the exported model")
-    _scatter_points(ax, data, model, train, val, _label_names(spec, data))
+    _scatter_points(ax, data, model, (train, val), _label_names(spec, data))
     threshold = float(spec.train.threshold)
     # predict() says class 1 when P >= threshold, i.e. when the logit >= logit(threshold).
     level = math.log(threshold / (1.0 - threshold))
@@ -485,8 +485,8 @@ def _probability_grid(model, xlim, ylim, n: int = 200):
     return gx, gy, p1.reshape(gx.shape)
 
 
-def _scatter_points(ax, data, model, train, val, names: list[str]):
-    (x_tr, y_tr), (x_va, y_va) = train, val
+def _scatter_points(ax, data, model, splits, names: list[str]):
+    (x_tr, y_tr), (x_va, y_va) = splits  # (train, validation)
     for cls, colour in ((0, CLASS0), (1, CLASS1)):
         tr = y_tr == cls
         ax.scatter(x_tr[tr, 0], x_tr[tr, 1], s=10, color=colour, alpha=0.35,

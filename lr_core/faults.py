@@ -34,7 +34,8 @@ objects arms several faults; each fires on its own (the first that matches a mom
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
 (SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``), ``interrupt``
-(SIGINT to this process: a Ctrl-C at that moment), ``wait`` (block until the file
+(SIGINT to this process: a Ctrl-C at that moment), ``sleep`` (wait ``seconds``, a number
+in (0, 60], and go on: a slow step, still progressing), ``wait`` (block until the file
 ``until`` exists) and ``meet`` (leave a mark in the folder ``dir`` and block until
 ``count`` marks are there: that many processes reached the point at the same time).
 ``wait`` and ``meet`` give up after ``timeout`` seconds (default 120) with a
@@ -63,9 +64,10 @@ _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
 POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
           "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}, "asha": {"trial"}}
-ACTIONS = ("kill", "stop", "raise", "interrupt", "wait", "meet")
+ACTIONS = ("kill", "stop", "raise", "interrupt", "sleep", "wait", "meet")
 # The keys of an action besides the point's conditions.
-ACTION_KEYS = {"wait": {"until", "timeout"}, "meet": {"dir", "count", "timeout"}}
+ACTION_KEYS = {"sleep": {"seconds"}, "wait": {"until", "timeout"}, "meet": {"dir", "count", "timeout"}}
+_MAX_SLEEP_S = 60.0
 
 
 class FaultSpecError(LrjobInputError):
@@ -90,6 +92,11 @@ def _parse(text: str) -> dict | list[dict]:
         if unknown:
             raise FaultSpecError(f"{_ENV}: point {one['at']!r} reports {', '.join(sorted(POINTS[one['at']]))}, "
                                  f"not {', '.join(sorted(unknown))}")
+        if one["action"] == "sleep":
+            seconds = one.get("seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= _MAX_SLEEP_S:
+                raise FaultSpecError(f"{_ENV}: action 'sleep' needs 'seconds', a number in (0, {_MAX_SLEEP_S:g}]; "
+                                     f"got {seconds!r}")
     return spec
 
 
@@ -156,6 +163,8 @@ def _fire(spec: dict, at: str, where: dict) -> bool:
         os.kill(os.getpid(), signal.SIGSTOP)
     elif action == "interrupt":
         os.kill(os.getpid(), signal.SIGINT)
+    elif action == "sleep":
+        time.sleep(spec["seconds"])
     elif action in ACTION_KEYS:
         _block(spec, at, where)
     else:

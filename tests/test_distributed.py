@@ -131,17 +131,24 @@ def test_parity_on_prepared_parquet_with_mid_epoch_checkpoints(ray_session, tmp_
     assert names[:3] == ["epoch-0000-step-00000005", "epoch-0000-step-00000010", "epoch-0001"]
 
 
-def test_an_epoch_longer_than_the_timeout_is_not_a_hang_while_it_progresses(ray_session, tmp_path):
-    """failure.epoch_timeout_s bounds the time without progress, not the epoch: 20,000
-    steps of 2 workers (an allreduce each, 0.5 ms at the least) last well over a 5 s
-    timeout; rank 0 reports at least every second, and the run completes. (Before the
-    timeout watched progress, this run failed as "hung"; no time is asserted here.)"""
+def test_an_epoch_longer_than_the_timeout_is_not_a_hang_while_it_progresses(ray_session, tmp_path, monkeypatch):
+    """failure.epoch_timeout_s bounds the time without progress, not the epoch: rank 0 sleeps
+    25 ms before each of 400 steps (``LRJOB_FAULT`` action ``sleep``; rank 1 waits for it in
+    the allreduce), so the epoch lasts at least 10 s, twice the 5 s timeout; rank 0 reports
+    every 8 steps, and the run completes. (Before the timeout watched progress, this run failed
+    as "hung". A silent rank is a hang: tests/test_reliability.py.)"""
+    import json
+
+    sleep_s, timeout_s = 0.025, 5
+    monkeypatch.setenv("LRJOB_FAULT", json.dumps({"at": "step", "rank": 0, "action": "sleep", "seconds": sleep_s}))
     spec = load_spec("jobs/binary_synthetic.yaml", ["resources.workers=2", "train.epochs=1", "train.batch_size=8",
-                                                    "data.options.n_train=160000", "model.hidden=[]",
-                                                    "failure.epoch_timeout_s=5"])
+                                                    "data.options.n_train=3200", "model.hidden=[]",
+                                                    f"failure.epoch_timeout_s={timeout_s}"])
     res = run_job(spec, output=tmp_path / "run")
     assert res.summary["status"] == "completed"
-    assert res.history[0]["steps"] == 20000, res.history[0]
+    assert res.history[0]["steps"] == 400, res.history[0]
+    # the premise, not a speed: the sleeps reached the workers and the epoch outlasted the timeout
+    assert res.history[0]["epoch_seconds"] >= 400 * sleep_s >= 2 * timeout_s, res.history[0]
 
 
 @pytest.mark.parametrize("workers", [1, 2, 3])

@@ -45,7 +45,7 @@ def test_a_spec_without_at_or_a_known_action(spec):
     with pytest.raises(FaultSpecError) as e:
         faults._parse(text)
     assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep, asha and "
-                            f"'action' in kill, stop, raise, interrupt, wait, meet; got {text!r}")
+                            f"'action' in kill, stop, raise, interrupt, sleep, wait, meet; got {text!r}")
 
 
 def test_a_key_the_point_does_not_report():
@@ -142,6 +142,32 @@ def test_kill_stop_and_raise_act_as_named(monkeypatch):
     assert os.WIFSTOPPED(status) and os.WSTOPSIG(status) == signal.SIGSTOP
     status = _fire_in_child("raise")
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 4
+
+
+def test_sleep_waits_its_seconds_and_goes_on(monkeypatch):
+    """A slow step (tests/test_distributed.py makes an epoch outlast its timeout with it)."""
+    slept = []
+    monkeypatch.setattr(faults.time, "sleep", slept.append)
+    spec = faults._parse(json.dumps({"at": "step", "rank": 0, "action": "sleep", "seconds": 0.025}))
+    _arm(monkeypatch, **spec)
+    faults.hit("step", epoch=1, step=1, rank=1)          # another rank
+    faults.hit("step", epoch=1, step=1, rank=0)
+    faults.hit("step", epoch=1, step=2, rank=0)          # every matching step, no once
+    assert slept == [0.025, 0.025]
+
+
+@pytest.mark.parametrize("seconds", [None, 0, -1, 61, "1", True])
+def test_sleep_needs_its_seconds(seconds):
+    spec = {"at": "step", "action": "sleep", **({} if seconds is None else {"seconds": seconds})}
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(json.dumps(spec))
+    assert str(e.value) == f"LRJOB_FAULT: action 'sleep' needs 'seconds', a number in (0, 60]; got {seconds!r}"
+
+
+def test_only_sleep_takes_seconds():
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(json.dumps({"at": "step", "action": "raise", "seconds": 1}))
+    assert str(e.value) == "LRJOB_FAULT: point 'step' reports epoch, rank, step, not seconds"
 
 
 def test_check_reads_the_environment_once(monkeypatch):

@@ -81,6 +81,9 @@ class RayHorovodBackend:
         self.resources = check_resources(workers, cpus_per_worker, gpus_per_worker)
         self.executor = None
         self._positions_of = Positions(workers)
+        # a call still runs on some worker (a hang, or a peer that never answered after an error):
+        # shutdown does not ask the workers to leave Horovod first, their queue is blocked
+        self._busy = False
         self._data_ref = ray.put(data)
         try:
             settings = RayExecutor.create_settings(timeout_s=start_timeout_s,
@@ -155,6 +158,7 @@ class RayHorovodBackend:
                 others = [r for r in ranks if r != rank]
                 steps = posted[2] if posted and posted[0] >= 0 else None
                 busy = f": {others[:8]}{'...' if len(others) > 8 else ''}" if others else ""
+                self._busy = True
                 raise WorkerFailure(
                     f"rank {rank} on {self._where(rank)} made no progress in {what} for {timeout_s:.0f} s "
                     f"(hung: {_describe_stall(rank, positions, steps, silent_s)}; {len(others)} other rank(s) still "
@@ -179,6 +183,7 @@ class RayHorovodBackend:
                     if grace_until is None:
                         grace_until = time.monotonic() + 5.0
         if errors:
+            self._busy = self._busy or bool(pending)
             raise self._classify(errors, what, still_running=sorted(rank_of[r] for r in pending))
         return [results[r] for r in range(len(refs))]
 
@@ -248,23 +253,28 @@ class RayHorovodBackend:
 
     def shutdown(self) -> None:
         if self.executor is not None:
-            _stop_executor(self.executor)
+            _stop_executor(self.executor, leave=not getattr(self, "_busy", False))
         self.executor = None
         board = getattr(self, "_positions_of", None)
         if board is not None:
             board.clear()
 
 
-def _stop_executor(executor) -> None:
-    """Leave Horovod on every rank, kill the actors, remove the placement group."""
+def _stop_executor(executor, leave: bool = True) -> None:
+    """Leave Horovod on every rank (with ``leave``), kill the actors, remove the placement group.
+
+    Without ``leave`` (a call still runs on some rank: hung, or waiting for a lost peer) the
+    actors are killed at once: their queue is blocked, and a request to leave would only wait
+    out its 10 s (docs/design.md#failures-and-restarts)."""
     import ray
 
     actors = list(getattr(getattr(executor, "adapter", None), "workers", []) or [])
-    try:
-        ray.wait([a.execute.remote(lambda w: w.close() if w is not None else None) for a in actors],
-                 num_returns=len(actors), timeout=10)
-    except Exception:  # noqa: BLE001 - dead actors cannot close
-        pass
+    if leave:
+        try:
+            ray.wait([a.execute.remote(lambda w: w.close() if w is not None else None) for a in actors],
+                     num_returns=len(actors), timeout=10)
+        except Exception:  # noqa: BLE001 - dead actors cannot close
+            pass
     for actor in actors:
         try:
             ray.kill(actor, no_restart=True)

@@ -81,9 +81,9 @@ class RayHorovodBackend:
         self.resources = check_resources(workers, cpus_per_worker, gpus_per_worker)
         self.executor = None
         self._positions_of = Positions(workers)
-        # a call still runs on some worker (a hang, or a peer that never answered after an error):
-        # shutdown does not ask the workers to leave Horovod first, their queue is blocked
-        self._busy = False
+        # the calls of the last ``execute``: if one still runs at shutdown (a hang, a peer that
+        # never answered, Ctrl-C), the workers' queues are blocked and they are not asked to leave
+        self._calls: list = []
         self._data_ref = ray.put(data)
         try:
             settings = RayExecutor.create_settings(timeout_s=start_timeout_s,
@@ -140,6 +140,7 @@ class RayHorovodBackend:
         import ray
 
         refs = [actor.execute.remote(fn) for actor in self._actors()]
+        self._calls = refs
         rank_of = {ref: r for r, ref in enumerate(refs)}
         pending, results, errors = list(refs), {}, {}
         deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -158,7 +159,6 @@ class RayHorovodBackend:
                 others = [r for r in ranks if r != rank]
                 steps = posted[2] if posted and posted[0] >= 0 else None
                 busy = f": {others[:8]}{'...' if len(others) > 8 else ''}" if others else ""
-                self._busy = True
                 raise WorkerFailure(
                     f"rank {rank} on {self._where(rank)} made no progress in {what} for {timeout_s:.0f} s "
                     f"(hung: {_describe_stall(rank, positions, steps, silent_s)}; {len(others)} other rank(s) still "
@@ -183,7 +183,6 @@ class RayHorovodBackend:
                     if grace_until is None:
                         grace_until = time.monotonic() + 5.0
         if errors:
-            self._busy = self._busy or bool(pending)
             raise self._classify(errors, what, still_running=sorted(rank_of[r] for r in pending))
         return [results[r] for r in range(len(refs))]
 
@@ -253,19 +252,32 @@ class RayHorovodBackend:
 
     def shutdown(self) -> None:
         if self.executor is not None:
-            _stop_executor(self.executor, leave=not getattr(self, "_busy", False))
+            _stop_executor(self.executor, leave=not _still_running(getattr(self, "_calls", [])))
         self.executor = None
         board = getattr(self, "_positions_of", None)
         if board is not None:
             board.clear()
 
 
+def _still_running(refs: list) -> bool:
+    """Whether any of the calls ``refs`` has not returned yet."""
+    import ray
+
+    if not refs:
+        return False
+    try:
+        _, running = ray.wait(list(refs), num_returns=len(refs), timeout=0)
+    except Exception:  # noqa: BLE001 - unknown: ask the workers to leave, as before
+        return False
+    return bool(running)
+
+
 def _stop_executor(executor, leave: bool = True) -> None:
     """Leave Horovod on every rank (with ``leave``), kill the actors, remove the placement group.
 
-    Without ``leave`` (a call still runs on some rank: hung, or waiting for a lost peer) the
-    actors are killed at once: their queue is blocked, and a request to leave would only wait
-    out its 10 s (docs/design.md#failures-and-restarts)."""
+    Without ``leave`` (a call still runs on some rank: hung, waiting for a lost peer, or
+    interrupted by Ctrl-C) the actors are killed at once: their queue is blocked, and a
+    request to leave would only wait out its 10 s (docs/design.md#failures-and-restarts)."""
     import ray
 
     actors = list(getattr(getattr(executor, "adapter", None), "workers", []) or [])

@@ -189,11 +189,19 @@ def test_a_storage_uri_as_sweep_directory_is_one_line_and_makes_no_folder(capsys
 # --------------------------------------------------------------------------- real sweeps
 @pytest.mark.distributed
 def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_and_tracks(
-        ray_session, tmp_path, capsys):
+        ray_session, tmp_path, capsys, monkeypatch):
     """Trials one at a time (deterministic ASHA): t000 completes, t001 diverges and fails, and
     the sweep goes on: t002 (a learning rate 1000x smaller) is stopped by ASHA after its first
-    epoch. t000 is named best, and its parameters equal run_job of its own job.yaml."""
+    epoch. t000 is named best, and its parameters equal run_job of its own job.yaml.
+    The stopped t002 is the last trial, and its run's end is slowed past the 5 s that Tune
+    gives the actors still stopping when a sweep ends: it still ends ``interrupted``, tracked."""
     from mlflow.tracking import MlflowClient
+
+    from launcher.rundir import RunDir
+
+    # the trial actors are armed from the sweep's environment (faults.arm); this process is not
+    monkeypatch.setenv("LRJOB_FAULT", json.dumps({"at": "cleanup", "status": "interrupted", "action": "sleep",
+                                                  "seconds": 12}))
 
     uri = (tmp_path / "mlruns").as_uri()
     spec = load_spec(JOB, TINY + [HIDDEN, f"tracking.mlflow.uri={uri}", "tracking.mlflow.experiment=sw"])
@@ -204,6 +212,7 @@ def test_an_inprocess_sweep_reports_each_trial_stops_early_survives_a_failure_an
     rows = {r["trial"]: r for r in result.rows}
     assert {t: r["status"] for t, r in rows.items()} == {"t000": "completed", "t001": "failed", "t002": "stopped"}
     assert rows["t002"]["epochs_done"] == 1 and rows["t000"]["epochs_done"] == 3
+    assert (RunDir(tmp_path / "s/trials/t002").summary() or {}).get("status") == "interrupted"
     assert "loss became inf" in rows["t001"]["error"] and f"t001 failed: {rows['t001']['error']}" in out
     assert result.best["trial"] == "t000" and result.ran == ["t000", "t001", "t002"]
     history = [json.loads(x) for x in (tmp_path / "s/trials/t000/metrics.jsonl").read_text().splitlines()]

@@ -187,7 +187,7 @@ def reason_for(name: str, change, equivalent: list[dict]) -> str | None:
     return None
 
 
-def render(changes, codes, info: dict | None) -> str:
+def render(changes, codes, info: list[dict] | None) -> str:
     equivalent = load_equivalent()
     rows: dict[str, Counter] = defaultdict(Counter)
     survivors: dict[str, list[str]] = defaultdict(list)
@@ -207,14 +207,13 @@ def render(changes, codes, info: dict | None) -> str:
         elif status == "no tests":
             no_tests[module][function_of(name).rpartition(".")[2]] += 1
     lines = [BEGIN, ""]
-    if info:
-        lines += [f"Run of {info['date']}: {info['mutants']} mutants in {info['wall_s'] / 60:.1f} min of wall "
-                  f"time, {info['jobs']} worker(s), mutmut {info['mutmut']}"
-                  + (f", only {', '.join(info['only'])}" if info.get("only") else "")
-                  + (f", code at commit {info['commit']}" if info.get("commit") else "")
-                  + (f", load average {info['load'][0]:.1f} at the start and {info['load'][1]:.1f} at the end "
-                     f"(on {os.cpu_count()} cores; other work slows the run and can time tests out)"
-                     if info.get("load") else "") + ".", ""]
+    runs = info or []
+    if len(runs) == 1:
+        lines += [f"Run of {_run_line(runs[0])}.", ""]
+    elif runs:
+        # --keep runs, module by module: each module's results are those of its last run
+        lines += [f"Results of {len(runs)} runs (`--keep --only`), each module's from the last run that "
+                  "tested it:", "", *(f"- {_run_line(r)}" for r in runs), ""]
     lines += ["| module | mutants | killed | survived | timeout | no tests | other | killed % |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     total = Counter()
@@ -245,6 +244,30 @@ def render(changes, codes, info: dict | None) -> str:
     return "\n".join(lines)
 
 
+def _run_line(info: dict) -> str:
+    return (f"{info['date']}: {info['mutants']} mutants in {info['wall_s'] / 60:.1f} min of wall "
+            f"time, {info['jobs']} worker(s), mutmut {info['mutmut']}"
+            + (f", only {', '.join(info['only'])}" if info.get("only") else "")
+            + (f", code at commit {info['commit']}" if info.get("commit") else "")
+            + (f", load average {info['load'][0]:.1f} at the start and {info['load'][1]:.1f} at the end "
+               f"(on {os.cpu_count()} cores; other work slows the run and can time tests out)"
+               if info.get("load") else ""))
+
+
+def load_runs() -> list[dict]:
+    """The runs whose results are in mutants/, oldest first (one for a fresh run; with
+    ``--keep``, every run since the last fresh one)."""
+    if not RUN_INFO.is_file():
+        return []
+    runs = json.loads(RUN_INFO.read_text())
+    return [runs] if isinstance(runs, dict) else runs
+
+
+def matches(name: str, only: list[str]) -> bool:
+    """Whether ``--only`` globs select mutant ``name`` (no globs: every mutant)."""
+    return not only or any(fnmatch.fnmatchcase(name, g) for g in only)
+
+
 def write_report(text: str) -> None:
     DOC.parent.mkdir(exist_ok=True)
     old = DOC.read_text() if DOC.is_file() else "# Mutation testing\n"
@@ -271,7 +294,8 @@ def main(argv=None) -> int:
     if not args.report_only:
         if not args.keep:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
-        t0, load_start = time.time(), os.getloadavg()[0]
+        # the code tested is the code at the start (mutmut copies it into mutants/ first)
+        t0, load_start, commit = time.time(), os.getloadavg()[0], _commit()
         rc = run_mutmut(targets(files, args.only), args.jobs)
         wall = time.time() - t0
         load_end = os.getloadavg()[0]
@@ -281,14 +305,17 @@ def main(argv=None) -> int:
         import mutmut
 
         changes, codes = results(files)
-        RUN_INFO.write_text(json.dumps({
+        # A --keep run adds its line to those of the runs before it (their results stay in mutants/).
+        runs = load_runs() if args.keep else []
+        runs.append({
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "wall_s": wall, "jobs": args.jobs,
-            "mutmut": mutmut.__version__, "only": args.only, "mutants": len(changes), "commit": _commit(),
-            "load": [load_start, load_end]}))
+            "mutmut": mutmut.__version__, "only": args.only,
+            "mutants": sum(matches(n, args.only) for n in changes), "commit": commit,
+            "load": [load_start, load_end]})
+        RUN_INFO.write_text(json.dumps(runs))
     else:
         changes, codes = results(files)
-    info = json.loads(RUN_INFO.read_text()) if RUN_INFO.is_file() else None
-    write_report(render(changes, codes, info))
+    write_report(render(changes, codes, load_runs()))
     print(f"mutants: report written to {DOC.relative_to(ROOT)}")
     return 0
 

@@ -27,7 +27,7 @@ import pytest
 # The training loop in-process on tiny data: hundredths of a second each.
 _CORE = ("test_losses_oracle.py", "test_optimizers_oracle.py", "test_sharding.py",
          "test_sharding_more.py", "test_state.py", "test_config.py", "test_errors.py", "test_models.py",
-         "test_comm.py", "test_loop.py")
+         "test_comm.py", "test_loop.py", "test_mutant_kills_loop.py")
 
 # pyarrow readers on small local files (the S3 test starts a server: left out).
 _TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "test_npy*", "test_npz*", "test_missing*",
@@ -41,9 +41,9 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # not depend on luck) and takes seconds per mutant.
     "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py") + _TABLES,
     "lr_core.tables": _TABLES + ("test_data.py",),
-    "lr_core.prepared": ("test_prepared.py",),
+    "lr_core.prepared": ("test_prepared.py", "test_mutant_kills_prepared.py"),
     "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py"),
-    "lr_core.export": ("test_export.py", "test_rundir.py"),
+    "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py"),
     "lr_core.faults": ("test_faults.py", "test_rundir.py"),
     "lr_core.loop": _CORE,
     "lr_core.losses": _CORE,
@@ -52,9 +52,15 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),
     "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
     "launcher.report.parity": ("test_parity_compare.py",),
-    "launcher.rundir": ("test_rundir.py",),
-    # whole in-process runs (run_job, workers=0) on small jobs: about a second each
-    "launcher.driver": ("test_driver.py",),
+    "launcher.rundir": ("test_rundir.py", "test_mutant_kills_rundir.py"),
+    # whole in-process runs (run_job, workers=0) on small jobs: about a second each; the
+    # mid-epoch checkpoints (checkpoint.every_steps) are written and resumed only by these
+    "launcher.driver": ("test_driver.py", "test_resume.py::test_mid_epoch*",
+                        "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
+                        "test_resume.py::test_a_resume_on_other_data*"),
+    "lr_core.schedule": ("test_schedule.py",),
+    # bounded reads of small files: a spec, a run's JSON, a model's meta.json
+    "lr_core.files": ("test_rundir.py", "test_export.py", "test_spec.py"),
 }
 
 ALL = frozenset(e for entries in SCOPE.values() for e in entries)

@@ -195,6 +195,9 @@ def render(changes, codes, info: list[dict] | None) -> str:
     untriaged = []
     for name in sorted(changes, key=lambda n: (function_of(n), int(n.rpartition("_")[2]))):
         module = name.rpartition(".")[0]
+        if codes[name] is None:  # selected by no run since the last fresh one (--keep --only)
+            rows[module]["not run"] += 1
+            continue
         status = STATUS.get(codes[name], "other")
         rows[module][status if status in COLUMNS else "other"] += 1
         if status == "survived":
@@ -214,22 +217,24 @@ def render(changes, codes, info: list[dict] | None) -> str:
         # --keep runs, module by module: each module's results are those of its last run
         lines += [f"Results of {len(runs)} runs (`--keep --only`), each module's from the last run that "
                   "tested it:", "", *(f"- {_run_line(r)}" for r in runs), ""]
-    lines += ["| module | mutants | killed | survived | timeout | no tests | other | killed % |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    columns = COLUMNS + (("not run",) if any(c["not run"] for c in rows.values()) else ())
+    lines += ["| module | mutants | " + " | ".join(columns) + " | killed % |",
+              "|---|---:|" + "---:|" * len(columns) + "---:|"]
     total = Counter()
     for module in sorted(rows):
         c = rows[module]
         total += c
         judged = c["killed"] + c["timeout"] + c["survived"]
         score = f"{100 * (c['killed'] + c['timeout']) / judged:.1f}" if judged else "–"
-        lines.append(f"| {module} | {sum(c.values())} | " + " | ".join(str(c[k]) for k in COLUMNS)
+        lines.append(f"| {module} | {sum(c.values())} | " + " | ".join(str(c[k]) for k in columns)
                      + f" | {score} |")
     judged = total["killed"] + total["timeout"] + total["survived"]
-    lines.append(f"| **all** | {sum(total.values())} | " + " | ".join(str(total[k]) for k in COLUMNS)
+    lines.append(f"| **all** | {sum(total.values())} | " + " | ".join(str(total[k]) for k in columns)
                  + (f" | {100 * (total['killed'] + total['timeout']) / judged:.1f} |" if judged else " | – |"))
     lines += ["", "`killed %` = (killed + timeout) / (killed + timeout + survived). `no tests`: no test in "
               "the module's scope calls the function (listed at the end); `other`: not checked, suspicious "
-              "or crashed.", "",
+              "or crashed." + (" `not run`: selected by none of the runs above (not tested at this commit)."
+                               if "not run" in columns else ""), "",
               f"**Survivors: {total['survived']}**: {total['survived'] - len(untriaged)} with a reason (equivalent, "
               f"or not observable by an in-process test), {len(untriaged)} untriaged.", ""]
     for module in sorted(survivors):

@@ -45,7 +45,10 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py"),
     "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py"),
     "lr_core.faults": ("test_faults.py", "test_rundir.py"),
-    "lr_core.loop": _CORE,
+    # and the two in-process runs that take the loop's other paths: a learning-rate schedule,
+    # and a set larger than memory (each step reads its rows from the file)
+    "lr_core.loop": _CORE + ("test_schedule.py::test_the_loop_trains_the_oracles_scheduled_run*",
+                             "test_prepared.py::test_training_maps_none_of_a_large_set"),
     "lr_core.losses": _CORE,
     "lr_core.metrics": ("test_metrics.py",) + _CORE,
     "lr_core.models": _CORE,

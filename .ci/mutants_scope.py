@@ -27,7 +27,9 @@ import pytest
 # The training loop in-process on tiny data: hundredths of a second each.
 _CORE = ("test_losses_oracle.py", "test_optimizers_oracle.py", "test_sharding.py",
          "test_sharding_more.py", "test_state.py", "test_config.py", "test_errors.py", "test_models.py",
-         "test_comm.py", "test_loop.py", "test_mutant_kills_loop.py")
+         "test_comm.py", "test_loop.py", "test_mutant_kills_loop.py",
+         # the in-process runs on standardized, class-weighted rows (about a second each)
+         "test_standardize.py::test_training_matches_the_oracle_on_standardized_weighted_rows*")
 
 # pyarrow readers on small local files (the S3 test starts a server: left out).
 _TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "test_npy*", "test_npz*", "test_missing*",

@@ -9,9 +9,12 @@ import numpy as np
 import pytest
 
 from lr_core import loop as loop_module
+from lr_core.comm import SingleProcessCommunicator
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
+from lr_core.errors import DivergenceError
 from lr_core.loop import TrainingLoop, _device_array
+from lr_core.sharding import epoch_permutation
 
 CFG = LoopConfig(kind="binary", batch_size=8, learning_rate=0.5, momentum=0.9)
 
@@ -212,3 +215,41 @@ def test_the_position_is_the_step_being_run_then_the_end():
     assert seen == [(0, (1, 0)), (1, (1, 1)), (2, (1, 2))] and loop.position == (1, 3)
     loop.train_epoch(1, start_step=3)
     assert loop.position == (1, 5)
+
+
+class _ThirdRank(SingleProcessCommunicator):
+    """Rank 2 of 3 (the other ranks' sums are zero here): with global batches of 2 rows it
+    never has a row of its own."""
+
+    rank, size, local_rank = 2, 3, 0
+
+
+@pytest.mark.parametrize("class_weight,standardize", [("balanced", False), ("balanced", True), (None, True)])
+def test_a_rank_without_rows_joins_with_a_zero_gradient_on_weighted_standardized_rows(class_weight, standardize):
+    data = _data(n=10)
+    if standardize:
+        data = Dataset(data.x_train, data.y_train, data.x_val, data.y_val, source="test",
+                       stats={"mean": [0.5, -0.25, 1.0], "std": [2.0, 0.5, 1.0], "constant": []})
+    cfg = LoopConfig(kind="binary", batch_size=2, learning_rate=0.5, class_weight=class_weight)
+    loop = TrainingLoop(cfg, data, comm=_ThirdRank())
+    before = loop.get_params()
+    tr = loop.train_epoch(0)
+    assert tr["local_rows"] == 0 and tr["steps"] == 5 and tr["train_loss"] == 0.0
+    assert all(np.array_equal(v, before[k]) for k, v in loop.get_params().items())
+    assert loop.trainer._optimizer.num_update == 5
+
+
+def test_divergence_inside_a_resumed_segment_names_its_step():
+    data = _data(n=12)
+    x = data.x_train.copy()
+    cfg = LoopConfig(kind="binary", batch_size=1, learning_rate=0.1, seed=3)
+    at = 9                                            # 0-based step of the bad row
+    x[int(epoch_permutation(3, 0, 12)[at])] = np.inf
+    loop = TrainingLoop(cfg, Dataset(x, data.y_train, data.x_val, data.y_val, source="test"))
+    loop.train_epoch(0, stop_step=6)
+    with pytest.raises(DivergenceError) as e:
+        loop.train_epoch(0, start_step=6)
+    msg = str(e.value)
+    assert not np.isfinite(float(msg.split()[2]))      # the bad step's own loss
+    assert msg.endswith(f" at epoch 1, step {at + 1} of 12; lower train.learning_rate (now 0.1) or check the "
+                        f"data scale")

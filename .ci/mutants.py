@@ -161,15 +161,34 @@ def _continue_stopped(pid: int) -> None:
             pass
 
 
+def cached_changes(path: str) -> dict[str, tuple[list[str], list[str]]]:
+    """``changes_in`` of mutants/<path>, kept beside it until mutmut generates that file again
+    (parsing every file takes minutes; a --keep run of one module changes none of the others)."""
+    import hashlib
+
+    code = (ROOT / "mutants" / path).read_text()
+    cache = ROOT / "mutants" / f"{path}.lrjob-changes.json"
+    digest = hashlib.sha256(code.encode()).hexdigest()
+    try:
+        saved = json.loads(cache.read_text())
+        if saved["sha256"] == digest:
+            return {k: (v[0], v[1]) for k, v in saved["changes"].items()}
+    except (OSError, ValueError, KeyError):
+        pass
+    changes = changes_in(path, code)
+    cache.write_text(json.dumps({"sha256": digest, "changes": changes}))
+    return changes
+
+
 def results(files: list[str]) -> tuple[dict[str, tuple[list[str], list[str]]], dict[str, int | None]]:
     """The selected mutants' changes and exit codes, from mutmut's files in mutants/."""
     changes, codes = {}, {}
     for path in files:
-        meta, code = ROOT / "mutants" / f"{path}.meta", ROOT / "mutants" / path
+        meta = ROOT / "mutants" / f"{path}.meta"
         if not meta.is_file():
             continue
         exit_codes = json.loads(meta.read_text())["exit_code_by_key"]
-        for name, change in changes_in(path, code.read_text()).items():
+        for name, change in cached_changes(path).items():
             if name in exit_codes and selected(name, change):
                 changes[name], codes[name] = change, exit_codes[name]
     return changes, codes

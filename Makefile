@@ -7,7 +7,7 @@ LRJOB  := $(VENV)/bin/lrjob
 WORKERS ?= 2
 JOB    ?= jobs/mnist_softmax.yaml
 RUN_ARGS ?=
-MUTANTS_JOBS ?= 1
+MUTANTS_JOBS ?= 2
 # make test: the tests that start no Ray or Horovod run on TEST_JOBS processes (pytest-xdist);
 # the distributed ones (one Ray for the session) run after them in one process.
 TEST_JOBS ?= 2
@@ -46,7 +46,8 @@ doctor: install
 	$(LRJOB) doctor
 
 # Mutation testing of lr_core, the run directory, parity and resume (mutmut); rewrites
-# the generated part of docs/mutants.md. MUTANTS_JOBS=2 tests two mutants at once.
+# the generated part of docs/mutants.md. Two mutants at once: 9,352 of them take about 30
+# minutes on one idle core (docs/mutants.md); MUTANTS_JOBS=1 on a machine others use.
 mutants: install
 	$(PY) .ci/mutants.py --jobs $(MUTANTS_JOBS)
 

@@ -253,3 +253,12 @@ def test_divergence_inside_a_resumed_segment_names_its_step():
     assert not np.isfinite(float(msg.split()[2]))      # the bad step's own loss
     assert msg.endswith(f" at epoch 1, step {at + 1} of 12; lower train.learning_rate (now 0.1) or check the "
                         f"data scale")
+
+
+def test_in_memory_float32_features_are_a_view_not_a_copy():
+    """design.md: N workers on a node hold the dataset once: the loop's NDArray is the rows' own memory."""
+    data = _data()
+    alias = data.x_train.view()                       # MXNet marks the array it shares read-only
+    loop = TrainingLoop(CFG, data)
+    alias[0, 0] = 42.0
+    assert loop.x[0, 0].asscalar() == 42.0

@@ -71,3 +71,13 @@ def test_atomic_write_text_takes_a_string_or_pieces(tmp_path):
     atomic_write_text(tmp_path / "b.txt", (f"{i}\n" for i in range(3)))
     assert (tmp_path / "a.txt").read_text() == "one line\n"
     assert (tmp_path / "b.txt").read_text() == "0\n1\n2\n"
+
+
+def test_pruning_spares_the_best_epochs_end_checkpoint_not_a_mid_epoch_one(tmp_path):
+    """checkpoint.keep_best: the best epoch's end-of-epoch checkpoint stays whatever keep says;
+    a mid-epoch checkpoint inside the next epoch is not it."""
+    run = RunDir.create(tmp_path / "r")
+    run.best_epoch = 1
+    for done, step in ((0, 1), (1, 0), (1, 1), (2, 0), (3, 0)):
+        run.write_checkpoint(_state(done, step=step, step_losses=[0.5] * step), "d1", [], keep=1)
+    assert sorted(p.name for p in (run.path / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0003"]

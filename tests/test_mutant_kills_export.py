@@ -31,3 +31,22 @@ def test_scaled_inputs_are_served_as_training_saw_them(tmp_path):
     pred, prob = model.predict(x, scale=scale)
     want_pred, want_prob, _ = from_logits("binary", want, 0.4)
     assert np.array_equal(pred, want_pred) and np.array_equal(prob, want_prob)
+
+
+def test_a_standardized_export_serves_training_features(tmp_path):
+    """meta.json's standardize: the features are (x * scale - mean) * (1 / std) in float32, as
+    ``Dataset.features`` gives them in training (docs/design.md#standardization)."""
+    cfg = LoopConfig(kind="binary", threshold=0.4)
+    params = initial_parameters(cfg, 5)
+    net = build_model(cfg, 5)
+    for name, p in net.collect_params().items():
+        p.set_data(mx.nd.array(params[name]))
+    stats = {"mean": [0.5, -1.0, 2.0, 0.0, 3.0], "std": [2.0, 0.25, 1.0, 4.0, 0.5], "constant": []}
+    model = ExportedModel(export_model(tmp_path / "m", cfg, params, 5, {"standardize": stats}))
+    x = np.random.default_rng(2).normal(size=(6, 5)) * 3
+    for scale in (None, 0.5):
+        seen = Dataset(x, np.zeros(6, np.int64), x[:0], np.zeros(0, np.int64), source="t", scale=scale,
+                       stats=stats).features(x)
+        want = net(mx.nd.array(seen, dtype="float32")).asnumpy().astype(np.float64)
+        assert np.array_equal(model.logits(x, scale=scale), want)
+    assert not np.allclose(model.logits(x), net(mx.nd.array(x, dtype="float32")).asnumpy(), atol=1e-3)

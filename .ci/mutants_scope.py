@@ -51,7 +51,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # and a set larger than memory (each step reads its rows from the file)
     "lr_core.loop": _CORE + ("test_schedule.py::test_the_loop_trains_the_oracles_scheduled_run*",
                              "test_prepared.py::test_training_maps_none_of_a_large_set"),
-    "lr_core.losses": _CORE,
+    "lr_core.losses": _CORE + ("test_mutant_kills_losses.py",),
     "lr_core.metrics": ("test_metrics.py",) + _CORE,
     "lr_core.models": _CORE,
     "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),

@@ -62,7 +62,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # mid-epoch checkpoints (checkpoint.every_steps) are written and resumed only by these
     "launcher.driver": ("test_driver.py", "test_resume.py::test_mid_epoch*",
                         "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
-                        "test_resume.py::test_a_resume_on_other_data*"),
+                        "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py"),
     "lr_core.schedule": ("test_schedule.py",),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
     "lr_core.files": ("test_rundir.py", "test_export.py", "test_spec.py"),

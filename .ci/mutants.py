@@ -271,11 +271,19 @@ def render(changes, codes, info: list[dict] | None) -> str:
 def _run_line(info: dict) -> str:
     return (f"{info['date']}: {info['mutants']} mutants in {info['wall_s'] / 60:.1f} min of wall "
             f"time, {info['jobs']} worker(s), mutmut {info['mutmut']}"
-            + (f", only {', '.join(info['only'])}" if info.get("only") else "")
+            + (f", only {_only_text(info['only'])}" if info.get("only") else "")
             + (f", code at commit {info['commit']}" if info.get("commit") else "")
             + (f", load average {info['load'][0]:.1f} at the start and {info['load'][1]:.1f} at the end "
                f"(on {os.cpu_count()} cores; other work slows the run and can time tests out)"
                if info.get("load") else ""))
+
+
+def _only_text(only: list[str]) -> str:
+    """The ``--only`` globs of a run; many names (the survivors of a module, run again) as a count."""
+    if len(only) <= 4:
+        return ", ".join(f"`{g}`" for g in only)
+    modules = sorted({function_of(g).rpartition(".")[0] for g in only})
+    return f"{len(only)} named mutants of {', '.join(f'`{m}`' for m in modules)}"
 
 
 def load_runs() -> list[dict]:

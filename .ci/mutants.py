@@ -280,7 +280,7 @@ def _run_line(info: dict) -> str:
 
 def _only_text(only: list[str]) -> str:
     """The ``--only`` globs of a run; many names (the survivors of a module, run again) as a count."""
-    if len(only) <= 4:
+    if len(only) <= 4 or all(g.endswith("*") for g in only):
         return ", ".join(f"`{g}`" for g in only)
     modules = sorted({function_of(g).rpartition(".")[0] for g in only})
     return f"{len(only)} named mutants of {', '.join(f'`{m}`' for m in modules)}"

@@ -44,7 +44,8 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py") + _TABLES,
     "lr_core.tables": _TABLES + ("test_data.py",),
     "lr_core.prepared": ("test_prepared.py", "test_mutant_kills_prepared.py"),
-    "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py"),
+    # test_hostile.py: the hostile files whose errors the message helpers shorten (in-process CLI)
+    "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py", "test_hostile.py"),
     "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py"),
     "lr_core.faults": ("test_faults.py", "test_rundir.py"),
     # and the two in-process runs that take the loop's other paths: a learning-rate schedule,
@@ -65,7 +66,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
                         "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py"),
     "lr_core.schedule": ("test_schedule.py",),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
-    "lr_core.files": ("test_rundir.py", "test_export.py", "test_spec.py"),
+    "lr_core.files": ("test_rundir.py", "test_export.py", "test_spec.py", "test_hostile.py"),
 }
 
 ALL = frozenset(e for entries in SCOPE.values() for e in entries)

@@ -649,6 +649,7 @@ class _Interrupt:
 
     def stopper(self):
         from ray.tune import Stopper
+        from ray.tune.stopper import NoopStopper
 
         outer = self
 
@@ -658,6 +659,12 @@ class _Interrupt:
 
             def stop_all(self):
                 return outer.signal is not None
+
+            def __reduce__(self):
+                # Tune saves its state (this stopper included) with cloudpickle every 10 s or so;
+                # ``outer`` holds the previous signal handlers, which may hold locks. A sweep is
+                # resumed by lrjob, never by Tune's restore: the saved copy is a no-op stopper.
+                return NoopStopper, ()
 
         return _StopAll()
 

@@ -160,6 +160,26 @@ def test_a_trial_reserves_what_its_workers_need_so_two_cores_take_two_inprocess_
     assert concurrent_trials(2, inproc, limit=1) == 1
 
 
+def test_the_sweeps_stopper_survives_tunes_state_saves_while_it_holds_the_old_signal_handlers():
+    """Tune saves its state, stopper included, with cloudpickle every 10 s or so; the stopper
+    sees the sweep's signal state, which holds the previous handlers (and they may hold locks)."""
+    import signal
+    import threading
+
+    from ray import cloudpickle
+    from ray.tune.stopper import NoopStopper
+
+    from launcher.sweep import _Interrupt
+
+    interrupt = _Interrupt()
+    interrupt._old = {signal.SIGTERM: threading.Lock()}  # a handler's state that cannot be pickled
+    stopper = interrupt.stopper()
+    assert stopper.stop_all() is False
+    interrupt.signal = signal.SIGINT
+    assert stopper.stop_all() is True
+    assert isinstance(cloudpickle.loads(cloudpickle.dumps(stopper)), NoopStopper)
+
+
 def test_resume_of_a_folder_that_is_no_sweep_is_one_line(capsys, tmp_path):
     code, _, err = _cli(capsys, "sweep", "--resume", tmp_path)
     assert code == 2 and err.startswith(f"lrjob: error: --resume {tmp_path}: not a sweep directory"), err

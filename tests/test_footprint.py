@@ -21,11 +21,17 @@ def test_a_worker_group_is_its_workers_and_reports_progress_without_an_actor(ray
     from launcher.backends.positions import NAMESPACE
     from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
+    from ray.experimental import internal_kv
+
     spec = load_spec("jobs/binary_2d.yaml", ["train.epochs=1", "train.batch_size=2"])
     before = _alive_actors(ray_session)
     seen = []
+    gcs = ray_session._private.worker.global_worker.gcs_client
     backend = RayHorovodBackend(spec.loop_config(), spec.load_data(), spec.resources)
     try:
+        # what ray.cluster_utils.Cluster.shutdown() does to the process that used it (an earlier
+        # test here): the internal-KV module forgets its client while this process stays connected
+        internal_kv._internal_kv_reset()
         group = backend._positions_of.group
         assert _alive_actors(ray_session) == before + ["BaseHorovodWorker"] * 2
         # 200 steps of 2 ranks; a rank's last report is sent before its epoch returns
@@ -36,10 +42,11 @@ def test_a_worker_group_is_its_workers_and_reports_progress_without_an_actor(ray
         assert {r: (e, s) for r, (e, s, _) in positions.items()} == {0: (0, 200), 1: (0, 200)}, positions
         epoch, step, steps = backend._positions_of.progress  # rank 0's last confirmed step
         assert (epoch, steps) == (0, 200) and 150 <= step < 200, backend._positions_of.progress
-        keys = internal_kv_get_gcs_client().internal_kv_keys(f"pos:{group}:".encode(), NAMESPACE)
+        keys = gcs.internal_kv_keys(f"pos:{group}:".encode(), NAMESPACE)
         assert sorted(keys) == [f"pos:{group}:0".encode(), f"pos:{group}:1".encode()]
     finally:
         backend.shutdown()
+        internal_kv._initialize_internal_kv(gcs)
     assert internal_kv_get_gcs_client().internal_kv_keys(f"pos:{group}:".encode(), NAMESPACE) == []
     assert _alive_actors(ray_session) == before
 

@@ -22,9 +22,14 @@ _RPC_TIMEOUT_S = 5
 
 
 def _gcs():
+    """This process's GCS client: its own Ray connection's, else the internal-KV module's.
+    (``ray.cluster_utils.Cluster.shutdown`` resets the module's client in the calling process
+    even while that process stays connected to another Ray.)"""
+    import ray
     from ray.experimental.internal_kv import internal_kv_get_gcs_client
 
-    client = internal_kv_get_gcs_client()
+    client = getattr(ray._private.worker.global_worker, "gcs_client", None) if ray.is_initialized() else None
+    client = client or internal_kv_get_gcs_client()
     if client is None:
         raise RuntimeError("not connected to Ray")
     return client

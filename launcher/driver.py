@@ -145,6 +145,7 @@ class Driver:
         self.remote: RemoteRun | None = None
         self._staging_made: list[Path] = []
         self._uploaded_all = False
+        self._adopted = False
         if is_remote(self.options.runs_dir):
             raise SpecError(f"--runs-dir {without_login(self.options.runs_dir)}: must be a local folder (it also "
                             f"holds the staging copies of runs on storage); for storage name the run: "
@@ -156,6 +157,7 @@ class Driver:
             # a staging copy kept after a failed upload: the run goes on there and is uploaded to its
             # URI again (docs/design.md#storage)
             self.remote = open_remote(staged_uri(resume), "--resume")
+            self._adopted = True  # the user's copy: removed only once all of it is uploaded
             self.remote.adopt(Path(resume))
         if resume:
             self.path = Path(resume)
@@ -686,8 +688,9 @@ class Driver:
             self._lock = None
         if self.run_dir is None:
             remove_if_empty(self._created)
-        if self.remote is not None and (self.run_dir is None or self._uploaded_all):
-            # nothing written yet, or all of it uploaded: the staging copy goes (kept after a failed upload)
+        if self.remote is not None and (self._uploaded_all or (self.run_dir is None and not self._adopted)):
+            # all of it uploaded, or a copy this driver downloaded and never wrote: the staging copy
+            # goes. A kept copy given to --resume holds epochs the storage may lack: it stays.
             shutil.rmtree(self.path, ignore_errors=True)
             remove_if_empty(self._staging_made[:-1])
 

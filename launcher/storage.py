@@ -262,7 +262,21 @@ class RemoteRun:
         what differs and removes what the copy pruned). Refused in one line when the URI holds a
         checkpoint newer than the copy's newest: the run went on from the URI since."""
         self.staging = staging
+        kind = self.state()
+        if kind == "other":
+            raise LrjobInputError(f"--resume {staging}: its storage {self.shown} is not empty and holds no lrjob "
+                                  f"run; nothing was uploaded: move the objects there, or copy this folder elsewhere")
         files = self._list()
+        if "job.yaml" in files:
+            try:
+                theirs = self._get("job.yaml", _MAX_SMALL_FILE + 1)
+            except OSError as e:
+                raise LrjobInputError(f"--resume {staging}: cannot read {self._where('job.yaml')} "
+                                      f"({_first_line(e)}); {_HINT}") from None
+            mine = (staging / "job.yaml").read_bytes() if (staging / "job.yaml").is_file() else b""
+            if theirs != mine:
+                raise LrjobInputError(f"--resume {staging}: {self.shown} holds another run (its job.yaml is not "
+                                      f"this copy's); nothing was uploaded: the copy stays here")
         remote = sorted({c for c in map(self._checkpoint_of, files) if c and f"checkpoints/{c}/{MANIFEST}" in files})
         folder = staging / "checkpoints"
         local = sorted(p.name for p in folder.iterdir() if _CHECKPOINT.fullmatch(p.name)) if folder.is_dir() else []

@@ -4,6 +4,7 @@ real S3-compatible server (moto) on loopback that each test starts and stops (co
 from the uploaded checkpoint and ends bit-identical to an uninterrupted run, a checkpoint
 whose upload did not finish is skipped, and bad URIs, a missing bucket, an unreachable
 endpoint and a failing upload are one-line errors."""
+import fcntl
 import io
 import json
 import os
@@ -260,6 +261,23 @@ def test_an_upload_failing_mid_run_fails_the_run_and_keeps_the_staging_copy_that
                        f"copy's epoch-0002: the run went on from its storage; continue it with lrjob run --resume "
                        f"'s3://data/run?{query}'\n")
         fs.delete_dir("data/run")
+        # another run at the URI: refused, nothing uploaded, and the copy stays
+        with fs.open_output_stream("data/run/job.yaml") as f:
+            f.write(b"name: another\n")
+        code, out, err = _cli(capsys, "run", "--resume", staging, "--quiet")
+        assert (code, out) == (2, "") and "holds another run" in err and err.count("\n") == 1, err
+        assert _read(admin, "data/run/job.yaml") == b"name: another\n"
+        assert (staging / "checkpoints" / "epoch-0002").is_dir()
+        fs.delete_dir("data/run")
+        # the copy locked by another process: refused before any work, and the copy stays
+        fd = os.open(staging, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            code, out, err = _cli(capsys, "run", "--resume", staging, "--quiet")
+        finally:
+            os.close(fd)
+        assert code == 2 and "another lrjob process" in err, err
+        assert (staging / "checkpoints" / "epoch-0002").is_dir(), "a refused resume keeps the copy"
     code, out, err = _cli(capsys, "run", "--resume", staging, "--quiet")
     assert code == 0, err
     files = _files(admin)

@@ -906,8 +906,25 @@ def _read_ledger(path: Path) -> dict:
 COLUMNS = ("trial", "overrides", "best", "epoch", "status", "run_dir")
 
 
+def _shown(value):
+    """A value as the sweep's outputs show it (the table, the plot, stdout, the parent MLflow
+    run): every URI without its ``user:secret@`` part and query (``tracking.redact``); the
+    trials run the plan's own values."""
+    from .tracking import redact
+
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, list):
+        return [_shown(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _shown(v) for k, v in value.items()}
+    return value
+
+
 def _rows(plan: SweepPlan, path: Path, ledger: dict) -> list[dict]:
+    """One row per trial, its overrides, values and error shown without credentials (``_shown``)."""
     from .rundir import RunDir
+    from .tracking import redact_text
 
     rows = []
     for t in plan.trials:
@@ -921,9 +938,11 @@ def _rows(plan: SweepPlan, path: Path, ledger: dict) -> list[dict]:
             or "pending"
         if status not in FINAL:
             status = "pending" if not history else "unfinished"
-        rows.append({"trial": t.id, "overrides": " ".join(t.overrides), "values": t.values,
-                     "metric": plan.metric, "best": best[0], "epoch": best[1], "epochs_done": len(history),
-                     "status": status, "error": entry.get("error"), "run_dir": str(run.path)})
+        error = entry.get("error")
+        rows.append({"trial": t.id, "overrides": " ".join(_shown(o) for o in t.overrides),
+                     "values": _shown(t.values), "metric": plan.metric, "best": best[0], "epoch": best[1],
+                     "epochs_done": len(history), "status": status, "error": error and redact_text(error),
+                     "run_dir": str(run.path)})
     return rows
 
 

@@ -149,6 +149,37 @@ def test_a_relative_data_path_in_a_grid_means_the_same_file_when_resumed_from_an
     assert again.trials[1].overrides == (f"data.path={tmp_path / 'a' / 'two.csv'}",)
 
 
+def test_a_login_in_a_swept_uri_is_in_no_table_plot_or_printed_line_and_the_trial_keeps_it(tmp_path, monkeypatch):
+    """sweep.json, sweep.csv and sweep.png (the parent MLflow run's artifacts) and the printed
+    table show a swept URI without its ``user:secret@`` part; the trial's spec keeps it."""
+    import io
+
+    import launcher.sweep as sweep
+
+    job = tmp_path / "job.yaml"
+    job.write_text("name: csvjob\nmodel: {kind: binary}\ndata: {source: csv, path: a.csv, label_column: label}\n"
+                   "resources: {workers: 0}\n")
+    uris = ["s3://KEY:SECRET@bucket/a.csv", "s3://KEY:SECRET@bucket/b.csv"]
+    plan = make_plan(load_spec(job), SweepRequest(grid=(f"data.path={','.join(uris)}",)))
+    assert [plan.trial_spec(t).data.path for t in plan.trials] == uris  # what the trial runs
+    (tmp_path / "trials/t000").mkdir(parents=True)
+    (tmp_path / "trials/t000/metrics.jsonl").write_text('{"epoch": 1, "val_accuracy": 0.5}\n')
+    ledger = {"t000": {"status": "completed"},
+              "t001": {"status": "failed", "error": f"OSError: {uris[1]}: access denied"}}
+    plotted = []
+    monkeypatch.setattr(sweep, "_plot", lambda plan_, rows: plotted.append(json.dumps(rows)) or None)
+    rows = sweep._write_table(plan, tmp_path, ledger, plots=True)
+    out = io.StringIO()
+    sweep._print_table(rows, plan, sweep._best(plan, rows), tmp_path, out)
+    shown = {"sweep.json": (tmp_path / "sweep.json").read_text(), "sweep.csv": (tmp_path / "sweep.csv").read_text(),
+             "sweep.png": plotted[0], "stdout": out.getvalue()}
+    for where, text in shown.items():
+        assert "SECRET" not in text and "KEY" not in text, (where, text)
+    assert "s3://bucket/a.csv" in shown["sweep.csv"] and "s3://bucket/b.csv" in shown["sweep.json"]
+    assert "best: t000 (data.path=s3://bucket/a.csv)" in shown["stdout"], shown["stdout"]
+    assert "t001 failed: OSError: s3://bucket/b.csv: access denied" in shown["stdout"]
+
+
 def test_a_trial_reserves_what_its_workers_need_so_two_cores_take_two_inprocess_trials_or_one_of_two_workers():
     inproc = load_spec(JOB, ["resources.workers=0"])
     two = load_spec(JOB, ["resources.workers=2", "resources.cpus_per_worker=1"])

@@ -638,8 +638,9 @@ class SweepInterrupted(KeyboardInterrupt):
 class _Interrupt:
     """Ctrl-C or SIGTERM while Tune runs the trials (docs/design.md#sweeps): the first one asks Tune
     to stop every trial (a ``Stopper``: each trial's driver ends its run at the end of its epoch,
-    ``interrupted``, checkpoints kept) and to return; a second one raises ``KeyboardInterrupt`` at
-    once. Tune's own SIGINT handler is off meanwhile (it would stop the sweep without telling it).
+    ``interrupted``, checkpoints kept, unless Tune kills its actor first, ~5 s after the experiment
+    ends: that trial stays unfinished and --resume continues it from its newest checkpoint) and to
+    return; a second one raises ``KeyboardInterrupt`` at once. Tune's own SIGINT handler is off meanwhile (it would stop the sweep without telling it).
     Outside the main thread no handler can be set: Tune then runs to its end."""
 
     def __init__(self):
@@ -672,8 +673,8 @@ class _Interrupt:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        print("lrjob: stopping the sweep: each running trial ends with its epoch (Ctrl-C again to stop at once)",
-              file=sys.stderr)
+        print("lrjob: stopping the sweep: running trials are stopped; one cut mid-epoch continues from its newest "
+              "checkpoint on --resume (Ctrl-C again to stop at once)", file=sys.stderr)
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():

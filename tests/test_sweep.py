@@ -211,6 +211,22 @@ def test_the_sweeps_stopper_survives_tunes_state_saves_while_it_holds_the_old_si
     assert isinstance(cloudpickle.loads(cloudpickle.dumps(stopper)), NoopStopper)
 
 
+def test_the_first_ctrl_c_says_running_trials_are_stopped_and_a_cut_one_resumes(capsys):
+    """Tune kills a trial's actor ~5 s after the experiment ends: an epoch may be cut."""
+    import signal
+
+    from launcher.sweep import _Interrupt
+
+    interrupt = _Interrupt()
+    interrupt._handle(signal.SIGINT, None)
+    assert interrupt.signal == signal.SIGINT
+    assert capsys.readouterr().err == ("lrjob: stopping the sweep: running trials are stopped; one cut mid-epoch "
+                                       "continues from its newest checkpoint on --resume (Ctrl-C again to stop at "
+                                       "once)\n")
+    with pytest.raises(KeyboardInterrupt):
+        interrupt._handle(signal.SIGINT, None)
+
+
 def test_resume_of_a_folder_that_is_no_sweep_is_one_line(capsys, tmp_path):
     code, _, err = _cli(capsys, "sweep", "--resume", tmp_path)
     assert code == 2 and err.startswith(f"lrjob: error: --resume {tmp_path}: not a sweep directory"), err

@@ -1043,7 +1043,8 @@ def _print_table(rows: list[dict], plan: SweepPlan, best: dict | None, path: Pat
         print(f"best: {best['trial']} ({best['overrides']}) {plan.metric} {best['best']:.4f} at epoch "
               f"{best['epoch']}: {best['run_dir']}", file=out)
     else:
-        print(f"best: none (no trial reported {plan.metric})", file=out)
+        print(f"best: none (no completed or stopped trial reported {plan.metric}; unfinished ones are not "
+              f"ranked)", file=out)
     print(f"table: {path / 'sweep.csv'}, {path / 'sweep.json'}; plot: {path / 'sweep.png'}", file=out)
 
 

@@ -511,6 +511,19 @@ def _numbers(m: dict) -> dict:
             if not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(float(v))}
 
 
+def end_quietly_on_sigterm() -> None:
+    """Make SIGTERM end this process at once, without a word.
+
+    Tune kills a trial's actor that is still stopping about 5 s after the experiment ends (a
+    Ctrl-C on the sweep, an ASHA stop, the end of the sweep), and Ray's own handler for it raises
+    ``SystemExit`` wherever the actor's Python happens to be: inside a weakref callback or an
+    ``except BaseException`` it is printed as a traceback on the sweep's terminal, or swallowed.
+    The trial loses nothing by a plain exit: its checkpoints are written by temp + rename and
+    ``--resume`` continues it from the newest (docs/design.md, "Sweeps")."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda signum, frame: os._exit(128 + signum))
+
+
 def _trainable():
     """The Tune ``Trainable`` class (built on first use: Ray Tune is imported only by sweeps)."""
     from ray import tune
@@ -519,6 +532,7 @@ def _trainable():
         """One sweep trial: ``step()`` is one epoch of the trial's lrjob run."""
 
         def setup(self, config):
+            end_quietly_on_sigterm()
             faults.arm(config["trial"].get("fault"))  # tests only: the sweep's LRJOB_FAULT (lr_core/faults.py)
             self._run = _TrialRun(config["trial"])
 

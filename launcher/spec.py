@@ -29,7 +29,8 @@ from lr_core.files import TooLarge, read_at_most
 from .stopping import METRICS, MODES, metric_mode
 
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
-           "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES"]
+           "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES",
+           "absolute_tracking"]
 
 @dataclass(frozen=True)
 class _Field:
@@ -382,9 +383,11 @@ class JobSpec:
 
     def resolved(self) -> "JobSpec":
         """This spec with ``data.standardize`` resolved to a boolean (the source's default for
-        null): what ``job.yaml`` stores, so that a resume reads what the run did."""
+        null) and a relative tracking store made absolute (``absolute_tracking``): what
+        ``job.yaml`` stores, so that a resume reads and logs where the run did."""
         raw = self.to_dict()
         raw["data"]["standardize"] = self.data.standardizes
+        absolute_tracking(raw)
         return JobSpec(raw, source_file=self.source_file)
 
     def _compared(self) -> dict:
@@ -703,6 +706,21 @@ def _resolve_tracking(raw: dict) -> None:
         if not isinstance(value, str) or not value.strip():
             raise SpecError(f"tracking.mlflow.{key} must be a non-empty string, got {value!r}")
         mlflow[key] = value.strip()
+
+
+def absolute_tracking(raw: dict) -> None:
+    """Make ``raw``'s ``tracking.mlflow.uri`` absolute against the working directory when it names
+    a local store by a relative path (``file:./mlruns``, ``file:mlruns``, ``sqlite:///mlflow.db``).
+    Done once, where the URI is stored (a run's ``job.yaml``, a sweep's ``plan.json``): a resume
+    from another folder logs to the same store (docs/design.md#tracking)."""
+    mlflow = (raw.get("tracking") or {}).get("mlflow")
+    uri = mlflow.get("uri") if isinstance(mlflow, dict) else None
+    if not isinstance(uri, str):
+        return
+    if uri.startswith("file:") and not uri.startswith("file:/"):
+        mlflow["uri"] = Path(os.path.expanduser(uri[5:])).resolve().as_uri()
+    elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
+        mlflow["uri"] = "sqlite:///" + str(Path(os.path.expanduser(uri[10:])).resolve())
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, *, run_file: bool = False) -> JobSpec:

@@ -45,7 +45,7 @@ from lr_core import faults
 from lr_core.errors import LrjobError, LrjobInputError, LrjobRuntimeError, SpecError, clip, shown, suggest
 from lr_core.tables import display, is_uri
 
-from .spec import PATH_FIELDS, SCHEMA, JobSpec, apply_overrides, read_spec_yaml, spec_from_dict
+from .spec import PATH_FIELDS, SCHEMA, JobSpec, absolute_tracking, apply_overrides, read_spec_yaml, spec_from_dict
 
 __all__ = ["SweepRequest", "SweepPlan", "SweepOptions", "Trial", "SweepResult", "plan_from_args", "make_plan",
            "run_sweep", "resume_sweep", "trial_resources", "concurrent_trials", "parse_grid", "parse_range", "METRICS",
@@ -344,6 +344,7 @@ def make_plan(spec: JobSpec, request: SweepRequest, section_grid: tuple[str, ...
     rng = np.random.default_rng([seed, 0x5EE9])
     trials = []
     base = spec.to_dict()
+    absolute_tracking(base)  # plan.json holds the store absolute: --resume from elsewhere logs there
     for point in points:
         for _ in range(max(1, random)):
             chosen = list(point) + [(k, _sample(r, rng)) for k, r in ranges.items()]
@@ -767,8 +768,8 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
                     "fault": os.environ.get("LRJOB_FAULT"),  # tests only: reaches the trial actors
                     "ledger": str(path / "sweep.json")}
                    for t in todo]
-        for c in configs:
-            _absolute_tracking(c["spec"])
+        for c in configs:  # a plan.json written before its store was made absolute: this folder's
+            absolute_tracking(c["spec"])
 
         def resources(config):
             return PlacementGroupFactory(trial_resources(specs[config["trial"]["id"]]))
@@ -883,14 +884,6 @@ def _remove_tune_staging(folders, name: str) -> None:
             folder.parent.rmdir()
         except OSError:
             pass  # another experiment's folder is there too
-
-
-def _absolute_tracking(raw: dict) -> None:
-    """A relative ``file:`` tracking URI is relative to the sweep's working directory, not the
-    trial actor's."""
-    mlflow = (raw.get("tracking") or {}).get("mlflow")
-    if mlflow and mlflow["uri"].startswith("file:") and not mlflow["uri"].startswith("file:/"):
-        mlflow["uri"] = Path(mlflow["uri"][5:]).resolve().as_uri()
 
 
 def _summary(path: Path, tid: str) -> dict:
@@ -1083,7 +1076,7 @@ class _SweepTracker:
     @classmethod
     def open(cls, plan: SweepPlan, path: Path) -> "_SweepTracker":
         raw = json.loads(json.dumps(plan.base))
-        _absolute_tracking(raw)
+        absolute_tracking(raw)
         mlflow = (raw.get("tracking") or {}).get("mlflow")
         t = cls(mlflow["uri"], mlflow["experiment"]) if mlflow else cls(None, None)
         if mlflow:

@@ -149,6 +149,30 @@ def test_a_relative_data_path_in_a_grid_means_the_same_file_when_resumed_from_an
     assert again.trials[1].overrides == (f"data.path={tmp_path / 'a' / 'two.csv'}",)
 
 
+@pytest.mark.parametrize("given", ["file:./mlruns", "file:mlruns", None])
+def test_a_relative_tracking_store_is_absolute_in_the_plan_so_a_resume_from_elsewhere_logs_there(
+        tmp_path, monkeypatch, given):
+    """``tracking.mlflow.uri: file:./mlruns``, ``--track file:mlruns`` or the default store: plan.json
+    names the store of the sweep's folder; ``lrjob sweep --resume`` from another one logs there too."""
+    from launcher.sweep import SweepPlan, _SweepTracker
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    track = [f"tracking.mlflow.uri={given}"] if given else ["tracking.mlflow={}"]
+    plan = plan_from_args(JOB, [*TINY, *track], SweepRequest(grid=("train.learning_rate=0.01,0.1",)))
+    store = (tmp_path / "a" / "mlruns").as_uri()
+    saved = json.loads(json.dumps(plan.to_dict()))  # as plan.json holds it
+    assert saved["base"]["tracking"]["mlflow"]["uri"] == store
+    monkeypatch.chdir(tmp_path / "b")  # lrjob sweep --resume from elsewhere
+    again = SweepPlan.from_dict(saved)
+    assert [again.trial_spec(t).tracking.mlflow["uri"] for t in again.trials] == [store, store]
+    (tmp_path / "sweep").mkdir()
+    parent = _SweepTracker.open(again, tmp_path / "sweep")
+    assert parent.uri == store and parent.run_id is not None
+    assert (tmp_path / "a" / "mlruns").is_dir() and not (tmp_path / "b" / "mlruns").exists()
+
+
 def test_a_login_in_a_swept_uri_is_in_no_table_plot_or_printed_line_and_the_trial_keeps_it(tmp_path, monkeypatch):
     """sweep.json, sweep.csv and sweep.png (the parent MLflow run's artifacts) and the printed
     table show a swept URI without its ``user:secret@`` part; the trial's spec keeps it."""

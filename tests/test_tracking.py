@@ -92,6 +92,20 @@ def test_tracking_is_off_by_default_and_filled_in_when_turned_on():
     assert given.tracking.mlflow == {"uri": "http://127.0.0.1:5000", "experiment": "lr"}
 
 
+@pytest.mark.parametrize("given,stored", [
+    ("file:./mlruns", "{cwd_uri}/mlruns"), ("file:mlruns", "{cwd_uri}/mlruns"),
+    ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
+    ("file:///srv/mlruns", "file:///srv/mlruns"), ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000")])
+def test_job_yaml_holds_a_relative_local_store_absolute_and_the_spec_keeps_it_as_given(tmp_path, monkeypatch,
+                                                                                       given, stored):
+    monkeypatch.chdir(tmp_path)
+    spec = load_spec(ROOT / JOB, [f"tracking.mlflow.uri={given}"])
+    assert spec.tracking.mlflow["uri"] == given  # lrjob validate, a k8s ConfigMap: as given
+    cwd = tmp_path.resolve()
+    assert spec.resolved().tracking.mlflow["uri"] == stored.format(cwd=cwd, cwd_uri=cwd.as_uri())
+
+
 @pytest.mark.parametrize("override,message", [
     ("tracking.mlflow.url=http://x", "tracking.mlflow: unknown key 'url'; did you mean 'uri'?"),
     ("tracking.mlflow.experiment=[1, 2]", "tracking.mlflow.experiment must be a non-empty string"),
@@ -135,6 +149,27 @@ def test_tracking_an_untracked_run_on_resume_logs_every_epoch(tmp_path):
     assert [m.step for m in hist] == [1, 2, 3]
     assert [m.value for m in hist] == pytest.approx([h["val_loss"] for h in resumed.history], rel=1e-12)
     assert mlrun.info.status == "FINISHED"
+
+
+def test_a_relative_file_store_is_absolute_in_job_yaml_so_a_resume_from_elsewhere_logs_there(tmp_path,
+                                                                                               monkeypatch):
+    """``--track file:mlruns`` names the store of the run's folder: ``lrjob run --resume RUN``
+    from another folder continues the same MLflow run there (no second store)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    first = run_job(load_spec(ROOT / JOB, [*SMALL, "train.epochs=2", "tracking.mlflow.uri=file:mlruns"]),
+                    tmp_path / "run")
+    store = (tmp_path / "a" / "mlruns").as_uri()
+    assert load_spec(first.path / "job.yaml", run_file=True).tracking.mlflow["uri"] == store
+    monkeypatch.chdir(tmp_path / "b")
+    resumed = run_job(load_spec(first.path / "job.yaml", ["train.epochs=3"], run_file=True), resume=first.path)
+    assert not (tmp_path / "b" / "mlruns").exists()
+    client = _client(store)
+    mlrun = _only_run(client, "binary_2d")
+    hist = sorted(client.get_metric_history(mlrun.info.run_id, "val_loss"), key=lambda m: m.step)
+    assert [m.step for m in hist] == [1, 2, 3]
+    assert [m.value for m in hist] == pytest.approx([h["val_loss"] for h in resumed.history], rel=1e-12)
 
 
 def test_track_flag_and_a_failed_run_is_marked_failed(tmp_path):

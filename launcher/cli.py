@@ -683,15 +683,20 @@ def cmd_export(args) -> int:
 
 def cmd_sweep(args) -> int:
     """``lrjob sweep``: run the sweep (or continue ``--resume DIR``), print its table and best run;
-    returns 0 when every trial ended (a failed trial included) and one completed or was stopped; 130
-    after Ctrl-C or SIGTERM, naming the command that continues the sweep."""
+    returns 0 when every trial ended (a failed trial included) and one completed or was stopped, also
+    after a Ctrl-C that came when every trial had ended; 130 after Ctrl-C or SIGTERM that left a trial
+    unfinished (or a second one that cut the table), naming the command that continues the sweep."""
     from .sweep import SweepInterrupted
 
     try:
         result = _sweep(args)
     except SweepInterrupted as e:
-        left = f"{len(e.unfinished)} trial(s) did not end; " if e.unfinished else ""
-        sys.stderr.write(f"lrjob: interrupted; {left}continue with: {e.resume}\n")
+        if not e.unfinished:
+            sys.stderr.write(f"lrjob: interrupted while the table was written; every trial had ended; write the "
+                             f"table again with: {e.resume}\n")
+            return 130
+        sys.stderr.write(f"lrjob: interrupted; {len(e.unfinished)} trial(s) did not end; continue with: "
+                         f"{e.resume}\n")
         return 130
     return 0 if result.best is not None else 1
 

@@ -642,7 +642,8 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
 
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or SIGTERM) ended the sweep: ``resume`` is the command that continues it, ``unfinished``
-    the trials that did not end (the CLI prints both and exits 130)."""
+    the trials that did not end (the CLI prints both and exits 130); none when a second Ctrl-C cut
+    the table after every trial had ended (``resume`` writes it again)."""
 
     def __init__(self, path: Path, unfinished: list[str]):
         super().__init__(f"sweep interrupted: {path}")
@@ -655,11 +656,14 @@ class _Interrupt:
     to stop every trial (a ``Stopper``: each trial's driver ends its run at the end of its epoch,
     ``interrupted``, checkpoints kept, unless Tune kills its actor first, ~5 s after the experiment
     ends: that trial stays unfinished and --resume continues it from its newest checkpoint) and to
-    return; a second one raises ``KeyboardInterrupt`` at once. Tune's own SIGINT handler is off meanwhile (it would stop the sweep without telling it).
+    return; a second one raises ``KeyboardInterrupt`` at once. Tune's own SIGINT handler is off
+    meanwhile (it would stop the sweep without telling it). The handler stays while the table is
+    written and printed (``writing_table``): a first signal there is noted, the table completes.
     Outside the main thread no handler can be set: Tune then runs to its end."""
 
     def __init__(self):
         self.signal: int | None = None
+        self.writing_table = False  # Tune has returned: the table is being written and printed
         self._old: dict = {}
         self._env = None
 
@@ -688,6 +692,10 @@ class _Interrupt:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
+        if self.writing_table:
+            print("lrjob: the trials have returned; writing the table (Ctrl-C again to stop at once)",
+                  file=sys.stderr)
+            return
         print("lrjob: stopping the sweep: running trials are stopped; one cut mid-epoch continues from its newest "
               "checkpoint on --resume (Ctrl-C again to stop at once)", file=sys.stderr)
 
@@ -755,6 +763,7 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
             ledger[t.id] = {"status": _trial_state(path, t, ledger)}
     parent = _SweepTracker.open(plan, path)
     done = [len([t for t in plan.trials if t.id in ledger])]
+    interrupt = _Interrupt()
     if todo:
         from ray import tune
         from ray.tune import PlacementGroupFactory
@@ -830,7 +839,6 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
             scheduler = _RecordedASHA(time_attr="epoch", metric=plan.asha, mode=_mode(plan.asha),
                                       max_t=max(s.train.epochs for s in specs.values()), grace_period=1,
                                       reduction_factor=2)
-        interrupt = _Interrupt()
         attempt = 1 + len([p for p in (path / "tune").glob("attempt-*")]) if (path / "tune").is_dir() else 1
         tuner = tune.Tuner(
             tune.with_resources(_trainable(), resources),
@@ -847,21 +855,29 @@ def _run(plan: SweepPlan, specs: dict, path: Path, cpus: float, out) -> SweepRes
         width = concurrent_trials(cpus, max(specs.values(), key=lambda s: s.workers), plan.concurrent)
         print(f"sweep: {len(todo)} of {len(plan.trials)} trials to run, up to {width} at a time on "
               f"{cpus:g} CPUs ({path})", file=sys.stderr)
-        try:
-            with interrupt:
-                tuner.fit()
-        except KeyboardInterrupt as e:  # a second Ctrl-C: Tune did not wait for its trials
-            _write_table(plan, path, ledger, plots=False)
-            raise SweepInterrupted(path, [t.id for t in plan.trials if t.id not in ledger]) from e
-        finally:
-            _remove_tune_staging(staged, f"attempt-{attempt}")
-    rows = _write_table(plan, path, ledger, plots=True)
-    best = _best(plan, rows)
-    parent.finish(plan, path, rows, best)
-    _print_table(rows, plan, best, path, out)
+    try:
+        # The handler stays until the table is printed: a first Ctrl-C after the trials returned
+        # does not cut the table (docs/design.md#sweeps, "Ctrl-C").
+        with interrupt:
+            if todo:
+                try:
+                    tuner.fit()
+                finally:
+                    _remove_tune_staging(staged, f"attempt-{attempt}")
+            interrupt.writing_table = True
+            faults.hit("table")
+            rows = _write_table(plan, path, ledger, plots=True)
+            best = _best(plan, rows)
+            parent.finish(plan, path, rows, best)
+            _print_table(rows, plan, best, path, out)
+    except KeyboardInterrupt as e:  # a second Ctrl-C: at once (Tune did not wait for its trials)
+        _write_table(plan, path, ledger, plots=False)
+        raise SweepInterrupted(path, [t.id for t in plan.trials if t.id not in ledger]) from e
     unfinished = [r["trial"] for r in rows if r["status"] not in FINAL]
-    if todo and interrupt.signal is not None:
+    if interrupt.signal is not None and unfinished:
         raise SweepInterrupted(path, unfinished)
+    if interrupt.signal is not None:  # every trial had ended: the sweep's result stands
+        print("lrjob: every trial had ended when the sweep was interrupted; its result stands", file=sys.stderr)
     if unfinished:
         raise LrjobRuntimeError(f"{len(unfinished)} trial(s) did not end ({', '.join(unfinished[:5])}); continue "
                                 f"with: lrjob sweep --resume {path}")

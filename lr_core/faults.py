@@ -31,6 +31,8 @@ objects arms several faults; each fires on its own (the first that matches a mom
   ``sweep.json`` (``launcher.sweep``).
 - ``asha``: the sweep's driver has recorded in ``sweep.json`` that ASHA stops trial
   ``trial`` (``t001``), before Tune stops it (``launcher.sweep``).
+- ``table``: the sweep's trials have returned (or none was left to run), before its driver
+  writes and prints the table (``launcher.sweep``); it reports nothing.
 
 Actions: ``kill`` (SIGKILL this process: a crash, no clean-up runs), ``stop``
 (SIGSTOP: alive but silent, a hang), ``raise`` (a ``RuntimeError``), ``interrupt``
@@ -63,7 +65,8 @@ __all__ = ["ARMED", "arm", "check", "hit", "FaultSpecError", "POINTS"]
 _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
 POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
-          "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}, "asha": {"trial"}}
+          "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}, "asha": {"trial"},
+          "table": set()}
 ACTIONS = ("kill", "stop", "raise", "interrupt", "sleep", "wait", "meet")
 # The keys of an action besides the point's conditions.
 ACTION_KEYS = {"sleep": {"seconds"}, "wait": {"until", "timeout"}, "meet": {"dir", "count", "timeout"}}

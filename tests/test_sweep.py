@@ -9,7 +9,7 @@ with a diverging trial, ASHA and MLflow tracking, whose trial equals ``run_job``
 spec; a sweep driver killed (``LRJOB_FAULT`` at point ``sweep``) and resumed; one sweep
 whose trials have 2 Horovod workers each, one at a time; two in-process trials that are in
 their first epoch at once (fault action ``meet``); Ctrl-C landed by the fault hook (exit
-130, then resume); a driver killed the moment ASHA stops a trial (point ``asha``); a resume
+130, then resume; once every trial ended, exit 0 with the table whole); a driver killed the moment ASHA stops a trial (point ``asha``); a resume
 that does not read a finished trial's data."""
 import json
 import os
@@ -275,6 +275,44 @@ def test_the_first_ctrl_c_says_running_trials_are_stopped_and_a_cut_one_resumes(
         interrupt._handle(signal.SIGINT, None)
 
 
+def test_ctrl_c_after_every_trial_ended_lets_the_table_complete_and_the_result_stand(tmp_path):
+    """A sweep whose trials have all ended (run here with ``run_job``): ``--resume`` writes its
+    table without Ray, and a SIGINT landed just before the table (fault point ``table``) neither
+    cuts it nor turns the exit code into 130."""
+    import procs
+
+    from launcher.sweep import PLAN_FILE, _write_json
+
+    plan = plan_from_args(JOB, TINY, SweepRequest(grid=("train.learning_rate=0.05,0.1",)))
+    out = tmp_path / "s"
+    (out / "trials").mkdir(parents=True)
+    _write_json(out / PLAN_FILE, plan.to_dict())
+    for t in plan.trials:
+        run_job(plan.trial_spec(t), out / "trials" / t.id)
+    env = {**os.environ, "LRJOB_FAULT": json.dumps({"at": "table", "action": "interrupt"})}
+    done = procs.run([LRJOB, "sweep", "--resume", str(out)], timeout=240, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == "lrjob: every trial had ended when the sweep was interrupted; its " \
+                                           "result stands", done.stderr
+    assert "Traceback" not in done.stderr and "did not end" not in done.stderr
+    assert "best: t00" in done.stdout and (out / "sweep.png").is_file()
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in doc["trials"]] == ["completed", "completed"]
+
+
+def test_a_second_ctrl_c_that_cut_the_table_of_ended_trials_says_so(capsys, monkeypatch, tmp_path):
+    import launcher.cli as cli
+    from launcher.sweep import SweepInterrupted
+
+    def cut(args):
+        raise SweepInterrupted(tmp_path, [])
+
+    monkeypatch.setattr(cli, "_sweep", cut)
+    code, _, err = _cli(capsys, "sweep", "--resume", tmp_path)
+    assert code == 130 and err == (f"lrjob: interrupted while the table was written; every trial had ended; write "
+                                   f"the table again with: lrjob sweep --resume {tmp_path}\n"), err
+
+
 def test_resume_of_a_folder_that_is_no_sweep_is_one_line(capsys, tmp_path):
     code, _, err = _cli(capsys, "sweep", "--resume", tmp_path)
     assert code == 2 and err.startswith(f"lrjob: error: --resume {tmp_path}: not a sweep directory"), err
@@ -443,6 +481,22 @@ def test_ctrl_c_ends_the_sweep_with_130_a_consistent_table_and_the_command_that_
     assert env["resumed_from"].endswith(f"epoch-{t001['epochs_done']:04d}"), "continued, not started again"
     epochs = [json.loads(x)["epoch"] for x in (out / "trials/t001/metrics.jsonl").read_text().splitlines()]
     assert epochs == [1, 2, 3, 4]
+
+
+@pytest.mark.distributed
+def test_ctrl_c_once_tune_has_returned_every_trial_leaves_the_sweeps_result_standing(ray_session, tmp_path):
+    """SIGINT at the moment the sweep's driver, its trials all ended on Ray, starts the table
+    (fault point ``table``): the table, plot and best run as without it, exit 0."""
+    done = _sweep_cli(ray_session, tmp_path, {"at": "table", "action": "interrupt"},
+                      "--grid", "train.epochs=1,2")
+    out = tmp_path / "s"
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.splitlines()[-1] == "lrjob: every trial had ended when the sweep was interrupted; its " \
+                                           "result stands", done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "did not end" not in done.stderr
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in doc["trials"]] == ["completed", "completed"] and doc["best"] is not None
+    assert (out / "sweep.png").is_file() and "best: t00" in done.stdout
 
 
 @pytest.mark.distributed

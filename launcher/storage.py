@@ -68,7 +68,9 @@ def without_login(uri: str) -> str:
     return f"{scheme}://{host.rpartition('@')[2]}{sep}{tail}"
 
 
-_LOGIN = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
+# (The login ends at the host's last '@'; a secret with an unencoded '/' or '?' at the URI's last '@',
+# as lr_core.tables.display reads it; launcher/tracking.py's _USERINFO is the same.)
+_LOGIN = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?\s\"']*@|[^/?@:\s\"']*:[^\s\"']*@)")
 
 
 def without_logins(text: str) -> str:
@@ -110,14 +112,9 @@ def open_remote(uri: str, flag: str) -> "RemoteRun":
     try:
         fs, base = pfs.FileSystem.from_uri(str(uri))
     except Exception as e:  # noqa: BLE001 - ArrowInvalid, OSError, ValueError
-        # A login whose secret holds a '/' (as AWS secret keys may) cannot be parsed, and
-        # display() would cut it at that '/': everything up to the last '@' goes.
-        scheme, rest = str(uri).split("://", 1)
-        rest = rest.split("?", 1)[0]
-        if "@" in rest:
-            shown = f"{scheme}://{rest.rpartition('@')[2]}"
-        reason = _first_line(e).replace(str(uri), shown)
-        reason = re.sub(r"://[^/@\s]*@", "://", reason).split("?")[0]
+        # A login whose secret holds a '/' (as AWS secret keys may) cannot be parsed; display()
+        # and without_logins() hide all of it.
+        reason = without_logins(_first_line(e).replace(str(uri), shown)).split("?")[0]
         raise LrjobInputError(f"{flag} {shown}: cannot open this URI ({reason}); use s3://bucket/path, "
                               f"gs://bucket/path or file:///path (a server other than AWS: "
                               f"?endpoint_override=host:port&scheme=http)") from None

@@ -123,7 +123,10 @@ def _number(v) -> float | None:
 
 
 # A URI's user:secret@ part and its query (?access_key=...): never sent to MLflow nor shown.
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s\"']*@")
+# (The login ends at the host's last '@'; a secret with an unencoded '/' or '?', user:SE/CRET@,
+# at the URI's last '@', as lr_core.tables.display reads it; launcher/storage.py's _LOGIN is the same.)
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?\s\"']*@|[^/?@:\s\"']*:[^\s\"']*@)")
+_ONE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 _ANY_QUERY = re.compile(r"\?[^\s\"'?]*=[^\s\"']*")
 _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'?]*)\?[^\s\"']*")
 
@@ -131,10 +134,10 @@ _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'?]*)\?[^\s\"']*")
 def redact(text: str) -> str:
     """``text`` with every URI in it shown as ``lr_core.tables.display`` shows one: without
     ``user:secret@`` and without its query string."""
-    from lr_core.tables import display, is_uri
+    from lr_core.tables import display
 
     text = str(text)
-    if is_uri(text) and not any(c.isspace() for c in text):
+    if _ONE_URI.fullmatch(text):  # a URI alone; in other text (a JSON list: '["s3://..."]'), each one
         return display(text)
     return _QUERY.sub(r"\1", _USERINFO.sub(r"\1", text))
 

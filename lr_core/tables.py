@@ -52,14 +52,21 @@ def is_uri(path: str) -> bool:
 
 def display(path: str | os.PathLike) -> str:
     """``path`` as messages and files show it: a URI without its query (endpoint options)
-    and without any ``user:secret@`` part."""
+    and without any ``user:secret@`` part (also one whose secret holds an unencoded ``/``,
+    ``?`` or ``@``)."""
     text = str(path)
     if not is_uri(text):
         return os.path.abspath(os.path.expanduser(text))
     scheme, rest = text.split("://", 1)
-    rest = rest.split("?", 1)[0]
-    host, sep, tail = rest.partition("/")
-    return f"{scheme}://{host.rpartition('@')[2]}{sep}{tail}"
+    head = rest.partition("@")[0]
+    cut = min([i for i in (head.find("/"), head.find("?")) if i >= 0], default=-1)
+    if "@" in rest and cut < 0:  # user[:secret]@host: the login ends at the host's last '@'
+        rest = rest[rest.partition("/")[0].rfind("@") + 1:]
+    elif "@" in rest and ":" in head[:cut]:
+        # a secret with an unencoded '/' or '?' (s3://KEY:SE/CRET@bucket/x): hide up to the last
+        # '@' (more than the login at worst, never part of it)
+        rest = rest[rest.rfind("@") + 1:]
+    return f"{scheme}://{rest.partition('?')[0]}"
 
 
 def resolve(path: str | os.PathLike):

@@ -173,17 +173,21 @@ def test_a_relative_tracking_store_is_absolute_in_the_plan_so_a_resume_from_else
     assert (tmp_path / "a" / "mlruns").is_dir() and not (tmp_path / "b" / "mlruns").exists()
 
 
-def test_a_login_in_a_swept_uri_is_in_no_table_plot_or_printed_line_and_the_trial_keeps_it(tmp_path, monkeypatch):
-    """sweep.json, sweep.csv and sweep.png (the parent MLflow run's artifacts) and the printed
-    table show a swept URI without its ``user:secret@`` part; the trial's spec keeps it."""
+@pytest.mark.parametrize("login", ["KEY:SECRET", "KEY:SE/CRET"])  # an AWS secret may hold '/'
+def test_a_login_in_a_swept_uri_is_in_no_table_plot_or_printed_line_and_the_trial_keeps_it(tmp_path, monkeypatch,
+                                                                                         login):
+    """sweep.json, sweep.csv and sweep.png (the parent MLflow run's artifacts), the printed
+    table and the MLflow params of the sweep and of its trials show a swept URI without its
+    ``user:secret@`` part; the trial's spec keeps it."""
     import io
 
     import launcher.sweep as sweep
+    from launcher.tracking import _param_text, flatten
 
     job = tmp_path / "job.yaml"
     job.write_text("name: csvjob\nmodel: {kind: binary}\ndata: {source: csv, path: a.csv, label_column: label}\n"
-                   "resources: {workers: 0}\n")
-    uris = ["s3://KEY:SECRET@bucket/a.csv", "s3://KEY:SECRET@bucket/b.csv"]
+                   f"resources: {{workers: 0}}\ntracking: {{mlflow: {{uri: {(tmp_path / 'mlruns').as_uri()}}}}}\n")
+    uris = [f"s3://{login}@bucket/a.csv", f"s3://{login}@bucket/b.csv"]
     plan = make_plan(load_spec(job), SweepRequest(grid=(f"data.path={','.join(uris)}",)))
     assert [plan.trial_spec(t).data.path for t in plan.trials] == uris  # what the trial runs
     (tmp_path / "trials/t000").mkdir(parents=True)
@@ -195,10 +199,16 @@ def test_a_login_in_a_swept_uri_is_in_no_table_plot_or_printed_line_and_the_tria
     rows = sweep._write_table(plan, tmp_path, ledger, plots=True)
     out = io.StringIO()
     sweep._print_table(rows, plan, sweep._best(plan, rows), tmp_path, out)
+    parent = sweep._SweepTracker.open(plan, tmp_path)  # the sweep's MLflow run and its params
+    logged = parent.client.get_run(parent.run_id).data.params
+    assert logged["sweep.grid.data.path"] == json.dumps(["s3://bucket/a.csv", "s3://bucket/b.csv"])
     shown = {"sweep.json": (tmp_path / "sweep.json").read_text(), "sweep.csv": (tmp_path / "sweep.csv").read_text(),
-             "sweep.png": plotted[0], "stdout": out.getvalue()}
+             "sweep.png": plotted[0], "stdout": out.getvalue(), "MLflow params": json.dumps(logged),
+             # what each trial's run logs as its params (MlflowTracker._start)
+             "trial params": json.dumps([_param_text(v) for t in plan.trials
+                                         for v in flatten(plan.trial_spec(t).to_dict()).values()])}
     for where, text in shown.items():
-        assert "SECRET" not in text and "KEY" not in text, (where, text)
+        assert "CRET" not in text and "KEY" not in text, (where, text)
     assert "s3://bucket/a.csv" in shown["sweep.csv"] and "s3://bucket/b.csv" in shown["sweep.json"]
     assert "best: t000 (data.path=s3://bucket/a.csv)" in shown["stdout"], shown["stdout"]
     assert "t001 failed: OSError: s3://bucket/b.csv: access denied" in shown["stdout"]

@@ -1008,8 +1008,47 @@ def _write_table(plan: SweepPlan, path: Path, ledger: dict, plots: bool) -> list
 
 
 def _plot(plan: SweepPlan, rows: list[dict]) -> bytes | None:
+    """``sweep.png``: the figure of ``_figure`` as PNG bytes (None without matplotlib)."""
+    fig = _figure(plan, rows)
+    if fig is None:
+        return None
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+# The longest tick label of a panel of values that are not numbers (a data.path, a list).
+TICK_CHARS = 24
+
+
+def _tick_labels(values: list, most: int = TICK_CHARS) -> list[str]:
+    """Short labels, one per distinct value of a panel, that tell the values apart: the prefix and
+    the suffix all share, up to a separator (the folder and the file name of every ``data.path``),
+    become ``…``; a label still longer than ``most`` keeps its start and end around ``…``; one that
+    would still repeat another's is numbered by its position."""
+    texts = [str(v) for v in values]
+    if len(texts) > 1:
+        seps = "/=,: "
+        common = os.path.commonprefix(texts)
+        head = max(common.rfind(c) for c in seps) + 1
+        common = os.path.commonprefix([t[::-1] for t in texts])[::-1]
+        tail = len(common) - min([i for i in (common.find(c) for c in seps) if i >= 0], default=len(common))
+        if all(len(t) > head + tail for t in texts):
+            texts = [("…" if head > 1 else t[:head]) + t[head:len(t) - tail] + ("…" if tail > 1 else t[len(t) - tail:])
+                     for t in texts]
+    head = (most - 1) // 2
+    texts = [t if len(t) <= most else t[:head] + "…" + t[-(most - 1 - head):] for t in texts]
+    return [f"{i + 1}: {t}" if texts.count(t) > 1 else t for i, t in enumerate(texts)]
+
+
+def _figure(plan: SweepPlan, rows: list[dict]):
     """The best metric of each trial against each swept field, one panel per field (a log axis
-    for a log range, or positive values spanning 100x or more); failed trials left out."""
+    for a log range, or positive values spanning 100x or more); failed trials left out. A field
+    whose values are not numbers gets one tick per distinct value, in the plan's order, labelled
+    by ``_tick_labels`` and slanted; its panel widens with the number of values."""
     try:
         import matplotlib
     except ImportError:
@@ -1020,12 +1059,26 @@ def _plot(plan: SweepPlan, rows: list[dict]) -> bytes | None:
     keys = list(plan.trials[0].values) if plan.trials else []
     if not keys:
         return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
+    # the distinct values of each field, in the plan's order, as the table shows them (json), each
+    # with its text as the override gave it
+    distinct: dict[str, dict[str, str]] = {}
+    for k in keys:
+        distinct[k] = {}
+        for t in plan.trials:
+            text = next((o.partition("=")[2] for o in t.overrides if o.partition("=")[0] == k), "")
+            distinct[k].setdefault(_value_key(_shown(t.values.get(k))), _shown(text))
+    widths = [4.5 if _numbers_only(plan, k) else min(14.0, max(4.5, 1.5 + 0.45 * len(distinct[k])))
+              for k in keys]
+    fig, axes = plt.subplots(1, len(keys), figsize=(sum(widths), 3.8), squeeze=False,
+                             gridspec_kw={"width_ratios": widths})
     for ax, key in zip(axes[0], keys):
         pts = [(r["values"].get(key), r["best"], r["status"]) for r in rows if r["best"] is not None]
-        numeric = all(isinstance(x, (int, float)) and not isinstance(x, bool) for x, _, _ in pts)
-        # a long value (a data.path) is shown by its end: the panel keeps its width
-        xs = [x if numeric else (str(x) if len(str(x)) <= 24 else "…" + str(x)[-23:]) for x, _, _ in pts]
+        numeric = _numbers_only(plan, key)
+        if numeric:
+            xs = [x for x, _, _ in pts]
+        else:
+            where = {v: i for i, v in enumerate(distinct[key])}
+            xs = [where.get(_value_key(x), -1) for x, _, _ in pts]
         for status, marker in (("completed", "o"), ("stopped", "x"), ("unfinished", "."), ("pending", ".")):
             sel = [(x, y) for x, (_, y, s) in zip(xs, pts) if s == status]
             if sel:
@@ -1035,7 +1088,10 @@ def _plot(plan: SweepPlan, rows: list[dict]) -> bytes | None:
                 positive and max(x for x, _, _ in pts) / min(x for x, _, _ in pts) >= 100):
             ax.set_xscale("log")
         if not numeric:
-            ax.tick_params(axis="x", labelrotation=20)
+            labels = _tick_labels(list(distinct[key].values()))
+            ax.set_xticks(range(len(labels)))
+            ax.set_xticklabels(labels, rotation=35, ha="right", rotation_mode="anchor", fontsize=7)
+            ax.set_xlim(-0.5, len(labels) - 0.5)
         ax.set_xlabel(key)
         ax.set_ylabel(f"best {plan.metric}")
         ax.grid(alpha=0.3)
@@ -1043,10 +1099,17 @@ def _plot(plan: SweepPlan, rows: list[dict]) -> bytes | None:
             ax.legend(fontsize=7)
     fig.suptitle(f"{plan.base['name']}: best {plan.metric} per trial")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+    return fig
+
+
+def _value_key(value) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _numbers_only(plan: SweepPlan, key: str) -> bool:
+    """Whether every trial's value of ``key`` is a number (not a bool): a numeric axis."""
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in (t.values.get(key) for t in plan.trials))
 
 
 def _print_table(rows: list[dict], plan: SweepPlan, best: dict | None, path: Path, out) -> None:

@@ -214,6 +214,54 @@ def test_a_login_in_a_swept_uri_is_in_no_table_plot_or_printed_line_and_the_tria
     assert "t001 failed: OSError: s3://bucket/b.csv: access denied" in shown["stdout"]
 
 
+def test_sweep_png_gives_long_values_distinct_short_ticks_that_do_not_overlap(tmp_path):
+    """24 data.path URIs of 70 characters (two alike in their last 30) and two list values: each
+    value its own tick, labelled by what tells it apart in at most TICK_CHARS characters, slanted so
+    that neighbours do not overlap (the panel widens with its ticks), inside the picture."""
+    import math
+
+    import matplotlib.pyplot as plt
+
+    import launcher.sweep as sweep
+
+    job = tmp_path / "job.yaml"
+    job.write_text("name: csvjob\nmodel: {kind: binary}\ndata: {source: csv, path: a.csv, label_column: label}\n"
+                   "resources: {workers: 0}\n")
+    paths = [f"s3://bucket/experiments/2026-11/{team}/part-{i:04d}/features/train.csv"
+             for team, i in [("ads", 1), ("search", 1)] + [("ads", i) for i in range(2, 24)]]
+    plan = make_plan(load_spec(job), SweepRequest(grid=(f"data.path={','.join(paths)}",
+                                                        "model.hidden=[64, 64, 64, 64],[8]")))
+    rows = [{"values": t.values, "best": 0.5 + i / 100, "status": "completed"} for i, t in enumerate(plan.trials)]
+    fig = sweep._figure(plan, rows)
+    try:
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        assert [t.get_text() for t in fig.axes[0].get_xticklabels()][:3] == \
+            ["…ads/part-0001…", "…search/part-0001…", "…ads/part-0002…"]
+        for ax, count in zip(fig.axes, (24, 2)):
+            ticks = [t for t in ax.get_xticklabels() if t.get_text()]
+            texts = [t.get_text() for t in ticks]
+            assert len(set(texts)) == len(texts) == count, texts
+            assert all(len(t.partition(": ")[2] if t[0].isdigit() else t) <= sweep.TICK_CHARS for t in texts), texts
+            for t in ticks:  # inside the picture
+                box = t.get_window_extent(renderer)
+                assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.x1, (t.get_text(), box, fig.bbox)
+            # parallel slanted labels anchored on one line clear each other when the tick spacing
+            # times sin(angle) is at least a label's height
+            angle = math.radians(ticks[0].get_rotation())
+            height = max(t.get_window_extent(renderer).height for t in ticks) if angle == 0 else \
+                ticks[0].get_fontsize() * fig.dpi / 72 * 1.2
+            step = abs(ax.transData.transform((1, 0))[0] - ax.transData.transform((0, 0))[0])
+            if angle == 0:
+                widths = [t.get_window_extent(renderer).width for t in ticks]
+                assert step >= max(widths), (texts, step, widths)
+            else:
+                assert step * math.sin(angle) >= height, (texts, step, angle, height)
+    finally:
+        plt.close(fig)
+    assert sweep._plot(plan, rows)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_trial_reserves_what_its_workers_need_so_two_cores_take_two_inprocess_trials_or_one_of_two_workers():
     inproc = load_spec(JOB, ["resources.workers=0"])
     two = load_spec(JOB, ["resources.workers=2", "resources.cpus_per_worker=1"])

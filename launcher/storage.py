@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import secrets
 import shlex
+import socket
 import sys
 from pathlib import Path, PurePosixPath
 
@@ -39,6 +41,8 @@ STAGING = ".staging"        # under --runs-dir: the local copies of remote runs
 STAGED_URI = "storage.json"  # in a staging copy: the URI it is uploaded to (never uploaded itself)
 _CHECKPOINT = re.compile(r"epoch-\d+(?:-step-\d+)?")
 _PROBE = re.compile(r"\.lrjob-probe-[0-9a-f]{8}")  # check_access's object, left by a driver killed in between
+# A probe older than this is left over, whoever wrote it (a live check writes and removes it in seconds).
+PROBE_STALE_S = 900.0
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # a file a manifest may name
 # What is downloaded besides checkpoints (the spec, and the MLflow run a tracked resume reopens), and
 # the most read of either: a spec file holds at most 1 MiB (docs/design.md#job-spec).
@@ -157,8 +161,11 @@ class RemoteRun:
                 raise LrjobInputError(f"{self.flag} {self.shown}: bucket {bucket!r} does not exist; create it "
                                       f"first (aws s3 mb s3://{bucket}), or choose another bucket")
         probe = f"{self.base}/.lrjob-probe-{secrets.token_hex(4)}"  # _PROBE
+        # who writes it: another driver's _stage removes it only once it is stale (_stale_probe)
+        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid()}).encode()
         try:
-            self._put(probe, b"")
+            self._put(probe, owner)
+            faults.hit("probe", stage="written")
             self.fs.delete_file(probe)
         except Exception as e:  # noqa: BLE001
             raise LrjobInputError(f"{self.flag} {self.shown}: cannot write there ({_first_line(e)}); {_HINT}") \
@@ -205,9 +212,13 @@ class RemoteRun:
 
     def _stage(self, staging: Path) -> list[tuple[str, str]]:
         files = self._list()
-        for name in [p for p in files if _PROBE.fullmatch(p)]:  # left by a driver killed during its check
-            self.fs.delete_file(f"{self.base}/{name}")
+        for name in [p for p in files if _PROBE.fullmatch(p)]:
             del files[name]
+            if self._stale_probe(name):  # left by a driver killed during its check
+                try:
+                    self.fs.delete_file(f"{self.base}/{name}")
+                except OSError:
+                    pass  # removed meanwhile
         for name in _STAGED:
             if name in files:
                 (staging / name).write_bytes(self._get(name, _MAX_SMALL_FILE + 1))
@@ -226,6 +237,33 @@ class RemoteRun:
                 (folder / f).write_bytes(blob)
             self._uploaded[name] = manifest
         return skipped
+
+    def _stale_probe(self, name: str) -> bool:
+        """Whether the probe object ``name`` is left over: its writer (host and pid, recorded in it) is
+        a process of this host that is gone, or it is older than ``PROBE_STALE_S``. Another driver's
+        check in progress (on this host or another) keeps its probe: it removes it itself."""
+        import time
+
+        try:
+            info = self.fs.get_file_info(f"{self.base}/{name}")
+            owner = json.loads(self._get(name, 1000) or b"{}")
+        except OSError:
+            return False  # removed meanwhile
+        except ValueError:
+            owner = {}
+        mtime = info.mtime.timestamp() if info.mtime is not None else None
+        if mtime is not None and time.time() - mtime > PROBE_STALE_S:
+            return True
+        pid = owner.get("pid") if isinstance(owner, dict) else None
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0 or owner.get("host") != socket.gethostname():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except (PermissionError, OverflowError, ValueError):
+            return False  # alive (another user's), or not a pid
+        return False
 
     def _complete_checkpoint(self, name: str, files: dict[str, int]) -> tuple[dict, dict[str, bytes]]:
         """The manifest and the files of the uploaded checkpoint ``name``, read and checked against

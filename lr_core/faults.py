@@ -31,6 +31,8 @@ objects arms several faults; each fires on its own (the first that matches a mom
   ``sweep.json`` (``launcher.sweep``).
 - ``asha``: the sweep's driver has recorded in ``sweep.json`` that ASHA stops trial
   ``trial`` (``t001``), before Tune stops it (``launcher.sweep``).
+- ``probe``: the driver checks that it can write to a run's storage URI, at ``stage``
+  ``written`` (its probe object written, not yet removed) (``launcher.storage``).
 - ``table``: the sweep's trials have returned (or none was left to run), before its driver
   writes and prints the table (``launcher.sweep``); it reports nothing.
 
@@ -66,7 +68,7 @@ _ENV = "LRJOB_FAULT"
 # Each point and the keys the code reports there.
 POINTS = {"step": {"epoch", "step", "rank"}, "checkpoint": {"epoch", "stage"}, "cleanup": {"status"},
           "export": {"format"}, "upload": {"epoch", "stage"}, "sweep": {"trials"}, "asha": {"trial"},
-          "table": set()}
+          "table": set(), "probe": {"stage"}}
 ACTIONS = ("kill", "stop", "raise", "interrupt", "sleep", "wait", "meet")
 # The keys of an action besides the point's conditions.
 ACTION_KEYS = {"sleep": {"seconds"}, "wait": {"until", "timeout"}, "meet": {"dir", "count", "timeout"}}

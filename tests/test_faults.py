@@ -45,7 +45,7 @@ def test_a_spec_without_at_or_a_known_action(spec):
     with pytest.raises(FaultSpecError) as e:
         faults._parse(text)
     assert str(e.value) == (f"LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep, asha, "
-                            f"table and 'action' in kill, stop, raise, interrupt, sleep, wait, meet; got {text!r}")
+                            f"table, probe and 'action' in kill, stop, raise, interrupt, sleep, wait, meet; got {text!r}")
 
 
 def test_a_key_the_point_does_not_report():

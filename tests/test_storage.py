@@ -363,10 +363,77 @@ def test_a_uri_whose_secret_holds_a_slash_is_refused_without_showing_it(tmp_path
 
 
 def test_a_probe_object_left_over_by_a_killed_check_does_not_make_the_uri_other_and_is_removed(s3_server, tmp_path):
+    import socket
+    import subprocess
+
     _, fs, query = s3_server
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
     with fs.open_output_stream("data/run/.lrjob-probe-0badf00d") as f:  # a driver killed between write and remove
-        f.write(b"")
+        f.write(json.dumps({"host": socket.gethostname(), "pid": gone.pid}).encode())
     done = run_job(_spec("train.epochs=1"), f"s3://data/run?{query}", options=DriverOptions(runs_dir=tmp_path / "runs"))
     assert done.summary["status"] == "completed"
     assert json.loads(_read(fs, "data/run/summary.json"))["status"] == "completed"
     assert not [k for k in _files(fs) if "probe" in k], "the leftover probe is gone, and no new one is left"
+
+
+def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes_are_removed(tmp_path, monkeypatch):
+    """Driver A is held by the fault hook between writing its probe and removing it (point
+    ``probe``); driver B opens and stages the same URI meanwhile. B removes the probes of a
+    dead process of this host and one older than PROBE_STALE_S, keeps A's and the fresh ones it
+    cannot judge (another host's, an empty one); A's check then ends without an error."""
+    import socket
+    import subprocess
+    import threading
+    import time
+
+    from launcher.storage import PROBE_STALE_S, open_remote
+    from lr_core import faults
+
+    store = tmp_path / "store" / "run"
+    store.mkdir(parents=True)
+    uri = f"file://{store}"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+
+    def probe(name, owner, age=0.0):
+        path = store / f".lrjob-probe-{name}"
+        path.write_bytes(b"" if owner is None else json.dumps(owner).encode())
+        if age:
+            then = time.time() - age
+            os.utime(path, (then, then))
+
+    probe("dead0001", {"host": socket.gethostname(), "pid": gone.pid})
+    probe("01d00001", {"host": "elsewhere", "pid": 1}, age=PROBE_STALE_S + 60)
+    probe("e15e0001", {"host": "elsewhere", "pid": 1})
+    probe("e0e70001", None)
+    fired, release = tmp_path / "fired", tmp_path / "release"
+    monkeypatch.setenv("LRJOB_FAULT", "")
+    faults.arm(json.dumps({"at": "probe", "stage": "written", "action": "wait", "until": str(release),
+                           "once": str(fired), "timeout": 60}))
+    outcome = {}
+
+    def check_a():
+        try:
+            outcome["a"] = open_remote(uri, "--output")
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            outcome["a"] = e
+
+    a = threading.Thread(target=check_a)
+    a.start()
+    try:
+        while not os.path.exists(f"{fired}.where") and a.is_alive():  # A's probe is written, A waits
+            a.join(0.01)
+        assert a.is_alive(), outcome
+        b = open_remote(uri, "--output")  # B's own check (the fault fired once already)
+        (tmp_path / "staging").mkdir()
+        b.stage(tmp_path / "staging")
+        left = {p.name.removeprefix(".lrjob-probe-") for p in store.iterdir()}
+    finally:
+        release.touch()
+        a.join(60)
+        faults.arm(None)
+    assert not isinstance(outcome.get("a"), BaseException), outcome
+    assert {"e15e0001", "e0e70001"} < left and not {"dead0001", "01d00001"} & left, left
+    assert len(left) == 3, left  # and A's own
+    assert sorted(p.name for p in store.iterdir()) == [".lrjob-probe-e0e70001", ".lrjob-probe-e15e0001"]

@@ -116,6 +116,25 @@ def test_a_bad_sweep_is_one_line_naming_the_field_and_writes_nothing(capsys, tmp
     assert not (tmp_path / "s").exists()
 
 
+def test_the_readmes_asha_example_draws_learning_rates_across_its_range():
+    """README "Sweeps": the ASHA example's draws span its range, so that ASHA has poor trials to
+    stop (seed 0 drew four rates below 0.02 of 1e-3..1)."""
+    import re
+    import shlex
+
+    from launcher.cli import build_parser
+
+    readme = (ROOT / "README.md").read_text()
+    line = next(x for x in re.sub(r"\\\n\s*", "", readme).splitlines()
+                if x.startswith("lrjob sweep ") and "--asha" in x)
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    plan = plan_from_args(ROOT / args.job, [*args.overrides, f"resources.workers={args.workers}"],
+                          SweepRequest(ranges=tuple(args.ranges), random=args.random, seed=args.seed, asha=args.asha))
+    rates = sorted(t.values["train.learning_rate"] for t in plan.trials)
+    assert plan.asha == "val_loss" and len(rates) == 4
+    assert rates[0] < 0.01 and rates[-1] > 0.3, rates  # a rate too low to learn in 4 epochs, and a good one
+
+
 def test_a_bad_sweep_section_names_the_key(capsys, tmp_path):
     job = tmp_path / "job.yaml"
     job.write_text(Path(JOB).read_text() + "sweep:\n  grids: {train.learning_rate: [0.1]}\n")

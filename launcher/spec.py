@@ -29,8 +29,8 @@ from lr_core.files import TooLarge, read_at_most
 from .stopping import METRICS, MODES, metric_mode
 
 __all__ = ["JobSpec", "ModelSpec", "DataSpec", "TrainSpec", "ResourcesSpec", "CheckpointSpec", "FailureSpec",
-           "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA", "SAFE_RESUME_CHANGES",
-           "absolute_tracking"]
+           "TrackingSpec", "load_spec", "read_spec_yaml", "spec_from_dict", "apply_overrides", "SCHEMA",
+           "SAFE_RESUME_CHANGES", "absolute_tracking"]
 
 @dataclass(frozen=True)
 class _Field:

@@ -1037,8 +1037,8 @@ def _tick_labels(values: list, most: int = TICK_CHARS) -> list[str]:
         common = os.path.commonprefix([t[::-1] for t in texts])[::-1]
         tail = len(common) - min([i for i in (common.find(c) for c in seps) if i >= 0], default=len(common))
         if all(len(t) > head + tail for t in texts):
-            texts = [("…" if head > 1 else t[:head]) + t[head:len(t) - tail] + ("…" if tail > 1 else t[len(t) - tail:])
-                     for t in texts]
+            texts = [("…" if head > 1 else t[:head]) + t[head:len(t) - tail]
+                     + ("…" if tail > 1 else t[len(t) - tail:]) for t in texts]
     head = (most - 1) // 2
     texts = [t if len(t) <= most else t[:head] + "…" + t[-(most - 1 - head):] for t in texts]
     return [f"{i + 1}: {t}" if texts.count(t) > 1 else t for i, t in enumerate(texts)]

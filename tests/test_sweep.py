@@ -9,8 +9,8 @@ with a diverging trial, ASHA and MLflow tracking, whose trial equals ``run_job``
 spec; a sweep driver killed (``LRJOB_FAULT`` at point ``sweep``) and resumed; one sweep
 whose trials have 2 Horovod workers each, one at a time; two in-process trials that are in
 their first epoch at once (fault action ``meet``); Ctrl-C landed by the fault hook (exit
-130, then resume; once every trial ended, exit 0 with the table whole); a driver killed the moment ASHA stops a trial (point ``asha``); a resume
-that does not read a finished trial's data."""
+130, then resume; once every trial ended, exit 0 with the table whole); a driver killed the
+moment ASHA stops a trial (point ``asha``); a resume that does not read a finished trial's data."""
 import json
 import os
 import sys

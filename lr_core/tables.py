@@ -391,11 +391,20 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
     columns = [header[j] for j in feat_idx] if header else [f"column {j + 1}" for j in feat_idx]
     internal = [f"c{j}" for j in range(width)]
     types = {internal[j]: pa.float32() for j in feat_idx}
-    if label_idx is not None:  # labels as text: a block's guess of their type cannot refuse a later one
-        types[internal[label_idx]] = pa.string()
-    convert = pcsv.ConvertOptions(
-        column_types=types, null_values=[], strings_can_be_null=False,
-        include_columns=[internal[j] for j in feat_idx] + ([internal[label_idx]] if label_idx is not None else []))
+    include = [internal[j] for j in feat_idx] + ([internal[label_idx]] if label_idx is not None else [])
+
+    def options(label_type):
+        if label_idx is not None:
+            types[internal[label_idx]] = label_type
+        return pcsv.ConvertOptions(column_types=dict(types), null_values=[], strings_can_be_null=False,
+                                   include_columns=include)
+
+    # Labels are parsed as numbers (float64, as _labels makes them from text, with the same
+    # parser); a chunk with a label that is not a number is parsed again with the labels as
+    # text, and so are the chunks after it. Explicit types: a chunk's guess cannot refuse a
+    # later chunk's values.
+    as_number, as_text = options(pa.float64()), options(pa.string())
+    labels_as_numbers = [label_idx is not None]  # shared by the parse threads
     # The rows start after the header (or at the first data row): a byte offset, found in
     # the head that _csv_head read, counting physical lines as csv.reader does.
     start = _line_offset(fs, inner, where, first_end if header else first_end - 1)
@@ -405,7 +414,15 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
     def parse(chunk: memoryview):
         # In a worker thread: pyarrow parses without the GIL, so chunks parse in parallel.
         _refuse_wide_lines(chunk, width)
-        part = pcsv.read_csv(pa.py_buffer(chunk), read_options=read, convert_options=convert)
+        buf = pa.py_buffer(chunk)
+        part = None
+        if labels_as_numbers[0]:
+            try:
+                part = pcsv.read_csv(buf, read_options=read, convert_options=as_number)
+            except pa.ArrowInvalid:
+                labels_as_numbers[0] = False  # a text label; or a bad cell, which fails again below
+        if part is None:
+            part = pcsv.read_csv(buf, read_options=read, convert_options=as_text)
         x = np.empty((part.num_rows, len(names)), dtype=np.float32)  # rows x features, one copy
         for j, c in enumerate(names):
             x[:, j] = _plain(part.column(c))

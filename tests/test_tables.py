@@ -759,6 +759,20 @@ def test_csv_chunks_give_every_row_once_in_order(tmp_path, monkeypatch, text, ch
     assert t.columns == (["a", "b"] if header else ["column 1", "column 2", "column 3"])
 
 
+def test_csv_labels_are_numbers_until_a_chunk_holds_text(tmp_path, monkeypatch):
+    """Labels parse as numbers; the chunk with a text label and every chunk after it parse
+    again with text labels, so each chunk's labels come out as they do from text: numbers
+    as float64 (padded, signed, exponent), text kept as it is, blanks as ''."""
+    p = tmp_path / "d.csv"
+    p.write_text("a,label\n" + "1,0\n2, 1 \n3,+1e0\n" + "4,cat\n5,1\n" + "6,\n7,0\n")
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 8)  # about one line a chunk
+    blocks = list(open_table(p).batches())
+    y = np.concatenate([b[1] for b in blocks]).tolist()
+    assert y == [0.0, 1.0, 1.0, "cat", 1.0, "", 0.0]
+    assert [type(v) for v in y[:3] + y[4:5] + y[6:]] == [float] * 5
+    assert np.concatenate([b[0] for b in blocks]).ravel().tolist() == [1, 2, 3, 4, 5, 6, 7]
+
+
 # --------------------------------------------------------------------------- ingest speed
 @pytest.mark.parametrize("ends", ["\n", "\r\n", "\r"])
 @pytest.mark.parametrize("at", [0, 1, 37, 99])
@@ -806,6 +820,8 @@ def test_reading_a_csv_or_parquet_table_imports_no_pandas(tmp_path):
             "for p in sys.argv[1:]:\n"
             "    x, y = read_all(open_table(p))\n"
             "    assert x.shape == (20, 3) and y.tolist() == [i % 2 for i in range(20)], (p, x, y)\n"
+            "    if p.endswith('.csv'):  # numeric labels parse as numbers: no text cast, no pyarrow.compute\n"
+            "        assert 'pyarrow.compute' not in sys.modules, p\n"
             "print('pandas' in sys.modules)")
     r = subprocess.run([sys.executable, "-c", code, str(csv), str(tmp_path / "t.parquet"), str(tmp_path / "l.parquet")],
                        capture_output=True, text=True, timeout=120, cwd=os.path.dirname(os.path.dirname(__file__)))

@@ -136,29 +136,33 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
                   progress: Progress | None, sums: "_Sums | None" = None):
     """Stream one table into array files; returns (entries, columns). ``name`` ``train`` or
     ``val`` writes ``<name>-x.bin``/``<name>-y.bin``. ``all`` (a table that holds its own
-    validation rows) splits as it streams when the table declares its row count up front
-    (Parquet, NPY: the hold-out is known before the first row), else writes the scratch
-    files ``all-*.bin`` that :func:`_split` splits. ``sums`` takes the training rows in
+    validation rows) splits as it streams when its row count is known up front (Parquet
+    and NPY declare it, a local CSV's is counted first: the hold-out is known before the
+    first row), else writes the scratch files ``all-*.bin`` that :func:`_split` splits. ``sums`` takes the training rows in
     order (the first pass of the standardization statistics)."""
     table = open_table(path, request.label_column, True, _features(request))
     where = table.where
     keep = None
-    if name == "all" and table.rows:
+    # A local CSV declares no rows, but they are counted in one cheap pass over the file
+    # (far less than writing every row to scratch and reading it back).
+    rows = table.count_rows() if name == "all" else table.rows
+    if name == "all" and rows:
         try:
-            perm, n_val = holdout_rows(table.rows, request.val_fraction, request.seed, where)
+            perm, n_val = holdout_rows(rows, request.val_fraction, request.seed, where)
         except DataError:
             pass  # too few rows: the scratch path reports it after the rows' own checks, as before
         else:
-            keep = np.ones(table.rows, dtype=bool)
+            keep = np.ones(rows, dtype=bool)
             keep[perm[:n_val]] = False
             del perm
     splits = ("train", "val") if keep is not None else (name,)
     writers: dict = {}
     done = 0
     # Blocks of about BLOCK_BYTES whatever the width (a 1000-feature row is 4 KB).
-    rows = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(1, len(table.columns)))))
+    block = max(1, min(BLOCK_ROWS, BLOCK_BYTES // (4 * max(1, len(table.columns)))))
+    declared = "counted before it was read" if table.counted else "its metadata declares"
     try:
-        for x, y in table.batches(rows):
+        for x, y in table.batches(block):
             at, off = table.block_where, table.block_offset  # the file and row errors name
             (y,) = finish_labels(request, at, y, offset=off)
             if len(y) != len(x):
@@ -179,7 +183,7 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
             xs = x if stored == np.uint8 else xf
             if keep is not None:
                 if done + len(xs) > len(keep):
-                    raise DataError(f"{where}: more rows than the {len(keep)} its metadata declares; the file is "
+                    raise DataError(f"{where}: more rows than the {len(keep)} {declared}; the file is "
                                     f"damaged or changed while read: write it again")
                 k = keep[done:done + len(xs)]
                 parts = {"train": (xs[k], y[k]), "val": (xs[~k], y[~k])}
@@ -192,11 +196,11 @@ def _stream_table(request: LoadRequest, path: str, out: Path, name: str, num_fea
                     sums.add(px)
             done += len(x)
             if progress:
-                progress(f"reading {where}", done, table.rows)
+                progress(f"reading {where}", done, rows)
         if not writers:
             raise DataError(f"{where}: no rows; the dataset is empty")
         if keep is not None and done != len(keep):
-            raise DataError(f"{where}: {done} rows, fewer than the {len(keep)} its metadata declares; the file is "
+            raise DataError(f"{where}: {done} rows, fewer than the {len(keep)} {declared}; the file is "
                             f"damaged or changed while read: write it again")
         entries = {}
         for split, (xw, yw) in writers.items():

@@ -102,10 +102,22 @@ class Table:
     rows: int | None
     _batches: Callable[[int], Iterator[tuple]] = field(repr=False)
     has_labels: bool = True
+    # The rows counted by a cheap pass over the file, for a table that does not declare
+    # them (a local CSV): None when they cannot be counted exactly that way.
+    _count: Callable[[], int | None] | None = field(default=None, repr=False)
+    counted: bool = False  # rows is such a count
     # Where the block last yielded comes from: the file (one of a directory's parts) and
     # the number of that file's rows before it. Errors about a block name these.
     block_where: str = ""
     block_offset: int = 0
+
+    def count_rows(self) -> int | None:
+        """``rows`` when the table declares them, else its rows counted before it is read
+        (a local, uncompressed CSV without quotes), else ``None``."""
+        if self.rows is None and self._count is not None:
+            self.rows = self._count()
+            self.counted, self._count = self.rows is not None, None
+        return self.rows
 
     def batches(self, block_rows: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
         """``(x, y)`` blocks in file order, at most ``block_rows`` (default ``BLOCK_ROWS``) rows each."""
@@ -363,6 +375,7 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
                features: list[str] | str | None) -> Table:
     import pyarrow as pa
     import pyarrow.csv as pcsv
+    import pyarrow.fs as pfs
 
     first, first_end = _csv_head(fs, inner, where)
     if first is None:
@@ -444,7 +457,58 @@ def _csv_table(fs, inner: str, where: str, label_column: str | None, require_lab
         if not rows:
             raise DataError(f"{where}: no data rows after the header; the dataset is empty")
 
-    return Table(where, columns, None, batches, has_labels=label_idx is not None)
+    count = None
+    if isinstance(fs, pfs.LocalFileSystem) and not _compressed(inner):
+        count = lambda: _count_csv_rows(inner, start)  # noqa: E731
+    return Table(where, columns, None, batches, has_labels=label_idx is not None, _count=count)
+
+
+def _compressed(inner: str) -> bool:
+    """Whether ``_open_stream`` decompresses the file (its name ends .gz, .bz2, .zst, ...)."""
+    import pyarrow as pa
+
+    try:
+        return pa.Codec.detect(inner) is not None
+    except (TypeError, ValueError):  # pyarrow 17: a TypeError for a name of no codec
+        return False
+
+
+_COUNT_BYTES = 4 << 20  # the row count reads a local CSV in pieces of this many bytes
+
+
+def _count_csv_rows(path: str, start: int) -> int | None:
+    """The rows that the parse of a local CSV from byte ``start`` yields (``start`` just
+    after a line end or at the file's start), found without parsing: the non-empty lines
+    (pyarrow skips empty ones; a line ends at \\n, \\r or \\r\\n, so the \\n of \\r\\n ends an
+    empty line), the last one, without a line end, only when it holds more than
+    whitespace (as :func:`_parallel_chunks` reads it). ``None`` when the file holds a
+    quote, since a quoted value may hold a line end, or cannot be read: the caller then
+    counts the rows as it reads them."""
+    prev_end, tail_text, rows = True, False, 0
+    buf = bytearray(_COUNT_BYTES)  # one buffer, read into again and again
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            while True:
+                n = f.readinto(buf)
+                if not n:
+                    break
+                if buf.find(b'"', 0, n) >= 0:
+                    return None
+                raw = np.frombuffer(buf, dtype=np.uint8, count=n)
+                ends = raw == 10
+                if buf.find(b"\r", 0, n) >= 0:
+                    ends |= raw == 13
+                # a line end right after another (or after the line end before `start`)
+                # ends an empty line
+                empty = np.count_nonzero(ends[1:] & ends[:-1]) + (prev_end and ends[0])
+                rows += int(np.count_nonzero(ends)) - int(empty)
+                last = max(buf.rfind(b"\n", 0, n), buf.rfind(b"\r", 0, n))
+                tail_text = bool(buf[last + 1:n].strip()) or (tail_text and last < 0)
+                prev_end = bool(ends[-1])
+    except OSError:
+        return None
+    return rows + tail_text
 
 
 _LINE_END = re.compile(rb"\r\n|\n|\r")

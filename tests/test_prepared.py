@@ -13,7 +13,7 @@ import pytest
 import pyarrow as pa  # noqa: E402  (requirements.txt; .ci/install installs it: missing is a failure)
 import pyarrow.parquet as pq  # noqa: E402
 
-from lr_core import prepared  # noqa: E402
+from lr_core import prepared, tables  # noqa: E402
 from lr_core.config import LoopConfig  # noqa: E402
 from lr_core.data import load_dataset, make_request, write_idx  # noqa: E402
 from lr_core.errors import DataError  # noqa: E402
@@ -492,18 +492,25 @@ def test_the_manifest_of_a_built_in_source(tmp_path, monkeypatch):
           load_dataset("synthetic-binary", kind="binary", num_classes=2, seed=2, options={"n_train": 250}))
 
 
+@pytest.mark.parametrize("quoted", [False, True])
 @pytest.mark.parametrize("n,fraction", [(2, 0.5), (10, 0.01), (10, 0.0), (37, 0.3), (3, 0.5), (200, 0.1)])
-def test_the_hold_out_is_holdout_split_exactly(tmp_path, n, fraction):
+def test_the_hold_out_is_holdout_split_exactly(tmp_path, n, fraction, quoted):
+    """A local CSV's rows are counted before it is read, and it splits as it streams; with a
+    quote in it (a quoted value may hold a line end) they are not, and a scratch file of all
+    rows is split after it is read. Both hold out holdout_split's rows exactly."""
     path = _csv(tmp_path / "d.csv", n=n, d=2)
+    x, y = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, :2].astype(np.float32), \
+        np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 2].astype(np.int64)
+    if quoted:  # the last label, quoted
+        text = path.read_text()
+        path.write_text(text[:-2] + f'"{text[-2]}"\n')
     seen = []
     req = _req(path=str(path), val_fraction=fraction, seed=11)
     ds = open_prepared(prepare(req, tmp_path / "cache", progress=lambda *a: seen.append(a)))
-    x, y = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, :2].astype(np.float32), \
-        np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)[:, 2].astype(np.int64)
     want = holdout_split(x, y, fraction, 11, "w")
     for got, w in zip((ds.x_train, ds.y_train, ds.x_val, ds.y_val), want):
         assert got.shape == w.shape and np.array_equal(got, w)
-    assert seen == [(f"reading {path}", n, None), ("splitting", n, n)]
+    assert seen == ([(f"reading {path}", n, None), ("splitting", n, n)] if quoted else [(f"reading {path}", n, n)])
 
 
 def test_nothing_left_to_train_on(tmp_path):
@@ -920,7 +927,7 @@ def test_prepared_dataset_passes_progress_log_and_checksums_on(tmp_path):
     seen, notes = [], []
     ds = prepared_dataset(_req(path=str(path)), tmp_path / "cache", progress=lambda *a: seen.append(a[0]),
                           log=notes.append)
-    assert seen == [f"reading {path}", "splitting"] and notes == []
+    assert seen == [f"reading {path}"] and notes == []
     raw = bytearray((Path(ds.home) / "val-y.bin").read_bytes())
     raw[0] ^= 1
     (Path(ds.home) / "val-y.bin").write_bytes(bytes(raw))
@@ -1064,12 +1071,13 @@ def test_statistics_summed_while_the_rows_are_written_equal_the_in_memory_ones(t
     assert len(train_reads) == -(-len(mem.x_train) // 7)  # one pass of 7-row blocks, not two
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "npy"])
+@pytest.mark.parametrize("fmt", ["parquet", "npy", "csv"])
 @pytest.mark.parametrize("fraction", [0.2, 0.01, 0.0])
 def test_a_table_that_declares_its_rows_is_split_as_it_streams(tmp_path, monkeypatch, fmt, fraction):
-    """Parquet and NPY declare their row count up front: the hold-out is known before the
-    first row, so rows go straight to the train and validation files (no scratch file read
-    back), and they are holdout_split's rows exactly."""
+    """Parquet and NPY declare their row count up front, a local CSV's rows are counted
+    before it is read: the hold-out is known before the first row, so rows go straight to
+    the train and validation files (no scratch file read back), and they are
+    holdout_split's rows exactly."""
     monkeypatch.setattr(prepared, "BLOCK_ROWS", 16)
     files, x, y = _table_files(tmp_path)
     monkeypatch.setattr(prepared, "_split", lambda *a, **k: pytest.fail("the scratch file was split"))
@@ -1094,5 +1102,12 @@ def test_a_table_with_more_or_fewer_rows_than_it_declares_is_refused(tmp_path, m
     monkeypatch.setattr(prepared, "open_table", lying)
     text = _err(prepare, _req("parquet", path=str(files["parquet"])), tmp_path / "cache")
     assert text.startswith(f"{files['parquet']}: ") and f"than the {declared} its metadata declares" in text
+    assert "write it again" in text
+    assert list((tmp_path / "cache").iterdir()) == []
+    # a CSV that holds other rows than were counted before it was read (changed meanwhile)
+    monkeypatch.setattr(prepared, "open_table", real)
+    monkeypatch.setattr(tables, "_count_csv_rows", lambda *a: declared)
+    text = _err(prepare, _req("csv", path=str(files["csv"])), tmp_path / "cache")
+    assert text.startswith(f"{files['csv']}: ") and f"than the {declared} counted before it was read" in text
     assert "write it again" in text
     assert list((tmp_path / "cache").iterdir()) == []

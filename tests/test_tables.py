@@ -773,6 +773,50 @@ def test_csv_labels_are_numbers_until_a_chunk_holds_text(tmp_path, monkeypatch):
     assert np.concatenate([b[0] for b in blocks]).ravel().tolist() == [1, 2, 3, 4, 5, 6, 7]
 
 
+@pytest.mark.parametrize("ends", ["\n", "\r\n"])  # a lone \r in the head is refused as malformed CSV
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 1 << 20])
+def test_a_local_csv_counts_the_rows_its_parse_yields(tmp_path, monkeypatch, ends, piece):
+    """The rows counted before a local CSV is read are the rows its parse yields, whatever
+    the line ends, blank lines (before, among and after the rows), a last line without a
+    line end or one of whitespace only, a BOM, and pieces cut anywhere."""
+    monkeypatch.setattr(tables, "_COUNT_BYTES", piece)
+    e = ends
+    texts = {
+        "plain": f"a,b,label{e}1,2,0{e}3,4,1{e}",
+        "blank lines": f"a,b,label{e}{e}{e}1,2,0{e}{e}3,4,1{e}{e}{e}5,6,0{e}{e}",
+        "no last line end": f"a,b,label{e}1,2,0{e}3,4,1",
+        "a last line of whitespace": f"a,b,label{e}1,2,0{e}3,4,1{e}  \t ",
+        "a BOM, no header": f"\ufeff1,2,0{e}3,4,1{e}5,6,1",
+        "blank lines before the header": f"{e}{e}a,b,label{e}1,2,0{e}",
+        "one row": "a,b,label" + e + "1,2,0",
+    }
+    for what, text in texts.items():
+        p = tmp_path / "d.csv"
+        p.write_bytes(text.encode())
+        header = "label" in text
+        parsed = sum(len(x) for x, _ in open_table(p, "label" if header else None, header).batches())
+        t = open_table(p, "label" if header else None, header)
+        assert (t.count_rows(), t.counted, t.rows) == (parsed, True, parsed), what
+        assert sum(len(x) for x, _ in t.batches()) == parsed, what
+
+
+def test_a_csv_whose_rows_cannot_be_counted_cheaply_is_not(tmp_path):
+    """A quote anywhere after the header (a quoted value may hold a line end) or a
+    compressed file: no count; the rows are counted as they are read."""
+    import gzip
+
+    p = tmp_path / "q.csv"
+    p.write_text('"a",b,label\n1,2,0\n3,4,"1"\n')
+    t = open_table(p)
+    assert t.count_rows() is None and not t.counted and sum(len(x) for x, _ in t.batches()) == 2
+    p.write_text('"a",b,label\n1,2,0\n3,4,1\n')  # a quote in the header only
+    assert open_table(p).count_rows() == 2
+    g = tmp_path / "d.csv.gz"
+    g.write_bytes(gzip.compress(b"a,b,label\n1,2,0\n"))
+    t = open_table(g)
+    assert t.count_rows() is None and sum(len(x) for x, _ in t.batches()) == 1
+
+
 # --------------------------------------------------------------------------- ingest speed
 @pytest.mark.parametrize("ends", ["\n", "\r\n", "\r"])
 @pytest.mark.parametrize("at", [0, 1, 37, 99])

@@ -833,6 +833,16 @@ def test_a_line_one_cell_too_wide_is_found_wherever_it_is(ends, at):
     tables._refuse_wide_lines(memoryview(chunk.replace(b"1,2,3,4", b'1,2,"3,4"')), 3)  # a quoted comma
 
 
+def test_a_line_with_256_more_commas_than_allowed_is_found():
+    """Commas are counted per line into uint8 only while no line is longer than 255 bytes:
+    a line with 258 commas (2 in uint8) among 3-cell lines is still refused."""
+    chunk = ("1,2,3\n" * 10 + "," * 258 + "\n" + "1,2,3\n" * 10).encode()
+    with pytest.raises(pa.ArrowInvalid):
+        tables._refuse_wide_lines(memoryview(chunk), 3)
+    tables._refuse_wide_lines(memoryview(chunk), 259)
+    tables._refuse_wide_lines(memoryview(("1,2,3\n" * 10 + "1" * 300 + "\n").encode()), 3)  # long, not wide
+
+
 def test_plain_reads_arrow_numbers_as_numpy_from_their_buffers():
     """Numbers from their buffers: offsets of sliced arrays, several chunks, every width;
     nulls and booleans take pyarrow's own conversion."""

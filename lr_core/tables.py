@@ -622,7 +622,8 @@ def _parallel_chunks(fs, inner: str, where: str, start: int, parse: Callable[[by
                     if data.strip():
                         pending.append(pool.submit(parse, memoryview(data)))
                     break
-                cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+                nl = data.rfind(b"\n")
+                cut = max(nl, data.rfind(b"\r", nl + 1)) + 1  # a \r after the last \n (not all 2 MB again)
                 if not cut:  # one line longer than a chunk: read on
                     rest = data
                     continue

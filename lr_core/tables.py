@@ -616,18 +616,22 @@ def _parallel_chunks(fs, inner: str, where: str, start: int, parse: Callable[[by
         rest = b""
         try:
             while True:
-                block = f.read(_CSV_CHUNK_BYTES)
-                data = rest + block
-                if not block:
-                    if data.strip():
-                        pending.append(pool.submit(parse, memoryview(data)))
+                # the cut-off end of the last chunk, then the next bytes read straight after it
+                # (one copy of them, not a read and then a concatenation)
+                data = bytearray(len(rest) + _CSV_CHUNK_BYTES)
+                data[:len(rest)] = rest
+                got = f.readinto(memoryview(data)[len(rest):])
+                end = len(rest) + got
+                if not got:
+                    if rest.strip():
+                        pending.append(pool.submit(parse, memoryview(rest)))
                     break
-                nl = data.rfind(b"\n")
-                cut = max(nl, data.rfind(b"\r", nl + 1)) + 1  # a \r after the last \n (not all 2 MB again)
+                nl = data.rfind(b"\n", 0, end)
+                cut = max(nl, data.rfind(b"\r", nl + 1, end)) + 1  # a \r after the last \n (not all 2 MB again)
                 if not cut:  # one line longer than a chunk: read on
-                    rest = data
+                    rest = bytes(data[:end])
                     continue
-                rest = data[cut:]
+                rest = bytes(data[cut:end])
                 pending.append(pool.submit(parse, memoryview(data)[:cut]))  # a view: no copy
                 while len(pending) > threads:
                     yield pending.pop(0).result()

@@ -12,7 +12,7 @@ MUTANTS_JOBS ?= 2
 # the distributed ones (one Ray for the session) run after them in one process.
 TEST_JOBS ?= 2
 
-.PHONY: install run test test-fast test-heavy bench bench-data clean doctor mutants
+.PHONY: install run test test-fast test-heavy bench bench-data bench-scaling clean doctor mutants
 
 install:
 	@VENV=$(VENV) bash .ci/install
@@ -36,6 +36,12 @@ test-heavy: install
 bench: install test-heavy
 	$(PY) -m benchmarks.run --out bench-results/bench.json
 	$(PY) -m benchmarks.data_scale --out bench-results/data_scale.json
+	$(PY) -m benchmarks.scaling --out bench-results/scaling.json
+
+# The scaling map: MNIST samples/s for workers {in-process, 1, 2, 3} x global batch x model, each
+# cell an lrjob run, with horovodrun and a bare horovod.ray script as floors (~20 min on 2 cores).
+bench-scaling: install
+	$(PY) -m benchmarks.scaling --out bench-results/scaling.json
 
 # Data at scale: ingest (old CSV reader vs prepared data), MNIST from the prepared memory map,
 # out-of-core training in memory cgroups (needs root for that part; ~30 min, ~7 GB of temp disk).

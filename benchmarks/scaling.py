@@ -355,13 +355,19 @@ def draw(r: dict):
 
 def write_outputs(r: dict, out: Path) -> list[Path]:
     """``out`` (JSON), the markdown report and the PNG beside it (same stem); returns the paths."""
+    import io
+
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     png, md = out.with_suffix(".png"), out.with_suffix(".md")
     r = {**r, "ratios": ratios(r)}
-    out.write_text(json.dumps(r, indent=2, default=float) + "\n")
-    draw(r).savefig(png, dpi=110)
-    md.write_text(summarize(r, png.name))
+    # everything rendered before anything is written: a result that cannot be drawn leaves no file
+    text, report = json.dumps(r, indent=2, default=float) + "\n", summarize(r, png.name)
+    picture = io.BytesIO()
+    draw(r).savefig(picture, dpi=110, format="png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    png.write_bytes(picture.getvalue())
+    md.write_text(report)
     return [out, md, png]
 
 
@@ -380,10 +386,16 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 2
         r.pop("ratios", None)
+        try:
+            paths = write_outputs(r, Path(args.out))
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+            print(f"scaling: --from-json {args.from_json}: not a result of this script ({type(e).__name__}: "
+                  f"{e}); give the JSON that python -m benchmarks.scaling wrote", file=sys.stderr)
+            return 2
     else:
         r = measure(plan(args.quick))
         r["quick"] = args.quick
-    paths = write_outputs(r, Path(args.out))
+        paths = write_outputs(r, Path(args.out))
     print(paths[1].read_text())
     print(f"wrote {', '.join(map(str, paths))}", file=sys.stderr)
     return 0

@@ -11,9 +11,11 @@ the same `lrjob worker` ranks under `horovodrun --gloo`, and a bare horovod.ray 
 The figure: each run's own `train_seconds` per epoch (metrics.jsonl, rank 0's: from the first
 step queued to the host holding every step's loss; no start-up, evaluation or checkpoint), the
 first epoch a warm-up, the median of the others; samples/s = training rows / that median. The
-data is the first ROWS training images of MNIST (and VAL_ROWS test images for validation),
-written as IDX files that every cell reads: the whole 60,000 at these epochs would take an
-hour on 2 cores. 3 workers on 2 cores share the cores (`lrjob run --oversubscribe`).
+data is the first ``Plan.rows`` training images of MNIST (and ``Plan.val_rows`` test images for
+validation), written as IDX files that every cell reads. The cut keeps the map near half an
+hour on 2 busy cores: the kept run (benchmarks/results/scaling-2026-11-26.md) spent 208 s of its
+29 minutes in epochs and the rest starting and ending 42 runs, and all 60,000 rows would add
+about four times those 208 s. 3 workers on 2 cores share the cores (`lrjob run --oversubscribe`).
 """
 from __future__ import annotations
 
@@ -40,7 +42,7 @@ METHOD_NAMES = {"lrjob": "lrjob run (Ray)", "horovodrun": "lrjob worker under ho
                 "bare": "bare horovod.ray script"}
 CELL_TIMEOUT_S = 900
 
-__all__ = ["Plan", "plan", "cells", "samples_per_s", "summarize", "draw", "write_outputs", "main"]
+__all__ = ["Plan", "plan", "cells", "samples_per_s", "ratios", "summarize", "draw", "write_outputs", "main"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +189,7 @@ def measure(p: Plan) -> dict:
                   "rows": p.rows, "val_rows": p.val_rows, "epochs": p.epochs, "warmup_epochs": 1},
          "figure": "train_seconds of each epoch from the run's metrics.jsonl (rank 0), median of the epochs "
                    "after the first; samples/s = rows / median",
+         "methods": METHOD_NAMES,
          "worker_env": __import__("launcher.backends.cluster", fromlist=["worker_env"]).worker_env(1),
          "cells": []}
     t_all = time.perf_counter()

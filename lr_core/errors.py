@@ -68,9 +68,8 @@ def _cut(text: str, limit: int, size: int) -> str:
 def shown(value, limit: int = SHOWN_CHARS) -> str:
     """``repr(value)`` for an error message, at most ``limit`` characters: a long value keeps
     its start and says how long it was. A long string, list or mapping is never rendered
-    whole first (``reprlib``), so a hostile value costs no more than the message."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
-        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    whole first (``reprlib``), so a hostile value costs no more than the message; an integer
+    too long to write is described by its length (``_Brief.repr_int``), cut to ``limit`` too."""
     if isinstance(value, str) and len(value) > limit:  # its start, and its length
         return _cut(repr(value[:limit]), limit, len(value))
     return _cut(_Brief(limit).repr(value), limit, 0)

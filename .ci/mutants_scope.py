@@ -45,9 +45,10 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.tables": _TABLES + ("test_data.py",),
     "lr_core.prepared": ("test_prepared.py", "test_mutant_kills_prepared.py"),
     # test_hostile.py: the hostile files whose errors the message helpers shorten (in-process CLI)
-    "lr_core.errors": ("test_errors.py", "test_data.py", "test_spec.py", "test_hostile.py"),
+    "lr_core.errors": ("test_errors.py", "test_mutant_kills_errors.py", "test_data.py", "test_spec.py",
+                       "test_hostile.py"),
     "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py"),
-    "lr_core.faults": ("test_faults.py", "test_rundir.py"),
+    "lr_core.faults": ("test_faults.py", "test_mutant_kills_faults.py", "test_rundir.py"),
     # and the two in-process runs that take the loop's other paths: a learning-rate schedule,
     # and a set larger than memory (each step reads its rows from the file)
     "lr_core.loop": _CORE + ("test_schedule.py::test_the_loop_trains_the_oracles_scheduled_run*",
@@ -64,9 +65,10 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "launcher.driver": ("test_driver.py", "test_resume.py::test_mid_epoch*",
                         "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
                         "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py"),
-    "lr_core.schedule": ("test_schedule.py",),
+    "lr_core.schedule": ("test_schedule.py", "test_mutant_kills_schedule.py"),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
-    "lr_core.files": ("test_rundir.py", "test_export.py", "test_spec.py", "test_hostile.py"),
+    "lr_core.files": ("test_mutant_kills_files.py", "test_rundir.py", "test_export.py", "test_spec.py",
+                      "test_hostile.py"),
 }
 
 ALL = frozenset(e for entries in SCOPE.values() for e in entries)

@@ -1,8 +1,11 @@
 """``LRJOB_FAULT`` with several faults (docs/design.md#fault-injection), where `make mutants`
 found the fast tests silent: a fault that does not match the moment (another point,
 another epoch, its ``once`` marker already there) leaves the moment to the next one, the
-first that fires ends it, and an empty list or object arms nothing but is refused."""
+first that fires ends it, and an empty list or object arms nothing but is refused; the
+blocking actions on a clock of their own (how often ``wait`` polls, when it gives up, what
+it says then), the folder and mark of ``meet``, and disarming."""
 import json
+import os
 
 import pytest
 
@@ -61,3 +64,74 @@ def test_an_empty_list_or_object_is_refused(arm, text):
         faults.check()
     assert str(e.value) == ("LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep, asha "
                             f"and 'action' in kill, stop, raise, interrupt, sleep, wait, meet; got {text!r}")
+
+
+class _Clock:
+    """``faults.time`` for the blocking actions: ``sleep`` advances ``monotonic`` (no real
+    time passes) and can run ``then`` once, as another process acting during the wait."""
+
+    def __init__(self, then=None):
+        self.now, self.slept, self.then = 1000.0, [], then
+
+    def monotonic(self):
+        return self.now
+
+    def sleep(self, seconds):
+        self.slept.append(seconds)
+        self.now += seconds
+        if self.then:
+            self.then()
+            self.then = None
+
+
+def test_wait_polls_every_20_ms_until_the_file_appears(arm, monkeypatch, tmp_path):
+    go = tmp_path / "go"
+    clock = _Clock(then=go.touch)                   # the file appears during the first poll
+    monkeypatch.setattr(faults, "time", clock)
+    arm({"at": "step", "epoch": 1, "action": "wait", "until": str(go)})
+    faults.hit("step", **WHERE)
+    assert clock.slept == [0.02]
+
+
+def test_wait_gives_up_after_its_timeout_and_says_where(arm, monkeypatch, tmp_path):
+    go = tmp_path / "go"
+    clock = _Clock()
+    monkeypatch.setattr(faults, "time", clock)
+    arm({"at": "step", "epoch": 1, "action": "wait", "until": str(go), "timeout": 0.02})
+    with pytest.raises(RuntimeError) as e:
+        faults.hit("step", **WHERE)
+    assert str(e.value) == f"{INJECTED}: {go} did not appear within 0.02 s"
+    assert clock.slept == [0.02, 0.02]              # at the deadline itself it still waits
+
+
+def test_wait_gives_up_after_120_seconds_by_default(arm, monkeypatch, tmp_path):
+    clock = _Clock()
+    clock.sleep = lambda seconds: (clock.slept.append(seconds), setattr(clock, "now", clock.now + 50))
+    monkeypatch.setattr(faults, "time", clock)
+    arm({"at": "step", "epoch": 1, "action": "wait", "until": str(tmp_path / "never")})
+    with pytest.raises(RuntimeError) as e:
+        faults.hit("step", **WHERE)
+    assert str(e.value) == f"{INJECTED}: {tmp_path / 'never'} did not appear within 120 s"
+    assert len(clock.slept) == 3                    # 50, 100 s: waits; 150 s: past 120
+
+
+def test_meet_makes_its_folder_and_leaves_a_mark_named_by_its_process(arm, tmp_path):
+    folder = tmp_path / "a" / "b" / "meet"          # none of it there yet
+    arm({"at": "step", "epoch": 1, "action": "meet", "dir": str(folder), "count": 1})
+    faults.hit("step", **WHERE)
+    (mark,) = [p.name for p in folder.iterdir()]
+    pid, _, token = mark.partition("-")
+    assert pid == str(os.getpid()) and len(token) == 8 and int(token, 16) >= 0
+
+
+def test_wait_without_until_is_refused_and_sleep_may_last_60_seconds(arm):
+    with pytest.raises(FaultSpecError) as e:
+        faults._parse(json.dumps({"at": "step", "action": "wait"}))
+    assert str(e.value) == "LRJOB_FAULT: action 'wait' needs until"
+    assert faults._parse(json.dumps({"at": "step", "action": "sleep", "seconds": 60}))["seconds"] == 60
+
+
+def test_disarming_an_unarmed_process_does_nothing(arm, monkeypatch):
+    monkeypatch.delenv("LRJOB_FAULT")
+    faults.arm(None)
+    assert not faults.ARMED and "LRJOB_FAULT" not in os.environ

@@ -85,3 +85,23 @@ def test_the_embedded_ray_runs_the_workers_at_the_drivers_priority(tmp_path):
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["kind"].startswith("local Ray") and got["steps"] == [25, 25], got
     assert got["nice"] == [got["driver_nice"]] * 2, got
+
+
+def test_each_ray_rank_runs_in_a_session_of_its_own(ray_session):
+    """As horovodrun starts each rank (``own_session``): with the kernel's autogroup scheduling a
+    busy machine shares the CPU between sessions first, and Ray starts its workers in the session
+    of whatever started Ray. Each rank still leads a process group of its own id, as the raylet
+    made it."""
+    import os
+
+    from launcher.backends import RayHorovodBackend
+
+    spec = load_spec("jobs/binary_2d.yaml", ["train.epochs=1"])
+    backend = RayHorovodBackend(spec.loop_config(), spec.load_data(), spec.resources)
+    try:
+        pids = backend.pids()
+        got = [(os.getsid(pid), os.getpgid(pid)) for pid in pids]
+    finally:
+        backend.shutdown()
+    assert len(set(pids)) == 2 and os.getpid() not in pids, pids
+    assert got == [(pid, pid) for pid in pids], (pids, got)

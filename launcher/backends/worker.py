@@ -11,7 +11,7 @@ import os
 import socket
 import threading
 
-__all__ = ["HorovodWorker", "HEARTBEAT_S", "heartbeat_interval"]
+__all__ = ["HorovodWorker", "HEARTBEAT_S", "heartbeat_interval", "own_session"]
 
 # How often a rank reports its position while an epoch runs (docs/design.md#failures-and-restarts).
 HEARTBEAT_S = 0.5
@@ -21,6 +21,33 @@ def heartbeat_interval(size: int) -> float:
     """Seconds between a rank's reports in a group of ``size``: ``HEARTBEAT_S`` up to 256 ranks,
     longer beyond, so the GCS gets at most about 512 reports a second from one group."""
     return HEARTBEAT_S * max(1.0, size / 256)
+
+
+def own_session() -> bool:
+    """Move this process into a session of its own, as ``horovodrun`` starts each rank; whether it
+    is in one now (docs/design.md#flow).
+
+    With the kernel's autogroup scheduling (``/proc/sys/kernel/sched_autogroup_enabled``) a busy
+    CPU is shared between sessions before the processes inside them: Ray starts its workers in the
+    session of the command that started Ray, so both ranks, the driver and Ray's daemons shared one
+    session's share while each ``horovodrun`` rank had its own. A Ray worker leads its own process
+    group, which ``setsid`` refuses: it joins its parent's group (in the same session) first, and
+    ``setsid`` makes it the leader of a new group of its own id again."""
+    pid = os.getpid()
+    try:
+        if os.getsid(0) == pid:
+            return True
+        if os.getpgid(0) == pid:
+            os.setpgid(0, os.getpgid(os.getppid()))
+        os.setsid()
+        return True
+    except OSError:
+        try:
+            if os.getpgid(0) != pid:
+                os.setpgid(0, 0)  # back to a group of its own, as the raylet started it
+        except OSError:
+            pass
+        return False
 
 
 class _Heartbeat:
@@ -74,6 +101,7 @@ class HorovodWorker:
         self._group = positions_group  # where this rank reports its position (positions.py)
         self._seq = 0  # reports so far: the counter goes on growing across epochs
         self.loop = None
+        own_session()
 
     def device_info(self) -> dict:
         """Where this worker runs and which device it would use (no device is touched)."""

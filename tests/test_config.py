@@ -36,3 +36,35 @@ def test_config_outputs_and_kind():
     with pytest.raises(ValueError) as e:
         LoopConfig(kind="poisson")
     assert str(e.value) == "kind must be one of ('binary', 'softmax'), got 'poisson'"
+
+
+def test_config_class_weights_become_a_tuple_and_a_list_in_its_dict():
+    """Explicit class weights are kept as a tuple of floats (the config is hashable) and
+    come back as a list in the dict a Ray worker receives."""
+    cfg = LoopConfig(kind="softmax", num_classes=3, class_weight=[1, 2.5, 4])
+    assert cfg.class_weight == (1.0, 2.5, 4.0) and type(cfg.class_weight) is tuple
+    assert all(type(w) is float for w in cfg.class_weight)
+    hash(cfg)
+    d = cfg.to_dict()
+    assert d["class_weight"] == [1.0, 2.5, 4.0] and type(d["class_weight"]) is list
+    assert LoopConfig(**{**d, "hidden": tuple(d["hidden"])}) == cfg
+    assert LoopConfig(class_weight="balanced").to_dict()["class_weight"] == "balanced"
+
+
+@pytest.mark.parametrize("weights", [(1.0, 2.0, 3.0), (1.0,), (1.0, 0.0), (-1.0, 2.0), (float("nan"), 1.0)])
+def test_config_refuses_class_weights_of_the_wrong_count_or_not_positive(weights):
+    with pytest.raises(ValueError) as e:
+        LoopConfig(kind="binary", class_weight=weights)
+    assert str(e.value) == f"class_weight must be 'balanced' or 2 positive weights, got {weights!r}"
+
+
+def test_config_schedule_keeps_its_own_epochs_and_names_a_wrong_kind():
+    """Only a cosine without epochs gets ``epochs``; a cosine's own epochs and a step
+    schedule are kept as given; a wrong kind is named in the message."""
+    assert LoopConfig(epochs=4, lr_schedule={"kind": "cosine", "min_lr": 0.0, "epochs": 2}).schedule == \
+        {"kind": "cosine", "min_lr": 0.0, "epochs": 2}
+    assert LoopConfig(epochs=4, lr_schedule={"kind": "step", "step_epochs": 1, "factor": 0.5}).schedule == \
+        {"kind": "step", "step_epochs": 1, "factor": 0.5}
+    with pytest.raises(ValueError) as e:
+        LoopConfig(lr_schedule={"kind": "exponential"})
+    assert str(e.value) == "lr_schedule kind must be one of ('step', 'cosine'), got 'exponential'"

@@ -612,3 +612,65 @@ def test_a_synthetic_row_exactly_on_the_boundary_is_labelled_0():
     on = float(x[4, 0])
     ds = load_dataset("synthetic-binary", kind="binary", num_classes=2, seed=3, options={**options, "boundary": on})
     assert ds.y_train[4] == 0 and ds.y_train.tolist() == (x[:, 0] > on).astype(int).tolist()
+
+
+# ---------------------------------------------------------------------------- IDX edge cases
+def _write_typed_idx(path, array, code):
+    """An IDX file of element type ``code`` (0x0D: big-endian float32), which write_idx (uint8 only) cannot make."""
+    dtype = {0x0D: ">f4"}[code]
+    array = np.asarray(array, dtype=dtype)
+    path.write_bytes(bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+                     + array.tobytes())
+
+
+@pytest.mark.parametrize("split,shape", [("train", (0, 4, 3)), ("t10k", (3, 0, 3)), ("train", (5, 4, 0))])
+def test_idx_images_without_an_image_or_a_pixel_are_refused_by_name(tmp_path, split, shape):
+    d, _ = _idx_folder(tmp_path)
+    write_idx(d / f"{split}-images-idx3-ubyte", np.zeros(shape, np.uint8))
+    if shape[0] == 0:
+        write_idx(d / f"{split}-labels-idx1-ubyte", np.zeros(0, np.uint8))
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(e.value) == (f"{d / f'{split}-images-idx3-ubyte'}: no images (dimensions {shape}); the {split} "
+                            f"split needs at least one image of at least one pixel")
+
+
+def test_one_idx_image_of_one_pixel_is_enough(tmp_path):
+    d, arrays = _idx_folder(tmp_path)
+    write_idx(d / "train-images-idx3-ubyte", np.full((1, 1, 1), 51, np.uint8))
+    write_idx(d / "train-labels-idx1-ubyte", np.array([7], np.uint8))
+    write_idx(d / "t10k-images-idx3-ubyte", np.full((1, 1, 1), 255, np.uint8))
+    write_idx(d / "t10k-labels-idx1-ubyte", np.array([2], np.uint8))
+    ds = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert ds.x_train.shape == (1, 1) and ds.image_shape == (1, 1) and ds.y_train.tolist() == [7]
+    assert ds.x_train[0, 0] == pytest.approx(0.2) and ds.x_val[0, 0] == pytest.approx(1.0)
+
+
+def test_float_idx_images_must_be_finite_and_are_named_by_file(tmp_path):
+    d, arrays = _idx_folder(tmp_path)
+    images = d / "t10k-images-idx3-ubyte"
+    x = np.linspace(0.0, 255.0, 3 * 4 * 3).reshape(3, 4, 3)
+    _write_typed_idx(images, x, 0x0D)
+    ds = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert np.allclose(ds.x_val, x.reshape(3, 12) / 255.0, atol=1e-6)
+    x[1, 2, 1] = np.nan
+    _write_typed_idx(images, x, 0x0D)
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(e.value) == (f"{images}: row 2, column 8: value nan is not finite (NaN or inf); clean or impute it "
+                            f"first (1 such values)")
+
+
+@pytest.mark.parametrize("bad,message", [(0.5, "label 0.5 is not an integer class"),
+                                         (np.nan, "label nan is not finite; every row needs a label")])
+def test_float_idx_labels_are_checked_not_cast_to_integers(tmp_path, bad, message):
+    """A float IDX label file (type 0x0D) keeps its values for the label check: a cast to
+    int64 would read 0.5 as class 0 and NaN as a huge negative class."""
+    d, _ = _idx_folder(tmp_path)
+    _write_typed_idx(d / "train-labels-idx1-ubyte", [0, 1, bad, 2, 3], 0x0D)
+    with pytest.raises(DataError) as e:
+        load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert str(e.value) == f"fashion-mnist ({d}): row 3: {message}"
+    _write_typed_idx(d / "train-labels-idx1-ubyte", [0, 1, 9, 2, 3], 0x0D)
+    ds = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == [0, 1, 9, 2, 3]

@@ -674,3 +674,25 @@ def test_float_idx_labels_are_checked_not_cast_to_integers(tmp_path, bad, messag
     _write_typed_idx(d / "train-labels-idx1-ubyte", [0, 1, 9, 2, 3], 0x0D)
     ds = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
     assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == [0, 1, 9, 2, 3]
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_raw_idx_keeps_the_stored_bytes_with_their_scale(tmp_path, gz):
+    """``raw=True`` (the prepared-set writer's read): the uint8 pixels as stored, with the
+    scale that makes them the features, and the same labels, shape and names as the
+    scaled read."""
+    from lr_core.data import _load_idx, make_request
+
+    d, arrays = _idx_folder(tmp_path, gz=gz)
+    request = make_request("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    ds = _load_idx(request, raw=True)
+    assert ds.x_train.dtype == np.uint8 and ds.x_val.dtype == np.uint8
+    assert ds.x_train.tolist() == arrays["train-images-idx3-ubyte"].reshape(5, 12).tolist()
+    assert ds.x_val.tolist() == arrays["t10k-images-idx3-ubyte"].reshape(3, 12).tolist()
+    assert ds.y_train.dtype == np.int64 and ds.y_train.tolist() == arrays["train-labels-idx1-ubyte"].tolist()
+    assert ds.y_val.dtype == np.int64 and ds.y_val.tolist() == arrays["t10k-labels-idx1-ubyte"].tolist()
+    assert ds.scale == float(np.float32(1.0 / 255.0))
+    assert (ds.source, ds.image_shape, ds.val_name, ds.description) == \
+        ("fashion-mnist", (4, 3), "test", f"fashion-mnist from {d}")
+    scaled = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
+    assert np.array_equal(ds.features(ds.x_train), scaled.x_train) and scaled.scale is None

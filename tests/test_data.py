@@ -696,3 +696,21 @@ def test_raw_idx_keeps_the_stored_bytes_with_their_scale(tmp_path, gz):
         ("fashion-mnist", (4, 3), "test", f"fashion-mnist from {d}")
     scaled = load_dataset("fashion-mnist", kind="softmax", num_classes=10, seed=0, path=str(d))
     assert np.array_equal(ds.features(ds.x_train), scaled.x_train) and scaled.scale is None
+
+
+def test_a_padded_idx_file_names_its_size_and_a_padded_gzip_its_bound(tmp_path):
+    """A plain file is measured before it is read (its size is in the message); a gzip
+    stream is read one byte past the declared body."""
+    p = tmp_path / "f"
+    write_idx(p, np.zeros((10, 3), np.uint8))
+    p.write_bytes(p.read_bytes() + bytes(7))
+    with pytest.raises(DataError) as e:
+        read_idx(p)
+    assert str(e.value) == (f"{p}: truncated or padded IDX file: dimensions (10, 3) need 42 bytes, found 49; "
+                            f"download the file again")
+    gz = tmp_path / "f.gz"
+    gz.write_bytes(gzip.compress(p.read_bytes()))
+    with pytest.raises(DataError) as e:
+        read_idx(gz)
+    assert str(e.value) == (f"{gz}: truncated or padded IDX file: dimensions (10, 3) need 42 bytes, found more "
+                            f"than 42; download the file again")

@@ -714,3 +714,11 @@ def test_a_padded_idx_file_names_its_size_and_a_padded_gzip_its_bound(tmp_path):
         read_idx(gz)
     assert str(e.value) == (f"{gz}: truncated or padded IDX file: dimensions (10, 3) need 42 bytes, found more "
                             f"than 42; download the file again")
+
+
+def test_a_damaged_gzip_idx_file_is_named_as_corrupt(tmp_path):
+    p = tmp_path / "train-images-idx3-ubyte.gz"
+    p.write_bytes(b"\x1f\x8b\x00" + bytes(20))        # the gzip magic, then an unknown compression method
+    with pytest.raises(DataError) as e:
+        read_idx(p)
+    assert str(e.value) == f"{p}: corrupt or truncated gzip file (Unknown compression method); download it again"

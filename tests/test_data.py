@@ -722,3 +722,33 @@ def test_a_damaged_gzip_idx_file_is_named_as_corrupt(tmp_path):
     with pytest.raises(DataError) as e:
         read_idx(p)
     assert str(e.value) == f"{p}: corrupt or truncated gzip file (Unknown compression method); download it again"
+
+
+def test_a_truncated_gzip_idx_stream_names_the_bytes_it_found(tmp_path):
+    plain = tmp_path / "f"
+    write_idx(plain, np.zeros((10, 3), np.uint8))
+    p = tmp_path / "f.gz"
+    p.write_bytes(gzip.compress(plain.read_bytes()[:-5]))
+    with pytest.raises(DataError) as e:
+        read_idx(p)
+    assert str(e.value) == (f"{p}: truncated or padded IDX file: dimensions (10, 3) need 42 bytes, found 37; "
+                            f"download the file again")
+
+
+def test_idx_dimensions_up_to_the_bound_are_read_and_past_it_refused(tmp_path):
+    """A header declaring exactly MAX_IDX_BYTES is checked against the file's size; one
+    byte more is refused before anything is read (8 bytes on disk either way)."""
+    from lr_core.data import MAX_IDX_BYTES
+
+    p = tmp_path / "f"
+    p.write_bytes(bytes([0, 0, 0x08, 1]) + np.asarray([MAX_IDX_BYTES], dtype=">u4").tobytes())
+    with pytest.raises(DataError) as e:
+        read_idx(p)
+    assert str(e.value) == (f"{p}: truncated or padded IDX file: dimensions ({MAX_IDX_BYTES},) need "
+                            f"{MAX_IDX_BYTES + 8} bytes, found 8; download the file again")
+    p.write_bytes(bytes([0, 0, 0x08, 1]) + np.asarray([MAX_IDX_BYTES + 1], dtype=">u4").tobytes())
+    with pytest.raises(DataError) as e:
+        read_idx(p)
+    assert str(e.value) == (f"{p}: IDX dimensions ({MAX_IDX_BYTES + 1},) declare {MAX_IDX_BYTES + 9:,} bytes, more "
+                            f"than the {MAX_IDX_BYTES:,} an IDX file may hold; this is not a dataset of the MNIST "
+                            f"kind (or its header is damaged)")

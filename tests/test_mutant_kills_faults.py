@@ -62,8 +62,8 @@ def test_an_empty_list_or_object_is_refused(arm, text):
     faults.arm(text)
     with pytest.raises(FaultSpecError) as e:
         faults.check()
-    assert str(e.value) == ("LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep, asha "
-                            f"and 'action' in kill, stop, raise, interrupt, sleep, wait, meet; got {text!r}")
+    assert str(e.value) == ("LRJOB_FAULT needs 'at' in step, checkpoint, cleanup, export, upload, sweep, asha, "
+                            f"table, probe and 'action' in kill, stop, raise, interrupt, sleep, wait, meet; got {text!r}")
 
 
 class _Clock:

@@ -66,15 +66,14 @@ def is_remote(path) -> bool:
 
 
 def without_login(uri: str) -> str:
-    """``uri`` without a ``user:secret@`` part, its query kept (the endpoint a resume needs)."""
-    scheme, rest = str(uri).split("://", 1)
-    host, sep, tail = rest.partition("/")
-    return f"{scheme}://{host.rpartition('@')[2]}{sep}{tail}"
+    """``uri`` without a ``user:secret@`` part (also one whose secret holds an unencoded ``/``),
+    its query kept (the endpoint a resume needs)."""
+    return without_logins(str(uri))
 
 
 # (The login ends at the host's last '@'; a secret with an unencoded '/' or '?' at the URI's last '@',
-# as lr_core.tables.display reads it; launcher/tracking.py's _USERINFO is the same.)
-_LOGIN = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?\s\"']*@|[^/?@:\s\"']*:[^\s\"']*@)")
+# as lr_core.tables.display reads it, unless it is a host:port; launcher/tracking.py's _USERINFO is the same.)
+_LOGIN = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?\s\"']*@|[^/?@:\s\"']*:(?!\d{1,5}[/?])[^\s\"']*@)")
 
 
 def without_logins(text: str) -> str:

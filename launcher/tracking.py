@@ -125,7 +125,7 @@ def _number(v) -> float | None:
 # A URI's user:secret@ part and its query (?access_key=...): never sent to MLflow nor shown.
 # (The login ends at the host's last '@'; a secret with an unencoded '/' or '?', user:SE/CRET@,
 # at the URI's last '@', as lr_core.tables.display reads it; launcher/storage.py's _LOGIN is the same.)
-_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?\s\"']*@|[^/?@:\s\"']*:[^\s\"']*@)")
+_USERINFO = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)(?:[^/?\s\"']*@|[^/?@:\s\"']*:(?!\d{1,5}[/?])[^\s\"']*@)")
 _ONE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
 _ANY_QUERY = re.compile(r"\?[^\s\"'?]*=[^\s\"']*")
 _QUERY = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'?]*)\?[^\s\"']*")

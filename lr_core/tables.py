@@ -62,9 +62,10 @@ def display(path: str | os.PathLike) -> str:
     cut = min([i for i in (head.find("/"), head.find("?")) if i >= 0], default=-1)
     if "@" in rest and cut < 0:  # user[:secret]@host: the login ends at the host's last '@'
         rest = rest[rest.partition("/")[0].rfind("@") + 1:]
-    elif "@" in rest and ":" in head[:cut]:
+    elif "@" in rest and ":" in head[:cut] and not re.fullmatch(r"[^:]*:\d{1,5}", head[:cut]):
         # a secret with an unencoded '/' or '?' (s3://KEY:SE/CRET@bucket/x): hide up to the last
-        # '@' (more than the login at worst, never part of it)
+        # '@' (more than the login at worst, never part of it); a host:port before the '/'
+        # (hdfs://nn:8020/data/user@corp/x.csv) is no login
         rest = rest[rest.rfind("@") + 1:]
     return f"{scheme}://{rest.partition('?')[0]}"
 

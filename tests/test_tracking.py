@@ -116,11 +116,13 @@ def test_job_yaml_holds_a_relative_local_store_absolute_and_the_spec_keeps_it_as
     ("http://alice:p/w@127.0.0.1:5000", "http://127.0.0.1:5000"),
     ("s3://KEY:SECRET@bucket/dir@v2/x.csv", "s3://bucket/dir@v2/x.csv"),
     ("s3://bucket/dir@v2/x.csv", "s3://bucket/dir@v2/x.csv"),         # an '@' in a key is no login
-    ("s3://bucket/x.csv?who=a@b", "s3://bucket/x.csv")])
+    ("s3://bucket/x.csv?who=a@b", "s3://bucket/x.csv"),
+    ("hdfs://nn:8020/data/user@corp/x.csv", "hdfs://nn:8020/data/user@corp/x.csv"),  # a host:port is no login
+    ("http://u:p@host:5000/x@y", "http://host:5000/x@y")])
 def test_a_uri_is_shown_without_any_part_of_its_login(uri, shown):
     """``display`` (a URI alone), ``redact`` (a param, an override) and ``redact_text`` (a file, an
     error message, a JSON list) hide the whole login, also a secret with an unencoded '/'."""
-    from launcher.storage import without_logins
+    from launcher.storage import without_login, without_logins
     from launcher.tracking import _param_text, redact, redact_text
     from lr_core.tables import display
 
@@ -129,8 +131,9 @@ def test_a_uri_is_shown_without_any_part_of_its_login(uri, shown):
     assert redact_text(f"OSError: access denied: {uri}\n  path: '{uri}'\n") == \
         f"OSError: access denied: {shown}\n  path: '{shown}'\n"
     assert _param_text([uri, uri]) == json.dumps([shown, shown]) and _param_text([uri]) == json.dumps([shown])
-    # env.json's command line keeps the query (the endpoint), not the login
+    # env.json's command line and a message naming --output keep the query (the endpoint), not the login
     assert without_logins(f"lrjob run --output={uri}").partition("?")[0] == f"lrjob run --output={shown}"
+    assert without_login(uri).partition("?")[0] == shown
 
 
 @pytest.mark.parametrize("override,message", [

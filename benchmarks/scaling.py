@@ -179,6 +179,18 @@ def _run_bare(p: Plan, w: int, todo: list[dict], data: Path) -> dict:
             for c, cf in zip(todo, configs)}
 
 
+def _commit() -> str | None:
+    """The commit measured (with ``+changes`` when the tree differs from it), or None outside git."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+changes" if dirty else "")) or None
+
+
 def measure(p: Plan) -> dict:
     """Run every cell of ``p``; the result that ``write_outputs`` writes."""
     import mxnet
@@ -190,6 +202,7 @@ def measure(p: Plan) -> dict:
          "figure": "train_seconds of each epoch from the run's metrics.jsonl (rank 0), median of the epochs "
                    "after the first; samples/s = rows / median",
          "methods": METHOD_NAMES,
+         "commit": _commit(),
          "worker_env": __import__("launcher.backends.cluster", fromlist=["worker_env"]).worker_env(1),
          "cells": []}
     t_all = time.perf_counter()
@@ -205,6 +218,8 @@ def measure(p: Plan) -> dict:
                 got = _run_lrjob(p, c, data, cache, out)
             except subprocess.TimeoutExpired:
                 got = {"error": f"timed out after {CELL_TIMEOUT_S} s"}
+            except Exception as e:  # noqa: BLE001 - one bad cell must not lose the map's other cells
+                got = {"error": f"{type(e).__name__}: {e}"}
             r["cells"].append({**c, **got})
             _log_cell(p, r["cells"][-1])
             # the bare cells of this worker count run after its last lrjob/horovodrun cell
@@ -214,8 +229,10 @@ def measure(p: Plan) -> dict:
                     got_bare = _run_bare(p, c["workers"], bare, data)
                 except subprocess.TimeoutExpired:
                     got_bare = {(d["model"], d["batch"]): {"error": "timed out"} for d in bare}
+                except Exception as e:  # noqa: BLE001
+                    got_bare = {(d["model"], d["batch"]): {"error": f"{type(e).__name__}: {e}"} for d in bare}
                 for d in bare:
-                    r["cells"].append({**d, **got_bare[(d["model"], d["batch"])]})
+                    r["cells"].append({**d, **got_bare.get((d["model"], d["batch"]), {"error": "no result"})})
                     _log_cell(p, r["cells"][-1])
     for c in r["cells"]:
         c["median_s"], c["samples_per_s"] = samples_per_s(p.rows, c.get("epoch_seconds") or [])
@@ -275,7 +292,8 @@ def summarize(r: dict, png_name: str = "scaling.png") -> str:
              f"metrics.jsonl, rank 0; no start-up or evaluation). {r['machine']['cpus']} CPUs; 3 workers "
              f"share 2 cores (`--oversubscribe`). Load average (1, 5, 15 min) at the start "
              f"{', '.join(f'{x:.1f}' for x in la0)}, at the end {', '.join(f'{x:.1f}' for x in la1)}; "
-             f"the map took {r.get('seconds', 0) / 60:.1f} min. Compare within this run.", "",
+             f"the map took {r.get('seconds', 0) / 60:.1f} min"
+             + (f", code at commit {r['commit']}" if r.get("commit") else "") + ". Compare within this run.", "",
              f"![scaling map]({png_name})", ""]
     for model in p["models"]:
         lines += [f"## {MODEL_NAMES[model]}: samples/s of `lrjob run` (x in-process)", "",
@@ -388,8 +406,8 @@ def main(argv=None) -> int:
             print(f"scaling: --from-json {args.from_json}: cannot read it ({e}); give a JSON this script wrote",
                   file=sys.stderr)
             return 2
-        r.pop("ratios", None)
         try:
+            r.pop("ratios", None)
             paths = write_outputs(r, Path(args.out))
         except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
             print(f"scaling: --from-json {args.from_json}: not a result of this script ({type(e).__name__}: "

@@ -88,8 +88,8 @@ def test_from_json_redraws_and_a_bad_file_is_one_line_exit_2(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-@pytest.mark.parametrize("doc", [{"plan": {"workers": [0]}}, {**_result(), "seconds": "x"}],
-                         ids=["another file", "a result whose report cannot be written"])
+@pytest.mark.parametrize("doc", [{"plan": {"workers": [0]}}, {**_result(), "seconds": "x"}, []],
+                         ids=["another file", "a result whose report cannot be written", "a list"])
 def test_from_json_of_another_file_is_one_line_exit_2_and_writes_nothing(tmp_path, capsys, doc):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(doc))

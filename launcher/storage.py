@@ -165,7 +165,10 @@ class RemoteRun:
         try:
             self._put(probe, owner)
             faults.hit("probe", stage="written")
-            self.fs.delete_file(probe)
+            try:
+                self.fs.delete_file(probe)
+            except FileNotFoundError:
+                pass  # the write succeeded; another driver took the probe for a stale one (_stale_probe)
         except Exception as e:  # noqa: BLE001
             raise LrjobInputError(f"{self.flag} {self.shown}: cannot write there ({_first_line(e)}); {_HINT}") \
                 from None

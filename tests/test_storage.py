@@ -437,3 +437,42 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
     assert {"e15e0001", "e0e70001"} < left and not {"dead0001", "01d00001"} & left, left
     assert len(left) == 3, left  # and A's own
     assert sorted(p.name for p in store.iterdir()) == [".lrjob-probe-e0e70001", ".lrjob-probe-e15e0001"]
+
+
+def test_a_check_whose_probe_another_driver_removed_meanwhile_still_passes(tmp_path, monkeypatch):
+    """A driver that cannot tell A's probe from a stale one (another PID namespace under the same
+    host name) may remove it between A's write and A's removal: A's write succeeded, so A's check
+    passes (point ``probe`` holds A there)."""
+    import threading
+
+    from launcher.storage import open_remote
+    from lr_core import faults
+
+    store = tmp_path / "store" / "run"
+    store.mkdir(parents=True)
+    fired, release = tmp_path / "fired", tmp_path / "release"
+    monkeypatch.setenv("LRJOB_FAULT", "")
+    faults.arm(json.dumps({"at": "probe", "stage": "written", "action": "wait", "until": str(release),
+                           "once": str(fired), "timeout": 60}))
+    outcome = {}
+
+    def check_a():
+        try:
+            outcome["a"] = open_remote(f"file://{store}", "--output")
+        except BaseException as e:  # noqa: BLE001 - the test reads it
+            outcome["a"] = e
+
+    a = threading.Thread(target=check_a)
+    a.start()
+    try:
+        while not os.path.exists(f"{fired}.where") and a.is_alive():  # A's probe is written, A waits
+            a.join(0.01)
+        assert a.is_alive(), outcome
+        (probe,) = store.iterdir()
+        probe.unlink()
+    finally:
+        release.touch()
+        a.join(60)
+        faults.arm(None)
+    assert not isinstance(outcome.get("a"), BaseException), outcome
+    assert list(store.iterdir()) == []

@@ -710,7 +710,8 @@ def _resolve_tracking(raw: dict) -> None:
 
 def absolute_tracking(raw: dict) -> None:
     """Make ``raw``'s ``tracking.mlflow.uri`` absolute against the working directory when it names
-    a local store by a relative path (``file:./mlruns``, ``file:mlruns``, ``sqlite:///mlflow.db``).
+    a local store by a relative path (``file:./mlruns``, ``file:mlruns``, ``sqlite:///mlflow.db``, a
+    plain path such as ``mlruns``, which MLflow reads as a file store).
     Done once, where the URI is stored (a run's ``job.yaml``, a sweep's ``plan.json``): a resume
     from another folder logs to the same store (docs/design.md#tracking)."""
     mlflow = (raw.get("tracking") or {}).get("mlflow")
@@ -721,6 +722,8 @@ def absolute_tracking(raw: dict) -> None:
         mlflow["uri"] = Path(os.path.expanduser(uri[5:])).resolve().as_uri()
     elif uri.startswith("sqlite:///") and not uri.startswith("sqlite:////") and uri != "sqlite:///:memory:":
         mlflow["uri"] = "sqlite:///" + str(Path(os.path.expanduser(uri[10:])).resolve())
+    elif uri and not re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", uri):  # a plain path: MLflow's file store
+        mlflow["uri"] = Path(os.path.expanduser(uri)).resolve().as_uri()
 
 
 def load_spec(path: str | os.PathLike, overrides: list[str] | None = None, *, run_file: bool = False) -> JobSpec:

@@ -94,8 +94,8 @@ def test_tracking_is_off_by_default_and_filled_in_when_turned_on():
 
 @pytest.mark.parametrize("given,stored", [
     ("file:./mlruns", "{cwd_uri}/mlruns"), ("file:mlruns", "{cwd_uri}/mlruns"),
-    ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
-    ("file:///srv/mlruns", "file:///srv/mlruns"), ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
+    ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"), ("mlruns", "{cwd_uri}/mlruns"), ("./a/b", "{cwd_uri}/a/b"),
+    ("/srv/mlruns", "file:///srv/mlruns"), ("file:///srv/mlruns", "file:///srv/mlruns"), ("sqlite:////srv/mlflow.db", "sqlite:////srv/mlflow.db"),
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000")])
 def test_job_yaml_holds_a_relative_local_store_absolute_and_the_spec_keeps_it_as_given(tmp_path, monkeypatch,
                                                                                        given, stored):

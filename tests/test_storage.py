@@ -384,11 +384,9 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
     cannot judge (another host's, an empty one); A's check then ends without an error."""
     import socket
     import subprocess
-    import threading
     import time
 
     from launcher.storage import PROBE_STALE_S, open_remote
-    from lr_core import faults
 
     store = tmp_path / "store" / "run"
     store.mkdir(parents=True)
@@ -407,6 +405,46 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
     probe("01d00001", {"host": "elsewhere", "pid": 1}, age=PROBE_STALE_S + 60)
     probe("e15e0001", {"host": "elsewhere", "pid": 1})
     probe("e0e70001", None)
+    left = set()
+
+    def meanwhile():  # A's probe is written, A waits: B's own check (the fault fired once already)
+        b = open_remote(uri, "--output")
+        (tmp_path / "staging").mkdir()
+        b.stage(tmp_path / "staging")
+        left.update(p.name.removeprefix(".lrjob-probe-") for p in store.iterdir())
+
+    outcome = _check_held_at_its_probe(uri, tmp_path, monkeypatch, meanwhile)
+    assert not isinstance(outcome, BaseException), outcome
+    assert {"e15e0001", "e0e70001"} < left and not {"dead0001", "01d00001"} & left, left
+    assert len(left) == 3, left  # and A's own
+    assert sorted(p.name for p in store.iterdir()) == [".lrjob-probe-e0e70001", ".lrjob-probe-e15e0001"]
+
+
+def test_a_check_whose_probe_another_driver_removed_meanwhile_still_passes(tmp_path, monkeypatch):
+    """A driver that cannot tell A's probe from a stale one (another PID namespace under the same
+    host name) may remove it between A's write and A's removal: A's write succeeded, so A's check
+    passes (point ``probe`` holds A there)."""
+    store = tmp_path / "store" / "run"
+    store.mkdir(parents=True)
+
+    def meanwhile():
+        (probe,) = store.iterdir()
+        probe.unlink()
+
+    outcome = _check_held_at_its_probe(f"file://{store}", tmp_path, monkeypatch, meanwhile)
+    assert not isinstance(outcome, BaseException), outcome
+    assert list(store.iterdir()) == []
+
+
+def _check_held_at_its_probe(uri, tmp_path, monkeypatch, meanwhile):
+    """Driver A's write check of ``uri``, held by the fault hook between writing its probe and
+    removing it (point ``probe``) while ``meanwhile()`` runs; what A's ``open_remote`` returned
+    or raised."""
+    import threading
+
+    from launcher.storage import open_remote
+    from lr_core import faults
+
     fired, release = tmp_path / "fired", tmp_path / "release"
     monkeypatch.setenv("LRJOB_FAULT", "")
     faults.arm(json.dumps({"at": "probe", "stage": "written", "action": "wait", "until": str(release),
@@ -425,54 +463,9 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
         while not os.path.exists(f"{fired}.where") and a.is_alive():  # A's probe is written, A waits
             a.join(0.01)
         assert a.is_alive(), outcome
-        b = open_remote(uri, "--output")  # B's own check (the fault fired once already)
-        (tmp_path / "staging").mkdir()
-        b.stage(tmp_path / "staging")
-        left = {p.name.removeprefix(".lrjob-probe-") for p in store.iterdir()}
+        meanwhile()
     finally:
         release.touch()
         a.join(60)
         faults.arm(None)
-    assert not isinstance(outcome.get("a"), BaseException), outcome
-    assert {"e15e0001", "e0e70001"} < left and not {"dead0001", "01d00001"} & left, left
-    assert len(left) == 3, left  # and A's own
-    assert sorted(p.name for p in store.iterdir()) == [".lrjob-probe-e0e70001", ".lrjob-probe-e15e0001"]
-
-
-def test_a_check_whose_probe_another_driver_removed_meanwhile_still_passes(tmp_path, monkeypatch):
-    """A driver that cannot tell A's probe from a stale one (another PID namespace under the same
-    host name) may remove it between A's write and A's removal: A's write succeeded, so A's check
-    passes (point ``probe`` holds A there)."""
-    import threading
-
-    from launcher.storage import open_remote
-    from lr_core import faults
-
-    store = tmp_path / "store" / "run"
-    store.mkdir(parents=True)
-    fired, release = tmp_path / "fired", tmp_path / "release"
-    monkeypatch.setenv("LRJOB_FAULT", "")
-    faults.arm(json.dumps({"at": "probe", "stage": "written", "action": "wait", "until": str(release),
-                           "once": str(fired), "timeout": 60}))
-    outcome = {}
-
-    def check_a():
-        try:
-            outcome["a"] = open_remote(f"file://{store}", "--output")
-        except BaseException as e:  # noqa: BLE001 - the test reads it
-            outcome["a"] = e
-
-    a = threading.Thread(target=check_a)
-    a.start()
-    try:
-        while not os.path.exists(f"{fired}.where") and a.is_alive():  # A's probe is written, A waits
-            a.join(0.01)
-        assert a.is_alive(), outcome
-        (probe,) = store.iterdir()
-        probe.unlink()
-    finally:
-        release.touch()
-        a.join(60)
-        faults.arm(None)
-    assert not isinstance(outcome.get("a"), BaseException), outcome
-    assert list(store.iterdir()) == []
+    return outcome.get("a")

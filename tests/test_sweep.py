@@ -377,6 +377,41 @@ def test_ctrl_c_after_every_trial_ended_lets_the_table_complete_and_the_result_s
     assert [r["status"] for r in doc["trials"]] == ["completed", "completed"]
 
 
+def test_a_second_ctrl_c_while_the_table_is_printed_ends_with_no_trial_unfinished(tmp_path, monkeypatch):
+    """In-process ``resume_sweep`` of a sweep whose trials have all ended: the first SIGINT lands
+    just before the table (fault point ``table``), the second while it is printed; the sweep
+    ends with ``SweepInterrupted`` naming no unfinished trial, and sweep.json is whole."""
+    import signal
+
+    import launcher.sweep as sweep
+    from lr_core import faults
+
+    plan = plan_from_args(JOB, TINY, SweepRequest(grid=("train.learning_rate=0.05,0.1",)))
+    out = tmp_path / "s"
+    (out / "trials").mkdir(parents=True)
+    sweep._write_json(out / sweep.PLAN_FILE, plan.to_dict())
+    for t in plan.trials:
+        run_job(plan.trial_spec(t), out / "trials" / t.id)
+    printed = sweep._print_table
+
+    def print_and_signal(*args):
+        os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the table is printed
+        printed(*args)
+
+    monkeypatch.setattr(sweep, "_print_table", print_and_signal)
+    monkeypatch.setenv("LRJOB_FAULT", "")
+    faults.arm(json.dumps({"at": "table", "action": "interrupt"}))
+    try:
+        with pytest.raises(sweep.SweepInterrupted) as e:
+            resume_sweep(out)
+    finally:
+        faults.arm(None)
+    assert e.value.unfinished == [] and e.value.path == out
+    doc = json.loads((out / "sweep.json").read_text())
+    assert [r["status"] for r in doc["trials"]] == ["completed", "completed"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep's handler is gone
+
+
 def test_a_second_ctrl_c_that_cut_the_table_of_ended_trials_says_so(capsys, monkeypatch, tmp_path):
     import launcher.cli as cli
     from launcher.sweep import SweepInterrupted

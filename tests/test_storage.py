@@ -364,13 +364,11 @@ def test_a_uri_whose_secret_holds_a_slash_is_refused_without_showing_it(tmp_path
 
 def test_a_probe_object_left_over_by_a_killed_check_does_not_make_the_uri_other_and_is_removed(s3_server, tmp_path):
     import socket
-    import subprocess
 
     _, fs, query = s3_server
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = _gone_pid()
     with fs.open_output_stream("data/run/.lrjob-probe-0badf00d") as f:  # a driver killed between write and remove
-        f.write(json.dumps({"host": socket.gethostname(), "pid": gone.pid}).encode())
+        f.write(json.dumps({"host": socket.gethostname(), "pid": gone}).encode())
     done = run_job(_spec("train.epochs=1"), f"s3://data/run?{query}", options=DriverOptions(runs_dir=tmp_path / "runs"))
     assert done.summary["status"] == "completed"
     assert json.loads(_read(fs, "data/run/summary.json"))["status"] == "completed"
@@ -383,7 +381,6 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
     dead process of this host and one older than PROBE_STALE_S, keeps A's and the fresh ones it
     cannot judge (another host's, an empty one); A's check then ends without an error."""
     import socket
-    import subprocess
     import time
 
     from launcher.storage import PROBE_STALE_S, open_remote
@@ -391,8 +388,7 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
     store = tmp_path / "store" / "run"
     store.mkdir(parents=True)
     uri = f"file://{store}"
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
+    gone = _gone_pid()
 
     def probe(name, owner, age=0.0):
         path = store / f".lrjob-probe-{name}"
@@ -401,7 +397,7 @@ def test_another_drivers_check_in_progress_keeps_its_probe_and_only_stale_probes
             then = time.time() - age
             os.utime(path, (then, then))
 
-    probe("dead0001", {"host": socket.gethostname(), "pid": gone.pid})
+    probe("dead0001", {"host": socket.gethostname(), "pid": gone})
     probe("01d00001", {"host": "elsewhere", "pid": 1}, age=PROBE_STALE_S + 60)
     probe("e15e0001", {"host": "elsewhere", "pid": 1})
     probe("e0e70001", None)
@@ -469,3 +465,10 @@ def _check_held_at_its_probe(uri, tmp_path, monkeypatch, meanwhile):
         a.join(60)
         faults.arm(None)
     return outcome.get("a")
+
+
+def _gone_pid() -> int:
+    """A pid that no process has: one above the kernel's pid_max (an exited child's pid could be
+    reused by the time the probe is judged)."""
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1

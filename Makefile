@@ -8,8 +8,9 @@ WORKERS ?= 2
 JOB    ?= jobs/mnist_softmax.yaml
 RUN_ARGS ?=
 MUTANTS_JOBS ?= 2
-# make test: the tests that start no Ray or Horovod run on TEST_JOBS processes (pytest-xdist);
-# the distributed ones (one Ray for the session) run after them in one process.
+# make test: the fast tier (no Ray, no Horovod, not slow) runs on TEST_JOBS processes
+# (pytest-xdist), then the slow in-process ones (MNIST tutorial runs), then the distributed
+# ones (one Ray for the session) in one process.
 TEST_JOBS ?= 2
 
 .PHONY: install run test test-fast test-heavy bench bench-data bench-scaling clean doctor mutants
@@ -22,7 +23,8 @@ run: install
 
 test: install
 	@rc=0; \
-	$(PY) -m pytest -q tests -n $(TEST_JOBS) -m "not distributed" || rc=1; \
+	$(PY) -m pytest -q tests -n $(TEST_JOBS) -m "not distributed and not slow" --durations=10 || rc=1; \
+	$(PY) -m pytest -q tests -m "slow and not distributed" || rc=1; \
 	$(PY) -m pytest -q tests -m "distributed and not slow" --durations=15 || rc=1; \
 	exit $$rc
 

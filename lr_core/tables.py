@@ -980,8 +980,7 @@ def _npz_table(fs, inner: str, where: str, require_labels: bool) -> Table:
         raise DataError(f"{where}: no array 'y' (found {names[:8]}); save with np.savez(path, x=..., y=...)")
     if x.ndim != 2:
         raise DataError(f"{where}: array 'x' must be 2-D (rows x features), got shape {x.shape}")
-    if y is not None and (y.ndim != 1 or len(y) != len(x)):
-        raise DataError(f"{where}: array 'y' must hold one label per row of x ({len(x)}), got shape {y.shape}")
+    # y is 1-D with len(x) labels here: _npz_member refused any other shape before reading it
 
     def batches(block_rows: int):
         for lo in range(0, len(x), block_rows):

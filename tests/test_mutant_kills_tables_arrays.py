@@ -3,7 +3,8 @@ tests silent: the exact words of every refusal of an .npy header or .npz member 
 message is what the user reads), the bounds at their value and one past it, an .npy
 that shrinks after it was opened, an .npz member read in more than one piece, a
 Fortran-order member, and URIs whose logins, ports, keys and queries look alike
-(docs/design.md#data). The files are small: a lying header, not the data it declares."""
+(docs/design.md#data). The files are small on disk: a lying header rather than the data it
+declares; the largest, a member of 16 MiB of repeating bytes, compresses to under 200 KB."""
 from __future__ import annotations
 
 import gzip
@@ -27,9 +28,9 @@ def _err(fn, *a, **kw) -> str:
     return text
 
 
-def _npy_header(shape, descr="<f8", fortran=False) -> bytes:
+def _npy_header(shape, descr="<f8") -> bytes:
     b = io.BytesIO()
-    np.lib.format.write_array_header_1_0(b, {"descr": descr, "fortran_order": fortran, "shape": shape})
+    np.lib.format.write_array_header_1_0(b, {"descr": descr, "fortran_order": False, "shape": shape})
     return b.getvalue()
 
 

@@ -45,10 +45,14 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # the two slowest (the installed MNIST cache, 12 s; every CSV encoding, 8 s) are left out:
     # the small IDX and CSV files of test_data.py and test_tables.py check the same readers
     "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py") + _TABLES
-    + ("test_mutant_kills_tables_arrays.py",)
+    + ("test_mutant_kills_tables_arrays.py", "test_mutant_kills_tables_csv.py")
     + ("!test_sources.py::test_mnist_cache_matches_the_idx_bytes", "!test_tables.py::test_csv_encoding_and_csv_module_errors"),
-    # test_mutant_kills_tables_arrays.py: the NumPy readers' refusals and display's URIs
-    "lr_core.tables": _TABLES + ("test_data.py", "test_mutant_kills_tables_arrays.py"),
+    # test_mutant_kills_tables_arrays.py: the NumPy readers' refusals and display's URIs; and the
+    # in-process tests of the CSV chunks' row count, the line-width guard and the numbers taken
+    # from Arrow buffers (their names do not start with a reader's name)
+    "lr_core.tables": _TABLES + ("test_data.py", "test_mutant_kills_tables_arrays.py", "test_mutant_kills_tables_csv.py",
+                                 "test_tables.py::test_a_line*", "test_tables.py::test_a_local_csv*",
+                                 "test_tables.py::test_a_csv*", "test_tables.py::test_plain*"),
     "lr_core.prepared": ("test_prepared.py", "test_mutant_kills_prepared.py"),
     # test_hostile.py: the hostile files whose errors the message helpers shorten (in-process CLI)
     "lr_core.errors": ("test_errors.py", "test_mutant_kills_errors.py", "test_data.py", "test_spec.py",

@@ -1,0 +1,232 @@
+"""``lr_core.tables``' CSV and Parquet readers where `make mutants` found the fast tests
+silent (docs/design.md#data): the column lists that messages cut, the chunks a CSV is cut
+into and how far it reads ahead, the line-width guard and its ``\\r`` search, how often a
+chunk is parsed, the labels of text, null and decimal columns, zero-copy numbers, and the
+rows of a NumPy block."""
+from __future__ import annotations
+
+import decimal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pcsv
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+
+from lr_core import tables
+from lr_core.errors import DataError
+from lr_core.tables import open_table
+
+NAME41 = "n" * 41  # one character over the 40 a message shows of a column name
+
+
+def _message(fn, *a, **kw) -> str:
+    with pytest.raises(DataError) as e:
+        fn(*a, **kw)
+    return str(e.value)
+
+
+@pytest.fixture
+def cpu_count():
+    """Sets pyarrow's core count (it bounds the CSV parse threads) and puts it back."""
+    before = pa.cpu_count()
+    yield pa.set_cpu_count
+    pa.set_cpu_count(before)
+
+
+def test_column_lists_in_messages_cut_each_name_at_40_characters(tmp_path):
+    csv = tmp_path / "t.csv"
+    csv.write_text(f"{NAME41},b\n1,2\n")
+    parquet = tmp_path / "t.parquet"
+    pq.write_table(pa.table({NAME41: [1.0], "b": [2.0]}), parquet)
+    shown = "n" * 21 + "... (41 characters), b"
+    for p in (csv, parquet):
+        assert _message(open_table, p) == f"{p}: no column 'label' (columns: {shown}); set data.label_column"
+        assert (_message(open_table, p, None, False, features=["zz"])
+                == f"{p}: no column 'zz' for data.features (columns: {shown}); fix data.features")
+
+
+def test_a_csv_removed_after_it_was_opened_is_named_when_it_is_read(tmp_path):
+    p = tmp_path / "t.csv"
+    p.write_text("a,label\n1,0\n")
+    t = open_table(p)
+    p.unlink()
+    m = _message(lambda: list(t.batches()))
+    assert m.startswith(f"{p}: cannot read (") and m.endswith("); check the path and its permissions"), m
+
+
+def test_trailing_blank_lines_in_a_chunk_of_their_own_keep_the_rows_before(tmp_path, monkeypatch):
+    """The last chunk (blank lines only) yields no row; the table still has its one row."""
+    p = tmp_path / "t.csv"
+    p.write_text("a,label\n1,0\n" + "\n" * 20)
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 4)
+    assert [(x.tolist(), y.tolist()) for x, y in open_table(p).batches()] == [([[1.0]], [0.0])]
+
+
+# --------------------------------------------------------------------------- chunks
+class _CountingFS:
+    """The local file system, counting the reads of the streams it opens."""
+
+    def __init__(self):
+        self.fs, self.reads = pafs.LocalFileSystem(), 0
+
+    def open_input_stream(self, path, compression=None):
+        stream, outer = self.fs.open_input_stream(path, compression=compression), self
+
+        class Counted:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                stream.close()
+
+            def read(self, n):
+                return stream.read(n)
+
+            def readinto(self, b):
+                outer.reads += 1
+                return stream.readinto(b)
+
+        return Counted()
+
+
+@pytest.mark.parametrize("cores,threads", [(1, 1), (2, 2), (8, 4)])
+def test_a_csv_is_read_at_most_one_chunk_per_thread_ahead(tmp_path, monkeypatch, cpu_count, cores, threads):
+    """min(4, cores) threads: when the first chunk's rows are handed on, threads + 1 chunks
+    have been read (one per thread being parsed, and the next); never more."""
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"1,2\n" * 20)
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 4)
+    cpu_count(cores)
+    fs = _CountingFS()
+    chunks = tables._parallel_chunks(fs, str(p), str(p), 0, bytes)
+    assert next(chunks) == b"1,2\n"
+    assert fs.reads == threads + 1
+    assert list(chunks) == [b"1,2\n"] * 19
+
+
+@pytest.mark.parametrize("text,size,chunks", [
+    (b"1,2\r3,4\r5,6\r", 5, [b"1,2\r", b"3,4\r", b"5,6\r"]),                 # \r only
+    (b"1,2\r3,4\r5,6\r", 9, [b"1,2\r3,4\r", b"5,6\r"]),                      # the last \r read
+    (b"1,2\r33,44\r5,6\r", 9, [b"1,2\r", b"33,44\r5,6\r"]),                 # an early \r
+    (b"1,2\r\n3,4\r\n", 4, [b"1,2\r", b"\n", b"3,4\r\n"]),                  # \r\n cut between
+    (b"1,2\n\r3,4\n", 5, [b"1,2\n\r", b"3,4\n"]),                            # a \r just after \n
+    (b"1,2\n3,4", 5, [b"1,2\n", b"3,4"]),                                   # no last line end
+])
+def test_each_chunk_ends_at_the_last_line_end_read(tmp_path, monkeypatch, cpu_count, text, size, chunks):
+    """A chunk ends at the last \\n or \\r of the bytes read so far (the rest starts the next
+    chunk): chunks of any line ends are whole lines, in order."""
+    p = tmp_path / "t.csv"
+    p.write_bytes(text)
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", size)
+    cpu_count(1)
+    assert list(tables._parallel_chunks(pafs.LocalFileSystem(), str(p), str(p), 0, bytes)) == chunks
+
+
+def test_labels_are_parsed_as_numbers_once_until_a_chunk_holds_text(tmp_path, monkeypatch, cpu_count):
+    """One parse a chunk with the labels as numbers; the chunk with a text label is parsed
+    again with text labels, and every chunk after it only with text labels."""
+    p = tmp_path / "t.csv"
+    p.write_text("a,label\n1,0\n2,1\n3,cat\n4,1\n5,0\n")
+    monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 4)  # one line a chunk
+    cpu_count(1)  # one parse thread: the chunks parse in file order
+    read_csv, label_types = pcsv.read_csv, []
+
+    def recorded(buf, read_options, convert_options):
+        label_types.append(str(convert_options.column_types["c1"]))
+        return read_csv(buf, read_options=read_options, convert_options=convert_options)
+
+    monkeypatch.setattr(pcsv, "read_csv", recorded)
+    y = [v for _, b in open_table(p).batches() for v in b.tolist()]
+    assert y == [0.0, 1.0, "cat", 1.0, 0.0]
+    assert label_types == ["double", "double", "double", "string", "string", "string"]
+
+
+# --------------------------------------------------------------------------- line widths
+def test_a_wide_line_is_refused_with_arrows_error_and_its_words():
+    with pytest.raises(pa.ArrowInvalid) as e:
+        tables._refuse_wide_lines(memoryview(b"1,2,3\n1,2,3,4\n"), 3)
+    assert str(e.value) == "a line has more columns than the first"
+    with pytest.raises(pa.ArrowInvalid):
+        tables._refuse_wide_lines(b"1,2,3\r1,2,3,4\r", 3)  # bytes as well as a memoryview
+
+
+@pytest.mark.parametrize("chunk", [
+    b",,,\n1,2\n",           # the chunk's first byte is a comma of the wide line
+    b"1,2\n,,,\n",           # so is a later line's first byte
+    b'1,2,3\n"1",2,3,4\n',   # a quote, and still one cell too many
+])
+def test_a_wide_line_is_refused_whatever_its_first_byte_or_quotes(chunk):
+    with pytest.raises(pa.ArrowInvalid):
+        tables._refuse_wide_lines(memoryview(chunk), 3)
+
+
+def test_lines_end_at_every_line_end_of_a_chunk_that_mixes_them():
+    tables._refuse_wide_lines(memoryview(b"1,2,3\n1,2,3\r1,2,3\r\n1,2,3\n"), 3)
+
+
+def test_a_last_line_of_256_commas_without_a_line_end_is_refused():
+    """256 bytes (the chunk's last line, no line end): its commas are not summed into
+    uint8, where 256 would be 0."""
+    with pytest.raises(pa.ArrowInvalid):
+        tables._refuse_wide_lines(memoryview(b"1,2,3\n" + b"," * 256), 3)
+    tables._refuse_wide_lines(memoryview(b"1,2,3\n" + b"," * 256), 257)
+
+
+def test_holds_cr_searches_the_whole_bytes_up_to_twice_the_chunk_else_the_chunk():
+    def holds(chunk):
+        return tables._holds_cr(chunk, np.frombuffer(chunk, dtype=np.uint8))
+
+    assert holds(memoryview(b"12\r\r")[:2])            # whole object searched: twice the chunk
+    assert not holds(memoryview(b"12\r\r\r")[:2])      # more than twice: the chunk's own bytes
+    assert not holds(memoryview(b"12\r\r\r\r")[:2])
+    assert holds(memoryview(b"1\r" + b"0" * 10)[:2])   # the chunk's own bytes hold one
+    assert holds(memoryview(bytearray(b"1\r2")))
+    assert not holds(memoryview(b"1,2"))
+    assert holds(b"1\r2") and not holds(b"1,2")        # bytes, not a memoryview
+
+
+# --------------------------------------------------------------------------- labels, numbers
+def test_labels_of_text_null_large_text_and_decimal_columns():
+    def labels(values, type=None):
+        out = tables._labels(pa.array(values, type=type))
+        return out.dtype, out.tolist()
+
+    # a null among numbers written as text: '' (as the exact reader shows a blank), not NaN
+    assert labels(["1", None, "0"]) == (np.dtype(object), [1.0, "", 0.0])
+    assert labels(["1", "0"], pa.large_string()) == (np.dtype(np.float64), [1.0, 0.0])
+    assert labels(["1", "cat"], pa.large_string()) == (np.dtype(object), [1.0, "cat"])
+    assert labels([decimal.Decimal("1"), decimal.Decimal("0.5")]) == (np.dtype(np.float64), [1.0, 0.5])
+    assert labels([b"1", b"x"]) == (np.dtype(object), ["b'1'", "b'x'"])
+
+
+def test_labels_written_as_text_parse_as_the_csv_reader_parses_them(tmp_path):
+    """Text labels (a Parquet string column) become the numbers that a CSV's labels parse
+    to: pyarrow's parser (it takes 'nan(1)', which Python's float() does not)."""
+    texts = ["nan(1)", " 1", "+.5e1", "0"]
+    p = tmp_path / "t.csv"
+    p.write_text("a,label\n" + "".join(f"1,{t}\n" for t in texts))
+    from_csv = np.concatenate([y for _, y in open_table(p).batches()])
+    from_text = tables._labels(pa.array(texts))
+    assert from_text.dtype == from_csv.dtype == np.float64
+    np.testing.assert_array_equal(from_text, from_csv)
+    np.testing.assert_array_equal(from_text, [np.nan, 1.0, 5.0, 0.0])
+
+
+def test_plain_of_no_chunks_keeps_the_type_and_of_one_chunk_copies_nothing():
+    for t, dtype in ((pa.int32(), np.int32), (pa.float32(), np.float32), (pa.uint8(), np.uint8)):
+        assert tables._plain(pa.chunked_array([], type=t)).dtype == dtype
+    c = pa.chunked_array([pa.array(np.arange(5, dtype=np.int64)).slice(1, 3)])
+    out = tables._plain(c)
+    assert out.tolist() == [1, 2, 3]
+    assert out.ctypes.data == c.chunk(0).buffers()[1].address + 8  # the Arrow buffer itself
+
+
+def test_rows_per_block_keeps_a_block_within_its_bytes():
+    assert tables._rows_per_block(1, 8) == 1
+    assert tables._rows_per_block(10 ** 9, 65 << 20) == 1        # a row wider than a block: one a block
+    rows = tables._rows_per_block(10 ** 9, 3 << 20)               # 64 MiB // 3 MiB
+    assert rows == 21 and isinstance(rows, int)
+    assert tables._rows_per_block(10 ** 9, 1) == 64 << 20
+    assert tables._rows_per_block(10 ** 9, 0) == 64 << 20         # rows of no bytes

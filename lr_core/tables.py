@@ -366,6 +366,11 @@ def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
         reader = csv.reader(io.StringIO(text))
         for row in reader:
             if row and any(c.strip() for c in row):
+                # a first record the full window does not end is cut: its cells, and the
+                # offset of the rows after it, would be wrong
+                if len(head) == 1 << 20 and text.count("\n") < reader.line_num:
+                    raise DataError(f"{where}: the first line is longer than 1 MiB (the most a CSV's header or first "
+                                    f"row may be); save a table this wide as Parquet or NPY")
                 return row, reader.line_num
     except csv.Error as e:
         raise DataError(f"{where}: malformed CSV ({e})") from None
@@ -512,7 +517,9 @@ def _count_csv_rows(path: str, start: int) -> int | None:
     return rows + tail_text
 
 
-_LINE_END = re.compile(rb"\r\n|\n|\r")
+# the line ends csv.reader counts in _csv_head's head (io.StringIO splits at \n only; a \r outside
+# quotes there is malformed CSV, so a \r not followed by \n is inside a quoted value)
+_LINE_END = re.compile(rb"\n")
 # numpy's dtype of each fixed-width Arrow number type that _plain reads from its buffer
 _PLAIN = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
           "uint32": "u4", "uint64": "u8", "float": "f4", "double": "f8"}

@@ -230,3 +230,28 @@ def test_rows_per_block_keeps_a_block_within_its_bytes():
     assert rows == 21 and isinstance(rows, int)
     assert tables._rows_per_block(10 ** 9, 1) == 64 << 20
     assert tables._rows_per_block(10 ** 9, 0) == 64 << 20         # rows of no bytes
+
+
+# --------------------------------------------------------------------------- the first line
+def test_a_first_line_longer_than_the_1_mib_head_is_refused_by_name(tmp_path):
+    """A header the 1 MiB head cuts would give cut column names and start the rows inside
+    it; it is refused, saying why and what to do. A first line that ends within the head,
+    even right before a 1 MiB row, is read."""
+    p = tmp_path / "wide.csv"
+    n = 120_000  # 9 bytes a name: about 1.1 MB of header
+    p.write_text(",".join(["label"] + [f"c{i:07d}" for i in range(n)]) + "\n" + ",".join(["0"] + ["1"] * n) + "\n")
+    assert _message(open_table, p) == (f"{p}: the first line is longer than 1 MiB (the most a CSV's header or "
+                                       f"first row may be); save a table this wide as Parquet or NPY")
+    p.write_text("a,label\n1," + "0" * (1 << 20) + "\n")  # the head ends inside the row
+    assert [(x.tolist(), y.tolist()) for x, y in open_table(p).batches()] == [([[1.0]], [0.0])]
+    p.write_text("a,label")  # a short file whose first line has no line end: no rows
+    assert _message(lambda: list(open_table(p).batches())) == f"{p}: no data rows after the header; the dataset is empty"
+
+
+def test_a_quoted_carriage_return_in_the_header_is_a_character_of_its_name(tmp_path):
+    """The rows start after the header's line end, not after a \\r inside a quoted name."""
+    p = tmp_path / "t.csv"
+    p.write_bytes(b'"a\rb",label\n1,0\n2,1\n')
+    t = open_table(p)
+    assert t.columns == ["a\rb"]
+    assert [(x.tolist(), y.tolist()) for x, y in t.batches()] == [([[1.0], [2.0]], [0.0, 1.0])]

@@ -367,7 +367,7 @@ def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
         for row in reader:
             if row and any(c.strip() for c in row):
                 # a first record the full window does not end is cut: its cells, and the
-                # offset of the rows after it, would be wrong
+                # offset of the rows after it, would be wrong (docs/design.md#data)
                 if len(head) == 1 << 20 and text.count("\n") < reader.line_num:
                     raise DataError(f"{where}: the first line is longer than 1 MiB (the most a CSV's header or first "
                                     f"row may be); save a table this wide as Parquet or NPY")

@@ -1,8 +1,9 @@
 """``lr_core.tables``' CSV and Parquet readers where `make mutants` found the fast tests
 silent (docs/design.md#data): the column lists that messages cut, the chunks a CSV is cut
 into and how far it reads ahead, the line-width guard and its ``\\r`` search, how often a
-chunk is parsed, the labels of text, null and decimal columns, zero-copy numbers, and the
-rows of a NumPy block."""
+chunk is parsed, the labels of text, null and decimal columns, zero-copy numbers, the rows
+of a NumPy block; and a CSV's first line: refused when the 1 MiB head cuts it, and read
+whole when a quoted name in it holds a \\r."""
 from __future__ import annotations
 
 import decimal

@@ -877,7 +877,9 @@ def _versions() -> dict:
 
 
 def _resume_command(path: Path | str) -> str:
-    return f"lrjob run --resume {shlex.quote(str(path)) if is_remote(path) else path}"
+    """The command that continues the run at ``path`` (a folder or a storage URI), quoted for a
+    POSIX shell: the user pastes it as printed."""
+    return f"lrjob run --resume {shlex.quote(str(path))}"
 
 
 def _sigterm_as_interrupt() -> Callable[[], None]:

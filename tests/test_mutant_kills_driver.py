@@ -21,3 +21,109 @@ def test_a_resume_of_an_end_of_epoch_checkpoint_on_other_data_is_refused(tmp_pat
     (tmp_path / "d.csv").write_text("a,b,label\n" + "".join(lines[:90]))
     with pytest.raises(SpecError, match=r"the data changed since epoch-0001 .* start a new run"):
         run_job(load_spec(job, ["train.epochs=2"]), resume=tmp_path / "run")
+
+
+# ---------------------------------------------------------------------------- restarts, judged runs, skipped checkpoints
+import io  # noqa: E402
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from launcher.backends import InProcessBackend  # noqa: E402
+from launcher.driver import DriverOptions, _resume_command  # noqa: E402
+from launcher.report.progress import Reporter  # noqa: E402
+from lr_core.errors import WorkerFailure  # noqa: E402
+
+SMALL = ["resources.workers=0", "data.options.n_train=64", "data.options.n_val=32", "train.batch_size=16"]
+
+
+def _small(*extra):
+    return load_spec("jobs/binary_2d.yaml", [*SMALL, *extra])
+
+
+class _FailsAt(InProcessBackend):
+    """The in-process backend; rank 1 on node n1 dies at the 0-based epochs of ``fail_at`` (each once)."""
+
+    def __init__(self, spec, fail_at):
+        super().__init__(spec.loop_config(), spec.load_data())
+        self.fail_at = fail_at
+
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
+        if epoch in self.fail_at:
+            self.fail_at.remove(epoch)
+            raise WorkerFailure(f"rank 1 died in epoch {epoch + 1}", rank=1, node="n1")
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
+
+
+def _flaky_run(spec, out, fail_at, starts_failing):
+    """Run ``spec`` with groups that fail at ``fail_at``; the first ``starts_failing`` replacements die
+    while they start (a WorkerFailure of no rank)."""
+    pending, started, budget = set(fail_at), [], [starts_failing]
+
+    def factory():
+        if started and budget[0]:
+            budget[0] -= 1
+            raise WorkerFailure("no node for rank 0")
+        started.append(1)
+        return _FailsAt(spec, pending)
+
+    return run_job(spec, out, options=DriverOptions(backend_factory=factory))
+
+
+@pytest.mark.parametrize("every,failed_start_epoch", [(2, 3), (5, 1)])
+def test_summary_json_lists_each_failure_at_the_epoch_it_hit(tmp_path, every, failed_start_epoch):
+    """A group dies in epoch 4; its replacement dies while starting. That second failure hit the epoch
+    the replacement would have trained first: the one after the newest checkpoint (epoch-0002 with
+    checkpoint.every_epochs=2; none yet with 5: epoch 1), docs/design.md "Failures and restarts"."""
+    spec = _small("train.epochs=4", f"checkpoint.every_epochs={every}", "failure.max_failures=2")
+    _flaky_run(spec, tmp_path / "run", fail_at={3}, starts_failing=1)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert summary["failures"] == [
+        {"epoch": 4, "rank": 1, "node": "n1", "error": "rank 1 died in epoch 4"},
+        {"epoch": failed_start_epoch, "rank": None, "node": None, "error": "no node for rank 0"}]
+
+
+def test_the_resume_command_quotes_what_a_shell_would_split(tmp_path):
+    assert _resume_command(tmp_path / "run") == f"lrjob run --resume {tmp_path / 'run'}"
+    assert _resume_command("s3://bucket/runs/r1") == "lrjob run --resume s3://bucket/runs/r1"
+    assert _resume_command("s3://bucket/my runs/r1") == "lrjob run --resume 's3://bucket/my runs/r1'"
+    assert _resume_command(tmp_path / "my runs" / "r$1") == f"lrjob run --resume '{tmp_path}/my runs/r$1'"
+
+
+def test_a_folder_that_holds_no_run_is_refused_with_its_own_way_out(tmp_path):
+    """--resume of a folder with files of its own: no checkpoint to resume; --output of it: choose a
+    new path. Both untouched (docs/design.md "Run directory")."""
+    spec = _small("train.epochs=1")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError) as e:
+        run_job(spec, resume=other)
+    assert str(e.value) == (f"--resume {other}: no valid checkpoint in {other / 'checkpoints'}; "
+                            f"start a new run")
+    with pytest.raises(SpecError) as e:
+        run_job(spec, other)
+    assert str(e.value) == (f"--output {other}: exists, is not empty and holds no lrjob run (no job.yaml, "
+                            f"no checkpoints); choose a new path")
+    assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+
+
+def test_a_damaged_newest_checkpoint_is_named_and_the_run_goes_on_from_the_one_before(tmp_path, capsys):
+    """A checkpoint that reads back but does not fit (NaN parameters) is skipped with a warning that
+    names it and why; the run continues from the previous one (checkpoint_problem)."""
+    spec = _small("train.epochs=2")
+    run_job(spec, tmp_path / "run")
+    newest = tmp_path / "run" / "checkpoints" / "epoch-0002"
+    with np.load(newest / "params.npz") as z:
+        params = {k: z[k] for k in z.files}
+    params["lrjob_layer0_weight"][0, 0] = np.nan
+    np.savez(newest / "params.npz", **params)
+    capsys.readouterr()
+    result = run_job(_small("train.epochs=3"), resume=tmp_path / "run")
+    err = capsys.readouterr().err
+    assert (f"lrjob: warning: checkpoint {newest} skipped: lrjob_layer0_weight holds NaN or infinite values"
+            in err.splitlines()), err
+    assert json.loads((tmp_path / "run" / "env.json").read_text())["resumed_from"] == \
+        str(tmp_path / "run" / "checkpoints" / "epoch-0001")
+    assert [m["epoch"] for m in result.history] == [1, 2, 3]

@@ -1,6 +1,7 @@
 """The driver's end-of-epoch checkpoints record the data they were trained on
 (``data_key``, the prepared cache's name): resuming one on other data is refused, as it
-is for a mid-epoch one (tests/test_resume.py), docs/design.md "Run directory"."""
+is for a mid-epoch one (tests/test_resume.py), docs/design.md "Run directory". And what the
+in-process driver records and says about failures, refused folders and skipped checkpoints."""
 import pytest
 
 from launcher.driver import run_job

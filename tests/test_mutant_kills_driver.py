@@ -110,21 +110,36 @@ def test_a_folder_that_holds_no_run_is_refused_with_its_own_way_out(tmp_path):
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
 
 
-def test_a_damaged_newest_checkpoint_is_named_and_the_run_goes_on_from_the_one_before(tmp_path, capsys):
-    """A checkpoint that reads back but does not fit (NaN parameters) is skipped with a warning that
-    names it and why; the run continues from the previous one (checkpoint_problem)."""
-    spec = _small("train.epochs=2")
-    run_job(spec, tmp_path / "run")
-    newest = tmp_path / "run" / "checkpoints" / "epoch-0002"
+def _nan_weight(newest):
     with np.load(newest / "params.npz") as z:
         params = {k: z[k] for k in z.files}
     params["lrjob_layer0_weight"][0, 0] = np.nan
     np.savez(newest / "params.npz", **params)
+    return newest, "lrjob_layer0_weight holds NaN or infinite values"
+
+
+def _past_the_last_step(newest):
+    """epoch-0002 made into a checkpoint at step 4 of epoch 3, of an epoch of 4 steps (64 rows of 16)."""
+    state = json.loads((newest / "state.json").read_text())
+    state["data_cursor"]["step"], state["step_losses"] = 4, [0.5] * 4
+    (newest / "state.json").write_text(json.dumps(state))
+    moved = newest.with_name("epoch-0002-step-00000004")
+    newest.rename(moved)
+    return moved, "its data_cursor.step 4 is not a step of an epoch of 4 steps"
+
+
+@pytest.mark.parametrize("damage", [_nan_weight, _past_the_last_step])
+def test_a_damaged_newest_checkpoint_is_named_and_the_run_goes_on_from_the_one_before(tmp_path, capsys, damage):
+    """A checkpoint that reads back but does not fit this job (NaN parameters, a step past the
+    epoch's last) is skipped with a warning that names it and why; the run continues from the
+    previous one (checkpoint_problem)."""
+    spec = _small("train.epochs=2")
+    run_job(spec, tmp_path / "run")
+    newest, why = damage(tmp_path / "run" / "checkpoints" / "epoch-0002")
     capsys.readouterr()
     result = run_job(_small("train.epochs=3"), resume=tmp_path / "run")
     err = capsys.readouterr().err
-    assert (f"lrjob: warning: checkpoint {newest} skipped: lrjob_layer0_weight holds NaN or infinite values"
-            in err.splitlines()), err
+    assert f"lrjob: warning: checkpoint {newest} skipped: {why}" in err.splitlines(), err
     assert json.loads((tmp_path / "run" / "env.json").read_text())["resumed_from"] == \
         str(tmp_path / "run" / "checkpoints" / "epoch-0001")
     assert [m["epoch"] for m in result.history] == [1, 2, 3]

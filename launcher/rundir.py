@@ -21,12 +21,14 @@ import datetime as _dt
 import errno
 import fcntl
 import json
+import lzma
 import os
 import re
 import shutil
 import stat
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterable
 
@@ -400,9 +402,14 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+# state.json holds the history and a mid-epoch checkpoint's step losses: a few MB for the
+# longest runs; a larger one, or one nested past the parser's depth, is a damaged checkpoint.
+MAX_STATE_BYTES = 256 << 20
+
+
 def load_checkpoint(path: Path) -> dict:
     """Read one checkpoint (no pickles: npz with allow_pickle=False and JSON)."""
-    state = json.loads((path / "state.json").read_text())
+    state = load_json(path / "state.json", MAX_STATE_BYTES)
     params, opt = _load_npz(path / "params.npz"), _load_npz(path / "optimizer.npz")
     return {"params": params, "optimizer_arrays": opt, "optimizer_meta": state["optimizer_meta"],
             "epochs_done": int(state["epochs_done"]), "spec_digest": state.get("spec_digest"),
@@ -438,7 +445,10 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, MemoryError, zipfile.BadZipFile)
+# what reading a damaged checkpoint raises; zlib.error, lzma.LZMAError: an entry whose compressed data
+# is damaged; NotImplementedError: a compression method zipfile cannot read
+_UNREADABLE = (OSError, ValueError, KeyError, TypeError, AttributeError, EOFError, MemoryError, zipfile.BadZipFile,
+               zlib.error, lzma.LZMAError, NotImplementedError)
 
 
 def latest_checkpoint(run: Path, problem=None, skipped: list | None = None) -> dict | None:

@@ -223,3 +223,145 @@ def test_a_pid_file_that_fails_to_read_is_a_question_mark(tmp_path, monkeypatch)
                            f"wait for it to end, or choose another --output")
     finally:
         lock.release()
+
+
+# ---------------------------------------------------------------------------- _load_npz: each header check, exact
+import io  # noqa: E402
+import zipfile  # noqa: E402
+
+from launcher.rundir import latest_checkpoint  # noqa: E402
+
+
+def _npy(shape, payload=b"", descr="<f4"):
+    head = io.BytesIO()
+    np.lib.format.write_array_header_1_0(head, {"descr": descr, "fortran_order": False, "shape": shape})
+    return head.getvalue() + payload
+
+
+def _zip(path, members, compression=zipfile.ZIP_STORED):
+    with zipfile.ZipFile(path, "w", compression) as zf:
+        for name, data in members:
+            zf.writestr(name, data)
+    return path
+
+
+def _claim(path, name, file_size):
+    """Make the zip entry ``name`` claim ``file_size`` bytes (local header and central directory)."""
+    with zipfile.ZipFile(path) as zf:
+        info = zf.getinfo(name)
+    real = info.compress_size.to_bytes(4, "little") + info.file_size.to_bytes(4, "little")
+    data = path.read_bytes()
+    assert data.count(real) == 2
+    path.write_bytes(data.replace(real, info.compress_size.to_bytes(4, "little") + file_size.to_bytes(4, "little")))
+    return info
+
+
+def _load_error(path):
+    with pytest.raises(ValueError) as e:
+        rundir._load_npz(path)
+    return str(e.value)
+
+
+def test_a_stored_entry_may_claim_the_file_size_not_more(tmp_path):
+    p = _zip(tmp_path / "p.npz", [("w.npy", _npy((2,), b"\0" * 8))])
+    on_disk = p.stat().st_size
+    _claim(p, "w.npy", on_disk + 1)
+    assert _load_error(p) == f"w.npy: its zip entry claims {on_disk + 1} bytes, the file holds {on_disk}"
+    _claim(p, "w.npy", on_disk)      # as much as the file: the header's check decides
+    head = len(_npy((2,)))
+    assert _load_error(p) == (f"w.npy: its header says float32 (2,) (8 bytes), the entry holds {on_disk - head}")
+
+
+def test_a_deflated_entry_may_claim_1032_times_its_compressed_size_not_more(tmp_path):
+    p = _zip(tmp_path / "p.npz", [("w.npy", _npy((2,), b"\0" * 8))], zipfile.ZIP_DEFLATED)
+    info = _claim(p, "w.npy", 1032 * zipfile.ZipFile(p).getinfo("w.npy").compress_size + 1)
+    assert _load_error(p) == (f"w.npy: its zip entry claims {1032 * info.compress_size + 1} bytes, "
+                              f"the file holds {p.stat().st_size}")
+
+
+def test_a_well_compressed_entry_larger_than_the_file_reads(tmp_path):
+    values = (np.arange(100_000) % 7).astype(np.float32)
+    np.savez_compressed(tmp_path / "p.npz", w=values)
+    assert zipfile.ZipFile(tmp_path / "p.npz").getinfo("w.npy").file_size > 10 * (tmp_path / "p.npz").stat().st_size
+    assert np.array_equal(rundir._load_npz(tmp_path / "p.npz")["w"], values)
+
+
+def test_a_version_2_npy_member_reads(tmp_path):
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.arange(6, dtype=np.float32).reshape(2, 3), version=(2, 0))
+    p = _zip(tmp_path / "p.npz", [("w.npy", buf.getvalue())])
+    assert np.array_equal(rundir._load_npz(p)["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+
+
+@pytest.mark.parametrize("shape,payload,says", [
+    ((10 ** 11,), b"\0" * 2048, "float32 (100000000000,) (400000000000 bytes), the entry holds 2048"),
+    # a product past int64 (2**80 elements): counted exactly, not wrapped to 0
+    ((2 ** 40, 2 ** 40), b"", "float32 (1099511627776, 1099511627776) (4835703278458516698824704 bytes), "
+                              "the entry holds 0"),
+])
+def test_a_lying_header_is_named_with_what_it_says_and_what_the_entry_holds(tmp_path, shape, payload, says):
+    p = _zip(tmp_path / "p.npz", [("w.npy", _npy(shape, payload))])
+    assert _load_error(p) == f"w.npy: its header says {says}"
+
+
+def test_every_member_after_an_object_array_is_checked_too(tmp_path):
+    obj = io.BytesIO()
+    np.lib.format.write_array(obj, np.array([{}], dtype=object), allow_pickle=True)
+    p = _zip(tmp_path / "p.npz", [("a.npy", obj.getvalue()), ("w.npy", _npy((10 ** 11,), b"\0" * 64))])
+    assert _load_error(p) == "w.npy: its header says float32 (100000000000,) (400000000000 bytes), the entry holds 64"
+
+
+def _checkpoints(tmp_path, n=3):
+    run = RunDir.create(tmp_path / "r")
+    for e in range(1, n + 1):
+        run.write_checkpoint(_state(e), "d1", [{}] * e, keep=10)
+    return run
+
+
+def test_latest_checkpoint_asks_the_judge_about_each_and_lists_the_skipped(tmp_path):
+    run = _checkpoints(tmp_path)
+    seen, skipped = [], []
+
+    def judge(ck):
+        seen.append(ck["epochs_done"])
+        return "too new" if ck["epochs_done"] == 3 else None
+
+    assert latest_checkpoint(run.path, judge, skipped)["epochs_done"] == 2
+    assert seen == [3, 2] and skipped == [(run.path / "checkpoints" / "epoch-0003", "too new")]
+
+
+def test_an_unreadable_checkpoints_reason_is_its_first_line_cut_at_160(tmp_path):
+    run = _checkpoints(tmp_path, 2)
+    name = "w" * 200
+    _zip(run.path / "checkpoints" / "epoch-0002" / "params.npz", [(f"{name}.npy", _npy((10 ** 11,), b"\0" * 8))])
+    skipped = []
+    assert latest_checkpoint(run.path, skipped=skipped)["epochs_done"] == 1
+    message = f"{name}.npy: its header says float32 (100000000000,) (400000000000 bytes), the entry holds 8"
+    assert skipped == [(run.path / "checkpoints" / "epoch-0002", f"unreadable: ValueError: {message[:160]}")]
+
+
+def _deflate_block_type_3(path):
+    """A deflated member whose data starts with a block of the reserved type 3: zlib.error on reading."""
+    _zip(path, [("w.npy", _npy((2,), b"\0" * 8))], zipfile.ZIP_DEFLATED)
+    with zipfile.ZipFile(path) as zf:
+        offset = zf.getinfo("w.npy").header_offset
+    data = bytearray(path.read_bytes())
+    start = offset + 30 + int.from_bytes(data[offset + 26:offset + 28], "little") + \
+        int.from_bytes(data[offset + 28:offset + 30], "little")
+    data[start] = 0b111           # BFINAL 1, BTYPE 11
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage,reason", [
+    (lambda p: (p / "state.json").write_text("[" * 100_000 + "]" * 100_000),
+     "unreadable: ValueError: not usable JSON (nested too deeply)"),
+    (lambda p: _deflate_block_type_3(p / "params.npz"),
+     "unreadable: error: Error -3 while decompressing data: invalid block type"),
+])
+def test_a_checkpoint_that_breaks_the_parsers_is_skipped_not_a_crash(tmp_path, damage, reason):
+    run = _checkpoints(tmp_path, 2)
+    damage(run.path / "checkpoints" / "epoch-0002")
+    skipped = []
+    assert latest_checkpoint(run.path, skipped=skipped)["epochs_done"] == 1
+    assert skipped == [(run.path / "checkpoints" / "epoch-0002", reason)]
+    assert run.epoch_checkpoint(2) is None and run.epoch_checkpoint(1)["epochs_done"] == 1

@@ -50,3 +50,15 @@ def test_a_standardized_export_serves_training_features(tmp_path):
         want = net(mx.nd.array(seen, dtype="float32")).asnumpy().astype(np.float64)
         assert np.array_equal(model.logits(x, scale=scale), want)
     assert not np.allclose(model.logits(x), net(mx.nd.array(x, dtype="float32")).asnumpy(), atol=1e-3)
+
+
+def test_original_units_are_float64_with_or_without_statistics():
+    """summary.json's coefficients and the export's are computed in float64, also for a model
+    trained on unstandardized features (no statistics to map back)."""
+    from lr_core.export import original_units
+
+    w, b = np.array([[0.5, -1.25]], np.float32), np.array([0.125], np.float32)
+    for stats in (None, {"mean": [1.0, 2.0], "std": [2.0, 4.0]}):
+        ow, ob = original_units(w, b, stats)
+        assert (ow.dtype, ob.dtype) == (np.float64, np.float64)
+    assert original_units(w, b, None)[0].tolist() == [[0.5, -1.25]]

@@ -352,7 +352,17 @@ def _deflate_block_type_3(path):
     path.write_bytes(bytes(data))
 
 
+def _method_99(path):
+    """A member compressed by method 99 (AES in other tools): zipfile cannot read it."""
+    data = bytearray(path.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    data[local + 8:local + 10] = data[central + 10:central + 12] = (99).to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage,reason", [
+    (lambda p: _method_99(p / "optimizer.npz"),
+     "unreadable: NotImplementedError: That compression method is not supported"),
     (lambda p: (p / "state.json").write_text("[" * 100_000 + "]" * 100_000),
      "unreadable: ValueError: not usable JSON (nested too deeply)"),
     (lambda p: _deflate_block_type_3(p / "params.npz"),
@@ -365,3 +375,24 @@ def test_a_checkpoint_that_breaks_the_parsers_is_skipped_not_a_crash(tmp_path, d
     assert latest_checkpoint(run.path, skipped=skipped)["epochs_done"] == 1
     assert skipped == [(run.path / "checkpoints" / "epoch-0002", reason)]
     assert run.epoch_checkpoint(2) is None and run.epoch_checkpoint(1)["epochs_done"] == 1
+
+
+def test_an_error_without_text_is_named_by_its_type_alone(tmp_path):
+    """A zip entry whose local header sits in the archive's comment, its data past the end of the
+    file: zipfile (Python 3.11) raises an EOFError with no text; the reason is its type alone."""
+    import struct
+
+    run = _checkpoints(tmp_path, 2)
+    p = run.path / "checkpoints" / "epoch-0002" / "params.npz"
+    fake = struct.pack("<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, 0, 100, 10, 5, 0) + b"w.npy"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("w.npy", b"x" * 10)
+        zf.comment = fake
+    data = bytearray(p.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    struct.pack_into("<I", data, central + 20, 100)                        # compressed size
+    struct.pack_into("<I", data, central + 42, len(data) - len(fake))      # the local header's offset
+    p.write_bytes(bytes(data))
+    skipped = []
+    assert latest_checkpoint(run.path, skipped=skipped)["epochs_done"] == 1
+    assert skipped == [(run.path / "checkpoints" / "epoch-0002", "unreadable: EOFError: ")]

@@ -37,6 +37,11 @@ _TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "
                                                   "test_a_directory*", "test_uri*", "test_fingerprint*", "test_glob*",
                                                   "test_open*", "test_block*", "test_read_all*"))
 
+# whole in-process runs (run_job, workers=0) on small jobs: about a second each; the
+# mid-epoch checkpoints (checkpoint.every_steps) are written and resumed only by these
+_DRIVER = ("test_driver.py", "test_resume.py::test_mid_epoch*", "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
+           "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py")
+
 SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.comm": _CORE,
     "lr_core.config": _CORE,
@@ -70,11 +75,10 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
     "launcher.report.parity": ("test_parity_compare.py",),
     "launcher.rundir": ("test_rundir.py", "test_mutant_kills_rundir.py"),
-    # whole in-process runs (run_job, workers=0) on small jobs: about a second each; the
-    # mid-epoch checkpoints (checkpoint.every_steps) are written and resumed only by these
-    "launcher.driver": ("test_driver.py", "test_resume.py::test_mid_epoch*",
-                        "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
-                        "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py"),
+    "launcher.driver": _DRIVER,
+    # the one in-process run whose best epoch's checkpoint is gone (summary.json's warning), 2 s
+    "launcher.driver.xǁDriverǁ_exported_params": _DRIVER + (
+        "test_early_stopping.py::test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning",),
     "lr_core.schedule": ("test_schedule.py", "test_mutant_kills_schedule.py"),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
     "lr_core.files": ("test_mutant_kills_files.py", "test_rundir.py", "test_export.py", "test_spec.py",

@@ -49,7 +49,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # not depend on luck) and takes seconds per mutant.
     # the two slowest (the installed MNIST cache, 12 s; every CSV encoding, 8 s) are left out:
     # the small IDX and CSV files of test_data.py and test_tables.py check the same readers
-    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py") + _TABLES
+    "lr_core.data": ("test_data.py", "test_sources.py", "test_spec.py", "test_mutant_kills_data.py") + _TABLES
     + ("test_mutant_kills_tables_arrays.py", "test_mutant_kills_tables_csv.py")
     + ("!test_sources.py::test_mnist_cache_matches_the_idx_bytes", "!test_tables.py::test_csv_encoding_and_csv_module_errors"),
     # test_mutant_kills_tables_arrays.py: the NumPy readers' refusals and display's URIs; and the

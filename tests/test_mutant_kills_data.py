@@ -1,0 +1,127 @@
+"""``lr_core.data``'s standardization statistics (docs/design.md#standardization), the
+columns ``data.features`` picks and the finite-value check, where `make mutants` found
+the fast tests silent: they loaded standardized tables but never looked at the numbers.
+
+The rows below are chosen so that every sum is exact in float64: the statistics are
+asserted exactly, whatever the order the blocks are added in."""
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from lr_core import data as data_module
+from lr_core.data import (STATS_BYTES, BlockSums, DataError, array_blocks, check_features, feature_stats,
+                          load_dataset, stats_rows)
+
+T = 2.0 ** -66  # about 1.4e-20: a float32 far below 1e-12, whose squares and their means stay exact
+
+# Four features over six rows: std 1 around 2; a constant; std T around 0 (a spread, not a
+# constant: only float64 rounding would be); std 2 around -12.
+ROWS = np.array([[1, 5, -T, -10], [3, 5, T, -14]] * 3, dtype=np.float32)
+STATS = {"mean": [2.0, 5.0, 0.0, -12.0], "std": [1.0, 1.0, T, 2.0], "constant": [1]}
+
+
+def _blocks(*parts):
+    return lambda: iter(parts)
+
+
+def test_the_statistics_of_rows_in_blocks_of_any_size():
+    """Exact mean, population std and constant features, whether the rows come in one
+    block, in blocks that grow (the reused buffer must grow with them) or in blocks that
+    shrink; a constant feature keeps std 1."""
+    assert feature_stats(_blocks(ROWS)) == STATS
+    assert feature_stats(_blocks(ROWS[:1], ROWS[1:4], ROWS[4:])) == STATS
+    assert feature_stats(_blocks(ROWS[:4], ROWS[4:5], ROWS[5:])) == STATS
+    assert feature_stats(_blocks(*ROWS[:, None, :])) == STATS  # one row at a time
+
+
+def test_the_first_pass_taken_while_the_rows_were_written():
+    """``sums`` from :class:`BlockSums` (fed in pieces that cut across its blocks) replace
+    the first pass: the same numbers as two passes over the rows."""
+    sums = BlockSums(4)
+    for piece in (ROWS[:1], ROWS[1:4], ROWS[4:]):
+        sums.add(piece)
+    n, total = sums.result()
+    assert n == 6 and total.tolist() == [12.0, 30.0, 0.0, -72.0]
+    assert feature_stats(_blocks(ROWS[:2], ROWS[2:]), sums=(n, total)) == STATS
+
+
+def test_scaled_rows_are_multiplied_in_float32_before_the_statistics():
+    """uint8 rows with ``scale`` are ``float32(x) * float32(scale)``, as the model sees them
+    (``Dataset.features``): the statistics of 0/4 times 0.5 are those of 0/2."""
+    raw = np.array([[0, 2], [4, 2]] * 2, dtype=np.uint8)
+    assert feature_stats(_blocks(raw), 0.5) == {"mean": [1.0, 1.0], "std": [1.0, 1.0], "constant": [1]}
+    # the product is taken in float32 whatever the stored type: 1/3 times 3 rounds in float32
+    third = np.array([[1 / 3], [1 / 3 + 3e-9]], dtype=np.float64)  # one float32 value, two float64 ones
+    seen = third.astype(np.float32) * np.float32(3.0)
+    assert feature_stats(_blocks(third), 3.0) == {"mean": [float(seen[0, 0])], "std": [1.0], "constant": [0]}
+
+
+def test_a_spread_of_exactly_1e_12_of_the_mean_counts_as_constant():
+    """The constant test is strict: std must exceed 1e-12 of the mean's magnitude; rows
+    1e12 - 1 and 1e12 + 1 (float64 blocks) have std 1 = 1e-12 * 1e12, a constant."""
+    x = np.array([[1e12 - 1, 1.0], [1e12 + 1, 3.0]])
+    assert feature_stats(_blocks(x)) == {"mean": [1e12, 2.0], "std": [1.0, 1.0], "constant": [0]}
+
+
+def test_no_rows_to_standardize():
+    with pytest.raises(DataError) as e:
+        feature_stats(_blocks())
+    assert str(e.value) == "no training rows to standardize"
+
+
+def test_the_block_buffer_is_allocated_once(monkeypatch):
+    """Memory: one float64 block, reused for every block of the same size, in both passes
+    (a new buffer per block would hold two at once while the previous one is in use)."""
+    block = 8 * 8 * 16384
+    monkeypatch.setattr(data_module, "STATS_BYTES", block)  # 1 MB blocks of 16384 rows
+    x = np.arange(3 * 16384 * 8, dtype=np.float32).reshape(-1, 8) % 7
+    blocks = array_blocks(x)
+    tracemalloc.start()
+    try:
+        feature_stats(blocks)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # and NumPy's casting buffer (8192 items, 64 KB) for the float32 to float64 copy
+    assert block <= peak < 1.25 * block, peak
+
+
+def test_stats_rows_is_a_function_of_the_width_alone():
+    assert STATS_BYTES == 1 << 23
+    assert [stats_rows(d) for d in (0, 1, 2, 3, 1 << 20, (1 << 20) + 1, 10 ** 9)] == [
+        1 << 20, 1 << 20, 1 << 19, 349525, 1, 1, 1]
+
+
+def test_array_blocks_cut_the_rows_in_blocks_of_stats_rows(monkeypatch):
+    monkeypatch.setattr(data_module, "STATS_BYTES", 8 * 6)  # stats_rows(1) = 6, (2) = 3, (3) = 2
+    x = np.arange(21, dtype=np.float32).reshape(7, 3)
+    got = list(array_blocks(x)())
+    assert [len(b) for b in got] == [2, 2, 2, 1] and np.array_equal(np.concatenate(got), x)
+    assert [b.tolist() for b in array_blocks(np.arange(8.0))()] == [[0, 1, 2, 3, 4, 5], [6, 7]]
+
+
+def _table(tmp_path, header, rows):
+    p = tmp_path / "t.csv"
+    p.write_text(",".join(header) + "\n" + "".join(",".join(map(str, r)) + "\n" for r in rows))
+    return str(p)
+
+
+def test_data_features_picks_the_columns_in_their_order(tmp_path):
+    path = _table(tmp_path, ["a", "b", "label", "c"], [[1, 2, 0, 3], [4, 5, 1, 6], [7, 8, 0, 9], [1, 1, 1, 1]])
+    kw = dict(kind="binary", num_classes=2, seed=0, path=path, val_fraction=0.0, standardize=False)
+    ds = load_dataset("csv", features=["c", "a"], **kw)
+    assert ds.extra["columns"] == ["c", "a"] and ds.x_train.tolist() == [[3, 1], [6, 4], [9, 7], [1, 1]]
+    ds = load_dataset("csv", features=["b"], **kw)
+    assert ds.extra["columns"] == ["b"] and ds.x_train.tolist() == [[2], [5], [8], [1]]
+    ds = load_dataset("csv", **kw)
+    assert ds.extra["columns"] == ["a", "b", "c"] and ds.x_train.shape == (4, 3)
+
+
+def test_a_long_column_name_is_cut_in_the_not_finite_message():
+    name = "a_feature_with_a_rather_long_descriptive_name_0123456789"
+    x = np.array([[1.0, np.nan]], dtype=np.float32)
+    with pytest.raises(DataError) as e:
+        check_features(x, "t.csv", columns=["ok", name])
+    assert str(e.value) == ("t.csv: row 1, a_feature_with_a_rath... (56 characters): value nan is not finite "
+                            "(NaN or inf); clean or impute it first (1 such values)")

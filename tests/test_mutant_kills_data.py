@@ -1,9 +1,12 @@
 """``lr_core.data``'s standardization statistics (docs/design.md#standardization), the
 columns ``data.features`` picks and the finite-value check, where `make mutants` found
-the fast tests silent: they loaded standardized tables but never looked at the numbers.
+the fast tests silent: they loaded standardized tables but never looked at the numbers;
+and the test labels of an IDX set, and the IDX reader's bounds on memory.
 
 The rows below are chosen so that every sum is exact in float64: the statistics are
 asserted exactly, whatever the order the blocks are added in."""
+import gzip
+import resource
 import tracemalloc
 
 import numpy as np
@@ -11,7 +14,7 @@ import pytest
 
 from lr_core import data as data_module
 from lr_core.data import (STATS_BYTES, BlockSums, DataError, array_blocks, check_features, feature_stats,
-                          load_dataset, stats_rows)
+                          load_dataset, read_idx, stats_rows, write_idx)
 
 T = 2.0 ** -66  # about 1.4e-20: a float32 far below 1e-12, whose squares and their means stay exact
 
@@ -125,3 +128,58 @@ def test_a_long_column_name_is_cut_in_the_not_finite_message():
         check_features(x, "t.csv", columns=["ok", name])
     assert str(e.value) == ("t.csv: row 1, a_feature_with_a_rath... (56 characters): value nan is not finite "
                             "(NaN or inf); clean or impute it first (1 such values)")
+
+
+def _idx_set(folder, train_labels, test_labels):
+    folder.mkdir()
+    for split, labels in (("train", train_labels), ("t10k", test_labels)):
+        write_idx(folder / f"{split}-images-idx3-ubyte", np.zeros((len(labels), 2, 2), np.uint8))
+        write_idx(folder / f"{split}-labels-idx1-ubyte", np.array(labels))
+    return str(folder)
+
+
+def test_data_label_map_applies_to_the_test_labels_of_an_idx_set(tmp_path):
+    path = _idx_set(tmp_path / "idx", [0, 1, 2, 3, 4], [3, 8, 5, 2])
+    ds = load_dataset("fashion-mnist", kind="binary", num_classes=2, seed=0, path=path,
+                      label_map={v: v % 2 for v in range(10)})
+    assert ds.y_train.tolist() == [0, 1, 0, 1, 0] and ds.y_val.tolist() == [1, 0, 1, 0]
+    assert ds.y_train.dtype == ds.y_val.dtype == np.int64
+
+
+def _gz_idx(path, dims, body: bytes):
+    header = bytes([0, 0, 0x08, len(dims)]) + np.asarray(dims, dtype=">u4").tobytes()
+    path.write_bytes(gzip.compress(header + body))
+    return path
+
+
+def test_a_padded_gzip_idx_stream_is_decompressed_no_further_than_declared(tmp_path):
+    """A gzip stream longer than its header declares (here 16 MB of zeros, 16 KB on disk)
+    is refused after one byte past the declared body: it is never decompressed whole."""
+    p = _gz_idx(tmp_path / "f.gz", (2, 3), bytes(6 + (16 << 20)))
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError) as e:
+            read_idx(p)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert str(e.value) == (f"{p}: truncated or padded IDX file: dimensions (2, 3) need 18 bytes, found more "
+                            f"than 18; download the file again")
+    assert peak < 1 << 20, peak
+
+
+def test_an_idx_file_larger_than_the_memory_left_is_a_data_error(tmp_path):
+    """A gzip IDX whose header declares 1.5 GB (within MAX_IDX_BYTES) while the process may
+    map only 256 MB more (RLIMIT_AS): one line naming the file, not a MemoryError."""
+    p = _gz_idx(tmp_path / "big.gz", (1500, 1000, 1000), bytes(100))
+    with open("/proc/self/statm") as f:
+        mapped = int(f.read().split()[0]) * resource.getpagesize()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + (256 << 20), hard))
+    try:
+        with pytest.raises(DataError) as e:
+            read_idx(p)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    assert str(e.value) == f"{p}: not enough memory to read this IDX file; free memory or use a smaller file"
+    assert e.value.__cause__ is None and e.value.__suppress_context__

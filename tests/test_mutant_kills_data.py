@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from lr_core import data as data_module
-from lr_core.data import (STATS_BYTES, BlockSums, DataError, array_blocks, check_features, feature_stats,
-                          load_dataset, read_idx, stats_rows, write_idx)
+from lr_core.data import (STATS_BYTES, BlockSums, DataError, Option, array_blocks, check_features, feature_stats,
+                          finish_labels, load_dataset, make_request, read_idx, stats_rows, write_idx)
 
 T = 2.0 ** -66  # about 1.4e-20: a float32 far below 1e-12, whose squares and their means stay exact
 
@@ -118,7 +118,32 @@ def test_data_features_picks_the_columns_in_their_order(tmp_path):
     ds = load_dataset("csv", features=["b"], **kw)
     assert ds.extra["columns"] == ["b"] and ds.x_train.tolist() == [[2], [5], [8], [1]]
     ds = load_dataset("csv", **kw)
-    assert ds.extra["columns"] == ["a", "b", "c"] and ds.x_train.shape == (4, 3)
+    assert ds.extra["columns"] == ["a", "b", "c"] and ds.x_train.shape == (4, 3) and ds.stats is None
+
+
+def test_a_standardized_table_carries_its_training_statistics(tmp_path):
+    path = _table(tmp_path, ["a", "b", "label"], [[1, 5, 0], [3, 5, 1], [1, 5, 1], [3, 5, 0]])
+    ds = load_dataset("csv", kind="binary", num_classes=2, seed=0, path=path, val_fraction=0.0, standardize=True)
+    assert ds.stats == {"mean": [2.0, 5.0], "std": [1.0, 1.0], "constant": [1]}
+
+
+def test_a_label_the_map_lacks_is_named_by_its_row_in_the_file():
+    """A block of labels (rows 11 to 13 of its file) names the file's row, not the block's."""
+    request = make_request("csv", kind="binary", num_classes=2, seed=0, path="d.csv", label_map={"a": 0, "b": 1})
+    with pytest.raises(DataError) as e:
+        finish_labels(request, "d.csv", np.array(["a", "c", "b"]), offset=10)
+    assert str(e.value) == "d.csv: row 12: label 'c' is not in data.label_map {'a': 0, 'b': 1}; add it to the map"
+
+
+def test_a_float_option_must_be_finite_as_a_float():
+    number = Option(float, 3.0)
+    assert [number.accepts(v) for v in (2, -2.5, 0.0, float("inf"), float("-inf"), float("nan"), 10 ** 400)] == [
+        True, True, True, False, False, False, False]
+    count = Option(int, 10, True)
+    assert [count.accepts(v) for v in (10 ** 400, 1, 0, 2.0, True)] == [True, True, False, False, False]
+    with pytest.raises(DataError) as e:
+        make_request("synthetic-binary", kind="binary", num_classes=2, seed=0, options={"boundary": float("inf")})
+    assert str(e.value) == "data.options.boundary must be a finite number, got inf"
 
 
 def test_a_long_column_name_is_cut_in_the_not_finite_message():

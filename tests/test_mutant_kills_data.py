@@ -127,12 +127,26 @@ def test_a_standardized_table_carries_its_training_statistics(tmp_path):
     assert ds.stats == {"mean": [2.0, 5.0], "std": [1.0, 1.0], "constant": [1]}
 
 
-def test_a_label_the_map_lacks_is_named_by_its_row_in_the_file():
-    """A block of labels (rows 11 to 13 of its file) names the file's row, not the block's."""
+def test_a_bad_label_of_a_block_is_named_by_its_row_in_the_file():
+    """A block of labels (rows 11 to 13 of its file) names the file's row, not the block's: a label the
+    map lacks, and a label that is not a class."""
     request = make_request("csv", kind="binary", num_classes=2, seed=0, path="d.csv", label_map={"a": 0, "b": 1})
     with pytest.raises(DataError) as e:
         finish_labels(request, "d.csv", np.array(["a", "c", "b"]), offset=10)
     assert str(e.value) == "d.csv: row 12: label 'c' is not in data.label_map {'a': 0, 'b': 1}; add it to the map"
+    request = make_request("csv", kind="binary", num_classes=2, seed=0, path="d.csv")
+    with pytest.raises(DataError) as e:
+        finish_labels(request, "d.csv", np.array([0, 1, 7]), offset=10)
+    assert str(e.value) == "d.csv: binary labels must be exactly 0 or 1, found [0, 1, 7] (first at row 13)"
+
+
+def test_long_text_labels_are_cut_in_the_message():
+    request = make_request("csv", kind="binary", num_classes=2, seed=0, path="d.csv")
+    with pytest.raises(DataError) as e:
+        finish_labels(request, "d.csv", np.array(["a_label_that_is_a_whole_sentence_of_text_not_a_number", "b"]))
+    assert str(e.value) == ("d.csv: labels must be numbers, found ['a_label_that_is_a_who... (53 characters)', "
+                            "'b']; map them with data.label_map, e.g. {'a_label_that_is_a_who... (53 characters)'"
+                            ": 0, ...}")
 
 
 def test_a_float_option_must_be_finite_as_a_float():

@@ -14,7 +14,7 @@ import pytest
 
 from lr_core import data as data_module
 from lr_core.data import (STATS_BYTES, BlockSums, DataError, Option, array_blocks, check_features, feature_stats,
-                          finish_labels, load_dataset, make_request, read_idx, stats_rows, write_idx)
+                          finish_labels, load_dataset, make_request, read_idx, standardizer, stats_rows, write_idx)
 
 T = 2.0 ** -66  # about 1.4e-20: a float32 far below 1e-12, whose squares and their means stay exact
 
@@ -47,6 +47,39 @@ def test_the_first_pass_taken_while_the_rows_were_written():
     n, total = sums.result()
     assert n == 6 and total.tolist() == [12.0, 30.0, 0.0, -72.0]
     assert feature_stats(_blocks(ROWS[:2], ROWS[2:]), sums=(n, total)) == STATS
+
+
+def test_block_sums_add_in_the_blocks_of_feature_stats_whatever_the_pieces(monkeypatch):
+    """Rows fed to :class:`BlockSums` one at a time, or in pieces that cut across its
+    blocks of stats_rows(d) rows, are summed in those blocks: the same float64 bits as
+    feature_stats' own first pass (random values: another grouping rounds differently)."""
+    monkeypatch.setattr(data_module, "STATS_BYTES", 8 * 4 * 3)  # stats_rows(4) = 3
+    x = np.random.default_rng(0).normal(3.0, 2.0, (20, 4)).astype(np.float32)
+    want = feature_stats(array_blocks(x))
+    for pieces in ([1] * 20, [5, 1, 7, 2, 5], [20]):
+        sums = BlockSums(4)
+        for a, b in zip(np.cumsum([0] + pieces[:-1]), np.cumsum(pieces)):
+            sums.add(x[a:b])
+        n, total = sums.result()
+        assert n == 20 and feature_stats(array_blocks(x), sums=(n, total)) == want, pieces
+    raw = np.random.default_rng(1).integers(0, 256, (10, 4), dtype=np.uint8)
+    sums = BlockSums(4, 1 / 255)
+    sums.add(raw[:4])
+    sums.add(raw[4:])
+    assert feature_stats(array_blocks(raw), 1 / 255, sums.result()) == feature_stats(array_blocks(raw), 1 / 255)
+    assert feature_stats(array_blocks(raw), 1 / 255) != feature_stats(array_blocks(raw))
+
+
+def test_the_standardizer_is_the_mean_and_the_inverse_std_in_float32():
+    """1 / std is taken in float64, then rounded once to float32."""
+    mean, inv_std = standardizer({"mean": [2.0, -12.0, 0.1], "std": [1.0, 4.0, 3.0], "constant": [0]})
+    assert mean.dtype == inv_std.dtype == np.float32
+    assert mean.tolist() == [2.0, -12.0, float(np.float32(0.1))]
+    assert inv_std.tolist() == [1.0, 0.25, float(np.float32(1 / 3))]
+    # an integer mean (meta.json written by hand) is a float64 first, then a float32: 2**53 + 2**29 + 1
+    # becomes 2**53 (a float32 straight from the integer would be 2**53 + 2**30)
+    mean, _ = standardizer({"mean": [2 ** 53 + 2 ** 29 + 1], "std": [1]})
+    assert mean.tolist() == [2.0 ** 53]
 
 
 def test_scaled_rows_are_multiplied_in_float32_before_the_statistics():

@@ -255,3 +255,25 @@ def test_an_idx_file_larger_than_the_memory_left_is_a_data_error(tmp_path):
         resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
     assert str(e.value) == f"{p}: not enough memory to read this IDX file; free memory or use a smaller file"
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+def test_a_dataset_pickles_as_its_rows_or_as_its_prepared_folder(tmp_path):
+    """In memory, a Dataset pickles whole; prepared, it travels as its folder and origin: a
+    process that does not see the folder (here: removed) prepares its own copy from the origin."""
+    import pickle
+    import shutil
+
+    from lr_core.prepared import prepared_dataset, reopen
+
+    path = _table(tmp_path, ["a", "b", "label"], [[1, 5, 0], [3, 5, 1], [1, 6, 1], [3, 5, 0]])
+    kw = dict(kind="binary", num_classes=2, seed=0, path=path, val_fraction=0.25)
+    ds = load_dataset("csv", **kw)
+    again = pickle.loads(pickle.dumps(ds))
+    assert again.home is None and again.x_train.tolist() == ds.x_train.tolist() and again.stats == ds.stats
+    prepared = prepared_dataset(make_request("csv", **kw), tmp_path / "cache")
+    blob = pickle.dumps(prepared)
+    assert prepared.__reduce_ex__(4) == (reopen, (prepared.home, prepared.extra["origin"]))  # a path, not the rows
+    shutil.rmtree(prepared.home)
+    there = pickle.loads(blob)
+    assert there.x_train.tolist() == ds.x_train.tolist() and there.y_val.tolist() == ds.y_val.tolist()
+    assert there.extra["origin"][2] == prepared.extra["origin"][2]

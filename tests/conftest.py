@@ -120,24 +120,14 @@ def _pictures_only_where_asked(request, monkeypatch):
         monkeypatch.delenv("LRJOB_PICTURES", raising=False)
 
 
-@pytest.fixture(autouse=True)
-def _signal_handlers_put_back(request):
-    """A test that leaves SIGINT or SIGTERM handled otherwise than it found them changes what
-    the later tests of its process see (a test of Ctrl-C then gets nothing: SIGINT was found
-    ignored, ``SIG_IGN``, once in a pytest-xdist worker). Put the handlers back after each
-    test, and name the test that changed them in the warnings summary."""
-    import signal
-    import threading
-    import warnings
 
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+@pytest.fixture
+def sigint_default():
+    """SIGINT handled by Python's own handler (a KeyboardInterrupt), as in a terminal, for a test
+    of what a Ctrl-C does: a process started in the background of a non-interactive shell (nohup,
+    ``cmd &``) inherits SIGINT ignored, and so do its pytest and pytest-xdist processes."""
+    import signal
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
-    for s, handler in before.items():
-        now = signal.getsignal(s)
-        if now is not handler and handler is not None:
-            signal.signal(s, handler)
-            warnings.warn(f"{request.node.nodeid} left {s.name} handled by {now!r}; put back {handler!r}",
-                          stacklevel=1)
+    signal.signal(signal.SIGINT, old)

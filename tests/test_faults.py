@@ -213,7 +213,7 @@ def test_a_list_arms_several_faults_each_on_its_own(monkeypatch, tmp_path):
         faults._parse(json.dumps([specs[0], {"at": "cleanup", "epoch": 1, "action": "raise"}]))
 
 
-def test_interrupt_is_a_ctrl_c_at_that_moment(monkeypatch):
+def test_interrupt_is_a_ctrl_c_at_that_moment(monkeypatch, sigint_default):
     monkeypatch.setattr(faults, "ARMED", True)
     monkeypatch.setattr(faults, "_SPEC", {"at": "sweep", "trials": 1, "action": "interrupt"})
     faults.hit("sweep", trials=2)                       # another moment: nothing

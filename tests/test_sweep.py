@@ -377,7 +377,8 @@ def test_ctrl_c_after_every_trial_ended_lets_the_table_complete_and_the_result_s
     assert [r["status"] for r in doc["trials"]] == ["completed", "completed"]
 
 
-def test_a_second_ctrl_c_while_the_table_is_printed_ends_with_no_trial_unfinished(tmp_path, monkeypatch):
+def test_a_second_ctrl_c_while_the_table_is_printed_ends_with_no_trial_unfinished(tmp_path, monkeypatch,
+                                                                                    sigint_default):
     """In-process ``resume_sweep`` of a sweep whose trials have all ended: the first SIGINT lands
     just before the table (fault point ``table``), the second while it is printed; the sweep
     ends with ``SweepInterrupted`` naming no unfinished trial, and sweep.json is whole."""

@@ -256,7 +256,8 @@ def _idx_labels(y: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- checks
 def check_features(x: np.ndarray, where: str, num_features: int | None = None,
                    columns: list[str] | None = None, offset: int = 0) -> np.ndarray:
-    """Features must be a non-empty 2-D finite float array (with ``num_features`` columns).
+    """Features must be a non-empty 2-D finite float array of at least one column (with
+    ``num_features`` columns).
     ``offset``: the number of rows before ``x`` in its file (a block's errors name file rows)."""
     if x.ndim != 2:
         raise DataError(f"{where}: features must be a 2-D table (rows x features), got shape {x.shape}")
@@ -265,6 +266,8 @@ def check_features(x: np.ndarray, where: str, num_features: int | None = None,
     if num_features is not None and x.shape[1] != num_features:
         raise DataError(f"{where}: {x.shape[1]} feature columns, the model expects {num_features} "
                         f"(same columns, in training order)")
+    if x.shape[1] == 0:  # a table of labels only (docs/design.md#data)
+        raise DataError(f"{where}: no feature columns; give at least one column besides the label")
     if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
         raise DataError(f"{where}: features must be numbers, got dtype {x.dtype}")
     x = x.astype(np.float32, copy=False)

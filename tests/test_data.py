@@ -513,6 +513,7 @@ def test_data_home_is_lrjob_data_home_then_xdg_cache_home_then_home(monkeypatch,
 @pytest.mark.parametrize("x,columns,message", [
     (np.zeros(3), None, "w: features must be a 2-D table (rows x features), got shape (3,)"),
     (np.zeros((0, 3)), None, "w: no rows; the dataset is empty"),
+    (np.zeros((3, 0)), None, "w: no feature columns; give at least one column besides the label"),
     (np.zeros((2, 2), complex), None, "w: features must be numbers, got dtype complex128"),
     (np.array([["1", "2"]]), None, "w: features must be numbers, got dtype <U1"),
     (np.array([[1.0, 2.0], [3.0, np.nan]]), None,

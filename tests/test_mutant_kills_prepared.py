@@ -3,10 +3,18 @@ whether a prepared set is read ahead or mapped page by page): MemAvailable, or l
 a cgroup v1 or v2 memory limit. The /proc and /sys files are real files the test writes,
 read through ``lr_core.prepared``'s own ``open`` pointed at them."""
 import builtins
+import json
+import os
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from lr_core import prepared
+from lr_core import prepared, tables
+from lr_core.data import load_dataset, make_request, write_idx
+from lr_core.errors import DataError
+from lr_core.prepared import open_prepared, prepare, verify
 
 
 @pytest.fixture
@@ -85,3 +93,187 @@ def test_the_smallest_of_several_limits(files):
            "/sys/fs/cgroup/memory/b/memory.limit_in_bytes": "300000\n",
            "/sys/fs/cgroup/memory/b/memory.usage_in_bytes": "10000\n"})
     assert prepared._free_memory() == 90000
+
+
+# --------------------------------------------------------------------------- converting a table
+# Small real files through prepare(): the pieces a table is read and split in, the dtypes and
+# statistics that come out, what is synced and what stays open.
+def _req(source, path, **kw):
+    return make_request(source, kind="binary", num_classes=2, seed=7, path=str(path), **kw)
+
+
+def _x(n, d):
+    """Values float32 does not hold exactly (steps of 0.1), of both signs."""
+    return (np.arange(n * d).reshape(n, d) * 0.1 - 1.5) * np.array([1.0, -3.0, 7.0][:d])
+
+
+def _write_csv(path, n=23, d=3, quoted=False):
+    """A CSV of ``n`` rows; ``quoted``: the last label in quotes, so its rows cannot be counted
+    ahead (a quoted value may hold a line end) and they go through the scratch file."""
+    x, y = _x(n, d), np.arange(n) % 2
+    rows = [",".join([*(repr(float(v)) for v in r), str(c)]) for r, c in zip(x, y)]
+    if quoted:
+        rows[-1] = rows[-1].rpartition(",")[0] + f',"{y[-1]}"'
+    path.write_text(",".join([*"abc"[:d], "label"]) + "\n" + "\n".join(rows) + "\n")
+    return path
+
+
+def _manifest(home):
+    return json.loads((home / "manifest.json").read_text())
+
+
+def _same_as_memory(ds, mem):
+    for name in ("x_train", "y_train", "x_val", "y_val"):
+        got, want = getattr(ds, name), getattr(mem, name)
+        assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want), name
+
+
+def test_a_table_not_counted_ahead_is_split_from_its_scratch_file_in_pieces(tmp_path, monkeypatch):
+    """A CSV with a quote in it is not counted before it is read: its rows go to a scratch file,
+    which is split in pieces of SPLIT_BYTES (here one row each) into float32 features and int64
+    labels, the hold-out of the in-memory loader. The training rows are summed for the
+    statistics while they are split, so train-x.bin is read back once (the second pass); only
+    the four arrays, the manifest and the stamp are synced, never the scratch."""
+    monkeypatch.setattr(prepared, "SPLIT_BYTES", 12)  # one row of 3 float32
+    path = _write_csv(tmp_path / "q.csv", quoted=True)
+    real_fsync, real_fromfile = os.fsync, np.fromfile
+    synced, reads, seen = [], [], []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+                        or real_fsync(fd))
+    monkeypatch.setattr(np, "fromfile", lambda f, *a, **k: reads.append(os.path.basename(f.name))
+                        or real_fromfile(f, *a, **k))
+    home = prepare(_req("csv", path), tmp_path / "cache", progress=lambda *a: seen.append(a))
+    monkeypatch.undo()
+    assert seen == [(f"reading {path}", 23, None)] + [("splitting", i, 23) for i in range(1, 24)]
+    assert reads == ["all-x.bin", "all-y.bin"] * 23 + ["train-x.bin"]
+    assert sorted(synced) == [".verified", "manifest.json", "train-x.bin", "train-y.bin", "val-x.bin", "val-y.bin"]
+    m = _manifest(home)
+    assert {k: (e["dtype"], e["shape"]) for k, e in m["arrays"].items()} == {
+        "train-x": ("<f4", [21, 3]), "train-y": ("<i8", [21]), "val-x": ("<f4", [2, 3]), "val-y": ("<i8", [2])}
+    ds, mem = open_prepared(home), load_dataset("csv", kind="binary", num_classes=2, seed=7, path=str(path))
+    _same_as_memory(ds, mem)
+    assert ds.stats == mem.stats and m["stats"] == mem.stats
+
+
+def test_without_standardize_nothing_is_summed(tmp_path, monkeypatch):
+    """data.standardize off: no statistics, and no sums taken while the rows are written (a
+    table split as it streams, or from its scratch file)."""
+    monkeypatch.setattr(prepared, "BlockSums", lambda *a: pytest.fail("rows summed without data.standardize"))
+    for quoted in (False, True):
+        path = _write_csv(tmp_path / f"{quoted}.csv", quoted=quoted)
+        home = prepare(_req("csv", path, standardize=False), tmp_path / "cache")
+        assert "stats" not in _manifest(home) and open_prepared(home).stats is None
+        _same_as_memory(open_prepared(home), load_dataset("csv", kind="binary", num_classes=2, seed=7,
+                                                          path=str(path), standardize=False))
+
+
+def test_a_standardized_image_set_takes_its_statistics_of_the_scaled_pixels(tmp_path):
+    """MNIST is stored as uint8 with the scale 1/255; its statistics are those of the scaled
+    pixels, the in-memory loader's numbers (no sums are taken while a built-in source is written)."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("t10k", 6)):
+        write_idx(tmp_path / f"{split}-images-idx3-ubyte", rng.integers(0, 256, (n, 2, 3)))
+        write_idx(tmp_path / f"{split}-labels-idx1-ubyte", rng.integers(0, 10, n))
+    kw = dict(kind="softmax", num_classes=10, seed=3, path=str(tmp_path), standardize=True)
+    ds = open_prepared(prepare(make_request("mnist", **kw), tmp_path / "cache"))
+    mem = load_dataset("mnist", **kw)
+    assert ds.x_train.dtype == np.uint8 and ds.stats == mem.stats
+    assert 0 < max(mem.stats["mean"]) < 1  # of the scaled pixels
+
+
+def test_the_statistics_of_float64_features_are_those_of_their_float32_values(tmp_path):
+    """An .npz holds float64 features: they are stored as float32, and the sums taken while
+    they are written are of those float32 values (as in memory), not of the float64 ones."""
+    np.savez(tmp_path / "d.npz", x=_x(30, 3), y=np.arange(30) % 2)
+    for kw in ({}, {"val_fraction": 0.0}):
+        ds = open_prepared(prepare(_req("npz", tmp_path / "d.npz", **kw), tmp_path / "cache"))
+        mem = load_dataset("npz", kind="binary", num_classes=2, seed=7, path=str(tmp_path / "d.npz"), **kw)
+        _same_as_memory(ds, mem)
+        assert ds.stats == mem.stats
+
+
+def test_a_training_file_with_a_validation_file_is_not_counted_first(tmp_path, monkeypatch):
+    """With data.val_path nothing is held out, so neither file is counted before it is read
+    (the progress has no total), and both are hashed shard by shard (a damaged byte is found)."""
+    monkeypatch.setattr(tables, "_count_csv_rows", lambda *a: pytest.fail("counted ahead"))
+    train, val = _write_csv(tmp_path / "t.csv"), _write_csv(tmp_path / "v.csv", n=5)
+    seen = []
+    home = prepare(_req("csv", train, val_path=str(val)), tmp_path / "cache", progress=lambda *a: seen.append(a))
+    assert seen == [(f"reading {train}", 23, None), (f"reading {val}", 5, None)]
+    m = _manifest(home)
+    assert [s["rows"] for name in prepared.ARRAYS for s in m["arrays"][name]["shards"]] == [[0, 23], [0, 23],
+                                                                                            [0, 5], [0, 5]]
+    with open(home / "val-x.bin", "r+b") as f:
+        f.seek(7)
+        b = f.read(1)
+        f.seek(7)
+        f.write(bytes([b[0] ^ 1]))
+    assert verify(home) == ["val-x.bin: rows 0..4 fail their checksum (damaged)"]
+
+
+@pytest.mark.parametrize("d,block_bytes,block_rows,ends", [
+    (1, 20, 1000, [5, 10, 12]),    # 5 rows of one 4-byte feature
+    (3, 60, 1000, [5, 10, 12]),    # 5 rows of three
+    (1, 16 << 20, 1, list(range(1, 13))),   # BLOCK_ROWS bounds it
+])
+def test_a_table_is_converted_in_blocks_of_about_block_bytes(tmp_path, monkeypatch, d, block_bytes, block_rows, ends):
+    monkeypatch.setattr(prepared, "BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", block_rows)
+    x = _x(12, d)
+    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(d)}, "label": np.arange(12) % 2}), tmp_path / "t.parquet")
+    seen = []
+    home = prepare(_req("parquet", tmp_path / "t.parquet", val_fraction=0.0), tmp_path / "cache",
+                   progress=lambda *a: seen.append(a))
+    assert seen == [(f"reading {tmp_path / 't.parquet'}", e, 12) for e in ends]
+    assert np.array_equal(open_prepared(home).x_train, x.astype(np.float32))
+
+
+def _open_files_under(root):
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(root)):
+            out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_refused_table_leaves_no_file_open(tmp_path, monkeypatch, quoted):
+    """A bad value in a later block: one line naming the row, nothing left in the cache, and
+    no array file held open (while the error, and with it the reader's frame, is still held)."""
+    monkeypatch.setattr(prepared, "BLOCK_ROWS", 5)
+    path = _write_csv(tmp_path / "d.csv", quoted=quoted)
+    path.write_text(path.read_text().replace(repr(float(_x(23, 3)[12, 1])), "inf", 1))  # row 13, column b
+    with pytest.raises(DataError) as e:
+        prepare(_req("csv", path), tmp_path / "cache")
+    assert str(e.value) == (f"{path}: row 13, b: value inf is not finite (NaN or inf); clean or impute it first "
+                            f"(1 such values)")
+    assert list((tmp_path / "cache").iterdir()) == []
+    assert _open_files_under(tmp_path / "cache") == []
+
+
+def test_sums_of_no_rows_are_none():
+    """_Sums.result() before any row: None (the statistics then read the file)."""
+    assert prepared._Sums().result() is None
+    s = prepared._Sums()
+    s.add(np.array([[1.0, 2.0], [3.0, 5.0]], np.float32))
+    n, total = s.result()
+    assert n == 2 and total.tolist() == [4.0, 7.0]
+
+
+@pytest.mark.parametrize("quoted", [False, True])
+def test_a_table_of_labels_only_is_refused_in_one_line(tmp_path, quoted):
+    """A CSV with the label column alone (nothing to fit; its prepared feature files would be
+    empty, which no map can hold): the same one-line error prepared and in memory."""
+    path = tmp_path / "labels.csv"
+    path.write_text("label\n" + "0\n1\n" * 5 + ('"1"\n' if quoted else ""))
+    want = f"{path}: no feature columns; give at least one column besides the label"
+    with pytest.raises(DataError) as e:
+        prepare(_req("csv", path), tmp_path / "cache")
+    assert str(e.value) == want and list((tmp_path / "cache").iterdir()) == []
+    with pytest.raises(DataError) as e:
+        load_dataset("csv", kind="binary", num_classes=2, seed=7, path=str(path))
+    assert str(e.value) == want

@@ -1,7 +1,14 @@
-"""How much memory ``lr_core.prepared`` thinks this process may still fill (it decides
-whether a prepared set is read ahead or mapped page by page): MemAvailable, or less under
-a cgroup v1 or v2 memory limit. The /proc and /sys files are real files the test writes,
-read through ``lr_core.prepared``'s own ``open`` pointed at them."""
+"""``lr_core.prepared``, where `make mutants` found the fast tests silent.
+
+How much memory this process may still fill (it decides whether a prepared set is read
+ahead or mapped page by page): MemAvailable, or less under a cgroup v1 or v2 memory limit.
+The /proc and /sys files are real files the test writes, read through
+``lr_core.prepared``'s own ``open`` pointed at them.
+
+How a table is converted (docs/design.md "Prepared data"): the blocks it is read in, the
+scratch file of a CSV whose rows are not counted ahead and the pieces it is split in, the
+dtypes and standardization statistics that come out (the in-memory loader's), which files
+are synced, and that a refused table leaves no file open."""
 import builtins
 import json
 import os
@@ -217,10 +224,13 @@ def test_a_training_file_with_a_validation_file_is_not_counted_first(tmp_path, m
     (1, 16 << 20, 1, list(range(1, 13))),   # BLOCK_ROWS bounds it
 ])
 def test_a_table_is_converted_in_blocks_of_about_block_bytes(tmp_path, monkeypatch, d, block_bytes, block_rows, ends):
+    """A table is read in blocks of about BLOCK_BYTES of float32 features whatever its width,
+    at most BLOCK_ROWS rows (the progress reports every block)."""
     monkeypatch.setattr(prepared, "BLOCK_BYTES", block_bytes)
     monkeypatch.setattr(prepared, "BLOCK_ROWS", block_rows)
     x = _x(12, d)
-    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(d)}, "label": np.arange(12) % 2}), tmp_path / "t.parquet")
+    pq.write_table(pa.table({**{f"f{j}": x[:, j] for j in range(d)}, "label": np.arange(12) % 2}),
+                   tmp_path / "t.parquet")
     seen = []
     home = prepare(_req("parquet", tmp_path / "t.parquet", val_fraction=0.0), tmp_path / "cache",
                    progress=lambda *a: seen.append(a))

@@ -287,3 +287,97 @@ def test_a_table_of_labels_only_is_refused_in_one_line(tmp_path, quoted):
     with pytest.raises(DataError) as e:
         load_dataset("csv", kind="binary", num_classes=2, seed=7, path=str(path))
     assert str(e.value) == want
+
+
+# --------------------------------------------------------------------------- reading a prepared set
+def test_a_set_is_read_whole_only_below_a_quarter_of_the_free_memory(monkeypatch):
+    """A quarter of the free memory, in whole bytes: 2,880 bytes of features are read ahead
+    with 4 * 2,880 + 4 bytes free, not with 4 * 2,880 + 1 (a quarter of which is 2,880.25)."""
+    x = np.zeros((180, 4), np.float32)
+    for free, whole in ((4 * 2880 + 4, True), (4 * 2880 + 3, False), (4 * 2880 + 1, False), (4 * 2880, False)):
+        monkeypatch.setattr(prepared, "_free_memory", lambda: free)
+        assert prepared._reads_whole(x) is whole, free
+
+
+def test_advice_is_given_to_maps_only():
+    """_advise of an array that maps no file (a plain array, as open_prepared makes of a split
+    of no rows) does nothing and raises nothing."""
+    assert prepared._advise(np.zeros((0, 4), np.float32)) is None
+    assert prepared._advise(np.ones((3, 4), np.float32)) is None
+
+
+def test_read_rows_takes_any_sequence_of_row_numbers(tmp_path):
+    """Rows as a list (also an empty one, which NumPy would make float64) or as int32: the
+    same rows, from a plain array and from a map."""
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x.tofile(tmp_path / "x.bin")
+    m = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=(10, 4))
+    for a in (x, m):
+        for rows in ([], [7, 0, 7], np.array([9, 2], np.int32)):
+            got = prepared.read_rows(a, rows)
+            assert got.shape == (len(rows), 4) and got.dtype == np.float32 and not isinstance(got, np.memmap)
+            assert np.array_equal(got, x[np.asarray(rows, dtype=np.int64)])
+
+
+def _sparse_map(path, rows, width):
+    """A read-only float32 map of ``rows`` x ``width`` zeros in a sparse file (no disk used)."""
+    with open(path, "wb") as f:
+        f.truncate(rows * width * 4)
+    return np.memmap(path, dtype=np.float32, mode="r", shape=(rows, width))
+
+
+def test_mapped_pages_release_after_budget_rows_and_count_releases(tmp_path, monkeypatch):
+    """A row counts as a 2 MiB folio (or its own bytes and a page, when wider); after
+    budget_rows rows the pages are released and the count starts again."""
+    import mmap
+
+    monkeypatch.setattr(prepared, "_free_memory", lambda: 0)  # nothing is read whole
+    monkeypatch.setattr(prepared, "RESIDENT_BYTES", 6 << 20)
+    pages = prepared.MappedPages(_sparse_map(tmp_path / "x.bin", 10, 1024))
+    assert pages.active and pages.budget_rows == 3 and pages.releases == 0
+    for rows, releases in ((1, 0), (1, 0), (1, 1), (2, 1), (1, 2), (5, 3), (2, 3)):
+        pages.read(rows)
+        assert pages.releases == releases, (rows, releases)
+    pages.release()
+    assert pages.releases == 4
+    wide = 3 << 20  # bytes of a row wider than a folio
+    monkeypatch.setattr(prepared, "RESIDENT_BYTES", 6 * (wide + mmap.PAGESIZE) - 1)
+    assert prepared.MappedPages(_sparse_map(tmp_path / "w.bin", 3, wide // 4)).budget_rows == 5
+    monkeypatch.setattr(prepared, "RESIDENT_BYTES", 1 << 20)  # less than a folio: a row at least
+    assert prepared.MappedPages(_sparse_map(tmp_path / "y.bin", 3, 4)).budget_rows == 1
+
+
+def test_mapped_pages_leave_alone_what_is_read_whole_or_not_mapped(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepared, "_free_memory", lambda: 0)
+    x = _sparse_map(tmp_path / "x.bin", 10, 1024)
+    for inactive in (np.ones((10, 1024), np.float32), x[:0].copy(), np.zeros((0, 1024), np.float32)):
+        pages = prepared.MappedPages(inactive)
+        pages.read(1000)
+        pages.release()
+        assert not pages.active and pages.releases == 0
+    monkeypatch.setattr(prepared, "_free_memory", lambda: 1 << 40)  # read whole: its pages stay
+    pages = prepared.MappedPages(x)
+    pages.read(1000)
+    assert not pages.active and pages.releases == 0
+
+
+@pytest.mark.parametrize("error", [OSError, ValueError])
+def test_pages_that_cannot_be_released_are_kept(tmp_path, monkeypatch, error):
+    """madvise refused (an old kernel, a closed map): the pages stay mapped, as before the
+    budget, and no release is counted or tried again."""
+    monkeypatch.setattr(prepared, "_free_memory", lambda: 0)
+    monkeypatch.setattr(prepared, "RESIDENT_BYTES", 4 << 20)
+    pages = prepared.MappedPages(_sparse_map(tmp_path / "x.bin", 10, 1024))
+    tried = []
+
+    class Refusing:
+        def madvise(self, flag):
+            tried.append(flag)
+            raise error("no")
+
+    pages._m = Refusing()
+    pages.read(2)
+    assert tried and not pages.active and pages.releases == 0
+    pages.read(2)
+    pages.release()
+    assert len(tried) == 1 and pages.releases == 0

@@ -299,11 +299,22 @@ def test_a_set_is_read_whole_only_below_a_quarter_of_the_free_memory(monkeypatch
         assert prepared._reads_whole(x) is whole, free
 
 
-def test_advice_is_given_to_maps_only():
+class _MapWithoutMadvise(np.ndarray):
+    """An array whose map has no madvise (mmap on a system without madvise(2), e.g. Windows)."""
+
+
+def test_advice_is_given_to_maps_only(monkeypatch):
     """_advise of an array that maps no file (a plain array, as open_prepared makes of a split
-    of no rows) does nothing and raises nothing."""
+    of no rows), or whose map cannot take advice, does nothing and raises nothing."""
     assert prepared._advise(np.zeros((0, 4), np.float32)) is None
     assert prepared._advise(np.ones((3, 4), np.float32)) is None
+    x = np.ones((3, 4), np.float32).view(_MapWithoutMadvise)
+    x._mmap = object()
+    monkeypatch.setattr(prepared, "_free_memory", lambda: 0)
+    assert prepared._advise(x) is None
+    pages = prepared.MappedPages(x)
+    pages.read(10 ** 6)
+    assert not pages.active and pages.releases == 0
 
 
 def test_read_rows_takes_any_sequence_of_row_numbers(tmp_path):
@@ -350,11 +361,13 @@ def test_mapped_pages_release_after_budget_rows_and_count_releases(tmp_path, mon
 def test_mapped_pages_leave_alone_what_is_read_whole_or_not_mapped(tmp_path, monkeypatch):
     monkeypatch.setattr(prepared, "_free_memory", lambda: 0)
     x = _sparse_map(tmp_path / "x.bin", 10, 1024)
-    for inactive in (np.ones((10, 1024), np.float32), x[:0].copy(), np.zeros((0, 1024), np.float32)):
+    for inactive in (np.ones((10, 1024), np.float32), x[:0].copy(), np.zeros((0, 1024), np.float32),
+                     np.array(1.0, np.float32)):  # a 0-d array: a row is its item
         pages = prepared.MappedPages(inactive)
         pages.read(1000)
         pages.release()
         assert not pages.active and pages.releases == 0
+        assert pages.budget_rows == prepared.RESIDENT_BYTES // (2 << 20)
     monkeypatch.setattr(prepared, "_free_memory", lambda: 1 << 40)  # read whole: its pages stay
     pages = prepared.MappedPages(x)
     pages.read(1000)

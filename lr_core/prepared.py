@@ -582,10 +582,13 @@ def read_rows(x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """``x[rows]`` as a new array. A memory-mapped ``x`` is read with ``pread``, in file
     order, without mapping its pages: on Linux 6 a fault maps the whole large folio around
     a row (up to 2 MiB), so rows gathered through the map from across a large file would
-    put the whole file in this process's resident memory."""
+    put the whole file in this process's resident memory. Only a whole map is read from
+    its file: a view of one (``x[a:b]``) keeps the map's ``offset`` although its first row
+    is elsewhere in the file, so it is indexed (docs/design.md#prepared-data)."""
     rows = np.asarray(rows, dtype=np.int64)
     filename = getattr(x, "filename", None)
-    if not isinstance(x, np.memmap) or not filename or x.ndim < 1 or not x.flags.c_contiguous:
+    if (not isinstance(x, np.memmap) or not filename or x.ndim < 1 or not x.flags.c_contiguous
+            or x.base is not x._mmap):
         return np.asarray(x[rows])
     out = np.empty((len(rows),) + x.shape[1:], dtype=x.dtype)
     stride = x.strides[0]

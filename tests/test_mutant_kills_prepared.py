@@ -394,3 +394,64 @@ def test_pages_that_cannot_be_released_are_kept(tmp_path, monkeypatch, error):
     pages.read(2)
     pages.release()
     assert len(tried) == 1 and pages.releases == 0
+
+
+def _resident_bytes_of(path) -> int:
+    """Resident bytes of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    with open("/proc/self/smaps") as f:
+        for line in f:
+            head = line.split()
+            if head and "-" in head[0] and len(head) >= 5 and ":" not in head[0]:
+                inside = line.rstrip().endswith(" " + str(path))
+            elif inside and line.startswith("Rss:"):
+                total += int(head[1]) * 1024
+    return total
+
+
+def test_read_rows_of_views_labels_and_offsets(tmp_path):
+    """Whatever the map: a slice of it (its rows, not the map's first ones), a column view (not
+    C-contiguous), a map of a file opened by descriptor (no file name), a map of 1-D labels
+    (read without mapping a page), a map after a header (``offset``), and an array that only
+    carries a ``filename`` (indexed, not read from that file)."""
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x.tofile(tmp_path / "x.bin")
+    m = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=(10, 4))
+    rows = [4, 0, 5]
+    assert np.array_equal(prepared.read_rows(m[3:], rows), x[3:][rows])
+    assert np.array_equal(prepared.read_rows(m[:, ::2], rows), x[:, ::2][rows])
+    with open(os.open(tmp_path / "x.bin", os.O_RDONLY), "rb") as f:  # f.name is the descriptor
+        by_fd = np.memmap(f, dtype=np.float32, mode="r", shape=(10, 4))
+        assert by_fd.filename is None and np.array_equal(prepared.read_rows(by_fd, rows), x[rows])
+    y = np.arange(100, 1100, dtype=np.int64)
+    y.tofile(tmp_path / "y.bin")
+    my = np.memmap(tmp_path / "y.bin", dtype=np.int64, mode="r", shape=(1000,))
+    got = prepared.read_rows(my, [999, 0, 512])
+    assert got.tolist() == [1099, 100, 612] and got.dtype == np.int64
+    assert _resident_bytes_of(tmp_path / "y.bin") == 0
+    (tmp_path / "h.bin").write_bytes(b"HEADER16........" + x.tobytes())
+    mh = np.memmap(tmp_path / "h.bin", dtype=np.float32, mode="r", shape=(10, 4), offset=16)
+    assert np.array_equal(prepared.read_rows(mh, rows), x[rows])
+    named = (x + 1000).view(_Named)
+    named.filename = str(tmp_path / "x.bin")
+    assert np.array_equal(prepared.read_rows(named, rows), x[rows] + 1000)
+
+
+class _Named(np.ndarray):
+    """An array that is not a map but has a ``filename``."""
+
+
+def test_read_rows_errors_name_the_row(tmp_path):
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x.tofile(tmp_path / "x.bin")
+    m = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=(10, 4))
+    for r in (10, -1):
+        with pytest.raises(IndexError) as e:
+            prepared.read_rows(m, [0, r])
+        assert str(e.value) == f"row {r} is outside 0..9"
+    os.truncate(tmp_path / "x.bin", 4 * 16 + 6)  # rows 4.. cut (the map's pages are never touched)
+    assert prepared.read_rows(m, [3]).tolist() == [x[3].tolist()]
+    with pytest.raises(DataError) as e:
+        prepared.read_rows(m, [1, 4])
+    assert str(e.value) == (f"{tmp_path / 'x.bin'}: row 4 is cut short (6 of 16 bytes); the prepared files changed "
+                            f"while in use: run `lrjob prepare JOB` again")

@@ -409,16 +409,26 @@ def _resident_bytes_of(path) -> int:
     return total
 
 
+def test_read_rows_of_a_slice_of_a_map_are_the_slices_rows(tmp_path):
+    """NumPy keeps the map's offset on a slice of it: read from the file at that offset, its
+    row 0 would be the map's."""
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    x.tofile(tmp_path / "x.bin")
+    m = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=(10, 4))
+    assert m[3:].offset == m.offset == 0
+    assert np.array_equal(prepared.read_rows(m[3:], [4, 0, 5]), x[[7, 3, 8]])
+    assert np.array_equal(prepared.read_rows(m[3:5], [1]), x[[4]])
+
+
 def test_read_rows_of_views_labels_and_offsets(tmp_path):
-    """Whatever the map: a slice of it (its rows, not the map's first ones), a column view (not
-    C-contiguous), a map of a file opened by descriptor (no file name), a map of 1-D labels
-    (read without mapping a page), a map after a header (``offset``), and an array that only
-    carries a ``filename`` (indexed, not read from that file)."""
+    """Whatever the map: a column view (not C-contiguous), a map of a file opened by
+    descriptor (no file name), a map of 1-D labels (read without mapping a page), a map after
+    a header (``offset``), and an array that only carries a ``filename`` (indexed, not read
+    from that file)."""
     x = np.arange(40, dtype=np.float32).reshape(10, 4)
     x.tofile(tmp_path / "x.bin")
     m = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=(10, 4))
     rows = [4, 0, 5]
-    assert np.array_equal(prepared.read_rows(m[3:], rows), x[3:][rows])
     assert np.array_equal(prepared.read_rows(m[:, ::2], rows), x[:, ::2][rows])
     with open(os.open(tmp_path / "x.bin", os.O_RDONLY), "rb") as f:  # f.name is the descriptor
         by_fd = np.memmap(f, dtype=np.float32, mode="r", shape=(10, 4))

@@ -430,6 +430,8 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
             if info.file_size > limit:
                 raise ValueError(f"{info.filename}: its zip entry claims {info.file_size} bytes, "
                                  f"the file holds {on_disk}")
+            if info.flag_bits & 0x1:  # zipfile would ask for a password (a RuntimeError)
+                raise ValueError(f"{info.filename}: its zip entry is marked encrypted")
             with zf.open(info) as f:
                 version = np.lib.format.read_magic(f)
                 read = (np.lib.format.read_array_header_1_0 if version == (1, 0)

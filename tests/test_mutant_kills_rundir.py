@@ -360,7 +360,17 @@ def _method_99(path):
     path.write_bytes(bytes(data))
 
 
+def _encrypted(path):
+    """A member whose flag bit 0 (encrypted) is set: zipfile would ask for a password."""
+    data = bytearray(path.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    data[local + 6] |= 1
+    data[central + 8] |= 1
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize("damage,reason", [
+    (lambda p: _encrypted(p / "params.npz"), "unreadable: ValueError: w.npy: its zip entry is marked encrypted"),
     (lambda p: _method_99(p / "optimizer.npz"),
      "unreadable: NotImplementedError: That compression method is not supported"),
     (lambda p: (p / "state.json").write_text("[" * 100_000 + "]" * 100_000),

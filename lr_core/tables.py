@@ -351,11 +351,22 @@ def _records(text):
         last = reader.line_num
 
 
+def _first_line_too_long(head: bytes, lines: int) -> bool:
+    """Whether the first record, ``lines`` physical lines of ``head`` (the file's first
+    ``_HEAD_BYTES + 2`` bytes or all of it), is longer than ``_HEAD_BYTES`` without its line end,
+    or goes on past ``head`` (docs/design.md#data)."""
+    ends = [m.start() for _, m in zip(range(lines), _LINE_END.finditer(head))]
+    if len(ends) < lines:  # no line end: the record goes on to the end of what was read
+        return len(head) > _HEAD_BYTES
+    end = ends[-1] - (head[ends[-1] - 1:ends[-1]] == b"\r")
+    return end > _HEAD_BYTES
+
+
 def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
     """The first non-empty record of the CSV as cells (None for an empty file), and the
     number of physical lines up to its end."""
     with _open_stream(fs, inner, where) as f:
-        head = f.read(1 << 20)
+        head = f.read(_HEAD_BYTES + 2)  # room for the line end (\r\n) of a first line of _HEAD_BYTES
     try:
         text = head.decode("utf-8-sig")  # -sig: a BOM is not a cell
     except UnicodeDecodeError as e:
@@ -368,7 +379,7 @@ def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
             if row and any(c.strip() for c in row):
                 # a first record the full window does not end is cut: its cells, and the
                 # offset of the rows after it, would be wrong (docs/design.md#data)
-                if len(head) == 1 << 20 and text.count("\n") < reader.line_num:
+                if _first_line_too_long(head, reader.line_num):
                     raise DataError(f"{where}: the first line is longer than 1 MiB (the most a CSV's header or first "
                                     f"row may be); save a table this wide as Parquet or NPY")
                 return row, reader.line_num
@@ -520,6 +531,8 @@ def _count_csv_rows(path: str, start: int) -> int | None:
 # the line ends csv.reader counts in _csv_head's head (io.StringIO splits at \n only; a \r outside
 # quotes there is malformed CSV, so a \r not followed by \n is inside a quoted value)
 _LINE_END = re.compile(rb"\n")
+# a CSV's header (or first row) is at most _HEAD_BYTES long without its line end (docs/design.md#data)
+_HEAD_BYTES = 1 << 20
 # numpy's dtype of each fixed-width Arrow number type that _plain reads from its buffer
 _PLAIN = {"int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8", "uint8": "u1", "uint16": "u2",
           "uint32": "u4", "uint64": "u8", "float": "f4", "double": "f8"}
@@ -599,7 +612,7 @@ def _line_offset(fs, inner: str, where: str, lines: int) -> int:
     if lines <= 0:
         return 0
     with _open_stream(fs, inner, where) as f:
-        head = f.read(1 << 20)  # _csv_head found the header inside this window
+        head = f.read(_HEAD_BYTES + 2)  # _csv_head found the header's line end inside this window
     for k, m in enumerate(_LINE_END.finditer(head), 1):
         if k == lines:
             return m.end()

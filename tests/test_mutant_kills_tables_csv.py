@@ -95,7 +95,18 @@ class _CountingFS:
 @pytest.mark.parametrize("cores,threads", [(1, 1), (2, 2), (8, 4)])
 def test_a_csv_is_read_at_most_one_chunk_per_thread_ahead(tmp_path, monkeypatch, cpu_count, cores, threads):
     """min(4, cores) threads: when the first chunk's rows are handed on, threads + 1 chunks
-    have been read (one per thread being parsed, and the next); never more."""
+    have been read (one per thread being parsed, and the next); never more. The pool has
+    that many threads (a larger one would parse more chunks at once than were read for it)."""
+    import concurrent.futures
+
+    pools = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
     p = tmp_path / "t.csv"
     p.write_bytes(b"1,2\n" * 20)
     monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 4)
@@ -103,7 +114,7 @@ def test_a_csv_is_read_at_most_one_chunk_per_thread_ahead(tmp_path, monkeypatch,
     fs = _CountingFS()
     chunks = tables._parallel_chunks(fs, str(p), str(p), 0, bytes)
     assert next(chunks) == b"1,2\n"
-    assert fs.reads == threads + 1
+    assert fs.reads == threads + 1 and pools == [threads]
     assert list(chunks) == [b"1,2\n"] * 19
 
 
@@ -247,6 +258,21 @@ def test_a_first_line_longer_than_the_1_mib_head_is_refused_by_name(tmp_path):
     assert [(x.tolist(), y.tolist()) for x, y in open_table(p).batches()] == [([[1.0]], [0.0])]
     p.write_text("a,label")  # a short file whose first line has no line end: no rows
     assert _message(lambda: list(open_table(p).batches())) == f"{p}: no data rows after the header; the dataset is empty"
+    # at the bound: a first line of exactly 1 MiB is read (its line end the byte after the window),
+    # a file of exactly 1 MiB that is its first line is not cut, one byte more is refused
+    n = 116_507  # names of 8 characters and one of 16: a header of exactly 1 MiB
+    header = ",".join(["c" + "0" * 15] + [f"c{i:07d}" for i in range(1, n)] + ["label"])
+    assert len(header) == 1 << 20
+    row = ",".join(["5"] * n + ["1"])
+    for end in ("\n", "\r\n"):  # its line end the byte (or two) after the window
+        p.write_text(header + end + row + end)
+        [(x, y)] = list(open_table(p).batches())
+        assert x.shape == (1, n) and (x == 5).all() and y.tolist() == [1.0]
+    p.write_text(header)
+    assert _message(lambda: list(open_table(p).batches())) == f"{p}: no data rows after the header; the dataset is empty"
+    p.write_text("x" + header + "\n" + row + "\n")
+    assert _message(open_table, p) == (f"{p}: the first line is longer than 1 MiB (the most a CSV's header or "
+                                       f"first row may be); save a table this wide as Parquet or NPY")
 
 
 def test_a_quoted_carriage_return_in_the_header_is_a_character_of_its_name(tmp_path):
@@ -256,3 +282,45 @@ def test_a_quoted_carriage_return_in_the_header_is_a_character_of_its_name(tmp_p
     t = open_table(p)
     assert t.columns == ["a\rb"]
     assert [(x.tolist(), y.tolist()) for x, y in t.batches()] == [([[1.0], [2.0]], [0.0, 1.0])]
+
+
+class _FailingFS:
+    """The local file system whose ``fail_at``-th opened stream fails to open (a file removed
+    or a remote store's error between two reads of the same table)."""
+
+    def __init__(self, fail_at=None):
+        self.fs, self.opened, self.fail_at = pafs.LocalFileSystem(), 0, fail_at
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def open_input_stream(self, path, compression=None):
+        self.opened += 1
+        if self.opened == self.fail_at:
+            raise OSError("boom")
+        return self.fs.open_input_stream(path, compression=compression)
+
+
+@pytest.mark.parametrize("text", ["a,label\n1,0\n2,1\n", "a,label\n1,0\nx,1\n"])  # read whole; diagnosed
+def test_each_read_of_a_csv_that_fails_to_open_names_the_file(tmp_path, monkeypatch, text):
+    """A CSV is opened several times (its head, the rows' offset, the rows, the diagnosis of a
+    bad cell): whichever open fails, the message names the file and says what to do."""
+    p = tmp_path / "t.csv"
+    p.write_text(text)
+    real = tables.resolve
+
+    def read(fs):
+        monkeypatch.setattr(tables, "resolve", lambda path: (fs, *real(path)[1:]))
+        try:
+            return [(x.tolist(), y.tolist()) for x, y in open_table(p).batches()]
+        finally:
+            monkeypatch.setattr(tables, "resolve", real)
+
+    counting = _FailingFS()
+    try:
+        read(counting)
+    except DataError:
+        pass
+    assert counting.opened >= 3
+    for k in range(1, counting.opened + 1):
+        assert _message(read, _FailingFS(k)) == f"{p}: cannot read (boom); check the path and its permissions", k

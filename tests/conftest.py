@@ -123,11 +123,15 @@ def _pictures_only_where_asked(request, monkeypatch):
 
 @pytest.fixture
 def sigint_default():
-    """SIGINT handled by Python's own handler (a KeyboardInterrupt), as in a terminal, for a test
-    of what a Ctrl-C does: a process started in the background of a non-interactive shell (nohup,
-    ``cmd &``) inherits SIGINT ignored, and so do its pytest and pytest-xdist processes."""
+    """SIGINT raising KeyboardInterrupt, as Python's own handler does in a terminal, for a test of
+    what a Ctrl-C does: a process started in the background of a non-interactive shell (nohup,
+    ``cmd &``) inherits SIGINT ignored, and so do its pytest and pytest-xdist processes. The
+    handler is a function of its own (yielded), so a test can check that it was put back."""
     import signal
 
-    old = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGINT, handler)
+    yield handler
     signal.signal(signal.SIGINT, old)

@@ -6,7 +6,6 @@ and the test labels of an IDX set, and the IDX reader's bounds on memory.
 The rows below are chosen so that every sum is exact in float64: the statistics are
 asserted exactly, whatever the order the blocks are added in."""
 import gzip
-import resource
 import tracemalloc
 
 import numpy as np
@@ -240,19 +239,33 @@ def test_a_padded_gzip_idx_stream_is_decompressed_no_further_than_declared(tmp_p
     assert peak < 1 << 20, peak
 
 
-def test_an_idx_file_larger_than_the_memory_left_is_a_data_error(tmp_path):
-    """A gzip IDX whose header declares 1.5 GB (within MAX_IDX_BYTES) while the process may
-    map only 256 MB more (RLIMIT_AS): one line naming the file, not a MemoryError."""
+def test_an_idx_file_larger_than_the_memory_left_is_a_data_error(tmp_path, monkeypatch):
+    """A gzip IDX whose header declares 1.5 GB (within MAX_IDX_BYTES) while the memory left
+    holds less (here: a read of more than 256 MB raises MemoryError, as it does when the
+    allocation fails): one line naming the file, not a MemoryError."""
     p = _gz_idx(tmp_path / "big.gz", (1500, 1000, 1000), bytes(100))
-    with open("/proc/self/statm") as f:
-        mapped = int(f.read().split()[0]) * resource.getpagesize()
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    resource.setrlimit(resource.RLIMIT_AS, (mapped + (256 << 20), hard))
-    try:
-        with pytest.raises(DataError) as e:
-            read_idx(p)
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+    real_open, sizes = gzip.open, []
+
+    class LittleMemory:
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def read(self, n=-1):
+            sizes.append(n)
+            if n is None or n < 0 or n > 256 << 20:
+                raise MemoryError
+            return self.f.read(n)
+
+    monkeypatch.setattr(data_module.gzip, "open", lambda *a, **k: LittleMemory(real_open(*a, **k)))
+    with pytest.raises(DataError) as e:
+        read_idx(p)
+    assert sizes[-1] == 1500 * 1000 * 1000 + 1  # the body's bytes (and one more), in one read
     assert str(e.value) == f"{p}: not enough memory to read this IDX file; free memory or use a smaller file"
     assert e.value.__cause__ is None and e.value.__suppress_context__
 

@@ -410,7 +410,7 @@ def test_a_second_ctrl_c_while_the_table_is_printed_ends_with_no_trial_unfinishe
     assert e.value.unfinished == [] and e.value.path == out
     doc = json.loads((out / "sweep.json").read_text())
     assert [r["status"] for r in doc["trials"]] == ["completed", "completed"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the sweep's handler is gone
+    assert signal.getsignal(signal.SIGINT) is sigint_default  # the sweep put back the handler it found
 
 
 def test_a_second_ctrl_c_that_cut_the_table_of_ended_trials_says_so(capsys, monkeypatch, tmp_path):

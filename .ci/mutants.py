@@ -212,6 +212,7 @@ def render(changes, codes, info: list[dict] | None) -> str:
     survivors: dict[str, list[str]] = defaultdict(list)
     no_tests: dict[str, Counter] = defaultdict(Counter)
     untriaged = []
+    kinds: Counter = Counter()  # the survivors with a reason, by the kind of reason
     for name in sorted(changes, key=lambda n: (function_of(n), int(n.rpartition("_")[2]))):
         module = name.rpartition(".")[0]
         if codes[name] is None:  # selected by no run since the last fresh one (--keep --only)
@@ -221,6 +222,10 @@ def render(changes, codes, info: list[dict] | None) -> str:
         rows[module][status if status in COLUMNS else "other"] += 1
         if status == "survived":
             why = reason_for(name, changes[name], equivalent)
+            if why:
+                kinds["Ray only" if why.startswith("Ray only") else "memory only" if why.startswith("memory only")
+                      else "equivalent"] += 1
+                kinds["gap"] += "and a gap" in why
             old, new = (" / ".join(x) for x in changes[name])
             survivors[module].append(f"- `{name.rpartition('.')[2]}` `{old}` → `{new}`: "
                                      f"{why or '**untriaged**'}")
@@ -254,8 +259,10 @@ def render(changes, codes, info: list[dict] | None) -> str:
               "the module's scope calls the function (listed at the end); `other`: not checked, suspicious "
               "or crashed." + (" `not run`: selected by none of the runs above (not tested at this commit)."
                                if "not run" in columns else ""), "",
-              f"**Survivors: {total['survived']}**: {total['survived'] - len(untriaged)} with a reason (equivalent, "
-              f"or not observable by an in-process test), {len(untriaged)} untriaged.", ""]
+              f"**Survivors: {total['survived']}**: {total['survived'] - len(untriaged)} with a reason "
+              f"({kinds['equivalent']} equivalent; {kinds['Ray only']} reached only with Ray workers, the "
+              f"distributed tests the reason names checking all but {kinds['gap']} of them; {kinds['memory only']} "
+              f"that change only how much memory a step takes for a moment), {len(untriaged)} untriaged.", ""]
     for module in sorted(survivors):
         lines += [f"### {module}", "", *survivors[module], ""]
     if no_tests:

@@ -62,7 +62,8 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # test_hostile.py: the hostile files whose errors the message helpers shorten (in-process CLI)
     "lr_core.errors": ("test_errors.py", "test_mutant_kills_errors.py", "test_data.py", "test_spec.py",
                        "test_hostile.py"),
-    "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py"),
+    # and the ONNX export of small wide models (the rest of test_onnx.py trains MNIST first)
+    "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py", "test_onnx.py::test_a_wide*"),
     "lr_core.faults": ("test_faults.py", "test_mutant_kills_faults.py", "test_rundir.py"),
     # and the two in-process runs that take the loop's other paths: a learning-rate schedule,
     # and a set larger than memory (each step reads its rows from the file)

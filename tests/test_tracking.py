@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from login_uris import LOGIN_URIS
 
 from launcher.driver import run_job
 from launcher.spec import load_spec
@@ -106,19 +107,7 @@ def test_job_yaml_holds_a_relative_local_store_absolute_and_the_spec_keeps_it_as
     assert spec.resolved().tracking.mlflow["uri"] == stored.format(cwd=cwd, cwd_uri=cwd.as_uri())
 
 
-@pytest.mark.parametrize("uri,shown", [
-    ("s3://KEY:SECRET@bucket/x.csv", "s3://bucket/x.csv"),
-    ("s3://KEY:SE/CRET@bucket/x.csv", "s3://bucket/x.csv"),            # AWS secrets hold '/'
-    ("s3://KEY:SE/CR/ET@bucket/x.csv?endpoint_override=h:9000", "s3://bucket/x.csv"),
-    ("s3://KEY:SE@CRET@bucket/x.csv", "s3://bucket/x.csv"),
-    ("s3://KEY:SE/CR@ET@bucket/x.csv", "s3://bucket/x.csv"),
-    ("s3://KEY:SE?CRET@bucket/x.csv", "s3://bucket/x.csv"),
-    ("http://alice:p/w@127.0.0.1:5000", "http://127.0.0.1:5000"),
-    ("s3://KEY:SECRET@bucket/dir@v2/x.csv", "s3://bucket/dir@v2/x.csv"),
-    ("s3://bucket/dir@v2/x.csv", "s3://bucket/dir@v2/x.csv"),         # an '@' in a key is no login
-    ("s3://bucket/x.csv?who=a@b", "s3://bucket/x.csv"),
-    ("hdfs://nn:8020/data/user@corp/x.csv", "hdfs://nn:8020/data/user@corp/x.csv"),  # a host:port is no login
-    ("http://u:p@host:5000/x@y", "http://host:5000/x@y")])
+@pytest.mark.parametrize("uri,shown", LOGIN_URIS)
 def test_a_uri_is_shown_without_any_part_of_its_login(uri, shown):
     """``display`` (a URI alone), ``redact`` (a param, an override) and ``redact_text`` (a file, an
     error message, a JSON list) hide the whole login, also a secret with an unencoded '/'."""

@@ -42,6 +42,9 @@ _TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "
 _DRIVER = ("test_driver.py", "test_resume.py::test_mid_epoch*", "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
            "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py")
 
+# the run directory's tests but the redraw by a second process (below, for the lock's mutants)
+_RUNDIR = ("test_rundir.py", "!test_rundir.py::test_redrawing_a_run_takes_its_lock*")
+
 SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.comm": _CORE,
     "lr_core.config": _CORE,
@@ -63,8 +66,8 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.errors": ("test_errors.py", "test_mutant_kills_errors.py", "test_data.py", "test_spec.py",
                        "test_hostile.py"),
     # and the ONNX export of small wide models (the rest of test_onnx.py trains MNIST first)
-    "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_rundir.py", "test_onnx.py::test_a_wide*"),
-    "lr_core.faults": ("test_faults.py", "test_mutant_kills_faults.py", "test_rundir.py"),
+    "lr_core.export": ("test_export.py", "test_mutant_kills_export.py", "test_onnx.py::test_a_wide*") + _RUNDIR,
+    "lr_core.faults": ("test_faults.py", "test_mutant_kills_faults.py") + _RUNDIR,
     # and the two in-process runs that take the loop's other paths: a learning-rate schedule,
     # and a set larger than memory (each step reads its rows from the file)
     "lr_core.loop": _CORE + ("test_schedule.py::test_the_loop_trains_the_oracles_scheduled_run*",
@@ -75,15 +78,19 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),
     "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
     "launcher.report.parity": ("test_parity_compare.py",),
-    "launcher.rundir": ("test_rundir.py", "test_mutant_kills_rundir.py"),
+    "launcher.rundir": _RUNDIR + ("test_mutant_kills_rundir.py",),
+    # the redraw of a run by a second process, which must take the run's lock (11 s: two
+    # `python -m launcher.report.plots`), judges the lock's mutants only
+    **{f"launcher.rundir.xǁRunLockǁ{m}": ("test_rundir.py", "test_mutant_kills_rundir.py")
+       for m in ("__init__", "acquire", "release")},
+    "launcher.rundir.x__holder_pid": ("test_rundir.py", "test_mutant_kills_rundir.py"),
     "launcher.driver": _DRIVER,
     # the one in-process run whose best epoch's checkpoint is gone (summary.json's warning), 2 s
     "launcher.driver.xǁDriverǁ_exported_params": _DRIVER + (
         "test_early_stopping.py::test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning",),
     "lr_core.schedule": ("test_schedule.py", "test_mutant_kills_schedule.py"),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
-    "lr_core.files": ("test_mutant_kills_files.py", "test_rundir.py", "test_export.py", "test_spec.py",
-                      "test_hostile.py"),
+    "lr_core.files": ("test_mutant_kills_files.py", "test_export.py", "test_spec.py", "test_hostile.py") + _RUNDIR,
 }
 
 ALL = frozenset(e for entries in SCOPE.values() for e in entries if not e.startswith("!"))

@@ -58,7 +58,7 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # test_mutant_kills_tables_arrays.py: the NumPy readers' refusals and display's URIs; and the
     # in-process tests of the CSV chunks' row count, the line-width guard and the numbers taken
     # from Arrow buffers (their names do not start with a reader's name)
-    "lr_core.tables": _TABLES + ("test_data.py", "test_mutant_kills_tables_arrays.py", "test_mutant_kills_tables_csv.py",
+    "lr_core.tables": _TABLES + ("test_data.py", "test_text_column.py", "test_mutant_kills_tables_arrays.py", "test_mutant_kills_tables_csv.py",
                                  "test_tables.py::test_a_line*", "test_tables.py::test_a_local_csv*",
                                  "test_tables.py::test_a_csv*", "test_tables.py::test_plain*"),
     "lr_core.prepared": ("test_prepared.py", "test_mutant_kills_prepared.py"),
@@ -76,6 +76,8 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.metrics": ("test_metrics.py",) + _CORE,
     "lr_core.models": _CORE,
     "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),
+    # an epoch cut into segments by mid-epoch checkpoints: the loop's tests train in them
+    "lr_core.sharding.x_segments": _CORE,
     "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
     "launcher.report.parity": ("test_parity_compare.py",),
     "launcher.rundir": _RUNDIR + ("test_mutant_kills_rundir.py",),
@@ -123,9 +125,20 @@ def in_scope(nodeid: str, entries: frozenset[str]) -> bool:
     return any(_matches(file, name, e) for e in entries if not e.startswith("!"))
 
 
+_DURATIONS: dict[tuple, dict[str, float]] = {}
+
+
 def _durations() -> dict[str, float]:
+    """mutmut's clean duration of each test, read once per version of its stats file (the
+    parent process reads it, so the mutants' forked processes need not parse 2.5 MB each)."""
+    p = Path("mutmut-stats.json")
     try:
-        return json.loads(Path("mutmut-stats.json").read_text()).get("duration_by_test", {})
+        st = p.stat()
+        key = (str(p.resolve()), st.st_mtime_ns, st.st_size)
+        if key not in _DURATIONS:
+            _DURATIONS.clear()
+            _DURATIONS[key] = json.loads(p.read_text()).get("duration_by_test", {})
+        return _DURATIONS[key]
     except (OSError, ValueError):
         return {}
 
@@ -153,6 +166,23 @@ def pytest_ignore_collect(collection_path, config):
     if collection_path.suffix == ".py" and name.startswith("test_"):
         return None if any(e.partition("::")[0] == name for e in ALL) else True
     return None
+
+
+def pytest_configure(config):
+    """With a mutant under test, mutmut names every test that called its function: on
+    average seven files, three of them in the function's scope. The others are dropped
+    before collection (collecting a file costs more than most killed mutants' tests); one
+    name is kept if none is in scope, so that nothing runs (exit 5) instead of every test."""
+    function = _mutant_under_test()
+    if function is None:
+        _durations()  # read in mutmut's own process, before it forks the mutants' runs
+        return
+    if not config.args:
+        return
+    entries = scope_of(function)
+    kept = [a for a in config.args if "::" in a and in_scope(a, entries)
+            or "::" not in a and any(e.lstrip("!").partition("::")[0] == Path(a).name for e in entries)]
+    config.args[:] = kept or config.args[:1]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -423,6 +423,7 @@ def silent_server():
             conn.close()
 
 
+@pytest.mark.slow  # it waits the whole FINISH_SECONDS by design: the slow in-process tier of make test
 def test_a_server_that_never_answers_costs_the_run_a_bounded_wait(tmp_path, silent_server):
     """The server accepts and says nothing, and the user's MLflow HTTP timeout is 10 minutes:
     training does not wait for it, the end waits FINISH_SECONDS at most, one warning, exit 0

@@ -370,7 +370,10 @@ def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
     try:
         text = head.decode("utf-8-sig")  # -sig: a BOM is not a cell
     except UnicodeDecodeError as e:
-        if e.start < len(head) - 4:  # not merely a character cut by the 1 MiB window
+        # only a character cut by the end of a full window is no error (the rows' parse reads
+        # it whole); any other byte that is not UTF-8 is the file's, even one in the window's
+        # last bytes, where a header would otherwise be read cut short (docs/design.md#data)
+        if e.end < len(head) or len(head) < _HEAD_BYTES + 2:
             raise DataError(f"{where}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from None
         text = head[:e.start].decode("utf-8-sig")
     try:

@@ -324,3 +324,89 @@ def test_each_read_of_a_csv_that_fails_to_open_names_the_file(tmp_path, monkeypa
     assert counting.opened >= 3
     for k in range(1, counting.opened + 1):
         assert _message(read, _FailingFS(k)) == f"{p}: cannot read (boom); check the path and its permissions", k
+
+
+# --------------------------------------------------------------------------- the head's window
+class _RecordingFS:
+    """The local file system, recording the bytes each read of each opened stream returned."""
+
+    def __init__(self):
+        self.fs, self.reads = pafs.LocalFileSystem(), []
+
+    def __getattr__(self, name):
+        return getattr(self.fs, name)
+
+    def open_input_stream(self, path, compression=None):
+        stream, reads = self.fs.open_input_stream(path, compression=compression), []
+        self.reads.append(reads)
+
+        class Recorded:
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                stream.close()
+
+            def read(self, n=None):
+                data = stream.read(n)
+                reads.append(len(data))
+                return data
+
+        return Recorded()
+
+
+def test_a_csv_is_opened_from_its_first_1_mib_and_two_bytes(tmp_path, monkeypatch):
+    """Opening a CSV reads its head twice (its first line, then the offset of the rows after
+    it), each time the file's first 1 MiB and two bytes, however long the file is."""
+    p = tmp_path / "t.csv"
+    p.write_text("a,label\n1," + "0" * (tables._HEAD_BYTES + 10) + "\n")
+    fs, real = _RecordingFS(), tables.resolve
+    monkeypatch.setattr(tables, "resolve", lambda path: (fs, *real(path)[1:]))
+    assert open_table(p).columns == ["a"]
+    assert fs.reads == [[tables._HEAD_BYTES + 2]] * 2
+
+
+def _long_names(length: int) -> bytes:
+    """A header's names ``a..a,...,j..j,label,`` and a last one of z's, ``length`` bytes in all
+    (each name under the csv module's field limit of 128 KiB)."""
+    names = ",".join([c * 100_000 for c in "abcdefghij"] + ["label"]) + ","
+    return (names + "z" * (length - len(names))).encode()
+
+
+@pytest.mark.parametrize("back", [1, 2, 3, 5, 40])
+def test_a_byte_that_is_not_utf8_near_the_end_of_a_1_mib_header_is_refused(tmp_path, back):
+    """A header of exactly 1 MiB whose last name holds a byte that is not UTF-8 ``back`` bytes
+    before the header's end (within the head's last four bytes or not) is refused: its names
+    are never read cut short before the byte."""
+    header = _long_names(tables._HEAD_BYTES - back) + b"\xff" + b"y" * (back - 1)
+    assert len(header) == tables._HEAD_BYTES
+    p = tmp_path / "t.csv"
+    p.write_bytes(header + b"\n" + b",".join([b"1"] * 12) + b"\n")
+    assert _message(open_table, p) == f"{p}: not a text CSV file (invalid start byte); save it as UTF-8 CSV"
+
+
+@pytest.mark.parametrize("char,inside", [("é", 1), ("\U0001F600", 1), ("\U0001F600", 2), ("\U0001F600", 3)])
+def test_a_character_that_the_end_of_the_head_cuts_is_read_whole_with_the_rows(tmp_path, char, inside):
+    """A character of several bytes whose first ``inside`` bytes end the head (1 MiB and two
+    bytes) is no error: the rows after the first line are read from the file, the character
+    whole."""
+    before = b"a,label\n1,"
+    row = b"\n2,"
+    zeros = tables._HEAD_BYTES + 2 - inside - len(before) - len(row)
+    p = tmp_path / "t.csv"
+    p.write_bytes(before + b"0" * zeros + row + char.encode() + b"\n")
+    t = open_table(p)
+    assert t.columns == ["a"]
+    assert [(x.tolist(), y.tolist()) for x, y in t.batches()] == [([[1.0], [2.0]], [0.0, char])]
+
+
+@pytest.mark.parametrize("size", ["short", "1 MiB and a byte"])
+def test_a_csv_that_ends_inside_a_character_within_its_head_is_refused(tmp_path, size):
+    """Only the end of a full head (1 MiB and two bytes) can cut a character: a file that ends
+    sooner, inside a character of two bytes, is not UTF-8 (so says its first read)."""
+    zeros = 1 if size == "short" else tables._HEAD_BYTES - 10
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"a,label\n1," + b"0" * zeros + b"\xc3")
+    assert size == "short" or p.stat().st_size == tables._HEAD_BYTES + 1
+    assert _message(open_table, p) == f"{p}: not a text CSV file (unexpected end of data); save it as UTF-8 CSV"
+

@@ -410,3 +410,38 @@ def test_a_csv_that_ends_inside_a_character_within_its_head_is_refused(tmp_path,
     assert size == "short" or p.stat().st_size == tables._HEAD_BYTES + 1
     assert _message(open_table, p) == f"{p}: not a text CSV file (unexpected end of data); save it as UTF-8 CSV"
 
+
+# --------------------------------------------------------------------------- the row count
+@pytest.mark.parametrize("piece", [1, 2, 3, 1 << 20])
+def test_rows_that_end_in_carriage_returns_are_counted_as_the_parse_yields_them(tmp_path, monkeypatch, piece):
+    """Rows ended by \\r alone after a header ended by \\n, and a last line of whitespace: a
+    piece's last line end is its last \\r (not its first), and a \\r that starts a piece ends
+    the line the piece before left open, which the whitespace after it does not reopen."""
+    monkeypatch.setattr(tables, "_COUNT_BYTES", piece)
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"a,b,label\n1,2,0\r3,4,1\r  \t ")
+    t = open_table(p)
+    assert (t.count_rows(), t.counted) == (2, True)
+    assert [x.tolist() for x, _ in t.batches()] == [[[1.0, 2.0], [3.0, 4.0]]]
+
+
+@pytest.mark.parametrize("tail", [b"", b"  \t "])
+def test_a_csv_of_a_header_alone_counts_no_rows(tmp_path, tail):
+    """Nothing after the header, or whitespace without a line end: no row is counted (the
+    parse yields none)."""
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"a,b,label\n" + tail)
+    assert open_table(p).count_rows() == 0
+    assert _message(lambda: list(open_table(p).batches())) == f"{p}: no data rows after the header; the dataset is empty"
+
+
+@pytest.mark.parametrize("piece", [1, 1 << 20])
+def test_a_quote_as_the_first_byte_after_the_header_or_of_a_piece_stops_the_count(tmp_path, monkeypatch, piece):
+    """A quote right after the header (the first byte the count reads; with one-byte pieces,
+    every quote is the first byte of its piece): the rows are not counted ahead."""
+    monkeypatch.setattr(tables, "_COUNT_BYTES", piece)
+    p = tmp_path / "d.csv"
+    p.write_bytes(b'a,b,label\n"1",2,0\n3,4,1\n')
+    t = open_table(p)
+    assert (t.count_rows(), t.counted) == (None, False)
+    assert sum(len(x) for x, _ in t.batches()) == 2

@@ -467,3 +467,15 @@ def test_read_rows_errors_name_the_row(tmp_path):
         prepared.read_rows(m, [1, 4])
     assert str(e.value) == (f"{tmp_path / 'x.bin'}: row 4 is cut short (6 of 16 bytes); the prepared files changed "
                             f"while in use: run `lrjob prepare JOB` again")
+
+
+def test_cache_entries_are_oldest_first_whatever_order_the_folder_lists_them_in(tmp_path):
+    """The entries come in the order of their folders' times, not in the order the file
+    system lists the folders: here the times run against that order."""
+    cache = tmp_path / "cache"
+    for name in "abcdef":
+        (cache / f"csv-{name}").mkdir(parents=True)
+    listed = list(cache.glob("*"))  # the file system's own order
+    for t, p in enumerate(reversed(listed), 1):
+        os.utime(p, (1000 * t, 1000 * t))
+    assert [e["path"] for e in prepared.cache_entries(cache)] == [str(p) for p in reversed(listed)]

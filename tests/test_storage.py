@@ -3,7 +3,8 @@ real S3-compatible server (moto) on loopback that each test starts and stops (co
 ``s3_server``): a run to s3:// uploads its files, a killed driver's identical command resumes
 from the uploaded checkpoint and ends bit-identical to an uninterrupted run, a checkpoint
 whose upload did not finish is skipped, and bad URIs, a missing bucket, an unreachable
-endpoint and a failing upload are one-line errors."""
+endpoint and a failing upload are one-line errors. The last tests stage runs of a ``file://``
+store instead: the driver's same staging code, in-process, with no server to start."""
 import fcntl
 import io
 import json
@@ -18,6 +19,7 @@ from launcher.driver import DriverOptions, run_job
 from launcher.report.progress import Reporter
 from launcher.spec import load_spec
 from launcher.storage import MANIFEST, StorageError
+from lr_core.errors import SpecError
 
 JOB = "jobs/binary_synthetic.yaml"
 # momentum: the optimizer state travels through the upload too; a small set keeps each run short
@@ -472,3 +474,81 @@ def _gone_pid() -> int:
     reused by the time the probe is judged)."""
     with open("/proc/sys/kernel/pid_max") as f:
         return int(f.read()) + 1
+
+
+# ---------------------------------------------------------------------------- file:// runs, in-process and quick
+# The driver's staging of a storage URI (Driver.__init__, docs/design.md "Storage") on a local
+# store: the same RemoteRun code as s3://, without a server.
+
+def _file_uri(tmp_path, monkeypatch):
+    """An empty store folder and its ``file://`` URI; the working directory is ``tmp_path`` from here
+    on (load the spec first), so a URI taken for a local path would land there, not in the checkout."""
+    store = tmp_path / "store" / "run"
+    store.mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    return store, f"file://{store}"
+
+
+def test_a_file_uri_output_runs_in_a_staging_copy_under_the_runs_dir_that_goes_once_uploaded(tmp_path, monkeypatch):
+    spec = _spec("train.epochs=1", "data.options.n_train=100")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    done = run_job(spec, uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert done.path.parent == tmp_path / "runs" / ".staging" and done.path.name.startswith(f"{spec.name}-")
+    assert (store / "checkpoints" / "epoch-0001" / MANIFEST).is_file()
+    summary = json.loads((store / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["run_dir"] == uri
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"], "the staging copy is gone, nothing else was made"
+
+
+@pytest.mark.parametrize("flag", ["--output", "--resume"])
+def test_a_file_uri_holding_other_files_is_refused_naming_its_flag(tmp_path, monkeypatch, flag):
+    spec = _spec("train.epochs=1")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    (store / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError) as e:
+        run_job(spec, **({"output": uri} if flag == "--output" else {"resume": uri}),
+                options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert str(e.value) == (f"{flag} {uri}: exists, is not empty and holds no lrjob run (no job.yaml, "
+                            f"no checkpoints); choose a new path")
+    assert sorted(p.name for p in store.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_file_uri_resumed_before_its_first_checkpoint_was_uploaded_is_refused(tmp_path, monkeypatch):
+    spec = _spec("train.epochs=1", "data.options.n_train=100")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    (store / "job.yaml").write_text(spec.resolved().to_yaml())  # a run killed before its first checkpoint
+    with pytest.raises(SpecError) as e:
+        run_job(spec, resume=uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert str(e.value) == f"--resume {uri}: no valid checkpoint in {uri}/checkpoints; start a new run"
+    assert sorted(p.name for p in store.iterdir()) == ["job.yaml"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_file_uri_runs_kept_staging_copy_is_resumed_there_and_uploaded(tmp_path, monkeypatch):
+    """The upload of epoch 1's checkpoint fails (the fault hook's ``upload`` point raises): the run
+    fails and keeps its staging copy, which records its URI; ``--resume STAGING`` continues the run
+    in that copy and uploads it to the URI, then removes it."""
+    from lr_core import faults
+
+    spec = _spec("train.epochs=2", "data.options.n_train=100")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    monkeypatch.setattr(faults, "ARMED", False)
+    monkeypatch.setattr(faults, "_SPEC", None)
+    monkeypatch.setenv("LRJOB_FAULT", "")
+    faults.arm(json.dumps({"at": "upload", "epoch": 1, "stage": "files", "action": "raise"}))
+    try:
+        with pytest.raises(StorageError):
+            run_job(spec, uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    finally:
+        faults.arm(None)
+    (staging,) = (tmp_path / "runs" / ".staging").iterdir()
+    assert (staging / "checkpoints" / "epoch-0001" / "state.json").is_file()
+    assert not (store / "checkpoints" / "epoch-0001" / MANIFEST).exists()
+    done = run_job(spec, resume=staging, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert [m["epoch"] for m in done.history] == [1, 2]
+    summary = json.loads((store / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["epochs_done"] == 2 and summary["run_dir"] == uri
+    for name in ("epoch-0001", "epoch-0002"):
+        assert (store / "checkpoints" / name / MANIFEST).is_file(), name
+    assert not staging.exists(), "all of it is uploaded: the staging copy is gone"

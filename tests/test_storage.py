@@ -19,7 +19,7 @@ from launcher.driver import DriverOptions, run_job
 from launcher.report.progress import Reporter
 from launcher.spec import load_spec
 from launcher.storage import MANIFEST, StorageError
-from lr_core.errors import SpecError
+from lr_core.errors import LrjobInputError, SpecError
 
 JOB = "jobs/binary_synthetic.yaml"
 # momentum: the optimizer state travels through the upload too; a small set keeps each run short
@@ -527,8 +527,9 @@ def test_a_file_uri_resumed_before_its_first_checkpoint_was_uploaded_is_refused(
 
 def test_a_file_uri_runs_kept_staging_copy_is_resumed_there_and_uploaded(tmp_path, monkeypatch):
     """The upload of epoch 1's checkpoint fails (the fault hook's ``upload`` point raises): the run
-    fails and keeps its staging copy, which records its URI; ``--resume STAGING`` continues the run
-    in that copy and uploads it to the URI, then removes it."""
+    fails and keeps its staging copy, which records its URI. ``--resume STAGING`` is refused in one
+    line while the storage cannot be written; once it can, it continues the run in that copy and
+    uploads it to the URI, then removes the copy."""
     from lr_core import faults
 
     spec = _spec("train.epochs=2", "data.options.n_train=100")
@@ -545,6 +546,15 @@ def test_a_file_uri_runs_kept_staging_copy_is_resumed_there_and_uploaded(tmp_pat
     (staging,) = (tmp_path / "runs" / ".staging").iterdir()
     assert (staging / "checkpoints" / "epoch-0001" / "state.json").is_file()
     assert not (store / "checkpoints" / "epoch-0001" / MANIFEST).exists()
+    # while the storage still cannot be written (a file where its folder was): one line, the copy stays
+    store.rename(tmp_path / "store" / "away")
+    store.write_text("not a folder")
+    with pytest.raises(LrjobInputError) as e:
+        run_job(spec, resume=staging, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert str(e.value).startswith(f"--resume {uri}: cannot write there (") and "\n" not in str(e.value), e.value
+    assert (staging / "checkpoints" / "epoch-0001" / "state.json").is_file()
+    store.unlink()
+    (tmp_path / "store" / "away").rename(store)
     done = run_job(spec, resume=staging, options=DriverOptions(runs_dir=tmp_path / "runs"))
     assert [m["epoch"] for m in done.history] == [1, 2]
     summary = json.loads((store / "summary.json").read_text())

@@ -143,3 +143,51 @@ def test_a_damaged_newest_checkpoint_is_named_and_the_run_goes_on_from_the_one_b
     assert json.loads((tmp_path / "run" / "env.json").read_text())["resumed_from"] == \
         str(tmp_path / "run" / "checkpoints" / "epoch-0001")
     assert [m["epoch"] for m in result.history] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------------- what the driver judges before a run
+import os  # noqa: E402
+
+from launcher.rundir import RunLock  # noqa: E402
+from lr_core.errors import LrjobInputError  # noqa: E402
+
+
+def test_a_locked_run_of_another_job_is_refused_as_another_jobs_before_its_lock_is_tried(tmp_path):
+    """The folder is judged read-only before it is locked (docs/design.md "Run directory"): a run of
+    another job, held by its own lrjob, is refused for what it holds, not for the lock."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.yaml").write_text(_small("train.epochs=1", "train.seed=7").resolved().to_yaml())
+    lock = RunLock.acquire(run)
+    try:
+        with pytest.raises(SpecError) as e:
+            run_job(_small("train.epochs=1"), run)
+    finally:
+        lock.release()
+    assert str(e.value) == (f"--output {run}: holds a run of another job (its job.yaml differs in train.seed); "
+                            f"choose a new path")
+
+
+def test_a_resume_of_a_folder_another_lrjob_is_starting_names_that_process(tmp_path):
+    """A folder of lrjob's own with no run yet is refused on --resume only once locked: while another
+    lrjob holds it (starting a run there), the message names that process."""
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = RunLock.acquire(run)  # what a starting lrjob leaves: its lock and the pid file
+    try:
+        with pytest.raises(LrjobInputError) as e:
+            run_job(_small("train.epochs=1"), resume=run)
+    finally:
+        lock.release()
+    assert str(e.value) == (f"{run}: another lrjob process (pid {os.getpid()}) is writing this run directory; "
+                            f"wait for it to end, or choose another --output")
+
+
+def test_a_resume_of_a_run_killed_before_its_first_checkpoint_is_refused_naming_the_folder(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "job.yaml").write_text(_small("train.epochs=1").resolved().to_yaml())
+    with pytest.raises(SpecError) as e:
+        run_job(_small("train.epochs=1"), resume=run)
+    assert str(e.value) == f"--resume {run}: no valid checkpoint in {run / 'checkpoints'}; start a new run"
+    assert sorted(p.name for p in run.iterdir()) == ["job.yaml"]

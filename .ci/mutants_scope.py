@@ -90,6 +90,11 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # the one in-process run whose best epoch's checkpoint is gone (summary.json's warning), 2 s
     "launcher.driver.xǁDriverǁ_exported_params": _DRIVER + (
         "test_early_stopping.py::test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning",),
+    # a run's storage URI staged in the constructor: the in-process runs to a file:// store (about a second each)
+    "launcher.driver.xǁDriverǁ__init__": _DRIVER + ("test_storage.py::test_a_file_uri*",),
+    # the same command again on a finished run returns the stored summary and writes nothing (a second each)
+    "launcher.driver.xǁDriverǁ_finished_already": _DRIVER + (
+        "test_resume.py::test_the_same_command_on_a_finished_run_writes_nothing*",),
     "lr_core.schedule": ("test_schedule.py", "test_mutant_kills_schedule.py"),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
     "lr_core.files": ("test_mutant_kills_files.py", "test_export.py", "test_spec.py", "test_hostile.py") + _RUNDIR,

@@ -666,7 +666,9 @@ def test_the_same_command_on_a_finished_run_writes_nothing(tmp_path, capsys, ext
     capsys.readouterr()
     again = run_job(spec, output=tmp_path / "run", reporter=Reporter("human"))
     out, err = capsys.readouterr()
-    assert "nothing to train\n" in err and "| status       completed" in out
+    done = first.summary["epochs_done"]
+    why = (f"early stopping ended the run after epoch {done}" if extra else f"all {done} epochs are trained already")
+    assert f"  resume   from epoch-{done:04d}: {why}; nothing to train\n" in err and "| status       completed" in out
     now = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*") if p.is_file()}
     assert now == files
     assert list_runs(tmp_path) == listed

@@ -42,6 +42,12 @@ _TABLES = tuple(f"test_tables.py::{p}" for p in ("test_csv*", "test_parquet*", "
 _DRIVER = ("test_driver.py", "test_resume.py::test_mid_epoch*", "test_resume.py::test_a_restart_continues_from_the_mid_epoch*",
            "test_resume.py::test_a_resume_on_other_data*", "test_mutant_kills_driver.py")
 
+# two in-process runs that judge only the epoch loop, the resume lines of the output and the exported
+# model (a best epoch between mid-epoch checkpoints, the early stop, the epoch timeout, the tracker; the
+# resume messages): about a second each, spared every other function of the driver
+_DRIVER_BEST = "test_mutant_kills_driver.py::test_the_best_epoch_and_the_stopping_epoch*"
+_DRIVER_RESUMED = "test_mutant_kills_driver.py::test_a_resume_says_where*"
+
 # the run directory's tests but the redraw by a second process (below, for the lock's mutants)
 _RUNDIR = ("test_rundir.py", "!test_rundir.py::test_redrawing_a_run_takes_its_lock*")
 
@@ -86,15 +92,18 @@ SCOPE: dict[str, tuple[str, ...]] = {
     **{f"launcher.rundir.xǁRunLockǁ{m}": ("test_rundir.py", "test_mutant_kills_rundir.py")
        for m in ("__init__", "acquire", "release")},
     "launcher.rundir.x__holder_pid": ("test_rundir.py", "test_mutant_kills_rundir.py"),
-    "launcher.driver": _DRIVER,
+    "launcher.driver": _DRIVER + ("!" + _DRIVER_BEST, "!" + _DRIVER_RESUMED),
+    "launcher.driver.xǁDriverǁ_epochs": _DRIVER + ("!" + _DRIVER_RESUMED,),
+    "launcher.driver.xǁDriverǁ_train": _DRIVER,
     # the one in-process run whose best epoch's checkpoint is gone (summary.json's warning), 2 s
     "launcher.driver.xǁDriverǁ_exported_params": _DRIVER + (
-        "test_early_stopping.py::test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning",),
+        "!" + _DRIVER_RESUMED, "test_early_stopping.py::test_a_lost_best_checkpoint_exports_the_last_epoch_with_a_warning",),
     # a run's storage URI staged in the constructor: the in-process runs to a file:// store (about a second each)
-    "launcher.driver.xǁDriverǁ__init__": _DRIVER + ("test_storage.py::test_a_file_uri*",),
+    "launcher.driver.xǁDriverǁ__init__": _DRIVER + ("!" + _DRIVER_BEST, "!" + _DRIVER_RESUMED,
+                                                   "test_storage.py::test_a_file_uri*"),
     # the same command again on a finished run returns the stored summary and writes nothing (a second each)
     "launcher.driver.xǁDriverǁ_finished_already": _DRIVER + (
-        "test_resume.py::test_the_same_command_on_a_finished_run_writes_nothing*",),
+        "!" + _DRIVER_BEST, "!" + _DRIVER_RESUMED, "test_resume.py::test_the_same_command_on_a_finished_run_writes_nothing*"),
     "lr_core.schedule": ("test_schedule.py", "test_mutant_kills_schedule.py"),
     # bounded reads of small files: a spec, a run's JSON, a model's meta.json
     "lr_core.files": ("test_mutant_kills_files.py", "test_export.py", "test_spec.py", "test_hostile.py") + _RUNDIR,

@@ -191,3 +191,75 @@ def test_a_resume_of_a_run_killed_before_its_first_checkpoint_is_refused_naming_
         run_job(_small("train.epochs=1"), resume=run)
     assert str(e.value) == f"--resume {run}: no valid checkpoint in {run / 'checkpoints'}; start a new run"
     assert sorted(p.name for p in run.iterdir()) == ["job.yaml"]
+
+
+# ---------------------------------------------------------------------------- the epoch loop: best epoch, early stop
+from launcher.driver import Driver  # noqa: E402
+from launcher.rundir import list_checkpoints  # noqa: E402
+from launcher.tracking import Tracker  # noqa: E402
+from test_early_stopping import BASE as CRAFTED, _crafted  # noqa: E402
+
+
+class _Timed(InProcessBackend):
+    """The in-process backend, recording the epoch timeout the driver gives each call."""
+
+    def __init__(self, spec, data, timeouts):
+        super().__init__(spec.loop_config(), data)
+        self.timeouts = timeouts
+
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
+        self.timeouts.append(timeout_s)
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
+
+
+class _Logged(Tracker):
+    """A tracker that keeps what the driver logs of each epoch."""
+
+    def __init__(self):
+        self.epochs = []
+
+    def epoch(self, metrics):
+        self.epochs.append(metrics)
+
+
+def test_the_best_epoch_and_the_stopping_epoch_are_saved_and_spared_by_mid_epoch_pruning(tmp_path):
+    """The crafted data of tests/test_early_stopping.py: val_loss falls to epoch 6, patience 3 stops
+    after epoch 9. Checkpoints every 4 epochs and every 2 of an epoch's 4 steps, keep 1: epoch 6 is
+    saved as the best (not due otherwise) and no pruning removes it, the mid-epoch ones' included;
+    epoch 9, where early stopping ends, is saved too; model/ is epoch 6 (docs/design.md#early-stopping-
+    and-the-best-model). Every segment gets failure.epoch_timeout_s ("Failures and restarts"), the
+    tracker every epoch. The same command again says it trains nothing."""
+    spec = load_spec("jobs/binary_2d.yaml", [
+        *CRAFTED, "train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.keep_best=true",
+        "checkpoint.every_epochs=4", "checkpoint.every_steps=2", "failure.epoch_timeout_s=1234"])
+    data, timeouts = _crafted(), []
+    options = DriverOptions(data=data, backend_factory=lambda: _Timed(spec, data, timeouts))
+    driver = Driver(spec, tmp_path / "run", options=options)
+    driver.tracker = tracker = _Logged()
+    result = driver.run()
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["epoch-0006", "epoch-0009"]
+    assert result.summary["stopped_early"]["epoch"] == 9 and result.summary["exported"]["epoch"] == 6
+    assert timeouts == [1234] * 18  # 9 epochs of two segments
+    assert tracker.epochs == result.history and len(result.history) == 9
+    err = io.StringIO()
+    run_job(spec, tmp_path / "run", reporter=Reporter("human", stream=io.StringIO(), err=err), options=options)
+    assert "  resume   from epoch-0009: early stopping ended the run after epoch 9; nothing to train" in \
+        err.getvalue().splitlines(), err.getvalue()
+    assert len(timeouts) == 18
+
+
+def test_a_resume_says_where_it_continues_or_that_all_epochs_are_trained(tmp_path):
+    """The resume line of the output (README "Quickstart"): the epoch it continues at, or, on a run
+    whose epochs are all trained (here with a backend of its own, so that the driver runs), that
+    nothing is left."""
+    def _err(spec, **kw):
+        err = io.StringIO()
+        run_job(spec, tmp_path / "run", reporter=Reporter("human", stream=io.StringIO(), err=err), **kw)
+        return err.getvalue().splitlines()
+
+    run_job(_small("train.epochs=1"), tmp_path / "run")
+    assert "  resume   from epoch-0001: continuing at epoch 2" in _err(_small("train.epochs=2"))
+    spec = _small("train.epochs=2")
+    backend = DriverOptions(backend_factory=lambda: InProcessBackend(spec.loop_config(), spec.load_data()))
+    assert "  resume   from epoch-0002: all 2 epochs are trained already; nothing to train" in \
+        _err(spec, options=backend)

@@ -226,9 +226,9 @@ def test_the_best_epoch_and_the_stopping_epoch_are_saved_and_spared_by_mid_epoch
     """The crafted data of tests/test_early_stopping.py: val_loss falls to epoch 6, patience 3 stops
     after epoch 9. Checkpoints every 4 epochs and every 2 of an epoch's 4 steps, keep 1: epoch 6 is
     saved as the best (not due otherwise) and no pruning removes it, the mid-epoch ones' included;
-    epoch 9, where early stopping ends, is saved too; model/ is epoch 6 (docs/design.md#early-stopping-
-    and-the-best-model). Every segment gets failure.epoch_timeout_s ("Failures and restarts"), the
-    tracker every epoch. The same command again says it trains nothing."""
+    epoch 9, where early stopping ends, is saved too; model/ is epoch 6 (docs/design.md "Early
+    stopping and the best model"). Every segment gets failure.epoch_timeout_s ("Failures and
+    restarts"), the tracker every epoch ("Tracking"). The same command again trains nothing."""
     spec = load_spec("jobs/binary_2d.yaml", [
         *CRAFTED, "train.early_stopping={metric: val_loss, patience: 3}", "checkpoint.keep_best=true",
         "checkpoint.every_epochs=4", "checkpoint.every_steps=2", "failure.epoch_timeout_s=1234"])

@@ -104,6 +104,7 @@ def test_resume_uri_without_a_job_continues_the_uploaded_run(s3_server, tmp_path
     assert json.loads(_read(fs, "data/run/env.json"))["resumed_from"] == "s3://data/run/checkpoints/epoch-0002"
 
 
+@pytest.mark.slow  # two lrjob processes killed and run again against a live S3 server: the slow in-process tier
 @pytest.mark.parametrize("fault,resumed_from,skipped", [
     # killed at the start of epoch 3: epoch-0002 is uploaded whole
     ({"at": "step", "epoch": 3, "step": 1, "rank": 0}, "epoch-0002", None),

@@ -479,3 +479,13 @@ def test_cache_entries_are_oldest_first_whatever_order_the_folder_lists_them_in(
     for t, p in enumerate(reversed(listed), 1):
         os.utime(p, (1000 * t, 1000 * t))
     assert [e["path"] for e in prepared.cache_entries(cache)] == [str(p) for p in reversed(listed)]
+
+
+def test_read_rows_of_a_whole_column_major_map(tmp_path):
+    """A whole map in Fortran order is not C-contiguous: its rows are not runs of bytes in the
+    file, so it is indexed, not read row by row."""
+    x = np.arange(40, dtype=np.float32).reshape(10, 4)
+    np.asfortranarray(x).T.tofile(tmp_path / "f.bin")  # the file holds x column by column
+    m = np.memmap(tmp_path / "f.bin", dtype=np.float32, mode="r", shape=(10, 4), order="F")
+    assert np.array_equal(m, x) and not m.flags.c_contiguous and m.base is m._mmap
+    assert np.array_equal(prepared.read_rows(m, [4, 0, 5]), x[[4, 0, 5]])

@@ -406,3 +406,173 @@ def test_an_error_without_text_is_named_by_its_type_alone(tmp_path):
     skipped = []
     assert latest_checkpoint(run.path, skipped=skipped)["epochs_done"] == 1
     assert skipped == [(run.path / "checkpoints" / "epoch-0002", "unreadable: EOFError: ")]
+
+
+# ---------------------------------------------------------------- metrics.jsonl, run folders, leftovers
+import fcntl  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from launcher.rundir import check_writable, make_run_dir  # noqa: E402
+
+
+def test_a_link_planted_after_the_check_is_refused_by_the_open_itself(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_bytes(b"")
+    checked = RunDir._inside
+
+    def then_a_link_appears(self, name):
+        target = checked(self, name)
+        target.symlink_to(elsewhere)
+        return target
+
+    monkeypatch.setattr(RunDir, "_inside", then_a_link_appears)
+    with pytest.raises(LrjobInputError) as e:
+        run.append_metrics({"epoch": 1})
+    assert str(e.value) == (f"{run.path / 'metrics.jsonl'}: is a symbolic link inside the run directory; "
+                            f"lrjob follows no link there: remove it, or start a new run")
+    assert elsewhere.read_bytes() == b""
+
+
+def test_the_metrics_file_is_opened_non_blocking_and_close_on_exec(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    seen, fsync = [], os.fsync
+
+    def spy(fd):
+        if os.path.samefile(f"/proc/self/fd/{fd}", run.path / "metrics.jsonl"):
+            seen.append((bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK),
+                         bool(fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC)))
+        return fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    run.append_metrics({"epoch": 1})
+    assert seen == [(True, True)]
+
+
+def test_a_new_metrics_file_makes_its_name_durable_once(tmp_path, monkeypatch):
+    run = RunDir.create(tmp_path / "r")
+    synced, real = [], rundir._fsync_dir
+    monkeypatch.setattr(rundir, "_fsync_dir", lambda p: (synced.append(Path(p)), real(p)))
+    run.append_metrics({"epoch": 1})
+    assert synced == [run.path]
+    run.append_metrics({"epoch": 2})
+    assert synced == [run.path]
+
+
+def _metrics_after_append(tmp_path, old: bytes) -> bytes:
+    run = RunDir.create(tmp_path / "r")
+    (run.path / "metrics.jsonl").write_bytes(old)
+    run.append_metrics({"epoch": 9})
+    return (run.path / "metrics.jsonl").read_bytes()
+
+
+def test_a_torn_line_is_cut_after_the_last_whole_line_not_the_first(tmp_path):
+    assert (_metrics_after_append(tmp_path, b'{"epoch": 1}\n{"epoch": 2}\n{"epo')
+            == b'{"epoch": 1}\n{"epoch": 2}\n{"epoch": 9}\n')
+
+
+def test_a_torn_line_is_cut_whatever_bytes_end_it(tmp_path):
+    assert _metrics_after_append(tmp_path, b'{"epoch": 1, "tag": "XX\nXX') == b'{"epoch": 1, "tag": "XX\n{"epoch": 9}\n'
+
+
+def test_only_the_last_64_kib_are_judged_for_a_torn_line(tmp_path):
+    # 100 KiB of whole lines: the window ends at the end of the file, which ends a line
+    lines = b"".join(b'{"epoch": %d, "pad": "%s"}\n' % (i, b"p" * 90) for i in range(1000))
+    assert len(lines) > 1 << 16
+    assert _metrics_after_append(tmp_path, lines) == lines + b'{"epoch": 9}\n'
+
+
+def test_a_torn_line_of_64_kib_less_one_after_a_newline_is_cut_there(tmp_path):
+    # the window's first byte is the newline: the line before is whole, the torn one goes
+    old = b'{"epoch": 1}\n' + b"x" * ((1 << 16) - 1)
+    assert _metrics_after_append(tmp_path, old) == b'{"epoch": 1}\n{"epoch": 9}\n'
+
+
+def test_a_torn_line_longer_than_64_kib_is_named(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    old = b'{"epoch": 1}\n' + b"x" * (1 << 16)
+    (run.path / "metrics.jsonl").write_bytes(old)
+    with pytest.raises(LrjobInputError) as e:
+        run.append_metrics({"epoch": 9})
+    assert str(e.value) == (f"{run.path / 'metrics.jsonl'}: its last line is longer than 64 KiB and "
+                            f"unfinished; remove it, or start a new run")
+    assert (run.path / "metrics.jsonl").read_bytes() == old
+
+
+def test_a_run_folder_is_made_with_its_missing_parents(tmp_path):
+    path, created = make_run_dir(None, "n", base=tmp_path / "a" / "b")
+    assert path.is_dir() and path.parent == tmp_path / "a" / "b"
+    assert created == [tmp_path / "a", tmp_path / "a" / "b", path]
+    out = tmp_path / "c" / "d" / "run"
+    assert make_run_dir(out, "n") == (out, [tmp_path / "c", tmp_path / "c" / "d", out])
+    assert out.is_dir()
+
+
+@pytest.mark.parametrize("path, flag, where", [(Path("/proc/lrjob-none/run"), "--output", "/proc/lrjob-none/run"),
+                                               (None, "--runs-dir", "/proc/lrjob-none")])
+def test_a_run_folder_that_cannot_be_made_is_named_with_the_os_reason(path, flag, where):
+    with pytest.raises(LrjobInputError) as e:
+        make_run_dir(path, "n", base="/proc/lrjob-none")
+    assert str(e.value) == f"{flag} {where}: not writable (No such file or directory); choose a writable directory"
+
+
+def test_a_folder_that_refuses_the_probe_is_named_with_the_os_reason():
+    if not os.access("/proc", os.W_OK | os.X_OK):
+        pytest.skip("/proc is not writable by access(2) here: the probe is not reached")
+    with pytest.raises(LrjobInputError) as e:
+        check_writable(Path("/proc/lrjob-none/run"))
+    assert str(e.value) == ("--output /proc/lrjob-none/run: /proc is not writable (No such file or directory); "
+                            "choose a writable directory")
+
+
+def test_a_checkpoints_file_or_link_is_not_cleaned(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    (run.path / "checkpoints").rmdir()
+    (run.path / "checkpoints").write_text("not a folder")
+    assert clean_leftovers(run.path) == []
+    (run.path / "checkpoints").unlink()
+    other = tmp_path / "other"
+    (other / ".tmp-epoch-0001-abcd1234").mkdir(parents=True)
+    (run.path / "checkpoints").symlink_to(other)
+    assert clean_leftovers(run.path) == []
+    assert (other / ".tmp-epoch-0001-abcd1234").is_dir()
+
+
+def test_the_checkpoints_of_a_run_named_by_a_link_are_still_cleaned(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    (run.path / ".tmp-model-abcd1234").mkdir()
+    (run.path / "checkpoints" / ".tmp-epoch-0001-abcd1234").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "link").symlink_to(run.path)
+    # the run folder itself is a link: its own entries are left, its checkpoints/ is a real folder
+    assert clean_leftovers(tmp_path / "link") == [tmp_path / "link" / "checkpoints" / ".tmp-epoch-0001-abcd1234"]
+    assert (run.path / ".tmp-model-abcd1234").is_dir()
+
+
+def test_a_leftover_folder_that_resists_removal_is_no_crash():
+    # what root may remove anyway, a user may not: a read-only folder inside the leftover. The
+    # cleaning runs as that user (nobody) in a forked child, which reports by its exit status.
+    if os.getuid() != 0:
+        pytest.skip("needs root to become another user")
+    import shutil
+    import tempfile
+    top = Path(tempfile.mkdtemp(prefix="lrjob-nobody-"))
+    try:
+        top.chmod(0o777)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into pytest
+            status = 3
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                stuck = top / ".tmp-model-abcd1234" / "ro"
+                stuck.mkdir(parents=True)
+                (stuck / "params.npz").write_bytes(b"x")
+                stuck.chmod(0o500)
+                status = 0 if clean_leftovers(top) == [top / ".tmp-model-abcd1234"] else 1
+            except BaseException:
+                status = 2
+            finally:
+                os._exit(status)
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        shutil.rmtree(top)

@@ -263,3 +263,20 @@ def test_a_resume_says_where_it_continues_or_that_all_epochs_are_trained(tmp_pat
     backend = DriverOptions(backend_factory=lambda: InProcessBackend(spec.loop_config(), spec.load_data()))
     assert "  resume   from epoch-0002: all 2 epochs are trained already; nothing to train" in \
         _err(spec, options=backend)
+
+
+def test_ctrl_c_while_the_workers_start_leaves_no_run_folder(tmp_path):
+    """Interrupted before the run directory is written: the interrupt goes on to the CLI, no
+    checkpoint is looked for, and the folder this run made is removed."""
+    import signal
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_job(_small(), tmp_path / "out" / "run", options=DriverOptions(backend_factory=interrupted))
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # the driver's "a second Ctrl-C exits" handler
+    assert not (tmp_path / "out").exists()

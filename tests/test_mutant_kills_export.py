@@ -102,7 +102,8 @@ def _expected_probabilities(kind, x, w, b, meta):
         x = (x - np.array(meta["standardize"]["mean"])) / np.array(meta["standardize"]["std"])
     z = x @ w.T + b
     if kind == "binary":
-        p = 1.0 / (1.0 + np.exp(-z[:, 0]))
+        e = np.exp(-np.abs(z[:, 0]))
+        p = np.where(z[:, 0] >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
         return np.column_stack([1.0 - p, p])
     e = np.exp(z - z.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
@@ -235,3 +236,125 @@ def test_the_onnx_export_fault_point_fires_before_the_conversion(tmp_path, monke
         export_onnx(model_dir)
     assert str(e.value) == f"{model_dir}: ONNX export failed (RuntimeError: injected fault at export {{'format': 'onnx'}})"
     assert not (model_dir / "model.onnx").exists()
+
+
+def _export_with(tmp_path, kind, weight, bias, meta):
+    """A linear model with the given weights (float32) and meta.json fields."""
+    k = 2 if kind == "binary" else len(weight)
+    cfg = LoopConfig(kind=kind, num_classes=k)
+    params = {"lrjob_layer0_weight": np.asarray(weight, np.float32), "lrjob_layer0_bias": np.asarray(bias, np.float32)}
+    return export_model(tmp_path / f"{kind}-model", cfg, params, len(weight[0]), meta)
+
+
+@pytest.mark.parametrize("name,meta", [
+    ("lrjob_input_scale", {"scale": 1e-3, "standardize": None}),
+    ("lrjob_standardize_inv_std", {"scale": None, "standardize": {"mean": [5.0] * N, "std": [1e3] * N}}),
+])
+def test_a_graph_one_percent_off_on_strongly_scaled_features_is_refused(tmp_path, monkeypatch, name, meta):
+    """The probe rows are in the units the model takes: their scaled, standardized features are
+    of order 1, where a graph that computes another function shows it."""
+    import lr_core.export as export
+    from lr_core.errors import LrjobRuntimeError
+
+    w = np.random.default_rng(5).normal(size=(1, N))
+    model_dir = _export_with(tmp_path, "binary", w, [0.25], meta)
+    right = export._onnx_symbol
+
+    def off(directory, model):
+        sym, params = right(directory, model)
+        params[name] = params[name] * 1.01
+        return sym, params
+
+    monkeypatch.setattr(export, "_onnx_symbol", off)
+    with pytest.raises(LrjobRuntimeError, match="differ from the MXNet model's"):
+        export.export_onnx(model_dir)
+    assert not (model_dir / "model.onnx").exists()
+
+
+def test_an_onnx_model_as_far_from_the_mxnet_one_as_allowed_is_written(tmp_path, monkeypatch):
+    """The check refuses only a difference above the allowance: one equal to it passes."""
+    import onnxruntime as ort
+
+    import lr_core.export as export
+
+    model_dir, *_ = _small_export(tmp_path, "binary")
+
+    def exactly_the_difference(model, rows, want):   # the worst difference itself, from the file being checked
+        (tmp,) = model.directory.glob(".model.onnx.*")
+        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"features": rows})[0]
+        return float(np.max(np.abs(got.astype(np.float64) - want)))
+
+    monkeypatch.setattr(export, "ONNX_TOLERANCE", 0.0)
+    monkeypatch.setattr(export, "_rounding_allowance", exactly_the_difference)
+    export.export_onnx(model_dir)
+    assert (model_dir / "model.onnx").is_file()
+
+
+@pytest.mark.parametrize("kind", ["binary", "softmax"])
+def test_the_rounding_allowance_is_four_times_the_float32_models_distance_from_float64(tmp_path, kind):
+    """``_rounding_allowance``: 4 x the largest distance of the float32 probabilities from the
+    same model in float64 (scaled and standardized features), computed here with NumPy; a row
+    whose logits are a thousand below another row's still has probabilities (no 0 / 0)."""
+    from lr_core.export import _rounding_allowance
+
+    rng = np.random.default_rng(8)
+    k = 1 if kind == "binary" else 3
+    w, b = rng.normal(size=(k, N)), rng.normal(size=k)
+    stats = {"mean": [1.0, -2.0, 0.5, 3.0], "std": [2.0, 0.5, 4.0, 1.0]}
+    meta = {"scale": 0.5, "standardize": stats}
+    model = ExportedModel(_export_with(tmp_path, kind, w, b, meta))
+    w, b = w.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
+    z = np.vstack([rng.normal(size=(6, N)), np.full((1, N), 300.0) * np.sign(w[0]), np.full((1, N), -600.0) * np.sign(w[0])])
+    rows = ((z * stats["std"] + stats["mean"]) / 0.5).astype(np.float32)
+    _, want = model.probabilities(rows, scale=0.5)
+    exact = _expected_probabilities(kind, rows, w, b, meta)
+    assert np.isfinite(exact).all()
+    distance = float(np.max(np.abs(want - exact)))
+    assert 0 < distance < 1e-5
+    assert _rounding_allowance(model, rows, want) == pytest.approx(4 * distance, rel=1e-6)
+
+
+def test_original_units_undo_the_standardization():
+    """``W (x - mean) / std + b`` is ``(W / std) x + (b - W (mean / std))``."""
+    from lr_core.export import original_units
+
+    w, b = np.array([[0.5, -1.25]], np.float32), np.array([0.125], np.float32)
+    ow, ob = original_units(w, b, {"mean": [1.0, 2.0], "std": [2.0, 4.0]})
+    assert ow.tolist() == [[0.25, -0.3125]] and ob.tolist() == [0.5]   # 0.125 - (0.5 * 0.5 - 1.25 * 0.5)
+    x = np.array([3.0, -1.0])
+    assert (ow @ x + ob).tolist() == (w.astype(np.float64) @ ((x - [1.0, 2.0]) / [2.0, 4.0]) + b).tolist()
+
+
+def test_class_labels_of_a_binary_model_are_two_whatever_num_classes_says():
+    from lr_core.export import class_labels
+
+    assert class_labels({"kind": "binary", "num_classes": 5}) == ["0", "1"]
+    # a class number past the model's classes names nothing
+    assert class_labels({"kind": "binary", "num_classes": 2, "label_map": {"no": 0, "maybe": 2, "yes": 1}}) == \
+        ["no", "yes"]
+    assert class_labels({"kind": "softmax", "num_classes": 3, "label_map": {"c": 2}}) == ["0", "1", "c"]
+
+
+def test_overflowing_features_saturate_quietly_and_keep_their_sign(tmp_path):
+    """A feature near float32's largest, times the scale, overflows to +-inf: it is served as
+    +-3.4e38 (a finite logit of the right sign), with no NumPy RuntimeWarning in the output."""
+    model = ExportedModel(_export_with(tmp_path, "binary", [[0.5, 0.0, 0.0]], [0.125],
+                                       {"standardize": {"mean": [0.0] * 3, "std": [1.0] * 3}}))
+    x = np.array([[3e38, 1.0, 1.0], [-3e38, 1.0, 1.0]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        logits = model.logits(x, scale=10.0)[:, 0]
+    f32_max = float(np.finfo(np.float32).max)
+    assert logits.tolist() == [float(np.float32(0.5 * f32_max)), float(np.float32(-0.5 * f32_max))]
+
+
+def test_softmax_probabilities_of_logits_far_apart_are_exact(tmp_path):
+    """Each row's softmax is shifted by that row's largest logit: a row of logits near 400 does not
+    overflow, and a row of logits near -800 beside it does not underflow to 0 / 0."""
+    eye = np.eye(3, 4)
+    model = ExportedModel(_export_with(tmp_path, "softmax", eye, [0.0, 0.0, 0.0], {}))
+    x = np.array([[400.0, 0.0, 0.0, 9.0], [-800.0, -801.0, -800.0, 9.0]])
+    pred, prob = model.probabilities(x)
+    e = np.exp(-1.0)
+    assert pred.tolist() == [0, 0]
+    assert np.allclose(prob, [[1.0, 0.0, 0.0], [1 / (2 + e), e / (2 + e), 1 / (2 + e)]], rtol=1e-12, atol=1e-170)

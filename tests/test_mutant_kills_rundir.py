@@ -576,3 +576,62 @@ def test_a_leftover_folder_that_resists_removal_is_no_crash():
         assert os.waitpid(pid, 0)[1] == 0
     finally:
         shutil.rmtree(top)
+
+
+def _binary_2d(tmp_path):
+    import dataclasses
+
+    from launcher.spec import load_spec
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0"])
+    data = dataclasses.replace(spec.load_data(), stats={"mean": [0.5, -1.0], "std": [2.0, 4.0]}, scale=0.5)
+    params = {"lrjob_layer0_weight": np.array([[1.0, -0.5]], np.float32),
+              "lrjob_layer0_bias": np.array([0.25], np.float32)}
+    return spec, data, params
+
+
+def test_the_model_export_writes_serving_fields_through_a_hidden_folder(tmp_path, monkeypatch):
+    """``RunDir.export_model``: meta.json has the standardization, the scale and the epoch the
+    parameters are from; both exports are made in a hidden ``.tmp-model-*`` folder of the run,
+    renamed to ``model`` (docs/design.md "Run directory")."""
+    from lr_core import export
+
+    spec, data, params = _binary_2d(tmp_path)
+    run = RunDir.create(tmp_path / "r")
+    seen = []
+    real = export.export_onnx
+
+    def recorded(directory):
+        seen.append(directory)
+        return real(directory)
+
+    monkeypatch.setattr(export, "export_onnx", recorded)
+    assert run.export_model(spec, data, params, {"epoch": 3, "selected_by": "val_loss"}) == []
+    (where,) = seen
+    assert where.parent == run.path and where.name.startswith(".tmp-model-") and not where.exists()
+    meta = json.loads((run.model_dir / "meta.json").read_text())
+    assert meta["standardize"] == {"mean": [0.5, -1.0], "std": [2.0, 4.0]} and meta["scale"] == 0.5
+    assert meta["exported"] == {"epoch": 3, "selected_by": "val_loss"}
+    assert sorted(p.name for p in run.model_dir.iterdir()) == ["meta.json", "model-0000.params",
+                                                              "model-symbol.json", "model.onnx"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "model"]
+
+
+def test_a_failed_onnx_export_is_a_warning_naming_the_model_folder(tmp_path, monkeypatch):
+    """The ONNX export fails (the fault point of lr_core/faults.py): the MXNet model is in place and
+    the warning names ``model/``, never the hidden folder it was made in, cut at 300 characters."""
+    from lr_core import faults
+
+    spec, data, params = _binary_2d(tmp_path)
+    run = RunDir.create(tmp_path / ("run-" + "x" * 200))   # a long path: the cause is cut at 300 characters
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", {"at": "export", "format": "onnx", "action": "raise"})
+    warnings = run.export_model(spec, data, params)
+    final = run.model_dir
+    cause = f"{final}: ONNX export failed (RuntimeError: injected fault at export {{'format': 'onnx'}})"
+    assert len(cause) > 300
+    assert warnings == [{"code": "onnx-export", "message": (
+        f"{final / 'model.onnx'} not written ({cause[:300]}); the MXNet model in {final} is complete; "
+        f"retry with: lrjob export {run.path} --format onnx")}]
+    assert sorted(p.name for p in final.iterdir()) == ["meta.json", "model-0000.params", "model-symbol.json"]
+    assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "model"]

@@ -358,3 +358,68 @@ def test_softmax_probabilities_of_logits_far_apart_are_exact(tmp_path):
     e = np.exp(-1.0)
     assert pred.tolist() == [0, 0]
     assert np.allclose(prob, [[1.0, 0.0, 0.0], [1 / (2 + e), e / (2 + e), 1 / (2 + e)]], rtol=1e-12, atol=1e-170)
+
+
+X40 = "x" * 40
+LONG = "x" * 50   # cut to its first 40 characters in the message
+SHOWN_LONG = "'xxxxxxxxxxxxxxxxxxxx... (50 characters)"
+
+
+@pytest.mark.parametrize("field,value,problem", [
+    ("kind", LONG, f"kind must be binary or softmax, got '{X40}'"),
+    ("num_classes", 0, "num_classes must be a positive integer, got '0'"),
+    ("num_classes", True, "num_classes must be a positive integer, got 'True'"),
+    ("num_classes", LONG, f"num_classes must be a positive integer, got '{X40}'"),
+    ("num_classes", (1 << 24) + 1, "num_classes must be a positive integer, got '16777217'"),
+    ("num_classes", 1, None), ("num_classes", 1 << 24, None),   # a binary model's num_classes is not used
+    ("threshold", 0, "threshold must be a number between 0 and 1, got 0"),
+    ("threshold", 1, "threshold must be a number between 0 and 1, got 1"),
+    ("threshold", 1.5, "threshold must be a number between 0 and 1, got 1.5"),
+    ("threshold", True, "threshold must be a number between 0 and 1, got True"),
+    ("threshold", [0.5], "threshold must be a number between 0 and 1, got [0.5]"),
+    ("threshold", LONG, f"threshold must be a number between 0 and 1, got {SHOWN_LONG}"),
+    ("threshold", "0.25", None),
+    ("scale", 0, "scale must be null or a positive number, got 0"),
+    ("scale", True, "scale must be null or a positive number, got True"),
+    ("scale", LONG, f"scale must be null or a positive number, got {SHOWN_LONG}"),
+    ("standardize", LONG, f"standardize must be a mapping with mean and std, got '{X40}'"),
+    ("standardize", {"mean": [0.0] * 3, "std": [1.0, 1.0]},
+     f"standardize.mean must be a list of 2 numbers, got '{str([0.0] * 3)[:40]}'"),
+    ("standardize", {"mean": "ab", "std": [1.0, 1.0]}, "standardize.mean must be a list of 2 numbers, got 'ab'"),
+    ("standardize", {"mean": [0.0, 0.0], "std": [1.0] * 20},
+     f"standardize.std must be a list of 2 numbers, got '{str([1.0] * 20)[:40]}'"),
+    ("standardize", {"mean": [1.0, "x"], "std": [1.0, 1.0]}, "standardize.mean must hold finite numbers, got 'x'"),
+    ("standardize", {"mean": [0.0, 0.0], "std": [0.5, 0.0]},
+     "standardize.std must hold finite numbers, each above 0, got '0.0'"),
+    ("standardize", {"mean": [0.0, 0.0], "std": [0.5, LONG]},
+     f"standardize.std must hold finite numbers, each above 0, got '{X40}'"),
+    ("standardize", {"mean": [0.0, 0.0], "std": [0.5, 2.0]}, None),
+])
+def test_meta_json_fields_serving_reads_are_checked_with_one_line(tmp_path, field, value, problem):
+    """Each field of meta.json that serving reads: a usable value loads, any other is named in the
+    one-line error with its value (at most 40 characters of it)."""
+    from lr_core.errors import LrjobInputError
+
+    model_dir = _export_with(tmp_path, "binary", [[1.0, -1.0]], [0.0], {})
+    meta = json.loads((model_dir / "meta.json").read_text())
+    meta[field] = value
+    (model_dir / "meta.json").write_text(json.dumps(meta))
+    if problem is None:
+        assert ExportedModel(model_dir).meta[field] == value
+        return
+    with pytest.raises(LrjobInputError) as e:
+        ExportedModel(model_dir)
+    assert str(e.value) == (f"{model_dir}: damaged or incomplete model export (meta.json {problem}); "
+                            f"re-export it by resuming or re-running the job")
+
+
+def test_a_meta_json_over_its_bound_is_one_line(tmp_path):
+    from lr_core.errors import LrjobInputError
+
+    model_dir = _export_with(tmp_path, "binary", [[1.0, -1.0]], [0.0], {})
+    meta = json.loads((model_dir / "meta.json").read_text())
+    (model_dir / "meta.json").write_text(json.dumps(dict(meta, pad="x" * (1 << 20))))
+    with pytest.raises(LrjobInputError) as e:
+        ExportedModel(model_dir)
+    assert str(e.value).startswith(f"{model_dir}: damaged or incomplete model export (meta.json ")
+    assert str(e.value).endswith("; a model's takes a few KB); re-export it by resuming or re-running the job")

@@ -423,3 +423,31 @@ def test_a_meta_json_over_its_bound_is_one_line(tmp_path):
         ExportedModel(model_dir)
     assert str(e.value).startswith(f"{model_dir}: damaged or incomplete model export (meta.json ")
     assert str(e.value).endswith("; a model's takes a few KB); re-export it by resuming or re-running the job")
+
+
+@pytest.mark.parametrize("damage,problem", [
+    ("a list", "meta.json must hold a mapping, got list"),
+    ("more features", "meta.json says 3 features, the weights expect another number"),
+    ("softmax", "meta.json describes a softmax model with 3 output(s), the weights give 1"),
+    ("params cut", "Check failed: fi->Read(data): Invalid NDArray file format"),   # MXNet 1.9.1's last line
+])
+def test_an_export_whose_parts_disagree_is_one_line(tmp_path, damage, problem):
+    """meta.json against the weights: the one-line error says which of them disagree; a cut params
+    file gives the last line of MXNet's message (a C++ traceback), without its ``MXNetError: `` prefix."""
+    from lr_core.errors import LrjobInputError
+
+    model_dir = _export_with(tmp_path, "binary", [[1.0, -1.0]], [0.0], {})
+    meta = json.loads((model_dir / "meta.json").read_text())
+    if damage == "a list":
+        (model_dir / "meta.json").write_text("[1, 2]")
+    elif damage == "more features":
+        (model_dir / "meta.json").write_text(json.dumps(dict(meta, num_features=3)))
+    elif damage == "softmax":
+        (model_dir / "meta.json").write_text(json.dumps(dict(meta, kind="softmax", num_classes=3)))
+    else:
+        data = (model_dir / "model-0000.params").read_bytes()
+        (model_dir / "model-0000.params").write_bytes(data[:len(data) // 2])
+    with pytest.raises(LrjobInputError) as e:
+        ExportedModel(model_dir)
+    assert str(e.value) == (f"{model_dir}: damaged or incomplete model export ({problem}); "
+                            f"re-export it by resuming or re-running the job")

@@ -429,6 +429,7 @@ def test_a_meta_json_over_its_bound_is_one_line(tmp_path):
     ("a list", "meta.json must hold a mapping, got list"),
     ("more features", "meta.json says 3 features, the weights expect another number"),
     ("softmax", "meta.json describes a softmax model with 3 output(s), the weights give 1"),
+    ("binary", "meta.json describes a binary model with 1 output(s), the weights give 3"),
     ("params cut", "Check failed: fi->Read(data): Invalid NDArray file format"),   # MXNet 1.9.1's last line
 ])
 def test_an_export_whose_parts_disagree_is_one_line(tmp_path, damage, problem):
@@ -436,9 +437,14 @@ def test_an_export_whose_parts_disagree_is_one_line(tmp_path, damage, problem):
     file gives the last line of MXNet's message (a C++ traceback), without its ``MXNetError: `` prefix."""
     from lr_core.errors import LrjobInputError
 
-    model_dir = _export_with(tmp_path, "binary", [[1.0, -1.0]], [0.0], {})
+    if damage == "binary":   # softmax weights of 3 classes
+        model_dir = _export_with(tmp_path, "softmax", np.eye(3, 2), [0.0] * 3, {})
+    else:
+        model_dir = _export_with(tmp_path, "binary", [[1.0, -1.0]], [0.0], {})
     meta = json.loads((model_dir / "meta.json").read_text())
-    if damage == "a list":
+    if damage == "binary":
+        (model_dir / "meta.json").write_text(json.dumps(dict(meta, kind="binary", num_classes=2)))
+    elif damage == "a list":
         (model_dir / "meta.json").write_text("[1, 2]")
     elif damage == "more features":
         (model_dir / "meta.json").write_text(json.dumps(dict(meta, num_features=3)))

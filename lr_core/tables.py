@@ -17,6 +17,7 @@ glob (``data/*.parquet``), ``.npy`` (features only), a directory with ``x.npy`` 
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import fnmatch
 import io
@@ -367,15 +368,18 @@ def _csv_head(fs, inner: str, where: str) -> tuple[list[str] | None, int]:
     number of physical lines up to its end."""
     with _open_stream(fs, inner, where) as f:
         head = f.read(_HEAD_BYTES + 2)  # room for the line end (\r\n) of a first line of _HEAD_BYTES
+    # a BOM is not a cell; it is dropped here, not by the "utf-8-sig" codec, whose error offsets
+    # would count from after it
+    body = head[len(codecs.BOM_UTF8):] if head.startswith(codecs.BOM_UTF8) else head
     try:
-        text = head.decode("utf-8-sig")  # -sig: a BOM is not a cell
+        text = body.decode("utf-8")
     except UnicodeDecodeError as e:
         # only a character cut by the end of a full window is no error (the rows' parse reads
         # it whole); any other byte that is not UTF-8 is the file's, even one in the window's
         # last bytes, where a header would otherwise be read cut short (docs/design.md#data)
-        if e.end < len(head) or len(head) < _HEAD_BYTES + 2:
+        if e.reason != "unexpected end of data" or e.end < len(body) or len(head) < _HEAD_BYTES + 2:
             raise DataError(f"{where}: not a text CSV file ({e.reason}); save it as UTF-8 CSV") from None
-        text = head[:e.start].decode("utf-8-sig")
+        text = body[:e.start].decode("utf-8")
     try:
         reader = csv.reader(io.StringIO(text))
         for row in reader:

@@ -386,11 +386,12 @@ def test_a_byte_that_is_not_utf8_near_the_end_of_a_1_mib_header_is_refused(tmp_p
 
 
 @pytest.mark.parametrize("char,inside", [("é", 1), ("\U0001F600", 1), ("\U0001F600", 2), ("\U0001F600", 3)])
-def test_a_character_that_the_end_of_the_head_cuts_is_read_whole_with_the_rows(tmp_path, char, inside):
+@pytest.mark.parametrize("bom", [b"", b"\xef\xbb\xbf"], ids=["", "bom"])
+def test_a_character_that_the_end_of_the_head_cuts_is_read_whole_with_the_rows(tmp_path, char, inside, bom):
     """A character of several bytes whose first ``inside`` bytes end the head (1 MiB and two
-    bytes) is no error: the rows after the first line are read from the file, the character
-    whole."""
-    before = b"a,label\n1,"
+    bytes) is no error, after a BOM too (Excel's "CSV UTF-8"): the rows after the first line
+    are read from the file, the character whole."""
+    before = bom + b"a,label\n1,"
     row = b"\n2,"
     zeros = tables._HEAD_BYTES + 2 - inside - len(before) - len(row)
     p = tmp_path / "t.csv"
@@ -398,6 +399,15 @@ def test_a_character_that_the_end_of_the_head_cuts_is_read_whole_with_the_rows(t
     t = open_table(p)
     assert t.columns == ["a"]
     assert [(x.tolist(), y.tolist()) for x, y in t.batches()] == [([[1.0], [2.0]], [0.0, char])]
+
+
+def test_a_byte_that_is_no_character_at_the_end_of_the_head_is_refused(tmp_path):
+    """A byte that starts no UTF-8 character, as the head's last byte, is the file's error,
+    not a character the head cuts."""
+    before = b"a,label\n1,"
+    p = tmp_path / "t.csv"
+    p.write_bytes(before + b"0" * (tables._HEAD_BYTES + 1 - len(before)) + b"\xff\n2,0\n")
+    assert _message(open_table, p) == f"{p}: not a text CSV file (invalid start byte); save it as UTF-8 CSV"
 
 
 @pytest.mark.parametrize("size", ["short", "1 MiB and a byte"])

@@ -431,6 +431,8 @@ def test_a_meta_json_over_its_bound_is_one_line(tmp_path):
     ("softmax", "meta.json describes a softmax model with 3 output(s), the weights give 1"),
     ("binary", "meta.json describes a binary model with 1 output(s), the weights give 3"),
     ("params cut", "Check failed: fi->Read(data): Invalid NDArray file format"),   # MXNet 1.9.1's last line
+    # a symbol file edited to sum the logit away: one row gives a 1-D output of one value
+    ("1-d output", "meta.json describes a binary model with 1 output(s), the weights give 1"),
 ])
 def test_an_export_whose_parts_disagree_is_one_line(tmp_path, damage, problem):
     """meta.json against the weights: the one-line error says which of them disagree; a cut params
@@ -450,6 +452,11 @@ def test_an_export_whose_parts_disagree_is_one_line(tmp_path, damage, problem):
         (model_dir / "meta.json").write_text(json.dumps(dict(meta, num_features=3)))
     elif damage == "softmax":
         (model_dir / "meta.json").write_text(json.dumps(dict(meta, kind="softmax", num_classes=3)))
+    elif damage == "1-d output":
+        import mxnet as mx
+
+        symbol = mx.sym.load(str(model_dir / "model-symbol.json"))
+        mx.sym.sum(symbol, axis=1).save(str(model_dir / "model-symbol.json"))
     else:
         data = (model_dir / "model-0000.params").read_bytes()
         (model_dir / "model-0000.params").write_bytes(data[:len(data) // 2])

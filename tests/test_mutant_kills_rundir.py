@@ -635,3 +635,34 @@ def test_a_failed_onnx_export_is_a_warning_naming_the_model_folder(tmp_path, mon
         f"retry with: lrjob export {run.path} --format onnx")}]
     assert sorted(p.name for p in final.iterdir()) == ["meta.json", "model-0000.params", "model-symbol.json"]
     assert sorted(p.name for p in run.path.iterdir()) == ["checkpoints", "model"]
+
+
+def test_an_export_that_fails_raises_its_own_error_even_when_its_folder_resists_removal(tmp_path, monkeypatch):
+    """The MXNet export fails half-way (a file written into the hidden folder); removing that folder
+    fails too (the file system turned read-only): the export's own error is what the caller sees,
+    not the clean-up's."""
+    import errno
+    import shutil
+
+    from lr_core import export
+
+    spec, data, params = _binary_2d(tmp_path)
+    run = RunDir.create(tmp_path / "r")
+
+    def half_written(directory, *args, **kwargs):
+        (directory / "model-symbol.json").write_text("{")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    real_rmtree = shutil.rmtree
+    monkeypatch.setattr(export, "export_model", half_written)
+    monkeypatch.setattr(os, "unlink", read_only)
+    monkeypatch.setattr(os, "rmdir", read_only)
+    with pytest.raises(OSError) as e:
+        run.export_model(spec, data, params)
+    assert e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    (left,) = [p for p in run.path.iterdir() if p.name.startswith(".tmp-model-")]
+    real_rmtree(left)

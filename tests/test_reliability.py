@@ -328,6 +328,8 @@ def torn_reference(tmp_path_factory):
     return run_job(spec, output=tmp_path_factory.mktemp("torn-ref") / "ref")
 
 
+# each kills a lrjob process at a point and runs it again (8 s): the slow in-process tier of make test
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,newest,printed", [
     ({"at": "checkpoint", "epoch": 3, "stage": "params"}, 2, 2),    # inside the temporary write
     ({"at": "checkpoint", "epoch": 3, "stage": "written"}, 2, 2),   # written, not yet renamed
@@ -363,6 +365,7 @@ def test_killing_the_driver_never_leaves_a_torn_checkpoint(tmp_path, torn_refere
     assert [m["val_loss"] for m in metrics] == [m["val_loss"] for m in torn_reference.history]
 
 
+@pytest.mark.slow  # a lrjob process killed and run again (8 s): the slow in-process tier of make test
 def test_killed_while_replacing_a_damaged_checkpoint_resume_still_reaches_the_result(tmp_path, torn_reference):
     """A damaged epoch-0003 is skipped on resume and written again; a crash between
     moving the damaged one aside and renaming the new one in leaves epoch-0002 as the

@@ -204,6 +204,7 @@ def test_track_flag_and_a_failed_run_is_marked_failed(tmp_path):
     assert "summary.json" in _artifacts(client, mlrun.info.run_id)
 
 
+@pytest.mark.slow  # a lrjob process waits out an unreachable server (8 s): the slow in-process tier
 def test_an_unreachable_server_is_one_warning_and_the_run_completes(tmp_path):
     uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
     r = run([LRJOB, "run", JOB, "--workers", "0", "--track", uri, "--output", str(tmp_path / "run"),
@@ -271,6 +272,7 @@ def test_a_run_is_logged_to_a_tracking_server(mlflow_server, tmp_path, capfd):
     assert list((tmp_path / "artifacts").rglob("report.html"))
 
 
+@pytest.mark.slow  # a lrjob process against a silent server, its stderr closed (8 s): the slow in-process tier
 def test_a_tracking_warning_on_a_closed_pipe_does_not_fail_the_run(tmp_path):
     """``lrjob run ... --json 2>&1 | head -1``: the reader is gone when tracking warns; the
     warning is dropped, the run completes and exits 0."""

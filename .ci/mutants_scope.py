@@ -186,7 +186,9 @@ def pytest_configure(config):
     """With a mutant under test, mutmut names every test that called its function: on
     average seven files, three of them in the function's scope. The others are dropped
     before collection (collecting a file costs more than most killed mutants' tests); one
-    name is kept if none is in scope, so that nothing runs (exit 5) instead of every test."""
+    name is kept if none is in scope, so that nothing runs (exit 5) instead of every test;
+    pytest still imports that one file (a file named on the command line is collected
+    whatever pytest_ignore_collect says)."""
     function = _mutant_under_test()
     if function is None:
         _durations()  # read in mutmut's own process, before it forks the mutants' runs

@@ -82,8 +82,8 @@ SCOPE: dict[str, tuple[str, ...]] = {
     "lr_core.metrics": ("test_metrics.py",) + _CORE,
     "lr_core.models": _CORE,
     "lr_core.sharding": ("test_sharding.py", "test_sharding_more.py", "test_losses_oracle.py"),
-    # an epoch cut into segments by mid-epoch checkpoints: the loop's tests train in them
-    "lr_core.sharding.x_segments": _CORE,
+    # an epoch cut into segments by mid-epoch checkpoints: the driver's in-process runs cut them
+    "lr_core.sharding.x_segments": _CORE + _DRIVER + ("!" + _DRIVER_BEST, "!" + _DRIVER_RESUMED),
     "lr_core.state": ("test_state.py", "test_optimizers_oracle.py"),
     "launcher.report.parity": ("test_parity_compare.py",),
     "launcher.rundir": _RUNDIR + ("test_mutant_kills_rundir.py",),

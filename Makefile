@@ -9,7 +9,8 @@ JOB    ?= jobs/mnist_softmax.yaml
 RUN_ARGS ?=
 MUTANTS_JOBS ?= 2
 # make test: the fast tier (no Ray, no Horovod, not slow) runs on TEST_JOBS processes
-# (pytest-xdist), then the slow in-process ones (MNIST tutorial runs), then the distributed
+# (pytest-xdist), then the slow in-process ones (MNIST tutorial runs, lrjob processes killed
+# and run again, tracking-server waits) on TEST_JOBS processes too, then the distributed
 # ones (one Ray for the session) in one process.
 TEST_JOBS ?= 2
 
@@ -24,7 +25,7 @@ run: install
 test: install
 	@rc=0; \
 	$(PY) -m pytest -q tests -n $(TEST_JOBS) -m "not distributed and not slow" --durations=10 || rc=1; \
-	$(PY) -m pytest -q tests -m "slow and not distributed" || rc=1; \
+	$(PY) -m pytest -q tests -n $(TEST_JOBS) -m "slow and not distributed" || rc=1; \
 	$(PY) -m pytest -q tests -m "distributed and not slow" --durations=15 || rc=1; \
 	exit $$rc
 

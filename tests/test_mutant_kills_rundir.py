@@ -516,13 +516,19 @@ def test_a_run_folder_that_cannot_be_made_is_named_with_the_os_reason(path, flag
     assert str(e.value) == f"{flag} {where}: not writable (No such file or directory); choose a writable directory"
 
 
-def test_a_folder_that_refuses_the_probe_is_named_with_the_os_reason():
-    if not os.access("/proc", os.W_OK | os.X_OK):
-        pytest.skip("/proc is not writable by access(2) here: the probe is not reached")
+def test_a_folder_that_refuses_the_probe_is_named_with_the_os_reason(tmp_path, monkeypatch):
+    """os.access says yes (as it does to root, and on some mounts) but making the probe folder
+    fails: the OS's reason is in the one line."""
+    import errno
+
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(rundir.tempfile, "mkdtemp", read_only)
     with pytest.raises(LrjobInputError) as e:
-        check_writable(Path("/proc/lrjob-none/run"))
-    assert str(e.value) == ("--output /proc/lrjob-none/run: /proc is not writable (No such file or directory); "
-                            "choose a writable directory")
+        check_writable(tmp_path / "run")
+    assert str(e.value) == (f"--output {tmp_path / 'run'}: {tmp_path} is not writable (Read-only file system); "
+                            f"choose a writable directory")
 
 
 def test_a_checkpoints_file_or_link_is_not_cleaned(tmp_path):

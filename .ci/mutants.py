@@ -127,6 +127,10 @@ def run_mutmut(args: list[str], jobs: int) -> int:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / ".ci"), env.get("PYTHONPATH")]))
     env.setdefault("OMP_NUM_THREADS", "1")
     env.setdefault("MXNET_CPU_WORKER_NTHREADS", "1")
+    # Each mutant's pytest session would otherwise scan every installed distribution for
+    # plugins (xdist, hypothesis, anyio, timeout: none of them used by the tests in scope):
+    # about 0.05 to 0.1 s of a mutant's 0.2.
+    env["PYTEST_DISABLE_PLUGIN_AUTOLOAD"] = "1"
     mutmut = Path(sys.executable).parent / "mutmut"
     proc = subprocess.Popen([str(mutmut), "run", "--max-children", str(jobs), *args], cwd=ROOT, env=env)
     try:

@@ -1,7 +1,9 @@
 """``lr_core.data``'s standardization statistics (docs/design.md#standardization), the
 columns ``data.features`` picks and the finite-value check, where `make mutants` found
 the fast tests silent: they loaded standardized tables but never looked at the numbers;
-and the test labels of an IDX set, and the IDX reader's bounds on memory.
+and the test labels of an IDX set, and the IDX reader's bounds on memory; the bounds on
+``data.options`` and on the values a synthetic source generates, data.standardize's default,
+and the rows ``Dataset.features`` hands to the model.
 
 The rows below are chosen so that every sum is exact in float64: the statistics are
 asserted exactly, whatever the order the blocks are added in."""
@@ -12,8 +14,10 @@ import numpy as np
 import pytest
 
 from lr_core import data as data_module
-from lr_core.data import (STATS_BYTES, BlockSums, DataError, Option, array_blocks, check_features, feature_stats,
-                          finish_labels, load_dataset, make_request, read_idx, standardizer, stats_rows, write_idx)
+from lr_core.data import (MAX_SYNTHETIC_VALUES, REGISTRY, STATS_BYTES, BlockSums, DataError, Dataset, Option, Source,
+                          array_blocks, check_features, check_source_spec, feature_stats, finish_labels, load_dataset,
+                          make_request, read_idx, standardizer, stats_rows, write_idx)
+from lr_core.errors import SpecError
 
 T = 2.0 ** -66  # about 1.4e-20: a float32 far below 1e-12, whose squares and their means stay exact
 
@@ -290,3 +294,100 @@ def test_a_dataset_pickles_as_its_rows_or_as_its_prepared_folder(tmp_path):
     there = pickle.loads(blob)
     assert there.x_train.tolist() == ds.x_train.tolist() and there.y_val.tolist() == ds.y_val.tolist()
     assert there.extra["origin"][2] == prepared.extra["origin"][2]
+
+
+# --------------------------------------------------------------------------- data.options' bounds
+COUNTS = ("n_train", "n_val", "n_features")
+
+
+def _check_options(source, options):
+    check_source_spec(source, kind="binary", num_classes=2, path=None, label_map=None, options=options)
+
+
+def test_a_count_option_may_equal_its_upper_bound_and_no_more():
+    """``Option.most`` is inclusive: the bound itself passes, one more is refused in one line
+    with the bound and the value (the other counts at 1, so their product stays small)."""
+    bounded = [(name, key, o.most) for name, src in REGISTRY.items() for key, o in src.options.items()
+               if o.most is not None]
+    assert {key for _, key, _ in bounded} == set(COUNTS)
+    for name, key, most in bounded:
+        small = {k: 1 for k in COUNTS}
+        _check_options(name, {**small, key: most})
+        with pytest.raises(SpecError) as e:
+            _check_options(name, {**small, key: most + 1})
+        assert str(e.value) == (f"data.options.{key} must be at most {most:,} (the upper bound), got {most + 1}; "
+                                f"check for a typo"), (name, key)
+
+
+def _too_many_values(values):
+    return (f"data.options: (n_train + n_val) x n_features = {values:,} values, more than the "
+            f"{MAX_SYNTHETIC_VALUES:,} (1 GiB) a synthetic source generates in memory; lower them")
+
+
+def test_the_values_a_synthetic_source_generates_are_bounded(monkeypatch):
+    """(n_train + n_val) x n_features may reach MAX_SYNTHETIC_VALUES and no more, for every
+    source that takes the three counts (one that takes only them too); an option left out
+    counts with its default."""
+    counts = {k: REGISTRY["synthetic-binary"].options[k] for k in COUNTS}
+    monkeypatch.setitem(REGISTRY, "counts-only", Source("counts-only", REGISTRY["synthetic-binary"].load,
+                                                        options=counts, kinds=("binary",)))
+    sources = [name for name, src in REGISTRY.items() if src.options.keys() >= set(COUNTS)]
+    assert len(sources) == 3, sources  # the two synthetic sources and counts-only
+    d = 1 << 14
+    rows = MAX_SYNTHETIC_VALUES // d
+    assert rows * d == MAX_SYNTHETIC_VALUES
+    for name in sources:
+        _check_options(name, {"n_train": rows - 3, "n_val": 3, "n_features": d})  # exactly the bound
+        with pytest.raises(SpecError) as e:
+            _check_options(name, {"n_train": rows - 2, "n_val": 3, "n_features": d})
+        assert str(e.value) == _too_many_values((rows + 1) * d), name
+        src = REGISTRY[name]
+        widest = src.options["n_features"].most
+        with pytest.raises(SpecError) as e:
+            _check_options(name, {"n_features": widest})
+        default_rows = src.options["n_train"].default + src.options["n_val"].default
+        assert str(e.value) == _too_many_values(default_rows * widest), name
+
+
+def test_data_standardize_defaults_to_the_sources_and_is_overridden_by_the_job():
+    """data.standardize unset: the source's default (tables on, images and synthetic data off);
+    set: the job's, as a bool."""
+    defaults = set()
+    for name, src in REGISTRY.items():
+        kw = dict(kind="binary", num_classes=2, seed=0, path="d.csv" if src.needs_path else None)
+        assert make_request(name, **kw).standardize is src.standardize, name
+        defaults.add(src.standardize)
+        assert make_request(name, standardize=not src.standardize, **kw).standardize is (not src.standardize)
+        assert make_request(name, standardize=0, **kw).standardize is False
+    assert defaults == {True, False}
+
+
+# --------------------------------------------------------------------------- the rows the model sees
+def _dataset(x, **kw):
+    y = np.zeros(len(x), dtype=np.int64)
+    return Dataset(x, y, x, y, source="t", **kw)
+
+
+def test_float32_rows_are_handed_over_as_they_are():
+    """No scale, no statistics: float32 rows are the features themselves, not a copy (an
+    evaluation block is not copied twice)."""
+    x = np.array([[1.5, -2.0], [0.25, 3.0]], dtype=np.float32)
+    got = _dataset(x).features(x)
+    assert got.dtype == np.float32 and got.tolist() == x.tolist() and np.shares_memory(got, x)
+
+
+def test_other_rows_become_float32_scaled_and_standardized():
+    """float64 rows are cast to float32; uint8 rows are float32(x) * float32(scale); with
+    statistics, (x - mean) * (1 / std), in float32."""
+    x64 = np.array([[0.1, -2.0]])
+    got = _dataset(x64).features(x64)
+    assert got.dtype == np.float32 and got.tolist() == x64.astype(np.float32).tolist()
+    raw = np.array([[0, 2], [4, 6]], dtype=np.uint8)
+    got = _dataset(raw, scale=0.5).features(raw)
+    assert got.dtype == np.float32 and got.tolist() == [[0, 1], [2, 3]]
+    stats = {"mean": [2.0, -12.0], "std": [1.0, 4.0], "constant": []}
+    x = np.array([[3, -4], [1, -20]], dtype=np.float32)
+    got = _dataset(x, stats=stats).features(x)
+    assert got.dtype == np.float32 and got.tolist() == [[1, 2], [-1, -2]]
+    got = _dataset(raw, scale=0.5, stats=stats).features(raw)
+    assert got.dtype == np.float32 and got.tolist() == [[-2, 3.25], [0, 3.75]]

@@ -12,6 +12,7 @@ are synced, and that a refused table leaves no file open."""
 import builtins
 import json
 import os
+import time
 
 import numpy as np
 import pyarrow as pa
@@ -489,3 +490,14 @@ def test_read_rows_of_a_whole_column_major_map(tmp_path):
     m = np.memmap(tmp_path / "f.bin", dtype=np.float32, mode="r", shape=(10, 4), order="F")
     assert np.array_equal(m, x) and not m.flags.c_contiguous and m.base is m._mmap
     assert np.array_equal(prepared.read_rows(m, [4, 0, 5]), x[[4, 0, 5]])
+
+
+def test_the_manifest_records_how_long_the_preparation_took(tmp_path):
+    """prepared_seconds is the time the build took: at least 0, at most the time the whole
+    prepare() call took (to its 3 decimals)."""
+    path = _write_csv(tmp_path / "d.csv", n=5)
+    t0 = time.perf_counter()
+    home = prepare(_req("csv", path), tmp_path / "cache")
+    took = time.perf_counter() - t0
+    seconds = _manifest(home)["prepared_seconds"]
+    assert 0 <= seconds <= took + 0.0005, (seconds, took)

@@ -326,6 +326,27 @@ def test_each_read_of_a_csv_that_fails_to_open_names_the_file(tmp_path, monkeypa
         assert _message(read, _FailingFS(k)) == f"{p}: cannot read (boom); check the path and its permissions", k
 
 
+def test_each_read_of_a_csv_id_column_that_fails_to_open_names_the_file(tmp_path, monkeypatch):
+    """The id column of a CSV is read by opening it twice (its header, then its rows): whichever
+    open fails, the message names the file and says what to do."""
+    p = tmp_path / "t.csv"
+    p.write_text("id,label\n7,0\n8,1\n")
+    real = tables.resolve
+
+    def read(fs):
+        monkeypatch.setattr(tables, "resolve", lambda path: (fs, *real(path)[1:]))
+        try:
+            return list(tables.text_column(p, "id"))
+        finally:
+            monkeypatch.setattr(tables, "resolve", real)
+
+    counting = _FailingFS()
+    assert read(counting) == [["7", "8"]]
+    assert counting.opened == 2
+    for k in (1, 2):
+        assert _message(read, _FailingFS(k)) == f"{p}: cannot read (boom); check the path and its permissions", k
+
+
 # --------------------------------------------------------------------------- the head's window
 class _RecordingFS:
     """The local file system, recording the bytes each read of each opened stream returned."""

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
+from lr_core import tables
 from lr_core.errors import DataError
 from lr_core.tables import text_column
 
@@ -98,3 +100,62 @@ def test_an_npy_or_npz_has_no_id_column(tmp_path):
     assert _message(tmp_path / "x.npy", "id") == msg.format(tmp_path / "x.npy")
     assert _message(tmp_path / "t.npz", "id") == msg.format(tmp_path / "t.npz")
     assert _message(tmp_path, "id") == msg.format(tmp_path)  # a directory of x.npy (and y.npy)
+
+
+def test_a_list_of_exactly_eight_column_names_is_shown_whole(tmp_path):
+    """The ``, ...`` of a missing id's message stands for names past the eighth: eight names are all shown."""
+    names = [f"c{i}" for i in range(8)]
+    p = tmp_path / "t.csv"
+    p.write_text(",".join(names) + "\n" + ",".join("1" * 8) + "\n")
+    assert _message(p, "id") == (f"{p}: no column 'id' for the id (columns: {', '.join(names)}); "
+                                 f"name the id column in the header")
+    q = tmp_path / "t.parquet"
+    _parquet(q, **{n: pa.array([1.0]) for n in names})
+    assert _message(q, "id") == f"{q}: no column 'id' for the id (columns: {', '.join(names)})"
+
+
+def test_a_bom_before_a_blank_first_line_starts_no_record(tmp_path):
+    """The rows are decoded as the head is: a BOM is dropped, so the blank line after it is no
+    record and the header is not read as an id."""
+    p = tmp_path / "t.csv"
+    p.write_bytes(b"\xef\xbb\xbf\nid,label\n007,0\n8,1\n")
+    assert list(text_column(p, "id")) == [["007", "8"]]
+
+
+def test_a_line_end_quoted_in_a_csv_id_is_kept_as_written(tmp_path):
+    """The csv module gets the line ends as the file writes them: a quoted \\r\\n or \\r in an id stays."""
+    p = tmp_path / "t.csv"
+    p.write_bytes(b'id,label\n"a\r\nb",0\n"c\rd",1\n')
+    assert list(text_column(p, "id")) == [["a\r\nb", "c\rd"]]
+
+
+def test_a_parquet_id_is_read_by_name_wherever_its_column_is(tmp_path):
+    _parquet(tmp_path / "a.parquet", x=pa.array([1.5, 2.5]), key=pa.array(["k1", "k2"]), label=pa.array([0, 1]))
+    assert list(text_column(tmp_path / "a.parquet", "key")) == [["k1", "k2"]]
+
+
+def test_a_parquet_id_is_read_through_the_tables_own_file_system(tmp_path, monkeypatch):
+    """A store's path (``bucket/a.parquet`` of s3://) is opened by its file system, not as a local path."""
+    store = tmp_path / "store"
+    (store / "bucket").mkdir(parents=True)
+    _parquet(store / "bucket" / "a.parquet", key=pa.array(["k1", "k2"]))
+    fs = pafs.SubTreeFileSystem(str(store), pafs.LocalFileSystem())
+    monkeypatch.setattr(tables, "resolve", lambda path: (fs, "bucket/a.parquet", "s3://bucket/a.parquet"))
+    monkeypatch.chdir(tmp_path)  # no local bucket/a.parquet here
+    assert list(text_column("s3://bucket/a.parquet", "key")) == [["k1", "k2"]]
+
+
+def test_a_null_id_past_the_second_block_is_counted_from_the_first_row(tmp_path):
+    p = tmp_path / "a.parquet"
+    _parquet(p, id=pa.array(["a", "b", "c", "d", None]))
+    assert _message(p, "id", block_rows=2) == (f"{p}: row 5: the id column 'id' is null; every row needs an id: "
+                                               f"fill it in, or drop the id option (rows are then numbered)")
+
+
+def test_a_null_id_in_a_single_file_names_the_path_as_given(tmp_path):
+    """One file given by a file:// URI is named by that URI, not by the local path it resolves to."""
+    p = tmp_path / "a.parquet"
+    _parquet(p, id=pa.array([None, "b"]))
+    uri = f"file://{p}"
+    assert _message(uri, "id") == (f"{uri}: row 1: the id column 'id' is null; every row needs an id: "
+                                   f"fill it in, or drop the id option (rows are then numbered)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +53,10 @@ def class_labels(meta: dict) -> list[str]:
     return labels
 
 
+# the largest finite float64, a Python float: a whole number compares with it exactly (no conversion)
+_F64_MAX = sys.float_info.max
+
+
 def _check_meta(meta: dict) -> None:
     """The fields serving reads from meta.json hold usable values (ValueError otherwise)."""
     if meta["kind"] not in ("binary", "softmax"):
@@ -69,7 +74,7 @@ def _check_meta(meta: dict) -> None:
         raise ValueError(f"meta.json threshold must be a number between 0 and 1, got {shown(t, 40)}")
     scale = meta.get("scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not 0 < scale < float("inf")):
+                              or not 0 < scale <= _F64_MAX):   # 400 digits pass < inf, and float() overflows
         raise ValueError(f"meta.json scale must be null or a positive number, got {shown(scale, 40)}")
 
 
@@ -86,7 +91,9 @@ def _check_standardize(meta: dict) -> None:
         v = stats.get(key)
         if not isinstance(v, list) or len(v) != n:
             raise ValueError(f"meta.json standardize.{key} must be a list of {n} numbers, got {str(v)[:40]!r}")
-        a = np.array([x if isinstance(x, (int, float)) and not isinstance(x, bool) else np.nan for x in v],
+        # a number float64 holds, else NaN: a string, a boolean, a whole number of 400 digits
+        a = np.array([x if isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= _F64_MAX
+                      else np.nan for x in v],
                      dtype=np.float64)
         if not np.isfinite(a).all() or (key == "std" and not (a > 0).all()):
             bad = next(x for x, ok in zip(v, np.isfinite(a) & ((a > 0) if key == "std" else True)) if not ok)

@@ -382,6 +382,10 @@ SHOWN_LONG = "'xxxxxxxxxxxxxxxxxxxx... (50 characters)"
     ("scale", 0, "scale must be null or a positive number, got 0"),
     ("scale", True, "scale must be null or a positive number, got True"),
     ("scale", LONG, f"scale must be null or a positive number, got {SHOWN_LONG}"),
+    # a whole number float64 cannot hold (serving's float() of it would overflow); float64's largest holds
+    pytest.param("scale", 10 ** 400, "scale must be null or a positive number, got an integer of about 400 digits",
+                 id="scale-of-400-digits"),
+    ("scale", sys.float_info.max, None),
     ("standardize", LONG, f"standardize must be a mapping with mean and std, got '{X40}'"),
     ("standardize", {"mean": [0.0] * 3, "std": [1.0, 1.0]},
      f"standardize.mean must be a list of 2 numbers, got '{str([0.0] * 3)[:40]}'"),
@@ -394,6 +398,17 @@ SHOWN_LONG = "'xxxxxxxxxxxxxxxxxxxx... (50 characters)"
     ("standardize", {"mean": [0.0, 0.0], "std": [0.5, LONG]},
      f"standardize.std must hold finite numbers, each above 0, got '{X40}'"),
     ("standardize", {"mean": [0.0, 0.0], "std": [0.5, 2.0]}, None),
+    # a mean may be 0 or below: the value named is the one that is not a finite number
+    ("standardize", {"mean": [0.0, "x"], "std": [1.0, 1.0]}, "standardize.mean must hold finite numbers, got 'x'"),
+    # whole numbers beyond int64 that float64 holds are numbers like any other (NumPy alone would make
+    # an object array of them); 400 digits overflow float64 and are named, not a traceback
+    ("standardize", {"mean": [1 << 70, 0], "std": [1, 1 << 70]}, None),
+    ("standardize", {"mean": [sys.float_info.max, 0.0], "std": [1.0, sys.float_info.max]}, None),
+    pytest.param("standardize", {"mean": [0.0, 10 ** 400], "std": [1.0, 1.0]},
+                 f"standardize.mean must hold finite numbers, got '1{'0' * 39}'", id="standardize-mean-of-400-digits"),
+    pytest.param("standardize", {"mean": [0.0, 0.0], "std": [-(10 ** 400), 1.0]},
+                 f"standardize.std must hold finite numbers, each above 0, got '-1{'0' * 38}'",
+                 id="standardize-std-of-400-digits"),
 ])
 def test_meta_json_fields_serving_reads_are_checked_with_one_line(tmp_path, field, value, problem):
     """Each field of meta.json that serving reads: a usable value loads, any other is named in the

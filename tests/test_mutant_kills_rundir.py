@@ -661,3 +661,97 @@ def test_an_export_that_fails_raises_its_own_error_even_when_its_folder_resists_
     monkeypatch.undo()
     (left,) = [p for p in run.path.iterdir() if p.name.startswith(".tmp-model-")]
     real_rmtree(left)
+
+
+# ---------------------------------------------------------------- the lock's refusals, replaced folders, created runs
+import errno  # noqa: E402
+
+from launcher.rundir import list_checkpoints  # noqa: E402
+
+
+def test_a_run_directory_that_is_a_link_is_refused_with_the_reason_in_words(tmp_path):
+    """The lock opens the run directory without following a link: a link to a folder is refused in
+    one line with the OS's reason (its words, not ``[Errno ...]``), and nothing is written where it points."""
+    (tmp_path / "target").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "target")
+    with pytest.raises(LrjobInputError) as e:
+        RunLock.acquire(tmp_path / "run")
+    # Linux says ENOTDIR (O_DIRECTORY judges the link itself), other systems ELOOP
+    assert str(e.value) in {f"{tmp_path / 'run'}: cannot lock the run directory ({os.strerror(code)}); "
+                            f"choose another --output" for code in (errno.ENOTDIR, errno.ELOOP)}
+    assert list((tmp_path / "target").iterdir()) == []
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(LrjobInputError) as e:
+        RunLock.acquire(tmp_path / "f", "pick another run")
+    assert str(e.value) == f"{tmp_path / 'f'}: cannot lock the run directory ({os.strerror(errno.ENOTDIR)}); pick another run"
+
+
+def test_a_lock_the_system_refuses_is_one_line_with_the_reason_in_words(tmp_path, monkeypatch):
+    """flock failing for another reason than a holder (ENOLCK: the kernel's lock table is full) is
+    the same one line as a folder that cannot be opened, not the message about another process."""
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(LrjobInputError) as e:
+        RunLock.acquire(tmp_path, "pick another run")
+    assert str(e.value) == f"{tmp_path}: cannot lock the run directory ({os.strerror(errno.ENOLCK)}); pick another run"
+
+
+def test_a_pid_file_that_cannot_be_written_is_one_line_with_the_reason_in_words(tmp_path):
+    """A folder at ``.lock``: the pid file's rename fails (EISDIR); the message names the reason in words."""
+    (tmp_path / ".lock").mkdir()
+    with pytest.raises(LrjobInputError) as e:
+        RunLock.acquire(tmp_path)
+    assert str(e.value) == (f"{tmp_path / '.lock'}: cannot write the lock's pid file ({os.strerror(errno.EISDIR)}); "
+                            f"remove it, or choose another --output")
+
+
+@pytest.mark.parametrize("kind", ["file", "link to a folder"])
+def test_what_a_finished_folder_replaces_is_removed_not_left_aside(tmp_path, kind):
+    """A file or a link (to a folder) in the final place is moved aside and then removed, not left as
+    a hidden ``.old-`` leftover; a link's target is left as it was."""
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "keep").write_text("keep")
+    parent = tmp_path / "p"
+    parent.mkdir()
+    final, tmp = parent / "final", parent / ".tmp-final"
+    if kind == "file":
+        final.write_text("old")
+    else:
+        final.symlink_to(tmp_path / "elsewhere")
+    tmp.mkdir()
+    (tmp / "new").write_text("new")
+    rundir._replace_dir(tmp, final)
+    assert os.listdir(parent) == ["final"]
+    assert not final.is_symlink() and (final / "new").read_text() == "new"
+    assert (tmp_path / "elsewhere" / "keep").read_text() == "keep"
+
+
+def test_a_stray_file_named_like_a_checkpoint_is_replaced_by_it(tmp_path):
+    run = RunDir.create(tmp_path / "r")
+    (run.path / "checkpoints" / "epoch-0001").write_text("stray")
+    path = run.write_checkpoint(_state(1), "d1", [], keep=5)
+    assert os.listdir(run.path / "checkpoints") == ["epoch-0001"]
+    assert load_checkpoint(path)["epochs_done"] == 1
+
+
+def test_a_checkpoint_whose_state_json_is_a_link_is_not_one(tmp_path):
+    """A folder whose ``state.json`` links to a real checkpoint's is no checkpoint (no link is followed in a run)."""
+    run = RunDir.create(tmp_path / "r")
+    first = run.write_checkpoint(_state(1), "d1", [], keep=5)
+    second = run.path / "checkpoints" / "epoch-0002"
+    second.mkdir()
+    (second / "state.json").symlink_to(first / "state.json")
+    assert list_checkpoints(run.path) == [first]
+    assert run.latest_checkpoint()["epochs_done"] == 1
+
+
+def test_a_run_created_with_its_spec_holds_its_job_yaml(tmp_path):
+    from launcher.spec import load_spec
+
+    spec = load_spec("jobs/binary_2d.yaml", ["resources.workers=0"])
+    run = RunDir.create(tmp_path / "r", spec)
+    assert (run.path / "job.yaml").read_text() == spec.to_yaml()
+    assert RunDir.open(run.path).spec().to_yaml() == spec.to_yaml()
+    assert (run.path / "checkpoints").is_dir()

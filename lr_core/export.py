@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -53,8 +52,12 @@ def class_labels(meta: dict) -> list[str]:
     return labels
 
 
-# the largest finite float64, a Python float: a whole number compares with it exactly (no conversion)
-_F64_MAX = sys.float_info.max
+# float32's range as Python floats (a whole number compares with them exactly, no conversion):
+# the scale and the standardization are applied in float32 (the training graph, serving, ONNX),
+# so a value beyond it would turn every input into inf or NaN. A std down to the smallest
+# normal float32 keeps 1 / std finite.
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).tiny)
 
 
 def _check_meta(meta: dict) -> None:
@@ -74,8 +77,9 @@ def _check_meta(meta: dict) -> None:
         raise ValueError(f"meta.json threshold must be a number between 0 and 1, got {shown(t, 40)}")
     scale = meta.get("scale")
     if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not 0 < scale <= _F64_MAX):   # 400 digits pass < inf, and float() overflows
-        raise ValueError(f"meta.json scale must be null or a positive number, got {shown(scale, 40)}")
+                              or not _F32_TINY <= scale <= _F32_MAX):   # 400 digits pass < inf
+        raise ValueError(f"meta.json scale must be null or a positive number that float32 holds "
+                         f"({_F32_TINY:.3g} to {_F32_MAX:.3g}), got {shown(scale, 40)}")
 
 
 def _check_standardize(meta: dict) -> None:
@@ -91,14 +95,14 @@ def _check_standardize(meta: dict) -> None:
         v = stats.get(key)
         if not isinstance(v, list) or len(v) != n:
             raise ValueError(f"meta.json standardize.{key} must be a list of {n} numbers, got {str(v)[:40]!r}")
-        # a number float64 holds, else NaN: a string, a boolean, a whole number of 400 digits
-        a = np.array([x if isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= _F64_MAX
+        # a number float32 holds, else NaN: a string, a boolean, 1e300, a whole number of 400 digits
+        a = np.array([x if isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= _F32_MAX
                       else np.nan for x in v],
                      dtype=np.float64)
-        if not np.isfinite(a).all() or (key == "std" and not (a > 0).all()):
-            bad = next(x for x, ok in zip(v, np.isfinite(a) & ((a > 0) if key == "std" else True)) if not ok)
-            raise ValueError(f"meta.json standardize.{key} must hold finite numbers"
-                             f"{', each above 0' if key == 'std' else ''}, got {str(bad)[:40]!r}")
+        if not np.isfinite(a).all() or (key == "std" and not (a >= _F32_TINY).all()):
+            bad = next(x for x, ok in zip(v, np.isfinite(a) & ((a >= _F32_TINY) if key == "std" else True)) if not ok)
+            raise ValueError(f"meta.json standardize.{key} must hold numbers that float32 holds"
+                             f"{f', each at least {_F32_TINY:.3g}' if key == 'std' else ''}, got {str(bad)[:40]!r}")
 
 
 def export_model(directory: str | os.PathLike, cfg: LoopConfig, params: dict[str, np.ndarray],

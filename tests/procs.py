@@ -6,10 +6,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 
 import psutil
 
-__all__ = ["kill_tree", "run"]
+__all__ = ["kill_tree", "run", "stop_group"]
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -44,3 +45,32 @@ def run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess
         kill_tree(proc)
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies, which the machine's init reaps
+    in its own time, do not count: they hold nothing)."""
+    for p in psutil.process_iter(["status"]):
+        try:
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
+                return True
+        except (ProcessLookupError, psutil.NoSuchProcess):
+            continue
+    return False
+
+
+def stop_group(pgid: int, grace: float = 2.0) -> None:
+    """SIGTERM to process group ``pgid`` (a ``ray start --head`` started in a session of its
+    own), SIGKILL to whatever still runs ``grace`` seconds later, then wait (at most 10 s)
+    until none of it runs. Ray's GCS server and autoscaler monitor outlive a SIGTERM by
+    more than 25 s here, so waiting longer for them only adds to the tests' time."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + wait
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if not _group_alive(pgid):
+            return

@@ -11,7 +11,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import pytest
 import yaml
 
 from launcher.driver import run_job
+from procs import stop_group
 from launcher.spec import load_spec
 from lr_core.data import write_idx
 
@@ -362,19 +362,8 @@ def _start_head(home: Path, num_cpus: int, dashboard: bool):
 
 
 def _stop_head(proc, temp):
-    """SIGTERM to the head's process group, SIGKILL to whatever is left after 10 s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        deadline = time.time() + 10
-        while time.time() < deadline:
-            try:
-                os.killpg(proc.pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.2)
+    """The head's process group stopped (SIGTERM, SIGKILL after 2 s), its folder removed."""
+    stop_group(proc.pid)
     if proc.poll() is None:
         proc.wait(timeout=10)
     shutil.rmtree(temp, ignore_errors=True)

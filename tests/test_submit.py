@@ -6,7 +6,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ import numpy as np
 import pytest
 
 from launcher.rundir import latest_checkpoint
+from procs import stop_group
 from launcher.driver import run_job
 from launcher.spec import load_spec
 
@@ -79,18 +79,8 @@ def _head(token: bool):
             time.sleep(1)
         yield {"address": address, "env": env, "gcs": f"127.0.0.1:{port}"}
     finally:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            deadline = time.time() + 10  # the group's end, polled; then SIGKILL
-            while time.time() < deadline:
-                try:
-                    os.killpg(proc.pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.2)
+        stop_group(proc.pid)  # SIGTERM, SIGKILL after 2 s
+        proc.wait(timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
 
 

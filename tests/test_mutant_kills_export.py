@@ -415,6 +415,9 @@ SHOWN_LONG = "'xxxxxxxxxxxxxxxxxxxx... (50 characters)"
      f"standardize.mean must hold numbers that float32 holds, got '{sys.float_info.max!r}'"),
     ("standardize", {"mean": [0.0, 0.0], "std": [1.0, 1e-39]},
      "standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '1e-39'"),
+    # float32's smallest normal is a std like any other: the value named is the one below it
+    ("standardize", {"mean": [0.0, 0.0], "std": [float(np.finfo(np.float32).tiny), 0.0]},
+     "standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '0.0'"),
     pytest.param("standardize", {"mean": [0.0, 10 ** 400], "std": [1.0, 1.0]},
                  f"standardize.mean must hold numbers that float32 holds, got '1{'0' * 39}'", id="standardize-mean-of-400-digits"),
     pytest.param("standardize", {"mean": [0.0, 0.0], "std": [-(10 ** 400), 1.0]},

@@ -1,8 +1,10 @@
 """``lr_core.files``' bounded reads at the bound (docs/design.md#data), where `make mutants`
 found the fast tests silent: a file of exactly the bound, the size a message gives, and
 the words of the error when the parser runs out of memory."""
+import contextlib
 import json
 import os
+import signal
 
 import pytest
 
@@ -67,3 +69,48 @@ def test_json_the_parser_cannot_hold_is_named_so(tmp_path, monkeypatch):
         load_json(p, 1 << 20)
     assert str(e.value) == "not usable JSON (too large to hold in memory)"
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+@contextlib.contextmanager
+def _returns_within(seconds: float, what: str):
+    """Fails the test if the block has not returned after ``seconds`` (it waits for something
+    that never comes): a guard against a hang, far above the microseconds the block takes."""
+    def hung(signum, frame):
+        raise AssertionError(f"{what} did not return within {seconds} s: it blocks")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def test_a_fifo_with_no_writer_reads_as_empty_at_once(tmp_path):
+    """Opened without blocking: a FIFO nobody writes to is empty, not a wait for a writer."""
+    fifo = tmp_path / "spec.yaml"
+    os.mkfifo(fifo)
+    with _returns_within(5, "read_at_most of a FIFO with no writer"):
+        assert read_at_most(fifo, 10) == b""
+
+
+def test_a_source_that_does_not_end_is_read_only_near_the_bound(tmp_path):
+    """A FIFO whose writer keeps it open (a source with no end, like /dev/zero) holding 60,000
+    bytes: the bound of 10 stops the read after a buffer's worth at most; the rest stays unread."""
+    fifo = tmp_path / "meta.json"
+    os.mkfifo(fifo)
+    w = os.open(fifo, os.O_RDWR)  # a writer that stays: the FIFO never reports its end
+    try:
+        os.write(w, b"x" * 60_000)
+        with pytest.raises(TooLarge) as e:
+            read_at_most(fifo, 10)
+        assert e.value.size is None
+        os.set_blocking(w, False)
+        left = 0
+        with contextlib.suppress(BlockingIOError):
+            while chunk := os.read(w, 1 << 16):
+                left += len(chunk)
+        assert left >= 60_000 - max(8192, 11), f"only {left:,} of 60,000 bytes left unread"
+    finally:
+        os.close(w)

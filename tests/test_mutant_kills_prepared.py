@@ -501,3 +501,16 @@ def test_the_manifest_records_how_long_the_preparation_took(tmp_path):
     took = time.perf_counter() - t0
     seconds = _manifest(home)["prepared_seconds"]
     assert 0 <= seconds <= took + 0.0005, (seconds, took)
+
+
+def test_a_table_of_more_columns_than_a_full_block_holds_is_prepared(tmp_path):
+    """A block holds at most BLOCK_BYTES of float32 features: 70 columns make that fewer than
+    BLOCK_ROWS rows, a whole number of them (a table is sliced in rows)."""
+    n, d = 9, 70
+    assert prepared.BLOCK_BYTES // (4 * (d + 1)) < tables.BLOCK_ROWS
+    x = np.arange(n * d).reshape(n, d) * 0.5
+    path = tmp_path / "wide.csv"
+    path.write_text(",".join([*(f"c{i}" for i in range(d)), "label"]) + "\n"
+                    + "".join(",".join([*(repr(float(v)) for v in r), str(i % 2)]) + "\n" for i, r in enumerate(x)))
+    home = prepare(_req("csv", path), tmp_path / "cache")
+    _same_as_memory(open_prepared(home), load_dataset("csv", kind="binary", num_classes=2, seed=7, path=str(path)))

@@ -3,7 +3,7 @@ an empty training set and the integer types every rank indexes with."""
 import numpy as np
 import pytest
 
-from lr_core.sharding import epoch_permutation, local_plan, num_batches, shard_bounds
+from lr_core.sharding import epoch_permutation, local_plan, num_batches, segments, shard_bounds
 
 
 @pytest.mark.parametrize("rank,size", [(0, 1), (0, 3), (2, 3)])
@@ -48,3 +48,23 @@ def test_permutation_accepts_numpy_and_python_integers():
 @pytest.mark.parametrize("n,b,want", [(0, 3, 0), (1, 3, 1), (3, 3, 1), (4, 3, 2), (6, 3, 2), (7, 1, 7)])
 def test_num_batches_rounds_up(n, b, want):
     assert num_batches(n, b) == want
+
+
+def test_an_epoch_is_cut_at_every_multiple_of_every_step_wherever_it_starts():
+    """docs/design.md#mid-epoch-checkpoints: the cuts fall on multiples of checkpoint.every_steps,
+    not on steps counted from where a resumed run starts; an empty epoch is one empty range."""
+    assert segments(0, 10, 0) == [(0, 10)]
+    assert segments(0, 10, 4) == [(0, 4), (4, 8), (8, 10)]
+    assert segments(5, 10, 4) == [(5, 8), (8, 10)]
+    assert segments(8, 10, 4) == [(8, 10)]
+    assert segments(9, 10, 3) == [(9, 10)]
+    assert segments(0, 8, 4) == [(0, 4), (4, 8)]
+    assert segments(0, 1, 1) == [(0, 1)]
+    assert segments(0, 0, 3) == [(0, 0)]
+
+
+@pytest.mark.parametrize("start,steps", [(10, 10), (11, 10), (-1, 10), (1, 1), (1, 0)])
+def test_a_start_outside_the_epoch_is_refused_with_its_numbers(start, steps):
+    with pytest.raises(ValueError) as e:
+        segments(start, steps, 4)
+    assert str(e.value) == f"step {start} is outside an epoch of {steps} steps"

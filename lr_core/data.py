@@ -416,6 +416,12 @@ class BlockSums:
         return self.n, self.total
 
 
+# The smallest std standardization can use: features are multiplied by 1 / std in float32,
+# which overflows below 1 / float32's largest (2.94e-39). A training column whose std is
+# smaller counts as constant; an export whose std is smaller is damaged.
+MIN_STD = 1.0 / float(np.finfo(np.float32).max)
+
+
 def feature_stats(blocks: Callable[[], Any], scale: float | None = None,
                   sums: tuple[int, np.ndarray | None] | None = None) -> dict:
     """The mean and standard deviation (population, like scikit-learn's StandardScaler) of
@@ -423,7 +429,7 @@ def feature_stats(blocks: Callable[[], Any], scale: float | None = None,
     (an iterable of consecutive row blocks of ``stats_rows(d)`` rows, float32, or uint8 times
     ``scale`` taken in float32 before widening). Computed once where the data is loaded or
     prepared, never per rank, so every world size standardizes with the same numbers (docs/design.md#parity-rule). A feature
-    without variance keeps std 1 and is listed in ``constant``. Memory: one float64 copy of
+    without variance (or with a std below :data:`MIN_STD`) keeps std 1 and is listed in ``constant``. Memory: one float64 copy of
     a block, reused (the squares are taken in place). ``sums``: the first pass, already
     taken by :class:`BlockSums` while the rows were written."""
     buf = None
@@ -455,7 +461,7 @@ def feature_stats(blocks: Callable[[], Any], scale: float | None = None,
         sq = d if sq is None else np.add(sq, d, out=sq)
     std = np.sqrt(sq / n)
     # A constant float32 column leaves only float64 rounding in its deviations.
-    constant = np.flatnonzero(~(std > 1e-12 * np.maximum(np.abs(mean), 1e-300)))
+    constant = np.flatnonzero(~((std > 1e-12 * np.maximum(np.abs(mean), 1e-300)) & (std >= MIN_STD)))
     std[constant] = 1.0
     return {"mean": mean.tolist(), "std": std.tolist(), "constant": constant.tolist()}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from .config import LoopConfig
-from .data import standardizer
+from .data import MIN_STD, standardizer
 from .errors import shown
 from .files import TooLarge, load_json
 from .metrics import from_logits
@@ -52,12 +53,14 @@ def class_labels(meta: dict) -> list[str]:
     return labels
 
 
-# float32's range as Python floats (a whole number compares with them exactly, no conversion):
-# the scale and the standardization are applied in float32 (the training graph, serving, ONNX),
-# so a value beyond it would turn every input into inf or NaN. A std down to the smallest
-# normal float32 keeps 1 / std finite.
-_F32_MAX = float(np.finfo(np.float32).max)
-_F32_TINY = float(np.finfo(np.float32).tiny)
+def _float32_holds(x) -> bool:
+    """Whether ``x`` is a number (not a boolean) that float32 holds as a finite value: the
+    scale and the standardization are applied in float32 (the training graph, serving, ONNX),
+    where a larger one is inf and turns every input into inf or NaN."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not abs(x) <= sys.float_info.max:
+        return False  # NaN, or a whole number of 400 digits (float() of it overflows)
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(np.float32(x)))
 
 
 def _check_meta(meta: dict) -> None:
@@ -76,15 +79,15 @@ def _check_meta(meta: dict) -> None:
     if not usable:
         raise ValueError(f"meta.json threshold must be a number between 0 and 1, got {shown(t, 40)}")
     scale = meta.get("scale")
-    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))
-                              or not _F32_TINY <= scale <= _F32_MAX):   # 400 digits pass < inf
-        raise ValueError(f"meta.json scale must be null or a positive number that float32 holds "
-                         f"({_F32_TINY:.3g} to {_F32_MAX:.3g}), got {shown(scale, 40)}")
+    if scale is not None and not (_float32_holds(scale) and np.float32(scale) > 0):
+        raise ValueError(f"meta.json scale must be null or a positive number that float32 holds (at most "
+                         f"{_F32_MAX:.3g}), got {shown(scale, 40)}")
 
 
 def _check_standardize(meta: dict) -> None:
     """meta.json's ``standardize`` (docs/design.md#standardization): null, or ``mean`` and
-    ``std`` as lists of ``num_features`` finite numbers, every std above 0 (ValueError otherwise)."""
+    ``std`` as lists of ``num_features`` numbers that float32 holds, every std at least
+    :data:`~lr_core.data.MIN_STD` (ValueError otherwise)."""
     stats = meta.get("standardize")
     if stats is None:
         return
@@ -95,14 +98,12 @@ def _check_standardize(meta: dict) -> None:
         v = stats.get(key)
         if not isinstance(v, list) or len(v) != n:
             raise ValueError(f"meta.json standardize.{key} must be a list of {n} numbers, got {str(v)[:40]!r}")
-        # a number float32 holds, else NaN: a string, a boolean, 1e300, a whole number of 400 digits
-        a = np.array([x if isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= _F32_MAX
-                      else np.nan for x in v],
-                     dtype=np.float64)
-        if not np.isfinite(a).all() or (key == "std" and not (a >= _F32_TINY).all()):
-            bad = next(x for x, ok in zip(v, np.isfinite(a) & ((a >= _F32_TINY) if key == "std" else True)) if not ok)
-            raise ValueError(f"meta.json standardize.{key} must hold numbers that float32 holds"
-                             f"{f', each at least {_F32_TINY:.3g}' if key == 'std' else ''}, got {str(bad)[:40]!r}")
+        ok = [_float32_holds(x) and (key == "mean" or x >= MIN_STD) for x in v]
+        if not all(ok):
+            bad = v[ok.index(False)]
+            what = (f"numbers that float32 holds (at most {_F32_MAX:.3g} in size)" if key == "mean" else
+                    f"numbers from {MIN_STD:.3g} (1 / float32's largest) to {_F32_MAX:.3g}")
+            raise ValueError(f"meta.json standardize.{key} must hold {what}, got {str(bad)[:40]!r}")
 
 
 def export_model(directory: str | os.PathLike, cfg: LoopConfig, params: dict[str, np.ndarray],

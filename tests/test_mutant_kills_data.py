@@ -391,3 +391,19 @@ def test_other_rows_become_float32_scaled_and_standardized():
     assert got.dtype == np.float32 and got.tolist() == [[1, 2], [-1, -2]]
     got = _dataset(raw, scale=0.5, stats=stats).features(raw)
     assert got.dtype == np.float32 and got.tolist() == [[-2, 3.25], [0, 3.75]]
+
+
+def test_a_std_too_small_for_float32_counts_as_constant_and_every_other_is_served():
+    """Standardization multiplies by 1 / std in float32: a column whose std is below MIN_STD
+    (1 / float32's largest) is constant (std 1), one just above it keeps its std, and the
+    statistics training computes are always ones an export accepts."""
+    from lr_core.data import MIN_STD, array_blocks, feature_stats, standardizer
+    from lr_core.export import _check_standardize
+
+    x = np.zeros((3, 3), dtype=np.float32)
+    x[1] = [2e-39, 2e-38, 1.0]  # stds 9.4e-40 (below MIN_STD), 9.4e-39 and 0.47
+    stats = feature_stats(array_blocks(x))
+    assert stats["constant"] == [0]
+    assert stats["std"][0] == 1.0 and MIN_STD <= stats["std"][1] < np.finfo(np.float32).tiny
+    assert np.isfinite(standardizer(stats)[1]).all()
+    _check_standardize({"num_features": 3, "standardize": stats})

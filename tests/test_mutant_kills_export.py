@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lr_core.config import LoopConfig
-from lr_core.data import Dataset
+from lr_core.data import MIN_STD, Dataset
 from lr_core.export import ExportedModel, export_model
 from lr_core.metrics import from_logits
 from lr_core.models import build_model, initial_parameters
@@ -379,49 +379,55 @@ SHOWN_LONG = "'xxxxxxxxxxxxxxxxxxxx... (50 characters)"
     ("threshold", [0.5], "threshold must be a number between 0 and 1, got [0.5]"),
     ("threshold", LONG, f"threshold must be a number between 0 and 1, got {SHOWN_LONG}"),
     ("threshold", "0.25", None),
-    ("scale", 0, "scale must be null or a positive number that float32 holds (1.18e-38 to 3.4e+38), got 0"),
-    ("scale", True, "scale must be null or a positive number that float32 holds (1.18e-38 to 3.4e+38), got True"),
-    ("scale", LONG, f"scale must be null or a positive number that float32 holds (1.18e-38 to 3.4e+38), got {SHOWN_LONG}"),
+    ("scale", 0, "scale must be null or a positive number that float32 holds (at most 3.4e+38), got 0"),
+    ("scale", True, "scale must be null or a positive number that float32 holds (at most 3.4e+38), got True"),
+    ("scale", LONG, f"scale must be null or a positive number that float32 holds (at most 3.4e+38), got {SHOWN_LONG}"),
     # the scale is applied in float32: a whole number of 400 digits, float64's largest and a value
-    # below float32's smallest normal are refused; float32's extremes hold
-    pytest.param("scale", 10 ** 400, "scale must be null or a positive number that float32 holds (1.18e-38 to 3.4e+38), got an integer of about 400 digits",
-                 id="scale-of-400-digits"),
+    # float32 rounds to 0 are refused; float32's largest (also as it is usually printed, which
+    # rounds to it) and its smallest normal and subnormal values hold
+    pytest.param("scale", 10 ** 400, "scale must be null or a positive number that float32 holds (at most 3.4e+38), "
+                 "got an integer of about 400 digits", id="scale-of-400-digits"),
     ("scale", float(np.finfo(np.float32).max), None),
+    ("scale", 3.4028235e+38, None),
     ("scale", float(np.finfo(np.float32).tiny), None),
-    ("scale", sys.float_info.max, f"scale must be null or a positive number that float32 holds (1.18e-38 to 3.4e+38), "
+    ("scale", 1e-45, None),
+    ("scale", sys.float_info.max, "scale must be null or a positive number that float32 holds (at most 3.4e+38), "
                                   f"got {sys.float_info.max!r}"),
-    ("scale", 1e-39, "scale must be null or a positive number that float32 holds (1.18e-38 to 3.4e+38), got 1e-39"),
+    ("scale", 3.5e+38, "scale must be null or a positive number that float32 holds (at most 3.4e+38), got 3.5e+38"),
+    ("scale", 1e-46, "scale must be null or a positive number that float32 holds (at most 3.4e+38), got 1e-46"),
     ("standardize", LONG, f"standardize must be a mapping with mean and std, got '{X40}'"),
     ("standardize", {"mean": [0.0] * 3, "std": [1.0, 1.0]},
      f"standardize.mean must be a list of 2 numbers, got '{str([0.0] * 3)[:40]}'"),
     ("standardize", {"mean": "ab", "std": [1.0, 1.0]}, "standardize.mean must be a list of 2 numbers, got 'ab'"),
     ("standardize", {"mean": [0.0, 0.0], "std": [1.0] * 20},
      f"standardize.std must be a list of 2 numbers, got '{str([1.0] * 20)[:40]}'"),
-    ("standardize", {"mean": [1.0, "x"], "std": [1.0, 1.0]}, "standardize.mean must hold numbers that float32 holds, got 'x'"),
+    ("standardize", {"mean": [1.0, "x"], "std": [1.0, 1.0]}, "standardize.mean must hold numbers that float32 holds (at most 3.4e+38 in size), got 'x'"),
     ("standardize", {"mean": [0.0, 0.0], "std": [0.5, 0.0]},
-     "standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '0.0'"),
+     "standardize.std must hold numbers from 2.94e-39 (1 / float32's largest) to 3.4e+38, got '0.0'"),
     ("standardize", {"mean": [0.0, 0.0], "std": [0.5, LONG]},
-     f"standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '{X40}'"),
+     f"standardize.std must hold numbers from 2.94e-39 (1 / float32's largest) to 3.4e+38, got '{X40}'"),
     ("standardize", {"mean": [0.0, 0.0], "std": [0.5, 2.0]}, None),
     # a mean may be 0 or below: the value named is the one that is not a finite number
-    ("standardize", {"mean": [0.0, "x"], "std": [1.0, 1.0]}, "standardize.mean must hold numbers that float32 holds, got 'x'"),
+    ("standardize", {"mean": [0.0, "x"], "std": [1.0, 1.0]}, "standardize.mean must hold numbers that float32 holds (at most 3.4e+38 in size), got 'x'"),
     # whole numbers beyond int64 that float32 holds are numbers like any other (NumPy alone would make
     # an object array of them); 400 digits, or float64's largest, would be inf in float32: named, not
-    # a traceback nor NaN predictions; a std below float32's smallest normal would make 1 / std inf
+    # a traceback nor NaN predictions; a std below MIN_STD (1 / float32's largest) would make 1 / std inf
     ("standardize", {"mean": [1 << 70, 0], "std": [1, 1 << 70]}, None),
-    ("standardize", {"mean": [float(np.finfo(np.float32).max), 0.0],
-                     "std": [float(np.finfo(np.float32).tiny), float(np.finfo(np.float32).max)]}, None),
+    ("standardize", {"mean": [float(np.finfo(np.float32).max), -3.4028235e+38],
+                     "std": [MIN_STD, float(np.finfo(np.float32).max)]}, None),
     ("standardize", {"mean": [sys.float_info.max, 0.0], "std": [1.0, 1.0]},
-     f"standardize.mean must hold numbers that float32 holds, got '{sys.float_info.max!r}'"),
-    ("standardize", {"mean": [0.0, 0.0], "std": [1.0, 1e-39]},
-     "standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '1e-39'"),
-    # float32's smallest normal is a std like any other: the value named is the one below it
-    ("standardize", {"mean": [0.0, 0.0], "std": [float(np.finfo(np.float32).tiny), 0.0]},
-     "standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '0.0'"),
+     f"standardize.mean must hold numbers that float32 holds (at most 3.4e+38 in size), got '{sys.float_info.max!r}'"),
+    ("standardize", {"mean": [0.0, 0.0], "std": [1.0, 2.9e-39]},
+     "standardize.std must hold numbers from 2.94e-39 (1 / float32's largest) to 3.4e+38, got '2.9e-39'"),
+    ("standardize", {"mean": [0.0, 0.0], "std": [1.0, 3.5e+38]},
+     "standardize.std must hold numbers from 2.94e-39 (1 / float32's largest) to 3.4e+38, got '3.5e+38'"),
+    # the smallest std is a std like any other: the value named is the one below it
+    ("standardize", {"mean": [0.0, 0.0], "std": [MIN_STD, 0.0]},
+     "standardize.std must hold numbers from 2.94e-39 (1 / float32's largest) to 3.4e+38, got '0.0'"),
     pytest.param("standardize", {"mean": [0.0, 10 ** 400], "std": [1.0, 1.0]},
-                 f"standardize.mean must hold numbers that float32 holds, got '1{'0' * 39}'", id="standardize-mean-of-400-digits"),
+                 f"standardize.mean must hold numbers that float32 holds (at most 3.4e+38 in size), got '1{'0' * 39}'", id="standardize-mean-of-400-digits"),
     pytest.param("standardize", {"mean": [0.0, 0.0], "std": [-(10 ** 400), 1.0]},
-                 f"standardize.std must hold numbers that float32 holds, each at least 1.18e-38, got '-1{'0' * 38}'",
+                 f"standardize.std must hold numbers from 2.94e-39 (1 / float32's largest) to 3.4e+38, got '-1{'0' * 38}'",
                  id="standardize-std-of-400-digits"),
 ])
 def test_meta_json_fields_serving_reads_are_checked_with_one_line(tmp_path, field, value, problem):

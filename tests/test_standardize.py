@@ -261,12 +261,12 @@ def test_feature_stats_memory_is_one_block_of_bounded_bytes_however_wide_the_row
 
 @pytest.mark.parametrize("damage,first", [
     ({"mean": [0.0, 1.0], "std": [1.0] * 4}, "meta.json standardize.mean must be a list of 4 numbers, got '[0.0, 1.0]'"),
-    ({"mean": [0.0] * 4, "std": [1.0, 0.0, 1.0, 1.0]}, "meta.json standardize.std must hold numbers that float32 holds, each "
-                                                       "at least 1.18e-38, got '0.0'"),
-    ({"mean": [0.0, None, 0.0, 0.0], "std": [1.0] * 4}, "meta.json standardize.mean must hold numbers that float32 holds, "
+    ({"mean": [0.0] * 4, "std": [1.0, 0.0, 1.0, 1.0]}, "meta.json standardize.std must hold numbers from 2.94e-39 (1 / float32's "
+                                                       "largest) to 3.4e+38, got '0.0'"),
+    ({"mean": [0.0, None, 0.0, 0.0], "std": [1.0] * 4}, "meta.json standardize.mean must hold numbers that float32 holds (at most 3.4e+38 in size), "
                                                         "got 'None'"),
-    ({"mean": [0.0] * 4, "std": [1.0, "x", 1.0, 1.0]}, "meta.json standardize.std must hold numbers that float32 holds, each "
-                                                       "at least 1.18e-38, got 'x'"),
+    ({"mean": [0.0] * 4, "std": [1.0, "x", 1.0, 1.0]}, "meta.json standardize.std must hold numbers from 2.94e-39 (1 / float32's "
+                                                       "largest) to 3.4e+38, got 'x'"),
     ([1, 2], "meta.json standardize must be a mapping with mean and std, got '[1, 2]'"),
 ])
 def test_a_damaged_standardize_in_meta_json_is_a_damaged_export(tmp_path, damage, first):

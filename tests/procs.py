@@ -10,7 +10,7 @@ import time
 
 import psutil
 
-__all__ = ["kill_tree", "run", "stop_group"]
+__all__ = ["kill_tree", "run", "stop_session"]
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -47,30 +47,36 @@ def run(cmd: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of group ``pgid`` still runs (zombies, which the machine's init reaps
-    in its own time, do not count: they hold nothing)."""
+def _session(sid: int) -> list[psutil.Process]:
+    """The live processes of session ``sid`` (a process started with ``start_new_session``
+    and all it started, whatever process groups they made since; zombies, which the
+    machine's init reaps in its own time, hold nothing and do not count)."""
+    out = []
     for p in psutil.process_iter(["status"]):
         try:
-            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(p.pid) == pgid:
-                return True
-        except (ProcessLookupError, psutil.NoSuchProcess):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(p.pid) == sid:
+                out.append(p)
+        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
             continue
-    return False
+    return out
 
 
-def stop_group(pgid: int, grace: float = 2.0) -> None:
-    """SIGTERM to process group ``pgid`` (a ``ray start --head`` started in a session of its
-    own), SIGKILL to whatever still runs ``grace`` seconds later, then wait (at most 10 s)
-    until none of it runs. Ray's GCS server and autoscaler monitor outlive a SIGTERM by
-    more than 25 s here, so waiting longer for them only adds to the tests' time."""
+def stop_session(sid: int, grace: float = 2.0) -> None:
+    """Stop everything in session ``sid`` (a ``ray start --head`` started in a session of its
+    own): SIGTERM, SIGKILL to whatever still runs ``grace`` seconds later, then wait (at
+    most 10 s) until none of it runs, else fail. Ray's GCS server and autoscaler monitor
+    outlive a SIGTERM by more than 25 s here, so waiting longer for them only adds to the
+    tests' time."""
+    left: list[psutil.Process] = []
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 10.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
+        for p in _session(sid):
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
         deadline = time.monotonic() + wait
-        while _group_alive(pgid) and time.monotonic() < deadline:
+        while (left := _session(sid)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if not _group_alive(pgid):
+        if not left:
             return
+    raise AssertionError(f"session {sid} still runs after SIGKILL: pids {[p.pid for p in left]}")

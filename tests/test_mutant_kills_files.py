@@ -1,7 +1,9 @@
 """``lr_core.files``' bounded reads at the bound (docs/design.md#data), where `make mutants`
-found the fast tests silent: a file of exactly the bound, the size a message gives, and
-the words of the error when the parser runs out of memory."""
+found the fast tests silent: a file of exactly the bound, the size a message gives, the
+words of the error when the parser runs out of memory, a FIFO with no writer (read as empty,
+without waiting) and one that never ends (read no further than the bound)."""
 import contextlib
+import io
 import json
 import os
 import signal
@@ -96,21 +98,26 @@ def test_a_fifo_with_no_writer_reads_as_empty_at_once(tmp_path):
 
 
 def test_a_source_that_does_not_end_is_read_only_near_the_bound(tmp_path):
-    """A FIFO whose writer keeps it open (a source with no end, like /dev/zero) holding 60,000
-    bytes: the bound of 10 stops the read after a buffer's worth at most; the rest stays unread."""
+    """A FIFO whose writer keeps it open (a source with no end, like /dev/zero) holding a full
+    pipe: the bound of 10 stops the read after one buffer of the reader at most; the rest
+    stays unread (a read to the end would drain the pipe, or wait for an end that never comes)."""
     fifo = tmp_path / "meta.json"
     os.mkfifo(fifo)
-    w = os.open(fifo, os.O_RDWR)  # a writer that stays: the FIFO never reports its end
+    w = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)  # a writer that stays: the FIFO never reports its end
     try:
-        os.write(w, b"x" * 60_000)
-        with pytest.raises(TooLarge) as e:
+        held = 0
+        with contextlib.suppress(BlockingIOError):  # fill the pipe, whatever its capacity
+            while True:
+                held += os.write(w, b"x" * 4096)
+        buffer = max(io.DEFAULT_BUFFER_SIZE, os.fstat(w).st_blksize)  # what the reader reads ahead
+        assert held > 2 * buffer, f"a pipe of {held} bytes cannot tell a bounded read"
+        with _returns_within(5, "read_at_most of a FIFO that never ends"), pytest.raises(TooLarge) as e:
             read_at_most(fifo, 10)
         assert e.value.size is None
-        os.set_blocking(w, False)
         left = 0
         with contextlib.suppress(BlockingIOError):
             while chunk := os.read(w, 1 << 16):
                 left += len(chunk)
-        assert left >= 60_000 - max(8192, 11), f"only {left:,} of 60,000 bytes left unread"
+        assert left >= held - buffer, f"only {left:,} of {held:,} bytes left unread"
     finally:
         os.close(w)

@@ -503,7 +503,7 @@ def test_the_manifest_records_how_long_the_preparation_took(tmp_path):
     assert 0 <= seconds <= took + 0.0005, (seconds, took)
 
 
-def test_a_table_of_more_columns_than_a_full_block_holds_is_prepared(tmp_path):
+def test_a_table_whose_blocks_hold_fewer_than_block_rows_rows_is_prepared(tmp_path):
     """A block holds at most BLOCK_BYTES of float32 features: 70 columns make that fewer than
     BLOCK_ROWS rows, a whole number of them (a table is sliced in rows)."""
     n, d = 9, 70

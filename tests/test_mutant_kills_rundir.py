@@ -521,8 +521,12 @@ def test_a_folder_that_refuses_the_probe_is_named_with_the_os_reason(tmp_path, m
     fails: the OS's reason is in the one line."""
     import errno
 
-    def read_only(*args, **kwargs):
-        raise OSError(errno.EROFS, "Read-only file system")
+    real_mkdtemp = rundir.tempfile.mkdtemp
+
+    def read_only(*args, dir=None, **kwargs):  # only the folder the run goes in refuses it
+        if dir is not None and Path(dir) == tmp_path:
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdtemp(*args, dir=dir, **kwargs)
 
     monkeypatch.setattr(rundir.tempfile, "mkdtemp", read_only)
     with pytest.raises(LrjobInputError) as e:

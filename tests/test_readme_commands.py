@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from launcher.driver import run_job
-from procs import stop_group
 from launcher.spec import load_spec
 from lr_core.data import write_idx
+from procs import stop_session
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -363,7 +363,7 @@ def _start_head(home: Path, num_cpus: int, dashboard: bool):
 
 def _stop_head(proc, temp):
     """The head's process group stopped (SIGTERM, SIGKILL after 2 s), its folder removed."""
-    stop_group(proc.pid)
+    stop_session(proc.pid)  # its session: SIGTERM, SIGKILL after 2 s
     if proc.poll() is None:
         proc.wait(timeout=10)
     shutil.rmtree(temp, ignore_errors=True)

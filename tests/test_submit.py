@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 from launcher.rundir import latest_checkpoint
-from procs import stop_group
 from launcher.driver import run_job
 from launcher.spec import load_spec
+from procs import stop_session
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def _head(token: bool):
             time.sleep(1)
         yield {"address": address, "env": env, "gcs": f"127.0.0.1:{port}"}
     finally:
-        stop_group(proc.pid)  # SIGTERM, SIGKILL after 2 s
+        stop_session(proc.pid)  # SIGTERM, SIGKILL after 2 s
         proc.wait(timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
 

@@ -14,7 +14,21 @@ MUTANTS_JOBS ?= 2
 # ones (one Ray for the session) in one process.
 TEST_JOBS ?= 2
 
-.PHONY: install run test test-fast test-heavy bench bench-data bench-scaling clean doctor mutants
+.PHONY: help install run test test-fast test-heavy bench bench-data bench-scaling clean doctor mutants
+
+help:
+	@echo "make run          build the environment if missing, then train MNIST on 2 local workers"
+	@echo "                  (JOB=jobs/... WORKERS=N RUN_ARGS='--set train.epochs=3')"
+	@echo "make test         the tests: fast tier, slow in-process tier, distributed tier (TEST_JOBS=2)"
+	@echo "make test-fast    the fast tier alone (no Ray, no Horovod, under 3 minutes)"
+	@echo "make test-heavy   heavy proofs kept out of make test (a sweep of Horovod trials)"
+	@echo "make bench        test-heavy, then every benchmark, as JSON in bench-results/"
+	@echo "make bench-data   data at scale: ingest, prepared MNIST, out-of-core runs in memory cgroups"
+	@echo "make bench-scaling  the scaling map: samples/s by workers x global batch x model"
+	@echo "make doctor       what this machine has: MXNet, Horovod's build, Ray, data, GPUs"
+	@echo "make mutants      mutation testing, about 21 min on 2 cores; rewrites docs/mutants.md"
+	@echo "make install      the environment in .venv (.ci/install; every other target runs it)"
+	@echo "make clean        remove runs/, bench-results/, mutants/ and pytest's cache"
 
 install:
 	@VENV=$(VENV) bash .ci/install
@@ -56,8 +70,9 @@ doctor: install
 	$(LRJOB) doctor
 
 # Mutation testing of lr_core, the run directory, parity and resume (mutmut); rewrites
-# the generated part of docs/mutants.md. Two mutants at once: 9,352 of them take about 30
-# minutes on one idle core (docs/mutants.md); MUTANTS_JOBS=1 on a machine others use.
+# the generated part of docs/mutants.md. Two mutants at once (MUTANTS_JOBS=2): about
+# 10,000 mutants in about 21 minutes on 2 idle cores (docs/mutants.md); MUTANTS_JOBS=1 on
+# a machine others use.
 mutants: install
 	$(PY) .ci/mutants.py --jobs $(MUTANTS_JOBS)
 

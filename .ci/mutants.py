@@ -231,7 +231,7 @@ def render(changes, codes, info: list[dict] | None) -> str:
                       else "equivalent"] += 1
                 kinds["gap"] += "and a gap" in why
             old, new = (" / ".join(x) for x in changes[name])
-            survivors[module].append(f"- `{name.rpartition('.')[2]}` `{old}` → `{new}`: "
+            survivors[module].append(f"- `{name}` `{old}` → `{new}`: "
                                      f"{why or '**untriaged**'}")
             if not why:
                 untriaged.append(name)
@@ -261,7 +261,8 @@ def render(changes, codes, info: list[dict] | None) -> str:
                  + (f" | {100 * (total['killed'] + total['timeout']) / judged:.1f} |" if judged else " | – |"))
     lines += ["", "`killed %` = (killed + timeout) / (killed + timeout + survived). `no tests`: no test in "
               "the module's scope calls the function (listed at the end); `other`: not checked, suspicious "
-              "or crashed." + (" `not run`: selected by none of the runs above (not tested at this commit)."
+              "or crashed." + (" `not run`: selected by none of the runs above (not tested at this commit; "
+                               "the killed % of **all** counts only the mutants run)."
                                if "not run" in columns else ""), "",
               f"**Survivors: {total['survived']}**: {total['survived'] - len(untriaged)} with a reason "
               f"({kinds['equivalent']} equivalent; {kinds['Ray only']} reached only with Ray workers, the "
@@ -281,7 +282,9 @@ def render(changes, codes, info: list[dict] | None) -> str:
 
 def _run_line(info: dict) -> str:
     return (f"{info['date']}: {info['mutants']} mutants in {info['wall_s'] / 60:.1f} min of wall "
-            f"time, {info['jobs']} worker(s), mutmut {info['mutmut']}"
+            f"time in mutmut" + (f" ({info['total_s'] / 60:.1f} min in all, with generating the mutants and "
+                                 f"reading their results)" if info.get("total_s") else "")
+            + f", {info['jobs']} worker(s), mutmut {info['mutmut']}"
             + (f", only {_only_text(info['only'])}" if info.get("only") else "")
             + (f", code at commit {info['commit']}" if info.get("commit") else "")
             + (f", load average {info['load'][0]:.1f} at the start and {info['load'][1]:.1f} at the end "
@@ -333,7 +336,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     os.chdir(ROOT)
+    started = time.time()
     files = mutated_files()
+    if args.report_only and not RUN_INFO.is_file():
+        print("mutants: no results in mutants/ to report: run `make mutants` (or .ci/mutants.py --only GLOB) first",
+              file=sys.stderr)
+        return 1
     if not args.report_only:
         if not args.keep:
             shutil.rmtree(ROOT / "mutants", ignore_errors=True)
@@ -354,12 +362,16 @@ def main(argv=None) -> int:
             "date": time.strftime("%Y-%m-%d", time.gmtime()), "wall_s": wall, "jobs": args.jobs,
             "mutmut": mutmut.__version__, "only": args.only,
             "mutants": sum(matches(n, args.only) for n in changes), "commit": commit,
-            "load": [load_start, load_end]})
+            "load": [load_start, load_end], "total_s": time.time() - started})
         RUN_INFO.write_text(json.dumps(runs))
     else:
         changes, codes = results(files)
     write_report(render(changes, codes, load_runs()))
     print(f"mutants: report written to {DOC.relative_to(ROOT)}")
+    not_run = sum(code is None for code in codes.values())
+    if not_run:
+        print(f"mutants: {not_run} of {len(codes)} mutants were not run (counted as `not run` in the report); "
+              f"`git checkout {DOC.relative_to(ROOT)}` restores the committed one")
     return 0
 
 

@@ -407,3 +407,11 @@ def test_a_std_too_small_for_float32_counts_as_constant_and_every_other_is_serve
     assert stats["std"][0] == 1.0 and MIN_STD <= stats["std"][1] < np.finfo(np.float32).tiny
     assert np.isfinite(standardizer(stats)[1]).all()
     _check_standardize({"num_features": 3, "standardize": stats})
+
+
+def test_a_std_of_exactly_min_std_is_kept():
+    """MIN_STD is the smallest usable std, itself included (float64 rows, which give exactly it)."""
+    from lr_core.data import MIN_STD, array_blocks, feature_stats
+
+    stats = feature_stats(array_blocks(np.array([[0.0], [2 * MIN_STD]])))
+    assert stats["std"] == [MIN_STD] and stats["constant"] == []

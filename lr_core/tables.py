@@ -626,6 +626,16 @@ def _line_offset(fs, inner: str, where: str, lines: int) -> int:
     return len(head)
 
 
+def _cores() -> int:
+    """The cores this process may run on. Not ``pyarrow.cpu_count()``: Arrow sizes it from
+    ``OMP_NUM_THREADS``, which lrjob sets to 1 for MXNet, and the CSV chunks would then
+    parse one at a time (measured: 0.82 s instead of 0.61 s to prepare a 1M x 20 CSV)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no affinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 def _parallel_chunks(fs, inner: str, where: str, start: int, parse: Callable[[bytes], tuple]):
     """``parse`` of each whole-line chunk of about ``_CSV_CHUNK_BYTES`` from byte ``start``,
     in file order, with up to one chunk per core being parsed while the next is read.
@@ -637,7 +647,7 @@ def _parallel_chunks(fs, inner: str, where: str, start: int, parse: Callable[[by
     import pyarrow as pa
     from concurrent.futures import ThreadPoolExecutor
 
-    threads = max(1, min(_CSV_THREADS, pa.cpu_count()))
+    threads = max(1, min(_CSV_THREADS, _cores()))
     with _open_stream(fs, inner, where) as f, ThreadPoolExecutor(threads) as pool:
         pending: list = []
         f.read(start)  # the header lines

@@ -7,6 +7,7 @@ whole when a quoted name in it holds a \\r."""
 from __future__ import annotations
 
 import decimal
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +30,34 @@ def _message(fn, *a, **kw) -> str:
 
 
 @pytest.fixture
-def cpu_count():
-    """Sets pyarrow's core count (it bounds the CSV parse threads) and puts it back."""
+def cpu_count(monkeypatch):
+    """Sets the number of cores the CSV reader sees (it bounds the parse threads)."""
+    return lambda n: monkeypatch.setattr(tables, "_cores", lambda: n)
+
+
+def test_the_parse_threads_follow_the_cores_not_pyarrows_count(tmp_path, monkeypatch):
+    """lrjob sets OMP_NUM_THREADS=1 for MXNet, and pyarrow's cpu_count() follows it: the CSV
+    chunks still parse on every core this process may use."""
+    import concurrent.futures
+
+    pools = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            pools.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    assert tables._cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
     before = pa.cpu_count()
-    yield pa.set_cpu_count
-    pa.set_cpu_count(before)
+    pa.set_cpu_count(1)
+    try:
+        p = tmp_path / "t.csv"
+        p.write_bytes(b"1,2\n" * 4)
+        assert list(tables._parallel_chunks(_CountingFS(), str(p), str(p), 0, bytes)) == [b"1,2\n" * 4]
+    finally:
+        pa.set_cpu_count(before)
+    assert pools == [min(tables._CSV_THREADS, len(os.sched_getaffinity(0)))]
 
 
 def test_column_lists_in_messages_cut_each_name_at_40_characters(tmp_path):

@@ -500,3 +500,16 @@ def test_a_quote_as_the_first_byte_after_the_header_or_of_a_piece_stops_the_coun
     t = open_table(p)
     assert (t.count_rows(), t.counted) == (None, False)
     assert sum(len(x) for x, _ in t.batches()) == 2
+
+
+def test_the_cores_are_the_affinity_else_the_cpu_count_and_at_least_one(monkeypatch):
+    """Where the platform has no affinity (macOS), the machine's count; an unknown count is one core."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3})
+    assert tables._cores() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert tables._cores() == 3
+    monkeypatch.delattr(os, "sched_getaffinity")
+    monkeypatch.setattr(os, "cpu_count", lambda: 5)
+    assert tables._cores() == 5
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert tables._cores() == 1

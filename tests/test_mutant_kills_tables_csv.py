@@ -30,25 +30,31 @@ def _message(fn, *a, **kw) -> str:
 
 
 @pytest.fixture
+def pools(monkeypatch):
+    """The max_workers of every ThreadPoolExecutor made while the test runs."""
+    import concurrent.futures
+
+    sizes = []
+
+    class Pool(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers=None, *args, **kwargs):
+            sizes.append(max_workers)
+            super().__init__(max_workers, *args, **kwargs)
+
+    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
+    return sizes
+
+
+@pytest.fixture
 def cpu_count(monkeypatch):
     """Sets the number of cores the CSV reader sees (it bounds the parse threads)."""
     return lambda n: monkeypatch.setattr(tables, "_cores", lambda: n)
 
 
-def test_the_parse_threads_follow_the_cores_not_pyarrows_count(tmp_path, monkeypatch):
+def test_the_parse_threads_follow_the_cores_not_pyarrows_count(tmp_path, pools):
     """lrjob sets OMP_NUM_THREADS=1 for MXNet, and pyarrow's cpu_count() follows it: the CSV
     chunks still parse on every core this process may use."""
-    import concurrent.futures
-
-    pools = []
-
-    class Pool(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, max_workers=None, *args, **kwargs):
-            pools.append(max_workers)
-            super().__init__(max_workers, *args, **kwargs)
-
     assert tables._cores() == len(os.sched_getaffinity(0))
-    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
     before = pa.cpu_count()
     pa.set_cpu_count(1)
     try:
@@ -117,20 +123,10 @@ class _CountingFS:
 
 
 @pytest.mark.parametrize("cores,threads", [(1, 1), (2, 2), (8, 4)])
-def test_a_csv_is_read_at_most_one_chunk_per_thread_ahead(tmp_path, monkeypatch, cpu_count, cores, threads):
+def test_a_csv_is_read_at_most_one_chunk_per_thread_ahead(tmp_path, monkeypatch, pools, cpu_count, cores, threads):
     """min(4, cores) threads: when the first chunk's rows are handed on, threads + 1 chunks
     have been read (one per thread being parsed, and the next); never more. The pool has
     that many threads (a larger one would parse more chunks at once than were read for it)."""
-    import concurrent.futures
-
-    pools = []
-
-    class Pool(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, max_workers=None, *args, **kwargs):
-            pools.append(max_workers)
-            super().__init__(max_workers, *args, **kwargs)
-
-    monkeypatch.setattr(concurrent.futures, "ThreadPoolExecutor", Pool)
     p = tmp_path / "t.csv"
     p.write_bytes(b"1,2\n" * 20)
     monkeypatch.setattr(tables, "_CSV_CHUNK_BYTES", 4)

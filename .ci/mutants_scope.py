@@ -22,6 +22,8 @@ import fnmatch
 import gc
 import json
 import os
+import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,6 +120,9 @@ SCOPE: dict[str, tuple[str, ...]] = {
     # timeout of a mutant that reads without a bound cost 30 to 60 s)
     "lr_core.files": ("test_mutant_kills_files.py", "test_export.py", "test_spec.py"),
 }
+
+# mutmut's own process: this plugin is imported once, there, before any mutant's run is forked
+_MUTMUT_PID = os.getpid()
 
 ALL = frozenset(e for entries in SCOPE.values() for e in entries if not e.startswith("!"))
 
@@ -216,10 +221,27 @@ def pytest_unconfigure(config):
     and the tests. Each forked session's end runs pytest's ``gc.collect()`` five times, over
     every object the fork inherited (about 0.09 s of a mutant's 0.2). What is left once
     mutmut's own session is collected is frozen: the collector skips it in the forks. Done
-    in mutmut's own process (no mutant under test), before it forks."""
-    if _mutant_under_test() is None:
+    in mutmut's own process (no mutant under test), before it forks.
+
+    A forked run ends with ``os._exit``, which runs no ``atexit`` handler: what its session
+    made in the temporary folder (pytest's numbered ``basetemp``, the HOME that
+    tests/conftest.py makes on each import) is removed here, or a whole run leaves about
+    20,000 folders and 17 GB there."""
+    if os.getpid() != _MUTMUT_PID:
+        _remove_own_temporaries(config)
+    elif _mutant_under_test() is None:
         gc.collect()
         gc.freeze()
+
+
+def _remove_own_temporaries(config) -> None:
+    factory = getattr(config, "_tmp_path_factory", None)
+    base = getattr(factory, "_basetemp", None)
+    if base is not None:
+        shutil.rmtree(base, ignore_errors=True)
+    conftest = sys.modules.get("conftest")
+    if getattr(conftest, "_OWNER", None) == os.getpid():  # made by this process's import of it
+        shutil.rmtree(conftest._SESSION_HOME, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

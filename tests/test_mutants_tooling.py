@@ -110,3 +110,37 @@ def test_report_only_without_results_refuses_and_writes_nothing(mutants, tmp_pat
     assert mutants.main(["--report-only"]) == 1
     assert doc.read_text() == "the committed report\n"
     assert "no results in mutants/" in capsys.readouterr().err
+
+
+def test_a_forked_mutant_run_removes_the_temporary_folders_its_session_made(scope, tmp_path, monkeypatch):
+    """mutmut ends each mutant's forked run with os._exit: no atexit handler runs, so its
+    session's basetemp and the HOME tests/conftest.py made are removed at unconfigure, and
+    a HOME the fork inherited from mutmut's own process is left to that process."""
+    import os
+    import sys
+    import types
+
+    base, own_home, inherited = tmp_path / "pytest-7", tmp_path / "home-child", tmp_path / "home-parent"
+    for d in (base, own_home, inherited):
+        (d / "sub").mkdir(parents=True)
+    config = types.SimpleNamespace(_tmp_path_factory=types.SimpleNamespace(_basetemp=base))
+    conftest = types.ModuleType("conftest")
+    monkeypatch.setitem(sys.modules, "conftest", conftest)
+
+    def in_a_fork(owner_is_child: bool, home: Path) -> int:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                conftest._OWNER = os.getpid() if owner_is_child else os.getppid()
+                conftest._SESSION_HOME = str(home)
+                scope.pytest_unconfigure(config)
+            finally:
+                os._exit(0)
+        return os.waitpid(pid, 0)[1]
+
+    assert in_a_fork(False, inherited) == 0
+    assert inherited.exists(), "the parent's HOME was removed by a fork"
+    assert not base.exists(), "the fork's basetemp was left behind"
+    assert in_a_fork(True, own_home) == 0
+    assert not own_home.exists(), "the HOME the fork's own conftest import made was left behind"
+    assert inherited.exists()

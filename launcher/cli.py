@@ -80,14 +80,18 @@ def _add_oversubscribe(p):
                         "request is refused)")
 
 
-def _installed_version() -> str:
-    """lrjob's installed version (env.json's ``versions.lrjob``), without importing MXNet."""
-    from importlib.metadata import PackageNotFoundError, version
+class _Version(argparse.Action):
+    """``--version``: ``launcher.__version__``."""
 
-    try:
-        return version("lrjob")
-    except PackageNotFoundError:  # a checkout run without installing it
-        return "(not installed: run `make install`)"
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help="show lrjob's version and exit"):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+
+        print(f"lrjob {__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -95,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     k8s are added by ``launcher.deploy``)."""
     p = _Parser(prog="lrjob", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # Without it, `lrjob --version` answered "the following arguments are required: COMMAND".
-    p.add_argument("--version", action="version", version=f"lrjob {_installed_version()}")
+    p.add_argument("--version", action=_Version)
     subs = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subs.required = True
 

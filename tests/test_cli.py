@@ -23,10 +23,18 @@ def test_help_has_examples():
 
 
 def test_version_prints_the_installed_version_and_exits_0():
+    import tomllib
     from importlib.metadata import version
+
+    import launcher
 
     r = lrjob("--version")
     assert (r.returncode, r.stdout, r.stderr) == (0, f"lrjob {version('lrjob')}\n", "")
+    # one version: pyproject.toml's, launcher.__version__ (what --version and the k8s image tag read)
+    # and the installed package's
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        declared = tomllib.load(f)["project"]["version"]
+    assert launcher.__version__ == declared == version("lrjob")
 
 
 def test_run_workers_0_writes_a_complete_run_directory(tmp_path):

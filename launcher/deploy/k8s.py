@@ -24,13 +24,14 @@ import re
 import sys
 import textwrap
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from lr_core.errors import SpecError
+
+from .. import __version__
 
 __all__ = ["render", "Deploy", "add_parser", "cmd_k8s", "gpu_image", "shipped_manifests", "write_manifests", "main",
            "secret_command", "KINDS", "RAY_VERSION", "KUBERAY_VERSION", "DEFAULT_IMAGE", "SPEC_DIR", "SPEC_PATH",
@@ -42,15 +43,8 @@ RAY_VERSION = "2.60.0"  # the cluster's Ray; requirements.txt pins the same, so 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _project_version() -> str:
-    try:
-        return metadata.version("lrjob")
-    except metadata.PackageNotFoundError:  # a source tree that was never installed
-        return "latest"
-
-
 # The CPU image (Dockerfile); GPU manifests use the same tag plus "-gpu" (Dockerfile.gpu).
-DEFAULT_IMAGE = f"lrjob:{_project_version()}"
+DEFAULT_IMAGE = f"lrjob:{__version__}"
 SPEC_DIR = "/etc/lrjob"
 SPEC_PATH = f"{SPEC_DIR}/job.yaml"
 RUNS_DIR = "/runs"

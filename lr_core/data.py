@@ -315,16 +315,18 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset:
             sample = [clip(v, 40) for v in sorted({str(v) for v in y})[:4]]
             raise DataError(f"{where}: labels must be numbers, found {sample}; map them with "
                             f"data.label_map, e.g. {{{sample[0]!r}: 0, ...}}") from None
-    yf = y.astype(np.float64)
+    yf = np.asarray(y, dtype=np.float64)  # no copy of labels that are float64 already
     if not np.isfinite(yf).all():
         r = int(np.argwhere(~np.isfinite(yf))[0][0])
         raise DataError(f"{where}: row {offset + r + 1}: label {y[r]} is not finite; every row needs a label")
     if not np.all(yf == np.round(yf)):
         r = int(np.argwhere(yf != np.round(yf))[0][0])
         raise DataError(f"{where}: row {offset + r + 1}: label {y[r]} is not an integer class")
-    values = sorted(int(v) for v in np.unique(yf))
-    if kind == "binary":
-        if not set(values) <= {0, 1}:
+    # whole numbers now: all in {0, 1} (in [0, num_classes)) exactly when the smallest and the
+    # largest are, so valid labels are not sorted; the distinct values are listed for the error only
+    if yf.min() < 0 or yf.max() > (1 if kind == "binary" else num_classes - 1):
+        values = sorted(int(v) for v in np.unique(yf))
+        if kind == "binary":
             listed = values if len(values) <= 6 else values[:6] + ["..."]
             hint = ""
             if len(values) == 2:
@@ -332,13 +334,11 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset:
             r = int(np.flatnonzero((yf != 0) & (yf != 1))[0])
             raise DataError(f"{where}: binary labels must be exactly 0 or 1, found {listed} (first at row {offset + r + 1})"
                             f"{hint}")
-    else:
         bad = [v for v in values if v < 0 or v >= num_classes]
-        if bad:
-            r = int(np.flatnonzero((yf < 0) | (yf >= num_classes))[0])
-            raise DataError(f"{where}: softmax labels must be integers in [0, {num_classes}), found "
-                            f"{bad[:5]} (first at row {offset + r + 1}); raise model.num_classes or re-encode with "
-                            f"data.label_map")
+        r = int(np.flatnonzero((yf < 0) | (yf >= num_classes))[0])
+        raise DataError(f"{where}: softmax labels must be integers in [0, {num_classes}), found "
+                        f"{bad[:5]} (first at row {offset + r + 1}); raise model.num_classes or re-encode with "
+                        f"data.label_map")
     return yf.astype(np.int64)
 
 

@@ -79,6 +79,9 @@ def bench_in_process(data, reps: int) -> dict:
 
 
 # --------------------------------------------------------------------------- distributed
+STARTUP_REPS = 4  # start-ups of each (bare, lrjob), interleaved; medians of all
+
+
 def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dict:
     """Start-up with ``prepared`` (the memory-mapped dataset `lrjob run` trains on: nothing
     large goes through Ray's object store), then epochs, allreduce and memory with ``data`` (the
@@ -96,7 +99,7 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
     silence_known_noise()
     out: dict = {"workers": workers}
     bare, ours = [], []
-    for rep in range(2):
+    for rep in range(STARTUP_REPS):
         t0 = time.perf_counter()
         ray.init(num_cpus=4, include_dashboard=False, **ray_init_kwargs())
         ex = RayExecutor(RayExecutor.create_settings(timeout_s=60), num_workers=workers, cpus_per_worker=1)
@@ -112,7 +115,7 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
         ours.append(time.perf_counter() - t0)
         be.shutdown()
         log(f"start-up rep {rep + 1}: bare {bare[-1]:.2f}s, lrjob {ours[-1]:.2f}s")
-        if rep == 1:
+        if rep == STARTUP_REPS - 1:
             break
         ray.shutdown()
     out["startup_bare_s"] = stats(bare)

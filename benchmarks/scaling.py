@@ -84,6 +84,11 @@ def cells(p: Plan) -> list[dict]:
     return out
 
 
+def _rate(sps: float) -> str:
+    """A cell's samples/s, short enough for its square: ``333k/s``, ``1.24M/s``."""
+    return f"{sps / 1e6:.2f}M/s" if sps >= 1e6 else f"{sps / 1e3:.0f}k/s" if sps >= 1e4 else f"{sps / 1e3:.1f}k/s"
+
+
 def samples_per_s(rows: int, seconds: list[float]) -> tuple[float | None, float | None]:
     """(median seconds of the epochs after the first, rows / that median); (None, None) with
     fewer than two epochs."""
@@ -349,14 +354,14 @@ def draw(r: dict):
                 base = t.get(("lrjob", 0, model, b), {}).get("samples_per_s")
                 if sps and base:
                     ratio[i, j] = sps / base
-                text = "failed" if not sps else f"{sps / 1e3:,.1f}k/s" + (f"\n{sps / base:.2f}x" if w and base else "")
+                text = "failed" if not sps else _rate(sps) + (f"\n{sps / base:.2f}x" if w and base else "")
                 dark = bool(np.isfinite(ratio[i, j]) and abs(np.log2(ratio[i, j])) > 1.2)  # white on deep colours
                 ax.text(j, i, text, ha="center", va="center", fontsize=9, color="white" if dark else "black")
         im = ax.imshow(np.log2(ratio), cmap="RdBu", norm=TwoSlopeNorm(vcenter=0, vmin=-4, vmax=2))
         ax.set_xticks(range(len(batches)), [str(b) for b in batches])
         ax.set_yticks(range(len(workers)), ["in-process" if w == 0 else f"{w} worker{'s' if w > 1 else ''}"
                                             for w in workers])
-        ax.set(xlabel="global batch", title=f"{MODEL_NAMES[model]}\nsamples/s of lrjob run (k = 1,000), x in-process")
+        ax.set(xlabel="global batch", title=f"{MODEL_NAMES[model]}\nsamples/s of lrjob run, x in-process")
     if im is not None:
         fig.colorbar(im, ax=fig.axes, shrink=0.6, label="log2(samples/s / in-process)")
     tab = fig.add_subplot(grid[1, :])

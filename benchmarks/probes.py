@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["allreduce_seconds", "memory"]
+__all__ = ["allreduce_seconds", "memory", "mxnet_ready"]
 
 
 def allreduce_seconds(worker, size: int, iters: int) -> list[float]:
@@ -35,3 +35,13 @@ def memory(worker=None) -> dict:
     except Exception:  # noqa: BLE001 - PSS needs /proc/PID/smaps_rollup
         info["pss"] = None
     return info
+
+
+def mxnet_ready(worker=None) -> int:
+    """What any MXNet job's rank does before its first step: import MXNet and Horovod's MXNet
+    binding and join Horovod (``hvd.init``: the Gloo rendezvous); returns the rank."""
+    import mxnet  # noqa: F401
+
+    import horovod.mxnet as hvd
+    hvd.init()
+    return hvd.rank()

@@ -98,7 +98,7 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
 
     silence_known_noise()
     out: dict = {"workers": workers}
-    bare, ours = [], []
+    bare, bare_mx, ours = [], [], []
     for rep in range(STARTUP_REPS):
         t0 = time.perf_counter()
         ray.init(num_cpus=4, include_dashboard=False, **ray_init_kwargs())
@@ -106,6 +106,9 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
         ex.start()
         ex.execute(lambda w: None)
         bare.append(time.perf_counter() - t0)
+        # the same bare start, then what any MXNet job's ranks do first: import MXNet, hvd.init
+        ex.execute(probes.mxnet_ready)
+        bare_mx.append(time.perf_counter() - t0)
         ex.shutdown()
         ray.shutdown()
         t0 = time.perf_counter()
@@ -114,11 +117,13 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
         be = RayHorovodBackend(cfg, prepared, ResourcesSpec(workers=workers))
         ours.append(time.perf_counter() - t0)
         be.shutdown()
-        log(f"start-up rep {rep + 1}: bare {bare[-1]:.2f}s, lrjob {ours[-1]:.2f}s")
+        log(f"start-up rep {rep + 1}: bare {bare[-1]:.2f}s, bare + MXNet and hvd.init {bare_mx[-1]:.2f}s, "
+            f"lrjob {ours[-1]:.2f}s")
         if rep == STARTUP_REPS - 1:
             break
         ray.shutdown()
     out["startup_bare_s"] = stats(bare)
+    out["startup_bare_mxnet_s"] = stats(bare_mx)
     out["startup_lrjob_s"] = stats(ours)
     be = RayHorovodBackend(cfg, data, ResourcesSpec(workers=workers))
     try:
@@ -216,6 +221,10 @@ def summarize(r: dict) -> str:
     lines.append(f"| start-up: ray.init + {d['workers']} Horovod workers ready (lrjob with prepared MNIST), lrjob / bare | "
                  f"{d['startup_lrjob_s']['median']:.2f} s / {d['startup_bare_s']['median']:.2f} s "
                  f"(**{su:.2f}x**) | <= 1.2x |")
+    if "startup_bare_mxnet_s" in d:
+        bm = d["startup_bare_mxnet_s"]["median"]
+        lines.append(f"| the same against a bare start whose ranks also import MXNet and join Horovod (hvd.init) | "
+                     f"{d['startup_lrjob_s']['median']:.2f} s / {bm:.2f} s (**{d['startup_lrjob_s']['median'] / bm:.2f}x**) | |")
     if "footprint" in r:
         from benchmarks.footprint import summary_lines
         lines += summary_lines(r["footprint"])

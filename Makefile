@@ -56,8 +56,8 @@ bench: install test-heavy
 	$(PY) -m benchmarks.scaling --out bench-results/scaling.json
 
 # The scaling map: MNIST samples/s for workers {in-process, 1, 2, 3} x global batch x model, each
-# cell an lrjob run, with horovodrun and a bare horovod.ray script as floors (29 min on 2 busy
-# cores, mostly each run's start-up; benchmarks/results/scaling-2026-11-26.md).
+# cell an lrjob run, with horovodrun and a bare horovod.ray script as floors (10 min on 2 idle
+# cores; benchmarks/results/scaling-2026-11-26-idle.md).
 bench-scaling: install
 	$(PY) -m benchmarks.scaling --out bench-results/scaling.json
 

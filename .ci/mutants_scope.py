@@ -237,7 +237,7 @@ def pytest_unconfigure(config):
 def _remove_own_temporaries(config) -> None:
     factory = getattr(config, "_tmp_path_factory", None)
     base = getattr(factory, "_basetemp", None)
-    if base is not None:
+    if base is not None and getattr(factory, "_given_basetemp", None) is None:  # not a --basetemp the forks share
         shutil.rmtree(base, ignore_errors=True)
     conftest = sys.modules.get("conftest")
     if getattr(conftest, "_OWNER", None) == os.getpid():  # made by this process's import of it

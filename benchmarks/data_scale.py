@@ -8,7 +8,8 @@ a readable summary beside it; asserts nothing.
 1. ingest: a 1,000,000 x 20 CSV (and the same rows as Parquet) read by the old CSV reader
    (benchmarks/baselines.py) and by ``lrjob validate JOB --data`` into a fresh
    ``data.cache``, then again with the cache prepared. Each measurement is its own
-   subprocess, so its peak RSS (``os.wait4``) is its own; 4 interleaved rounds (``--ingest-reps``), no warm-up.
+   subprocess, so its peak RSS (``os.wait4``) is its own; 4 interleaved rounds (``--ingest-reps``) after
+   one untimed run of each command (it fills the compiled-module cache below).
 2. mnist: ``TrainingLoop.train_epoch`` on the in-memory float32 MNIST and on the prepared
    uint8 memory map, in-process (epochs interleaved) and with 2 Ray + Horovod workers (one
    group at a time, in the blocks in-memory, prepared, prepared, in-memory).
@@ -63,7 +64,7 @@ def _env(pycache: Path | None = None) -> dict:
     """The environment of every child: a fresh local Ray, never a cluster named outside.
     ``pycache``: Python keeps its compiled modules there (``PYTHONPYCACHEPREFIX``), as an
     installed lrjob has them after its first run, even where the environment sets
-    ``PYTHONDONTWRITEBYTECODE`` (then every command compiles every module it imports again)."""
+    ``PYTHONDONTWRITEBYTECODE`` (then every command compiles this checkout's modules again)."""
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
     env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -431,8 +432,9 @@ def bench_ingest(tmp: Path, rows: int, cols: int, reps: int) -> dict:
     }
     # Every command as it runs on a user's machine: with Python's compiled modules kept (here
     # in a folder of the run's own, filled by one untimed run of each command first). Where
-    # this environment forbids keeping them (PYTHONDONTWRITEBYTECODE), the old reader and the
-    # fresh CSV are also measured as it runs them, each module compiled on every command.
+    # this environment forbids writing them (PYTHONDONTWRITEBYTECODE), the old reader and the
+    # fresh CSV are also measured as it runs them: the installed packages' compiled modules
+    # are read, this checkout's modules are compiled again on every command.
     pycache = tmp / "pycache"
     for cmd in (*cmds.values(), [LRJOB, "validate", str(jobs["csv"]), "--data", "--set", f"data.cache={tmp / 'warm'}"]):
         measure(cmd, pycache=pycache)
@@ -899,7 +901,7 @@ def _summary_ingest(g: dict) -> list[str]:
         f"| ingest {n}: old reader / `lrjob validate --data` (fresh cache; compiled modules kept, as installed) | "
         f"{m['old_reader']['seconds']:.2f} s / {m['csv_fresh']['seconds']:.2f} s (**{q['old_over_new_time']:.1f}x**; "
         f"read alone {q['old_read_only_over_new_time']:.1f}x) | >= 10x |",
-        *([f"| the same, every module compiled on every command (`PYTHONDONTWRITEBYTECODE` set here) | "
+        *([f"| the same, lrjob's modules compiled on every command (`PYTHONDONTWRITEBYTECODE` set here) | "
            f"{m['old_reader_recompiled']['seconds']:.2f} s / {m['csv_fresh_recompiled']['seconds']:.2f} s "
            f"(**{q['old_over_new_time_recompiled']:.1f}x**) | |"] if "old_over_new_time_recompiled" in q else []),
         f"| the same, CPU seconds (user + system, all threads) | {m['old_reader']['cpu_seconds']:.1f} s / "

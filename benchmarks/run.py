@@ -91,7 +91,7 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
 
     from benchmarks import probes
     from launcher.backends import RayHorovodBackend
-    from launcher.backends.cluster import embedded_init_kwargs, ray_init_kwargs
+    from launcher.backends.cluster import embedded_init_kwargs
     from launcher.quiet import silence_known_noise
     from launcher.spec import ResourcesSpec
     from lr_core.config import LoopConfig
@@ -99,29 +99,34 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
     silence_known_noise()
     out: dict = {"workers": workers}
     bare, bare_mx, ours = [], [], []
+    cfg = LoopConfig(kind="softmax", num_classes=10, batch_size=128, learning_rate=0.1)
+    # Every start-up starts the Ray that `lrjob run` starts (embedded_init_kwargs: no metrics or
+    # task events, workers at the driver's priority), so the floors differ from lrjob's own
+    # start in what runs on it only; the bare and lrjob starts alternate in order.
     for rep in range(STARTUP_REPS):
-        t0 = time.perf_counter()
-        ray.init(num_cpus=4, include_dashboard=False, **ray_init_kwargs())
-        ex = RayExecutor(RayExecutor.create_settings(timeout_s=60), num_workers=workers, cpus_per_worker=1)
-        ex.start()
-        ex.execute(lambda w: None)
-        bare.append(time.perf_counter() - t0)
-        # the same bare start, then what any MXNet job's ranks do first: import MXNet, hvd.init
-        ex.execute(probes.mxnet_ready)
-        bare_mx.append(time.perf_counter() - t0)
-        ex.shutdown()
-        ray.shutdown()
-        t0 = time.perf_counter()
-        ray.init(**embedded_init_kwargs(4))  # as `lrjob run` starts its own Ray
-        cfg = LoopConfig(kind="softmax", num_classes=10, batch_size=128, learning_rate=0.1)
-        be = RayHorovodBackend(cfg, prepared, ResourcesSpec(workers=workers))
-        ours.append(time.perf_counter() - t0)
-        be.shutdown()
+        for what in (("bare", "lrjob") if rep % 2 == 0 else ("lrjob", "bare")):
+            if what == "bare":
+                t0 = time.perf_counter()
+                ray.init(**embedded_init_kwargs(4))
+                ex = RayExecutor(RayExecutor.create_settings(timeout_s=60), num_workers=workers, cpus_per_worker=1)
+                ex.start()
+                ex.execute(lambda w: None)
+                bare.append(time.perf_counter() - t0)
+                # the same bare start, then what any MXNet job's ranks do first: import MXNet, hvd.init
+                ex.execute(probes.mxnet_ready)
+                bare_mx.append(time.perf_counter() - t0)
+                ex.shutdown()
+                ray.shutdown()
+            else:
+                t0 = time.perf_counter()
+                ray.init(**embedded_init_kwargs(4))  # as `lrjob run` starts its own Ray
+                be = RayHorovodBackend(cfg, prepared, ResourcesSpec(workers=workers))
+                ours.append(time.perf_counter() - t0)
+                be.shutdown()
+                ray.shutdown()
         log(f"start-up rep {rep + 1}: bare {bare[-1]:.2f}s, bare + MXNet and hvd.init {bare_mx[-1]:.2f}s, "
             f"lrjob {ours[-1]:.2f}s")
-        if rep == STARTUP_REPS - 1:
-            break
-        ray.shutdown()
+    ray.init(**embedded_init_kwargs(4))
     out["startup_bare_s"] = stats(bare)
     out["startup_bare_mxnet_s"] = stats(bare_mx)
     out["startup_lrjob_s"] = stats(ours)

@@ -861,13 +861,9 @@ def _cleanup_fault_point(driver: Driver) -> None:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from . import __version__
 
-    try:
-        lrjob = version("lrjob")
-    except PackageNotFoundError:  # a checkout run without installing it
-        lrjob = None
-    out = {"lrjob": lrjob, "python": platform.python_version(), "numpy": np.__version__}
+    out = {"lrjob": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for mod in ("mxnet", "horovod", "ray"):
         try:
             out[mod] = __import__(mod).__version__

@@ -123,20 +123,22 @@ def test_a_forked_mutant_run_removes_the_temporary_folders_its_session_made(scop
     base, own_home, inherited = tmp_path / "pytest-7", tmp_path / "home-child", tmp_path / "home-parent"
     for d in (base, own_home, inherited):
         (d / "sub").mkdir(parents=True)
-    config = types.SimpleNamespace(_tmp_path_factory=types.SimpleNamespace(_basetemp=base))
+    config = types.SimpleNamespace(_tmp_path_factory=types.SimpleNamespace(_basetemp=base, _given_basetemp=None))
     conftest = types.ModuleType("conftest")
     monkeypatch.setitem(sys.modules, "conftest", conftest)
 
     def in_a_fork(owner_is_child: bool, home: Path) -> int:
         pid = os.fork()
         if pid == 0:
+            code = 1  # an exception in the fork fails the test
             try:
                 conftest._OWNER = os.getpid() if owner_is_child else os.getppid()
                 conftest._SESSION_HOME = str(home)
                 scope.pytest_unconfigure(config)
+                code = 0
             finally:
-                os._exit(0)
-        return os.waitpid(pid, 0)[1]
+                os._exit(code)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
 
     assert in_a_fork(False, inherited) == 0
     assert inherited.exists(), "the parent's HOME was removed by a fork"
@@ -144,3 +146,9 @@ def test_a_forked_mutant_run_removes_the_temporary_folders_its_session_made(scop
     assert in_a_fork(True, own_home) == 0
     assert not own_home.exists(), "the HOME the fork's own conftest import made was left behind"
     assert inherited.exists()
+    # a --basetemp given on the command line is every fork's: none removes it
+    shared = tmp_path / "given"
+    (shared / "sub").mkdir(parents=True)
+    config._tmp_path_factory = types.SimpleNamespace(_basetemp=shared, _given_basetemp=shared)
+    assert in_a_fork(False, inherited) == 0
+    assert shared.exists(), "a fork removed the --basetemp that every fork shares"

@@ -92,7 +92,7 @@ def parse_config(text: str) -> tuple[tuple[int, ...], int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.bare_hvd_ray", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.bare_hvd_ray", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="folder with the four MNIST IDX files")
     p.add_argument("--workers", type=int, required=True)
     p.add_argument("--epochs", type=int, default=3)

@@ -1000,10 +1000,12 @@ def _summary_ooc(o: dict) -> list[str]:
 # --------------------------------------------------------------------------- main
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.data_scale", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", default="bench-results/data_scale.json", help="JSON to write (a .md summary beside it)")
+    p.add_argument("--out", default="bench-results/data_scale.json",
+                   help="JSON to write, a .md summary beside it (default: bench-results/data_scale.json)")
     p.add_argument("--quick", action="store_true", help="small sizes (100k-row CSV, 0.4 GB set): a smoke run")
-    p.add_argument("--parts", default="ingest,mnist,out_of_core", help="comma-separated sections to run")
-    p.add_argument("--reps", type=int, default=7, help="MNIST in-process epochs per dataset (first is warm-up)")
+    p.add_argument("--parts", default="ingest,mnist,out_of_core",
+                   help="comma-separated sections to run, of ingest, mnist, out_of_core (default: all three)")
+    p.add_argument("--reps", type=int, default=7, help="MNIST in-process epochs per dataset (first is warm-up; default 7)")
     p.add_argument("--ingest-reps", type=int, default=4,
                    help="interleaved rounds of the ingest commands (default 4; medians of all)")
     p.add_argument("--dist-epochs", type=int, default=12,

@@ -159,7 +159,7 @@ def summary_lines(f: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.footprint", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.footprint", description=__doc__.split("\n\n")[0])
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--out", default=None, help="JSON to write")
     p.add_argument("--checkout", type=Path, default=ROOT, help="the lrjob checkout to run (default: this one)")

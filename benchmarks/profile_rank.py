@@ -141,7 +141,7 @@ def _spy(pid: int, out: Path, gil: bool) -> subprocess.Popen:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_rank", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.profile_rank", description=__doc__.split("\n\n")[0])
     p.add_argument("launcher", choices=("ray", "horovodrun"))
     p.add_argument("--out", required=True, help="folder for the evidence (created)")
     p.add_argument("--job", default="jobs/mnist_softmax.yaml")

@@ -241,9 +241,10 @@ def len_train(r):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="bench-results/bench.json", help="JSON to write (a .md summary goes beside it)")
-    p.add_argument("--reps", type=int, default=5, help="repetitions per configuration (first is warm-up)")
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="bench-results/bench.json",
+                   help="JSON to write, a .md summary beside it (default: bench-results/bench.json)")
+    p.add_argument("--reps", type=int, default=5, help="repetitions per configuration (first is warm-up; default 5)")
     args = p.parse_args(argv)
 
     from launcher.spec import load_spec

@@ -397,7 +397,7 @@ def write_outputs(r: dict, out: Path) -> list[Path]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.scaling", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="bench-results/scaling.json", help="JSON to write (.md and .png beside it)")
     ap.add_argument("--quick", action="store_true", help="a few cells on fewer rows, to try it (not the map)")
     ap.add_argument("--from-json", type=Path, default=None, metavar="JSON",

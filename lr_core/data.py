@@ -315,7 +315,7 @@ def check_labels(y: np.ndarray, kind: str, num_classes: int, where: str, offset:
             sample = [clip(v, 40) for v in sorted({str(v) for v in y})[:4]]
             raise DataError(f"{where}: labels must be numbers, found {sample}; map them with "
                             f"data.label_map, e.g. {{{sample[0]!r}: 0, ...}}") from None
-    yf = np.asarray(y, dtype=np.float64)  # no copy of labels that are float64 already
+    yf = np.asarray(y)  # as stored: an integer label is named exactly, however large
     if not np.isfinite(yf).all():
         r = int(np.argwhere(~np.isfinite(yf))[0][0])
         raise DataError(f"{where}: row {offset + r + 1}: label {y[r]} is not finite; every row needs a label")

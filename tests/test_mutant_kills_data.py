@@ -415,3 +415,21 @@ def test_a_std_of_exactly_min_std_is_kept():
 
     stats = feature_stats(array_blocks(np.array([[0.0], [2 * MIN_STD]])))
     assert stats["std"] == [MIN_STD] and stats["constant"] == []
+
+
+def test_an_integer_label_out_of_range_is_named_exactly_however_large():
+    """Labels are judged as stored: a whole number past float64's exact integers (2**53) is
+    listed as it is, not as the nearest float64."""
+    from lr_core.data import check_labels
+
+    big = 2**53 + 1
+    with pytest.raises(DataError) as e:
+        check_labels(np.array([0, 1, big], dtype=np.int64), "binary", 2, "labels.npy")
+    assert f"found [0, 1, {big}] (first at row 3)" in str(e.value)
+    with pytest.raises(DataError) as e:
+        check_labels(np.array([0, big], dtype=np.int64), "softmax", 3, "labels.npy")
+    assert f"found [{big}] (first at row 2)" in str(e.value)
+    # valid labels of every stored type come back as int64
+    for dtype in (np.int64, np.uint8, np.float32, np.float64, bool):
+        out = check_labels(np.array([0, 1, 1], dtype=dtype), "binary", 2, "labels.npy")
+        assert out.dtype == np.int64 and out.tolist() == [0, 1, 1]

@@ -44,6 +44,11 @@ def test_a_worker_group_is_its_workers_and_reports_progress_without_an_actor(ray
         assert (epoch, steps) == (0, 200) and 150 <= step < 200, backend._positions_of.progress
         keys = gcs.internal_kv_keys(f"pos:{group}:".encode(), NAMESPACE)
         assert sorted(keys) == [f"pos:{group}:0".encode(), f"pos:{group}:1".encode()]
+        # each rank trains with MXNet and without the scikit-learn and pandas MXNet would pull in
+        # (launcher.backends.worker.import_mxnet)
+        loaded = backend.execute(lambda w: [m in __import__("sys").modules for m in ("mxnet", "sklearn", "pandas")],
+                                 "modules")
+        assert loaded == [[True, False, False]] * 2, loaded
     finally:
         backend.shutdown()
         internal_kv._initialize_internal_kv(gcs)

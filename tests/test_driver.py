@@ -512,3 +512,47 @@ def test_a_worker_imports_mxnet_without_scikit_learn_and_pandas():
     before, base_is_object, again, after = json.loads(r.stdout.strip().splitlines()[-1])
     assert before == [True, False, False], "MXNet's import brought scikit-learn or pandas along"
     assert base_is_object and again and after
+
+
+def test_a_package_version_comes_from_the_module_its_distribution_or_nothing(monkeypatch):
+    """launcher.driver._package_version, in this process: a loaded module's __version__; else the
+    distribution of the module's own name; else the distribution that installs the module (PyYAML
+    installs yaml, as mxnet-cu112 installs mxnet); None for a module nothing installs."""
+    import sys
+    import types
+    from importlib.metadata import version
+
+    from launcher.driver import _package_version
+
+    fake = types.ModuleType("fake_pkg_for_test")
+    fake.__version__ = "9.9"
+    monkeypatch.setitem(sys.modules, "fake_pkg_for_test", fake)
+    assert _package_version("fake_pkg_for_test") == "9.9"
+    monkeypatch.delitem(sys.modules, "numpy")  # not loaded: its distribution, numpy
+    assert _package_version("numpy") == version("numpy")
+    monkeypatch.delitem(sys.modules, "yaml")  # installed by PyYAML
+    assert _package_version("yaml") == version("PyYAML")
+    assert _package_version("no_such_package_anywhere") is None
+
+
+def test_env_json_versions_name_each_package(monkeypatch):
+    """_versions: lrjob's own, Python's, and each package's version under its name; a module
+    that two distributions claim takes the first that is installed."""
+    import importlib.metadata
+    import platform
+    import sys
+
+    import horovod
+    import mxnet
+    import ray
+
+    import launcher
+    from launcher.driver import _package_version, _versions
+
+    assert _versions() == {"lrjob": launcher.__version__, "python": platform.python_version(),
+                           "numpy": np.__version__, "mxnet": mxnet.__version__,
+                           "horovod": horovod.__version__, "ray": ray.__version__}
+    monkeypatch.delitem(sys.modules, "yaml")
+    monkeypatch.setattr(importlib.metadata, "packages_distributions",
+                        lambda: {"yaml": ["no-such-distribution", "PyYAML"]})
+    assert _package_version("yaml") == importlib.metadata.version("PyYAML")

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
+from typing import Callable
 
 import psutil
 
-__all__ = ["kill_tree", "run", "stop_session"]
+__all__ = ["kill_tree", "run", "stop_session", "free_ports", "start_ray_head"]
 
 
 def kill_tree(proc: subprocess.Popen) -> None:
@@ -80,3 +82,42 @@ def stop_session(sid: int, grace: float = 2.0) -> None:
         if not left:
             return
     raise AssertionError(f"session {sid} still runs after SIGKILL: pids {[p.pid for p in left]}")
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different ports that were free a moment ago (each socket is held while the next
+    is picked, so the kernel cannot hand out the same port twice)."""
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def start_ray_head(command: Callable[[int, int, int], list[str]], env: dict, attempts: int = 3,
+                   timeout: float = 180) -> tuple[subprocess.Popen, str, tuple[int, int, int]]:
+    """Run ``command(gcs_port, dashboard_port, agent_port)`` (a ``ray start --head``) in a
+    session of its own until it exits; returns the process, its output and the ports. Ray picks
+    its other components' ports itself, after these are chosen, and refuses to start when one
+    of them took a port given here ("... is trying to use a port number ... used by other
+    components"): such a start is stopped and tried again with new ports."""
+    proc = None
+    for _ in range(attempts):
+        if proc is not None:
+            stop_session(proc.pid)
+        ports = tuple(free_ports(3))
+        proc = subprocess.Popen(command(*ports), env=env, start_new_session=True, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except BaseException:  # a start that hangs (or Ctrl-C): nothing of it is left running
+            stop_session(proc.pid)
+            raise
+        if proc.returncode == 0 or "used by other components" not in out:
+            break
+    return proc, out, ports

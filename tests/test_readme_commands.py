@@ -25,7 +25,7 @@ import yaml
 from launcher.driver import run_job
 from launcher.spec import load_spec
 from lr_core.data import write_idx
-from procs import stop_session
+from procs import start_ray_head, stop_session
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -346,19 +346,21 @@ def test_ray_address_env_is_the_run_address(tmp_path, capsys):
 
 # --------------------------------------------------------------------------- a real head with a token
 def _start_head(home: Path, num_cpus: int, dashboard: bool):
+    """`ray start --head` run to its end (procs.start_ray_head): the process, its output, its
+    temp folder and the addresses."""
     env = _own_home_env(home)
     temp = tempfile.mkdtemp(prefix="lrjob-head-")
-    port, dash, agent = _free_port(), _free_port(), _free_port()
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-           f"--num-cpus={num_cpus}", f"--temp-dir={temp}", "--disable-usage-stats"]
-    if dashboard:
-        cmd += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-                f"--dashboard-agent-listen-port={agent}"]
-    else:
-        cmd += ["--include-dashboard=false"]
-    proc = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    return proc, temp, {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
+
+    def command(port, dash, agent):
+        cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+               f"--num-cpus={num_cpus}", f"--temp-dir={temp}", "--disable-usage-stats"]
+        if dashboard:
+            return cmd + ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                          f"--dashboard-agent-listen-port={agent}"]
+        return cmd + ["--include-dashboard=false"]
+
+    proc, out, (port, dash, _) = start_ray_head(command, env)
+    return proc, out, temp, {"gcs": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "env": env}
 
 
 def _stop_head(proc, temp):
@@ -377,9 +379,8 @@ def token_head(tmp_path_factory):
     (home / ".ray").mkdir()
     token = secrets.token_hex(32)
     (home / ".ray" / "auth_token").write_text(token)
-    proc, temp, head = _start_head(home, num_cpus=2, dashboard=True)
+    proc, out, temp, head = _start_head(home, num_cpus=2, dashboard=True)
     try:
-        out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out
         assert "Token authentication is enabled" in out, out
         deadline = time.time() + 60

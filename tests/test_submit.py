@@ -20,7 +20,7 @@ import pytest
 from launcher.rundir import latest_checkpoint
 from launcher.driver import run_job
 from launcher.spec import load_spec
-from procs import stop_session
+from procs import start_ray_head, stop_session
 
 pytestmark = pytest.mark.distributed
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,17 +57,16 @@ def _head(token: bool):
         Path(env["HOME"], ".ray", "auth_token").write_text(secrets.token_hex(32))
     else:
         head_env["RAY_AUTH_MODE"] = "disabled"
-    port, dash, agent = _free_port(), _free_port(), _free_port()
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         # the dashboard agent's HTTP port is fixed (52365) by default: another Ray on this
-         # machine (the test session's) holds it, and the Jobs API then finds no agent
-         f"--dashboard-agent-listen-port={agent}",
-         "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=head_env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = None
     try:
-        out, _ = proc.communicate(timeout=180)
+        proc, out, (port, dash, agent) = start_ray_head(
+            lambda port, dash, agent: [
+                str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
+                "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+                # the dashboard agent's HTTP port is fixed (52365) by default: another Ray on this
+                # machine (the test session's) holds it, and the Jobs API then finds no agent
+                f"--dashboard-agent-listen-port={agent}",
+                "--num-cpus=4", f"--temp-dir={temp}", "--disable-usage-stats"], head_env)
         assert proc.returncode == 0, out
         assert ("Token authentication is enabled" in out) == token, out
         address = f"http://127.0.0.1:{dash}"
@@ -79,8 +78,9 @@ def _head(token: bool):
             time.sleep(1)
         yield {"address": address, "env": env, "gcs": f"127.0.0.1:{port}"}
     finally:
-        stop_session(proc.pid)  # SIGTERM, SIGKILL after 2 s
-        proc.wait(timeout=10)
+        if proc is not None:
+            stop_session(proc.pid)  # SIGTERM, SIGKILL after 2 s
+            proc.wait(timeout=10)
         shutil.rmtree(temp, ignore_errors=True)
 
 

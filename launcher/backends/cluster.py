@@ -61,6 +61,8 @@ def worker_env(cpus_per_worker: float) -> dict[str, str]:
     for key in list(env):
         if key in os.environ:
             env[key] = os.environ[key]
+    if "LRJOB_GLOO_LOOP_NICE" in os.environ:  # launcher.backends.hvd_comm.gloo_loop_nice
+        env["LRJOB_GLOO_LOOP_NICE"] = os.environ["LRJOB_GLOO_LOOP_NICE"]
     for key in ("LRJOB_FAULT", "LRJOB_FAULT_REPORT"):  # tests only (lr_core/faults.py)
         if key in os.environ:
             env[key] = os.environ[key]

@@ -138,9 +138,10 @@ def _overrides(p: Plan, c: dict, data: Path, cache: Path) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
-def _run_lrjob(p: Plan, c: dict, data: Path, cache: Path, out: Path) -> dict:
+def _run_lrjob(p: Plan, c: dict, data: Path, cache: Path, out: Path, extra_env: dict | None = None) -> dict:
     """One cell as `lrjob run` (its own embedded Ray; in-process for 0 workers) or `lrjob worker`
-    ranks under horovodrun: the epochs' train_seconds from the run's metrics.jsonl."""
+    ranks under horovodrun: the epochs' train_seconds from the run's metrics.jsonl. ``extra_env``
+    is added to every process's environment."""
     w = c["workers"]
     sets = _overrides(p, c, data, cache)
     if c["method"] == "lrjob":
@@ -150,7 +151,8 @@ def _run_lrjob(p: Plan, c: dict, data: Path, cache: Path, out: Path) -> dict:
         cmd = [str(BIN / "horovodrun"), "--gloo", "-np", str(w), "-H", f"localhost:{w}",
                str(BIN / "lrjob"), "worker", JOB, *sets, "--output", str(out)]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=CELL_TIMEOUT_S)
+    r = subprocess.run(cmd, cwd=ROOT, env={**_env(), **(extra_env or {})}, capture_output=True, text=True,
+                       timeout=CELL_TIMEOUT_S)
     wall = time.perf_counter() - t0
     if r.returncode != 0:
         last = (r.stderr.strip().splitlines() or r.stdout.strip().splitlines() or ["no output"])[-1]

@@ -1,0 +1,124 @@
+"""A/B of environment settings: the same MNIST training under each setting, interleaved, on
+this machine idle or beside busy processes.
+
+Each arm is a set of environment variables (``--arm KEY=VALUE[,KEY=VALUE...]``; ``--arm ''``
+for the environment as it is) given to every process of the run. Every repetition runs each
+arm under each method in turn (``lrjob``: `lrjob run` with its own Ray; ``horovodrun``: the
+same `lrjob worker` ranks under `horovodrun --gloo`), so a change of the machine's speed during
+the run falls on every arm alike. A run's figure is the median `train_seconds` of its epochs
+after the first (its own metrics.jsonl); an arm's, the median of its runs. ``--busy N`` keeps
+N CPU-bound processes (each a session of its own, as another user's work) running for the whole
+measurement. Writes JSON and a Markdown table."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import scaling
+
+__all__ = ["parse_arm", "summarize", "main"]
+
+
+def parse_arm(text: str) -> dict[str, str]:
+    """``"A=1,B=2"`` as ``{"A": "1", "B": "2"}``; ``""`` as no change."""
+    arm = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--arm {text!r}: give KEY=VALUE pairs separated by commas, or '' for no change")
+        arm[key] = value
+    return arm
+
+
+def _busy(n: int) -> list[subprocess.Popen]:
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"], start_new_session=True)
+            for _ in range(n)]
+
+
+def summarize(r: dict) -> str:
+    """The Markdown table of a result: per arm and method, the median epoch and each run's."""
+    lines = [f"# A/B: {r['plan']['model']} model, global batch {r['plan']['batch']}, {r['plan']['workers']} workers, "
+             f"{r['busy']} busy processes", "",
+             f"{r['plan']['rows']:,} MNIST rows, {r['plan']['epochs']} epochs per run (the first a warm-up); "
+             f"load average {r['load_start'][0]:.1f} at the start, {r['load_end'][0]:.1f} at the end; "
+             f"{r['seconds'] / 60:.1f} min; commit {r.get('commit')}.", "",
+             "| arm | method | median epoch (s) | each run's median (s) |", "|---|---|---|---|"]
+    for arm in r["arms"]:
+        for method in r["methods"]:
+            runs = [x for x in r["runs"] if x["arm"] == arm and x["method"] == method]
+            meds = [x["median_s"] for x in runs if x.get("median_s") is not None]
+            med = f"{statistics.median(meds):.3f}" if meds else "failed"
+            lines.append(f"| `{arm or '(as is)'}` | {method} | {med} | "
+                         f"{', '.join(f'{m:.3f}' for m in meds) or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arm", action="append", required=True, metavar="KEY=VALUE[,...]",
+                    help="one setting to compare (repeat for each arm; '' for the environment as it is)")
+    ap.add_argument("--methods", default="lrjob,horovodrun", help="lrjob, horovodrun or both (default: %(default)s)")
+    ap.add_argument("--reps", type=int, default=3, help="repetitions of every arm and method (default: %(default)s)")
+    ap.add_argument("--epochs", type=int, default=6, help="epochs per run, the first a warm-up (default: %(default)s)")
+    ap.add_argument("--model", choices=sorted(scaling.MODELS), default="linear", help="(default: %(default)s)")
+    ap.add_argument("--batch", type=int, default=64, help="global batch (default: %(default)s)")
+    ap.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
+    ap.add_argument("--rows", type=int, default=60000, help="MNIST training rows (default: %(default)s)")
+    ap.add_argument("--busy", type=int, default=0, help="CPU-bound processes beside the runs (default: %(default)s)")
+    ap.add_argument("--out", default="bench-results/ab.json", help="JSON to write (.md beside it)")
+    a = ap.parse_args(argv)
+    try:
+        arms = [parse_arm(x) for x in a.arm]
+        methods = [m for m in a.methods.split(",") if m]
+        if not methods or set(methods) - {"lrjob", "horovodrun"}:
+            raise ValueError(f"--methods {a.methods!r}: give lrjob, horovodrun or lrjob,horovodrun")
+        plan = scaling.Plan(workers=(0, a.workers), batches=(a.batch,), models=(a.model,), rows=a.rows,
+                            epochs=a.epochs)
+    except ValueError as e:
+        print(f"ab: {e}", file=sys.stderr)
+        return 2
+    names = [",".join(f"{k}={v}" for k, v in arm.items()) for arm in arms]
+    r = {"plan": {"model": a.model, "batch": a.batch, "workers": a.workers, "rows": a.rows, "epochs": a.epochs},
+         "arms": names, "methods": methods, "busy": a.busy, "reps": a.reps, "commit": scaling._commit(),
+         "load_start": os.getloadavg(), "runs": []}
+    t0 = time.perf_counter()
+    hogs = _busy(a.busy)
+    try:
+        with tempfile.TemporaryDirectory(prefix="lrjob-ab-") as tmp:
+            data, cache = Path(tmp) / "mnist", Path(tmp) / "prepared"
+            scaling._write_subset(data, a.rows, 1000)
+            for rep in range(a.reps):
+                for name, arm in zip(names, arms):
+                    for method in methods:
+                        cell = {"model": a.model, "batch": a.batch, "workers": a.workers, "method": method}
+                        out = Path(tmp) / f"run-{len(r['runs']):03d}"
+                        got = scaling._run_lrjob(plan, cell, data, cache, out, extra_env=arm)
+                        secs = got.get("epoch_seconds") or []
+                        got["median_s"] = statistics.median(secs[1:]) if len(secs) > 1 else None
+                        r["runs"].append({"rep": rep, "arm": name, "method": method, "load": os.getloadavg()[0],
+                                          **got})
+                        scaling.log(f"rep {rep + 1}/{a.reps} {name or '(as is)'} {method}: "
+                                    f"{got['median_s'] if got['median_s'] is not None else got.get('error')}")
+    finally:
+        for h in hogs:
+            h.kill()
+            h.wait()
+    r["load_end"], r["seconds"] = os.getloadavg(), time.perf_counter() - t0
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=1))
+    out.with_suffix(".md").write_text(summarize(r))
+    print(summarize(r))
+    print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

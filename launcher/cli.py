@@ -282,11 +282,13 @@ def _spec_file_of(run: str) -> Path:
 def cmd_run(args) -> int:
     """``lrjob run``: train the job (or continue ``--resume RUN``) and write its run directory;
     returns 0, or 130 after Ctrl-C."""
+    from .backends.cluster import gloo_loop_nice
     from .driver import DriverOptions, run_job
     from .report.progress import Reporter
 
     from .storage import is_remote
 
+    gloo_loop_nice()  # a bad $LRJOB_GLOO_LOOP_NICE fails here, before Ray starts
     if args.resume and (args.output or (args.runs_dir != "runs" and not is_remote(args.resume))):
         raise SpecError("--resume continues in the run's own directory; drop --output/--runs-dir")
     with tempfile.TemporaryDirectory(prefix="lrjob-spec-") as tmp:
@@ -741,9 +743,11 @@ def _sweep(args):
 def cmd_worker(args) -> int:
     """``lrjob worker``: run this process as one rank of a ``horovodrun`` job (``run_rank``);
     returns 0."""
+    from .backends.cluster import gloo_loop_nice
     from .driver import run_rank
     from .report.progress import Reporter
 
+    gloo_loop_nice()  # a bad $LRJOB_GLOO_LOOP_NICE fails here, before hvd.init
     if args.resume and not args.job:
         args.job = str(_spec_file_of(args.resume))
     spec = _load(args)

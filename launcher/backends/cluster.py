@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import socket
 from pathlib import Path
 from urllib.parse import urlparse
@@ -46,6 +47,23 @@ def embedded_init_kwargs(num_cpus: int) -> dict:
             "_system_config": dict(EMBEDDED_SYSTEM_CONFIG)}
 
 
+GLOO_LOOP_NICE = "LRJOB_GLOO_LOOP_NICE"
+DEFAULT_GLOO_LOOP_NICE = 19
+
+
+def gloo_loop_nice() -> int:
+    """The nice value of Gloo's event-loop threads in each rank (docs/design.md#the-ranks-threads):
+    ``$LRJOB_GLOO_LOOP_NICE``, a whole number from 0 (leave them as they start) to 19, or 19 when
+    it is unset or empty."""
+    raw = os.environ.get(GLOO_LOOP_NICE, "").strip()
+    if not raw:
+        return DEFAULT_GLOO_LOOP_NICE
+    if not re.fullmatch(r"[0-9]{1,2}", raw) or int(raw) > 19:
+        raise LrjobInputError(f"{GLOO_LOOP_NICE}={raw!r}: give a whole number from 0 (leave Gloo's threads as "
+                              f"they start) to 19 (the default)")
+    return int(raw)
+
+
 def worker_env(cpus_per_worker: float) -> dict[str, str]:
     """Environment of each worker; the user's own settings win."""
     threads = str(max(1, int(cpus_per_worker)))
@@ -61,8 +79,9 @@ def worker_env(cpus_per_worker: float) -> dict[str, str]:
     for key in list(env):
         if key in os.environ:
             env[key] = os.environ[key]
-    if "LRJOB_GLOO_LOOP_NICE" in os.environ:  # launcher.backends.hvd_comm.gloo_loop_nice
-        env["LRJOB_GLOO_LOOP_NICE"] = os.environ["LRJOB_GLOO_LOOP_NICE"]
+    if GLOO_LOOP_NICE in os.environ:
+        gloo_loop_nice()  # refused here, in the driver, rather than in every rank
+        env[GLOO_LOOP_NICE] = os.environ[GLOO_LOOP_NICE]
     for key in ("LRJOB_FAULT", "LRJOB_FAULT_REPORT"):  # tests only (lr_core/faults.py)
         if key in os.environ:
             env[key] = os.environ[key]

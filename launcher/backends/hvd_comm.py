@@ -2,31 +2,19 @@
 from __future__ import annotations
 
 import os
+import platform
+import sys
+import time
 
 import numpy as np
 import mxnet as mx
 
-__all__ = ["HorovodCommunicator", "GLOO_LOOP_NICE", "gloo_loop_nice", "lower_loop_threads"]
+__all__ = ["HorovodCommunicator", "find_loop_threads", "lower_threads"]
 
-# The nice value of Gloo's event-loop threads (docs/design.md#the-ranks-threads); 0 leaves them as
-# they start.
-GLOO_LOOP_NICE = "LRJOB_GLOO_LOOP_NICE"
-DEFAULT_GLOO_LOOP_NICE = 19
-
-
-def gloo_loop_nice() -> int:
-    """``LRJOB_GLOO_LOOP_NICE`` (0 to 19), or 19 when it is not set."""
-    raw = os.environ.get(GLOO_LOOP_NICE, "").strip()
-    if not raw:
-        return DEFAULT_GLOO_LOOP_NICE
-    try:
-        value = int(raw)
-    except ValueError:
-        value = -1
-    if not 0 <= value <= 19:
-        raise ValueError(f"{GLOO_LOOP_NICE}={raw!r}: give a whole number from 0 (leave Gloo's threads as they "
-                         f"start) to 19 (the default)")
-    return value
+# The system calls an event loop waits in, by machine: epoll_wait, epoll_pwait, epoll_pwait2
+# (x86-64: arch/x86/entry/syscalls/syscall_64.tbl; arm64 and the others: the generic table).
+EPOLL_WAITS = {"x86_64": {232, 281, 441}}
+GENERIC_EPOLL_WAITS = {22, 441}
 
 
 def _threads() -> set[int]:
@@ -37,27 +25,65 @@ def _threads() -> set[int]:
         return set()
 
 
-def lower_loop_threads(new: set[int], nice: int, samples: int = 200) -> list[int]:
-    """Give ``nice`` to the threads of ``new`` that wait in ``epoll_wait``: the event loops that
-    ``hvd.init`` started for Gloo's TCP pairs (its background thread sleeps or waits on a lock, never
-    in epoll). Each thread's kernel wait (``/proc/self/task/TID/wchan``) is read ``samples`` times,
-    as a busy loop is not always in its wait. Returns the threads changed."""
-    if nice <= 0:
-        return []
-    loops: set[int] = set()
-    for _ in range(samples):
-        for tid in new - loops:
-            try:
-                with open(f"/proc/self/task/{tid}/wchan") as f:
-                    if f.read() == "do_epoll_wait":
-                        loops.add(tid)
-            except OSError:
-                continue
-    changed = []
-    for tid in sorted(loops):
+def _epoll_fds() -> set[int]:
+    """This process's open epoll descriptors."""
+    fds = set()
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return fds
+    for name in names:
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, nice)
-            changed.append(tid)
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[eventpoll]":
+                fds.add(int(name))
+        except (OSError, ValueError):
+            continue
+    return fds
+
+
+def _epoll_waited_on(tid: int, waits: set[int]) -> int | None:
+    """The epoll descriptor thread ``tid`` waits on now (``/proc/self/task/TID/syscall``: the call's
+    number, then its arguments), or None."""
+    try:
+        with open(f"/proc/self/task/{tid}/syscall") as f:
+            parts = f.read().split()
+        if len(parts) > 1 and int(parts[0]) in waits:
+            return int(parts[1], 16)
+    except (OSError, ValueError):  # gone, or "running" / "-1 ..." (not in a system call)
+        pass
+    return None
+
+
+def find_loop_threads(new_threads: set[int], new_epolls: set[int], timeout: float = 0.5) -> list[int]:
+    """The threads of ``new_threads`` seen waiting in an epoll wait on one of ``new_epolls``: the
+    event loops ``hvd.init`` started for Gloo, each with the epoll descriptor it made. Each thread's
+    system call is read until every descriptor has its thread or ``timeout`` seconds pass (a busy
+    loop is not always in its wait)."""
+    waits = EPOLL_WAITS.get(platform.machine(), GENERIC_EPOLL_WAITS)
+    found: dict[int, int] = {}
+    left = set(new_epolls)
+    deadline = time.monotonic() + timeout
+    while left and new_threads - set(found):
+        for tid in sorted(new_threads - set(found)):
+            fd = _epoll_waited_on(tid, waits)
+            if fd in left:
+                found[tid] = fd
+                left.discard(fd)
+        if not left or time.monotonic() >= deadline:
+            break
+        time.sleep(0.0005)
+    return sorted(found)
+
+
+def lower_threads(tids: list[int], nice: int) -> list[int]:
+    """Give each thread of ``tids`` the nice value ``nice`` where its own is lower (a thread already
+    nicer keeps its own: this never raises a priority); returns the threads changed."""
+    changed = []
+    for tid in tids:
+        try:
+            if os.getpriority(os.PRIO_PROCESS, tid) < nice:
+                os.setpriority(os.PRIO_PROCESS, tid, nice)
+                changed.append(tid)
         except OSError:
             continue
     return changed
@@ -70,15 +96,25 @@ class HorovodCommunicator:
     def __init__(self):
         import horovod.mxnet as hvd
 
+        from .cluster import gloo_loop_nice
+
         nice = gloo_loop_nice()
-        before = _threads()
+        fresh = not hvd.is_initialized()
+        threads, epolls = _threads(), _epoll_fds()
         hvd.init()
         self.hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-        # Gloo's event loop spins while Horovod's background thread holds a pair's lock, and takes
-        # the CPU from it: on a rank with fewer cores than busy threads, a nice loop lets the
-        # holder run (docs/design.md#the-ranks-threads).
-        self.lowered = lower_loop_threads(_threads() - before, nice) if before else []
+        # Gloo's event loops spin while Horovod's background thread holds a pair's lock, and take the
+        # CPU it needs to let go: with fewer cores than busy threads, nice loops let it run
+        # (docs/design.md#the-ranks-threads). Found as the threads hvd.init started that wait on an
+        # epoll descriptor hvd.init made; MPI's own threads (no Gloo) are left alone.
+        self.loops, self.lowered = [], []
+        if nice and fresh and threads and hvd.gloo_enabled():
+            self.loops = find_loop_threads(_threads() - threads, _epoll_fds() - epolls)
+            self.lowered = lower_threads(self.loops, nice)
+            if not self.loops:
+                print(f"lrjob: warning: rank {self.rank}: Gloo's event-loop threads were not found in "
+                      f"/proc/self/task; they keep their priority", file=sys.stderr, flush=True)
 
     def allreduce_sum(self, array: np.ndarray, name: str) -> np.ndarray:
         if self.size == 1:

@@ -1,0 +1,89 @@
+"""The latency of one Horovod allreduce of a softmax step's gradient (7,850 float32), two ranks,
+under horovodrun or under horovod.ray's RayExecutor, with nothing of lrjob's in the way.
+
+    horovodrun --gloo -np 2 -H localhost:2 python -m benchmarks.allreduce_latency
+    python -m benchmarks.allreduce_latency --ray [--own-session]
+
+Each rank runs ``--iters`` blocking allreduces (``wait_to_read`` after each) and prints the
+median of all but the first 200 in ms. ``GLOO_LOOP_NICE=N`` in the environment gives Gloo's
+event-loop threads nice N as lrjob's ranks do (``launcher.backends.hvd_comm``); ``--own-session``
+moves each Ray rank into a session of its own as lrjob's do (``launcher.backends.worker``).
+The thread settings are lrjob's (``worker_env(1)``) unless set."""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTINGS = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS", "HOROVOD_CYCLE_TIME", "HOROVOD_GLOO_TIMEOUT_SECONDS",
+            "GLOO_LOOP_NICE", "LATENCY_ITERS", "LATENCY_OWN_SESSION")
+
+
+def rank_latency(_=None) -> tuple[int, float, int]:
+    """In a rank: (rank, median ms, Gloo loop threads lowered)."""
+    sys.path.insert(0, str(ROOT))
+    if os.environ.get("LATENCY_OWN_SESSION"):
+        from launcher.backends.worker import own_session
+        own_session()
+    import mxnet as mx
+
+    import horovod.mxnet as hvd
+    from launcher.backends.hvd_comm import _epoll_fds, _threads, find_loop_threads, lower_threads
+
+    threads, epolls = _threads(), _epoll_fds()
+    hvd.init()
+    lowered = []
+    if int(os.environ.get("GLOO_LOOP_NICE", "0")):
+        lowered = lower_threads(find_loop_threads(_threads() - threads, _epoll_fds() - epolls),
+                                int(os.environ["GLOO_LOOP_NICE"]))
+    t = mx.nd.ones((7850,), dtype="float32")
+    out = []
+    for _ in range(int(os.environ.get("LATENCY_ITERS", "3000"))):
+        t0 = time.perf_counter()
+        hvd.allreduce(t, average=False, name="latency").wait_to_read()
+        out.append(time.perf_counter() - t0)
+    return hvd.rank(), 1e3 * statistics.median(out[200:]), len(lowered)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.allreduce_latency", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--ray", action="store_true", help="two ranks under RayExecutor on a new local Ray")
+    ap.add_argument("--own-session", action="store_true", help="with --ray: each rank in a session of its own")
+    ap.add_argument("--iters", type=int, default=3000, help="allreduces per rank (default: %(default)s)")
+    a = ap.parse_args(argv)
+    sys.path.insert(0, str(ROOT))
+    from launcher.backends.cluster import worker_env
+
+    os.environ.update({k: v for k, v in worker_env(1).items() if k not in os.environ})
+    os.environ["LATENCY_ITERS"] = str(a.iters)
+    if a.own_session:
+        os.environ["LATENCY_OWN_SESSION"] = "1"
+    if not a.ray:
+        rank, ms, lowered = rank_latency()
+        print(f"horovodrun rank {rank}: {ms:.3f} ms per allreduce, {lowered} Gloo loop threads lowered")
+        return 0
+    import ray
+    from horovod.ray import RayExecutor
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT),  # this checkout's benchmarks and launcher
+                                       **{k: os.environ[k] for k in SETTINGS if k in os.environ}}})
+    try:
+        ex = RayExecutor(RayExecutor.create_settings(timeout_s=60), num_workers=2, cpus_per_worker=1, use_gpu=False)
+        ex.start()
+        try:
+            for rank, ms, lowered in ex.run(rank_latency):
+                print(f"ray rank {rank}: {ms:.3f} ms per allreduce, {lowered} Gloo loop threads lowered")
+        finally:
+            ex.shutdown()
+    finally:
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

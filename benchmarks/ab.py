@@ -116,14 +116,16 @@ def main(argv=None) -> int:
         methods = [m for m in a.methods.split(",") if m]
         if not methods or set(methods) - {"lrjob", "horovodrun"}:
             raise ValueError(f"--methods {a.methods!r}: give lrjob, horovodrun or lrjob,horovodrun")
-        if len(set(a.arm)) != len(a.arm):
-            raise ValueError("each --arm must differ from the others")
+        names = [",".join(f"{k}={v}" for k, v in arm.items()) for arm in arms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"each --arm must differ from the others, got {names}")
+        if a.reps < 1 or a.epochs < 2 or a.busy < 0:
+            raise ValueError("give --reps >= 1, --epochs >= 2 (the first is a warm-up) and --busy >= 0")
         plan = scaling.Plan(workers=(0, a.workers), batches=(a.batch,), models=(a.model,), rows=a.rows,
                             epochs=a.epochs)
     except ValueError as e:
         print(f"ab: {e}", file=sys.stderr)
         return 2
-    names = [",".join(f"{k}={v}" for k, v in arm.items()) for arm in arms]
     r = {"plan": {"model": a.model, "batch": a.batch, "workers": a.workers, "rows": a.rows, "epochs": a.epochs},
          "arms": names, "methods": methods, "busy": a.busy, "reps": a.reps, "commit": scaling._commit(),
          "machine": _machine(), "environment": {k: v for k, v in sorted(os.environ.items())
@@ -134,8 +136,8 @@ def main(argv=None) -> int:
     arm_of = dict(zip(names, arms))
     t0 = time.perf_counter()
     # a SIGTERM or SIGHUP ends the run through the finally below (the busy processes stop)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     hogs = _busy(a.busy)
     try:
         with tempfile.TemporaryDirectory(prefix="lrjob-ab-") as tmp:
@@ -143,7 +145,9 @@ def main(argv=None) -> int:
             scaling._write_subset(data, a.rows, 1000)
             cell = {"model": a.model, "batch": a.batch, "workers": a.workers, "method": methods[0]}
             # one untimed run first: it prepares the data every measured run then maps
-            scaling._run_lrjob(replace(plan, epochs=2), cell, data, cache, Path(tmp) / "warm-up")
+            warm = scaling._run_lrjob(replace(plan, epochs=2), cell, data, cache, Path(tmp) / "warm-up")
+            if "error" in warm:
+                scaling.log(f"the untimed first run failed: {warm['error']}")
             for rep in range(a.reps):
                 for name, method in _order(rep, names, methods):
                     cell = {**cell, "method": method}
@@ -166,7 +170,7 @@ def main(argv=None) -> int:
     out.with_suffix(".md").write_text(summarize(r))
     print(summarize(r))
     print(f"wrote {out} and {out.with_suffix('.md')}", file=sys.stderr)
-    return 0
+    return 1 if any(x.get("median_s") is None for x in r["runs"]) else 0
 
 
 if __name__ == "__main__":

@@ -3,24 +3,29 @@ under horovodrun or under horovod.ray's RayExecutor, with nothing of lrjob's in 
 
     horovodrun --gloo -np 2 -H localhost:2 python -m benchmarks.allreduce_latency
     python -m benchmarks.allreduce_latency --ray [--own-session]
+    python -m benchmarks.allreduce_latency --noise 430 -- horovodrun --gloo -np 2 -H localhost:2 \
+        python -m benchmarks.allreduce_latency
 
 Each rank runs ``--iters`` blocking allreduces (``wait_to_read`` after each) and prints the
-median of all but the first 200 in ms. ``GLOO_LOOP_NICE=N`` in the environment gives Gloo's
+median of all but the first 200 in ms. ``LRJOB_GLOO_LOOP_NICE=N`` in the environment gives Gloo's
 event-loop threads nice N as lrjob's ranks do (``launcher.backends.hvd_comm``); ``--own-session``
 moves each Ray rank into a session of its own as lrjob's do (``launcher.backends.worker``).
-The thread settings are lrjob's (``worker_env(1)``) unless set."""
+The thread settings are lrjob's (``worker_env(1)``) unless set. ``--noise HZ -- COMMAND`` runs
+COMMAND beside a process that wakes HZ times a second and does almost nothing each time (as an
+idle Ray node's daemons do)."""
 from __future__ import annotations
 
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTINGS = ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS", "HOROVOD_CYCLE_TIME", "HOROVOD_GLOO_TIMEOUT_SECONDS",
-            "GLOO_LOOP_NICE", "LATENCY_ITERS", "LATENCY_OWN_SESSION")
+            "LRJOB_GLOO_LOOP_NICE", "LATENCY_ITERS", "LATENCY_OWN_SESSION")
 
 
 def rank_latency(_=None) -> tuple[int, float, int]:
@@ -37,9 +42,9 @@ def rank_latency(_=None) -> tuple[int, float, int]:
     threads, epolls = _threads(), _epoll_fds()
     hvd.init()
     lowered = []
-    if int(os.environ.get("GLOO_LOOP_NICE", "0")):
+    if int(os.environ.get("LRJOB_GLOO_LOOP_NICE", "0")):
         lowered = lower_threads(find_loop_threads(_threads() - threads, _epoll_fds() - epolls),
-                                int(os.environ["GLOO_LOOP_NICE"]))
+                                int(os.environ["LRJOB_GLOO_LOOP_NICE"]))
     t = mx.nd.ones((7850,), dtype="float32")
     out = []
     for _ in range(int(os.environ.get("LATENCY_ITERS", "3000"))):
@@ -54,7 +59,28 @@ def main(argv=None) -> int:
     ap.add_argument("--ray", action="store_true", help="two ranks under RayExecutor on a new local Ray")
     ap.add_argument("--own-session", action="store_true", help="with --ray: each rank in a session of its own")
     ap.add_argument("--iters", type=int, default=3000, help="allreduces per rank (default: %(default)s)")
+    ap.add_argument("--noise", type=float, default=0, metavar="HZ",
+                    help="run the command after -- beside a process that wakes HZ times a second")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="with --noise: the command to run")
     a = ap.parse_args(argv)
+    if a.iters <= 200:
+        ap.error("--iters must be above 200 (the first 200 are left out)")
+    if a.command and not a.noise:
+        ap.error("a command runs only with --noise")
+    if a.noise and not 0 < a.noise < 1e5:
+        ap.error("--noise HZ: give a rate above 0 and below 100000")
+    if a.noise:
+        cmd = a.command[1:] if a.command[:1] == ["--"] else a.command
+        if not cmd:
+            ap.error("--noise needs the command to run after --")
+        waker = subprocess.Popen([sys.executable, "-c", f"import os, time\np = os.getppid()\n"
+                                  f"while os.getppid() == p:\n    time.sleep({1 / a.noise!r})\n"],
+                                 start_new_session=True)
+        try:
+            return subprocess.run(cmd, cwd=ROOT).returncode
+        finally:
+            waker.kill()
+            waker.wait()
     sys.path.insert(0, str(ROOT))
     from launcher.backends.cluster import worker_env
 

@@ -282,13 +282,11 @@ def _spec_file_of(run: str) -> Path:
 def cmd_run(args) -> int:
     """``lrjob run``: train the job (or continue ``--resume RUN``) and write its run directory;
     returns 0, or 130 after Ctrl-C."""
-    from .backends.cluster import gloo_loop_nice
     from .driver import DriverOptions, run_job
     from .report.progress import Reporter
 
     from .storage import is_remote
 
-    gloo_loop_nice()  # a bad $LRJOB_GLOO_LOOP_NICE fails here, before Ray starts
     if args.resume and (args.output or (args.runs_dir != "runs" and not is_remote(args.resume))):
         raise SpecError("--resume continues in the run's own directory; drop --output/--runs-dir")
     with tempfile.TemporaryDirectory(prefix="lrjob-spec-") as tmp:
@@ -743,11 +741,9 @@ def _sweep(args):
 def cmd_worker(args) -> int:
     """``lrjob worker``: run this process as one rank of a ``horovodrun`` job (``run_rank``);
     returns 0."""
-    from .backends.cluster import gloo_loop_nice
     from .driver import run_rank
     from .report.progress import Reporter
 
-    gloo_loop_nice()  # a bad $LRJOB_GLOO_LOOP_NICE fails here, before hvd.init
     if args.resume and not args.job:
         args.job = str(_spec_file_of(args.resume))
     spec = _load(args)
@@ -828,6 +824,10 @@ def _sort_value_attached(argv: list[str]) -> list[str]:
     return out
 
 
+# the commands that can start Horovod ranks (docs/design.md#the-ranks-threads)
+RANK_COMMANDS = ("run", "worker", "parity", "sweep")
+
+
 def main(argv: list[str] | None = None) -> int:
     """The ``lrjob`` entry point: parse ``argv`` and run the command; returns the exit code (0 ok,
     2 bad input, 1 training, cluster or internal failure, 130 interrupted)."""
@@ -836,6 +836,10 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_noise()
     args = build_parser().parse_args(_sort_value_attached(sys.argv[1:] if argv is None else argv))
     try:
+        if args.command in RANK_COMMANDS:
+            from .backends.cluster import gloo_loop_nice
+
+            gloo_loop_nice()  # a bad $LRJOB_GLOO_LOOP_NICE fails here, before Ray or hvd.init starts
         return COMMANDS[args.command](args)
     except LrjobError as e:
         sys.stderr.write(f"lrjob: error: {e}\n")

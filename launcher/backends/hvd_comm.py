@@ -12,9 +12,9 @@ import mxnet as mx
 __all__ = ["HorovodCommunicator", "find_loop_threads", "lower_threads"]
 
 # The system calls an event loop waits in, by machine: epoll_wait, epoll_pwait, epoll_pwait2
-# (x86-64: arch/x86/entry/syscalls/syscall_64.tbl; arm64 and the others: the generic table).
-EPOLL_WAITS = {"x86_64": {232, 281, 441}}
-GENERIC_EPOLL_WAITS = {22, 441}
+# (x86-64: arch/x86/entry/syscalls/syscall_64.tbl; arm64 and riscv64: the generic table). On
+# other machines no loop is found, and the rank says so.
+EPOLL_WAITS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}, "riscv64": {22, 441}}
 
 
 def _threads() -> set[int]:
@@ -54,12 +54,12 @@ def _epoll_waited_on(tid: int, waits: set[int]) -> int | None:
     return None
 
 
-def find_loop_threads(new_threads: set[int], new_epolls: set[int], timeout: float = 0.5) -> list[int]:
+def find_loop_threads(new_threads: set[int], new_epolls: set[int], timeout: float = 2.0) -> list[int]:
     """The threads of ``new_threads`` seen waiting in an epoll wait on one of ``new_epolls``: the
     event loops ``hvd.init`` started for Gloo, each with the epoll descriptor it made. Each thread's
     system call is read until every descriptor has its thread or ``timeout`` seconds pass (a busy
     loop is not always in its wait)."""
-    waits = EPOLL_WAITS.get(platform.machine(), GENERIC_EPOLL_WAITS)
+    waits = EPOLL_WAITS.get(platform.machine(), set())
     found: dict[int, int] = {}
     left = set(new_epolls)
     deadline = time.monotonic() + timeout
@@ -73,6 +73,13 @@ def find_loop_threads(new_threads: set[int], new_epolls: set[int], timeout: floa
             break
         time.sleep(0.0005)
     return sorted(found)
+
+
+def _nice(tid: int) -> int:
+    try:
+        return os.getpriority(os.PRIO_PROCESS, tid)
+    except OSError:
+        return 20  # gone: nothing to lower
 
 
 def lower_threads(tids: list[int], nice: int) -> list[int]:
@@ -109,12 +116,15 @@ class HorovodCommunicator:
         # (docs/design.md#the-ranks-threads). Found as the threads hvd.init started that wait on an
         # epoll descriptor hvd.init made; MPI's own threads (no Gloo) are left alone.
         self.loops, self.lowered = [], []
-        if nice and fresh and threads and hvd.gloo_enabled():
-            self.loops = find_loop_threads(_threads() - threads, _epoll_fds() - epolls)
+        if nice and fresh and hvd.gloo_enabled():
+            new_epolls = _epoll_fds() - epolls
+            self.loops = find_loop_threads(_threads() - threads, new_epolls) if threads else []
             self.lowered = lower_threads(self.loops, nice)
-            if not self.loops:
-                print(f"lrjob: warning: rank {self.rank}: Gloo's event-loop threads were not found in "
-                      f"/proc/self/task; they keep their priority", file=sys.stderr, flush=True)
+            kept = [t for t in self.loops if t not in self.lowered and _nice(t) < nice]
+            if threads and (not self.loops or len(self.loops) < len(new_epolls) or kept):  # Linux
+                print(f"lrjob: warning: rank {self.rank}: {len(self.loops)} of Gloo's event-loop threads found "
+                      f"in /proc/self/task and {len(self.lowered)} given nice {nice}; the others keep their "
+                      f"priority", file=sys.stderr, flush=True)
 
     def allreduce_sum(self, array: np.ndarray, name: str) -> np.ndarray:
         if self.size == 1:

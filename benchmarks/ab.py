@@ -81,7 +81,7 @@ def _order(rep: int, names: list[str], methods: list[str]) -> list[tuple[str, st
 def summarize(r: dict) -> str:
     """The Markdown table of a result: per arm and method, the median epoch and each run's."""
     lines = [f"# A/B: {r['plan']['model']} model, global batch {r['plan']['batch']}, {r['plan']['workers']} workers, "
-             f"{r['busy']} busy processes", "",
+             f"{r['busy']} busy process{'' if r['busy'] == 1 else 'es'}", "",
              f"{r['plan']['rows']:,} MNIST rows, {r['plan']['epochs']} epochs per run (the first a warm-up); "
              f"load average {r['load_start'][0]:.1f} at the start, {r['load_end'][0]:.1f} at the end; "
              f"{r['seconds'] / 60:.1f} min; commit {r.get('commit')}.", "",
@@ -98,18 +98,23 @@ def summarize(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.ab", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(
+        prog="python -m benchmarks.ab", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example (Gloo's loops lowered or not; about 4 minutes idle, needs horovodrun and the MNIST cache "
+               "that make install fills):\n  python -m benchmarks.ab --arm LRJOB_GLOO_LOOP_NICE=19 "
+               "--arm LRJOB_GLOO_LOOP_NICE=0")
     ap.add_argument("--arm", action="append", required=True, metavar="KEY=VALUE[,...]",
                     help="one setting to compare (repeat for each arm; '' for the environment as it is)")
     ap.add_argument("--methods", default="lrjob,horovodrun", help="lrjob, horovodrun or both (default: %(default)s)")
     ap.add_argument("--reps", type=int, default=3, help="repetitions of every arm and method (default: %(default)s)")
     ap.add_argument("--epochs", type=int, default=6, help="epochs per run, the first a warm-up (default: %(default)s)")
-    ap.add_argument("--model", choices=sorted(scaling.MODELS), default="linear", help="(default: %(default)s)")
+    ap.add_argument("--model", choices=sorted(scaling.MODELS), default="linear",
+                    help="linear (softmax regression) or mlp (784-256-256-10) (default: %(default)s)")
     ap.add_argument("--batch", type=int, default=64, help="global batch (default: %(default)s)")
-    ap.add_argument("--workers", type=int, default=2, help="(default: %(default)s)")
+    ap.add_argument("--workers", type=int, default=2, help="ranks per run (default: %(default)s)")
     ap.add_argument("--rows", type=int, default=60000, help="MNIST training rows (default: %(default)s)")
     ap.add_argument("--busy", type=int, default=0, help="CPU-bound processes beside the runs (default: %(default)s)")
-    ap.add_argument("--out", default="bench-results/ab.json", help="JSON to write (.md beside it)")
+    ap.add_argument("--out", default="bench-results/ab.json", help="JSON to write, .md beside it (default: %(default)s)")
     a = ap.parse_args(argv)
     try:
         arms = [parse_arm(x) for x in a.arm]

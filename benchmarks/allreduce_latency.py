@@ -1,18 +1,18 @@
-"""The latency of one Horovod allreduce of a softmax step's gradient (7,850 float32), two ranks,
+r"""The latency of one Horovod allreduce of a softmax step's gradient (7,850 float32), two ranks,
 under horovodrun or under horovod.ray's RayExecutor, with nothing of lrjob's in the way.
 
     horovodrun --gloo -np 2 -H localhost:2 python -m benchmarks.allreduce_latency
     python -m benchmarks.allreduce_latency --ray [--own-session]
-    python -m benchmarks.allreduce_latency --noise 430 -- horovodrun --gloo -np 2 -H localhost:2 \
-        python -m benchmarks.allreduce_latency
+    python -m benchmarks.allreduce_latency --noise 430 -- \
+        horovodrun --gloo -np 2 -H localhost:2 python -m benchmarks.allreduce_latency
 
-Each rank runs ``--iters`` blocking allreduces (``wait_to_read`` after each) and prints the
-median of all but the first 200 in ms. ``LRJOB_GLOO_LOOP_NICE=N`` in the environment gives Gloo's
-event-loop threads nice N as lrjob's ranks do (``launcher.backends.hvd_comm``); ``--own-session``
-moves each Ray rank into a session of its own as lrjob's do (``launcher.backends.worker``).
-The thread settings are lrjob's (``worker_env(1)``) unless set. ``--noise HZ -- COMMAND`` runs
-COMMAND beside a process that wakes HZ times a second and does almost nothing each time (as an
-idle Ray node's daemons do)."""
+Each rank runs --iters blocking allreduces (wait_to_read after each) and prints the median
+of all but the first 200 in ms. LRJOB_GLOO_LOOP_NICE=N in the environment gives Gloo's
+event-loop threads nice N as lrjob's ranks do (launcher.backends.hvd_comm); unset, they are
+left as they start here, unlike lrjob's 19. --own-session moves each Ray rank into a session of
+its own as lrjob's do (launcher.backends.worker). The thread settings are lrjob's
+(worker_env(1)) unless set. --noise HZ -- COMMAND runs COMMAND beside a process that wakes HZ
+times a second and does almost nothing each time (as an idle Ray node's daemons do)."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,8 @@ def rank_latency(_=None) -> tuple[int, float, int]:
 
     threads, epolls = _threads(), _epoll_fds()
     hvd.init()
+    if hvd.size() != 2:
+        raise SystemExit(f"allreduce_latency: {hvd.size()} rank(s); run it under horovodrun -np 2 or with --ray")
     lowered = []
     if int(os.environ.get("LRJOB_GLOO_LOOP_NICE", "0")):
         lowered = lower_threads(find_loop_threads(_threads() - threads, _epoll_fds() - epolls),
@@ -55,7 +57,8 @@ def rank_latency(_=None) -> tuple[int, float, int]:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m benchmarks.allreduce_latency", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m benchmarks.allreduce_latency", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ray", action="store_true", help="two ranks under RayExecutor on a new local Ray")
     ap.add_argument("--own-session", action="store_true", help="with --ray: each rank in a session of its own")
     ap.add_argument("--iters", type=int, default=3000, help="allreduces per rank (default: %(default)s)")

@@ -37,16 +37,11 @@ def rank_latency(_=None) -> tuple[int, float, int]:
     import mxnet as mx
 
     import horovod.mxnet as hvd
-    from launcher.backends.hvd_comm import _epoll_fds, _threads, find_loop_threads, lower_threads
+    from launcher.backends.hvd_comm import init_lowering_loops
 
-    threads, epolls = _threads(), _epoll_fds()
-    hvd.init()
+    _, lowered, _ = init_lowering_loops(hvd, int(os.environ.get("LRJOB_GLOO_LOOP_NICE", "0")))
     if hvd.size() != 2:
         raise SystemExit(f"allreduce_latency: {hvd.size()} rank(s); run it under horovodrun -np 2 or with --ray")
-    lowered = []
-    if int(os.environ.get("LRJOB_GLOO_LOOP_NICE", "0")):
-        lowered = lower_threads(find_loop_threads(_threads() - threads, _epoll_fds() - epolls),
-                                int(os.environ["LRJOB_GLOO_LOOP_NICE"]))
     t = mx.nd.ones((7850,), dtype="float32")
     out = []
     for _ in range(int(os.environ.get("LATENCY_ITERS", "3000"))):

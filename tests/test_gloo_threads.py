@@ -29,6 +29,20 @@ def _nice(tid: int) -> int:
     return os.getpriority(os.PRIO_PROCESS, tid)
 
 
+def _in_a_call(tid: int, fd: int | None = None, deadline: float = 5.0) -> list[str]:
+    """Poll ``/proc/self/task/TID/syscall`` until the thread waits in a system call (whose first
+    argument is ``fd`` if given); returns that line's fields."""
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        try:
+            call = Path(f"/proc/self/task/{tid}/syscall").read_text().split()
+        except OSError:
+            call = ["running"]
+        if call[0] not in ("running", "-1") and (fd is None or int(call[1], 16) == fd):
+            return call
+    raise AssertionError(f"thread {tid} never waited in a system call{'' if fd is None else f' on {fd}'}")
+
+
 class _Waiter:
     """A thread that waits in ``how`` ("epoll": on ``ep``, "poll", "sleep" or "lock") until stopped."""
 
@@ -38,7 +52,7 @@ class _Waiter:
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         self._ready.wait(5)
-        time.sleep(0.05)  # into its wait
+        _in_a_call(self.tid, self.ep if how == "read" else None)
 
     def _run(self):
         self.tid = threading.get_native_id()
@@ -108,8 +122,7 @@ def test_a_thread_in_another_call_on_that_descriptor_number_is_not_a_loop(waiter
         reader = _Waiter.__new__(_Waiter)
         reader.writer = w
         reader.__init__("read", r)
-        call = Path(f"/proc/self/task/{reader.tid}/syscall").read_text().split()
-        assert int(call[1], 16) == r, call  # it waits in a call whose first argument is that number
+        _in_a_call(reader.tid, r)  # it waits in a call whose first argument is that number
         # read(2) takes the descriptor as its first argument too: only an epoll wait counts
         assert find_loop_threads({reader.tid}, {r}, timeout=0.2) == []
         reader.stop()

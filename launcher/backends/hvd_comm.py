@@ -9,7 +9,7 @@ import time
 import numpy as np
 import mxnet as mx
 
-__all__ = ["HorovodCommunicator", "find_loop_threads", "lower_threads"]
+__all__ = ["HorovodCommunicator", "find_loop_threads", "init_lowering_loops", "lower_threads"]
 
 # The system calls an event loop waits in, by machine: epoll_wait, epoll_pwait, epoll_pwait2
 # (x86-64: arch/x86/entry/syscalls/syscall_64.tbl; arm64 and riscv64: the generic table). On
@@ -96,6 +96,26 @@ def lower_threads(tids: list[int], nice: int) -> list[int]:
     return changed
 
 
+def init_lowering_loops(hvd, nice: int) -> tuple[list[int], list[int], bool]:
+    """``hvd.init()``, then give the event loops it started for Gloo nice ``nice``: Gloo's loops spin
+    while Horovod's background thread holds a pair's lock, and take the CPU it needs to let go, so
+    with fewer cores than busy threads nice loops let it run (docs/design.md#the-ranks-threads).
+    They are the threads ``hvd.init`` started that wait on an epoll descriptor ``hvd.init`` made;
+    nothing is looked for with ``nice`` 0, without Gloo (MPI's own threads) or when Horovod was
+    initialized before. Returns the loops found, those lowered, and whether (on Linux) any was
+    missed: fewer found than new descriptors, or one left below ``nice``."""
+    fresh = not hvd.is_initialized()
+    threads, epolls = _threads(), _epoll_fds()
+    hvd.init()
+    if not (nice and fresh and hvd.gloo_enabled()):
+        return [], [], False
+    new_epolls = _epoll_fds() - epolls
+    loops = find_loop_threads(_threads() - threads, new_epolls) if threads else []
+    lowered = lower_threads(loops, nice)
+    kept = [t for t in loops if t not in lowered and _nice(t) < nice]
+    return loops, lowered, bool(threads) and (not loops or len(loops) < len(new_epolls) or bool(kept))
+
+
 class HorovodCommunicator:
     """Wraps ``horovod.mxnet`` after ``hvd.init()``.
     Implements the ``Communicator`` protocol (lr_core/comm.py)."""
@@ -106,25 +126,13 @@ class HorovodCommunicator:
         from .cluster import gloo_loop_nice
 
         nice = gloo_loop_nice()
-        fresh = not hvd.is_initialized()
-        threads, epolls = _threads(), _epoll_fds()
-        hvd.init()
+        self.loops, self.lowered, missed = init_lowering_loops(hvd, nice)
         self.hvd = hvd
         self.rank, self.size, self.local_rank = hvd.rank(), hvd.size(), hvd.local_rank()
-        # Gloo's event loops spin while Horovod's background thread holds a pair's lock, and take the
-        # CPU it needs to let go: with fewer cores than busy threads, nice loops let it run
-        # (docs/design.md#the-ranks-threads). Found as the threads hvd.init started that wait on an
-        # epoll descriptor hvd.init made; MPI's own threads (no Gloo) are left alone.
-        self.loops, self.lowered = [], []
-        if nice and fresh and hvd.gloo_enabled():
-            new_epolls = _epoll_fds() - epolls
-            self.loops = find_loop_threads(_threads() - threads, new_epolls) if threads else []
-            self.lowered = lower_threads(self.loops, nice)
-            kept = [t for t in self.loops if t not in self.lowered and _nice(t) < nice]
-            if threads and (not self.loops or len(self.loops) < len(new_epolls) or kept):  # Linux
-                print(f"lrjob: warning: rank {self.rank}: {len(self.loops)} of Gloo's event-loop threads found "
-                      f"in /proc/self/task and {len(self.lowered)} given nice {nice}; the others keep their "
-                      f"priority", file=sys.stderr, flush=True)
+        if missed:
+            print(f"lrjob: warning: rank {self.rank}: {len(self.loops)} of Gloo's event-loop threads found "
+                  f"in /proc/self/task and {len(self.lowered)} given nice {nice}; the others keep their "
+                  f"priority", file=sys.stderr, flush=True)
 
     def allreduce_sum(self, array: np.ndarray, name: str) -> np.ndarray:
         if self.size == 1:

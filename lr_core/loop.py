@@ -82,17 +82,20 @@ class TrainingLoop:
         # Class weights (docs/design.md#class-weights): per-class, from the whole training
         # set's labels, then one float32 weight per row, gathered with the row.
         self.class_weights = class_weights(cfg.class_weight, data.y_train, cfg.num_outputs_classes)
+        # A set larger than memory: each step's rows are read from the file (read_rows), and
+        # what validation maps is unmapped as it goes, so this process's memory stays flat
+        # (docs/design.md#prepared-data).
+        self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
+        # Otherwise the graph gathers each step's rows itself (docs/design.md#the-update-step).
+        self.gather = not self.train_pages.active
         self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale,
-                               weighted=self.class_weights is not None, standardized=data.stats is not None)
+                               weighted=self.class_weights is not None, standardized=data.stats is not None,
+                               gather=self.gather)
         self.graph.hybridize(static_alloc=True)
         self.net.hybridize(static_alloc=True)
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
 
         self.x = _device_array(data.x_train, self.ctx)  # the stored dtype; the graph casts and scales
-        # A set larger than memory: each step's rows are read from the file (read_rows), and
-        # what validation maps is unmapped as it goes, so this process's memory stays flat
-        # (docs/design.md#prepared-data).
-        self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
         y = data.y_train.astype(np.float32)
         self.y = mx.nd.array(y.reshape(-1, 1) if cfg.kind == "binary" else y, ctx=self.ctx, dtype="float32")
         # The graph's inputs after (x, y): the rows' weights, then the standardization
@@ -132,6 +135,7 @@ class TrainingLoop:
         # costs a third of the epoch); one concat and one host read at the end.
         losses = []
         zero = mx.nd.zeros((1,), ctx=self.ctx, dtype="float32")
+        row0 = mx.nd.zeros((1,), ctx=self.ctx, dtype="int64")
         report_every, next_report = max(1, steps // 50), 0.0
         # A schedule's rate depends on the global step only (docs/design.md#learning-rate-schedules):
         # the same on every rank and every world size, and found again on resume from (epoch, step).
@@ -152,22 +156,22 @@ class TrainingLoop:
                 # Gather this step's rows from the shared, read-only data (no per-worker
                 # copy of the dataset: workers on a node share Ray's object store).
                 rows = idx_nd[a:b]
-                if self.train_pages.active:  # a set larger than memory: read the rows, map none
+                if self.gather:  # the graph takes the rows (one operator call, not three)
+                    inputs = [self.x, self.y, rows] + ([self.w] if self.w is not None else [])
+                else:  # a set larger than memory: read the rows, map none
                     xb = mx.nd.array(read_rows(self.data.x_train, idx[a:b]), ctx=self.ctx, dtype=self.x.dtype)
-                else:
-                    xb = mx.nd.take(self.x, rows)
-                yb = mx.nd.take(self.y, rows)
-                wb = [mx.nd.take(self.w, rows)] if self.w is not None else []
+                    inputs = [xb, mx.nd.take(self.y, rows)] + ([mx.nd.take(self.w, rows)] if self.w is not None else [])
                 with autograd.record():
-                    total = self.graph(xb, yb, *wb, *self.consts)
+                    total = self.graph(*inputs, *self.consts)
                 total.backward()
                 losses.append(total)
             else:
                 # This rank has no rows in this global batch: it still joins the
                 # allreduce, with an exact zero gradient (a zero-weighted real row).
-                wb = [self.w[0:1]] if self.w is not None else []
+                first = [self.x, self.y, row0] if self.gather else [self.x[0:1], self.y[0:1]]
+                wb = ([self.w] if self.gather else [self.w[0:1]]) if self.w is not None else []
                 with autograd.record():
-                    total = self.graph(self.x[0:1], self.y[0:1], *wb, *self.consts) * 0
+                    total = self.graph(*first, *wb, *self.consts) * 0
                 total.backward()
                 losses.append(zero)
             if schedule is not None:

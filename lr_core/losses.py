@@ -44,21 +44,28 @@ class LossGraph(gluon.HybridBlock):
     ``weighted``: ``w`` (n, 1) float32 multiplies each row's loss (class weights).
     ``standardized``: the features become ``(x - mean) * inv_std`` (float32, shape (d,)),
     the same float32 arithmetic as ``Dataset.features`` (docs/design.md#standardization).
+    ``gather``: the inputs are (X, Y, rows[, W][, mean, inv_std]): all the rows, and the int64
+    positions of this step's; the graph takes them itself (``take``, as the loop would), which
+    saves three operator calls per step.
     """
 
     def __init__(self, net: gluon.HybridBlock, kind: str, cast: bool = False, scale: float | None = None,
-                 weighted: bool = False, standardized: bool = False):
+                 weighted: bool = False, standardized: bool = False, gather: bool = False):
         super().__init__(prefix="graph_")
         # Stored features (uint8) are cast to float32 and scaled first, inside the graph.
         self.cast, self.scale = cast, scale
-        self.weighted, self.standardized = weighted, standardized
+        self.weighted, self.standardized, self.gather = weighted, standardized, gather
         with self.name_scope():
             self.net = net
             self.loss = make_loss(kind)
 
     def hybrid_forward(self, F, x, y, *extra):
         extra = list(extra)
+        rows = extra.pop(0) if self.gather else None
         w = extra.pop(0) if self.weighted else None
+        if rows is not None:
+            x, y = F.take(x, rows), F.take(y, rows)
+            w = F.take(w, rows) if w is not None else None
         if self.cast:
             x = F.cast(x, dtype="float32")
         if self.scale is not None:

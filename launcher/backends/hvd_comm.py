@@ -9,6 +9,8 @@ import time
 import numpy as np
 import mxnet as mx
 
+from lr_core.comm import fused_step
+
 __all__ = ["HorovodCommunicator", "find_loop_threads", "init_lowering_loops", "lower_threads"]
 
 # The system calls an event loop waits in, by machine: epoll_wait, epoll_pwait, epoll_pwait2
@@ -153,7 +155,7 @@ class HorovodCommunicator:
         # Passing B/size makes that rescale exactly 1/B: gradient = sum over ranks of the
         # summed per-sample gradients / global batch size, the single-process update.
         # The learning rate is NOT scaled by the world size (that would break parity).
-        trainer.step(global_batch_size / self.size)
+        fused_step(trainer, global_batch_size / self.size)
 
     def barrier(self) -> None:
         """Wait until every rank gets here (an allreduce of one zero)."""

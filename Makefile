@@ -52,6 +52,7 @@ test-heavy: install
 
 bench: install test-heavy
 	$(PY) -m benchmarks.run --out bench-results/bench.json
+	$(PY) -m benchmarks.update_step --out bench-results/update_step.json
 	$(PY) -m benchmarks.data_scale --out bench-results/data_scale.json
 	$(PY) -m benchmarks.scaling --out bench-results/scaling.json
 

@@ -60,7 +60,7 @@ class TrainingLoop:
     """One worker's training state. World size comes only from ``comm``."""
 
     def __init__(self, cfg: LoopConfig, data: Dataset, comm: Communicator | None = None,
-                 ctx: mx.Context | None = None, record_shards: bool = False):
+                 ctx: mx.Context | None = None, record_shards: bool = False, gather: bool | None = None):
         self.cfg, self.data = cfg, data
         self.comm = comm or SingleProcessCommunicator()
         self.ctx = ctx or mx.cpu()
@@ -86,8 +86,9 @@ class TrainingLoop:
         # what validation maps is unmapped as it goes, so this process's memory stays flat
         # (docs/design.md#prepared-data).
         self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
-        # Otherwise the graph gathers each step's rows itself (docs/design.md#the-update-step).
-        self.gather = not self.train_pages.active
+        # Otherwise the graph gathers each step's rows itself (docs/design.md#the-update-step);
+        # ``gather=False`` gathers them before the graph, as a set larger than memory does.
+        self.gather = not self.train_pages.active and gather is not False
         self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale,
                                weighted=self.class_weights is not None, standardized=data.stats is not None,
                                gather=self.gather)
@@ -158,8 +159,9 @@ class TrainingLoop:
                 rows = idx_nd[a:b]
                 if self.gather:  # the graph takes the rows (one operator call, not three)
                     inputs = [self.x, self.y, rows] + ([self.w] if self.w is not None else [])
-                else:  # a set larger than memory: read the rows, map none
-                    xb = mx.nd.array(read_rows(self.data.x_train, idx[a:b]), ctx=self.ctx, dtype=self.x.dtype)
+                else:  # the rows before the graph; a set larger than memory reads them, maps none
+                    xb = (mx.nd.array(read_rows(self.data.x_train, idx[a:b]), ctx=self.ctx, dtype=self.x.dtype)
+                          if self.train_pages.active else mx.nd.take(self.x, rows))
                     inputs = [xb, mx.nd.take(self.y, rows)] + ([mx.nd.take(self.w, rows)] if self.w is not None else [])
                 with autograd.record():
                     total = self.graph(*inputs, *self.consts)

@@ -3,7 +3,7 @@ trainers: plain SGD's fused update called directly trains bit for bit like Gluon
 ``Trainer.step`` (momentum, weight decay, hidden layers in two update groups, a schedule, class
 weights, standardization, a remainder batch), keeps the same optimizer state and update
 counters for checkpoints, follows states restored mid-run, and leaves every other optimizer to
-Gluon."""
+Gluon; and the rows gathered inside the loss graph train as the rows gathered before it."""
 import mxnet as mx
 import numpy as np
 import pytest
@@ -131,3 +131,14 @@ def test_lars_a_clipped_or_a_float16_trainer_is_left_to_gluon():
                     trainer.step(4)
             got[how] = p.data().asnumpy()
         assert fused == [False] * 3 and np.array_equal(got["fused"], got["gluon"]), (optimizer, opt_params, dtype)
+
+
+@pytest.mark.parametrize("case", ["class weights, standardized", "hidden layers, two update groups", "weight decay"])
+def test_rows_gathered_in_the_graph_train_as_rows_gathered_before_it(case):
+    fields, data_fields = CASES[case]
+    cfg = LoopConfig(epochs=2, batch_size=16, learning_rate=0.2, seed=3, **fields)
+    loops = {g: TrainingLoop(cfg, _data(cfg.kind, **data_fields), gather=g) for g in (True, False)}
+    assert loops[True].gather and not loops[False].gather
+    for epoch in range(cfg.epochs):
+        assert loops[True].train_epoch(epoch)["train_loss"] == loops[False].train_epoch(epoch)["train_loss"]
+    _same_state(loops[True], loops[False])

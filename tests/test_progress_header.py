@@ -1,0 +1,40 @@
+"""The run header ``lrjob run`` prints on stderr (``launcher.report.progress.Reporter.header``):
+epochs in the singular and plural, each rank's host, pid and device labelled, and a line for
+the ranks past the eighth."""
+import io
+from types import SimpleNamespace as NS
+
+import pytest
+
+from launcher.report.progress import Reporter
+
+
+def _header(epochs, ranks):
+    spec = NS(name="job", model=NS(kind="softmax", num_classes=3, hidden=()),
+              train=NS(epochs=epochs, batch_size=64, optimizer="sgd", learning_rate=0.1, lr_schedule=None, seed=1,
+                       early_stopping=None))
+    data = NS(x_train=[0] * 10, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
+    backend = NS(workers=ranks, where=f"{ranks} Horovod workers on 1 node(s)", startup_seconds=1.0,
+                 placement=[{"rank": r, "host": "node-a", "pid": 100 + r, "device": "cpu(0)"} for r in range(ranks)])
+    err = io.StringIO()
+    Reporter("human", stream=io.StringIO(), err=err).header(spec, data, backend, "runs/job")
+    return err.getvalue().splitlines()
+
+
+@pytest.mark.parametrize("epochs, words", [(1, "1 epoch,"), (2, "2 epochs,")])
+def test_epochs_are_counted_in_words(epochs, words):
+    train = [line for line in _header(epochs, 2) if line.startswith("  train ")]
+    assert len(train) == 1 and f"  train    {words} global batch 64" in train[0]
+
+
+def test_each_rank_names_its_host_pid_and_device():
+    lines = _header(3, 2)
+    assert "           rank 0: host node-a, pid 100, cpu(0)" in lines
+    assert "           rank 1: host node-a, pid 101, cpu(0)" in lines
+    assert not any("more ranks" in line for line in lines)
+
+
+def test_ranks_past_the_eighth_are_counted():
+    lines = _header(3, 11)
+    assert sum(line.startswith("           rank ") for line in lines) == 8
+    assert "           and 3 more ranks (all in the run's env.json)" in lines

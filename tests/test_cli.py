@@ -295,6 +295,19 @@ def test_oversubscribe_is_explained_in_help():
 
 
 @pytest.mark.distributed
+def test_a_dead_address_is_refused_where_this_process_has_a_ray_up(ray_session, tmp_path, capsys, monkeypatch):
+    """In a process that already has a Ray (a library caller's, this test session's), lrjob uses
+    that Ray; an ``--address`` that nothing answers at is still one line, exit 2, nothing written."""
+    assert ray_session.is_initialized()
+    monkeypatch.chdir(ROOT)
+    code, stderr = _main(capsys, "run", "jobs/binary_synthetic.yaml", "--workers", "1", "--address", "127.0.0.1:1",
+                         "--runs-dir", tmp_path / "runs")
+    assert code == 2 and "no Ray cluster answers" in stderr, stderr
+    assert [x for x in stderr.splitlines() if x.startswith("lrjob: error")] == stderr.strip().splitlines()[-1:]
+    assert not (tmp_path / "runs").exists() and ray_session.is_initialized()
+
+
+@pytest.mark.distributed
 def test_oversubscribe_starts_more_workers_than_cpus(tmp_path):
     import procs
 

@@ -311,7 +311,9 @@ class RaySession:
     def __enter__(self) -> "RaySession":
         import ray
 
-        if ray.is_initialized():
+        if ray.is_initialized():  # this process's Ray (a library caller's, a sweep's) is used as it is
+            if self.address and self.address != "local":
+                _probe_address(self.address)  # but an address nothing answers at is still refused
             return self
         kwargs = ray_init_kwargs()
         try:

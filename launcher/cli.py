@@ -1,7 +1,7 @@
 """lrjob: run logistic and softmax training jobs on 0..N Horovod workers through Ray.
 
     lrjob run jobs/mnist_softmax.yaml --workers 2
-    lrjob parity jobs/binary_synthetic.yaml --workers 3
+    lrjob parity jobs/binary_synthetic.yaml --workers 2
     lrjob predict runs/binary_2d --input points.csv
 
 Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluster failure,
@@ -29,7 +29,7 @@ __all__ = ["main", "build_parser"]
 
 EXAMPLES = {
     "run": "lrjob run jobs/binary_synthetic.yaml --workers 2 --set train.epochs=3",
-    "parity": "lrjob parity jobs/digits_softmax.yaml --workers 3",
+    "parity": "lrjob parity jobs/digits_softmax.yaml --workers 2",
     "validate": "lrjob validate jobs/mnist_softmax.yaml --set train.batch_size=128",
     "prepare": "lrjob prepare jobs/mnist_softmax.yaml --set data.cache=/shared/lrjob-prepared",
     "doctor": "lrjob doctor",
@@ -253,7 +253,7 @@ def _load(args):
     from .spec import load_spec
 
     if not args.job:
-        raise SpecError("JOB: give a job spec file, e.g. lrjob run jobs/binary_synthetic.yaml")
+        raise SpecError(f"JOB: give a job spec file, e.g. {EXAMPLES.get(args.command, EXAMPLES['run'])}")
     overrides = list(args.overrides)
     if getattr(args, "workers", None) is not None:
         overrides.append(f"resources.workers={args.workers}")
@@ -324,6 +324,11 @@ def cmd_parity(args) -> int:
     workers = args.workers if args.workers is not None else 2
     if workers < 1:
         raise SpecError(f"--workers must be >= 1 for parity (it compares against --workers 0), got {workers}")
+    if (args.address or os.environ.get("RAY_ADDRESS") or "local") == "local":
+        from .backends.cluster import embedded_cpus
+
+        # the local Ray's CPUs are known now: a request beyond them is refused before the reference run
+        embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     ref_spec = spec.with_overrides(["resources.workers=0"])
     dist_spec = spec.with_overrides([f"resources.workers={workers}"])

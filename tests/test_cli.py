@@ -147,6 +147,23 @@ def test_bad_input_table(tmp_path, read_only, capsys, monkeypatch):
             assert not Path(args[args.index("--output") + 1]).exists(), args
 
 
+def test_parity_refuses_more_workers_than_cpus_before_the_reference_run(tmp_path, capsys, monkeypatch):
+    from launcher.backends.cluster import machine_cpus
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    n = machine_cpus() + 1
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", n, "--keep", tmp_path / "kept")
+    assert code == 2 and f"{n} workers x 1 CPU = {n} CPUs asked" in stderr, stderr
+    assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
+
+
+def test_a_missing_job_names_an_example_of_its_own_command(capsys):
+    for command in ("run", "parity", "validate"):
+        code, stderr = _main(capsys, command)
+        assert code == 2 and f"e.g. lrjob {command} jobs/" in stderr, stderr
+
+
 def test_not_writable_output_is_refused(tmp_path):
     f = tmp_path / "file"
     f.write_text("x")

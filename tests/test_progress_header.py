@@ -13,8 +13,8 @@ def _header(epochs, ranks):
     spec = NS(name="job", model=NS(kind="softmax", num_classes=3, hidden=()),
               train=NS(epochs=epochs, batch_size=64, optimizer="sgd", learning_rate=0.1, lr_schedule=None, seed=1,
                        early_stopping=None))
-    data = NS(x_train=[0] * 10, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
-    backend = NS(workers=ranks, where=f"{ranks} Horovod workers on 1 node(s)", startup_seconds=1.0,
+    data = NS(x_train=[0] * 12345, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
+    backend = NS(workers=ranks, where=f"{ranks} Horovod workers on 1 node", startup_seconds=1.0,
                  placement=[{"rank": r, "host": "node-a", "pid": 100 + r, "device": "cpu(0)"} for r in range(ranks)])
     err = io.StringIO()
     Reporter("human", stream=io.StringIO(), err=err).header(spec, data, backend, "runs/job")
@@ -27,10 +27,15 @@ def test_epochs_are_counted_in_words(epochs, words):
     assert len(train) == 1 and f"  train    {words} global batch 64" in train[0]
 
 
+def test_row_counts_have_thousands_separators():
+    assert "  data     digits: 12,345 train / 2 validation rows, 4 features" in _header(1, 2)
+
+
 def test_each_rank_names_its_host_pid_and_device():
     lines = _header(3, 2)
-    assert "           rank 0: host node-a, pid 100, cpu(0)" in lines
-    assert "           rank 1: host node-a, pid 101, cpu(0)" in lines
+    assert "  workers  2 Horovod workers on 1 node (ready 1.0 s after Ray)" in lines
+    assert "           rank 0: host node-a, pid 100, device cpu(0)" in lines
+    assert "           rank 1: host node-a, pid 101, device cpu(0)" in lines
     assert not any("more ranks" in line for line in lines)
 
 

@@ -28,7 +28,7 @@ class Backend(Protocol):
     workers: int                # 0 in-process, else the world size
     placement: list[dict]       # per rank: rank, local_rank, host, pid, device, node_id
     startup_seconds: float
-    where: str                  # one line for people: "2 Horovod workers on 1 node(s)"
+    where: str                  # one line for people: "2 Horovod workers on 1 node"
 
     def run_epoch(self, epoch: int, progress: Progress | None = None, timeout_s: float | None = None,
                   start_step: int = 0, stop_step: int | None = None) -> list[dict]:

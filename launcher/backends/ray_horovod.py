@@ -110,7 +110,8 @@ class RayHorovodBackend:
             self.shutdown()
             raise
         self.startup_seconds = time.perf_counter() - t0
-        self.where = f"{workers} Horovod workers on {len({p['node_id'] for p in self.placement})} node(s)"
+        nodes = len({p["node_id"] for p in self.placement})
+        self.where = f"{workers} Horovod worker{'s' if workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}"
 
     def _actors(self):
         adapter = getattr(self.executor, "adapter", None)

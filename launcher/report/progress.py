@@ -81,17 +81,17 @@ class Reporter:
             f"lrjob  {spec.name}",
             f"  model    {m.kind} ({'1 logit' if m.kind == 'binary' else str(m.num_classes) + ' classes'}), "
             f"hidden layers: {hidden}",
-            f"  data     {data.source}: {len(data.x_train)} train / {len(data.x_val)} {data.val_name} rows, "
-            f"{data.num_features} features" + (f", prepared in {data.home}" if data.home else ""),
+            f"  data     {data.source}: {len(data.x_train):,} train / {len(data.x_val):,} {data.val_name} rows, "
+            f"{data.num_features:,} features" + (f", prepared in {data.home}" if data.home else ""),
             f"  train    {t.epochs} epoch{'' if t.epochs == 1 else 's'}, global batch {t.batch_size}, "
             f"{t.optimizer} lr {t.learning_rate:g}"
             f"{_schedule_note(t.lr_schedule)}, seed {t.seed}"
             + (f", early stopping on {t.early_stopping['metric']} (patience {t.early_stopping['patience']})"
                if t.early_stopping else ""),
-            f"  workers  {backend.where}" + (f" (start-up {backend.startup_seconds:.1f} s)" if backend.workers else ""),
+            f"  workers  {backend.where}" + (f" (ready {backend.startup_seconds:.1f} s after Ray)" if backend.workers else ""),
         ]
         for p in backend.placement[:8]:
-            lines.append(f"           rank {p['rank']}: host {p['host']}, pid {p['pid']}, {p['device']}")
+            lines.append(f"           rank {p['rank']}: host {p['host']}, pid {p['pid']}, device {p['device']}")
         if len(backend.placement) > 8:
             lines.append(f"           and {len(backend.placement) - 8} more ranks (all in the run's env.json)")
         lines.append(f"  run dir  {run_dir}")

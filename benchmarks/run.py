@@ -208,7 +208,8 @@ def summarize(r: dict) -> str:
     ar = d["bare_allreduce_ms_7850_floats"]["median"]
     lines.append(f"| communication per step (step {1e3 * de / steps:.2f} ms - compute {1e3 * compute:.2f} ms) vs "
                  f"bare allreduce {ar:.2f} ms | {1e3 * comm:.2f} ms (**{1e3 * comm / ar:.2f}x**) | <= 1.5x |")
-    lines.append(f"| data (row gather) per step, batch 64 | {ip['gather_ms_per_step_b64']:.3f} ms | |")
+    lines.append(f"| data: a 64-row gather (`take`) alone, per step (the loss graph does it inside) "
+                 f"| {ip['gather_ms_per_step_b64']:.3f} ms | |")
     ds = r["dataset_bytes"]
     wk = sum(m["pss"] or 0 for m in d["worker_memory"])
     base = sum(m["pss"] or 0 for m in d["worker_baseline_memory"])

@@ -84,6 +84,9 @@ def main(argv=None) -> int:
         print(json.dumps(r))
         return 0
 
+    from benchmarks.scaling import _commit
+
+    load_start, commit = os.getloadavg(), _commit()
     log("the parts of a step, in one process (MXNet's default engine)")
     parts = arms_in_process(args.rounds, [("Gluon step, rows gathered before the graph", False, False),
                                           ("fused update, rows gathered before the graph", True, False),
@@ -99,7 +102,8 @@ def main(argv=None) -> int:
             engines[engine] = {"error": out.stderr.strip().splitlines()[-1:] or ["failed"]}
             continue
         engines[engine] = json.loads(out.stdout.strip().splitlines()[-1])
-    result = {"rounds": args.rounds, "batch_size": 64, "parts": parts, "engines": engines}
+    result = {"rounds": args.rounds, "batch_size": 64, "commit": commit, "load_start": load_start,
+              "load_end": os.getloadavg(), "parts": parts, "engines": engines}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
@@ -111,8 +115,13 @@ def main(argv=None) -> int:
 def summary(r: dict) -> str:
     secs = r["parts"]["seconds"]
     tut = _median(secs["tutorial"])
+    machine = ""
+    if r.get("load_start"):
+        machine = (f" Load average (1, 5, 15 min) {', '.join(f'{x:.1f}' for x in r['load_start'])} at the start, "
+                   f"{', '.join(f'{x:.1f}' for x in r['load_end'])} at the end"
+                   + (f"; code at commit {r['commit']}" if r.get("commit") else "") + ".")
     lines = [f"In-process MNIST, global batch 64, {r['rounds']} interleaved rounds (the first dropped), median "
-             f"epoch seconds; tutorial loop {tut:.3f} s in the same process.", "",
+             f"epoch seconds; tutorial loop {tut:.3f} s in the same process.{machine}", "",
              "| step | epoch | tutorial / this |", "|---|---|---|"]
     for name, xs in secs.items():
         if name != "tutorial":

@@ -58,54 +58,90 @@ class SingleProcessCommunicator:
         return None
 
 
-def _sgd_plan(trainer: gluon.Trainer):
-    """The groups of (indices, weights, gradients) that Gluon's updater hands SGD in one step, or
-    None where ``fused_step`` must leave the step to Gluon: another optimizer, a kvstore, several
-    devices, float16 weights, clipping, loss scaling, sparse or added gradients."""
+class _SGDPlan:
+    """What ``fused_step`` updates, found after a Gluon step: the optimizer and updater, each
+    trainable parameter with its index, weight and gradient arrays, the updater's groups of
+    (indices, weights, gradients), and the device the weights live on."""
+
+    __slots__ = ("optimizer", "updater", "params", "groups", "device")
+
+    def __init__(self, optimizer, updater, params, groups, device):
+        self.optimizer, self.updater, self.params, self.groups, self.device = \
+            optimizer, updater, params, groups, device
+
+
+def _sgd_plan(trainer: gluon.Trainer) -> _SGDPlan | None:
+    """The plan of ``trainer``'s next steps, or None where ``fused_step`` must leave them to Gluon:
+    another optimizer, a kvstore, several devices, float16 weights, clipping, loss scaling, sparse
+    or added gradients, nothing to train."""
     opt = trainer._optimizer
     updaters = trainer._updaters
     if (type(opt) is not mx.optimizer.SGD or opt.clip_gradient or trainer._kvstore is not None
             or len(updaters) != 1 or not updaters[0].aggregate_updates or opt.aggregate_num < 1
             or getattr(trainer, "_amp_loss_scaler", None) is not None or trainer._params_to_init):
         return None
-    entries = []
+    params, entries = [], []
     for i, param in enumerate(trainer._params):
         if param.grad_req == "null":
+            params.append((param, None, None))
             continue
         datas, grads = param.list_data(), param.list_grad()
         if param.grad_req != "write" or len(datas) != 1 or datas[0].dtype != np.float32 \
                 or datas[0].stype != "default" or grads[0].stype != "default":
             return None
+        params.append((param, datas[0], grads[0]))
         entries.append((i, datas[0], grads[0]))
-    # the updater's grouping (optimizer.Updater: by dtype, then aggregate_num at a time), so the
-    # same operators see the same arrays
+    if not entries:
+        return None
+    # the updater's grouping (optimizer.Updater: by dtype, then aggregate_num at a time)
     n = opt.aggregate_num
-    return [tuple(zip(*entries[a:a + n])) for a in range(0, len(entries), n)], entries[0][1].context.device_id
+    groups = [tuple(zip(*entries[a:a + n])) for a in range(0, len(entries), n)]
+    return _SGDPlan(opt, updaters[0], params, groups, entries[0][1].context.device_id)
+
+
+def _holds(trainer: gluon.Trainer, plan: _SGDPlan) -> bool:
+    """Whether ``plan`` still describes ``trainer``: the same optimizer and updater, no clipping,
+    every parameter trained (or frozen) as then and holding the same arrays, every optimizer state
+    on its device, and every gradient fresh from a backward pass (else Gluon's step, which says so)."""
+    opt = trainer._optimizer
+    if opt is not plan.optimizer or trainer._updaters[0] is not plan.updater or opt.clip_gradient \
+            or trainer._params_to_init:
+        return False
+    for param, weight, grad in plan.params:
+        if weight is None:
+            if param.grad_req != "null":
+                return False
+        elif param.grad_req != "write" or param.list_data()[0] is not weight or param.list_grad()[0] is not grad \
+                or not weight._fresh_grad:
+            return False
+    synced = plan.updater.states_synced
+    return all(synced.get(i, False) for indices, _, _ in plan.groups for i in indices)
 
 
 def fused_step(trainer: gluon.Trainer, batch_size: float) -> bool:
     """``trainer.step(batch_size)``, with plain SGD's fused update (``multi_sgd_update``, or
     ``multi_sgd_mom_update`` with momentum) called directly: the same operators on the same arrays
-    as Gluon's ``Trainer._update`` and ``Updater``, bit for bit, without their Python, a third of an
-    in-process step on a small model (docs/design.md#the-update-step). The gradients are reduced
-    first as the trainer does (``_allreduce_grads``: Horovod's DistributedTrainer sums them over
-    ranks). The first step, and every step of another optimizer, is Gluon's own; it creates the
-    optimizer's state, which checkpoints read as before. Returns whether the update was fused."""
+    as Gluon's ``Trainer._update`` and ``Updater``, bit for bit, without their Python
+    (docs/design.md#the-update-step). The gradients are reduced first as the trainer does
+    (``_allreduce_grads``: Horovod's DistributedTrainer sums them over ranks). The first step is
+    Gluon's own: it creates the optimizer's state, which checkpoints read as before. So is every
+    step of another optimizer, and any step after the trainer changed (another optimizer or
+    states loaded, a parameter frozen or re-initialized) or without a fresh gradient; the plan is
+    then made again. Returns whether the update was fused."""
     plan = getattr(trainer, "_lrjob_sgd_plan", False)
-    if plan is False:  # not looked at yet: Gluon's step first (it initializes), then the plan
-        trainer.step(batch_size)
-        trainer._lrjob_sgd_plan = _sgd_plan(trainer)
-        return False
     if plan is None:
         trainer.step(batch_size)
         return False
-    groups, device = plan
+    if plan is False or not _holds(trainer, plan):  # Gluon's step (it initializes, or raises), then a plan
+        trainer.step(batch_size)
+        trainer._lrjob_sgd_plan = _sgd_plan(trainer)
+        return False
     opt = trainer._optimizer
     opt.rescale_grad = trainer._scale / batch_size  # as Trainer.step
     trainer._allreduce_grads()
-    opt._set_current_context(device)
-    states = trainer._updaters[0].states
-    for indices, weights, grads in groups:
+    opt._set_current_context(plan.device)
+    states = plan.updater.states
+    for indices, weights, grads in plan.groups:
         opt._update_count(list(indices))  # the counters a checkpoint keeps (lr_core/state.py)
         lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
         if opt.momentum > 0:
@@ -116,4 +152,6 @@ def fused_step(trainer: gluon.Trainer, batch_size: float) -> bool:
             arrays = [a for w, g in zip(weights, grads) for a in (w, g)]
             mx.nd.multi_sgd_update(*arrays, out=list(weights), num_weights=len(weights), lrs=lrs, wds=wds,
                                    rescale_grad=opt.rescale_grad)
+        for w in weights:
+            w._fresh_grad = False  # as Trainer._update: the next step needs a new backward pass
     return True

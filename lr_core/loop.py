@@ -86,8 +86,8 @@ class TrainingLoop:
         # what validation maps is unmapped as it goes, so this process's memory stays flat
         # (docs/design.md#prepared-data).
         self.train_pages, self.val_pages = MappedPages(data.x_train), MappedPages(data.x_val)
-        # Otherwise the graph gathers each step's rows itself (docs/design.md#the-update-step);
-        # ``gather=False`` gathers them before the graph, as a set larger than memory does.
+        # Otherwise (``gather`` None or True) the graph gathers each step's rows itself
+        # (docs/design.md#the-update-step); ``gather=False`` gathers them before the graph.
         self.gather = not self.train_pages.active and gather is not False
         self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale,
                                weighted=self.class_weights is not None, standardized=data.stats is not None,

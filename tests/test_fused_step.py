@@ -3,7 +3,13 @@ trainers: plain SGD's fused update called directly trains bit for bit like Gluon
 ``Trainer.step`` (momentum, weight decay, hidden layers in two update groups, a schedule, class
 weights, standardization, a remainder batch), keeps the same optimizer state and update
 counters for checkpoints, follows states restored mid-run, and leaves every other optimizer to
-Gluon; and the rows gathered inside the loss graph train as the rows gathered before it."""
+Gluon; the rows gathered inside the loss graph train as the rows gathered before it; and real
+Horovod ranks train with the fused update as with DistributedTrainer.step."""
+import json
+import os
+import sys
+from pathlib import Path
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -32,13 +38,16 @@ class Counting(SingleProcessCommunicator):
         self.fused += fused_step(trainer, global_batch_size)
 
 
-def _data(kind, n=203, n_val=31, d=5, classes=3, seed=0, stats=False):
+def _data(kind, n=203, n_val=31, d=5, classes=3, seed=0, stats=False, uint8=False):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(n + n_val, d)).astype(np.float32) * 3 + 1
     w = rng.normal(size=(d, classes))
     y = (x @ w).argmax(axis=1) if kind == "softmax" else (x @ w[:, 0] > 0).astype(np.int64)
-    return Dataset(x[:n], y[:n], x[n:], y[n:], source="test",
-                   stats=feature_stats(array_blocks(x[:n])) if stats else None)
+    scale = None
+    if uint8:  # stored as bytes, scaled in the graph (as MNIST's pixels)
+        x, scale = rng.integers(0, 256, size=x.shape).astype(np.uint8), np.float32(1 / 255)
+    return Dataset(x[:n], y[:n], x[n:], y[n:], source="test", scale=scale,
+                   stats=feature_stats(array_blocks(x[:n]), scale=scale) if stats else None)
 
 
 CASES = {  # name -> (LoopConfig fields, data fields)
@@ -48,6 +57,7 @@ CASES = {  # name -> (LoopConfig fields, data fields)
     "hidden layers, two update groups": (dict(kind="softmax", num_classes=3, hidden=(7, 6), momentum=0.5), {}),
     "cosine schedule": (dict(kind="binary", lr_schedule={"kind": "cosine", "warmup_epochs": 1, "min_lr": 0.01}), {}),
     "class weights, standardized": (dict(kind="softmax", num_classes=3, class_weight="balanced"), {"stats": True}),
+    "uint8 rows, scaled": (dict(kind="softmax", num_classes=3, momentum=0.9), {"uint8": True}),
 }
 
 
@@ -133,7 +143,8 @@ def test_lars_a_clipped_or_a_float16_trainer_is_left_to_gluon():
         assert fused == [False] * 3 and np.array_equal(got["fused"], got["gluon"]), (optimizer, opt_params, dtype)
 
 
-@pytest.mark.parametrize("case", ["class weights, standardized", "hidden layers, two update groups", "weight decay"])
+@pytest.mark.parametrize("case", ["class weights, standardized", "hidden layers, two update groups", "weight decay",
+                                  "uint8 rows, scaled"])
 def test_rows_gathered_in_the_graph_train_as_rows_gathered_before_it(case):
     fields, data_fields = CASES[case]
     cfg = LoopConfig(epochs=2, batch_size=16, learning_rate=0.2, seed=3, **fields)
@@ -142,3 +153,164 @@ def test_rows_gathered_in_the_graph_train_as_rows_gathered_before_it(case):
     for epoch in range(cfg.epochs):
         assert loops[True].train_epoch(epoch)["train_loss"] == loops[False].train_epoch(epoch)["train_loss"]
     _same_state(loops[True], loops[False])
+
+
+def _dense_pair():
+    """Two equal nets and trainers (SGD with momentum) and a step function that trains one of
+    them through ``fused_step`` or Gluon's ``Trainer.step``."""
+    rng = np.random.default_rng(5)
+    x = mx.nd.array(rng.normal(size=(8, 3)), dtype="float32")
+    nets, trainers = {}, {}
+    for how in ("fused", "gluon"):
+        net = mx.gluon.nn.Dense(2, in_units=3)
+        net.initialize(mx.init.Constant(0.5))
+        nets[how], trainers[how] = net, mx.gluon.Trainer(net.collect_params(), "sgd",
+                                                         {"learning_rate": 0.1, "momentum": 0.9}, kvstore=None)
+
+    def step(how, backward=True):
+        if backward:
+            with mx.autograd.record():
+                loss = (nets[how](x) ** 2).sum()
+            loss.backward()
+        return fused_step(trainers[how], 8) if how == "fused" else trainers[how].step(8)
+
+    return nets, trainers, step
+
+
+def _equal_nets(nets):
+    for (name, a), b in zip(nets["fused"].collect_params().items(), nets["gluon"].collect_params().values()):
+        assert np.array_equal(a.data().asnumpy(), b.data().asnumpy()), name
+
+
+@pytest.mark.parametrize("change", ["freeze the weight", "re-initialize", "load states with clipping",
+                                    "states to sync"])
+def test_a_trainer_changed_between_steps_is_followed(change, tmp_path):
+    """What the fused update was planned from changes after some fused steps: the next step is
+    Gluon's, and later ones follow the trainer as it is now (on a CPU, states to sync give the
+    same numbers either way: only the step taken shows)."""
+    nets, trainers, step = _dense_pair()
+    fused = [step("fused") for _ in range(3)]
+    for _ in range(3):
+        step("gluon")
+    assert fused == [False, True, True]
+    if change == "load states with clipping":
+        trainers["gluon"]._optimizer.clip_gradient = 0.01
+        trainers["gluon"].save_states(str(tmp_path / "states"))
+        trainers["gluon"]._optimizer.clip_gradient = None
+    for how in ("fused", "gluon"):
+        if change == "freeze the weight":
+            nets[how].weight.grad_req = "null"
+        elif change == "re-initialize":
+            nets[how].initialize(mx.init.Constant(0.25), force_reinit=True)
+        elif change == "states to sync":  # set from a pickle: Gluon's next update moves them to the device
+            updater = trainers[how]._updaters[0]
+            updater.set_states(updater.get_states())
+        else:
+            trainers[how].load_states(str(tmp_path / "states"))
+    after = [step("fused") for _ in range(3)]
+    for _ in range(3):
+        step("gluon")
+    _equal_nets(nets)
+    assert after[0] is False, after
+    assert after[1:] == ([False, False] if change == "load states with clipping" else [True, True]), after
+
+
+def test_a_step_without_a_new_backward_pass_is_refused_as_gluon_refuses_it():
+    nets, trainers, step = _dense_pair()
+    for how in ("fused", "gluon"):
+        for _ in range(3):
+            step(how)
+    for how in ("fused", "gluon"):
+        with pytest.raises(UserWarning, match="has not been updated by backward"):
+            step(how, backward=False)
+    _equal_nets(nets)
+
+
+def test_a_trainer_with_nothing_to_train_steps_as_gluon():
+    p = mx.gluon.Parameter("w", shape=(3,), grad_req="null")
+    p.initialize(mx.init.One())
+    trainer = mx.gluon.Trainer([p], "sgd", {"learning_rate": 0.1}, kvstore=None)
+    assert [fused_step(trainer, 4) for _ in range(3)] == [False] * 3
+    assert p.data().asnumpy().tolist() == [1.0, 1.0, 1.0]
+
+
+class ThirdOfThree(SingleProcessCommunicator):
+    """Rank 2 of 3 on its own (its sums are its own)."""
+
+    rank, size = 2, 3
+
+
+def test_a_rank_without_rows_steps_alike_with_the_rows_gathered_in_or_before_the_graph():
+    """9 rows in global batches of 4: rank 2 of 3 has a row in each full batch and none in the
+    last one, where it steps with an exact zero gradient."""
+    cfg = LoopConfig(kind="softmax", num_classes=3, epochs=2, batch_size=4, learning_rate=0.2, seed=3,
+                     class_weight="balanced")
+    loops = {g: TrainingLoop(cfg, _data("softmax", n=9, stats=True), comm=ThirdOfThree(), gather=g)
+             for g in (True, False)}
+    start = loops[True].get_params()
+    for epoch in range(cfg.epochs):
+        records = [loops[g].train_epoch(epoch) for g in (True, False)]
+        assert records[0]["train_loss"] == records[1]["train_loss"]
+        assert records[0]["steps"] == 3 and records[0]["local_rows"] == 2
+    _same_state(loops[True], loops[False])
+    assert any(not np.array_equal(v, loops[True].get_params()[k]) for k, v in start.items())
+
+
+_RANKS = r"""
+import json, sys
+import mxnet as mx
+import numpy as np
+sys.path.insert(0, "tests")
+from test_fused_step import CASES, _data
+from launcher.backends.hvd_comm import HorovodCommunicator
+from lr_core.config import LoopConfig
+from lr_core.loop import TrainingLoop
+
+class DistributedTrainerSteps(HorovodCommunicator):
+    def step(self, trainer, global_batch_size):  # what the communicator did before the fused update
+        trainer.step(global_batch_size / self.size)
+
+out = {}
+for case in ("momentum", "hidden layers, two update groups", "class weights, standardized"):
+    fields, data_fields = CASES[case]
+    cfg = LoopConfig(epochs=2, batch_size=16, learning_rate=0.2, seed=3, **fields)
+    # one loop's Horovod operations (broadcast, allreduces) done before the other's, of the same names
+    fused = TrainingLoop(cfg, _data(cfg.kind, **data_fields), comm=HorovodCommunicator())
+    mx.nd.waitall()
+    gluon = TrainingLoop(cfg, _data(cfg.kind, **data_fields), comm=DistributedTrainerSteps())
+    mx.nd.waitall()
+    start = fused.get_params()
+    losses = []
+    for e in range(cfg.epochs):
+        losses.append(fused.train_epoch(e)["train_loss"])
+        mx.nd.waitall()
+        losses[-1] = (losses[-1], gluon.train_epoch(e)["train_loss"])
+        mx.nd.waitall()
+    a, b = fused.get_state(), gluon.get_state()
+    out[case] = {"losses_equal": all(x == y for x, y in losses),
+                 "params_equal": all(np.array_equal(v, b["params"][k]) for k, v in a["params"].items()),
+                 "state_equal": a["optimizer_meta"] == b["optimizer_meta"] and all(
+                     np.array_equal(v, b["optimizer_arrays"][k]) for k, v in a["optimizer_arrays"].items()),
+                 "fused": bool(getattr(fused.trainer, "_lrjob_sgd_plan", None)),
+                 "moved": any(not np.array_equal(v, start[k]) for k, v in a["params"].items())}
+print("RESULT" + json.dumps({"rank": fused.comm.rank, "cases": out}))
+"""
+
+
+@pytest.mark.distributed
+def test_two_horovod_ranks_train_with_the_fused_update_as_with_distributed_trainer_step():
+    """Real Horovod ranks (horovodrun, Gloo): the communicator's fused update after the grouped
+    allreduce gives DistributedTrainer.step's parameters, optimizer state and losses bit for bit."""
+    import procs
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "HOROVOD_GLOO_TIMEOUT_SECONDS": "60"}
+    r = procs.run([str(Path(sys.executable).parent / "horovodrun"), "--gloo", "-np", "2", "-H", "localhost:2",
+                   sys.executable, "-c", _RANKS], timeout=180, cwd=root, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ranks = [json.loads(line.split("RESULT", 1)[1]) for line in r.stdout.splitlines() if "RESULT" in line]
+    assert sorted(x["rank"] for x in ranks) == [0, 1], r.stdout
+    for x in ranks:
+        for case, got in x["cases"].items():
+            assert got == {"losses_equal": True, "params_equal": True, "state_equal": True, "fused": True,
+                           "moved": True}, (x["rank"], case, got)

@@ -1,6 +1,7 @@
 """In-process MNIST epochs at global batch 64 with each part of lrjob's step on or off
 (docs/design.md#the-update-step): Gluon's ``Trainer.step`` or SGD's fused update called
-directly, the rows gathered before the graph or inside it; then MXNet's engines, each in a
+directly, the rows gathered before the graph or inside it, the graph's memory plan kept from
+step to step (``static_shape``) or not; then MXNet's engines, each in a
 process of its own (MXNET_ENGINE_TYPE is read when MXNet starts). The tutorial loop
 (benchmarks/tutorial.py) runs in every round: the baseline of the in-process goal (5x its
 samples/s). Rounds are interleaved, the first dropped as warm-up; figures are medians.
@@ -35,8 +36,9 @@ def _mnist():
     return load_spec(ROOT / "jobs/mnist_softmax.yaml").load_data()
 
 
-def arms_in_process(rounds: int, arms: list[tuple[str, bool, bool]]) -> dict:
-    """``arms``: (name, fused, gather). Seconds of each arm's epochs and the tutorial's, by name."""
+def arms_in_process(rounds: int, arms: list[tuple[str, bool, bool, bool]]) -> dict:
+    """``arms``: (name, fused, gather, static_shape). Seconds of each arm's epochs and the
+    tutorial's, by name."""
     from benchmarks.tutorial import TutorialLoop
     from lr_core.comm import SingleProcessCommunicator
     from lr_core.config import LoopConfig
@@ -48,8 +50,11 @@ def arms_in_process(rounds: int, arms: list[tuple[str, bool, bool]]) -> dict:
 
     data = _mnist()
     cfg = LoopConfig(kind="softmax", num_classes=10, batch_size=64, learning_rate=0.1)
-    loops = {name: TrainingLoop(cfg, data, comm=SingleProcessCommunicator() if fused else GluonSteps(), gather=gather)
-             for name, fused, gather in arms}
+    loops = {}
+    for name, fused, gather, static_shape in arms:
+        loops[name] = TrainingLoop(cfg, data, comm=SingleProcessCommunicator() if fused else GluonSteps(), gather=gather)
+        if not static_shape:  # before its first call: the graph as it was hybridized before
+            loops[name].graph.hybridize(static_alloc=True)
     tutorial = TutorialLoop(data.x_train, data.y_train, batch_size=64)
     times: dict[str, list[float]] = {"tutorial": [], **{name: [] for name in loops}}
     for r in range(rounds):
@@ -80,7 +85,7 @@ def main(argv=None) -> int:
     if args.rounds < 2:
         p.error("--rounds must be at least 2 (the first is a warm-up)")
     if args.engine_child:
-        r = arms_in_process(args.rounds, [("lrjob", True, True)])
+        r = arms_in_process(args.rounds, [("lrjob", True, True, True)])
         print(json.dumps(r))
         return 0
 
@@ -88,10 +93,12 @@ def main(argv=None) -> int:
 
     load_start, commit = os.getloadavg(), _commit()
     log("the parts of a step, in one process (MXNet's default engine)")
-    parts = arms_in_process(args.rounds, [("Gluon step, rows gathered before the graph", False, False),
-                                          ("fused update, rows gathered before the graph", True, False),
-                                          ("Gluon step, rows gathered in the graph", False, True),
-                                          ("fused update, rows gathered in the graph (lrjob)", True, True)])
+    parts = arms_in_process(args.rounds, [
+        ("Gluon step, rows gathered before the graph, no static shape (lrjob before)", False, False, False),
+        ("fused update, rows gathered before the graph, no static shape", True, False, False),
+        ("Gluon step, rows gathered in the graph, no static shape", False, True, False),
+        ("fused update, rows gathered in the graph, no static shape", True, True, False),
+        ("fused update, rows gathered in the graph, static shape (lrjob)", True, True, True)])
     engines = {}
     for engine in ENGINES:
         log(f"engine {engine}")
@@ -126,7 +133,7 @@ def summary(r: dict) -> str:
     for name, xs in secs.items():
         if name != "tutorial":
             lines.append(f"| {name} | {_median(xs):.3f} s | {tut / _median(xs):.2f}x |")
-    lines.append(f"\nAll four trained the same parameters bit for bit: {r['parts']['parameters_equal']}.\n")
+    lines.append(f"\nAll {len(secs) - 1} trained the same parameters bit for bit: {r['parts']['parameters_equal']}.\n")
     lines += ["| MXNET_ENGINE_TYPE (lrjob's step, a process each) | epoch | tutorial / lrjob in that process |",
               "|---|---|---|"]
     for engine, e in r["engines"].items():

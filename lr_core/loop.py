@@ -92,7 +92,10 @@ class TrainingLoop:
         self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale,
                                weighted=self.class_weights is not None, standardized=data.stats is not None,
                                gather=self.gather)
-        self.graph.hybridize(static_alloc=True)
+        # static_shape: the graph's memory plan is kept from step to step (made again when a
+        # step's shape differs: the short last batch); 16% of an in-process MNIST epoch
+        # (docs/design.md#the-update-step)
+        self.graph.hybridize(static_alloc=True, static_shape=True)
         self.net.hybridize(static_alloc=True)
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))
 

@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     for action in q._actions:
         if action.dest == "workers":
             action.help = "workers of the distributed run, >= 1 (default: 2); compared with --workers 0"
-    q.add_argument("--address", default=None, help="Ray cluster to join (default: a local Ray)")
+    q.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     q.add_argument("--keep", default=None, metavar="DIR", help="keep both run directories under DIR")
     _add_oversubscribe(q)
 

@@ -77,7 +77,8 @@ def _sgd_plan(trainer: gluon.Trainer) -> _SGDPlan | None:
     opt = trainer._optimizer
     updaters = trainer._updaters
     if (type(opt) is not mx.optimizer.SGD or opt.clip_gradient or trainer._kvstore is not None
-            or len(updaters) != 1 or not updaters[0].aggregate_updates or opt.aggregate_num < 1
+            or len(updaters) != 1 or updaters[0].optimizer is not opt
+            or not updaters[0].aggregate_updates or opt.aggregate_num < 1
             or getattr(trainer, "_amp_loss_scaler", None) is not None or trainer._params_to_init):
         return None
     params, entries = [], []
@@ -100,12 +101,13 @@ def _sgd_plan(trainer: gluon.Trainer) -> _SGDPlan | None:
 
 
 def _holds(trainer: gluon.Trainer, plan: _SGDPlan) -> bool:
-    """Whether ``plan`` still describes ``trainer``: the same optimizer and updater, no clipping,
-    every parameter trained (or frozen) as then and holding the same arrays, every optimizer state
-    on its device, and every gradient fresh from a backward pass (else Gluon's step, which says so)."""
+    """Whether ``plan`` still describes ``trainer``: the same optimizer and updater (and the updater
+    still updating with that optimizer), no clipping and no loss scaling, every parameter trained
+    (or frozen) as then and holding the same arrays, every optimizer state on its device, and every
+    gradient fresh from a backward pass (else Gluon's step, which says so)."""
     opt = trainer._optimizer
-    if opt is not plan.optimizer or trainer._updaters[0] is not plan.updater or opt.clip_gradient \
-            or trainer._params_to_init:
+    if opt is not plan.optimizer or trainer._updaters[0] is not plan.updater or plan.updater.optimizer is not opt \
+            or opt.clip_gradient or trainer._params_to_init or getattr(trainer, "_amp_loss_scaler", None) is not None:
         return False
     for param, weight, grad in plan.params:
         if weight is None:
@@ -126,13 +128,12 @@ def fused_step(trainer: gluon.Trainer, batch_size: float) -> bool:
     (``_allreduce_grads``: Horovod's DistributedTrainer sums them over ranks). The first step is
     Gluon's own: it creates the optimizer's state, which checkpoints read as before. So is every
     step of another optimizer, and any step after the trainer changed (another optimizer or
-    states loaded, a parameter frozen or re-initialized) or without a fresh gradient; the plan is
-    then made again. Returns whether the update was fused."""
-    plan = getattr(trainer, "_lrjob_sgd_plan", False)
-    if plan is None:
-        trainer.step(batch_size)
-        return False
-    if plan is False or not _holds(trainer, plan):  # Gluon's step (it initializes, or raises), then a plan
+    states loaded, a parameter frozen or re-initialized, clipping or loss scaling set) or without a
+    fresh gradient. After each of Gluon's steps the plan is made again, so a trainer that becomes
+    plain SGD again (its clipping cleared) is fused from its next step. Returns whether the update
+    was fused."""
+    plan = getattr(trainer, "_lrjob_sgd_plan", None)
+    if plan is None or not _holds(trainer, plan):  # Gluon's step (it initializes, or raises), then a plan
         trainer.step(batch_size)
         trainer._lrjob_sgd_plan = _sgd_plan(trainer)
         return False

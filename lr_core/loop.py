@@ -93,8 +93,7 @@ class TrainingLoop:
                                weighted=self.class_weights is not None, standardized=data.stats is not None,
                                gather=self.gather)
         # static_shape: the graph's memory plan is kept from step to step (made again when a
-        # step's shape differs: the short last batch); 0.148 -> 0.125 s an in-process MNIST epoch
-        # (docs/design.md#the-update-step)
+        # step's shape differs: the short last batch; docs/design.md#the-update-step)
         self.graph.hybridize(static_alloc=True, static_shape=True)
         self.net.hybridize(static_alloc=True)
         self.trainer = self.comm.make_trainer(self.net.collect_params(), cfg.optimizer, optimizer_params(cfg))

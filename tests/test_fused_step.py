@@ -7,6 +7,7 @@ Gluon; the rows gathered inside the loss graph train as the rows gathered before
 Horovod ranks train with the fused update as with DistributedTrainer.step."""
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -167,10 +168,10 @@ def _dense_pair():
         nets[how], trainers[how] = net, mx.gluon.Trainer(net.collect_params(), "sgd",
                                                          {"learning_rate": 0.1, "momentum": 0.9}, kvstore=None)
 
-    def step(how, backward=True):
+    def step(how, backward=True, x_scale=1.0):
         if backward:
             with mx.autograd.record():
-                loss = (nets[how](x) ** 2).sum()
+                loss = (nets[how](x * x_scale) ** 2).sum()
             loss.backward()
         return fused_step(trainers[how], 8) if how == "fused" else trainers[how].step(8)
 
@@ -182,12 +183,18 @@ def _equal_nets(nets):
         assert np.array_equal(a.data().asnumpy(), b.data().asnumpy()), name
 
 
-@pytest.mark.parametrize("change", ["freeze the weight", "re-initialize", "load states with clipping",
-                                    "states to sync"])
+AFTER_A_CHANGE = {  # the steps fused after each change: the first is always Gluon's
+    "freeze the weight": [False, True, True], "re-initialize": [False, True, True],
+    "states to sync": [False, True, True], "load states with clipping": [False, False, False],
+    "loss scaling": [False, False, False], "the updater's optimizer replaced": [False, False, False]}
+
+
+@pytest.mark.parametrize("change", list(AFTER_A_CHANGE))
 def test_a_trainer_changed_between_steps_is_followed(change, tmp_path):
     """What the fused update was planned from changes after some fused steps: the next step is
     Gluon's, and later ones follow the trainer as it is now (on a CPU, states to sync give the
-    same numbers either way: only the step taken shows)."""
+    same numbers either way: only the step taken shows; with loss scaling, the first step's
+    gradient overflows and Gluon skips its update)."""
     nets, trainers, step = _dense_pair()
     fused = [step("fused") for _ in range(3)]
     for _ in range(3):
@@ -205,14 +212,37 @@ def test_a_trainer_changed_between_steps_is_followed(change, tmp_path):
         elif change == "states to sync":  # set from a pickle: Gluon's next update moves them to the device
             updater = trainers[how]._updaters[0]
             updater.set_states(updater.get_states())
+        elif change == "loss scaling":  # as amp.init_trainer does
+            from mxnet.contrib.amp.loss_scaler import LossScaler
+
+            trainers[how]._amp_loss_scaler, trainers[how]._amp_original_scale = LossScaler(), trainers[how]._scale
+        elif change == "the updater's optimizer replaced":  # Gluon updates with the updater's
+            updater = trainers[how]._updaters[0]
+            updater.set_states(pickle.dumps((updater.states, mx.optimizer.SGD(learning_rate=0.001, momentum=0.5))))
         else:
             trainers[how].load_states(str(tmp_path / "states"))
-    after = [step("fused") for _ in range(3)]
+    first = float("inf") if change == "loss scaling" else 1.0
+    after = [step("fused", x_scale=first if i == 0 else 1.0) for i in range(3)]
+    for i in range(3):
+        step("gluon", x_scale=first if i == 0 else 1.0)
+    _equal_nets(nets)
+    assert after == AFTER_A_CHANGE[change], after
+
+
+def test_a_trainer_whose_clipping_is_cleared_is_fused_from_then_on():
+    nets, trainers, step = _dense_pair()
+    for how in ("fused", "gluon"):
+        trainers[how]._optimizer.clip_gradient = 0.5
+    fused = [step("fused") for _ in range(3)]
+    for _ in range(3):
+        step("gluon")
+    for how in ("fused", "gluon"):
+        trainers[how]._optimizer.clip_gradient = None
+    fused += [step("fused") for _ in range(3)]
     for _ in range(3):
         step("gluon")
     _equal_nets(nets)
-    assert after[0] is False, after
-    assert after[1:] == ([False, False] if change == "load states with clipping" else [True, True]), after
+    assert fused == [False, False, False, False, True, True]
 
 
 def test_a_step_without_a_new_backward_pass_is_refused_as_gluon_refuses_it():
@@ -232,6 +262,22 @@ def test_a_trainer_with_nothing_to_train_steps_as_gluon():
     trainer = mx.gluon.Trainer([p], "sgd", {"learning_rate": 0.1}, kvstore=None)
     assert [fused_step(trainer, 4) for _ in range(3)] == [False] * 3
     assert p.data().asnumpy().tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("rows, batch, comm", [(203, 16, SingleProcessCommunicator), (50, 7, None)])
+def test_the_graph_kept_plan_trains_as_a_plan_made_every_step(rows, batch, comm):
+    """static_shape keeps the loss graph's memory plan from step to step and makes it again when a
+    step's shape differs: a short last batch (203 rows in batches of 16), and rank 2 of 3 whose
+    2-row slices alternate with an empty last step of 1 row times zero (50 rows in batches of 7)."""
+    comm = comm or ThirdOfThree
+    cfg = LoopConfig(kind="softmax", num_classes=3, hidden=(4,), epochs=2, batch_size=batch, learning_rate=0.2,
+                     seed=3, momentum=0.5)
+    loops = {kept: TrainingLoop(cfg, _data("softmax", n=rows), comm=comm()) for kept in (True, False)}
+    loops[False].graph.hybridize(static_alloc=True)  # before its first call: a plan made per call
+    assert dict(loops[True].graph._flags)["static_shape"] and not dict(loops[False].graph._flags)["static_shape"]
+    for epoch in range(cfg.epochs):
+        assert loops[True].train_epoch(epoch)["train_loss"] == loops[False].train_epoch(epoch)["train_loss"]
+    _same_state(loops[True], loops[False])
 
 
 class ThirdOfThree(SingleProcessCommunicator):
@@ -262,8 +308,15 @@ import mxnet as mx
 import numpy as np
 sys.path.insert(0, "tests")
 from test_fused_step import CASES, _data
+import launcher.backends.hvd_comm as hvd_comm
 from launcher.backends.hvd_comm import HorovodCommunicator
 from lr_core.config import LoopConfig
+
+fused_steps = []
+def counting(trainer, batch_size, fused_step=hvd_comm.fused_step):
+    fused_steps.append(fused_step(trainer, batch_size))
+    return fused_steps[-1]
+hvd_comm.fused_step = counting  # HorovodCommunicator.step's own call, counted
 from lr_core.loop import TrainingLoop
 
 class DistributedTrainerSteps(HorovodCommunicator):
@@ -280,6 +333,7 @@ for case in ("momentum", "hidden layers, two update groups", "class weights, sta
     gluon = TrainingLoop(cfg, _data(cfg.kind, **data_fields), comm=DistributedTrainerSteps())
     mx.nd.waitall()
     start = fused.get_params()
+    fused_steps.clear()
     losses = []
     for e in range(cfg.epochs):
         losses.append(fused.train_epoch(e)["train_loss"])
@@ -291,7 +345,7 @@ for case in ("momentum", "hidden layers, two update groups", "class weights, sta
                  "params_equal": all(np.array_equal(v, b["params"][k]) for k, v in a["params"].items()),
                  "state_equal": a["optimizer_meta"] == b["optimizer_meta"] and all(
                      np.array_equal(v, b["optimizer_arrays"][k]) for k, v in a["optimizer_arrays"].items()),
-                 "fused": bool(getattr(fused.trainer, "_lrjob_sgd_plan", None)),
+                 "fused": len(fused_steps) == 2 * 13 and sum(fused_steps) == 2 * 13 - 1,
                  "moved": any(not np.array_equal(v, start[k]) for k, v in a["params"].items())}
 print("RESULT" + json.dumps({"rank": fused.comm.rank, "cases": out}))
 """

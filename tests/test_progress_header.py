@@ -9,12 +9,12 @@ import pytest
 from launcher.report.progress import Reporter
 
 
-def _header(epochs, ranks):
+def _header(epochs, ranks, startup=1.0, where=None):
     spec = NS(name="job", model=NS(kind="softmax", num_classes=3, hidden=()),
               train=NS(epochs=epochs, batch_size=64, optimizer="sgd", learning_rate=0.1, lr_schedule=None, seed=1,
                        early_stopping=None))
     data = NS(x_train=[0] * 12345, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
-    backend = NS(workers=ranks, where=f"{ranks} Horovod workers on 1 node", startup_seconds=1.0,
+    backend = NS(workers=ranks, where=where or f"{ranks} Horovod workers on 1 node", startup_seconds=startup,
                  placement=[{"rank": r, "host": "node-a", "pid": 100 + r, "device": "cpu(0)"} for r in range(ranks)])
     err = io.StringIO()
     Reporter("human", stream=io.StringIO(), err=err).header(spec, data, backend, "runs/job")
@@ -43,3 +43,10 @@ def test_ranks_past_the_eighth_are_counted():
     lines = _header(3, 11)
     assert sum(line.startswith("           rank ") for line in lines) == 8
     assert "           and 3 more ranks (all in the run's env.json)" in lines
+    assert "           and 1 more rank (all in the run's env.json)" in _header(3, 9)
+
+
+def test_ranks_without_ray_have_no_ray_start_up():
+    """horovodrun's ranks (ThisRankBackend: no Ray, start-up 0) show where they run, no Ray time."""
+    lines = _header(3, 2, startup=0.0, where="2 Horovod processes (horovodrun)")
+    assert "  workers  2 Horovod processes (horovodrun)" in lines

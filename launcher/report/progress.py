@@ -88,12 +88,14 @@ class Reporter:
             f"{_schedule_note(t.lr_schedule)}, seed {t.seed}"
             + (f", early stopping on {t.early_stopping['metric']} (patience {t.early_stopping['patience']})"
                if t.early_stopping else ""),
-            f"  workers  {backend.where}" + (f" (ready {backend.startup_seconds:.1f} s after Ray)" if backend.workers else ""),
+            f"  workers  {backend.where}" + (f" (ready {backend.startup_seconds:.1f} s after Ray)"
+                                             if backend.workers and backend.startup_seconds else ""),
         ]
         for p in backend.placement[:8]:
             lines.append(f"           rank {p['rank']}: host {p['host']}, pid {p['pid']}, device {p['device']}")
         if len(backend.placement) > 8:
-            lines.append(f"           and {len(backend.placement) - 8} more ranks (all in the run's env.json)")
+            more = len(backend.placement) - 8
+            lines.append(f"           and {more} more rank{'s' if more != 1 else ''} (all in the run's env.json)")
         lines.append(f"  run dir  {run_dir}")
         self._emit(self.err, "\n".join(lines) + "\n")
         cols = ["epoch", "train_loss", "val_loss", "accuracy"]

@@ -234,6 +234,10 @@ def summarize(r: dict) -> str:
     if "footprint" in r:
         from benchmarks.footprint import summary_lines
         lines += summary_lines(r["footprint"])
+    if r.get("commit"):
+        load = r.get("machine", {}).get("load_average_start")
+        lines.append(f"\nCode at commit {r['commit']}" + (f"; load average {load[0]:.1f} at the start" if load else "")
+                     + ".")
     return "\n".join(lines)
 
 
@@ -255,7 +259,10 @@ def main(argv=None) -> int:
     small = load_spec(ROOT / "jobs/digits_softmax.yaml").load_data()
     prepared = load_spec(ROOT / "jobs/mnist_softmax.yaml").prepared_data()
     import mxnet
-    r = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "mxnet": mxnet.__version__,
+    from benchmarks.scaling import _commit
+
+    r = {"commit": _commit(),
+         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "mxnet": mxnet.__version__,
                      "load_average_start": os.getloadavg()},
          "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MXNET_CPU_WORKER_NTHREADS")},
          "worker_env": __import__("launcher.backends.cluster", fromlist=["worker_env"]).worker_env(1),

@@ -1,6 +1,6 @@
 """The run header ``lrjob run`` prints on stderr (``launcher.report.progress.Reporter.header``):
 epochs in the singular and plural, each rank's host, pid and device labelled, and a line for
-the ranks past the eighth."""
+the ranks past the eighth; and the final box's throughput, named as the median it is."""
 import io
 from types import SimpleNamespace as NS
 
@@ -50,3 +50,11 @@ def test_ranks_without_ray_have_no_ray_start_up():
     """horovodrun's ranks (ThisRankBackend: no Ray, start-up 0) show where they run, no Ray time."""
     lines = _header(3, 2, startup=0.0, where="2 Horovod processes (horovodrun)")
     assert "  workers  2 Horovod processes (horovodrun)" in lines
+
+
+def test_the_final_box_names_its_throughput_a_median():
+    out = io.StringIO()
+    Reporter("human", stream=out, err=io.StringIO()).summary(
+        {"status": "completed", "epochs_done": 2, "wall_seconds": 3.0, "samples_per_s": 12345.6,
+         "final": {"val_accuracy": 0.5, "val_loss": 0.7}}, "runs/job")
+    assert "| samples/s    12,346 (median of the epochs)" in out.getvalue()

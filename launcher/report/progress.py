@@ -158,7 +158,7 @@ class Reporter:
         rows = [("status", summary["status"]), ("epochs", summary["epochs_done"]),
                 ("val accuracy", final.get("val_accuracy")), ("val loss", final.get("val_loss")),
                 ("wall time", f"{summary['wall_seconds']:.1f} s"),
-                ("samples/s", f"{summary.get('samples_per_s', 0):,.0f}")]
+                ("samples/s", f"{summary.get('samples_per_s', 0):,.0f} (median of the epochs)")]
         if summary.get("stopped_early"):
             rows.append(("stopped", f"early, after epoch {summary['stopped_early']['epoch']}"))
         if summary.get("exported") and summary["exported"]["selected_by"] != "last epoch":

@@ -324,9 +324,9 @@ def cmd_parity(args) -> int:
     workers = args.workers if args.workers is not None else 2
     if workers < 1:
         raise SpecError(f"--workers must be >= 1 for parity (it compares against --workers 0), got {workers}")
-    if (args.address or os.environ.get("RAY_ADDRESS") or "local") == "local":
-        from .backends.cluster import embedded_cpus
+    from .backends.cluster import cluster_address, embedded_cpus
 
+    if cluster_address(args.address) is None:
         # the local Ray's CPUs are known now: a request beyond them is refused before the reference run
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))

@@ -61,7 +61,8 @@ class SingleProcessCommunicator:
 class _SGDPlan:
     """What ``fused_step`` updates, found after a Gluon step: the optimizer and updater, each
     trainable parameter with its index, weight and gradient arrays, the updater's groups of
-    (indices, weights, gradients), and the device the weights live on."""
+    (indices, weights, gradients, the weights and gradients interleaved as the operator takes
+    them), and the device the weights live on."""
 
     __slots__ = ("optimizer", "updater", "params", "groups", "device")
 
@@ -96,7 +97,10 @@ def _sgd_plan(trainer: gluon.Trainer) -> _SGDPlan | None:
         return None
     # the updater's grouping (optimizer.Updater: by dtype, then aggregate_num at a time)
     n = opt.aggregate_num
-    groups = [tuple(zip(*entries[a:a + n])) for a in range(0, len(entries), n)]
+    groups = []
+    for a in range(0, len(entries), n):
+        indices, weights, grads = (list(x) for x in zip(*entries[a:a + n]))
+        groups.append((indices, weights, grads, [x for pair in zip(weights, grads) for x in pair]))
     return _SGDPlan(opt, updaters[0], params, groups, entries[0][1].context.device_id)
 
 
@@ -117,7 +121,7 @@ def _holds(trainer: gluon.Trainer, plan: _SGDPlan) -> bool:
                 or not weight._fresh_grad:
             return False
     synced = plan.updater.states_synced
-    return all(synced.get(i, False) for indices, _, _ in plan.groups for i in indices)
+    return all(synced.get(i, False) for group in plan.groups for i in group[0])
 
 
 def fused_step(trainer: gluon.Trainer, batch_size: float) -> bool:
@@ -142,16 +146,15 @@ def fused_step(trainer: gluon.Trainer, batch_size: float) -> bool:
     trainer._allreduce_grads()
     opt._set_current_context(plan.device)
     states = plan.updater.states
-    for indices, weights, grads in plan.groups:
-        opt._update_count(list(indices))  # the counters a checkpoint keeps (lr_core/state.py)
+    for indices, weights, grads, pairs in plan.groups:
+        opt._update_count(indices)  # the counters a checkpoint keeps (lr_core/state.py)
         lrs, wds = opt._get_lrs(indices), opt._get_wds(indices)
-        if opt.momentum > 0:
+        if opt.momentum > 0:  # the states are read each step: a restored state replaces them
             arrays = [a for i, w, g in zip(indices, weights, grads) for a in (w, g, states[i])]
-            mx.nd.multi_sgd_mom_update(*arrays, out=list(weights), num_weights=len(weights), lrs=lrs, wds=wds,
+            mx.nd.multi_sgd_mom_update(*arrays, out=weights, num_weights=len(weights), lrs=lrs, wds=wds,
                                        rescale_grad=opt.rescale_grad, momentum=opt.momentum)
         else:
-            arrays = [a for w, g in zip(weights, grads) for a in (w, g)]
-            mx.nd.multi_sgd_update(*arrays, out=list(weights), num_weights=len(weights), lrs=lrs, wds=wds,
+            mx.nd.multi_sgd_update(*pairs, out=weights, num_weights=len(weights), lrs=lrs, wds=wds,
                                    rescale_grad=opt.rescale_grad)
         for w in weights:
             w._fresh_grad = False  # as Trainer._update: the next step needs a new backward pass

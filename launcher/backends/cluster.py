@@ -12,7 +12,7 @@ from urllib.parse import urlparse
 
 from lr_core.errors import ClusterError, LrjobInputError
 
-__all__ = ["RaySession", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
+__all__ = ["RaySession", "cluster_address", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
            "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
@@ -295,6 +295,13 @@ def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = Fa
         f"--oversubscribe to share the CPUs anyway (slower, for tests)")
 
 
+def cluster_address(address: str | None) -> str | None:
+    """The Ray cluster a run joins: ``address``, else ``$RAY_ADDRESS``; None when neither is set or
+    it is ``local``: then lrjob starts a Ray of its own on this machine."""
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    return None if address == "local" else address
+
+
 class RaySession:
     """Context manager: joins the running Ray, a named cluster, or starts a local one.
 
@@ -303,7 +310,7 @@ class RaySession:
     """
 
     def __init__(self, address: str | None, workers: int, cpus_per_worker: float, oversubscribe: bool = False):
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self.address = cluster_address(address)  # None: a local Ray of lrjob's own
         self.workers, self.cpus_per_worker, self.oversubscribe = workers, cpus_per_worker, oversubscribe
         self.owned = False
         self.kind = "existing"
@@ -312,12 +319,12 @@ class RaySession:
         import ray
 
         if ray.is_initialized():  # this process's Ray (a library caller's, a sweep's) is used as it is
-            if self.address and self.address != "local":
+            if self.address:
                 _probe_address(self.address)  # but an address nothing answers at is still refused
             return self
         kwargs = ray_init_kwargs()
         try:
-            if self.address and self.address != "local":
+            if self.address:
                 _probe_address(self.address)
                 use_ray_token_if_present()
                 ray.init(address=self.address, **kwargs)

@@ -17,6 +17,8 @@ read once per epoch (no host synchronisation per step).
 """
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from typing import Callable
 
@@ -38,7 +40,64 @@ from .schedule import rate
 from .sharding import epoch_permutation, local_plan, shard_bounds
 from .state import get_optimizer_state, set_optimizer_state
 
-__all__ = ["TrainingLoop", "fit", "optimizer_params", "predict_logits"]
+# The most steps a host queues ahead of its device (docs/design.md#progress-and-the-device): every
+# RUN_AHEAD // 2 steps of a segment, the host waits for the step it queued RUN_AHEAD // 2 steps before.
+RUN_AHEAD = 1024
+
+
+class _Confirmer:
+    """Calls ``progress(done, steps)`` once the device has finished the steps before each report,
+    from a thread of its own, so that the training thread never waits for its device to report
+    (docs/design.md#progress-and-the-device).
+
+    ``post(done, loss)``: ``done`` steps are finished once ``loss`` (the last step's loss sum, or
+    None before the first step) can be read. Reports are confirmed in the order they are posted."""
+
+    def __init__(self, progress: Callable[[int, int], None], steps: int):
+        self._progress, self._steps = progress, steps
+        self._posted: queue.SimpleQueue = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._stopped = False
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="lrjob-confirm", daemon=True)
+        self._thread.start()
+
+    def post(self, done: int, loss) -> None:
+        """Report ``done`` once ``loss`` is computed."""
+        self._posted.put((done, loss))
+
+    def _run(self) -> None:
+        while (item := self._posted.get()) is not None:
+            done, loss = item
+            try:
+                if loss is not None:
+                    loss.wait_to_read()  # MXNet waits with the GIL released
+            except Exception:  # noqa: BLE001 - a device error: the training thread's own read raises it
+                return
+            with self._lock:
+                if self._stopped:
+                    return
+                try:
+                    self._progress(done, self._steps)
+                except BaseException as e:  # noqa: BLE001 - raised again by close()
+                    self._error = e
+                    return
+
+    def close(self) -> None:
+        """Confirm every report posted, then stop; an error of ``progress`` is raised here."""
+        self._posted.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+    def abandon(self, timeout: float = 2.0) -> None:
+        """Stop without raising, after the reports the device finishes within ``timeout`` s: the
+        training thread is raising, and its device may never finish (a lost peer). No report is
+        made after this returns."""
+        self._posted.put(None)
+        self._thread.join(timeout)
+        with self._lock:
+            self._stopped = True
 
 
 def optimizer_params(cfg: LoopConfig) -> dict:
@@ -117,8 +176,9 @@ class TrainingLoop:
                     start_step: int = 0, stop_step: int | None = None) -> dict:
         """One pass over the training rows, or its steps ``[start_step, stop_step)``: a
         segment between mid-epoch checkpoints (``{"partial": True, ...}`` until the last
-        step). ``progress(step, steps)`` is called about 50 times per epoch (host-side
-        only: it never waits for the device)."""
+        step). ``progress(done, steps)`` is called about 50 times per epoch with the steps
+        the device has finished, from a thread of its own (``_Confirmer``), and never after
+        this returns."""
         cfg, comm = self.cfg, self.comm
         n = len(self.data.x_train)
         perm = epoch_permutation(cfg.seed, epoch, n)
@@ -143,44 +203,55 @@ class TrainingLoop:
         # A schedule's rate depends on the global step only (docs/design.md#learning-rate-schedules):
         # the same on every rank and every world size, and found again on resume from (epoch, step).
         schedule = cfg.schedule
-        for s in range(start_step, stop):
-            self.position = (epoch, s)
-            # about 50 reports per epoch, and one at least every second (they are also the
-            # heartbeat the epoch timeout watches)
-            if progress is not None and (s % report_every == 0 or time.perf_counter() >= next_report):
-                if losses:  # report what the device has done, not what is queued
-                    losses[-1].wait_to_read()
-                progress(s, steps)
-                next_report = time.perf_counter() + 1.0
-            if faults.ARMED:  # tests only: a crash or hang at an exact step (faults.py)
-                faults.hit("step", epoch=epoch + 1, step=s + 1, rank=comm.rank)
-            a, b = int(offsets[s]), int(offsets[s + 1])
-            if b > a:
-                # Gather this step's rows from the shared, read-only data (no per-worker
-                # copy of the dataset: workers on a node share Ray's object store).
-                rows = idx_nd[a:b]
-                if self.gather:  # the graph takes the rows (one operator call, not three)
-                    inputs = [self.x, self.y, rows] + ([self.w] if self.w is not None else [])
-                else:  # the rows before the graph; a set larger than memory reads them, maps none
-                    xb = (mx.nd.array(read_rows(self.data.x_train, idx[a:b]), ctx=self.ctx, dtype=self.x.dtype)
-                          if self.train_pages.active else mx.nd.take(self.x, rows))
-                    inputs = [xb, mx.nd.take(self.y, rows)] + ([mx.nd.take(self.w, rows)] if self.w is not None else [])
-                with autograd.record():
-                    total = self.graph(*inputs, *self.consts)
-                total.backward()
-                losses.append(total)
-            else:
-                # This rank has no rows in this global batch: it still joins the
-                # allreduce, with an exact zero gradient (a zero-weighted real row).
-                first = [self.x, self.y, row0] if self.gather else [self.x[0:1], self.y[0:1]]
-                wb = ([self.w] if self.gather else [self.w[0:1]]) if self.w is not None else []
-                with autograd.record():
-                    total = self.graph(*first, *wb, *self.consts) * 0
-                total.backward()
-                losses.append(zero)
-            if schedule is not None:
-                self.trainer.set_learning_rate(rate(schedule, cfg.learning_rate, epoch * steps + s, steps))
-            comm.step(self.trainer, int(global_sizes[s]))
+        confirm = _Confirmer(progress, steps) if progress is not None else None
+        try:
+            for s in range(start_step, stop):
+                self.position = (epoch, s)
+                # about 50 reports per epoch, and one at least every second (they are also the
+                # heartbeat the epoch timeout watches): each is confirmed once the device has
+                # finished the steps before it, by a thread that waits for it (``_Confirmer``)
+                if confirm is not None and (s % report_every == 0 or time.perf_counter() >= next_report):
+                    confirm.post(s, losses[-1] if losses else None)
+                    next_report = time.perf_counter() + 1.0
+                # the host stays at most RUN_AHEAD steps ahead of its device
+                ahead = s - start_step
+                if ahead and ahead % (RUN_AHEAD // 2) == 0:
+                    losses[ahead - RUN_AHEAD // 2].wait_to_read()
+                if faults.ARMED:  # tests only: a crash or hang at an exact step (faults.py)
+                    faults.hit("step", epoch=epoch + 1, step=s + 1, rank=comm.rank)
+                a, b = int(offsets[s]), int(offsets[s + 1])
+                if b > a:
+                    # Gather this step's rows from the shared, read-only data (no per-worker
+                    # copy of the dataset: workers on a node share Ray's object store).
+                    rows = idx_nd[a:b]
+                    if self.gather:  # the graph takes the rows (one operator call, not three)
+                        inputs = [self.x, self.y, rows] + ([self.w] if self.w is not None else [])
+                    else:  # the rows before the graph; a set larger than memory reads them, maps none
+                        xb = (mx.nd.array(read_rows(self.data.x_train, idx[a:b]), ctx=self.ctx, dtype=self.x.dtype)
+                              if self.train_pages.active else mx.nd.take(self.x, rows))
+                        inputs = [xb, mx.nd.take(self.y, rows)] + ([mx.nd.take(self.w, rows)] if self.w is not None else [])
+                    with autograd.record():
+                        total = self.graph(*inputs, *self.consts)
+                    total.backward()
+                    losses.append(total)
+                else:
+                    # This rank has no rows in this global batch: it still joins the
+                    # allreduce, with an exact zero gradient (a zero-weighted real row).
+                    first = [self.x, self.y, row0] if self.gather else [self.x[0:1], self.y[0:1]]
+                    wb = ([self.w] if self.gather else [self.w[0:1]]) if self.w is not None else []
+                    with autograd.record():
+                        total = self.graph(*first, *wb, *self.consts) * 0
+                    total.backward()
+                    losses.append(zero)
+                if schedule is not None:
+                    self.trainer.set_learning_rate(rate(schedule, cfg.learning_rate, epoch * steps + s, steps))
+                comm.step(self.trainer, int(global_sizes[s]))
+        except BaseException:
+            if confirm is not None:
+                confirm.abandon()
+            raise
+        if confirm is not None:
+            confirm.close()  # the reports posted: progress is never called after this epoch's call
         self.position = (epoch, stop)  # every step queued: the loss read, then evaluation
         # the one host sync of the epoch
         local = mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)

@@ -96,6 +96,56 @@ def test_progress_is_called_about_50_times(n, batch, want):
     assert calls == [(s, steps) for s in want]
 
 
+def test_the_training_thread_never_waits_for_a_report():
+    """Reports are confirmed by a thread of their own (docs/design.md#progress-and-the-device): a
+    report that takes its time does not hold the training thread, which queues every step, and
+    each report still names the steps before it."""
+    import threading
+    import time
+
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=120))
+    seen, deadline = [], time.monotonic() + 10
+
+    def progress(done, steps):
+        while loop.position[1] < steps - 1 and time.monotonic() < deadline:  # the last step queued
+            time.sleep(0.001)
+        seen.append((done, loop.position[1], threading.current_thread() is threading.main_thread()))
+
+    loop.run_epoch(0, progress=progress)
+    assert [d for d, _, _ in seen] == list(range(0, 120, 2))
+    assert all(pos == 119 and not main for _, pos, main in seen)
+
+
+def test_a_report_s_error_is_raised_by_the_epoch_and_none_comes_after():
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=120))
+    seen = []
+
+    def progress(done, steps):
+        seen.append(done)
+        if done == 4:
+            raise ValueError("the bar broke")
+
+    with pytest.raises(ValueError, match="the bar broke"):
+        loop.run_epoch(0, progress=progress)
+    assert seen == [0, 2, 4]
+
+
+def test_the_host_runs_at_most_run_ahead_steps_ahead_of_its_device(monkeypatch):
+    """A wide MLP at batch 1: the device is far slower than the host, which must wait for it
+    every RUN_AHEAD / 2 steps (here 8), so no report finds the host more than RUN_AHEAD steps on."""
+    import lr_core.loop as loop_module
+
+    monkeypatch.setattr(loop_module, "RUN_AHEAD", 16)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(300, 512)).astype(np.float32)
+    data = Dataset(x[:200], (x[:200, 0] > 0).astype(np.int64), x[200:], (x[200:, 0] > 0).astype(np.int64),
+                   source="test")
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1, hidden=(2048, 2048)), data)
+    gaps = []
+    loop.run_epoch(0, progress=lambda done, steps: gaps.append(loop.position[1] - done))
+    assert len(gaps) == 50 and max(gaps) <= 16 + 2, gaps  # + the report's own step and the next
+
+
 def test_the_step_fault_point_names_epoch_step_and_rank(monkeypatch):
     monkeypatch.setattr(faults, "ARMED", True)
     monkeypatch.setattr(faults, "_SPEC", {"at": "step", "epoch": 2, "step": 3, "action": "raise"})

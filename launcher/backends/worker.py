@@ -181,10 +181,9 @@ class HorovodWorker:
             return self.loop.run_epoch(epoch, None, start_step, stop_step)
         done = [(-1, 0, 1)]  # nothing confirmed in this epoch yet
 
-        # Every rank gets a callback, so every rank's host waits for its device at the same
-        # report steps as rank 0: no host runs ahead of its device by more than a report
-        # interval, and the positions the ranks report compare. It only keeps the value: the
-        # heartbeat thread sends it, and the training thread never waits for the network.
+        # Every rank gets a callback, called with the steps its device has finished (the loop's
+        # confirming thread: docs/design.md#progress-and-the-device). It only keeps the value:
+        # the heartbeat thread sends it, and the training thread never waits for the network.
         def progress(step, steps):
             done[0] = (epoch, step, steps)
         self.loop.position = (epoch, start_step)  # the first report is of this epoch already

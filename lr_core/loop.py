@@ -30,7 +30,7 @@ from . import faults
 from .comm import Communicator, SingleProcessCommunicator
 from .config import LoopConfig
 from .data import Dataset
-from .prepared import MappedPages, read_rows
+from .prepared import RESIDENT_BYTES, MappedPages, read_rows
 from .errors import DivergenceError
 from .data import standardizer
 from .losses import LossGraph, class_weights, row_weights
@@ -42,62 +42,67 @@ from .state import get_optimizer_state, set_optimizer_state
 
 # The most steps a host queues ahead of its device (docs/design.md#progress-and-the-device): every
 # RUN_AHEAD // 2 steps of a segment, the host waits for the step it queued RUN_AHEAD // 2 steps before.
+# A set read from its file row by row queues each step's rows on the host, so there the bound is
+# also what RESIDENT_BYTES holds.
 RUN_AHEAD = 1024
 
 
 class _Confirmer:
-    """Calls ``progress(done, steps)`` once the device has finished the steps before each report,
-    from a thread of its own, so that the training thread never waits for its device to report
+    """Calls ``progress(done, steps)`` once the device has run the step before each report, from a
+    thread of its own, so that the training thread never waits for its device to report
     (docs/design.md#progress-and-the-device).
 
-    ``post(done, loss)``: ``done`` steps are finished once ``loss`` (the last step's loss sum, or
-    None before the first step) can be read. Reports are confirmed in the order they are posted."""
+    ``post(done, mark)``: report ``done`` once ``mark`` (an output of step ``done - 1``, or None
+    before the first step) can be read. Reports are confirmed in the order they are posted. An
+    error of the device or of ``progress`` stops the thread and is kept in ``error``, for the
+    training thread to raise: MXNet raises a device error to the first reader only."""
 
     def __init__(self, progress: Callable[[int, int], None], steps: int):
         self._progress, self._steps = progress, steps
         self._posted: queue.SimpleQueue = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._stopped = False
-        self._error: BaseException | None = None
+        self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="lrjob-confirm", daemon=True)
         self._thread.start()
 
-    def post(self, done: int, loss) -> None:
-        """Report ``done`` once ``loss`` is computed."""
-        self._posted.put((done, loss))
+    def post(self, done: int, mark) -> None:
+        """Report ``done`` once ``mark`` is computed; raises the thread's error, if any."""
+        if self.error is not None:
+            raise self.error
+        self._posted.put((done, mark))
 
     def _run(self) -> None:
         while (item := self._posted.get()) is not None:
-            done, loss = item
+            done, mark = item
             try:
-                if loss is not None:
-                    loss.wait_to_read()  # MXNet waits with the GIL released
-            except Exception:  # noqa: BLE001 - a device error: the training thread's own read raises it
-                return
-            with self._lock:
-                if self._stopped:
-                    return
-                try:
+                if mark is not None:
+                    mark.wait_to_read()  # MXNet waits with the GIL released
+                with self._lock:
+                    if self._stopped:
+                        return
                     self._progress(done, self._steps)
-                except BaseException as e:  # noqa: BLE001 - raised again by close()
-                    self._error = e
-                    return
+            except BaseException as e:  # noqa: BLE001 - raised by the training thread
+                self.error = e
+                return
 
     def close(self) -> None:
-        """Confirm every report posted, then stop; an error of ``progress`` is raised here."""
+        """Confirm every report posted, then stop; the thread's error is raised here."""
         self._posted.put(None)
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        if self.error is not None:
+            raise self.error
 
-    def abandon(self, timeout: float = 2.0) -> None:
+    def abandon(self, timeout: float = 1.0) -> None:
         """Stop without raising, after the reports the device finishes within ``timeout`` s: the
         training thread is raising, and its device may never finish (a lost peer). No report is
         made after this returns."""
-        self._posted.put(None)
-        self._thread.join(timeout)
-        with self._lock:
-            self._stopped = True
+        try:
+            self._posted.put(None)
+            self._thread.join(timeout)
+        finally:
+            with self._lock:
+                self._stopped = True
 
 
 def optimizer_params(cfg: LoopConfig) -> dict:
@@ -148,6 +153,12 @@ class TrainingLoop:
         # Otherwise (``gather`` None or True) the graph gathers each step's rows itself
         # (docs/design.md#the-update-step); ``gather=False`` gathers them before the graph.
         self.gather = not self.train_pages.active and gather is not False
+        # What a host may queue ahead of its device (RUN_AHEAD); rows read from the file are held
+        # by the steps queued, so there no more than RESIDENT_BYTES of them
+        self.run_ahead = RUN_AHEAD
+        if self.train_pages.active:
+            step_bytes = -(-cfg.batch_size // self.comm.size) * data.x_train[:1].nbytes
+            self.run_ahead = max(2, min(RUN_AHEAD, RESIDENT_BYTES // max(1, step_bytes)))
         self.graph = LossGraph(self.net, cfg.kind, cast=data.x_train.dtype != np.float32, scale=data.scale,
                                weighted=self.class_weights is not None, standardized=data.stats is not None,
                                gather=self.gather)
@@ -176,9 +187,9 @@ class TrainingLoop:
                     start_step: int = 0, stop_step: int | None = None) -> dict:
         """One pass over the training rows, or its steps ``[start_step, stop_step)``: a
         segment between mid-epoch checkpoints (``{"partial": True, ...}`` until the last
-        step). ``progress(done, steps)`` is called about 50 times per epoch with the steps
-        the device has finished, from a thread of its own (``_Confirmer``), and never after
-        this returns."""
+        step). ``progress(done, steps)`` is called about 50 times per epoch, from a thread of its
+        own (``_Confirmer``), once the device has run step ``done - 1``'s forward pass (so every
+        step before it is finished), and never after this returns."""
         cfg, comm = self.cfg, self.comm
         n = len(self.data.x_train)
         perm = epoch_permutation(cfg.seed, epoch, n)
@@ -199,11 +210,14 @@ class TrainingLoop:
         losses = []
         zero = mx.nd.zeros((1,), ctx=self.ctx, dtype="float32")
         row0 = mx.nd.zeros((1,), ctx=self.ctx, dtype="int64")
+        # one output of each step, to wait for (a rank's empty step adds its zero-weighted loss)
+        marks = []
         report_every, next_report = max(1, steps // 50), 0.0
+        half = max(1, self.run_ahead // 2)
         # A schedule's rate depends on the global step only (docs/design.md#learning-rate-schedules):
         # the same on every rank and every world size, and found again on resume from (epoch, step).
         schedule = cfg.schedule
-        confirm = _Confirmer(progress, steps) if progress is not None else None
+        confirm = _Confirmer(progress, steps) if progress is not None and stop > start_step else None
         try:
             for s in range(start_step, stop):
                 self.position = (epoch, s)
@@ -211,12 +225,12 @@ class TrainingLoop:
                 # heartbeat the epoch timeout watches): each is confirmed once the device has
                 # finished the steps before it, by a thread that waits for it (``_Confirmer``)
                 if confirm is not None and (s % report_every == 0 or time.perf_counter() >= next_report):
-                    confirm.post(s, losses[-1] if losses else None)
+                    confirm.post(s, marks[-1] if marks else None)
                     next_report = time.perf_counter() + 1.0
-                # the host stays at most RUN_AHEAD steps ahead of its device
+                # the host stays at most ``run_ahead`` steps ahead of its device
                 ahead = s - start_step
-                if ahead and ahead % (RUN_AHEAD // 2) == 0:
-                    losses[ahead - RUN_AHEAD // 2].wait_to_read()
+                if ahead and ahead % half == 0:
+                    marks[ahead - half].wait_to_read()
                 if faults.ARMED:  # tests only: a crash or hang at an exact step (faults.py)
                     faults.hit("step", epoch=epoch + 1, step=s + 1, rank=comm.rank)
                 a, b = int(offsets[s]), int(offsets[s + 1])
@@ -234,6 +248,7 @@ class TrainingLoop:
                         total = self.graph(*inputs, *self.consts)
                     total.backward()
                     losses.append(total)
+                    marks.append(total)
                 else:
                     # This rank has no rows in this global batch: it still joins the
                     # allreduce, with an exact zero gradient (a zero-weighted real row).
@@ -243,15 +258,16 @@ class TrainingLoop:
                         total = self.graph(*first, *wb, *self.consts) * 0
                     total.backward()
                     losses.append(zero)
+                    marks.append(total)
                 if schedule is not None:
                     self.trainer.set_learning_rate(rate(schedule, cfg.learning_rate, epoch * steps + s, steps))
                 comm.step(self.trainer, int(global_sizes[s]))
+            if confirm is not None:
+                confirm.close()  # the reports posted: progress is never called after this epoch's call
         except BaseException:
             if confirm is not None:
                 confirm.abandon()
             raise
-        if confirm is not None:
-            confirm.close()  # the reports posted: progress is never called after this epoch's call
         self.position = (epoch, stop)  # every step queued: the loss read, then evaluation
         # the one host sync of the epoch
         local = mx.nd.concat(*losses, dim=0).asnumpy().astype(np.float64) if losses else np.zeros(0)

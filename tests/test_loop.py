@@ -3,8 +3,10 @@ epoch reports (each validation metric recomputed from the trained network), prog
 callbacks, the step fault point, the divergence message naming the first bad step, a rank
 that has no rows in any global batch; and ``fit``, the optimizer's parameters, the state
 and batched prediction."""
+import time
 import warnings
 
+import mxnet as mx
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -130,20 +132,110 @@ def test_a_report_s_error_is_raised_by_the_epoch_and_none_comes_after():
     assert seen == [0, 2, 4]
 
 
-def test_the_host_runs_at_most_run_ahead_steps_ahead_of_its_device(monkeypatch):
-    """A wide MLP at batch 1: the device is far slower than the host, which must wait for it
-    every RUN_AHEAD / 2 steps (here 8), so no report finds the host more than RUN_AHEAD steps on."""
+class _Gate(mx.operator.CustomOp):
+    """The identity, taking 2 ms on the device's timeline, counting how many times it ran."""
+
+    finished = 0
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        time.sleep(0.002)
+        _Gate.finished += 1
+        self.assign(out_data[0], req[0], in_data[0])
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        pass
+
+
+@mx.operator.register("lrjob_test_gate")
+class _GateProp(mx.operator.CustomOpProp):
+    def __init__(self):
+        super().__init__(need_top_grad=False)
+
+    def infer_shape(self, in_shape):
+        return in_shape, [in_shape[0]], []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return _Gate()
+
+
+class _SlowDevice(SingleProcessCommunicator):
+    """Every update is followed on the device by ``_Gate`` on the first weight, which the next
+    step's forward pass reads: the device is slower than the host, and ``_Gate.finished`` counts
+    the steps it has finished. ``gaps``: on the training thread, as each step is queued, how many
+    steps it is ahead of the device."""
+
+    def __init__(self):
+        super().__init__()
+        _Gate.finished, self.gaps, self.loop = 0, [], None
+
+    def step(self, trainer, global_batch_size):
+        self.gaps.append(self.loop.position[1] - _Gate.finished)
+        super().step(trainer, global_batch_size)
+        w = trainer._params[0].data()
+        w[:] = mx.nd.Custom(w, op_type="lrjob_test_gate")
+
+
+class _SlowThirdRank(_SlowDevice):
+    rank, size, local_rank = 2, 3, 0
+
+
+def _slow_loop(comm, n=120, batch=1):
+    comm.loop = TrainingLoop(LoopConfig(kind="binary", batch_size=batch), _data("binary", n=n), comm=comm)
+    return comm.loop
+
+
+def test_a_report_comes_once_the_device_has_run_the_steps_before_it():
+    loop = _slow_loop(_SlowDevice())
+    early = []
+
+    def progress(done, steps):  # step done - 1's forward pass read the weights of step done - 2
+        if _Gate.finished < done - 1:
+            early.append((done, _Gate.finished))
+    loop.run_epoch(0, progress=progress)
+    assert _Gate.finished == 120 and early == []
+
+
+@pytest.mark.parametrize("comm,batch", [(_SlowDevice, 1), (_SlowThirdRank, 2)])
+def test_the_host_runs_at_most_run_ahead_steps_ahead_of_its_device(monkeypatch, comm, batch):
+    """Also on a rank without rows, whose steps' loss sums are a shared zero."""
     import lr_core.loop as loop_module
 
     monkeypatch.setattr(loop_module, "RUN_AHEAD", 16)
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(300, 512)).astype(np.float32)
-    data = Dataset(x[:200], (x[:200, 0] > 0).astype(np.int64), x[200:], (x[200:, 0] > 0).astype(np.int64),
-                   source="test")
-    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1, hidden=(2048, 2048)), data)
-    gaps = []
-    loop.run_epoch(0, progress=lambda done, steps: gaps.append(loop.position[1] - done))
-    assert len(gaps) == 50 and max(gaps) <= 16 + 2, gaps  # + the report's own step and the next
+    loop = _slow_loop(comm(), n=240, batch=batch)
+    loop.train_epoch(0)
+    gaps = loop.comm.gaps
+    assert len(gaps) == 240 // batch and max(gaps) <= 16 + 1, gaps
+
+
+def test_rows_read_from_the_file_bound_what_the_host_queues(tmp_path, monkeypatch):
+    """Each queued step holds the rows it read: at most RESIDENT_BYTES of them (64 MiB)."""
+    from lr_core import loop as loop_module, prepared
+
+    monkeypatch.setattr(prepared, "_free_memory", lambda: 0)  # too large to read whole: row by row
+    width, n = 4096, 64                                      # 16 KiB a row
+    with open(tmp_path / "x.bin", "wb") as f:
+        f.truncate(n * width * 4)
+    x = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=(n, width))
+    data = Dataset(x, np.arange(n) % 2, np.zeros((2, width), np.float32), np.array([0, 1]), source="test")
+    ahead = {b: TrainingLoop(LoopConfig(kind="binary", batch_size=b), data).run_ahead for b in (8, 1024, 8192)}
+    assert ahead == {8: 512, 1024: 4, 8192: 2}               # 128 KiB, 16 MiB and 128 MiB a step
+    assert TrainingLoop(LoopConfig(kind="binary", batch_size=8), _data("binary")).run_ahead == loop_module.RUN_AHEAD
+
+
+def test_a_device_error_is_raised_by_the_epoch_with_reports_on():
+    """MXNet raises a device error to its first reader only: the reporting thread must hand it on."""
+    class Failing(SingleProcessCommunicator):
+        steps = 0
+
+        def step(self, trainer, global_batch_size):
+            super().step(trainer, global_batch_size)
+            Failing.steps += 1
+            if Failing.steps == 10:
+                w = trainer._params[0].data()
+                w[:] = mx.nd.random.normal(0, -1, shape=w.shape)  # fails on the device
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=120), comm=Failing())
+    with pytest.raises(mx.base.MXNetError):
+        loop.run_epoch(0, progress=lambda done, steps: None)
 
 
 def test_the_step_fault_point_names_epoch_step_and_rank(monkeypatch):

@@ -208,11 +208,16 @@ def test_no_rows_make_an_empty_array_of_their_dtype():
 
 def test_the_position_is_the_step_being_run_then_the_end():
     """(epoch, step) of this rank, both 0-based: what a Horovod worker reports for blaming a hang."""
-    loop = TrainingLoop(CFG, _data())
-    assert loop.position == (-1, 0)
     seen = []
-    loop.train_epoch(1, progress=lambda s, steps: seen.append((s, loop.position)), stop_step=3)
-    assert seen == [(0, (1, 0)), (1, (1, 1)), (2, (1, 2))] and loop.position == (1, 3)
+
+    class Watching(SingleProcessCommunicator):  # each step's update, on the training thread
+        def step(self, trainer, global_batch_size):
+            seen.append(loop.position)
+            super().step(trainer, global_batch_size)
+    loop = TrainingLoop(CFG, _data(), comm=Watching())
+    assert loop.position == (-1, 0)
+    loop.train_epoch(1, stop_step=3)
+    assert seen == [(1, 0), (1, 1), (1, 2)] and loop.position == (1, 3)
     loop.train_epoch(1, start_step=3)
     assert loop.position == (1, 5)
 

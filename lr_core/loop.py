@@ -101,8 +101,9 @@ class _Confirmer:
             self._posted.put(None)
             self._thread.join(timeout)
         finally:
-            with self._lock:
-                self._stopped = True
+            self._stopped = True  # no report starts after this
+            with self._lock:  # and the one running, if any, has ended
+                pass
 
 
 def optimizer_params(cfg: LoopConfig) -> dict:
@@ -212,8 +213,10 @@ class TrainingLoop:
         row0 = mx.nd.zeros((1,), ctx=self.ctx, dtype="int64")
         # one output of each step, to wait for (a rank's empty step adds its zero-weighted loss)
         marks = []
-        report_every, next_report = max(1, steps // 50), 0.0
         half = max(1, self.run_ahead // 2)
+        # at least every quarter of the steps between the host's waits, so that a host waiting
+        # for its device has posted reports for the thread to confirm meanwhile
+        report_every, next_report = max(1, min(steps // 50, half // 4)), 0.0
         # A schedule's rate depends on the global step only (docs/design.md#learning-rate-schedules):
         # the same on every rank and every world size, and found again on resume from (epoch, step).
         schedule = cfg.schedule
@@ -264,9 +267,11 @@ class TrainingLoop:
                 comm.step(self.trainer, int(global_sizes[s]))
             if confirm is not None:
                 confirm.close()  # the reports posted: progress is never called after this epoch's call
-        except BaseException:
+        except BaseException as e:
             if confirm is not None:
                 confirm.abandon()
+                if isinstance(e, Exception) and confirm.error is not None and confirm.error is not e:
+                    raise confirm.error  # the device failed first (a lost peer may follow); e is its context
             raise
         self.position = (epoch, stop)  # every step queued: the loss read, then evaluation
         # the one host sync of the epoch

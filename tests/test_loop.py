@@ -166,6 +166,7 @@ class _SlowDevice(SingleProcessCommunicator):
 
     def __init__(self):
         super().__init__()
+        mx.nd.waitall()  # a gate an earlier loop left queued counts before the reset, not after
         _Gate.finished, self.gaps, self.loop = 0, [], None
 
     def step(self, trainer, global_batch_size):
@@ -195,16 +196,61 @@ def test_a_report_comes_once_the_device_has_run_the_steps_before_it():
     assert _Gate.finished == 120 and early == []
 
 
-@pytest.mark.parametrize("comm,batch", [(_SlowDevice, 1), (_SlowThirdRank, 2)])
-def test_the_host_runs_at_most_run_ahead_steps_ahead_of_its_device(monkeypatch, comm, batch):
-    """Also on a rank without rows, whose steps' loss sums are a shared zero."""
+@pytest.mark.parametrize("comm,batch,from_file", [(_SlowDevice, 1, False), (_SlowThirdRank, 2, False),
+                                                   (_SlowDevice, 1, True)])
+def test_the_host_runs_at_most_run_ahead_steps_ahead_of_its_device(monkeypatch, tmp_path, comm, batch, from_file):
+    """Also on a rank without rows (whose steps' loss sums are a shared zero), and with rows read
+    from the file row by row, where RESIDENT_BYTES of rows (here 8 rows) bound it."""
+    import lr_core.loop as loop_module
+    from lr_core import prepared
+
+    monkeypatch.setattr(loop_module, "RUN_AHEAD", 16)
+    if from_file:
+        monkeypatch.setattr(prepared, "_free_memory", lambda: 0)  # row by row
+        monkeypatch.setattr(loop_module, "RESIDENT_BYTES", 8 * 3 * 4)  # 8 rows of 3 float32
+    c = comm()
+    data = _data("binary", n=240)
+    if from_file:
+        x = np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="w+", shape=data.x_train.shape)
+        x[:] = data.x_train
+        x.flush()
+        data = Dataset(np.memmap(tmp_path / "x.bin", dtype=np.float32, mode="r", shape=x.shape), data.y_train,
+                       data.x_val, data.y_val, source="test")
+    c.loop = loop = TrainingLoop(LoopConfig(kind="binary", batch_size=batch), data, comm=c)
+    ahead = 8 if from_file else 16
+    assert loop.run_ahead == ahead
+    loop.train_epoch(0)
+    # the wait at step s (every ahead / 2 steps) is for step s - ahead / 2's forward pass, which
+    # read the weights after the gate of the step before it: at most ahead - 1 steps on the device
+    assert len(c.gaps) == 240 // batch and max(c.gaps) <= ahead - 1, c.gaps
+
+
+def test_reports_come_at_least_four_times_between_the_host_s_waits(monkeypatch):
+    """A host waiting for its device every RUN_AHEAD / 2 steps has posted reports for that time:
+    400 steps would report every 8th, but the host waits every 8 steps here: every 2nd."""
     import lr_core.loop as loop_module
 
     monkeypatch.setattr(loop_module, "RUN_AHEAD", 16)
-    loop = _slow_loop(comm(), n=240, batch=batch)
-    loop.train_epoch(0)
-    gaps = loop.comm.gaps
-    assert len(gaps) == 240 // batch and max(gaps) <= 16 + 1, gaps
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=400))
+    calls = []
+    loop.train_epoch(0, progress=lambda done, steps: calls.append(done))
+    assert calls == list(range(0, 400, 2))
+
+
+def test_no_report_comes_after_an_epoch_raised(monkeypatch):
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "epoch": 1, "step": 5, "action": "raise"})
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=120))
+    calls = []
+
+    def slow(done, steps):  # 3 reports (0, 2, 4) of 0.6 s: the epoch stops waiting for them after 1 s
+        time.sleep(0.6)
+        calls.append(done)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        loop.run_epoch(0, progress=slow)
+    seen = list(calls)                                 # the report running when it gave up has ended
+    time.sleep(1.0)                                    # longer than a report: none follows
+    assert calls == seen and len(seen) < 3, (seen, calls)
 
 
 def test_rows_read_from_the_file_bound_what_the_host_queues(tmp_path, monkeypatch):
@@ -236,6 +282,24 @@ def test_a_device_error_is_raised_by_the_epoch_with_reports_on():
     loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=120), comm=Failing())
     with pytest.raises(mx.base.MXNetError):
         loop.run_epoch(0, progress=lambda done, steps: None)
+
+
+def test_a_device_error_is_raised_before_an_error_that_followed_it(monkeypatch):
+    """The device fails at step 10; the training thread then raises at step 13 (a lost peer, say):
+    the epoch raises the device's error, the first cause, with the later one as its context."""
+    monkeypatch.setattr(faults, "ARMED", True)
+    monkeypatch.setattr(faults, "_SPEC", {"at": "step", "epoch": 1, "step": 13, "action": "raise"})
+
+    class Failing(SingleProcessCommunicator):
+        def step(self, trainer, global_batch_size):
+            super().step(trainer, global_batch_size)
+            if trainer._optimizer.num_update == 10:
+                w = trainer._params[0].data()
+                w[:] = mx.nd.random.normal(0, -1, shape=w.shape)  # fails on the device
+    loop = TrainingLoop(LoopConfig(kind="binary", batch_size=1), _data("binary", n=120), comm=Failing())
+    with pytest.raises(mx.base.MXNetError) as e:
+        loop.run_epoch(0, progress=lambda done, steps: None)
+    assert "injected fault" in str(e.value.__context__)
 
 
 def test_the_step_fault_point_names_epoch_step_and_rank(monkeypatch):

@@ -225,6 +225,37 @@ def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig):
     assert not left, f"the run's processes outlived it: {left}"
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("attempt", [1, 2, 3])
+def test_ctrl_c_while_ray_starts_leaves_nothing_running(tmp_path, attempt):
+    """Ctrl-C at a terminal (SIGINT to the whole process group) as soon as the run's raylet is up,
+    inside ``ray.init``: the run exits 130 and no process of its session stays. Before, Ray's
+    dashboard and runtime-env agents stayed up for a minute or more when the raylet had started
+    them (about half the attempts here: three of them)."""
+    run = _Run("jobs/binary_synthetic.yaml", "--set", "train.epochs=50", "--workers", "2",
+               "--output", str(tmp_path / "run"))
+    deadline = time.monotonic() + 120
+    while not any("raylet" in psutil.Process(p).name() for p in _run_tree(run.proc) if _alive(p)):
+        assert time.monotonic() < deadline and run.proc.poll() is None, run.stderr
+        time.sleep(0.02)
+    os.killpg(run.proc.pid, signal.SIGINT)
+    assert run.finish(timeout=120) in (130, -signal.SIGSEGV), run.stderr  # Ray's IO thread may crash the exit
+
+    def session():  # the run's session: its processes, and whatever they started
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if os.getsid(proc.pid) == run.proc.pid and _alive(proc.pid):
+                    found.append(proc.name())
+            except (OSError, psutil.Error):
+                continue
+        return found
+    deadline = time.monotonic() + 10
+    while session() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert session() == [], "still running after the run exited"
+
+
 def test_sigterm_on_in_process_run_marks_interrupted(tmp_path):
     out = tmp_path / "run"
     run = _Run("jobs/binary_synthetic.yaml", "--set", "train.epochs=2000", "--workers", "0", "--output", str(out))

@@ -302,6 +302,60 @@ def cluster_address(address: str | None) -> str | None:
     return None if address == "local" else address
 
 
+def _process_parents() -> dict[int, int]:
+    """{pid: parent pid} of every process (Linux ``/proc``; empty elsewhere)."""
+    parents = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+                parents[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    return parents
+
+
+def _children() -> set[int]:
+    return {pid for pid, parent in _process_parents().items() if parent == os.getpid()}
+
+
+def _stop_started(before: set[int]) -> None:
+    """After an embedded ``ray.init`` failed or was interrupted: SIGKILL the processes it had
+    started (this process's children that ``before`` does not hold, and all of theirs), then
+    leave Ray. A Ctrl-C while Ray's node starts leaves its processes unknown to ``ray.shutdown``,
+    and the agents the raylet starts stayed up for a minute or more. The tree is stopped
+    (SIGSTOP) until it no longer grows, so no process forks past it, then killed."""
+    import signal
+
+    import ray
+
+    roots, stopped = _children() - before, set()
+    while True:
+        parents = _process_parents()
+        tree, new = set(), [pid for pid in roots if pid in parents]
+        while new:
+            tree.update(new)
+            new = [pid for pid, parent in parents.items() if parent in new and pid not in tree]
+        if tree <= stopped:
+            break
+        for pid in tree - stopped:
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except OSError:
+                pass
+        stopped |= tree
+    for pid in stopped:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    try:
+        ray.shutdown()
+    except Exception:  # noqa: BLE001 - best effort: the error that ended the start is the one to report
+        pass
+
+
 class RaySession:
     """Context manager: joins the running Ray, a named cluster, or starts a local one.
 
@@ -323,6 +377,7 @@ class RaySession:
                 _probe_address(self.address)  # but an address nothing answers at is still refused
             return self
         kwargs = ray_init_kwargs()
+        before = _children() if not self.address else set()
         try:
             if self.address:
                 _probe_address(self.address)
@@ -336,9 +391,11 @@ class RaySession:
                 # (`ray start --head`), which a bare ray.init() would join (docs/design.md#flow)
                 ray.init(**embedded_init_kwargs(num_cpus))
                 self.kind = f"local Ray ({num_cpus} CPUs)"
-        except LrjobInputError:
-            raise
-        except Exception as e:  # noqa: BLE001 - Ray raises many types here
+        except BaseException as e:
+            if not self.address:
+                _stop_started(before)
+            if isinstance(e, LrjobInputError) or not isinstance(e, Exception):
+                raise
             raise ClusterError(f"could not start or join Ray ({type(e).__name__}: {str(e).splitlines()[0]}); "
                                f"run `lrjob doctor`") from e
         self.owned = True

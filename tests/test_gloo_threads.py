@@ -77,6 +77,10 @@ class _Waiter:
         if self.how == "read":
             os.write(self.writer, b"x")
         self._thread.join(5)
+        # join returns when the thread's Python work is done; the kernel thread exits a moment later
+        deadline = time.monotonic() + 5
+        while os.path.exists(f"/proc/self/task/{self.tid}") and time.monotonic() < deadline:
+            time.sleep(0.001)
 
 
 @pytest.fixture

@@ -315,11 +315,13 @@ class Driver:
                     e.checkpoint, e.resume = Path(last["path"]).name, self.status["resume"]  # for the CLI's last line
                 raise
             except LrjobError as e:
+                resume = None
                 if self.run_dir is not None and isinstance(e, WorkerFailure):
-                    hint = (f"resume with: {_resume_command(self.location)}" if self.run_dir.latest_checkpoint()
-                            else "no checkpoint was written yet: run the job again")
+                    if self.run_dir.latest_checkpoint():
+                        resume = _resume_command(self.location)
+                    hint = f"resume with: {resume}" if resume else "no checkpoint was written yet: run the job again"
                     e = WorkerFailure(f"{e}; {hint}", e.rank, e.node, len(self.history))
-                self.status = {"status": "failed", "error": str(e)}
+                self.status = {"status": "failed", "error": str(e), **({"resume": resume} if resume else {})}
                 raise e from None
             except Exception as e:
                 self.status = {"status": "failed", "error": f"{type(e).__name__}: {e}"}

@@ -291,6 +291,7 @@ def test_past_the_restart_budget_the_run_fails_with_a_resume_command(tmp_path):
     assert (e.value.rank, e.value.node, e.value.last_epoch) == (None, None, 2)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"] == str(e.value)
+    assert summary["resume"] == f"lrjob run --resume {tmp_path / 'run'}"  # for scripts: the same command
 
     # the command it names finishes the run
     done = run_job(_binary_spec("train.epochs=4", "failure.max_failures=1"), resume=tmp_path / "run")
@@ -305,7 +306,8 @@ def test_a_failure_before_any_checkpoint_says_to_run_again(tmp_path):
                             "no checkpoint was written yet: run the job again")
     assert (e.value.rank, e.value.node, e.value.last_epoch) == (1, "n1", 0)
     assert log.count(("shutdown",)) == 1
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "failed"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "resume" not in summary
 
 
 class _Interrupted(InProcessBackend):

@@ -58,3 +58,26 @@ def test_the_final_box_names_its_throughput_a_median():
         {"status": "completed", "epochs_done": 2, "wall_seconds": 3.0, "samples_per_s": 12345.6,
          "final": {"val_accuracy": 0.5, "val_loss": 0.7}}, "runs/job")
     assert "| samples/s    12,346 (median of the epochs)" in out.getvalue()
+
+
+@pytest.mark.parametrize("kind, names", [("softmax", ["val_macro_f1"]), ("binary", ["val_f1", "val_auc"])])
+def test_the_epoch_table_names_its_validation_columns_as_metrics_jsonl_does(kind, names):
+    """Every column but the epoch's, the throughput and the seconds is a key of metrics.jsonl, and
+    each value sits under its name (the widest names set their column's width)."""
+    spec = NS(name="job", model=NS(kind=kind, num_classes=2 if kind == "binary" else 3, hidden=()),
+              train=NS(epochs=2, batch_size=64, optimizer="sgd", learning_rate=0.1, lr_schedule=None, seed=1,
+                       early_stopping=None))
+    data = NS(x_train=[0] * 10, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
+    backend = NS(workers=0, where="in-process", startup_seconds=0, placement=[])
+    out = io.StringIO()
+    reporter = Reporter("human", stream=out, err=io.StringIO())
+    reporter.header(spec, data, backend, "runs/job")
+    m = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.875, "val_macro_f1": 0.8125,
+         "val_f1": 0.8125, "val_auc": 0.9375, "samples_per_s": 12345.0, "epoch_seconds": 1.5}
+    reporter.epoch(m, 2)
+    head, row = out.getvalue().splitlines()
+    cols = head.split()
+    assert cols == ["epoch", "train_loss", "val_loss", "val_accuracy", *names, "samples/s", "sec"]
+    for name in cols[1:-2]:
+        end, value = head.index(name) + len(name), f"{m[name]:.4f}"
+        assert row[end - len(value) - 1:end] == " " + value, name  # right-aligned under its name

@@ -42,6 +42,7 @@ class Reporter:
         self.err = err or sys.stderr
         self.kind = "binary"
         self._bar = None
+        self._widths = None       # the epoch table's column widths, set by the header
 
     def _emit(self, stream, text: str) -> None:
         """Write and flush ``text``; a closed pipe silences that stream for the rest of the run
@@ -98,10 +99,12 @@ class Reporter:
             lines.append(f"           and {more} more rank{'s' if more != 1 else ''} (all in the run's env.json)")
         lines.append(f"  run dir  {run_dir}")
         self._emit(self.err, "\n".join(lines) + "\n")
-        cols = ["epoch", "train_loss", "val_loss", "accuracy"]
-        cols += ["f1", "auc"] if self.kind == "binary" else ["macro_f1"]
+        # the validation columns are named as in metrics.jsonl, so no one reads them as training figures
+        cols = ["epoch", "train_loss", "val_loss", "val_accuracy"]
+        cols += ["val_f1", "val_auc"] if self.kind == "binary" else ["val_macro_f1"]
         cols += ["samples/s", "sec"]
-        self._emit(self.out, "  ".join(c.rjust(10) for c in cols) + "\n")
+        self._widths = [max(10, len(c)) for c in cols]
+        self._emit(self.out, "  ".join(c.rjust(w) for c, w in zip(cols, self._widths)) + "\n")
 
     def epoch(self, m: dict, epochs: int) -> None:
         """One row of the epoch table for the metrics ``m`` (``json``: an ``epoch`` event)."""
@@ -113,7 +116,8 @@ class Reporter:
         vals = [f"{m['epoch']}/{epochs}", m["train_loss"], m["val_loss"], m["val_accuracy"]]
         vals += [m.get("val_f1"), m.get("val_auc")] if self.kind == "binary" else [m.get("val_macro_f1")]
         vals += [f"{m['samples_per_s']:,.0f}", f"{m['epoch_seconds']:.2f}"]
-        self._emit(self.out, "  ".join(_fmt(v, 10) for v in vals) + "\n")
+        widths = self._widths or [10] * len(vals)
+        self._emit(self.out, "  ".join(_fmt(v, w) for v, w in zip(vals, widths)) + "\n")
 
     def epoch_bar(self, epoch: int, epochs: int, rows: int):
         """A tqdm bar for one epoch on stderr, or None (not a terminal, --quiet, --json)."""

@@ -125,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_args(q, "2")
     for action in q._actions:
         if action.dest == "workers":
-            action.help = "workers of the distributed run, >= 1 (default: 2); compared with --workers 0"
+            action.help = ("workers of the distributed run, >= 1 (default: the spec's resources.workers, "
+                           "2 when it is 0); compared with --workers 0")
     q.add_argument("--address", default=None, help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray)")
     q.add_argument("--keep", default=None, metavar="DIR", help="keep both run directories under DIR")
     _add_oversubscribe(q)
@@ -321,14 +322,21 @@ def cmd_parity(args) -> int:
     from .report.parity import compare
 
     spec = _load(args)
-    workers = args.workers if args.workers is not None else 2
+    workers = args.workers if args.workers is not None else (spec.resources.workers or 2)
     if workers < 1:
         raise SpecError(f"--workers must be >= 1 for parity (it compares against --workers 0), got {workers}")
-    from .backends.cluster import cluster_address, embedded_cpus
+    from .backends.cluster import ResourceError, cluster_address, embedded_cpus, embedded_gpus
 
     if cluster_address(args.address) is None:
-        # the local Ray's CPUs are known now: a request beyond them is refused before the reference run
+        # the local Ray's CPUs and GPUs are known now: a request beyond them is refused before the
+        # reference run, not after it
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
+        gpus, per = embedded_gpus(), spec.resources.gpus_per_worker
+        if per and gpus is not None and workers * per > gpus:
+            raise ResourceError(
+                f"resources.gpus_per_worker: {workers} workers x {per:g} GPU = {workers * per:g} GPUs asked, "
+                f"this machine has {gpus:g}; lower --workers or --gpus-per-worker, or join a cluster with "
+                f"GPUs with --address")
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     ref_spec = spec.with_overrides(["resources.workers=0"])
     dist_spec = spec.with_overrides([f"resources.workers={workers}"])

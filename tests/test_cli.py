@@ -158,6 +158,35 @@ def test_parity_refuses_more_workers_than_cpus_before_the_reference_run(tmp_path
     assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
 
 
+def test_parity_takes_its_worker_count_from_the_spec(tmp_path, capsys, monkeypatch):
+    """Without --workers, parity compares against the spec's resources.workers (2 when it is 0):
+    here one more than the machine's CPUs, so the refusal names that count."""
+    from launcher.backends.cluster import machine_cpus
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    n = machine_cpus() + 1
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--set", f"resources.workers={n}",
+                         "--keep", tmp_path / "kept")
+    assert code == 2 and f"{n} workers x 1 CPU = {n} CPUs asked" in stderr, stderr
+    assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
+
+
+def test_parity_refuses_gpus_this_machine_lacks_before_the_reference_run(tmp_path, capsys, monkeypatch):
+    from launcher.backends.cluster import embedded_gpus
+
+    gpus = embedded_gpus()
+    assert gpus is not None, "Ray's GPU detection is reachable before ray.init"
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    per = gpus + 1  # one worker asking more GPUs than the machine has
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--gpus-per-worker", per,
+                         "--keep", tmp_path / "kept")
+    assert code == 2, stderr
+    assert f"resources.gpus_per_worker: 1 workers x {per:g} GPU = {per:g} GPUs asked, this machine has {gpus:g}" in stderr
+    assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
+
+
 def test_a_missing_job_names_an_example_of_its_own_command(capsys):
     for command in ("run", "parity", "validate"):
         code, stderr = _main(capsys, command)

@@ -13,7 +13,8 @@ from urllib.parse import urlparse
 from lr_core.errors import ClusterError, LrjobInputError
 
 __all__ = ["RaySession", "cluster_address", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
-           "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus"]
+           "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus",
+           "embedded_gpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -293,6 +294,17 @@ def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = Fa
         f"resources.workers: {workers} workers x {cpus_per_worker:g} CPU = {need:g} CPUs asked, this machine has "
         f"{have}; lower --workers or resources.cpus_per_worker, join a cluster with --address, or pass "
         f"--oversubscribe to share the CPUs anyway (slower, for tests)")
+
+
+def embedded_gpus() -> float | None:
+    """The GPUs an embedded local Ray will declare, by Ray's own detection (``CUDA_VISIBLE_DEVICES``,
+    else the NVIDIA driver), or None when Ray cannot tell before it starts."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+
+        return float(get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators())
+    except Exception:  # noqa: BLE001 - a private API: without it the check waits for ray.init
+        return None
 
 
 def cluster_address(address: str | None) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["allreduce_seconds", "memory", "mxnet_ready"]
+__all__ = ["allreduce_seconds", "local_step_seconds", "memory", "mxnet_ready"]
 
 
 def allreduce_seconds(worker, size: int, iters: int) -> list[float]:
@@ -21,6 +21,27 @@ def allreduce_seconds(worker, size: int, iters: int) -> list[float]:
         # a fixed name, as DistributedTrainer uses: Horovod's response cache applies
         hvd.allreduce(t, average=False, name=f"bench.{size}").wait_to_read()
         out.append(time.perf_counter() - t0)
+    return out
+
+
+def local_step_seconds(worker, batch_size: int, reps: int) -> list[float]:
+    """Seconds per step of ``reps`` training epochs of the worker's model on the worker's data, at
+    ``batch_size`` rows a step, with no communication (a single-process loop in this rank's
+    process). Run on every worker at once, it is a step's compute while the ranks share the
+    machine's cores, as they do in training."""
+    import mxnet as mx
+
+    from lr_core.comm import SingleProcessCommunicator
+    from lr_core.config import LoopConfig
+    from lr_core.loop import TrainingLoop
+
+    base = worker.loop
+    cfg = LoopConfig(**{**base.cfg.to_dict(), "hidden": tuple(base.cfg.hidden), "batch_size": batch_size})
+    loop = TrainingLoop(cfg, base.data, SingleProcessCommunicator(), mx.cpu())
+    out = []
+    for epoch in range(reps):
+        m = loop.train_epoch(epoch)
+        out.append(m["train_seconds"] / m["steps"])
     return out
 
 

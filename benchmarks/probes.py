@@ -25,19 +25,17 @@ def allreduce_seconds(worker, size: int, iters: int) -> list[float]:
 
 
 def local_step_seconds(worker, batch_size: int, reps: int) -> list[float]:
-    """Seconds per step of ``reps`` training epochs of the worker's model on the worker's data, at
-    ``batch_size`` rows a step, with no communication (a single-process loop in this rank's
-    process). Run on every worker at once, it is a step's compute while the ranks share the
+    """Seconds per step of ``reps`` training epochs of the worker's model on the worker's data and
+    device, at ``batch_size`` rows a step, with no communication (a single-process loop in this
+    rank's process). Run on every worker at once, it is a step's compute while the ranks share the
     machine's cores, as they do in training."""
-    import mxnet as mx
-
     from lr_core.comm import SingleProcessCommunicator
     from lr_core.config import LoopConfig
     from lr_core.loop import TrainingLoop
 
     base = worker.loop
     cfg = LoopConfig(**{**base.cfg.to_dict(), "hidden": tuple(base.cfg.hidden), "batch_size": batch_size})
-    loop = TrainingLoop(cfg, base.data, SingleProcessCommunicator(), mx.cpu())
+    loop = TrainingLoop(cfg, base.data, SingleProcessCommunicator(), base.ctx)
     out = []
     for epoch in range(reps):
         m = loop.train_epoch(epoch)

@@ -141,8 +141,8 @@ def bench_distributed(data, small, prepared, reps: int, workers: int = 2) -> dic
         out["steps_per_epoch_b128"] = per_rank[0]["steps"]
         ar = be.execute(lambda w: probes.allreduce_seconds(w, 7850, 300), "allreduce benchmark")
         out["bare_allreduce_ms_7850_floats"] = stats([1e3 * t for t in ar[0][20:]])
-        # a worker's step (64 rows) without communication, both workers at once: the compute part
-        # of a distributed step where the ranks share the cores
+        # a rank's step (128 // workers rows; 64 with 2) without communication, every worker at
+        # once: the compute part of a distributed step, where the ranks share the cores
         local = be.execute(lambda w: probes.local_step_seconds(w, 128 // workers, reps), "compute benchmark")
         out["worker_compute_ms_per_step"] = stats([1e3 * max(ts) for ts in zip(*local)][1:])
         mem = be.execute(probes.memory, "memory")
@@ -215,8 +215,8 @@ def summarize(r: dict) -> str:
     if "worker_compute_ms_per_step" in d:
         wc = d["worker_compute_ms_per_step"]["median"]
         wcomm = 1e3 * de / steps - wc
-        lines.append(f"| the same, with the compute measured in the workers, both at once (the step without "
-                     f"communication: {wc:.2f} ms, as the ranks share the cores) | {wcomm:.2f} ms "
+        lines.append(f"| the same, with the compute measured in the {d['workers']} workers at once (a rank's step "
+                     f"without communication: {wc:.2f} ms, as the ranks share the cores) | {wcomm:.2f} ms "
                      f"(**{wcomm / ar:.2f}x**) | |")
     lines.append(f"| data: a 64-row gather (`take`) alone, per step (the loss graph does it inside) "
                  f"| {ip['gather_ms_per_step_b64']:.3f} ms | |")

@@ -122,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="print one JSON object per event (for scripts)")
 
     q = _sub(subs, "parity", "run --workers 0 and --workers N and compare parameters and metrics")
-    _add_spec_args(q, "2")
+    _add_spec_args(q)
     for action in q._actions:
         if action.dest == "workers":
             action.help = ("workers of the distributed run, >= 1 (default: the spec's resources.workers, "
@@ -330,13 +330,14 @@ def cmd_parity(args) -> int:
     if cluster_address(args.address) is None:
         # the local Ray's CPUs and GPUs are known now: a request beyond them is refused before the
         # reference run, not after it
-        embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
+        # (GPUs first, as check_resources does once Ray is up)
         gpus, per = embedded_gpus(), spec.resources.gpus_per_worker
         if per and gpus is not None and workers * per > gpus:
             raise ResourceError(
                 f"resources.gpus_per_worker: {workers} workers x {per:g} GPU = {workers * per:g} GPUs asked, "
                 f"this machine has {gpus:g}; lower --workers or --gpus-per-worker, or join a cluster with "
                 f"GPUs with --address")
+        embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     ref_spec = spec.with_overrides(["resources.workers=0"])
     dist_spec = spec.with_overrides([f"resources.workers={workers}"])

@@ -165,11 +165,33 @@ def test_parity_takes_its_worker_count_from_the_spec(tmp_path, capsys, monkeypat
 
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    n = machine_cpus() + 1
+    n = max(3, machine_cpus() + 1)  # never 2, parity's count when the spec has none
     code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--set", f"resources.workers={n}",
                          "--keep", tmp_path / "kept")
     assert code == 2 and f"{n} workers x 1 CPU = {n} CPUs asked" in stderr, stderr
     assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
+
+
+@pytest.mark.parametrize("driver, visible, want", [(4, None, 4), (4, ["0"], 1), (4, ["0", "1"], 2), (4, [], 0),
+                                                  (1, ["0", "1"], 1), (0, None, 0)])
+def test_embedded_gpus_counts_as_ray_does(monkeypatch, driver, visible, want):
+    """The NVIDIA driver's devices, at most as many as CUDA_VISIBLE_DEVICES names (Ray's own rule when
+    it starts: ResourceAndLabelSpec._get_current_node_accelerator)."""
+    import ray._private.accelerators as accelerators
+
+    from launcher.backends.cluster import embedded_gpus
+
+    class Manager:
+        @staticmethod
+        def get_current_node_num_accelerators():
+            return driver
+
+        @staticmethod
+        def get_current_process_visible_accelerator_ids():
+            return visible
+
+    monkeypatch.setattr(accelerators, "get_accelerator_manager_for_resource", lambda name: Manager)
+    assert embedded_gpus() == want
 
 
 def test_parity_refuses_gpus_this_machine_lacks_before_the_reference_run(tmp_path, capsys, monkeypatch):

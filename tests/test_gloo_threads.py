@@ -81,6 +81,7 @@ class _Waiter:
         deadline = time.monotonic() + 5
         while os.path.exists(f"/proc/self/task/{self.tid}") and time.monotonic() < deadline:
             time.sleep(0.001)
+        assert not os.path.exists(f"/proc/self/task/{self.tid}"), f"thread {self.tid} did not exit in 5 s"
 
 
 @pytest.fixture

@@ -9,10 +9,10 @@ import pytest
 from launcher.report.progress import Reporter
 
 
-def _header(epochs, ranks, startup=1.0, where=None):
+def _header(epochs, ranks, startup=1.0, where=None, class_weight=None):
     spec = NS(name="job", model=NS(kind="softmax", num_classes=3, hidden=()),
               train=NS(epochs=epochs, batch_size=64, optimizer="sgd", learning_rate=0.1, lr_schedule=None, seed=1,
-                       early_stopping=None))
+                       early_stopping=None, class_weight=class_weight))
     data = NS(x_train=[0] * 12345, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
     backend = NS(workers=ranks, where=where or f"{ranks} Horovod workers on 1 node", startup_seconds=startup,
                  placement=[{"rank": r, "host": "node-a", "pid": 100 + r, "device": "cpu(0)"} for r in range(ranks)])
@@ -25,6 +25,13 @@ def _header(epochs, ranks, startup=1.0, where=None):
 def test_epochs_are_counted_in_words(epochs, words):
     train = [line for line in _header(epochs, 2) if line.startswith("  train ")]
     assert len(train) == 1 and f"  train    {words} global batch 64" in train[0]
+
+
+def test_class_weights_say_the_losses_are_not_comparable():
+    """With train.class_weight the table's train_loss is weighted and val_loss is not: the header says so."""
+    note = ", class weights: train_loss is weighted, val_loss is not"
+    assert [line for line in _header(2, 2, class_weight="balanced") if line.startswith("  train ")][0].endswith(note)
+    assert not any(note in line for line in _header(2, 2))
 
 
 def test_row_counts_have_thousands_separators():
@@ -66,18 +73,22 @@ def test_the_epoch_table_names_its_validation_columns_as_metrics_jsonl_does(kind
     each value sits under its name (the widest names set their column's width)."""
     spec = NS(name="job", model=NS(kind=kind, num_classes=2 if kind == "binary" else 3, hidden=()),
               train=NS(epochs=2, batch_size=64, optimizer="sgd", learning_rate=0.1, lr_schedule=None, seed=1,
-                       early_stopping=None))
+                       early_stopping=None, class_weight=None))
     data = NS(x_train=[0] * 10, x_val=[0] * 2, source="digits", val_name="validation", num_features=4, home=None)
     backend = NS(workers=0, where="in-process", startup_seconds=0, placement=[])
     out = io.StringIO()
     reporter = Reporter("human", stream=out, err=io.StringIO())
     reporter.header(spec, data, backend, "runs/job")
-    m = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.875, "val_macro_f1": 0.8125,
-         "val_f1": 0.8125, "val_auc": 0.9375, "samples_per_s": 12345.0, "epoch_seconds": 1.5}
+    m = {"epoch": 1, "train_loss": 0.5, "val_loss": 0.25, "val_accuracy": 0.875, "samples_per_s": 12345.0,
+         "epoch_seconds": 1234.5}  # every value distinct; the seconds wider than their name
+    m.update({"val_f1": 0.8125, "val_auc": 0.9375} if kind == "binary" else {"val_macro_f1": 0.6875})
     reporter.epoch(m, 2)
     head, row = out.getvalue().splitlines()
     cols = head.split()
     assert cols == ["epoch", "train_loss", "val_loss", "val_accuracy", *names, "samples/s", "sec"]
-    for name in cols[1:-2]:
-        end, value = head.index(name) + len(name), f"{m[name]:.4f}"
-        assert row[end - len(value) - 1:end] == " " + value, name  # right-aligned under its name
+    shown = {"epoch": "1/2", "samples/s": "12,345", "sec": "1234.50", **{n: f"{m[n]:.4f}" for n in cols[1:-2]}}
+    assert len(row) == len(head) and row.split() == [shown[c] for c in cols]
+    for name in cols:  # each value ends where its name ends, a blank before both (columns of 10 at least)
+        end, value = head.index(name) + len(name), shown[name]
+        width = max(10, len(name))
+        assert head[end - width:end] == name.rjust(width) and row[end - width:end] == value.rjust(width), name

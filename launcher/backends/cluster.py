@@ -297,12 +297,16 @@ def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = Fa
 
 
 def embedded_gpus() -> float | None:
-    """The GPUs an embedded local Ray will declare, by Ray's own detection (``CUDA_VISIBLE_DEVICES``,
-    else the NVIDIA driver), or None when Ray cannot tell before it starts."""
+    """The GPUs an embedded local Ray will declare, counted as Ray counts them when it starts: the
+    devices the NVIDIA driver reports, at most as many as ``CUDA_VISIBLE_DEVICES`` names when it is
+    set. None when Ray cannot tell before it starts."""
     try:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
-        return float(get_accelerator_manager_for_resource("GPU").get_current_node_num_accelerators())
+        manager = get_accelerator_manager_for_resource("GPU")
+        count = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+        return float(count if visible is None else min(count, len(visible)))
     except Exception:  # noqa: BLE001 - a private API: without it the check waits for ray.init
         return None
 

@@ -96,7 +96,7 @@ def render_runs(rows: list[dict]) -> str:
         return "no runs yet (lrjob run JOB writes runs/<name>-<stamp>/)"
     import time
 
-    table = [("RUN", "DATE", "DATA", "LR", "BATCH", "OPTIMIZER", "WORKERS", "EPOCHS", "ACCURACY", "BEST_VAL_ACC",
+    table = [("RUN", "DATE", "DATA", "LR", "BATCH", "OPTIMIZER", "WORKERS", "EPOCHS", "VAL_ACC", "BEST_VAL_ACC",
               "WALL", "STATUS")]
     for r in rows:
         spec = r.get("spec") or {}  # describe_runs' columns; "-" for rows without them

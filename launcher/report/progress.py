@@ -88,7 +88,9 @@ class Reporter:
             f"{t.optimizer} lr {t.learning_rate:g}"
             f"{_schedule_note(t.lr_schedule)}, seed {t.seed}"
             + (f", early stopping on {t.early_stopping['metric']} (patience {t.early_stopping['patience']})"
-               if t.early_stopping else ""),
+               if t.early_stopping else "")
+            # the two losses are not comparable then (docs/design.md#class-weights)
+            + (", class weights: train_loss is weighted, val_loss is not" if t.class_weight else ""),
             f"  workers  {backend.where}" + (f" (ready {backend.startup_seconds:.1f} s after Ray)"
                                              if backend.workers and backend.startup_seconds else ""),
         ]

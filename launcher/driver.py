@@ -342,12 +342,19 @@ class Driver:
         run = RunDir(self.path)
         summary, stored = run.summary() or {}, run.spec()
         if (summary.get("status") != "completed" or summary.get("epochs_done") != c["epochs_done"]
-                or not (run.model_dir / "meta.json").is_file() or stored is None
-                or stored.to_dict() != self.spec.to_dict()):
+                or not (run.model_dir / "meta.json").is_file() or stored is None):
+            return None
+        # Fields that say how a run trains, not what: with nothing left to train, the run keeps
+        # the record of how it was trained (another worker count would be recorded falsely).
+        changed = stored.diff(self.spec)
+        if any(field not in HOW_IT_RUNS for field in changed):
             return None
         why = (f"all {c['epochs_done']} epochs are trained already" if c["epochs_done"] >= int(self.spec.train.epochs)
                else f"early stopping ended the run after epoch {c['epochs_done']}")
         self.reporter.message(f"  resume   from {Path(c['path']).name}: {why}; nothing to train")
+        if changed:
+            kept = ", ".join(f"{field}={_dotted(stored, field)!r}" for field in changed)
+            self.reporter.message(f"  kept     the run's own settings, as it was trained: {kept}")
         self._release()
         self.reporter.summary(summary, self.path, self.history)
         return RunResult(self.path, self.history, c["params"], summary, [])
@@ -892,6 +899,18 @@ def _package_version(mod: str) -> str | None:
         except PackageNotFoundError:
             continue
     return None
+
+
+# How a run trains, not what it trains: a complete run asked for again with only these changed is
+# left as it is (Driver._finished_already).
+HOW_IT_RUNS = frozenset({"resources.workers", "resources.cpus_per_worker", "resources.gpus_per_worker",
+                         "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep", "data.cache",
+                         "failure.max_failures", "failure.epoch_timeout_s", "failure.min_workers"})
+
+
+def _dotted(spec: JobSpec, field: str):
+    section, _, key = field.partition(".")
+    return spec.to_dict().get(section, {}).get(key)
 
 
 def _resume_command(path: Path | str) -> str:

@@ -325,21 +325,16 @@ def cmd_parity(args) -> int:
     workers = args.workers if args.workers is not None else (spec.resources.workers or 2)
     if workers < 1:
         raise SpecError(f"--workers must be >= 1 for parity (it compares against --workers 0), got {workers}")
-    from .backends.cluster import ResourceError, cluster_address, embedded_cpus, embedded_gpus
+    from .backends.cluster import check_embedded_gpus, cluster_address, embedded_cpus
 
     if cluster_address(args.address) is None:
-        # the local Ray's CPUs and GPUs are known now: a request beyond them is refused before the
-        # reference run, not after it
-        # (GPUs first, as check_resources does once Ray is up)
-        gpus, per = embedded_gpus(), spec.resources.gpus_per_worker
-        if per and gpus is not None and workers * per > gpus:
-            raise ResourceError(
-                f"resources.gpus_per_worker: {workers} workers x {per:g} GPU = {workers * per:g} GPUs asked, "
-                f"this machine has {gpus:g}; lower --workers or --gpus-per-worker, or join a cluster with "
-                f"GPUs with --address")
+        # the local Ray's GPUs and CPUs are known now: a request beyond them is refused before the
+        # reference run, not after it (GPUs first, as check_resources does once Ray is up)
+        check_embedded_gpus(workers, spec.resources.gpus_per_worker)
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
-    ref_spec = spec.with_overrides(["resources.workers=0"])
+    # the reference run is in-process, on the CPU, whatever the distributed run's devices
+    ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])
     dist_spec = spec.with_overrides([f"resources.workers={workers}"])
     try:
         print(f"parity: {spec.name}, reference run (--workers 0) ...", file=sys.stderr)

@@ -40,7 +40,7 @@ from lr_core.sharding import num_batches, segments
 from .backends import Backend
 from .elastic import Resize, placeable, world_size
 from .report.advice import (TRAIN_SAMPLE, baseline_loss, class_counts, data_warnings, fit_warnings,
-                            history_warnings, schedule_warnings)
+                            history_warnings, placement_warnings, schedule_warnings)
 from .report.progress import Reporter, prepare_feedback
 from .rundir import (RunDir, RunLock, check_no_links, check_writable, checkpoint_problem, clean_leftovers,
                      latest_checkpoint, make_run_dir, remove_if_empty, run_state)
@@ -254,6 +254,8 @@ class Driver:
         self.warnings: list[dict] = data_warnings(self._counts, list(self.data.extra.get("columns") or []),
                                                   self.data.stats)
         self.warnings += schedule_warnings(int(spec.train.epochs), spec.train.lr_schedule)
+        if self.options.backend_factory is None:  # the driver's own backend: in-process when workers is 0
+            self.warnings += placement_warnings(spec.workers, spec.resources.gpus_per_worker)
         self._fit: dict = {}
         self.backend_factory = self.options.backend_factory or self._default_backend
         # Only a Ray worker group of the driver's own changes its size (docs/design.md#failures-and-restarts).
@@ -300,7 +302,8 @@ class Driver:
 
                     stack.enter_context(RaySession(self.options.address, self.spec.workers,
                                                    self.spec.resources.cpus_per_worker,
-                                                   oversubscribe=self.options.oversubscribe))
+                                                   oversubscribe=self.options.oversubscribe,
+                                                   gpus_per_worker=self.spec.resources.gpus_per_worker))
                 # after ray.init, which installs its own SIGTERM handler in the driver
                 self._restore_signals = _sigterm_as_interrupt()
                 stack.callback(self._shutdown_backend)

@@ -160,3 +160,21 @@ def test_a_warmup_as_long_as_the_run_warns_and_a_shorter_one_does_not(tmp_path, 
     assert w["message"].startswith("train.lr_schedule.warmup_epochs (2) is not less than train.epochs (2)")
     res = run_job(load_spec("jobs/binary_2d.yaml", base + ["train.epochs=3"]), output=tmp_path / "b")
     assert res.summary["warnings"] == []
+
+
+def test_gpus_asked_of_an_in_process_run_are_a_warning(tmp_path):
+    """--workers 0 trains on the CPU: GPUs asked of it are named in one warning, kept in summary.json;
+    a run that asks none, or a backend given to the driver (horovodrun's ranks), has none."""
+    from launcher.driver import DriverOptions
+    from launcher.backends import InProcessBackend
+
+    base = ["resources.workers=0", "data.options.n_train=64", "data.options.n_val=16", "train.epochs=1"]
+    res = run_job(load_spec("jobs/binary_2d.yaml", base + ["resources.gpus_per_worker=1"]), output=tmp_path / "a")
+    assert res.summary["warnings"] == [{"code": "gpus-unused", "message": (
+        "resources.gpus_per_worker is 1 but the run is in-process (--workers 0), which trains on the CPU; give "
+        "--workers N to train on GPUs, or --gpus-per-worker 0")}]
+    assert run_job(load_spec("jobs/binary_2d.yaml", base), output=tmp_path / "b").summary["warnings"] == []
+    spec = load_spec("jobs/binary_2d.yaml", base + ["resources.gpus_per_worker=1"])
+    given = run_job(spec, output=tmp_path / "c", options=DriverOptions(
+        backend_factory=lambda: InProcessBackend(spec.loop_config(), spec.load_data())))
+    assert given.summary["warnings"] == []

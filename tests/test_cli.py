@@ -355,6 +355,22 @@ def test_more_workers_than_cpus_is_refused_before_anything_starts(tmp_path):
     assert not (tmp_path / "run").exists(), "nothing is left behind"
 
 
+def test_more_gpus_than_the_machine_has_are_refused_before_ray_starts(tmp_path):
+    """A local run asking more GPUs than Ray would find is refused by the same check as parity's,
+    before ray.init (after it, the refusal would speak of "the Ray cluster" and GPU nodes)."""
+    import procs
+
+    from launcher.backends.cluster import embedded_gpus
+
+    per = embedded_gpus() + 1
+    r = procs.run([str(Path(sys.executable).parent / "lrjob"), "run", "jobs/binary_synthetic.yaml", "--workers", "1",
+                   "--gpus-per-worker", f"{per:g}", "--output", str(tmp_path / "run")], timeout=120, cwd=ROOT)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.startswith(f"lrjob: error: resources.gpus_per_worker: 1 workers x {per:g} GPU = {per:g} GPUs "
+                               f"asked, this machine has {per - 1:g}; ") and r.stderr.count("\n") == 1, r.stderr
+    assert not (tmp_path / "run").exists(), "nothing is left behind"
+
+
 def test_oversubscribe_is_explained_in_help():
     for command in ("run", "parity"):
         r = lrjob(command, "--help")

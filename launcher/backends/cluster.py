@@ -14,7 +14,7 @@ from lr_core.errors import ClusterError, LrjobInputError
 
 __all__ = ["RaySession", "cluster_address", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
            "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus",
-           "embedded_gpus"]
+           "embedded_gpus", "check_embedded_gpus"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -311,6 +311,18 @@ def embedded_gpus() -> float | None:
         return None
 
 
+def check_embedded_gpus(workers: int, gpus_per_worker: float) -> None:
+    """A ``ResourceError`` (exit 2) when ``workers`` x ``gpus_per_worker`` is more than the GPUs a
+    local Ray would find on this machine (``embedded_gpus``): said before Ray starts, with advice
+    for a local run. Nothing when Ray cannot tell (the check after ``ray.init`` still holds)."""
+    gpus = embedded_gpus() if gpus_per_worker else None
+    if gpus is not None and workers * gpus_per_worker > gpus:
+        raise ResourceError(
+            f"resources.gpus_per_worker: {workers} workers x {gpus_per_worker:g} GPU = {workers * gpus_per_worker:g} "
+            f"GPUs asked, this machine has {gpus:g}; lower --workers or --gpus-per-worker, or join a cluster with "
+            f"GPUs with --address")
+
+
 def cluster_address(address: str | None) -> str | None:
     """The Ray cluster a run joins: ``address``, else ``$RAY_ADDRESS``; None when neither is set or
     it is ``local``: then lrjob starts a Ray of its own on this machine."""
@@ -379,9 +391,11 @@ class RaySession:
     machine's CPUs (``embedded_cpus``), more only with ``oversubscribe``.
     """
 
-    def __init__(self, address: str | None, workers: int, cpus_per_worker: float, oversubscribe: bool = False):
+    def __init__(self, address: str | None, workers: int, cpus_per_worker: float, oversubscribe: bool = False,
+                 gpus_per_worker: float = 0):
         self.address = cluster_address(address)  # None: a local Ray of lrjob's own
         self.workers, self.cpus_per_worker, self.oversubscribe = workers, cpus_per_worker, oversubscribe
+        self.gpus_per_worker = gpus_per_worker
         self.owned = False
         self.kind = "existing"
 
@@ -402,6 +416,7 @@ class RaySession:
                 self.kind = f"cluster {self.address}"
                 warn_if_cluster_open()
             else:
+                check_embedded_gpus(self.workers, self.gpus_per_worker)  # GPUs first, as check_resources
                 num_cpus = embedded_cpus(self.workers, self.cpus_per_worker, self.oversubscribe)
                 # address="local": a new Ray of its own even when this machine runs another one
                 # (`ray start --head`), which a bare ray.init() would join (docs/design.md#flow)

@@ -80,6 +80,15 @@ def schedule_warnings(epochs: int, schedule: dict | None) -> list[dict]:
                                         f"with more epochs")]
 
 
+def placement_warnings(workers: int, gpus_per_worker: float) -> list[dict]:
+    """GPUs asked of an in-process run (``resources.workers: 0``), which trains on the CPU."""
+    if workers or not gpus_per_worker:
+        return []
+    return [_warning("gpus-unused", f"resources.gpus_per_worker is {gpus_per_worker:g} but the run is in-process "
+                                    f"(--workers 0), which trains on the CPU; give --workers N to train on GPUs, "
+                                    f"or --gpus-per-worker 0")]
+
+
 def history_warnings(history: list[dict], baseline: float | None, learning_rate: float) -> list[dict]:
     """A training loss that rose ``PATIENCE`` epochs in a row, or that after ``PATIENCE``
     epochs is still no better than ``baseline`` (guessing the class frequencies; None when

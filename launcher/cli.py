@@ -444,11 +444,14 @@ def _model(run: str):
     return ExportedModel(model)
 
 
-def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None, flag: str = "--input"):
+def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None, flag: str = "--input",
+                  first: bool = True):
     """The rows of ``path`` in blocks ``(x, y)``, each checked as training data is (the
     errors name the file's row); ``y`` is None when labels are not required. An
     ``id_column`` is never a feature. ``flag``: the option that named ``path``, for the
-    message when it does not exist."""
+    message when it does not exist. On the ``first`` read of the file, once every row has passed,
+    the ids are counted (``_count_ids``) and the columns the model does not use are named
+    (``_note_ignored_columns``): an error stands alone, and a second read says nothing again."""
     import numpy as np
 
     from lr_core.data import apply_label_map, check_features, check_labels
@@ -472,8 +475,7 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
                                features=_list_column(wanted) or wanted)
         except DataError:
             pass  # a file without those names: read as it is, and said so below
-        if table is not None:
-            _note_ignored_columns(path, label_column, wanted, id_column)
+    by_name = table is not None
     table = table or open_table(path, label_column, require_labels=require_labels)
     if wanted is not None and _named(table.columns) and table.columns != wanted:
         # The file names its columns and so did the training data: take the model's, in its order.
@@ -501,6 +503,10 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
         yield x, y
     if not done:
         raise LrjobInputError(f"{path}: no rows; give at least one row of features")
+    if first and id_column is not None:
+        _count_ids(path, id_column, done)
+    if first and by_name:
+        _note_ignored_columns(path, label_column, wanted, id_column)
 
 
 def _note_ignored_columns(path: str, label_column: str, wanted: list[str], id_column: str | None) -> None:
@@ -568,7 +574,7 @@ def _prediction_rows(model, path: str, id_column: str | None):
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([id_column or "row", "prediction", *(f"prob_{label}" for label in labels)])
     done = 0
-    for x, _ in _input_blocks(path, model.meta, require_labels=False, id_column=id_column):
+    for x, _ in _input_blocks(path, model.meta, require_labels=False, id_column=id_column, first=False):
         pred, prob = model.probabilities(x, scale=model.scale)
         names = list(itertools.islice(ids, len(x))) if ids is not None else range(done + 1, done + len(x) + 1)
         for name, c, p in zip(names, pred, prob):
@@ -607,11 +613,10 @@ def cmd_predict(args) -> int:
                                   f"device); remove it or choose another path")
     model = _model(args.run)
     count, largest = 0, 0.0
+    # every row is checked, and the ids counted, before anything is written
     for x, _ in _input_blocks(args.input, model.meta, require_labels=False, id_column=args.id_column):
-        count += len(x)  # every row is checked before anything is written
+        count += len(x)
         largest = max(largest, float(abs(x).max())) if x.size else largest
-    if args.id_column:
-        _count_ids(args.input, args.id_column, count)
     if model.scale is not None and model.scale < 1 and 0 < largest <= 1:
         # images scaled already (pixels / 255): the model scales them again, silently wrong
         sys.stderr.write(f"lrjob: warning: every value of {args.input} is within [-1, 1], but this model "

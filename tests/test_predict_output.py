@@ -185,6 +185,28 @@ def test_an_unusable_id_column_is_one_line_and_writes_nothing(runs, tmp_path, ca
     assert str(path) in errors[0] and out == "" and not out_file.exists()
 
 
+def test_unused_columns_are_noted_once_and_never_beside_an_error(runs, tmp_path, capsys):
+    """predict reads its input twice (check, then write): the note on columns the model does not
+    use comes once, after every row and id passed; an error (a misspelt id column, a bad cell)
+    stands alone on stderr, with no note before it."""
+    path = tmp_path / "new.csv"
+    path.write_text("customer_id,age,income,foo,bought\nN-1,41,72000,x,yes\nN-2,35,39000,y,no\n")
+    note = f"lrjob: note: {path}: 1 column(s) the model was not trained on, ignored: foo"
+    code, out, err = cli(capsys, "predict", runs["buyers"].path, "--input", path, "--id-column", "customer_id")
+    assert code == 0 and err.splitlines() == [note], err
+    assert [r[0] for r in _rows(out)[1:]] == ["N-1", "N-2"]
+    code, out, err = cli(capsys, "predict", runs["buyers"].path, "--input", path, "--id-column", "cust")
+    assert code == 2 and out == "" and len(err.splitlines()) == 1, err
+    assert err.startswith(f"lrjob: error: {path}: no column 'cust' for the id"), err
+    code, out, err = cli(capsys, "evaluate", runs["buyers"].path, "--data", path)
+    assert code == 0 and err.splitlines() == [f"lrjob: note: {path}: 2 column(s) the model was not trained on, "
+                                              f"ignored: customer_id, foo"], err
+    path.write_text("customer_id,age,income,foo,bought\nN-1,41,lots,x,yes\n")
+    for command, flag in (("predict", "--input"), ("evaluate", "--data")):
+        code, out, err = cli(capsys, command, runs["buyers"].path, flag, path)
+        assert code == 2 and len(err.splitlines()) == 1 and err.startswith("lrjob: error: "), (command, err)
+
+
 @pytest.mark.parametrize("command", ["predict", "evaluate"])
 def test_a_missing_training_column_is_named_with_the_fix_for_the_input_file(runs, tmp_path, capsys, command):
     """The training job's data.features is not the user's to fix when predicting: the

@@ -209,6 +209,15 @@ def test_parity_refuses_gpus_this_machine_lacks_before_the_reference_run(tmp_pat
     assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
 
 
+def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    (tmp_path / "afile").write_text("x")
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep", tmp_path / "afile")
+    assert code == 2 and stderr.splitlines() == [
+        f"lrjob: error: --keep {tmp_path / 'afile'}: is a file, not a folder; give a folder to keep both runs in"], stderr
+    assert (tmp_path / "afile").read_text() == "x"
+
+
 def test_a_missing_job_names_an_example_of_its_own_command(capsys):
     for command in ("run", "parity", "validate"):
         code, stderr = _main(capsys, command)

@@ -345,6 +345,7 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
         if log:
             log(f"prepared data {final}: {problems[0]}; preparing it again")
         _remove(final)
+    made = [d for d in (root, *root.parents) if not d.exists()]  # deepest first: removed again on failure
     try:
         root.mkdir(parents=True, exist_ok=True)
         _sweep(root)
@@ -369,6 +370,11 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
             _remove(tmp)
     except BaseException:
         _remove(tmp)
+        for d in made:  # the folders this call created, when nothing else is in them: bad data leaves nothing
+            try:
+                d.rmdir()
+            except OSError:
+                break
         raise
     return final
 

@@ -151,13 +151,14 @@ def test_bad_data_leaves_nothing_behind(tmp_path, monkeypatch):
     path = _csv(tmp_path / "d.csv", bad_row=150)
     cache = tmp_path / "cache"
     with pytest.raises(DataError, match=r"line 152, column 'f3': 'zzz' is not a number"):
-        prepare(_req(path=str(path)), cache)
-    assert list(cache.iterdir()) == []
+        prepare(_req(path=str(path)), cache / "a" / "b")
+    assert not cache.exists(), "the folders the failed preparation made are removed"
+    cache.mkdir()
     bad_label = _csv(tmp_path / "e.csv")
     bad_label.write_text(bad_label.read_text().replace(",1\n", ",5\n", 1))
     with pytest.raises(DataError, match=r"binary labels must be exactly 0 or 1, found \[0, 1, 5\] \(first at row"):
         prepare(_req(path=str(bad_label)), cache)
-    assert list(cache.iterdir()) == []
+    assert list(cache.iterdir()) == [], "a folder that was there is kept, empty"
 
 
 def test_label_errors_name_the_file_row_across_blocks(tmp_path, monkeypatch):
@@ -521,7 +522,7 @@ def test_nothing_left_to_train_on(tmp_path):
     path = _csv(tmp_path / "e.csv", n=1)
     assert "1 rows leave nothing to train on after data.val_fraction=0.01;" in _err(
         prepare, _req(path=str(path), val_fraction=0.01), tmp_path / "cache")
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == []
+    assert not (tmp_path / "cache").exists()  # the folder the failed preparation made is removed
 
 
 def test_blocks_progress_and_a_validation_file(tmp_path, monkeypatch):
@@ -620,7 +621,7 @@ def test_a_failed_rename_without_another_copy_is_raised(tmp_path, monkeypatch):
     monkeypatch.setattr(prepared.os, "rename", refuse)
     with pytest.raises(OSError, match="Permission denied"):
         prepare(_req(path=str(path)), tmp_path / "cache")
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()
 
 
 def test_checksums_off_checks_sizes_only(tmp_path):
@@ -1103,11 +1104,11 @@ def test_a_table_with_more_or_fewer_rows_than_it_declares_is_refused(tmp_path, m
     text = _err(prepare, _req("parquet", path=str(files["parquet"])), tmp_path / "cache")
     assert text.startswith(f"{files['parquet']}: ") and f"than the {declared} its metadata declares" in text
     assert "write it again" in text
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()
     # a CSV that holds other rows than were counted before it was read (changed meanwhile)
     monkeypatch.setattr(prepared, "open_table", real)
     monkeypatch.setattr(tables, "_count_csv_rows", lambda *a: declared)
     text = _err(prepare, _req("csv", path=str(files["csv"])), tmp_path / "cache")
     assert text.startswith(f"{files['csv']}: ") and f"than the {declared} counted before it was read" in text
     assert "write it again" in text
-    assert list((tmp_path / "cache").iterdir()) == []
+    assert not (tmp_path / "cache").exists()

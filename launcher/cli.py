@@ -859,6 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except LrjobError as e:
         sys.stderr.write(f"lrjob: error: {e}\n")
+        _json_error(args, str(e), e.exit_code)
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("lrjob: interrupted\n")
@@ -873,7 +874,20 @@ def main(argv: list[str] | None = None) -> int:
             silence_closed_pipe(stream)
         return 0
     except Exception as e:  # a bug, not bad input: keep the traceback
+        _json_error(args, f"internal error: {type(e).__name__}: {e}", 1)
         return _internal_error(e)
+
+
+def _json_error(args, message: str, exit_code: int) -> None:
+    """With ``run --json``, the error as the stream's last event too (``{"event": "error", "message",
+    "exit_code"}`` on stdout), so a script reading the events learns why the run ended."""
+    if args.command != "run" or not getattr(args, "json", False):
+        return
+    try:
+        sys.stdout.write(json.dumps({"event": "error", "message": message, "exit_code": exit_code}) + "\n")
+        sys.stdout.flush()
+    except (OSError, ValueError):  # stdout closed: stderr has said it
+        pass
 
 
 def _internal_error(e: BaseException) -> int:

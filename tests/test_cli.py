@@ -69,6 +69,23 @@ def test_json_lines_match_metrics_file(tmp_path):
     assert events[-1]["event"] == "summary"
 
 
+def test_json_ends_a_failed_run_with_an_error_event(tmp_path, capsys, monkeypatch):
+    """A script reading run --json's events learns why the run ended: the last event names the
+    error as stderr does, with the exit code; without --json stdout stays empty."""
+    from launcher.cli import main
+
+    monkeypatch.chdir(ROOT)
+    args = ["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--set", "train.epochs=x",
+            "--output", str(tmp_path / "run")]
+    capsys.readouterr()
+    assert main([*args, "--json"]) == 2
+    out, err = capsys.readouterr()
+    (event,) = [json.loads(line) for line in out.splitlines()]
+    assert event == {"event": "error", "message": err.strip().removeprefix("lrjob: error: "), "exit_code": 2}
+    assert "train.epochs" in event["message"] and len(err.splitlines()) == 1
+    assert main(args) == 2 and capsys.readouterr().out == ""
+
+
 def _bad(tmp_path, ro: Path):
     csv_pm = tmp_path / "pm.csv"
     csv_pm.write_text("a,b,label\n" + "".join(f"{i},{i},{1 if i % 2 else -1}\n" for i in range(10)))

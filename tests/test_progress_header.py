@@ -92,3 +92,11 @@ def test_the_epoch_table_names_its_validation_columns_as_metrics_jsonl_does(kind
         end, value = head.index(name) + len(name), shown[name]
         width = max(10, len(name))
         assert head[end - width:end] == name.rjust(width) and row[end - width:end] == value.rjust(width), name
+
+
+def test_a_huge_loss_keeps_its_column():
+    """A diverging loss (424593.1813 is 11 characters) is shown in scientific notation, so the row
+    stays under the header."""
+    from launcher.report.progress import _fmt
+
+    assert _fmt(424593.18127, 10) == " 4.246e+05" and _fmt(0.5, 10) == "    0.5000" and _fmt(-12345.6789, 10) == "-1.235e+04"

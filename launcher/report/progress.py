@@ -28,7 +28,10 @@ def _fmt(v, width=8, digits=4):
     if v is None:
         return "-".rjust(width)
     if isinstance(v, float):
-        return f"{v:.{digits}f}".rjust(width)
+        text = f"{v:.{digits}f}"
+        if len(text) > width:  # a diverging loss: in its column still, in scientific notation
+            text = f"{v:.{digits}g}"
+        return text.rjust(width)
     return str(v).rjust(width)
 
 

@@ -446,12 +446,11 @@ def _model(run: str):
     return ExportedModel(model)
 
 
-def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None, flag: str = "--input",
-                  first: bool = True):
+def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | None = None, first: bool = True):
     """The rows of ``path`` in blocks ``(x, y)``, each checked as training data is (the
-    errors name the file's row); ``y`` is None when labels are not required. An
-    ``id_column`` is never a feature. ``flag``: the option that named ``path``, for the
-    message when it does not exist. On the ``first`` read of the file, once every row has passed,
+    errors name the file's row); ``y`` is None when labels are not required (``predict``, whose
+    ``--input`` names the file; ``evaluate`` requires them, and its ``--data`` names it). An
+    ``id_column`` is never a feature. On the ``first`` read of the file, once every row has passed,
     the ids are counted (``_count_ids``) and the columns the model does not use are named
     (``_note_ignored_columns``): an error stands alone, and a second read says nothing again."""
     import numpy as np
@@ -462,7 +461,7 @@ def _input_blocks(path: str, meta: dict, require_labels: bool, id_column: str | 
 
     if "://" not in str(path) and not any(c in str(path) for c in "*?[") and not os.path.lexists(path):
         # a local file named on this command line (a URI or a glob is resolved by open_table)
-        raise DataError(f"{path}: file not found; check {flag}")
+        raise DataError(f"{path}: file not found; check {'--data' if require_labels else '--input'}")
 
     label_column = meta.get("label_column") or "label"
     wanted = _trained_columns(meta)
@@ -553,7 +552,7 @@ def _read_input(path: str, meta: dict, require_labels: bool):
     from lr_core.errors import DataError
 
     try:
-        xs, ys = zip(*_input_blocks(path, meta, require_labels, flag="--data"))
+        xs, ys = zip(*_input_blocks(path, meta, require_labels))
         return np.concatenate(xs), (np.concatenate(ys) if require_labels else None)
     except MemoryError:
         raise DataError(f"{path}: not enough memory to hold every row at once; evaluate a smaller file, "

@@ -338,9 +338,10 @@ class Driver:
         (Under horovodrun the other ranks take part in the backend's start: they decide alike
         only with the driver's own backends, so a backend given to the driver always runs.)"""
         c = self.checkpoint
-        if (c is None or c.get("step") or self.remote is not None or self.options.backend_factory is not None
-                or not (c["epochs_done"] >= int(self.spec.train.epochs)
-                        or (self._early is not None and stop_reason(self.history, *self._early) is not None))):
+        if c is None or c.get("step") or self.remote is not None or self.options.backend_factory is not None:
+            return None
+        all_done = c["epochs_done"] >= int(self.spec.train.epochs)
+        if not (all_done or (self._early is not None and stop_reason(self.history, *self._early) is not None)):
             return None
         run = RunDir(self.path)
         summary, stored = run.summary() or {}, run.spec()
@@ -348,16 +349,17 @@ class Driver:
                 or not (run.model_dir / "meta.json").is_file() or stored is None):
             return None
         # Fields that say how a run trains, not what: with nothing left to train, the run keeps
-        # the record of how it was trained (another worker count would be recorded falsely).
+        # the record of how it was trained (another worker count would be recorded falsely). A run
+        # that early stopping ended has nothing to train at any train.epochs either.
         changed = stored.diff(self.spec)
-        if any(field not in HOW_IT_RUNS for field in changed):
+        if any(field not in HOW_IT_RUNS and (all_done or field != "train.epochs") for field in changed):
             return None
-        why = (f"all {c['epochs_done']} epochs are trained already" if c["epochs_done"] >= int(self.spec.train.epochs)
+        why = (f"all {c['epochs_done']} epochs are trained already" if all_done
                else f"early stopping ended the run after epoch {c['epochs_done']}")
         self.reporter.message(f"  resume   from {Path(c['path']).name}: {why}; nothing to train")
-        if changed:
-            kept = ", ".join(f"{field}={_dotted(stored, field)!r}" for field in changed)
-            self.reporter.message(f"  kept     the run's own settings, as it was trained: {kept}")
+        kept = [f"{field}={_shown(_dotted(stored, field))}" for field in changed if field != "data.cache"]
+        if kept:  # (data.cache only says where this command read the data from)
+            self.reporter.message(f"  kept     the run's own settings, as it was trained: {', '.join(kept)}")
         self._release()
         self.reporter.summary(summary, self.path, self.history)
         return RunResult(self.path, self.history, c["params"], summary, [])
@@ -914,6 +916,17 @@ HOW_IT_RUNS = frozenset({"resources.workers", "resources.cpus_per_worker", "reso
 def _dotted(spec: JobSpec, field: str):
     section, _, key = field.partition(".")
     return spec.to_dict().get(section, {}).get(key)
+
+
+def _shown(value) -> str:
+    """A spec value as its YAML says it: null, 1 (not 1.0), 0.5, a word."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _resume_command(path: Path | str) -> str:

@@ -347,11 +347,18 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
         _remove(final)
     made = [d for d in (root, *root.parents) if not d.exists()]  # deepest first: removed again on failure
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        _sweep(root)
-        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{request.source}-{key}-{_HOST}-{os.getpid()}-", dir=root))
+        for attempt in (1, 2):
+            root.mkdir(parents=True, exist_ok=True)
+            _sweep(root)
+            try:
+                tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{request.source}-{key}-{_HOST}-{os.getpid()}-", dir=root))
+                break
+            except FileNotFoundError:  # another preparation that failed removed the empty folder meanwhile
+                if attempt == 2:
+                    raise
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared cache is read by others
     except OSError as e:
+        _remove_empty(made)
         raise DataError(f"data.cache: cannot write {root} ({e.strerror or e}); set data.cache (or "
                         f"LRJOB_DATA_HOME) to a writable directory") from None
     try:
@@ -370,13 +377,19 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
             _remove(tmp)
     except BaseException:
         _remove(tmp)
-        for d in made:  # the folders this call created, when nothing else is in them: bad data leaves nothing
-            try:
-                d.rmdir()
-            except OSError:
-                break
+        _remove_empty(made)  # bad data leaves nothing behind
         raise
     return final
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first: the ones a preparation created) while they are empty; one
+    that another process has written into is kept, with those above it."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError:
+            break
 
 
 _HOST = socket.gethostname().replace("-", "_")

@@ -161,6 +161,23 @@ def test_bad_data_leaves_nothing_behind(tmp_path, monkeypatch):
     assert list(cache.iterdir()) == [], "a folder that was there is kept, empty"
 
 
+def test_a_cache_folder_removed_by_another_failed_preparation_is_made_again(tmp_path, monkeypatch):
+    """Two preparations into one new cache: one fails and removes the empty folder between the
+    other's mkdir and mkdtemp. The other makes it again and completes (it said the cache could
+    not be written)."""
+    real, calls = prepared.tempfile.mkdtemp, []
+
+    def racing(*a, dir=None, **k):
+        calls.append(dir)
+        if len(calls) == 1:
+            os.rmdir(dir)  # what the failed preparation's clean-up does to the empty folder
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(prepared.tempfile, "mkdtemp", racing)
+    home = prepare(_req(path=str(_csv(tmp_path / "d.csv"))), tmp_path / "cache")
+    assert len(calls) == 2 and home.parent == tmp_path / "cache" and verify(home) == []
+
+
 def test_label_errors_name_the_file_row_across_blocks(tmp_path, monkeypatch):
     monkeypatch.setattr(prepared, "BLOCK_ROWS", 16)
     path = _csv(tmp_path / "d.csv")

@@ -311,6 +311,7 @@ def cmd_run(args) -> int:
             sys.stderr.write(f"lrjob: interrupted; checkpoint {e.checkpoint} is kept; continue with: {e.resume}\n")
         else:
             sys.stderr.write("lrjob: interrupted before the first checkpoint; run the job again\n")
+        _json_event(args, {"event": "interrupted", "resume": getattr(e, "resume", None), "exit_code": 130})
         return 130
     return 0
 
@@ -858,7 +859,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command](args)
     except LrjobError as e:
         sys.stderr.write(f"lrjob: error: {e}\n")
-        _json_error(args, str(e), e.exit_code)
+        _json_event(args, {"event": "error", "message": str(e), "exit_code": e.exit_code})
         return e.exit_code
     except KeyboardInterrupt:
         sys.stderr.write("lrjob: interrupted\n")
@@ -873,19 +874,21 @@ def main(argv: list[str] | None = None) -> int:
             silence_closed_pipe(stream)
         return 0
     except Exception as e:  # a bug, not bad input: keep the traceback
-        _json_error(args, f"internal error: {type(e).__name__}: {e}", 1)
-        return _internal_error(e)
+        code = _internal_error(e)
+        _json_event(args, {"event": "error", "message": f"internal error: {type(e).__name__}: {e}",
+                           "exit_code": code})
+        return code
 
 
-def _json_error(args, message: str, exit_code: int) -> None:
-    """With ``run --json``, the error as the stream's last event too (``{"event": "error", "message",
-    "exit_code"}`` on stdout), so a script reading the events learns why the run ended."""
-    if args.command != "run" or not getattr(args, "json", False):
+def _json_event(args, event: dict) -> None:
+    """With ``run --json``, how the run ended as the stream's last event too (``error`` or
+    ``interrupted``, on stdout), so a script reading the events learns why; stderr has said it."""
+    if getattr(args, "command", None) != "run" or not getattr(args, "json", False):
         return
     try:
-        sys.stdout.write(json.dumps({"event": "error", "message": message, "exit_code": exit_code}) + "\n")
+        sys.stdout.write(json.dumps(event) + "\n")
         sys.stdout.flush()
-    except (OSError, ValueError):  # stdout closed: stderr has said it
+    except Exception:  # noqa: BLE001 - stdout closed or gone (None): stderr has said it
         pass
 
 

@@ -84,6 +84,39 @@ def test_json_ends_a_failed_run_with_an_error_event(tmp_path, capsys, monkeypatc
     assert event == {"event": "error", "message": err.strip().removeprefix("lrjob: error: "), "exit_code": 2}
     assert "train.epochs" in event["message"] and len(err.splitlines()) == 1
     assert main(args) == 2 and capsys.readouterr().out == ""
+    monkeypatch.setattr(sys, "stdout", None)  # stdout closed (>&-): the error still ends it as bad input
+    assert main([*args, "--json"]) == 2
+    monkeypatch.undo()
+
+
+def test_json_ends_an_interrupted_or_crashed_run_with_its_event(tmp_path, capsys, monkeypatch):
+    import launcher.driver
+    from launcher import cli
+
+    monkeypatch.chdir(ROOT)
+    args = ["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--json", "--output", str(tmp_path / "run")]
+
+    def interrupted(*a, **k):
+        e = KeyboardInterrupt()
+        e.checkpoint, e.resume = "epoch-0001", "lrjob run --resume RUN"
+        raise e
+
+    monkeypatch.setattr(launcher.driver, "run_job", interrupted)
+    capsys.readouterr()
+    assert cli.main(args) == 130
+    out = capsys.readouterr().out
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"event": "interrupted", "resume": "lrjob run --resume RUN", "exit_code": 130}]
+
+    def crashed(_):
+        raise RuntimeError("boom")
+
+    monkeypatch.setitem(cli.COMMANDS, "run", crashed)
+    assert cli.main(args) == 1
+    out, err = capsys.readouterr()
+    assert [json.loads(line) for line in out.splitlines()] == [
+        {"event": "error", "message": "internal error: RuntimeError: boom", "exit_code": 1}]
+    assert "Traceback" in err and "please report it" in err
 
 
 def _bad(tmp_path, ro: Path):

@@ -614,7 +614,8 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
         if ended:
             return _run(plan, specs, path, 0.0, out)
         with RaySession(options.address, widest.workers, widest.resources.cpus_per_worker,
-                        oversubscribe=options.oversubscribe):
+                        oversubscribe=options.oversubscribe,
+                        gpus_per_worker=widest.resources.gpus_per_worker if widest.workers else 0):
             import ray
 
             cpus = ray.cluster_resources().get("CPU", 0.0)

@@ -242,6 +242,15 @@ def test_embedded_gpus_counts_as_ray_does(monkeypatch, driver, visible, want):
 
     monkeypatch.setattr(accelerators, "get_accelerator_manager_for_resource", lambda name: Manager)
     assert embedded_gpus() == want
+    from launcher.backends.cluster import ResourceError, check_embedded_gpus
+
+    check_embedded_gpus(want, 1)  # as many as there are: fine
+    check_embedded_gpus(5, 0)     # none asked: fine
+    has = f"{driver}, {len(visible)} of them visible through CUDA_VISIBLE_DEVICES" if want < driver else f"{want}"
+    with pytest.raises(ResourceError) as e:
+        check_embedded_gpus(want + 1, 1)
+    assert str(e.value).startswith(f"resources.gpus_per_worker: {want + 1} workers x 1 GPU = {want + 1} GPUs asked, "
+                                   f"this machine has {has}; "), str(e.value)
 
 
 def test_parity_refuses_gpus_this_machine_lacks_before_the_reference_run(tmp_path, capsys, monkeypatch):
@@ -421,6 +430,7 @@ def test_more_gpus_than_the_machine_has_are_refused_before_ray_starts(tmp_path):
 
     from launcher.backends.cluster import embedded_gpus
 
+    assert embedded_gpus() is not None, "Ray's GPU detection is reachable before ray.init"
     per = embedded_gpus() + 1
     r = procs.run([str(Path(sys.executable).parent / "lrjob"), "run", "jobs/binary_synthetic.yaml", "--workers", "1",
                    "--gpus-per-worker", f"{per:g}", "--output", str(tmp_path / "run")], timeout=120, cwd=ROOT)

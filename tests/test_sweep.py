@@ -710,3 +710,19 @@ def test_a_3x2_grid_on_digits_with_2_workers_per_trial_keeps_parity_in_every_tri
         got = _params(r["run_dir"])
         for k in ref.params:
             assert np.max(np.abs(got[k] - ref.params[k])) <= 1e-5, (r["trial"], k)
+
+
+def test_a_sweep_asking_more_gpus_than_the_machine_has_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
+    """The same check as run's and parity's, before Ray starts (nothing would place the trials)."""
+    from launcher.backends.cluster import embedded_gpus
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert embedded_gpus() is not None, "Ray's GPU detection is reachable before ray.init"
+    per = embedded_gpus() + 1
+    code, out, err = _cli(capsys, "sweep", "jobs/binary_synthetic.yaml", "--workers", 1, "--gpus-per-worker", f"{per:g}",
+                          "--grid", "train.learning_rate=0.1,0.2", "--output", tmp_path / "sweep")
+    assert code == 2, err
+    assert err.splitlines()[-1].startswith(f"lrjob: error: resources.gpus_per_worker: 1 workers x {per:g} GPU = "
+                                           f"{per:g} GPUs asked, this machine has {per - 1:g}; "), err
+    assert not (tmp_path / "sweep").exists()

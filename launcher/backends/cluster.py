@@ -296,19 +296,28 @@ def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = Fa
         f"--oversubscribe to share the CPUs anyway (slower, for tests)")
 
 
-def embedded_gpus() -> float | None:
-    """The GPUs an embedded local Ray will declare, counted as Ray counts them when it starts: the
-    devices the NVIDIA driver reports, at most as many as ``CUDA_VISIBLE_DEVICES`` names when it is
-    set. None when Ray cannot tell before it starts."""
+def _gpu_devices() -> tuple[int, int | None] | None:
+    """(the GPUs the NVIDIA driver reports, how many ``CUDA_VISIBLE_DEVICES`` names or None when it
+    is unset), as Ray reads them when it starts; None when Ray cannot tell before it starts."""
     try:
         from ray._private.accelerators import get_accelerator_manager_for_resource
 
         manager = get_accelerator_manager_for_resource("GPU")
-        count = manager.get_current_node_num_accelerators()
         visible = manager.get_current_process_visible_accelerator_ids()
-        return float(count if visible is None else min(count, len(visible)))
+        return int(manager.get_current_node_num_accelerators()), (None if visible is None else len(visible))
     except Exception:  # noqa: BLE001 - a private API: without it the check waits for ray.init
         return None
+
+
+def embedded_gpus() -> float | None:
+    """The GPUs an embedded local Ray will declare, counted as Ray counts them when it starts: the
+    devices the NVIDIA driver reports, at most as many as ``CUDA_VISIBLE_DEVICES`` names when it is
+    set. None when Ray cannot tell before it starts."""
+    devices = _gpu_devices()
+    if devices is None:
+        return None
+    found, visible = devices
+    return float(found if visible is None else min(found, visible))
 
 
 def check_embedded_gpus(workers: int, gpus_per_worker: float) -> None:
@@ -316,11 +325,15 @@ def check_embedded_gpus(workers: int, gpus_per_worker: float) -> None:
     local Ray would find on this machine (``embedded_gpus``): said before Ray starts, with advice
     for a local run. Nothing when Ray cannot tell (the check after ``ray.init`` still holds)."""
     gpus = embedded_gpus() if gpus_per_worker else None
-    if gpus is not None and workers * gpus_per_worker > gpus:
-        raise ResourceError(
-            f"resources.gpus_per_worker: {workers} workers x {gpus_per_worker:g} GPU = {workers * gpus_per_worker:g} "
-            f"GPUs asked, this machine has {gpus:g}; lower --workers or --gpus-per-worker, or join a cluster with "
-            f"GPUs with --address")
+    if gpus is None or workers * gpus_per_worker <= gpus:
+        return
+    found, visible = _gpu_devices()
+    has = (f"{gpus:g}" if visible is None or visible >= found
+           else f"{found}, {visible} of them visible through CUDA_VISIBLE_DEVICES")
+    raise ResourceError(
+        f"resources.gpus_per_worker: {workers} workers x {gpus_per_worker:g} GPU = {workers * gpus_per_worker:g} "
+        f"GPUs asked, this machine has {has}; lower --workers or --gpus-per-worker, or join a cluster with "
+        f"GPUs with --address")
 
 
 def cluster_address(address: str | None) -> str | None:

@@ -334,7 +334,7 @@ def cmd_parity(args) -> int:
         check_embedded_gpus(workers, spec.resources.gpus_per_worker)
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     if args.keep and (Path(args.keep).exists() or Path(args.keep).is_symlink()) and not Path(args.keep).is_dir():
-        raise LrjobInputError(f"--keep {args.keep}: is a file, not a folder; give a folder to keep both runs in")
+        raise LrjobInputError(f"--keep {args.keep}: exists and is not a folder; give a folder to keep both runs in")
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     # the reference run is in-process, on the CPU, whatever the distributed run's devices
     ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])

@@ -273,7 +273,7 @@ def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_
     (tmp_path / "afile").write_text("x")
     code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep", tmp_path / "afile")
     assert code == 2 and stderr.splitlines() == [
-        f"lrjob: error: --keep {tmp_path / 'afile'}: is a file, not a folder; give a folder to keep both runs in"], stderr
+        f"lrjob: error: --keep {tmp_path / 'afile'}: exists and is not a folder; give a folder to keep both runs in"], stderr
     assert (tmp_path / "afile").read_text() == "x"
 
 

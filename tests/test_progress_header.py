@@ -32,6 +32,8 @@ def test_class_weights_say_the_losses_are_not_comparable():
     note = ", class weights: train_loss is weighted, val_loss is not"
     assert [line for line in _header(2, 2, class_weight="balanced") if line.startswith("  train ")][0].endswith(note)
     assert not any(note in line for line in _header(2, 2))
+    # {} weighs every class 1, yet summary.json says train_loss_weighted: the header agrees
+    assert [line for line in _header(2, 2, class_weight={}) if line.startswith("  train ")][0].endswith(note)
 
 
 def test_row_counts_have_thousands_separators():

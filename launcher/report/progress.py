@@ -93,7 +93,7 @@ class Reporter:
             + (f", early stopping on {t.early_stopping['metric']} (patience {t.early_stopping['patience']})"
                if t.early_stopping else "")
             # the two losses are not comparable then (docs/design.md#class-weights)
-            + (", class weights: train_loss is weighted, val_loss is not" if t.class_weight else ""),
+            + (", class weights: train_loss is weighted, val_loss is not" if t.class_weight is not None else ""),
             f"  workers  {backend.where}" + (f" (ready {backend.startup_seconds:.1f} s after Ray)"
                                              if backend.workers and backend.startup_seconds else ""),
         ]

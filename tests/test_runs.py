@@ -152,3 +152,22 @@ def test_where_and_sort_compare_types_as_people_mean_them():
     assert names(sort_runs(rows, "x")) == ["b", "c", "a", "d"]           # NaN and null last
     assert names(sort_runs(rows, "train.learning_rate")) == ["b", "a", "d", "c"]  # numbers, then texts
     assert names(sort_runs(rows, "data.cache")) == ["b", "c", "d", "a"]   # 1 and '1', then False < True as texts
+
+
+def test_compare_shows_units_yaml_values_and_whole_field_names(tmp_path, capsys):
+    """Wall time in seconds, throughput with thousands separators, spec values as job.yaml writes
+    them (null, true), and a nested field's name whole."""
+    runs = []
+    for name, stop, secs, rate in (("a", "null", 1.24812, 93415.8092), ("b", "{metric: val_loss, patience: 5}", 12.0, 5.0)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "summary.json").write_text(json.dumps({"status": "completed", "wall_seconds": secs,
+                                                    "samples_per_s": rate}))
+        (d / "job.yaml").write_text(f"name: {name}\ntrain: {{early_stopping: {stop}, threshold: 0.5}}\n"
+                                    f"data: {{standardize: {'true' if name == 'a' else 'false'}}}\n")
+        runs.append(d)
+    code, out, err = _cli(capsys, "compare", *runs)
+    assert code == 0, err
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line.startswith("  ")}
+    assert rows["wall_seconds"] == ["1.2", "s", "12.0", "s"] and rows["samples_per_s"] == ["93,416", "5"]
+    assert rows["train.early_stopping.patience"] == ["null", "5"] and rows["data.standardize"] == ["true", "false"]

@@ -272,22 +272,31 @@ def render_compare(a: str | Path, b: str | Path) -> str:
         runs.append((r, s, flat))
     (ra, sa, fa), (rb, sb, fb) = runs
     w = max(28, len(ra.name), len(rb.name))
-    lines = [f"{'':<30}{ra.name:>{w}}  {rb.name:>{w}}"]
     diff = [k for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    kw = min(48, max([28, *map(len, diff)]))  # the names' column: a nested field's name whole, up to 48
+    lines = [f"{'':<{kw + 2}}{ra.name:>{w}}  {rb.name:>{w}}"]
     lines.append("spec (fields that differ)" if diff else "spec: identical")
     for k in diff:  # values cut to the column: a spec may hold a long label_map or list
-        lines.append(f"  {clip(k, 28):<28}{clip(fa.get(k), w):>{w}}  {clip(fb.get(k), w):>{w}}")
+        lines.append(f"  {clip(k, kw):<{kw}}{clip(_yaml(fa.get(k)), w):>{w}}  {clip(_yaml(fb.get(k)), w):>{w}}")
     lines.append("results")
-    keys = ["status", "epochs_done", "workers", "wall_seconds", "samples_per_s"]
+    keys = ["status", "epochs_done", "workers"]
     fin = ["val_accuracy", "val_loss", "train_loss", "val_f1", "val_auc", "val_macro_f1"]
     for k in keys:
-        lines.append(f"  {k:<28}{_fmt(sa.get(k)):>{w}}  {_fmt(sb.get(k)):>{w}}")
+        lines.append(f"  {k:<{kw}}{_fmt(sa.get(k)):>{w}}  {_fmt(sb.get(k)):>{w}}")
+    for k, unit in (("wall_seconds", "{:.1f} s"), ("samples_per_s", "{:,.0f}")):
+        va, vb = (unit.format(v) if isinstance(v, (int, float)) else _fmt(v) for v in (sa.get(k), sb.get(k)))
+        lines.append(f"  {k:<{kw}}{va:>{w}}  {vb:>{w}}")
     for k in fin:
         va, vb = (sa.get("final") or {}).get(k), (sb.get("final") or {}).get(k)
         if va is None and vb is None:
             continue
-        lines.append(f"  {k:<28}{_fmt(va):>{w}}  {_fmt(vb):>{w}}")
+        lines.append(f"  {k:<{kw}}{_fmt(va):>{w}}  {_fmt(vb):>{w}}")
     return "\n".join(lines)
+
+
+def _yaml(v):
+    """A spec value as its job.yaml writes it (null, true), not as Python prints it (None, True)."""
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else v
 
 
 def _fmt(v) -> str:

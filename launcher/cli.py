@@ -363,9 +363,9 @@ def cmd_validate(args) -> int:
     from .report.progress import prepare_feedback
 
     spec = _load(args)
+    d = spec.prepared_data(*prepare_feedback()) if args.data else None  # a data error is then all it prints
     sys.stdout.write(spec.to_yaml())
-    if args.data:
-        d = spec.prepared_data(*prepare_feedback())
+    if d is not None:
         print(f"# data ok: {len(d.x_train)} train / {len(d.x_val)} {d.val_name} rows, {d.num_features} features",
               file=sys.stderr)
     return 0

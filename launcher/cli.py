@@ -333,8 +333,8 @@ def cmd_parity(args) -> int:
         # reference run, not after it (GPUs first, as check_resources does once Ray is up)
         check_embedded_gpus(workers, spec.resources.gpus_per_worker)
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
-    if args.keep and (Path(args.keep).exists() or Path(args.keep).is_symlink()) and not Path(args.keep).is_dir():
-        raise LrjobInputError(f"--keep {args.keep}: exists and is not a folder; give a folder to keep both runs in")
+    if args.keep:
+        _keep_folder(Path(args.keep), workers)
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     # the reference run is in-process, on the CPU, whatever the distributed run's devices
     ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])
@@ -355,6 +355,22 @@ def cmd_parity(args) -> int:
         elif base.is_dir():
             print(f"runs kept in {base}", file=sys.stderr)
     return 0 if report.ok else 1
+
+
+def _keep_folder(keep: Path, workers: int) -> None:
+    """``parity --keep``: a folder made now, or one that holds neither run yet. Runs kept by an
+    earlier check would be found finished and compared again, training nothing: a stale verdict."""
+    if (keep.exists() or keep.is_symlink()) and not keep.is_dir():
+        raise LrjobInputError(f"--keep {keep}: exists and is not a folder; give a folder to keep both runs in")
+    held = [name for name in ("workers-0", f"workers-{workers}") if os.path.lexists(keep / name)]
+    if held:
+        raise LrjobInputError(f"--keep {keep}: already holds {' and '.join(held)} of an earlier check, which "
+                              f"would be read again rather than trained; give a new folder, or remove them")
+    try:
+        keep.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise LrjobInputError(f"--keep {keep}: cannot make the folder ({e.strerror or e}); give a folder you "
+                              f"can write") from None
 
 
 def cmd_validate(args) -> int:

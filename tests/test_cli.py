@@ -275,6 +275,16 @@ def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_
     assert code == 2 and stderr.splitlines() == [
         f"lrjob: error: --keep {tmp_path / 'afile'}: exists and is not a folder; give a folder to keep both runs in"], stderr
     assert (tmp_path / "afile").read_text() == "x"
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep",
+                         tmp_path / "afile" / "sub")
+    assert code == 2 and stderr.startswith(f"lrjob: error: --keep {tmp_path / 'afile' / 'sub'}: cannot make the "
+                                           f"folder ("), stderr
+    # the runs of an earlier check are not read again as if trained now (a stale verdict)
+    (tmp_path / "kept" / "workers-0").mkdir(parents=True)
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep", tmp_path / "kept")
+    assert code == 2 and stderr.splitlines() == [
+        f"lrjob: error: --keep {tmp_path / 'kept'}: already holds workers-0 of an earlier check, which would be read "
+        f"again rather than trained; give a new folder, or remove them"], stderr
 
 
 def test_a_missing_job_names_an_example_of_its_own_command(capsys):

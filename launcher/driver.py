@@ -728,6 +728,9 @@ class Driver:
             self._finish_upload()  # last: the plots, report and mlflow.json go too
             if self.status.get("status") == "completed":  # a run is shown completed once it is uploaded
                 self.reporter.summary(full, self.location, self.history)
+        if self.status.get("status") != "completed" and self.reporter.mode == "json":
+            # for scripts, every run's stream holds its summary.json: status interrupted or failed too
+            self.reporter.summary(full, self.location, self.history)
 
     def _finish_upload(self) -> None:
         """The last sync: everything, the model and the report included. When it fails, a completed

@@ -328,6 +328,25 @@ def test_an_interrupted_run_names_its_resume_command_once_a_checkpoint_exists(tm
     assert summary.get("resume") == (f"lrjob run --resume {tmp_path / 'run'}" if resumable else None)
 
 
+def test_a_json_stream_of_an_interrupted_run_holds_its_summary(tmp_path):
+    """--json: a run that does not complete still gives its summary.json as a summary event
+    (status interrupted, the resume command), as a completed one does."""
+    import io
+
+    from launcher.report.progress import Reporter
+
+    spec = _binary_spec("train.epochs=5")
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        run_job(spec, tmp_path / "run", reporter=Reporter("json", stream=out, err=io.StringIO()),
+                options=DriverOptions(backend_factory=lambda: _Interrupted(spec.loop_config(), spec.load_data())))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["start", "epoch", "epoch", "summary"]
+    stored = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert events[-1] == {"event": "summary", **stored} and stored["status"] == "interrupted"
+    assert stored["resume"] == f"lrjob run --resume {tmp_path / 'run'}"
+
+
 @pytest.mark.parametrize("epochs,every,keep,want", [(5, 2, 10, [2, 4, 5]), (4, 3, 10, [3, 4]), (4, 1, 2, [3, 4]),
                                                     (3, 5, 1, [3])])
 def test_checkpoint_cadence_and_pruning(tmp_path, epochs, every, keep, want):

@@ -269,7 +269,8 @@ def text_column(path: str | os.PathLike, column: str, block_rows: int | None = N
         if column not in pf.schema_arrow.names:
             names = pf.schema_arrow.names
             raise DataError(f"{where}: no column {shown(column)} for the id (columns: "
-                            f"{', '.join(clip(n, 40) for n in names[:8])}{', ...' if len(names) > 8 else ''})")
+                            f"{', '.join(clip(n, 40) for n in names[:8])}{', ...' if len(names) > 8 else ''})"
+                            f"{_near_id(column, names)}")
         done = 0
         for batch in pf.iter_batches(batch_size=block_rows, columns=[column]):
             cells = batch.column(0)
@@ -282,13 +283,24 @@ def text_column(path: str | os.PathLike, column: str, block_rows: int | None = N
             yield [str(v) for v in cells.to_pylist()]
 
 
+def _near_id(column: str, names: list[str]) -> str:
+    """"; did you mean 'customer_id'?" for a near column name (case aside), else ""."""
+    import difflib
+
+    lower = {n.lower(): n for n in names}
+    near = difflib.get_close_matches(column.lower(), list(lower), n=1, cutoff=0.6)
+    return f"; did you mean {lower[near[0]]!r}?" if near else ""
+
+
 def _csv_text_column(fs, inner: str, where: str, column: str, block_rows: int) -> Iterator[list[str]]:
     first, _ = _csv_head(fs, inner, where)
     header = [c.strip() for c in first] if first and not any(_is_number(c) for c in first) else None
     if header is None or column not in header:
         what = (f"columns: {', '.join(clip(h, 40) for h in header[:8])}{', ...' if len(header) > 8 else ''}"
                 if header else "no header row")
-        raise DataError(f"{where}: no column {shown(column)} for the id ({what}); name the id column in the header")
+        near = _near_id(column, header or [])
+        raise DataError(f"{where}: no column {shown(column)} for the id ({what})"
+                        + (near or "; name the id column in the header"))
     j = header.index(column)
     with _open_stream(fs, inner, where) as f:
         text = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")

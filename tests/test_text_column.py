@@ -44,6 +44,10 @@ def test_a_csv_without_the_column_or_a_header_is_one_line_naming_the_file(tmp_pa
                                  f"characters)); name the id column in the header")
     p.write_text("1,0\n2,1\n")  # a first row of numbers is data, not names
     assert _message(p, "1") == f"{p}: no column '1' for the id (no header row); name the id column in the header"
+    p.write_text("customer_id,a,label\nc1,1,0\n")  # a misspelt name, or another case: the near column named
+    for typed in ("customerid", "Customer_ID", "custmer_id"):
+        assert _message(p, typed) == (f"{p}: no column {typed!r} for the id (columns: customer_id, a, label); "
+                                      f"did you mean 'customer_id'?")
     p.write_text("id,label\n1,0\n" + "x" * 200_000 + ",1\n")  # a cell past the csv module's field limit
     assert _message(p, "id") == f"{p}: malformed CSV (field larger than field limit (131072))"
 
@@ -76,6 +80,7 @@ def test_a_parquet_without_the_column_or_with_a_null_id_is_one_line(tmp_path):
     p = tmp_path / "a.parquet"
     _parquet(p, x=pa.array([1.0]), label=pa.array([0]))
     assert _message(p, "id") == f"{p}: no column 'id' for the id (columns: x, label)"
+    assert _message(p, "Label") == f"{p}: no column 'Label' for the id (columns: x, label); did you mean 'label'?"
     _parquet(p, **{f"c{i}": pa.array([1.0]) for i in range(8)}, **{"n" * 50: pa.array([1.0])})
     assert _message(p, "id") == f"{p}: no column 'id' for the id (columns: c0, c1, c2, c3, c4, c5, c6, c7, ...)"
     _parquet(p, **{"n" * 50: pa.array([1.0])})

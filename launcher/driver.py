@@ -354,7 +354,7 @@ class Driver:
         changed = stored.diff(self.spec)
         if any(field not in HOW_IT_RUNS and (all_done or field != "train.epochs") for field in changed):
             return None
-        why = (f"all {c['epochs_done']} epochs are trained already" if all_done
+        why = (f"{_all_epochs(c['epochs_done'])} trained already" if all_done
                else f"early stopping ended the run after epoch {c['epochs_done']}")
         self.reporter.message(f"  resume   from {Path(c['path']).name}: {why}; nothing to train")
         kept = [f"{field}={_shown(_dotted(stored, field))}" for field in changed if field != "data.cache"]
@@ -382,8 +382,8 @@ class Driver:
             stopped = (not c.get("step") and self._early is not None
                        and stop_reason(self.history, *self._early) is not None)
             if not c.get("step") and c["epochs_done"] >= int(self.spec.train.epochs):
-                self.reporter.message(f"  resume   from {Path(c['path']).name}: all {c['epochs_done']} "
-                                      f"epochs are trained already; nothing to train")
+                self.reporter.message(f"  resume   from {Path(c['path']).name}: {_all_epochs(c['epochs_done'])} "
+                                      f"trained already; nothing to train")
             elif stopped:
                 self.reporter.message(f"  resume   from {Path(c['path']).name}: early stopping ended the run "
                                       f"after epoch {c['epochs_done']}; nothing to train")
@@ -914,6 +914,11 @@ def _package_version(mod: str) -> str | None:
 HOW_IT_RUNS = frozenset({"resources.workers", "resources.cpus_per_worker", "resources.gpus_per_worker",
                          "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep", "data.cache",
                          "failure.max_failures", "failure.epoch_timeout_s", "failure.min_workers"})
+
+
+def _all_epochs(n: int) -> str:
+    """"all 3 epochs are", "its 1 epoch is"."""
+    return f"all {n} epochs are" if n != 1 else "its 1 epoch is"
 
 
 def _dotted(spec: JobSpec, field: str):

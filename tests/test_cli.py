@@ -249,7 +249,8 @@ def test_embedded_gpus_counts_as_ray_does(monkeypatch, driver, visible, want):
     has = f"{driver}, {len(visible)} of them visible through CUDA_VISIBLE_DEVICES" if want < driver else f"{want}"
     with pytest.raises(ResourceError) as e:
         check_embedded_gpus(want + 1, 1)
-    assert str(e.value).startswith(f"resources.gpus_per_worker: {want + 1} workers x 1 GPU = {want + 1} GPUs asked, "
+    workers = f"{want + 1} worker{'s' if want + 1 != 1 else ''}"
+    assert str(e.value).startswith(f"resources.gpus_per_worker: {workers} x 1 GPU = {want + 1} GPUs asked, "
                                    f"this machine has {has}; "), str(e.value)
 
 
@@ -264,7 +265,7 @@ def test_parity_refuses_gpus_this_machine_lacks_before_the_reference_run(tmp_pat
     code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--gpus-per-worker", per,
                          "--keep", tmp_path / "kept")
     assert code == 2, stderr
-    assert f"resources.gpus_per_worker: 1 workers x {per:g} GPU = {per:g} GPUs asked, this machine has {gpus:g}" in stderr
+    assert f"resources.gpus_per_worker: 1 worker x {per:g} GPU = {per:g} GPUs asked, this machine has {gpus:g}" in stderr
     assert "reference run" not in stderr and not (tmp_path / "kept").exists(), stderr
 
 
@@ -445,7 +446,7 @@ def test_more_gpus_than_the_machine_has_are_refused_before_ray_starts(tmp_path):
     r = procs.run([str(Path(sys.executable).parent / "lrjob"), "run", "jobs/binary_synthetic.yaml", "--workers", "1",
                    "--gpus-per-worker", f"{per:g}", "--output", str(tmp_path / "run")], timeout=120, cwd=ROOT)
     assert r.returncode == 2, r.stderr[-2000:]
-    assert r.stderr.startswith(f"lrjob: error: resources.gpus_per_worker: 1 workers x {per:g} GPU = {per:g} GPUs "
+    assert r.stderr.startswith(f"lrjob: error: resources.gpus_per_worker: 1 worker x {per:g} GPU = {per:g} GPUs "
                                f"asked, this machine has {per - 1:g}; ") and r.stderr.count("\n") == 1, r.stderr
     assert not (tmp_path / "run").exists(), "nothing is left behind"
 

@@ -659,7 +659,8 @@ _HOW = {"same-spec": ([], None),
 
 
 @pytest.mark.parametrize("extra", [[], ["train.epochs=30", "train.early_stopping={metric: val_loss, patience: 3, "
-                                                           "min_delta: 0.001}"]], ids=["all-epochs", "stopped-early"])
+                                                           "min_delta: 0.001}"], ["train.epochs=1"]],
+                         ids=["all-epochs", "stopped-early", "one-epoch"])
 @pytest.mark.parametrize("how", list(_HOW))
 def test_the_same_command_on_a_finished_run_writes_nothing(tmp_path, capsys, monkeypatch, extra, how):
     """A no-op touches nothing: env.json keeps its start, summary.json its wall time (and so
@@ -683,13 +684,15 @@ def test_the_same_command_on_a_finished_run_writes_nothing(tmp_path, capsys, mon
     listed = list_runs(tmp_path)
     capsys.readouterr()
     overrides, shown = _HOW[how]
-    overrides = [o.format(tmp=tmp_path) for o in overrides] + (["train.epochs=40"] if extra else [])
+    stopped = "train.early_stopping" in " ".join(extra)
+    overrides = [o.format(tmp=tmp_path) for o in overrides] + (["train.epochs=40"] if stopped else [])
     again = run_job(spec.with_overrides(overrides), output=tmp_path / "run", reporter=Reporter("human"))
     out, err = capsys.readouterr()
     done = first.summary["epochs_done"]
-    why = (f"early stopping ended the run after epoch {done}" if extra else f"all {done} epochs are trained already")
+    why = (f"early stopping ended the run after epoch {done}" if stopped else
+           "its 1 epoch is trained already" if done == 1 else f"all {done} epochs are trained already")
     assert f"  resume   from epoch-{done:04d}: {why}; nothing to train\n" in err and "| status       completed" in out
-    shown = ", ".join(filter(None, ["train.epochs=30" if extra else None, shown]))  # in the spec's order
+    shown = ", ".join(filter(None, ["train.epochs=30" if stopped else None, shown]))  # in the spec's order
     kept = [line for line in err.splitlines() if line.startswith("  kept ")]
     assert kept == ([f"  kept     the run's own settings, as it was trained: {shown}"] if shown else []), err
     now = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in (tmp_path / "run").rglob("*") if p.is_file()}

@@ -712,17 +712,20 @@ def test_a_3x2_grid_on_digits_with_2_workers_per_trial_keeps_parity_in_every_tri
             assert np.max(np.abs(got[k] - ref.params[k])) <= 1e-5, (r["trial"], k)
 
 
-def test_a_sweep_asking_more_gpus_than_the_machine_has_is_refused_before_ray_starts(tmp_path, capsys, monkeypatch):
-    """The same check as run's and parity's, before Ray starts (nothing would place the trials)."""
+def test_a_sweep_asking_more_gpus_than_the_machine_has_is_refused_before_ray_starts(tmp_path):
+    """The same check as run's and parity's, before Ray starts (nothing would place the trials). In
+    a process of its own: a Ray this test process has up would be used as it is, unchecked."""
+    import procs
+
     from launcher.backends.cluster import embedded_gpus
 
-    monkeypatch.chdir(ROOT)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
     assert embedded_gpus() is not None, "Ray's GPU detection is reachable before ray.init"
     per = embedded_gpus() + 1
-    code, out, err = _cli(capsys, "sweep", "jobs/binary_synthetic.yaml", "--workers", 1, "--gpus-per-worker", f"{per:g}",
-                          "--grid", "train.learning_rate=0.1,0.2", "--output", tmp_path / "sweep")
-    assert code == 2, err
-    assert err.splitlines()[-1].startswith(f"lrjob: error: resources.gpus_per_worker: 1 workers x {per:g} GPU = "
-                                           f"{per:g} GPUs asked, this machine has {per - 1:g}; "), err
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    r = procs.run([str(Path(sys.executable).parent / "lrjob"), "sweep", "jobs/binary_synthetic.yaml", "--workers", "1",
+                   "--gpus-per-worker", f"{per:g}", "--grid", "train.learning_rate=0.1,0.2",
+                   "--output", str(tmp_path / "sweep")], timeout=120, cwd=ROOT, env=env)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.splitlines()[-1].startswith(f"lrjob: error: resources.gpus_per_worker: 1 worker x {per:g} GPU = "
+                                                f"{per:g} GPUs asked, this machine has {per - 1:g}; "), r.stderr
     assert not (tmp_path / "sweep").exists()

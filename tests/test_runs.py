@@ -101,6 +101,27 @@ def test_sort_orders_by_a_result_or_a_spec_field(base, capsys, key, descending):
     assert values == sorted(values, reverse=descending), (order, values)
 
 
+def test_the_tables_column_names_are_keys_too(base, capsys, tmp_path):
+    """What the table heads its columns (any case) sorts and filters by the field the column shows:
+    VAL_ACC by val_accuracy, LR by train.learning_rate, DATE by the date shown."""
+    for alias, field in (("val_acc", "-val_accuracy"), ("VAL_ACC", "-val_accuracy"), ("lr", "train.learning_rate"),
+                         ("best_val_acc", "best_val_accuracy"), ("wall", "wall_seconds"), ("epochs", "epochs_done")):
+        sign = "-" if field.startswith("-") else ""
+        code, out, err = _cli(capsys, "runs", "--dir", base, "--sort", sign + alias)
+        code2, want, _ = _cli(capsys, "runs", "--dir", base, "--sort", field)
+        assert code == code2 == 0 and list(_rows(out)) == list(_rows(want)), (alias, err)
+    import os
+    import shutil
+
+    copy = shutil.copytree(base, tmp_path / "runs")  # the dates are changed: not the shared runs'
+    for i, run in enumerate(("r1", "r3", "r2")):
+        os.utime(copy / run / "summary.json", (1_700_000_000 + i, 1_700_000_000 + i))
+    code, out, err = _cli(capsys, "runs", "--dir", copy, "--sort", "-date")
+    assert code == 0 and list(_rows(out)) == ["r2", "r3", "r1"], err
+    code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "LR=0.5")
+    assert code == 0 and set(_rows(out)) == {"r3"}
+
+
 @pytest.mark.parametrize("args,message", [
     (["--where", "train.learnig_rate=0.1"], "--where train.learnig_rate: no run has this field; "
                                             "did you mean 'train.learning_rate'?"),

@@ -147,16 +147,30 @@ def _data_label(flat: dict) -> str | None:
     return f"{source}:{str(path).rstrip('/').rsplit('/', 1)[-1]}" if path else str(source)
 
 
+# The table's column names, as keys of --where and --sort (any case): what each column shows.
+COLUMN_KEYS = {"lr": "train.learning_rate", "batch": "train.batch_size", "optimizer": "train.optimizer",
+               "epochs": "epochs_done", "val_acc": "val_accuracy", "best_val_acc": "best_val_accuracy",
+               "wall": "wall_seconds", "date": "mtime"}
+
+
+def _key(name: str) -> str:
+    """A --where or --sort key: a column's name of the table stands for the field it shows."""
+    return COLUMN_KEYS.get(name.lower(), name)
+
+
 def _lookup(row: dict, key: str):
     """A run's value for ``key``: a spec field (``train.learning_rate``), else a result
-    (``val_accuracy``, ``best_val_accuracy``, ``wall_seconds``, ``status``)."""
+    (``val_accuracy``, ``best_val_accuracy``, ``wall_seconds``, ``status``), else the row's own
+    (``mtime``: the date the table shows)."""
     if key in row["spec"]:
         return row["spec"][key]
-    return row["results"].get(key)
+    if key in row["results"]:
+        return row["results"][key]
+    return row.get(key) if key == "mtime" else None
 
 
 def _known(rows: list[dict]) -> list[str]:
-    return sorted({k for r in rows for k in (*r["spec"], *r["results"])})
+    return sorted({k for r in rows for k in (*r["spec"], *r["results"])} | set(COLUMN_KEYS))
 
 
 def _number(v):
@@ -220,13 +234,15 @@ def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
     from lr_core.errors import LrjobInputError, suggest
 
     for item in where:
-        key, eq, text = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
+        typed, eq, text = item.partition("=")
+        typed = typed.strip()
+        if not eq or not typed:
             raise LrjobInputError(f"--where {item!r}: expected FIELD=VALUE, e.g. --where train.learning_rate=0.1")
-        if rows and all(key not in r["spec"] and key not in r["results"] for r in rows):
-            raise LrjobInputError(f"--where {key}: no run has this field{suggest(key, _known(rows))}")
-        rows = [r for r in rows if (key in r["spec"] or key in r["results"]) and _same(_lookup(r, key), text.strip())]
+        key = _key(typed)
+        if rows and all(_lookup(r, key) is None and key not in r["spec"] and key not in r["results"] for r in rows):
+            raise LrjobInputError(f"--where {typed}: no run has this field{suggest(typed, _known(rows))}")
+        rows = [r for r in rows if (key in r["spec"] or key in r["results"] or _lookup(r, key) is not None)
+                and _same(_lookup(r, key), text.strip())]
     return rows
 
 
@@ -236,9 +252,10 @@ def sort_runs(rows: list[dict], key: str) -> list[dict]:
     from lr_core.errors import LrjobInputError, suggest
 
     descending = key.startswith("-")
-    name = key.lstrip("-+").strip()
+    typed = key.lstrip("-+").strip()
+    name = _key(typed)
     if rows and all(_missing(_lookup(r, name)) for r in rows):
-        raise LrjobInputError(f"--sort {key}: no run has {name!r}{suggest(name, _known(rows))}")
+        raise LrjobInputError(f"--sort {key}: no run has {typed!r}{suggest(typed, _known(rows))}")
     # numbers first (ints against floats exactly), then texts (bools among them), then no value
     numbers = [r for r in rows if _number(_lookup(r, name)) is not None]
     texts = [r for r in rows if _number(_lookup(r, name)) is None and not _missing(_lookup(r, name))]

@@ -630,6 +630,10 @@ def cmd_predict(args) -> int:
             raise LrjobInputError(f"--output {out}: exists and is not a regular file (a symbolic link, FIFO or "
                                   f"device); remove it or choose another path")
     model = _model(args.run)
+    taken = ["prediction", *(f"prob_{label}" for label in model.labels)]
+    if args.id_column in taken:  # the output's header would name two columns alike
+        raise LrjobInputError(f"--id-column {args.id_column}: the output has a column of that name "
+                              f"({', '.join(taken)}); rename the id column in the input file")
     count, largest = 0, 0.0
     # every row is checked, and the ids counted, before anything is written
     for x, _ in _input_blocks(args.input, model.meta, require_labels=False, id_column=args.id_column):

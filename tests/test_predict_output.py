@@ -185,6 +185,18 @@ def test_an_unusable_id_column_is_one_line_and_writes_nothing(runs, tmp_path, ca
     assert str(path) in errors[0] and out == "" and not out_file.exists()
 
 
+@pytest.mark.parametrize("name", ["prediction", "prob_yes"])
+def test_an_id_column_named_like_an_output_column_is_refused(runs, tmp_path, capsys, name):
+    path = tmp_path / "new.csv"
+    path.write_text(f"{name},age,income\nN-1,41,72000\n")
+    out_file = tmp_path / "preds.csv"
+    code, out, err = cli(capsys, "predict", runs["buyers"].path, "--input", path, "--id-column", name,
+                         "--output", out_file)
+    assert code == 2 and out == "" and not out_file.exists(), err
+    assert err.splitlines() == [f"lrjob: error: --id-column {name}: the output has a column of that name "
+                                f"(prediction, prob_no, prob_yes); rename the id column in the input file"], err
+
+
 def test_unused_columns_are_noted_once_and_never_beside_an_error(runs, tmp_path, capsys):
     """predict reads its input twice (check, then write): the note on columns the model does not
     use comes once, after every row and id passed; an error (a misspelt id column, a bad cell)

@@ -289,7 +289,7 @@ def apply_label_map(y: np.ndarray, label_map: Mapping[Any, Any] | None, where: s
         key = _label_key(v)
         if key not in lookup:
             raise DataError(f"{where}: row {offset + i + 1}: label {shown(v)} is not in data.label_map "
-                            f"{shown(dict(label_map))}; add it to the map")
+                            f"{shown(dict(label_map))}; fix the row, or add the label to the map (before training)")
         out[i] = lookup[key]
     return out
 

@@ -380,7 +380,7 @@ def test_idx_label_errors_name_the_source_and_its_folder(monkeypatch, tmp_path, 
         load_dataset("fashion-mnist", kind="binary", num_classes=2, seed=0, path=str(d) if given else None,
                      label_map={0: 0})
     assert str(e.value) == (f"fashion-mnist ({d}): row {r + 1}: label {y[r]} is not in data.label_map {{0: 0}}; "
-                            f"add it to the map")
+                            f"fix the row, or add the label to the map (before training)")
 
 
 def test_a_test_label_the_map_lacks_is_named_by_its_row_in_the_test_set(tmp_path):
@@ -391,7 +391,7 @@ def test_a_test_label_the_map_lacks_is_named_by_its_row_in_the_test_set(tmp_path
     with pytest.raises(DataError) as e:
         load_dataset("fashion-mnist", kind="binary", num_classes=2, seed=0, path=str(d), label_map=label_map)
     assert str(e.value) == (f"fashion-mnist ({d}): row 2: label 9 is not in data.label_map {label_map}; "
-                            f"add it to the map")
+                            f"fix the row, or add the label to the map (before training)")
 
 
 def test_a_missing_idx_folder_is_named_with_its_source(tmp_path):
@@ -550,7 +550,7 @@ def test_a_label_map_keys_labels_by_value_whatever_their_type():
     assert apply_label_map(np.array(["cat", 1.0], dtype=object), m, "w").tolist() == [1.0, 0.0]
     with pytest.raises(DataError) as e:
         apply_label_map(np.array([1, 1.5], dtype=object), m, "w")
-    assert str(e.value) == "w: row 2: label 1.5 is not in data.label_map {1: 0, 2: 1, 'cat': 1}; add it to the map"
+    assert str(e.value) == "w: row 2: label 1.5 is not in data.label_map {1: 0, 2: 1, 'cat': 1}; fix the row, or add the label to the map (before training)"
 
 
 def test_a_csv_with_text_labels_loads_through_a_label_map(tmp_path):
@@ -591,7 +591,7 @@ def test_a_hold_out_fraction_of_0_holds_out_nothing():
 def test_digits_errors_name_digits():
     with pytest.raises(DataError) as e:
         load_dataset("digits", kind="binary", num_classes=2, seed=0, label_map={0: 0, 1: 1})
-    assert str(e.value) == "digits: row 3: label 2 is not in data.label_map {0: 0, 1: 1}; add it to the map"
+    assert str(e.value) == "digits: row 3: label 2 is not in data.label_map {0: 0, 1: 1}; fix the row, or add the label to the map (before training)"
     with pytest.raises(DataError) as e:
         load_dataset("digits", kind="softmax", num_classes=10, seed=0, val_fraction=0.9999)
     assert str(e.value) == ("digits: 1797 rows leave nothing to train on after data.val_fraction=0.9999; lower "
@@ -604,7 +604,7 @@ def test_synthetic_label_errors_name_the_source():
     with pytest.raises(DataError) as e:
         load_dataset("synthetic-binary", kind="binary", num_classes=2, seed=0, label_map={0: 1})
     assert str(e.value) == (f"data.source synthetic-binary: row {r + 1}: label 1 is not in data.label_map "
-                            f"{{0: 1}}; add it to the map")
+                            f"{{0: 1}}; fix the row, or add the label to the map (before training)")
 
 
 def test_a_synthetic_row_exactly_on_the_boundary_is_labelled_0():

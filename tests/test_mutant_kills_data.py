@@ -169,7 +169,7 @@ def test_a_bad_label_of_a_block_is_named_by_its_row_in_the_file():
     request = make_request("csv", kind="binary", num_classes=2, seed=0, path="d.csv", label_map={"a": 0, "b": 1})
     with pytest.raises(DataError) as e:
         finish_labels(request, "d.csv", np.array(["a", "c", "b"]), offset=10)
-    assert str(e.value) == "d.csv: row 12: label 'c' is not in data.label_map {'a': 0, 'b': 1}; add it to the map"
+    assert str(e.value) == "d.csv: row 12: label 'c' is not in data.label_map {'a': 0, 'b': 1}; fix the row, or add the label to the map (before training)"
     request = make_request("csv", kind="binary", num_classes=2, seed=0, path="d.csv")
     with pytest.raises(DataError) as e:
         finish_labels(request, "d.csv", np.array([0, 1, 7]), offset=10)

@@ -333,8 +333,7 @@ def cmd_parity(args) -> int:
         # reference run, not after it (GPUs first, as check_resources does once Ray is up)
         check_embedded_gpus(workers, spec.resources.gpus_per_worker)
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
-    if args.keep:
-        _keep_folder(Path(args.keep), workers)
+    made = _keep_folder(Path(args.keep), workers) if args.keep else False
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     # the reference run is in-process, on the CPU, whatever the distributed run's devices
     ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])
@@ -352,25 +351,35 @@ def cmd_parity(args) -> int:
             import shutil
 
             shutil.rmtree(base, ignore_errors=True)
-        elif base.is_dir():
+        elif base.is_dir() and any(base.iterdir()):
             print(f"runs kept in {base}", file=sys.stderr)
+        elif made:  # nothing was written in the folder this check made: it goes too
+            base.rmdir()
     return 0 if report.ok else 1
 
 
-def _keep_folder(keep: Path, workers: int) -> None:
-    """``parity --keep``: a folder made now, or one that holds neither run yet. Runs kept by an
-    earlier check would be found finished and compared again, training nothing: a stale verdict."""
+def _keep_folder(keep: Path, workers: int) -> bool:
+    """``parity --keep``: a folder made now (returns True), or one without a finished run of either
+    side. A finished run kept by an earlier check would be found complete and compared again,
+    training nothing: a stale verdict. An unfinished one (the check was stopped) is continued, as
+    the same ``lrjob run`` would continue it."""
+    from .rundir import RunDir
+
     if (keep.exists() or keep.is_symlink()) and not keep.is_dir():
         raise LrjobInputError(f"--keep {keep}: exists and is not a folder; give a folder to keep both runs in")
-    held = [name for name in ("workers-0", f"workers-{workers}") if os.path.lexists(keep / name)]
+    held = [name for name in ("workers-0", f"workers-{workers}")
+            if (keep / name / "summary.json").is_file() and (RunDir(keep / name).summary() or {}).get("status")
+            == "completed"]
     if held:
-        raise LrjobInputError(f"--keep {keep}: already holds {' and '.join(held)} of an earlier check, which "
-                              f"would be read again rather than trained; give a new folder, or remove them")
+        raise LrjobInputError(f"--keep {keep}: already holds the finished {' and '.join(held)} of an earlier check, "
+                              f"which would be read again rather than trained; give a new folder, or remove them")
+    made = not keep.exists()
     try:
         keep.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise LrjobInputError(f"--keep {keep}: cannot make the folder ({e.strerror or e}); give a folder you "
                               f"can write") from None
+    return made
 
 
 def cmd_validate(args) -> int:

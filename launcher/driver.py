@@ -582,7 +582,7 @@ class Driver:
             if workers != self.world:
                 cause = f"rank {error.rank} failed" if error.rank is not None else "a worker group failed"
                 why = (f"{cause}; the Ray cluster can place {fit} of the {self.spec.workers} workers"
-                       if workers < self.world else f"the Ray cluster can place {workers} workers again")
+                       if workers < self.world else f"the Ray cluster can place {workers} worker{'s' * (workers != 1)} again")
                 self._resized(Resize(epoch, self.world, workers, why))
             self.history[:] = list(last["history"]) if last else []
             self._step = int(last.get("step", 0)) if last else 0
@@ -724,13 +724,16 @@ class Driver:
             if self.remote is None:
                 self.reporter.summary(full, self.path, self.history)
         self.tracker.finish(full, self.path)  # after the plots: they are logged too
-        if self.remote is not None:
-            self._finish_upload()  # last: the plots, report and mlflow.json go too
-            if self.status.get("status") == "completed":  # a run is shown completed once it is uploaded
-                self.reporter.summary(full, self.location, self.history)
-        if self.status.get("status") != "completed" and self.reporter.mode == "json":
-            # for scripts, every run's stream holds its summary.json: status interrupted or failed too
-            self.reporter.summary(full, self.location, self.history)
+        try:
+            if self.remote is not None:
+                self._finish_upload()  # last: the plots, report and mlflow.json go too
+                if self.status.get("status") == "completed":  # a run is shown completed once it is uploaded
+                    self.reporter.summary(full, self.location, self.history)
+        finally:
+            if self.status.get("status") != "completed" and self.reporter.mode == "json":
+                # for scripts, every run's stream holds its summary.json: status interrupted or failed
+                # too (a failed final upload rewrote it)
+                self.reporter.summary(self.run_dir.summary() or full, self.location, self.history)
 
     def _finish_upload(self) -> None:
         """The last sync: everything, the model and the report included. When it fails, a completed

@@ -623,7 +623,7 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
             if need > cpus:
                 from .backends.cluster import ResourceError
 
-                raise ResourceError(f"resources.workers: a trial of {widest.workers} workers x "
+                raise ResourceError(f"resources.workers: a trial of {widest.workers} worker{'s' * (widest.workers != 1)} x "
                                     f"{widest.resources.cpus_per_worker:g} CPU needs {need:g} CPUs, the Ray "
                                     f"cluster has {cpus:g}; lower --workers or join a larger cluster")
             if not resume:

@@ -287,7 +287,9 @@ def _near_id(column: str, names: list[str]) -> str:
     """"; did you mean 'customer_id'?" for a near column name (case aside), else ""."""
     import difflib
 
-    lower = {n.lower(): n for n in names}
+    lower: dict[str, str] = {}
+    for n in names:  # ID and id: the first in the file's order
+        lower.setdefault(n.lower(), n)
     near = difflib.get_close_matches(column.lower(), list(lower), n=1, cutoff=0.6)
     return f"; did you mean {lower[near[0]]!r}?" if near else ""
 

@@ -280,12 +280,22 @@ def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_
                          tmp_path / "afile" / "sub")
     assert code == 2 and stderr.startswith(f"lrjob: error: --keep {tmp_path / 'afile' / 'sub'}: cannot make the "
                                            f"folder ("), stderr
-    # the runs of an earlier check are not read again as if trained now (a stale verdict)
-    (tmp_path / "kept" / "workers-0").mkdir(parents=True)
-    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep", tmp_path / "kept")
-    assert code == 2 and stderr.splitlines() == [
-        f"lrjob: error: --keep {tmp_path / 'kept'}: already holds workers-0 of an earlier check, which would be read "
-        f"again rather than trained; give a new folder, or remove them"], stderr
+    # a check that fails before writing anything leaves no folder of its own, and says nothing was kept
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--set", "data.source=csv",
+                         "--set", "data.options={}",
+                         "--set", f"data.path={tmp_path / 'missing.csv'}", "--keep", tmp_path / "new")
+    assert code == 2 and "missing.csv" in stderr and "runs kept" not in stderr, stderr
+    assert not (tmp_path / "new").exists()
+    # the finished runs of an earlier check are not read again as if trained now (a stale verdict)
+    for names in (["workers-1"], ["workers-0", "workers-1"]):
+        for name in names:
+            (tmp_path / "kept" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "kept" / name / "summary.json").write_text('{"status": "completed"}')
+        code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep",
+                             tmp_path / "kept")
+        assert code == 2 and stderr.splitlines() == [
+            f"lrjob: error: --keep {tmp_path / 'kept'}: already holds the finished {' and '.join(names)} of an "
+            f"earlier check, which would be read again rather than trained; give a new folder, or remove them"], stderr
 
 
 def test_a_missing_job_names_an_example_of_its_own_command(capsys):

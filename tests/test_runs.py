@@ -105,7 +105,8 @@ def test_the_tables_column_names_are_keys_too(base, capsys, tmp_path):
     """What the table heads its columns (any case) sorts and filters by the field the column shows:
     VAL_ACC by val_accuracy, LR by train.learning_rate, DATE by the date shown."""
     for alias, field in (("val_acc", "-val_accuracy"), ("VAL_ACC", "-val_accuracy"), ("lr", "train.learning_rate"),
-                         ("best_val_acc", "best_val_accuracy"), ("wall", "wall_seconds"), ("epochs", "epochs_done")):
+                         ("best_val_acc", "best_val_accuracy"), ("wall", "wall_seconds"),
+                         ("OPTIMIZER", "train.optimizer"), ("STATUS", "status")):
         sign = "-" if field.startswith("-") else ""
         code, out, err = _cli(capsys, "runs", "--dir", base, "--sort", sign + alias)
         code2, want, _ = _cli(capsys, "runs", "--dir", base, "--sort", field)
@@ -120,6 +121,22 @@ def test_the_tables_column_names_are_keys_too(base, capsys, tmp_path):
     assert code == 0 and list(_rows(out)) == ["r2", "r3", "r1"], err
     code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "LR=0.5")
     assert code == 0 and set(_rows(out)) == {"r3"}
+    for where, want in (("BATCH=8", {"r1", "r2", "r3"}), ("optimizer=adam", {"r2"}), ("WORKERS=0", {"r1", "r2", "r3"}),
+                        ("RUN=r2", {"r2"}), ("DATA=csv:south.csv", {"r2"}), ("epochs=2", {"r1", "r2", "r3"})):
+        code, out, err = _cli(capsys, "runs", "--dir", base, "--where", where)
+        assert code == 0 and set(_rows(out)) == want, (where, out, err)
+    day = _rows(_cli(capsys, "runs", "--dir", copy)[1])["r2"]["DATE"][:10]
+    code, out, err = _cli(capsys, "runs", "--dir", copy, "--where", f"date={day}")
+    assert code == 0 and set(_rows(out)) == {"r1", "r2", "r3"}, err  # a day: its start matches the dates shown
+    code, out, err = _cli(capsys, "runs", "--dir", copy, "--where", "date=1999")
+    assert code == 0 and out.strip() == "no run matches date=1999", out
+    # an older summary without best_val_accuracy: BEST_VAL_ACC shows the final accuracy, and sorts by it
+    summary = json.loads((copy / "r1" / "summary.json").read_text())
+    summary.pop("best_val_accuracy")
+    summary["final"]["val_accuracy"] = 2.0  # above every other run's
+    (copy / "r1" / "summary.json").write_text(json.dumps(summary))
+    code, out, err = _cli(capsys, "runs", "--dir", copy, "--sort", "-BEST_VAL_ACC")
+    assert code == 0 and list(_rows(out))[0] == "r1" and _rows(out)["r1"]["BEST_VAL_ACC"] == "2.0000", out
 
 
 @pytest.mark.parametrize("args,message", [

@@ -563,3 +563,27 @@ def test_a_file_uri_runs_kept_staging_copy_is_resumed_there_and_uploaded(tmp_pat
     for name in ("epoch-0001", "epoch-0002"):
         assert (store / "checkpoints" / name / MANIFEST).is_file(), name
     assert not staging.exists(), "all of it is uploaded: the staging copy is gone"
+
+
+def test_a_json_stream_holds_the_failed_summary_when_the_final_upload_fails(tmp_path, monkeypatch):
+    """--json: a completed run whose last upload fails ends failed, and its stream still gives
+    that summary.json as a summary event (the staging copy's, which says why)."""
+    from launcher.driver import Driver
+
+    spec = _spec("train.epochs=1", "data.options.n_train=100")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    real = Driver._sync
+
+    def failing(self, final=False):
+        if final:
+            raise StorageError("the store went away")
+        return real(self, final)
+
+    monkeypatch.setattr(Driver, "_sync", failing)
+    out = io.StringIO()
+    with pytest.raises(StorageError):
+        run_job(spec, uri, reporter=Reporter("json", stream=out, err=io.StringIO()),
+                options=DriverOptions(runs_dir=tmp_path / "runs"))
+    events = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [e["event"] for e in events] == ["start", "epoch", "summary"]
+    assert events[-1]["status"] == "failed" and events[-1]["error"] == "the store went away"

@@ -101,7 +101,7 @@ class RayHorovodBackend:
             # horovod.ray's placement group did not come up: the resources were counted, yet they
             # are not free (another job holds them, or a lost node is not yet known to be lost).
             self.shutdown()
-            raise WorkerFailure(f"the Ray cluster could not place {workers} workers of {cpus_per_worker:g} CPU"
+            raise WorkerFailure(f"the Ray cluster could not place {workers} worker{'s' * (workers != 1)} of {cpus_per_worker:g} CPU"
                                 f"{f' and {gpus_per_worker:g} GPU' if gpus_per_worker else ''} within "
                                 f"{start_timeout_s} s (it has {self.resources['CPU']:g} CPUs on "
                                 f"{self.resources['nodes']} node(s), some of them in use)") from None

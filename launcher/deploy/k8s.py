@@ -837,7 +837,7 @@ _TITLES = {"rayjob": "a KubeRay RayJob", "raycluster": "a KubeRay RayCluster", "
 
 
 def _header(p: _Plan) -> str:
-    what = (f"lrjob job {p.spec.name!r} as {_TITLES[p.kind]}: {p.workers} workers x {p.cpu} CPU{p.gpu_note}; "
+    what = (f"lrjob job {p.spec.name!r} as {_TITLES[p.kind]}: {p.workers} worker{'s' * (p.workers != 1)} x {p.cpu} CPU{p.gpu_note}; "
             f"image {p.image}.")
     if p.kind == "rayjob":
         steps = (f"Needs the KubeRay operator v{KUBERAY_VERSION} or newer (ray.io/v1 with authOptions) and the "

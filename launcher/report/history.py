@@ -148,9 +148,13 @@ def _data_label(flat: dict) -> str | None:
 
 
 # The table's column names, as keys of --where and --sort (any case): what each column shows.
-COLUMN_KEYS = {"lr": "train.learning_rate", "batch": "train.batch_size", "optimizer": "train.optimizer",
-               "epochs": "epochs_done", "val_acc": "val_accuracy", "best_val_acc": "best_val_accuracy",
-               "wall": "wall_seconds", "date": "mtime"}
+# The table's column names, as keys of --where and --sort (any case): the field each column shows.
+# (EPOCHS shows done/planned: `epochs` stays the summary's planned count, `epochs_done` the other.)
+COLUMN_KEYS = {"run": "run", "data": "data", "lr": "train.learning_rate", "batch": "train.batch_size",
+               "optimizer": "train.optimizer", "workers": "workers", "val_acc": "val_accuracy",
+               "best_val_acc": "best_val_accuracy", "wall": "wall_seconds", "status": "status", "date": "mtime"}
+# what the table shows from the row itself, not from job.yaml or summary.json
+_ROW_KEYS = ("run", "data", "best_val_accuracy", "mtime")
 
 
 def _key(name: str) -> str:
@@ -160,17 +164,19 @@ def _key(name: str) -> str:
 
 def _lookup(row: dict, key: str):
     """A run's value for ``key``: a spec field (``train.learning_rate``), else a result
-    (``val_accuracy``, ``best_val_accuracy``, ``wall_seconds``, ``status``), else the row's own
-    (``mtime``: the date the table shows)."""
+    (``val_accuracy``, ``wall_seconds``, ``status``), else what the table shows of the row (its
+    name, data, best validation accuracy, and ``mtime``: the date)."""
     if key in row["spec"]:
         return row["spec"][key]
     if key in row["results"]:
         return row["results"][key]
-    return row.get(key) if key == "mtime" else None
+    return row.get(key) if key in _ROW_KEYS else None
 
 
 def _known(rows: list[dict]) -> list[str]:
-    return sorted({k for r in rows for k in (*r["spec"], *r["results"])} | set(COLUMN_KEYS))
+    """The keys some run has: its fields and results, and the column names whose field it has."""
+    fields = {k for r in rows for k in (*r["spec"], *r["results"])}
+    return sorted(fields | {c for c, k in COLUMN_KEYS.items() if any(_lookup(r, k) is not None for r in rows)})
 
 
 def _number(v):
@@ -241,6 +247,12 @@ def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
         key = _key(typed)
         if rows and all(_lookup(r, key) is None and key not in r["spec"] and key not in r["results"] for r in rows):
             raise LrjobInputError(f"--where {typed}: no run has this field{suggest(typed, _known(rows))}")
+        if key == "mtime":  # the date as the table shows it, or its start: 2026-11-27, 2026-11-27 09
+            import time
+
+            rows = [r for r in rows if time.strftime("%Y-%m-%d %H:%M", time.localtime(r["mtime"]))
+                    .startswith(text.strip())]
+            continue
         rows = [r for r in rows if (key in r["spec"] or key in r["results"] or _lookup(r, key) is not None)
                 and _same(_lookup(r, key), text.strip())]
     return rows

@@ -48,6 +48,8 @@ def test_a_csv_without_the_column_or_a_header_is_one_line_naming_the_file(tmp_pa
     for typed in ("customerid", "Customer_ID", "custmer_id"):
         assert _message(p, typed) == (f"{p}: no column {typed!r} for the id (columns: customer_id, a, label); "
                                       f"did you mean 'customer_id'?")
+    p.write_text("ID,a,id,label\nc1,1,d1,0\n")  # names alike but for case: the first in the file
+    assert _message(p, "Id") == f"{p}: no column 'Id' for the id (columns: ID, a, id, label); did you mean 'ID'?"
     p.write_text("id,label\n1,0\n" + "x" * 200_000 + ",1\n")  # a cell past the csv module's field limit
     assert _message(p, "id") == f"{p}: malformed CSV (field larger than field limit (131072))"
 

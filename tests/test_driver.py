@@ -328,6 +328,20 @@ def test_an_interrupted_run_names_its_resume_command_once_a_checkpoint_exists(tm
     assert summary.get("resume") == (f"lrjob run --resume {tmp_path / 'run'}" if resumable else None)
 
 
+def test_json_messages_carry_no_column_padding(tmp_path):
+    """The human header aligns its words in columns ("  resume   from"); a message event does not."""
+    import io
+
+    from launcher.report.progress import Reporter
+
+    spec = _binary_spec("train.epochs=1")
+    run_job(spec, tmp_path / "run")
+    out = io.StringIO()
+    run_job(spec, tmp_path / "run", reporter=Reporter("json", stream=out, err=io.StringIO()))
+    said = [json.loads(line)["text"] for line in out.getvalue().splitlines() if '"message"' in line]
+    assert said == ["resume from epoch-0001: its 1 epoch is trained already; nothing to train"], said
+
+
 def test_a_json_stream_of_an_interrupted_run_holds_its_summary(tmp_path):
     """--json: a run that does not complete still gives its summary.json as a summary event
     (status interrupted, the resume command), as a completed one does."""

@@ -209,3 +209,24 @@ def test_compare_shows_units_yaml_values_and_whole_field_names(tmp_path, capsys)
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:] if line.startswith("  ")}
     assert rows["wall_seconds"] == ["1.2", "s", "12.0", "s"] and rows["samples_per_s"] == ["93,416", "5"]
     assert rows["train.early_stopping.patience"] == ["null", "5"] and rows["data.standardize"] == ["true", "false"]
+
+
+def test_compare_marks_a_class_weighted_train_loss(tmp_path, capsys):
+    runs = []
+    for name, weighted in (("plain", False), ("weighted", True)):
+        d = tmp_path / name
+        d.mkdir()
+        summary = {"status": "completed", "final": {"train_loss": 0.25, "val_loss": 0.5}}
+        if weighted:
+            summary["train_loss_weighted"] = True
+        (d / "summary.json").write_text(json.dumps(summary))
+        (d / "job.yaml").write_text(f"name: {name}\n")
+        runs.append(d)
+    code, out, err = _cli(capsys, "compare", *runs)
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()]
+    assert ["train_loss", "*", "0.2500", "0.2500"] in rows
+    assert out.splitlines()[-1] == ("  * class-weighted in weighted: not comparable with an unweighted loss or with "
+                                    "val_loss")
+    code, out, _ = _cli(capsys, "compare", runs[0], runs[0])
+    assert "class-weighted" not in out and ["train_loss", "0.2500", "0.2500"] in [x.split() for x in out.splitlines()]

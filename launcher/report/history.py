@@ -315,11 +315,16 @@ def render_compare(a: str | Path, b: str | Path) -> str:
     for k, unit in (("wall_seconds", "{:.1f} s"), ("samples_per_s", "{:,.0f}")):
         va, vb = (unit.format(v) if isinstance(v, (int, float)) else _fmt(v) for v in (sa.get(k), sb.get(k)))
         lines.append(f"  {k:<{kw}}{va:>{w}}  {vb:>{w}}")
+    weighted = [r.name for r, s in ((ra, sa), (rb, sb)) if s.get("train_loss_weighted")]
     for k in fin:
         va, vb = (sa.get("final") or {}).get(k), (sb.get("final") or {}).get(k)
         if va is None and vb is None:
             continue
-        lines.append(f"  {k:<{kw}}{_fmt(va):>{w}}  {_fmt(vb):>{w}}")
+        name = f"{k} *" if k == "train_loss" and weighted else k
+        lines.append(f"  {name:<{kw}}{_fmt(va):>{w}}  {_fmt(vb):>{w}}")
+    if weighted:  # docs/design.md#class-weights: every place that shows both losses says so
+        lines.append(f"  * class-weighted in {' and '.join(weighted)}: not comparable with an unweighted loss "
+                     f"or with val_loss")
     return "\n".join(lines)
 
 

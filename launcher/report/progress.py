@@ -135,9 +135,10 @@ class Reporter:
         return _Bar(bar, rows)
 
     def message(self, text: str) -> None:
-        """One line for people on stderr (``json``: a ``message`` event); nothing when quiet or silent."""
+        """One line for people on stderr (``json``: a ``message`` event, without the column padding
+        of the human header); nothing when quiet or silent."""
         if self.mode == "json":
-            self._json("message", text=text)
+            self._json("message", text=" ".join(text.split()))
         elif self.mode not in ("quiet", "silent"):
             self._emit(self.err, text + "\n")
 

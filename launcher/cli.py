@@ -23,7 +23,7 @@ import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from lr_core.errors import LrjobError, LrjobInputError, SpecError  # noqa: E402
+from lr_core.errors import LrjobError, LrjobInputError, SpecError, clip  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -267,7 +267,27 @@ def _load(args):
 
     run_file = bool(getattr(args, "resume", None)) and (Path(args.job) == RunDir(args.resume).spec_file
                                                         or args.job == getattr(args, "remote_spec", None))
-    return load_spec(args.job, overrides, run_file=run_file)
+    try:
+        return load_spec(args.job, overrides, run_file=run_file)
+    except SpecError as e:
+        raise SpecError(f"{e}{_given_by(str(e), args)}") from None
+
+
+def _given_by(message: str, args) -> str:
+    """" (from --set train.epochs=x)" when ``message`` is about a field the command line set, so
+    the user looks at the command, not at the spec file; "" otherwise (and when it says so already)."""
+    if message.startswith("--set "):
+        return ""
+    flags = {"resources.workers": ("--workers", getattr(args, "workers", None)),
+             "resources.gpus_per_worker": ("--gpus-per-worker", getattr(args, "gpus_per_worker", None))}
+    for field, (flag, value) in flags.items():
+        if value is not None and message.startswith(field):
+            return f" (from {flag} {value})"
+    for item in reversed(list(args.overrides)):  # the last --set of a field is the one applied
+        field = item.partition("=")[0].strip()
+        if field and (message.startswith(f"{field} ") or message.startswith(f"{field}:")):
+            return f" (from --set {clip(item, 60)})"
+    return ""
 
 
 def _spec_file_of(run: str) -> Path:

@@ -89,6 +89,21 @@ def test_json_ends_a_failed_run_with_an_error_event(tmp_path, capsys, monkeypatc
     monkeypatch.undo()
 
 
+@pytest.mark.parametrize("args,suffix", [
+    (["--set", "train.epochs=x"], " (from --set train.epochs=x)"),
+    (["--set", "train.epochs=3", "--set", "train.epochs=x"], " (from --set train.epochs=x)"),  # the one applied
+    (["--workers", "-1"], " (from --workers -1)"),
+    (["--set", "model.kind=foo"], " (from --set model.kind=foo)"),
+    (["--set", "train.lr=1"], ""),  # says --set already
+])
+def test_a_bad_value_given_on_the_command_line_names_where(capsys, monkeypatch, args, suffix):
+    """The user looks at the command, not at the spec file, when the command line gave the value."""
+    monkeypatch.chdir(ROOT)
+    code, stderr = _main(capsys, "validate", "jobs/binary_synthetic.yaml", *args)
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert stderr.rstrip("\n").endswith(suffix) and stderr.count("(from ") == (1 if suffix else 0), stderr
+
+
 def test_json_ends_an_interrupted_or_crashed_run_with_its_event(tmp_path, capsys, monkeypatch):
     import launcher.driver
     from launcher import cli

@@ -899,7 +899,12 @@ def main(argv: list[str] | None = None) -> int:
     from .quiet import silence_known_noise
 
     silence_known_noise()
-    args = build_parser().parse_args(_sort_value_attached(sys.argv[1:] if argv is None else argv))
+    parser = build_parser()
+    args, extra = parser.parse_known_args(_sort_value_attached(sys.argv[1:] if argv is None else argv))
+    if extra:  # the command's own usage, not the top level's: the option is wrong for this command
+        sub = next((a.choices.get(args.command) for a in parser._actions
+                    if isinstance(a, argparse._SubParsersAction)), None)
+        (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command in RANK_COMMANDS:
             from .backends.cluster import gloo_loop_nice

@@ -89,6 +89,13 @@ def test_json_ends_a_failed_run_with_an_error_event(tmp_path, capsys, monkeypatc
     monkeypatch.undo()
 
 
+def test_an_option_of_another_command_shows_this_commands_usage():
+    """`lrjob evaluate RUN --id-column x` (predict's option): evaluate's usage, not the top level's."""
+    r = lrjob("evaluate", "runs/any", "--id-column", "x")
+    assert r.returncode == 2 and r.stderr.startswith("usage: lrjob evaluate "), r.stderr
+    assert r.stderr.rstrip().endswith("unrecognized arguments: --id-column x"), r.stderr
+
+
 @pytest.mark.parametrize("args,suffix", [
     (["--set", "train.epochs=x"], " (from --set train.epochs=x)"),
     (["--set", "train.epochs=3", "--set", "train.epochs=x"], " (from --set train.epochs=x)"),  # the one applied

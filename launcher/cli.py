@@ -278,14 +278,19 @@ def _given_by(message: str, args) -> str:
     the user looks at the command, not at the spec file; "" otherwise (and when it says so already)."""
     if message.startswith("--set "):
         return ""
-    flags = {"resources.workers": ("--workers", getattr(args, "workers", None)),
+
+    def about(field: str) -> bool:  # the message is about this field, or a field inside it
+        return any(message.startswith(field + end) for end in (" ", ":", "."))
+
+    flags = {"tracking.mlflow.uri": ("--track", getattr(args, "track", None)),  # applied after every --set
+             "resources.workers": ("--workers", getattr(args, "workers", None)),
              "resources.gpus_per_worker": ("--gpus-per-worker", getattr(args, "gpus_per_worker", None))}
     for field, (flag, value) in flags.items():
-        if value is not None and message.startswith(field):
-            return f" (from {flag} {value})"
+        if value is not None and about(field):
+            return f" (from {flag} {value:g})" if isinstance(value, float) else f" (from {flag} {clip(value, 60)})"
     for item in reversed(list(args.overrides)):  # the last --set of a field is the one applied
         field = item.partition("=")[0].strip()
-        if field and (message.startswith(f"{field} ") or message.startswith(f"{field}:")):
+        if field and about(field):
             return f" (from --set {clip(item, 60)})"
     return ""
 
@@ -901,9 +906,12 @@ def main(argv: list[str] | None = None) -> int:
     silence_known_noise()
     parser = build_parser()
     args, extra = parser.parse_known_args(_sort_value_attached(sys.argv[1:] if argv is None else argv))
-    if extra:  # the command's own usage, not the top level's: the option is wrong for this command
+    if extra:  # the command's own usage, not the top level's, for an option after the command
+        given = sys.argv[1:] if argv is None else list(argv)
+        after = args.command in given and given.index(args.command) < given.index(extra[0]) \
+            if extra[0] in given else True
         sub = next((a.choices.get(args.command) for a in parser._actions
-                    if isinstance(a, argparse._SubParsersAction)), None)
+                    if isinstance(a, argparse._SubParsersAction)), None) if after else None
         (sub or parser).error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command in RANK_COMMANDS:

@@ -94,6 +94,8 @@ def test_an_option_of_another_command_shows_this_commands_usage():
     r = lrjob("evaluate", "runs/any", "--id-column", "x")
     assert r.returncode == 2 and r.stderr.startswith("usage: lrjob evaluate "), r.stderr
     assert r.stderr.rstrip().endswith("unrecognized arguments: --id-column x"), r.stderr
+    r = lrjob("--bogus", "evaluate", "runs/any")  # before the command: the top level's
+    assert r.returncode == 2 and r.stderr.startswith("usage: lrjob [-h]"), r.stderr
 
 
 @pytest.mark.parametrize("args,suffix", [
@@ -102,6 +104,9 @@ def test_an_option_of_another_command_shows_this_commands_usage():
     (["--workers", "-1"], " (from --workers -1)"),
     (["--set", "model.kind=foo"], " (from --set model.kind=foo)"),
     (["--set", "train.lr=1"], ""),  # says --set already
+    (["--set", "data.options.n_train=x", "--set", "data.options={n_train: y}"],
+     " (from --set data.options={n_train: y})"),  # the mapping that replaced the field is the one applied
+    (["--gpus-per-worker", "-1"], " (from --gpus-per-worker -1)"),  # as typed, not -1.0
 ])
 def test_a_bad_value_given_on_the_command_line_names_where(capsys, monkeypatch, args, suffix):
     """The user looks at the command, not at the spec file, when the command line gave the value."""

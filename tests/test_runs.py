@@ -228,5 +228,10 @@ def test_compare_marks_a_class_weighted_train_loss(tmp_path, capsys):
     assert ["train_loss", "*", "0.2500", "0.2500"] in rows
     assert out.splitlines()[-1] == ("  * class-weighted in weighted: not comparable with an unweighted loss or with "
                                     "val_loss")
+    (runs[1] / "summary.json").write_text(json.dumps({"status": "failed", "train_loss_weighted": True}))
+    (runs[0] / "summary.json").write_text(json.dumps({"status": "failed"}))
+    code, out, _ = _cli(capsys, "compare", *runs)  # no train_loss row: no footnote for it
+    assert code == 0 and "class-weighted" not in out and "train_loss" not in out, out
+    (runs[0] / "summary.json").write_text(json.dumps({"status": "completed", "final": {"train_loss": 0.25}}))
     code, out, _ = _cli(capsys, "compare", runs[0], runs[0])
     assert "class-weighted" not in out and ["train_loss", "0.2500", "0.2500"] in [x.split() for x in out.splitlines()]

@@ -322,7 +322,8 @@ def render_compare(a: str | Path, b: str | Path) -> str:
             continue
         name = f"{k} *" if k == "train_loss" and weighted else k
         lines.append(f"  {name:<{kw}}{_fmt(va):>{w}}  {_fmt(vb):>{w}}")
-    if weighted:  # docs/design.md#class-weights: every place that shows both losses says so
+    if weighted and any(line.startswith("  train_loss *") for line in lines):
+        # docs/design.md#class-weights: every place that shows both losses says so
         lines.append(f"  * class-weighted in {' and '.join(weighted)}: not comparable with an unweighted loss "
                      f"or with val_loss")
     return "\n".join(lines)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 
 __all__ = ["Reporter", "silence_closed_pipe"]
@@ -138,7 +139,7 @@ class Reporter:
         """One line for people on stderr (``json``: a ``message`` event, without the column padding
         of the human header); nothing when quiet or silent."""
         if self.mode == "json":
-            self._json("message", text=" ".join(text.split()))
+            self._json("message", text=re.sub(r"^\s*(\S+)\s{2,}", r"\1 ", text))
         elif self.mode not in ("quiet", "silent"):
             self._emit(self.err, text + "\n")
 

@@ -210,8 +210,8 @@ def test_a_bad_value_on_the_command_line_is_one_line_and_exit_2(lrjob_bin):
     out = procs.run([lrjob_bin, "validate", "jobs/binary_2d.yaml", "--set", "train.early_stopping={patience: 0}"],
                     timeout=120)
     assert out.returncode == 2
-    assert out.stderr.strip().splitlines() == ["lrjob: error: train.early_stopping.patience must be >= 1, got 0"], \
-        out.stderr
+    assert out.stderr.strip().splitlines() == ["lrjob: error: train.early_stopping.patience must be >= 1, got 0 "
+                                               "(from --set train.early_stopping={patience: 0})"], out.stderr
 
 
 # --------------------------------------------------------------------------- every world size decides alike

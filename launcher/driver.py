@@ -914,9 +914,9 @@ def _package_version(mod: str) -> str | None:
 
 # How a run trains, not what it trains: a complete run asked for again with only these changed is
 # left as it is (Driver._finished_already).
-HOW_IT_RUNS = frozenset({"resources.workers", "resources.cpus_per_worker", "resources.gpus_per_worker",
-                         "checkpoint.every_epochs", "checkpoint.every_steps", "checkpoint.keep", "data.cache",
-                         "failure.max_failures", "failure.epoch_timeout_s", "failure.min_workers"})
+# They are the changes a resume allows, but for the run's length, name and tracking, which are
+# part of the record.
+HOW_IT_RUNS = frozenset(SAFE_RESUME_CHANGES - {"train.epochs", "name", "tracking", "tracking.mlflow"})
 
 
 def _all_epochs(n: int) -> str:

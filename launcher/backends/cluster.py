@@ -317,7 +317,10 @@ def embedded_gpus() -> float | None:
     """The GPUs an embedded local Ray will declare, counted as Ray counts them when it starts: the
     devices the NVIDIA driver reports, at most as many as ``CUDA_VISIBLE_DEVICES`` names when it is
     set. None when Ray cannot tell before it starts."""
-    devices = _gpu_devices()
+    return _declared(_gpu_devices())
+
+
+def _declared(devices: tuple[int, int | None] | None) -> float | None:
     if devices is None:
         return None
     found, visible = devices
@@ -328,10 +331,11 @@ def check_embedded_gpus(workers: int, gpus_per_worker: float) -> None:
     """A ``ResourceError`` (exit 2) when ``workers`` x ``gpus_per_worker`` is more than the GPUs a
     local Ray would find on this machine (``embedded_gpus``): said before Ray starts, with advice
     for a local run. Nothing when Ray cannot tell (the check after ``ray.init`` still holds)."""
-    gpus = embedded_gpus() if gpus_per_worker else None
+    devices = _gpu_devices() if gpus_per_worker else None
+    gpus = _declared(devices)
     if gpus is None or workers * gpus_per_worker <= gpus:
         return
-    found, visible = _gpu_devices()
+    found, visible = devices
     has = (f"{gpus:g}" if visible is None or visible >= found
            else f"{found}, {visible} of them visible through CUDA_VISIBLE_DEVICES")
     raise ResourceError(

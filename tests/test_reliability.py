@@ -202,8 +202,14 @@ def _run_tree(proc: subprocess.Popen) -> set[int]:
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig):
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, False), (signal.SIGTERM, False), (signal.SIGTERM, True)],
+                         ids=["ctrl-c", "sigterm", "sigterm-to-its-group"])
+def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig, to_group):
+    """The signal to the driver, or SIGTERM to its whole process group, as ``timeout`` and
+    ``kill -TERM -- -PGID`` send it: the run is interrupted with its checkpoint and resume command,
+    and its Ray stops. Before, a group's SIGTERM also killed the embedded Ray's GCS and raylet:
+    the driver's clean-up waited 60 s for the GCS, then Ray ended it with ``summary.json``
+    still "running" and no resume command."""
     out = tmp_path / "run"
     run = _Run("jobs/binary_synthetic.yaml", "--set", "train.batch_size=2", "--set", "train.epochs=50",
                "--workers", "2", "--output", str(out))
@@ -213,10 +219,14 @@ def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig):
     started = _run_tree(run.proc)  # this run's own Ray: gcs_server, raylet, workers
     names = {psutil.Process(p).name() for p in started if _alive(p)}
     assert pids <= started and any("raylet" in n for n in names), names
-    run.proc.send_signal(sig)
+    if to_group:
+        os.killpg(run.proc.pid, sig)  # the run leads its own group (_Run): only its own processes get it
+    else:
+        run.proc.send_signal(sig)
     assert run.finish(timeout=300) == 130, run.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "interrupted"
+    assert f"continue with: lrjob run --resume {out}" in run.stderr, run.stderr
     assert list_checkpoints(out), "the last checkpoint is kept"
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline and any(_alive(p) for p in started):

@@ -2,11 +2,13 @@
 ``RAY_ADDRESS``), with a bounded wait and resource checks before anything starts."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import re
 import socket
+import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -14,7 +16,7 @@ from lr_core.errors import ClusterError, LrjobInputError
 
 __all__ = ["RaySession", "cluster_address", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
            "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus",
-           "embedded_gpus", "check_embedded_gpus"]
+           "embedded_gpus", "check_embedded_gpus", "daemons_in_groups_of_their_own"]
 
 SETUP_HOOK = "launcher.quiet.silence_known_noise"
 
@@ -405,6 +407,39 @@ def _stop_started(before: set[int]) -> None:
         pass
 
 
+@contextlib.contextmanager
+def daemons_in_groups_of_their_own():
+    """While an embedded Ray starts, each process it starts (the GCS, the raylet, Ray's Python
+    daemons) leads a process group of its own, in this process's session (docs/design.md#flow).
+
+    Ray starts them in the driver's process group. A signal sent to that group, as ``timeout``
+    sends its SIGTERM, or ``kill -TERM -- -PGID``, then reached them as well as the driver: they
+    died while the driver stopped the run, its clean-up waited 60 s for a GCS that was gone, and
+    Ray ended the process with ``summary.json`` still "running" and no resume command. Out of the
+    group, only the driver gets the signal, and it stops the run as it does on SIGTERM. Ray blocks
+    SIGINT in them already, for a Ctrl-C at a terminal. They still die with the driver: this is
+    done only where Ray's kernel fate-sharing (Linux's parent-death signal) kills them when it
+    exits; without it, Ray's reaper ends them by the group, which must then stay shared."""
+    import ray._private.services as services
+    import ray._private.utils as utils
+
+    base = getattr(services, "ConsolePopen", None)
+    if base is None or not sys.platform.startswith("linux") or not utils.detect_fate_sharing_support():
+        yield
+        return
+
+    class _OwnGroupPopen(base):
+        def __init__(self, *args, **kwargs):
+            kwargs.setdefault("process_group", 0)
+            super().__init__(*args, **kwargs)
+
+    services.ConsolePopen = _OwnGroupPopen
+    try:
+        yield
+    finally:
+        services.ConsolePopen = base
+
+
 class RaySession:
     """Context manager: joins the running Ray, a named cluster, or starts a local one.
 
@@ -441,7 +476,8 @@ class RaySession:
                 num_cpus = embedded_cpus(self.workers, self.cpus_per_worker, self.oversubscribe)
                 # address="local": a new Ray of its own even when this machine runs another one
                 # (`ray start --head`), which a bare ray.init() would join (docs/design.md#flow)
-                ray.init(**embedded_init_kwargs(num_cpus))
+                with daemons_in_groups_of_their_own():
+                    ray.init(**embedded_init_kwargs(num_cpus))
                 self.kind = f"local Ray ({num_cpus} CPUs)"
         except BaseException as e:
             if not self.address:

@@ -275,6 +275,16 @@ class Driver:
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
         self._step = int(self.checkpoint.get("step", 0)) if self.checkpoint else 0
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
+        # A run continued from its checkpoint is one run: its wall time counts on from the earlier
+        # commands', and a change of worker count is one of its resizes (docs/design.md#run-directory).
+        self._wall0, self._parts = 0.0, []
+        if self.checkpoint:
+            self._wall0 = _earlier_wall(self._earlier, self.history)
+            self._parts = _earlier_parts(self.path)
+            before = self._earlier.get("workers")
+            if isinstance(before, int) and not isinstance(before, bool) and before != spec.workers:
+                self.resizes.append(Resize(len(self.history) + 1, before, spec.workers,
+                                           f"continued with {_workers_phrase(spec.workers)}"))
         self.backend: Backend | None = None
         self._backend_down = False
         self.status: dict = {"status": "starting"}
@@ -450,7 +460,7 @@ class Driver:
                 self._restart(e)
                 continue
             m = dict(per_rank[0])
-            m["wall_seconds"] = time.time() - self._t_start
+            m["wall_seconds"] = self._wall()
             self.history.append(m)
             run.append_metrics(m)
             if state is not None:
@@ -756,7 +766,7 @@ class Driver:
         backend = self.backend
         summary = {
             "name": self.spec.name, **self.status, "epochs_done": len(history), "epochs": self.spec.train.epochs,
-            "workers": self.spec.workers, "wall_seconds": time.time() - self._t_start,
+            "workers": self.spec.workers, "wall_seconds": self._wall(),
             "samples_per_s": (float(np.median([h["samples_per_s"] for h in history])) if history else 0.0),
             "train_seconds": sum(h.get("train_seconds", 0.0) for h in history),
             "startup_seconds": getattr(backend, "startup_seconds", None),
@@ -775,9 +785,16 @@ class Driver:
         self.run_dir.write_json("summary.json", summary)
         return summary
 
+    def _wall(self) -> float:
+        """Seconds of wall time the run has had: this command's, after the earlier commands' of a
+        run it continues."""
+        return self._wall0 + time.time() - self._t_start
+
     def _env(self) -> dict:
         backend = self.backend
         return {
+            # the commands before this one that trained the run it continues, first to last
+            **({"earlier": self._parts} if self._parts else {}),
             # the run's start, for report.html (launcher/report/summary.py)
             "started": datetime.datetime.fromtimestamp(self._t_start, datetime.timezone.utc).isoformat(
                 timespec="seconds"),
@@ -868,11 +885,42 @@ def _same_data_on_every_rank(comm, data: Dataset) -> None:
 
 def _earlier_events(path: Path, most: int = 1000) -> dict:
     """The ``failures`` and ``resizes`` that the run's summary.json holds (at most ``most`` of
-    each; none from a summary that is missing or damaged)."""
+    each; none from a summary that is missing or damaged), and its ``wall_seconds`` and
+    ``workers`` (None when missing)."""
     old = RunDir.open(path).summary()
     old = old if isinstance(old, dict) else {}
-    return {key: [e for e in old[key] if isinstance(e, dict)][-most:] if isinstance(old.get(key), list) else []
-            for key in ("failures", "resizes")}
+    events = {key: [e for e in old[key] if isinstance(e, dict)][-most:] if isinstance(old.get(key), list) else []
+              for key in ("failures", "resizes")}
+    return {**events, "wall_seconds": old.get("wall_seconds"), "workers": old.get("workers")}
+
+
+def _finite_seconds(v) -> float | None:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+    return float(v) if ok else None
+
+
+def _earlier_wall(earlier: dict, history: list[dict]) -> float:
+    """The wall time of the commands before this one, for a run continued from its checkpoint: the
+    earlier summary's ``wall_seconds``, or the checkpoint's last epoch's when that is later (a
+    driver killed outright never wrote its final summary)."""
+    seen = [_finite_seconds(earlier.get("wall_seconds"))]
+    seen += [_finite_seconds(history[-1].get("wall_seconds"))] if history else []
+    return max([v for v in seen if v is not None], default=0.0)
+
+
+def _earlier_parts(path: Path, most: int = 100) -> list[dict]:
+    """``env.json``'s record of the commands before this one (its own ``earlier``, then its start,
+    command and worker count), the last ``most``; none from an env.json missing or damaged."""
+    env = RunDir.open(path).env()
+    if not isinstance(env, dict):
+        return []
+    parts = [e for e in env.get("earlier", []) if isinstance(e, dict)] if isinstance(env.get("earlier"), list) else []
+    parts.append({k: env.get(k) for k in ("started", "argv", "workers")})
+    return parts[-most:]
+
+
+def _workers_phrase(n: int) -> str:
+    return "the workers in-process" if n == 0 else f"{n} worker{'s' if n != 1 else ''}"
 
 
 def _cleanup_fault_point(driver: Driver) -> None:

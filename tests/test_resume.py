@@ -61,6 +61,37 @@ def test_resume_runs_only_the_remaining_epochs_and_keeps_the_earlier_records(tmp
     assert summary["status"] == "completed" and summary["epochs_done"] == 6
 
 
+def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
+    """Continued with other workers, the run stays one run: its wall time counts on from the
+    earlier command's (metrics.jsonl's never goes back), the change is one of its resizes,
+    env.json keeps the earlier command, and the report gives the first command's start.
+    Before, each of these was the last command's alone."""
+    from launcher.report.summary import _started
+
+    out = tmp_path / "run"
+    _counting_run(_spec("train.epochs=2"), [], output=out)
+    first = json.loads((out / "summary.json").read_text())
+    first_env = json.loads((out / "env.json").read_text())
+    first_env["started"] = "2026-01-02T03:04:05+00:00"  # a day before: the first command's start stands out
+    (out / "env.json").write_text(json.dumps(first_env))
+    _counting_run(_spec("train.epochs=4", "resources.workers=2"), [], resume=out)
+    summary = json.loads((out / "summary.json").read_text())
+    env = json.loads((out / "env.json").read_text())
+    walls = [json.loads(line)["wall_seconds"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+    assert summary["resizes"] == [{"epoch": 3, "from": 0, "to": 2, "why": "continued with 2 workers"}]
+    assert summary["workers"] == 2 and env["workers"] == 2
+    assert walls == sorted(walls) and walls[2] > first["wall_seconds"], walls
+    assert summary["wall_seconds"] > walls[-1] > first["wall_seconds"]
+    assert env["earlier"] == [{"started": first_env["started"], "argv": first_env["argv"], "workers": 0}]
+    assert _started(env, None) == "2026-01-02 03:04:05 UTC"
+    # continued again on the same count: no new resize, and both earlier commands kept
+    _counting_run(_spec("train.epochs=5", "resources.workers=2"), [], resume=out)
+    again = json.loads((out / "summary.json").read_text())
+    assert again["resizes"] == summary["resizes"] and again["wall_seconds"] > summary["wall_seconds"]
+    assert [e["workers"] for e in json.loads((out / "env.json").read_text())["earlier"]] == [0, 2]
+
+
 def test_resume_at_the_end_runs_nothing(tmp_path):
     ran = []
     done = run_job(_spec("train.epochs=2"), output=tmp_path / "run")

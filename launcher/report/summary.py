@@ -89,12 +89,16 @@ def _run_rows(summary: dict, env: dict, spec, env_path: Path | None) -> list[Row
 
 
 def _started(env: dict, env_path: Path | None) -> str | None:
-    """The run's start in UTC: ``env.json``'s ``started``, else the time ``env.json`` was
-    written (runs from before ``started`` was recorded)."""
+    """The run's start in UTC: ``env.json``'s ``started`` (the first command's, for a run that was
+    continued: its ``earlier``), else the time ``env.json`` was written (runs from before
+    ``started`` was recorded)."""
     when = None
-    if isinstance(env.get("started"), str):
+    earlier = env.get("earlier") if isinstance(env.get("earlier"), list) else []
+    first = next((e["started"] for e in earlier if isinstance(e, dict) and isinstance(e.get("started"), str)),
+                 env.get("started"))
+    if isinstance(first, str):
         try:
-            when = _dt.datetime.fromisoformat(env["started"])
+            when = _dt.datetime.fromisoformat(first)
         except ValueError:
             when = None
     if when is None and env_path is not None and env_path.is_file():

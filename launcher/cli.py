@@ -358,7 +358,7 @@ def cmd_parity(args) -> int:
         # reference run, not after it (GPUs first, as check_resources does once Ray is up)
         check_embedded_gpus(workers, spec.resources.gpus_per_worker)
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
-    made = _keep_folder(Path(args.keep), workers) if args.keep else False
+    made = _keep_folder(Path(args.keep), workers) if args.keep else []
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     # the reference run is in-process, on the CPU, whatever the distributed run's devices
     ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])
@@ -378,14 +378,18 @@ def cmd_parity(args) -> int:
             shutil.rmtree(base, ignore_errors=True)
         elif base.is_dir() and any(base.iterdir()):
             print(f"runs kept in {base}", file=sys.stderr)
-        elif made:  # nothing was written in the folder this check made: it goes too
-            base.rmdir()
+        else:  # nothing was written in the folders this check made: they go too, deepest first
+            for folder in made:
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
     return 0 if report.ok else 1
 
 
-def _keep_folder(keep: Path, workers: int) -> bool:
-    """``parity --keep``: a folder made now (returns True), or one without a finished run of either
-    side. A finished run kept by an earlier check would be found complete and compared again,
+def _keep_folder(keep: Path, workers: int) -> list[Path]:
+    """``parity --keep``: a folder made now (returns the folders made, itself and the parents it
+    needed, deepest first), or one without a finished run of either side. A finished run kept by an earlier check would be found complete and compared again,
     training nothing: a stale verdict. An unfinished one (the check was stopped) is continued, as
     the same ``lrjob run`` would continue it."""
     from .rundir import RunDir
@@ -398,7 +402,11 @@ def _keep_folder(keep: Path, workers: int) -> bool:
     if held:
         raise LrjobInputError(f"--keep {keep}: already holds the finished {' and '.join(held)} of an earlier check, "
                               f"which would be read again rather than trained; give a new folder, or remove them")
-    made = not keep.exists()
+    made = []
+    for folder in (keep, *keep.absolute().parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        made.append(folder)
     try:
         keep.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -800,9 +808,12 @@ def _sweep(args):
             overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
         if args.track is not None:
             overrides.append(f"tracking.mlflow.uri={args.track}")
-        plan = plan_from_args(args.job, overrides, SweepRequest(
-            grid=tuple(args.grid), ranges=tuple(args.ranges), random=args.random, seed=args.seed, metric=args.metric,
-            asha=args.asha, concurrent=args.concurrent))
+        try:
+            plan = plan_from_args(args.job, overrides, SweepRequest(
+                grid=tuple(args.grid), ranges=tuple(args.ranges), random=args.random, seed=args.seed,
+                metric=args.metric, asha=args.asha, concurrent=args.concurrent))
+        except SpecError as e:  # a bad value the command line gave says so, as for `lrjob run`
+            raise SpecError(f"{e}{_given_by(str(e), args)}") from None
         result = run_sweep(plan, args.output, SweepOptions(sweeps_dir=args.sweeps_dir, address=args.address,
                                                            oversubscribe=args.oversubscribe))
     return result
@@ -853,7 +864,10 @@ def cmd_k8s(args) -> int:
     """``lrjob k8s``: print the Kubernetes manifests (``launcher.deploy.k8s.cmd_k8s``); returns 0."""
     from .deploy.k8s import cmd_k8s as run
 
-    return run(args)
+    try:
+        return run(args)
+    except SpecError as e:  # a bad value the command line gave says so, as for `lrjob run`
+        raise SpecError(f"{e}{_given_by(str(e), args)}") from None
 
 
 def cmd_submit(args) -> int:
@@ -882,7 +896,10 @@ COMMANDS = {"run": cmd_run, "parity": cmd_parity, "validate": cmd_validate, "pre
 
 
 def _sort_value_attached(argv: list[str]) -> list[str]:
-    """``--sort -val_loss`` as ``--sort=-val_loss``: argparse would take the value for an option."""
+    """``lrjob runs --sort -val_loss`` as ``--sort=-val_loss``: argparse would take the value for an
+    option. Only ``runs`` takes ``--sort``: another command's error shows its arguments as given."""
+    if next((a for a in argv if not a.startswith("-")), None) != "runs":
+        return list(argv)
     out, i = [], 0
     while i < len(argv):
         if argv[i] == "--sort" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][:2] != "--":

@@ -116,6 +116,26 @@ def test_a_bad_value_given_on_the_command_line_names_where(capsys, monkeypatch, 
     assert stderr.rstrip("\n").endswith(suffix) and stderr.count("(from ") == (1 if suffix else 0), stderr
 
 
+@pytest.mark.parametrize("command", [["sweep", "--grid", "train.learning_rate=0.1,0.2"], ["k8s"]],
+                         ids=["sweep", "k8s"])
+def test_sweep_and_k8s_name_the_command_line_value_too(capsys, monkeypatch, command):
+    """As `run` and `validate` do: the bad value came from --set, so the message says so, and
+    nothing starts (a sweep's Ray, a manifest on stdout)."""
+    monkeypatch.chdir(ROOT)
+    code, stderr = _main(capsys, command[0], "jobs/binary_synthetic.yaml", *command[1:], "--set", "train.epochs=x")
+    assert code == 2 and len(stderr.splitlines()) == 1, stderr
+    assert stderr.rstrip("\n").endswith(" (from --set train.epochs=x)"), stderr
+
+
+def test_only_runs_has_its_sort_value_attached():
+    """`lrjob runs --sort -wall` reads the value; any other command's error shows the arguments as
+    given, not as `--sort=-x`."""
+    r = lrjob("validate", "jobs/binary_synthetic.yaml", "--sort", "-val_loss")
+    assert r.returncode == 2 and "--sort=" not in r.stderr, r.stderr
+    r = lrjob("runs", "--dir", str(ROOT / "jobs"), "--sort", "-wall")
+    assert r.returncode == 0 and "unrecognized" not in r.stderr, r.stderr
+
+
 def test_json_ends_an_interrupted_or_crashed_run_with_its_event(tmp_path, capsys, monkeypatch):
     import launcher.driver
     from launcher import cli
@@ -310,9 +330,9 @@ def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_
     # a check that fails before writing anything leaves no folder of its own, and says nothing was kept
     code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--set", "data.source=csv",
                          "--set", "data.options={}",
-                         "--set", f"data.path={tmp_path / 'missing.csv'}", "--keep", tmp_path / "new")
+                         "--set", f"data.path={tmp_path / 'missing.csv'}", "--keep", tmp_path / "new" / "a" / "b")
     assert code == 2 and "missing.csv" in stderr and "runs kept" not in stderr, stderr
-    assert not (tmp_path / "new").exists()
+    assert not (tmp_path / "new").exists(), "the parents it made go too"
     # the finished runs of an earlier check are not read again as if trained now (a stale verdict)
     for names in (["workers-1"], ["workers-0", "workers-1"]):
         for name in names:

@@ -234,10 +234,22 @@ def _same(have, text: str) -> bool:
     return str(have) == text
 
 
+def _hint(typed: str, rows: list[dict]) -> str:
+    """The tail of the error about a key no run has: the near match, else what the keys are (the
+    list of every spec field and result would fill a screen)."""
+    import difflib
+
+    near = difflib.get_close_matches(typed, sorted(_known(rows)), n=1, cutoff=0.6)
+    if near:
+        return f"; did you mean {near[0]!r}?"
+    return (f"; a key is a column of the table ({', '.join(COLUMN_KEYS)}), a spec field "
+            f"(train.learning_rate) or a field of summary.json (val_loss, samples_per_s)")
+
+
 def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
     """The ``describe_runs`` rows whose every ``FIELD=VALUE`` of ``where`` holds; a field that
     no run has is a one-line input error that names the near match."""
-    from lr_core.errors import LrjobInputError, suggest
+    from lr_core.errors import LrjobInputError
 
     for item in where:
         typed, eq, text = item.partition("=")
@@ -246,7 +258,7 @@ def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
             raise LrjobInputError(f"--where {item!r}: expected FIELD=VALUE, e.g. --where train.learning_rate=0.1")
         key = _key(typed)
         if rows and all(_lookup(r, key) is None and key not in r["spec"] and key not in r["results"] for r in rows):
-            raise LrjobInputError(f"--where {typed}: no run has this field{suggest(typed, _known(rows))}")
+            raise LrjobInputError(f"--where {typed}: no run has this field{_hint(typed, rows)}")
         if key == "mtime":  # the date as the table shows it, or its start: 2026-11-27, 2026-11-27 09
             import time
 
@@ -261,13 +273,13 @@ def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:
 def sort_runs(rows: list[dict], key: str) -> list[dict]:
     """The ``describe_runs`` rows sorted by ``key`` (a result or spec field), ascending, or
     descending with a leading ``-``; runs without the value come last."""
-    from lr_core.errors import LrjobInputError, suggest
+    from lr_core.errors import LrjobInputError
 
     descending = key.startswith("-")
     typed = key.lstrip("-+").strip()
     name = _key(typed)
     if rows and all(_missing(_lookup(r, name)) for r in rows):
-        raise LrjobInputError(f"--sort {key}: no run has {typed!r}{suggest(typed, _known(rows))}")
+        raise LrjobInputError(f"--sort {key}: no run has {typed!r}{_hint(typed, rows)}")
     # numbers first (ints against floats exactly), then texts (bools among them), then no value
     numbers = [r for r in rows if _number(_lookup(r, name)) is not None]
     texts = [r for r in rows if _number(_lookup(r, name)) is None and not _missing(_lookup(r, name))]

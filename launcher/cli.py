@@ -848,7 +848,7 @@ def cmd_runs(args) -> int:
     if not rows and args.where:
         print(f"no run matches {' and '.join(args.where)}")
         return 0
-    print(render_runs(rows))
+    print(render_runs(rows, args.dir or "runs"))
     return 0
 
 

@@ -243,9 +243,11 @@ class Driver:
         self._digest = spec.digest(ignore=SAFE_RESUME_CHANGES)
         if self._continuing:
             self.checkpoint = self._good_checkpoint(flag, [])
-            if self.checkpoint is None and resume:
+            if self.checkpoint is None and resume:  # a run stopped before its first checkpoint
+                again = (f"lrjob run JOB --output {self.remote.shown}" if self.remote is not None
+                         else f"lrjob run {self.path / 'job.yaml'} --output {self.path}")
                 raise SpecError(f"{flag}: no valid checkpoint in {self._shown(self.path / 'checkpoints')}; "
-                                f"start a new run")
+                                f"run the job again: {again} starts it over there")
         if self.checkpoint:
             _check_resume_data(self.path, self.checkpoint, self._data_key, spec, flag)
         # What a statistician would say about the data (docs/design.md#warnings); the fit's

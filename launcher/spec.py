@@ -880,6 +880,24 @@ def _example(f: _Field) -> str:
             "path": "data/train.csv"}.get(f.kind, "x")
 
 
+def _glued_key(value) -> str | None:
+    """The first key of a mapping in ``value`` written as ``name:value`` without a space, which YAML
+    reads as a key with no value (``{kind:cosine}`` is ``{"kind:cosine": None}``); None if none."""
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if v is None and isinstance(k, str) and ":" in k and not k.startswith(":") and "://" not in k:
+                return k
+            inner = _glued_key(v)
+            if inner is not None:
+                return inner
+    elif isinstance(value, list):
+        for v in value:
+            inner = _glued_key(v)
+            if inner is not None:
+                return inner
+    return None
+
+
 def apply_overrides(doc: dict, overrides: list[str]) -> dict:
     """``section.field=value`` (value parsed as YAML). Relative paths resolve against the cwd."""
     doc = copy.deepcopy(doc)
@@ -917,6 +935,11 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
         except (ValueError, RecursionError):
             raise SpecError(f"--set {clip(key)}: the value is not a usable number or is nested too deeply") \
                 from None
+        glued = _glued_key(value)
+        if glued is not None:  # {kind:cosine} reads as the key 'kind:cosine' with no value
+            name, _, rest = glued.partition(":")
+            raise SpecError(f"--set {clip(key)}={clip(text.strip())}: YAML needs a space after ':' in a mapping, "
+                            f"e.g. {{{clip(name, 30)}: {clip(rest, 30)}}}")
         if parts[0] == "data" and parts[1] in PATH_FIELDS and isinstance(value, str) and "://" not in value:
             if not value.strip():  # '' would resolve to the current directory
                 raise SpecError(f"--set {clip(key)}: an empty path; give a file or folder, e.g. --set {clip(key)}="

@@ -183,12 +183,11 @@ def _check_path(flag: str, key: str) -> None:
     if key == "name" or parts[0] == "tracking":
         raise SpecError(f"{flag} {clip(key)}: a sweep cannot vary {parts[0]}; set it once with --set")
     if parts[0] not in SCHEMA:
-        raise SpecError(f"{flag} {clip(key)}: unknown section {shown(parts[0])}{suggest(parts[0], SCHEMA)}; "
-                        f"name a spec field such as train.learning_rate")
-    if len(parts) < 2 or parts[1] not in SCHEMA[parts[0]]:
-        field_ = parts[1] if len(parts) > 1 else ""
-        raise SpecError(f"{flag} {clip(key)}: unknown field {shown(field_)}{suggest(field_, SCHEMA[parts[0]])}; "
-                        f"name a spec field such as {parts[0]}.{next(iter(SCHEMA[parts[0]]))}")
+        raise SpecError(f"{flag} {clip(key)}: unknown section {shown(parts[0])}{suggest(parts[0], SCHEMA)}")
+    if len(parts) < 2:
+        raise SpecError(f"{flag} {clip(key)}: name a field, e.g. {flag} {parts[0]}.{next(iter(SCHEMA[parts[0]]))}=...")
+    if parts[1] not in SCHEMA[parts[0]]:
+        raise SpecError(f"{flag} {clip(key)}: unknown field {shown(parts[1])}{suggest(parts[1], SCHEMA[parts[0]])}")
 
 
 def parse_grid(item: str, flag: str = "--grid") -> tuple[str, list[str]]:

@@ -178,7 +178,7 @@ def test_a_lost_node_continues_on_fewer_workers_then_grows_back_with_the_in_proc
     assert [(r["epoch"], r["from"], r["to"]) for r in summary["resizes"]] == [(2, 2, 1), (4, 1, 2)], summary
     assert [f["epoch"] for f in summary["failures"]] == [2]
     report = (out / "report.html").read_text()
-    assert "World size changes" in report and all(r["why"] in report for r in summary["resizes"])
+    assert "Worker count changes" in report and all(r["why"] in report for r in summary["resizes"])
 
     # the in-process run: lr_core's loop alone (the driver around it is tested elsewhere)
     spec = load_spec(JOB[0], ["resources.workers=0", "train.epochs=4", "train.batch_size=25"])

@@ -189,8 +189,14 @@ def test_a_resume_of_a_run_killed_before_its_first_checkpoint_is_refused_naming_
     (run / "job.yaml").write_text(_small("train.epochs=1").resolved().to_yaml())
     with pytest.raises(SpecError) as e:
         run_job(_small("train.epochs=1"), resume=run)
-    assert str(e.value) == f"--resume {run}: no valid checkpoint in {run / 'checkpoints'}; start a new run"
+    assert str(e.value) == (f"--resume {run}: no valid checkpoint in {run / 'checkpoints'}; run the job again: "
+                            f"lrjob run {run / 'job.yaml'} --output {run} starts it over there")
     assert sorted(p.name for p in run.iterdir()) == ["job.yaml"]
+    # what it says to do works: the run's own job.yaml into its own folder starts it over
+    from launcher.cli import main
+
+    assert main(["run", str(run / "job.yaml"), "--output", str(run), "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "completed"
 
 
 # ---------------------------------------------------------------------------- the epoch loop: best epoch, early stop

@@ -85,6 +85,13 @@ def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
     assert summary["wall_seconds"] > walls[-1] > first["wall_seconds"]
     assert env["earlier"] == [{"started": first_env["started"], "argv": first_env["argv"], "workers": 0}]
     assert _started(env, None) == "2026-01-02 03:04:05 UTC"
+    # 0 workers is in-process, not a world size of 0; the placement says whose count it is
+    from launcher.report.plots import _events_html
+    from launcher.report.summary import _placement_rows
+
+    assert "<td>in-process</td>" in "".join(_events_html(summary))
+    assert dict(_placement_rows(env, _spec("resources.workers=2")))["workers"] == \
+        "2 Horovod workers (the last command's)"
     # continued again on the same count: no new resize, and both earlier commands kept
     _counting_run(_spec("train.epochs=5", "resources.workers=2"), [], resume=out)
     again = json.loads((out / "summary.json").read_text())

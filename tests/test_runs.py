@@ -239,3 +239,11 @@ def test_compare_marks_a_class_weighted_train_loss(tmp_path, capsys):
     (runs[0] / "summary.json").write_text(json.dumps({"status": "completed", "final": {"train_loss": 0.25}}))
     code, out, _ = _cli(capsys, "compare", runs[0], runs[0])
     assert "class-weighted" not in out and ["train_loss", "0.2500", "0.2500"] in [x.split() for x in out.splitlines()]
+
+
+def test_an_empty_folder_is_named_in_the_hint(capsys, tmp_path):
+    """`lrjob runs --dir DIR` with no run in DIR names DIR and how to write runs there, not the
+    default folder."""
+    code, out, err = _cli(capsys, "runs", "--dir", tmp_path)
+    assert code == 0 and out.strip() == (f"no runs in {tmp_path} yet (lrjob run JOB --runs-dir {tmp_path} writes "
+                                         f"{tmp_path}/<name>-<stamp>/)"), out

@@ -158,3 +158,21 @@ def test_float_fields_have_upper_bounds(override, message):
     field = override.partition("=")[0]
     at_bound = "{0: 1000000}" if "class_weight" in field else "1000"
     load_spec("jobs/binary_2d.yaml", [f"{field}={at_bound}"])   # the bound itself is allowed
+
+
+@pytest.mark.parametrize("override,example", [
+    ("train.lr_schedule={kind:cosine}", "{kind: cosine}"),
+    ("data.label_map={no:0, yes:1}", "{no: 0}"),
+    ("train.early_stopping={patience: 2, metric:val_loss}", "{metric: val_loss}"),
+])
+def test_a_mapping_without_the_space_after_the_colon_says_so(override, example):
+    """``{kind:cosine}`` is YAML for the key 'kind:cosine' with no value: before, the error said
+    the schedule's kind was None ("did you mean 'cosine'?"), which the user had typed."""
+    with pytest.raises(SpecError) as e:
+        load_spec("jobs/digits_softmax.yaml", [override])
+    assert str(e.value) == f"--set {override}: YAML needs a space after ':' in a mapping, e.g. {example}"
+
+
+def test_a_colon_inside_a_value_is_not_taken_for_a_missing_space():
+    spec = load_spec("jobs/digits_softmax.yaml", ["tracking.mlflow={uri: http://127.0.0.1:5000}"])
+    assert spec.tracking.mlflow["uri"] == "http://127.0.0.1:5000"

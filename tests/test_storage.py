@@ -521,7 +521,8 @@ def test_a_file_uri_resumed_before_its_first_checkpoint_was_uploaded_is_refused(
     (store / "job.yaml").write_text(spec.resolved().to_yaml())  # a run killed before its first checkpoint
     with pytest.raises(SpecError) as e:
         run_job(spec, resume=uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
-    assert str(e.value) == f"--resume {uri}: no valid checkpoint in {uri}/checkpoints; start a new run"
+    assert str(e.value) == (f"--resume {uri}: no valid checkpoint in {uri}/checkpoints; run the job again: "
+                            f"lrjob run JOB --output {uri} starts it over there")
     assert sorted(p.name for p in store.iterdir()) == ["job.yaml"]
     assert not (tmp_path / "runs").exists()
 

@@ -92,6 +92,18 @@ def test_the_jobs_sweep_section_gives_the_same_plan_and_lrjob_run_ignores_it(tmp
     assert load_spec(job).train.learning_rate == 0.1  # the job itself, for lrjob run
 
 
+@pytest.mark.parametrize("grid,message", [
+    ("train.learning_rat=0.1,1", "unknown field 'learning_rat'; did you mean 'learning_rate'?"),
+    ("trian.epochs=1,2", "unknown section 'trian'; did you mean 'train'?"),
+    ("train=1,2", "name a field, e.g. --grid train.epochs=..."),
+])
+def test_a_misspelt_grid_field_ends_with_the_near_match(capsys, tmp_path, grid, message):
+    """The whole line, as `--set` gives it: before, "did you mean 'learning_rate'?; name a spec field
+    such as train.learning_rate" followed the suggestion."""
+    code, out, err = _cli(capsys, "sweep", JOB, "--workers", "0", "--output", tmp_path / "s", "--grid", grid)
+    assert code == 2 and err == f"lrjob: error: --grid {grid.partition('=')[0]}: {message}\n", err
+
+
 @pytest.mark.parametrize("args,message", [
     (["--grid", "train.learning_rat=0.1,1"], "--grid train.learning_rat: unknown field 'learning_rat'; did you "
                                              "mean 'learning_rate'?"),

@@ -90,10 +90,13 @@ def _fits_float(v) -> bool:
         return False
 
 
-def render_runs(rows: list[dict]) -> str:
-    """The ``lrjob runs`` table of ``list_runs`` rows, or a hint when there are none."""
+def render_runs(rows: list[dict], folder: str = "runs") -> str:
+    """The ``lrjob runs`` table of ``list_runs`` rows, or a hint when there are none (``folder``:
+    where the runs were looked for)."""
     if not rows:
-        return "no runs yet (lrjob run JOB writes runs/<name>-<stamp>/)"
+        if str(folder) == "runs":
+            return "no runs yet (lrjob run JOB writes runs/<name>-<stamp>/)"
+        return f"no runs in {folder} yet (lrjob run JOB --runs-dir {folder} writes {folder}/<name>-<stamp>/)"
     import time
 
     table = [("RUN", "DATE", "DATA", "LR", "BATCH", "OPTIMIZER", "WORKERS", "EPOCHS", "VAL_ACC", "BEST_VAL_ACC",

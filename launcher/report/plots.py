@@ -800,7 +800,7 @@ def _cell(v) -> str:
 
 
 # summary.json's lists of events: a table each in the report, not a row of the summary table.
-_EVENTS = {"resizes": ("World size changes", ("epoch", "from", "to", "why")),
+_EVENTS = {"resizes": ("Worker count changes", ("epoch", "from", "to", "why")),
            "failures": ("Worker failures", ("epoch", "rank", "node", "error"))}
 
 
@@ -812,7 +812,9 @@ def _events_html(summary: dict) -> list[str]:
         if not isinstance(events, list) or not events:
             continue
         head = "".join(f"<th>{_e(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(_cell(e.get(c)) for c in cols) + "</tr>"
+        shown = (lambda e, c: "in-process" if key == "resizes" and c in ("from", "to") and e.get(c) == 0
+                 else e.get(c))  # 0 workers: the run trained in one process
+        body = "".join("<tr>" + "".join(_cell(shown(e, c)) for c in cols) + "</tr>"
                        for e in events if isinstance(e, dict))
         out += [f"<h2>{_e(title)}</h2>", f"<table><tr>{head}</tr>{body}</table>"]
     return out

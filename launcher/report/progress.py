@@ -175,7 +175,9 @@ class Reporter:
         if summary.get("exported") and summary["exported"]["selected_by"] != "last epoch":
             rows.append(("model", f"epoch {summary['exported']['epoch']} ({summary['exported']['selected_by']})"))
         for r in summary.get("resizes") or []:  # each change of world size (docs/design.md#failures-and-restarts)
-            rows.append(("world size", f"{r['from']} -> {r['to']} from epoch {r['epoch']}"))
+            count = {0: "in-process"}
+            rows.append(("workers", f"{count.get(r['from'], r['from'])} -> {count.get(r['to'], r['to'])} "
+                                    f"from epoch {r['epoch']}"))
         if summary.get("warnings"):
             rows.append(("warnings", f"{len(summary['warnings'])} (above, and in summary.json)"))
         body = [f"{k:<13}{v:.4f}" if isinstance(v, float) else f"{k:<13}{v}" for k, v in rows]

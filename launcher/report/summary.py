@@ -176,10 +176,12 @@ def _placement_rows(env: dict, spec) -> list[Row]:
     workers = int(spec.workers)
     placement = [p for p in env.get("placement") or [] if isinstance(p, dict)]
     rows: list[Row] = []
+    # the last command's: a run continued on another count lists each change ("Worker count changes")
+    later = " (the last command's)" if isinstance(env.get("earlier"), list) and env["earlier"] else ""
     if workers == 0:
-        rows.append(("workers", "0: in-process reference run (one process, no Horovod)"))
+        rows.append(("workers", f"0: in-process (one process, no Horovod){later}"))
     else:
-        rows.append(("workers", f"{workers} Horovod workers"))
+        rows.append(("workers", f"{workers} Horovod worker{'s' if workers != 1 else ''}{later}"))
     if placement:
         nodes = {p.get("node_id") or p.get("host") for p in placement}
         hosts = sorted({str(p.get("host")) for p in placement if p.get("host")})

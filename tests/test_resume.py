@@ -90,6 +90,10 @@ def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
     from launcher.report.summary import _placement_rows
 
     assert "<td>in-process</td>" in "".join(_events_html(summary))
+    from launcher.report.summary import _run_rows
+
+    rows = dict(_run_rows(summary, env, _spec("resources.workers=2"), None))
+    assert "wall time, its 2 commands" in rows and "wall time, whole run" not in rows, rows
     assert dict(_placement_rows(env, _spec("resources.workers=2")))["workers"] == \
         "2 Horovod workers (the last command's)"
     # continued again on the same count: no new resize, and both earlier commands kept

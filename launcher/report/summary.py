@@ -72,7 +72,10 @@ def _run_rows(summary: dict, env: dict, spec, env_path: Path | None) -> list[Row
             status += f", {summary['epochs_done']} of {summary.get('epochs', spec.train.epochs)} epochs"
         rows.append(("status", status))
     if _finite(summary.get("wall_seconds")):
-        rows.append(("wall time, whole run", seconds(summary["wall_seconds"])))
+        earlier = env.get("earlier") if isinstance(env.get("earlier"), list) else []
+        # a run continued from its checkpoint: its commands' times added, not the time between them
+        label = f"wall time, its {len(earlier) + 1} commands" if earlier else "wall time, whole run"
+        rows.append((label, seconds(summary["wall_seconds"])))
     if _finite(summary.get("train_seconds")):
         rows.append(("training time, all epochs", seconds(summary["train_seconds"])))
     if _finite(summary.get("startup_seconds")) and spec.workers:  # in-process: nothing starts

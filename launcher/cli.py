@@ -359,7 +359,9 @@ def cmd_parity(args) -> int:
         check_embedded_gpus(workers, spec.resources.gpus_per_worker)
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     made = _keep_folder(Path(args.keep), workers) if args.keep else []
-    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
+    # as _keep_folder made it: "new/../other" is "other" (a folder "new" made on the way would stay)
+    base = Path(os.path.normpath(Path(args.keep).absolute())) if args.keep else Path(tempfile.mkdtemp(
+        prefix="lrjob-parity-"))
     # the reference run is in-process, on the CPU, whatever the distributed run's devices
     ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])
     dist_spec = spec.with_overrides([f"resources.workers={workers}"])
@@ -402,14 +404,19 @@ def _keep_folder(keep: Path, workers: int) -> list[Path]:
     if held:
         raise LrjobInputError(f"--keep {keep}: already holds the finished {' and '.join(held)} of an earlier check, "
                               f"which would be read again rather than trained; give a new folder, or remove them")
-    made = []
-    for folder in (keep, *keep.absolute().parents):
+    made, plain = [], Path(os.path.normpath(keep.absolute()))  # "new/../other" makes no "new"
+    for folder in (plain, *plain.parents):
         if folder.exists() or folder.is_symlink():
             break
         made.append(folder)
     try:
-        keep.mkdir(parents=True, exist_ok=True)
+        plain.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        for folder in made:  # what it made before the failure goes again, deepest first
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
         raise LrjobInputError(f"--keep {keep}: cannot make the folder ({e.strerror or e}); give a folder you "
                               f"can write") from None
     return made
@@ -863,10 +870,16 @@ def cmd_compare(args) -> int:
 def cmd_k8s(args) -> int:
     """``lrjob k8s``: print the Kubernetes manifests (``launcher.deploy.k8s.cmd_k8s``); returns 0."""
     from .deploy.k8s import cmd_k8s as run
+    from .spec import load_spec
 
+    if args.job:  # the --set values first, alone: k8s applies --workers/--gpus-per-worker after them
+        try:
+            load_spec(args.job, list(args.overrides))
+        except SpecError as e:  # a bad value the command line gave says so, as for `lrjob run`
+            raise SpecError(f"{e}{_given_by(str(e), argparse.Namespace(overrides=args.overrides))}") from None
     try:
         return run(args)
-    except SpecError as e:  # a bad value the command line gave says so, as for `lrjob run`
+    except SpecError as e:
         raise SpecError(f"{e}{_given_by(str(e), args)}") from None
 
 

@@ -273,20 +273,23 @@ class Driver:
         # Every worker failure the run met, restarted or not: summary.json's ``failures``; a run
         # continued in its directory keeps those (and the resizes) its earlier drivers recorded.
         self.failures: list[dict] = []
-        self._earlier = _earlier_events(self.path) if self._continuing else {"failures": [], "resizes": []}
+        # (a run started over in place, without a checkpoint, keeps none of its discarded record)
+        self._earlier = _earlier_events(self.path) if self.checkpoint else {"failures": [], "resizes": []}
         # The next step of the epoch in progress (a mid-epoch checkpoint resumes there).
         self._step = int(self.checkpoint.get("step", 0)) if self.checkpoint else 0
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
         # A run continued from its checkpoint is one run: its wall time counts on from the earlier
         # commands', and a change of worker count is one of its resizes (docs/design.md#run-directory).
-        self._wall0, self._parts = 0.0, []
+        # The change is recorded once this command has trained an epoch (one that trains nothing
+        # changed nothing).
+        self._wall0, self._parts, self._continued = 0.0, [], None
         if self.checkpoint:
             self._wall0 = _earlier_wall(self._earlier, self.history)
             self._parts = _earlier_parts(self.path)
-            before = self._earlier.get("workers")
-            if isinstance(before, int) and not isinstance(before, bool) and before != spec.workers:
-                self.resizes.append(Resize(len(self.history) + 1, before, spec.workers,
-                                           f"continued with {_workers_phrase(spec.workers)}"))
+            before = _earlier_count(self._earlier)
+            if before is not None and before != spec.workers:
+                self._continued = Resize(len(self.history) + 1, before, spec.workers,
+                                         f"continued with {_workers_phrase(spec.workers)}")
         self.backend: Backend | None = None
         self._backend_down = False
         self.status: dict = {"status": "starting"}
@@ -464,6 +467,9 @@ class Driver:
             m = dict(per_rank[0])
             m["wall_seconds"] = self._wall()
             self.history.append(m)
+            if self._continued is not None:  # the first epoch this command trained
+                self.resizes.insert(0, self._continued)
+                self._continued = None
             run.append_metrics(m)
             if state is not None:
                 # persisted before it is reported: a printed epoch is a saved epoch; the best
@@ -845,6 +851,8 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     cfg = spec.loop_config()
     gpus = spec.resources.gpus_per_worker
     if comm.rank == 0:
+        # the run's record gives the ranks horovodrun started, whatever the spec's count
+        spec = spec.with_overrides([f"resources.workers={comm.size}"])
         run_job(spec, output, resume=resume, reporter=reporter,
                 options=DriverOptions(backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus), data=data))
         return 0
@@ -901,6 +909,17 @@ def _finite_seconds(v) -> float | None:
     return float(v) if ok else None
 
 
+def _earlier_count(earlier: dict) -> int | None:
+    """The worker count the run had at the end of the commands before this one: the last change
+    ``resizes`` records (an elastic group that shrank, an earlier continuation), else the earlier
+    summary's ``workers``; None when neither says."""
+    def count(v):
+        return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
+
+    last = earlier["resizes"][-1] if earlier.get("resizes") else None
+    return count(last.get("to")) if last is not None else count(earlier.get("workers"))
+
+
 def _earlier_wall(earlier: dict, history: list[dict]) -> float:
     """The wall time of the commands before this one, for a run continued from its checkpoint: the
     earlier summary's ``wall_seconds``, or the checkpoint's last epoch's when that is later (a
@@ -912,13 +931,14 @@ def _earlier_wall(earlier: dict, history: list[dict]) -> float:
 
 def _earlier_parts(path: Path, most: int = 100) -> list[dict]:
     """``env.json``'s record of the commands before this one (its own ``earlier``, then its start,
-    command and worker count), the last ``most``; none from an env.json missing or damaged."""
+    command and worker count), the first and the last ``most - 1``; none from an env.json missing or
+    damaged."""
     env = RunDir.open(path).env()
     if not isinstance(env, dict):
         return []
     parts = [e for e in env.get("earlier", []) if isinstance(e, dict)] if isinstance(env.get("earlier"), list) else []
     parts.append({k: env.get(k) for k in ("started", "argv", "workers")})
-    return parts[-most:]
+    return parts if len(parts) <= most else parts[:1] + parts[1 - most:]  # the first stays: the run's start
 
 
 def _workers_phrase(n: int) -> str:

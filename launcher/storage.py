@@ -44,9 +44,10 @@ _PROBE = re.compile(r"\.lrjob-probe-[0-9a-f]{8}")  # check_access's object, left
 # A probe older than this is left over, whoever wrote it (a live check writes and removes it in seconds).
 PROBE_STALE_S = 900.0
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # a file a manifest may name
-# What is downloaded besides checkpoints (the spec, and the MLflow run a tracked resume reopens), and
-# the most read of either: a spec file holds at most 1 MiB (docs/design.md#job-spec).
-_STAGED = ("job.yaml", "mlflow.json")
+# What is downloaded besides checkpoints (the spec, the MLflow run a tracked resume reopens, and the
+# record a continued run carries on: docs/design.md#failures-and-restarts), and the most read of each:
+# a spec file holds at most 1 MiB (docs/design.md#job-spec), the records a few KB.
+_STAGED = ("job.yaml", "mlflow.json", "summary.json", "env.json")
 _MAX_SMALL_FILE = 1 << 20
 # The files of a run directory that are uploaded at every sync, and those only at the end.
 _EVERY_SYNC = ("job.yaml", "env.json", "metrics.jsonl", "summary.json", "mlflow.json")

@@ -127,6 +127,16 @@ def test_sweep_and_k8s_name_the_command_line_value_too(capsys, monkeypatch, comm
     assert stderr.rstrip("\n").endswith(" (from --set train.epochs=x)"), stderr
 
 
+def test_k8s_names_the_set_that_gave_a_bad_value_not_a_flag_applied_after_it(capsys, monkeypatch):
+    """k8s checks the spec with its --set values before it applies --workers: a bad --set value is
+    blamed on the --set, not on the --workers that was fine."""
+    monkeypatch.chdir(ROOT)
+    code, stderr = _main(capsys, "k8s", "jobs/binary_synthetic.yaml", "--set", "resources.workers=-1", "--workers", 2)
+    assert code == 2 and stderr.rstrip("\n").endswith("(from --set resources.workers=-1)"), stderr
+    code, stderr = _main(capsys, "k8s", "jobs/binary_synthetic.yaml", "--workers", 0)  # k8s's own check: the flag
+    assert code == 2 and stderr.rstrip("\n").endswith("(from --workers 0)"), stderr
+
+
 def test_only_runs_has_its_sort_value_attached():
     """`lrjob runs --sort -wall` reads the value; any other command's error shows the arguments as
     given, not as `--sort=-x`."""
@@ -333,6 +343,14 @@ def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_
                          "--set", f"data.path={tmp_path / 'missing.csv'}", "--keep", tmp_path / "new" / "a" / "b")
     assert code == 2 and "missing.csv" in stderr and "runs kept" not in stderr, stderr
     assert not (tmp_path / "new").exists(), "the parents it made go too"
+    # a path through ".." makes no folder on the way; a folder that cannot be made leaves no parent
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--set", "data.source=csv",
+                         "--set", "data.options={}", "--set", f"data.path={tmp_path / 'missing.csv'}",
+                         "--keep", f"{tmp_path}/via/../other")
+    assert code == 2 and not (tmp_path / "via").exists() and not (tmp_path / "other").exists(), stderr
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep",
+                         tmp_path / "made" / ("x" * 300))
+    assert code == 2 and "cannot make the folder" in stderr and not (tmp_path / "made").exists(), stderr
     # the finished runs of an earlier check are not read again as if trained now (a stale verdict)
     for names in (["workers-1"], ["workers-0", "workers-1"]):
         for name in names:

@@ -235,6 +235,29 @@ def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig, to_group):
     assert not left, f"the run's processes outlived it: {left}"
 
 
+def test_the_daemons_own_groups_patch_is_undone_by_the_last_use_out():
+    """Nested or overlapping uses (another thread's embedded Ray): Ray's own class is back once the
+    last one ends, also after an error inside."""
+    import ray._private.services as services
+
+    from launcher.backends.cluster import daemons_in_groups_of_their_own
+
+    ray_own = services.ConsolePopen
+    first, second = daemons_in_groups_of_their_own(), daemons_in_groups_of_their_own()
+    first.__enter__()
+    patched = services.ConsolePopen
+    assert patched is not ray_own and issubclass(patched, ray_own)
+    second.__enter__()
+    first.__exit__(None, None, None)  # out of order: the other use is still inside
+    assert services.ConsolePopen is patched
+    second.__exit__(None, None, None)
+    assert services.ConsolePopen is ray_own
+    with pytest.raises(RuntimeError):
+        with daemons_in_groups_of_their_own():
+            raise RuntimeError("ray.init failed")
+    assert services.ConsolePopen is ray_own
+
+
 @pytest.mark.distributed
 @pytest.mark.parametrize("attempt", [1, 2, 3])
 def test_ctrl_c_while_ray_starts_leaves_nothing_running(tmp_path, attempt):

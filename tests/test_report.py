@@ -380,3 +380,15 @@ def test_lrjob_pictures_0_writes_the_report_alone_and_names_the_pictures_skipped
     page = (run / "report.html").read_text(encoding="utf-8")
     for name in ("curves.png", "boundary.png", "roc_pr.png", "weights.png"):
         assert f"<b>{name}</b> skipped: LRJOB_PICTURES=0 turned pictures off" in page
+
+
+def test_the_start_is_the_first_readable_one_of_the_runs_commands():
+    """A continued run's start is its first command's; an entry that does not read as a time is
+    passed over, down to this command's own."""
+    from launcher.report.summary import _started
+
+    env = {"earlier": [{"started": "not a date"}, {"started": "2026-01-02T03:04:05+00:00"}],
+           "started": "2026-02-01T00:00:00+00:00"}
+    assert _started(env, None) == "2026-01-02 03:04:05 UTC"
+    assert _started({"earlier": [{"started": "not a date"}, "junk"], "started": "2026-02-01T00:00:00+00:00"},
+                    None) == "2026-02-01 00:00:00 UTC"

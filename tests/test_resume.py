@@ -103,6 +103,32 @@ def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
     assert [e["workers"] for e in json.loads((out / "env.json").read_text())["earlier"]] == [0, 2]
 
 
+def test_a_continued_run_counts_from_the_workers_it_ended_with(tmp_path):
+    """The count a continuation changes from is the one the run ended with: an elastic group that
+    shrank ends on its last resize, not on its summary's planned count. A command that trains no
+    epoch changes nothing, and a run started over in place keeps none of the discarded record."""
+    out = tmp_path / "run"
+    _counting_run(_spec("train.epochs=2"), [], output=out)
+    summary = json.loads((out / "summary.json").read_text())
+    shrunk = {"epoch": 2, "from": 4, "to": 2, "why": "rank 3 failed; the Ray cluster can place 2 of the 4 workers"}
+    (out / "summary.json").write_text(json.dumps({**summary, "workers": 4, "resizes": [shrunk]}))
+    _counting_run(_spec("train.epochs=3", "resources.workers=2"), [], resume=out)
+    assert json.loads((out / "summary.json").read_text())["resizes"] == [shrunk], "2 workers went on with 2"
+    _counting_run(_spec("train.epochs=4", "resources.workers=4"), [], resume=out)
+    grown = json.loads((out / "summary.json").read_text())["resizes"]
+    assert grown == [shrunk, {"epoch": 4, "from": 2, "to": 4, "why": "continued with 4 workers"}]
+    ran: list = []
+    _counting_run(_spec("train.epochs=4", "resources.workers=1"), ran, resume=out)  # nothing left to train
+    assert ran == [] and json.loads((out / "summary.json").read_text())["resizes"] == grown
+    # started over in place (no checkpoint): the run's record begins again
+    import shutil
+
+    shutil.rmtree(out / "checkpoints")
+    _counting_run(_spec("train.epochs=1", "resources.workers=1"), [], output=out)
+    again = json.loads((out / "summary.json").read_text())
+    assert again["resizes"] == [] and "earlier" not in json.loads((out / "env.json").read_text())
+
+
 def test_resume_at_the_end_runs_nothing(tmp_path):
     ran = []
     done = run_job(_spec("train.epochs=2"), output=tmp_path / "run")

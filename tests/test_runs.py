@@ -144,10 +144,11 @@ def test_the_tables_column_names_are_keys_too(base, capsys, tmp_path):
                                             "did you mean 'train.learning_rate'?"),
     (["--where", "train.learning_rate"], "--where 'train.learning_rate': expected FIELD=VALUE"),
     (["--sort", "-val_los"], "--sort -val_los: no run has 'val_los'; did you mean 'val_loss'?"),
+    (["--sort", "VAL_ACCURACY"], "--sort VAL_ACCURACY: no run has 'VAL_ACCURACY'; did you mean 'val_accuracy'?"),
     # nothing near: what a key is, not the list of every field (seventy names on one line)
     (["--where", "zzz=1"], "--where zzz: no run has this field; a key is a column of the table (run, data, lr, "
                            "batch, optimizer, workers, val_acc, best_val_acc, wall, status, date), a spec field "
-                           "(train.learning_rate) or a field of summary.json (val_loss, samples_per_s)"),
+                           "(train.learning_rate) or a result (val_loss, samples_per_s)"),
 ])
 def test_bad_where_or_sort_is_one_line(base, capsys, args, message):
     code, out, err = _cli(capsys, "runs", "--dir", base, *args)

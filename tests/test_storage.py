@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.fs as pfs
 import pytest
 
+from launcher.backends import InProcessBackend
 from launcher.driver import DriverOptions, run_job
 from launcher.report.progress import Reporter
 from launcher.spec import load_spec
@@ -588,3 +589,20 @@ def test_a_json_stream_holds_the_failed_summary_when_the_final_upload_fails(tmp_
     events = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [e["event"] for e in events] == ["start", "epoch", "summary"]
     assert events[-1]["status"] == "failed" and events[-1]["error"] == "the store went away"
+
+
+def test_a_uri_run_continued_on_another_worker_count_keeps_one_record(tmp_path, monkeypatch):
+    """The record a continued run carries on (docs/design.md#failures-and-restarts) is downloaded
+    with the checkpoints: before, a run at a URI began its record again at each command."""
+    spec = _spec("train.epochs=1", "data.options.n_train=100")
+    more = _spec("train.epochs=2", "data.options.n_train=100", "resources.workers=2")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    run_job(spec, uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    first, first_env = (json.loads((store / name).read_text()) for name in ("summary.json", "env.json"))
+    run_job(more, resume=uri, options=DriverOptions(runs_dir=tmp_path / "runs",
+                                                    backend_factory=lambda: InProcessBackend(more.loop_config(),
+                                                                                             more.load_data())))
+    summary, env = (json.loads((store / name).read_text()) for name in ("summary.json", "env.json"))
+    assert summary["resizes"] == [{"epoch": 2, "from": 0, "to": 2, "why": "continued with 2 workers"}]
+    assert summary["wall_seconds"] > first["wall_seconds"]
+    assert [e["started"] for e in env["earlier"]] == [first_env["started"]]

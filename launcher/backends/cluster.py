@@ -9,6 +9,7 @@ import os
 import re
 import socket
 import sys
+import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -407,6 +408,10 @@ def _stop_started(before: set[int]) -> None:
         pass
 
 
+_GROUPS_LOCK = threading.Lock()
+_GROUPS_DEPTH, _GROUPS_BASE = 0, None
+
+
 @contextlib.contextmanager
 def daemons_in_groups_of_their_own():
     """While an embedded Ray starts, each process it starts (the GCS, the raylet, Ray's Python
@@ -423,21 +428,29 @@ def daemons_in_groups_of_their_own():
     import ray._private.services as services
     import ray._private.utils as utils
 
-    base = getattr(services, "ConsolePopen", None)
-    if base is None or not sys.platform.startswith("linux") or not utils.detect_fate_sharing_support():
+    global _GROUPS_DEPTH, _GROUPS_BASE
+    if not hasattr(services, "ConsolePopen") or not sys.platform.startswith("linux") \
+            or not utils.detect_fate_sharing_support():
         yield
         return
+    with _GROUPS_LOCK:  # nested or overlapping uses: Ray's own class is put back by the last one out
+        if _GROUPS_DEPTH == 0:
+            base = _GROUPS_BASE = services.ConsolePopen
 
-    class _OwnGroupPopen(base):
-        def __init__(self, *args, **kwargs):
-            kwargs.setdefault("process_group", 0)
-            super().__init__(*args, **kwargs)
+            class _OwnGroupPopen(base):
+                def __init__(self, *args, **kwargs):
+                    kwargs.setdefault("process_group", 0)
+                    super().__init__(*args, **kwargs)
 
-    services.ConsolePopen = _OwnGroupPopen
+            services.ConsolePopen = _OwnGroupPopen
+        _GROUPS_DEPTH += 1
     try:
         yield
     finally:
-        services.ConsolePopen = base
+        with _GROUPS_LOCK:
+            _GROUPS_DEPTH -= 1
+            if _GROUPS_DEPTH == 0:
+                services.ConsolePopen = _GROUPS_BASE
 
 
 class RaySession:

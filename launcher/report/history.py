@@ -242,11 +242,13 @@ def _hint(typed: str, rows: list[dict]) -> str:
     list of every spec field and result would fill a screen)."""
     import difflib
 
-    near = difflib.get_close_matches(typed, sorted(_known(rows)), n=1, cutoff=0.6)
+    known = sorted(_known(rows))
+    lower = {k.lower(): k for k in known}
+    near = difflib.get_close_matches(typed.lower(), sorted(lower), n=1, cutoff=0.6)
     if near:
-        return f"; did you mean {near[0]!r}?"
+        return f"; did you mean {lower[near[0]]!r}?"
     return (f"; a key is a column of the table ({', '.join(COLUMN_KEYS)}), a spec field "
-            f"(train.learning_rate) or a field of summary.json (val_loss, samples_per_s)")
+            f"(train.learning_rate) or a result (val_loss, samples_per_s)")
 
 
 def filter_runs(rows: list[dict], where: list[str]) -> list[dict]:

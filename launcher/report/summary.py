@@ -97,13 +97,13 @@ def _started(env: dict, env_path: Path | None) -> str | None:
     ``started`` was recorded)."""
     when = None
     earlier = env.get("earlier") if isinstance(env.get("earlier"), list) else []
-    first = next((e["started"] for e in earlier if isinstance(e, dict) and isinstance(e.get("started"), str)),
-                 env.get("started"))
-    if isinstance(first, str):
-        try:
-            when = _dt.datetime.fromisoformat(first)
-        except ValueError:
-            when = None
+    for text in [e.get("started") for e in earlier if isinstance(e, dict)] + [env.get("started")]:
+        if isinstance(text, str):  # the first start that reads as a time
+            try:
+                when = _dt.datetime.fromisoformat(text)
+                break
+            except ValueError:
+                continue
     if when is None and env_path is not None and env_path.is_file():
         when = _dt.datetime.fromtimestamp(env_path.stat().st_mtime, _dt.timezone.utc)
     if when is None:

@@ -244,10 +244,11 @@ class Driver:
         if self._continuing:
             self.checkpoint = self._good_checkpoint(flag, [])
             if self.checkpoint is None and resume:  # a run stopped before its first checkpoint
-                again = (f"lrjob run JOB --output {self.remote.shown}" if self.remote is not None
-                         else f"lrjob run {self.path / 'job.yaml'} --output {self.path}")
-                raise SpecError(f"{flag}: no valid checkpoint in {self._shown(self.path / 'checkpoints')}; "
-                                f"run the job again: {again} starts it over there")
+                again = ("run the job again with this URI as --output to start it over there"
+                         if self.remote is not None else
+                         f"run the job again: lrjob run {self.path / 'job.yaml'} --output {self.path} starts it "
+                         f"over there")
+                raise SpecError(f"{flag}: no valid checkpoint in {self._shown(self.path / 'checkpoints')}; {again}")
         if self.checkpoint:
             _check_resume_data(self.path, self.checkpoint, self._data_key, spec, flag)
         # What a statistician would say about the data (docs/design.md#warnings); the fit's

@@ -221,8 +221,9 @@ def test_resume_of_a_uri_without_a_complete_checkpoint_is_one_line(s3_server, tm
                           if holds == "nothing" else []), JOB if holds == "nothing" else "--quiet",
                           "--runs-dir", tmp_path / "runs")
     assert (code, out) == (2, "")
-    assert err == ("lrjob: error: --resume s3://data/run: no valid checkpoint in s3://data/run/checkpoints; "
-                   "start a new run\n")
+    assert err == ("lrjob: error: --resume s3://data/run: no valid checkpoint in s3://data/run/checkpoints; " + (
+        "start a new run\n" if holds == "nothing" else
+        "run the job again with this URI as --output to start it over there\n"))  # a run stopped before
     assert not (tmp_path / "runs").exists()
 
 
@@ -522,8 +523,8 @@ def test_a_file_uri_resumed_before_its_first_checkpoint_was_uploaded_is_refused(
     (store / "job.yaml").write_text(spec.resolved().to_yaml())  # a run killed before its first checkpoint
     with pytest.raises(SpecError) as e:
         run_job(spec, resume=uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
-    assert str(e.value) == (f"--resume {uri}: no valid checkpoint in {uri}/checkpoints; run the job again: "
-                            f"lrjob run JOB --output {uri} starts it over there")
+    assert str(e.value) == (f"--resume {uri}: no valid checkpoint in {uri}/checkpoints; run the job again with "
+                            f"this URI as --output to start it over there")
     assert sorted(p.name for p in store.iterdir()) == ["job.yaml"]
     assert not (tmp_path / "runs").exists()
 

@@ -360,8 +360,7 @@ def cmd_parity(args) -> int:
         embedded_cpus(workers, spec.resources.cpus_per_worker, args.oversubscribe)
     made = _keep_folder(Path(args.keep), workers) if args.keep else []
     # as _keep_folder made it: "new/../other" is "other" (a folder "new" made on the way would stay)
-    base = Path(os.path.normpath(Path(args.keep).absolute())) if args.keep else Path(tempfile.mkdtemp(
-        prefix="lrjob-parity-"))
+    base = Path(os.path.realpath(args.keep)) if args.keep else Path(tempfile.mkdtemp(prefix="lrjob-parity-"))
     # the reference run is in-process, on the CPU, whatever the distributed run's devices
     ref_spec = spec.with_overrides(["resources.workers=0", "resources.gpus_per_worker=0"])
     dist_spec = spec.with_overrides([f"resources.workers={workers}"])
@@ -391,20 +390,23 @@ def cmd_parity(args) -> int:
 
 def _keep_folder(keep: Path, workers: int) -> list[Path]:
     """``parity --keep``: a folder made now (returns the folders made, itself and the parents it
-    needed, deepest first), or one without a finished run of either side. A finished run kept by an earlier check would be found complete and compared again,
-    training nothing: a stale verdict. An unfinished one (the check was stopped) is continued, as
-    the same ``lrjob run`` would continue it."""
+    needed, deepest first), or one without a finished run of either side. A finished run kept by
+    an earlier check would be found complete and compared again, training nothing: a stale
+    verdict. An unfinished one (the check was stopped) is continued, as the same ``lrjob run``
+    would continue it. The path is taken as the system resolves it (``realpath``): "nope/../b" is
+    "b", and makes no "nope"."""
     from .rundir import RunDir
 
-    if (keep.exists() or keep.is_symlink()) and not keep.is_dir():
+    plain = Path(os.path.realpath(keep))
+    if (keep.exists() or keep.is_symlink() or plain.exists()) and not plain.is_dir():
         raise LrjobInputError(f"--keep {keep}: exists and is not a folder; give a folder to keep both runs in")
     held = [name for name in ("workers-0", f"workers-{workers}")
-            if (keep / name / "summary.json").is_file() and (RunDir(keep / name).summary() or {}).get("status")
+            if (plain / name / "summary.json").is_file() and (RunDir(plain / name).summary() or {}).get("status")
             == "completed"]
     if held:
         raise LrjobInputError(f"--keep {keep}: already holds the finished {' and '.join(held)} of an earlier check, "
                               f"which would be read again rather than trained; give a new folder, or remove them")
-    made, plain = [], Path(os.path.normpath(keep.absolute()))  # "new/../other" makes no "new"
+    made = []
     for folder in (plain, *plain.parents):
         if folder.exists() or folder.is_symlink():
             break

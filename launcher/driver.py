@@ -246,8 +246,8 @@ class Driver:
             if self.checkpoint is None and resume:  # a run stopped before its first checkpoint
                 again = ("run the job again with this URI as --output to start it over there"
                          if self.remote is not None else
-                         f"run the job again: lrjob run {self.path / 'job.yaml'} --output {self.path} starts it "
-                         f"over there")
+                         f"run the job again: lrjob run {shlex.quote(str(self.path / 'job.yaml'))} --output "
+                         f"{shlex.quote(str(self.path))} starts it over there")
                 raise SpecError(f"{flag}: no valid checkpoint in {self._shown(self.path / 'checkpoints')}; {again}")
         if self.checkpoint:
             _check_resume_data(self.path, self.checkpoint, self._data_key, spec, flag)
@@ -281,13 +281,13 @@ class Driver:
         self.history: list[dict] = list(self.checkpoint["history"]) if self.checkpoint else []
         # A run continued from its checkpoint is one run: its wall time counts on from the earlier
         # commands', and a change of worker count is one of its resizes (docs/design.md#run-directory).
-        # The change is recorded once this command has trained an epoch (one that trains nothing
-        # changed nothing).
+        # The count it changes from is the one that trained the checkpoint; the change is recorded
+        # once this command has trained something that stays (one that trains nothing changed nothing).
         self._wall0, self._parts, self._continued = 0.0, [], None
         if self.checkpoint:
             self._wall0 = _earlier_wall(self._earlier, self.history)
             self._parts = _earlier_parts(self.path)
-            before = _earlier_count(self._earlier)
+            before = _earlier_count(self._earlier, self.checkpoint)
             if before is not None and before != spec.workers:
                 self._continued = Resize(len(self.history) + 1, before, spec.workers,
                                          f"continued with {_workers_phrase(spec.workers)}")
@@ -450,7 +450,8 @@ class Driver:
                         if stop < steps:  # a mid-epoch checkpoint
                             run.best_epoch = self._best.best_epoch(self.history) if self._best else None
                             run.write_checkpoint(self.backend.get_state(), digest, self.history,
-                                                 spec.checkpoint.keep, self._data_key)
+                                                 spec.checkpoint.keep, self._data_key, self.world)
+                            self._trained_here()
                             self._sync()
                         self._step = stop % steps
                     # a new best epoch, and the epoch early stopping ends with, are saved too
@@ -468,15 +469,13 @@ class Driver:
             m = dict(per_rank[0])
             m["wall_seconds"] = self._wall()
             self.history.append(m)
-            if self._continued is not None:  # the first epoch this command trained
-                self.resizes.insert(0, self._continued)
-                self._continued = None
+            self._trained_here()
             run.append_metrics(m)
             if state is not None:
                 # persisted before it is reported: a printed epoch is a saved epoch; the best
                 # epoch's checkpoint is spared by the pruning (checkpoint.keep_best)
                 run.best_epoch = self._best.best_epoch(self.history) if self._best else None
-                run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key)
+                run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key, self.world)
             self._sync()  # uploaded before it is reported, too
             self.reporter.epoch(m, epochs)
             self.tracker.epoch(m)
@@ -794,6 +793,13 @@ class Driver:
         self.run_dir.write_json("summary.json", summary)
         return summary
 
+    def _trained_here(self) -> None:
+        """This command has trained something that stays (an epoch, or a mid-epoch checkpoint): a
+        continuation on another worker count is now one of the run's resizes."""
+        if self._continued is not None:
+            self.resizes.insert(0, self._continued)
+            self._continued = None
+
     def _wall(self) -> float:
         """Seconds of wall time the run has had: this command's, after the earlier commands' of a
         run it continues."""
@@ -852,8 +858,6 @@ def run_rank(spec: JobSpec, output: str | os.PathLike | None = None, *, resume: 
     cfg = spec.loop_config()
     gpus = spec.resources.gpus_per_worker
     if comm.rank == 0:
-        # the run's record gives the ranks horovodrun started, whatever the spec's count
-        spec = spec.with_overrides([f"resources.workers={comm.size}"])
         run_job(spec, output, resume=resume, reporter=reporter,
                 options=DriverOptions(backend_factory=lambda: ThisRankBackend(cfg, data, comm, gpus), data=data))
         return 0
@@ -910,15 +914,19 @@ def _finite_seconds(v) -> float | None:
     return float(v) if ok else None
 
 
-def _earlier_count(earlier: dict) -> int | None:
-    """The worker count the run had at the end of the commands before this one: the last change
-    ``resizes`` records (an elastic group that shrank, an earlier continuation), else the earlier
-    summary's ``workers``; None when neither says."""
+def _earlier_count(earlier: dict, checkpoint: dict) -> int | None:
+    """The worker count that trained the checkpoint a command continues from: the checkpoint's
+    own record; for a checkpoint written before it kept one, the last change ``resizes`` records
+    (an elastic group that shrank), else the earlier summary's ``workers``; None when none says."""
     def count(v):
         return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
+    if count(checkpoint.get("workers")) is not None:
+        return checkpoint["workers"]
     last = earlier["resizes"][-1] if earlier.get("resizes") else None
-    return count(last.get("to")) if last is not None else count(earlier.get("workers"))
+    if last is not None and count(last.get("to")) is not None:
+        return last["to"]
+    return count(earlier.get("workers"))
 
 
 def _earlier_wall(earlier: dict, history: list[dict]) -> float:

@@ -414,7 +414,7 @@ def load_checkpoint(path: Path) -> dict:
     return {"params": params, "optimizer_arrays": opt, "optimizer_meta": state["optimizer_meta"],
             "epochs_done": int(state["epochs_done"]), "spec_digest": state.get("spec_digest"),
             "step": int(state.get("data_cursor", {}).get("step", 0)), "step_losses": state.get("step_losses", []),
-            "data_key": state.get("data_key"),
+            "data_key": state.get("data_key"), "workers": state.get("workers"),
             "history": state.get("history", []), "path": str(path)}
 
 
@@ -732,7 +732,7 @@ class RunDir:
                           "".join(json.dumps(m, default=_json_default) + "\n" for m in history))
 
     def write_checkpoint(self, state: dict, spec_digest: str, history: list[dict], keep: int,
-                         data_key: str | None = None) -> Path:
+                         data_key: str | None = None, workers: int | None = None) -> Path:
         """Save ``state`` with ``spec_digest`` and ``history`` as ``checkpoints/epoch-NNNN``: written into a
         hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes the
         ones up to it to the newest ``keep``, never the best epoch's (``best_epoch``,
@@ -755,6 +755,7 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
             meta = {"epochs_done": epochs_done, "spec_digest": spec_digest, "data_key": data_key,
+                    "workers": workers,  # the worker count that trained the state (a continuation starts from it)
                     "optimizer_meta": state["optimizer_meta"], "history": history,
                     "data_cursor": {"next_epoch": epochs_done, "step": step,
                                     "note": "epoch order = permutation(seed, epoch)"},

@@ -10,7 +10,8 @@ The run is written to a local *staging* run directory, exactly as a local run is
 Train's ``RunConfig(storage_path)`` does. Each checkpoint folder is uploaded file by file, its
 ``manifest.json`` (the name, size and SHA-256 of every file) LAST: a checkpoint without it,
 or whose files do not match it, is an upload that did not finish and is never read as
-complete. Before the driver starts, ``RemoteRun.stage`` downloads the run's ``job.yaml`` and
+complete. Before the driver starts, ``RemoteRun.stage`` downloads the run's ``job.yaml`` (with
+``mlflow.json``, ``summary.json`` and ``env.json``, the record a continued run carries on) and
 its complete checkpoints into the staging directory, so the same command again (or
 ``--resume URI``) continues from the newest complete checkpoint.
 
@@ -44,11 +45,14 @@ _PROBE = re.compile(r"\.lrjob-probe-[0-9a-f]{8}")  # check_access's object, left
 # A probe older than this is left over, whoever wrote it (a live check writes and removes it in seconds).
 PROBE_STALE_S = 900.0
 _FILE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")  # a file a manifest may name
-# What is downloaded besides checkpoints (the spec, the MLflow run a tracked resume reopens, and the
-# record a continued run carries on: docs/design.md#failures-and-restarts), and the most read of each:
-# a spec file holds at most 1 MiB (docs/design.md#job-spec), the records a few KB.
-_STAGED = ("job.yaml", "mlflow.json", "summary.json", "env.json")
+# What is downloaded besides checkpoints: the spec and the MLflow run a tracked resume reopens, read
+# up to 1 MiB (a spec file holds at most that: docs/design.md#job-spec), and, beside a job.yaml, the
+# record a continued run carries on (docs/design.md#failures-and-restarts), read up to the 16 MiB
+# a local run reads of them.
+_STAGED = ("job.yaml", "mlflow.json")
+_RECORDS = ("summary.json", "env.json")
 _MAX_SMALL_FILE = 1 << 20
+_MAX_RECORD = 16 << 20  # rundir.MAX_JSON_BYTES
 # The files of a run directory that are uploaded at every sync, and those only at the end.
 _EVERY_SYNC = ("job.yaml", "env.json", "metrics.jsonl", "summary.json", "mlflow.json")
 _AT_END = ("report.html", "curves.png", "confusion.png", "samples.png", "boundary.png")
@@ -202,8 +206,8 @@ class RemoteRun:
 
     # ------------------------------------------------------------------ download
     def stage(self, staging: Path) -> list[tuple[str, str]]:
-        """Fill the new, empty local run directory ``staging`` with the remote ``job.yaml`` and every
-        complete checkpoint (its ``manifest.json`` present and its files matching it). Returns the
+        """Fill the new, empty local run directory ``staging`` with the remote ``job.yaml`` (and, beside
+        it, ``mlflow.json``, ``summary.json`` and ``env.json``) and every complete checkpoint (its ``manifest.json`` present and its files matching it). Returns the
         checkpoints skipped, as (URI, reason); each is also named on stderr. A download that fails is a
         one-line ``LrjobInputError`` (nothing has been trained or written yet)."""
         self.staging = staging
@@ -225,6 +229,9 @@ class RemoteRun:
         for name in _STAGED:
             if name in files:
                 (staging / name).write_bytes(self._get(name, _MAX_SMALL_FILE + 1))
+        for name in _RECORDS if "job.yaml" in files else ():  # (without one, the folder holds no run)
+            if name in files:
+                (staging / name).write_bytes(self._get(name, _MAX_RECORD + 1))
         skipped = []
         for name in sorted({c for c in map(self._checkpoint_of, files) if c}):
             try:

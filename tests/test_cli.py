@@ -361,6 +361,10 @@ def test_parity_refuses_a_keep_path_that_is_a_file_before_the_reference_run(tmp_
         assert code == 2 and stderr.splitlines() == [
             f"lrjob: error: --keep {tmp_path / 'kept'}: already holds the finished {' and '.join(names)} of an "
             f"earlier check, which would be read again rather than trained; give a new folder, or remove them"], stderr
+    # the same folder reached through a missing one and "..": still that folder, still refused
+    code, stderr = _main(capsys, "parity", "jobs/binary_synthetic.yaml", "--workers", 1, "--keep",
+                         f"{tmp_path}/nope/../kept")
+    assert code == 2 and "already holds the finished" in stderr, stderr
 
 
 def test_a_missing_job_names_an_example_of_its_own_command(capsys):

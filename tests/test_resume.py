@@ -103,22 +103,39 @@ def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
     assert [e["workers"] for e in json.loads((out / "env.json").read_text())["earlier"]] == [0, 2]
 
 
-def test_a_continued_run_counts_from_the_workers_it_ended_with(tmp_path):
-    """The count a continuation changes from is the one the run ended with: an elastic group that
-    shrank ends on its last resize, not on its summary's planned count. A command that trains no
-    epoch changes nothing, and a run started over in place keeps none of the discarded record."""
+def _without_workers_record(run):
+    """The newest checkpoint as one written before checkpoints kept their worker count."""
+    state = latest_checkpoint(run)["path"] + "/state.json"
+    meta = json.loads(open(state).read())
+    meta.pop("workers")
+    with open(state, "w") as f:
+        f.write(json.dumps(meta))
+
+
+def test_a_continued_run_counts_from_the_workers_that_trained_its_checkpoint(tmp_path):
+    """The count a continuation changes from is the one that trained the checkpoint: not the last
+    command's (one interrupted before it trained a step asked for 2 workers and changed nothing).
+    For an older checkpoint without the record, an elastic group that shrank ends on its last
+    resize, not on its summary's planned count. A command that trains nothing changes nothing, and
+    a run started over in place keeps none of the discarded record."""
     out = tmp_path / "run"
     _counting_run(_spec("train.epochs=2"), [], output=out)
     summary = json.loads((out / "summary.json").read_text())
+    assert latest_checkpoint(out)["workers"] == 0
+    (out / "summary.json").write_text(json.dumps({**summary, "workers": 2}))  # as a command stopped at once
+    _counting_run(_spec("train.epochs=3"), [], resume=out)
+    assert json.loads((out / "summary.json").read_text())["resizes"] == [], "0 workers went on with 0"
+    _without_workers_record(out)
+    summary = json.loads((out / "summary.json").read_text())
     shrunk = {"epoch": 2, "from": 4, "to": 2, "why": "rank 3 failed; the Ray cluster can place 2 of the 4 workers"}
     (out / "summary.json").write_text(json.dumps({**summary, "workers": 4, "resizes": [shrunk]}))
-    _counting_run(_spec("train.epochs=3", "resources.workers=2"), [], resume=out)
+    _counting_run(_spec("train.epochs=4", "resources.workers=2"), [], resume=out)
     assert json.loads((out / "summary.json").read_text())["resizes"] == [shrunk], "2 workers went on with 2"
-    _counting_run(_spec("train.epochs=4", "resources.workers=4"), [], resume=out)
+    _counting_run(_spec("train.epochs=5", "resources.workers=4"), [], resume=out)
     grown = json.loads((out / "summary.json").read_text())["resizes"]
-    assert grown == [shrunk, {"epoch": 4, "from": 2, "to": 4, "why": "continued with 4 workers"}]
+    assert grown == [shrunk, {"epoch": 5, "from": 2, "to": 4, "why": "continued with 4 workers"}]
     ran: list = []
-    _counting_run(_spec("train.epochs=4", "resources.workers=1"), ran, resume=out)  # nothing left to train
+    _counting_run(_spec("train.epochs=5", "resources.workers=1"), ran, resume=out)  # nothing left to train
     assert ran == [] and json.loads((out / "summary.json").read_text())["resizes"] == grown
     # started over in place (no checkpoint): the run's record begins again
     import shutil
@@ -127,6 +144,37 @@ def test_a_continued_run_counts_from_the_workers_it_ended_with(tmp_path):
     _counting_run(_spec("train.epochs=1", "resources.workers=1"), [], output=out)
     again = json.loads((out / "summary.json").read_text())
     assert again["resizes"] == [] and "earlier" not in json.loads((out / "env.json").read_text())
+
+
+class _StoppedAfter(_CountingBackend):
+    """Ctrl-C once ``segments`` segments of epochs have run."""
+
+    def __init__(self, spec, segments: int):
+        super().__init__(spec, [])
+        self.left = segments
+
+    def run_epoch(self, epoch, progress=None, timeout_s=None, **segment):
+        if self.left == 0:
+            raise KeyboardInterrupt
+        self.left -= 1
+        return super().run_epoch(epoch, progress, timeout_s, **segment)
+
+
+def test_a_change_of_workers_that_trained_part_of_an_epoch_is_recorded(tmp_path):
+    """A command on 2 workers that wrote a mid-epoch checkpoint and was stopped changed the run's
+    count: the change is kept, and the next command on 2 workers adds none."""
+    out = tmp_path / "run"
+    every = "checkpoint.every_steps=5"
+    _counting_run(_spec("train.epochs=1", every), [], output=out)
+    part = _spec("train.epochs=2", every, "resources.workers=2")
+    with pytest.raises(KeyboardInterrupt):
+        run_job(part, resume=out, options=DriverOptions(backend_factory=lambda: _StoppedAfter(part, 1)))
+    assert latest_checkpoint(out)["step"] == 5 and latest_checkpoint(out)["workers"] == 2
+    change = [{"epoch": 2, "from": 0, "to": 2, "why": "continued with 2 workers"}]
+    assert json.loads((out / "summary.json").read_text())["resizes"] == change
+    _counting_run(part, [], resume=out)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["resizes"] == change
 
 
 def test_resume_at_the_end_runs_nothing(tmp_path):
@@ -769,3 +817,18 @@ def test_the_same_command_on_a_finished_run_writes_nothing(tmp_path, capsys, mon
     assert again.summary == first.summary and again.history == first.history
     for name in first.params:
         assert np.array_equal(again.params[name], first.params[name]), name
+
+
+def test_the_earlier_commands_keep_the_first_and_the_last(tmp_path):
+    """env.json's ``earlier`` holds at most 100 commands: the first (the run's start) and the last
+    99; a damaged last resize falls back to the summary's count."""
+    from launcher.driver import _earlier_count, _earlier_parts
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "env.json").write_text(json.dumps({"earlier": [{"started": str(i)} for i in range(150)],
+                                              "started": "150", "argv": [], "workers": 0}))
+    parts = _earlier_parts(run)
+    assert len(parts) == 100 and [p["started"] for p in parts] == ["0", *map(str, range(52, 151))]
+    assert _earlier_count({"resizes": [{"to": True}], "workers": 4}, {}) == 4
+    assert _earlier_count({"resizes": [{"to": 2}], "workers": 4}, {"workers": 3}) == 3

@@ -607,3 +607,26 @@ def test_a_uri_run_continued_on_another_worker_count_keeps_one_record(tmp_path, 
     assert summary["resizes"] == [{"epoch": 2, "from": 0, "to": 2, "why": "continued with 2 workers"}]
     assert summary["wall_seconds"] > first["wall_seconds"]
     assert [e["started"] for e in env["earlier"]] == [first_env["started"]]
+
+
+def test_a_uri_runs_record_is_read_whole_and_only_beside_a_job_yaml(tmp_path, monkeypatch):
+    """The record is read as a local run's is (up to 16 MiB: 900 failures are kept, not cut at
+    1 MiB and lost), and only where a run is: a folder without job.yaml, holding a summary.json
+    and an unfinished checkpoint upload, is started over, not refused as holding no run."""
+    spec = _spec("train.epochs=1", "data.options.n_train=100")
+    more = _spec("train.epochs=2", "data.options.n_train=100")
+    store, uri = _file_uri(tmp_path, monkeypatch)
+    run_job(spec, uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    summary = json.loads((store / "summary.json").read_text())
+    failures = [{"epoch": 1, "rank": 1, "node": "node-b", "error": "x" * 1200} for _ in range(900)]
+    (store / "summary.json").write_text(json.dumps({**summary, "failures": failures}))
+    assert (store / "summary.json").stat().st_size > 1 << 20
+    run_job(more, resume=uri, options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert len(json.loads((store / "summary.json").read_text())["failures"]) == 900
+
+    other = tmp_path / "store" / "other"
+    (other / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    (other / "checkpoints" / "epoch-0001" / "params.npz").write_bytes(b"cut short")  # no manifest.json
+    (other / "summary.json").write_text(json.dumps(summary))
+    done = run_job(spec, f"file://{other}", options=DriverOptions(runs_dir=tmp_path / "runs"))
+    assert done.summary["status"] == "completed" and (other / "job.yaml").is_file()

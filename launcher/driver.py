@@ -449,8 +449,8 @@ class Driver:
                                                           stop_step=stop)
                         if stop < steps:  # a mid-epoch checkpoint
                             run.best_epoch = self._best.best_epoch(self.history) if self._best else None
-                            run.write_checkpoint(self.backend.get_state(), digest, self.history,
-                                                 spec.checkpoint.keep, self._data_key, self.world)
+                            run.write_checkpoint({**self.backend.get_state(), "workers": self.world}, digest,
+                                                 self.history, spec.checkpoint.keep, self._data_key)
                             self._trained_here()
                             self._sync()
                         self._step = stop % steps
@@ -475,7 +475,8 @@ class Driver:
                 # persisted before it is reported: a printed epoch is a saved epoch; the best
                 # epoch's checkpoint is spared by the pruning (checkpoint.keep_best)
                 run.best_epoch = self._best.best_epoch(self.history) if self._best else None
-                run.write_checkpoint(state, digest, self.history, spec.checkpoint.keep, self._data_key, self.world)
+                run.write_checkpoint({**state, "workers": self.world}, digest, self.history, spec.checkpoint.keep,
+                                     self._data_key)
             self._sync()  # uploaded before it is reported, too
             self.reporter.epoch(m, epochs)
             self.tracker.epoch(m)

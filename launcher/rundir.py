@@ -732,7 +732,7 @@ class RunDir:
                           "".join(json.dumps(m, default=_json_default) + "\n" for m in history))
 
     def write_checkpoint(self, state: dict, spec_digest: str, history: list[dict], keep: int,
-                         data_key: str | None = None, workers: int | None = None) -> Path:
+                         data_key: str | None = None) -> Path:
         """Save ``state`` with ``spec_digest`` and ``history`` as ``checkpoints/epoch-NNNN``: written into a
         hidden temporary folder, fsynced, then renamed (replacing one of the same epoch); prunes the
         ones up to it to the newest ``keep``, never the best epoch's (``best_epoch``,
@@ -755,7 +755,8 @@ class RunDir:
                 f.flush()
                 os.fsync(f.fileno())
             meta = {"epochs_done": epochs_done, "spec_digest": spec_digest, "data_key": data_key,
-                    "workers": workers,  # the worker count that trained the state (a continuation starts from it)
+                    # the worker count that trained the state (a continuation changes from it), when given
+                    "workers": state.get("workers"),
                     "optimizer_meta": state["optimizer_meta"], "history": history,
                     "data_cursor": {"next_epoch": epochs_done, "step": step,
                                     "note": "epoch order = permutation(seed, epoch)"},

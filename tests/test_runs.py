@@ -115,10 +115,16 @@ def test_the_tables_column_names_are_keys_too(base, capsys, tmp_path):
     import shutil
 
     copy = shutil.copytree(base, tmp_path / "runs")  # the dates are changed: not the shared runs'
-    for i, run in enumerate(("r1", "r3", "r2")):
-        os.utime(copy / run / "summary.json", (1_700_000_000 + i, 1_700_000_000 + i))
+    import datetime
+
+    for i, run in enumerate(("r1", "r3", "r2")):  # DATE is the run's start, not its summary's last write
+        env = json.loads((copy / run / "env.json").read_text())
+        env["started"] = datetime.datetime.fromtimestamp(1_700_000_000 + 60 * i, datetime.timezone.utc).isoformat()
+        (copy / run / "env.json").write_text(json.dumps(env))
+        os.utime(copy / run / "summary.json", (1_800_000_000 - i, 1_800_000_000 - i))
     code, out, err = _cli(capsys, "runs", "--dir", copy, "--sort", "-date")
     assert code == 0 and list(_rows(out)) == ["r2", "r3", "r1"], err
+    assert list(_rows(_cli(capsys, "runs", "--dir", copy)[1])) == ["r1", "r3", "r2"]  # oldest first
     code, out, _ = _cli(capsys, "runs", "--dir", base, "--where", "LR=0.5")
     assert code == 0 and set(_rows(out)) == {"r3"}
     for where, want in (("BATCH=8", {"r1", "r2", "r3"}), ("optimizer=adam", {"r2"}), ("WORKERS=0", {"r1", "r2", "r3"}),
@@ -137,6 +143,8 @@ def test_the_tables_column_names_are_keys_too(base, capsys, tmp_path):
     (copy / "r1" / "summary.json").write_text(json.dumps(summary))
     code, out, err = _cli(capsys, "runs", "--dir", copy, "--sort", "-BEST_VAL_ACC")
     assert code == 0 and list(_rows(out))[0] == "r1" and _rows(out)["r1"]["BEST_VAL_ACC"] == "2.0000", out
+    (copy / "r3" / "env.json").unlink()  # a run without env.json: its summary's time (2027), the newest
+    assert list(_rows(_cli(capsys, "runs", "--dir", copy)[1])) == ["r1", "r2", "r3"]
 
 
 @pytest.mark.parametrize("args,message", [

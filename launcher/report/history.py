@@ -17,9 +17,13 @@ __all__ = ["list_runs", "describe_runs", "filter_runs", "sort_runs", "render_run
 
 
 def list_runs(base: str | Path = "runs") -> list[dict]:
-    """Every run directory under ``base`` with a summary.json, oldest first. A summary.json
-    that cannot be read, or whose fields have the wrong types, still gives a row: its
-    status says ``damaged summary.json`` and the fields it lacks show as ``-``."""
+    """Every run directory under ``base`` with a summary.json, oldest first. A run's date
+    (``mtime``) is its start (``env.json``, the first command's for a continued run), else the
+    time its summary.json was written. A summary.json that cannot be read, or whose fields have
+    the wrong types, still gives a row: its status says ``damaged summary.json`` and the fields
+    it lacks show as ``-``."""
+    from .summary import run_start
+
     base = Path(base)
     rows = []
     if not base.is_dir():
@@ -29,6 +33,8 @@ def list_runs(base: str | Path = "runs") -> list[dict]:
             mtime = (d / "summary.json").stat().st_mtime
         except OSError:
             continue  # no summary: not a finished or running run
+        start = run_start(RunDir(d).env())
+        mtime = start.timestamp() if start is not None else mtime
         rows.append({"run": d.name, "path": str(d), "mtime": mtime, **_fields(RunDir(d).summary())})
     rows.sort(key=lambda r: r["mtime"])
     return rows

@@ -91,19 +91,27 @@ def _run_rows(summary: dict, env: dict, spec, env_path: Path | None) -> list[Row
     return rows
 
 
-def _started(env: dict, env_path: Path | None) -> str | None:
-    """The run's start in UTC: ``env.json``'s ``started`` (the first command's, for a run that was
-    continued: its ``earlier``), else the time ``env.json`` was written (runs from before
-    ``started`` was recorded)."""
-    when = None
+def run_start(env) -> _dt.datetime | None:
+    """When the run began: ``env.json``'s ``started``, the first command's for a run that was
+    continued (its ``earlier``; an entry that does not read as a time is passed over); None when
+    none does."""
+    if not isinstance(env, dict):
+        return None
     earlier = env.get("earlier") if isinstance(env.get("earlier"), list) else []
     for text in [e.get("started") for e in earlier if isinstance(e, dict)] + [env.get("started")]:
-        if isinstance(text, str):  # the first start that reads as a time
+        if isinstance(text, str):
             try:
                 when = _dt.datetime.fromisoformat(text)
-                break
             except ValueError:
                 continue
+            return when if when.tzinfo is not None else when.replace(tzinfo=_dt.timezone.utc)
+    return None
+
+
+def _started(env: dict, env_path: Path | None) -> str | None:
+    """The run's start in UTC (``run_start``), else the time ``env.json`` was written (runs from
+    before ``started`` was recorded)."""
+    when = run_start(env)
     if when is None and env_path is not None and env_path.is_file():
         when = _dt.datetime.fromtimestamp(env_path.stat().st_mtime, _dt.timezone.utc)
     if when is None:

@@ -10,6 +10,7 @@ Exit codes: 0 success, 2 bad input (spec, data, arguments), 1 training or cluste
 from __future__ import annotations
 
 import os
+import shlex
 
 # One OpenMP thread is the fastest setting for these small models on few cores
 # (measured: see benchmarks/); must be set before MXNet loads. The user's value wins.
@@ -335,7 +336,8 @@ def cmd_run(args) -> int:
         if getattr(e, "resume", None):
             sys.stderr.write(f"lrjob: interrupted; checkpoint {e.checkpoint} is kept; continue with: {e.resume}\n")
         else:
-            sys.stderr.write("lrjob: interrupted before the first checkpoint; run the job again\n")
+            again = shlex.join(["lrjob", *_ARGV])
+            sys.stderr.write(f"lrjob: interrupted before the first checkpoint; start it again with: {again}\n")
         _json_event(args, {"event": "interrupted", "resume": getattr(e, "resume", None), "exit_code": 130})
         return 130
     return 0
@@ -926,6 +928,9 @@ def _sort_value_attached(argv: list[str]) -> list[str]:
     return out
 
 
+# the command line of this ``main`` call, as given (a message that says "run it again" quotes it)
+_ARGV: list[str] = []
+
 # the commands that can start Horovod ranks (docs/design.md#the-ranks-threads)
 RANK_COMMANDS = ("run", "worker", "parity", "sweep")
 
@@ -937,7 +942,8 @@ def main(argv: list[str] | None = None) -> int:
 
     silence_known_noise()
     parser = build_parser()
-    args, extra = parser.parse_known_args(_sort_value_attached(sys.argv[1:] if argv is None else argv))
+    _ARGV[:] = sys.argv[1:] if argv is None else [str(a) for a in argv]
+    args, extra = parser.parse_known_args(_sort_value_attached(_ARGV))
     if extra:  # the command's own usage, not the top level's, for an option after the command
         given = sys.argv[1:] if argv is None else list(argv)
         after = args.command in given and given.index(args.command) < given.index(extra[0]) \

@@ -290,7 +290,7 @@ class Driver:
             before = _earlier_count(self._earlier, self.checkpoint)
             if before is not None and before != spec.workers:
                 self._continued = Resize(len(self.history) + 1, before, spec.workers,
-                                         f"continued with {_workers_phrase(spec.workers)}")
+                                         f"continued {_workers_phrase(spec.workers)}")
         self.backend: Backend | None = None
         self._backend_down = False
         self.status: dict = {"status": "starting"}
@@ -952,7 +952,7 @@ def _earlier_parts(path: Path, most: int = 100) -> list[dict]:
 
 
 def _workers_phrase(n: int) -> str:
-    return "the workers in-process" if n == 0 else f"{n} worker{'s' if n != 1 else ''}"
+    return "in-process" if n == 0 else f"with {n} worker{'s' if n != 1 else ''}"
 
 
 def _cleanup_fault_point(driver: Driver) -> None:

@@ -146,6 +146,24 @@ def test_only_runs_has_its_sort_value_attached():
     assert r.returncode == 0 and "unrecognized" not in r.stderr, r.stderr
 
 
+def test_a_run_stopped_before_its_first_checkpoint_gives_the_command_that_starts_it_again(
+        tmp_path, capsys, monkeypatch):
+    import launcher.driver
+    from launcher import cli
+
+    monkeypatch.chdir(ROOT)
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt  # no checkpoint: nothing to resume
+
+    monkeypatch.setattr(launcher.driver, "run_job", interrupted)
+    out = tmp_path / "my runs" / "a"
+    capsys.readouterr()
+    assert cli.main(["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--output", str(out)]) == 130
+    assert capsys.readouterr().err == (f"lrjob: interrupted before the first checkpoint; start it again with: lrjob run "
+                                       f"jobs/binary_synthetic.yaml --workers 0 --output '{out}'\n")
+
+
 def test_json_ends_an_interrupted_or_crashed_run_with_its_event(tmp_path, capsys, monkeypatch):
     import launcher.driver
     from launcher import cli

@@ -94,6 +94,7 @@ def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
 
     rows = dict(_run_rows(summary, env, _spec("resources.workers=2"), None))
     assert "wall time, its 2 commands" in rows and "wall time, whole run" not in rows, rows
+    assert "start-up time (workers) (the last command's)" in rows, rows
     assert dict(_placement_rows(env, _spec("resources.workers=2")))["workers"] == \
         "2 Horovod workers (the last command's)"
     # continued again on the same count: no new resize, and both earlier commands kept
@@ -831,4 +832,8 @@ def test_the_earlier_commands_keep_the_first_and_the_last(tmp_path):
     parts = _earlier_parts(run)
     assert len(parts) == 100 and [p["started"] for p in parts] == ["0", *map(str, range(52, 151))]
     assert _earlier_count({"resizes": [{"to": True}], "workers": 4}, {}) == 4
+    from launcher.driver import _workers_phrase
+
+    assert [f"continued {_workers_phrase(n)}" for n in (0, 1, 2)] == [
+        "continued in-process", "continued with 1 worker", "continued with 2 workers"]
     assert _earlier_count({"resizes": [{"to": 2}], "workers": 4}, {"workers": 3}) == 3

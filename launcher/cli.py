@@ -336,7 +336,9 @@ def cmd_run(args) -> int:
         if getattr(e, "resume", None):
             sys.stderr.write(f"lrjob: interrupted; checkpoint {e.checkpoint} is kept; continue with: {e.resume}\n")
         else:
-            again = shlex.join(["lrjob", *_ARGV])
+            from .storage import without_logins
+
+            again = shlex.join(["lrjob", *map(without_logins, _ARGV)])  # a URI's login is never printed
             sys.stderr.write(f"lrjob: interrupted before the first checkpoint; start it again with: {again}\n")
         _json_event(args, {"event": "interrupted", "resume": getattr(e, "resume", None), "exit_code": 130})
         return 130

@@ -162,6 +162,10 @@ def test_a_run_stopped_before_its_first_checkpoint_gives_the_command_that_starts
     assert cli.main(["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--output", str(out)]) == 130
     assert capsys.readouterr().err == (f"lrjob: interrupted before the first checkpoint; start it again with: lrjob run "
                                        f"jobs/binary_synthetic.yaml --workers 0 --output '{out}'\n")
+    # a URI's login is not printed (the credentials come from the environment)
+    assert cli.main(["run", "jobs/binary_synthetic.yaml", "--output", "s3://me:s3cret@bucket/run?scheme=http"]) == 130
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and err.endswith("--output 's3://bucket/run?scheme=http'\n"), err
 
 
 def test_json_ends_an_interrupted_or_crashed_run_with_its_event(tmp_path, capsys, monkeypatch):

@@ -338,7 +338,10 @@ def cmd_run(args) -> int:
         else:
             from .storage import without_logins
 
-            again = shlex.join(["lrjob", *map(without_logins, _ARGV)])  # a URI's login is never printed
+            given = list(_ARGV)
+            if getattr(e, "run_dir", None) and not args.output and not args.resume:  # into the folder it made
+                given += ["--output", e.run_dir]
+            again = shlex.join(["lrjob", *map(without_logins, given)])  # a URI's login is never printed
             sys.stderr.write(f"lrjob: interrupted before the first checkpoint; start it again with: {again}\n")
         _json_event(args, {"event": "interrupted", "resume": getattr(e, "resume", None), "exit_code": 130})
         return 130

@@ -328,10 +328,13 @@ class Driver:
             except KeyboardInterrupt as e:
                 _second_interrupt_exits()
                 self.status = {"status": "interrupted"}
-                last = self.run_dir.latest_checkpoint() if self.run_dir is not None else None
+                # (stopped before this command wrote its run directory: the checkpoint it continues)
+                last = self.run_dir.latest_checkpoint() if self.run_dir is not None else self.checkpoint
                 if last:
                     self.status["resume"] = _resume_command(self.location)
                     e.checkpoint, e.resume = Path(last["path"]).name, self.status["resume"]  # for the CLI's last line
+                elif self.run_dir is not None:  # the folder stays: the command to start again names it
+                    e.run_dir = str(self.location)
                 raise
             except LrjobError as e:
                 resume = None
@@ -449,7 +452,7 @@ class Driver:
                                                           stop_step=stop)
                         if stop < steps:  # a mid-epoch checkpoint
                             run.best_epoch = self._best.best_epoch(self.history) if self._best else None
-                            run.write_checkpoint({**self.backend.get_state(), "workers": self.world}, digest,
+                            run.write_checkpoint({"workers": self.world, **self.backend.get_state()}, digest,
                                                  self.history, spec.checkpoint.keep, self._data_key)
                             self._trained_here()
                             self._sync()
@@ -475,7 +478,7 @@ class Driver:
                 # persisted before it is reported: a printed epoch is a saved epoch; the best
                 # epoch's checkpoint is spared by the pruning (checkpoint.keep_best)
                 run.best_epoch = self._best.best_epoch(self.history) if self._best else None
-                run.write_checkpoint({**state, "workers": self.world}, digest, self.history, spec.checkpoint.keep,
+                run.write_checkpoint({"workers": self.world, **state}, digest, self.history, spec.checkpoint.keep,
                                      self._data_key)
             self._sync()  # uploaded before it is reported, too
             self.reporter.epoch(m, epochs)

@@ -168,6 +168,30 @@ def test_a_run_stopped_before_its_first_checkpoint_gives_the_command_that_starts
     assert "s3cret" not in err and err.endswith("--output 's3://bucket/run?scheme=http'\n"), err
 
 
+def test_a_run_stopped_in_its_first_epoch_names_the_folder_it_made(tmp_path, capsys, monkeypatch):
+    """Without --output, the same command again would make a second folder beside the stopped
+    one: the command given names the folder the run made, which stays."""
+    import json as _json
+
+    from launcher import cli
+    from lr_core import faults
+
+    monkeypatch.chdir(ROOT)
+    faults.arm(_json.dumps({"at": "step", "epoch": 1, "step": 3, "rank": 0, "action": "interrupt"}))
+    try:
+        capsys.readouterr()
+        code = cli.main(["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--runs-dir", str(tmp_path)])
+    finally:
+        faults.arm(None)
+    err = capsys.readouterr().err
+    (made,) = list(tmp_path.iterdir())
+    assert code == 130 and err.endswith(f"start it again with: lrjob run jobs/binary_synthetic.yaml --workers 0 "
+                                        f"--runs-dir {tmp_path} --output {made}\n"), err
+    assert cli.main(["run", "jobs/binary_synthetic.yaml", "--workers", "0", "--runs-dir", str(tmp_path), "--output",
+                     str(made), "--quiet"]) == 0
+    assert list(tmp_path.iterdir()) == [made]
+
+
 def test_json_ends_an_interrupted_or_crashed_run_with_its_event(tmp_path, capsys, monkeypatch):
     import launcher.driver
     from launcher import cli

@@ -27,6 +27,7 @@ def test_horovodrun_workers_match_the_single_process_run(tmp_path):
                   output=tmp_path / "ref")
     got = latest_checkpoint(out)
     assert got["epochs_done"] == 2
+    assert got["workers"] == 3, "the ranks horovodrun started, not the spec's 2"
     for name, value in ref.params.items():
         assert np.max(np.abs(value - got["params"][name])) <= 1e-5, name
     assert [h["val_accuracy"] for h in got["history"]] == pytest.approx(

@@ -136,7 +136,7 @@ def test_the_placement_of_a_horovod_run_names_nodes_cpus_gpus_and_devices():
     assert rows == {"workers": "3 Horovod workers", "nodes": "2 (a, b)", "CPUs per worker": "2",
                     "GPUs per worker": "1", "devices (per rank)": "gpu(0) × 2, gpu(1)",
                     "backend": "3 Horovod workers on 2 node(s)"}
-    assert dict(sections["Run"])["start-up time (workers)"] == "4.25 s"
+    assert dict(sections["Run"])["start-up time of the workers"] == "4.25 s"
     assert "Versions" not in sections  # nothing recorded, nothing guessed
 
 

@@ -94,7 +94,7 @@ def test_a_run_continued_on_another_worker_count_keeps_one_record(tmp_path):
 
     rows = dict(_run_rows(summary, env, _spec("resources.workers=2"), None))
     assert "wall time, its 2 commands" in rows and "wall time, whole run" not in rows, rows
-    assert "start-up time (workers) (the last command's)" in rows, rows
+    assert "start-up time of the workers, the last command's" in rows, rows
     assert dict(_placement_rows(env, _spec("resources.workers=2")))["workers"] == \
         "2 Horovod workers (the last command's)"
     # continued again on the same count: no new resize, and both earlier commands kept
@@ -818,6 +818,20 @@ def test_the_same_command_on_a_finished_run_writes_nothing(tmp_path, capsys, mon
     assert again.summary == first.summary and again.history == first.history
     for name in first.params:
         assert np.array_equal(again.params[name], first.params[name]), name
+
+
+def test_a_resume_stopped_before_it_wrote_anything_names_the_checkpoint_it_continues(tmp_path):
+    """A Ctrl-C while the resumed run starts (data, workers, Ray): the run still has its checkpoint,
+    and the message says so, not "before the first checkpoint"."""
+    out = tmp_path / "run"
+    _counting_run(_spec("train.epochs=2"), [], output=out)
+
+    def starting():
+        raise KeyboardInterrupt  # as Ctrl-C during the backend's start
+
+    with pytest.raises(KeyboardInterrupt) as e:
+        run_job(_spec("train.epochs=3"), resume=out, options=DriverOptions(backend_factory=starting))
+    assert e.value.checkpoint == "epoch-0002" and e.value.resume == f"lrjob run --resume {out}"
 
 
 def test_the_earlier_commands_keep_the_first_and_the_last(tmp_path):

@@ -28,6 +28,11 @@ class ThisRankBackend(InProcessBackend):
         self.workers = comm.size
         self.where = f"{comm.size} Horovod processes (horovodrun)"
 
+    def get_state(self) -> dict:
+        """The loop's state, with the ranks horovodrun started: the worker count a checkpoint
+        records (the spec's ``resources.workers`` need not be it)."""
+        return {**super().get_state(), "workers": self.workers}
+
     def announce_stop(self, stop: bool) -> bool:
         """Rank 0 (the driver) tells every rank whether early stopping ends the run before the next
         epoch; the other ranks pass False and get rank 0's decision (one allreduce, in the same

@@ -79,8 +79,8 @@ def _run_rows(summary: dict, env: dict, spec, env_path: Path | None) -> list[Row
     if _finite(summary.get("train_seconds")):
         rows.append(("training time, all epochs", seconds(summary["train_seconds"])))
     if _finite(summary.get("startup_seconds")) and spec.workers:  # in-process: nothing starts
-        last = " (the last command's)" if isinstance(env.get("earlier"), list) and env["earlier"] else ""
-        rows.append((f"start-up time (workers){last}", seconds(summary["startup_seconds"])))
+        last = ", the last command's" if isinstance(env.get("earlier"), list) and env["earlier"] else ""
+        rows.append((f"start-up time of the workers{last}", seconds(summary["startup_seconds"])))
     if _finite(summary.get("samples_per_s")) and summary.get("epochs_done"):
         rows.append(("throughput (median of the epochs)", f"{summary['samples_per_s']:,.0f} samples/s"))
     if env.get("host"):

@@ -235,6 +235,37 @@ def test_sigint_or_sigterm_stops_workers_and_ray(tmp_path, sig, to_group):
     assert not left, f"the run's processes outlived it: {left}"
 
 
+def test_a_start_that_is_stopped_kills_what_lost_its_parent_through_its_group(tmp_path):
+    """``_stop_started`` after a Ctrl-C inside ``ray.init``: a process the start made whose parent
+    was ended first (Ray's own clean-up can end the raylet before its agents) is no longer in the
+    tree of this process's children, but still in the group of the daemon that started it."""
+    from launcher.backends.cluster import _children, _stop_started
+
+    before = _children()
+    pid_file = tmp_path / "grandchild"
+    daemon = subprocess.Popen([sys.executable, "-c", (
+        "import os, subprocess, sys\n"
+        "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)'])\n"
+        f"open({str(pid_file)!r}, 'w').write(str(g.pid))\n"
+        "os._exit(0)\n")], process_group=0)
+    _STARTED.append(daemon)
+    deadline = time.monotonic() + 30
+    while not (pid_file.is_file() and pid_file.read_text()) or _alive(daemon.pid):
+        assert time.monotonic() < deadline, "the daemon did not start its child and end"
+        time.sleep(0.02)
+    orphan = int(pid_file.read_text())
+    assert _alive(orphan) and psutil.Process(orphan).ppid() != os.getpid()
+    try:
+        _stop_started(before)
+        deadline = time.monotonic() + 10
+        while _alive(orphan) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(orphan), "the daemon's child outlived the stopped start"
+    finally:
+        if _alive(orphan):
+            os.kill(orphan, signal.SIGKILL)
+
+
 def test_the_daemons_own_groups_patch_is_undone_by_the_last_use_out():
     """Nested or overlapping uses (another thread's embedded Ray): Ray's own class is back once the
     last one ends, also after an error inside."""

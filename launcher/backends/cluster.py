@@ -372,6 +372,22 @@ def _children() -> set[int]:
     return {pid for pid, parent in _process_parents().items() if parent == os.getpid()}
 
 
+def _leads_group(pid: int) -> bool:
+    """Whether process ``pid`` leads its process group (and is not this process's group)."""
+    try:
+        return os.getpgid(pid) == pid and pid != os.getpgid(0)
+    except OSError:
+        return False
+
+
+def _signal_groups(groups: list[int], sig: int) -> None:
+    for group in groups:
+        try:
+            os.killpg(group, sig)
+        except OSError:  # gone already
+            pass
+
+
 def _stop_started(before: set[int]) -> None:
     """After an embedded ``ray.init`` failed or was interrupted: SIGKILL the processes it had
     started (this process's children that ``before`` does not hold, and all of theirs), then
@@ -383,6 +399,11 @@ def _stop_started(before: set[int]) -> None:
     import ray
 
     roots, stopped = _children() - before, set()
+    # Each process the embedded Ray started leads a group of its own (daemons_in_groups_of_their_own),
+    # which its children share: a group reaches a child that lost its parent before the tree below
+    # was read (the raylet's agents, reparented when Ray's own clean-up ended the raylet first).
+    groups = [pid for pid in roots if _leads_group(pid)]
+    _signal_groups(groups, signal.SIGSTOP)
     while True:
         parents = _process_parents()
         tree, new = set(), [pid for pid in roots if pid in parents]
@@ -402,6 +423,7 @@ def _stop_started(before: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    _signal_groups(groups, signal.SIGKILL)
     try:
         ray.shutdown()
     except Exception:  # noqa: BLE001 - best effort: the error that ended the start is the one to report

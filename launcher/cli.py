@@ -17,6 +17,7 @@ import shlex
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -25,6 +26,7 @@ import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from lr_core.errors import LrjobError, LrjobInputError, SpecError, clip  # noqa: E402
+from lr_core.files import missing_folders, remove_empty  # noqa: E402
 
 __all__ = ["main", "build_parser"]
 
@@ -268,8 +270,15 @@ def _load(args):
 
     run_file = bool(getattr(args, "resume", None)) and (Path(args.job) == RunDir(args.resume).spec_file
                                                         or args.job == getattr(args, "remote_spec", None))
-    try:
+    with _named_where_given(args):
         return load_spec(args.job, overrides, run_file=run_file)
+
+
+@contextlib.contextmanager
+def _named_where_given(args):
+    """A ``SpecError`` raised inside ends with where the command line gave the value (``_given_by``)."""
+    try:
+        yield
     except SpecError as e:
         raise SpecError(f"{e}{_given_by(str(e), args)}") from None
 
@@ -387,11 +396,7 @@ def cmd_parity(args) -> int:
         elif base.is_dir() and any(base.iterdir()):
             print(f"runs kept in {base}", file=sys.stderr)
         else:  # nothing was written in the folders this check made: they go too, deepest first
-            for folder in made:
-                try:
-                    folder.rmdir()
-                except OSError:
-                    break
+            remove_empty(made)
     return 0 if report.ok else 1
 
 
@@ -413,19 +418,11 @@ def _keep_folder(keep: Path, workers: int) -> list[Path]:
     if held:
         raise LrjobInputError(f"--keep {keep}: already holds the finished {' and '.join(held)} of an earlier check, "
                               f"which would be read again rather than trained; give a new folder, or remove them")
-    made = []
-    for folder in (plain, *plain.parents):
-        if folder.exists() or folder.is_symlink():
-            break
-        made.append(folder)
+    made = missing_folders(plain)
     try:
         plain.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        for folder in made:  # what it made before the failure goes again, deepest first
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
+        remove_empty(made)  # what it made before the failure goes again
         raise LrjobInputError(f"--keep {keep}: cannot make the folder ({e.strerror or e}); give a folder you "
                               f"can write") from None
     return made
@@ -824,12 +821,10 @@ def _sweep(args):
             overrides.append(f"resources.gpus_per_worker={args.gpus_per_worker}")
         if args.track is not None:
             overrides.append(f"tracking.mlflow.uri={args.track}")
-        try:
+        with _named_where_given(args):  # a bad value the command line gave says so, as for `lrjob run`
             plan = plan_from_args(args.job, overrides, SweepRequest(
                 grid=tuple(args.grid), ranges=tuple(args.ranges), random=args.random, seed=args.seed,
                 metric=args.metric, asha=args.asha, concurrent=args.concurrent))
-        except SpecError as e:  # a bad value the command line gave says so, as for `lrjob run`
-            raise SpecError(f"{e}{_given_by(str(e), args)}") from None
         result = run_sweep(plan, args.output, SweepOptions(sweeps_dir=args.sweeps_dir, address=args.address,
                                                            oversubscribe=args.oversubscribe))
     return result
@@ -882,14 +877,10 @@ def cmd_k8s(args) -> int:
     from .spec import load_spec
 
     if args.job:  # the --set values first, alone: k8s applies --workers/--gpus-per-worker after them
-        try:
+        with _named_where_given(argparse.Namespace(overrides=args.overrides)):
             load_spec(args.job, list(args.overrides))
-        except SpecError as e:  # a bad value the command line gave says so, as for `lrjob run`
-            raise SpecError(f"{e}{_given_by(str(e), argparse.Namespace(overrides=args.overrides))}") from None
-    try:
+    with _named_where_given(args):
         return run(args)
-    except SpecError as e:
-        raise SpecError(f"{e}{_given_by(str(e), args)}") from None
 
 
 def cmd_submit(args) -> int:

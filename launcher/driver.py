@@ -34,7 +34,7 @@ import numpy as np
 
 from lr_core import faults
 from lr_core.data import Dataset
-from lr_core.errors import DataError, LrjobError, SpecError, WorkerFailure
+from lr_core.errors import DataError, LrjobError, SpecError, WorkerFailure, counted
 from lr_core.sharding import num_batches, segments
 
 from .backends import Backend
@@ -604,7 +604,7 @@ class Driver:
             if workers != self.world:
                 cause = f"rank {error.rank} failed" if error.rank is not None else "a worker group failed"
                 why = (f"{cause}; the Ray cluster can place {fit} of the {self.spec.workers} workers"
-                       if workers < self.world else f"the Ray cluster can place {workers} worker{'s' * (workers != 1)} again")
+                       if workers < self.world else f"the Ray cluster can place {counted(workers, 'worker')} again")
                 self._resized(Resize(epoch, self.world, workers, why))
             self.history[:] = list(last["history"]) if last else []
             self._step = int(last.get("step", 0)) if last else 0
@@ -955,7 +955,7 @@ def _earlier_parts(path: Path, most: int = 100) -> list[dict]:
 
 
 def _workers_phrase(n: int) -> str:
-    return "in-process" if n == 0 else f"with {n} worker{'s' if n != 1 else ''}"
+    return "in-process" if n == 0 else f"with {counted(n, 'worker')}"
 
 
 def _cleanup_fault_point(driver: Driver) -> None:

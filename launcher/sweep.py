@@ -42,7 +42,7 @@ import numpy as np
 import yaml
 
 from lr_core import faults
-from lr_core.errors import LrjobError, LrjobInputError, LrjobRuntimeError, SpecError, clip, shown, suggest
+from lr_core.errors import LrjobError, LrjobInputError, LrjobRuntimeError, SpecError, clip, counted, shown, suggest
 from lr_core.tables import display, is_uri
 
 from .spec import PATH_FIELDS, SCHEMA, JobSpec, absolute_tracking, apply_overrides, read_spec_yaml, spec_from_dict
@@ -622,7 +622,7 @@ def run_sweep(plan: SweepPlan, output: str | os.PathLike | None = None, options:
             if need > cpus:
                 from .backends.cluster import ResourceError
 
-                raise ResourceError(f"resources.workers: a trial of {widest.workers} worker{'s' * (widest.workers != 1)} x "
+                raise ResourceError(f"resources.workers: a trial of {counted(widest.workers, 'worker')} x "
                                     f"{widest.resources.cpus_per_worker:g} CPU needs {need:g} CPUs, the Ray "
                                     f"cluster has {cpus:g}; lower --workers or join a larger cluster")
             if not resume:

@@ -10,7 +10,7 @@ import os
 import reprlib
 
 __all__ = [
-    "suggest", "shown", "clip", "SHOWN_CHARS", "LrjobError", "LrjobInputError", "SpecError", "DataError",
+    "suggest", "near", "counted", "shown", "clip", "SHOWN_CHARS", "LrjobError", "LrjobInputError", "SpecError", "DataError",
     "LrjobRuntimeError", "TrainingError", "DivergenceError", "ClusterError",
     "WorkerFailure",
 ]
@@ -22,6 +22,21 @@ def suggest(word: str, options) -> str:
     options = list(options)
     near = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
     return f"; did you mean {near[0]!r}?" if near else f"; allowed: {', '.join(options)}"
+
+
+def near(word: str, options) -> str | None:
+    """The option nearest ``word``, case aside (the first of those alike in ``options``' order),
+    as ``options`` spells it; None when none is near."""
+    lower: dict[str, str] = {}
+    for o in options:
+        lower.setdefault(str(o).lower(), str(o))
+    found = difflib.get_close_matches(word.lower(), list(lower), n=1, cutoff=0.6)
+    return lower[found[0]] if found else None
+
+
+def counted(n: int, noun: str) -> str:
+    """"1 worker", "2 workers"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # The most characters of a user's value an error message quotes: a message stays one short

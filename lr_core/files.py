@@ -4,12 +4,14 @@ FIFO, ``/dev/zero``, a symlink to either): these read at most the bound and one 
 from the open file, so nothing past the bound is ever read (docs/design.md#data)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import stat
+from pathlib import Path
 from typing import Any
 
-__all__ = ["TooLarge", "read_at_most", "load_json"]
+__all__ = ["TooLarge", "read_at_most", "load_json", "missing_folders", "remove_empty"]
 
 
 class TooLarge(ValueError):
@@ -49,3 +51,27 @@ def load_json(path: str | os.PathLike, limit: int) -> Any:
     except (RecursionError, MemoryError) as e:
         what = "nested too deeply" if isinstance(e, RecursionError) else "too large to hold in memory"
         raise ValueError(f"not usable JSON ({what})") from None
+
+
+def missing_folders(path: str | os.PathLike) -> list[Path]:
+    """``path`` and those of its parents that do not exist yet, deepest first: what a
+    ``mkdir(parents=True)`` of it would make, for ``remove_empty`` to take back."""
+    made = []
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists() or folder.is_symlink():
+            break
+        made.append(folder)
+    return made
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first: ``missing_folders``) while they are empty; one that
+    another process has written into is kept, with those above it, and one never made (its
+    ``mkdir`` failed) is passed over."""
+    for d in folders:
+        try:
+            d.rmdir()
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENAMETOOLONG):  # never made
+                continue
+            break

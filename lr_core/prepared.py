@@ -41,6 +41,7 @@ import numpy as np
 from .data import (REGISTRY, BlockSums, Dataset, LoadRequest, _features, _load_idx, check_features, data_home,
                    feature_stats, finish_labels, holdout_rows, stats_rows)
 from .errors import DataError
+from .files import missing_folders, remove_empty
 from .tables import BLOCK_ROWS, display, fingerprint, is_uri, open_table
 
 __all__ = ["prepare", "open_prepared", "read_rows", "MappedPages", "prepared_dataset", "reopen", "verify", "dataset_key", "FORMAT",
@@ -345,7 +346,7 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
         if log:
             log(f"prepared data {final}: {problems[0]}; preparing it again")
         _remove(final)
-    made = [d for d in (root, *root.parents) if not d.exists()]  # deepest first: removed again on failure
+    made = missing_folders(root)  # deepest first: removed again on failure
     try:
         for attempt in (1, 2):
             root.mkdir(parents=True, exist_ok=True)
@@ -358,7 +359,7 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
                     raise
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; a shared cache is read by others
     except OSError as e:
-        _remove_empty(made)
+        remove_empty(made)
         raise DataError(f"data.cache: cannot write {root} ({e.strerror or e}); set data.cache (or "
                         f"LRJOB_DATA_HOME) to a writable directory") from None
     try:
@@ -377,19 +378,9 @@ def prepare(request: LoadRequest, cache: str | os.PathLike | None = None, progre
             _remove(tmp)
     except BaseException:
         _remove(tmp)
-        _remove_empty(made)  # bad data leaves nothing behind
+        remove_empty(made)  # bad data leaves nothing behind
         raise
     return final
-
-
-def _remove_empty(folders: list[Path]) -> None:
-    """Remove ``folders`` (deepest first: the ones a preparation created) while they are empty; one
-    that another process has written into is kept, with those above it."""
-    for d in folders:
-        try:
-            d.rmdir()
-        except OSError:
-            break
 
 
 _HOST = socket.gethostname().replace("-", "_")

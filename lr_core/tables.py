@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .errors import DataError, clip, shown
+from .errors import DataError, clip, near, shown
 
 __all__ = ["Table", "open_table", "resolve", "display", "read_all", "text_column", "is_uri", "BLOCK_ROWS",
            "fingerprint", "MAX_FEATURES", "MAX_NPZ_BYTES"]
@@ -284,14 +284,10 @@ def text_column(path: str | os.PathLike, column: str, block_rows: int | None = N
 
 
 def _near_id(column: str, names: list[str]) -> str:
-    """"; did you mean 'customer_id'?" for a near column name (case aside), else ""."""
-    import difflib
-
-    lower: dict[str, str] = {}
-    for n in names:  # ID and id: the first in the file's order
-        lower.setdefault(n.lower(), n)
-    near = difflib.get_close_matches(column.lower(), list(lower), n=1, cutoff=0.6)
-    return f"; did you mean {lower[near[0]]!r}?" if near else ""
+    """"; did you mean 'customer_id'?" for a near column name (case aside; ID and id: the first in
+    the file's order), else ""."""
+    found = near(column, names)
+    return f"; did you mean {found!r}?" if found else ""
 
 
 def _csv_text_column(fs, inner: str, where: str, column: str, block_rows: int) -> Iterator[list[str]]:

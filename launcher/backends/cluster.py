@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from urllib.parse import urlparse
 
-from lr_core.errors import ClusterError, LrjobInputError
+from lr_core.errors import ClusterError, LrjobInputError, counted
 
 __all__ = ["RaySession", "cluster_address", "node_resources", "can_place", "ray_init_kwargs", "embedded_init_kwargs", "ResourceError", "check_resources",
            "worker_env", "require_listening", "use_ray_token_if_present", "warn_if_cluster_open", "machine_cpus", "cgroup_cpu_quota", "embedded_cpus",
@@ -186,10 +186,6 @@ def _probe_address(address: str, timeout: float = 5.0) -> None:
                       "start one with `ray start --head` or check the address", timeout)
 
 
-def _workers(n: int) -> str:
-    return f"{n} worker{'s' if n != 1 else ''}"
-
-
 def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float) -> dict:
     """The cluster's total CPUs and GPUs and its live node count; a ``ResourceError`` (exit 2) when
     ``workers`` times the CPUs or GPUs per worker exceeds what the Ray cluster has."""
@@ -199,12 +195,12 @@ def check_resources(workers: int, cpus_per_worker: float, gpus_per_worker: float
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     if gpus_per_worker and workers * gpus_per_worker > gpus:
         raise ResourceError(
-            f"resources.gpus_per_worker: {_workers(workers)} x {gpus_per_worker:g} GPU = "
+            f"resources.gpus_per_worker: {counted(workers, 'worker')} x {gpus_per_worker:g} GPU = "
             f"{workers * gpus_per_worker:g} GPUs asked, the Ray cluster has {gpus:g}; lower --workers or "
             f"--gpus-per-worker, or add GPU nodes")
     if workers * cpus_per_worker > cpus:
         raise ResourceError(
-            f"resources.cpus_per_worker: {_workers(workers)} x {cpus_per_worker:g} CPU = "
+            f"resources.cpus_per_worker: {counted(workers, 'worker')} x {cpus_per_worker:g} CPU = "
             f"{workers * cpus_per_worker:g} CPUs asked, the Ray cluster has {cpus:g}; lower --workers or "
             f"resources.cpus_per_worker")
     return {"CPU": cpus, "GPU": gpus, "nodes": len([n for n in ray.nodes() if n.get("Alive")])}
@@ -298,7 +294,7 @@ def embedded_cpus(workers: int, cpus_per_worker: float, oversubscribe: bool = Fa
     if oversubscribe:
         return int(-(-need // 1))
     raise ResourceError(
-        f"resources.workers: {_workers(workers)} x {cpus_per_worker:g} CPU = {need:g} CPUs asked, this machine has "
+        f"resources.workers: {counted(workers, 'worker')} x {cpus_per_worker:g} CPU = {need:g} CPUs asked, this machine has "
         f"{have}; lower --workers or resources.cpus_per_worker, join a cluster with --address, or pass "
         f"--oversubscribe to share the CPUs anyway (slower, for tests)")
 
@@ -342,7 +338,7 @@ def check_embedded_gpus(workers: int, gpus_per_worker: float) -> None:
     has = (f"{gpus:g}" if visible is None or visible >= found
            else f"{found}, {visible} of them visible through CUDA_VISIBLE_DEVICES")
     raise ResourceError(
-        f"resources.gpus_per_worker: {_workers(workers)} x {gpus_per_worker:g} GPU = {workers * gpus_per_worker:g} "
+        f"resources.gpus_per_worker: {counted(workers, 'worker')} x {gpus_per_worker:g} GPU = {workers * gpus_per_worker:g} "
         f"GPUs asked, this machine has {has}; lower --workers or --gpus-per-worker, or join a cluster with "
         f"GPUs with --address")
 

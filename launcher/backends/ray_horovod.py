@@ -15,7 +15,7 @@ import time
 
 from lr_core.config import LoopConfig
 from lr_core.data import Dataset
-from lr_core.errors import LrjobError, WorkerFailure
+from lr_core.errors import LrjobError, WorkerFailure, counted
 
 from . import Progress
 from .positions import Positions
@@ -101,7 +101,7 @@ class RayHorovodBackend:
             # horovod.ray's placement group did not come up: the resources were counted, yet they
             # are not free (another job holds them, or a lost node is not yet known to be lost).
             self.shutdown()
-            raise WorkerFailure(f"the Ray cluster could not place {workers} worker{'s' * (workers != 1)} of {cpus_per_worker:g} CPU"
+            raise WorkerFailure(f"the Ray cluster could not place {counted(workers, 'worker')} of {cpus_per_worker:g} CPU"
                                 f"{f' and {gpus_per_worker:g} GPU' if gpus_per_worker else ''} within "
                                 f"{start_timeout_s} s (it has {self.resources['CPU']:g} CPUs on "
                                 f"{self.resources['nodes']} node(s), some of them in use)") from None
@@ -111,7 +111,7 @@ class RayHorovodBackend:
             raise
         self.startup_seconds = time.perf_counter() - t0
         nodes = len({p["node_id"] for p in self.placement})
-        self.where = f"{workers} Horovod worker{'s' if workers != 1 else ''} on {nodes} node{'s' if nodes != 1 else ''}"
+        self.where = f"{counted(workers, 'Horovod worker')} on {counted(nodes, 'node')}"
 
     def _actors(self):
         adapter = getattr(self.executor, "adapter", None)

@@ -29,7 +29,7 @@ from typing import Any
 
 import yaml
 
-from lr_core.errors import SpecError
+from lr_core.errors import SpecError, counted
 
 from .. import __version__
 
@@ -837,7 +837,7 @@ _TITLES = {"rayjob": "a KubeRay RayJob", "raycluster": "a KubeRay RayCluster", "
 
 
 def _header(p: _Plan) -> str:
-    what = (f"lrjob job {p.spec.name!r} as {_TITLES[p.kind]}: {p.workers} worker{'s' * (p.workers != 1)} x {p.cpu} CPU{p.gpu_note}; "
+    what = (f"lrjob job {p.spec.name!r} as {_TITLES[p.kind]}: {counted(p.workers, 'worker')} x {p.cpu} CPU{p.gpu_note}; "
             f"image {p.image}.")
     if p.kind == "rayjob":
         steps = (f"Needs the KubeRay operator v{KUBERAY_VERSION} or newer (ray.io/v1 with authOptions) and the "

@@ -156,7 +156,6 @@ def _data_label(flat: dict) -> str | None:
     return f"{source}:{str(path).rstrip('/').rsplit('/', 1)[-1]}" if path else str(source)
 
 
-# The table's column names, as keys of --where and --sort (any case): what each column shows.
 # The table's column names, as keys of --where and --sort (any case): the field each column shows.
 # (EPOCHS shows done/planned: `epochs` stays the summary's planned count, `epochs_done` the other.)
 COLUMN_KEYS = {"run": "run", "data": "data", "lr": "train.learning_rate", "batch": "train.batch_size",
@@ -246,13 +245,11 @@ def _same(have, text: str) -> bool:
 def _hint(typed: str, rows: list[dict]) -> str:
     """The tail of the error about a key no run has: the near match, else what the keys are (the
     list of every spec field and result would fill a screen)."""
-    import difflib
+    from lr_core.errors import near
 
-    known = sorted(_known(rows))
-    lower = {k.lower(): k for k in known}
-    near = difflib.get_close_matches(typed.lower(), sorted(lower), n=1, cutoff=0.6)
-    if near:
-        return f"; did you mean {lower[near[0]]!r}?"
+    found = near(typed, sorted(_known(rows)))
+    if found:
+        return f"; did you mean {found!r}?"
     return (f"; a key is a column of the table ({', '.join(COLUMN_KEYS)}), a spec field "
             f"(train.learning_rate) or a result (val_loss, samples_per_s)")
 

@@ -12,6 +12,8 @@ import datetime as _dt
 import math
 from pathlib import Path
 
+from lr_core.errors import counted
+
 __all__ = ["summary_sections", "VERSION_KEYS"]
 
 # The versions shown, in this order: the project's, then what it runs on.
@@ -193,7 +195,7 @@ def _placement_rows(env: dict, spec) -> list[Row]:
     if workers == 0:
         rows.append(("workers", f"0: in-process (one process, no Horovod){later}"))
     else:
-        rows.append(("workers", f"{workers} Horovod worker{'s' if workers != 1 else ''}{later}"))
+        rows.append(("workers", f"{counted(workers, 'Horovod worker')}{later}"))
     if placement:
         nodes = {p.get("node_id") or p.get("host") for p in placement}
         hosts = sorted({str(p.get("host")) for p in placement if p.get("host")})
